@@ -1,0 +1,201 @@
+"""Shared plumbing: the error type every module raises, the CLI conventions
+(one-line errors, exit code 2, ``--json``), atomic file writes and progress bars.
+
+Every CLI in the package is written as ``main(argv=None) -> int`` and wrapped
+with :func:`cli_entry`, so that
+
+* bad input (argparse errors, :class:`MarginTheoryError`) prints exactly one
+  line, ``<prog>: error: <message>``, on stderr and exits with status 2;
+* ``--json`` output is one JSON document on stdout (:func:`print_json`);
+* files are written atomically (:func:`atomic_write_bytes` and friends): a
+  temporary file in the destination folder, then ``os.replace``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+class MarginTheoryError(Exception):
+    """Base class of every error the toolkit raises on bad input or bad files.
+
+    The message is one line that names the problem; the CLIs print it and exit 2.
+    """
+
+
+class DataError(MarginTheoryError):
+    """A dataset is unknown, missing, truncated, corrupt or unsafe."""
+
+
+class CheckpointError(MarginTheoryError):
+    """A checkpoint is missing, truncated, foreign or belongs to another model."""
+
+
+class ConfigError(MarginTheoryError):
+    """A model name, option or combination of options is invalid."""
+
+
+class NonFiniteLossError(MarginTheoryError):
+    """Training produced a NaN or infinite loss."""
+
+
+# ---------------------------------------------------------------------------
+# CLI conventions
+# ---------------------------------------------------------------------------
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``prog: error: message`` and exit 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def cli_entry(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate ``main(argv) -> int`` so toolkit errors become one line + exit 2."""
+
+    def deco(fn: Callable[..., int]) -> Callable[..., int]:
+        def wrapper(argv: list[str] | None = None) -> int:
+            try:
+                return int(fn(argv) or 0)
+            except MarginTheoryError as exc:
+                msg = " ".join(str(exc).split())
+                sys.stderr.write(f"{prog}: error: {msg}\n")
+                return 2
+            except KeyboardInterrupt:
+                sys.stderr.write(f"{prog}: interrupted\n")
+                return 130
+
+        wrapper.__name__ = fn.__name__
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+    return deco
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy / torch scalars and arrays, paths and non-finite floats to JSON values.
+
+    NaN and +-inf become ``None``, ``"inf"`` and ``"-inf"`` would be ambiguous, so
+    infinities are written as the strings ``"inf"`` / ``"-inf"``.
+    """
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        np = None
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if np is not None:
+        if isinstance(obj, np.bool_):
+            return bool(obj)
+        if isinstance(obj, np.integer):
+            return int(obj)
+        if isinstance(obj, np.floating):
+            return to_jsonable(float(obj))
+        if isinstance(obj, np.ndarray):
+            return to_jsonable(obj.tolist())
+    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch tensor
+        return to_jsonable(obj.detach().cpu().tolist())
+    if hasattr(obj, "item"):
+        return to_jsonable(obj.item())
+    return str(obj)
+
+
+def dumps_json(obj: Any, indent: int | None = None) -> str:
+    return json.dumps(to_jsonable(obj), indent=indent, allow_nan=False)
+
+
+def print_json(obj: Any) -> None:
+    """Print one JSON document on stdout."""
+    sys.stdout.write(dumps_json(obj) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    On any exception the temporary file is removed and ``path`` is untouched, so
+    a reader never sees a half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        try:
+            tmp_path.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, dumps_json(obj, indent=2) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def use_agg_backend() -> None:
+    """Select matplotlib's non-interactive backend (no display on servers/CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+
+
+# ---------------------------------------------------------------------------
+# Progress bars
+# ---------------------------------------------------------------------------
+def progress(iterable=None, *, total=None, desc=None, quiet: bool = False, **kw):
+    """A tqdm progress bar on stderr, disabled when ``quiet`` or stderr is not a terminal."""
+    from tqdm.auto import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False,
+                dynamic_ncols=True, file=sys.stderr, **kw)

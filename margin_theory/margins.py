@@ -1,0 +1,191 @@
+r"""Margins (SPEC §2).
+
+* Unnormalised margin :math:`q_n(\theta) = f_{y_n}(\theta; x_n) - \max_{j\ne y_n} f_j(\theta; x_n)`.
+* For f L-homogeneous in :math:`\theta`: :math:`\gamma_n = q_n / \|\theta\|^L` (scale invariant),
+  average margin :math:`\bar\gamma = \frac1N\sum_n \gamma_n` (paper eq. 4) and minimum margin
+  :math:`\gamma_{\min} = \min_n \gamma_n` (Lyu & Li 2020).
+* Models that are not homogeneous in all parameters (biases, BatchNorm) are normalised by
+  the head's parameters only, features treated as inputs:
+  :math:`\gamma_n = q_n / \|\theta_{head}\|^{L_{head}}`. Every result carries
+  ``normalisation`` (``"full"`` or ``"head"``) and the ``degree`` L it used.
+* Margin regularisation (paper eq. 5): ``loss = CE - lambda * gamma_bar(batch)``.
+
+The norm power is computed as ``exp(L log ||theta||)`` in float64 so deep models
+(L = 14 for three layers) neither overflow nor underflow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._util import ConfigError
+
+__all__ = [
+    "NotHomogeneousError", "Normalisation", "MarginResult", "margin_values",
+    "runner_up", "get_normalisation", "param_norm", "normalised_margins",
+    "compute_margins", "margin_regularised_loss", "predict",
+]
+
+
+class NotHomogeneousError(ConfigError):
+    """Full-parameter normalisation was asked for on a model that is not homogeneous."""
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Which parameters normalise the margin, and with which power.
+
+    ``kind`` is ``"full"`` (all parameters, ``degree`` = L of f) or ``"head"``
+    (the head's parameters, ``degree`` = the head's L).
+    """
+
+    kind: str
+    degree: int
+    params: tuple = field(repr=False)
+
+    def norm(self) -> torch.Tensor:
+        return param_norm(self.params)
+
+    def describe(self) -> str:
+        what = "all parameters" if self.kind == "full" else "head parameters only (features treated as inputs)"
+        return f"gamma_n = q_n / ||theta||^{self.degree}, theta = {what}"
+
+
+@dataclass
+class MarginResult:
+    """Margins over a data set. ``q`` and ``gamma`` are float64 tensors of shape (N,)."""
+
+    q: torch.Tensor
+    gamma: torch.Tensor
+    gamma_bar: float
+    gamma_min: float
+    theta_norm: float
+    degree: int
+    normalisation: str
+    accuracy: float
+    loss: float
+
+    def as_dict(self) -> dict:
+        return {"gamma_bar": self.gamma_bar, "gamma_min": self.gamma_min, "theta_norm": self.theta_norm,
+                "degree": self.degree, "normalisation": self.normalisation,
+                "accuracy": self.accuracy, "loss": self.loss}
+
+
+def margin_values(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r""":math:`q_n = f_{y_n}(x_n) - \max_{j\ne y_n} f_j(x_n)` for logits (N, C), labels (N,)."""
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ConfigError(f"logits must have shape (N, C) with C >= 2, got {tuple(logits.shape)}")
+    true = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    others = logits.scatter(1, y.view(-1, 1), float("-inf"))
+    return true - others.max(dim=1).values
+
+
+def runner_up(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""The runner-up class :math:`j_n = \arg\max_{j\ne y_n} f_j(x_n)` (SPEC §5)."""
+    return logits.scatter(1, y.view(-1, 1), float("-inf")).argmax(dim=1)
+
+
+def param_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    r""":math:`\|\theta\|_2` over all given tensors (differentiable)."""
+    params = list(params)
+    if not params:
+        raise ConfigError("no parameters to normalise by")
+    return torch.sqrt(sum((p.to(torch.float64) ** 2).sum() for p in params))
+
+
+def get_normalisation(model: nn.Module, normalisation: str = "auto", degree: int | None = None) -> Normalisation:
+    """Choose the margin normalisation for ``model`` (SPEC §2).
+
+    ``"auto"``: all parameters when the model is homogeneous (``model.degree`` is an
+    int), else the head's. ``"full"`` on a non-homogeneous model raises
+    :class:`NotHomogeneousError`. For a module that is not one of ours (no ``degree``
+    attribute) pass ``degree`` explicitly; it is then normalised by all its parameters.
+    """
+    if normalisation not in ("auto", "full", "head"):
+        raise ConfigError(f"normalisation must be auto, full or head, got {normalisation!r}")
+    params = tuple(p for p in model.parameters() if p.requires_grad)
+    model_degree = getattr(model, "degree", degree) if degree is None else degree
+    if not hasattr(model, "head") or not hasattr(model, "head_degree"):
+        if model_degree is None:
+            raise ConfigError(f"{type(model).__name__} declares no homogeneity degree; pass degree=L "
+                              "(margin_theory.homogeneity.numeric_homogeneity estimates it)")
+        if normalisation == "head":
+            raise ConfigError(f"{type(model).__name__} has no .head; use normalisation='full'")
+        return Normalisation("full", int(model_degree), params)
+    if normalisation == "full" or (normalisation == "auto" and model_degree is not None):
+        if model_degree is None:
+            raise NotHomogeneousError(
+                f"model {getattr(model, 'name', type(model).__name__)!r} is not homogeneous in all its "
+                "parameters (biases or BatchNorm break it), so q/||theta||^L is not scale invariant; "
+                "use the head-only normalisation (normalisation='head')")
+        return Normalisation("full", int(model_degree), params)
+    if model.head_degree is None:
+        raise NotHomogeneousError("the model's head is not homogeneous in its own parameters")
+    return Normalisation("head", int(model.head_degree), tuple(model.head.parameters()))
+
+
+def normalised_margins(q: torch.Tensor, norm: torch.Tensor, degree: int) -> torch.Tensor:
+    r""":math:`\gamma_n = q_n / \|\theta\|^L`, computed as ``q * exp(-L log ||theta||)`` in float64."""
+    return q.to(torch.float64) * torch.exp(-degree * torch.log(norm.to(torch.float64)))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, X: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+    """Logits of ``model`` on ``X`` in chunks, in eval mode (restores the mode after)."""
+    was_training = model.training
+    model.eval()
+    try:
+        outs = [model(X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0, getattr(model, "num_classes", 0))
+
+
+@torch.no_grad()
+def compute_margins(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, normalisation: str = "auto",
+                    degree: int | None = None, batch_size: int = 8192,
+                    logits: torch.Tensor | None = None) -> MarginResult:
+    """Margins of ``model`` on (X, y): one inference pass plus O(N C) work (SPEC §2, §9).
+
+    Also returns accuracy and mean cross-entropy of the same pass, so a trainer needs
+    no second evaluation. Pass precomputed ``logits`` to skip the pass entirely.
+    """
+    if X.shape[0] == 0:
+        raise ConfigError("cannot compute margins on an empty data set")
+    if X.shape[0] != y.shape[0]:
+        raise ConfigError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
+    norm_spec = get_normalisation(model, normalisation, degree)
+    if logits is None:
+        logits = predict(model, X, batch_size)
+    y = y.to(logits.device)
+    q = margin_values(logits, y)
+    norm = norm_spec.norm()
+    gamma = normalised_margins(q, norm, norm_spec.degree)
+    return MarginResult(
+        q=q.to(torch.float64), gamma=gamma,
+        gamma_bar=float(gamma.mean()), gamma_min=float(gamma.min()),
+        theta_norm=float(norm), degree=norm_spec.degree, normalisation=norm_spec.kind,
+        accuracy=float((logits.argmax(1) == y).to(torch.float64).mean()),
+        loss=float(F.cross_entropy(logits.to(torch.float64), y)),
+    )
+
+
+def margin_regularised_loss(logits: torch.Tensor, y: torch.Tensor, model: nn.Module, lam: float = 0.0,
+                            normalisation: str | Normalisation = "auto") -> torch.Tensor:
+    r"""Paper eq. 5: :math:`\mathcal{L} = \mathrm{CE} - \lambda\,\bar\gamma(\text{batch})`, :math:`\lambda \ge 0`.
+
+    :math:`\bar\gamma` is differentiable in :math:`\theta` through both q and the norm.
+    ``lam = 0`` is plain cross-entropy (no extra work).
+    """
+    if lam < 0:
+        raise ConfigError(f"margin regularisation lambda must be >= 0, got {lam}")
+    ce = F.cross_entropy(logits, y)
+    if lam == 0:
+        return ce
+    spec = normalisation if isinstance(normalisation, Normalisation) else get_normalisation(model, normalisation)
+    gamma = normalised_margins(margin_values(logits, y), spec.norm(), spec.degree)
+    return ce - lam * gamma.mean().to(ce.dtype)

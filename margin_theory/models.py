@@ -1,0 +1,419 @@
+"""The models of SPEC §1: linear and ReLU baselines, the full quadratic classifier
+(DIQNN, paper eq. 1), the Low-Rank DIQNN (paper eq. 3), its deep form, and the
+conv / ResNet feature extractors with a choice of head.
+
+Shape conventions (as ``torch.nn.Linear``): inputs ``x`` of shape ``(B, *input_shape)``
+are flattened to ``(B, d)`` by the models that act on vectors; outputs are logits
+``(B, C)``.
+
+Every classifier is a :class:`Classifier` = ``features`` followed by a ``head``:
+
+* ``degree``: the homogeneity degree L of f in *all* parameters (SPEC §3), or ``None``
+  when some parameter (a bias, BatchNorm) breaks homogeneity;
+* ``head_degree``: the degree of f in the head's parameters alone, features held fixed
+  (linear 1, quadratic 1, lowrank 2) - the normalisation used for non-homogeneous models.
+
+The degrees are derived compositionally from each layer's own rule (a bias-free linear
+map adds 1, a Low-Rank quadratic layer maps L to 2(L+1), a full quadratic head maps L to
+2L+1); :mod:`margin_theory.homogeneity` checks them independently, symbolically and
+numerically.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._util import ConfigError
+
+__all__ = [
+    "LinearHead", "QuadraticHead", "LowRankHead", "Classifier", "ResNetFeatures",
+    "BasicBlock", "build_model", "parameter_count", "unique_parameter_count",
+    "MODEL_NAMES", "RESNET_BLOCKS", "HEADS", "describe_model_names",
+]
+
+HEADS = ("linear", "lowrank", "quadratic")
+RESNET_BLOCKS = {
+    10: (1, 1, 1, 1),
+    12: (2, 1, 1, 1),
+    14: (2, 2, 1, 1),
+    16: (2, 2, 2, 1),
+    18: (2, 2, 2, 2),
+}
+MODEL_NAMES = (
+    ["linear", "relu2", "quadratic", "lowrank"]
+    + [f"conv-{h}" for h in HEADS]
+    + [f"resnet{k}-{h}" for k in RESNET_BLOCKS for h in HEADS]
+)
+
+
+def describe_model_names() -> str:
+    return ("linear, relu2, quadratic, lowrank (--layers n for the deep form), "
+            "conv-{linear,lowrank,quadratic}, resnet{10,12,14,16,18}-{linear,lowrank,quadratic}")
+
+
+# ---------------------------------------------------------------------------
+# Heads
+# ---------------------------------------------------------------------------
+class LinearHead(nn.Module):
+    r"""Bias-free linear classifier :math:`f(x) = W x`, ``weight`` of shape ``(C, d)``.
+
+    Linear in its parameters: degree 1; on features of degree :math:`L_f` the
+    composition has degree :math:`L_f + 1` (SPEC §1, §3).
+    """
+
+    param_degree = 1
+
+    def __init__(self, in_features: int, num_classes: int, bias: bool = False):
+        super().__init__()
+        self.in_features, self.num_classes = int(in_features), int(num_classes)
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        self.bias = nn.Parameter(torch.empty(num_classes)) if bias else None
+        self.reset_parameters()
+
+    @staticmethod
+    def compose_degree(feature_degree: int | None) -> int | None:
+        return None if feature_degree is None else feature_degree + 1
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, bias={self.bias is not None}"
+
+
+class QuadraticHead(nn.Module):
+    r"""Full quadratic (DIQNN) classifier, paper eq. 1: :math:`f_i(x) = x^\top W_i x`.
+
+    ``weight`` has shape ``(C, d, d)`` and every :math:`W_i` is **exactly** symmetric
+    at all times: it is initialised as :math:`(V + V^\top)/2`, its gradient is
+    symmetrised, :math:`g \leftarrow (g + g^\top)/2` (bitwise symmetric, since float
+    addition commutes), so any element-wise optimiser (SGD with momentum and weight
+    decay, Adam) keeps it bitwise symmetric; loading a state dict symmetrises too.
+    The forward pass is one batched GEMM :math:`(B, d) \times (C, d, d)` followed by a
+    row-wise dot product.
+
+    f is linear in W: degree 1 in its parameters (margins are :math:`q/\|W\|`);
+    on features of degree :math:`L_f`, degree :math:`2 L_f + 1`.
+    """
+
+    param_degree = 1
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.in_features, self.num_classes = int(in_features), int(num_classes)
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features, in_features))
+        self.weight.register_hook(_symmetrise)
+        self._register_load_state_dict_pre_hook(self._symmetrise_on_load)
+        self.reset_parameters()
+
+    @staticmethod
+    def compose_degree(feature_degree: int | None) -> int | None:
+        return None if feature_degree is None else 2 * feature_degree + 1
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.in_features)
+        with torch.no_grad():
+            nn.init.uniform_(self.weight, -bound, bound)
+            self.weight.copy_(_symmetrise(self.weight))
+
+    @staticmethod
+    def _symmetrise_on_load(state_dict, prefix, *args, **kwargs):
+        key = prefix + "weight"
+        if key in state_dict and state_dict[key].dim() == 3:
+            state_dict[key] = _symmetrise(state_dict[key])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xw = torch.matmul(x.unsqueeze(0), self.weight)           # (C, B, d)
+        return (xw * x.unsqueeze(0)).sum(-1).transpose(0, 1)     # (B, C)
+
+    def unique_parameters(self) -> int:
+        d = self.in_features
+        return self.num_classes * d * (d + 1) // 2
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, symmetric=True"
+
+
+def _symmetrise(g: torch.Tensor) -> torch.Tensor:
+    return (g + g.transpose(-1, -2)) * 0.5
+
+
+class LowRankHead(nn.Module):
+    r"""Low-Rank DIQNN layer, paper eq. 3: :math:`f_i(x) = \sum_{k=1}^{r} (a_{ik}\cdot x)^2`,
+
+    i.e. :math:`W_i = \sum_k a_{ik} a_{ik}^\top \succeq 0`, no bias. ``weight`` has shape
+    ``(C, r, d)``. Forward: one matmul :math:`(B, d)\times(d, C r)`, square, sum over r.
+    Quadratic in its parameters (degree 2); on features of degree :math:`L_f`, degree
+    :math:`2 (L_f + 1)` (SPEC §3, Lemma 1). Rank 1 has as many parameters as ``linear``.
+    """
+
+    param_degree = 2
+
+    def __init__(self, in_features: int, num_classes: int, rank: int = 1):
+        super().__init__()
+        if rank < 1:
+            raise ConfigError(f"rank must be >= 1, got {rank}")
+        self.in_features, self.num_classes, self.rank = int(in_features), int(num_classes), int(rank)
+        self.weight = nn.Parameter(torch.empty(num_classes, rank, in_features))
+        self.reset_parameters()
+
+    @staticmethod
+    def compose_degree(feature_degree: int | None) -> int | None:
+        return None if feature_degree is None else 2 * (feature_degree + 1)
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.linear(x, self.weight.reshape(-1, self.in_features))          # (B, C r)
+        return z.square().reshape(x.shape[0], self.num_classes, self.rank).sum(-1)
+
+    def quadratic_forms(self) -> torch.Tensor:
+        """The equivalent full matrices :math:`W_i = A_i^\\top A_i`, shape ``(C, d, d)``."""
+        return torch.einsum("crd,cre->cde", self.weight, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, rank={self.rank}"
+
+
+# ---------------------------------------------------------------------------
+# Feature extractors
+# ---------------------------------------------------------------------------
+class BasicBlock(nn.Module):
+    """CIFAR ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN (+ shortcut), ReLU."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                                          nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNetFeatures(nn.Module):
+    """CIFAR-style ResNet body (SPEC §1, Table 3): 3x3 stem 3->64, BN, ReLU, no max-pool;
+    BasicBlock stages of widths 64/128/256/512 with strides 1/2/2/2 and ``blocks``
+    blocks each; global average pool (4x4 on 32x32 inputs) -> 512 features."""
+
+    def __init__(self, blocks: Sequence[int], in_channels: int = 3):
+        super().__init__()
+        self.blocks = tuple(blocks)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        layers, in_planes = [], 64
+        for planes, stride, n in zip((64, 128, 256, 512), (1, 2, 2, 2), self.blocks):
+            for s in [stride] + [1] * (n - 1):
+                layers.append(BasicBlock(in_planes, planes, s))
+                in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.out_features = 512
+
+    def forward(self, x):
+        out = self.layers(self.stem(x))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"blocks={list(self.blocks)}"
+
+
+class Classifier(nn.Module):
+    r"""``f(x) = head(features(x))`` with the homogeneity bookkeeping of SPEC §2-3.
+
+    Attributes:
+        features: module mapping ``(B, *input_shape)`` to ``(B, d_head)``.
+        head: :class:`LinearHead`, :class:`LowRankHead` or :class:`QuadraticHead`.
+        feature_degree: degree of the features in their own parameters (0 if they
+            have none, ``None`` if not homogeneous).
+        degree: L of f in all parameters, or ``None`` (then margins use the head only).
+        head_degree: L of f in the head's parameters, features held fixed.
+        name: the factory name.
+    """
+
+    def __init__(self, features: nn.Module, head: nn.Module, feature_degree: int | None,
+                 name: str, input_shape: Sequence[int]):
+        super().__init__()
+        self.features = features
+        self.head = head
+        self.feature_degree = feature_degree
+        self.degree = head.compose_degree(feature_degree)
+        self.head_degree = head.param_degree if getattr(head, "bias", None) is None else None
+        self.name = name
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.num_classes = head.num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, degree={self.degree}, head_degree={self.head_degree}"
+
+
+class ReLU2Head(nn.Module):
+    """Output layer of ``relu2``: ``W2 h + b2``; jointly 1-homogeneous in (W2, b2)."""
+
+    param_degree = 1
+
+    def __init__(self, hidden: int, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden, num_classes)
+        self.num_classes = num_classes
+
+    @staticmethod
+    def compose_degree(feature_degree):  # the bias b2 breaks full homogeneity
+        return None
+
+    def forward(self, h):
+        return self.linear(h)
+
+
+class DeepLowRankFeatures(nn.Sequential):
+    """Hidden layers of the deep Low-Rank DIQNN: Flatten, then ``LowRankHead`` layers
+    (width ``h_l``, rank r) each mapping degree L to 2(L+1)."""
+
+
+# ---------------------------------------------------------------------------
+# Factory
+# ---------------------------------------------------------------------------
+def _make_head(kind: str, d: int, num_classes: int, rank: int) -> nn.Module:
+    if kind == "linear":
+        return LinearHead(d, num_classes)
+    if kind == "lowrank":
+        return LowRankHead(d, num_classes, rank)
+    if kind == "quadratic":
+        return QuadraticHead(d, num_classes)
+    raise ConfigError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
+
+
+def _widths(hidden, layers: int, default: int) -> list[int]:
+    if hidden is None:
+        return [default] * (layers - 1)
+    if isinstance(hidden, int):
+        return [hidden] * (layers - 1)
+    hidden = [int(h) for h in hidden]
+    if len(hidden) == 1:
+        return hidden * (layers - 1)
+    if len(hidden) != layers - 1:
+        raise ConfigError(f"--hidden gives {len(hidden)} widths for {layers} layers; need {layers - 1} (or one)")
+    return hidden
+
+
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, rank: int = 1,
+                layers: int = 1, hidden: int | Sequence[int] | None = None,
+                conv_channels: int = 1, conv_bias: bool = True) -> Classifier:
+    """Build a classifier by name (SPEC §1).
+
+    Args:
+        name: ``linear``, ``relu2``, ``quadratic``, ``lowrank``, ``conv-<head>`` or
+            ``resnet{10,12,14,16,18}-<head>`` with head in {linear, lowrank, quadratic}.
+        input_shape: shape of one input, e.g. ``(1, 28, 28)`` or ``(4,)``.
+        num_classes: C.
+        rank: r of every Low-Rank layer.
+        layers: n, number of Low-Rank layers (``lowrank`` only; n > 1 is the deep DIQNN).
+        hidden: hidden width(s): relu2 (default 8000), deep lowrank (default 32 each).
+        conv_channels: c of the ``conv-`` models (1 reproduces the paper).
+        conv_bias: the conv's bias (PyTorch's default, as the authors); ``False`` makes
+            ``conv-lowrank`` homogeneous with L = 4.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    if not input_shape or any(s < 1 for s in input_shape):
+        raise ConfigError(f"invalid input shape {input_shape}")
+    if num_classes < 2:
+        raise ConfigError(f"need at least 2 classes, got {num_classes}")
+    if rank < 1:
+        raise ConfigError(f"rank must be >= 1, got {rank}")
+    if layers < 1:
+        raise ConfigError(f"layers must be >= 1, got {layers}")
+    if layers > 1 and name != "lowrank":
+        raise ConfigError(f"--layers applies to the lowrank model only, not {name!r}")
+    d = math.prod(input_shape)
+    C = int(num_classes)
+
+    if name == "linear":
+        return Classifier(nn.Flatten(), LinearHead(d, C), 0, name, input_shape)
+    if name == "quadratic":
+        return Classifier(nn.Flatten(), QuadraticHead(d, C), 0, name, input_shape)
+    if name == "lowrank":
+        widths = _widths(hidden, layers, 32)
+        mods: list[nn.Module] = [nn.Flatten()]
+        fdeg, width = 0, d
+        for h in widths:
+            if h < 1:
+                raise ConfigError(f"hidden width must be >= 1, got {h}")
+            mods.append(LowRankHead(width, h, rank))
+            fdeg, width = 2 * (fdeg + 1), h
+        features = DeepLowRankFeatures(*mods) if len(mods) > 1 else nn.Flatten()
+        return Classifier(features, LowRankHead(width, C, rank), fdeg, name, input_shape)
+    if name == "relu2":
+        h = hidden if isinstance(hidden, int) else (hidden[0] if hidden else 8000)
+        if h < 1:
+            raise ConfigError(f"hidden width must be >= 1, got {h}")
+        features = nn.Sequential(nn.Flatten(), nn.Linear(d, h), nn.ReLU())
+        return Classifier(features, ReLU2Head(h, C), None, name, input_shape)
+
+    m = re.fullmatch(r"conv-(\w+)", name)
+    if m:
+        if len(input_shape) != 3:
+            raise ConfigError(f"{name} needs image inputs (C, H, W), got shape {input_shape}")
+        cin, H, W = input_shape
+        c = int(conv_channels)
+        if c < 1:
+            raise ConfigError(f"conv channels must be >= 1, got {c}")
+        features = nn.Sequential(nn.Conv2d(cin, c, 5, padding=2, bias=conv_bias), nn.ReLU(), nn.Flatten())
+        head = _make_head(m.group(1), c * H * W, C, rank)
+        return Classifier(features, head, None if conv_bias else 1, name, input_shape)
+
+    m = re.fullmatch(r"resnet(\d+)-(\w+)", name)
+    if m and int(m.group(1)) in RESNET_BLOCKS:
+        if len(input_shape) != 3:
+            raise ConfigError(f"{name} needs image inputs (C, H, W), got shape {input_shape}")
+        body = ResNetFeatures(RESNET_BLOCKS[int(m.group(1))], in_channels=input_shape[0])
+        head = _make_head(m.group(2), body.out_features, C, rank)
+        return Classifier(body, head, None, name, input_shape)
+
+    raise ConfigError(f"unknown model {name!r}; valid: {describe_model_names()}")
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Dense count of trainable parameters (SPEC §1 counts)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def unique_parameter_count(model: nn.Module) -> int:
+    """Count with each symmetric W_i counted once per unordered pair (i <= j)."""
+    total = 0
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            if isinstance(m, QuadraticHead) and p is m.weight:
+                total += m.unique_parameters()
+            else:
+                total += p.numel()
+    return total
