@@ -32,7 +32,7 @@ from ._util import ConfigError
 
 __all__ = [
     "LinearHead", "QuadraticHead", "LowRankHead", "Classifier", "ResNetFeatures",
-    "BasicBlock", "build_model", "parameter_count", "unique_parameter_count",
+    "BasicBlock", "build_model", "symmetrise", "parameter_count", "unique_parameter_count",
     "MODEL_NAMES", "RESNET_BLOCKS", "HEADS", "describe_model_names",
 ]
 
@@ -95,15 +95,18 @@ class LinearHead(nn.Module):
 class QuadraticHead(nn.Module):
     r"""Full quadratic (DIQNN) classifier, paper eq. 1: :math:`f_i(x) = x^\top W_i x`.
 
-    ``weight`` has shape ``(C, d, d)`` and every :math:`W_i` is **exactly** symmetric
-    at all times: it is initialised as :math:`(V + V^\top)/2`, its gradient is
-    symmetrised, :math:`g \leftarrow (g + g^\top)/2` (bitwise symmetric, since float
-    addition commutes), so any element-wise optimiser (SGD with momentum and weight
-    decay, Adam) keeps it bitwise symmetric; loading a state dict symmetrises too.
-    The forward pass is one batched GEMM :math:`(B, d) \times (C, d, d)` followed by a
-    row-wise dot product.
+    Parametrisation (SPEC §1: symmetry must hold exactly): the stored parameter is
+    ``weight`` :math:`V` of shape ``(C, d, d)`` and the model's matrices are
+    :math:`W_i = \mathrm{sym}(V_i) = (V_i + V_i^\top)/2` (property :attr:`W`), exactly
+    symmetric by construction, whatever V is. Since :math:`x^\top V x = x^\top
+    \mathrm{sym}(V) x`, the forward pass uses V directly - one batched GEMM
+    :math:`(B, d) \times (C, d, d)` and a row-wise dot product - and no step pays
+    for a symmetrisation. V is initialised symmetric; its antisymmetric part is a null
+    direction of f that gradient descent never moves (the gradient
+    :math:`\sum_n c_n x_n x_n^\top` is symmetric; weight decay only shrinks it), so
+    :math:`\|V\| = \|W\|` up to float rounding.
 
-    f is linear in W: degree 1 in its parameters (margins are :math:`q/\|W\|`);
+    f is linear in its parameters: degree 1 (margins are :math:`q/\|V\|`);
     on features of degree :math:`L_f`, degree :math:`2 L_f + 1`.
     """
 
@@ -113,8 +116,6 @@ class QuadraticHead(nn.Module):
         super().__init__()
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.weight = nn.Parameter(torch.empty(num_classes, in_features, in_features))
-        self.weight.register_hook(_symmetrise)
-        self._register_load_state_dict_pre_hook(self._symmetrise_on_load)
         self.reset_parameters()
 
     @staticmethod
@@ -122,16 +123,16 @@ class QuadraticHead(nn.Module):
         return None if feature_degree is None else 2 * feature_degree + 1
 
     def reset_parameters(self) -> None:
+        """Entries U(-1/sqrt(d), 1/sqrt(d)) (as ``nn.Bilinear``), then symmetrised."""
         bound = 1.0 / math.sqrt(self.in_features)
         with torch.no_grad():
             nn.init.uniform_(self.weight, -bound, bound)
-            self.weight.copy_(_symmetrise(self.weight))
+            self.weight.copy_(symmetrise(self.weight))
 
-    @staticmethod
-    def _symmetrise_on_load(state_dict, prefix, *args, **kwargs):
-        key = prefix + "weight"
-        if key in state_dict and state_dict[key].dim() == 3:
-            state_dict[key] = _symmetrise(state_dict[key])
+    @property
+    def W(self) -> torch.Tensor:
+        """The exactly symmetric matrices :math:`W_i = (V_i + V_i^\top)/2`, shape ``(C, d, d)``."""
+        return symmetrise(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xw = torch.matmul(x.unsqueeze(0), self.weight)           # (C, B, d)
@@ -142,11 +143,12 @@ class QuadraticHead(nn.Module):
         return self.num_classes * d * (d + 1) // 2
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, num_classes={self.num_classes}, symmetric=True"
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, W=sym(weight)"
 
 
-def _symmetrise(g: torch.Tensor) -> torch.Tensor:
-    return (g + g.transpose(-1, -2)) * 0.5
+def symmetrise(v: torch.Tensor) -> torch.Tensor:
+    """:math:`(V + V^\top)/2` over the last two dimensions: bitwise symmetric (float addition commutes)."""
+    return (v + v.transpose(-1, -2)) * 0.5
 
 
 class LowRankHead(nn.Module):
