@@ -132,6 +132,10 @@ def print_json(obj: Any) -> None:
 # ---------------------------------------------------------------------------
 # Atomic writes
 # ---------------------------------------------------------------------------
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -146,6 +150,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)   # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
     except BaseException:
         try:

@@ -1,0 +1,970 @@
+r"""The trainer: SGD on a whole-dataset-on-device tensor, margin trajectories per epoch.
+
+Small and explicit (airbench / nanoGPT style), SPEC §2, §7, §9:
+
+* The whole dataset lives on the device as one tensor. Each epoch draws one
+  device-side permutation ``torch.randperm(N, generator=g, device=...)`` and the
+  batches are slices of it; the last partial batch is kept, so every sample is
+  seen exactly once per epoch (:func:`epoch_batches`). No DataLoader, no
+  per-sample Python.
+* ``--augment`` (Table 3 protocol): zero-pad 4 pixels, random crop back to H x W,
+  random horizontal flip, for the whole batch at once with one gather
+  (:func:`augment_batch`), random numbers from the same seeded generator.
+* Optimiser ``torch.optim.SGD(lr, momentum, weight_decay)``; the learning rate of
+  epoch e (1-based) is ``lr * lr_gamma ** #{m in milestones : m < e}``, i.e.
+  ``torch.optim.lr_scheduler.MultiStepLR`` stepped once per epoch: with milestone
+  150 epochs 1..150 use lr and epochs 151.. use lr * gamma (:func:`lr_at`).
+* Loss: ``margins.margin_regularised_loss`` = CE - lambda * gamma_bar(batch)
+  (paper eq. 5; lambda = ``--margin-reg``, 0 = plain cross-entropy).
+* After every epoch, one no-grad inference pass over the FULL training set
+  (eval mode, so BatchNorm uses its running statistics) gives loss, accuracy and
+  the margins gamma_bar, gamma_min (``margins.compute_margins``: float64 margins,
+  TF32 switched off for the pass), plus the test accuracy. Epoch 0 is the model
+  at initialisation (its ``epoch_seconds`` covers the evaluation only).
+* Speed: no ``.item()`` per step; loss and accuracy are accumulated on the device
+  and read once per epoch (the progress bar, when shown on a terminal, reads them
+  about 20 times per epoch). The non-finite check runs once per epoch on the
+  accumulated loss and on the full-set evaluation, *before* anything is saved,
+  so a NaN is never written as a good checkpoint.
+* Determinism: ``torch.manual_seed(seed)`` right before the model is built (the
+  caller's global RNG is restored afterwards); a ``torch.Generator`` seeded with
+  ``seed`` on the training device drives permutations and augmentation. CPU runs
+  are bitwise reproducible; resumed runs equal uninterrupted ones.
+
+Files in ``--out DIR`` (nothing is written without ``--out``):
+
+* ``config.json``: the :class:`TrainConfig` (atomic);
+* ``metrics.jsonl``: one JSON object per epoch (0, 1, ..., E), rewritten
+  atomically after every epoch, with keys ``epoch, train_loss, train_acc,
+  test_acc, gamma_bar, gamma_min, theta_norm, degree, normalisation, lr,
+  epoch_seconds`` and, on monitor epochs, ``theorem2`` (the
+  :func:`margin_theory.assumptions.theorem2_report` dict) and ``monitor_seconds``
+  (not included in ``epoch_seconds``). ``train_loss`` is the mean cross-entropy
+  over the training set (without the margin term); ``degree`` and
+  ``normalisation`` say how gamma = q / ||theta||^degree was normalised
+  (``full``: all parameters, ``head``: the head's only, SPEC §2);
+* ``checkpoints/epoch-NNNN.safetensors`` + ``.json`` (:mod:`margin_theory.checkpoint`);
+* ``summary.json``: the final summary (also printed by ``--json``).
+
+Checkpoints (``--checkpoint-every``): ``auto`` (default) = every
+``ceil(epochs/10)`` epochs (every epoch for runs of up to 10 epochs), ``K`` = epoch
+0 and every K-th epoch, ``0`` = the final epoch only, ``none`` = never. The final
+epoch is always checkpointed unless ``none``. Monitors (``--monitor-every K``) run
+on epochs 0, K, 2K, ... and the final epoch.
+
+``--resume`` continues from the latest checkpoint in ``--out``: model, optimizer
+(momentum buffers), learning-rate position, epoch, step and generator states are
+restored and ``metrics.jsonl`` is cut back to the checkpoint's epoch. The new
+configuration must equal the saved one except for ``epochs, device, out, resume,
+overwrite, quiet, json, checkpoint_every, monitor_every, monitor_subset,
+eval_batch_size, data_dir, download``. Without ``--resume`` an ``--out`` folder
+that already holds a run is refused unless ``--overwrite`` (which deletes only the
+trainer's own files there).
+
+Exit status of the CLI: 0 success; 2 bad input (one line on stderr: unknown
+dataset or model, bad option, a checkpoint that does not fit); 3 training
+diverged (non-finite loss; one line naming the epoch and the last good
+checkpoint, which is kept - written from an in-memory copy of the last good epoch
+if that epoch was not already checkpointed); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._util import (
+    ArgumentParser,
+    CheckpointError,
+    ConfigError,
+    NonFiniteLossError,
+    atomic_write_json,
+    atomic_write_text,
+    cli_entry,
+    dumps_json,
+    print_json,
+)
+from ._util import progress as _progress_bar
+from .margins import compute_margins, get_normalisation, margin_regularised_loss, predict
+
+__all__ = [
+    "TrainConfig", "TrainResult", "train", "build_model_for", "select_device", "epoch_batches",
+    "augment_batch", "lr_at", "read_metrics", "main", "METRIC_KEYS", "EXIT_NONFINITE",
+]
+
+PROG = "python -m margin_theory.train"
+EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+#: keys of every metrics.jsonl line (monitor epochs add ``theorem2`` and ``monitor_seconds``)
+METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "gamma_bar", "gamma_min", "theta_norm",
+               "degree", "normalisation", "lr", "epoch_seconds")
+#: configuration fields that may change when resuming (they do not affect the trajectory)
+RESUME_MAY_DIFFER = frozenset({"epochs", "device", "out", "resume", "overwrite", "quiet", "json",
+                               "checkpoint_every", "monitor_every", "monitor_subset", "eval_batch_size",
+                               "data_dir", "download"})
+_TRAINER_FILES = ("metrics.jsonl", "config.json", "summary.json")
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; the fields are the CLI flags (``--n-train`` -> ``n_train``).
+
+    Defaults follow the paper's MNIST protocol (SPEC §7): SGD, lr 0.01, batch 100,
+    momentum 0, weight decay 0, 10 epochs. ``checkpoint_every``: ``None`` = auto,
+    ``-1`` = none, ``0`` = final only, ``K`` = every K epochs (see the module doc).
+    ``hidden``: list of widths or None (model default). ``lr_milestones``: epochs
+    after which the lr is multiplied by ``lr_gamma``.
+    """
+
+    dataset: str = "digits"
+    model: str = "lowrank"
+    rank: int = 1
+    layers: int = 1
+    hidden: list[int] | None = None
+    conv_channels: int = 1
+    conv_bias: bool = True
+    epochs: int = 10
+    batch_size: int = 100
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
+    margin_reg: float = 0.0
+    augment: bool = False
+    normalize: bool = False
+    data_dir: str | None = None
+    download: bool = False
+    n_train: int | None = None
+    n_test: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    checkpoint_every: int | None = None
+    monitor_every: int = 0
+    monitor_subset: int = 512
+    eval_batch_size: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    json: bool = False
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["hidden"] = None if self.hidden is None else [int(h) for h in self.hidden]
+        d["lr_milestones"] = [int(m) for m in self.lr_milestones]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Build from a dict (e.g. ``config.json``); unknown keys raise :class:`ConfigError`."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a training configuration must be a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> "TrainConfig":
+        """Check every value; raise :class:`ConfigError` naming the first bad one. Normalises types."""
+        def need_int(name, lo=None, allow_none=False):
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            if isinstance(v, bool) or not isinstance(v, int):
+                if isinstance(v, float) and v.is_integer():
+                    v = int(v)
+                    setattr(self, name, v)
+                else:
+                    raise ConfigError(f"{name} must be an integer, got {v!r}")
+            if lo is not None and v < lo:
+                raise ConfigError(f"{name} must be >= {lo}, got {v}")
+
+        def need_float(name, lo=None, hi=None, lo_open=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v!r}")
+            v = float(v)
+            setattr(self, name, v)
+            if lo is not None and (v < lo or (lo_open and v == lo)):
+                raise ConfigError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {v:g}")
+            if hi is not None and v >= hi:
+                raise ConfigError(f"{name} must be < {hi:g}, got {v:g}")
+
+        for s in ("dataset", "model", "device"):
+            if not isinstance(getattr(self, s), str) or not getattr(self, s):
+                raise ConfigError(f"{s} must be a non-empty string")
+        need_int("rank", 1)
+        need_int("layers", 1)
+        need_int("conv_channels", 1)
+        need_int("epochs", 0)
+        need_int("batch_size", 1)
+        need_int("seed", 0)
+        need_int("n_train", 1, allow_none=True)
+        need_int("n_test", 1, allow_none=True)
+        need_int("checkpoint_every", -1, allow_none=True)
+        need_int("monitor_every", 0)
+        need_int("monitor_subset", 1)
+        need_int("eval_batch_size", 1, allow_none=True)
+        need_float("lr", 0.0, lo_open=True)
+        need_float("momentum", 0.0, 1.0)
+        need_float("weight_decay", 0.0)
+        need_float("lr_gamma", 0.0, lo_open=True)
+        need_float("margin_reg", 0.0)
+        if self.hidden is not None:
+            if isinstance(self.hidden, int) and not isinstance(self.hidden, bool):
+                self.hidden = [self.hidden]
+            if not isinstance(self.hidden, (list, tuple)) or not self.hidden or \
+                    any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+                raise ConfigError(f"hidden must be a list of positive integers, got {self.hidden!r}")
+            self.hidden = [int(h) for h in self.hidden]
+        if not isinstance(self.lr_milestones, (list, tuple)) or \
+                any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.lr_milestones):
+            raise ConfigError(f"lr_milestones must be positive integers, got {self.lr_milestones!r}")
+        ms = [int(m) for m in self.lr_milestones]
+        if ms != sorted(set(ms)):
+            raise ConfigError(f"lr_milestones must be strictly increasing, got {ms}")
+        self.lr_milestones = ms
+        for b in ("conv_bias", "augment", "normalize", "download", "resume", "overwrite", "quiet", "json"):
+            if not isinstance(getattr(self, b), bool):
+                raise ConfigError(f"{b} must be true or false, got {getattr(self, b)!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            self.data_dir = str(self.data_dir)
+        if self.out is not None and not isinstance(self.out, str):
+            self.out = str(self.out)
+        if self.resume and not self.out:
+            raise ConfigError("--resume needs --out DIR (the run to continue)")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other")
+        if self.checkpoint_every not in (None, -1) and not self.out:
+            raise ConfigError("--checkpoint-every needs --out DIR (checkpoints are written there)")
+        return self
+
+    def checkpoint_interval(self) -> int | None:
+        """Resolved checkpoint interval: None = never, 0 = final only, K >= 1."""
+        if self.checkpoint_every is None:
+            return max(1, math.ceil(self.epochs / 10)) if self.epochs > 0 else 1
+        if self.checkpoint_every < 0:
+            return None
+        return self.checkpoint_every
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained ``model``, the per-epoch ``history`` (the
+    metrics.jsonl lines, epoch 0 first), the ``config``, the ``out`` folder (or None),
+    the ``final`` summary dict and the ``dataset`` (on the training device)."""
+
+    model: nn.Module
+    history: list[dict]
+    config: TrainConfig
+    out: Path | None
+    final: dict
+    dataset: Any
+
+
+# ---------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------
+def select_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> ``cuda`` if available else ``cpu``; ``cpu``; ``cuda`` / ``cuda:N`` (checked)."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"invalid device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def build_model_for(config: TrainConfig, dataset) -> nn.Module:
+    """``models.build_model`` with the config's model options and the dataset's shape."""
+    from .models import build_model
+
+    return build_model(config.model, dataset.input_shape, dataset.num_classes, rank=config.rank,
+                       layers=config.layers, hidden=config.hidden, conv_channels=config.conv_channels,
+                       conv_bias=config.conv_bias)
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """One epoch's batches: a device-side random permutation of ``range(n)`` cut into
+    slices of ``batch_size`` (the last one partial). Every index occurs exactly once."""
+    if n < 0 or batch_size < 1:
+        raise ConfigError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    if n == 0:
+        return []
+    perm = torch.randperm(n, generator=generator, device=device)
+    return list(perm.split(batch_size))
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4,
+                  flip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding ``pad`` back to ``H x W`` plus random horizontal flip.
+
+    ``x``: ``(B, C, H, W)``. For sample b, offsets ``(i_b, j_b)`` uniform in
+    ``{0..2 pad}`` and flip bit ``f_b`` (probability 1/2):
+    ``out[b, c, r, s] = xpad[b, c, i_b + r, j_b + (W-1-s if f_b else s)]`` - one gather
+    for the whole batch, on ``x``'s device, random numbers from ``generator``.
+    """
+    if x.dim() != 4:
+        raise ConfigError(f"augmentation needs image batches (B, C, H, W), got shape {tuple(x.shape)}")
+    B, C, H, W = x.shape
+    dev = x.device
+    if pad > 0:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
+        ox = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
+    else:
+        xp = x
+        oy = ox = torch.zeros(B, dtype=torch.long, device=dev)
+    r = torch.arange(H, device=dev)
+    s = torch.arange(W, device=dev)
+    rows = oy[:, None] + r                                        # (B, H)
+    if flip:
+        f = torch.rand(B, generator=generator, device=dev) < 0.5
+        s = torch.where(f[:, None], (W - 1) - s, s)               # (B, W)
+    else:
+        s = s.expand(B, W)
+    cols = ox[:, None] + s                                        # (B, W)
+    bi = torch.arange(B, device=dev)[:, None, None, None]
+    ci = torch.arange(C, device=dev)[None, :, None, None]
+    return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """Learning rate of (1-based) ``epoch``: ``lr * lr_gamma ** #{m : m < epoch}`` (MultiStepLR)."""
+    k = sum(1 for m in config.lr_milestones if m < epoch)
+    return config.lr * config.lr_gamma ** k
+
+
+@contextmanager
+def _matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]:
+    """On CUDA, set TF32 for matmul/cuDNN (restored after); no-op on CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+
+
+def _default_eval_batch(config: TrainConfig) -> int:
+    if config.eval_batch_size:
+        return config.eval_batch_size
+    return 1024 if config.model.startswith("resnet") else 4096
+
+
+def _finite(*xs: float) -> bool:
+    return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+
+
+class _Diverged(Exception):
+    def __init__(self, epoch: int, what: str):
+        super().__init__(what)
+        self.epoch, self.what = epoch, what
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096) -> dict:
+    """Full-training-set margins/loss/accuracy and test accuracy in one pass each (eval mode,
+    no TF32). Returns the metric keys except ``epoch``, ``lr`` and ``epoch_seconds``."""
+    X, y = dataset.X_train, dataset.y_train
+    dev = X.device
+    with _matmul_precision(dev, tf32=False):
+        m = compute_margins(model, X, y, batch_size=batch_size)
+        if dataset.X_test.shape[0] > 0:
+            logits = predict(model, dataset.X_test, batch_size)
+            test_acc = float((logits.argmax(1) == dataset.y_test).to(torch.float64).mean())
+        else:
+            test_acc = float("nan")
+    return {"train_loss": m.loss, "train_acc": m.accuracy, "test_acc": test_acc,
+            "gamma_bar": m.gamma_bar, "gamma_min": m.gamma_min, "theta_norm": m.theta_norm,
+            "degree": m.degree, "normalisation": m.normalisation}
+
+
+# ---------------------------------------------------------------------------
+# Run folder
+# ---------------------------------------------------------------------------
+def read_metrics(path: str | Path) -> list[dict]:
+    """The lines of a ``metrics.jsonl`` (a run folder or the file); ``[]`` if absent.
+    A trailing partial line is ignored."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "epoch" in row:
+            rows.append(row)
+    return rows
+
+
+def _write_metrics(out: Path, history: list[dict]) -> None:
+    atomic_write_text(out / "metrics.jsonl", "".join(dumps_json(r) + "\n" for r in history))
+
+
+def _existing_run(out: Path) -> list[str]:
+    from .checkpoint import CHECKPOINT_DIR
+
+    found = [f for f in _TRAINER_FILES if (out / f).exists()]
+    ck = out / CHECKPOINT_DIR
+    if ck.is_dir() and any(ck.glob("epoch-*")):
+        found.append(f"{CHECKPOINT_DIR}/")
+    return found
+
+
+def _clear_run(out: Path) -> None:
+    from .checkpoint import CHECKPOINT_DIR
+
+    for f in _TRAINER_FILES:
+        (out / f).unlink(missing_ok=True)
+    ck = out / CHECKPOINT_DIR
+    if ck.is_dir():
+        for p in list(ck.glob("epoch-*.safetensors")) + list(ck.glob("epoch-*.json")):
+            p.unlink(missing_ok=True)
+
+
+def _norm_value(v):
+    if isinstance(v, (list, tuple)):
+        return [_norm_value(x) for x in v]
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _config_differences(saved: dict, new: TrainConfig) -> list[str]:
+    cur = new.to_dict()
+    defaults = TrainConfig().to_dict()
+    diffs = []
+    for k, v in cur.items():
+        if k in RESUME_MAY_DIFFER:
+            continue
+        old = saved.get(k, defaults[k])
+        if _norm_value(old) != _norm_value(v):
+            diffs.append(f"--{k.replace('_', '-')} {v!r} (checkpoint: {old!r})")
+    return diffs
+
+
+def _rng_state(g: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    st = {f"generator_{g.device.type}": g.get_state(), "torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        st["torch_cuda"] = torch.cuda.get_rng_state(device)
+    return st
+
+
+def _restore_rng(g: torch.Generator, device: torch.device, rng: dict, seed: int, epoch: int, log) -> None:
+    key = f"generator_{g.device.type}"
+    if key in rng:
+        g.set_state(rng[key].to("cpu", torch.uint8))
+    else:
+        g.manual_seed(seed + 1000003 * epoch)
+        if log:
+            log(f"note: the checkpoint's generator state is from another device type; reseeded, so "
+                "batch order and augmentation differ from an uninterrupted run")
+    if "torch_cpu" in rng:
+        torch.set_rng_state(rng["torch_cpu"].to("cpu", torch.uint8))
+    if device.type == "cuda" and "torch_cuda" in rng:
+        torch.cuda.set_rng_state(rng["torch_cuda"].to("cpu", torch.uint8), device)
+
+
+def _format_epoch(row: dict, epochs: int) -> str:
+    e = row["epoch"]
+    tag = f"epoch {e:>{len(str(epochs))}d}/{epochs}" + (" (init)" if e == 0 else "")
+    t2 = ""
+    if isinstance(row.get("theorem2"), dict):
+        t2d = row["theorem2"]
+        applies = t2d.get("theorem_applies")
+        v = t2d.get("velocity")
+        t2 = "  theorem2: " + ("A1-A3 hold" if applies else "no claim" if applies is not None else "reported")
+        if isinstance(v, (int, float)):
+            t2 += f", dgamma/dt {v:+.2e}"
+    return (f"{tag}  loss {row['train_loss']:.4f}  train {100 * row['train_acc']:.2f}%  "
+            f"test {100 * row['test_acc']:.2f}%  gamma_bar {row['gamma_bar']:+.4e}  "
+            f"gamma_min {row['gamma_min']:+.4e}  lr {row['lr']:.3g}  {row['epoch_seconds']:.2f} s{t2}")
+
+
+# ---------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------
+def _load_data(config: TrainConfig, device: torch.device):
+    from .data import load_dataset
+
+    ds = load_dataset(config.dataset, config.data_dir, download=config.download, seed=config.seed,
+                      normalize=config.normalize)
+    if config.n_train is not None or config.n_test is not None:
+        ds = ds.subset(config.n_train, config.n_test, seed=config.seed)
+    if config.augment and len(ds.input_shape) != 3:
+        raise ConfigError(f"--augment needs image data (C, H, W); {ds.name} has input shape {tuple(ds.input_shape)}")
+    return ds.to(device, dtype=torch.float32)
+
+
+def _monitor_fn(config: TrainConfig):
+    if config.monitor_every <= 0:
+        return None
+    try:
+        from .assumptions import theorem2_report
+    except ImportError as exc:
+        raise ConfigError(f"--monitor-every: the Theorem 2 monitors are unavailable "
+                          f"(margin_theory.assumptions cannot be imported: {exc})") from None
+    return theorem2_report
+
+
+def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], Any] | None | str = "default"
+          ) -> TrainResult:
+    """Train ``config.model`` on ``config.dataset``; see the module docstring.
+
+    ``progress``: show the tqdm bar over batches (on stderr, only on a terminal and
+    unless ``config.quiet``). ``log``: callable receiving one line per epoch and notes;
+    ``None`` for silence; default ``print`` unless ``config.quiet``.
+
+    Raises :class:`ConfigError` / :class:`DataError` / :class:`CheckpointError` on bad
+    input and :class:`NonFiniteLossError` when the loss or the weights become
+    non-finite (attributes ``epoch``, ``checkpoint`` (Path or None), ``history``).
+    """
+    from .checkpoint import latest_checkpoint, read_sidecar, restore_checkpoint, save_checkpoint, \
+        checkpoint_stem, model_args_from
+
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
+    config = copy.deepcopy(config).validate()
+    if log == "default":
+        log = None if config.quiet else print
+    t_run = time.perf_counter()
+    device = select_device(config.device)
+    monitor = _monitor_fn(config)
+    out = Path(config.out).expanduser() if config.out else None
+    interval = config.checkpoint_interval() if out is not None else None
+
+    # -- resume / fresh run checks (before the expensive work) --------------------
+    resume_path = None
+    if out is not None:
+        if config.resume:
+            resume_path = latest_checkpoint(out)
+            if resume_path is None:
+                raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'} to resume from")
+            saved = read_sidecar(resume_path)
+            if saved["config"].get("model") != config.model:
+                raise CheckpointError(f"checkpoint {resume_path.name} is for model {saved['config'].get('model')!r}, "
+                                      f"not {config.model!r}; cannot resume")
+            diffs = _config_differences(saved["config"], config)
+            if diffs:
+                raise CheckpointError(f"cannot resume {out}: the settings differ from the checkpoint's: "
+                                      + "; ".join(diffs))
+            if int(saved["epoch"]) > config.epochs:
+                raise ConfigError(f"--resume: the latest checkpoint is at epoch {saved['epoch']}, "
+                                  f"beyond --epochs {config.epochs}")
+        else:
+            existing = _existing_run(out) if out.is_dir() else []
+            if existing and not config.overwrite:
+                raise ConfigError(f"{out} already holds a training run ({', '.join(existing)}); "
+                                  "pass --resume to continue it or --overwrite to replace it")
+            if existing:
+                _clear_run(out)
+
+    ds = _load_data(config, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model_for(config, ds)
+    model.to(device)
+    margs = model_args_from(config, model)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)
+    g = torch.Generator(device=device)
+    g.manual_seed(config.seed)
+    norm_spec = get_normalisation(model) if config.margin_reg > 0 else None
+    eval_bs = _default_eval_batch(config)
+    X, Y = ds.X_train, ds.y_train
+    N = int(Y.shape[0])
+
+    history: list[dict] = []
+    start_epoch, step = 0, 0
+    last_ckpt: Path | None = None
+    last_ckpt_epoch = -1
+    resumed_from = None
+    if resume_path is not None:
+        ck = restore_checkpoint(resume_path, model, opt, model_args=margs)
+        _restore_rng(g, device, ck.rng_state, config.seed, ck.epoch, log)
+        start_epoch, step = ck.epoch, ck.step
+        last_ckpt, last_ckpt_epoch, resumed_from = ck.path, ck.epoch, ck.epoch
+        history = [r for r in read_metrics(out) if int(r["epoch"]) <= ck.epoch]
+        if not history or int(history[-1]["epoch"]) != ck.epoch:
+            if log:
+                log(f"note: {out / 'metrics.jsonl'} lacks epochs up to {ck.epoch}; history restarts from the checkpoint")
+            history = [r for r in history if int(r["epoch"]) < ck.epoch] + ([ck.metrics] if ck.metrics else [])
+        if log:
+            log(f"resuming {out} from {ck.path.name} (epoch {ck.epoch}, step {ck.step})")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", config.to_dict())
+        _write_metrics(out, history)
+
+    def wants_checkpoint(epoch: int) -> bool:
+        if interval is None:
+            return False
+        if epoch == config.epochs:
+            return True
+        return interval > 0 and epoch % interval == 0
+
+    def wants_monitor(epoch: int) -> bool:
+        return monitor is not None and (epoch % config.monitor_every == 0 or epoch == config.epochs)
+
+    def run_monitor(row: dict) -> None:
+        t0 = time.perf_counter()
+        was = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=_rng_devices(device)), _matmul_precision(device, tf32=False):
+                rep = monitor(model, X, Y, subset=config.monitor_subset, seed=config.seed)
+        finally:
+            model.train(was)
+        row["theorem2"] = rep.as_dict() if hasattr(rep, "as_dict") else rep
+        row["monitor_seconds"] = time.perf_counter() - t0
+
+    def record(row: dict) -> None:
+        history.append(row)
+        if out is not None:
+            _write_metrics(out, history)
+        if log:
+            log(_format_epoch(row, config.epochs))
+
+    def checkpoint(epoch: int, row: dict) -> Path:
+        return save_checkpoint(checkpoint_stem(out, epoch), model, opt, config, epoch, step,
+                               _rng_state(g, device), row)
+
+    snapshot: dict | None = None
+
+    def keep(epoch: int, row: dict) -> None:
+        """Checkpoint a good epoch, or (checkpointing on) hold an in-memory copy of it
+        so that a later divergence can still write the last good checkpoint."""
+        nonlocal last_ckpt, last_ckpt_epoch, snapshot
+        if wants_checkpoint(epoch):
+            last_ckpt, last_ckpt_epoch, snapshot = checkpoint(epoch, row), epoch, None
+        elif interval is not None:
+            snapshot = {"epoch": epoch, "step": step, "row": row,
+                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                        "optim": copy.deepcopy(opt.state_dict()), "rng": _rng_state(g, device)}
+
+    show_bar = progress and not config.quiet
+    try:
+        with _matmul_precision(device, tf32=True):
+            old_bench = torch.backends.cudnn.benchmark
+            if device.type == "cuda":
+                torch.backends.cudnn.benchmark = True
+            try:
+                # -- epoch 0: the initialisation ------------------------------------
+                if start_epoch == 0:
+                    t0 = time.perf_counter()
+                    row = {"epoch": 0, **evaluate(model, ds, batch_size=eval_bs), "lr": lr_at(config, 1)}
+                    row["epoch_seconds"] = time.perf_counter() - t0
+                    if not _finite(row["train_loss"], row["theta_norm"]):
+                        raise _Diverged(0, "the initial model gives a non-finite loss")
+                    if wants_monitor(0):
+                        run_monitor(row)
+                    record(row)
+                    keep(0, row)
+
+                # -- epochs ---------------------------------------------------------
+                for epoch in range(start_epoch + 1, config.epochs + 1):
+                    lr = lr_at(config, epoch)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    model.train()
+                    t0 = time.perf_counter()
+                    batches = epoch_batches(N, config.batch_size, g, device)
+                    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+                    correct = torch.zeros((), dtype=torch.int64, device=device)
+                    seen = 0
+                    bar = _progress_bar(total=len(batches), desc=f"epoch {epoch}/{config.epochs}",
+                                        quiet=not show_bar, unit="batch")
+                    refresh = max(1, len(batches) // 20)
+                    try:
+                        for i, idx in enumerate(batches):
+                            xb, yb = X[idx], Y[idx]
+                            if config.augment:
+                                xb = augment_batch(xb, g)
+                            logits = model(xb)
+                            loss = margin_regularised_loss(logits, yb, model, config.margin_reg,
+                                                           normalisation=norm_spec or "auto")
+                            opt.zero_grad(set_to_none=True)
+                            loss.backward()
+                            opt.step()
+                            step += 1
+                            nb = idx.shape[0]
+                            seen += nb
+                            loss_sum += loss.detach().to(torch.float64) * nb
+                            correct += (logits.detach().argmax(1) == yb).sum()
+                            if not bar.disable and (i % refresh == 0 or i == len(batches) - 1):
+                                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}",
+                                                acc=f"{int(correct) / seen:.3f}", refresh=False)
+                            bar.update(1)
+                    finally:
+                        bar.close()
+                    if not bool(torch.isfinite(loss_sum)):     # one sync per epoch
+                        raise _Diverged(epoch, f"non-finite training loss ({float(loss_sum / max(seen, 1))})")
+                    row = {"epoch": epoch, **evaluate(model, ds, batch_size=eval_bs), "lr": lr}
+                    _sync(device)
+                    row["epoch_seconds"] = time.perf_counter() - t0
+                    if not _finite(row["train_loss"], row["theta_norm"], row["gamma_bar"]):
+                        raise _Diverged(epoch, "non-finite loss or weights after the epoch "
+                                               f"(train loss {row['train_loss']}, ||theta|| {row['theta_norm']})")
+                    if wants_monitor(epoch):
+                        run_monitor(row)
+                    record(row)
+                    keep(epoch, row)
+            finally:
+                torch.backends.cudnn.benchmark = old_bench
+    except _Diverged as exc:
+        kept = last_ckpt
+        if snapshot is not None and snapshot["epoch"] > last_ckpt_epoch:
+            model.load_state_dict(snapshot["model"])
+            opt.load_state_dict(snapshot["optim"])
+            kept = save_checkpoint(checkpoint_stem(out, snapshot["epoch"]), model, opt, config,
+                                   snapshot["epoch"], snapshot["step"], snapshot["rng"], snapshot["row"])
+        where = f"last good checkpoint kept: {kept}" if kept is not None else \
+            ("no checkpoint (none was written)" if out is not None else "no checkpoint (no --out)")
+        err = NonFiniteLossError(f"training diverged in epoch {exc.epoch} at lr {lr_at(config, max(exc.epoch, 1)):g}: "
+                                 f"{exc.what}; stopped; {where}")
+        err.epoch, err.checkpoint, err.history = exc.epoch, kept, history
+        raise err from None
+
+    final = _summary(config, model, ds, history, device, out, last_ckpt, resumed_from,
+                     time.perf_counter() - t_run)
+    if out is not None:
+        atomic_write_json(out / "summary.json", final)
+    return TrainResult(model=model, history=history, config=config, out=out, final=final, dataset=ds)
+
+
+def _summary(config, model, ds, history, device, out, last_ckpt, resumed_from, seconds) -> dict:
+    from .models import parameter_count, unique_parameter_count
+
+    last = history[-1] if history else {}
+    times = [r["epoch_seconds"] for r in history if r.get("epoch", 0) > 0 and r.get("epoch_seconds") is not None]
+    tests = [r["test_acc"] for r in history if isinstance(r.get("test_acc"), (int, float))]
+    return {
+        "status": "ok",
+        "dataset": ds.name, "model": config.model, "epochs": int(last.get("epoch", 0)),
+        "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
+        "test_acc": last.get("test_acc"), "best_test_acc": max(tests) if tests else None,
+        "gamma_bar": last.get("gamma_bar"), "gamma_min": last.get("gamma_min"),
+        "theta_norm": last.get("theta_norm"), "degree": last.get("degree"),
+        "normalisation": last.get("normalisation"),
+        "initial_gamma_bar": history[0].get("gamma_bar") if history else None,
+        "mean_epoch_seconds": sum(times) / len(times) if times else None,
+        "total_seconds": seconds,
+        "parameters": parameter_count(model), "unique_parameters": unique_parameter_count(model),
+        "n_train": int(ds.y_train.shape[0]), "n_test": int(ds.y_test.shape[0]),
+        "input_shape": list(ds.input_shape), "num_classes": int(ds.num_classes),
+        "device": str(device), "out": str(out) if out is not None else None,
+        "checkpoint": str(last_ckpt) if last_ckpt is not None else None,
+        "resumed_from_epoch": resumed_from,
+        "config": config.to_dict(),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+def _int_ge(lo: int) -> Callable[[str], int]:
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}: {s!r}")
+        return v
+    return parse
+
+
+def _float_range(lo: float, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+        if not math.isfinite(v) or v < lo or (lo_open and v == lo) or (hi is not None and v >= hi):
+            rng = f"{'>' if lo_open else '>='} {lo:g}" + (f" and < {hi:g}" if hi is not None else "")
+            raise argparse.ArgumentTypeError(f"must be a finite number {rng}: {s!r}")
+        return v
+    return parse
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        vals = [int(p) for p in s.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {s!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive integers: {s!r}")
+    return vals
+
+
+def _milestones(s: str) -> list[int]:
+    if s.strip() in ("", "none"):
+        return []
+    vals = _int_list(s)
+    if vals != sorted(set(vals)):
+        raise argparse.ArgumentTypeError(f"milestones must be strictly increasing: {s!r}")
+    return vals
+
+
+def _checkpoint_every(s: str) -> int | None:
+    s = s.strip().lower()
+    if s == "auto":
+        return None
+    if s == "none":
+        return -1
+    return _int_ge(0)(s)
+
+
+def build_parser() -> ArgumentParser:
+    d = TrainConfig()
+    p = ArgumentParser(
+        prog=PROG,
+        description="Train a classifier with SGD on a whole-dataset-on-device tensor and record, every "
+                    "epoch, loss, train/test accuracy and the margins gamma_bar, gamma_min over the full "
+                    "training set (SPEC §2, §7). Exit status: 0 ok, 2 bad input, 3 non-finite loss.")
+    g = p.add_argument_group("data and model")
+    g.add_argument("--dataset", required=True, help="xor, iris, wine, breast_cancer, digits, mnist-5k (bundled); "
+                   "mnist, fashion-mnist, cifar10, cifar10-subset (from --data-dir)")
+    g.add_argument("--model", required=True, help="linear, relu2, quadratic, lowrank, conv-{linear,lowrank,quadratic}, "
+                   "resnet{10,12,14,16,18}-{linear,lowrank,quadratic}")
+    g.add_argument("--rank", type=_int_ge(1), default=d.rank, help="rank r of lowrank layers (default 1)")
+    g.add_argument("--layers", type=_int_ge(1), default=d.layers, help="number of lowrank layers (deep DIQNN; default 1)")
+    g.add_argument("--hidden", type=_int_list, default=None, metavar="H[,H...]",
+                   help="hidden width(s): relu2 (default 8000), deep lowrank (default 32)")
+    g.add_argument("--conv-channels", type=_int_ge(1), default=d.conv_channels, help="conv-* channels (default 1)")
+    g.add_argument("--no-conv-bias", dest="conv_bias", action="store_false",
+                   help="bias-free conv (homogeneous conv-lowrank, L = 4)")
+    g.add_argument("--data-dir", default=None, help="folder with the standard dataset files")
+    g.add_argument("--download", action="store_true", help="download missing standard files (md5-checked)")
+    g.add_argument("--n-train", type=_int_ge(1), default=None, help="seeded stratified training subset size")
+    g.add_argument("--n-test", type=_int_ge(1), default=None, help="seeded stratified test subset size")
+    g.add_argument("--normalize", action="store_true", help="per-channel standardisation of image pixels")
+    g.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip, on device")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=_int_ge(0), default=d.epochs, help="epochs (default 10)")
+    o.add_argument("--batch-size", type=_int_ge(1), default=d.batch_size, help="batch size (default 100)")
+    o.add_argument("--lr", type=_float_range(0, lo_open=True), default=d.lr, help="learning rate (default 0.01)")
+    o.add_argument("--momentum", type=_float_range(0, 1), default=d.momentum, help="SGD momentum (default 0)")
+    o.add_argument("--weight-decay", type=_float_range(0), default=d.weight_decay, help="weight decay (default 0)")
+    o.add_argument("--lr-milestones", type=_milestones, default=[], metavar="E1,E2",
+                   help="multiply the lr by --lr-gamma after these epochs (MultiStepLR)")
+    o.add_argument("--lr-gamma", type=_float_range(0, lo_open=True), default=d.lr_gamma, help="lr factor (default 0.1)")
+    o.add_argument("--margin-reg", type=_float_range(0), default=d.margin_reg, metavar="LAMBDA",
+                   help="margin regularisation: loss = CE - LAMBDA * gamma_bar(batch) (default 0)")
+    o.add_argument("--seed", type=_int_ge(0), default=d.seed, help="seed of split, init, order, augmentation (default 0)")
+    o.add_argument("--device", default=d.device, help="auto (default; cuda if available), cpu, cuda, cuda:N")
+    r = p.add_argument_group("outputs")
+    r.add_argument("--out", default=None, metavar="DIR", help="run folder: config.json, metrics.jsonl, checkpoints/")
+    r.add_argument("--checkpoint-every", type=_checkpoint_every, default=None, metavar="K|auto|none",
+                   help="checkpoint epoch 0 and every K epochs, plus the final one; 0 = final only; "
+                        "auto (default) = every ceil(epochs/10)")
+    r.add_argument("--monitor-every", type=_int_ge(0), default=0, metavar="K",
+                   help="Theorem 2 monitors every K epochs (default 0 = off)")
+    r.add_argument("--monitor-subset", type=_int_ge(1), default=d.monitor_subset, metavar="N",
+                   help="points of the seeded monitor subset (default 512)")
+    r.add_argument("--eval-batch-size", type=_int_ge(1), default=None, help="batch of the evaluation passes")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    r.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
+    r.add_argument("--json", action="store_true", help="print one JSON summary on stdout (epoch lines go to stderr)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names}).validate()
+
+
+def _human_summary(final: dict) -> str:
+    t = final.get("mean_epoch_seconds")
+    lines = [f"{final['model']} on {final['dataset']} ({final['n_train']} train / {final['n_test']} test, "
+             f"{final['parameters']:,} parameters, {final['device']}): after {final['epochs']} epochs "
+             f"train acc {100 * final['train_acc']:.2f}%, test acc {100 * final['test_acc']:.2f}%",
+             f"margins ({final['normalisation']} normalisation, L = {final['degree']}): gamma_bar "
+             f"{final['initial_gamma_bar']:+.4e} -> {final['gamma_bar']:+.4e}, gamma_min {final['gamma_min']:+.4e}"
+             + (f"; mean epoch time {t:.2f} s" if t is not None else "")]
+    if final.get("out"):
+        lines.append(f"run folder: {final['out']}" + (f" (checkpoint {final['checkpoint']})" if final.get("checkpoint") else ""))
+    return "\n".join(lines)
+
+
+@cli_entry(PROG)
+def main(argv=None) -> int:
+    """Train from the command line; exit 0 ok, 2 bad input, 3 non-finite loss."""
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    if config.quiet:
+        log = None
+    elif config.json:
+        def log(msg: str) -> None:
+            sys.stderr.write(msg + "\n")
+            sys.stderr.flush()
+    else:
+        def log(msg: str) -> None:
+            print(msg, flush=True)
+    try:
+        res = train(config, progress=not config.quiet, log=log)
+    except NonFiniteLossError as exc:
+        sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")
+        return EXIT_NONFINITE
+    if config.json:
+        print_json(res.final)
+    elif not config.quiet:
+        print(_human_summary(res.final))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
