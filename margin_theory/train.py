@@ -360,6 +360,49 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad
     return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
+                batch_size: int, generator: torch.Generator | None = None, *, augment: bool = False,
+                margin_reg: float = 0.0, normalisation=None, bar=None):
+    """One epoch of SGD over a device-resident data set (SPEC §9): the hot loop of :func:`train`.
+
+    Batches are slices of one device-side permutation (:func:`epoch_batches`); each step
+    gathers ``X[idx]``, optionally augments on-device (:func:`augment_batch`), and
+    minimises ``CE - margin_reg * gamma_bar(batch)`` (paper eq. 5). Loss and accuracy
+    accumulate on the device: no host synchronisation inside the loop (the optional
+    tqdm ``bar`` reads them about 20 times an epoch, only when it is shown).
+
+    Returns ``(loss_sum, correct, seen, steps)``: float64 and int64 device tensors
+    (sum of batch losses weighted by batch size, number correct), then two ints.
+    """
+    N = int(Y.shape[0])
+    device = X.device
+    model.train()
+    batches = epoch_batches(N, batch_size, generator, device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    refresh = max(1, len(batches) // 20)
+    show = bar is not None and not bar.disable
+    for i, idx in enumerate(batches):
+        xb, yb = X[idx], Y[idx]
+        if augment:
+            xb = augment_batch(xb, generator)
+        logits = model(xb)
+        loss = margin_regularised_loss(logits, yb, model, margin_reg, normalisation=normalisation or "auto")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        nb = idx.shape[0]
+        seen += nb
+        loss_sum += loss.detach().to(torch.float64) * nb
+        correct += (logits.detach().argmax(1) == yb).sum()
+        if show:
+            if i % refresh == 0 or i == len(batches) - 1:
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}", refresh=False)
+            bar.update(1)
+    return loss_sum, correct, seen, len(batches)
+
+
 def lr_at(config: TrainConfig, epoch: int) -> float:
     """Learning rate of (1-based) ``epoch``: ``lr * lr_gamma ** #{m : m < epoch}`` (MultiStepLR)."""
     k = sum(1 for m in config.lr_milestones if m < epoch)
@@ -720,35 +763,15 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
                         group["lr"] = lr
                     model.train()
                     t0 = time.perf_counter()
-                    batches = epoch_batches(N, config.batch_size, g, device)
-                    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-                    correct = torch.zeros((), dtype=torch.int64, device=device)
-                    seen = 0
-                    bar = _progress_bar(total=len(batches), desc=f"epoch {epoch}/{config.epochs}",
+                    bar = _progress_bar(total=-(-N // config.batch_size), desc=f"epoch {epoch}/{config.epochs}",
                                         quiet=not show_bar, unit="batch")
-                    refresh = max(1, len(batches) // 20)
                     try:
-                        for i, idx in enumerate(batches):
-                            xb, yb = X[idx], Y[idx]
-                            if config.augment:
-                                xb = augment_batch(xb, g)
-                            logits = model(xb)
-                            loss = margin_regularised_loss(logits, yb, model, config.margin_reg,
-                                                           normalisation=norm_spec or "auto")
-                            opt.zero_grad(set_to_none=True)
-                            loss.backward()
-                            opt.step()
-                            step += 1
-                            nb = idx.shape[0]
-                            seen += nb
-                            loss_sum += loss.detach().to(torch.float64) * nb
-                            correct += (logits.detach().argmax(1) == yb).sum()
-                            if not bar.disable and (i % refresh == 0 or i == len(batches) - 1):
-                                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}",
-                                                acc=f"{int(correct) / seen:.3f}", refresh=False)
-                            bar.update(1)
+                        loss_sum, correct, seen, steps = train_epoch(
+                            model, opt, X, Y, config.batch_size, g, augment=config.augment,
+                            margin_reg=config.margin_reg, normalisation=norm_spec, bar=bar)
                     finally:
                         bar.close()
+                    step += steps
                     if not bool(torch.isfinite(loss_sum)):     # one sync per epoch
                         raise _Diverged(epoch, f"non-finite training loss ({float(loss_sum / max(seen, 1))})")
                     row = {"epoch": epoch, **evaluate(model, ds, batch_size=eval_bs), "lr": lr}
