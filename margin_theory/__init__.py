@@ -5,14 +5,25 @@ Neural Networks Outperform Traditional Artificial Ones" (arXiv 2307.13609).
 Modules (one per idea): ``models``, ``margins``, ``homogeneity`` (Lemma 1),
 ``xor_flow`` (Theorem 1), ``assumptions`` (Lemma 2 / Theorem 2 monitors), ``data``,
 ``train``, ``checkpoint``, ``check``, ``plot``, ``experiment``, ``bench``.
+
+The top-level names below are imported lazily, so ``python -m margin_theory.xor_flow``
+(numpy/scipy only) does not pay for importing torch.
 """
 from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
 from ._util import CheckpointError, ConfigError, DataError, MarginTheoryError, NonFiniteLossError
-from .margins import compute_margins, margin_regularised_loss, margin_values
-from .models import build_model, parameter_count, unique_parameter_count
+
+_LAZY = {
+    "build_model": "models", "parameter_count": "models", "unique_parameter_count": "models",
+    "compute_margins": "margins", "margin_values": "margins", "margin_regularised_loss": "margins",
+    "load_dataset": "data", "train": "train", "TrainConfig": "train",
+    "theorem2_report": "assumptions", "solve_xor_flow": "xor_flow",
+    "numeric_homogeneity": "homogeneity", "symbolic_homogeneity": "homogeneity",
+}
 
 
 def load_checkpoint(path, device="cpu"):
@@ -25,8 +36,13 @@ def load_checkpoint(path, device="cpu"):
     return _load(path, device=device)
 
 
-__all__ = [
-    "build_model", "parameter_count", "unique_parameter_count", "compute_margins",
-    "margin_values", "margin_regularised_loss", "load_checkpoint", "MarginTheoryError",
-    "DataError", "CheckpointError", "ConfigError", "NonFiniteLossError", "__version__",
-]
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'margin_theory' has no attribute {name!r}")
+
+
+__all__ = sorted(list(_LAZY) + [
+    "load_checkpoint", "MarginTheoryError", "DataError", "CheckpointError", "ConfigError",
+    "NonFiniteLossError", "__version__",
+])
