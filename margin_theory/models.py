@@ -342,8 +342,9 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, rank
         layers: n, number of Low-Rank layers (``lowrank`` only; n > 1 is the deep DIQNN).
         hidden: hidden width(s): relu2 (default 8000), deep lowrank (default 32 each).
         conv_channels: c of the ``conv-`` models (1 reproduces the paper).
-        conv_bias: the conv's bias (PyTorch's default, as the authors); ``False`` makes
-            ``conv-lowrank`` homogeneous with L = 4.
+        conv_bias: the conv's bias (PyTorch's default, as the authors). Either way
+            ``conv-lowrank`` is homogeneous with L = 4 (``conv-linear`` 2, ``conv-quadratic``
+            3): a first-layer bias scales with the kernel.
     """
     input_shape = tuple(int(s) for s in input_shape)
     if not input_shape or any(s < 1 for s in input_shape):
@@ -391,7 +392,11 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, rank
             raise ConfigError(f"conv channels must be >= 1, got {c}")
         features = nn.Sequential(nn.Conv2d(cin, c, 5, padding=2, bias=conv_bias), nn.ReLU(), nn.Flatten())
         head = _make_head(m.group(1), c * H * W, C, rank)
-        return Classifier(features, head, None if conv_bias else 1, name, input_shape)
+        # The conv is the first layer with parameters: (c w) * x + c b = c (w * x + b), and
+        # ReLU is positively homogeneous, so the features have degree 1 *with or without*
+        # the bias (SPEC §3 says the bias breaks homogeneity; it does not - see
+        # proofs/lemma1_homogeneity.md, "Correction to SPEC §3").
+        return Classifier(features, head, 1, name, input_shape)
 
     m = re.fullmatch(r"resnet(\d+)-(\w+)", name)
     if m and int(m.group(1)) in RESNET_BLOCKS:

@@ -908,7 +908,7 @@ def build_parser() -> ArgumentParser:
                    help="hidden width(s): relu2 (default 8000), deep lowrank (default 32)")
     g.add_argument("--conv-channels", type=_int_ge(1), default=d.conv_channels, help="conv-* channels (default 1)")
     g.add_argument("--no-conv-bias", dest="conv_bias", action="store_false",
-                   help="bias-free conv (homogeneous conv-lowrank, L = 4)")
+                   help="bias-free conv (conv-lowrank is 4-homogeneous either way)")
     g.add_argument("--data-dir", default=None, help="folder with the standard dataset files")
     g.add_argument("--download", action="store_true", help="download missing standard files (md5-checked)")
     g.add_argument("--n-train", type=_int_ge(1), default=None, help="seeded stratified training subset size")

@@ -1,0 +1,1253 @@
+r"""Homogeneity of the models in their parameters (SPEC §3; paper Definition 1, Lemma 1).
+
+Definition 1: f is *L-homogeneous* in :math:`\theta` if :math:`f(c\theta; x) = c^L f(\theta; x)`
+for every :math:`c > 0`, every :math:`\theta` and every x. Then Euler's identity
+:math:`\langle \nabla_\theta f_j, \theta\rangle = L f_j` holds (proof in
+``proofs/lemma1_homogeneity.md``). Lemma 1: a Low-Rank DIQNN of n quadratic layers is
+homogeneous with :math:`L_n = 2(L_{n-1} + 1)`, :math:`L_1 = 2`, i.e. :math:`L_n = 2^{n+1} - 2`.
+
+Two independent checkers; neither is told the degree, both *derive* it.
+
+**Symbolic** (:func:`symbolic_homogeneity`, sympy, exact) for small sizes of our
+architectures (``linear``, ``quadratic``, ``lowrank`` with n layers, ``relu2``,
+``conv-<head>``). Two exact methods:
+
+* ``"expand"``: every parameter is a sympy symbol (named after the torch parameter,
+  e.g. ``head.weight[1,0,1]``), every input a symbol; f is expanded to a polynomial,
+  :math:`\theta \to c\theta` is substituted with a positive symbol c, and the exponent of c
+  in every monomial is read off. f is homogeneous iff all monomials share one exponent L,
+  and then ``expand(f(c theta) - c**L f(theta)) == 0`` and Euler's identity
+  ``expand(sum_p p * diff(f, p) - L f) == 0`` are verified. ReLU is written
+  :math:`\mathrm{relu}(z) = z\,\mathbb 1[z > 0]` with the gate :math:`\mathbb 1[z>0]` a sympy
+  function that is 0-homogeneous (``Gate(c*z) -> Gate(z)`` for positive c, the rewrite
+  rule that *is* the positive homogeneity of ReLU) and has derivative 0 (true off the
+  null set z = 0). A gate whose argument is not homogeneous (so that the activation
+  pattern would change along the ray) is reported as a failure of homogeneity. For a
+  non-homogeneous f the parameters occurring in monomials whose c-exponent differs from
+  the top one are named (``relu2``: the output bias).
+* ``"ray"`` (used automatically when the expansion would exceed ``max_terms``, e.g. four
+  quadratic layers): exact integer arithmetic at random integer points
+  :math:`\theta_0, x_0` (entries in :math:`[-10^6, 10^6]`). Layer by layer, every unit is
+  a univariate polynomial in c with integer coefficients, so :math:`f(c\theta_0)` is
+  computed exactly and its c-exponents read off; Euler's identity is verified exactly with
+  dual numbers carrying the full integer gradient :math:`\nabla_\theta f(\theta_0)`. By the
+  Schwartz-Zippel lemma a non-zero coefficient polynomial of degree D vanishes at such a
+  point with probability at most :math:`D / (2\cdot 10^6)`; ``trials`` points are used.
+
+The symbolic ``quadratic`` head uses the unique entries :math:`W_{ijk} = W_{ikj}` as its
+parameters (the torch module stores V with :math:`W = (V + V^\top)/2`, also linear in V:
+same degree).
+
+**Numeric** (:func:`numeric_homogeneity`, any ``torch.nn.Module``, float64, eval mode,
+parameters substituted with :func:`torch.func.functional_call` so the model is never
+modified):
+
+* L is estimated from :math:`\log(f_j(c\theta)/f_j(\theta)) / \log c` over several c and all
+  outputs j; f is declared L-homogeneous when, for every c,
+  :math:`\max_j |f_j(c\theta) - c^L f_j(\theta)| \le \mathrm{rtol}\,\max_j |c^L f_j(\theta)|`,
+  both at the given :math:`\theta` and at a *generic* point :math:`\theta'` (every
+  tensor perturbed by Gaussian noise of half its RMS, 0.1 if it is zero), because
+  Definition 1 quantifies over all :math:`\theta` (a zero bias would otherwise hide).
+* Euler's identity at :math:`\theta`: the vector :math:`(\langle\nabla_\theta f_j,\theta\rangle)_j = J\theta`
+  is one forward-mode Jacobian-vector product (:func:`torch.func.jvp`), compared with
+  :math:`L f`.
+* Head degree: only ``model.head``'s parameters are scaled, its input (the features) is
+  captured once and held fixed.
+* Breaking parameters: candidates are the biases (parameters named ``*bias``) and the
+  normalisation layers (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm; evaluated
+  in eval mode, running statistics are buffers, not parameters). At :math:`\theta'`:
+
+  1. *neutralise* all candidates (biases set to zero, normalisation layers replaced by
+     the identity) and test again;
+  2. if that restores homogeneity, each candidate is put back *alone* (the others still
+     neutralised); it breaks homogeneity iff the model is then not homogeneous. This
+     names ``relu2``'s output bias b2 but not its first-layer bias b1, which is jointly
+     homogeneous with W1 (:math:`W_1x + b_1 = [W_1\ b_1][x; 1]`);
+  3. otherwise the architecture itself breaks homogeneity (``structural``: e.g. a
+     residual sum of branches of different degrees, or a non-homogeneous activation);
+     then the candidates in which f is not even *separately* homogeneous are named
+     (a per-tensor Euler test: :math:`\langle\nabla_P (w\cdot f), P\rangle / (w\cdot f)` must
+     not depend on random output weights w; a mismatch certifies non-homogeneity in P),
+     falling back to all parameter tensors when no candidate fails. For ResNets this
+     names every BatchNorm weight and bias.
+
+Note (proved in ``proofs/lemma1_homogeneity.md`` §4): a bias in the *first* parameterised
+layer does not break homogeneity, :math:`(cW)x + cb = c(Wx + b)`; so ``conv-<head>`` is
+homogeneous with or without its conv bias (L = 4 with a lowrank head), whatever the model
+object declares; it is ``relu2``'s output bias, hidden biases, BatchNorm and residual sums
+that break it.
+
+CLI: ``python -m margin_theory.homogeneity --model lowrank --layers 3 --json`` (also
+``margin-theory homogeneity``).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import sympy
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from ._util import ArgumentParser, ConfigError, cli_entry, print_json
+from .models import HEADS, MODEL_NAMES, build_model, describe_model_names
+
+__all__ = [
+    "lemma1_degree", "SymbolicResult", "symbolic_homogeneity", "SYMBOLIC_MODELS",
+    "NumericResult", "numeric_homogeneity", "default_input_shape", "check_model",
+    "NORM_LAYER_TYPES", "main",
+]
+
+
+def lemma1_degree(layers: int) -> int:
+    r"""Lemma 1's closed form :math:`L_n = 2^{n+1} - 2` for n Low-Rank layers (used only to
+    *compare* with what the checkers derive)."""
+    if int(layers) < 1:
+        raise ConfigError(f"layers must be >= 1, got {layers}")
+    return 2 ** (int(layers) + 1) - 2
+
+
+# ===========================================================================
+# Symbolic checker
+# ===========================================================================
+SYMBOLIC_MODELS = ("linear", "quadratic", "lowrank", "relu2", "conv-linear", "conv-lowrank",
+                   "conv-quadratic")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _GateNotHomogeneous(Exception):
+    pass
+
+
+def _sum(items):
+    it = iter(items)
+    acc = next(it)
+    for v in it:
+        acc = acc + v
+    return acc
+
+
+class _RingBackend:
+    r"""Elements of a sparse polynomial ring over Z (``sympy.polys.rings``) whose generators
+    are the parameters (named after the torch tensors, e.g. ``head.weight[1,0,1]``), the
+    inputs ``x0, x1, ...``, the ReLU gates ``g0, g1, ...`` standing for
+    :math:`\mathbb 1[z_k > 0]` and the scale c. ``layout`` comes from a dry run."""
+
+    name = "expand"
+
+    def __init__(self, layout: dict, max_terms: int):
+        self.param_names = [f"{n}[{','.join(map(str, idx))}]" for n, idxs in layout["params"].items()
+                            for idx in idxs]
+        self.n_inputs, self.n_gates = layout["n_inputs"], layout["n_gates"]
+        names = (self.param_names + [f"x{k}" for k in range(self.n_inputs)]
+                 + [f"g{k}" for k in range(self.n_gates)] + ["c"])
+        self.R, *gens = sympy.polys.rings.ring(names, sympy.ZZ)
+        P = len(self.param_names)
+        self.theta = gens[:P]
+        self.xs = gens[P:P + self.n_inputs]
+        self.gates = gens[P + self.n_inputs:P + self.n_inputs + self.n_gates]
+        self.c = gens[-1]
+        self._next_param = 0
+        self.gate_args: list = []
+        self.max_terms = int(max_terms)
+        self.terms = 0
+
+    def param(self, name, shape, symmetric_last2=False):
+        arr = np.empty(tuple(shape), dtype=object)
+        for idx in np.ndindex(*shape):
+            if symmetric_last2 and idx[-2] > idx[-1]:
+                continue
+            arr[idx] = self.theta[self._next_param]
+            self._next_param += 1
+        if symmetric_last2:
+            for idx in np.ndindex(*shape):
+                if idx[-2] > idx[-1]:
+                    arr[idx] = arr[idx[:-2] + (idx[-1], idx[-2])]
+        return arr
+
+    def input(self, shape):
+        arr = np.empty(tuple(shape), dtype=object)
+        for k, idx in enumerate(np.ndindex(*shape)):
+            arr[idx] = self.xs[k]
+        return arr
+
+    def gate(self, z):
+        k = len(self.gate_args)
+        self.gate_args.append(z)
+        return z * self.gates[k]
+
+    def finish(self, values: list) -> list:
+        self.terms = sum(len(v) for v in values)
+        if self.terms > self.max_terms:
+            raise _TooLarge(self.terms)
+        return values
+
+
+class _LayoutBackend:
+    """Dry run: records parameter names and index sets, the input size and the gate count."""
+
+    def __init__(self):
+        self.params: dict[str, list] = {}
+        self.n_inputs = 0
+        self.n_gates = 0
+
+    def param(self, name, shape, symmetric_last2=False):
+        self.params[name] = [idx for idx in np.ndindex(*shape)
+                             if not (symmetric_last2 and idx[-2] > idx[-1])]
+        return np.zeros(tuple(shape), dtype=object)
+
+    def input(self, shape):
+        self.n_inputs = int(np.prod(shape))
+        return np.zeros(tuple(shape), dtype=object)
+
+    def gate(self, z):
+        self.n_gates += 1
+        return z
+
+    def finish(self, values):
+        return values
+
+    def layout(self) -> dict:
+        return {"params": self.params, "n_inputs": self.n_inputs, "n_gates": self.n_gates}
+
+
+class _RayPoly:
+    """Univariate polynomial in c with Python-int coefficients: {exponent: coefficient}."""
+
+    __slots__ = ("t",)
+
+    def __init__(self, t: dict[int, int]):
+        self.t = {k: v for k, v in t.items() if v != 0}
+
+    def __add__(self, o):
+        if isinstance(o, int):
+            o = _RayPoly({0: o})
+        t = dict(self.t)
+        for k, v in o.t.items():
+            t[k] = t.get(k, 0) + v
+        return _RayPoly(t)
+
+    __radd__ = __add__
+
+    def __mul__(self, o):
+        if isinstance(o, int):
+            return _RayPoly({k: v * o for k, v in self.t.items()})
+        t: dict[int, int] = {}
+        for k1, v1 in self.t.items():
+            for k2, v2 in o.t.items():
+                t[k1 + k2] = t.get(k1 + k2, 0) + v1 * v2
+        return _RayPoly(t)
+
+    __rmul__ = __mul__
+
+    def __pow__(self, n: int):
+        assert n == 2
+        return self * self
+
+
+class _RayBackend:
+    """Parameters are c * theta0 (theta0 random integers): every value is a _RayPoly in c."""
+
+    name = "ray"
+
+    def __init__(self, rng: random.Random, bound: int):
+        self.rng, self.bound = rng, bound
+        self.theta0: dict[str, list[int]] = {}
+        self.terms = 0
+
+    def _draw(self) -> int:
+        v = 0
+        while v == 0:
+            v = self.rng.randint(-self.bound, self.bound)
+        return v
+
+    def param(self, name, shape, symmetric_last2=False):
+        arr = np.empty(tuple(shape), dtype=object)
+        vals = []
+        for idx in np.ndindex(*shape):
+            if symmetric_last2 and idx[-2] > idx[-1]:
+                continue
+            v = self._draw()
+            arr[idx] = _RayPoly({1: v})
+            vals.append(v)
+        if symmetric_last2:
+            for idx in np.ndindex(*shape):
+                if idx[-2] > idx[-1]:
+                    arr[idx] = arr[idx[:-2] + (idx[-1], idx[-2])]
+        self.theta0[name] = vals
+        return arr
+
+    def input(self, shape):
+        arr = np.empty(tuple(shape), dtype=object)
+        self.x0 = []
+        for idx in np.ndindex(*shape):
+            v = self._draw()
+            arr[idx] = _RayPoly({0: v})
+            self.x0.append(v)
+        return arr
+
+    def gate(self, z: _RayPoly):
+        if len(z.t) == 0:
+            return z
+        if len(z.t) > 1:
+            raise _GateNotHomogeneous(sorted(z.t))
+        (coef,) = z.t.values()
+        return z if coef > 0 else _RayPoly({})
+
+    def finish(self, values):
+        return values
+
+
+class _Dual:
+    """Value and exact integer gradient w.r.t. all parameters (forward-mode AD over Z)."""
+
+    __slots__ = ("v", "g")
+
+    def __init__(self, v: int, g: np.ndarray):
+        self.v, self.g = v, g
+
+    def __add__(self, o):
+        if isinstance(o, int):
+            return _Dual(self.v + o, self.g)
+        return _Dual(self.v + o.v, self.g + o.g)
+
+    __radd__ = __add__
+
+    def __mul__(self, o):
+        if isinstance(o, int):
+            return _Dual(self.v * o, self.g * o)
+        return _Dual(self.v * o.v, self.g * o.v + o.g * self.v)
+
+    __rmul__ = __mul__
+
+    def __pow__(self, n):
+        assert n == 2
+        return self * self
+
+
+class _DualBackend:
+    """Replays the same theta0 / x0 as a _RayBackend with dual numbers (for Euler)."""
+
+    name = "dual"
+
+    def __init__(self, theta0: dict[str, list[int]], x0: list[int]):
+        self.theta0 = theta0
+        self.flat = [v for vals in theta0.values() for v in vals]
+        self.P = len(self.flat)
+        self.offset = 0
+        self.x0 = list(x0)
+
+    def _zero(self):
+        return np.zeros(self.P, dtype=object)
+
+    def param(self, name, shape, symmetric_last2=False):
+        arr = np.empty(tuple(shape), dtype=object)
+        vals = self.theta0[name]
+        k = 0
+        for idx in np.ndindex(*shape):
+            if symmetric_last2 and idx[-2] > idx[-1]:
+                continue
+            g = self._zero()
+            g[self.offset + k] = 1
+            arr[idx] = _Dual(vals[k], g)
+            k += 1
+        self.offset += k
+        if symmetric_last2:
+            for idx in np.ndindex(*shape):
+                if idx[-2] > idx[-1]:
+                    arr[idx] = arr[idx[:-2] + (idx[-1], idx[-2])]
+        return arr
+
+    def input(self, shape):
+        arr = np.empty(tuple(shape), dtype=object)
+        for k, idx in enumerate(np.ndindex(*shape)):
+            arr[idx] = _Dual(self.x0[k], self._zero())
+        return arr
+
+    def gate(self, z: _Dual):
+        return z if z.v > 0 else _Dual(0, self._zero())
+
+    def finish(self, values):
+        return values
+
+
+# --- architectures over a backend (parameter names mirror models.build_model) ----------
+def _dot(w_row, h) -> Any:
+    return _sum(w * v for w, v in zip(w_row, h))
+
+
+def _lowrank_layer(A: np.ndarray, h: list) -> list:
+    out_dim, rank, _ = A.shape
+    return [_sum(_dot(A[i, k], h) ** 2 for k in range(rank)) for i in range(out_dim)]
+
+
+def _head(B, kind: str, h: list, num_classes: int, rank: int) -> list:
+    d = len(h)
+    if kind == "linear":
+        W = B.param("head.weight", (num_classes, d))
+        return [_dot(W[i], h) for i in range(num_classes)]
+    if kind == "lowrank":
+        return _lowrank_layer(B.param("head.weight", (num_classes, rank, d)), h)
+    if kind == "quadratic":
+        W = B.param("head.weight", (num_classes, d, d), symmetric_last2=True)
+        return [_sum(W[i, j, k] * h[j] * h[k] for j in range(d) for k in range(d))
+                for i in range(num_classes)]
+    raise ConfigError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
+
+
+def _symbolic_forward(B, model: str, s: dict) -> list:
+    C, r = s["num_classes"], s.get("rank", 1)
+    if model in ("linear", "quadratic"):
+        x = list(B.input((s["d"],)))
+        return B.finish(_head(B, model, x, C, r))
+    if model == "lowrank":
+        h = list(B.input((s["d"],)))
+        for layer, w in enumerate(s["widths"], start=1):
+            h = B.finish(_lowrank_layer(B.param(f"features.{layer}.weight", (w, r, len(h))), h))
+        return B.finish(_lowrank_layer(B.param("head.weight", (C, r, len(h))), h))
+    if model == "relu2":
+        x = list(B.input((s["d"],)))
+        H = s["hidden"]
+        W1, b1 = B.param("features.1.weight", (H, len(x))), B.param("features.1.bias", (H,))
+        h = [B.gate(_dot(W1[i], x) + b1[i]) for i in range(H)]
+        W2, b2 = B.param("head.linear.weight", (C, H)), B.param("head.linear.bias", (C,))
+        return B.finish([_dot(W2[i], h) + b2[i] for i in range(C)])
+    if model.startswith("conv-"):
+        Hh, Ww = s["image"]
+        k, p, ch = s["kernel"], s["padding"], s["channels"]
+        x = B.input((1, Hh, Ww))
+        Wc = B.param("features.0.weight", (ch, 1, k, k))
+        bc = B.param("features.0.bias", (ch,)) if s["conv_bias"] else None
+        Ho, Wo = Hh + 2 * p - k + 1, Ww + 2 * p - k + 1
+        if Ho < 1 or Wo < 1:
+            raise ConfigError(f"kernel {k} with padding {p} does not fit a {Hh}x{Ww} image")
+        feats = []
+        for o in range(ch):
+            for i in range(Ho):
+                for j in range(Wo):
+                    terms = [Wc[o, 0, u, v] * x[0, i + u - p, j + v - p]
+                             for u in range(k) for v in range(k)
+                             if 0 <= i + u - p < Hh and 0 <= j + v - p < Ww]
+                    z = _sum(terms)
+                    if bc is not None:
+                        z = z + bc[o]
+                    feats.append(B.gate(z))
+        return B.finish(_head(B, model.split("-", 1)[1], feats, C, r))
+    raise ConfigError(f"no symbolic form for model {model!r}; symbolic models: {', '.join(SYMBOLIC_MODELS)}")
+
+
+@dataclass
+class SymbolicResult:
+    """Outcome of :func:`symbolic_homogeneity` (exact; see the module docstring)."""
+
+    model: str
+    method: str
+    sizes: dict
+    n_parameters: int
+    homogeneous: bool
+    degree: int | None
+    degrees: list
+    euler_ok: bool
+    expression_size: int
+    breaking_parameters: list
+    lemma1_formula: int | None
+    seconds: float
+    notes: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sizes(model, layers, d, hidden, rank, num_classes, conv_bias, image, kernel, padding, channels):
+    for nm, v in (("layers", layers), ("d", d), ("rank", rank), ("kernel", kernel), ("channels", channels),
+                  ("num_classes", num_classes)):
+        if int(v) < 1:
+            raise ConfigError(f"{nm} must be >= 1, got {v}")
+    if int(padding) < 0:
+        raise ConfigError(f"padding must be >= 0, got {padding}")
+    if layers > 1 and model != "lowrank":
+        raise ConfigError(f"layers applies to the lowrank model only, not {model!r}")
+    widths = [int(hidden)] if isinstance(hidden, int) else [int(h) for h in hidden]
+    if not widths or any(w < 1 for w in widths):
+        raise ConfigError(f"hidden widths must be >= 1, got {hidden}")
+    s: dict[str, Any] = {"num_classes": int(num_classes)}
+    if model == "lowrank":
+        if len(widths) == 1:
+            widths = widths * (layers - 1)
+        elif len(widths) != layers - 1:
+            raise ConfigError(f"hidden gives {len(widths)} widths for {layers} layers; need {layers - 1} (or one)")
+        s.update(d=int(d), layers=int(layers), widths=widths, rank=int(rank))
+    elif model == "relu2":
+        s.update(d=int(d), hidden=widths[0])
+    elif model.startswith("conv-"):
+        if len(image) != 2 or any(int(v) < 1 for v in image):
+            raise ConfigError(f"image must be (H, W) with positive entries, got {image}")
+        s.update(image=[int(image[0]), int(image[1])], kernel=int(kernel), padding=int(padding),
+                 channels=int(channels), conv_bias=bool(conv_bias), rank=int(rank))
+    else:
+        s.update(d=int(d), rank=int(rank))
+    return s
+
+
+def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int = 2,
+                         hidden: int | Sequence[int] = 2, rank: int = 1, num_classes: int = 2,
+                         conv_bias: bool = False, image: Sequence[int] = (2, 2), kernel: int = 5,
+                         padding: int = 2, channels: int = 1, method: str = "auto",
+                         max_terms: int = 20_000, trials: int = 3, seed: int = 0) -> SymbolicResult:
+    r"""Derive the homogeneity degree of a small instance of ``model_name`` exactly (SPEC §3).
+
+    Args:
+        model_name: one of :data:`SYMBOLIC_MODELS`.
+        layers: n for ``lowrank`` (Lemma 1: expect :math:`2^{n+1}-2`, never assumed).
+        d: input dimension (vector models); hidden: hidden width(s) (deep lowrank, relu2);
+        rank: r of every Low-Rank layer; num_classes: C.
+        conv_bias, image, kernel, padding, channels: the ``conv-`` feature map
+            (default: the model's 5x5 kernel with padding 2 on a 2x2 one-channel image).
+        method: ``"expand"`` (full polynomial expansion), ``"ray"`` (exact integer
+            arithmetic at ``trials`` random points) or ``"auto"`` (expand, switching to ray
+            when the expansion exceeds ``max_terms`` monomials).
+
+    Returns:
+        :class:`SymbolicResult` with ``degree`` (the common c-exponent, or None),
+        ``degrees`` (all c-exponents found), ``euler_ok`` and, for ``expand``, the
+        parameters of the monomials of a different degree (``breaking_parameters``).
+    """
+    if model_name not in SYMBOLIC_MODELS:
+        raise ConfigError(f"no symbolic form for model {model_name!r}; symbolic models: {', '.join(SYMBOLIC_MODELS)}")
+    if method not in ("auto", "expand", "ray"):
+        raise ConfigError(f"method must be auto, expand or ray, got {method!r}")
+    if int(trials) < 1:
+        raise ConfigError(f"trials must be >= 1, got {trials}")
+    s = _sizes(model_name, int(layers), d, hidden, rank, num_classes, conv_bias, image, kernel,
+               padding, channels)
+    lemma = lemma1_degree(layers) if model_name == "lowrank" else None
+    t0 = time.perf_counter()
+    if method in ("auto", "expand"):
+        try:
+            res = _symbolic_expand(model_name, s, max_terms if method == "auto" else 10 ** 12)
+        except _TooLarge as exc:
+            res = _symbolic_ray(model_name, s, trials, seed)
+            res.notes.insert(0, f"expansion exceeded {max_terms} monomials ({exc.args[0]} at some layer): "
+                                "switched to exact integer arithmetic along random rays")
+    else:
+        res = _symbolic_ray(model_name, s, trials, seed)
+    res.lemma1_formula = lemma
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _tensor_of(name: str) -> str:
+    return name.split("[", 1)[0]
+
+
+def _theta_degree(monom: tuple, P: int) -> int:
+    return sum(monom[:P])
+
+
+def _symbolic_expand(model: str, s: dict, max_terms: int) -> SymbolicResult:
+    lay = _LayoutBackend()
+    _symbolic_forward(lay, model, s)
+    B = _RingBackend(lay.layout(), max_terms)
+    f = _symbolic_forward(B, model, s)
+    P, theta, c = len(B.theta), B.theta, B.c
+    notes: list[str] = []
+    res = SymbolicResult(model=model, method="expand", sizes=s, n_parameters=P, homogeneous=False,
+                         degree=None, degrees=[], euler_ok=False, expression_size=sum(len(fi) for fi in f),
+                         breaking_parameters=[], lemma1_formula=None, seconds=0.0, notes=notes)
+    # ReLU gates: Gate(z(c theta)) = Gate(z(theta)) iff z is homogeneous (positive homogeneity)
+    for z in B.gate_args:
+        gdeg: dict[int, set] = {}
+        for monom, _ in z.terms():
+            gdeg.setdefault(_theta_degree(monom, P), set()).update(
+                B.param_names[k] for k in range(P) if monom[k])
+        if len(gdeg) > 1:
+            top = max(gdeg)
+            bad = set().union(*(v for k, v in gdeg.items() if k != top))
+            res.breaking_parameters = sorted({_tensor_of(n) for n in bad})
+            notes.append("a ReLU gate's argument is not homogeneous (c-degrees "
+                         f"{sorted(gdeg)}), so the activation pattern changes along the ray c*theta")
+            return res
+    # substitute theta -> c*theta (gates unchanged: their arguments are homogeneous)
+    fc = [fi.compose([(t, c * t) for t in theta]) for fi in f]
+    cidx = len(B.R.gens) - 1
+    by_degree: dict[int, set] = {}
+    for fci in fc:
+        for monom, _ in fci.terms():
+            by_degree.setdefault(monom[cidx], set()).update(B.param_names[k] for k in range(P) if monom[k])
+    res.degrees = sorted(by_degree)
+    if not by_degree:
+        notes.append("f is identically zero")
+        return res
+    if len(by_degree) == 1:
+        (L,) = by_degree
+        ok_def = all(fci - c ** L * fi == 0 for fi, fci in zip(f, fc))
+        euler = all(_sum(t * fi.diff(t) for t in theta) - L * fi == 0 for fi in f)
+        res.homogeneous, res.degree, res.euler_ok = bool(ok_def), int(L), bool(euler)
+        notes.append("f(c theta) - c^L f(theta) and sum_p p df/dp - L f expand to the zero polynomial"
+                     if ok_def and euler else "identity check failed")
+    else:
+        top = max(by_degree)
+        bad = set().union(*(v for k, v in by_degree.items() if k != top))
+        res.breaking_parameters = sorted({_tensor_of(n) for n in bad})
+        notes.append(f"monomials of c-degrees {res.degrees}; named: the parameters of those of degree != {top}")
+    return res
+
+
+def _symbolic_ray(model: str, s: dict, trials: int, seed: int) -> SymbolicResult:
+    rng = random.Random(seed)
+    bound = 10 ** 6
+    degrees: set[int] = set()
+    euler_ok, homogeneous, n_params, size, done, attempts = True, True, 0, 0, 0, 0
+    notes = [f"exact integer arithmetic at {trials} random points (entries in [-{bound}, {bound}] \\ {{0}}); "
+             "Euler's identity verified with the exact integer gradient (dual numbers)"]
+    while done < int(trials) and attempts < 50 * int(trials):
+        attempts += 1
+        B = _RayBackend(rng, bound)
+        try:
+            f = _symbolic_forward(B, model, s)
+        except _GateNotHomogeneous:
+            notes.append("a ReLU gate's argument is not homogeneous along the ray: f is not homogeneous")
+            return SymbolicResult(model, "ray", s, n_params, False, None, [], False, 0, [], None, 0.0, notes)
+        n_params = sum(len(v) for v in B.theta0.values())
+        degs_here = set()
+        for fi in f:
+            degs_here.update(fi.t)
+            size = max(size, len(fi.t))
+        if not degs_here:  # every ReLU closed at this point: f = 0 there, uninformative
+            continue
+        done += 1
+        degrees |= degs_here
+        if len(degs_here) != 1:
+            homogeneous = False
+            continue
+        (L,) = degs_here
+        D = _DualBackend(B.theta0, B.x0)
+        fd = _symbolic_forward(D, model, s)
+        th = np.array(D.flat, dtype=object)
+        for fi, di in zip(f, fd):
+            value = fi.t.get(L, 0)
+            if di.v != value or int(np.dot(di.g, th)) != L * value:
+                euler_ok = False
+    if done < int(trials):
+        notes.append(f"only {done} informative points in {attempts} draws (f vanished at the others)")
+    homogeneous = homogeneous and len(degrees) == 1 and done > 0
+    if len(degrees) > 1:
+        notes.append(f"c-degrees {sorted(degrees)} found; method='expand' names the parameters")
+    return SymbolicResult(model, "ray", s, n_params, homogeneous,
+                          next(iter(degrees)) if homogeneous else None, sorted(degrees),
+                          bool(euler_ok and homogeneous), size, [], None, 0.0, notes)
+
+
+# ===========================================================================
+# Numeric checker
+# ===========================================================================
+NORM_LAYER_TYPES: tuple = tuple(t for t in (
+    getattr(nn.modules.batchnorm, "_NormBase", None), nn.LayerNorm, nn.GroupNorm,
+    getattr(nn, "RMSNorm", None), getattr(nn, "LocalResponseNorm", None)) if t is not None)
+
+
+@dataclass
+class NumericResult:
+    """Outcome of :func:`numeric_homogeneity` (see the module docstring for the method)."""
+
+    homogeneous: bool
+    degree: int | None
+    degree_estimate: float | None
+    per_c_estimates: dict
+    max_rel_err: float | None
+    homogeneous_at_theta: bool
+    homogeneous_at_generic_theta: bool | None
+    euler_ok: bool
+    euler_max_rel_err: float | None
+    euler_degree_fit: float | None
+    breaking_parameters: list
+    breaking_groups: dict
+    structural: bool
+    homogeneous_without_breaking: bool | None
+    degree_without_breaking: int | None
+    head_degree: int | None
+    head_degree_estimate: float | None
+    declared_degree: Any = None
+    declared_head_degree: Any = None
+    agrees_with_declared: bool | None = None
+    n_parameters: int = 0
+    n_outputs: int = 0
+    cs: list = field(default_factory=list)
+    rtol: float = 0.0
+    dtype: str = "float64"
+    notes: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Fit:
+    homogeneous: bool
+    degree: float | int | None
+    estimate: float | None
+    per_c: dict
+    max_rel_err: float | None
+    reason: str = ""
+
+
+def _fit_ray(f0: torch.Tensor, fcs: list[torch.Tensor], cs: Sequence[float], rtol: float) -> _Fit:
+    r"""Estimate L from :math:`\log(f_c/f_0)/\log c` and verify :math:`f_c = c^L f_0` (scale-relative)."""
+    f0 = f0.reshape(-1).to(torch.float64)
+    if not torch.isfinite(f0).all():
+        return _Fit(False, None, None, {}, None, "f(theta) is not finite")
+    scale = float(f0.abs().max()) if f0.numel() else 0.0
+    if scale == 0.0:
+        return _Fit(False, None, None, {}, None, "f vanishes at these inputs: degree undetermined")
+    sig = f0.abs() >= 1e-6 * scale
+    per_c: dict[str, float | None] = {}
+    ests = []
+    for c, fc in zip(cs, fcs):
+        fc = fc.reshape(-1).to(torch.float64)
+        r = fc[sig] / f0[sig]
+        if not torch.isfinite(fc).all() or (r <= 0).any():
+            per_c[repr(float(c))] = None
+            ests.append(float("nan"))
+            continue
+        e = float(torch.median(torch.log(r) / math.log(c)))
+        per_c[repr(float(c))] = e
+        ests.append(e)
+    if any(math.isnan(e) for e in ests):
+        return _Fit(False, None, None, per_c, None, "f(c theta)/f(theta) changes sign or is not finite")
+    est = float(np.mean(ests))
+    L: float | int = int(round(est)) if abs(est - round(est)) < 1e-6 else est
+    errs = []
+    for c, fc in zip(cs, fcs):
+        target = (float(c) ** L) * f0
+        errs.append(float((fc.reshape(-1).to(torch.float64) - target).abs().max() / target.abs().max()))
+    err = max(errs)
+    ok = err <= rtol
+    return _Fit(ok, L if ok else None, est, per_c, err,
+                "" if ok else f"f(c theta) != c^L f(theta) (max rel. error {err:.3g} for L = {est:.6g})")
+
+
+def _to_dtype(t: torch.Tensor, dtype) -> torch.Tensor:
+    return t.detach().to(dtype) if t.is_floating_point() else t.detach()
+
+
+def _generic_point(params: dict, gen: torch.Generator) -> dict:
+    out = {}
+    for n, p in params.items():
+        if not p.is_floating_point() or p.numel() == 0:
+            out[n] = p
+            continue
+        rms = float(p.pow(2).mean().sqrt())
+        s = 0.5 * rms if rms > 0 else 0.1
+        noise = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(device=p.device, dtype=p.dtype)
+        out[n] = p + s * noise
+    return out
+
+
+@contextmanager
+def _removed(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Replace the given modules by the identity (forward hooks returning the input)."""
+    handles = [m.register_forward_hook(lambda mod, args, out: args[0]) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _ray_test(fn: Callable[[dict], torch.Tensor], params: dict, scale_names, cs, rtol,
+              early_exit: bool = False) -> _Fit:
+    """Evaluate f(c theta_S) for c in ``cs`` (S = ``scale_names``) and fit c^L.
+
+    ``early_exit``: stop at the first c whose per-output log-ratios disagree grossly
+    (spread > 1e-3 in L: certainly not homogeneous), to spare forward passes."""
+    with torch.no_grad():
+        f0 = fn(params)
+        scale = float(f0.abs().max()) if f0.numel() else 0.0
+        sig = f0.abs() >= 1e-6 * scale
+        fcs, used = [], []
+        for c in cs:
+            fc = fn({n: (v * c if n in scale_names else v) for n, v in params.items()})
+            fcs.append(fc)
+            used.append(c)
+            if early_exit and scale > 0 and len(used) < len(cs):
+                r = fc[sig] / f0[sig]
+                if not torch.isfinite(r).all() or (r <= 0).any():
+                    break
+                lr = torch.log(r) / math.log(c)
+                if float(lr.max() - lr.min()) > 1e-3:
+                    break
+    return _fit_ray(f0, fcs, used, rtol)
+
+
+def _candidates(model: nn.Module):
+    """(norm_layers: {module_name: (module, [param names])}, biases: [param names])."""
+    norm: dict[str, tuple[nn.Module, list[str]]] = {}
+    for mname, m in model.named_modules():
+        if NORM_LAYER_TYPES and isinstance(m, NORM_LAYER_TYPES):
+            pn = [f"{mname}.{n}" if mname else n for n, _ in m.named_parameters(recurse=False)]
+            if pn:
+                norm[mname] = (m, pn)
+    in_norm = {p for _, pn in norm.values() for p in pn}
+    biases = [n for n, _ in model.named_parameters() if n.split(".")[-1].endswith("bias") and n not in in_norm]
+    return norm, biases
+
+
+def _separate_euler(fn, params: dict, names: list[str], gen: torch.Generator, k: int = 2,
+                    tol: float = 1e-6) -> dict[str, tuple[bool, float]]:
+    r"""Per-tensor Euler test: is f separately homogeneous in each tensor P of ``names``?
+
+    With random output weights :math:`w_1..w_k`, :math:`d_P = \langle\nabla_P(w\cdot f), P\rangle`
+    must equal :math:`\rho_P\,(w\cdot f)` with one :math:`\rho_P` (the degree in P) for all w.
+    """
+    others = {n: v for n, v in params.items() if n not in names}
+    primals = tuple(params[n] for n in names)
+
+    def f(*ps):
+        return fn({**others, **dict(zip(names, ps))}).reshape(-1)
+
+    out, vjp_fn = torch.func.vjp(f, *primals)
+    W = torch.randn(k, out.numel(), generator=gen, dtype=torch.float64).to(out)
+    grads = torch.func.vmap(vjp_fn)(W)
+    s = (W @ out.detach())
+    res = {}
+    for n, g, p in zip(names, grads, primals):
+        d = g.reshape(k, -1) @ p.reshape(-1)
+        rho = float((d @ s) / (s @ s))
+        resid = float((d - rho * s).abs().max() / (s.abs().max() * max(1.0, abs(rho))))
+        res[n] = (resid <= tol, rho)
+    return res
+
+
+def numeric_homogeneity(model: nn.Module, x: torch.Tensor, *, cs: Sequence[float] = (0.5, 2.0, 3.0),
+                        rtol: float | None = None, dtype: torch.dtype = torch.float64, seed: int = 0,
+                        generic: bool = True, attribute: bool = True) -> NumericResult:
+    r"""Numeric homogeneity check of any torch module (SPEC §3).
+
+    Estimates L with :math:`f(c\theta) = c^L f(\theta)` over ``cs`` (all outputs on the batch
+    ``x``), at :math:`\theta` and at a generic point; verifies Euler's identity
+    :math:`J\theta = L f` (forward-mode AD); estimates the head's degree (``model.head``
+    scaled alone, features fixed); names the parameters breaking homogeneity. The model is
+    evaluated in eval mode (restored afterwards) on float64 copies of its parameters and
+    buffers; it is not modified.
+
+    Args:
+        model: any module; ``x``: a batch of inputs (a few samples suffice).
+        cs: positive scale factors != 1. rtol: tolerance of the scale-relative test
+            (default 1e-7 in float64, 1e-3 otherwise).
+        seed: seeds the generic point and the per-tensor test.
+        generic: also test at a generic point (Definition 1 quantifies over all theta).
+        attribute: name the breaking parameters when f is not homogeneous.
+    """
+    cs = [float(c) for c in cs]
+    if not cs or any(not (c > 0) or c == 1.0 or not math.isfinite(c) for c in cs):
+        raise ConfigError(f"scale factors must be positive, finite and != 1, got {cs}")
+    if rtol is None:
+        rtol = 1e-7 if dtype == torch.float64 else 1e-3
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] < 1:
+        raise ConfigError("x must be a non-empty batch of inputs (a tensor with a batch dimension)")
+    named = dict(model.named_parameters())
+    if not named:
+        raise ConfigError(f"{type(model).__name__} has no parameters: homogeneity in theta is undefined")
+    gen = torch.Generator().manual_seed(int(seed))
+    was_training = model.training
+    model.eval()
+    try:
+        return _numeric(model, x, cs, float(rtol), dtype, gen, generic, attribute, named)
+    finally:
+        model.train(was_training)
+
+
+def _numeric(model, x, cs, rtol, dtype, gen, generic, attribute, named) -> NumericResult:
+    device = next(iter(named.values())).device
+    params = {n: _to_dtype(p, dtype) for n, p in named.items()}
+    buffers = {n: _to_dtype(b, dtype) for n, b in model.named_buffers()}
+    x = x.detach().to(device=device, dtype=dtype)
+    notes: list[str] = []
+
+    def fn(ps: dict) -> torch.Tensor:
+        return functional_call(model, (ps, buffers), (x,)).reshape(-1)
+
+    all_names = set(params)
+    fit = _ray_test(fn, params, all_names, cs, rtol)
+    params_g = _generic_point(params, gen) if generic else None
+    fit_g = _ray_test(fn, params_g, all_names, cs, rtol, early_exit=True) if generic else None
+    homogeneous = fit.homogeneous and (fit_g is None or (fit_g.homogeneous and fit_g.degree == fit.degree))
+    if fit.homogeneous and fit_g is not None and not fit_g.homogeneous:
+        notes.append(f"homogeneous along this theta's ray (L = {fit.degree}) but not at a generic theta "
+                     "(e.g. a bias that happens to be zero): f is not homogeneous")
+    elif not fit.homogeneous and fit.reason:
+        notes.append(fit.reason)
+    degree = fit.degree if homogeneous else None
+
+    # Euler's identity at theta: J theta = L f (one jvp)
+    names = list(params)
+    primal = tuple(params[n] for n in names)
+    try:
+        with warnings.catch_warnings():  # torch's jvp decompositions use the deprecated torch.jit.script
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+            f0, jv = torch.func.jvp(lambda *ps: fn(dict(zip(names, ps))), primal, primal)
+    except (RuntimeError, NotImplementedError):  # an op without a forward-mode formula
+        f0, jv = _jtheta_reverse(fn, params)
+        notes.append("Euler's identity checked with reverse-mode gradients (one backward per output)")
+    f0, jv = f0.detach(), jv.detach()
+    euler_ok, euler_err, euler_fit = False, None, None
+    if float(f0.abs().max()) > 0:
+        euler_fit = float((jv @ f0) / (f0 @ f0))
+        L_use = degree if degree is not None else euler_fit
+        denom = float((L_use * f0).abs().max()) if L_use != 0 else float(f0.abs().max())
+        euler_err = float((jv - L_use * f0).abs().max()) / denom
+        euler_ok = degree is not None and euler_err <= max(rtol, 1e-9) * 10
+
+    # head degree: scale model.head's parameters only, features (its input) held fixed
+    head_degree, head_est = None, None
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+        head_degree, head_est = _head_degree(model, head, fn, params, buffers, cs, rtol, gen, generic)
+
+    # attribution
+    breaking: list[str] = []
+    groups: dict[str, list[str]] = {}
+    structural = False
+    hom_wo, deg_wo = None, None
+    if not homogeneous and attribute:
+        base = params_g if params_g is not None else params
+        breaking, groups, structural, hom_wo, deg_wo, more = _attribute(model, fn, base, cs, rtol, gen)
+        notes.extend(more)
+
+    declared = getattr(model, "degree", "undeclared")
+    declared_head = getattr(model, "head_degree", "undeclared")
+    agrees = None
+    if declared != "undeclared":
+        agrees = (declared == degree) and (declared_head == "undeclared" or declared_head == head_degree)
+        if not agrees:
+            notes.append(f"the model declares degree {declared} and head degree {declared_head}; "
+                         f"measured: degree {degree}, head degree {head_degree}")
+            if declared is None and degree is not None:
+                notes.append("the declaration is conservative: f is homogeneous; a bias in the first "
+                             "parameterised layer (e.g. the conv's) is jointly homogeneous with its weight, "
+                             "W x + b = [W b][x; 1], so it does not break homogeneity")
+    return NumericResult(
+        homogeneous=bool(homogeneous), degree=degree, degree_estimate=fit.estimate,
+        per_c_estimates=fit.per_c, max_rel_err=fit.max_rel_err,
+        homogeneous_at_theta=bool(fit.homogeneous),
+        homogeneous_at_generic_theta=None if fit_g is None else bool(fit_g.homogeneous),
+        euler_ok=bool(euler_ok), euler_max_rel_err=euler_err, euler_degree_fit=euler_fit,
+        breaking_parameters=breaking, breaking_groups=groups, structural=structural,
+        homogeneous_without_breaking=hom_wo, degree_without_breaking=deg_wo,
+        head_degree=head_degree, head_degree_estimate=head_est,
+        declared_degree=None if declared == "undeclared" else declared,
+        declared_head_degree=None if declared_head == "undeclared" else declared_head,
+        agrees_with_declared=agrees, n_parameters=sum(p.numel() for p in params.values()),
+        n_outputs=int(f0.numel()), cs=list(cs), rtol=rtol, dtype=str(dtype).replace("torch.", ""),
+        notes=notes)
+
+
+def _jtheta_reverse(fn, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Fallback for :math:`(\langle\nabla_\theta f_j, \theta\rangle)_j` with reverse mode."""
+    ps = {n: p.detach().clone().requires_grad_(p.is_floating_point()) for n, p in params.items()}
+    leaves = [p for p in ps.values() if p.requires_grad]
+    out = fn(ps)
+    jv = torch.empty_like(out)
+    for j in range(out.numel()):
+        grads = torch.autograd.grad(out[j], leaves, retain_graph=True, allow_unused=True)
+        jv[j] = sum((g * p).sum() for g, p in zip(grads, leaves) if g is not None) if leaves else 0.0
+    return out.detach(), jv.detach()
+
+
+def _head_degree(model, head, fn, params, buffers, cs, rtol, gen, generic):
+    captured: list = []
+    h = head.register_forward_pre_hook(lambda mod, args: captured.append(args))
+    try:
+        with torch.no_grad():
+            fn(params)
+    finally:
+        h.remove()
+    if not captured:
+        return None, None
+    args = captured[0]
+    prefix = next(n for n, m in model.named_modules() if m is head)
+    pre = prefix + "." if prefix else ""
+    hp = {n[len(pre):]: v for n, v in params.items() if n.startswith(pre)}
+    hb = {n[len(pre):]: v for n, v in buffers.items() if n.startswith(pre)}
+
+    def hfn(ps):
+        return functional_call(head, (ps, hb), args).reshape(-1)
+
+    fit = _ray_test(hfn, hp, set(hp), cs, rtol)
+    ok = fit.homogeneous
+    if generic and ok:
+        fit_g = _ray_test(hfn, _generic_point(hp, gen), set(hp), cs, rtol)
+        ok = fit_g.homogeneous and fit_g.degree == fit.degree
+    return (fit.degree if ok else None), fit.estimate
+
+
+def _attribute(model, fn, base, cs, rtol, gen):
+    """Name the parameters that break homogeneity (see the module docstring)."""
+    norm, biases = _candidates(model)
+    notes: list[str] = []
+    norm_mods = [m for m, _ in norm.values()]
+    zero_b = {n: torch.zeros_like(base[n]) for n in biases}
+    all_names = set(base)
+
+    def neutral_fit(keep_bias: str | None = None, keep_norm: str | None = None) -> _Fit:
+        ps = dict(base)
+        ps.update({n: z for n, z in zero_b.items() if n != keep_bias})
+        with _removed([m for k, (m, _) in norm.items() if k != keep_norm]):
+            return _ray_test(fn, ps, all_names, cs, rtol, early_exit=True)
+
+    groups: dict[str, list[str]] = {}
+    if norm or biases:
+        fit0 = neutral_fit()
+    else:
+        fit0 = None
+    if fit0 is not None and fit0.homogeneous:
+        for b in biases:
+            if not neutral_fit(keep_bias=b).homogeneous:
+                groups.setdefault("bias", []).append(b)
+        for k, (_, pn) in norm.items():
+            if not neutral_fit(keep_norm=k).homogeneous:
+                groups.setdefault("normalisation", []).extend(pn)
+        what = " and ".join(w for w, v in (("biases set to zero", biases), ("normalisation layers removed", norm)) if v)
+        notes.append(f"with {what} f is homogeneous of degree {fit0.degree}; each listed parameter breaks "
+                     "homogeneity on its own (the others neutralised)")
+        if not groups:
+            groups["combination"] = sorted(biases + [p for _, pn in norm.values() for p in pn])
+            notes.append("no single bias/normalisation parameter breaks it alone; only their combination does")
+        breaking = [p for v in groups.values() for p in v]
+        return breaking, groups, False, True, fit0.degree, notes
+    # structural: the architecture itself is not homogeneous
+    cand = biases + [p for _, pn in norm.values() for p in pn]
+    names_in_norm = {p for _, pn in norm.values() for p in pn}
+    sep = _separate_euler(fn, base, cand, gen) if cand else {}
+    for n in cand:
+        if not sep[n][0]:
+            groups.setdefault("normalisation" if n in names_in_norm else "bias", []).append(n)
+    if not groups:
+        others = [n for n in base if n not in cand]
+        sep2 = _separate_euler(fn, base, others, gen) if others else {}
+        groups["other"] = [n for n in others if not sep2[n][0]]
+    if fit0 is not None:
+        notes.append("even with biases set to zero and normalisation layers removed f is not homogeneous: "
+                     "the architecture itself breaks homogeneity (e.g. residual sums of branches of "
+                     "different degrees); listed: the parameters in which f is not even separately "
+                     "homogeneous")
+    else:
+        notes.append("the model has no biases or normalisation layers; f is not homogeneous because of its "
+                     "architecture; listed: the parameters in which f is not separately homogeneous")
+    breaking = [p for v in groups.values() for p in v]
+    return breaking, groups, True, False if fit0 is not None else None, None, notes
+
+
+# ===========================================================================
+# Convenience: build a model by name and check it
+# ===========================================================================
+def default_input_shape(model_name: str) -> tuple[int, ...]:
+    """MNIST ``(1, 28, 28)`` for vector and conv models, CIFAR ``(3, 32, 32)`` for ResNets."""
+    return (3, 32, 32) if model_name.startswith("resnet") else (1, 28, 28)
+
+
+def check_model(model_name: str, *, layers: int = 1, rank: int = 1, hidden=None, conv_bias: bool = True,
+                conv_channels: int = 1, num_classes: int = 10, input_shape: Sequence[int] | None = None,
+                batch: int = 2, seed: int = 0, cs: Sequence[float] = (0.5, 2.0, 3.0),
+                symbolic: bool = False, symbolic_method: str = "auto") -> dict:
+    """Build ``model_name`` with :func:`margin_theory.models.build_model` (seeded), check it
+    numerically on ``batch`` random inputs in [0, 1) and return a JSON-ready report."""
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}")
+    if symbolic and model_name.startswith("resnet"):
+        raise ConfigError(f"--symbolic supports {', '.join(SYMBOLIC_MODELS)}; not {model_name!r}")
+    shape = tuple(input_shape) if input_shape is not None else default_input_shape(model_name)
+    torch.manual_seed(int(seed))
+    model = build_model(model_name, shape, num_classes, rank=rank, layers=layers, hidden=hidden,
+                        conv_channels=conv_channels, conv_bias=conv_bias)
+    g = torch.Generator().manual_seed(int(seed))
+    x = torch.rand((batch,) + shape, generator=g, dtype=torch.float64)
+    t0 = time.perf_counter()
+    res = numeric_homogeneity(model, x, cs=cs, seed=seed)
+    report: dict[str, Any] = {"model": model_name}
+    report.update(res.as_dict())
+    report.update({"input_shape": list(shape), "batch": batch, "seed": seed, "num_classes": num_classes,
+                   "seconds": time.perf_counter() - t0})
+    if model_name == "lowrank":
+        report.update({"layers": layers, "rank": rank, "lemma1_formula": lemma1_degree(layers),
+                       "agrees_with_lemma1": res.degree == lemma1_degree(layers)})
+    elif rank != 1 or model_name.endswith("lowrank"):
+        report["rank"] = rank
+    if model_name.startswith("conv-"):
+        report.update({"conv_bias": conv_bias, "conv_channels": conv_channels})
+    if symbolic:
+        kw: dict[str, Any] = {"method": symbolic_method, "seed": seed}
+        if model_name == "lowrank":
+            kw.update(layers=layers, rank=min(rank, 2), hidden=2)
+        elif model_name.startswith("conv-"):
+            kw.update(conv_bias=conv_bias, rank=min(rank, 2))
+        report["symbolic"] = symbolic_homogeneity(model_name, **kw).as_dict()
+    return report
+
+
+# ===========================================================================
+# CLI
+# ===========================================================================
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _shape(s: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(p) for p in s.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,28,28 or 3x8x8, got {s!r}") from None
+    if not dims or any(v < 1 for v in dims):
+        raise argparse.ArgumentTypeError(f"shape entries must be positive integers, got {s!r}")
+    return dims
+
+
+def _scales(s: str) -> tuple[float, ...]:
+    try:
+        cs = tuple(float(p) for p in s.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {s!r}") from None
+    if not cs or any(not (c > 0) or c == 1 or not math.isfinite(c) for c in cs):
+        raise argparse.ArgumentTypeError(f"scale factors must be positive, finite and != 1, got {s!r}")
+    return cs
+
+
+def _model_name(s: str) -> str:
+    if s not in MODEL_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown model {s!r}; valid: {describe_model_names()}")
+    return s
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m margin_theory.homogeneity",
+        description="Check that a model is L-homogeneous in its parameters (SPEC §3, paper Definition 1, "
+                    "Lemma 1): estimate L from f(c theta) = c^L f(theta), verify Euler's identity "
+                    "<grad f_j, theta> = L f_j, give the head's degree and name the parameters that "
+                    "break homogeneity. --symbolic adds an exact sympy derivation on a tiny instance.")
+    p.add_argument("--model", required=True, type=_model_name, help=describe_model_names())
+    p.add_argument("--layers", type=_positive_int, default=1, help="Low-Rank layers n (lowrank only)")
+    p.add_argument("--rank", type=_positive_int, default=1, help="rank r of every Low-Rank layer")
+    p.add_argument("--hidden", type=_positive_int, nargs="+", default=None,
+                   help="hidden width(s): relu2 (default 8000), deep lowrank (default 32)")
+    p.add_argument("--conv-bias", action=argparse.BooleanOptionalAction, default=True,
+                   help="bias of the conv of conv-<head> models (default: on, as the paper's code)")
+    p.add_argument("--conv-channels", type=_positive_int, default=1, help="channels of the conv models")
+    p.add_argument("--num-classes", type=_positive_int, default=10, help="classes C (default 10)")
+    p.add_argument("--input-shape", type=_shape, default=None,
+                   help="shape of one input, e.g. 1,28,28 (default) or 3,32,32 (resnet default); "
+                        "3,8,8 keeps a resnet fast")
+    p.add_argument("--batch", type=_positive_int, default=2, help="number of random inputs (default 2)")
+    p.add_argument("--cs", type=_scales, default=(0.5, 2.0, 3.0), help="scale factors c (default 0.5,2,3)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the model, inputs and generic point")
+    p.add_argument("--symbolic", action="store_true", help="add the exact sympy check on a tiny instance")
+    p.add_argument("--symbolic-method", choices=("auto", "expand", "ray"), default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def _fmt_deg(v) -> str:
+    return "none (not homogeneous)" if v is None else str(v)
+
+
+def _human(r: dict) -> str:
+    lines = []
+    desc = r["model"]
+    if r["model"] == "lowrank":
+        desc += f" ({r['layers']} layer{'s' if r['layers'] > 1 else ''}, rank {r['rank']})"
+    if r["model"].startswith("conv-"):
+        desc += f" (conv bias {'on' if r['conv_bias'] else 'off'}, {r['conv_channels']} channel(s))"
+    lines.append(f"model: {desc}; {r['n_parameters']:,} parameters; {r['batch']} random inputs of shape "
+                 f"{tuple(r['input_shape'])}; {r['dtype']}, eval mode")
+    per_c = ", ".join(f"c={c}: {'n/a' if e is None else f'{e:.6f}'}" for c, e in r["per_c_estimates"].items())
+    if r["homogeneous"]:
+        lines.append(f"homogeneous: yes, degree L = {r['degree']}  (f(c theta) = c^L f(theta); "
+                     f"estimates {per_c}; max rel. error {r['max_rel_err']:.2e})")
+    else:
+        est = r["degree_estimate"]
+        lines.append("homogeneous: NO" + (f"  (log-ratio estimates {per_c})" if est is not None else ""))
+    if "lemma1_formula" in r:
+        ok = "agrees" if r["agrees_with_lemma1"] else "DISAGREES"
+        lines.append(f"Lemma 1: 2^(n+1) - 2 = {r['lemma1_formula']}  [{ok}]")
+    if r["euler_ok"]:
+        lines.append(f"Euler's identity <grad f_j, theta> = L f_j: holds (max rel. error {r['euler_max_rel_err']:.2e})")
+    elif r["euler_degree_fit"] is not None:
+        lines.append(f"Euler's identity: fails (best single L = {r['euler_degree_fit']:.4g}, "
+                     f"max rel. error {r['euler_max_rel_err']:.3g})")
+    lines.append(f"head degree (head parameters scaled alone, features fixed): {_fmt_deg(r['head_degree'])}")
+    lines.append(f"declared by the model: degree {_fmt_deg(r['declared_degree'])}, head degree "
+                 f"{_fmt_deg(r['declared_head_degree'])}"
+                 + ("" if r["agrees_with_declared"] is None else
+                    ("  [agrees]" if r["agrees_with_declared"] else "  [DISAGREES with the measurement]")))
+    if r["breaking_parameters"]:
+        lines.append(f"parameters breaking homogeneity ({len(r['breaking_parameters'])}):")
+        for g, names in r["breaking_groups"].items():
+            shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+            lines.append(f"  {g}: {shown}")
+        if r["structural"]:
+            lines.append("  structural: yes (not homogeneous even without biases and normalisation layers)")
+        elif r["degree_without_breaking"] is not None:
+            lines.append(f"  without them f is homogeneous of degree {r['degree_without_breaking']}")
+    else:
+        lines.append("parameters breaking homogeneity: none")
+    for n in r["notes"]:
+        lines.append(f"note: {n}")
+    if "symbolic" in r:
+        s = r["symbolic"]
+        lines.append(f"symbolic ({s['method']}, sizes {s['sizes']}, {s['n_parameters']} parameters, "
+                     f"{s['expression_size']} monomials): "
+                     + (f"homogeneous, L = {s['degree']}, Euler {'holds' if s['euler_ok'] else 'FAILS'}"
+                        if s["homogeneous"] else f"NOT homogeneous (c-degrees {s['degrees']}"
+                        + (f"; breaking: {', '.join(s['breaking_parameters'])}" if s["breaking_parameters"] else "")
+                        + ")") + f"  [{s['seconds']:.2f} s]")
+    return "\n".join(lines)
+
+
+@cli_entry("python -m margin_theory.homogeneity")
+def main(argv=None) -> int:
+    """Check a model's homogeneity (SPEC §3); one line + exit 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    hidden = None
+    if args.hidden is not None:
+        hidden = args.hidden[0] if len(args.hidden) == 1 else list(args.hidden)
+    report = check_model(args.model, layers=args.layers, rank=args.rank, hidden=hidden,
+                         conv_bias=args.conv_bias, conv_channels=args.conv_channels,
+                         num_classes=args.num_classes, input_shape=args.input_shape, batch=args.batch,
+                         seed=args.seed, cs=args.cs, symbolic=args.symbolic,
+                         symbolic_method=args.symbolic_method)
+    if args.json:
+        print_json(report)
+    else:
+        print(_human(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
