@@ -579,7 +579,8 @@ def _format_epoch(row: dict, epochs: int) -> str:
 # ---------------------------------------------------------------------------
 # The training loop
 # ---------------------------------------------------------------------------
-def _load_data(config: TrainConfig, device: torch.device):
+def load_data_for(config: TrainConfig, device: torch.device):
+    """The data set a run of ``config`` trains on (dataset, split seed, subsets, normalisation), on ``device``."""
     from .data import load_dataset
 
     ds = load_dataset(config.dataset, config.data_dir, download=config.download, seed=config.seed,
@@ -654,7 +655,7 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
             if existing:
                 _clear_run(out)
 
-    ds = _load_data(config, device)
+    ds = load_data_for(config, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model_for(config, ds)

@@ -1,0 +1,800 @@
+r"""Lemma 2 and the Theorem 2 monitors: does the average margin grow? (SPEC §5)
+
+Everything is evaluated on a seeded subset :math:`S` of the training set (default 512
+points, all of them if fewer) at one instant :math:`\theta`, in float64 on the CPU (a
+float64 copy of the model; the caller's model is not touched). With
+:math:`q_n = f_{y_n}(x_n) - f_{j_n}(x_n)`, runner-up :math:`j_n = \arg\max_{j\ne y_n} f_j(x_n)`:
+
+* :math:`\delta_n = f_{j_n}(x_n) - \max_{j\notin\{y_n, j_n\}} f_j(x_n)` (``inf`` when C = 2),
+  :math:`\delta = \min_n \delta_n`;
+* :math:`h_n = \nabla_\theta q_n`, :math:`g_n = P h_n`, :math:`P = I - \theta\theta^\top/\|\theta\|^2`,
+  :math:`\Gamma = [g_1 \dots g_N]`; :math:`\sigma_{\max}, \sigma_{\min}` its extreme singular
+  values (from the N x N Gram matrix :math:`\Gamma^\top\Gamma`, never from the P x N matrix);
+* :math:`\rho = \|\Gamma 1\| / (\sqrt N \sigma_{\max}) \in [0, 1]`,
+  :math:`\kappa = \sigma_{\max}/\sigma_{\min}` when N <= P and rank N (else ``None``);
+* :math:`p_{nj} = \mathrm{softmax}_j f(x_n)`, :math:`w_n = p_{n j_n}`, :math:`\bar w = \mathrm{mean}\,w`,
+  :math:`cv = \|w - \bar w 1\| / (\sqrt N \bar w)`;
+* :math:`B = \max_{n,j}\|\nabla_\theta f_j(x_n)\|`,
+  :math:`\varepsilon = 2 (C-2) e^{-\delta} B \sqrt N / \sigma_{\max}` (0 when C = 2);
+* (A1) :math:`\delta > 0` - every runner-up set :math:`\{f_j(x_n): j\ne y_n\}` is
+  :math:`\delta`-separated for some :math:`\delta > 0` (strict separation; the theorem holds
+  for any :math:`\delta > 0`, a smaller :math:`\delta` only makes :math:`\varepsilon` larger);
+  (A2) :math:`B < \infty`; (A3) :math:`\rho > cv + \varepsilon`.
+
+**Lemma 2** (exact, from Euler's identity :math:`\langle h_n, \theta\rangle = L q_n`):
+:math:`\frac{d\bar\gamma}{dt} = \langle \Gamma 1, \dot\theta\rangle / (N \|\theta\|^L)`, here with
+:math:`\dot\theta = -\nabla_\theta \frac1N\sum_{n\in S} \mathrm{CE}_n` (gradient flow of the
+subset's mean cross-entropy). :func:`margin_velocity` computes it exactly,
+:func:`finite_difference_velocity` by a central difference along :math:`\dot\theta`.
+
+**Theorem 2** (proved in ``proofs/theorem2_margin.md``): always
+
+.. math:: \frac{d\bar\gamma}{dt} \ \ge\ \frac{\bar w\,\rho\,\sigma_{\max}^2\,(\rho - cv - \varepsilon)}{N\,\|\theta\|^L}
+          \quad (=\ \text{``lower_bound''}),
+
+so (A1)-(A3) imply :math:`d\bar\gamma/dt > 0`. The conditions are *sufficient, not
+necessary*: when they fail the theorem says nothing, and the margin may still grow.
+
+Normalisation (SPEC §2): for a homogeneous model :math:`\theta` = all parameters and L its
+degree. For a model that is not homogeneous (biases, BatchNorm) ``normalisation="head"``
+takes :math:`\theta` = the head's parameters, the features are treated as fixed inputs,
+L = the head's degree, and the velocity is that of the gradient flow *in the head's
+parameters alone* - not the velocity of the full non-homogeneous model, about which
+Lemma 2 says nothing (the report's ``note`` says so).
+
+Per-sample gradients (SPEC §9): closed forms for the three heads (and the ``relu2`` output
+layer) acting on fixed features :math:`\phi`,
+
+* linear :math:`f_i = w_i\cdot\phi (+ b_i)`: :math:`\nabla_{w_i} f_i = \phi`;
+* quadratic :math:`f_i = \phi^\top W_i\phi`: :math:`\nabla_{W_i} f_i = \phi\phi^\top`;
+* lowrank :math:`f_i = \sum_k (a_{ik}\cdot\phi)^2`: :math:`\nabla_{a_{ik}} f_i = 2 (a_{ik}\cdot\phi)\phi`,
+
+so the Gram matrix :math:`\langle h_n, h_m\rangle` is an N x N kernel (no N x P matrix at all);
+anything else (deep Low-Rank, bias-free conv under the full normalisation) uses
+``torch.func`` (``vmap(jacrev)``), chunked over samples to bound memory.
+:func:`per_sample_grads_loop` is the slow reference (a Python loop of backward passes),
+used only by tests and by the benchmark ``python -m margin_theory.assumptions --bench``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, jacrev, vmap
+
+from ._util import ArgumentParser, ConfigError, cli_entry, print_json
+from .margins import NotHomogeneousError, get_normalisation, margin_values, runner_up
+from .models import LinearHead, LowRankHead, QuadraticHead, ReLU2Head
+
+__all__ = [
+    "Theorem2Report", "GradStats", "theorem2_report", "margin_velocity",
+    "finite_difference_velocity", "gradient_statistics", "per_sample_grads",
+    "per_sample_grads_loop", "select_subset", "separation_gaps", "bench_monitors",
+    "NotHomogeneousError", "main",
+]
+
+#: memory budget (bytes) for the per-sample Jacobian chunks of the torch.func path
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+METHODS = ("auto", "closed", "func", "loop")
+
+
+# ---------------------------------------------------------------------------
+# The problem: theta, the function f(theta; u), the inputs u
+# ---------------------------------------------------------------------------
+@dataclass
+class _Problem:
+    """``f(theta; u) = functional_call(module, theta, u)`` on inputs ``u`` (N, ...).
+
+    ``u`` is X itself (full normalisation with parametrised features) or the fixed
+    features phi (head normalisation, or a model whose features have no parameters).
+    """
+
+    module: nn.Module
+    inputs: torch.Tensor
+    y: torch.Tensor
+    names: list[str]
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    kind: str          # "full" | "head"
+    degree: int
+    head_type: str | None  # closed form available: "linear" | "quadratic" | "lowrank" | None
+
+    @property
+    def P(self) -> int:
+        return sum(self.params[n].numel() for n in self.names)
+
+    def theta_flat(self) -> torch.Tensor:
+        return torch.cat([self.params[n].reshape(-1) for n in self.names])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, i = {}, 0
+        for n in self.names:
+            k = self.params[n].numel()
+            out[n] = flat[i:i + k].view_as(self.params[n])
+            i += k
+        return out
+
+    def logits(self, params: dict[str, torch.Tensor] | None = None, inputs: torch.Tensor | None = None):
+        p = self.params if params is None else params
+        u = self.inputs if inputs is None else inputs
+        return functional_call(self.module, {**self.buffers, **p}, (u,))
+
+
+def _closed_form_type(module: nn.Module) -> str | None:
+    if isinstance(module, LowRankHead):
+        return "lowrank"
+    if isinstance(module, QuadraticHead):
+        return "quadratic"
+    if isinstance(module, (LinearHead, ReLU2Head)):
+        return "linear"
+    return None
+
+
+def _prepare(model: nn.Module, X: torch.Tensor, y: torch.Tensor, normalisation: str,
+             dtype: torch.dtype, degree: int | None = None) -> _Problem:
+    if X.shape[0] != y.shape[0]:
+        raise ConfigError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
+    if X.shape[0] == 0:
+        raise ConfigError("cannot evaluate the Theorem 2 monitors on an empty data set")
+    spec = get_normalisation(model, normalisation, degree)  # raises NotHomogeneousError for 'full'
+    m = copy.deepcopy(model).to(device="cpu", dtype=dtype).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    X = X.detach().to(device="cpu", dtype=dtype)
+    y = y.detach().to(device="cpu", dtype=torch.long)
+    if y.min() < 0:
+        raise ConfigError("labels must be non-negative class indices")
+    has_head = hasattr(m, "head") and hasattr(m, "features")
+    feature_free = has_head and not any(True for _ in m.features.parameters())
+    if has_head and (spec.kind == "head" or feature_free):
+        with torch.no_grad():
+            phi = m.features(X).flatten(1)
+        module, inputs = m.head, phi
+    else:
+        module, inputs = m, X
+    names = [n for n, _ in module.named_parameters()]
+    if sum(p.numel() for p in spec.params) != sum(p.numel() for _, p in module.named_parameters()):
+        raise ConfigError("internal: normalisation parameters do not match the module's")  # pragma: no cover
+    params = {n: p.detach() for n, p in module.named_parameters()}
+    buffers = {n: b.detach() for n, b in module.named_buffers()}
+    C = getattr(module, "num_classes", None)
+    if C is not None and int(y.max()) >= C:
+        raise ConfigError(f"label {int(y.max())} out of range for a {C}-class model")
+    return _Problem(module, inputs, y, names, params, buffers, spec.kind, int(spec.degree),
+                    _closed_form_type(module))
+
+
+def select_subset(n: int, subset: int | None, seed: int = 0) -> torch.Tensor:
+    """Indices of the seeded subset S: all ``n`` points (in order) if ``n <= subset``, else
+    ``subset`` points drawn without replacement by ``torch.randperm`` with ``seed``, sorted."""
+    if subset is None or subset >= n:
+        return torch.arange(n)
+    if subset < 1:
+        raise ConfigError(f"subset must be >= 1, got {subset}")
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n, generator=g)[:subset].sort().values
+
+
+def separation_gaps(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r""":math:`\delta_n = f_{j_n} - \max_{j\notin\{y_n,j_n\}} f_j` (``inf`` when C = 2), SPEC §5."""
+    N, C = logits.shape
+    if C == 2:
+        return torch.full((N,), math.inf, dtype=logits.dtype)
+    others = logits.scatter(1, y.view(-1, 1), -math.inf)
+    top2 = others.topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+# ---------------------------------------------------------------------------
+# Per-sample gradient statistics
+# ---------------------------------------------------------------------------
+@dataclass
+class GradStats:
+    r"""What the monitors need from the per-sample gradients, never the N x C x P Jacobian.
+
+    ``gram[n, m] = <h_n, h_m>`` (unprojected), ``h_theta[n] = <h_n, theta>``,
+    ``fnorm[n, j] = ||grad_theta f_j(x_n)||``; ``method`` says how they were computed.
+    """
+
+    gram: torch.Tensor
+    h_theta: torch.Tensor
+    fnorm: torch.Tensor
+    method: str
+
+
+def _signs(y: torch.Tensor, j: torch.Tensor, C: int, dtype) -> torch.Tensor:
+    """E[n] = e_{y_n} - e_{j_n}, so that h_n = sum_i E[n, i] grad f_i(x_n)."""
+    return F.one_hot(y, C).to(dtype) - F.one_hot(j, C).to(dtype)
+
+
+def _closed_form_stats(prob: _Problem, j: torch.Tensor) -> GradStats:
+    phi, y = prob.inputs, prob.y
+    m = prob.module
+    t = prob.head_type
+    if t == "linear":
+        lin = m.linear if isinstance(m, ReLU2Head) else m
+        W, b = prob.params[_pname(prob, lin, "weight")], None
+        if lin.bias is not None:
+            b = prob.params[_pname(prob, lin, "bias")]
+            phi = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
+            W = torch.cat([W, b.view(-1, 1)], dim=1)
+        C = W.shape[0]
+        E = _signs(y, j, C, phi.dtype)
+        K = phi @ phi.T
+        gram = K * (E @ E.T)
+        h_theta = (E * (phi @ W.T)).sum(1)
+        fnorm = phi.norm(dim=1, keepdim=True).expand(-1, C).clone()
+    elif t == "quadratic":
+        W = prob.params[_pname(prob, m, "weight")]
+        C = W.shape[0]
+        E = _signs(y, j, C, phi.dtype)
+        K = phi @ phi.T
+        gram = K.square() * (E @ E.T)
+        f = torch.einsum("nd,cde,ne->nc", phi, W, phi)
+        h_theta = (E * f).sum(1)
+        fnorm = phi.square().sum(1, keepdim=True).expand(-1, C).clone()
+    elif t == "lowrank":
+        A = prob.params[_pname(prob, m, "weight")]                # (C, r, d)
+        C = A.shape[0]
+        E = _signs(y, j, C, phi.dtype)
+        Z = torch.einsum("crd,nd->ncr", A, phi)                  # a_ik . phi_n
+        U = (E.unsqueeze(-1) * Z).reshape(phi.shape[0], -1)      # (N, C r)
+        K = phi @ phi.T
+        gram = 4.0 * K * (U @ U.T)
+        h_theta = 2.0 * (E * Z.square().sum(-1)).sum(1)
+        fnorm = 2.0 * Z.norm(dim=-1) * phi.norm(dim=1, keepdim=True)
+    else:
+        raise ConfigError(f"no closed form for {type(m).__name__}; use method='func'")
+    return GradStats(gram, h_theta, fnorm, "closed")
+
+
+def _pname(prob: _Problem, owner: nn.Module, attr: str) -> str:
+    target = getattr(owner, attr)
+    for n, p in prob.module.named_parameters():
+        if p is target:
+            return n
+    raise ConfigError(f"parameter {attr} not found")  # pragma: no cover
+
+
+def _jacobian_chunks(prob: _Problem, j: torch.Tensor, budget: int, rows: slice | None = None):
+    """Yield (slice, H_chunk (n, P), fnorm_chunk (n, C)) from ``vmap(jacrev)`` over the
+    samples in ``rows`` (all by default), chunked so that one chunk's Jacobian
+    (n x C x P, plus temporaries) stays within ``budget`` bytes."""
+    names = prob.names
+
+    def f_single(p, u):
+        return functional_call(prob.module, {**prob.buffers, **p}, (u.unsqueeze(0),))[0]
+
+    jac = vmap(jacrev(f_single), in_dims=(None, 0))
+    N = prob.inputs.shape[0]
+    rows = slice(0, N) if rows is None else rows
+    with torch.no_grad():
+        C = prob.logits(inputs=prob.inputs[:1]).shape[1]
+    per_sample = C * prob.P * prob.inputs.element_size() * 2  # Jacobian + temporaries
+    chunk = max(1, budget // max(per_sample, 1))
+    params = {n: prob.params[n] for n in names}
+    for s in range(rows.start, rows.stop, chunk):
+        sl = slice(s, min(rows.stop, s + chunk))
+        J = jac(params, prob.inputs[sl])                      # name -> (n, C, *shape)
+        n = sl.stop - sl.start
+        ar = torch.arange(n)
+        ys, js = prob.y[sl], j[sl]
+        H = torch.cat([(J[k][ar, ys] - J[k][ar, js]).reshape(n, -1) for k in names], dim=1)
+        sq = sum(torch.linalg.vector_norm(J[k].reshape(n, C, -1), dim=-1).square() for k in names)
+        del J
+        yield sl, H, sq.sqrt()
+
+
+def _h_block(prob: _Problem, j: torch.Tensor, budget: int, rows: slice):
+    Hs, fns = [], []
+    for _, H, fn in _jacobian_chunks(prob, j, budget, rows):
+        Hs.append(H)
+        fns.append(fn)
+    return torch.cat(Hs), torch.cat(fns)
+
+
+def _func_stats(prob: _Problem, j: torch.Tensor, budget: int = DEFAULT_MEMORY_BUDGET) -> GradStats:
+    """torch.func path. H = [h_1 .. h_N]^T (N x P) is held in blocks of at most
+    ``4 * budget`` bytes; if it does not fit in one block the Gram matrix is accumulated
+    block pair by block pair (later blocks recomputed: bounded memory, more time)."""
+    N, P = prob.inputs.shape[0], prob.P
+    theta = prob.theta_flat()
+    itemsize = prob.inputs.element_size()
+    per_block = max(1, (4 * budget) // max(P * itemsize, 1))
+    blocks = [slice(s, min(N, s + per_block)) for s in range(0, N, per_block)]
+    if len(blocks) == 1:
+        H, fnorm = _h_block(prob, j, budget, blocks[0])
+        return GradStats(H @ H.T, H @ theta, fnorm, "func")
+    gram = torch.empty(N, N, dtype=prob.inputs.dtype)
+    h_theta = torch.empty(N, dtype=prob.inputs.dtype)
+    fnorms = []
+    for a, sa in enumerate(blocks):
+        Ha, fn = _h_block(prob, j, budget, sa)
+        fnorms.append(fn)
+        h_theta[sa] = Ha @ theta
+        gram[sa, sa] = Ha @ Ha.T
+        for sb in blocks[a + 1:]:
+            Hb, _ = _h_block(prob, j, budget, sb)
+            blk = Ha @ Hb.T
+            gram[sa, sb] = blk
+            gram[sb, sa] = blk.T
+    return GradStats(gram, h_theta, torch.cat(fnorms), "func")
+
+
+def per_sample_grads_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
+                          normalisation: str = "auto", dtype: torch.dtype = torch.float64,
+                          degree: int | None = None):
+    r"""SLOW REFERENCE (benchmarks and tests only): per-sample gradients by a Python loop
+    of backward passes, one per (sample, class).
+
+    Returns ``(H, fnorm)``: ``H[n] = grad_theta q_n`` (N x P, runner-up at the current
+    theta) and ``fnorm[n, j] = ||grad_theta f_j(x_n)||`` (N x C), theta as chosen by the
+    normalisation (SPEC §2). The monitors never use this; see :func:`gradient_statistics`.
+    """
+    prob = _prepare(model, X, y, normalisation, dtype, degree)
+    return _loop_grads(prob)
+
+
+def _loop_grads(prob: _Problem):
+    params = {n: prob.params[n].clone().requires_grad_(True) for n in prob.names}
+    plist = [params[n] for n in prob.names]
+    with torch.no_grad():
+        j = runner_up(prob.logits(), prob.y)
+    N = prob.inputs.shape[0]
+    rows, norms = [], []
+    for n in range(N):
+        out = prob.logits(params, prob.inputs[n:n + 1])[0]
+        C = out.shape[0]
+        gs = []
+        for i in range(C):
+            g = torch.autograd.grad(out[i], plist, retain_graph=i < C - 1)
+            gs.append(torch.cat([t.reshape(-1) for t in g]))
+        rows.append(gs[int(prob.y[n])] - gs[int(j[n])])
+        norms.append(torch.stack([g.norm() for g in gs]))
+    return torch.stack(rows), torch.stack(norms)
+
+
+def per_sample_grads(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
+                     normalisation: str = "auto", dtype: torch.dtype = torch.float64,
+                     degree: int | None = None):
+    """``(H, fnorm)`` as :func:`per_sample_grads_loop`, but with ``torch.func``
+    (``vmap(jacrev)``) in one vectorised pass. Holds the N x P matrix H: for small models."""
+    prob = _prepare(model, X, y, normalisation, dtype, degree)
+    with torch.no_grad():
+        j = runner_up(prob.logits(), prob.y)
+    return _h_block(prob, j, DEFAULT_MEMORY_BUDGET, slice(0, prob.inputs.shape[0]))
+
+
+def _stats(prob: _Problem, j: torch.Tensor, method: str, budget: int) -> GradStats:
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "auto":
+        method = "closed" if prob.head_type is not None else "func"
+    if method == "closed":
+        return _closed_form_stats(prob, j)
+    if method == "func":
+        return _func_stats(prob, j, budget)
+    H, fnorm = _loop_grads(prob)
+    return GradStats(H @ H.T, H @ prob.theta_flat(), fnorm, "loop")
+
+
+def gradient_statistics(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
+                        normalisation: str = "auto", method: str = "auto",
+                        dtype: torch.dtype = torch.float64, degree: int | None = None,
+                        memory_budget: int = DEFAULT_MEMORY_BUDGET) -> GradStats:
+    """Gram matrix of the h_n, <h_n, theta> and ||grad f_j(x_n)|| on (X, y) (all points).
+
+    ``method``: ``"closed"`` (closed forms of the heads), ``"func"`` (torch.func),
+    ``"loop"`` (slow reference), ``"auto"`` (closed when available).
+    """
+    prob = _prepare(model, X, y, normalisation, dtype, degree)
+    with torch.no_grad():
+        j = runner_up(prob.logits(), prob.y)
+    return _stats(prob, j, method, memory_budget)
+
+
+# ---------------------------------------------------------------------------
+# Lemma 2: the velocity of the average margin
+# ---------------------------------------------------------------------------
+def _flow_vectors(prob: _Problem, j: torch.Tensor):
+    r"""``(v, s)``: :math:`v = \dot\theta = -\nabla \frac1N\sum_n \mathrm{CE}_n` and
+    :math:`s = \sum_n h_n = \nabla\sum_n q_n` (runner-ups fixed), flat P-vectors."""
+    params = {n: prob.params[n].clone().requires_grad_(True) for n in prob.names}
+    plist = [params[n] for n in prob.names]
+    with torch.enable_grad():
+        logits = prob.logits(params)
+        loss = F.cross_entropy(logits, prob.y)
+        ar = torch.arange(logits.shape[0])
+        qsum = (logits[ar, prob.y] - logits[ar, j]).sum()
+        gl = torch.autograd.grad(loss, plist, retain_graph=True)
+        gq = torch.autograd.grad(qsum, plist)
+    v = -torch.cat([g.reshape(-1) for g in gl])
+    s = torch.cat([g.reshape(-1) for g in gq])
+    return v, s
+
+
+def _norm_pow(norm: torch.Tensor | float, L: int) -> float:
+    return math.exp(L * math.log(float(norm)))
+
+
+def _velocity(prob: _Problem, j: torch.Tensor, with_scale: bool = False):
+    """Lemma 2; with ``with_scale`` also ``||Gamma 1|| ||theta'|| / (N ||theta||^L)``, the
+    Cauchy-Schwarz bound on |velocity| (the natural scale for comparing velocities)."""
+    theta = prob.theta_flat()
+    v, s = _flow_vectors(prob, j)
+    tn2 = float(theta @ theta)
+    # <Gamma 1, v> = <P s, v> = <s, v> - <s, theta><theta, v>/||theta||^2
+    inner = float(s @ v) - float(s @ theta) * float(theta @ v) / tn2
+    N = prob.inputs.shape[0]
+    denom = N * _norm_pow(math.sqrt(tn2), prob.degree)
+    if not with_scale:
+        return inner / denom
+    g1 = s - (float(s @ theta) / tn2) * theta
+    return inner / denom, float(g1.norm()) * float(v.norm()) / denom
+
+
+def margin_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
+                    normalisation: str = "auto", dtype: torch.dtype = torch.float64,
+                    degree: int | None = None) -> float:
+    r"""Lemma 2, exact: :math:`d\bar\gamma/dt = \langle\Gamma 1, \dot\theta\rangle/(N\|\theta\|^L)`
+    with :math:`\dot\theta = -\nabla_\theta` (mean cross-entropy over all of (X, y)).
+
+    Two backward passes (one for the loss, one for :math:`\sum_n q_n`); SPEC §5.
+    Under the head normalisation :math:`\theta` is the head's parameters and the flow is the
+    gradient flow in them alone, features fixed.
+    """
+    prob = _prepare(model, X, y, normalisation, dtype, degree)
+    with torch.no_grad():
+        j = runner_up(prob.logits(), prob.y)
+    return _velocity(prob, j)
+
+
+def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
+                               h: float | None = None, normalisation: str = "auto",
+                               dtype: torch.dtype = torch.float64, degree: int | None = None,
+                               check_runner_up: bool = True) -> float:
+    r"""Central finite difference of :math:`\bar\gamma` along the gradient flow:
+    :math:`[\bar\gamma(\theta + h v) - \bar\gamma(\theta - h v)] / (2h)`,
+    :math:`v = -\nabla_\theta` (mean CE over (X, y)). :math:`\bar\gamma` is recomputed from
+    scratch at both points (runner-ups re-evaluated). Default
+    ``h = 1e-4 ||theta|| / ||v||`` (a relative step of 1e-4), so the O(h^2) error is ~1e-8.
+    Agrees with :func:`margin_velocity` unless a runner-up changes within the step, which
+    raises :class:`ConfigError` when ``check_runner_up`` (the default).
+    """
+    prob = _prepare(model, X, y, normalisation, dtype, degree)
+    with torch.no_grad():
+        j = runner_up(prob.logits(), prob.y)
+    v, _ = _flow_vectors(prob, j)
+    theta = prob.theta_flat()
+    if h is None:
+        vn = float(v.norm())
+        if vn == 0.0:
+            return 0.0
+        h = 1e-4 * float(theta.norm()) / vn
+    if not h > 0:
+        raise ConfigError(f"finite-difference step must be > 0, got {h}")
+
+    def gbar(flat):
+        with torch.no_grad():
+            logits = prob.logits(prob.unflatten(flat))
+        if check_runner_up and not torch.equal(runner_up(logits, prob.y), j):
+            raise ConfigError(f"a runner-up class changes within the finite-difference step h = {h:.3g} "
+                              "(near tie: gamma_bar is not differentiable there); use a smaller h")
+        q = margin_values(logits, prob.y)
+        return float(q.mean()) / _norm_pow(flat.norm(), prob.degree)
+
+    return (gbar(theta + h * v) - gbar(theta - h * v)) / (2.0 * h)
+
+
+# ---------------------------------------------------------------------------
+# Theorem 2 report
+# ---------------------------------------------------------------------------
+@dataclass
+class Theorem2Report:
+    """The Theorem 2 monitors on a seeded subset S at one instant (SPEC §5).
+
+    ``as_dict()`` is JSON-able (``inf`` is written ``"inf"``, NaN ``null``).
+    """
+
+    n_subset: int
+    subset_seed: int
+    N: int
+    P: int
+    C: int
+    gamma_bar: float
+    gamma_min: float
+    theta_norm: float
+    delta_min: float
+    B: float
+    sigma_max: float
+    sigma_min: float | None
+    rank: int
+    rho: float
+    kappa: float | None
+    cv: float
+    w_bar: float
+    eps: float
+    A1: bool
+    A2: bool
+    A3: bool
+    velocity: float
+    lower_bound: float
+    theorem_applies: bool
+    normalisation: str
+    degree: int
+    method: str
+    note: str
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        from ._util import to_jsonable
+
+        keys = ["n_subset", "subset_seed", "N", "P", "C", "gamma_bar", "gamma_min", "theta_norm",
+                "delta_min", "B", "sigma_max", "sigma_min", "rank", "rho", "kappa", "cv", "w_bar",
+                "eps", "A1", "A2", "A3", "velocity", "lower_bound", "theorem_applies",
+                "normalisation", "degree", "method", "note", "seconds"]
+        return to_jsonable({k: getattr(self, k) for k in keys})
+
+    def verdict(self) -> str:
+        """One word: ``grows`` (A1-A3 hold: Theorem 2 proves d gamma_bar/dt > 0) or
+        ``no-claim`` (some condition fails: the theorem says nothing)."""
+        return "grows" if self.theorem_applies else "no-claim"
+
+
+def _note(r: dict, kind: str, n_total: int) -> str:
+    parts = []
+    if r["theorem_applies"]:
+        parts.append(f"A1-A3 hold on the subset: Theorem 2 proves d gamma_bar/dt >= {r['lower_bound']:.3g} > 0 "
+                     f"(exact Lemma-2 velocity {r['velocity']:.3g}).")
+    else:
+        failed = [a for a in ("A1", "A2", "A3") if not r[a]]
+        why = []
+        if not r["A1"]:
+            why.append(f"runner-up not strictly separated, delta = {r['delta_min']:.3g}")
+        if not r["A2"]:
+            why.append("B is not finite")
+        if not r["A3"]:
+            why.append(f"rho = {r['rho']:.3g} <= cv + eps = {r['cv']:.3g} + {r['eps']:.3g}")
+        grow = ("the margin still grows here" if r["velocity"] > 0
+                else "and here it does not grow")
+        parts.append(f"{' and '.join(failed)} fail{'s' if len(failed) == 1 else ''} ({'; '.join(why)}): "
+                     f"the theorem says nothing here - its conditions are sufficient, not necessary - "
+                     f"the margin may still grow (exact Lemma-2 velocity {r['velocity']:.3g}: {grow}).")
+    if kind == "head":
+        parts.append("Normalised by the head's parameters only (features fixed, treated as inputs): the "
+                     "velocity is that of the gradient flow in the head's parameters alone; Lemma 2 does "
+                     "not give the full velocity of the model's flow in all its parameters (moving features "
+                     "add terms it does not contain).")
+    parts.append(f"Evaluated on a seeded subset of {r['n_subset']} of {n_total} points (seed "
+                 f"{r['subset_seed']}) for the gradient flow of its mean cross-entropy.")
+    return " ".join(parts)
+
+
+def _gram_eigenvalues(G: torch.Tensor) -> torch.Tensor:
+    """Ascending eigenvalues of the symmetric N x N matrix G (``torch.linalg.eigvalsh``).
+
+    Run on ONE intra-op thread (restored afterwards): N <= a few thousand is cheap
+    (512 x 512: ~0.03 s), while multi-threaded LAPACK on a busy 2-core machine was measured
+    at 3-7 s for the same matrix (threads spin-waiting on each other). LAPACK
+    non-convergence on a finite PSD matrix falls back to singular values, which agree."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigvalsh(G)
+    except RuntimeError:
+        return torch.linalg.svdvals(G).flip(0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subset: int | None = 512,
+                    seed: int = 0, normalisation: str = "auto", dtype: torch.dtype = torch.float64,
+                    method: str = "auto", degree: int | None = None,
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Theorem2Report:
+    r"""Evaluate Lemma 2 and Theorem 2's quantities and assumptions (SPEC §5).
+
+    Args:
+        model: a :class:`~margin_theory.models.Classifier` (or any module with ``degree``).
+        X, y: the training set; the monitors use the seeded subset S of ``subset`` points
+            (:func:`select_subset`, all points if fewer).
+        normalisation: ``"auto"`` (full if homogeneous, else head), ``"full"`` (raises
+            :class:`NotHomogeneousError` on a non-homogeneous model) or ``"head"``.
+        dtype: computation dtype (float64 by default, on a CPU copy of the model).
+        method: per-sample gradients by ``"closed"`` form, ``"func"`` (torch.func),
+            ``"loop"`` (slow reference) or ``"auto"``.
+
+    Returns a :class:`Theorem2Report`; ``lower_bound`` is
+    :math:`\bar w\rho\sigma_{\max}^2(\rho - cv - \varepsilon)/(N\|\theta\|^L)`, which never exceeds
+    ``velocity`` (proofs/theorem2_margin.md).
+    """
+    t0 = time.perf_counter()
+    n_total = int(X.shape[0])
+    if y.shape[0] != n_total:
+        raise ConfigError(f"X has {n_total} samples but y has {y.shape[0]}")
+    idx = select_subset(n_total, subset, seed)
+    prob = _prepare(model, X[idx.to(X.device)], y[idx.to(y.device)], normalisation, dtype, degree)
+    N, P = prob.inputs.shape[0], prob.P
+    with torch.no_grad():
+        logits = prob.logits()
+    if not bool(torch.isfinite(logits).all()) or not bool(torch.isfinite(prob.theta_flat()).all()):
+        raise ConfigError("the model's parameters or outputs are not finite (diverged training?); "
+                          "the Theorem 2 monitors need a finite model")
+    C = logits.shape[1]
+    yy = prob.y
+    j = runner_up(logits, yy)
+    ar = torch.arange(N)
+    q = logits[ar, yy] - logits[ar, j]
+    theta = prob.theta_flat()
+    tnorm = float(theta.norm())
+    normL = _norm_pow(tnorm, prob.degree)
+    gamma = q / normL
+
+    delta = separation_gaps(logits, yy)
+    delta_min = float(delta.min())
+    probs = torch.softmax(logits, dim=1)
+    w = probs[ar, j]
+    w_bar = float(w.mean())
+    cv = float((w - w_bar).norm()) / (math.sqrt(N) * w_bar) if w_bar > 0 else math.inf
+
+    st = _stats(prob, j, method, memory_budget)
+    B = float(st.fnorm.max())
+    # Gamma^T Gamma = H H^T - (H theta)(H theta)^T / ||theta||^2   (P = I - theta theta^T/||theta||^2)
+    G = st.gram - torch.outer(st.h_theta, st.h_theta) / (tnorm * tnorm)
+    G = 0.5 * (G + G.T)
+    if not bool(torch.isfinite(G).all()):
+        raise ConfigError("non-finite per-sample gradients (diverged parameters?); "
+                          "the Theorem 2 monitors need a finite model")
+    evals = _gram_eigenvalues(G)
+    lam_max = max(float(evals[-1]), 0.0)
+    sigma_max = math.sqrt(lam_max)
+    tol = lam_max * max(N, 1) * torch.finfo(G.dtype).eps * 10
+    rank = int((evals > tol).sum()) if lam_max > 0 else 0
+    sigma_min = math.sqrt(max(float(evals[0]), 0.0)) if N <= P else None
+    kappa = sigma_max / sigma_min if (N <= P and rank == N and sigma_min) else None
+    g1 = math.sqrt(max(float(G.sum()), 0.0))          # ||Gamma 1||
+    if sigma_max > 0:
+        rho = min(g1 / (math.sqrt(N) * sigma_max), 1.0)  # in [0, 1] up to rounding
+        decay = 0.0 if C == 2 else math.exp(-delta_min)
+        eps = 2.0 * (C - 2) * decay * B * math.sqrt(N) / sigma_max
+    else:  # Gamma = 0: every g_n vanishes, the velocity is exactly 0
+        rho, eps = math.nan, math.inf
+
+    velocity, vscale = _velocity(prob, j, with_scale=True)
+    if sigma_max > 0 and math.isfinite(eps):
+        lower = w_bar * rho * sigma_max ** 2 * (rho - cv - eps) / (N * normL)
+    elif sigma_max == 0:
+        lower = 0.0
+    else:
+        lower = -math.inf
+    A1 = bool(delta_min > 0)
+    A2 = bool(math.isfinite(B))
+    A3 = bool(sigma_max > 0 and rho > cv + eps)
+    r = dict(n_subset=N, subset_seed=int(seed), delta_min=delta_min, rho=rho, cv=cv, eps=eps, A1=A1, A2=A2,
+             A3=A3, velocity=velocity, lower_bound=lower, theorem_applies=A1 and A2 and A3)
+    note = _note(r, prob.kind, n_total)
+    return Theorem2Report(
+        n_subset=N, subset_seed=int(seed), N=N, P=P, C=C, gamma_bar=float(gamma.mean()),
+        gamma_min=float(gamma.min()), theta_norm=tnorm, delta_min=delta_min, B=B,
+        sigma_max=sigma_max, sigma_min=sigma_min, rank=rank, rho=rho, kappa=kappa, cv=cv,
+        w_bar=w_bar, eps=eps, A1=A1, A2=A2, A3=A3, velocity=velocity, lower_bound=lower,
+        theorem_applies=A1 and A2 and A3, normalisation=prob.kind, degree=prob.degree,
+        method=st.method, note=note, seconds=time.perf_counter() - t0,
+        extra={"indices": idx, "norm_Gamma1": g1, "eigenvalues": evals, "velocity_scale": vscale},
+    )
+
+
+# ---------------------------------------------------------------------------
+# Benchmark
+# ---------------------------------------------------------------------------
+def _bench_data(n: int, data: str, seed: int):
+    if data == "mnist-5k":
+        try:
+            from .data import load_dataset
+
+            ds = load_dataset("mnist-5k", seed=seed)
+            X, y = ds.X_train, ds.y_train
+            return X[:n].reshape(-1, 1, 28, 28).to(torch.float32), y[:n].long(), "mnist-5k"
+        except Exception as exc:  # data module missing or different: fall back, say so
+            print(f"(mnist-5k unavailable: {exc}; using random data)")
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(n, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return X, y, "random"
+
+
+def bench_monitors(n: int = 512, rank: int = 8, *, data: str = "random", seed: int = 0,
+                   loop: bool = True) -> dict[str, Any]:
+    """Time the Theorem 2 monitors on MNIST shapes (lowrank rank ``rank``, d = 784, C = 10,
+    ``n`` samples) by closed form, torch.func, and the slow loop of per-sample backward
+    passes, all in one run; returns times, ratios and the agreement of the three."""
+    torch.manual_seed(seed)
+    from .models import build_model
+
+    X, y, src = _bench_data(n, data, seed)
+    model = build_model("lowrank", (1, 28, 28), 10, rank=rank)
+    out: dict[str, Any] = {"n": int(X.shape[0]), "rank": rank, "d": 784, "C": 10, "data": src,
+                           "P": sum(p.numel() for p in model.parameters()),
+                           "torch_threads": torch.get_num_threads()}
+    reports = {}
+    methods = ("closed", "func") + (("loop",) if loop else ())
+    for method in methods:   # warm-up (lazy initialisation of torch / functorch), not timed
+        theorem2_report(model, X[:4], y[:4], subset=4, method=method)
+    for method in methods:
+        t = time.perf_counter()
+        reports[method] = theorem2_report(model, X, y, subset=n, method=method)
+        out[f"seconds_{method}"] = time.perf_counter() - t
+    if loop:
+        out["ratio_loop_over_closed"] = out["seconds_loop"] / out["seconds_closed"]
+        out["ratio_loop_over_func"] = out["seconds_loop"] / out["seconds_func"]
+    ref = reports["closed"]
+    out["max_rel_diff"] = {
+        m: max(abs(getattr(r, k) - getattr(ref, k)) / max(abs(getattr(ref, k)), 1e-300)
+               for k in ("sigma_max", "rho", "B", "velocity"))
+        for m, r in reports.items() if m != "closed"}
+    out["report"] = ref.as_dict()
+    return out
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m margin_theory.assumptions",
+                       description="Theorem 2 monitors (SPEC §5). --bench times them on MNIST shapes "
+                                   "against a Python loop of per-sample backward passes.")
+    p.add_argument("--bench", action="store_true", help="run the monitor benchmark")
+    p.add_argument("--n", type=_positive_int, default=512, help="samples (default 512)")
+    p.add_argument("--rank", type=_positive_int, default=8, help="lowrank rank (default 8)")
+    p.add_argument("--data", choices=("random", "mnist-5k"), default="random")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-loop", action="store_true", help="skip the slow loop reference")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch intra-op threads for the benchmark (default: torch's default)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    return p
+
+
+def _positive_int(s: str) -> int:
+    import argparse
+
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+@cli_entry("python -m margin_theory.assumptions")
+def main(argv=None) -> int:
+    """Benchmark the Theorem 2 monitors (``--bench``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.bench:
+        raise ConfigError("nothing to do: pass --bench (checkpoints are checked by python -m margin_theory.check)")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    res = bench_monitors(args.n, args.rank, data=args.data, seed=args.seed, loop=not args.no_loop)
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"Theorem 2 monitors, lowrank rank {res['rank']} on MNIST shapes (d=784, C=10, P={res['P']}), "
+          f"N={res['n']} {res['data']} samples, float64 CPU, {res['torch_threads']} threads")
+    print(f"  closed form      : {res['seconds_closed']:8.3f} s")
+    print(f"  torch.func vmap  : {res['seconds_func']:8.3f} s")
+    if "seconds_loop" in res:
+        print(f"  loop (reference) : {res['seconds_loop']:8.3f} s   ({res['n'] * 10} backward passes)")
+        print(f"  speed-up: loop / closed = {res['ratio_loop_over_closed']:.1f}x, "
+              f"loop / torch.func = {res['ratio_loop_over_func']:.1f}x")
+    for m, d in res["max_rel_diff"].items():
+        print(f"  max relative difference {m} vs closed (sigma_max, rho, B, velocity): {d:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,420 @@
+r"""Check Theorem 2's assumptions on saved checkpoints (SPEC §5).
+
+::
+
+    python -m margin_theory.check RUN_DIR|CKPT... [--subset N] [--seed S] [--json]
+                                  [--plot [--out PNG]] [--data-dir DIR] [--normalisation auto|full|head]
+
+(also ``margin-theory check``). For every checkpoint (a run folder stands for all its
+checkpoints, in epoch order) the training data are rebuilt from the checkpoint's own
+training configuration - with the trainer's own loader, so the data are exactly those the
+run trained on - and :func:`margin_theory.assumptions.theorem2_report` evaluates, on the
+seeded subset S (``--subset``, default 512; ``--seed``, default the run's seed, as the
+trainer's ``--monitor-every`` does), the quantities of Theorem 2: gamma_bar on S, rho, cv,
+eps, delta = min_n delta_n, A1, A2, A3, the exact Lemma-2 velocity d gamma_bar/dt and the
+theorem's lower bound on it, and a verdict:
+
+* ``grows``: A1-A3 hold, Theorem 2 proves d gamma_bar/dt > 0 (for the gradient flow of
+  S's mean cross-entropy at that instant);
+* ``no-claim``: some condition fails and the theorem says nothing - its conditions are
+  sufficient, not necessary, and the margin may still grow.
+
+Between consecutive checkpoints of a run it reports the measured change of gamma_bar on
+the WHOLE training set (``margins.compute_margins``, float64), ``delta_gamma_bar``, and
+compares it with the sign the theory predicts at the earlier checkpoint:
+``predicted_sign`` is ``"+"`` when the theorem applies there and ``"?"`` (no prediction)
+otherwise; ``agrees`` is ``delta_gamma_bar > 0`` when the prediction is ``"+"``, else
+``None``. The prediction is about the instantaneous gradient flow at the earlier
+checkpoint; training runs SGD for a whole epoch on the full training set, so a
+disagreement shows the local prediction did not persist over the interval - it does not
+contradict the theorem. (``velocity_sign`` / ``velocity_agrees`` do the same with the
+sign of the exact Lemma-2 velocity.)
+
+``--json`` prints one document ``{"checkpoints": [...], "transitions": [...],
+"errors": [...]}``; each checkpoint entry has ``path, epoch, gamma_bar`` (on S),
+``gamma_bar_train`` (whole training set), ``delta_min, B, sigma_max, rho, kappa, cv,
+eps, A1, A2, A3, velocity, lower_bound, theorem_applies, normalisation, degree`` and
+more. A missing, truncated or foreign file, or a checkpoint whose configuration names an
+unknown model (or data that cannot be rebuilt), prints one line on stderr and makes the
+exit status 2; the other checkpoints are still reported.
+
+``--plot`` writes a PNG (``--out``, default ``RUN_DIR/theorem2-check.png``): gamma_bar
+and test accuracy over training (from the run's ``metrics.jsonl`` when present, else from
+the checkpoints) with the intervals after checkpoints where A1-A3 held shaded - the
+paper's Fig. 5 with the theorem's verdict on it.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ._util import (
+    ArgumentParser,
+    CheckpointError,
+    MarginTheoryError,
+    cli_entry,
+    print_json,
+    save_figure,
+    to_jsonable,
+    use_agg_backend,
+)
+
+__all__ = ["CheckReport", "check_checkpoints", "expand_targets", "plot_check", "main"]
+
+PROG = "python -m margin_theory.check"
+CHECKPOINT_KEYS = ("path", "epoch", "gamma_bar", "delta_min", "B", "sigma_max", "rho", "kappa", "cv", "eps",
+                   "A1", "A2", "A3", "velocity", "lower_bound", "theorem_applies", "normalisation", "degree")
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_checkpoints`: per-checkpoint rows, transitions, errors."""
+
+    checkpoints: list[dict] = field(default_factory=list)
+    transitions: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return to_jsonable({"checkpoints": self.checkpoints, "transitions": self.transitions,
+                            "errors": self.errors})
+
+    def summary(self) -> dict:
+        n = len(self.checkpoints)
+        held = sum(1 for c in self.checkpoints if c["theorem_applies"])
+        grew = sum(1 for t in self.transitions if t["delta_gamma_bar"] > 0)
+        predicted = [t for t in self.transitions if t["predicted_sign"] == "+"]
+        return {"checkpoints": n, "theorem_applies": held, "transitions": len(self.transitions),
+                "gamma_bar_grew": grew, "predictions": len(predicted),
+                "agreements": sum(1 for t in predicted if t["agrees"]),
+                "disagreements": sum(1 for t in predicted if t["agrees"] is False),
+                "velocity_sign_disagreements": sum(1 for t in self.transitions if t["velocity_agrees"] is False),
+                "errors": len(self.errors)}
+
+
+# ---------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------
+def expand_targets(targets: Sequence[str | Path]) -> tuple[list[Path], list[dict]]:
+    """Turn the command-line targets into checkpoint tensor paths plus errors.
+
+    A run folder (or its ``checkpoints`` folder) stands for all its complete checkpoints;
+    an incomplete pair in it (one of the two files missing) is an error, as is a folder
+    without checkpoints, a missing path, or a file that is not a checkpoint.
+    """
+    from .checkpoint import CHECKPOINT_DIR, checkpoint_files, list_checkpoints, resolve_checkpoint
+
+    paths: list[Path] = []
+    errors: list[dict] = []
+    for t in targets:
+        t = Path(t)
+        if t.is_dir():
+            folder = t / CHECKPOINT_DIR if (t / CHECKPOINT_DIR).is_dir() else t
+            found = list_checkpoints(t)
+            complete = {p.with_suffix("") for p in found}
+            for f in sorted(set(folder.glob("epoch-*.safetensors")) | set(folder.glob("epoch-*.json"))):
+                if f.with_suffix("") not in complete:
+                    missing = [str(p) for p in checkpoint_files(f) if not p.exists()]
+                    errors.append({"path": str(f), "error": f"incomplete checkpoint: {', '.join(missing)} missing"})
+            if not found and not any(e["path"].startswith(str(folder)) for e in errors):
+                errors.append({"path": str(t), "error": f"no checkpoint in {t} (expected "
+                                                        f"{CHECKPOINT_DIR}/epoch-NNNN.safetensors + .json)"})
+            paths.extend(found)
+            continue
+        try:
+            paths.append(resolve_checkpoint(t))
+        except MarginTheoryError as exc:
+            errors.append({"path": str(t), "error": " ".join(str(exc).split())})
+    seen, unique = set(), []
+    for p in paths:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique, errors
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+_DATA_KEYS = ("dataset", "data_dir", "seed", "normalize", "n_train", "n_test")
+
+
+def _load_training_data(config: dict, data_dir: str | None):
+    """Rebuild the run's data with the trainer's own loader (``train.load_data_for``), on CPU."""
+    from .train import TrainConfig, load_data_for
+
+    cfg = dict(config)
+    for k in ("resume", "overwrite", "augment", "download"):
+        cfg[k] = False          # irrelevant to the data (never download here), must not trip validation
+    if data_dir is not None:
+        cfg["data_dir"] = str(data_dir)
+    tc = TrainConfig.from_dict(cfg)
+    return load_data_for(tc, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------
+# The check
+# ---------------------------------------------------------------------------
+def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed: int | None = None,
+                      normalisation: str = "auto", data_dir: str | None = None,
+                      log=None) -> CheckReport:
+    """Evaluate Theorem 2 on every checkpoint of ``targets`` and compare consecutive ones.
+
+    ``seed``: the subset's seed; ``None`` = each run's training seed (as the trainer's
+    monitor). Errors are collected, never raised, so one bad file does not hide the rest.
+    """
+    from .assumptions import theorem2_report
+    from .checkpoint import read_checkpoint
+    from .margins import compute_margins
+
+    paths, errors = expand_targets(targets)
+    report = CheckReport(errors=list(errors))
+    data_cache: dict[tuple, Any] = {}
+    rows: list[dict] = []
+    for p in paths:
+        try:
+            ck = read_checkpoint(p, device="cpu")
+            key = tuple(to_jsonable(ck.config.get(k)) for k in _DATA_KEYS) + (data_dir,)
+            if key not in data_cache:
+                data_cache[key] = _load_training_data(ck.config, data_dir)
+            ds = data_cache[key]
+            s = int(ck.config.get("seed", 0)) if seed is None else int(seed)
+            rep = theorem2_report(ck.model, ds.X_train, ds.y_train, subset=subset, seed=s,
+                                  normalisation=normalisation)
+            m64 = ck.model.to(torch.float64)
+            full = compute_margins(m64, ds.X_train.to(torch.float64), ds.y_train, normalisation=normalisation)
+        except MarginTheoryError as exc:
+            report.errors.append({"path": str(p), "error": " ".join(str(exc).split())})
+            continue
+        except (OSError, ValueError, RuntimeError) as exc:   # unexpected, but never a traceback
+            report.errors.append({"path": str(p), "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"})
+            continue
+        d = rep.as_dict()
+        row = {"path": str(p), "run": str(_run_of(p)), "epoch": ck.epoch, "step": ck.step,
+               **{k: d[k] for k in CHECKPOINT_KEYS if k in d},
+               "gamma_bar_train": full.gamma_bar, "gamma_min_train": full.gamma_min,
+               "train_acc": full.accuracy, "test_acc": ck.metrics.get("test_acc"),
+               "n_train": int(ds.y_train.shape[0]), "n_subset": d["n_subset"], "subset_seed": d["subset_seed"],
+               "P": d["P"], "C": d["C"], "sigma_min": d["sigma_min"], "w_bar": d["w_bar"],
+               "model": ck.config.get("model"), "verdict": rep.verdict(), "note": rep.note}
+        rows.append(row)
+        if log:
+            log(f"checked {p.name}: {row['verdict']}")
+    # group by run, sort by epoch; transitions only within a run
+    runs: dict[str, list[dict]] = {}
+    for r in rows:
+        runs.setdefault(r["run"], []).append(r)
+    for run_rows in runs.values():
+        run_rows.sort(key=lambda r: r["epoch"])
+        report.checkpoints.extend(run_rows)
+        for a, b in zip(run_rows, run_rows[1:]):
+            dg = b["gamma_bar_train"] - a["gamma_bar_train"]
+            pred = "+" if a["theorem_applies"] else "?"
+            vsign = "+" if a["velocity"] > 0 else ("-" if a["velocity"] < 0 else "0")
+            report.transitions.append({
+                "from": a["epoch"], "to": b["epoch"], "from_path": a["path"], "to_path": b["path"],
+                "run": a["run"], "delta_gamma_bar": dg, "predicted_sign": pred,
+                "agrees": (dg > 0) if pred == "+" else None,
+                "velocity_sign": vsign,
+                "velocity_agrees": None if vsign == "0" else ((dg > 0) == (vsign == "+")),
+            })
+    return report
+
+
+def _run_of(tensor_path: Path) -> Path:
+    folder = tensor_path.parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
+# ---------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------
+def _fmt(v, spec=".3g") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return format(v, spec)
+
+
+def format_report(rep: CheckReport) -> str:
+    lines = []
+    runs: dict[str, list[dict]] = {}
+    for c in rep.checkpoints:
+        runs.setdefault(c["run"], []).append(c)
+    head = (f"{'epoch':>5}  {'gbar(train)':>11}  {'gbar(S)':>10}  {'rho':>7}  {'cv':>7}  {'eps':>8}  {'delta':>8}  "
+            f"{'A1':>3} {'A2':>3} {'A3':>3}  {'velocity':>10}  {'lower bnd':>10}  verdict")
+    for run, rows in runs.items():
+        r0 = rows[0]
+        lines.append(f"run {run}: model {r0['model']}, normalisation {r0['normalisation']} (L = {r0['degree']}), "
+                     f"Theorem 2 on a seeded subset of {r0['n_subset']} of {r0['n_train']} training points "
+                     f"(seed {r0['subset_seed']}); gbar(train) = gamma_bar on the whole training set, "
+                     f"gbar(S) on the subset")
+        lines.append(head)
+        for c in rows:
+            lines.append(f"{c['epoch']:>5}  {_fmt(c['gamma_bar_train'], '+.4e'):>11}  {_fmt(c['gamma_bar'], '+.4e'):>10}  "
+                         f"{_fmt(c['rho'], '.4f'):>7}  "
+                         f"{_fmt(c['cv'], '.4f'):>7}  {_fmt(c['eps'], '.3g'):>8}  {_fmt(c['delta_min'], '.3g'):>8}  "
+                         f"{_fmt(c['A1']):>3} {_fmt(c['A2']):>3} {_fmt(c['A3']):>3}  "
+                         f"{_fmt(c['velocity'], '+.3e'):>10}  {_fmt(c['lower_bound'], '+.3e'):>10}  {c['verdict']}")
+        trans = [t for t in rep.transitions if t["run"] == run]
+        if trans:
+            lines.append("transitions (gamma_bar on the whole training set):")
+            for t in trans:
+                agree = {True: "agrees", False: "DISAGREES", None: "no prediction"}[t["agrees"]]
+                lines.append(f"  epoch {t['from']:>4} -> {t['to']:<4}  delta gamma_bar {t['delta_gamma_bar']:+.4e}  "
+                             f"predicted {t['predicted_sign']}  {agree}  (Lemma-2 velocity sign "
+                             f"{t['velocity_sign']}: {'agrees' if t['velocity_agrees'] else 'differs' if t['velocity_agrees'] is False else '-'})")
+        lines.append("")
+    s = rep.summary()
+    if s["checkpoints"]:
+        lines.append(f"A1-A3 held at {s['theorem_applies']} of {s['checkpoints']} checkpoints; gamma_bar grew in "
+                     f"{s['gamma_bar_grew']} of {s['transitions']} transitions; predictions '+': {s['predictions']}, "
+                     f"disagreements: {s['disagreements']}.")
+        lines.append("Theorem 2's conditions are sufficient, not necessary: where they fail ('no-claim') the "
+                     "theorem says nothing and the margin may still grow. Predictions concern the gradient flow "
+                     "at the earlier checkpoint; training between checkpoints is SGD over whole epochs.")
+    if s["errors"]:
+        lines.append(f"{s['errors']} checkpoint(s) could not be checked (see stderr).")
+    return "\n".join(lines)
+
+
+def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]] | None = None) -> Path:
+    """Fig. 5 with the theorem's verdict: gamma_bar (left axis) and test accuracy (right axis)
+    over epochs for each run, intervals after checkpoints where A1-A3 held shaded."""
+    use_agg_backend()
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    runs: dict[str, list[dict]] = {}
+    for c in rep.checkpoints:
+        runs.setdefault(c["run"], []).append(c)
+    if not runs:
+        raise CheckpointError("nothing to plot: no checkpoint could be checked")
+    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 4.2 * len(runs)), squeeze=False)
+    for ax, (run, rows) in zip(axes[:, 0], runs.items()):
+        hist = (metrics or {}).get(run) or []
+        if hist:
+            ep = [r["epoch"] for r in hist]
+            gb = [r.get("gamma_bar", math.nan) for r in hist]
+            ta = [r.get("test_acc", math.nan) for r in hist]
+            src = "metrics.jsonl"
+        else:
+            ep = [r["epoch"] for r in rows]
+            gb = [r["gamma_bar_train"] for r in rows]
+            ta = [r["test_acc"] if isinstance(r["test_acc"], (int, float)) else math.nan for r in rows]
+            src = "checkpoints"
+        epochs = [r["epoch"] for r in rows]
+        for i, r in enumerate(rows):
+            if r["theorem_applies"]:
+                lo = r["epoch"]
+                hi = epochs[i + 1] if i + 1 < len(rows) else r["epoch"] + 0.5
+                ax.axvspan(lo, hi, color="tab:green", alpha=0.18, lw=0)
+        l1, = ax.plot(ep, gb, "o-", color="tab:blue", ms=3, label="average margin gamma_bar (train set)")
+        held = [r for r in rows if r["theorem_applies"]]
+        ax.plot([r["epoch"] for r in held], [r["gamma_bar_train"] for r in held], "s", color="tab:green",
+                ms=6, label="checkpoint: A1-A3 hold")
+        nc = [r for r in rows if not r["theorem_applies"]]
+        ax.plot([r["epoch"] for r in nc], [r["gamma_bar_train"] for r in nc], "s", mfc="none", color="gray",
+                ms=6, label="checkpoint: no claim")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"gamma_bar ({rows[0]['normalisation']} normalisation, L = {rows[0]['degree']})")
+        ax2 = ax.twinx()
+        l2, = ax2.plot(ep, [100 * t for t in ta], "^-", color="tab:red", ms=3, label="test accuracy (%)")
+        ax2.set_ylabel("test accuracy (%)")
+        shade = "A1-A3 hold: Theorem 2 predicts growth" + ("" if held else " (at no checkpoint here)")
+        handles = [l1, l2, Patch(color="tab:green", alpha=0.3, label=shade)]
+        handles += ax.get_legend_handles_labels()[0][1:]
+        ax.legend(handles=handles, loc="lower right", fontsize=8)
+        ax.set_title(f"{Path(run).name}: {rows[0]['model']} - average margin, test accuracy and Theorem 2 "
+                     f"(from {src})", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog=PROG,
+        description="Theorem 2 (SPEC §5) on saved checkpoints: A1-A3, rho, cv, eps, the exact Lemma-2 margin "
+                    "velocity and its lower bound per checkpoint, and the measured change of gamma_bar between "
+                    "consecutive checkpoints against the sign the theorem predicts. The conditions are "
+                    "sufficient, not necessary.")
+    p.add_argument("targets", nargs="+", metavar="RUN_DIR|CKPT",
+                   help="run folders (all their checkpoints) or checkpoint files (.safetensors or .json)")
+    p.add_argument("--subset", type=_positive_int, default=512,
+                   help="size of the seeded subset S the theorem is evaluated on (default 512; all if fewer)")
+    p.add_argument("--seed", type=_nonneg_int, default=None, help="subset seed (default: the run's training seed)")
+    p.add_argument("--normalisation", choices=("auto", "full", "head"), default="auto",
+                   help="margin normalisation (auto: all parameters if homogeneous, else the head's)")
+    p.add_argument("--data-dir", default=None, help="data folder, overriding the runs' own data_dir")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--plot", action="store_true", help="write a PNG: gamma_bar and test accuracy, A1-A3 shaded")
+    p.add_argument("--out", default=None, help="PNG path for --plot (default RUN_DIR/theorem2-check.png)")
+    return p
+
+
+@cli_entry(PROG)
+def main(argv=None) -> int:
+    """Check Theorem 2's assumptions on checkpoints; exit 2 if any checkpoint is unreadable."""
+    args = build_parser().parse_args(argv)
+    if args.out is not None and not args.plot:
+        raise CheckpointError("--out applies to --plot only")
+    rep = check_checkpoints(args.targets, subset=args.subset, seed=args.seed,
+                            normalisation=args.normalisation, data_dir=args.data_dir)
+    for e in rep.errors:
+        sys.stderr.write(f"{PROG}: error: {e['path']}: {e['error']}\n")
+    plot_path = None
+    if args.plot and rep.checkpoints:
+        from .train import read_metrics
+
+        metrics = {c["run"]: read_metrics(c["run"]) for c in rep.checkpoints}
+        out = args.out or str(Path(rep.checkpoints[0]["run"]) / "theorem2-check.png")
+        plot_path = plot_check(rep, out, metrics)
+    elif args.plot:
+        sys.stderr.write(f"{PROG}: error: nothing to plot: no checkpoint could be checked\n")
+    if args.json:
+        doc = rep.as_dict()
+        doc["summary"] = rep.summary()
+        if plot_path is not None:
+            doc["plot"] = str(plot_path)
+        print_json(doc)
+    else:
+        print(format_report(rep))
+        if plot_path is not None:
+            print(f"plot written to {plot_path}")
+    return 2 if rep.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
