@@ -57,6 +57,41 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def int_at_least(lo: int):
+    """argparse ``type=``: an integer >= ``lo`` (one-line error otherwise)."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}: {s!r}")
+        return v
+
+    return parse
+
+
+def float_in(lo: float, hi: float | None = None, lo_open: bool = False):
+    """argparse ``type=``: a finite float in ``[lo, hi)`` (``(lo, hi)`` with ``lo_open``)."""
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+        if not math.isfinite(v) or v < lo or (lo_open and v == lo) or (hi is not None and v >= hi):
+            rng = f"{'>' if lo_open else '>='} {lo:g}" + (f" and < {hi:g}" if hi is not None else "")
+            raise argparse.ArgumentTypeError(f"must be a finite number {rng}: {s!r}")
+        return v
+
+    return parse
+
+
+positive_int = int_at_least(1)
+nonneg_int = int_at_least(0)
+
+
 def cli_entry(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Decorate ``main(argv) -> int`` so toolkit errors become one line + exit 2."""
 

@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, jacrev, vmap
 
 from ._util import ArgumentParser, ConfigError, cli_entry, print_json
+from ._util import positive_int as _positive_int
 from .margins import NotHomogeneousError, get_normalisation, margin_values, runner_up
 from .models import LinearHead, LowRankHead, QuadraticHead, ReLU2Head
 
@@ -758,16 +759,6 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _positive_int(s: str) -> int:
-    import argparse
-
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 @cli_entry("python -m margin_theory.assumptions")

@@ -64,6 +64,7 @@ from ._util import (
     to_jsonable,
     use_agg_backend,
 )
+from ._util import positive_int as _positive_int, nonneg_int as _nonneg_int
 
 __all__ = ["CheckReport", "check_checkpoints", "expand_targets", "plot_check", "main"]
 
@@ -343,24 +344,8 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
     return save_figure(fig, out)
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return v
 
 
 def build_parser() -> ArgumentParser:

@@ -98,6 +98,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from ._util import ArgumentParser, ConfigError, cli_entry, print_json
+from ._util import positive_int as _positive_int, nonneg_int as _nonneg_int
 from .models import HEADS, MODEL_NAMES, build_model, describe_model_names
 
 __all__ = [
@@ -1099,24 +1100,8 @@ def check_model(model_name: str, *, layers: int = 1, rank: int = 1, hidden=None,
 # ===========================================================================
 # CLI
 # ===========================================================================
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
 
 
 def _shape(s: str) -> tuple[int, ...]:

@@ -96,6 +96,7 @@ from ._util import (
     dumps_json,
     print_json,
 )
+from ._util import float_in, int_at_least
 from ._util import progress as _progress_bar
 from .margins import compute_margins, get_normalisation, margin_regularised_loss, predict
 
@@ -838,29 +839,6 @@ def _summary(config, model, ds, history, device, out, last_ckpt, resumed_from, s
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
-def _int_ge(lo: int) -> Callable[[str], int]:
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}: {s!r}")
-        return v
-    return parse
-
-
-def _float_range(lo: float, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float]:
-    def parse(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-        if not math.isfinite(v) or v < lo or (lo_open and v == lo) or (hi is not None and v >= hi):
-            rng = f"{'>' if lo_open else '>='} {lo:g}" + (f" and < {hi:g}" if hi is not None else "")
-            raise argparse.ArgumentTypeError(f"must be a finite number {rng}: {s!r}")
-        return v
-    return parse
 
 
 def _int_list(s: str) -> list[int]:
@@ -888,7 +866,7 @@ def _checkpoint_every(s: str) -> int | None:
         return None
     if s == "none":
         return -1
-    return _int_ge(0)(s)
+    return int_at_least(0)(s)
 
 
 def build_parser() -> ArgumentParser:
@@ -903,42 +881,42 @@ def build_parser() -> ArgumentParser:
                    "mnist, fashion-mnist, cifar10, cifar10-subset (from --data-dir)")
     g.add_argument("--model", required=True, help="linear, relu2, quadratic, lowrank, conv-{linear,lowrank,quadratic}, "
                    "resnet{10,12,14,16,18}-{linear,lowrank,quadratic}")
-    g.add_argument("--rank", type=_int_ge(1), default=d.rank, help="rank r of lowrank layers (default 1)")
-    g.add_argument("--layers", type=_int_ge(1), default=d.layers, help="number of lowrank layers (deep DIQNN; default 1)")
+    g.add_argument("--rank", type=int_at_least(1), default=d.rank, help="rank r of lowrank layers (default 1)")
+    g.add_argument("--layers", type=int_at_least(1), default=d.layers, help="number of lowrank layers (deep DIQNN; default 1)")
     g.add_argument("--hidden", type=_int_list, default=None, metavar="H[,H...]",
                    help="hidden width(s): relu2 (default 8000), deep lowrank (default 32)")
-    g.add_argument("--conv-channels", type=_int_ge(1), default=d.conv_channels, help="conv-* channels (default 1)")
+    g.add_argument("--conv-channels", type=int_at_least(1), default=d.conv_channels, help="conv-* channels (default 1)")
     g.add_argument("--no-conv-bias", dest="conv_bias", action="store_false",
                    help="bias-free conv (conv-lowrank is 4-homogeneous either way)")
     g.add_argument("--data-dir", default=None, help="folder with the standard dataset files")
     g.add_argument("--download", action="store_true", help="download missing standard files (md5-checked)")
-    g.add_argument("--n-train", type=_int_ge(1), default=None, help="seeded stratified training subset size")
-    g.add_argument("--n-test", type=_int_ge(1), default=None, help="seeded stratified test subset size")
+    g.add_argument("--n-train", type=int_at_least(1), default=None, help="seeded stratified training subset size")
+    g.add_argument("--n-test", type=int_at_least(1), default=None, help="seeded stratified test subset size")
     g.add_argument("--normalize", action="store_true", help="per-channel standardisation of image pixels")
     g.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip, on device")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=_int_ge(0), default=d.epochs, help="epochs (default 10)")
-    o.add_argument("--batch-size", type=_int_ge(1), default=d.batch_size, help="batch size (default 100)")
-    o.add_argument("--lr", type=_float_range(0, lo_open=True), default=d.lr, help="learning rate (default 0.01)")
-    o.add_argument("--momentum", type=_float_range(0, 1), default=d.momentum, help="SGD momentum (default 0)")
-    o.add_argument("--weight-decay", type=_float_range(0), default=d.weight_decay, help="weight decay (default 0)")
+    o.add_argument("--epochs", type=int_at_least(0), default=d.epochs, help="epochs (default 10)")
+    o.add_argument("--batch-size", type=int_at_least(1), default=d.batch_size, help="batch size (default 100)")
+    o.add_argument("--lr", type=float_in(0, lo_open=True), default=d.lr, help="learning rate (default 0.01)")
+    o.add_argument("--momentum", type=float_in(0, 1), default=d.momentum, help="SGD momentum (default 0)")
+    o.add_argument("--weight-decay", type=float_in(0), default=d.weight_decay, help="weight decay (default 0)")
     o.add_argument("--lr-milestones", type=_milestones, default=[], metavar="E1,E2",
                    help="multiply the lr by --lr-gamma after these epochs (MultiStepLR)")
-    o.add_argument("--lr-gamma", type=_float_range(0, lo_open=True), default=d.lr_gamma, help="lr factor (default 0.1)")
-    o.add_argument("--margin-reg", type=_float_range(0), default=d.margin_reg, metavar="LAMBDA",
+    o.add_argument("--lr-gamma", type=float_in(0, lo_open=True), default=d.lr_gamma, help="lr factor (default 0.1)")
+    o.add_argument("--margin-reg", type=float_in(0), default=d.margin_reg, metavar="LAMBDA",
                    help="margin regularisation: loss = CE - LAMBDA * gamma_bar(batch) (default 0)")
-    o.add_argument("--seed", type=_int_ge(0), default=d.seed, help="seed of split, init, order, augmentation (default 0)")
+    o.add_argument("--seed", type=int_at_least(0), default=d.seed, help="seed of split, init, order, augmentation (default 0)")
     o.add_argument("--device", default=d.device, help="auto (default; cuda if available), cpu, cuda, cuda:N")
     r = p.add_argument_group("outputs")
     r.add_argument("--out", default=None, metavar="DIR", help="run folder: config.json, metrics.jsonl, checkpoints/")
     r.add_argument("--checkpoint-every", type=_checkpoint_every, default=None, metavar="K|auto|none",
                    help="checkpoint epoch 0 and every K epochs, plus the final one; 0 = final only; "
                         "auto (default) = every ceil(epochs/10)")
-    r.add_argument("--monitor-every", type=_int_ge(0), default=0, metavar="K",
+    r.add_argument("--monitor-every", type=int_at_least(0), default=0, metavar="K",
                    help="Theorem 2 monitors every K epochs (default 0 = off)")
-    r.add_argument("--monitor-subset", type=_int_ge(1), default=d.monitor_subset, metavar="N",
+    r.add_argument("--monitor-subset", type=int_at_least(1), default=d.monitor_subset, metavar="N",
                    help="points of the seeded monitor subset (default 512)")
-    r.add_argument("--eval-batch-size", type=_int_ge(1), default=None, help="batch of the evaluation passes")
+    r.add_argument("--eval-batch-size", type=int_at_least(1), default=None, help="batch of the evaluation passes")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")

@@ -48,6 +48,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.special import expit
 
+from margin_theory._util import int_at_least, nonneg_int
 from margin_theory._util import (
     ArgumentParser,
     ConfigError,
@@ -824,24 +825,8 @@ def _rtol(s: str) -> float:
     return x
 
 
-def _points(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if n < 2:
-        raise argparse.ArgumentTypeError(f"must be >= 2: {s!r}")
-    return n
 
 
-def _seed(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {s!r}")
-    return n
 
 
 def build_parser() -> ArgumentParser:
@@ -852,14 +837,14 @@ def build_parser() -> ArgumentParser:
                     "gamma_bar = mean q/||theta||^2 (L = 2), the invariants a*c, b*e and the boundary.")
     p.add_argument("--init", nargs=4, type=_finite_float, metavar=("U1", "U2", "V1", "V2"),
                    help="initial theta (default: N(0, I_4) from --seed)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the random init (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random init (default 0)")
     p.add_argument("--t-max", type=_t_max, default=None,
                    help="horizon (default 1e6 for flow, 1e5 for gd)")
     p.add_argument("--method", choices=METHODS, default="flow",
                    help="flow: solve_ivp on the gradient flow; gd: gradient descent (default flow)")
     p.add_argument("--lr", type=_positive_float, default=0.1, help="gd learning rate (default 0.1)")
     p.add_argument("--rtol", type=_rtol, default=1e-10, help="flow relative tolerance (default 1e-10)")
-    p.add_argument("--points", type=_points, default=400, help="recorded times, log-spaced (default 400)")
+    p.add_argument("--points", type=int_at_least(2), default=400, help="recorded times, log-spaced (default 400)")
     p.add_argument("--plot", action="store_true", help="write the 3-panel figure to --out")
     p.add_argument("--out", default="xor_flow.png", help="figure path (default xor_flow.png)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
