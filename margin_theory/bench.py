@@ -110,6 +110,22 @@ def _median_seconds(fn: Callable[[], object], reps: int, device: torch.device, w
     return statistics.median(times)
 
 
+def _paired_median_seconds(fn_a, fn_b, reps: int, device: torch.device) -> tuple[float, float]:
+    """Median times of ``fn_a`` and ``fn_b``, run alternately (a, b, a, b, ...) so that
+    drift in the machine's load hits both alike; one warm-up call each."""
+    ta, tb = [], []
+    for fn, _ in ((fn_a, ta), (fn_b, tb)):
+        fn()
+    _sync(device)
+    for _ in range(reps):
+        for fn, acc in ((fn_a, ta), (fn_b, tb)):
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            acc.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb)
+
+
 def _case(name, ours, reference, unit, ratio, target=None, comparison=">=", note=""):
     met = None
     if target is not None and ratio is not None:
@@ -147,20 +163,20 @@ def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, 
     """Case 1 and 4: throughput against the reference, and the GEMMs' FLOP fraction."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from .train import train_epoch
+    from .train import SGD, train_epoch
 
     N = X.shape[0]
     cases, steps = [], {}
     plan = [(b, "lowrank", r) for b in batches for r in ranks] + [(b, "quadratic", 0) for b in batches]
     for bs, kind, r in progress(plan, desc="training throughput", quiet=quiet):
         ours_m, ref_m = _train_models(kind, r, device)
-        opt_o = torch.optim.SGD(ours_m.parameters(), lr=0.01)
+        opt_o = SGD(ours_m.parameters(), lr=0.01)
         opt_r = torch.optim.SGD(ref_m.parameters(), lr=0.01)
         g = torch.Generator(device=device).manual_seed(0)
         loader = DataLoader(TensorDataset(X.cpu(), Y.cpu()), batch_size=bs, shuffle=True,
                             generator=torch.Generator().manual_seed(0))
-        t_o = _median_seconds(lambda: train_epoch(ours_m, opt_o, X, Y, bs, g), reps, device)
-        t_r = _median_seconds(lambda: reference_epoch(ref_m, loader, opt_r), reps, device)
+        t_o, t_r = _paired_median_seconds(lambda: train_epoch(ours_m, opt_o, X, Y, bs, g),
+                                          lambda: reference_epoch(ref_m, loader, opt_r), reps, device)
         label = f"lowrank r={r}" if kind == "lowrank" else "quadratic"
         target = 3.0 if (kind == "lowrank" and r == 8 and bs == 100) else (1.0 if kind == "quadratic" else None)
         cases.append(_case(f"train {label} batch {bs}", N / t_o, N / t_r, "samples/s", (N / t_o) / (N / t_r),
@@ -195,7 +211,7 @@ def bench_limit(steps: dict, device, reps=5):
                 torch.matmul(x.unsqueeze(0), W)
                 torch.matmul(x.T.unsqueeze(0), gw)
             target, label = 0.7, f"quadratic batch {bs}"
-        t_bare = _median_seconds(bare, reps, device)
+        t_bare = _median_seconds(bare, 3 * reps, device)
         cases.append(_case(f"GEMM FLOP rate, {label}", flops / t_step / 1e9, flops / t_bare / 1e9, "GFLOP/s",
                            t_bare / t_step, target,
                            note="whole training step (gather, forward, loss, backward, SGD) vs the step's two "
@@ -212,8 +228,8 @@ def bench_margins(X, Y, device, reps=5):
     for name, kw in (("lowrank", {"rank": 8}), ("quadratic", {})):
         torch.manual_seed(0)
         m = build_model(name, (1, 28, 28), C, **kw).to(device)
-        t_inf = _median_seconds(lambda: predict(m, X), reps, device)
-        t_mar = _median_seconds(lambda: compute_margins(m, X, Y), reps, device)
+        t_mar, t_inf = _paired_median_seconds(lambda: compute_margins(m, X, Y), lambda: predict(m, X),
+                                              3 * reps, device)
         label = f"{name} r=8" if name == "lowrank" else name
         cases.append(_case(f"margins over {X.shape[0]} samples, {label}", t_mar, t_inf, "s", t_mar / t_inf, 1.3,
                            "<=", note="ratio = margin evaluation time / one inference pass (lower is better)"))

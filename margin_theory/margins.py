@@ -94,7 +94,7 @@ def param_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
     params = list(params)
     if not params:
         raise ConfigError("no parameters to normalise by")
-    return torch.sqrt(sum((p.to(torch.float64) ** 2).sum() for p in params))
+    return torch.sqrt(sum(torch.linalg.vector_norm(p, dtype=torch.float64) ** 2 for p in params))
 
 
 def get_normalisation(model: nn.Module, normalisation: str = "auto", degree: int | None = None) -> Normalisation:
@@ -142,6 +142,8 @@ def predict(model: nn.Module, X: torch.Tensor, batch_size: int = 8192) -> torch.
         outs = [model(X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)]
     finally:
         model.train(was_training)
+    if len(outs) == 1:
+        return outs[0]
     return torch.cat(outs) if outs else torch.empty(0, getattr(model, "num_classes", 0))
 
 
@@ -162,15 +164,19 @@ def compute_margins(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, norma
     if logits is None:
         logits = predict(model, X, batch_size)
     y = y.to(logits.device)
-    q = margin_values(logits, y)
+    logits64 = logits.to(torch.float64)
+    q = margin_values(logits64, y)
     norm = norm_spec.norm()
     gamma = normalised_margins(q, norm, norm_spec.degree)
+    # CE_n = logsumexp_j f_j - f_{y_n} (float64; half the cost of log_softmax over C);
+    # sample n is classified correctly iff q_n > 0 (an exact tie counts as an error).
+    fy = logits64.gather(1, y.view(-1, 1)).squeeze(1)
     return MarginResult(
-        q=q.to(torch.float64), gamma=gamma,
+        q=q, gamma=gamma,
         gamma_bar=float(gamma.mean()), gamma_min=float(gamma.min()),
         theta_norm=float(norm), degree=norm_spec.degree, normalisation=norm_spec.kind,
-        accuracy=float((logits.argmax(1) == y).to(torch.float64).mean()),
-        loss=float(F.cross_entropy(logits.to(torch.float64), y)),
+        accuracy=float((q > 0).to(torch.float64).mean()),
+        loss=float((torch.logsumexp(logits64, 1) - fy).mean()),
     )
 
 

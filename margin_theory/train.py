@@ -10,7 +10,7 @@ Small and explicit (airbench / nanoGPT style), SPEC §2, §7, §9:
 * ``--augment`` (Table 3 protocol): zero-pad 4 pixels, random crop back to H x W,
   random horizontal flip, for the whole batch at once with one gather
   (:func:`augment_batch`), random numbers from the same seeded generator.
-* Optimiser ``torch.optim.SGD(lr, momentum, weight_decay)``; the learning rate of
+* Optimiser :class:`SGD` (``torch.optim.SGD`` with a lean step; same update and state): lr, momentum, weight decay; the learning rate of
   epoch e (1-based) is ``lr * lr_gamma ** #{m in milestones : m < e}``, i.e.
   ``torch.optim.lr_scheduler.MultiStepLR`` stepped once per epoch: with milestone
   150 epochs 1..150 use lr and epochs 151.. use lr * gamma (:func:`lr_at`).
@@ -361,31 +361,81 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad
     return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+class SGD(torch.optim.SGD):
+    r"""``torch.optim.SGD`` with a lean ``step`` and ``zero_grad`` for the hot loop.
+
+    The same update as torch's single-tensor SGD (the CPU default), so the same numbers,
+    state and ``state_dict`` (checkpoints and resume are unaffected):
+    :math:`g \leftarrow 
+abla + \mathrm{wd}\,p`; with momentum
+    :math:`b \leftarrow \mu b + (1-	au) g` (:math:`b = g` at the first step) and
+    :math:`g \leftarrow b` (Nesterov: :math:`g + \mu b`); :math:`p \leftarrow p - \mathrm{lr}\,g`.
+    It skips the wrappers of ``Optimizer.step`` (profiling hooks, differentiable and
+    foreach dispatch), about 80 microseconds a step that dominate small models on CPU.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ConfigError("margin_theory.train.SGD.step takes no closure")
+        for group in self.param_groups:
+            lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+            damp, nesterov, maximize = group["dampening"], group["nesterov"], group["maximize"]
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if maximize:
+                    g = -g
+                if wd != 0:
+                    g = g.add(p, alpha=wd)
+                if mom != 0:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = torch.clone(g).detach()
+                    else:
+                        buf.mul_(mom).add_(g, alpha=1 - damp)
+                    g = g.add(buf, alpha=mom) if nesterov else buf
+                p.add_(g, alpha=-lr)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.detach_().zero_()
+
+
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
                 batch_size: int, generator: torch.Generator | None = None, *, augment: bool = False,
                 margin_reg: float = 0.0, normalisation=None, bar=None):
     """One epoch of SGD over a device-resident data set (SPEC §9): the hot loop of :func:`train`.
 
     Batches are slices of one device-side permutation (:func:`epoch_batches`); each step
-    gathers ``X[idx]``, optionally augments on-device (:func:`augment_batch`), and
-    minimises ``CE - margin_reg * gamma_bar(batch)`` (paper eq. 5). Loss and accuracy
-    accumulate on the device: no host synchronisation inside the loop (the optional
-    tqdm ``bar`` reads them about 20 times an epoch, only when it is shown).
+    gathers the batch with ``index_select`` (7x faster than ``X[idx]`` advanced indexing
+    on CPU), optionally augments on-device (:func:`augment_batch`), and minimises
+    ``CE - margin_reg * gamma_bar(batch)`` (paper eq. 5). The loss sum accumulates on the
+    device: no host synchronisation inside the loop. The running accuracy is counted only
+    for the optional tqdm ``bar`` (read about 20 times an epoch, only when shown): the
+    trainer measures accuracy over the whole training set after the epoch anyway.
 
-    Returns ``(loss_sum, correct, seen, steps)``: float64 and int64 device tensors
-    (sum of batch losses weighted by batch size, number correct), then two ints.
+    Returns ``(loss_sum, correct, seen, steps)``: the float64 device tensor sum of batch
+    losses weighted by batch size, the int64 device tensor number correct (``None`` when
+    no bar is shown), the number of samples and of steps.
     """
     N = int(Y.shape[0])
     device = X.device
     model.train()
     batches = epoch_batches(N, batch_size, generator, device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    show = bar is not None and not bar.disable
+    correct = torch.zeros((), dtype=torch.int64, device=device) if show else None
     seen = 0
     refresh = max(1, len(batches) // 20)
-    show = bar is not None and not bar.disable
     for i, idx in enumerate(batches):
-        xb, yb = X[idx], Y[idx]
+        xb, yb = X.index_select(0, idx), Y.index_select(0, idx)
         if augment:
             xb = augment_batch(xb, generator)
         logits = model(xb)
@@ -395,9 +445,9 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
         opt.step()
         nb = idx.shape[0]
         seen += nb
-        loss_sum += loss.detach().to(torch.float64) * nb
-        correct += (logits.detach().argmax(1) == yb).sum()
+        loss_sum.add_(loss.detach(), alpha=nb)
         if show:
+            correct += (logits.detach().argmax(1) == yb).sum()
             if i % refresh == 0 or i == len(batches) - 1:
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}", refresh=False)
             bar.update(1)
@@ -662,7 +712,7 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
         model = build_model_for(config, ds)
     model.to(device)
     margs = model_args_from(config, model)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+    opt = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay)
     g = torch.Generator(device=device)
     g.manual_seed(config.seed)
