@@ -377,3 +377,28 @@ def test_module_entry_point_and_console_dispatch(tmp_path):
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
     assert d["dataset"] == "xor" and d["degree"] == 2 and d["epochs"] == 3
+
+
+@pytest.mark.parametrize("kw", [{}, {"momentum": 0.9}, {"momentum": 0.9, "weight_decay": 1e-3},
+                                {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-2},
+                                {"momentum": 0.5, "dampening": 0.1, "maximize": True}])
+def test_lean_sgd_is_bitwise_torch_sgd(kw):
+    import torch
+    from margin_theory.train import SGD
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    oa, ob = torch.optim.SGD(a.parameters(), lr=0.1, **kw), SGD(b.parameters(), lr=0.1, **kw)
+    for _ in range(6):
+        x = torch.randn(7, 5)
+        for m, o in ((a, oa), (b, ob)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    sa, sb = oa.state_dict(), ob.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    for k in sa["state"]:
+        assert torch.equal(sa["state"][k]["momentum_buffer"], sb["state"][k]["momentum_buffer"])
