@@ -1,0 +1,1396 @@
+r"""Reproduce the paper's tables and figures from readable definitions (SPEC §7).
+
+Each result of the paper has one TOML file in ``experiments/`` (``table2``,
+``fig1-fmnist``, ``fig2-eigen``, ``fig3-ranks``, ``table3-cifar``, ``fig5-margin``,
+``fig6-margin-reg``, ``small-data``, ``xor``; ``--list`` shows them). A definition
+holds
+
+* ``[train]``: the paper's training protocol (fields of :class:`margin_theory.train.TrainConfig`);
+* ``[[runs]]``: one model each - ``label``, ``part`` (which data), ``paper`` (the paper's
+  number, verbatim, or why there is none), trainer settings that differ from ``[train]``,
+  optional ``scales = [...]`` (the scales it runs at) and per-scale overrides
+  (``override = {tiny = {hidden = 64}}``);
+* ``[parts.<part>.<scale>]``: the data of a part at each scale - ``dataset`` (a name, or a
+  list of alternatives: the first one present is used), ``n_train`` / ``n_test`` (seeded
+  stratified subsets), ``train = {...}`` overrides, analysis settings (``target``);
+* ``[scales.<scale>]``: ``seeds`` and ``train = {...}`` overrides (and ``xor = {...}``);
+* analysis tables (``[eigen]``, ``[ranks]``, ``[margin]``, ``[reach]``, ``[xor]``).
+
+Settings are merged in this order, later winning: ``[train]`` < run < ``scales.S.train``
+< ``parts.P.S.train`` < ``run.override.S``. The runner turns each (run, seed) into a
+:class:`~margin_theory.train.TrainConfig`, calls :func:`margin_theory.train.train`,
+aggregates the final test accuracy over seeds (mean +- sample std), and calls the small
+analysis functions the definition names:
+
+* ``accuracy``: the table (paper's number beside ours) and test-accuracy curves;
+* ``ranks`` (Fig. 3): accuracy against the Low-Rank DIQNN's rank, against linear and relu2;
+* ``eigen`` (Fig. 2): ``torch.linalg.eigh`` of every trained symmetric :math:`W_i`;
+  eigenpairs ordered by :math:`|\lambda|`; the spike-triggered average
+  :math:`\mathrm{STA}_i = \sum_n p_i(x_n) x_n / \sum_n p_i(x_n)` with
+  :math:`p_i = \mathrm{softmax}_i f(x_n)` over the training set; :math:`|\cos|` between the
+  leading eigenvector and :math:`\mathrm{STA}_i` (and the centred
+  :math:`\mathrm{STA}_i - \bar x`), with the mean over :math:`j \ne i` as a chance baseline;
+  test accuracy keeping only the top-k eigenpairs of every :math:`W_i`; the same for the learned
+  update :math:`\Delta W_i = W_i - W_i(0)` (the random symmetric initialisation, rebuilt from the
+  seed, has a semicircle spectrum of its own that hides the learned low-rank part);
+* ``margin`` (Fig. 5): :math:`\bar\gamma` (SPEC §2; the normalisation is reported) and test
+  accuracy per epoch, their Spearman rank correlation (``scipy.stats.spearmanr``), the
+  fraction of epochs where :math:`\bar\gamma` rose, and the Theorem 2 verdicts of the
+  trainer's monitors (:func:`margin_theory.assumptions.theorem2_report`);
+* ``reach`` (Fig. 6): the first epoch at which the test accuracy reaches each of the part's
+  targets, and the accuracy after one epoch;
+* ``xor`` (Theorem 1 / Fig. 4): :func:`margin_theory.xor_flow.solve_xor_flow` from several
+  random starts (:func:`~margin_theory.xor_flow.random_init`).
+
+Scales: ``paper`` (the paper's protocol; its datasets must be in ``--data-dir``, else exit
+2), ``smoke`` (minutes on a CPU: bundled ``mnist-5k`` for MNIST, seeded subsets of
+Fashion-MNIST / CIFAR-10 when their files are present - otherwise that part is skipped
+with a note saying what is missing and how to get it), ``tiny`` (seconds; used by the tests).
+
+Outputs in ``--out`` (default ``results/<scale>/<name>``), written atomically:
+``results.json``, ``results.md`` (paper's number, ours, mean +- std over seeds, data,
+epochs, seeds, wall time) and PNG figures. ``--cache-dir DIR`` keeps every trained model
+(trainer run folder: final checkpoint + metrics) under a hash of its full training
+configuration, so an identical run in another experiment (e.g. Fig. 2's quadratic model
+and Table 2's) is loaded instead of retrained.
+
+Command line::
+
+    python -m margin_theory.experiment NAME|all --scale smoke|paper|tiny [--data-dir DIR]
+        [--seeds K] [--parts P[,P]] [--device auto|cpu|cuda] [--out DIR] [--cache-dir DIR]
+        [--experiments-dir DIR] [--json] [--quiet] [--verbose]
+    python -m margin_theory.experiment --list [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import hashlib
+import json
+import math
+import re
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._util import (
+    ArgumentParser,
+    ConfigError,
+    DataError,
+    MarginTheoryError,
+    NonFiniteLossError,
+    atomic_write_json,
+    atomic_write_text,
+    cli_entry,
+    dumps_json,
+    print_json,
+    progress,
+    save_figure,
+    use_agg_backend,
+)
+
+__all__ = [
+    "SCALES", "ANALYSES", "default_experiments_dir", "list_experiments", "load_definition",
+    "plan_experiment", "run_experiment", "Plan", "PlannedRun", "main",
+]
+
+PROG = "python -m margin_theory.experiment"
+SCALES = ("tiny", "smoke", "paper")
+ANALYSES = ("accuracy", "ranks", "eigen", "margin", "reach", "xor")
+#: TrainConfig fields the runner sets itself (a definition may not)
+RUNNER_FIELDS = frozenset({"dataset", "n_train", "n_test", "data_dir", "download", "seed", "device", "out",
+                           "resume", "overwrite", "quiet", "json", "checkpoint_every", "eval_batch_size"})
+RUN_META_KEYS = frozenset({"label", "part", "paper", "scales", "override"})
+PART_META_KEYS = frozenset({"dataset", "n_train", "n_test", "train", "target"})
+TOP_KEYS = frozenset({"name", "title", "reproduces", "analysis", "paper_source", "train", "runs", "parts",
+                      "scales", "eigen", "ranks", "margin", "reach", "xor"})
+#: config fields that do not change the trained weights or history (left out of the cache key)
+_CACHE_IGNORED = frozenset({"device", "out", "resume", "overwrite", "quiet", "json", "checkpoint_every",
+                            "eval_batch_size", "data_dir", "download"})
+
+
+# ---------------------------------------------------------------------------
+# Definitions
+# ---------------------------------------------------------------------------
+def default_experiments_dir() -> Path:
+    """``experiments/`` beside the package (an editable install or a source checkout)."""
+    return Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _experiments_dir(path: str | Path | None) -> Path:
+    d = Path(path).expanduser() if path is not None else default_experiments_dir()
+    if not d.is_dir():
+        how = ("pass --experiments-dir DIR (the experiments/ folder of a margin_theory source checkout)"
+               if path is None else "check --experiments-dir")
+        raise ConfigError(f"experiments folder not found: {d}; {how}")
+    return d
+
+
+def list_experiments(experiments_dir: str | Path | None = None) -> list[dict]:
+    """Name, title, what it reproduces, parts and scales of every definition (sorted by name)."""
+    d = _experiments_dir(experiments_dir)
+    out = []
+    for f in sorted(d.glob("*.toml")):
+        spec = load_definition(f.stem, d)
+        out.append({"name": spec["name"], "title": spec.get("title", ""),
+                    "reproduces": spec.get("reproduces", ""), "parts": sorted(spec.get("parts", {})),
+                    "analysis": spec["analysis"], "file": str(f)})
+    return out
+
+
+def load_definition(name: str, experiments_dir: str | Path | None = None) -> dict:
+    """Read and validate ``experiments/<name>.toml``; :class:`ConfigError` names any problem."""
+    d = _experiments_dir(experiments_dir)
+    path = d / f"{name}.toml"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or "") or not path.is_file():
+        known = ", ".join(sorted(p.stem for p in d.glob("*.toml"))) or "none"
+        raise ConfigError(f"unknown experiment {name!r}; known: {known}")
+    try:
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    _validate_definition(spec, path)
+    spec["_file"] = str(path)
+    return spec
+
+
+def _validate_definition(spec: dict, path: Path) -> None:
+    from .train import TrainConfig
+
+    fields = set(TrainConfig.__dataclass_fields__)
+    where = path.name
+
+    def train_keys(d: Any, ctx: str) -> None:
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: {ctx} must be a table")
+        bad = sorted(k for k in d if k not in fields or k in RUNNER_FIELDS)
+        if bad:
+            raise ConfigError(f"{where}: {ctx}: unknown or runner-controlled training key(s) {', '.join(bad)}")
+
+    unknown = sorted(set(spec) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(unknown)}")
+    if spec.get("name") != path.stem:
+        raise ConfigError(f"{where}: name = {spec.get('name')!r} must equal the file name {path.stem!r}")
+    analysis = spec.get("analysis")
+    if not isinstance(analysis, list) or not analysis or any(a not in ANALYSES for a in analysis):
+        raise ConfigError(f"{where}: analysis must be a non-empty list from {', '.join(ANALYSES)}")
+    train_keys(spec.get("train", {}), "[train]")
+    scales = spec.get("scales", {})
+    if not isinstance(scales, dict) or set(scales) - set(SCALES):
+        raise ConfigError(f"{where}: [scales] may only define {', '.join(SCALES)}")
+    for s, sd in scales.items():
+        if set(sd) - {"seeds", "train", "xor"}:
+            raise ConfigError(f"{where}: [scales.{s}] has unknown key(s) {', '.join(sorted(set(sd) - {'seeds', 'train', 'xor'}))}")
+        seeds = sd.get("seeds", 1)
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise ConfigError(f"{where}: [scales.{s}] seeds must be a positive integer")
+        train_keys(sd.get("train", {}), f"[scales.{s}.train]")
+    parts = spec.get("parts", {})
+    if not isinstance(parts, dict):
+        raise ConfigError(f"{where}: [parts] must be a table")
+    for p, pd in parts.items():
+        for s, ps in pd.items():
+            if s not in SCALES:
+                raise ConfigError(f"{where}: [parts.{p}.{s}]: unknown scale {s!r}")
+            bad = sorted(set(ps) - PART_META_KEYS)
+            if bad:
+                raise ConfigError(f"{where}: [parts.{p}.{s}] has unknown key(s) {', '.join(bad)}")
+            ds = ps.get("dataset")
+            if not (isinstance(ds, str) or (isinstance(ds, list) and ds and all(isinstance(x, str) for x in ds))):
+                raise ConfigError(f"{where}: [parts.{p}.{s}] needs dataset = NAME or a list of names")
+            train_keys(ps.get("train", {}), f"[parts.{p}.{s}.train]")
+    runs = spec.get("runs", [])
+    if "xor" not in analysis and not runs:
+        raise ConfigError(f"{where}: no [[runs]]")
+    labels = set()
+    for i, r in enumerate(runs):
+        ctx = f"[[runs]] #{i + 1}"
+        if not isinstance(r.get("label"), str) or not isinstance(r.get("part"), str):
+            raise ConfigError(f"{where}: {ctx} needs label and part")
+        if r["part"] not in parts:
+            raise ConfigError(f"{where}: {ctx} ({r['label']}): part {r['part']!r} has no [parts.{r['part']}]")
+        if (r["part"], r["label"]) in labels:
+            raise ConfigError(f"{where}: {ctx}: duplicate label {r['label']!r} in part {r['part']!r}")
+        labels.add((r["part"], r["label"]))
+        if "model" not in r:
+            raise ConfigError(f"{where}: {ctx} ({r['label']}) needs model")
+        if set(r.get("scales", SCALES)) - set(SCALES):
+            raise ConfigError(f"{where}: {ctx} ({r['label']}): scales must be from {', '.join(SCALES)}")
+        train_keys({k: v for k, v in r.items() if k not in RUN_META_KEYS}, ctx)
+        ov = r.get("override", {})
+        if not isinstance(ov, dict) or set(ov) - set(SCALES):
+            raise ConfigError(f"{where}: {ctx} ({r['label']}): override must be a table of scales ({', '.join(SCALES)})")
+        for s, o in ov.items():
+            train_keys(o, f"{ctx}.override.{s}")
+
+
+# ---------------------------------------------------------------------------
+# Planning: definition + scale -> concrete runs
+# ---------------------------------------------------------------------------
+@dataclass
+class PlannedRun:
+    """One model of an experiment at one scale: the merged trainer settings and its seeds."""
+
+    label: str
+    part: str
+    paper: str
+    settings: dict                  # TrainConfig fields (without seed / device / out)
+    seeds: list[int]
+
+
+@dataclass
+class Plan:
+    name: str
+    scale: str
+    spec: dict
+    runs: list[PlannedRun]
+    parts: dict[str, dict]          # part -> {"dataset", "n_train", "n_test", "target", "status", ...}
+    skipped: list[dict]
+    seeds: list[int]
+    data_dir: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _how_to_get(dataset: str, data_dir: str | None) -> str:
+    dd = data_dir or "DIR"
+    if dataset == "cifar10-subset":
+        return ("cifar10-subset is a local folder cifar-10-subset/ (data_batch_1, test_batch_first1000, "
+                "batches.meta) and cannot be downloaded; or get the full set with: "
+                f"python -m margin_theory.data download cifar10 --data-dir {dd}")
+    return f"get it with: python -m margin_theory.data download {dataset} --data-dir {dd}"
+
+
+def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seeds: int | None = None,
+                    parts: list[str] | None = None) -> Plan:
+    """Resolve ``spec`` at ``scale``: which data each part uses (checking the files), the
+    runs and their merged settings. Paper scale with missing data raises
+    :class:`ConfigError`; smoke/tiny skip that part with a note."""
+    from .data import available, canonical_name
+    from .train import TrainConfig
+
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
+    name = spec["name"]
+    sc = spec.get("scales", {}).get(scale, {})
+    n_seeds = seeds if seeds is not None else int(sc.get("seeds", 1))
+    seed_list = list(range(n_seeds))
+    all_parts = list(spec.get("parts", {}))
+    if parts:
+        bad = [p for p in parts if p not in all_parts]
+        if bad:
+            raise ConfigError(f"{name} has no part(s) {', '.join(bad)}; its parts: {', '.join(all_parts) or 'none'}")
+    chosen = [p for p in all_parts if not parts or p in parts]
+    part_info: dict[str, dict] = {}
+    skipped: list[dict] = []
+    for p in chosen:
+        ps = spec["parts"][p].get(scale)
+        if ps is None:
+            skipped.append({"part": p, "reason": f"part {p!r} has no {scale} scale"})
+            continue
+        names = ps["dataset"] if isinstance(ps["dataset"], list) else [ps["dataset"]]
+        use, problems = None, []
+        for ds in names:
+            ds = canonical_name(ds)
+            ok, where = available(ds, data_dir)
+            if ok:
+                use = ds
+                break
+            problems.append(f"{ds}: {where}; {_how_to_get(ds, data_dir)}")
+        if use is None:
+            msg = f"part {p!r} needs " + " or ".join(problems)
+            if scale == "paper":
+                raise ConfigError(f"{name} at paper scale: {msg} (paper scale needs the real data; "
+                                  f"use --scale smoke, or --parts to run the other parts)")
+            skipped.append({"part": p, "reason": msg})
+            continue
+        info = {"dataset": use, "n_train": ps.get("n_train"), "n_test": ps.get("n_test"),
+                "target": ps.get("target"), "alternatives": names}
+        if use != canonical_name(names[0]):
+            info["note"] = f"{canonical_name(names[0])} not found; used {use}"
+        part_info[p] = info
+
+    runs: list[PlannedRun] = []
+    for r in spec.get("runs", []):
+        if r["part"] not in part_info or scale not in r.get("scales", SCALES):
+            continue
+        settings = dict(spec.get("train", {}))
+        settings.update({k: v for k, v in r.items() if k not in RUN_META_KEYS})
+        settings.update(sc.get("train", {}))
+        settings.update(spec["parts"][r["part"]][scale].get("train", {}))
+        settings.update(r.get("override", {}).get(scale, {}))
+        pi = part_info[r["part"]]
+        cfg = dict(settings, dataset=pi["dataset"], n_train=pi["n_train"], n_test=pi["n_test"])
+        try:
+            TrainConfig.from_dict(cfg)
+        except MarginTheoryError as exc:
+            raise ConfigError(f"{spec['_file']}: run {r['label']!r} ({scale}): {exc}") from None
+        runs.append(PlannedRun(label=r["label"], part=r["part"], paper=str(r.get("paper", "not stated")),
+                               settings=settings, seeds=seed_list))
+    notes = []
+    if parts:
+        notes.append(f"only the part(s) {', '.join(chosen)} were run (--parts)")
+    return Plan(name=name, scale=scale, spec=spec, runs=runs, parts=part_info, skipped=skipped,
+                seeds=seed_list, data_dir=data_dir, notes=notes)
+
+
+# ---------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------
+def _config_for(plan: Plan, run: PlannedRun, seed: int, device: str):
+    from .train import TrainConfig
+
+    pi = plan.parts[run.part]
+    cfg = dict(run.settings, dataset=pi["dataset"], n_train=pi["n_train"], n_test=pi["n_test"],
+               data_dir=plan.data_dir, seed=seed, device=device, quiet=True)
+    return TrainConfig.from_dict(cfg)
+
+
+def _cache_key(config) -> str:
+    d = {k: v for k, v in config.to_dict().items() if k not in _CACHE_IGNORED}
+    return hashlib.sha256(dumps_json(d).encode()).hexdigest()[:16]
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", s).strip("-").lower() or "run"
+
+
+def _load_cached(folder: Path, config):
+    """A finished trainer run folder with the same configuration -> (model, history, final), else None."""
+    from .checkpoint import latest_checkpoint, read_checkpoint
+    from .train import read_metrics
+
+    summ = folder / "summary.json"
+    if not summ.is_file():
+        return None
+    try:
+        final = json.loads(summ.read_text(encoding="utf-8"))
+        if final.get("status") != "ok" or _cache_key(config) != _cache_key(type(config).from_dict(final["config"])):
+            return None
+        ck = latest_checkpoint(folder)
+        if ck is None:
+            return None
+        c = read_checkpoint(ck, device="cpu")
+        history = read_metrics(folder)
+        if not history or int(history[-1]["epoch"]) != config.epochs or c.epoch != config.epochs:
+            return None
+    except (MarginTheoryError, OSError, ValueError, KeyError):
+        return None
+    return c.model, history, final
+
+
+_MONITOR_KEYS = ("A1", "A2", "A3", "theorem_applies", "rho", "cv", "eps", "kappa", "delta_min", "velocity",
+                 "lower_bound", "gamma_bar", "normalisation", "degree", "n_subset", "P", "seconds")
+
+
+def _r(v: Any) -> Any:
+    """A float rounded to 7 significant digits (keeps results.json small); other values as they are."""
+    if isinstance(v, float) and math.isfinite(v) and v != 0.0:
+        return float(f"{v:.7g}")
+    return v
+
+
+def _compact_history(history: list[dict]) -> list[dict]:
+    """The metrics lines without the monitors' notes, floats to 7 significant digits."""
+    out = []
+    for h in history:
+        row = {k: _r(h.get(k)) for k in ("epoch", "train_loss", "train_acc", "test_acc", "gamma_bar", "gamma_min",
+                                         "theta_norm", "lr", "epoch_seconds")}
+        if isinstance(h.get("theorem2"), dict):
+            row["theorem2"] = {k: _r(h["theorem2"].get(k)) for k in _MONITOR_KEYS}
+        out.append(row)
+    return out
+
+
+def _train_one(config, cache_dir: Path | None, label: str, verbose: bool) -> dict:
+    """Train (or load from the cache) one run; returns the per-seed record (+ live objects)."""
+    from .train import train
+
+    log = (lambda msg: sys.stderr.write(f"  [{label} seed {config.seed}] {msg}\n")) if verbose else None
+    t0 = time.perf_counter()
+    cached = None
+    if cache_dir is not None:
+        folder = cache_dir / f"{_slug(label)}-s{config.seed}-{_cache_key(config)}"
+        cached = _load_cached(folder, config)
+        if cached is None:
+            config = copy.deepcopy(config)
+            config.out, config.checkpoint_every, config.overwrite = str(folder), 0, True
+    if cached is not None:
+        model, history, final = cached
+        rec = {"status": "ok", "cached": True, "cache_folder": str(folder)}
+    else:
+        try:
+            res = train(config, progress=False, log=log)
+        except NonFiniteLossError as exc:
+            return {"seed": config.seed, "status": "diverged", "error": " ".join(str(exc).split()),
+                    "history": _compact_history(getattr(exc, "history", []) or []),
+                    "wall_s": time.perf_counter() - t0, "_model": None}
+        model, history, final = res.model, res.history, res.final
+        rec = {"status": "ok", "cached": False}
+        if cache_dir is not None:
+            rec["cache_folder"] = str(folder)
+    last = history[-1] if history else {}
+    rec.update({
+        "seed": config.seed, "test_acc": last.get("test_acc"), "train_acc": last.get("train_acc"),
+        "best_test_acc": final.get("best_test_acc"), "gamma_bar": last.get("gamma_bar"),
+        "gamma_min": last.get("gamma_min"), "degree": last.get("degree"),
+        "normalisation": last.get("normalisation"), "epochs": int(last.get("epoch", 0)),
+        "parameters": final.get("parameters"), "unique_parameters": final.get("unique_parameters"),
+        "n_train": final.get("n_train"), "n_test": final.get("n_test"),
+        "train_seconds": final.get("total_seconds"), "device": final.get("device"),
+        "history": _compact_history(history),
+        "wall_s": time.perf_counter() - t0,
+        "_model": model, "_config": config,
+    })
+    return rec
+
+
+def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+    xs = [float(x) for x in xs if isinstance(x, (int, float)) and math.isfinite(x)]
+    if not xs:
+        return None, None
+    return float(np.mean(xs)), (float(np.std(xs, ddof=1)) if len(xs) > 1 else None)
+
+
+def _data_description(ds_info: dict | None, pi: dict) -> dict:
+    d = {"dataset": pi["dataset"], "n_train": pi.get("n_train"), "n_test": pi.get("n_test")}
+    if pi.get("note"):
+        d["note"] = pi["note"]
+    return d
+
+
+def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds: int | None = None,
+                   parts: list[str] | None = None, device: str = "auto", out: str | Path | None = None,
+                   cache_dir: str | Path | None = None, experiments_dir: str | Path | None = None,
+                   quiet: bool = False, verbose: bool = False, command: str | None = None) -> dict:
+    """Run experiment ``name`` at ``scale``; write results.json, results.md and figures in ``out``.
+
+    Returns the results dict (what results.json holds)."""
+    spec = load_definition(name, experiments_dir)
+    plan = plan_experiment(spec, scale, data_dir=data_dir, seeds=seeds, parts=parts)
+    out = Path(out) if out is not None else Path("results") / scale / name
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else None
+    t_start = time.perf_counter()
+    results: dict[str, Any] = {
+        "experiment": name, "title": spec.get("title", ""), "reproduces": spec.get("reproduces", ""),
+        "paper_source": spec.get("paper_source", ""), "definition": spec["_file"], "scale": scale,
+        "seeds": plan.seeds, "device": device, "data_dir": data_dir, "out": str(out),
+        "cache_dir": str(cache) if cache else None, "command": command,
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "parts": {}, "skipped": plan.skipped, "notes": list(plan.notes), "runs": [], "analysis": {},
+        "figures": [],
+    }
+    for p, pi in plan.parts.items():
+        results["parts"][p] = _data_description(None, pi)
+
+    jobs = [(r, s) for r in plan.runs for s in r.seeds]
+    live: dict[tuple[str, str], list[dict]] = {}
+    bar = progress(total=len(jobs), desc=f"{name} ({scale})", quiet=quiet, unit="run")
+    try:
+        for i, (run, seed) in enumerate(jobs):
+            cfg = _config_for(plan, run, seed, device)
+            rec = _train_one(cfg, cache, f"{run.part} {run.label}", verbose)
+            live.setdefault((run.part, run.label), []).append(rec)
+            bar.update(1)
+            if not quiet:
+                acc = rec.get("test_acc")
+                what = f"test acc {100 * acc:.2f}%" if isinstance(acc, (int, float)) else rec["status"]
+                bar.write(f"[{i + 1}/{len(jobs)}] {name} {run.part} {run.label} seed {seed}: {what} "
+                          f"({rec['wall_s']:.1f} s{', cached' if rec.get('cached') else ''})", file=sys.stderr)
+    finally:
+        bar.close()
+
+    for run in plan.runs:
+        recs = live.get((run.part, run.label), [])
+        mean, std = _mean_std([r.get("test_acc") for r in recs if r["status"] == "ok"])
+        first = next((r for r in recs if r["status"] == "ok"), {})
+        cfg = first.get("_config")
+        if cfg is not None:
+            results["parts"][run.part].update({"n_train": first.get("n_train"), "n_test": first.get("n_test")})
+        results["runs"].append({
+            "label": run.label, "part": run.part, "model": run.settings.get("model"),
+            "rank": run.settings.get("rank") if "lowrank" in str(run.settings.get("model")) else None,
+            "paper": run.paper, "settings": run.settings,
+            "epochs": run.settings.get("epochs", 10), "parameters": first.get("parameters"),
+            "test_acc_mean": mean, "test_acc_std": std,
+            "n_ok": sum(r["status"] == "ok" for r in recs), "n_seeds": len(recs),
+            "normalisation": first.get("normalisation"), "degree": first.get("degree"),
+            "wall_s": float(sum(r["wall_s"] for r in recs)),
+            "per_seed": [{k: v for k, v in r.items() if not k.startswith("_")} for r in recs],
+        })
+
+    use_agg_backend()
+    for a in spec["analysis"]:
+        fn = _ANALYSES[a]
+        results["analysis"][a] = fn(plan, results, live, out)
+    devices = sorted({s.get("device") for r in results["runs"] for s in r["per_seed"] if s.get("device")})
+    if devices:
+        results["device"] = ", ".join(devices)
+    results["wall_time_s"] = time.perf_counter() - t_start
+    results["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    results["figures"] = sorted({f for a in results["analysis"].values() if isinstance(a, dict)
+                                 for f in a.get("figures", [])})
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "results.md", render_markdown(results))
+    return json.loads(dumps_json(results))
+
+
+# ---------------------------------------------------------------------------
+# Analyses (small and explicit); each returns a JSON-able dict with "figures"
+# ---------------------------------------------------------------------------
+def _pct(x: float | None, nd: int = 2) -> str:
+    return "n/a" if x is None else f"{100 * x:.{nd}f}"
+
+
+def _fmt_acc(mean, std) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.2f} +- {100 * std:.2f}" if std is not None else f"{100 * mean:.2f} (1 seed)"
+
+
+def _curves(recs: list[dict], key: str = "test_acc") -> tuple[np.ndarray, np.ndarray] | None:
+    """Epochs and a (seeds, epochs) array of ``key`` over the seeds that finished."""
+    rows = [r["history"] for r in recs if r["status"] == "ok" and r.get("history")]
+    if not rows:
+        return None
+    n = min(len(h) for h in rows)
+    ep = np.array([row["epoch"] for row in rows[0][:n]], dtype=float)
+    vals = np.array([[h[i].get(key) if h[i].get(key) is not None else np.nan for i in range(n)] for h in rows],
+                    dtype=float)
+    return ep, vals
+
+
+def analysis_accuracy(plan: Plan, results: dict, live: dict, out: Path) -> dict:
+    """Test-accuracy curves (mean over seeds, band = min..max) per part; one figure."""
+    import matplotlib.pyplot as plt
+
+    parts = [p for p in plan.parts if any(r.part == p for r in plan.runs)]
+    figs = []
+    if parts:
+        fig, axes = plt.subplots(1, len(parts), figsize=(6.2 * len(parts), 4.4), squeeze=False)
+        for ax, p in zip(axes[0], parts):
+            for run in [r for r in plan.runs if r.part == p]:
+                c = _curves(live.get((p, run.label), []))
+                if c is None:
+                    continue
+                ep, v = c
+                m = np.nanmean(v, axis=0)
+                line, = ax.plot(ep, 100 * m, marker="o", ms=3, label=f"{run.label} ({100 * m[-1]:.2f}%)")
+                if v.shape[0] > 1:
+                    ax.fill_between(ep, 100 * np.nanmin(v, 0), 100 * np.nanmax(v, 0), color=line.get_color(), alpha=0.2)
+            ax.set_xlabel("epoch (0 = initialisation)")
+            ax.set_ylabel("test accuracy (%)")
+            pi = results["parts"][p]
+            ax.set_title(f"{p}: {pi['dataset']} ({pi.get('n_train')} train / {pi.get('n_test')} test)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="lower right")
+            lo = [l.get_ydata() for l in ax.get_lines()]
+            if lo:
+                finals = np.concatenate([np.asarray(y)[1:] for y in lo if len(y) > 1] or [np.asarray([0.0])])
+                if finals.size and np.isfinite(finals).any():
+                    ax.set_ylim(max(0.0, np.nanmin(finals) - 5), 100.5)
+        fig.suptitle(f"{plan.spec.get('title', plan.name)}\ntest accuracy over epochs "
+                     f"({plan.scale} scale, mean over {len(plan.seeds)} seed(s), band = min..max)", fontsize=10)
+        fig.tight_layout()
+        save_figure(fig, out / "accuracy_curves.png")
+        figs.append("accuracy_curves.png")
+    return {"figures": figs}
+
+
+def _rank_of(run: PlannedRun) -> int | None:
+    return int(run.settings.get("rank", 1)) if "lowrank" in str(run.settings.get("model")) else None
+
+
+def analysis_ranks(plan: Plan, results: dict, live: dict, out: Path) -> dict:
+    """Fig. 3: accuracy against rank, with linear and relu2 as references; the paper's three claims."""
+    import matplotlib.pyplot as plt
+
+    by_label = {(r["part"], r["label"]): r for r in results["runs"]}
+    parts = [p for p in plan.parts if any(r.part == p for r in plan.runs)]
+    res: dict[str, Any] = {"parts": {}, "figures": []}
+    if not parts:
+        return res
+    fig, axes = plt.subplots(1, len(parts), figsize=(6.2 * len(parts), 4.4), squeeze=False)
+    for ax, p in zip(axes[0], parts):
+        ranks = sorted((_rank_of(r), by_label[(p, r.label)]) for r in plan.runs if r.part == p and _rank_of(r))
+        refs = {r.label: by_label[(p, r.label)] for r in plan.runs if r.part == p and not _rank_of(r)}
+        rs = [k for k, _ in ranks]
+        ms = [v["test_acc_mean"] for _, v in ranks]
+        sd = [v["test_acc_std"] or 0.0 for _, v in ranks]
+        info: dict[str, Any] = {"ranks": rs, "test_acc_mean": ms,
+                                "references": {k: v["test_acc_mean"] for k, v in refs.items()}}
+        if rs and all(m is not None for m in ms):
+            ax.errorbar(rs, [100 * m for m in ms], yerr=[100 * s for s in sd], marker="o", capsize=3,
+                        label="Low-Rank DIQNN")
+            r1 = ms[0] if rs[0] == 1 else None
+            checks = {}
+            for lab, ref in refs.items():
+                if ref["test_acc_mean"] is None:
+                    continue
+                ax.axhline(100 * ref["test_acc_mean"], ls="--", lw=1.2, color="C1" if "relu" in lab else "C2",
+                           label=f"{lab} ({100 * ref['test_acc_mean']:.2f}%)")
+                if r1 is not None:
+                    checks[f"rank 1 > {lab}"] = {"holds": bool(r1 > ref["test_acc_mean"]),
+                                                 "rank1": r1, lab: ref["test_acc_mean"],
+                                                 "difference_pct_points": 100 * (r1 - ref["test_acc_mean"])}
+            gains = [100 * (b - a) for a, b in zip(ms, ms[1:])]
+            checks["accuracy rises with rank"] = {
+                "gains_pct_points": dict(zip([f"{a}->{b}" for a, b in zip(rs, rs[1:])], gains)),
+                "non_decreasing": bool(all(g >= -0.05 for g in gains)),
+                "best_rank": rs[int(np.argmax(ms))],
+                "last_gain_pct_points": gains[-1] if gains else None,
+                "saturates": bool(gains and abs(gains[-1]) < max(0.5, 0.25 * max(abs(g) for g in gains))),
+            }
+            info["checks"] = checks
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(rs or [1])
+        ax.set_xticklabels([str(r) for r in rs] or ["1"])
+        ax.set_xlabel("rank r of the Low-Rank DIQNN")
+        ax.set_ylabel("final test accuracy (%)")
+        pi = results["parts"][p]
+        ax.set_title(f"{p}: {pi['dataset']} ({pi.get('n_train')} train)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        res["parts"][p] = info
+    fig.suptitle(f"Fig. 3: accuracy vs rank ({plan.scale} scale, mean +- std over {len(plan.seeds)} seed(s))",
+                 fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, out / "rank_accuracy.png")
+    res["figures"].append("rank_accuracy.png")
+    return res
+
+
+def _sorted_eigen(W):
+    """Eigenpairs of each symmetric ``W[i]`` (float64) ordered by |eigenvalue|, largest first:
+    ``(lam (C, d), V (C, d, d) with eigenvectors as columns, raw eigenvalues (C, d))``."""
+    import torch
+
+    evals, evecs = torch.linalg.eigh(W)                                          # ascending
+    order = torch.argsort(evals.abs(), dim=1, descending=True)
+    C, d = evals.shape
+    lam = torch.gather(evals, 1, order)
+    V = torch.gather(evecs, 2, order.unsqueeze(1).expand(C, d, d))
+    return lam, V, evals
+
+
+def _cos(a, b) -> float:
+    """|cos| of the angle between two vectors."""
+    return float((a @ b).abs() / (a.norm() * b.norm()).clamp_min(1e-300))
+
+
+def _eigen_vs_sta(lam, V, evals, sta, xbar, classes) -> list[dict]:
+    C = lam.shape[0]
+    v1 = V[:, :, 0]
+    rows = []
+    for i in range(C):
+        others = [j for j in range(C) if j != i]
+        rows.append({
+            "class": classes[i] if i < len(classes) else str(i),
+            "leading_eigenvalue": float(lam[i, 0]), "second_eigenvalue": float(lam[i, 1]) if lam.shape[1] > 1 else None,
+            "n_positive": int((evals[i] > 0).sum()), "n_negative": int((evals[i] < 0).sum()),
+            "cos_sta": _cos(v1[i], sta[i]), "cos_sta_centred": _cos(v1[i], sta[i] - xbar),
+            "cos_sta_other_classes_mean": float(np.mean([_cos(v1[i], sta[j]) for j in others])),
+            "cos_sta_centred_other_classes_mean": float(np.mean([_cos(v1[i], sta[j] - xbar) for j in others])),
+            "energy_top1": float(lam[i, 0] ** 2 / (lam[i] ** 2).sum()),
+        })
+    return rows
+
+
+def _topk_accuracy(model, lam, V, ks, Xte, yte) -> list[dict]:
+    """Test accuracy of ``model`` with every W_i replaced by its top-k eigenpairs (by |eigenvalue|)."""
+    import torch
+
+    from .margins import predict
+
+    trunc = copy.deepcopy(model)
+    out = []
+    with torch.no_grad():
+        for k in ks:
+            Vk = V[:, :, :k]
+            Wk = (Vk * lam[:, None, :k]) @ Vk.transpose(1, 2)
+            trunc.head.weight.copy_(0.5 * (Wk + Wk.transpose(1, 2)).to(trunc.head.weight.dtype))
+            acc = float((predict(trunc, Xte).argmax(1) == yte).double().mean())
+            energy = float(((lam[:, :k] ** 2).sum(1) / (lam ** 2).sum(1)).mean())
+            out.append({"k": k, "test_acc": acc, "energy_fraction_mean": energy})
+    return out
+
+
+def _summ(per_class: list[dict], topk: list[dict], full_acc: float) -> dict:
+    return {
+        "cos_sta_mean": float(np.mean([c["cos_sta"] for c in per_class])),
+        "cos_sta_other_mean": float(np.mean([c["cos_sta_other_classes_mean"] for c in per_class])),
+        "cos_sta_centred_mean": float(np.mean([c["cos_sta_centred"] for c in per_class])),
+        "cos_sta_centred_other_mean": float(np.mean([c["cos_sta_centred_other_classes_mean"] for c in per_class])),
+        "full_test_acc": full_acc,
+        "smallest_k_within_1pt": next((t["k"] for t in topk if t["test_acc"] >= full_acc - 0.01), topk[-1]["k"]),
+    }
+
+
+def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
+    """Fig. 2: eigen-decomposition of every trained W_i; leading eigenvectors vs STA; top-k accuracy.
+
+    * eigenpairs of each symmetric W_i by ``torch.linalg.eigh`` (float64), ordered by |lambda|;
+    * STA_i = sum_n p_i(x_n) x_n / sum_n p_i(x_n), p = softmax(f(x_n)), over the training set;
+    * |cos(v_i1, STA_i)| and |cos(v_i1, STA_i - mean_n x_n)|; baseline = mean over j != i;
+    * the displayed eigenvector's sign is chosen so that <v_i1, STA_i> >= 0 (an eigenvector's sign
+      is arbitrary); the eigenvalue's sign is printed above it;
+    * top-k: W_i^(k) = sum of the k eigenpairs of largest |lambda|, test accuracy of that model;
+    * the same for the learned update Delta W_i = W_i - W_i(0) (the random symmetric initialisation,
+      rebuilt from the run's seed and checked against the recorded initial ||theta||), since the
+      initialisation's own spectrum (a Wigner semicircle) can hide the learned low-rank part.
+    """
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .margins import predict
+    from .models import QuadraticHead
+    from .train import build_model_for, load_data_for
+
+    cfg_e = plan.spec.get("eigen", {})
+    label = cfg_e.get("run")
+    run = next((r for r in plan.runs if r.label == label), plan.runs[0] if plan.runs else None)
+    if run is None:
+        return {"figures": [], "note": "no run to analyse (its data was skipped)"}
+    recs = [r for r in live.get((run.part, run.label), []) if r["status"] == "ok"]
+    if not recs:
+        return {"figures": [], "note": "the run did not finish"}
+    rec = recs[0]
+    model = copy.deepcopy(rec["_model"]).to("cpu").eval()
+    head = model.head
+    if not isinstance(head, QuadraticHead):
+        raise ConfigError(f"eigen analysis needs a full quadratic head, got {type(head).__name__}")
+    cfg = rec["_config"]
+    ds = load_data_for(cfg, torch.device("cpu"))
+    Xtr = ds.X_train.to("cpu", torch.float32)
+    Xte, yte = ds.X_test.to("cpu", torch.float32), ds.y_test.to("cpu")
+    with torch.no_grad():
+        feats = model.features(Xtr).flatten(1).to(torch.float64)
+        p = torch.softmax(predict(model, Xtr).to(torch.float64), dim=1)          # (N, C)
+    W = head.weight.detach().to(torch.float64)
+    C, d, _ = W.shape
+    sta = (p.T @ feats) / p.sum(0).unsqueeze(1)                                  # (C, d)
+    xbar = feats.mean(0)
+    ks = sorted({int(k) for k in cfg_e.get("ks", [1, 2, 4, 8, 16, 32]) if 1 <= int(k) <= d} | {d})
+    with torch.no_grad():
+        full_acc = float((predict(model, Xte).argmax(1) == yte).double().mean())
+
+    lam, V, evals = _sorted_eigen(W)
+    per_class = _eigen_vs_sta(lam, V, evals, sta, xbar, ds.classes)
+    topk = _topk_accuracy(model, lam, V, ks, Xte, yte)
+    summary = _summ(per_class, topk, full_acc)
+
+    # the learned update Delta W = W - W(0)
+    delta = None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        m0 = build_model_for(cfg, ds)
+    W0 = m0.head.weight.detach().to(torch.float64)
+    init_norm = float(torch.sqrt(sum((q.detach().double() ** 2).sum() for q in
+                                     (m0.parameters() if rec.get("normalisation") == "full" else m0.head.parameters()))))
+    recorded = rec["history"][0].get("theta_norm") if rec.get("history") else None
+    if isinstance(recorded, (int, float)) and abs(init_norm - recorded) <= 1e-5 * max(recorded, 1e-12):
+        dW = W - W0
+        dlam, dV, devals = _sorted_eigen(dW)
+        d_per_class = _eigen_vs_sta(dlam, dV, devals, sta, xbar, ds.classes)
+        only = copy.deepcopy(model)
+        with torch.no_grad():
+            only.head.weight.copy_(dW.to(only.head.weight.dtype))
+            only_acc = float((predict(only, Xte).argmax(1) == yte).double().mean())
+        d_topk = _topk_accuracy(only, dlam, dV, ks, Xte, yte)
+        delta = {"per_class": d_per_class, "topk": d_topk, "summary": _summ(d_per_class, d_topk, only_acc),
+                 "norm_ratio_update_to_init": float(dW.norm() / W0.norm()),
+                 "note": "Delta W_i = W_i - W_i(0): the initialisation rebuilt from the run's seed "
+                         f"(||W(0)|| = {init_norm:.6g} equals the recorded initial ||theta||); the model "
+                         "x -> x^T Delta W_i x alone is evaluated for the top-k accuracies"}
+    else:
+        delta = {"note": f"initialisation not reproducible here (rebuilt ||theta(0)|| {init_norm:.6g} vs recorded "
+                         f"{recorded}); Delta W analysis skipped"}
+
+    figs = []
+    shape = tuple(int(s) for s in model.input_shape)
+    img = (shape[-2], shape[-1]) if len(shape) == 3 and shape[0] == 1 and shape[1] * shape[2] == d else None
+    if img is not None:
+        ncls = min(C, int(cfg_e.get("show_classes", C)))
+        rows = [("leading eigenvector\nof trained $W_i$", V[:, :, 0], lam, per_class)]
+        if "per_class" in delta:
+            rows.append(("leading eigenvector\nof $\\Delta W_i = W_i - W_i(0)$", dV[:, :, 0], dlam, delta["per_class"]))
+        nr = len(rows) + 2
+        fig, axes = plt.subplots(nr, ncls, figsize=(1.55 * ncls + 1.2, 1.8 * nr + 0.5), squeeze=False)
+        for i in range(ncls):
+            for r, (_, vecs, lams, pc) in enumerate(rows):
+                v = vecs[i] * (1.0 if float(vecs[i] @ sta[i]) >= 0 else -1.0)
+                a = float(v.abs().max())
+                im0 = axes[r, i].imshow(v.reshape(img).numpy(), cmap="RdBu_r", vmin=-a, vmax=a)
+                axes[r, i].set_title(f"{pc[i]['class']}: $\\lambda$={float(lams[i, 0]):+.2g}\n"
+                                     f"|cos| STA {pc[i]['cos_sta']:.2f}/{pc[i]['cos_sta_centred']:.2f}", fontsize=6)
+            im1 = axes[nr - 2, i].imshow(sta[i].reshape(img).numpy(), cmap="gray")
+            s2 = sta[i] - xbar
+            b = float(s2.abs().max())
+            axes[nr - 1, i].imshow(s2.reshape(img).numpy(), cmap="RdBu_r", vmin=-b, vmax=b)
+            for r in range(nr):
+                axes[r, i].set_xticks([])
+                axes[r, i].set_yticks([])
+        for r, (lab, *_rest) in enumerate(rows):
+            axes[r, 0].set_ylabel(lab, fontsize=7)
+        axes[nr - 2, 0].set_ylabel("STA_i\n(softmax-weighted)", fontsize=7)
+        axes[nr - 1, 0].set_ylabel("STA_i - mean\ninput", fontsize=7)
+        fig.colorbar(im0, ax=axes[: nr - 2, :].ravel().tolist(), fraction=0.02, pad=0.01, label="entry (red +, blue -)")
+        fig.colorbar(im1, ax=axes[nr - 2, :].tolist(), fraction=0.02, pad=0.01, label="pixel value")
+        fig.suptitle("Fig. 2: leading eigenvectors (largest |eigenvalue|; sign aligned with STA_i) vs each class's "
+                     "spike-triggered average; |cos| with STA / with centred STA", fontsize=9)
+        save_figure(fig, out / "eigenvectors_sta.png")
+        figs.append("eigenvectors_sta.png")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.3))
+    ax1.plot([t["k"] for t in topk], [100 * t["test_acc"] for t in topk], marker="o",
+             label="top-k eigenpairs of trained $W_i$")
+    if "topk" in delta:
+        ax1.plot([t["k"] for t in delta["topk"]], [100 * t["test_acc"] for t in delta["topk"]], marker="s",
+                 label="top-k eigenpairs of $\\Delta W_i$ only (init removed)")
+    ax1.axhline(100 * full_acc, ls="--", color="k", lw=1, label=f"full trained model ({100 * full_acc:.2f}%)")
+    ax1.set_xscale("log", base=2)
+    ax1.set_xlabel("k (eigenpairs of largest |eigenvalue| kept in every $W_i$)")
+    ax1.set_ylabel("test accuracy (%)")
+    ax1.set_title("test accuracy of the truncated DIQNN")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    ax2.plot(np.arange(1, d + 1), lam.abs().mean(0).numpy(), lw=1.5, label="trained $W_i$ (mean over classes)")
+    if "topk" in delta:
+        ax2.plot(np.arange(1, d + 1), dlam.abs().mean(0).numpy(), lw=1.5, ls="--",
+                 label="$\\Delta W_i = W_i - W_i(0)$ (mean over classes)")
+        ax2.plot(np.arange(1, d + 1), _sorted_eigen(W0)[0].abs().mean(0).numpy(), lw=1, ls=":",
+                 label="initial $W_i(0)$ (mean over classes)")
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    top = float(lam.abs().max())
+    ax2.set_ylim(1e-6 * top, 2 * top)          # the update has ~0 eigenvalues along never-lit pixels
+    ax2.set_xlabel("index (sorted by |eigenvalue|)")
+    ax2.set_ylabel("|eigenvalue|")
+    ax2.set_title("spectra")
+    ax2.grid(alpha=0.3, which="both")
+    ax2.legend(fontsize=7)
+    fig.suptitle(f"Fig. 2 (right): low-rank structure of the trained DIQNN ({plan.scale} scale, "
+                 f"{results['parts'][run.part]['dataset']})", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, out / "eigen_topk.png")
+    figs.append("eigen_topk.png")
+    return {"run": run.label, "seed": rec["seed"], "sta_definition":
+            "STA_i = sum_n p_i(x_n) x_n / sum_n p_i(x_n), p = softmax(f(x_n)), training set; "
+            "|cos| with the leading eigenvector (largest |eigenvalue|); baseline = mean |cos| with the other classes' STA",
+            "per_class": per_class, "topk": topk, "summary": summary, "delta": delta,
+            "paper_claims": cfg_e.get("paper_claims", []), "figures": figs}
+
+
+def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
+    """Fig. 5: gamma_bar and test accuracy per epoch; Spearman correlation; Theorem 2 verdicts."""
+    import matplotlib.pyplot as plt
+    from scipy.stats import spearmanr
+
+    res: dict[str, Any] = {"runs": [], "figures": []}
+    runs = [r for r in plan.runs if live.get((r.part, r.label))]
+    if not runs:
+        return res
+    fig, axes = plt.subplots(2, len(runs), figsize=(5.6 * len(runs), 7.6), squeeze=False)
+    for col, run in enumerate(runs):
+        recs = [r for r in live[(run.part, run.label)] if r["status"] == "ok"]
+        seeds_info = []
+        for rec in recs:
+            h = rec["history"]
+            ep = np.array([r["epoch"] for r in h], float)
+            gb = np.array([r["gamma_bar"] for r in h], float)
+            ta = np.array([r["test_acc"] for r in h], float)
+            rho, pval = float("nan"), float("nan")
+            if len(h) >= 3 and np.ptp(gb) > 0 and np.ptp(ta) > 0:     # undefined for a constant trajectory
+                rho, pval = spearmanr(gb, ta)
+            inc = np.diff(gb) > 0
+            mons = [{"epoch": r["epoch"], **r["theorem2"]} for r in h if r.get("theorem2")]
+            seeds_info.append({
+                "seed": rec["seed"], "epochs": ep.tolist(), "gamma_bar": gb.tolist(), "test_acc": ta.tolist(),
+                "spearman_rho": float(rho), "spearman_p": float(pval),
+                "fraction_epochs_gamma_bar_rose": float(inc.mean()) if inc.size else None,
+                "gamma_bar_initial": float(gb[0]), "gamma_bar_final": float(gb[-1]),
+                "normalisation": rec.get("normalisation"), "degree": rec.get("degree"),
+                "monitors": mons,
+                "monitor_epochs": len(mons),
+                "theorem_applies_epochs": [m["epoch"] for m in mons if m.get("theorem_applies")],
+                "velocity_positive_epochs": [m["epoch"] for m in mons if (m.get("velocity") or 0) > 0],
+                "A1_epochs": [m["epoch"] for m in mons if m.get("A1")],
+                "A3_epochs": [m["epoch"] for m in mons if m.get("A3")],
+                "final_monitor": ({k: mons[-1].get(k) for k in ("epoch", "rho", "cv", "eps", "delta_min", "kappa",
+                                                                 "velocity", "lower_bound")} if mons else None),
+            })
+        res["runs"].append({"label": run.label, "part": run.part, "seeds": seeds_info,
+                            "spearman_rho_mean": _mean_std([s["spearman_rho"] for s in seeds_info])[0]})
+        if not seeds_info:
+            continue
+        s0 = seeds_info[0]
+        ax = axes[0, col]
+        l1 = ax.plot(s0["epochs"], s0["gamma_bar"], color="tab:green", marker="o", ms=3,
+                     label=r"$\bar\gamma$ (training set)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(r"average margin $\bar\gamma = $ mean $q_n/\|\theta\|^L$" + f" (L={s0['degree']}, {s0['normalisation']})",
+                      fontsize=8)
+        ax2 = ax.twinx()
+        l2 = ax2.plot(s0["epochs"], [100 * a for a in s0["test_acc"]], color="tab:blue", marker="s", ms=3,
+                      label="test accuracy")
+        ax2.set_ylabel("test accuracy (%)")
+        ax.legend(l1 + l2, [x.get_label() for x in l1 + l2], fontsize=8, loc="lower right")
+        ax.set_title(f"{run.part}: {run.label}\nSpearman rho = {s0['spearman_rho']:.3f} (seed {s0['seed']})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax = axes[1, col]
+        mons = s0["monitors"]
+        if mons:
+            me = [m["epoch"] for m in mons]
+            ax.plot(me, [m["rho"] if m["rho"] is not None else np.nan for m in mons], marker="o", label=r"$\rho$ (alignment)")
+            num = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan  # noqa: E731
+            ax.plot(me, [num(m["cv"]) for m in mons], marker="s", label=r"$cv$ (spread of runner-up weights)")
+            ax.plot(me, [num(m["eps"]) for m in mons], marker="^", label=r"$\varepsilon$ (other classes)")
+            for m in mons:
+                ax.annotate("A1-3" if m.get("theorem_applies") else "no claim", (m["epoch"], 0.02), fontsize=6,
+                            rotation=90, color="tab:green" if m.get("theorem_applies") else "tab:gray",
+                            xycoords=("data", "axes fraction"))
+            ax.set_yscale("symlog", linthresh=1e-2)
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no Theorem 2 monitors in this run", ha="center", transform=ax.transAxes)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("Theorem 2 quantities (subset)")
+        ax.set_title(r"Theorem 2 monitors: (A3) needs $\rho > cv + \varepsilon$", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Fig. 5: average margin vs test accuracy over SGD training ({plan.scale} scale)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, out / "margin_vs_accuracy.png")
+    res["figures"].append("margin_vs_accuracy.png")
+    res["paper_claims"] = plan.spec.get("margin", {}).get("paper_claims", [])
+    return res
+
+
+def analysis_reach(plan: Plan, results: dict, live: dict, out: Path) -> dict:
+    """Fig. 6: first epoch at which the test accuracy reaches each of the part's targets, per lambda.
+
+    ``target`` in a part is one accuracy or a list; "reach epoch" = the first evaluated epoch
+    (the trainer evaluates once per epoch) whose test accuracy is >= the target, None if never.
+    Also reported: the test accuracy after the first epoch (early speed) and at the end.
+    """
+    import matplotlib.pyplot as plt
+
+    res: dict[str, Any] = {"parts": {}, "figures": []}
+    parts = [p for p in plan.parts if any(r.part == p for r in plan.runs)]
+    if not parts:
+        return res
+    fig, axes = plt.subplots(1, len(parts), figsize=(6.2 * len(parts), 4.4), squeeze=False)
+    for ax, p in zip(axes[0], parts):
+        t = plan.parts[p].get("target")
+        targets = [float(x) for x in (t if isinstance(t, list) else [t] if t is not None else [])]
+        rows = []
+        for run in [r for r in plan.runs if r.part == p]:
+            recs = [r for r in live.get((p, run.label), []) if r["status"] == "ok"]
+            reach = {}
+            for tg in targets:
+                reach[f"{tg:g}"] = [next((h["epoch"] for h in rec["history"] if h["test_acc"] >= tg), None)
+                                    for rec in recs]
+            c = _curves(recs)
+            if c is not None:
+                ep, v = c
+                ax.plot(ep, 100 * np.nanmean(v, 0), marker="o", ms=3, label=run.label)
+            first = [rec["history"][1]["test_acc"] for rec in recs if len(rec["history"]) > 1]
+            rows.append({"label": run.label, "margin_reg": run.settings.get("margin_reg", 0.0),
+                         "reach_epochs": reach,
+                         "reach_epoch_mean": {k: (float(np.mean(v)) if v and all(e is not None for e in v) else None)
+                                              for k, v in reach.items()},
+                         "test_acc_epoch1_mean": _mean_std(first)[0],
+                         "final_test_acc_mean": _mean_std([r["test_acc"] for r in recs])[0],
+                         "final_gamma_bar_mean": _mean_std([r["gamma_bar"] for r in recs])[0]})
+        for i, tg in enumerate(targets):
+            ax.axhline(100 * tg, ls="--", color="k", lw=0.8, alpha=0.6, label="targets" if i == 0 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        pi = results["parts"][p]
+        ax.set_title(f"{p}: {pi['dataset']} ({pi.get('n_train')} train)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        base = next((r for r in rows if not r["margin_reg"]), None)
+        checks = {}
+        if base is not None:
+            for r in rows:
+                if r is base or not r["margin_reg"]:
+                    continue
+                for k in r["reach_epoch_mean"]:
+                    b, x = base["reach_epoch_mean"][k], r["reach_epoch_mean"][k]
+                    verdict = ("n/a" if x is None and b is None else "sooner" if x is not None and (b is None or x < b)
+                               else "same epoch" if x == b else "later")
+                    checks[f"{r['label']} vs {base['label']}, target {100 * float(k):g}%"] = verdict
+                e1b, e1x = base["test_acc_epoch1_mean"], r["test_acc_epoch1_mean"]
+                if e1b is not None and e1x is not None:
+                    checks[f"{r['label']} vs {base['label']}, test accuracy after epoch 1"] = (
+                        f"{100 * e1x:.2f}% vs {100 * e1b:.2f}% ({'higher' if e1x > e1b else 'not higher'})")
+        res["parts"][p] = {"targets": targets, "runs": rows, "checks": checks}
+    fig.suptitle(f"Fig. 6: test accuracy with margin regularisation,\nloss = CE - lambda * gamma_bar "
+                 f"({plan.scale} scale; dashed: the reach targets)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, out / "margin_regularisation.png")
+    res["figures"].append("margin_regularisation.png")
+    res["paper_claims"] = plan.spec.get("reach", {}).get("paper_claims", [])
+    return res
+
+
+def analysis_xor(plan: Plan, results: dict, live: dict, out: Path) -> dict:
+    """Theorem 1 / Fig. 4: gradient flow from ``seeds`` random starts (and gradient descent from the first)."""
+    import matplotlib.pyplot as plt
+
+    from .xor_flow import plot_result, random_init, solve_xor_flow
+
+    cx = dict(plan.spec.get("xor", {}))
+    cx.update(plan.spec.get("scales", {}).get(plan.scale, {}).get("xor", {}))
+    t_max, points, rtol = float(cx.get("t_max", 1e6)), int(cx.get("points", 400)), float(cx.get("rtol", 1e-10))
+    starts = []
+    sols = []
+    t0 = time.perf_counter()
+    for seed in plan.seeds:
+        th0 = random_init(seed)
+        r = solve_xor_flow(th0, t_max=t_max, points=points, rtol=rtol)
+        a, b, c, e = r.reduced[-1]
+        sols.append(r)
+        tail = 1.0 - r.final_gamma_bar
+        starts.append({
+            "seed": seed, "theta0": th0.tolist(), "theorem1_hypothesis": r.theorem1_hypothesis,
+            "gamma_bar_initial": float(r.gamma_bar[0]), "gamma_bar_final": r.final_gamma_bar,
+            "gamma_min_final": r.final_gamma_min, "monotone": r.monotone, "gamma_bar_min_step": r.gamma_bar_min_step,
+            "loss_final": float(r.loss[-1]), "theta_norm_final": float(r.theta_norm[-1]),
+            "boundary_angle_deg_final": r.final_boundary_angle_deg,
+            "a2_over_e2_final": float(a * a / (e * e)) if e != 0 else None,
+            "invariant_drift": r.invariant_drift.tolist(), "reduced_deviation": r.reduced_deviation,
+            "one_minus_gamma_times_log2t": float(tail * math.log(t_max) ** 2),
+            "limit_constant": r.limit_constant, "success": r.success, "solve_seconds": r.solve_seconds,
+        })
+    figs = []
+    plot_result(sols[0], out / "xor_flow_seed0.png")
+    figs.append("xor_flow_seed0.png")
+    gd = None
+    if cx.get("gd_t_max"):
+        g = solve_xor_flow(random_init(plan.seeds[0]), t_max=float(cx["gd_t_max"]), method="gd",
+                           lr=float(cx.get("gd_lr", 0.1)), points=points)
+        plot_result(g, out / "xor_gd_seed0.png")
+        figs.append("xor_gd_seed0.png")
+        gd = {"seed": plan.seeds[0], "lr": g.lr, "t_max": g.t_max, "steps": g.extra.get("steps"),
+              "monotone": g.monotone, "gamma_bar_final": g.final_gamma_bar, "loss_final": float(g.loss[-1]),
+              "boundary_angle_deg_final": g.final_boundary_angle_deg}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for s, r in zip(starts, sols):
+        ax1.plot(r.t[1:], r.gamma_bar[1:], lw=1.2, label=f"start {s['seed']} (final {s['gamma_bar_final']:.4f})")
+        ok = r.t > 1
+        ax2.plot(r.t[ok], 1 - r.gamma_bar[ok], lw=1.2)
+        late = r.t >= 10
+        if s["limit_constant"] > 0 and late.any():
+            ax2.plot(r.t[late], s["limit_constant"] / np.log(r.t[late]) ** 2, ls=":", lw=1,
+                     color=ax2.lines[-1].get_color())
+    ax1.axhline(1, ls="--", color="k", lw=1, label="maximum 1")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("time t (log scale)")
+    ax1.set_ylabel(r"$\bar\gamma = $ mean $q_n/\|\theta\|^2$")
+    ax1.set_title(r"$\bar\gamma(t)$ from random starts (gradient flow)")
+    ax1.legend(fontsize=6)
+    ax1.grid(alpha=0.3, which="both")
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("time t (log scale)")
+    ax2.set_ylabel(r"$1 - \bar\gamma$")
+    ax2.set_title(r"$1-\bar\gamma$ (solid) vs the asymptote $((ac)^2+(be)^2)/\log^2 t$ (dotted, t >= 10)")
+    ax2.grid(alpha=0.3, which="both")
+    fig.suptitle(f"Theorem 1: XOR, rank-1 Low-Rank DIQNN, t in [0, {t_max:g}] ({plan.scale} scale)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, out / "xor_margins.png")
+    figs.append("xor_margins.png")
+    return {"t_max": t_max, "rtol": rtol, "points": points, "starts": starts, "gd": gd,
+            "all_monotone": all(s["monotone"] for s in starts),
+            "gamma_bar_final_range": [min(s["gamma_bar_final"] for s in starts), max(s["gamma_bar_final"] for s in starts)],
+            "seconds": time.perf_counter() - t0, "paper_claims": cx.get("paper_claims", []), "figures": figs}
+
+
+_ANALYSES = {"accuracy": analysis_accuracy, "ranks": analysis_ranks, "eigen": analysis_eigen,
+             "margin": analysis_margin, "reach": analysis_reach, "xor": analysis_xor}
+
+
+# ---------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------
+def _f(x: Any, fmt: str = ".4g") -> str:
+    """Format a number, or ``n/a`` for None / NaN (JSON writes NaN as null)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return format(x, fmt)
+
+
+def _md_escape(s: Any) -> str:
+    return str(s).replace("|", "\\|")
+
+
+def render_markdown(res: dict) -> str:
+    """results.md: header (scale, data, seeds, wall time), the results table, analyses, skips."""
+    L = [f"# {res['experiment']}: {res['title']}", "",
+         f"Reproduces: {res['reproduces']}.", f"Paper's numbers: {res['paper_source']}.", ""]
+    parts = ", ".join(f"{p} = {d['dataset']} ({d.get('n_train')} train / {d.get('n_test')} test)"
+                      + (f" [{d['note']}]" if d.get("note") else "") for p, d in res["parts"].items())
+    L += [f"- scale: **{res['scale']}**; data: {parts or 'none'}",
+          f"- seeds: {len(res['seeds'])} ({', '.join(map(str, res['seeds']))})"
+          + ("; a single seed gives no +- (the paper's +- needs several seeds)" if len(res["seeds"]) == 1 and res["runs"] else ""),
+          f"- device: {res['device']}; wall time: {res['wall_time_s']:.1f} s; finished {res.get('finished')}",
+          f"- definition: `{Path(res['definition']).name}`" + (f"; command: `{res['command']}`" if res.get("command") else "")]
+    for n in res.get("notes", []):
+        L.append(f"- note: {n}")
+    L.append("")
+    if res["runs"]:
+        L += ["## Results (test accuracy, %)", "",
+              "| part | run | params | epochs | seeds | paper | ours (mean +- std) | per seed | margin norm. | wall s |",
+              "|---|---|---:|---:|---:|---|---|---|---|---:|"]
+        for r in res["runs"]:
+            per = ", ".join(_pct(s.get("test_acc")) if s["status"] == "ok" else s["status"] for s in r["per_seed"])
+            norm = f"{r['normalisation']}, L={r['degree']}" if r.get("normalisation") else "n/a"
+            params = f"{r['parameters']:,}" if r.get("parameters") else "n/a"
+            L.append(f"| {r['part']} | {_md_escape(r['label'])} | {params} | {r['epochs']} | {r['n_ok']}/{r['n_seeds']} | "
+                     f"{_md_escape(r['paper'])} | {_fmt_acc(r['test_acc_mean'], r['test_acc_std'])} | {per} | {norm} | "
+                     f"{r['wall_s']:.1f} |")
+        cached = sum(1 for r in res["runs"] for s in r["per_seed"] if s.get("cached"))
+        if cached:
+            L.append("")
+            L.append(f"{cached} run(s) were loaded from the model cache (`{res.get('cache_dir')}`); "
+                     "their wall time is the load time, not the training time.")
+        L.append("")
+    an = res.get("analysis", {})
+    if "ranks" in an:
+        L += ["## Fig. 3 claims", ""]
+        for p, info in an["ranks"].get("parts", {}).items():
+            for name, chk in info.get("checks", {}).items():
+                if "holds" in chk:
+                    L.append(f"- {p}: {name}: **{'yes' if chk['holds'] else 'no'}** "
+                             f"({chk['difference_pct_points']:+.2f} points)")
+                else:
+                    gains = ", ".join(f"{k}: {v:+.2f}" for k, v in chk["gains_pct_points"].items())
+                    L.append(f"- {p}: {name}: non-decreasing **{'yes' if chk['non_decreasing'] else 'no'}**, "
+                             f"saturates **{'yes' if chk['saturates'] else 'no'}**, best rank {chk['best_rank']} "
+                             f"(gains in points: {gains})")
+        L.append("")
+    if "eigen" in an and an["eigen"].get("per_class"):
+        e = an["eigen"]
+        s = e["summary"]
+        L += ["## Fig. 2: eigenvectors vs spike-triggered averages", "",
+              f"Definition: {e['sta_definition']}.", "",
+              f"Mean |cos(v_1, STA_i)| = {s['cos_sta_mean']:.3f} (other classes: {s['cos_sta_other_mean']:.3f}); "
+              f"centred: {s['cos_sta_centred_mean']:.3f} (other classes: {s['cos_sta_centred_other_mean']:.3f}).", "",
+              "| class | leading eigenvalue | #pos / #neg eigenvalues | \\|cos\\| with STA | other classes | "
+              "\\|cos\\| centred | other classes | energy of top-1 |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+        for c in e["per_class"]:
+            L.append(f"| {_md_escape(c['class'])} | {c['leading_eigenvalue']:+.4g} | {c['n_positive']} / {c['n_negative']} | "
+                     f"{c['cos_sta']:.3f} | {c['cos_sta_other_classes_mean']:.3f} | {c['cos_sta_centred']:.3f} | "
+                     f"{c['cos_sta_centred_other_classes_mean']:.3f} | {c['energy_top1']:.3f} |")
+        L += ["", "Test accuracy keeping the top-k eigenpairs (by |eigenvalue|) of every W_i "
+              f"(full model: {_pct(s['full_test_acc'])}%; within 1 point from k = {s['smallest_k_within_1pt']}):", "",
+              "| k | " + " | ".join(str(t["k"]) for t in e["topk"]) + " |",
+              "|---|" + "---:|" * len(e["topk"]),
+              "| test acc (%) | " + " | ".join(_pct(t["test_acc"]) for t in e["topk"]) + " |",
+              "| mean energy fraction | " + " | ".join(f"{t['energy_fraction_mean']:.3f}" for t in e["topk"]) + " |", ""]
+        dl = e.get("delta") or {}
+        if dl.get("per_class"):
+            ds_ = dl["summary"]
+            L += ["### The learned update Delta W_i = W_i - W_i(0)", "",
+                  f"{dl['note']}. ||Delta W|| / ||W(0)|| = {dl['norm_ratio_update_to_init']:.3g}.", "",
+                  f"Mean |cos(leading eigenvector of Delta W_i, STA_i)| = {ds_['cos_sta_mean']:.3f} (other classes: "
+                  f"{ds_['cos_sta_other_mean']:.3f}); centred: {ds_['cos_sta_centred_mean']:.3f} (other classes: "
+                  f"{ds_['cos_sta_centred_other_mean']:.3f}). Per class (|cos| with STA_i / centred): "
+                  + ", ".join(f"{c['class']}: {c['cos_sta']:.2f}/{c['cos_sta_centred']:.2f}" for c in dl["per_class"]) + ".", "",
+                  f"Test accuracy of x -> x^T Delta W_i x alone: {_pct(ds_['full_test_acc'])}%; keeping its top-k eigenpairs:", "",
+                  "| k | " + " | ".join(str(t["k"]) for t in dl["topk"]) + " |",
+                  "|---|" + "---:|" * len(dl["topk"]),
+                  "| test acc (%) | " + " | ".join(_pct(t["test_acc"]) for t in dl["topk"]) + " |",
+                  "| mean energy fraction | " + " | ".join(f"{t['energy_fraction_mean']:.3f}" for t in dl["topk"]) + " |", ""]
+        elif dl.get("note"):
+            L += [f"Delta W analysis: {dl['note']}.", ""]
+    if "margin" in an and an["margin"].get("runs"):
+        L += ["## Fig. 5: margin vs test accuracy", "",
+              "| part | run | seed | normalisation | gamma_bar start -> end | epochs gamma_bar rose | Spearman rho (p) | "
+              "Theorem 2 applies (A1-A3) at epochs | A1 / A3 hold | last monitor: rho, cv, eps | "
+              "Lemma-2 velocity > 0 at epochs |",
+              "|---|---|---:|---|---|---:|---|---|---|---|---|"]
+        for r in an["margin"]["runs"]:
+            for s in r["seeds"]:
+                fr = s["fraction_epochs_gamma_bar_rose"]
+                L.append(f"| {r['part']} | {_md_escape(r['label'])} | {s['seed']} | {s['normalisation']}, L={s['degree']} | "
+                         f"{_f(s['gamma_bar_initial'], '+.4g')} -> {_f(s['gamma_bar_final'], '+.4g')} | "
+                         f"{'n/a' if fr is None else f'{100 * fr:.0f}%'} | {_f(s['spearman_rho'], '.3f')} "
+                         f"({_f(s['spearman_p'], '.2g')}) | "
+                         f"{_list_or_none(s['theorem_applies_epochs'], s['monitor_epochs'])} | "
+                         f"{len(s.get('A1_epochs', []))} / {len(s.get('A3_epochs', []))} of {s['monitor_epochs']} | "
+                         + (f"{_f(fm['rho'], '.3g')}, {_f(fm['cv'], '.3g')}, {_f(fm['eps'], '.3g')} | "
+                            if (fm := s.get("final_monitor")) else "n/a | ")
+                         + f"{_list_or_none(s['velocity_positive_epochs'], s['monitor_epochs'])} |")
+        L += ["", "Theorem 2's conditions are sufficient, not necessary: where they fail it says nothing, and the "
+              "margin may still grow. Monitors use a seeded training subset (trainer monitor_subset).", ""]
+    if "reach" in an and an["reach"].get("parts"):
+        L += ["## Fig. 6: epoch at which the test accuracy first reaches each target", "",
+              "The trainer evaluates once per epoch, so reach epochs are integers (0 = initialisation).", "",
+              "| part | run | lambda | reach epoch per target (per seed) | test acc after epoch 1 (%) | "
+              "final test acc (%) | final gamma_bar |",
+              "|---|---|---:|---|---:|---:|---:|"]
+        checks = []
+        for p, info in an["reach"]["parts"].items():
+            for r in info["runs"]:
+                reach = "; ".join(f"{100 * float(k):g}%: " + ", ".join("never" if e is None else str(e) for e in v)
+                                  for k, v in r["reach_epochs"].items()) or "no target"
+                L.append(f"| {p} | {_md_escape(r['label'])} | {r['margin_reg']:g} | {reach} | "
+                         f"{_pct(r['test_acc_epoch1_mean'])} | {_pct(r['final_test_acc_mean'])} | "
+                         f"{_f(r['final_gamma_bar_mean'], '+.4g')} |")
+            for name, verdict in info["checks"].items():
+                checks.append(f"- {p}: {name}: **{verdict}**")
+        L += [""] + checks + [""]
+    if "xor" in an:
+        x = an["xor"]
+        L += ["## Theorem 1 (XOR, gradient flow)", "",
+              f"t_max = {x['t_max']:g}, rtol = {x['rtol']:g}; paper: gamma_bar non-decreasing, limit 1 (Theorem 1; "
+              "the paper states no number). All starts monotone: "
+              f"**{'yes' if x['all_monotone'] else 'no'}**; final gamma_bar in "
+              f"[{x['gamma_bar_final_range'][0]:.4f}, {x['gamma_bar_final_range'][1]:.4f}].", "",
+              "| start | theta(0) | hypothesis a(0)e(0) != 0 | gamma_bar start -> end | monotone | loss end | "
+              "boundary angle (deg) | a^2/e^2 | (1-gamma_bar) log^2 t | (ac)^2+(be)^2 | invariant drift |",
+              "|---:|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+        for s in x["starts"]:
+            th = ", ".join(f"{v:+.2f}" for v in s["theta0"])
+            ae = s["a2_over_e2_final"]
+            L.append(f"| {s['seed']} | ({th}) | {'yes' if s['theorem1_hypothesis'] else 'no'} | "
+                     f"{_f(s['gamma_bar_initial'], '+.4f')} -> {_f(s['gamma_bar_final'], '.5f')} | {'yes' if s['monotone'] else 'NO'} | "
+                     f"{_f(s['loss_final'], '.3g')} | {_f(s['boundary_angle_deg_final'], '.3g')} | "
+                     f"{_f(ae, '.4f')} | {_f(s['one_minus_gamma_times_log2t'], '.4g')} | "
+                     f"{_f(s['limit_constant'], '.4g')} | {_f(max(x for x in s['invariant_drift'] if x is not None), '.1e')} |")
+        if x.get("gd"):
+            g = x["gd"]
+            L += ["", f"Gradient descent (paper Fig. 4), start {g['seed']}, lr {g['lr']:g}, {g['steps']} steps: "
+                  f"monotone **{'yes' if g['monotone'] else 'no'}**, final gamma_bar {g['gamma_bar_final']:.5f}, "
+                  f"loss {_f(g['loss_final'], '.3g')}, boundary angle {_f(g['boundary_angle_deg_final'], '.3g')} deg."]
+        L.append("")
+    if res.get("skipped"):
+        L += ["## Skipped", ""]
+        for s in res["skipped"]:
+            L.append(f"- {s['part']}: {s['reason']}")
+        L.append("")
+    if res.get("figures"):
+        L += ["## Figures", ""] + [f"- `{f}`" for f in res["figures"]] + [""]
+    return "\n".join(L)
+
+
+def _list_or_none(xs: list, n: int) -> str:
+    if n == 0:
+        return "no monitors"
+    return f"{', '.join(map(str, xs)) or 'none'} ({len(xs)}/{n})"
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _parts_arg(s: str) -> list[str]:
+    parts = [p.strip() for p in s.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("expected comma-separated part names, e.g. mnist,fmnist")
+    return parts
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=(
+        "Reproduce a table or figure of the paper from its definition in experiments/ (SPEC §7). "
+        "Writes results.json, results.md and PNG figures into --out."))
+    p.add_argument("name", nargs="?", help="experiment name (see --list), or 'all'")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--scale", choices=SCALES, default=None,
+                   help="smoke (CPU minutes, bundled/subset data), paper (the paper's protocol; needs the data), "
+                        "tiny (seconds; for tests)")
+    p.add_argument("--data-dir", default=None, help="folder with MNIST/FashionMNIST/CIFAR files "
+                   "(default $MARGIN_THEORY_DATA_DIR or ./data)")
+    p.add_argument("--seeds", type=_positive_int, default=None, help="number of seeds (0..K-1); default per scale")
+    p.add_argument("--parts", type=_parts_arg, default=None, metavar="P[,P]",
+                   help="run only these parts (data groups, e.g. mnist,fmnist); see --list")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--out", default=None, help="output folder (default results/<scale>/<name>; for 'all', "
+                   "the parent folder, default results/<scale>)")
+    p.add_argument("--cache-dir", default=None, help="keep/reuse trained models here, keyed by their full training config")
+    p.add_argument("--experiments-dir", default=None, help="folder of the TOML definitions (default: experiments/ "
+                   "beside the package)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no per-run lines on stderr")
+    p.add_argument("--verbose", action="store_true", help="per-epoch lines of every run on stderr")
+    return p
+
+
+def _summary_table(res: dict) -> str:
+    md = render_markdown(res)
+    return md + f"\nwritten: {Path(res['out']) / 'results.md'}, results.json" + (
+        f", {len(res['figures'])} figure(s)" if res.get("figures") else "")
+
+
+@cli_entry(PROG)
+def main(argv=None) -> int:
+    """Run an experiment (see the module docstring); exit 0 ok, 2 bad input."""
+    args = build_parser().parse_args(argv)
+    if args.list:
+        exps = list_experiments(args.experiments_dir)
+        if args.json:
+            print_json({"experiments": exps})
+        else:
+            for e in exps:
+                print(f"{e['name']:<16} {e['title']}")
+                print(f"{'':<16} parts: {', '.join(e['parts']) or '-'}; analysis: {', '.join(e['analysis'])}")
+        return 0
+    if not args.name:
+        raise ConfigError("name an experiment (see --list) or 'all'")
+    if args.scale is None:
+        raise ConfigError("--scale is required: smoke, paper or tiny")
+    if args.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", args.device):
+        raise ConfigError(f"invalid --device {args.device!r}; use auto, cpu, cuda or cuda:N")
+    if args.device != "auto":
+        from .train import select_device
+
+        select_device(args.device)
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
+    command = "python -m margin_theory.experiment " + " ".join(sys.argv[1:] if argv is None else argv)
+    names = [e["name"] for e in list_experiments(args.experiments_dir)] if args.name == "all" else [args.name]
+    if args.name == "all" and args.parts:
+        raise ConfigError("--parts applies to one experiment, not 'all'")
+    for n in names:                                                   # fail fast on bad input
+        plan_experiment(load_definition(n, args.experiments_dir), args.scale, data_dir=args.data_dir,
+                        seeds=args.seeds, parts=args.parts)
+    outs = []
+    for n in names:
+        if args.name == "all":
+            out = Path(args.out or Path("results") / args.scale) / n
+        else:
+            out = args.out
+        res = run_experiment(n, args.scale, data_dir=args.data_dir, seeds=args.seeds, parts=args.parts,
+                             device=args.device, out=out, cache_dir=args.cache_dir,
+                             experiments_dir=args.experiments_dir, quiet=args.quiet,
+                             verbose=args.verbose, command=command)
+        outs.append(res)
+        if not args.json:
+            print(_summary_table(res))
+    if args.json:
+        print_json(outs[0] if len(outs) == 1 else {"experiments": outs})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
