@@ -239,3 +239,28 @@ def progress(iterable=None, *, total=None, desc=None, quiet: bool = False, **kw)
     disable = quiet or not sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False,
                 dynamic_ncols=True, file=sys.stderr, **kw)
+
+
+# ---------------------------------------------------------------------------
+# Machine checks of the proofs (proofs/check_*.py)
+# ---------------------------------------------------------------------------
+def run_checks(checks) -> list[tuple[str, bool]]:
+    """Run ``[(name, fn)]`` checks; returns ``[(name, passed)]`` (an exception counts as a failure)."""
+    out = []
+    for name, fn in checks:
+        try:
+            ok = bool(fn())
+        except Exception:  # a crashing check is a failing check
+            ok = False
+        out.append((name, ok))
+    return out
+
+
+def checks_main(checks) -> int:
+    """Print PASS/FAIL per check and a total; exit status 1 if any failed."""
+    results = run_checks(checks)
+    for name, ok in results:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    failed = sum(not ok for _, ok in results)
+    print(f"{len(results) - failed}/{len(results)} checks passed")
+    return 1 if failed else 0

@@ -15,6 +15,8 @@ from typing import Callable
 
 import sympy as sp
 
+from margin_theory._util import checks_main as _checks_main, run_checks as _run_checks  # noqa: E402
+
 try:
     from margin_theory.homogeneity import lemma1_degree, symbolic_homogeneity
 except ImportError:  # run from a checkout without installing the package
@@ -309,23 +311,11 @@ CHECKS: list[tuple[str, Callable[[], bool]]] = [
 
 def run_checks() -> list[tuple[str, bool]]:
     """Run every check; returns ``[(name, passed)]`` (an exception counts as a failure)."""
-    out = []
-    for name, fn in CHECKS:
-        try:
-            ok = bool(fn())
-        except Exception:  # a crashing check is a failing check
-            ok = False
-        out.append((name, ok))
-    return out
+    return _run_checks(CHECKS)
 
 
 def main() -> int:
-    results = run_checks()
-    for name, ok in results:
-        print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    failed = sum(not ok for _, ok in results)
-    print(f"{len(results) - failed}/{len(results)} checks passed")
-    return 1 if failed else 0
+    return _checks_main(CHECKS)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,7 @@ from margin_theory.checkpoint import list_checkpoints
 from margin_theory.train import TrainConfig, read_metrics, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ from margin_theory.models import build_model
 SRC = Path(margin_theory.__file__).resolve().parent / "checkpoint.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained(name="lowrank", shape=(1, 8, 8), C=10, momentum=0.9, steps=3, **kw):

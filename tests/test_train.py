@@ -35,14 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 DIGITS = dict(dataset="digits", model="lowrank", rank=2, lr=0.1, epochs=5, quiet=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and immune to OpenMP spin-waiting
-    when the 2 cores are shared with other processes (restored afterwards)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw) -> TrainConfig:
