@@ -525,6 +525,7 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
             "n_ok": sum(r["status"] == "ok" for r in recs), "n_seeds": len(recs),
             "normalisation": first.get("normalisation"), "degree": first.get("degree"),
             "wall_s": float(sum(r["wall_s"] for r in recs)),
+            "train_s": float(sum(r.get("train_seconds") or 0.0 for r in recs)),
             "per_seed": [{k: v for k, v in r.items() if not k.startswith("_")} for r in recs],
         })
 
@@ -1142,14 +1143,16 @@ def render_markdown(res: dict) -> str:
     L += [f"- scale: **{res['scale']}**; data: {parts or 'none'}",
           f"- seeds: {len(res['seeds'])} ({', '.join(map(str, res['seeds']))})"
           + ("; a single seed gives no +- (the paper's +- needs several seeds)" if len(res["seeds"]) == 1 and res["runs"] else ""),
-          f"- device: {res['device']}; wall time: {res['wall_time_s']:.1f} s; finished {res.get('finished')}",
+          f"- device: {res['device']}; wall time of this invocation: {res['wall_time_s']:.1f} s; training time "
+          f"(sum of the trainer's run times, cached runs included): "
+          f"{sum(r.get('train_s', 0.0) for r in res['runs']):.1f} s; finished {res.get('finished')}",
           f"- definition: `{Path(res['definition']).name}`" + (f"; command: `{res['command']}`" if res.get("command") else "")]
     for n in res.get("notes", []):
         L.append(f"- note: {n}")
     L.append("")
     if res["runs"]:
         L += ["## Results (test accuracy, %)", "",
-              "| part | run | params | epochs | seeds | paper | ours (mean +- std) | per seed | margin norm. | wall s |",
+              "| part | run | params | epochs | seeds | paper | ours (mean +- std) | per seed | margin norm. | train s |",
               "|---|---|---:|---:|---:|---|---|---|---|---:|"]
         for r in res["runs"]:
             per = ", ".join(_pct(s.get("test_acc")) if s["status"] == "ok" else s["status"] for s in r["per_seed"])
@@ -1157,12 +1160,12 @@ def render_markdown(res: dict) -> str:
             params = f"{r['parameters']:,}" if r.get("parameters") else "n/a"
             L.append(f"| {r['part']} | {_md_escape(r['label'])} | {params} | {r['epochs']} | {r['n_ok']}/{r['n_seeds']} | "
                      f"{_md_escape(r['paper'])} | {_fmt_acc(r['test_acc_mean'], r['test_acc_std'])} | {per} | {norm} | "
-                     f"{r['wall_s']:.1f} |")
+                     f"{r.get('train_s', r['wall_s']):.1f}{' (cached)' if all(x.get('cached') for x in r['per_seed']) else ''} |")
         cached = sum(1 for r in res["runs"] for s in r["per_seed"] if s.get("cached"))
         if cached:
             L.append("")
-            L.append(f"{cached} run(s) were loaded from the model cache (`{res.get('cache_dir')}`); "
-                     "their wall time is the load time, not the training time.")
+            L.append(f"{cached} run(s) were loaded from the model cache (`{res.get('cache_dir')}`), trained by an "
+                     "earlier invocation with the same configuration; 'train s' is the trainer's time for them then.")
         L.append("")
     an = res.get("analysis", {})
     if "ranks" in an:

@@ -25,7 +25,7 @@ RESULT_KEYS = {"experiment", "title", "reproduces", "paper_source", "definition"
                "data_dir", "out", "parts", "skipped", "notes", "runs", "analysis", "figures", "wall_time_s",
                "started", "finished"}
 RUN_KEYS = {"label", "part", "model", "paper", "settings", "epochs", "parameters", "test_acc_mean", "test_acc_std",
-            "n_ok", "n_seeds", "normalisation", "degree", "wall_s", "per_seed"}
+            "n_ok", "n_seeds", "normalisation", "degree", "wall_s", "train_s", "per_seed"}
 
 
 @pytest.fixture
@@ -59,9 +59,9 @@ def check_outputs(out: Path, name: str, scale: str = "tiny") -> dict:
             assert 0.0 <= r["test_acc_mean"] <= 1.0
     md = (out / "results.md").read_text()
     assert md.startswith(f"# {name}: ")
-    assert f"scale: **{scale}**" in md and "wall time" in md and "seeds:" in md
+    assert f"scale: **{scale}**" in md and "wall time" in md and "training time" in md and "seeds:" in md
     if res["runs"]:
-        assert "| part | run | params | epochs | seeds | paper | ours (mean +- std) |" in md
+        assert "| part | run | params | epochs | seeds | paper | ours (mean +- std) | per seed | margin norm. | train s |" in md
         for r in res["runs"]:
             assert r["paper"].replace("|", "\\|") in md
     assert res["figures"], "every experiment writes at least one figure"
