@@ -123,6 +123,13 @@ SYMBOLIC_MODELS = ("linear", "quadratic", "lowrank", "relu2", "conv-linear", "co
                    "conv-quadratic")
 
 
+
+def _mirror_lower(arr: np.ndarray) -> None:
+    """Fill the entries below the diagonal of the last two axes from those above (a symmetric W_i)."""
+    for idx in np.ndindex(*arr.shape):
+        if idx[-2] > idx[-1]:
+            arr[idx] = arr[idx[:-2] + (idx[-1], idx[-2])]
+
 class _TooLarge(Exception):
     pass
 
@@ -172,9 +179,7 @@ class _RingBackend:
             arr[idx] = self.theta[self._next_param]
             self._next_param += 1
         if symmetric_last2:
-            for idx in np.ndindex(*shape):
-                if idx[-2] > idx[-1]:
-                    arr[idx] = arr[idx[:-2] + (idx[-1], idx[-2])]
+            _mirror_lower(arr)
         return arr
 
     def input(self, shape):
@@ -365,9 +370,7 @@ class _DualBackend:
             k += 1
         self.offset += k
         if symmetric_last2:
-            for idx in np.ndindex(*shape):
-                if idx[-2] > idx[-1]:
-                    arr[idx] = arr[idx[:-2] + (idx[-1], idx[-2])]
+            _mirror_lower(arr)
         return arr
 
     def input(self, shape):
