@@ -7,7 +7,6 @@ import pickle
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -246,10 +245,7 @@ def test_bad_gzip_and_missing_files(tmp_path):
 # Genuine files (skipped where ../shared/data is absent)
 # ---------------------------------------------------------------------------
 def test_genuine_mnist(shared_data_dir):
-    t0 = time.perf_counter()
-    ds = D.load_dataset("mnist", shared_data_dir)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 6.0, f"full MNIST load took {elapsed:.2f} s (SPEC §9: about 1 s)"
+    ds = D.load_dataset("mnist", shared_data_dir)   # load time is a benchmark figure, not asserted
     assert ds.X_train.shape == (60000, 1, 28, 28) and ds.X_test.shape == (10000, 1, 28, 28)
     assert ds.y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert ds.y_test[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
