@@ -251,6 +251,7 @@ class TrainConfig:
             self.data_dir = str(self.data_dir)
         if self.out is not None and not isinstance(self.out, str):
             self.out = str(self.out)
+        self._check_applicable()
         if self.resume and not self.out:
             raise ConfigError("--resume needs --out DIR (the run to continue)")
         if self.resume and self.overwrite:
@@ -258,6 +259,28 @@ class TrainConfig:
         if self.checkpoint_every not in (None, -1) and not self.out:
             raise ConfigError("--checkpoint-every needs --out DIR (checkpoints are written there)")
         return self
+
+    def _check_applicable(self) -> None:
+        """Model options that do not apply to ``model`` are errors, never silently ignored."""
+        name = self.model
+        lowrank = name == "lowrank" or name.endswith("-lowrank")
+        if self.rank != 1 and not lowrank:
+            raise ConfigError(f"--rank applies to models with lowrank layers (lowrank, conv-lowrank, "
+                              f"resnet*-lowrank), not {name!r}")
+        if self.layers != 1 and name != "lowrank":
+            raise ConfigError(f"--layers applies to the lowrank model only, not {name!r}")
+        if self.hidden is not None:
+            if name == "relu2":
+                if len(self.hidden) != 1:
+                    raise ConfigError(f"relu2 has one hidden layer: --hidden takes one width, got {self.hidden}")
+            elif name != "lowrank" or self.layers == 1:
+                raise ConfigError(f"--hidden applies to relu2 and to the deep lowrank model (--layers > 1), "
+                                  f"not {name!r}" + (" with one layer" if name == "lowrank" else ""))
+        if not name.startswith("conv-"):
+            if self.conv_channels != 1:
+                raise ConfigError(f"--conv-channels applies to the conv-* models, not {name!r}")
+            if not self.conv_bias:
+                raise ConfigError(f"--no-conv-bias applies to the conv-* models, not {name!r}")
 
     def checkpoint_interval(self) -> int | None:
         """Resolved checkpoint interval: None = never, 0 = final only, K >= 1."""
@@ -672,6 +695,8 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
     config = copy.deepcopy(config).validate()
+    if config.data_dir:     # stored absolute, so that the run can be checked from any folder
+        config.data_dir = str(Path(config.data_dir).expanduser().resolve())
     if log == "default":
         log = None if config.quiet else print
     t_run = time.perf_counter()
@@ -707,6 +732,11 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
                 _clear_run(out)
 
     ds = load_data_for(config, device)
+    if log:
+        for flag, want, have in (("--n-train", config.n_train, ds.y_train.shape[0]),
+                                 ("--n-test", config.n_test, ds.y_test.shape[0])):
+            if want is not None and want > int(have):
+                log(f"note: {flag} {want} exceeds the {int(have)} points of {ds.name}; all {int(have)} are used")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model_for(config, ds)
@@ -919,17 +949,15 @@ def _checkpoint_every(s: str) -> int | None:
     return int_at_least(0)(s)
 
 
-def build_parser() -> ArgumentParser:
+def add_data_model_arguments(g, *, augment: bool = True, data_dir_help: str | None = None) -> None:
+    """The data and model options of ``train`` (``--dataset``, ``--model``, ``--rank``, ...) on the
+    parser or group ``g``; shared with ``check`` (which names a foreign checkpoint's model by them).
+    ``--dataset`` and ``--model`` are optional for argparse: ``main`` demands them unless
+    ``--resume`` takes them from the run folder."""
     d = TrainConfig()
-    p = ArgumentParser(
-        prog=PROG,
-        description="Train a classifier with SGD on a whole-dataset-on-device tensor and record, every "
-                    "epoch, loss, train/test accuracy and the margins gamma_bar, gamma_min over the full "
-                    "training set (SPEC §2, §7). Exit status: 0 ok, 2 bad input, 3 non-finite loss.")
-    g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", required=True, help="xor, iris, wine, breast_cancer, digits, mnist-5k (bundled); "
+    g.add_argument("--dataset", default=None, help="xor, iris, wine, breast_cancer, digits, mnist-5k (bundled); "
                    "mnist, fashion-mnist, cifar10, cifar10-subset (from --data-dir)")
-    g.add_argument("--model", required=True, help="linear, relu2, quadratic, lowrank, conv-{linear,lowrank,quadratic}, "
+    g.add_argument("--model", default=None, help="linear, relu2, quadratic, lowrank, conv-{linear,lowrank,quadratic}, "
                    "resnet{10,12,14,16,18}-{linear,lowrank,quadratic}")
     g.add_argument("--rank", type=int_at_least(1), default=d.rank, help="rank r of lowrank layers (default 1)")
     g.add_argument("--layers", type=int_at_least(1), default=d.layers, help="number of lowrank layers (deep DIQNN; default 1)")
@@ -938,12 +966,24 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--conv-channels", type=int_at_least(1), default=d.conv_channels, help="conv-* channels (default 1)")
     g.add_argument("--no-conv-bias", dest="conv_bias", action="store_false",
                    help="bias-free conv (conv-lowrank is 4-homogeneous either way)")
-    g.add_argument("--data-dir", default=None, help="folder with the standard dataset files")
+    g.add_argument("--data-dir", default=None, help=data_dir_help or "folder with the standard dataset files "
+                   "(stored as an absolute path in the run's config)")
     g.add_argument("--download", action="store_true", help="download missing standard files (md5-checked)")
     g.add_argument("--n-train", type=int_at_least(1), default=None, help="seeded stratified training subset size")
     g.add_argument("--n-test", type=int_at_least(1), default=None, help="seeded stratified test subset size")
     g.add_argument("--normalize", action="store_true", help="per-channel standardisation of image pixels")
-    g.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip, on device")
+    if augment:
+        g.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip, on device")
+
+
+def build_parser() -> ArgumentParser:
+    d = TrainConfig()
+    p = ArgumentParser(
+        prog=PROG,
+        description="Train a classifier with SGD on a whole-dataset-on-device tensor and record, every "
+                    "epoch, loss, train/test accuracy and the margins gamma_bar, gamma_min over the full "
+                    "training set (SPEC §2, §7). Exit status: 0 ok, 2 bad input, 3 non-finite loss.")
+    add_data_model_arguments(p.add_argument_group("data and model"))
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int_at_least(0), default=d.epochs, help="epochs (default 10)")
     o.add_argument("--batch-size", type=int_at_least(1), default=d.batch_size, help="batch size (default 100)")
@@ -979,6 +1019,45 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names}).validate()
 
 
+def explicit_options(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The ``dest`` names given on the command line ``argv`` (not left at their defaults)."""
+    probe = copy.deepcopy(parser)
+    for a in probe._actions:
+        if a.dest != "help":
+            a.default, a.required = argparse.SUPPRESS, False
+    return set(vars(probe.parse_args(argv)))
+
+
+#: options ``--resume`` never takes from the saved configuration
+_RESUME_OWN = frozenset({"out", "resume", "overwrite", "quiet", "json"})
+
+
+def _resume_defaults(args: argparse.Namespace, given: set[str]) -> list[str]:
+    """``train --resume --out X``: every option not on the command line comes from X's
+    ``config.json`` (else the latest checkpoint's sidecar). Returns the names filled in."""
+    from .checkpoint import latest_checkpoint, read_sidecar
+
+    out = Path(args.out).expanduser()
+    saved = None
+    if (out / "config.json").is_file():
+        try:
+            saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            saved = None
+    if not isinstance(saved, dict):
+        ck = latest_checkpoint(out)
+        saved = read_sidecar(ck)["config"] if ck is not None else None
+    if not isinstance(saved, dict):
+        return []
+    filled = []
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for k, v in saved.items():
+        if k in names and k not in given and k not in _RESUME_OWN and hasattr(args, k):
+            setattr(args, k, v)
+            filled.append(k)
+    return filled
+
+
 def _human_summary(final: dict) -> str:
     t = final.get("mean_epoch_seconds")
     lines = [f"{final['model']} on {final['dataset']} ({final['n_train']} train / {final['n_test']} test, "
@@ -995,7 +1074,14 @@ def _human_summary(final: dict) -> str:
 @cli_entry(PROG)
 def main(argv=None) -> int:
     """Train from the command line; exit 0 ok, 2 bad input, 3 non-finite loss."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume and args.out:
+        _resume_defaults(args, explicit_options(parser, argv))
+    missing = [f"--{k}" for k in ("dataset", "model") if not getattr(args, k)]
+    if missing:
+        raise ConfigError(f"the following arguments are required: {', '.join(missing)} "
+                          "(or --resume --out DIR, which takes them from DIR's config)")
     config = config_from_args(args)
     if config.quiet:
         log = None
