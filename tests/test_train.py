@@ -205,7 +205,7 @@ def test_quadratic_head_stays_symmetric_with_momentum_and_weight_decay(tmp_path)
     # models.QuadraticHead: W_i = sym(V_i) is exactly symmetric by construction; the
     # stored V starts symmetric and its antisymmetric part (a null direction of f)
     # must stay at float-rounding level through SGD with momentum and weight decay.
-    res = train(cfg(model="quadratic", lr=1.0, momentum=0.9, weight_decay=1e-3, epochs=2,
+    res = train(cfg(model="quadratic", rank=1, lr=1.0, momentum=0.9, weight_decay=1e-3, epochs=2,
                     out=str(tmp_path / "q")), log=None)
     head = res.model.head
     W = head.W.detach() if hasattr(head, "W") else head.weight.detach()
