@@ -2,8 +2,15 @@ r"""Check Theorem 2's assumptions on saved checkpoints (SPEC §5).
 
 ::
 
-    python -m margin_theory.check RUN_DIR|CKPT... [--subset N] [--seed S] [--json]
-                                  [--plot [--out PNG]] [--data-dir DIR] [--normalisation auto|full|head]
+    python -m margin_theory.check RUN_DIR|RUNS_DIR|CKPT|FOREIGN... [--subset N] [--seed S] [--json]
+                                  [--plot [--out PNG]] [--data-dir DIR] [--download]
+                                  [--normalisation auto|full|head]
+                                  [--model NAME --dataset NAME [--rank R ...] | --spec FILE]
+
+A foreign file (a ``torch.save`` state dict, read only with ``weights_only=True``, or a
+``.safetensors`` without our sidecar) is described by ``train``'s model and data flags or a
+JSON/TOML ``--spec`` and mapped onto our model by :mod:`margin_theory.foreign`
+(``docs/checking.md``); a folder holding no checkpoints stands for the runs below it.
 
 (also ``margin-theory check``). For every checkpoint (a run folder stands for all its
 checkpoints, in epoch order) the training data are rebuilt from the checkpoint's own
