@@ -378,7 +378,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
                     spec: Mapping | str | Path | None = None) -> tuple[nn.Module, dict]:
     """``(model, config)`` of a checkpoint (see :func:`read_checkpoint`); the model is in eval mode.
 
-    A foreign file (a ``torch.save`` state dict read with ``weights_only=True``, or a bare
+    A foreign file (a ``.pt``/``.pth`` state dict, read tensors-only, or a bare
     ``.safetensors``) needs ``spec``: what it holds (a dict of train's options, e.g.
     ``{"model": "lowrank", "rank": 4, "dataset": "mnist"}``, or a JSON/TOML file); see
     :mod:`margin_theory.foreign`."""

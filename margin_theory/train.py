@@ -1049,6 +1049,8 @@ def _resume_defaults(args: argparse.Namespace, given: set[str]) -> list[str]:
         saved = read_sidecar(ck)["config"] if ck is not None else None
     if not isinstance(saved, dict):
         return []
+    if "model" in given and getattr(args, "model") != saved.get("model"):
+        return []       # another model: train() refuses the resume, naming both
     filled = []
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for k, v in saved.items():

@@ -278,7 +278,7 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
     out = tmp_path / "r"
     train(cfg(out=str(out), epochs=1), log=None)
     with pytest.raises(CheckpointError, match="not 'quadratic'"):
-        train(cfg(out=str(out), model="quadratic", resume=True), log=None)
+        train(cfg(out=str(out), model="quadratic", rank=1, resume=True), log=None)
     with pytest.raises(CheckpointError, match="--lr"):
         train(cfg(out=str(out), lr=0.2, resume=True), log=None)
     # CLI: one line, exit 2
