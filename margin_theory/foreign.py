@@ -75,7 +75,7 @@ from ._util import CheckpointError, ConfigError, MarginTheoryError
 
 __all__ = [
     "FOREIGN_SUFFIXES", "NEST_KEYS", "AppendOne", "is_foreign_file", "read_state_dict", "read_spec",
-    "foreign_config", "map_state_dict", "read_foreign", "load_foreign", "check_model",
+    "foreign_config", "map_state_dict", "read_foreign", "load_foreign", "check_model", "verify_degree",
 ]
 
 #: suffixes read with torch.load(weights_only=True)
@@ -570,9 +570,31 @@ def _find_head(model: nn.Module, head) -> tuple[str, nn.Module] | None:
     return ("head", h) if isinstance(h, nn.Module) else None
 
 
+def verify_degree(model: nn.Module, x: torch.Tensor, degree: int):
+    """Raise :class:`~margin_theory.margins.NotHomogeneousError` unless the numeric checker finds
+    ``model`` homogeneous of degree ``degree`` in all its parameters (on the inputs ``x``)."""
+    from .homogeneity import numeric_homogeneity
+    from .margins import NotHomogeneousError
+
+    hom = numeric_homogeneity(model, x)
+    label = getattr(model, "name", type(model).__name__)
+    if not hom.homogeneous:
+        breaking = ", ".join(hom.breaking_parameters[:4]) or "?"
+        raise NotHomogeneousError(
+            f"{label} is not homogeneous in its parameters (the numeric checker finds f(c theta) != "
+            f"c^L f(theta); breaking: {breaking}), so degree={degree} / full normalisation is refused; "
+            "use normalisation='head' with a head (model.head or head=)")
+    if int(hom.degree) != int(degree):
+        raise NotHomogeneousError(
+            f"{label}: declared degree {degree} contradicts the numeric checker, which measures "
+            f"f(c theta) = c^{hom.degree} f(theta) (estimate {hom.degree_estimate:.6g}, Euler's identity "
+            f"{'holds' if hom.euler_ok else 'fails'}); pass degree={hom.degree} or leave it out")
+    return hom
+
+
 def check_model(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, degree: int | None = None,
                 normalisation: str = "auto", head: nn.Module | str | None = None, subset: int | None = 512,
-                seed: int = 0, homogeneity_samples: int = 8, **kwargs):
+                seed: int = 0, homogeneity_samples: int = 4, **kwargs):
     r"""Theorem 2 (:func:`margin_theory.assumptions.theorem2_report`) on any ``nn.Module`` (SPEC §3, §5).
 
     The degree L of :math:`f(c\theta) = c^L f(\theta)` is measured by
@@ -618,7 +640,8 @@ def check_model(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, degree: i
         if declared is not None and declared != L:
             raise NotHomogeneousError(f"{label} declares degree {declared} but the numeric checker measures {L}")
         src = "declared and confirmed" if degree is not None else "measured"
-        rep = theorem2_report(model, X, y, subset=subset, seed=seed, normalisation="full", degree=L, **kwargs)
+        rep = theorem2_report(model, X, y, subset=subset, seed=seed, normalisation="full", degree=L,
+                              check_degree=False, **kwargs)
         rep.note += (f" Degree L = {L} ({src} by the numeric homogeneity checker: f(c theta) = c^L f(theta) "
                      f"for all parameters, Euler's identity {'holds' if hom.euler_ok else 'fails'}).")
         rep.extra["homogeneity"] = hom.as_dict()
@@ -663,7 +686,8 @@ def check_model(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, degree: i
                                   f"(breaking: {', '.join(hh.breaking_parameters[:4]) or '?'})")
     Lh = int(hh.degree)
     wrapper = _HeadOnly(hmod, Lh)
-    rep = theorem2_report(wrapper, phi, y, subset=subset, seed=seed, normalisation="full", degree=Lh, **kwargs)
+    rep = theorem2_report(wrapper, phi, y, subset=subset, seed=seed, normalisation="full", degree=Lh,
+                          check_degree=False, **kwargs)
     rep.normalisation = "head"
     why = "asked for" if normalisation == "head" else f"the module is not homogeneous (breaking: {breaking})"
     rep.note += (f" Normalised by the head {hname!r} only ({why}): degree L = {Lh} of f in the head's "

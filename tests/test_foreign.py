@@ -409,7 +409,7 @@ def test_authors_fmnist_conv_matches_our_conv_lowrank(tmp_path):
 
 @pytest.mark.parametrize("head", ["linear", "lowrank"])
 def test_authors_cifar_resnet_dataparallel_matches_our_resnet(tmp_path, head):
-    C, N = 4, 12
+    C, N = 4, 8
     torch.manual_seed(5)
     net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=C, head=head, rank=2).to(DT)
     _randomise_bn(net)
@@ -427,7 +427,7 @@ def test_authors_cifar_resnet_dataparallel_matches_our_resnet(tmp_path, head):
     assert torch.allclose(model(X), ref, rtol=1e-10, atol=1e-12)
     assert model.degree is None                        # BatchNorm, residual sums: head normalisation
     r_ours = theorem2_report(model, X, y, subset=None, normalisation="head")
-    r_theirs = foreign.check_model(net, X, y, subset=None, head="linear")
+    r_theirs = foreign.check_model(net, X, y, subset=None, head="linear", homogeneity_samples=2)
     assert r_ours.normalisation == r_theirs.normalisation == "head"
     assert r_ours.degree == r_theirs.degree == (1 if head == "linear" else 2)
     assert_reports_match(r_ours, r_theirs, rtol=1e-8)
@@ -466,8 +466,11 @@ def test_check_model_measures_degree_and_refuses_a_wrong_one():
     assert "confirmed" in foreign.check_model(m, X, y, degree=2).note
     with pytest.raises(NotHomogeneousError, match="declared degree 3 contradicts.*c\\^2"):
         foreign.check_model(m, X, y, degree=3)
-    # the old API accepted it silently and got a different velocity
-    wrong = theorem2_report(m, X, y, degree=3)
+    # theorem2_report verifies a degree it is given, too; unverified it gets the velocity wrong
+    with pytest.raises(NotHomogeneousError, match="declared degree 3 contradicts"):
+        theorem2_report(m, X, y, degree=3)
+    assert close(theorem2_report(m, X, y, degree=2).velocity, rep.velocity)
+    wrong = theorem2_report(m, X, y, degree=3, check_degree=False)
     assert not close(wrong.velocity, rep.velocity, 1e-3)
 
 
@@ -477,6 +480,8 @@ def test_check_model_refuses_a_bias_unless_head_normalisation():
     X, y = _data()
     with pytest.raises(NotHomogeneousError, match="not homogeneous.*out_bias"):
         foreign.check_model(m, X, y, degree=2)
+    with pytest.raises(NotHomogeneousError, match="not homogeneous.*out_bias"):
+        theorem2_report(m, X, y, degree=2)
     with pytest.raises(NotHomogeneousError, match="no head"):
         foreign.check_model(m, X, y)
     # a module with a head: the features are inputs, the head's own degree is measured
