@@ -214,7 +214,8 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
     bar = _progress(total=len(paths), desc="check", unit="ckpt", quiet=not progress)
 
     def phase(p: Path, what: str) -> None:
-        bar.set_description(f"{p.name}: {what}", refresh=True)
+        where = f"{_run_of(p).name}/{p.stem}" if p.parent.name == "checkpoints" else p.name
+        bar.set_description(f"{where}: {what}", refresh=True)
 
     for p in paths:
         try:
