@@ -219,15 +219,21 @@ def read_spec(path: str | Path) -> dict:
     return spec
 
 
-def foreign_config(spec: Mapping) -> dict:
-    """The :class:`~margin_theory.train.TrainConfig` dict (validated) of a foreign file's spec."""
+def foreign_config(spec: Mapping, *, need_dataset: bool = True) -> dict:
+    """The :class:`~margin_theory.train.TrainConfig` dict (validated) of a foreign file's spec
+    (``dataset`` ``None`` when the spec gives ``input_shape`` and ``num_classes`` instead)."""
     from .train import TrainConfig
 
     if not spec.get("model"):
-        raise ConfigError("say what model the file holds: model (--model NAME, as for train)")
+        raise ConfigError("say what model the file holds: --model NAME (as for train) or model in a spec file")
+    if need_dataset and not spec.get("dataset"):
+        raise ConfigError("say which data the model was trained on: --dataset NAME (as for train; with "
+                          "--data-dir for mnist, fashion-mnist, cifar10) or dataset in a spec file")
     cfg = {k: spec[k] for k in MODEL_KEYS + DATA_KEYS if k in spec and spec[k] is not None}
-    cfg.setdefault("dataset", spec.get("dataset") or "digits")
-    return TrainConfig.from_dict(cfg).to_dict()
+    out = TrainConfig.from_dict({**cfg, "dataset": cfg.get("dataset") or "unspecified"}).to_dict()
+    if not cfg.get("dataset"):
+        out["dataset"] = None
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -503,7 +509,7 @@ def _input_shape_from(spec: Mapping) -> tuple[tuple, int]:
                           "(--dataset NAME) or input_shape and num_classes in the spec")
     from .train import TrainConfig, load_data_for
 
-    cfg = TrainConfig.from_dict(foreign_config(spec))
+    cfg = TrainConfig.from_dict({**foreign_config(spec), "download": bool(spec.get("download", False))})
     ds = load_data_for(cfg, torch.device("cpu"))
     return tuple(ds.input_shape), int(ds.num_classes)
 
@@ -520,7 +526,7 @@ def read_foreign(path: str | Path, spec: Mapping, *, input_shape=None, num_class
         input_shape, num_classes = _input_shape_from(spec)
     model = map_state_dict(state, spec, input_shape, num_classes, notes)
     model.to(device)
-    cfg = foreign_config(spec)
+    cfg = foreign_config(spec, need_dataset=False)
     return Checkpoint(model=model, config=cfg, epoch=None, step=None, path=path,
                       meta={"format": "foreign", "notes": list(notes), "map": dict(model.foreign_map)})
 

@@ -647,6 +647,10 @@ def test_cli_spec_file_and_missing_description(tmp_path, capsys):
     rc = check.main([str(path), "--spec", str(tmp_path / "spec.toml"), "--rank", "3"])
     _, err = capsys.readouterr()
     assert rc == 2 and "(3, 3, 4)" in err and "(6, 4)" in err
+    # the data must be named (never a silent default)
+    rc = check.main([str(path), "--model", "lowrank", "--rank", "2"])
+    _, err = capsys.readouterr()
+    assert rc == 2 and "--dataset NAME" in err
     # a flag that does not apply to the model is an error
     rc = check.main([str(path), "--model", "linear", "--rank", "2", "--dataset", "iris"])
     _, err = capsys.readouterr()
