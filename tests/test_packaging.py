@@ -54,10 +54,9 @@ def test_pyproject_selects_the_static_pth_editable_mode():
 def test_fresh_editable_install_imports_from_the_parent_folder(tmp_path):
     """A throwaway venv (system site-packages for setuptools, no network): ``pip install -e``
     of a copy of the repo, then the import from the folder holding a ``margin_theory`` clone."""
-    try:
-        import setuptools  # noqa: F401
-        import pip  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("setuptools") is None or importlib.util.find_spec("pip") is None:
         pytest.skip("pip/setuptools not available")
     src = tmp_path / "clone"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build",
