@@ -223,10 +223,12 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
             is_foreign = is_foreign_file(p)
             if is_foreign:
                 if foreign is None:
+                    why = (f"no sidecar {p.with_suffix('.json').name}" if p.suffix == ".safetensors"
+                           else "a foreign state dict")
                     raise CheckpointError(
-                        f"{p.name} is not a margin_theory checkpoint (no sidecar "
-                        f"{p.with_suffix('.json').name}): say what it holds with the model and data flags of "
-                        "train (--model NAME --dataset NAME [--rank R ...]) or --spec FILE (docs/checking.md)")
+                        f"{p.name} is not a margin_theory checkpoint ({why}): say what it holds with the model "
+                        "and data flags of train (--model NAME --dataset NAME [--rank R ...]) or --spec FILE "
+                        "(docs/checking.md)")
                 from .foreign import foreign_config
 
                 cfg = foreign_config(foreign)
