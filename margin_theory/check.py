@@ -435,7 +435,8 @@ def build_parser() -> ArgumentParser:
                         "bare .safetensors) described by the model flags or --spec")
     p.add_argument("--subset", type=_positive_int, default=512,
                    help="size of the seeded subset S the theorem is evaluated on (default 512; all if fewer)")
-    p.add_argument("--seed", type=_nonneg_int, default=None, help="subset seed (default: the run's training seed)")
+    p.add_argument("--seed", type=_nonneg_int, default=None, help="subset seed (default: the run's training seed; for a foreign file also its data split "
+                        "seed, default 0)")
     p.add_argument("--normalisation", choices=("auto", "full", "head"), default="auto",
                    help="margin normalisation (auto: all parameters if homogeneous, else the head's)")
     p.add_argument("--spec", default=None, metavar="FILE",
