@@ -33,7 +33,7 @@ Small and explicit (airbench / nanoGPT style), SPEC §2, §7, §9:
 
 Files in ``--out DIR`` (nothing is written without ``--out``):
 
-* ``config.json``: the :class:`TrainConfig` (atomic);
+* ``config.json``: the :class:`TrainConfig` (atomic; ``data_dir`` stored as an absolute path);
 * ``metrics.jsonl``: one JSON object per epoch (0, 1, ..., E), rewritten
   atomically after every epoch, with keys ``epoch, train_loss, train_acc,
   test_acc, gamma_bar, gamma_min, theta_norm, degree, normalisation, lr,
@@ -54,12 +54,18 @@ on epochs 0, K, 2K, ... and the final epoch.
 
 ``--resume`` continues from the latest checkpoint in ``--out``: model, optimizer
 (momentum buffers), learning-rate position, epoch, step and generator states are
-restored and ``metrics.jsonl`` is cut back to the checkpoint's epoch. The new
+restored and ``metrics.jsonl`` is cut back to the checkpoint's epoch. On the command line,
+every option not given (``--dataset``, ``--model``, ``--epochs``, ...; not ``--device``) is
+taken from the run's ``config.json``. The new
 configuration must equal the saved one except for ``epochs, device, out, resume,
 overwrite, quiet, json, checkpoint_every, monitor_every, monitor_subset,
 eval_batch_size, data_dir, download``. Without ``--resume`` an ``--out`` folder
 that already holds a run is refused unless ``--overwrite`` (which deletes only the
 trainer's own files there).
+
+Model options that do not apply to the model (``--rank`` without lowrank layers, ``--hidden``
+except for relu2 and the deep lowrank, ``--conv-channels`` / ``--no-conv-bias`` except for
+conv-*) are errors; ``--n-train`` / ``--n-test`` beyond the data keep all of it, with a note.
 
 Exit status of the CLI: 0 success; 2 bad input (one line on stderr: unknown
 dataset or model, bad option, a checkpoint that does not fit); 3 training
@@ -1029,7 +1035,7 @@ def explicit_options(parser: argparse.ArgumentParser, argv) -> set[str]:
 
 
 #: options ``--resume`` never takes from the saved configuration
-_RESUME_OWN = frozenset({"out", "resume", "overwrite", "quiet", "json"})
+_RESUME_OWN = frozenset({"out", "resume", "overwrite", "quiet", "json", "device"})
 
 
 def _resume_defaults(args: argparse.Namespace, given: set[str]) -> list[str]:
