@@ -587,8 +587,9 @@ def _idx_payload_bytes(dims: tuple[int, ...], dtype: np.dtype, source: str, max_
     for d in dims:
         need *= d
     if need > max_bytes:
+        size = f"{need:,}" if need < 10 ** 30 else f"about 2**{need.bit_length() - 1}"
         raise DataError(f"{source}: IDX header declares shape {_util.clip(str(dims), 120)} = "
-                        f"{need:,} payload bytes, more than the {max_bytes:,}-byte limit; "
+                        f"{size} payload bytes, more than the {max_bytes:,}-byte limit; "
                         f"corrupt or hostile file")
     return need
 
@@ -987,6 +988,9 @@ def _unpickle_plain(raw: bytes, source: str) -> dict:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
+_NO_LABEL = object()
+
+
 def _cifar_labels(labels, n: int, path: Path) -> np.ndarray:
     """The batch's labels as int64 (n,): a list of Python ints or a 1-D integer array,
     each in 0..9; anything else (floats, strings, bools, nesting, 2**64) is refused, not cast."""
@@ -996,8 +1000,8 @@ def _cifar_labels(labels, n: int, path: Path) -> np.ndarray:
                             f"expected a 1-D integer array or a list of integers")
         values = labels
     elif isinstance(labels, list):
-        bad = next((v for v in labels if type(v) is not int), None)
-        if bad is not None:
+        bad = next((v for v in labels if type(v) is not int), _NO_LABEL)
+        if bad is not _NO_LABEL:
             raise DataError(f"{path}: 'labels' holds a {type(bad).__name__} "
                             f"({_util.short_repr(bad, 60)}); expected integers 0..9")
         values = labels
@@ -1527,10 +1531,10 @@ def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: fl
             src, total = _open_source(url, timeout, dog)
             with src:
                 if total is not None and size is not None and total != size:
-                    raise _FetchError(f"wrong size: the server announces {total:,} bytes, but "
+                    raise _FetchError(f"wrong size: the source announces {total:,} bytes, but "
                                       f"{dest.name} is {size:,} bytes")
                 if total is not None and total > cap:
-                    raise _FetchError(f"the server announces {total:,} bytes, more than the "
+                    raise _FetchError(f"the source announces {total:,} bytes, more than the "
                                       f"{cap:,}-byte limit")
                 with _util.progress(total=total or size, desc=dest.name, unit="B",
                                     unit_scale=True, quiet=not progress) as bar:
@@ -1565,10 +1569,10 @@ def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: fl
             tmp.unlink()
         except FileNotFoundError:
             pass
+        if dog.expired and isinstance(exc, Exception):  # the watchdog cut it (any symptom)
+            raise _FetchError(late) from None
         if isinstance(exc, _FetchError):
             raise
-        if dog.expired and isinstance(exc, Exception):
-            raise _FetchError(late) from None
         if isinstance(exc, (TimeoutError, OSError)):
             raise _FetchError(f"connection error ({_util.clip(' '.join(str(exc).split()) or type(exc).__name__)})"
                               ) from None
