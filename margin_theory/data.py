@@ -339,9 +339,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     ``normalize``: per-channel standardisation of image pixels with training statistics.
     """
     name = canonical_name(name)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or \
-            not 0 <= seed < 2 ** 32:
-        raise DataError(f"seed must be an integer in 0..2**32-1, got {_util.short_repr(seed, 40)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise DataError(f"seed must be an integer, got {_util.short_repr(seed, 40)}")
+    if name in _BUNDLED and name != "xor" and not 0 <= seed < 2 ** 32:  # the split's seed
+        raise DataError(f"seed (of {name}'s split) must be an integer in 0..2**32-1, got "
+                        f"{_util.short_repr(seed, 40)}")
     if test_fraction is not None:
         try:
             ok = 0.0 < float(test_fraction) < 1.0

@@ -35,6 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 
 
+@pytest.fixture
+def tmp_path(tmp_path_factory) -> Path:
+    """A temporary folder with a neutral name: pytest's default name repeats the test's
+    name, whose words ("truncated", "labels", "empty") would then be found in any error
+    message that quotes a path."""
+    return tmp_path_factory.mktemp("h")
+
+
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -150,16 +158,21 @@ LABELS = {
     "2-D array": np.array([[0], [1], [2]], dtype=np.int64),
     "float array": np.array([0.0, 1.0, 2.0]),
     "bool array": np.array([True, False, True]),
+}
+#: refused before the fix too (by np.asarray failing or wrapping to -1): kept as guards
+#: of the stricter check that replaced that cast
+LABELS_GUARD = {
     "uint64 2**64-1": np.array([0, 2 ** 64 - 1, 1], dtype=np.uint64),
     "not a list": "012",
     "None inside": [0, None, 1],
 }
 
 
-@pytest.mark.parametrize("case", list(LABELS))
+@pytest.mark.parametrize("case", list(LABELS) + [f"guard: {k}" for k in LABELS_GUARD])
 def test_cifar_labels_are_refused_not_cast(tmp_path, case):
+    labels = LABELS_GUARD[case[7:]] if case.startswith("guard: ") else LABELS[case]
     p = tmp_path / "batch"
-    p.write_bytes(batch_pickle(_rows(3), LABELS[case], protocol=4))
+    p.write_bytes(batch_pickle(_rows(3), labels, protocol=4))
     with pytest.raises(DataError) as e:
         D.load_cifar_batch(p)
     msg = one_line(e)
@@ -301,12 +314,12 @@ def test_empty_dataset_through_data_info(tmp_path, capsys, kind):
         folder.mkdir()
         (folder / "batches.meta").write_bytes(cifar_meta_bytes())
         (folder / "data_batch_1").write_bytes(batch_pickle(_rows(3), [0, 1, 2]))
-        (folder / "test_batch_first1000").write_bytes(
-            batch_pickle(np.zeros((0, 3072), np.uint8), []))
+        (folder / "test_batch_first1000").write_bytes(  # protocol 4: b"" is no global
+            batch_pickle(np.zeros((0, 3072), np.uint8), [], protocol=4))
         name = "cifar10-subset"
     assert D.main(["info", name, "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "empty" in err
+    assert err.count("\n") == 1 and "split is empty" in err
 
 
 # ---------------------------------------------------------------------------
@@ -351,14 +364,14 @@ TAR_CASES = {
     "truncated at a member boundary": lambda: _tar_bytes([("a", b"1" * 600), ("b", b"2")])[:1536],
     # gzip stream without its 8-byte trailer (checksum and length)
     "gzip trailer missing": lambda: gzip.compress(_tar_bytes([("a", b"hello")]))[:-8],
-    # cut inside the member data
-    "truncated inside a member": lambda: gzip.compress(_tar_bytes([("a", os.urandom(5000))]))[:3000],
+    # cut inside the member data (refused before the fix too: a guard)
+    "guard: truncated inside a member": lambda: gzip.compress(_tar_bytes([("a", os.urandom(5000))]))[:3000],
 }
 
 TAR_EXPECT = {"member too large": "more than", "declares 2 GiB": "more than",
               "total too large": "in all", "too many members": "members",
               "huge pax header": "header", "truncated at a member boundary": "truncated",
-              "gzip trailer missing": "truncated", "truncated inside a member": "truncated"}
+              "gzip trailer missing": "truncated", "guard: truncated inside a member": "truncated"}
 
 
 @pytest.mark.parametrize("case", list(TAR_CASES))
@@ -388,7 +401,15 @@ def test_good_tar_still_extracts(tmp_path):
 # item 9: downloads against hostile servers on 127.0.0.1
 # ---------------------------------------------------------------------------
 LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
-LABELS_SIZE = D.SIZES["mnist"][LABELS_FILE]   # 4542, the canonical file's size
+LABELS_SIZE = 4542   # bytes of the canonical file (checked against the genuine one below)
+
+
+def test_known_sizes_match_the_genuine_files(shared_data_dir):
+    for name, folder in (("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")):
+        for fname, size in D.SIZES[name].items():
+            path = shared_data_dir / folder / "raw" / fname
+            assert path.stat().st_size == size and D._md5_file(path) == D.MD5[name][fname]
+    assert D.SIZES["mnist"][LABELS_FILE] == LABELS_SIZE
 
 
 class _Hostile(BaseHTTPRequestHandler):
