@@ -100,7 +100,7 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
             try:
                 return int(fn(argv) or 0)
             except MarginTheoryError as exc:
-                msg = " ".join(str(exc).split())
+                msg = clip(" ".join(str(exc).split()), MAX_MESSAGE_CHARS)
                 sys.stderr.write(f"{prog}: error: {msg}\n")
                 return 2
             except KeyboardInterrupt:
@@ -112,6 +112,39 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
         return wrapper
 
     return deco
+
+
+#: the longest error line a CLI prints (a hostile file must not flood the terminal)
+MAX_MESSAGE_CHARS = 2000
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """``text`` cut to at most ``limit`` characters, the cut marked ``...[N more chars]``.
+
+    For text from untrusted sources (file contents, foreign exception messages) that
+    goes into an error message.
+    """
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    tail = f"...[{len(text) - limit} more chars]"
+    return text[:max(0, limit - len(tail))] + tail
+
+
+def short_repr(obj: Any, limit: int = 120) -> str:
+    """A bounded ``repr`` for error messages: at most ``limit`` characters, and bounded
+    WORK too (``reprlib``: 3 levels, 6 items per container, long strings elided), so a
+    huge or self-sharing object from a hostile file cannot stall or flood the message."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxtuple, r.maxlist, r.maxdict, r.maxset = 3, 6, 6, 4, 6
+    r.maxstring = r.maxother = r.maxlong = max(12, limit)
+    try:
+        text = r.repr(obj)
+    except Exception:  # noqa: BLE001 - a repr that fails is itself reported briefly
+        text = f"<{type(obj).__name__}>"
+    return clip(" ".join(text.split()), limit)
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -45,10 +45,19 @@ Safety: CIFAR batches are pickles. They are read with a restricted unpickler
 whose ``find_class`` admits only the callables numpy needs to rebuild a plain
 numeric ndarray (each wrapped and its arguments checked) and refuses every
 other global, so loading a malicious file raises :class:`DataError` and runs
-nothing. Archives are extracted only inside the target folder (absolute
-names, ``..`` and links refused, and ``tarfile``'s ``filter='data'``).
-Downloads stream to a temporary file beside the target, are md5-checked, then
-renamed; a failure leaves neither a partial file nor a temporary one.
+nothing; the plainness check is linear in the file's size even when the
+pickle's lists share references, and labels must be exactly N integers 0..9.
+IDX files are streamed: the header's declared size (exact integer product) is
+checked against ``IDX_MAX_BYTES`` before any payload is decompressed. Archives
+are extracted only inside the target folder (absolute names, ``..``, links,
+oversized members, too many members or bytes, and truncated archives refused
+before anything is written; then ``tarfile``'s ``filter='data'``). Downloads
+stream to a temporary file beside the target, capped at the known file's size
+(``SIZES``) or ``DOWNLOAD_MAX_BYTES``, within a whole-transfer deadline, are
+size- and md5-checked, then renamed; a failure or SIGTERM/SIGINT/SIGHUP leaves
+neither a partial file nor a temporary one, and temporaries of killed runs are
+removed by the next download. Error messages quote untrusted content only
+clipped (``_util.short_repr``). docs/safety.md states the guarantees.
 
 Every problem raises :class:`margin_theory._util.DataError` with a one-line
 message naming it.
@@ -60,8 +69,9 @@ Command line (``python -m margin_theory.data`` or ``margin-theory data``)::
              [--download] [--mirror URL] [--json]
                                                load NAME; sizes, shapes, classes, provenance
     verify   [--data-dir D] [--json]           md5 of the standard files found in D
-                                               (exit 1 if any present file mismatches)
-    download NAME [--data-dir D] [--mirror URL] [--timeout S] [--quiet] [--json]
+                                               (exit 1 if any present file mismatches or
+                                               none is found; exit 2 if D does not exist)
+    download NAME [--data-dir D] [--mirror URL] [--timeout S] [--deadline S] [--quiet] [--json]
                                                fetch from the canonical mirrors (or --mirror:
                                                files are fetched as MIRROR/FILENAME), md5-check
 
@@ -69,15 +79,21 @@ Bad input prints one line ``<prog>: error: <message>`` on stderr and exits 2.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
 import io
 import os
 import pickle
+import re
 import shutil
+import signal
+import socket
+import stat
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -324,7 +340,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     """
     name = canonical_name(name)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise DataError(f"seed must be an integer, got {seed!r}")
+        raise DataError(f"seed must be an integer, got {_util.short_repr(seed, 40)}")
+    if name in _BUNDLED and name != "xor" and not 0 <= seed < 2 ** 32:  # the split's seed
+        raise DataError(f"seed (of {name}'s split) must be an integer in 0..2**32-1, got "
+                        f"{_util.short_repr(seed, 40)}")
     if test_fraction is not None:
         try:
             ok = 0.0 < float(test_fraction) < 1.0
@@ -332,7 +351,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
             ok = False
         if not ok:
             raise DataError(f"test_fraction must be a number strictly between 0 and 1, "
-                            f"got {test_fraction!r}")
+                            f"got {_util.short_repr(test_fraction, 40)}")
     notes: list[str] = []
     if name in _BUNDLED:
         if download:
@@ -369,6 +388,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
         else:
             notes.append("normalize ignored: " + ("xor is used as is" if name == "xor"
                                                   else "tabular features are already standardised"))
+    for split, y in (("train", ds.y_train), ("test", ds.y_test)):
+        if int(y.shape[0]) == 0:
+            raise DataError(f"{name}: the {split} split is empty (0 examples; source: "
+                            f"{_util.clip(str(ds.info.get('source')), 200)}); an empty dataset "
+                            f"cannot be trained or evaluated on")
     ds.info.setdefault("normalize", None)
     ds.info["notes"] = ds.info.get("notes", []) + notes
     ds.info.setdefault("is_subset", False)
@@ -538,30 +562,55 @@ _IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-def parse_idx(buf: bytes, source: str = "IDX data", *, expect_ndim: int | None = None,
-              expect_type: int | None = 0x08) -> np.ndarray:
-    """Parse an IDX buffer (header: 0x00 0x00 type ndim, then ndim big-endian uint32 sizes).
+#: largest IDX payload read (1 GiB; MNIST's training images are 47 MB, EMNIST's 547 MB)
+IDX_MAX_BYTES = 1 << 30
 
-    Zero-copy ``np.frombuffer`` view of the payload (read-only). Raises DataError on a
-    wrong magic, a wrong number of dimensions, a truncated payload or trailing bytes.
-    """
-    if len(buf) < 4:
-        raise DataError(f"{source}: truncated IDX file ({len(buf)} bytes, not even a header)")
-    magic = int.from_bytes(buf[:4], "big")
-    type_code, ndim = buf[2], buf[3]
+
+def _idx_header(head: bytes, source: str, expect_ndim: int | None, expect_type: int | None
+                ) -> tuple[np.dtype, int]:
+    """Check the 4 magic bytes ``0x00 0x00 type ndim``; returns (dtype, ndim)."""
+    if len(head) < 4:
+        raise DataError(f"{source}: truncated IDX file ({len(head)} bytes, not even a header)")
+    magic = int.from_bytes(head[:4], "big")
+    type_code, ndim = head[2], head[3]
     want = "" if expect_ndim is None else f" (expected 0x{(expect_type or 8) << 8 | expect_ndim:08x})"
-    if buf[0] != 0 or buf[1] != 0 or type_code not in _IDX_TYPES or ndim == 0:
+    if head[0] != 0 or head[1] != 0 or type_code not in _IDX_TYPES or ndim == 0:
         raise DataError(f"{source}: wrong IDX magic number 0x{magic:08x}{want}; not an IDX file")
     if (expect_type is not None and type_code != expect_type) or \
             (expect_ndim is not None and ndim != expect_ndim):
         raise DataError(f"{source}: wrong IDX magic number 0x{magic:08x}{want}")
+    return _IDX_TYPES[type_code], ndim
+
+
+def _idx_payload_bytes(dims: tuple[int, ...], dtype: np.dtype, source: str, max_bytes: int) -> int:
+    """prod(dims) * itemsize in exact integer arithmetic, refused above ``max_bytes``
+    (so dims whose product overflows int64 are an error, not a wrapped size)."""
+    need = dtype.itemsize
+    for d in dims:
+        need *= d
+    if need > max_bytes:
+        size = f"{need:,}" if need < 10 ** 30 else f"about 2**{need.bit_length() - 1}"
+        raise DataError(f"{source}: IDX header declares shape {_util.clip(str(dims), 120)} = "
+                        f"{size} payload bytes, more than the {max_bytes:,}-byte limit; "
+                        f"corrupt or hostile file")
+    return need
+
+
+def parse_idx(buf: bytes, source: str = "IDX data", *, expect_ndim: int | None = None,
+              expect_type: int | None = 0x08, max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
+    """Parse an IDX buffer (header: 0x00 0x00 type ndim, then ndim big-endian uint32 sizes).
+
+    Zero-copy ``np.frombuffer`` view of the payload (read-only). Raises DataError on a
+    wrong magic, a wrong number of dimensions, a declared payload prod(dims) * itemsize
+    above ``max_bytes`` (computed exactly: no int64 overflow), a truncated payload or
+    trailing bytes.
+    """
+    dtype, ndim = _idx_header(bytes(buf[:4]), source, expect_ndim, expect_type)
     header = 4 + 4 * ndim
     if len(buf) < header:
         raise DataError(f"{source}: truncated IDX header ({len(buf)} bytes, need {header})")
     dims = tuple(int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
-    dtype = _IDX_TYPES[type_code]
-    count = int(np.prod(dims, dtype=np.int64))
-    need = count * dtype.itemsize
+    need = _idx_payload_bytes(dims, dtype, source, max_bytes)
     have = len(buf) - header
     if have < need:
         raise DataError(f"{source}: truncated file: header says shape {dims} ({need} payload bytes) "
@@ -569,32 +618,108 @@ def parse_idx(buf: bytes, source: str = "IDX data", *, expect_ndim: int | None =
     if have > need:
         raise DataError(f"{source}: corrupt IDX file: {have - need} unexpected bytes after the "
                         f"{need} payload bytes of shape {dims}")
-    return np.frombuffer(buf, dtype=dtype, count=count, offset=header).reshape(dims)
+    return np.frombuffer(buf, dtype=dtype, count=need // dtype.itemsize,
+                         offset=header).reshape(dims)
 
 
-def _read_file(path: Path) -> bytes:
-    """Bytes of ``path``, gunzipped if it ends in .gz; DataError on unreadable / bad gzip."""
+def _gzip_error(path: Path, exc: BaseException) -> DataError:
+    return DataError(f"{path}: not a valid gzip file or truncated "
+                     f"({_util.clip(' '.join(str(exc).split()) or type(exc).__name__)})")
+
+
+def _read_exact(fh, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        block = fh.read(n - len(out))
+        if not block:
+            break
+        out += block
+    return bytes(out)
+
+
+def _read_idx_file(path: Path, *, expect_ndim: int | None = None,
+                   expect_tail: tuple[int, ...] | None = None,
+                   max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
+    """Stream an IDX file (``.gz`` or raw): header first, the declared size checked
+    against ``max_bytes`` (and, uncompressed, against the file's length) before the
+    payload is read; then exactly that many bytes are decompressed, and one more byte
+    must not exist. Memory: the declared payload, never the (possibly huge) stream."""
+    source = str(path)
     try:
+        st = path.stat()
+        if not path.is_file():
+            raise DataError(f"{path}: not a regular file")
+        gz = path.suffix == ".gz"
+        fh_raw = open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        fh = gzip.GzipFile(fileobj=fh_raw, mode="rb") if gz else fh_raw
+        with fh:
+            dtype, ndim = _idx_header(_read_exact(fh, 4), source, expect_ndim, 0x08)
+            header = 4 + 4 * ndim
+            rest = _read_exact(fh, 4 * ndim)
+            if len(rest) < 4 * ndim:
+                raise DataError(f"{source}: truncated IDX header ({4 + len(rest)} bytes, "
+                                f"need {header})")
+            dims = tuple(int.from_bytes(rest[4 * i:4 * i + 4], "big") for i in range(ndim))
+            need = _idx_payload_bytes(dims, dtype, source, max_bytes)
+            if expect_tail is not None and dims[1:] != expect_tail:
+                raise DataError(f"{source}: images are {'x'.join(map(str, dims[1:]))}, expected "
+                                f"{'x'.join(map(str, expect_tail))}")
+            if not gz and st.st_size != header + need:
+                have = st.st_size - header
+                if have < need:
+                    raise DataError(f"{source}: truncated file: header says shape {dims} ({need} "
+                                    f"payload bytes) but only {have} bytes follow")
+                raise DataError(f"{source}: corrupt IDX file: {have - need} unexpected bytes "
+                                f"after the {need} payload bytes of shape {dims}")
+            buf = bytearray(need)
+            view, got = memoryview(buf), 0
+            while got < need:
+                n = fh.readinto(view[got:got + (1 << 22)])
+                if not n:
+                    break
+                got += n
+            if got < need:
+                raise DataError(f"{source}: truncated file: header says shape {dims} ({need} "
+                                f"payload bytes) but only {got} bytes follow")
+            if fh.read(1):
+                raise DataError(f"{source}: corrupt IDX file: unexpected bytes after the {need} "
+                                f"payload bytes of shape {dims}")
+    except DataError:
+        raise
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _gzip_error(path, exc) from None
+    finally:
+        fh_raw.close()
+    arr = np.frombuffer(buf, dtype=dtype, count=need // dtype.itemsize).reshape(dims)
+    arr.setflags(write=False)
+    return arr
+
+
+def _read_file(path: Path, max_bytes: int | None = None) -> bytes:
+    """Bytes of ``path`` (at most ``max_bytes``: a larger file is refused unread)."""
+    try:
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise DataError(f"{path}: {path.stat().st_size:,} bytes, more than the "
+                            f"{max_bytes:,} bytes such a file can have; refusing to read it")
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return raw
 
 
-def _gunzip(raw: bytes, path: Path) -> bytes:
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a valid gzip file or truncated "
-                        f"({' '.join(str(exc).split()) or type(exc).__name__})") from None
+def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None,
+             max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
+    """Read an IDX file (``.gz`` or raw) into a read-only uint8 array (see :func:`parse_idx`).
 
-
-def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None) -> np.ndarray:
-    """Read an IDX file (``.gz`` or raw) into a read-only uint8 array (see :func:`parse_idx`)."""
-    path = Path(path)
-    raw = _read_file(path)
-    buf = _gunzip(raw, path) if path.suffix == ".gz" else raw
-    return parse_idx(buf, str(path), expect_ndim=expect_ndim)
+    Streamed: the header is read first and the declared payload (exact integer
+    product of the dims) is refused above ``max_bytes`` before anything else is read
+    or decompressed; a gzip stream is decompressed only up to the declared size
+    (+1 byte to detect trailing data), so memory stays bounded by the declared size.
+    """
+    return _read_idx_file(Path(path), expect_ndim=expect_ndim, max_bytes=max_bytes)
 
 
 def _md5(data: bytes) -> str:
@@ -607,6 +732,12 @@ def _md5_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _file_record_streamed(path: Path, ref: str | None) -> dict:
+    md5 = _md5_file(path)
+    return {"path": str(path), "bytes": path.stat().st_size, "md5": md5, "reference_md5": ref,
+            "md5_matches_reference": (md5 == ref) if ref else None}
 
 
 def _file_record(path: Path, raw: bytes, ref: str | None) -> dict:
@@ -637,10 +768,10 @@ def _load_idx_set(name: str, root: Path) -> Dataset:
                         f"a folder that holds it, or --download (download=True) to fetch it")
     files, arrays = [], {}
     for base, path in found.items():
-        raw = _read_file(path)
-        files.append(_file_record(path, raw, MD5[name].get(path.name)))
-        buf = _gunzip(raw, path) if path.suffix == ".gz" else raw
-        arrays[base] = parse_idx(buf, str(path), expect_ndim=3 if "images" in base else 1)
+        images = "images" in base
+        arrays[base] = _read_idx_file(path, expect_ndim=3 if images else 1,
+                                      expect_tail=(28, 28) if images else None)
+        files.append(_file_record_streamed(path, MD5[name].get(path.name)))
     out = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         imgs = arrays[f"{prefix}-images-idx3-ubyte"]
@@ -732,7 +863,7 @@ def _np_frombuffer():
 def _plain_dtype(d) -> np.dtype:
     if not isinstance(d, np.dtype) or d.fields is not None or d.subdtype is not None or \
             d.hasobject or d.kind not in "biuf":
-        raise _UnsafePickle(f"asks for a non-numeric numpy dtype {d!r}")
+        raise _UnsafePickle(f"asks for a non-numeric numpy dtype {_util.short_repr(d, 80)}")
     return d
 
 
@@ -742,7 +873,7 @@ def _safe_reconstruct(cls, shape, typecode):
             not all(isinstance(s, int) and 0 <= s <= 1 for s in shape) or \
             typecode not in (b"b", "b"):
         raise _UnsafePickle(f"calls numpy _reconstruct with unexpected arguments {type(cls).__name__}, "
-                            f"{shape!r}, {typecode!r}")
+                            f"{_util.short_repr(shape, 60)}, {_util.short_repr(typecode, 30)}")
     return _np_reconstruct()(np.ndarray, shape, b"b")
 
 
@@ -751,7 +882,8 @@ def _safe_dtype(spec, align=False, copy=False):
         spec = spec.decode("latin1")
     if not isinstance(spec, str) or spec not in _PLAIN_DTYPES or align not in (0, 1, False, True) \
             or copy not in (0, 1, False, True):
-        raise _UnsafePickle(f"asks for numpy dtype {spec!r} (only plain numeric dtypes are allowed)")
+        raise _UnsafePickle(f"asks for numpy dtype {_util.short_repr(spec, 40)} (only plain numeric "
+                            f"dtypes are allowed)")
     return np.dtype(spec)
 
 
@@ -796,34 +928,60 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise _UnsafePickle("uses a persistent id")
 
 
-def _check_plain(obj, depth: int = 0) -> None:
-    if depth > 8:
-        raise _UnsafePickle("nests deeper than a CIFAR batch does")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_plain(k, depth + 1)
-            _check_plain(v, depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _check_plain(v, depth + 1)
-    elif isinstance(obj, np.ndarray):
-        if type(obj) is not np.ndarray:
-            raise _UnsafePickle(f"builds an ndarray subclass {type(obj).__name__}")
-        _plain_dtype(obj.dtype)
-    elif not (obj is None or isinstance(obj, (str, bytes, bytearray, int, float, bool))):
-        raise _UnsafePickle(f"builds an object of type {type(obj).__name__}")
+_MAX_DEPTH = 8
+
+
+def _check_plain(obj, budget: int) -> None:
+    """Refuse anything but plain data, in work bounded by the pickle's size.
+
+    Each container is walked once per depth at which it is reached (ids memoised with
+    the shallowest remaining depth budget; at most ``_MAX_DEPTH + 1`` walks each), so
+    a pickle whose lists share references (a "billion laughs": 2 KB that denote 10**30
+    elements) costs what its distinct containers hold, not what they expand to. The
+    total number of container slots walked is capped by ``budget`` (the pickle's
+    length: without sharing every slot costs at least one opcode byte).
+    """
+    seen: dict[int, int] = {}
+    left = [budget]
+    stack = [(obj, 0)]
+    while stack:
+        o, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise _UnsafePickle("nests deeper than a CIFAR batch does")
+        if isinstance(o, (dict, list, tuple)):
+            if type(o) not in (dict, list, tuple):
+                raise _UnsafePickle(f"builds an object of type {type(o).__name__}")
+            if seen.get(id(o), _MAX_DEPTH + 1) <= depth:
+                continue   # already walked from here or from deeper: nothing new below it
+            seen[id(o)] = depth
+            left[0] -= len(o)
+            if left[0] < 0:
+                raise _UnsafePickle(f"holds more elements than its {budget:,} bytes can encode "
+                                    f"without shared references")
+            items = [x for kv in o.items() for x in kv] if isinstance(o, dict) else o
+            stack.extend((v, depth + 1) for v in items)
+        elif isinstance(o, np.ndarray):
+            if type(o) is not np.ndarray:
+                raise _UnsafePickle(f"builds an ndarray subclass {type(o).__name__}")
+            _plain_dtype(o.dtype)
+        elif not (o is None or type(o) in (str, bytes, bytearray, int, float, bool)):
+            raise _UnsafePickle(f"builds an object of type {type(o).__name__}")
+
+
+#: largest CIFAR python batch read (a genuine one of 10,000 images is 31 MB)
+CIFAR_BATCH_MAX_BYTES = 256 << 20
 
 
 def _unpickle_plain(raw: bytes, source: str) -> dict:
     try:
         obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
-        _check_plain(obj)
+        _check_plain(obj, len(raw) + 1024)
     except _UnsafePickle as exc:
-        raise DataError(f"{source}: refusing to unpickle: it {exc}, but a CIFAR batch holds only "
-                        f"plain data (dict, list, str, bytes, int, numeric numpy arrays); nothing "
-                        f"was executed") from None
+        raise DataError(f"{source}: refusing to unpickle: it {_util.clip(str(exc), 300)}, but a "
+                        f"CIFAR batch holds only plain data (dict, list, str, bytes, int, numeric "
+                        f"numpy arrays); nothing was executed") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
-        msg = " ".join(str(exc).split()) or type(exc).__name__
+        msg = _util.clip(" ".join(str(exc).split()) or type(exc).__name__, 200)
         raise DataError(f"{source}: not a valid CIFAR python batch (truncated or corrupt pickle: "
                         f"{msg})") from None
     if not isinstance(obj, dict):
@@ -832,41 +990,72 @@ def _unpickle_plain(raw: bytes, source: str) -> dict:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
+_NO_LABEL = object()
+
+
+def _cifar_labels(labels, n: int, path: Path) -> np.ndarray:
+    """The batch's labels as int64 (n,): a list of Python ints or a 1-D integer array,
+    each in 0..9; anything else (floats, strings, bools, nesting, 2**64) is refused, not cast."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise DataError(f"{path}: 'labels' is a {labels.dtype} array of shape {labels.shape}; "
+                            f"expected a 1-D integer array or a list of integers")
+        values = labels
+    elif isinstance(labels, list):
+        bad = next((v for v in labels if type(v) is not int), _NO_LABEL)
+        if bad is not _NO_LABEL:
+            raise DataError(f"{path}: 'labels' holds a {type(bad).__name__} "
+                            f"({_util.short_repr(bad, 60)}); expected integers 0..9")
+        values = labels
+    else:
+        raise DataError(f"{path}: 'labels' is a {type(labels).__name__}; expected a list of "
+                        f"integers 0..9")
+    if len(values) != n:
+        raise DataError(f"{path}: count mismatch: {n} images but {len(values)} labels")
+    if isinstance(values, list):
+        out_of_range = next((v for v in values if not 0 <= v <= 9), None)
+    else:
+        out_of_range = None if not values.size or (values.min() >= 0 and values.max() <= 9) \
+            else int(values[(values < 0) | (values > 9)][0])
+    if out_of_range is not None:
+        raise DataError(f"{path}: labels outside 0..9 (found {_util.clip(str(out_of_range), 40)})")
+    return np.asarray(values, dtype=np.int64).reshape(-1)
+
+
 def load_cifar_batch(path: str | os.PathLike, *, expected_md5: str | None = None
                      ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read one CIFAR-10 python batch safely.
 
     Returns ``(images uint8 (N, 3, 32, 32), labels int64 (N,), file record)``; the
     record holds path, bytes and md5 (and whether it matches ``expected_md5``).
+    Bounded: files above ``CIFAR_BATCH_MAX_BYTES`` are refused unread, the
+    plainness check is linear in the file's size (see :func:`_check_plain`), and
+    the labels must be exactly N integers in 0..9 (N = rows of ``data``).
     """
     path = Path(path)
-    raw = _read_file(path)
+    raw = _read_file(path, CIFAR_BATCH_MAX_BYTES)
     d = _unpickle_plain(raw, str(path))
     data, labels = d.get("data"), d.get("labels")
     if not isinstance(data, np.ndarray) or labels is None:
+        keys = _util.clip(", ".join(_util.short_repr(k, 40) for k in list(d)[:20]), 300)
         raise DataError(f"{path}: not a CIFAR-10 batch (needs 'data' array and 'labels'; "
-                        f"keys: {', '.join(map(str, d))})")
+                        f"keys: {keys})")
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataError(f"{path}: 'data' is {data.dtype} of shape {data.shape}; expected uint8 "
-                        f"(N, 3072)")
-    try:
-        lab = np.asarray(labels, dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: 'labels' are not integers") from None
-    if lab.shape[0] != data.shape[0]:
-        raise DataError(f"{path}: count mismatch: {data.shape[0]} images but {lab.shape[0]} labels")
-    if lab.size and (lab.min() < 0 or lab.max() > 9):
-        raise DataError(f"{path}: labels outside 0..9 (min {lab.min()}, max {lab.max()})")
+        raise DataError(f"{path}: 'data' is {data.dtype} of shape {_util.clip(str(data.shape), 80)}"
+                        f"; expected uint8 (N, 3072)")
+    lab = _cifar_labels(labels, data.shape[0], path)
     return data.reshape(-1, 3, 32, 32), lab, _file_record(path, raw, expected_md5)
 
 
 def _load_cifar_meta(path: Path, expected_md5: str | None) -> tuple[list[str], dict]:
-    raw = _read_file(path)
+    raw = _read_file(path, CIFAR_BATCH_MAX_BYTES)
     d = _unpickle_plain(raw, str(path))
     names = d.get("label_names")
-    if not isinstance(names, list) or len(names) != 10:
-        raise DataError(f"{path}: 'label_names' missing or not a list of 10 names")
-    names = [n.decode("latin1") if isinstance(n, (bytes, bytearray)) else str(n) for n in names]
+    if not isinstance(names, list) or len(names) != 10 or \
+            not all(isinstance(n, (str, bytes, bytearray)) and 0 < len(n) <= 100 for n in names):
+        raise DataError(f"{path}: 'label_names' missing or not a list of 10 names (strings of "
+                        f"1..100 characters)")
+    names = [n.decode("latin1") if isinstance(n, (bytes, bytearray)) else n for n in names]
     return names, _file_record(path, raw, expected_md5)
 
 
@@ -960,43 +1149,139 @@ def _load_cifar10_subset(root: Path) -> Dataset:
 # ---------------------------------------------------------------------------
 # Archives
 # ---------------------------------------------------------------------------
-def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
-    """Extract ``archive`` inside ``dest`` only; returns the member names.
+#: what the largest archive of these datasets can hold (CIFAR-10's has 8 members, the
+#: largest 31 MB, 186 MB in all): per-member bytes, total bytes, number of members
+TAR_MAX_MEMBER_BYTES = 64 << 20
+TAR_MAX_TOTAL_BYTES = 256 << 20
+TAR_MAX_MEMBERS = 1000
+_TAR_MAX_HEADER_READ = 1 << 20   # a pax / GNU long-name header tarfile reads in one piece
+_TAR_MAX_TRAILER = 1 << 20       # bytes allowed after the end-of-archive blocks
 
-    Every member is checked first: absolute names, ``..`` components, names that
-    resolve outside ``dest``, links (symbolic or hard) and special files are refused
-    with DataError before anything is written; extraction then also uses tarfile's
+
+class _BoundedStream:
+    """A decompressed archive stream for tarfile that refuses single reads above
+    ``_TAR_MAX_HEADER_READ`` (tarfile reads pax / long-name headers whole, so a hostile
+    header declaring 2 GiB would otherwise be allocated) and counts the bytes consumed."""
+
+    def __init__(self, fh, source):
+        self._fh, self._source, self.consumed = fh, source, 0
+
+    def read(self, n=-1):
+        if n is None or n < 0 or n > _TAR_MAX_HEADER_READ:
+            raise DataError(f"{self._source}: refusing archive: a header asks to read "
+                            f"{'everything' if n is None or n < 0 else f'{n:,} bytes'} at once "
+                            f"(more than {_TAR_MAX_HEADER_READ:,})")
+        block = self._fh.read(n)
+        self.consumed += len(block)
+        return block
+
+    def seek(self, offset, whence=0):
+        return self._fh.seek(offset, whence)
+
+    def tell(self):
+        return self._fh.tell()
+
+
+def _open_decompressed(archive: Path):
+    import bz2
+    import lzma
+
+    fh = open(archive, "rb")
+    magic = fh.read(6)
+    fh.seek(0)
+    if magic[:2] == b"\x1f\x8b":
+        return fh, gzip.GzipFile(fileobj=fh, mode="rb")
+    if magic[:3] == b"BZh":
+        return fh, bz2.BZ2File(fh, "rb")
+    if magic == b"\xfd7zXZ\x00":
+        return fh, lzma.LZMAFile(fh, "rb")
+    return fh, fh
+
+
+def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, *,
+                     max_member_bytes: int = TAR_MAX_MEMBER_BYTES,
+                     max_total_bytes: int = TAR_MAX_TOTAL_BYTES,
+                     max_members: int = TAR_MAX_MEMBERS) -> list[str]:
+    """Extract ``archive`` (tar, optionally gzip/bzip2/xz) inside ``dest`` only; returns the
+    member names.
+
+    Every member is checked first, in one streaming pass that stops at the first bad
+    header: absolute names, ``..`` components, names that resolve outside ``dest``,
+    links (symbolic or hard), sparse and special files, a member above
+    ``max_member_bytes``, more than ``max_members`` members or more than
+    ``max_total_bytes`` in all (defaults: what CIFAR-10's archive can be, see
+    ``TAR_MAX_*``) are refused with DataError before anything is written. So is a
+    truncated archive: it must end with tar's end-of-archive block and its compressed
+    stream must be complete (checksum verified). Extraction then also uses tarfile's
     ``filter='data'`` where available.
     """
     archive, dest = Path(archive), Path(dest)
     base = dest.resolve()
+    names: list[str] = []
     try:
-        with tarfile.open(archive, "r:*") as tf:
-            members = tf.getmembers()
-            for m in members:
-                name = m.name.replace("\\", "/")
-                parts = PurePosixPath(name).parts
-                if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts:
-                    raise DataError(f"{archive}: refusing archive member {m.name!r}: its path "
-                                    f"leaves the target folder")
-                if not (m.isfile() or m.isdir()):
-                    kind = "a link" if (m.issym() or m.islnk()) else "a special file"
-                    raise DataError(f"{archive}: refusing archive member {m.name!r}: it is {kind}")
-                target = (base / name).resolve()
-                if target != base and base not in target.parents:
-                    raise DataError(f"{archive}: refusing archive member {m.name!r}: it resolves "
-                                    f"outside {dest}")
-            dest.mkdir(parents=True, exist_ok=True)
-            if hasattr(tarfile, "data_filter"):
-                tf.extractall(dest, members=members, filter="data")
-            else:  # pragma: no cover - Python without extraction filters
-                tf.extractall(dest, members=members)
+        raw, stream = _open_decompressed(archive)
+    except OSError as exc:
+        raise DataError(f"{archive}: cannot read ({exc.strerror or exc})") from None
+    try:
+        with raw, stream:
+            guard = _BoundedStream(stream, archive)
+            with tarfile.open(fileobj=guard, mode="r:") as tf:
+                members, total = [], 0
+                for m in tf:   # lazy: each header is checked before the stream moves past it
+                    if len(members) >= max_members:
+                        raise DataError(f"{archive}: refusing archive: more than {max_members} "
+                                        f"members")
+                    shown = _util.short_repr(m.name, 80)
+                    name = m.name.replace("\\", "/")
+                    parts = PurePosixPath(name).parts
+                    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts:
+                        raise DataError(f"{archive}: refusing archive member {shown}: its path "
+                                        f"leaves the target folder")
+                    if not (m.isfile() or m.isdir()) or m.issparse():
+                        kind = "a link" if (m.issym() or m.islnk()) else \
+                            "a sparse file" if m.issparse() else "a special file"
+                        raise DataError(f"{archive}: refusing archive member {shown}: it is {kind}")
+                    if m.size > max_member_bytes:
+                        raise DataError(f"{archive}: refusing archive member {shown}: "
+                                        f"{m.size:,} bytes, more than the {max_member_bytes:,} "
+                                        f"a member of these datasets can have")
+                    total += m.size
+                    if total > max_total_bytes:
+                        raise DataError(f"{archive}: refusing archive: its members hold more "
+                                        f"than {max_total_bytes:,} bytes in all")
+                    target = (base / name).resolve()
+                    if target != base and base not in target.parents:
+                        raise DataError(f"{archive}: refusing archive member {shown}: it "
+                                        f"resolves outside {dest}")
+                    members.append(m)
+                # tarfile stops silently at a missing or cut header: demand the end block
+                guard.seek(tf.offset)
+                end = guard.read(tarfile.BLOCKSIZE)
+                if end != tarfile.NUL * tarfile.BLOCKSIZE:
+                    raise DataError(f"{archive}: truncated archive (no end-of-archive block after "
+                                    f"{len(members)} members)")
+                left = _TAR_MAX_TRAILER
+                while block := guard.read(min(1 << 16, left + 1)):  # to the stream's end: the
+                    left -= len(block)                               # checksum is verified there
+                    if left < 0:
+                        raise DataError(f"{archive}: refusing archive: more than "
+                                        f"{_TAR_MAX_TRAILER:,} bytes after its end")
+                dest.mkdir(parents=True, exist_ok=True)
+                if hasattr(tarfile, "data_filter"):
+                    tf.extractall(dest, members=members, filter="data")
+                else:  # pragma: no cover - Python without extraction filters
+                    tf.extractall(dest, members=members)
+                names = [m.name for m in members]
     except DataError:
         raise
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"{archive}: cannot extract ({' '.join(str(exc).split()) or type(exc).__name__})"
+    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as exc:
+        raise DataError(f"{archive}: cannot extract, corrupt or truncated archive "
+                        f"({_util.clip(' '.join(str(exc).split()) or type(exc).__name__)})"
                         ) from None
-    return [m.name for m in members]
+    except Exception as exc:  # noqa: BLE001 - lzma/bz2 errors of a corrupt stream
+        raise DataError(f"{archive}: cannot extract, corrupt archive ({type(exc).__name__}: "
+                        f"{_util.clip(' '.join(str(exc).split()))})") from None
+    return names
 
 
 # ---------------------------------------------------------------------------
@@ -1006,44 +1291,275 @@ class _FetchError(Exception):
     pass
 
 
+#: sizes in bytes of the canonical files (a download of one is capped at, and must equal, it)
+SIZES: dict[str, dict[str, int]] = {
+    "mnist": {"train-images-idx3-ubyte.gz": 9912422, "train-labels-idx1-ubyte.gz": 28881,
+              "t10k-images-idx3-ubyte.gz": 1648877, "t10k-labels-idx1-ubyte.gz": 4542},
+    "fashion-mnist": {"train-images-idx3-ubyte.gz": 26421880, "train-labels-idx1-ubyte.gz": 29515,
+                      "t10k-images-idx3-ubyte.gz": 4422102, "t10k-labels-idx1-ubyte.gz": 5148},
+    "cifar10": {CIFAR_ARCHIVE: 170498071},
+}
+_SIZE_OF_MD5 = {MD5[ds][f]: n for ds, files in SIZES.items() for f, n in files.items()}
+#: cap on a downloaded file whose size is not known (its md5 was overridden): 512 MiB
+DOWNLOAD_MAX_BYTES = 512 << 20
+#: default deadline for the whole transfer of one file, in seconds (not per read)
+DOWNLOAD_DEADLINE = 3600.0
+_MAX_SECONDS = 1e6
+
+
+def _check_seconds(what: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(value, bool) or not (0 < v <= _MAX_SECONDS):
+        raise DataError(f"{what} must be a finite number of seconds > 0 and <= {_MAX_SECONDS:g}, "
+                        f"got {_util.short_repr(value, 40)}")
+    return v
+
+
 def _check_url_base(base: str) -> str:
-    scheme = urllib.parse.urlparse(base).scheme.lower()
+    try:
+        parsed = urllib.parse.urlparse(base)
+        scheme = parsed.scheme.lower()
+        parsed.port  # noqa: B018 - raises ValueError on a bad port
+    except (ValueError, TypeError, AttributeError):
+        raise DataError(f"mirror {_util.short_repr(base, 100)} is not a valid URL") from None
     if scheme not in ("http", "https", "file"):
-        raise DataError(f"mirror {base!r} is not an http(s):// or file:// URL")
+        raise DataError(f"mirror {_util.short_repr(base, 100)} is not an http(s):// or file:// URL")
+    if any(ord(c) < 33 or ord(c) == 127 for c in base):
+        raise DataError(f"mirror {_util.short_repr(base, 100)} contains spaces or control characters")
     return base.rstrip("/") + "/"
 
 
-def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: float) -> None:
-    """Stream ``url`` to a temp file beside ``dest``, check md5, rename onto ``dest``."""
+class _Watchdog:
+    """The whole-transfer deadline: at ``seconds`` it shuts down every socket of the
+    transfer (so a blocked read returns at once, whatever the per-read timeout)."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.expired = seconds, False
+        self._socks: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def add(self, sock) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            expired = self.expired
+        if expired:
+            self._shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.expired = True
+            socks = list(self._socks)
+        for sock in socks:
+            self._shut(sock)
+
+    @staticmethod
+    def _shut(sock) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _opener(dog: _Watchdog) -> urllib.request.OpenerDirector:
+    """urllib's opener for http(s) only (no ftp, no file), every socket under ``dog``."""
+    import http.client
+    import ssl
+
+    def track(conn):
+        create = conn._create_connection
+
+        def tracked(*args, **kwargs):
+            sock = create(*args, **kwargs)
+            dog.add(sock)
+            return sock
+
+        conn._create_connection = tracked
+
+    class Conn(http.client.HTTPConnection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            track(self)
+
+    class SConn(http.client.HTTPSConnection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            track(self)
+
+    class Handler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(Conn, req)
+
+    class SHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(SConn, req, context=ssl.create_default_context())
+
+    opener = urllib.request.OpenerDirector()
+    for h in (urllib.request.ProxyHandler(), Handler(), SHandler(),
+              urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPRedirectHandler(),
+              urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(h)
+    return opener
+
+
+def _open_source(url: str, timeout: float, dog: _Watchdog):
+    """(readable stream, announced length or None) for an http(s) or file URL."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme.lower() == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise _FetchError(f"file URL names a host {parsed.netloc!r}")
+        path = Path(urllib.request.url2pathname(parsed.path))
+        try:
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
+                raise _FetchError("not a regular file (a device, FIFO or folder cannot be a "
+                                  "dataset file)")
+            return open(path, "rb"), st.st_size
+        except OSError as exc:
+            raise _FetchError(f"cannot read {path} ({exc.strerror or exc})") from None
+    req = urllib.request.Request(url, headers={"User-Agent": "margin_theory"})
+    try:
+        resp = _opener(dog).open(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        raise _FetchError(f"HTTP {exc.code} {_util.clip(str(exc.reason), 80)}") from None
+    except urllib.error.URLError as exc:
+        raise _FetchError(f"connection failed ({_util.clip(str(exc.reason), 120)})") from None
+    length = resp.headers.get("Content-Length")
+    length = length.strip() if length else None
+    return resp, (int(length) if length and length.isdigit() and len(length) < 20 else None)
+
+
+def _part_prefix(dest: Path) -> str:
+    return f".{dest.name}.{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def _remove_stale(folder: Path, lead: str, suffix: str, min_age: float = 60.0) -> list[str]:
+    """Remove ``folder/lead*suffix`` temporaries left by a process that died (SIGKILL):
+    names ``lead<pid>-<random>suffix`` whose pid is not alive, and pid-less names from
+    older versions not touched for ``min_age`` seconds. Returns the removed paths."""
+    removed = []
+    try:
+        candidates = [p for p in folder.iterdir() if p.name.startswith(lead)
+                      and p.name.endswith(suffix)]
+    except OSError:
+        return removed
+    for p in candidates:
+        rest = p.name[len(lead):len(p.name) - len(suffix)]
+        m = re.fullmatch(r"(\d{1,10})-\w+", rest)
+        try:
+            if m:
+                pid = int(m.group(1))
+                if pid == os.getpid() or _pid_alive(pid):
+                    continue
+            elif not re.fullmatch(r"\w+", rest) or time.time() - p.lstat().st_mtime < min_age:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(str(p))
+        except OSError:
+            pass
+    return removed
+
+
+@contextlib.contextmanager
+def _cleanup_on_signals():
+    """While downloading, SIGTERM and SIGHUP raise ``SystemExit(128 + signum)`` (and SIGINT
+    KeyboardInterrupt, Python's default) so the cleanup of temporary files runs; handlers
+    other than the default (e.g. SIG_IGN under nohup) are left alone. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def to_exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    def to_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    saved = {}
+    for name, handler in (("SIGTERM", to_exit), ("SIGHUP", to_exit), ("SIGINT", to_interrupt)):
+        sig = getattr(signal, name, None)
+        try:
+            if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+                saved[sig] = signal.signal(sig, handler)
+        except (ValueError, OSError):
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+
+
+def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: float,
+           deadline: float = DOWNLOAD_DEADLINE, size: int | None = None,
+           max_bytes: int = DOWNLOAD_MAX_BYTES) -> None:
+    """Stream ``url`` to a temp file beside ``dest``, check size and md5, rename onto ``dest``.
+
+    ``size``: the file's known size (the transfer is capped at it and must equal it);
+    otherwise at most ``max_bytes`` are accepted. ``deadline``: seconds for the whole
+    transfer (connection, headers and body); ``timeout``: seconds per network operation.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_part_prefix(dest), suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
+    cap = size if size is not None else max_bytes
+    dog = _Watchdog(deadline)
+    late = f"did not finish within the deadline of {deadline:g} s (--deadline)"
     try:
         h = hashlib.md5()
         got = 0
         with os.fdopen(fd, "wb") as out:
-            req = urllib.request.Request(url, headers={"User-Agent": "margin_theory"})
-            try:
-                resp = urllib.request.urlopen(req, timeout=timeout)
-            except urllib.error.HTTPError as exc:
-                raise _FetchError(f"HTTP {exc.code} {exc.reason}") from None
-            except urllib.error.URLError as exc:
-                raise _FetchError(f"connection failed ({exc.reason})") from None
-            with resp:
-                length = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
-                total = int(length) if length and length.isdigit() else None
-                with _util.progress(total=total, desc=dest.name, unit="B", unit_scale=True,
-                                    quiet=not progress) as bar:
-                    while True:
-                        block = resp.read(1 << 20)
+            src, total = _open_source(url, timeout, dog)
+            with src:
+                if total is not None and size is not None and total != size:
+                    raise _FetchError(f"wrong size: the source announces {total:,} bytes, but "
+                                      f"{dest.name} is {size:,} bytes")
+                if total is not None and total > cap:
+                    raise _FetchError(f"the source announces {total:,} bytes, more than the "
+                                      f"{cap:,}-byte limit")
+                with _util.progress(total=total or size, desc=dest.name, unit="B",
+                                    unit_scale=True, quiet=not progress) as bar:
+                    while got <= cap:
+                        if dog.expired:
+                            raise _FetchError(late)
+                        block = src.read(min(1 << 20, cap + 1 - got))
                         if not block:
                             break
                         out.write(block)
                         h.update(block)
                         got += len(block)
                         bar.update(len(block))
+            if dog.expired:
+                raise _FetchError(late)
+            if got > cap:
+                raise _FetchError(f"more than the {cap:,} bytes "
+                                  + ("the file has" if size is not None else "allowed for a file "
+                                     "of unknown size") + "; stopped")
             if total is not None and got != total:
                 raise _FetchError(f"connection closed early: {got} of {total} bytes")
+            if size is not None and got != size:
+                raise _FetchError(f"truncated: {got:,} of {size:,} bytes")
             out.flush()
             os.fsync(out.fileno())
         digest = h.hexdigest()
@@ -1055,49 +1571,71 @@ def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: fl
             tmp.unlink()
         except FileNotFoundError:
             pass
+        if dog.expired and isinstance(exc, Exception):  # the watchdog cut it (any symptom)
+            raise _FetchError(late) from None
         if isinstance(exc, _FetchError):
             raise
         if isinstance(exc, (TimeoutError, OSError)):
-            raise _FetchError(f"connection error ({' '.join(str(exc).split()) or type(exc).__name__})"
+            raise _FetchError(f"connection error ({_util.clip(' '.join(str(exc).split()) or type(exc).__name__)})"
                               ) from None
         if isinstance(exc, Exception):  # e.g. http.client.IncompleteRead
             raise _FetchError(f"download failed ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())})") from None
+                              f"{_util.clip(' '.join(str(exc).split()))})") from None
         raise
+    finally:
+        dog.cancel()
 
 
 def _fetch_first(fname: str, bases: list[str], dest: Path, md5: str | None, *, progress: bool,
-                 timeout: float) -> str:
+                 timeout: float, deadline: float = DOWNLOAD_DEADLINE, size: int | None = None,
+                 max_bytes: int = DOWNLOAD_MAX_BYTES) -> str:
     problems = []
     for base in bases:
         url = base + fname
         try:
-            _fetch(url, dest, md5, progress=progress, timeout=timeout)
+            _fetch(url, dest, md5, progress=progress, timeout=timeout, deadline=deadline,
+                   size=size, max_bytes=max_bytes)
             return url
         except _FetchError as exc:
-            problems.append(f"{url}: {exc}")
+            problems.append(f"{_util.clip(url, 200)}: {exc}")
     raise DataError(f"could not download {fname}: " + "; ".join(problems)
                     + f" (nothing written to {dest})")
 
 
 def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
                      mirror: str | None = None, progress: bool = True, *,
-                     md5s: dict[str, str] | None = None, timeout: float = 30.0) -> dict:
+                     md5s: dict[str, str] | None = None, timeout: float = 30.0,
+                     deadline: float = DOWNLOAD_DEADLINE,
+                     max_bytes: int = DOWNLOAD_MAX_BYTES) -> dict:
     """Fetch the standard files of ``name`` into ``data_dir`` (torchvision layout).
 
     Sources: the canonical mirrors (``MIRRORS``, tried in order) or ``mirror``, a base
-    URL from which each file is fetched as ``mirror.rstrip('/') + '/' + filename``.
-    Each file streams to a temporary file beside its target, is checked against its
-    md5 (``MD5``, overridable per file name with ``md5s``), then renamed into place;
-    any failure removes the temporary file, leaves nothing under the final name and
-    raises DataError naming the file and the problem. Files already present with the
-    right md5 are skipped (as is an IDX file already present uncompressed); a present
-    file with a wrong md5 is fetched again and replaced atomically. CIFAR-10's archive is extracted safely
+    URL from which each file is fetched as ``mirror.rstrip('/') + '/' + filename``
+    (http, https, or file:// naming a regular file). Each file streams to a temporary
+    file ``.<name>.<pid>-<random>.part`` beside its target, is checked against its size
+    and md5 (``SIZES``, ``MD5``; a file is known by its md5, so one overridden with
+    ``md5s`` has no known size and is capped by ``max_bytes``), then renamed into place.
+
+    Bounded: a transfer is stopped at the file's known size + 1 byte (or ``max_bytes``
+    + 1), an announced Content-Length that differs from the known size is refused before
+    the body is read, ``timeout`` bounds each network operation and ``deadline`` the whole
+    transfer of each file. Any failure removes the temporary file, leaves nothing under
+    the final name and raises DataError naming the file and the problem; SIGTERM / SIGHUP /
+    SIGINT also remove it (then exit 128 + signal / raise KeyboardInterrupt). Temporary
+    files of killed downloads (SIGKILL: their pid is dead) are removed first and listed
+    in ``report["stale_removed"]``. Files already present with the right size and md5 are
+    skipped (as is an IDX file already present uncompressed); a present file with a wrong
+    md5 is fetched again and replaced atomically. CIFAR-10's archive is extracted safely
     (:func:`safe_extract_tar`) into ``data_dir/cifar-10-batches-py/``.
 
-    Returns a report: ``{"name", "data_dir", "files": [{"file", "status", "url"}]}``.
+    Returns a report: ``{"name", "data_dir", "files": [{"file", "status", "url"}],
+    "stale_removed"}``.
     """
     name = canonical_name(name)
+    timeout = _check_seconds("timeout", timeout)
+    deadline = _check_seconds("deadline", deadline)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
+        raise DataError(f"max_bytes must be a positive integer, got {_util.short_repr(max_bytes, 40)}")
     root = _data_dir(data_dir)
     if name in _BUNDLED:
         return {"name": name, "data_dir": str(root),
@@ -1105,28 +1643,51 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
     if name == "cifar10-subset":
         raise DataError("cifar10-subset cannot be downloaded: it is a local 10,000/1,000 subset "
                         "folder; download the full set as 'cifar10'")
+    with _cleanup_on_signals():
+        return _download(name, root, mirror, progress, dict(md5s or {}), timeout, deadline,
+                         int(max_bytes))
+
+
+def _download(name: str, root: Path, mirror, progress: bool, md5s: dict, timeout: float,
+              deadline: float, max_bytes: int) -> dict:
     table = dict(MD5[name])
-    table.update(md5s or {})
+    table.update(md5s)
     bases = [_check_url_base(mirror)] if mirror else [_check_url_base(b) for b in MIRRORS[name]]
-    report = {"name": name, "data_dir": str(root), "files": []}
+    report = {"name": name, "data_dir": str(root), "files": [], "stale_removed": []}
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create data directory {root} ({exc.strerror or exc})") from None
+
+    def known_size(fname: str) -> int | None:
+        # a file is "known" by its md5: the canonical size holds for the canonical md5 only
+        return _SIZE_OF_MD5.get(table.get(fname))
+
+    def present(dest: Path, fname: str) -> bool:
+        size = known_size(fname)
+        return dest.is_file() and (size is None or dest.stat().st_size == size) and \
+            _md5_file(dest) == table.get(fname)
+
+    def fetch(fname: str, dest: Path) -> str:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        report["stale_removed"] += _remove_stale(dest.parent, f".{dest.name}.", ".part")
+        return _fetch_first(fname, bases, dest, table.get(fname), progress=progress,
+                            timeout=timeout, deadline=deadline, size=known_size(fname),
+                            max_bytes=max_bytes)
+
     if name in _IDX_SETS:
         folder = root / _IDX_SETS[name] / "raw"
         for base in _IDX_FILES:
             fname = base + ".gz"
             dest = folder / fname
-            if dest.is_file() and _md5_file(dest) == table.get(fname):
+            if present(dest, fname):
                 report["files"].append({"file": str(dest), "status": "present (md5 ok)"})
                 continue
             if not dest.exists() and (folder / base).is_file():
                 report["files"].append({"file": str(folder / base),
                                         "status": "present (uncompressed; no reference md5)"})
                 continue
-            url = _fetch_first(fname, bases, dest, table.get(fname), progress=progress,
-                               timeout=timeout)
+            url = fetch(fname, dest)
             report["files"].append({"file": str(dest), "status": "downloaded", "url": url})
         return report
     # cifar10
@@ -1135,13 +1696,13 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
         report["files"].append({"file": str(target), "status": "present (md5 ok)"})
         return report
     archive = root / CIFAR_ARCHIVE
-    if archive.is_file() and _md5_file(archive) == table.get(CIFAR_ARCHIVE):
+    if present(archive, CIFAR_ARCHIVE):
         report["files"].append({"file": str(archive), "status": "present (md5 ok)"})
     else:
-        url = _fetch_first(CIFAR_ARCHIVE, bases, archive, table.get(CIFAR_ARCHIVE),
-                           progress=progress, timeout=timeout)
+        url = fetch(CIFAR_ARCHIVE, archive)
         report["files"].append({"file": str(archive), "status": "downloaded", "url": url})
-    tmpdir = Path(tempfile.mkdtemp(prefix=".cifar-10-extract.", dir=root))
+    report["stale_removed"] += _remove_stale(root, ".cifar-10-extract.", "")
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".cifar-10-extract.{os.getpid()}-", dir=root))
     try:
         safe_extract_tar(archive, tmpdir)
         src = tmpdir / CIFAR_FOLDER
@@ -1184,9 +1745,14 @@ def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict:
 
     Each entry: ``{"dataset", "file", "status"}`` with status ``ok``, ``MISMATCH``,
     ``missing`` or ``present, no reference md5`` (uncompressed IDX files, the subset's
-    batches). ``ok`` overall is False if any present file mismatches.
+    batches). ``found`` counts the files present; ``ok`` overall is False if any present
+    file mismatches or none is present (nothing verified is not a success). A
+    ``data_dir`` that is not an existing folder raises DataError.
     """
     root = _data_dir(data_dir)
+    if not root.is_dir():
+        raise DataError(f"verify: data directory {root} does not exist or is not a folder "
+                        f"(nothing to verify); pass --data-dir (data_dir=) pointing at it")
     entries = []
 
     def check(ds: str, path: Path, ref: str | None):
@@ -1225,7 +1791,9 @@ def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict:
     if not absent("cifar10-subset", root / CIFAR_SUBSET_FOLDER):
         for f in _CIFAR_SUBSET_FILES:
             check("cifar10-subset", root / CIFAR_SUBSET_FOLDER / f, MD5["cifar10-subset"].get(f))
-    return {"data_dir": str(root), "ok": not any(e["status"] == "MISMATCH" for e in entries),
+    found = sum(e["status"] != "missing" for e in entries)
+    return {"data_dir": str(root), "found": found,
+            "ok": found > 0 and not any(e["status"] == "MISMATCH" for e in entries),
             "files": entries}
 
 
@@ -1247,22 +1815,33 @@ def _fraction_arg(value: str) -> float:
     try:
         f = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {_util.short_repr(value, 40)}") from None
     if not 0.0 < f < 1.0:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got "
+                                         f"{_util.short_repr(value, 40)}")
     return f
 
 
-def _positive_float(value: str) -> float:
+def _seconds_arg(value: str) -> float:
     import argparse
 
     try:
-        f = float(value)
+        return _check_seconds("the value", value)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seed_arg(value: str) -> int:
+    import argparse
+
+    try:
+        v = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not f > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return f
+        raise argparse.ArgumentTypeError(f"not an integer: {_util.short_repr(value, 40)}") from None
+    if not 0 <= v < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**32-1, got "
+                                         f"{_util.short_repr(value, 40)}")
+    return v
 
 
 def _summary(ds: Dataset) -> dict:
@@ -1295,7 +1874,8 @@ def _build_parser() -> ArgumentParser:
     common(sub.add_parser("list", help="all datasets and whether they are available"))
     sp = sub.add_parser("info", help="load a dataset; sizes, shapes, classes, provenance")
     common(sp, with_name=True)
-    sp.add_argument("--seed", type=int, default=0, help="split seed of the bundled sets (default 0)")
+    sp.add_argument("--seed", type=_seed_arg, default=0,
+                    help="split seed of the bundled sets, 0..2**32-1 (default 0)")
     sp.add_argument("--test-fraction", type=_fraction_arg, default=None,
                     help="test fraction of the bundled sets (default 0.25; mnist-5k 0.2)")
     sp.add_argument("--normalize", action="store_true",
@@ -1306,8 +1886,11 @@ def _build_parser() -> ArgumentParser:
     sp = sub.add_parser("download", help="download a dataset's standard files (md5-checked)")
     common(sp, with_name=True)
     sp.add_argument("--mirror", default=None, help="base URL; files are fetched as MIRROR/FILENAME")
-    sp.add_argument("--timeout", type=_positive_float, default=30.0,
-                    help="connection timeout in seconds (default 30)")
+    sp.add_argument("--timeout", type=_seconds_arg, default=30.0,
+                    help="seconds allowed per network operation (default 30)")
+    sp.add_argument("--deadline", type=_seconds_arg, default=DOWNLOAD_DEADLINE,
+                    help=f"seconds allowed for the whole transfer of each file "
+                         f"(default {DOWNLOAD_DEADLINE:g})")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -1332,6 +1915,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {'':<15}      ({r['where']})")
         return 0
     if args.cmd == "info":
+        if args.mirror is not None and not args.download:
+            raise DataError("--mirror applies only with --download")
         t0 = time.perf_counter()
         ds = load_dataset(args.name, args.data_dir, download=args.download, mirror=args.mirror,
                           seed=args.seed, test_fraction=args.test_fraction,
@@ -1372,11 +1957,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"data dir: {rep['data_dir']}")
             for e in rep["files"]:
                 print(f"  {e['status']:<26} {e['dataset']:<15} {e['file']}")
-            print("all present files match" if rep["ok"] else "SOME FILES DO NOT MATCH their reference md5")
+            print("all present files match" if rep["ok"] else
+                  "NOTHING FOUND: no standard dataset file in this folder" if not rep["found"] else
+                  "SOME FILES DO NOT MATCH their reference md5")
         return 0 if rep["ok"] else 1
     # download
     rep = download_dataset(args.name, args.data_dir, mirror=args.mirror, progress=not args.quiet,
-                           timeout=args.timeout)
+                           timeout=args.timeout, deadline=args.deadline)
     if args.json:
         print_json(rep)
     else:
