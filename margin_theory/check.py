@@ -58,6 +58,7 @@ from ._util import (
     ArgumentParser,
     CheckpointError,
     MarginTheoryError,
+    check_output_path,
     cli_entry,
     print_json,
     save_figure,
@@ -375,16 +376,19 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is not None and not args.plot:
         raise CheckpointError("--out applies to --plot only")
+    if args.out is not None:
+        check_output_path(args.out, kind="file")
     rep = check_checkpoints(args.targets, subset=args.subset, seed=args.seed,
                             normalisation=args.normalisation, data_dir=args.data_dir)
     for e in rep.errors:
         sys.stderr.write(f"{PROG}: error: {e['path']}: {e['error']}\n")
     plot_path = None
     if args.plot and rep.checkpoints:
-        from .train import read_metrics
+        from .runfolder import read_metrics          # the one strict reader
 
         metrics = {c["run"]: read_metrics(c["run"]) for c in rep.checkpoints}
         out = args.out or str(Path(rep.checkpoints[0]["run"]) / "theorem2-check.png")
+        check_output_path(out, kind="file")
         plot_path = plot_check(rep, out, metrics)
     elif args.plot:
         sys.stderr.write(f"{PROG}: error: nothing to plot: no checkpoint could be checked\n")
