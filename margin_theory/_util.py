@@ -140,7 +140,8 @@ def check_output_path(path: str | os.PathLike, *, kind: str = "file", flag: str 
     """Validate an output location before any work: ``kind`` ``"file"`` (e.g. a PNG) or
     ``"dir"`` (a run folder). Refused with :class:`ConfigError`: a folder where a file goes,
     a file where a folder goes, a place below a file, a place that cannot be written, and
-    the package's own source folder. Returns the expanded path (nothing is created)."""
+    the package's own source folder (writability is probed with a temporary file that is
+    removed at once). Returns the expanded path (nothing else is created)."""
     p = Path(path).expanduser()
     try:
         resolved = p.resolve()
@@ -160,8 +161,12 @@ def check_output_path(path: str | os.PathLike, *, kind: str = "file", flag: str 
         parent = parent.parent
     if not parent.is_dir():
         raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: {parent} is not writable")
+    try:                      # probe: permissions, read-only mounts, also for root
+        fd, probe = tempfile.mkstemp(prefix=".margin_theory-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: {parent} is not writable ({exc.strerror or exc})") from None
     return p
 
 
