@@ -92,6 +92,84 @@ positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
 
+# ---------------------------------------------------------------------------
+# Shared validators of sizes and output paths (issue 14: refuse up front)
+# ---------------------------------------------------------------------------
+#: the package's own folder; no CLI writes its outputs there
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def available_memory_bytes() -> int:
+    """Memory a process may still allocate: ``MemAvailable`` of /proc/meminfo (Linux),
+    else the physical memory (``sysconf``); a cgroup limit lowers it."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):   # pragma: no cover - non-POSIX
+            avail = 1 << 62
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit():
+            avail = min(avail, int(raw))
+    return int(avail)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def check_memory(nbytes: float, what: str) -> None:
+    """:class:`ConfigError` when ``nbytes`` exceed the available memory (before allocating)."""
+    avail = available_memory_bytes()
+    if not math.isfinite(nbytes) or nbytes > avail:
+        raise ConfigError(f"{what} needs about {_gib(nbytes)} of memory, only {_gib(avail)} are available")
+
+
+def check_output_path(path: str | os.PathLike, *, kind: str = "file", flag: str = "--out") -> Path:
+    """Validate an output location before any work: ``kind`` ``"file"`` (e.g. a PNG) or
+    ``"dir"`` (a run folder). Refused with :class:`ConfigError`: a folder where a file goes,
+    a file where a folder goes, a place below a file, a place that cannot be written, and
+    the package's own source folder (writability is probed with a temporary file that is
+    removed at once). Returns the expanded path (nothing else is created)."""
+    p = Path(path).expanduser()
+    try:
+        resolved = p.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"{flag} {path}: {exc}") from None
+    if resolved == PACKAGE_DIR or PACKAGE_DIR in resolved.parents:
+        raise ConfigError(f"{flag} {path}: refusing to write into the package source ({PACKAGE_DIR}); "
+                          "choose a folder of your own")
+    if kind == "file" and p.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file name (e.g. {Path(path) / 'figure.png'})")
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {path} exists and is not a folder")
+    if kind == "file" and p.exists() and not os.access(p, os.W_OK):
+        raise ConfigError(f"{flag} {path}: the file is not writable")
+    parent = resolved if kind == "dir" else resolved.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+    try:                      # probe: permissions, read-only mounts, also for root
+        fd, probe = tempfile.mkstemp(prefix=".margin_theory-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: {parent} is not writable ({exc.strerror or exc})") from None
+    return p
+
+
 def cli_entry(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Decorate ``main(argv) -> int`` so toolkit errors become one line + exit 2."""
 
@@ -106,6 +184,10 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
             except KeyboardInterrupt:
                 sys.stderr.write(f"{prog}: interrupted\n")
                 return 130
+            except OSError as exc:      # disk full, permission denied ...: one line, exit 1
+                where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+                sys.stderr.write(f"{prog}: error: {exc.strerror or exc}{where}\n")
+                return 1
 
         wrapper.__name__ = fn.__name__
         wrapper.__doc__ = fn.__doc__

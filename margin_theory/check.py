@@ -65,6 +65,7 @@ from ._util import (
     ArgumentParser,
     CheckpointError,
     MarginTheoryError,
+    check_output_path,
     cli_entry,
     print_json,
     save_figure,
@@ -479,6 +480,8 @@ def main(argv=None) -> int:
         flags = ", ".join(["--spec"] * bool(args.spec) + [f"--{k.replace('_', '-')}" for k in model_flags])
         sys.stderr.write(f"{PROG}: note: {flags} describe foreign files only; the checkpoints given carry "
                          "their own description (sidecar) and are checked as saved\n")
+    if args.out is not None:
+        check_output_path(args.out, kind="file")
     rep = check_checkpoints(args.targets, subset=args.subset, seed=args.seed,
                             normalisation=args.normalisation, data_dir=args.data_dir,
                             foreign=foreign, download=args.download, progress=True)
@@ -486,10 +489,11 @@ def main(argv=None) -> int:
         sys.stderr.write(f"{PROG}: error: {e['path']}: {e['error']}\n")
     plot_path = None
     if args.plot and rep.checkpoints:
-        from .train import read_metrics
+        from .runfolder import read_metrics          # the one strict reader
 
         metrics = {c["run"]: read_metrics(c["run"]) for c in rep.checkpoints if "foreign" not in c}
         out = args.out or str(Path(rep.checkpoints[0]["run"]) / "theorem2-check.png")
+        check_output_path(out, kind="file")
         plot_path = plot_check(rep, out, metrics)
     elif args.plot:
         sys.stderr.write(f"{PROG}: error: nothing to plot: no checkpoint could be checked\n")

@@ -87,6 +87,7 @@ from ._util import (
     NonFiniteLossError,
     atomic_write_json,
     atomic_write_text,
+    check_output_path,
     cli_entry,
     dumps_json,
     print_json,
@@ -174,6 +175,20 @@ def _validate_definition(spec: dict, path: Path) -> None:
         bad = sorted(k for k in d if k not in fields or k in RUNNER_FIELDS)
         if bad:
             raise ConfigError(f"{where}: {ctx}: unknown or runner-controlled training key(s) {', '.join(bad)}")
+        try:                        # the values' types and ranges (rank, lr, ...), defaults elsewhere
+            TrainConfig.from_dict(dict(d))
+        except MarginTheoryError as exc:
+            raise ConfigError(f"{where}: {ctx}: {exc}") from None
+
+    def table(v: Any, ctx: str) -> dict:
+        if not isinstance(v, dict):
+            raise ConfigError(f"{where}: {ctx} must be a table, got {type(v).__name__}")
+        return v
+
+    def target_ok(t: Any) -> bool:
+        vals = t if isinstance(t, list) else [t]
+        return bool(vals) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                  and 0 < x <= 1 for x in vals)
 
     unknown = sorted(set(spec) - TOP_KEYS)
     if unknown:
@@ -184,23 +199,39 @@ def _validate_definition(spec: dict, path: Path) -> None:
     if not isinstance(analysis, list) or not analysis or any(a not in ANALYSES for a in analysis):
         raise ConfigError(f"{where}: analysis must be a non-empty list from {', '.join(ANALYSES)}")
     train_keys(spec.get("train", {}), "[train]")
-    scales = spec.get("scales", {})
-    if not isinstance(scales, dict) or set(scales) - set(SCALES):
+    for sec in ("eigen", "ranks", "margin", "reach", "xor"):
+        if sec in spec:
+            table(spec[sec], f"[{sec}]")
+            claims = spec[sec].get("paper_claims", [])
+            if not isinstance(claims, list) or not all(isinstance(c, str) for c in claims):
+                raise ConfigError(f"{where}: [{sec}] paper_claims must be a list of strings")
+    scales = table(spec.get("scales", {}), "[scales]")
+    if set(scales) - set(SCALES):
         raise ConfigError(f"{where}: [scales] may only define {', '.join(SCALES)}")
     for s, sd in scales.items():
+        table(sd, f"[scales.{s}]")
+        if "xor" in sd:
+            table(sd["xor"], f"[scales.{s}.xor]")
         if set(sd) - {"seeds", "train", "xor"}:
             raise ConfigError(f"{where}: [scales.{s}] has unknown key(s) {', '.join(sorted(set(sd) - {'seeds', 'train', 'xor'}))}")
         seeds = sd.get("seeds", 1)
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
             raise ConfigError(f"{where}: [scales.{s}] seeds must be a positive integer")
         train_keys(sd.get("train", {}), f"[scales.{s}.train]")
-    parts = spec.get("parts", {})
-    if not isinstance(parts, dict):
-        raise ConfigError(f"{where}: [parts] must be a table")
+    parts = table(spec.get("parts", {}), "[parts]")
     for p, pd in parts.items():
+        table(pd, f"[parts.{p}]")
         for s, ps in pd.items():
             if s not in SCALES:
                 raise ConfigError(f"{where}: [parts.{p}.{s}]: unknown scale {s!r}")
+            table(ps, f"[parts.{p}.{s}]")
+            if "target" in ps and not target_ok(ps["target"]):
+                raise ConfigError(f"{where}: [parts.{p}.{s}] target must be an accuracy in (0, 1] or a "
+                                  f"non-empty list of them, got {ps['target']!r}")
+            for k in ("n_train", "n_test"):
+                v = ps.get(k)
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                    raise ConfigError(f"{where}: [parts.{p}.{s}] {k} must be a positive integer, got {v!r}")
             bad = sorted(set(ps) - PART_META_KEYS)
             if bad:
                 raise ConfigError(f"{where}: [parts.{p}.{s}] has unknown key(s) {', '.join(bad)}")
@@ -209,11 +240,14 @@ def _validate_definition(spec: dict, path: Path) -> None:
                 raise ConfigError(f"{where}: [parts.{p}.{s}] needs dataset = NAME or a list of names")
             train_keys(ps.get("train", {}), f"[parts.{p}.{s}.train]")
     runs = spec.get("runs", [])
+    if not isinstance(runs, list):
+        raise ConfigError(f"{where}: runs must be a list of [[runs]] tables, got {type(runs).__name__}")
     if "xor" not in analysis and not runs:
         raise ConfigError(f"{where}: no [[runs]]")
     labels = set()
     for i, r in enumerate(runs):
         ctx = f"[[runs]] #{i + 1}"
+        table(r, ctx)
         if not isinstance(r.get("label"), str) or not isinstance(r.get("part"), str):
             raise ConfigError(f"{where}: {ctx} needs label and part")
         if r["part"] not in parts:
@@ -223,7 +257,8 @@ def _validate_definition(spec: dict, path: Path) -> None:
         labels.add((r["part"], r["label"]))
         if "model" not in r:
             raise ConfigError(f"{where}: {ctx} ({r['label']}) needs model")
-        if set(r.get("scales", SCALES)) - set(SCALES):
+        rs = r.get("scales", list(SCALES))
+        if not isinstance(rs, list) or not all(isinstance(x, str) for x in rs) or set(rs) - set(SCALES):
             raise ConfigError(f"{where}: {ctx} ({r['label']}): scales must be from {', '.join(SCALES)}")
         train_keys({k: v for k, v in r.items() if k not in RUN_META_KEYS}, ctx)
         ov = r.get("override", {})
@@ -231,6 +266,8 @@ def _validate_definition(spec: dict, path: Path) -> None:
             raise ConfigError(f"{where}: {ctx} ({r['label']}): override must be a table of scales ({', '.join(SCALES)})")
         for s, o in ov.items():
             train_keys(o, f"{ctx}.override.{s}")
+        if "model" in r and not isinstance(r["model"], str):
+            raise ConfigError(f"{where}: {ctx} ({r['label']}): model must be a name, got {r['model']!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -476,7 +513,9 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
     Returns the results dict (what results.json holds)."""
     spec = load_definition(name, experiments_dir)
     plan = plan_experiment(spec, scale, data_dir=data_dir, seeds=seeds, parts=parts)
-    out = Path(out) if out is not None else Path("results") / scale / name
+    out = check_output_path(out if out is not None else Path("results") / scale / name, kind="dir")
+    if cache_dir is not None:
+        check_output_path(cache_dir, kind="dir", flag="--cache-dir")
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     t_start = time.perf_counter()
@@ -1370,6 +1409,9 @@ def main(argv=None) -> int:
         select_device(args.device)
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
+    check_output_path(args.out if args.out is not None else Path("results") / args.scale, kind="dir")
+    if args.cache_dir is not None:
+        check_output_path(args.cache_dir, kind="dir", flag="--cache-dir")
     command = "python -m margin_theory.experiment " + " ".join(sys.argv[1:] if argv is None else argv)
     names = [e["name"] for e in list_experiments(args.experiments_dir)] if args.name == "all" else [args.name]
     if args.name == "all" and args.parts:

@@ -1061,6 +1061,31 @@ def default_input_shape(model_name: str) -> tuple[int, ...]:
     return (3, 32, 32) if model_name.startswith("resnet") else (1, 28, 28)
 
 
+#: float64 copies of the parameters the numeric check holds at once (the model, scaled
+#: copies, the generic point, gradients), with headroom: the memory check before building
+_COPIES = 8
+
+
+def _check_size(model_name, shape, num_classes, *, rank, layers, hidden, conv_channels, conv_bias, batch) -> None:
+    """Refuse, before allocating, a depth whose Lemma-1 degree overflows float64 and a model
+    (built on the ``meta`` device: shapes only) or input batch that cannot fit in memory."""
+    from ._util import check_memory
+    from .runfolder import MAX_LAYERS
+
+    if layers > MAX_LAYERS:
+        raise ConfigError(f"--layers {layers}: Lemma 1's degree 2^(n+1) - 2 overflows float64 beyond "
+                          f"n = {MAX_LAYERS} layers")
+    with torch.device("meta"):
+        try:
+            m = build_model(model_name, shape, num_classes, rank=rank, layers=layers, hidden=hidden,
+                            conv_channels=conv_channels, conv_bias=conv_bias)
+        except (RuntimeError, OverflowError) as exc:
+            raise ConfigError(f"model {model_name} cannot be built: {' '.join(str(exc).split())[:200]}") from None
+    n = sum(p.numel() for p in m.parameters())
+    check_memory(8.0 * _COPIES * n, f"model {model_name} with {n:,} parameters")
+    check_memory(8.0 * _COPIES * batch * math.prod(shape), f"--batch {batch} inputs of shape {tuple(shape)}")
+
+
 def check_model(model_name: str, *, layers: int = 1, rank: int = 1, hidden=None, conv_bias: bool = True,
                 conv_channels: int = 1, num_classes: int = 10, input_shape: Sequence[int] | None = None,
                 batch: int = 2, seed: int = 0, cs: Sequence[float] = (0.5, 2.0, 3.0),
@@ -1072,6 +1097,8 @@ def check_model(model_name: str, *, layers: int = 1, rank: int = 1, hidden=None,
     if symbolic and model_name.startswith("resnet"):
         raise ConfigError(f"--symbolic supports {', '.join(SYMBOLIC_MODELS)}; not {model_name!r}")
     shape = tuple(input_shape) if input_shape is not None else default_input_shape(model_name)
+    _check_size(model_name, shape, num_classes, rank=rank, layers=layers, hidden=hidden,
+                conv_channels=conv_channels, conv_bias=conv_bias, batch=batch)
     torch.manual_seed(int(seed))
     model = build_model(model_name, shape, num_classes, rank=rank, layers=layers, hidden=hidden,
                         conv_channels=conv_channels, conv_bias=conv_bias)

@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from ._util import ArgumentParser, ConfigError, cli_entry, print_json, save_figure, use_agg_backend
+from ._util import ArgumentParser, ConfigError, check_output_path, cli_entry, print_json, save_figure, use_agg_backend
 
 __all__ = ["load_history", "plot_metrics", "plot_run", "main"]
 
@@ -30,33 +30,15 @@ PROG = "python -m margin_theory.plot"
 
 
 def load_history(run_dir: str | Path) -> list[dict]:
-    """The metrics lines of a run folder (or of a ``metrics.jsonl`` path).
+    """The metrics lines of a run folder (or of a ``metrics.jsonl`` path), read by the one
+    strict reader :func:`margin_theory.runfolder.read_metrics`.
 
-    Raises :class:`ConfigError` if the file is missing, empty or not JSON lines.
+    Raises :class:`ConfigError` (one line naming file and line) if the file is missing,
+    empty, not UTF-8 JSON lines or not metrics records.
     """
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    if not path.is_file():
-        raise ConfigError(f"no metrics file: {path} does not exist (run python -m margin_theory.train --out DIR first)")
-    rows = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} line {i} is not JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or "epoch" not in row:
-            raise ConfigError(f"{path} line {i} is not a metrics record (no 'epoch')")
-        rows.append(row)
-    if not rows:
-        raise ConfigError(f"{path} is empty: no epoch has been recorded yet")
-    return rows
+    from .runfolder import read_metrics
+
+    return read_metrics(run_dir, required=True)
 
 
 def _num(v) -> float:
@@ -149,9 +131,10 @@ def _run_title(run_dir: Path, history: Sequence[dict]) -> str:
     cfg = {}
     try:
         cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         pass
-    if not isinstance(cfg, dict) or "model" not in cfg:
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str) or \
+            not isinstance(cfg.get("layers", 1), int):
         return f"{run_dir.name}: {len(history)} records"
     model = cfg["model"]
     if model == "lowrank" or str(model).endswith("-lowrank"):
@@ -173,6 +156,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | No
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run folder not found: {run_dir}")
+    check_output_path(out if out else run_dir / "metrics.png", kind="file")
     history = load_history(run_dir)
     return plot_metrics(history, Path(out) if out else run_dir / "metrics.png",
                         title=title or _run_title(run_dir, history))

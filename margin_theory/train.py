@@ -102,7 +102,9 @@ from ._util import (
     dumps_json,
     print_json,
 )
-from ._util import float_in, int_at_least
+from ._util import check_output_path, float_in, int_at_least
+from . import runfolder as _runfolder
+from .checkpoint import NonFiniteCheckpointError
 from ._util import progress as _progress_bar
 from .margins import compute_margins, get_normalisation, margin_regularised_loss, predict
 
@@ -121,7 +123,7 @@ METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "gamma_bar", "gam
 RESUME_MAY_DIFFER = frozenset({"epochs", "device", "out", "resume", "overwrite", "quiet", "json",
                                "checkpoint_every", "monitor_every", "monitor_subset", "eval_batch_size",
                                "data_dir", "download"})
-_TRAINER_FILES = ("metrics.jsonl", "config.json", "summary.json")
+_TRAINER_FILES = _runfolder.TRAINER_FILES
 
 
 # ---------------------------------------------------------------------------
@@ -550,51 +552,45 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096) -> dict:
 # ---------------------------------------------------------------------------
 # Run folder
 # ---------------------------------------------------------------------------
-def read_metrics(path: str | Path) -> list[dict]:
-    """The lines of a ``metrics.jsonl`` (a run folder or the file); ``[]`` if absent.
-    A trailing partial line is ignored."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "epoch" in row:
-            rows.append(row)
-    return rows
+#: the one strict metrics.jsonl reader (``margin_theory.runfolder.read_metrics``)
+read_metrics = _runfolder.read_metrics
 
 
 def _write_metrics(out: Path, history: list[dict]) -> None:
-    atomic_write_text(out / "metrics.jsonl", "".join(dumps_json(r) + "\n" for r in history))
+    with _runfolder.guard_io(out / "metrics.jsonl"):
+        atomic_write_text(out / "metrics.jsonl", "".join(dumps_json(r) + "\n" for r in history))
+
+
+def _write_json(path: Path, obj) -> None:
+    with _runfolder.guard_io(path):
+        atomic_write_json(path, obj)
 
 
 def _existing_run(out: Path) -> list[str]:
-    from .checkpoint import CHECKPOINT_DIR
-
-    found = [f for f in _TRAINER_FILES if (out / f).exists()]
-    ck = out / CHECKPOINT_DIR
-    if ck.is_dir() and any(ck.glob("epoch-*")):
-        found.append(f"{CHECKPOINT_DIR}/")
-    return found
+    return _runfolder.existing_run(out)
 
 
 def _clear_run(out: Path) -> None:
-    from .checkpoint import CHECKPOINT_DIR
+    _runfolder.clear_run(out)
 
-    for f in _TRAINER_FILES:
-        (out / f).unlink(missing_ok=True)
-    ck = out / CHECKPOINT_DIR
-    if ck.is_dir():
-        for p in list(ck.glob("epoch-*.safetensors")) + list(ck.glob("epoch-*.json")):
-            p.unlink(missing_ok=True)
+
+def _run_config_authority(out: Path, saved: dict, resume_path: Path) -> None:
+    """``--resume``: the run's ``config.json`` is the authority; a checkpoint sidecar whose
+    configuration differs from it (e.g. an edited optimizer setting) is refused."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+        authority = TrainConfig.from_dict(json.loads(text))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"cannot resume {out}: {path} is unreadable ({' '.join(str(exc).split())[:200]})") from None
+    except ConfigError as exc:
+        raise CheckpointError(f"cannot resume {out}: {path} is not a valid configuration: {exc}") from None
+    diffs = _config_differences(saved, authority)
+    if diffs:
+        raise CheckpointError(f"cannot resume {out}: checkpoint {resume_path.name} disagrees with {path.name} "
+                              "(the run's configuration is the authority): " + "; ".join(diffs))
 
 
 def _norm_value(v):
@@ -627,17 +623,25 @@ def _rng_state(g: torch.Generator, device: torch.device) -> dict[str, torch.Tens
 
 def _restore_rng(g: torch.Generator, device: torch.device, rng: dict, seed: int, epoch: int, log) -> None:
     key = f"generator_{g.device.type}"
+
+    def setting(name, fn):
+        try:
+            fn(rng[name].to("cpu", torch.uint8))
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"the checkpoint's random-generator state {name!r} is invalid: "
+                                  f"{' '.join(str(exc).split())[:200]}") from None
+
     if key in rng:
-        g.set_state(rng[key].to("cpu", torch.uint8))
+        setting(key, g.set_state)
     else:
         g.manual_seed(seed + 1000003 * epoch)
         if log:
             log(f"note: the checkpoint's generator state is from another device type; reseeded, so "
                 "batch order and augmentation differ from an uninterrupted run")
     if "torch_cpu" in rng:
-        torch.set_rng_state(rng["torch_cpu"].to("cpu", torch.uint8))
+        setting("torch_cpu", torch.set_rng_state)
     if device.type == "cuda" and "torch_cuda" in rng:
-        torch.cuda.set_rng_state(rng["torch_cuda"].to("cpu", torch.uint8), device)
+        setting("torch_cuda", lambda t: torch.cuda.set_rng_state(t, device))
 
 
 def _format_epoch(row: dict, epochs: int) -> str:
@@ -687,6 +691,11 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
           ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``; see the module docstring.
 
+    Before anything is loaded, :func:`margin_theory.runfolder.preflight` checks values and
+    sizes and ``--out`` is checked; a run with ``--out`` holds the folder's exclusive lock
+    for its whole duration (a second run there fails at once) and first removes what killed
+    runs left behind (``docs/safety.md``).
+
     ``progress``: show the tqdm bar over batches (on stderr, only on a terminal and
     unless ``config.quiet``). ``log``: callable receiving one line per epoch and notes;
     ``None`` for silence; default ``print`` unless ``config.quiet``.
@@ -695,6 +704,25 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
     input and :class:`NonFiniteLossError` when the loss or the weights become
     non-finite (attributes ``epoch``, ``checkpoint`` (Path or None), ``history``).
     """
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
+    config = copy.deepcopy(config).validate()
+    _runfolder.preflight(config)
+    if not config.out:
+        return _train(config, progress=progress, log=log)
+    out = check_output_path(config.out, kind="dir")
+    with _runfolder.RunLock(out):
+        removed = _runfolder.remove_orphans(out)
+        say = (None if config.quiet else print) if log == "default" else log
+        if removed and say:
+            say(f"note: removed {len(removed)} file(s) an interrupted run left in {out}: "
+                + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
+        return _train(config, progress=progress, log=log)
+
+
+def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], Any] | None | str = "default"
+           ) -> TrainResult:
+    """The body of :func:`train` (the run folder, if any, is locked by the caller)."""
     from .checkpoint import latest_checkpoint, read_sidecar, restore_checkpoint, save_checkpoint, \
         checkpoint_stem, model_args_from
 
@@ -719,6 +747,7 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
             if resume_path is None:
                 raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'} to resume from")
             saved = read_sidecar(resume_path)
+            _run_config_authority(out, saved["config"], resume_path)
             if saved["config"].get("model") != config.model:
                 raise CheckpointError(f"checkpoint {resume_path.name} is for model {saved['config'].get('model')!r}, "
                                       f"not {config.model!r}; cannot resume")
@@ -743,6 +772,7 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
                                  ("--n-test", config.n_test, ds.y_test.shape[0])):
             if want is not None and want > int(have):
                 log(f"note: {flag} {want} exceeds the {int(have)} points of {ds.name}; all {int(have)} are used")
+    _runfolder.model_memory_check(config, ds.input_shape, ds.num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model_for(config, ds)
@@ -775,8 +805,9 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
         if log:
             log(f"resuming {out} from {ck.path.name} (epoch {ck.epoch}, step {ck.step})")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", config.to_dict())
+        with _runfolder.guard_io(out):
+            out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", config.to_dict())
         _write_metrics(out, history)
 
     def wants_checkpoint(epoch: int) -> bool:
@@ -809,8 +840,11 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
             log(_format_epoch(row, config.epochs))
 
     def checkpoint(epoch: int, row: dict) -> Path:
-        return save_checkpoint(checkpoint_stem(out, epoch), model, opt, config, epoch, step,
-                               _rng_state(g, device), row)
+        try:
+            return save_checkpoint(checkpoint_stem(out, epoch), model, opt, config, epoch, step,
+                                   _rng_state(g, device), row)
+        except NonFiniteCheckpointError as exc:   # never written: the run diverged
+            raise _Diverged(epoch, str(exc)) from None
 
     snapshot: dict | None = None
 
@@ -832,8 +866,8 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
             if device.type == "cuda":
                 torch.backends.cudnn.benchmark = True
             try:
-                # -- epoch 0: the initialisation ------------------------------------
-                if start_epoch == 0:
+                # -- epoch 0: the initialisation (a resumed run already has its row) --
+                if start_epoch == 0 and resume_path is None:
                     t0 = time.perf_counter()
                     row = {"epoch": 0, **evaluate(model, ds, batch_size=eval_bs), "lr": lr_at(config, 1)}
                     row["epoch_seconds"] = time.perf_counter() - t0
@@ -879,8 +913,11 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
         if snapshot is not None and snapshot["epoch"] > last_ckpt_epoch:
             model.load_state_dict(snapshot["model"])
             opt.load_state_dict(snapshot["optim"])
-            kept = save_checkpoint(checkpoint_stem(out, snapshot["epoch"]), model, opt, config,
-                                   snapshot["epoch"], snapshot["step"], snapshot["rng"], snapshot["row"])
+            try:
+                kept = save_checkpoint(checkpoint_stem(out, snapshot["epoch"]), model, opt, config,
+                                       snapshot["epoch"], snapshot["step"], snapshot["rng"], snapshot["row"])
+            except NonFiniteCheckpointError:
+                pass                                # not good after all: keep the older one
         where = f"last good checkpoint kept: {kept}" if kept is not None else \
             ("no checkpoint (none was written)" if out is not None else "no checkpoint (no --out)")
         err = NonFiniteLossError(f"training diverged in epoch {exc.epoch} at lr {lr_at(config, max(exc.epoch, 1)):g}: "
@@ -891,7 +928,7 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
     final = _summary(config, model, ds, history, device, out, last_ckpt, resumed_from,
                      time.perf_counter() - t_run)
     if out is not None:
-        atomic_write_json(out / "summary.json", final)
+        _write_json(out / "summary.json", final)
     return TrainResult(model=model, history=history, config=config, out=out, final=final, dataset=ds)
 
 

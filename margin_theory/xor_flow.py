@@ -48,7 +48,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.special import expit
 
-from margin_theory._util import int_at_least, nonneg_int
+from margin_theory._util import check_memory, check_output_path, int_at_least, nonneg_int
 from margin_theory._util import (
     ArgumentParser,
     ConfigError,
@@ -88,6 +88,12 @@ MAX_T = 1e300
 MAX_GD_STEPS = 100_000_000
 #: rtol below 100 machine epsilons cannot be honoured by solve_ivp
 MIN_RTOL = 100 * np.finfo(float).eps
+#: ||theta(0)|| must lie in [1e-100, 1e100]: q, ||theta||^2 and the gradient stay finite,
+#: normal float64 numbers (1e-300 underflows ||theta||^2 to 0, 1e308 overflows it)
+INIT_NORM_RANGE = (1e-100, 1e100)
+#: float64 values kept per recorded time (trajectory, reduced coordinates, margins, loss,
+#: norm, angle, invariants, solver output), with headroom: the --points memory check
+_BYTES_PER_POINT = 400
 METHODS = ("flow", "gd")
 
 
@@ -535,6 +541,11 @@ def _check_args(theta0, t_max, method, lr, rtol, atol, points):
         raise ConfigError(f"theta0 must be finite, got {th.tolist()}")
     if not np.any(th != 0):
         raise ConfigError("theta0 = 0 is a stationary point where gamma_bar = q/||theta||^2 is undefined")
+    norm = float(np.sqrt(np.sum((th / np.max(np.abs(th))) ** 2)) * np.max(np.abs(th)))
+    lo, hi = INIT_NORM_RANGE
+    if not lo <= norm <= hi:
+        raise ConfigError(f"||theta0|| = {norm:.3g} is outside [{lo:g}, {hi:g}]: q/||theta||^2 and the "
+                          "gradient would overflow or underflow float64")
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not (math.isfinite(t_max) and 0 < t_max <= MAX_T):
@@ -547,6 +558,7 @@ def _check_args(theta0, t_max, method, lr, rtol, atol, points):
         raise ConfigError(f"atol must be a finite positive number, got {atol!r}")
     if int(points) != points or points < 2:
         raise ConfigError(f"points must be an integer >= 2, got {points!r}")
+    check_memory(float(points) * _BYTES_PER_POINT, f"--points {points}")
     return th
 
 
@@ -897,6 +909,8 @@ def _report(res: XorFlowResult, theta0: np.ndarray, figure: Path | None) -> str:
 def main(argv=None) -> int:
     """Solve Theorem 1's XOR flow and report margins, invariants and the boundary (SPEC §4)."""
     args = build_parser().parse_args(argv)
+    if args.plot:
+        check_output_path(args.out, kind="file")
     theta0 = np.array(args.init, dtype=float) if args.init is not None else random_init(args.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

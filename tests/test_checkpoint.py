@@ -167,10 +167,20 @@ def test_truncated_or_corrupt_tensors(tmp_path):
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(CheckpointError, match="truncated"):
         read_checkpoint(path)
-    # without the sidecar's size/hash, safetensors' own error is caught and reworded
+    # the size and hash are required (issue 14): without them nothing is loaded
     side = path.with_suffix(".json")
     meta = json.loads(side.read_text())
     del meta["tensor_bytes"], meta["tensor_sha256"]
+    side.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="lacks the field 'tensor_bytes'") as e:
+        read_checkpoint(path)
+    _one_line(e.value)
+    # a file that matches its (rewritten) size and hash but is not safetensors: reworded
+    import hashlib
+
+    junk = b"\xff" * 4096
+    path.write_bytes(junk)
+    meta.update(tensor_bytes=len(junk), tensor_sha256=hashlib.sha256(junk).hexdigest())
     side.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="not a readable safetensors file") as e:
         read_checkpoint(path)

@@ -1,0 +1,440 @@
+r"""The trainer's run folder: lock, ownership, orphan clean-up, the strict metrics reader,
+up-front checks of sizes and values (issue 14; see ``docs/safety.md``).
+
+* **Lock.** :class:`RunLock` takes an exclusive ``fcntl.flock`` on ``DIR/.margin_theory.lock``
+  for the whole run; the lock file holds the holder's ``pid``, ``host`` and start time, and a
+  second run on the same folder fails at once with one line naming them. The lock dies with
+  its process (also on SIGKILL), so a stale lock file never blocks a later run.
+* **Ownership.** ``--overwrite`` deletes only files a run of ours wrote, recognised by their
+  content (:func:`foreign_files`): ``config.json`` is a valid training configuration,
+  ``summary.json`` a trainer summary, ``metrics.jsonl`` passes :func:`read_metrics` with the
+  trainer's keys, checkpoints carry the ``margin_theory.checkpoint`` format tag. Anything
+  else under those names is refused, and then nothing is deleted.
+* **Orphans.** Under the lock, :func:`remove_orphans` deletes the temporary files of atomic
+  writes (``.<name>.XXXX.tmp``) and tensor files without a sidecar that an earlier run left
+  when it was killed (SIGKILL cannot be caught).
+* **Metrics.** :func:`read_metrics` is the one strict ``metrics.jsonl`` reader (``--resume``,
+  ``plot``, ``check --plot``): UTF-8, one JSON object per line, integer epochs strictly
+  increasing, the numeric keys numbers; any problem is one line naming file and line.
+* **Preflight.** :func:`preflight` checks, before any data are loaded: the learning rates
+  ``lr * lr_gamma^k`` lie in float32's normal range (the weights are float32), weight decay
+  and margin weight are float32-finite, the depth keeps Lemma 1's degree
+  ``L = 2^(n+1) - 2`` a finite float64 (``n <= MAX_LAYERS``), and the model's parameters,
+  gradients, optimizer state and checkpoint copies fit in the available memory (the model
+  is built on PyTorch's ``meta`` device: shapes without storage).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import json
+import math
+import os
+import re
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from ._util import ConfigError, check_memory
+
+__all__ = ["RunFolderError", "RunLock", "LOCK_NAME", "read_metrics", "foreign_files", "existing_run",
+           "clear_run", "remove_orphans", "guard_io", "preflight", "DATASET_SHAPES", "MAX_LAYERS",
+           "TRAINER_FILES"]
+
+LOCK_NAME = ".margin_theory.lock"
+TRAINER_FILES = ("metrics.jsonl", "config.json", "summary.json")
+#: Lemma 1: n Low-Rank layers give degree 2^(n+1) - 2, a finite float64 for n <= 1022
+MAX_LAYERS = 1022
+_F32_MAX = 3.4028234663852886e38
+_F32_TINY = 1.1754943508222875e-38      # smallest normal float32
+#: input shape and classes of the named data sets (checked against the loader in the tests)
+DATASET_SHAPES = {
+    "xor": ((2,), 2), "iris": ((4,), 3), "wine": ((13,), 3), "breast_cancer": ((30,), 2),
+    "digits": ((1, 8, 8), 10), "mnist-5k": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
+    "fashion-mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cifar10-subset": ((3, 32, 32), 10),
+}
+_NUMERIC_KEYS = ("train_loss", "train_acc", "test_acc", "gamma_bar", "gamma_min", "theta_norm", "lr",
+                 "epoch_seconds", "monitor_seconds")
+_MAX_METRICS_BYTES = 1 << 30
+
+
+class RunFolderError(ConfigError):
+    """A run folder is locked, foreign, unwritable or holds an unreadable file."""
+
+
+# ---------------------------------------------------------------------------
+# Lock
+# ---------------------------------------------------------------------------
+class RunLock:
+    """Exclusive lock on a run folder (``with RunLock(out): ...``); creates the folder.
+
+    Non-blocking: if another process holds it, :class:`RunFolderError` names the holder
+    (``pid N on host H since T``). On release the lock file is removed, and a folder this
+    lock created is removed again if nothing else was written into it.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.fd: int | None = None
+        self.created = False
+
+    def holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text(encoding="utf-8"))
+            return f"pid {info['pid']} on host {info['host']} since {info['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "a process that has not written its name yet"
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        with guard_io(f"run folder {self.folder}"):
+            if not self.folder.exists():
+                self.folder.mkdir(parents=True)
+                self.created = True
+            for _ in range(20):
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    os.close(fd)
+                    if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        raise RunFolderError(f"{self.folder} is in use by another run ({self.holder()}); "
+                                             "wait for it to finish or choose another --out") from None
+                    raise
+                try:                      # the file we locked may have been unlinked by a releasing holder
+                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    continue
+                info = {"pid": os.getpid(), "host": socket.gethostname(),
+                        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+                os.ftruncate(fd, 0)
+                os.write(fd, (json.dumps(info) + "\n").encode())
+                self.fd = fd
+                return self
+        raise RunFolderError(f"cannot lock {self.folder}: its lock file keeps changing")  # pragma: no cover
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+        if self.created:
+            try:
+                self.folder.rmdir()       # only if empty: nothing was written
+            except OSError:
+                pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# ---------------------------------------------------------------------------
+# I/O errors
+# ---------------------------------------------------------------------------
+@contextmanager
+def guard_io(what: str) -> Iterator[None]:
+    """Turn an ``OSError`` (disk full, permission denied ...) into one-line :class:`RunFolderError`."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        raise RunFolderError(f"cannot write {what}: {exc.strerror or exc}{where}") from None
+
+
+# ---------------------------------------------------------------------------
+# The metrics reader
+# ---------------------------------------------------------------------------
+def _reject_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _is_num(v: Any) -> bool:
+    return v is None or v in ("inf", "-inf") or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  and math.isfinite(v))
+
+
+def read_metrics(path: str | os.PathLike, *, required: bool = False) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (a run folder or the file), strictly checked.
+
+    Every non-empty line must be UTF-8 JSON (standard constants only; NaN is written as
+    ``null``, infinities as ``"inf"``/``"-inf"``) holding an object with an integer
+    ``epoch >= 0``, epochs strictly increasing; ``train_loss, train_acc, test_acc,
+    gamma_bar, gamma_min, theta_norm, lr, epoch_seconds, monitor_seconds`` when present
+    are numbers (or null/"inf"/"-inf"), ``degree`` an integer or null, ``normalisation``
+    a string or null. A missing file gives ``[]``, or with ``required`` an error, as does
+    an empty one. Every problem raises :class:`RunFolderError` naming file and line.
+    """
+    path = Path(path)
+    if path.is_dir() and path.name != "metrics.jsonl":
+        path = path / "metrics.jsonl"
+    if path.is_dir():
+        raise RunFolderError(f"{path} is a folder, not a metrics file")
+    if not path.exists():
+        if required:
+            raise RunFolderError(f"no metrics file: {path} does not exist "
+                                 "(run python -m margin_theory.train --out DIR first)")
+        return []
+    if not path.is_file():
+        raise RunFolderError(f"{path} is not a regular file")
+    try:
+        size = path.stat().st_size
+        if size > _MAX_METRICS_BYTES:
+            raise RunFolderError(f"{path} is {size} bytes, more than a metrics file can be ({_MAX_METRICS_BYTES})")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RunFolderError(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows: list[dict] = []
+    last_epoch = -1
+    for i, bline in enumerate(raw.split(b"\n"), 1):
+        try:
+            line = bline.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RunFolderError(f"{path} line {i}: invalid UTF-8 at byte {exc.start + 1} of the line") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, parse_constant=_reject_constant)
+        except RecursionError:
+            raise RunFolderError(f"{path} line {i}: JSON nested too deeply") from None
+        except ValueError as exc:
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise RunFolderError(f"{path} line {i} is not JSON ({msg})") from None
+        if not isinstance(row, dict):
+            raise RunFolderError(f"{path} line {i} is not a metrics record (a JSON {type(row).__name__}, "
+                                 "not an object)")
+        if "epoch" not in row:
+            raise RunFolderError(f"{path} line {i} is not a metrics record (no 'epoch')")
+        e = row["epoch"]
+        if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+            raise RunFolderError(f"{path} line {i}: epoch must be an integer >= 0, got {_short(e)}")
+        if e <= last_epoch:
+            raise RunFolderError(f"{path} line {i}: epoch {e} does not follow epoch {last_epoch} "
+                                 "(epochs must increase)")
+        last_epoch = e
+        for k in _NUMERIC_KEYS:
+            if k in row and not _is_num(row[k]):
+                raise RunFolderError(f"{path} line {i}: {k} must be a number, got {_short(row[k])}")
+        if "degree" in row and row["degree"] is not None and (isinstance(row["degree"], bool)
+                                                              or not isinstance(row["degree"], int)):
+            raise RunFolderError(f"{path} line {i}: degree must be an integer or null, got {_short(row['degree'])}")
+        if "normalisation" in row and row["normalisation"] is not None and not isinstance(row["normalisation"], str):
+            raise RunFolderError(f"{path} line {i}: normalisation must be a string, got {_short(row['normalisation'])}")
+        rows.append(row)
+    if required and not rows:
+        raise RunFolderError(f"{path} is empty: no epoch has been recorded yet")
+    return rows
+
+
+def _short(v: Any, n: int = 60) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+# ---------------------------------------------------------------------------
+# Ownership, --overwrite, orphans
+# ---------------------------------------------------------------------------
+_CKPT_FORMAT = "margin_theory.checkpoint"
+_TMP_RE = re.compile(r"^\.(config\.json|metrics\.jsonl|summary\.json|epoch-\d+\.(safetensors|json))\..+\.tmp$")
+
+
+def _json_object(path: Path) -> dict | None:
+    try:
+        if path.stat().st_size > (64 << 20):
+            return None
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _is_train_config(d: Any) -> bool:
+    from .train import TrainConfig
+
+    if not isinstance(d, dict):
+        return False
+    try:
+        TrainConfig.from_dict(dict(d))
+    except Exception:             # any failure means "not ours"
+        return False
+    return True
+
+
+def _safetensors_format(path: Path) -> str | None:
+    """The ``format`` entry of a safetensors file's metadata (read from its header only)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) != 8:
+                return None
+            n = int.from_bytes(head, "little")
+            if n > (16 << 20):
+                return None
+            header = json.loads(fh.read(n).decode("utf-8"))
+        return header.get("__metadata__", {}).get("format") if isinstance(header, dict) else None
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+
+
+def _recognised(path: Path) -> bool:
+    name = path.name
+    if path.is_dir() or path.is_symlink():
+        return False
+    if name == "config.json":
+        return _is_train_config(_json_object(path))
+    if name == "summary.json":
+        d = _json_object(path)
+        return d is not None and "status" in d and _is_train_config(d.get("config"))
+    if name == "metrics.jsonl":
+        from .train import METRIC_KEYS
+
+        try:
+            rows = read_metrics(path)
+        except ConfigError:
+            return False
+        return all(set(METRIC_KEYS) <= set(r) for r in rows)
+    if name.endswith(".json"):
+        d = _json_object(path)
+        return d is not None and d.get("format") == _CKPT_FORMAT
+    if name.endswith(".safetensors"):
+        return _safetensors_format(path) == _CKPT_FORMAT
+    return False
+
+
+def _candidates(out: Path) -> list[Path]:
+    from .checkpoint import CHECKPOINT_DIR
+
+    found = [out / f for f in TRAINER_FILES if (out / f).exists() or (out / f).is_symlink()]
+    ck = out / CHECKPOINT_DIR
+    if ck.is_dir():
+        found += sorted(set(ck.glob("epoch-*.safetensors")) | set(ck.glob("epoch-*.json")))
+    return found
+
+
+def existing_run(out: Path) -> list[str]:
+    """The trainer's file names present in ``out`` (``checkpoints/`` once)."""
+    from .checkpoint import CHECKPOINT_DIR
+
+    names = []
+    for p in _candidates(out):
+        n = f"{CHECKPOINT_DIR}/" if p.parent.name == CHECKPOINT_DIR and p.parent != out else p.name
+        if n not in names:
+            names.append(n)
+    return names
+
+
+def foreign_files(out: Path) -> list[Path]:
+    """Files under the trainer's names in ``out`` that no run of ours wrote."""
+    return [p for p in _candidates(out) if not _recognised(p)]
+
+
+def clear_run(out: Path) -> list[Path]:
+    """``--overwrite``: delete the trainer's own files in ``out``; refuse (deleting nothing)
+    when any file under the trainer's names was not written by a run of ours."""
+    foreign = foreign_files(out)
+    if foreign:
+        rest = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise RunFolderError(f"--overwrite: {foreign[0]}{rest} was not written by margin_theory.train; "
+                             "refusing to delete it (move it away or choose another --out)")
+    removed = _candidates(out)
+    with guard_io(f"run folder {out}"):
+        for p in removed:
+            p.unlink(missing_ok=True)
+    return removed
+
+
+def remove_orphans(out: Path) -> list[Path]:
+    """Delete what killed runs left in ``out`` (call it holding the lock): temporary files of
+    atomic writes and checkpoint tensor files without their sidecar."""
+    from .checkpoint import CHECKPOINT_DIR
+
+    removed = []
+    for folder in (out, out / CHECKPOINT_DIR):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if _TMP_RE.match(p.name) and p.is_file() and not p.is_symlink():
+                removed.append(p)
+            elif folder.name == CHECKPOINT_DIR and p.name.startswith("epoch-") and p.suffix == ".safetensors" \
+                    and not p.with_suffix(".json").exists() and _safetensors_format(p) == _CKPT_FORMAT:
+                removed.append(p)
+    with guard_io(f"run folder {out}"):
+        for p in removed:
+            p.unlink(missing_ok=True)
+    return removed
+
+
+# ---------------------------------------------------------------------------
+# Preflight: values and sizes before any data are loaded
+# ---------------------------------------------------------------------------
+def _meta_parameter_count(config, input_shape, num_classes) -> int:
+    import torch
+
+    from .models import build_model
+
+    with torch.device("meta"):
+        model = build_model(config.model, input_shape, num_classes, rank=config.rank, layers=config.layers,
+                            hidden=config.hidden, conv_channels=config.conv_channels, conv_bias=config.conv_bias)
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+def model_memory_check(config, input_shape, num_classes) -> int:
+    """Check that the model of ``config`` for data of ``input_shape`` / ``num_classes`` fits in
+    memory: float32 weights, gradients, momentum buffers and two checkpoint copies
+    (``4 * 5 = 20`` bytes a parameter). Returns the number of state entries."""
+    try:
+        n = _meta_parameter_count(config, tuple(input_shape), int(num_classes))
+    except ConfigError:
+        raise
+    except (RuntimeError, ValueError, OverflowError, TypeError) as exc:
+        raise ConfigError(f"model {config.model} cannot be built: {' '.join(str(exc).split())}") from None
+    check_memory(20.0 * n, f"model {config.model} with {n:,} parameters (rank {config.rank}, "
+                           f"layers {config.layers}, hidden {config.hidden})")
+    return n
+
+
+def preflight(config) -> None:
+    """Reject values that overflow float arithmetic and models that cannot fit in memory,
+    before the data are loaded (see the module docstring)."""
+    from .train import lr_at
+
+    if config.layers > MAX_LAYERS:
+        raise ConfigError(f"--layers {config.layers}: Lemma 1's degree 2^(n+1) - 2 overflows float64 beyond "
+                          f"n = {MAX_LAYERS} layers")
+    for name in ("weight_decay", "margin_reg"):
+        v = getattr(config, name)
+        if v > _F32_MAX:
+            raise ConfigError(f"--{name.replace('_', '-')} {v:g} overflows float32 (max {_F32_MAX:.4g})")
+    steps = [1] + [m + 1 for m in config.lr_milestones]
+    for e in steps:
+        lr = lr_at(config, e)
+        if not (math.isfinite(lr) and _F32_TINY <= lr <= _F32_MAX):
+            raise ConfigError(f"learning rate {lr:g} of epoch {e} (--lr {config.lr:g}, --lr-gamma "
+                              f"{config.lr_gamma:g}) is outside float32's normal range "
+                              f"[{_F32_TINY:.3g}, {_F32_MAX:.4g}]")
+    if config.lr * config.weight_decay > _F32_MAX:
+        raise ConfigError(f"--lr {config.lr:g} times --weight-decay {config.weight_decay:g} overflows float32")
+    shape = DATASET_SHAPES.get(_canonical(config.dataset))
+    if shape is not None:
+        model_memory_check(config, *shape)
+
+
+def _canonical(name: str) -> str:
+    try:
+        from .data import canonical_name
+
+        return canonical_name(name)
+    except Exception:            # unknown names are the data loader's to report
+        return name
