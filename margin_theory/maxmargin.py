@@ -872,10 +872,12 @@ def prepare_case(case: dict, seed: int = 0, data_dir: str | None = None) -> tupl
 
 
 def _fit_exponent(rows: list[dict], key: str) -> float | None:
-    """p in 1 - key ~ c (log t)^-p, least squares over the recorded steps t >= sqrt(T) (t >= 3)."""
+    """p in 1 - key ~ c (log t)^-p, least squares over the recorded steps t >= sqrt(T) (t >= 3)
+    at which the data are already separated (ratio > 0); None with fewer than 3 such steps."""
     T = max(r["step"] for r in rows)
     pts = [(math.log(math.log(r["step"])), math.log(1.0 - r[key])) for r in rows
-           if r["step"] >= max(3.0, math.sqrt(T)) and r.get(key) is not None and 0 < 1.0 - r[key]]
+           if r["step"] >= max(3.0, math.sqrt(T)) and r.get(key) is not None and 0 < 1.0 - r[key]
+           and (r.get("ratio") or 0) > 0]
     if len(pts) < 3 or pts[-1][0] - pts[0][0] <= 0:
         return None
     a, b = np.polyfit([p[0] for p in pts], [p[1] for p in pts], 1)

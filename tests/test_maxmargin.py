@@ -246,7 +246,7 @@ def test_closed_form_gradient_matches_autograd(name, rank):
     if name == "quadratic":
         g = 0.5 * (g + g.transpose(1, 2))        # V's gradient: only its symmetric part moves f
     l2, g2 = mm.head_logits_and_grad(mm.head_of(model), model.head.weight.detach().numpy(), X, y)
-    assert l2 == pytest.approx(float(loss), rel=1e-12)
+    assert l2 == pytest.approx(float(loss.detach()), rel=1e-12)
     np.testing.assert_allclose(g2, g.numpy(), atol=1e-12)
 
 
@@ -271,7 +271,9 @@ def test_size_limits_are_refused_with_the_limit_named():
     with pytest.raises(mm.ProblemTooLargeError, match=r"constraints = 5,000"):
         mm.solve_linear_svm(rng.normal(size=(5001, 2)), np.arange(5001) % 2)
     with pytest.raises(mm.ProblemTooLargeError, match=r"quadratic_variables"):
-        mm.solve_quadratic_svm(rng.normal(size=(2600, 60)), np.arange(2600) % 3)
+        mm.solve_quadratic_svm(rng.normal(size=(2001, 80)), np.arange(2001) % 2)     # N > 2,000: primal
+    with pytest.raises(mm.ProblemTooLargeError, match=r"quadratic_dual_points = 2,000"):
+        mm.solve_quadratic_svm(rng.normal(size=(2001, 3)), np.arange(2001) % 2, form="dual")
     assert issubclass(mm.ProblemTooLargeError, mm.ConfigError)
 
 
@@ -335,7 +337,7 @@ def test_monitor_notes_when_unavailable():
     rep = g.report(build_model("linear", (2,), 2))
     assert rep["available"] is False and "not separable" in rep["note"]
     g = mm.GapMonitor(build_model("relu2", (2,), 2, hidden=4), X, y)
-    assert "no max-margin problem" in g.report(None)["note"]
+    assert "trainable features" in g.report(None)["note"]
 
 
 # ---------------------------------------------------------------------------
