@@ -1017,12 +1017,20 @@ def plot_gap_grid(cases: dict[str, tuple[str, dict[str, list[dict]]]], out, titl
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7, loc="lower right")
         lows = [float(np.min(np.asarray(l.get_ydata()))) for l in ax1.get_lines() if len(l.get_ydata()) > 1]
+        highs = [float(np.max(np.asarray(l.get_ydata()))) for l in ax1.get_lines() if len(l.get_ydata()) > 1]
         ax1.set_ylim(bottom=max(-1.0, min(lows or [0.0])) - 0.02, top=1.05)
+        below = [l.get_label().split(" (")[0] for l, h in zip([l for l in ax1.get_lines() if len(l.get_ydata()) > 1],
+                                                            highs) if h < -1.0]
+        if below:
+            ax1.text(0.02, 0.5, "below -1 throughout (not yet separated): " + ", ".join(below),
+                     transform=ax1.transAxes, fontsize=8, color="0.3")
         ax1.set_title(f"{name}: margin ratio (lowrank: to the SDP bound)", fontsize=9)
         ax2.set_title(f"{name}: direction ({desc[:70]})", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / n))
+    else:
+        fig.tight_layout()
     return save_figure(fig, out)
 
 
@@ -1101,12 +1109,45 @@ def load_case(dataset: str, *, affine_inputs: bool = False, classes: Sequence[in
     return X, y, int(y.max()) + 1, desc
 
 
+def run_gap_rows(run_dir) -> tuple[list[dict], str]:
+    """The max-margin monitor rows of a trainer run folder (``metrics.jsonl`` lines with an
+    available ``maxmargin`` entry), each with ``step = epoch * ceil(N / batch_size)``; and the
+    monitors' ``data`` description. :class:`ConfigError` if the run has none."""
+    import json
+    from pathlib import Path
+
+    from .train import read_metrics
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ConfigError(f"--run {run}: no such run folder")
+    try:
+        cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        summ = json.loads((run / "summary.json").read_text(encoding="utf-8")) if (run / "summary.json").is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--run {run}: cannot read config.json ({' '.join(str(exc).split())})") from None
+    rows = [r for r in read_metrics(run) if isinstance(r.get("maxmargin"), dict) and r["maxmargin"].get("available")]
+    if not rows:
+        notes = {(r.get("maxmargin") or {}).get("note") for r in read_metrics(run)} - {None}
+        raise ConfigError(f"--run {run}: no max-margin monitor in metrics.jsonl (train with --monitor-every K"
+                          + (f"; the monitor said: {sorted(notes)[0]}" if notes else "") + ")")
+    n = summ.get("n_train") or rows[0]["maxmargin"]["n"]
+    per_epoch = -(-int(n) // int(cfg.get("batch_size", 1)))
+    out = [{"step": r["epoch"] * per_epoch, "epoch": r["epoch"], "ratio": r["maxmargin"]["ratio"],
+            "cosine": r["maxmargin"]["cosine"]} for r in rows]
+    return out, rows[0]["maxmargin"]["data"]
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=(
         "Solve the max-margin problem that gradient descent converges to (in direction) for a head: the "
         "multiclass hard-margin SVM (linear, quadratic = kernel (x.x')^2) or the PSD relaxation (lowrank). "
         "Prints gamma_star in the toolkit's normalisation q/||theta||^L, separability, support vectors."))
-    p.add_argument("--dataset", required=True, help="a dataset name (see python -m margin_theory.data list)")
+    p.add_argument("--dataset", default=None, help="a dataset name (see python -m margin_theory.data list)")
+    p.add_argument("--run", default=None, metavar="RUN_DIR",
+                   help="instead: plot gamma_min/gamma* and the cosine of a trainer run's max-margin monitors "
+                        "(trained with --monitor-every) against steps, log x, into --out")
+    p.add_argument("--out", default=None, help="PNG for --run (default RUN_DIR/maxmargin-gap.png)")
     p.add_argument("--head", choices=HEADS + ("all",), default="all", help="which problem (default all three)")
     p.add_argument("--affine", action="store_true", help="affine inputs x -> [x, 1]")
     p.add_argument("--classes", type=_classes_arg, default=None, metavar="I,J[,...]",
@@ -1121,6 +1162,28 @@ def build_parser() -> ArgumentParser:
 @cli_entry(PROG)
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.run is not None:
+        if args.dataset is not None:
+            raise ConfigError("--run and --dataset exclude each other")
+        from pathlib import Path
+
+        rows, data = run_gap_rows(args.run)
+        target = Path(args.out) if args.out else Path(args.run) / "maxmargin-gap.png"
+        fig = plot_gap({Path(args.run).name: rows}, target,
+                       title=f"{Path(args.run).name}: trainer monitors on {data}")
+        doc = {"run": str(args.run), "data": data, "rows": rows, "plot": str(fig)}
+        if args.json:
+            print_json(doc)
+        else:
+            for r in rows:
+                print(f"epoch {r['epoch']:>4} (step {r['step']:>7}): gamma_min/gamma* {r['ratio']:+.4f}, "
+                      f"cos {r['cosine']:.4f}")
+            print(f"plot written to {fig}")
+        return 0
+    if args.dataset is None:
+        raise ConfigError("give --dataset NAME (solve) or --run RUN_DIR (plot a run's monitors)")
+    if args.out is not None:
+        raise ConfigError("--out applies to --run only")
     X, y, C, desc = load_case(args.dataset, affine_inputs=args.affine, classes=args.classes,
                               n_train=args.n_train, seed=args.seed, data_dir=args.data_dir)
     heads = HEADS if args.head == "all" else (args.head,)
