@@ -93,9 +93,8 @@ def test_contradictory_labels_are_not_separable(head):
 
 
 def test_lowrank_infeasible_where_quadratic_is_not():
-    """PSD W_i: a class whose every point is 0-scored cannot win: x^T W_0 x > x^T W_1 x for x and
-    the reverse for 2x is impossible for any W (homogeneity), while the quadratic head can't either;
-    but x vs -x with different labels is separable by no even model: both infeasible."""
+    """x and -x with different labels: no even model (quadratic, lowrank: f(-x) = f(x)) separates
+    them, a linear one does."""
     X = np.array([[1.0, 2.0], [-1.0, -2.0]])
     for head in ("quadratic", "lowrank"):
         assert mm.solve_max_margin(X, np.array([0, 1]), head).separable is False
@@ -293,18 +292,22 @@ def _cli(*args):
                           text=True, env=env, timeout=120)
 
 
-def test_cli_json_and_errors():
+def test_cli_json_and_errors(capsys):
     p = _cli("--dataset", "xor", "--json")
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["results"]["linear"]["separable"] is False
     assert doc["results"]["quadratic"]["gamma_star"] == pytest.approx(2.0, rel=1e-6)
-    p = _cli("--dataset", "xor")
-    assert p.returncode == 0 and "NOT separable" in p.stdout and "gamma_star = 2" in p.stdout
-    p = _cli("--dataset", "nope")
-    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "error" in p.stderr
-    p = _cli("--dataset", "mnist-5k", "--head", "lowrank", "--n-train", "200")
-    assert p.returncode == 2 and "sdp_block" in p.stderr and p.stderr.count("\n") == 1
+    assert mm.main(["--dataset", "xor"]) == 0
+    out = capsys.readouterr().out
+    assert "NOT separable" in out and "gamma_star = 2" in out
+    for argv, what in ((["--dataset", "nope"], "nope"), (["--dataset", "digits", "--head", "lowrank"], "constraints"),
+                       (["--dataset", "xor", "--out", "x.png"], "--out applies to --run"), ([], "--dataset")):
+        assert mm.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and what in err and err.startswith(mm.PROG)
+    out = mm.main(["--dataset", "digits"])     # several heads: the too-large ones are reported as skipped
+    assert out == 0 and "skipped" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------
@@ -328,6 +331,13 @@ def test_trainer_monitor_and_check_report_the_gap(tmp_path, one_thread):
     c = rep.checkpoints[-1]["maxmargin"]
     assert c["ratio"] == pytest.approx(rows[-1]["maxmargin"]["ratio"], rel=1e-6)
     assert "max-margin gap (quadratic head" in format_report(rep)
+    # the figure of a run's monitors: gamma_min/gamma* and cosine against steps (batch 4 = 1 step/epoch)
+    png = tmp_path / "gap.png"
+    assert mm.main(["--run", str(out), "--out", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+    rows, data = mm.run_gap_rows(out)
+    assert [r["step"] for r in rows] == [0, 2, 4] and data == "all 4 training points"
+    assert mm.main(["--run", str(tmp_path / "nope")]) == 2
 
 
 def test_monitor_notes_when_unavailable():
