@@ -763,16 +763,20 @@ class GapMonitor:
     """Solve the max-margin problem once for a model's head on (a seeded subset of) the
     training data, then report ``gamma_min/gamma_star`` and the cosine for any later state.
 
-    ``subset``: at most this many points (seeded, stratified: :func:`seeded_subset`); the
-    report's ``data`` says whether it used all points or a subset. If the head has no
+    ``subset``: at most this many points, drawn as the Theorem 2 monitors draw theirs
+    (``assumptions.select_subset``: the first ``subset`` of a ``torch.randperm`` seeded with
+    ``seed``, so they lie inside the monitors' S of any larger size); the report's ``data``
+    says whether it used all points or a subset. If the head has no
     max-margin problem, or it is too large, or the data are not separable, every report
     says so in ``note`` and carries no ratio."""
 
     def __init__(self, model, X, y, *, subset: int = 512, seed: int = 0, num_classes: int | None = None):
         self.note = None
         self.result = None
+        from .assumptions import select_subset
+
         N = int(y.shape[0])
-        self.idx = seeded_subset(y, subset, seed)
+        self.idx = select_subset(N, subset, seed).numpy()
         self.n, self.N, self.seed = len(self.idx), N, int(seed)
         self.data = (f"all {N} training points" if self.n == N else
                      f"a seeded subset of {self.n} of {N} training points (seed {seed})")

@@ -661,8 +661,8 @@ def _monitor_fn(config: TrainConfig):
 
 def _maxmargin_gap(state: dict, model, X, Y, config: TrainConfig) -> dict:
     """Monitor hook: gamma_min/gamma_star and the cosine to the max-margin optimum
-    (:class:`margin_theory.maxmargin.GapMonitor`, solved once per run on the first
-    min(monitor_subset, 256) points of the seeded subset; its ``data``/``note`` say which)."""
+    (:class:`margin_theory.maxmargin.GapMonitor`, solved once per run on min(monitor_subset, 256)
+    points of the monitors' seeded subset; its ``data``/``note`` say which)."""
     from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
 
     if "gap" not in state:

@@ -370,3 +370,17 @@ def test_experiment_tiny(tmp_path):
     assert "Max-margin limit of gradient descent" in md and "| lowrank-1 |" in md
     assert (tmp_path / "maxmargin_gap.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "results.json").read_text())["analysis"]["maxmargin"]["cases"]
+
+
+def test_monitor_subset_is_inside_the_theorem2_subset():
+    from margin_theory.assumptions import select_subset
+
+    X, y, C = separable_problem(11, "linear", N=60, d=3)
+    g = mm.GapMonitor(build_model("linear", (3,), C), torch.as_tensor(X), torch.as_tensor(y), subset=20, seed=4)
+    assert g.data == "a seeded subset of 20 of 60 training points (seed 4)"
+    assert set(g.idx.tolist()) <= set(select_subset(60, 40, 4).tolist())
+    rep = g.report(build_model("linear", (3,), C))
+    assert rep["available"] and rep["n"] == 20 and rep["ratio"] <= 1 + 1e-9
+    # the optimum on a subset has fewer constraints: its gamma* bounds the full set's from above
+    full = mm.solve_linear_svm(X, y, C)
+    assert g.result.gamma_star >= full.gamma_star * (1 - 1e-6)
