@@ -531,6 +531,7 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
         })
 
     use_agg_backend()
+    plan.quiet = quiet                      # analyses with long loops of their own show a progress bar
     for a in spec["analysis"]:
         fn = _ANALYSES[a]
         results["analysis"][a] = fn(plan, results, live, out)
@@ -1124,7 +1125,8 @@ def analysis_maxmargin(plan: Plan, results: dict, live: dict, out: Path) -> dict
 
     cfg = dict(plan.spec.get("maxmargin", {}))
     cfg.update(plan.spec.get("scales", {}).get(plan.scale, {}).get("maxmargin", {}))
-    return run_experiment_cases(cfg, plan.scale, out, seed=plan.seeds[0], data_dir=plan.data_dir)
+    return run_experiment_cases(cfg, plan.scale, out, seed=plan.seeds[0], data_dir=plan.data_dir,
+                                quiet=getattr(plan, "quiet", True))
 
 
 _ANALYSES = {"accuracy": analysis_accuracy, "ranks": analysis_ranks, "eigen": analysis_eigen,

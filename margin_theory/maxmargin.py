@@ -743,8 +743,8 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
                 diverged = True
                 break
             P -= lr * grad
-            if step % 256 == 0:
-                bar.update(256 if step else 1)
+            if (step + 1) % 256 == 0 or step + 1 == steps:
+                bar.update((step + 1) - bar.n)
     finally:
         bar.close()
     sync()
@@ -791,6 +791,8 @@ class GapMonitor:
                 self.note = self.result.message or self.result.status
         except MarginTheoryError as exc:
             self.note = " ".join(str(exc).split())
+        except ImportError as exc:          # cvxpy missing: a monitor must never stop training
+            self.note = f"the convex solver is unavailable ({exc}); pip install cvxpy clarabel"
 
     def report(self, model) -> dict:
         base = {"data": self.data, "n": self.n, "seed": self.seed}
