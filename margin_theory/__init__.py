@@ -5,7 +5,8 @@ Neural Networks Outperform Traditional Artificial Ones" (arXiv 2307.13609).
 Modules (one per idea): ``models``, ``margins``, ``homogeneity`` (Lemma 1),
 ``xor_flow`` (Theorem 1), ``assumptions`` (Lemma 2 / Theorem 2 monitors), ``data``,
 ``train``, ``checkpoint``, ``check``, ``foreign`` (foreign checkpoints, ``check_model``),
-``plot``, ``experiment``, ``bench``.
+``plot``, ``experiment``, ``bench``, ``maxmargin`` (beyond the paper: the max-margin limits of
+gradient descent).
 
 The top-level names below are imported lazily, so ``python -m margin_theory.xor_flow``
 (numpy/scipy only) does not pay for importing torch.

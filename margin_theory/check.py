@@ -45,6 +45,12 @@ more. A missing, truncated or foreign file, or a checkpoint whose configuration 
 unknown model (or data that cannot be rebuilt), prints one line on stderr and makes the
 exit status 2; the other checkpoints are still reported.
 
+For a linear / quadratic / lowrank head on raw inputs each checkpoint also gets
+``maxmargin``: gamma_min/gamma_star and the cosine between its W_i (lowrank: A_i^T A_i) and
+the max-margin optimum (:mod:`margin_theory.maxmargin`), solved once per run on a seeded
+subset of at most 256 points (``data`` says which); ``available: false`` with a ``note`` when
+the head has no such problem, the data are not separable or the problem is too large.
+
 ``--plot`` writes a PNG (``--out``, default ``RUN_DIR/theorem2-check.png``): gamma_bar
 and test accuracy over training (from the run's ``metrics.jsonl`` when present, else from
 the checkpoints) with the intervals after checkpoints where A1-A3 held shaded - the
@@ -211,6 +217,7 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
     paths, errors = expand_targets(targets)
     report = CheckReport(errors=list(errors))
     data_cache: dict[tuple, Any] = {}
+    gaps: dict[tuple, Any] = {}
     rows: list[dict] = []
     bar = _progress(total=len(paths), desc="check", unit="ckpt", quiet=not progress)
 
@@ -250,6 +257,7 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
             phase(p, "margins on the training set")
             m64 = ck.model.to(torch.float64)
             full = compute_margins(m64, ds.X_train.to(torch.float64), ds.y_train, normalisation=normalisation)
+            gap = _maxmargin_gap(gaps, key, ck.model, ds, subset, s)
         except MarginTheoryError as exc:
             report.errors.append({"path": str(p), "error": " ".join(str(exc).split())})
             bar.update(1)
@@ -266,7 +274,7 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                "train_acc": full.accuracy, "test_acc": ck.metrics.get("test_acc"),
                "n_train": int(ds.y_train.shape[0]), "n_subset": d["n_subset"], "subset_seed": d["subset_seed"],
                "P": d["P"], "C": d["C"], "sigma_min": d["sigma_min"], "w_bar": d["w_bar"],
-               "model": ck.config.get("model"), "verdict": rep.verdict(), "note": rep.note}
+               "model": ck.config.get("model"), "verdict": rep.verdict(), "note": rep.note, "maxmargin": gap}
         if is_foreign:
             row["foreign"] = {"notes": ck.meta.get("notes", []), "map": ck.meta.get("map", {}),
                               "model": describe_model_args({"name": cfg["model"], "input_shape": list(ds.input_shape),
@@ -295,6 +303,21 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                 "velocity_agrees": None if vsign == "0" else ((dg > 0) == (vsign == "+")),
             })
     return report
+
+
+def _maxmargin_gap(cache: dict, key: tuple, model, ds, subset: int, seed: int) -> dict:
+    """gamma_min/gamma_star and the cosine to the max-margin optimum (margin_theory.maxmargin),
+    the optimum solved once per run's data and head on a seeded subset (its ``data`` says which)."""
+    from .maxmargin import MONITOR_MAX_POINTS, GapMonitor, head_of
+
+    try:
+        kind = head_of(model)
+    except MarginTheoryError as exc:
+        return {"available": False, "note": " ".join(str(exc).split()), "ratio": None, "cosine": None}
+    k = key + (kind, seed, subset)
+    if k not in cache:
+        cache[k] = GapMonitor(model, ds.X_train, ds.y_train, subset=min(subset, MONITOR_MAX_POINTS), seed=seed)
+    return cache[k].report(model)
 
 
 def _run_of(tensor_path: Path) -> Path:
@@ -342,6 +365,14 @@ def format_report(rep: CheckReport) -> str:
                          f"{_fmt(c['cv'], '.4f'):>7}  {_fmt(c['eps'], '.3g'):>8}  {_fmt(c['delta_min'], '.3g'):>8}  "
                          f"{_fmt(c['A1']):>3} {_fmt(c['A2']):>3} {_fmt(c['A3']):>3}  "
                          f"{_fmt(c['velocity'], '+.3e'):>10}  {_fmt(c['lower_bound'], '+.3e'):>10}  {c['verdict']}")
+        gaps = [c for c in rows if (c.get("maxmargin") or {}).get("available")]
+        if gaps:
+            g0 = gaps[0]["maxmargin"]
+            lines.append(f"max-margin gap ({g0['head']} head, optimum gamma* = {g0['gamma_star']:.5g} on {g0['data']}): "
+                         + ", ".join(f"epoch {c['epoch']}: gamma_min/gamma* {c['maxmargin']['ratio']:+.4f}, "
+                                     f"cos {c['maxmargin']['cosine']:.4f}" for c in gaps))
+        elif rows and (rows[0].get("maxmargin") or {}).get("note"):
+            lines.append(f"max-margin gap: not available ({rows[0]['maxmargin']['note']})")
         trans = [t for t in rep.transitions if t["run"] == run]
         if trans:
             lines.append("transitions (gamma_bar on the whole training set):")

@@ -16,6 +16,7 @@ COMMANDS = {
     "plot": ("plot", "plot a training run's metrics"),
     "check": ("check", "Theorem 2: check the assumptions on saved checkpoints"),
     "experiment": ("experiment", "reproduce a table or figure of the paper"),
+    "maxmargin": ("maxmargin", "the max-margin optimum GD converges to (SVM / SDP relaxation)"),
     "bench": ("bench", "benchmark the trainer and theory tools against references"),
 }
 

@@ -103,14 +103,14 @@ __all__ = [
 
 PROG = "python -m margin_theory.experiment"
 SCALES = ("tiny", "smoke", "paper")
-ANALYSES = ("accuracy", "ranks", "eigen", "margin", "reach", "xor")
+ANALYSES = ("accuracy", "ranks", "eigen", "margin", "reach", "xor", "maxmargin")
 #: TrainConfig fields the runner sets itself (a definition may not)
 RUNNER_FIELDS = frozenset({"dataset", "n_train", "n_test", "data_dir", "download", "seed", "device", "out",
                            "resume", "overwrite", "quiet", "json", "checkpoint_every", "eval_batch_size"})
 RUN_META_KEYS = frozenset({"label", "part", "paper", "scales", "override"})
 PART_META_KEYS = frozenset({"dataset", "n_train", "n_test", "train", "target"})
 TOP_KEYS = frozenset({"name", "title", "reproduces", "analysis", "paper_source", "train", "runs", "parts",
-                      "scales", "eigen", "ranks", "margin", "reach", "xor"})
+                      "scales", "eigen", "ranks", "margin", "reach", "xor", "maxmargin"})
 #: config fields that do not change the trained weights or history (left out of the cache key)
 _CACHE_IGNORED = frozenset({"device", "out", "resume", "overwrite", "quiet", "json", "checkpoint_every",
                             "eval_batch_size", "data_dir", "download"})
@@ -212,8 +212,9 @@ def _validate_definition(spec: dict, path: Path) -> None:
         table(sd, f"[scales.{s}]")
         if "xor" in sd:
             table(sd["xor"], f"[scales.{s}.xor]")
-        if set(sd) - {"seeds", "train", "xor"}:
-            raise ConfigError(f"{where}: [scales.{s}] has unknown key(s) {', '.join(sorted(set(sd) - {'seeds', 'train', 'xor'}))}")
+        if set(sd) - {"seeds", "train", "xor", "maxmargin"}:
+            raise ConfigError(f"{where}: [scales.{s}] has unknown key(s) "
+                              f"{', '.join(sorted(set(sd) - {'seeds', 'train', 'xor', 'maxmargin'}))}")
         seeds = sd.get("seeds", 1)
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
             raise ConfigError(f"{where}: [scales.{s}] seeds must be a positive integer")
@@ -242,7 +243,7 @@ def _validate_definition(spec: dict, path: Path) -> None:
     runs = spec.get("runs", [])
     if not isinstance(runs, list):
         raise ConfigError(f"{where}: runs must be a list of [[runs]] tables, got {type(runs).__name__}")
-    if "xor" not in analysis and not runs:
+    if "xor" not in analysis and "maxmargin" not in analysis and not runs:
         raise ConfigError(f"{where}: no [[runs]]")
     labels = set()
     for i, r in enumerate(runs):
@@ -569,6 +570,7 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
         })
 
     use_agg_backend()
+    plan.quiet = quiet                      # analyses with long loops of their own show a progress bar
     for a in spec["analysis"]:
         fn = _ANALYSES[a]
         results["analysis"][a] = fn(plan, results, live, out)
@@ -1155,8 +1157,20 @@ def analysis_xor(plan: Plan, results: dict, live: dict, out: Path) -> dict:
             "seconds": time.perf_counter() - t0, "paper_claims": cx.get("paper_claims", []), "figures": figs}
 
 
+def analysis_maxmargin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
+    """Beyond the paper: full-batch GD of each head against the solver's max-margin optimum
+    (:func:`margin_theory.maxmargin.run_experiment_cases`; cases in ``[maxmargin]``)."""
+    from .maxmargin import run_experiment_cases
+
+    cfg = dict(plan.spec.get("maxmargin", {}))
+    cfg.update(plan.spec.get("scales", {}).get(plan.scale, {}).get("maxmargin", {}))
+    return run_experiment_cases(cfg, plan.scale, out, seed=plan.seeds[0], data_dir=plan.data_dir,
+                                quiet=getattr(plan, "quiet", True))
+
+
 _ANALYSES = {"accuracy": analysis_accuracy, "ranks": analysis_ranks, "eigen": analysis_eigen,
-             "margin": analysis_margin, "reach": analysis_reach, "xor": analysis_xor}
+             "margin": analysis_margin, "reach": analysis_reach, "xor": analysis_xor,
+             "maxmargin": analysis_maxmargin}
 
 
 # ---------------------------------------------------------------------------
@@ -1316,6 +1330,10 @@ def render_markdown(res: dict) -> str:
                   f"monotone **{'yes' if g['monotone'] else 'no'}**, final gamma_bar {g['gamma_bar_final']:.5f}, "
                   f"loss {_f(g['loss_final'], '.3g')}, boundary angle {_f(g['boundary_angle_deg_final'], '.3g')} deg."]
         L.append("")
+    if "maxmargin" in an:
+        from .maxmargin import render_markdown as _mm_markdown
+
+        L += _mm_markdown(an["maxmargin"])
     if res.get("skipped"):
         L += ["## Skipped", ""]
         for s in res["skipped"]:

@@ -38,7 +38,9 @@ Files in ``--out DIR`` (nothing is written without ``--out``):
   atomically after every epoch, with keys ``epoch, train_loss, train_acc,
   test_acc, gamma_bar, gamma_min, theta_norm, degree, normalisation, lr,
   epoch_seconds`` and, on monitor epochs, ``theorem2`` (the
-  :func:`margin_theory.assumptions.theorem2_report` dict) and ``monitor_seconds``
+  :func:`margin_theory.assumptions.theorem2_report` dict), ``maxmargin``
+  (gamma_min/gamma_star and the cosine to the max-margin optimum on a seeded subset,
+  :class:`margin_theory.maxmargin.GapMonitor`) and ``monitor_seconds``
   (not included in ``epoch_seconds``). ``train_loss`` is the mean cross-entropy
   over the training set (without the margin term); ``degree`` and
   ``normalisation`` say how gamma = q / ||theta||^degree was normalised
@@ -655,6 +657,9 @@ def _format_epoch(row: dict, epochs: int) -> str:
         t2 = "  theorem2: " + ("A1-A3 hold" if applies else "no claim" if applies is not None else "reported")
         if isinstance(v, (int, float)):
             t2 += f", dgamma/dt {v:+.2e}"
+        mm = row.get("maxmargin") or {}
+        if mm.get("available"):
+            t2 += f"  gamma_min/gamma* {mm['ratio']:+.4f}, cos {mm['cosine']:.4f} ({mm['n']} pts)"
     return (f"{tag}  loss {row['train_loss']:.4f}  train {100 * row['train_acc']:.2f}%  "
             f"test {100 * row['test_acc']:.2f}%  gamma_bar {row['gamma_bar']:+.4e}  "
             f"gamma_min {row['gamma_min']:+.4e}  lr {row['lr']:.3g}  {row['epoch_seconds']:.2f} s{t2}")
@@ -685,6 +690,18 @@ def _monitor_fn(config: TrainConfig):
         raise ConfigError(f"--monitor-every: the Theorem 2 monitors are unavailable "
                           f"(margin_theory.assumptions cannot be imported: {exc})") from None
     return theorem2_report
+
+
+def _maxmargin_gap(state: dict, model, X, Y, config: TrainConfig) -> dict:
+    """Monitor hook: gamma_min/gamma_star and the cosine to the max-margin optimum
+    (:class:`margin_theory.maxmargin.GapMonitor`, solved once per run on min(monitor_subset, 256)
+    points of the monitors' seeded subset; its ``data``/``note`` say which)."""
+    from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
+
+    if "gap" not in state:
+        state["gap"] = GapMonitor(model, X, Y, subset=min(config.monitor_subset, MONITOR_MAX_POINTS),
+                                  seed=config.seed)
+    return state["gap"].report(model)
 
 
 def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], Any] | None | str = "default"
@@ -820,6 +837,8 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
     def wants_monitor(epoch: int) -> bool:
         return monitor is not None and (epoch % config.monitor_every == 0 or epoch == config.epochs)
 
+    gap_state: dict = {}
+
     def run_monitor(row: dict) -> None:
         t0 = time.perf_counter()
         was = model.training
@@ -830,6 +849,7 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
         finally:
             model.train(was)
         row["theorem2"] = rep.as_dict() if hasattr(rep, "as_dict") else rep
+        row["maxmargin"] = _maxmargin_gap(gap_state, model, X, Y, config)
         row["monitor_seconds"] = time.perf_counter() - t0
 
     def record(row: dict) -> None:

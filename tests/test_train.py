@@ -348,7 +348,7 @@ def test_theorem2_monitors_are_recorded(tmp_path):
     assert [r["epoch"] for r in rows if "theorem2" in r] == [0, 2, 3]
     for r in rows:
         extra = set(r) - set(METRIC_KEYS)
-        assert extra == ({"theorem2", "monitor_seconds"} if "theorem2" in r else set())
+        assert extra == ({"theorem2", "maxmargin", "monitor_seconds"} if "theorem2" in r else set())
     t2 = rows[0]["theorem2"]
     assert isinstance(t2, dict) and t2["n_subset"] == 64
     assert strip_time(res.history) == strip_time(rows)

@@ -1,0 +1,1224 @@
+r"""The max-margin limits that gradient descent heads for, solved exactly (beyond the paper).
+
+For separable data, gradient descent on the cross-entropy converges in *direction* to a
+max-margin solution (Soudry et al. 2018 for models linear in their parameters; Lyu & Li
+2020, a KKT point, for homogeneous ones). This module computes those optima with a convex
+solver (cvxpy + Clarabel, SCS as fallback) and compares a model with them. The reductions
+are proved in ``proofs/maxmargin.md`` and machine-checked by ``proofs/check_maxmargin.py``.
+
+Problems (``x_n`` in R^d, labels ``y_n``, C classes; pairs ``(n, j)``, ``j != y_n``):
+
+* ``linear`` head, :math:`f_i = w_i\cdot x` (L = 1, :math:`\gamma = q/\|W\|_F`): the
+  multiclass hard-margin SVM :math:`\min \tfrac12\|W\|_F^2` s.t.
+  :math:`(w_{y_n} - w_j)\cdot x_n \ge 1`;
+  :math:`\gamma^\star = 1/\|W^\star\|_F`.
+* ``quadratic`` head, :math:`f_i = x^\top W_i x = \langle W_i, x x^\top\rangle` (L = 1,
+  :math:`\gamma = q/\|V\|_F`, :math:`W = \mathrm{sym}(V)`): linear in W, so the same SVM in the
+  feature space :math:`x x^\top` (kernel :math:`(x\cdot x')^2`): primal over symmetric
+  :math:`W_i` (scaled half-vectorisation ``svec``, :math:`\langle \mathrm{svec}A, \mathrm{svec}B\rangle =
+  \langle A, B\rangle_F`), or the dual :math:`\max \sum\alpha - \tfrac12\sum_i c_i^\top K c_i`,
+  :math:`c_{ni} = [i = y_n]\sum_j\alpha_{nj} - \alpha_{ni}`, :math:`K = (X X^\top)^{\circ 2}`,
+  whichever has fewer variables; :math:`\gamma^\star = 1/\|W^\star\|_F` (an antisymmetric part
+  of V only adds to :math:`\|V\|`, so the optimum has V = W).
+* ``lowrank`` head, :math:`W_i = A_i^\top A_i`, :math:`\|\theta\|^2 = \sum_i \mathrm{tr} W_i`
+  (L = 2, :math:`\gamma = q/\sum_i\mathrm{tr}W_i`): the convex relaxation (rank constraint
+  dropped) :math:`\min \sum_i \mathrm{tr} W_i` s.t. :math:`x_n^\top (W_{y_n} - W_j) x_n \ge 1`,
+  :math:`W_i \succeq 0`, an SDP; :math:`\gamma^\star = 1/\mathrm{OPT}` bounds every rank-r
+  model's :math:`\gamma_{\min}` from above and is attained once
+  :math:`r \ge \max_i \mathrm{rank} W_i^\star` (so always for r >= d).
+
+In each case the optimum at unit margins has min margin exactly 1, so
+:math:`\gamma^\star = \max_\theta \gamma_{\min}(\theta)` in the toolkit's normalisation
+(``margins.compute_margins``).
+
+Reduction to the data's span: with :math:`U` an orthonormal basis of
+:math:`\mathrm{span}\{x_n\}` (k = rank X), every optimum lies in it (:math:`W = U S U^\top`
+for the matrix heads, :math:`W = S U^\top` for linear), so the solver works in k <= min(N, d)
+coordinates :math:`z_n = U^\top x_n`; the results are mapped back to R^d.
+
+Sizes handled here (after the reduction; :data:`LIMITS`): every problem N(C-1) <= 5,000
+margin constraints; linear C*k <= 20,000 variables; quadratic min(C k(k+1)/2, N(C-1)) <= 5,000
+variables (primal or dual; the dual needs N <= 2,000 for its kernel); lowrank SDP k <= 64,
+C k(k+1)/2 <= 8,000, N(C-1) <= 2,000 (Clarabel up to 2,000 variables, SCS first above). Larger problems raise
+:class:`ProblemTooLargeError` naming the limit (solve a seeded subset: :func:`seeded_subset`).
+Timings on one core are in ``docs/maxmargin.md``.
+
+Non-separable data are reported, not raised: ``separable=False`` and
+``gamma_star=None`` (the solver's infeasibility certificate; ``status`` says which).
+
+Command line::
+
+    python -m margin_theory.maxmargin --dataset iris --head quadratic [--affine] [--n-train N]
+        [--classes 0,1] [--seed S] [--json]
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._util import ArgumentParser, ConfigError, MarginTheoryError, cli_entry, print_json, save_figure, \
+    use_agg_backend
+from ._util import nonneg_int, positive_int
+
+__all__ = [
+    "MaxMarginResult", "ProblemTooLargeError", "LIMITS", "HEAD_DEGREE", "solve_max_margin", "solve_linear_svm",
+    "solve_quadratic_svm", "solve_lowrank_sdp", "affine", "seeded_subset", "head_of", "model_direction",
+    "model_gamma_min", "compare_with_optimum", "cosine", "gamma_min_of", "gradient_descent", "GDResult",
+    "log_steps", "plot_gap", "plot_gap_grid", "head_logits_and_grad", "GapMonitor",
+    "run_case", "prepare_case", "main",
+]
+
+PROG = "python -m margin_theory.maxmargin"
+HEADS = ("linear", "quadratic", "lowrank")
+#: homogeneity degree L of each head in its own parameters (SPEC §3): gamma = q / ||theta||^L
+HEAD_DEGREE = {"linear": 1, "quadratic": 1, "lowrank": 2}
+#: the largest problems solved here (after the reduction to the span of the data)
+LIMITS = {
+    "constraints": 5_000,           # N (C - 1) margin constraints, every problem
+    "linear_variables": 20_000,     # C k
+    "quadratic_variables": 5_000,   # min(C k(k+1)/2 primal, N(C-1) dual)
+    "quadratic_dual_points": 2_000,  # N for the N x N kernel of the dual
+    "sdp_block": 64,                # k: each W_i is a k x k PSD block
+    "sdp_variables": 8_000,         # C k(k+1)/2
+    "sdp_constraints": 2_000,       # N (C - 1)
+}
+#: SDPs with more variables than this go to SCS (first order) before Clarabel (interior point)
+SDP_CLARABEL_MAX = 2_000
+_SOLVER_OPTIONS = {"SCS": {"eps_abs": 1e-7, "eps_rel": 1e-7, "max_iters": 200_000}}
+_OK = ("optimal", "optimal_inaccurate")
+_INFEASIBLE = ("infeasible", "infeasible_inaccurate")
+_UNBOUNDED = ("unbounded", "unbounded_inaccurate")
+
+
+class ProblemTooLargeError(ConfigError):
+    """The max-margin problem exceeds a size limit of :data:`LIMITS` (the message names it)."""
+
+
+@dataclass
+class MaxMarginResult:
+    r"""What :func:`solve_max_margin` returns (fields like scipy's ``OptimizeResult``).
+
+    Attributes:
+        head: ``linear``, ``quadratic`` or ``lowrank`` (the SDP relaxation).
+        degree: L of the toolkit's normalisation :math:`\gamma = q/\|\theta\|^L`.
+        separable: True if a point with every margin >= 1 exists, False if the solver
+            certified that none does, None if the solver failed (see ``status``).
+        gamma_star: :math:`\max_\theta \gamma_{\min}(\theta)` in the toolkit's normalisation
+            (for ``lowrank``: the relaxation's bound), None unless separable.
+        objective: :math:`\|W^\star\|_F^2` (linear, quadratic) or :math:`\sum_i\mathrm{tr}W_i^\star`
+            (lowrank) at unit margins; :math:`\gamma^\star = 1/\sqrt{\cdot}` resp. :math:`1/\cdot`.
+        W: the optimum at unit margins in R^d: ``(C, d)`` (linear) or ``(C, d, d)``.
+        direction: ``W / ||W||_F`` (the stacked matrices' Frobenius norm).
+        margins: ``(N, C)`` array :math:`(W_{y_n} - W_j)(x_n)` (``inf`` at ``j = y_n``).
+        q: ``(N,)`` min margin per point, :math:`\min_j` of ``margins`` (>= 1 up to tolerance).
+        duals: ``(N, C)`` Lagrange multipliers :math:`\alpha_{nj} \ge 0` of the margin
+            constraints (0 at ``j = y_n``).
+        support: indices n with some :math:`\alpha_{nj} >` ``dual_tol`` (support vectors).
+        psd_duals: lowrank only, ``(C, d, d)`` multipliers :math:`Z_i \succeq 0` of
+            :math:`W_i \succeq 0` (in R^d; ``None`` otherwise).
+        ranks: lowrank only, numerical rank of each :math:`W_i^\star` (eigenvalues >
+            1e-6 * the largest): the rank a Low-Rank DIQNN needs to attain ``gamma_star``.
+        problem: ``primal``, ``dual`` or ``sdp``; ``solver``, ``status`` (cvxpy's),
+        ``seconds``; ``n, d, C, k`` (k = dimension of the data's span, the solver's);
+        ``variables``, ``constraints``: the solved problem's size; ``message``.
+    """
+
+    head: str
+    degree: int
+    separable: bool | None
+    gamma_star: float | None
+    status: str
+    solver: str | None
+    problem: str
+    n: int
+    d: int
+    C: int
+    k: int
+    variables: int
+    constraints: int
+    seconds: float
+    objective: float | None = None
+    W: np.ndarray | None = None
+    direction: np.ndarray | None = None
+    margins: np.ndarray | None = None
+    q: np.ndarray | None = None
+    duals: np.ndarray | None = None
+    support: np.ndarray | None = None
+    psd_duals: np.ndarray | None = None
+    ranks: list[int] | None = None
+    dual_tol: float = 1e-6
+    message: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """A JSON-able summary (no arrays)."""
+        return {"head": self.head, "degree": self.degree, "separable": self.separable,
+                "gamma_star": self.gamma_star, "objective": self.objective, "status": self.status,
+                "solver": self.solver, "problem": self.problem, "n": self.n, "d": self.d, "C": self.C,
+                "k": self.k, "variables": self.variables, "constraints": self.constraints,
+                "seconds": self.seconds, "support_vectors": None if self.support is None else int(len(self.support)),
+                "min_margin": None if self.q is None else float(self.q.min()),
+                "ranks": self.ranks, "message": self.message}
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+def _as_arrays(X, y, num_classes: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    if hasattr(X, "detach"):
+        X = X.detach().cpu().numpy()
+    if hasattr(y, "detach"):
+        y = y.detach().cpu().numpy()
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    if X.ndim < 2:
+        raise ConfigError(f"X must have shape (N, d) (or (N, *shape)), got {X.shape}")
+    X = X.reshape(X.shape[0], -1)
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise ConfigError(f"y must have shape ({X.shape[0]},), got {y.shape}")
+    if X.shape[0] == 0:
+        raise ConfigError("no data points")
+    if not np.all(np.isfinite(X)):
+        raise ConfigError("X contains NaN or infinite values")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.mod(y, 1) == 0):
+            raise ConfigError("labels y must be integers")
+    y = y.astype(np.int64)
+    C = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    if C < 2:
+        raise ConfigError(f"need at least 2 classes, got {C}")
+    if y.min() < 0 or y.max() >= C:
+        raise ConfigError(f"labels must lie in 0..{C - 1}, got {y.min()}..{y.max()}")
+    return X, y, C
+
+
+def affine(X):
+    """Affine inputs ``x -> [x, 1]`` (numpy or torch, shape ``(N, d) -> (N, d + 1)``)."""
+    if hasattr(X, "detach"):
+        import torch
+
+        X = X.reshape(X.shape[0], -1)
+        return torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1)
+    X = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+    return np.hstack([X, np.ones((X.shape[0], 1))])
+
+
+def seeded_subset(y, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded subset of ``n`` points, stratified by label when possible
+    (the monitors' rule, ``assumptions``/``data``); all points if ``n >= N``."""
+    from .data import _sample_indices
+
+    y = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
+    if n >= len(y):
+        return np.arange(len(y))
+    idx, _ = _sample_indices(y, int(n), int(seed))
+    return idx
+
+
+def _span(X: np.ndarray, rtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal basis U (d, k) of span{x_n} and the coordinates Z = X U (N, k)."""
+    _, s, vt = np.linalg.svd(X, full_matrices=False)
+    if s.size == 0 or s[0] == 0:
+        return np.zeros((X.shape[1], 0)), np.zeros((X.shape[0], 0))
+    k = int(np.sum(s > rtol * s[0]))
+    U = vt[:k].T
+    return U, X @ U
+
+
+def _pairs(y: np.ndarray, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """All constraint pairs (n, j), j != y_n, in row-major (n, j) order."""
+    N = len(y)
+    n_idx = np.repeat(np.arange(N), C)
+    j_idx = np.tile(np.arange(C), N)
+    keep = j_idx != y[n_idx]
+    return n_idx[keep], j_idx[keep]
+
+
+def _svec_index(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    iu, ju = np.triu_indices(k)
+    scale = np.where(iu == ju, 1.0, math.sqrt(2.0))
+    return iu, ju, scale
+
+
+def svec_features(Z: np.ndarray) -> np.ndarray:
+    r"""Rows :math:`\mathrm{svec}(z z^\top)` (off-diagonal entries times :math:`\sqrt2`), so that
+    :math:`\langle \mathrm{svec}(z z^\top), \mathrm{svec}(S)\rangle = z^\top S z` for symmetric S."""
+    iu, ju, scale = _svec_index(Z.shape[1])
+    return Z[:, iu] * Z[:, ju] * scale
+
+
+def _smat(v: np.ndarray, k: int) -> np.ndarray:
+    iu, ju, scale = _svec_index(k)
+    S = np.zeros((k, k))
+    S[iu, ju] = v / scale
+    S[ju, iu] = v / scale
+    return S
+
+
+def _pair_matrix(F: np.ndarray, y: np.ndarray, C: int):
+    """Sparse A (P, C*D) with row (n, j) = (e_{y_n} - e_j) (x) F[n]: A vec(W) = margins."""
+    import scipy.sparse as sp
+
+    N, D = F.shape
+    n_idx, j_idx = _pairs(y, C)
+    P = len(n_idx)
+    rows = np.repeat(np.arange(P), 2 * D)
+    cols = np.concatenate([(y[n_idx][:, None] * D + np.arange(D)), (j_idx[:, None] * D + np.arange(D))], 1).ravel()
+    vals = np.concatenate([F[n_idx], -F[n_idx]], 1).ravel()
+    return sp.csr_matrix((vals, (rows, cols)), shape=(P, C * D)), n_idx, j_idx
+
+
+def _check(cond: bool, name: str, value: int, what: str) -> None:
+    if not cond:
+        raise ProblemTooLargeError(f"max-margin problem too large: {what} = {value:,} exceeds the limit "
+                                   f"{name} = {LIMITS[name]:,} (use a seeded subset, maxmargin.seeded_subset)")
+
+
+def _solve(prob, solvers: Sequence[str]) -> tuple[str, str | None, str]:
+    """Solve with the first solver that gives a definite status; (status, solver, message)."""
+    import cvxpy as cp
+
+    status, used, msgs = "solver_error", None, []
+    for s in solvers:
+        if s not in cp.installed_solvers():
+            msgs.append(f"{s} not installed")
+            continue
+        try:
+            with warnings.catch_warnings():          # "inaccurate" is reported in status and message
+                warnings.simplefilter("ignore", UserWarning)
+                prob.solve(solver=s, **_SOLVER_OPTIONS.get(s, {}))
+        except (cp.error.SolverError, ValueError, ArithmeticError) as exc:
+            msgs.append(f"{s}: {' '.join(str(exc).split())[:200]}")
+            continue
+        status, used = str(prob.status), s
+        if status in ("optimal",) + _INFEASIBLE + _UNBOUNDED:
+            break
+        msgs.append(f"{s}: status {status}")
+    return status, used, "; ".join(msgs)
+
+
+def _margins_table(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(N, C) scores -> (N, C) margins f_{y_n} - f_j, inf at j = y_n."""
+    fy = scores[np.arange(len(y)), y]
+    m = fy[:, None] - scores
+    m[np.arange(len(y)), y] = np.inf
+    return m
+
+
+def _duals_table(lam: np.ndarray | None, n_idx, j_idx, N: int, C: int) -> np.ndarray | None:
+    if lam is None:
+        return None
+    a = np.zeros((N, C))
+    a[n_idx, j_idx] = np.maximum(np.asarray(lam, dtype=np.float64).ravel(), 0.0)
+    return a
+
+
+def _coef(alpha: np.ndarray, y: np.ndarray) -> np.ndarray:
+    r""":math:`c_{ni} = [i = y_n]\sum_j \alpha_{nj} - \alpha_{ni}` (so :math:`W_i = \sum_n c_{ni}\phi_n`)."""
+    c = -alpha.copy()
+    c[np.arange(len(y)), y] += alpha.sum(1)
+    return c
+
+
+def _result(head, problem, status, solver, msg, X, y, C, k, nvar, ncons, t0, **kw) -> MaxMarginResult:
+    N, d = X.shape
+    if status in _INFEASIBLE or status in _UNBOUNDED:
+        sep, why = False, ("the solver certified that no point has every margin >= 1: the data are not "
+                           f"separable by the {head} head")
+        if head == "lowrank":
+            why = "the solver certified the SDP infeasible: no PSD W_i separate the data (no rank can)"
+        return MaxMarginResult(head=head, degree=HEAD_DEGREE[head], separable=False, gamma_star=None,
+                               status=status, solver=solver, problem=problem, n=N, d=d, C=C, k=k,
+                               variables=nvar, constraints=ncons, seconds=time.perf_counter() - t0,
+                               message=why + (f" ({msg})" if msg else ""))
+    if status not in _OK or kw.get("W") is None:
+        return MaxMarginResult(head=head, degree=HEAD_DEGREE[head], separable=None, gamma_star=None,
+                               status=status, solver=solver, problem=problem, n=N, d=d, C=C, k=k,
+                               variables=nvar, constraints=ncons, seconds=time.perf_counter() - t0,
+                               message=f"no solution: {msg or status}")
+    W = kw.pop("W")
+    obj = kw.pop("objective")
+    gamma = 1.0 / math.sqrt(obj) if head != "lowrank" else 1.0 / obj
+    nrm = float(np.linalg.norm(W))
+    margins = kw.pop("margins")
+    q = margins.min(1)
+    duals = kw.pop("duals", None)
+    dual_tol = 1e-6 * max(1.0, float(duals.max()) if duals is not None and duals.size else 1.0)
+    support = None if duals is None else np.flatnonzero((duals > dual_tol).any(1))
+    return MaxMarginResult(head=head, degree=HEAD_DEGREE[head], separable=True, gamma_star=float(gamma),
+                           status=status, solver=solver, problem=problem, n=N, d=d, C=C, k=k, variables=nvar,
+                           constraints=ncons, seconds=time.perf_counter() - t0, objective=float(obj), W=W,
+                           direction=W / nrm if nrm > 0 else W, margins=margins, q=q, duals=duals,
+                           support=support, dual_tol=dual_tol,
+                           message=msg if status == "optimal" else f"inaccurate solution ({msg})", **kw)
+
+
+# ---------------------------------------------------------------------------
+# The three problems
+# ---------------------------------------------------------------------------
+def _linear_on_features(F: np.ndarray, y: np.ndarray, C: int, solvers):
+    """min 1/2 ||w||^2 s.t. A w >= 1 on features F (N, D): (status, solver, msg, Wflat, lam, n_idx, j_idx)."""
+    import cvxpy as cp
+
+    A, n_idx, j_idx = _pair_matrix(F, y, C)
+    w = cp.Variable(A.shape[1])
+    cons = [A @ w >= 1]
+    prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(w)), cons)
+    status, solver, msg = _solve(prob, solvers)
+    if status in _OK and w.value is not None:
+        return status, solver, msg, np.asarray(w.value), cons[0].dual_value, n_idx, j_idx
+    return status, solver, msg, None, None, n_idx, j_idx
+
+
+def solve_linear_svm(X, y, num_classes: int | None = None, *, solvers=("CLARABEL", "SCS")) -> MaxMarginResult:
+    r"""Linear head: :math:`\min\tfrac12\|W\|_F^2` s.t. :math:`(w_{y_n}-w_j)\cdot x_n \ge 1`;
+    :math:`\gamma^\star = 1/\|W^\star\|_F` (L = 1)."""
+    t0 = time.perf_counter()
+    X, y, C = _as_arrays(X, y, num_classes)
+    N, d = X.shape
+    U, Z = _span(X)
+    k = U.shape[1]
+    ncons = N * (C - 1)
+    _check(ncons <= LIMITS["constraints"], "constraints", ncons, "N (C - 1) margin constraints")
+    _check(C * k <= LIMITS["linear_variables"], "linear_variables", C * k, "C k variables")
+    if k == 0:
+        return _result("linear", "primal", "infeasible", None, "all inputs are 0", X, y, C, k, 0, ncons, t0)
+    status, solver, msg, w, lam, n_idx, j_idx = _linear_on_features(Z, y, C, solvers)
+    if w is None:
+        return _result("linear", "primal", status, solver, msg, X, y, C, k, C * k, ncons, t0)
+    Wk = w.reshape(C, k)
+    W = Wk @ U.T
+    return _result("linear", "primal", status, solver, msg, X, y, C, k, C * k, ncons, t0,
+                   W=W, objective=float(np.sum(Wk ** 2)), margins=_margins_table(X @ W.T, y),
+                   duals=_duals_table(lam, n_idx, j_idx, N, C))
+
+
+def solve_quadratic_svm(X, y, num_classes: int | None = None, *, form: str = "auto",
+                        solvers=("CLARABEL", "SCS")) -> MaxMarginResult:
+    r"""Full quadratic head: the SVM in feature space :math:`x x^\top`, kernel :math:`(x\cdot x')^2`;
+    :math:`\gamma^\star = 1/\|W^\star\|_F` (L = 1). ``form``: ``primal`` (over symmetric
+    :math:`W_i`, svec coordinates), ``dual`` or ``auto`` (fewer variables)."""
+    import cvxpy as cp
+
+    t0 = time.perf_counter()
+    if form not in ("auto", "primal", "dual"):
+        raise ConfigError(f"form must be auto, primal or dual, got {form!r}")
+    X, y, C = _as_arrays(X, y, num_classes)
+    N, d = X.shape
+    U, Z = _span(X)
+    k = U.shape[1]
+    D = k * (k + 1) // 2
+    ncons = N * (C - 1)
+    _check(ncons <= LIMITS["constraints"], "constraints", ncons, "N (C - 1) margin constraints")
+    if form == "auto":
+        form = "primal" if C * D <= ncons or N > LIMITS["quadratic_dual_points"] else "dual"
+    nvar = C * D if form == "primal" else ncons
+    _check(nvar <= LIMITS["quadratic_variables"], "quadratic_variables", nvar,
+           f"{'C k(k+1)/2' if form == 'primal' else 'N (C - 1)'} variables ({form})")
+    if form == "dual":
+        _check(N <= LIMITS["quadratic_dual_points"], "quadratic_dual_points", N, "N (kernel size, dual)")
+    if k == 0:
+        return _result("quadratic", form, "infeasible", None, "all inputs are 0", X, y, C, k, 0, ncons, t0)
+    if form == "primal":
+        F = svec_features(Z)
+        status, solver, msg, w, lam, n_idx, j_idx = _linear_on_features(F, y, C, solvers)
+        if w is None:
+            return _result("quadratic", form, status, solver, msg, X, y, C, k, nvar, ncons, t0)
+        S = np.stack([_smat(w.reshape(C, D)[i], k) for i in range(C)])
+        alpha = _duals_table(lam, n_idx, j_idx, N, C)
+        obj = float(np.sum(w ** 2))
+    else:
+        K = (Z @ Z.T) ** 2
+        ev, evec = np.linalg.eigh(K)
+        keep = ev > 1e-12 * max(ev.max(), 1e-300)
+        R = evec[:, keep] * np.sqrt(ev[keep])                      # K = R R^T
+        n_idx, j_idx = _pairs(y, C)
+        import scipy.sparse as sps
+
+        P = len(n_idx)
+        # c = T a (N*C, row-major (n, i)): +a at (n, y_n), -a at (n, j)
+        rows = np.concatenate([n_idx * C + y[n_idx], n_idx * C + j_idx])
+        cols = np.concatenate([np.arange(P), np.arange(P)])
+        vals = np.concatenate([np.ones(P), -np.ones(P)])
+        T = sps.csr_matrix((vals, (rows, cols)), shape=(N * C, P))
+        a = cp.Variable(P, nonneg=True)
+        cmat = cp.reshape(T @ a, (N, C), order="C")
+        prob = cp.Problem(cp.Maximize(cp.sum(a) - 0.5 * cp.sum_squares(R.T @ cmat)))
+        status, solver, msg = _solve(prob, solvers)
+        if status not in _OK or a.value is None:
+            return _result("quadratic", form, status, solver, msg, X, y, C, k, nvar, ncons, t0)
+        alpha = _duals_table(a.value, n_idx, j_idx, N, C)
+        c = _coef(alpha, y)
+        S = np.einsum("ni,nk,nl->ikl", c, Z, Z)
+        obj = float(np.einsum("ikl,ikl->", S, S))
+    W = np.einsum("ak,ikl,bl->iab", U, S, U)
+    scores = np.einsum("na,iab,nb->ni", X, W, X)
+    return _result("quadratic", form, status, solver, msg, X, y, C, k, nvar, ncons, t0,
+                   W=W, objective=obj, margins=_margins_table(scores, y), duals=alpha)
+
+
+def solve_lowrank_sdp(X, y, num_classes: int | None = None, *, solvers=None,
+                      rank_rtol: float = 1e-6) -> MaxMarginResult:
+    r"""Low-Rank head, convex relaxation: :math:`\min\sum_i\mathrm{tr}W_i` s.t.
+    :math:`x_n^\top(W_{y_n}-W_j)x_n \ge 1`, :math:`W_i\succeq 0`; :math:`\gamma^\star = 1/\mathrm{OPT}`
+    (L = 2), an upper bound on every rank-r model, attained when r >= ``max(ranks)``."""
+    import cvxpy as cp
+
+    t0 = time.perf_counter()
+    X, y, C = _as_arrays(X, y, num_classes)
+    N, d = X.shape
+    U, Z = _span(X)
+    k = U.shape[1]
+    D = k * (k + 1) // 2
+    ncons = N * (C - 1)
+    _check(ncons <= LIMITS["constraints"], "constraints", ncons, "N (C - 1) margin constraints")
+    _check(ncons <= LIMITS["sdp_constraints"], "sdp_constraints", ncons, "N (C - 1) SDP margin constraints")
+    _check(k <= LIMITS["sdp_block"], "sdp_block", k, "k (PSD block size = rank of the data)")
+    _check(C * D <= LIMITS["sdp_variables"], "sdp_variables", C * D, "C k(k+1)/2 SDP variables")
+    if k == 0:
+        return _result("lowrank", "sdp", "infeasible", None, "all inputs are 0", X, y, C, k, 0, ncons, t0)
+    Ws = [cp.Variable((k, k), symmetric=True) for _ in range(C)]
+    psd = [Wi >> 0 for Wi in Ws]
+    s = cp.hstack([cp.sum(cp.multiply(Z @ Wi, Z), axis=1) for Wi in Ws])   # class-major (i, n)
+    import scipy.sparse as sps
+
+    n_idx, j_idx = _pairs(y, C)
+    P = len(n_idx)
+    B = sps.csr_matrix((np.concatenate([np.ones(P), -np.ones(P)]),
+                        (np.concatenate([np.arange(P)] * 2), np.concatenate([y[n_idx] * N + n_idx, j_idx * N + n_idx]))),
+                       shape=(P, C * N))
+    marg = [B @ s >= 1]
+    prob = cp.Problem(cp.Minimize(sum(cp.trace(Wi) for Wi in Ws)), marg + psd)
+    if solvers is None:
+        solvers = ("CLARABEL", "SCS") if C * D <= SDP_CLARABEL_MAX else ("SCS", "CLARABEL")
+    status, solver, msg = _solve(prob, solvers)
+    if status not in _OK or any(Wi.value is None for Wi in Ws):
+        return _result("lowrank", "sdp", status, solver, msg, X, y, C, k, C * D, ncons, t0)
+    S = np.stack([0.5 * (Wi.value + Wi.value.T) for Wi in Ws])
+    W = np.einsum("ak,ikl,bl->iab", U, S, U)
+    scores = np.einsum("nk,ikl,nl->ni", Z, S, Z)
+    Zd = [None if c.dual_value is None else np.asarray(c.dual_value) for c in psd]
+    psd_duals = None if any(z is None for z in Zd) else np.einsum("ak,ikl,bl->iab", U, np.stack(Zd), U)
+    ranks = []
+    for Si in S:
+        ev = np.linalg.eigvalsh(Si)
+        ranks.append(int(np.sum(ev > rank_rtol * max(ev.max(), 1e-300))))
+    return _result("lowrank", "sdp", status, solver, msg, X, y, C, k, C * D, ncons, t0,
+                   W=W, objective=float(sum(np.trace(Si) for Si in S)), margins=_margins_table(scores, y),
+                   duals=_duals_table(marg[0].dual_value, n_idx, j_idx, N, C), psd_duals=psd_duals, ranks=ranks)
+
+
+def solve_max_margin(X, y, head: str, num_classes: int | None = None, **kw) -> MaxMarginResult:
+    """Dispatch on ``head`` (``linear``, ``quadratic``, ``lowrank``); see the module docstring."""
+    if head == "linear":
+        return solve_linear_svm(X, y, num_classes, **kw)
+    if head == "quadratic":
+        return solve_quadratic_svm(X, y, num_classes, **kw)
+    if head == "lowrank":
+        return solve_lowrank_sdp(X, y, num_classes, **kw)
+    raise ConfigError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
+
+
+# ---------------------------------------------------------------------------
+# Comparing a model with the optimum
+# ---------------------------------------------------------------------------
+def head_of(model) -> str:
+    """``linear``, ``quadratic`` or ``lowrank`` for a single-head model on raw inputs
+    (features without parameters); :class:`ConfigError` otherwise."""
+    from .models import LinearHead, LowRankHead, QuadraticHead
+
+    head = getattr(model, "head", model)
+    feats = getattr(model, "features", None)
+    if feats is not None and any(True for _ in feats.parameters()):
+        raise ConfigError(f"the max-margin optimum applies to a head on fixed inputs; model "
+                          f"{getattr(model, 'name', type(model).__name__)!r} has trainable features")
+    if isinstance(head, LinearHead) and head.bias is None:
+        return "linear"
+    if isinstance(head, QuadraticHead):
+        return "quadratic"
+    if isinstance(head, LowRankHead):
+        return "lowrank"
+    raise ConfigError(f"no max-margin problem for head {type(head).__name__} (linear without bias, "
+                      "quadratic or lowrank only)")
+
+
+def model_direction(model) -> tuple[str, np.ndarray]:
+    r"""(head, W) with W the model's matrices: linear ``weight`` (C, d); quadratic
+    :math:`W = \mathrm{sym}(V)` (C, d, d); lowrank :math:`W_i = A_i^\top A_i` (C, d, d); float64."""
+    import torch
+
+    kind = head_of(model)
+    head = getattr(model, "head", model)
+    with torch.no_grad():
+        if kind == "linear":
+            W = head.weight.detach().to(torch.float64)
+        elif kind == "quadratic":
+            W = head.W.detach().to(torch.float64)
+        else:
+            A = head.weight.detach().to(torch.float64)
+            W = torch.einsum("crd,cre->cde", A, A)
+    return kind, W.cpu().numpy()
+
+
+def cosine(W, Wstar) -> float:
+    """Cosine between two stacks of class matrices (Frobenius inner product over all classes)."""
+    a, b = np.asarray(W, dtype=np.float64).ravel(), np.asarray(Wstar, dtype=np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return float("nan")
+    return float(a @ b / (na * nb))
+
+
+def gamma_min_of(W, X, y, head: str) -> float:
+    r""":math:`\gamma_{\min}` of class matrices W in the toolkit's normalisation: linear / quadratic
+    :math:`\min_n q_n/\|W\|_F`, lowrank (PSD W) :math:`\min_n q_n/\sum_i\mathrm{tr}W_i`."""
+    X, y, C = _as_arrays(X, y, np.asarray(W).shape[0])
+    W = np.asarray(W, dtype=np.float64)
+    scores = X @ W.T if head == "linear" else np.einsum("na,iab,nb->ni", X, W, X)
+    q = _margins_table(scores, y).min(1)
+    norm = np.trace(W, axis1=1, axis2=2).sum() if head == "lowrank" else np.linalg.norm(W)
+    return float(q.min() / norm)
+
+
+def model_gamma_min(model, X, y) -> float:
+    """The model's gamma_min on (X, y) by ``margins.compute_margins`` (float64, toolkit normalisation)."""
+    import copy
+
+    import torch
+
+    from .margins import compute_margins
+
+    m = copy.deepcopy(model).to("cpu", torch.float64)
+    Xt = torch.as_tensor(np.asarray(X) if not hasattr(X, "detach") else X.detach().cpu(), dtype=torch.float64)
+    yt = torch.as_tensor(np.asarray(y) if not hasattr(y, "detach") else y.detach().cpu(), dtype=torch.int64)
+    Xt = Xt.reshape(Xt.shape[0], *getattr(model, "input_shape", (Xt[0].numel(),)))
+    return compute_margins(m, Xt, yt).gamma_min
+
+
+def compare_with_optimum(model, X, y, result: MaxMarginResult, *, gamma_min: float | None = None) -> dict:
+    r"""``gamma_min / gamma_star`` and the cosine between the model's direction (W_i, or
+    :math:`A_i^\top A_i`) and the optimum's. ``gamma_min``: pass it if already computed on the
+    same (X, y) (else :func:`model_gamma_min`). For ``lowrank`` the ratio is against the
+    relaxation's bound (<= 1 for every rank; -> 1 possible when r >= max(result.ranks))."""
+    kind, W = model_direction(model)
+    if kind != result.head:
+        raise ConfigError(f"the model has a {kind} head but the optimum is for the {result.head} head")
+    if result.W is not None and W.shape != result.W.shape:
+        raise ConfigError(f"model matrices {W.shape} do not match the optimum's {result.W.shape}")
+    out = {"head": kind, "degree": result.degree, "gamma_star": result.gamma_star, "separable": result.separable,
+           "n": result.n}
+    if not result.separable:
+        out.update(gamma_min=gamma_min, ratio=None, cosine=None,
+                   note="no optimum: " + (result.message or result.status))
+        return out
+    g = model_gamma_min(model, X, y) if gamma_min is None else float(gamma_min)
+    out.update(gamma_min=g, ratio=g / result.gamma_star, cosine=cosine(W, result.W))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Full-batch gradient descent (the experiment's runs)
+# ---------------------------------------------------------------------------
+@dataclass
+class GDResult:
+    """History of :func:`gradient_descent`: one dict per recorded step (``step, loss,
+    gamma_min, ratio, cosine, theta_norm, train_acc``), the final model and timing."""
+
+    history: list[dict]
+    model: Any
+    seconds: float
+    lr: float
+    steps: int
+    diverged: bool = False
+
+
+def log_steps(steps: int, points: int = 60) -> list[int]:
+    """Step numbers 0, 1, ..., ``steps``, about ``points`` of them log-spaced (always 0 and ``steps``)."""
+    if steps <= 0:
+        return [0]
+    s = np.unique(np.round(np.logspace(0, math.log10(steps), max(points, 2))).astype(int))
+    return [0] + [int(v) for v in s if 1 <= v <= steps] + ([steps] if steps not in s else [])
+
+
+def head_logits_and_grad(kind: str, P: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    r"""Mean cross-entropy of a head with parameters ``P`` and its gradient in closed form
+    (numpy float64; the same model as :mod:`margin_theory.models`). With
+    :math:`G = (\mathrm{softmax}(F) - \mathrm{onehot}(y))/N`:
+    linear (``P`` = W, (C, d)) :math:`\nabla W = G^\top X`; quadratic (``P`` = V, (C, d, d))
+    :math:`\nabla V_i = X^\top \mathrm{diag}(G_{:i}) X`; lowrank (``P`` = A, (C, r, d))
+    :math:`\nabla a_{ik} = 2\sum_n G_{ni} (a_{ik}\cdot x_n) x_n`."""
+    N = X.shape[0]
+    if kind == "linear":
+        F = X @ P.T
+    elif kind == "quadratic":
+        C, d, _ = P.shape
+        F = ((X @ P.transpose(1, 0, 2).reshape(d, C * d)).reshape(N, C, d) * X[:, None, :]).sum(2)
+    else:
+        C, r, d = P.shape
+        Z = (X @ P.reshape(C * r, d).T).reshape(N, C, r)
+        F = (Z * Z).sum(2)
+    Fm = F - F.max(1, keepdims=True)
+    E = np.exp(Fm)
+    Z_ = E.sum(1, keepdims=True)
+    loss = float(np.mean(np.log(Z_[:, 0]) - Fm[np.arange(N), y]))
+    G = E / Z_
+    G[np.arange(N), y] -= 1.0
+    G /= N
+    if kind == "linear":
+        grad = G.T @ X
+    elif kind == "quadratic":
+        grad = np.matmul((G.T[:, :, None] * X[None]).transpose(0, 2, 1), X)
+    else:
+        grad = 2.0 * ((G[:, :, None] * Z).reshape(N, C * r).T @ X).reshape(C, r, d)
+    return loss, grad
+
+
+def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginResult | None = None,
+                     record: Sequence[int] | None = None, progress_desc: str | None = None,
+                     quiet: bool = True) -> GDResult:
+    r"""Full-batch gradient descent :math:`\theta \leftarrow \theta - \eta\nabla\,\mathrm{mean\ CE}`
+    of a single-head model (linear, quadratic or lowrank on raw inputs), in float64.
+
+    The steps use the closed-form gradient of :func:`head_logits_and_grad` on a numpy copy of
+    the head's parameters (tests check it against autograd); at the steps ``record`` (default
+    :func:`log_steps`) the parameters are written into a float64 copy of ``model`` and recorded:
+    loss, ``gamma_min`` and ``gamma_bar`` by ``margins.compute_margins`` (the toolkit's
+    normalisation), and with ``optimum`` the ratio ``gamma_min/gamma_star`` and the cosine to the
+    optimum's direction (:func:`model_direction`). ``GDResult.model`` is that copy at the end."""
+    import copy
+
+    import torch
+
+    from ._util import progress
+    from .margins import compute_margins
+
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr must be a positive number, got {lr!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"steps must be a non-negative integer, got {steps!r}")
+    kind = head_of(model)
+    m = copy.deepcopy(model).to(torch.float64)
+    Xn, yn, _ = _as_arrays(X, y, m.num_classes)
+    Xt = torch.as_tensor(Xn).reshape(Xn.shape[0], *m.input_shape)
+    yt = torch.as_tensor(yn)
+    P = m.head.weight.detach().cpu().numpy().copy()
+    rec = sorted(set(int(s) for s in (record if record is not None else log_steps(steps)) if 0 <= s <= steps))
+    hist: list[dict] = []
+    t0 = time.perf_counter()
+    diverged = False
+
+    def sync() -> None:
+        with torch.no_grad():
+            m.head.weight.copy_(torch.as_tensor(P))
+
+    def row(step: int) -> dict:
+        sync()
+        mr = compute_margins(m, Xt, yt)
+        r = {"step": step, "loss": mr.loss, "gamma_min": mr.gamma_min, "gamma_bar": mr.gamma_bar,
+             "theta_norm": mr.theta_norm, "train_acc": mr.accuracy}
+        if optimum is not None and optimum.separable:
+            _, W = model_direction(m)
+            r["ratio"] = mr.gamma_min / optimum.gamma_star
+            r["cosine"] = cosine(W, optimum.W)
+        return r
+
+    next_rec = iter(rec)
+    target = next(next_rec, None)
+    bar = progress(total=steps, desc=progress_desc, quiet=quiet or progress_desc is None, unit="step")
+    try:
+        for step in range(steps + 1):
+            if target is not None and step == target:
+                hist.append(row(step))
+                target = next(next_rec, None)
+            if step == steps:
+                break
+            loss, grad = head_logits_and_grad(kind, P, Xn, yn)
+            if not (math.isfinite(loss) and np.all(np.isfinite(grad))):
+                diverged = True
+                break
+            P -= lr * grad
+            if (step + 1) % 256 == 0 or step + 1 == steps:
+                bar.update((step + 1) - bar.n)
+    finally:
+        bar.close()
+    sync()
+    return GDResult(history=hist, model=m, seconds=time.perf_counter() - t0, lr=float(lr), steps=steps,
+                    diverged=diverged)
+
+
+# ---------------------------------------------------------------------------
+# The gap along a run (trainer monitors, check)
+# ---------------------------------------------------------------------------
+#: the trainer's and check's max-margin monitors solve on at most this many points
+MONITOR_MAX_POINTS = 256
+
+
+class GapMonitor:
+    """Solve the max-margin problem once for a model's head on (a seeded subset of) the
+    training data, then report ``gamma_min/gamma_star`` and the cosine for any later state.
+
+    ``subset``: at most this many points, drawn as the Theorem 2 monitors draw theirs
+    (``assumptions.select_subset``: the first ``subset`` of a ``torch.randperm`` seeded with
+    ``seed``, so they lie inside the monitors' S of any larger size); the report's ``data``
+    says whether it used all points or a subset. If the head has no
+    max-margin problem, or it is too large, or the data are not separable, every report
+    says so in ``note`` and carries no ratio."""
+
+    def __init__(self, model, X, y, *, subset: int = 512, seed: int = 0, num_classes: int | None = None):
+        self.note = None
+        self.result = None
+        from .assumptions import select_subset
+
+        N = int(y.shape[0])
+        self.idx = select_subset(N, subset, seed).numpy()
+        self.n, self.N, self.seed = len(self.idx), N, int(seed)
+        self.data = (f"all {N} training points" if self.n == N else
+                     f"a seeded subset of {self.n} of {N} training points (seed {seed})")
+        Xn = X.detach().cpu().numpy() if hasattr(X, "detach") else np.asarray(X)
+        yn = y.detach().cpu().numpy() if hasattr(y, "detach") else np.asarray(y)
+        self.X, self.y = Xn[self.idx], yn[self.idx]
+        C = num_classes if num_classes is not None else getattr(model, "num_classes", None)
+        try:
+            head = head_of(model)
+            self.result = solve_max_margin(self.X.reshape(self.n, -1), self.y, head, C)
+            if not self.result.separable:
+                self.note = self.result.message or self.result.status
+        except MarginTheoryError as exc:
+            self.note = " ".join(str(exc).split())
+        except ImportError as exc:          # cvxpy missing: a monitor must never stop training
+            self.note = f"the convex solver is unavailable ({exc}); pip install cvxpy clarabel"
+
+    def report(self, model) -> dict:
+        base = {"data": self.data, "n": self.n, "seed": self.seed}
+        if self.result is None or not self.result.separable:
+            return {**base, "available": False, "note": self.note,
+                    "gamma_star": None, "ratio": None, "cosine": None}
+        c = compare_with_optimum(model, self.X, self.y, self.result)
+        return {**base, "available": True, "head": c["head"], "degree": c["degree"], "gamma_star": c["gamma_star"],
+                "gamma_min": c["gamma_min"], "ratio": c["ratio"], "cosine": c["cosine"],
+                "solver_seconds": self.result.seconds, "note": None}
+
+
+# ---------------------------------------------------------------------------
+# Figure
+# ---------------------------------------------------------------------------
+def plot_gap(curves: dict[str, list[dict]], out, title: str = "", xkey: str = "step"):
+    """gamma_min/gamma_star and the cosine to the optimum against steps (log x), one line per
+    curve (``{label: [rows with xkey, ratio, cosine]}``); PNG written atomically."""
+    use_agg_backend()
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for label, rows in curves.items():
+        pts = [r for r in rows if r.get(xkey, 0) > 0 and r.get("ratio") is not None]
+        if not pts:
+            continue
+        x = [r[xkey] for r in pts]
+        line, = ax1.plot(x, [r["ratio"] for r in pts], lw=1.3, label=label)
+        ax2.plot(x, [r["cosine"] for r in pts], lw=1.3, color=line.get_color(), label=label)
+    for ax, yl in ((ax1, r"$\gamma_{\min}(t)/\gamma^\star$"), (ax2, r"cosine(direction, optimum)")):
+        ax.axhline(1.0, color="k", ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{xkey} (log scale)")
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="lower right")
+    ax1.set_title("margin ratio to the solver's optimum (1 = max margin)")
+    ax2.set_title("direction: cosine with the optimum's W*")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+# ---------------------------------------------------------------------------
+# The experiment ``maxmargin`` (experiments/maxmargin.toml; experiment.analysis_maxmargin)
+# ---------------------------------------------------------------------------
+#: the runs of every case: label -> (model name, rank; "d" = the case's input dimension)
+GD_HEADS = {"linear": ("linear", None), "quadratic": ("quadratic", None),
+            "lowrank-1": ("lowrank", 1), "lowrank-d": ("lowrank", "d")}
+#: predicted exponents p of gap ~ (log t)^-p for heads linear in theta (Soudry et al. 2018, generic
+#: case: w(t) = w_hat log t + O(1), so 1 - ratio = O(1/log t) and 1 - cos = O(1/log^2 t))
+PREDICTED_P = {"ratio": 1.0, "cosine": 2.0}
+
+
+def _pool(X: np.ndarray, side: int, k: int) -> np.ndarray:
+    import torch
+
+    t = torch.as_tensor(X, dtype=torch.float64).reshape(-1, 1, side, side)
+    return torch.nn.functional.avg_pool2d(t, k).reshape(X.shape[0], -1).numpy()
+
+
+def prepare_case(case: dict, seed: int = 0, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """Data of one experiment case: the dataset's training set, optional classes, seeded subset
+    (``n_train``), ``pool`` (k x k average pooling of square images), ``affine`` ([x, 1]); then
+    scaled so that max_n ||x_n|| = 1 (ratios and cosines do not depend on that scale)."""
+    X, y, C, desc = load_case(case["dataset"], classes=case.get("classes"), n_train=case.get("n_train"),
+                              seed=seed, data_dir=data_dir)
+    if case.get("pool"):
+        k = int(case["pool"])
+        side = int(round(math.sqrt(X.shape[1])))
+        if side * side != X.shape[1] or side % k:
+            raise ConfigError(f"case {case.get('name')}: pool = {k} needs square images with side divisible by {k}")
+        X = _pool(X, side, k)
+        desc += f", {k}x{k} average pooling to {side // k}x{side // k}"
+    if case.get("affine"):
+        X = affine(X)
+        desc += ", affine inputs [x, 1]"
+    R = float(np.linalg.norm(X, axis=1).max())
+    if R > 0:
+        X = X / R
+    return X, y, C, desc + ", scaled to max ||x_n|| = 1"
+
+
+def _fit_exponent(rows: list[dict], key: str) -> float | None:
+    """p in 1 - key ~ c (log t)^-p, least squares over the recorded steps t >= sqrt(T) (t >= 3)
+    at which the data are already separated (ratio > 0); None with fewer than 3 such steps."""
+    T = max(r["step"] for r in rows)
+    pts = [(math.log(math.log(r["step"])), math.log(1.0 - r[key])) for r in rows
+           if r["step"] >= max(3.0, math.sqrt(T)) and r.get(key) is not None and 0 < 1.0 - r[key]
+           and (r.get("ratio") or 0) > 0]
+    if len(pts) < 3 or pts[-1][0] - pts[0][0] <= 0:
+        return None
+    a, b = np.polyfit([p[0] for p in pts], [p[1] for p in pts], 1)
+    return float(-a)
+
+
+def _at_fraction(rows: list[dict], frac: float) -> dict:
+    """The recorded row nearest to step T**frac (log scale)."""
+    T = max(r["step"] for r in rows)
+    target = T ** frac
+    return min((r for r in rows if r["step"] > 0), key=lambda r: abs(math.log(r["step"]) - math.log(target)))
+
+
+def verdict(row_end: dict, row_mid: dict, opt: MaxMarginResult, rank: int | None) -> str:
+    """Rule (stated in docs/maxmargin.md): ``not separable`` (solver certificate); ``at optimum``
+    (ratio and cosine >= 0.999); ``converging`` (both gaps 1 - ratio, 1 - cos shrank from step
+    sqrt(T) to T); ``stalled below the bound`` (ratio < 0.999 and its gap shrank by less than 5%);
+    ``mixed`` otherwise."""
+    if not opt.separable:
+        return "not separable"
+    r, c = row_end.get("ratio"), row_end.get("cosine")
+    if r is None or c is None:
+        return "n/a"
+    if r >= 0.999 and c >= 0.999:
+        return "at optimum"
+    g_end, g_mid = 1 - r, 1 - row_mid["ratio"]
+    c_end, c_mid = 1 - c, 1 - row_mid["cosine"]
+    if g_end < g_mid and c_end < c_mid and r > 0:
+        if rank is not None and opt.ranks and rank < max(opt.ranks) and g_end > 0.95 * g_mid:
+            return "stalled below the bound"
+        return "converging"
+    if g_end >= 0.95 * g_mid:
+        return "stalled below the bound" if opt.head == "lowrank" else "not converging"
+    return "mixed"
+
+
+def run_case(case: dict, *, steps: int, lr: float, seed: int = 0, heads: Sequence[str] = tuple(GD_HEADS),
+             points: int = 60, data_dir: str | None = None, quiet: bool = True) -> dict:
+    """One case of the experiment: the three optima, then full-batch GD of each head in ``heads``
+    (the toolkit's models, seeded init) for ``steps`` steps at ``lr``; histories and a summary."""
+    import torch
+
+    from .models import build_model
+
+    X, y, C, desc = prepare_case(case, seed, data_dir)
+    N, d = X.shape
+    optima, opt_rows = {}, {}
+    for h in ("linear", "quadratic", "lowrank"):
+        optima[h] = solve_max_margin(X, y, h, C)
+        opt_rows[h] = optima[h].summary()
+    out = {"name": case["name"], "data": desc, "N": N, "d": d, "C": C, "optima": opt_rows, "runs": [],
+           "steps": steps, "lr": lr, "seed": seed}
+    if case.get("closed_form"):
+        out["closed_form"] = case["closed_form"]
+    for label in heads:
+        model_name, rank = GD_HEADS[label]
+        r = d if rank == "d" else rank
+        opt = optima[model_name]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(model_name, (d,), C, rank=r or 1)
+        gd = gradient_descent(model, X, y, lr=lr, steps=steps, optimum=opt, record=log_steps(steps, points),
+                              progress_desc=f"{case['name']} {label}", quiet=quiet)
+        hist = gd.history
+        end = hist[-1]
+        mid = _at_fraction(hist, 0.5)
+        rec = {"label": label, "model": model_name, "rank": r, "lr": lr, "steps": steps, "seconds": gd.seconds,
+               "diverged": gd.diverged, "separable": opt.separable, "gamma_star": opt.gamma_star,
+               "final": {k: end.get(k) for k in ("step", "loss", "gamma_min", "ratio", "cosine", "theta_norm",
+                                                 "train_acc")},
+               "at_sqrt_T": {k: mid.get(k) for k in ("step", "ratio", "cosine")},
+               "p_ratio": _fit_exponent(hist, "ratio") if opt.separable else None,
+               "p_cosine": _fit_exponent(hist, "cosine") if opt.separable else None,
+               "bound_attainable": (None if model_name != "lowrank" or not opt.separable else
+                                    bool(r >= max(opt.ranks or [0]))),
+               "verdict": "diverged" if gd.diverged else verdict(end, mid, opt, r if model_name == "lowrank" else None),
+               "history": [{k: (float(f"{v:.7g}") if isinstance(v, float) and math.isfinite(v) else v)
+                            for k, v in row.items()} for row in hist]}
+        out["runs"].append(rec)
+    return out
+
+
+def run_experiment_cases(cfg: dict, scale: str, out, *, seed: int = 0, data_dir: str | None = None,
+                         quiet: bool = True) -> dict:
+    """The analysis ``maxmargin`` of ``python -m margin_theory.experiment maxmargin``: every case of
+    ``cfg['cases']`` (restricted to ``cfg['only']`` if given) with :func:`run_case`; one figure."""
+    from pathlib import Path
+
+    out = Path(out)
+    cases = list(cfg.get("cases", []))
+    if not cases:
+        raise ConfigError("[maxmargin] defines no cases")
+    only = cfg.get("only")
+    if only:
+        unknown = sorted(set(only) - {c.get("name") for c in cases})
+        if unknown:
+            raise ConfigError(f"[maxmargin] only names unknown case(s) {', '.join(unknown)}")
+        cases = [c for c in cases if c.get("name") in only]
+    t0 = time.perf_counter()
+    res = []
+    for case in cases:
+        steps = case.get("steps", {}).get(scale) if isinstance(case.get("steps"), dict) else None
+        steps = int(steps if steps is not None else cfg.get("steps", 1000))
+        res.append(run_case(case, steps=steps, lr=float(case.get("lr", cfg.get("lr", 0.5))), seed=seed,
+                            heads=cfg.get("heads", tuple(GD_HEADS)), points=int(cfg.get("points", 60)),
+                            data_dir=data_dir, quiet=quiet))
+    fig = plot_gap_grid({c["name"]: (c["data"], {r["label"]: r["history"] for r in c["runs"]}) for c in res},
+                        out / "maxmargin_gap.png",
+                        title=f"Gradient descent vs the max-margin optimum ({scale} scale): margin ratio and cosine")
+    return {"cases": res, "predicted_p": PREDICTED_P, "seconds": time.perf_counter() - t0,
+            "figures": [Path(fig).name]}
+
+
+def plot_gap_grid(cases: dict[str, tuple[str, dict[str, list[dict]]]], out, title: str = "", xkey: str = "step"):
+    """One row per case (``{name: (description, {label: rows})}``): gamma_min/gamma_star (left) and
+    the cosine to the optimum (right) against steps, log-scaled x; PNG written atomically."""
+    use_agg_backend()
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(cases))
+    fig, axes = plt.subplots(n, 2, figsize=(12, 3.3 * n), squeeze=False)
+    for (ax1, ax2), (name, (desc, curves)) in zip(axes, cases.items()):
+        for label, rows in curves.items():
+            pts = [r for r in rows if r.get(xkey, 0) > 0 and r.get("ratio") is not None]
+            if not pts:
+                ax1.plot([], [], label=f"{label}: not separable")
+                continue
+            x = [r[xkey] for r in pts]
+            line, = ax1.plot(x, [r["ratio"] for r in pts], lw=1.3, label=f"{label} ({pts[-1]['ratio']:.3f})")
+            ax2.plot(x, [r["cosine"] for r in pts], lw=1.3, color=line.get_color(),
+                     label=f"{label} ({pts[-1]['cosine']:.3f})")
+        for ax, yl in ((ax1, r"$\gamma_{\min}(t)/\gamma^\star$"), (ax2, "cosine with optimum W*")):
+            ax.axhline(1.0, color="k", ls="--", lw=1)
+            ax.set_xscale("log")
+            ax.set_xlabel(f"gradient-descent {xkey} (log scale)")
+            ax.set_ylabel(yl)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7, loc="lower right")
+        lows = [float(np.min(np.asarray(l.get_ydata()))) for l in ax1.get_lines() if len(l.get_ydata()) > 1]
+        highs = [float(np.max(np.asarray(l.get_ydata()))) for l in ax1.get_lines() if len(l.get_ydata()) > 1]
+        ax1.set_ylim(bottom=max(-1.0, min(lows or [0.0])) - 0.02, top=1.05)
+        below = [l.get_label().split(" (")[0] for l, h in zip([l for l in ax1.get_lines() if len(l.get_ydata()) > 1],
+                                                            highs) if h < -1.0]
+        if below:
+            ax1.text(0.02, 0.5, "below -1 throughout (not yet separated): " + ", ".join(below),
+                     transform=ax1.transAxes, fontsize=8, color="0.3")
+        ax1.set_title(f"{name}: margin ratio (lowrank: to the SDP bound)", fontsize=9)
+        ax2.set_title(f"{name}: direction ({desc[:70]})", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / n))
+    else:
+        fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def render_markdown(an: dict) -> list[str]:
+    """The results.md section of the analysis ``maxmargin``."""
+    def f(v, spec=".4f"):
+        return "n/a" if v is None else format(v, spec)
+
+    L = ["## Max-margin limit of gradient descent (beyond the paper)", "",
+         "gamma_star: the solver's optimum of gamma_min in the toolkit's normalisation q/||theta||^L "
+         "(linear, quadratic: hard-margin SVM, L = 1; lowrank: the PSD relaxation's upper bound, L = 2). "
+         "ratio = gamma_min(t)/gamma_star, cos = cosine between the model's W (lowrank: A_i^T A_i) and W*. "
+         f"p = fitted exponent of gap ~ (log t)^-p over t >= sqrt(T); predicted for the linear and "
+         f"quadratic heads {an['predicted_p']['ratio']:g} (ratio) and {an['predicted_p']['cosine']:g} (cosine).", ""]
+    for c in an["cases"]:
+        o = c["optima"]
+        L += [f"### {c['name']}: {c['data']} (N = {c['N']}, d = {c['d']}, C = {c['C']})", ""]
+        L.append("Optima: " + "; ".join(
+            f"{h} " + (f"gamma* = {v['gamma_star']:.5g} ({v['problem']}, {v['variables']:,} variables, "
+                       f"{v['seconds']:.2f} s" + (f", ranks {v['ranks']}" if v.get("ranks") else "") + ")"
+                       if v["separable"] else f"not separable ({v['status']})")
+            for h, v in o.items()) + ".")
+        if c.get("closed_form"):
+            L.append(f"Closed form: {c['closed_form']}.")
+        L += ["", f"GD: {c['steps']} full-batch steps, lr {c['lr']:g}.", "",
+              "| head | final ratio | final cos | ratio at sqrt(T) | cos at sqrt(T) | p (ratio) | p (cos) | "
+              "gamma_min | loss | bound attainable | verdict |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+        for r in c["runs"]:
+            fi, mi = r["final"], r["at_sqrt_T"]
+            ba = {None: "-", True: "yes", False: "no"}[r["bound_attainable"]]
+            L.append(f"| {r['label']} | {f(fi['ratio'])} | {f(fi['cosine'])} | {f(mi['ratio'])} | {f(mi['cosine'])} | "
+                     f"{f(r['p_ratio'], '.2f')} | {f(r['p_cosine'], '.2f')} | {f(fi['gamma_min'], '+.4g')} | "
+                     f"{f(fi['loss'], '.3g')} | {ba} | {r['verdict']} |")
+        L.append("")
+    return L
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+def _classes_arg(s: str) -> list[int]:
+    import argparse
+
+    try:
+        v = [int(p) for p in s.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class indices: {s!r}") from None
+    if len(v) < 2 or len(set(v)) != len(v) or min(v) < 0:
+        raise argparse.ArgumentTypeError(f"need at least 2 distinct class indices >= 0: {s!r}")
+    return v
+
+
+def load_case(dataset: str, *, affine_inputs: bool = False, classes: Sequence[int] | None = None,
+              n_train: int | None = None, seed: int = 0, data_dir: str | None = None):
+    """(X (N, d) float64 numpy, y relabelled 0..C-1, C, description) of a dataset's training set."""
+    from .data import load_dataset
+
+    ds = load_dataset(dataset, data_dir, seed=seed)
+    X = ds.X_train.reshape(ds.X_train.shape[0], -1).double().numpy()
+    y = ds.y_train.numpy()
+    desc = f"{ds.name} training set"
+    if classes:
+        bad = [c for c in classes if c >= ds.num_classes]
+        if bad:
+            raise ConfigError(f"{ds.name} has classes 0..{ds.num_classes - 1}; no class {bad[0]}")
+        keep = np.isin(y, classes)
+        X, y = X[keep], np.searchsorted(np.array(sorted(classes)), y[keep])
+        desc += f", classes {sorted(classes)}"
+    if n_train is not None and n_train < len(y):
+        idx = seeded_subset(y, n_train, seed)
+        X, y = X[idx], y[idx]
+        desc += f", seeded subset of {n_train} (seed {seed})"
+    if affine_inputs:
+        X = affine(X)
+        desc += ", affine inputs [x, 1]"
+    return X, y, int(y.max()) + 1, desc
+
+
+def run_gap_rows(run_dir) -> tuple[list[dict], str]:
+    """The max-margin monitor rows of a trainer run folder (``metrics.jsonl`` lines with an
+    available ``maxmargin`` entry), each with ``step = epoch * ceil(N / batch_size)``; and the
+    monitors' ``data`` description. :class:`ConfigError` if the run has none."""
+    import json
+    from pathlib import Path
+
+    from .train import read_metrics
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ConfigError(f"--run {run}: no such run folder")
+    try:
+        cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        summ = json.loads((run / "summary.json").read_text(encoding="utf-8")) if (run / "summary.json").is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--run {run}: cannot read config.json ({' '.join(str(exc).split())})") from None
+    rows = [r for r in read_metrics(run) if isinstance(r.get("maxmargin"), dict) and r["maxmargin"].get("available")]
+    if not rows:
+        notes = {(r.get("maxmargin") or {}).get("note") for r in read_metrics(run)} - {None}
+        raise ConfigError(f"--run {run}: no max-margin monitor in metrics.jsonl (train with --monitor-every K"
+                          + (f"; the monitor said: {sorted(notes)[0]}" if notes else "") + ")")
+    n = summ.get("n_train") or rows[0]["maxmargin"]["n"]
+    per_epoch = -(-int(n) // int(cfg.get("batch_size", 1)))
+    out = [{"step": r["epoch"] * per_epoch, "epoch": r["epoch"], "ratio": r["maxmargin"]["ratio"],
+            "cosine": r["maxmargin"]["cosine"]} for r in rows]
+    return out, rows[0]["maxmargin"]["data"]
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=(
+        "Solve the max-margin problem that gradient descent converges to (in direction) for a head: the "
+        "multiclass hard-margin SVM (linear, quadratic = kernel (x.x')^2) or the PSD relaxation (lowrank). "
+        "Prints gamma_star in the toolkit's normalisation q/||theta||^L, separability, support vectors."))
+    p.add_argument("--dataset", default=None, help="a dataset name (see python -m margin_theory.data list)")
+    p.add_argument("--run", default=None, metavar="RUN_DIR",
+                   help="instead: plot gamma_min/gamma* and the cosine of a trainer run's max-margin monitors "
+                        "(trained with --monitor-every) against steps, log x, into --out")
+    p.add_argument("--out", default=None, help="PNG for --run (default RUN_DIR/maxmargin-gap.png)")
+    p.add_argument("--head", choices=HEADS + ("all",), default="all", help="which problem (default all three)")
+    p.add_argument("--affine", action="store_true", help="affine inputs x -> [x, 1]")
+    p.add_argument("--classes", type=_classes_arg, default=None, metavar="I,J[,...]",
+                   help="keep only these classes (relabelled 0..)")
+    p.add_argument("--n-train", type=positive_int, default=None, help="seeded stratified subset of the training set")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="split and subset seed (default 0)")
+    p.add_argument("--data-dir", default=None, help="folder with the standard dataset files")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    return p
+
+
+@cli_entry(PROG)
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.run is not None:
+        if args.dataset is not None:
+            raise ConfigError("--run and --dataset exclude each other")
+        from pathlib import Path
+
+        rows, data = run_gap_rows(args.run)
+        target = Path(args.out) if args.out else Path(args.run) / "maxmargin-gap.png"
+        fig = plot_gap({Path(args.run).name: rows}, target,
+                       title=f"{Path(args.run).name}: trainer monitors on {data}")
+        doc = {"run": str(args.run), "data": data, "rows": rows, "plot": str(fig)}
+        if args.json:
+            print_json(doc)
+        else:
+            for r in rows:
+                print(f"epoch {r['epoch']:>4} (step {r['step']:>7}): gamma_min/gamma* {r['ratio']:+.4f}, "
+                      f"cos {r['cosine']:.4f}")
+            print(f"plot written to {fig}")
+        return 0
+    if args.dataset is None:
+        raise ConfigError("give --dataset NAME (solve) or --run RUN_DIR (plot a run's monitors)")
+    if args.out is not None:
+        raise ConfigError("--out applies to --run only")
+    X, y, C, desc = load_case(args.dataset, affine_inputs=args.affine, classes=args.classes,
+                              n_train=args.n_train, seed=args.seed, data_dir=args.data_dir)
+    heads = HEADS if args.head == "all" else (args.head,)
+    out = {"data": desc, "N": int(len(y)), "d": int(X.shape[1]), "C": C, "results": {}}
+    for h in heads:
+        try:
+            out["results"][h] = solve_max_margin(X, y, h, C).summary()
+        except ProblemTooLargeError as exc:
+            if len(heads) == 1:
+                raise
+            out["results"][h] = {"head": h, "error": " ".join(str(exc).split())}
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"{desc}: N = {out['N']}, d = {out['d']}, C = {C}")
+    for h, r in out["results"].items():
+        if "error" in r:
+            print(f"  {h:<9} skipped: {r['error']}")
+        elif r["separable"]:
+            extra = f", ranks of W*: {r['ranks']}" if r.get("ranks") else ""
+            what = "relaxation bound " if h == "lowrank" else ""
+            print(f"  {h:<9} separable; {what}gamma_star = {r['gamma_star']:.6g} (q/||theta||^{r['degree']}), "
+                  f"{r['support_vectors']} support vectors, {r['problem']} with {r['variables']:,} variables, "
+                  f"{r['solver']} {r['seconds']:.2f} s{extra}")
+        else:
+            print(f"  {h:<9} {'NOT separable' if r['separable'] is False else 'unsolved'} ({r['status']}): "
+                  f"{r['message']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
