@@ -169,14 +169,16 @@ def _validate_definition(spec: dict, path: Path) -> None:
     fields = set(TrainConfig.__dataclass_fields__)
     where = path.name
 
-    def train_keys(d: Any, ctx: str) -> None:
+    def train_keys(d: Any, ctx: str, run: dict | None = None) -> None:
+        """Keys and values of a settings table; ``run``: the run's own settings it belongs to
+        (then the model options must apply to the run's model), None for a shared table."""
         if not isinstance(d, dict):
             raise ConfigError(f"{where}: {ctx} must be a table")
         bad = sorted(k for k in d if k not in fields or k in RUNNER_FIELDS)
         if bad:
             raise ConfigError(f"{where}: {ctx}: unknown or runner-controlled training key(s) {', '.join(bad)}")
         try:                        # the values' types and ranges (rank, lr, ...), defaults elsewhere
-            TrainConfig.from_dict(dict(d))
+            TrainConfig.from_dict({**(run or {}), **d}, applicable=run is not None)
         except MarginTheoryError as exc:
             raise ConfigError(f"{where}: {ctx}: {exc}") from None
 
@@ -261,12 +263,14 @@ def _validate_definition(spec: dict, path: Path) -> None:
         rs = r.get("scales", list(SCALES))
         if not isinstance(rs, list) or not all(isinstance(x, str) for x in rs) or set(rs) - set(SCALES):
             raise ConfigError(f"{where}: {ctx} ({r['label']}): scales must be from {', '.join(SCALES)}")
-        train_keys({k: v for k, v in r.items() if k not in RUN_META_KEYS}, ctx)
+        own = {k: v for k, v in r.items() if k not in RUN_META_KEYS}
+        base = spec.get("train", {}) if isinstance(spec.get("train", {}), dict) else {}
+        train_keys(own, ctx, run=dict(base))
         ov = r.get("override", {})
         if not isinstance(ov, dict) or set(ov) - set(SCALES):
             raise ConfigError(f"{where}: {ctx} ({r['label']}): override must be a table of scales ({', '.join(SCALES)})")
         for s, o in ov.items():
-            train_keys(o, f"{ctx}.override.{s}")
+            train_keys(o, f"{ctx}.override.{s}", run={**base, **own})
         if "model" in r and not isinstance(r["model"], str):
             raise ConfigError(f"{where}: {ctx} ({r['label']}): model must be a name, got {r['model']!r}")
 

@@ -182,7 +182,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict, *, applicable: bool = True) -> "TrainConfig":
         """Build from a dict (e.g. ``config.json``); unknown keys raise :class:`ConfigError`."""
         if not isinstance(d, dict):
             raise ConfigError(f"a training configuration must be a JSON object, got {type(d).__name__}")
@@ -191,10 +191,10 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
         cfg = cls(**d)
-        cfg.validate()
+        cfg.validate(applicable=applicable)
         return cfg
 
-    def validate(self) -> "TrainConfig":
+    def validate(self, *, applicable: bool = True) -> "TrainConfig":
         """Check every value; raise :class:`ConfigError` naming the first bad one. Normalises types."""
         def need_int(name, lo=None, allow_none=False):
             v = getattr(self, name)
@@ -261,7 +261,8 @@ class TrainConfig:
             self.data_dir = str(self.data_dir)
         if self.out is not None and not isinstance(self.out, str):
             self.out = str(self.out)
-        self._check_applicable()
+        if applicable:              # False: a partial table of settings (an experiment's shared [train])
+            self._check_applicable()
         if self.resume and not self.out:
             raise ConfigError("--resume needs --out DIR (the run to continue)")
         if self.resume and self.overwrite:
