@@ -103,6 +103,8 @@ __all__ = [
 PROG = "python -m margin_theory.experiment"
 SCALES = ("tiny", "smoke", "paper")
 ANALYSES = ("accuracy", "ranks", "eigen", "margin", "reach", "xor")
+#: the margin definitions recorded per epoch (SPEC §2; ``margins.compute_margins``), read by Fig. 5
+MARGIN_DEFINITIONS = ("gamma_bar", "gamma_min", "gamma_output", "gamma_smoothed")
 #: TrainConfig fields the runner sets itself (a definition may not)
 RUNNER_FIELDS = frozenset({"dataset", "n_train", "n_test", "data_dir", "download", "seed", "device", "out",
                            "resume", "overwrite", "quiet", "json", "checkpoint_every", "eval_batch_size"})
@@ -402,7 +404,7 @@ def _compact_history(history: list[dict]) -> list[dict]:
     """The metrics lines without the monitors' notes, floats to 7 significant digits."""
     out = []
     for h in history:
-        row = {k: _r(h.get(k)) for k in ("epoch", "train_loss", "train_acc", "test_acc", "gamma_bar", "gamma_min",
+        row = {k: _r(h.get(k)) for k in ("epoch", "train_loss", "train_acc", "test_acc", *MARGIN_DEFINITIONS,
                                          "theta_norm", "lr", "epoch_seconds")}
         if isinstance(h.get("theorem2"), dict):
             row["theorem2"] = {k: _r(h["theorem2"].get(k)) for k in _MONITOR_KEYS}
@@ -912,10 +914,21 @@ def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
             if len(h) >= 3 and np.ptp(gb) > 0 and np.ptp(ta) > 0:     # undefined for a constant trajectory
                 rho, pval = spearmanr(gb, ta)
             inc = np.diff(gb) > 0
+            per_def = {}
+            for key in MARGIN_DEFINITIONS:     # Spearman(margin, test accuracy) for every definition
+                v = np.array([np.nan if r.get(key) is None else r[key] for r in h], float)
+                ok = np.isfinite(v) & np.isfinite(ta)
+                rho_k = float("nan")
+                if ok.sum() >= 3 and np.ptp(v[ok]) > 0 and np.ptp(ta[ok]) > 0:
+                    rho_k = float(spearmanr(v[ok], ta[ok])[0])
+                dv = np.diff(v[ok])
+                per_def[key] = {"spearman_rho": rho_k, "initial": float(v[ok][0]) if ok.any() else None,
+                                "final": float(v[ok][-1]) if ok.any() else None,
+                                "fraction_epochs_rose": float((dv > 0).mean()) if dv.size else None}
             mons = [{"epoch": r["epoch"], **r["theorem2"]} for r in h if r.get("theorem2")]
             seeds_info.append({
                 "seed": rec["seed"], "epochs": ep.tolist(), "gamma_bar": gb.tolist(), "test_acc": ta.tolist(),
-                "spearman_rho": float(rho), "spearman_p": float(pval),
+                "spearman_rho": float(rho), "spearman_p": float(pval), "definitions": per_def,
                 "fraction_epochs_gamma_bar_rose": float(inc.mean()) if inc.size else None,
                 "gamma_bar_initial": float(gb[0]), "gamma_bar_final": float(gb[-1]),
                 "normalisation": rec.get("normalisation"), "degree": rec.get("degree"),
@@ -1236,6 +1249,21 @@ def render_markdown(res: dict) -> str:
                          + f"{_list_or_none(s['velocity_positive_epochs'], s['monitor_epochs'])} |")
         L += ["", "Theorem 2's conditions are sufficient, not necessary: where they fail it says nothing, and the "
               "margin may still grow. Monitors use a seeded training subset (trainer monitor_subset).", ""]
+        L += ["### Every margin definition against test accuracy (SPEC §2)", "",
+              "gamma_bar / gamma_min: q/||theta||^L (runner-up); gamma_output: the authors' output-normalised "
+              "margin; gamma_smoothed: Lyu & Li's log(1/(exp(S)-1))/||theta||^L (not scale invariant; "
+              "meaningful once the summed loss S < log 2). Cells: start -> end, Spearman rho with test accuracy.", "",
+              "| part | run | seed | " + " | ".join(MARGIN_DEFINITIONS) + " |",
+              "|---|---|---:|" + "---|" * len(MARGIN_DEFINITIONS)]
+        for r in an["margin"]["runs"]:
+            for s in r["seeds"]:
+                cells = []
+                for key in MARGIN_DEFINITIONS:
+                    d = (s.get("definitions") or {}).get(key) or {}
+                    cells.append(f"{_f(d.get('initial'), '+.3g')} -> {_f(d.get('final'), '+.3g')}, "
+                                 f"rho {_f(d.get('spearman_rho'), '.2f')}")
+                L.append(f"| {r['part']} | {_md_escape(r['label'])} | {s['seed']} | " + " | ".join(cells) + " |")
+        L.append("")
     if "reach" in an and an["reach"].get("parts"):
         L += ["## Fig. 6: epoch at which the test accuracy first reaches each target", "",
               "The trainer evaluates once per epoch, so reach epochs are integers (0 = initialisation).", "",

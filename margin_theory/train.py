@@ -109,8 +109,8 @@ PROG = "python -m margin_theory.train"
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 #: keys of every metrics.jsonl line (monitor epochs add ``theorem2`` and ``monitor_seconds``)
-METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "gamma_bar", "gamma_min", "theta_norm",
-               "degree", "normalisation", "lr", "epoch_seconds")
+METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "gamma_bar", "gamma_min", "gamma_output",
+               "gamma_smoothed", "theta_norm", "degree", "normalisation", "lr", "epoch_seconds")
 #: configuration fields that may change when resuming (they do not affect the trajectory)
 RESUME_MAY_DIFFER = frozenset({"epochs", "device", "out", "resume", "overwrite", "quiet", "json",
                                "checkpoint_every", "monitor_every", "monitor_subset", "eval_batch_size",
@@ -514,7 +514,8 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096) -> dict:
         else:
             test_acc = float("nan")
     return {"train_loss": m.loss, "train_acc": m.accuracy, "test_acc": test_acc,
-            "gamma_bar": m.gamma_bar, "gamma_min": m.gamma_min, "theta_norm": m.theta_norm,
+            "gamma_bar": m.gamma_bar, "gamma_min": m.gamma_min, "gamma_output": m.gamma_output,
+            "gamma_smoothed": m.gamma_smoothed, "theta_norm": m.theta_norm,
             "degree": m.degree, "normalisation": m.normalisation}
 
 
