@@ -94,6 +94,7 @@ from ._util import (
     save_figure,
     use_agg_backend,
 )
+from .protocols import get_protocol, protocol_names
 
 __all__ = [
     "SCALES", "ANALYSES", "default_experiments_dir", "list_experiments", "load_definition",
@@ -272,10 +273,12 @@ def _how_to_get(dataset: str, data_dir: str | None) -> str:
 
 
 def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seeds: int | None = None,
-                    parts: list[str] | None = None) -> Plan:
+                    parts: list[str] | None = None, protocol: str | None = None) -> Plan:
     """Resolve ``spec`` at ``scale``: which data each part uses (checking the files), the
     runs and their merged settings. Paper scale with missing data raises
-    :class:`ConfigError`; smoke/tiny skip that part with a note."""
+    :class:`ConfigError`; smoke/tiny skip that part with a note. ``protocol`` (a name from
+    :mod:`margin_theory.protocols`), when given, applies to every run and overrides the
+    definition's; otherwise runs use the definition's ``protocol`` (default ``paper``)."""
     from .data import available, canonical_name
     from .train import TrainConfig
 
@@ -324,11 +327,13 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
     for r in spec.get("runs", []):
         if r["part"] not in part_info or scale not in r.get("scales", SCALES):
             continue
-        settings = dict(spec.get("train", {}))
+        settings = {"protocol": "paper", **spec.get("train", {})}
         settings.update({k: v for k, v in r.items() if k not in RUN_META_KEYS})
         settings.update(sc.get("train", {}))
         settings.update(spec["parts"][r["part"]][scale].get("train", {}))
         settings.update(r.get("override", {}).get(scale, {}))
+        if protocol is not None:
+            settings["protocol"] = get_protocol(protocol).name
         pi = part_info[r["part"]]
         cfg = dict(settings, dataset=pi["dataset"], n_train=pi["n_train"], n_test=pi["n_test"])
         try:
@@ -472,12 +477,14 @@ def _data_description(ds_info: dict | None, pi: dict) -> dict:
 def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds: int | None = None,
                    parts: list[str] | None = None, device: str = "auto", out: str | Path | None = None,
                    cache_dir: str | Path | None = None, experiments_dir: str | Path | None = None,
-                   quiet: bool = False, verbose: bool = False, command: str | None = None) -> dict:
-    """Run experiment ``name`` at ``scale``; write results.json, results.md and figures in ``out``.
+                   quiet: bool = False, verbose: bool = False, command: str | None = None,
+                   protocol: str | None = None) -> dict:
+    """Run experiment ``name`` at ``scale`` under ``protocol`` (see :func:`plan_experiment`);
+    write results.json, results.md and figures in ``out``.
 
     Returns the results dict (what results.json holds)."""
     spec = load_definition(name, experiments_dir)
-    plan = plan_experiment(spec, scale, data_dir=data_dir, seeds=seeds, parts=parts)
+    plan = plan_experiment(spec, scale, data_dir=data_dir, seeds=seeds, parts=parts, protocol=protocol)
     out = Path(out) if out is not None else Path("results") / scale / name
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
@@ -486,6 +493,7 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
         "experiment": name, "title": spec.get("title", ""), "reproduces": spec.get("reproduces", ""),
         "paper_source": spec.get("paper_source", ""), "definition": spec["_file"], "scale": scale,
         "seeds": plan.seeds, "device": device, "data_dir": data_dir, "out": str(out),
+        "protocol": ", ".join(sorted({r.settings["protocol"] for r in plan.runs})) or (protocol or "paper"),
         "cache_dir": str(cache) if cache else None, "command": command,
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "parts": {}, "skipped": plan.skipped, "notes": list(plan.notes), "runs": [], "analysis": {},
@@ -514,6 +522,7 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
     for run in plan.runs:
         recs = live.get((run.part, run.label), [])
         mean, std = _mean_std([r.get("test_acc") for r in recs if r["status"] == "ok"])
+        bmean, bstd = _mean_std([r.get("best_test_acc") for r in recs if r["status"] == "ok"])
         first = next((r for r in recs if r["status"] == "ok"), {})
         cfg = first.get("_config")
         if cfg is not None:
@@ -523,7 +532,8 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
             "rank": run.settings.get("rank") if "lowrank" in str(run.settings.get("model")) else None,
             "paper": run.paper, "settings": run.settings,
             "epochs": run.settings.get("epochs", 10), "parameters": first.get("parameters"),
-            "test_acc_mean": mean, "test_acc_std": std,
+            "test_acc_mean": mean, "test_acc_std": std, "protocol": run.settings["protocol"],
+            "best_test_acc_mean": bmean, "best_test_acc_std": bstd,
             "n_ok": sum(r["status"] == "ok" for r in recs), "n_seeds": len(recs),
             "normalisation": first.get("normalisation"), "degree": first.get("degree"),
             "wall_s": float(sum(r["wall_s"] for r in recs)),
@@ -1154,6 +1164,8 @@ def render_markdown(res: dict) -> str:
     parts = ", ".join(f"{p} = {d['dataset']} ({d.get('n_train')} train / {d.get('n_test')} test)"
                       + (f" [{d['note']}]" if d.get("note") else "") for p, d in res["parts"].items())
     L += [f"- scale: **{res['scale']}**; data: {parts or 'none'}",
+          f"- protocol: **{res.get('protocol', 'paper')}** (margin_theory.protocols; `--protocol both` runs "
+          "paper and authors side by side)",
           f"- seeds: {len(res['seeds'])} ({', '.join(map(str, res['seeds']))})"
           + ("; a single seed gives no +- (the paper's +- needs several seeds)" if len(res["seeds"]) == 1 and res["runs"] else ""),
           f"- device: {res['device']}; wall time of this invocation: {res['wall_time_s']:.1f} s; training time "
@@ -1165,14 +1177,16 @@ def render_markdown(res: dict) -> str:
     L.append("")
     if res["runs"]:
         L += ["## Results (test accuracy, %)", "",
-              "| part | run | params | epochs | seeds | paper | ours (mean +- std) | per seed | margin norm. | train s |",
-              "|---|---|---:|---:|---:|---|---|---|---|---:|"]
+              "| part | run | params | epochs | seeds | paper | ours (mean +- std) | best during training | per seed "
+              "| margin norm. | train s |",
+              "|---|---|---:|---:|---:|---|---|---|---|---|---:|"]
         for r in res["runs"]:
             per = ", ".join(_pct(s.get("test_acc")) if s["status"] == "ok" else s["status"] for s in r["per_seed"])
             norm = f"{r['normalisation']}, L={r['degree']}" if r.get("normalisation") else "n/a"
             params = f"{r['parameters']:,}" if r.get("parameters") else "n/a"
             L.append(f"| {r['part']} | {_md_escape(r['label'])} | {params} | {r['epochs']} | {r['n_ok']}/{r['n_seeds']} | "
-                     f"{_md_escape(r['paper'])} | {_fmt_acc(r['test_acc_mean'], r['test_acc_std'])} | {per} | {norm} | "
+                     f"{_md_escape(r['paper'])} | {_fmt_acc(r['test_acc_mean'], r['test_acc_std'])} | "
+                     f"{_fmt_acc(r.get('best_test_acc_mean'), r.get('best_test_acc_std'))} | {per} | {norm} | "
                      f"{r.get('train_s', r['wall_s']):.1f}{' (cached)' if all(x.get('cached') for x in r['per_seed']) else ''} |")
         cached = sum(1 for r in res["runs"] for s in r["per_seed"] if s.get("cached"))
         if cached:
@@ -1356,6 +1370,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--parts", type=_parts_arg, default=None, metavar="P[,P]",
                    help="run only these parts (data groups, e.g. mnist,fmnist); see --list")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--protocol", choices=(*protocol_names(), "both"), default=None,
+                   help="run every model under this protocol (margin_theory.protocols; default: the "
+                        "definition's, else paper); 'both' runs paper and authors into OUT/paper and "
+                        "OUT/authors and writes OUT/comparison.md with a verdict per claim")
     p.add_argument("--out", default=None, help="output folder (default results/<scale>/<name>; for 'all', "
                    "the parent folder, default results/<scale>)")
     p.add_argument("--cache-dir", default=None, help="keep/reuse trained models here, keyed by their full training config")
@@ -1365,6 +1383,91 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar, no per-run lines on stderr")
     p.add_argument("--verbose", action="store_true", help="per-epoch lines of every run on stderr")
     return p
+
+
+def compare_protocols(per_protocol: dict[str, dict]) -> dict:
+    """Side by side, per claim, the results of one experiment under each protocol, with a verdict.
+
+    Claims: each run's accuracy (final and best, beside the paper's number); Fig. 3's checks
+    (``holds``/``non_decreasing``); Fig. 5's "margin rises with accuracy" per margin
+    definition (Spearman rho > 0, mean over seeds). Verdict: ``supported`` (holds under every
+    protocol), ``not supported`` (under none), ``depends on protocol`` (naming where it holds).
+    """
+    names = list(per_protocol)
+    any_res = next(iter(per_protocol.values()))
+    out: dict[str, Any] = {"experiment": any_res["experiment"], "scale": any_res["scale"], "protocols": names,
+                           "runs": [], "claims": []}
+    keyed = {p: {(r["part"], r["label"]): r for r in res["runs"]} for p, res in per_protocol.items()}
+    for (part, label), r0 in keyed[names[0]].items():
+        row = {"part": part, "label": label, "paper_number": r0["paper"], "protocols": {}}
+        for p in names:
+            r = keyed[p].get((part, label), {})
+            row["protocols"][p] = {"final": r.get("test_acc_mean"), "final_std": r.get("test_acc_std"),
+                      "best": r.get("best_test_acc_mean"), "best_std": r.get("best_test_acc_std")}
+        out["runs"].append(row)
+
+    def verdict(holds: dict[str, bool | None]) -> str:
+        known = {p: h for p, h in holds.items() if h is not None}
+        if not known:
+            return "undecided (no data)"
+        if all(known.values()):
+            return "supported"
+        if not any(known.values()):
+            return "not supported"
+        return "depends on protocol (holds under " + ", ".join(p for p, h in known.items() if h) + ")"
+
+    claims: dict[str, dict] = {}
+    for p, res in per_protocol.items():
+        for part, info in (res["analysis"].get("ranks") or {}).get("parts", {}).items():
+            for cname, chk in info.get("checks", {}).items():
+                h = chk.get("holds", chk.get("non_decreasing"))
+                claims.setdefault(f"Fig. 3 {part}: {cname}", {})[p] = None if h is None else bool(h)
+        for r in (res["analysis"].get("margin") or {}).get("runs", []):
+            for key in MARGIN_DEFINITIONS:
+                rhos = [s["definitions"][key]["spearman_rho"] for s in r["seeds"] if s.get("definitions")]
+                rho = _mean_std(rhos)[0]
+                c = claims.setdefault(f"Fig. 5 {r['part']} {r['label']}: {key} rises with test accuracy "
+                                      "(Spearman rho > 0)", {})
+                c[p] = None if rho is None else bool(rho > 0)
+                c.setdefault("_rho", {})[p] = rho
+    for text, holds in claims.items():
+        rho = holds.pop("_rho", None)
+        out["claims"].append({"claim": text, "holds": holds, "verdict": verdict(holds),
+                              **({"spearman_rho_mean": rho} if rho else {})})
+    return out
+
+
+def render_comparison(cmp: dict) -> str:
+    """comparison.md: the paper's number beside ours under each protocol, and the verdicts."""
+    names = cmp["protocols"]
+    L = [f"# {cmp['experiment']}: the paper's claims under each protocol ({cmp['scale']} scale)", "",
+         "Protocols (margin_theory.protocols): `paper` = the paper's text as restated in SPEC.md; `authors` = "
+         "the authors' public code (their inits, the full head's linear term and 1/2, the best test accuracy "
+         "over evaluations every 20 steps). Per-protocol details: " + ", ".join(f"`{p}/results.md`" for p in names)
+         + ".", "",
+         "## Test accuracy (%): final, and best during training", "",
+         "| part | run | paper | " + " | ".join(f"{p}: final | {p}: best" for p in names) + " |",
+         "|---|---|---|" + "---|---|" * len(names)]
+    for r in cmp["runs"]:
+        cells = []
+        for p in names:
+            v = r["protocols"][p]
+            cells += [_fmt_acc(v["final"], v["final_std"]), _fmt_acc(v["best"], v["best_std"])]
+        L.append(f"| {r['part']} | {_md_escape(r['label'])} | {_md_escape(r['paper_number'])} | " + " | ".join(cells) + " |")
+    if cmp["claims"]:
+        L += ["", "## Verdicts", "", "| claim | " + " | ".join(names) + " | verdict |", "|---|" + "---|" * (len(names) + 1)]
+        for c in cmp["claims"]:
+            rho = c.get("spearman_rho_mean") or {}
+            cells = []
+            for p in names:
+                h = c["holds"].get(p)
+                cell = "n/a" if h is None else ("yes" if h else "no")
+                if p in rho and rho[p] is not None:
+                    cell += f" (rho {rho[p]:+.2f})"
+                cells.append(cell)
+            L.append(f"| {_md_escape(c['claim'])} | " + " | ".join(cells) + f" | {c['verdict']} |")
+    L.append("")
+    return "\n".join(L)
 
 
 def _summary_table(res: dict) -> str:
@@ -1404,20 +1507,32 @@ def main(argv=None) -> int:
         raise ConfigError("--parts applies to one experiment, not 'all'")
     for n in names:                                                   # fail fast on bad input
         plan_experiment(load_definition(n, args.experiments_dir), args.scale, data_dir=args.data_dir,
-                        seeds=args.seeds, parts=args.parts)
+                        seeds=args.seeds, parts=args.parts,
+                        protocol=None if args.protocol == "both" else args.protocol)
     outs = []
     for n in names:
         if args.name == "all":
             out = Path(args.out or Path("results") / args.scale) / n
         else:
             out = args.out
-        res = run_experiment(n, args.scale, data_dir=args.data_dir, seeds=args.seeds, parts=args.parts,
-                             device=args.device, out=out, cache_dir=args.cache_dir,
-                             experiments_dir=args.experiments_dir, quiet=args.quiet,
-                             verbose=args.verbose, command=command)
-        outs.append(res)
+        kw = dict(data_dir=args.data_dir, seeds=args.seeds, parts=args.parts, device=args.device,
+                  cache_dir=args.cache_dir, experiments_dir=args.experiments_dir, quiet=args.quiet,
+                  verbose=args.verbose, command=command)
+        if args.protocol != "both":
+            res = run_experiment(n, args.scale, out=out, protocol=args.protocol, **kw)
+            outs.append(res)
+            if not args.json:
+                print(_summary_table(res))
+            continue
+        base = Path(out) if out is not None else Path("results") / args.scale / n
+        per = {p: run_experiment(n, args.scale, out=base / p, protocol=p, **kw) for p in protocol_names()}
+        cmp = compare_protocols(per)
+        atomic_write_json(base / "comparison.json", cmp)
+        atomic_write_text(base / "comparison.md", render_comparison(cmp))
+        outs.append({"comparison": cmp, "per_protocol": per})
         if not args.json:
-            print(_summary_table(res))
+            print(render_comparison(cmp) + f"\nwritten: {base / 'comparison.md'}, comparison.json, "
+                  + ", ".join(f"{base / p}/results.md" for p in per))
     if args.json:
         print_json(outs[0] if len(outs) == 1 else {"experiments": outs})
     return 0
