@@ -911,7 +911,7 @@ def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     runs = [r for r in plan.runs if live.get((r.part, r.label))]
     if not runs:
         return res
-    fig, axes = plt.subplots(2, len(runs), figsize=(5.6 * len(runs), 7.6), squeeze=False)
+    fig, axes = plt.subplots(3, len(runs), figsize=(5.6 * len(runs), 11.0), squeeze=False)
     for col, run in enumerate(runs):
         recs = [r for r in live[(run.part, run.label)] if r["status"] == "ok"]
         seeds_info = []
@@ -939,6 +939,7 @@ def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
             seeds_info.append({
                 "seed": rec["seed"], "epochs": ep.tolist(), "gamma_bar": gb.tolist(), "test_acc": ta.tolist(),
                 "spearman_rho": float(rho), "spearman_p": float(pval), "definitions": per_def,
+                "curves": {key: [r.get(key) for r in h] for key in MARGIN_DEFINITIONS},
                 "fraction_epochs_gamma_bar_rose": float(inc.mean()) if inc.size else None,
                 "gamma_bar_initial": float(gb[0]), "gamma_bar_final": float(gb[-1]),
                 "normalisation": rec.get("normalisation"), "degree": rec.get("degree"),
@@ -988,6 +989,23 @@ def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         ax.set_xlabel("epoch")
         ax.set_ylabel("Theorem 2 quantities (subset)")
         ax.set_title(r"Theorem 2 monitors: (A3) needs $\rho > cv + \varepsilon$", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax = axes[2, col]                   # every margin definition, min-max scaled, beside accuracy
+
+        def scaled(v):
+            v = np.array([np.nan if x is None else x for x in v], float)
+            lo, hi = np.nanmin(v), np.nanmax(v)
+            return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+        names = {"gamma_bar": r"$\bar\gamma$ (q/$\|\theta\|^L$, mean)", "gamma_min": r"$\gamma_{\min}$",
+                 "gamma_output": "output-normalised (authors)", "gamma_smoothed": "smoothed (Lyu & Li)"}
+        for key in MARGIN_DEFINITIONS:
+            rho_k = s0["definitions"][key]["spearman_rho"]
+            ax.plot(s0["epochs"], scaled(s0["curves"][key]), marker=".", label=f"{names[key]}: rho {rho_k:+.2f}")
+        ax.plot(s0["epochs"], scaled(s0["test_acc"]), color="black", ls="--", lw=1.5, label="test accuracy")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("min-max scaled over the run")
+        ax.set_title("every margin definition vs test accuracy (Spearman rho with test acc.)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3)
     fig.suptitle(f"Fig. 5: average margin vs test accuracy over SGD training ({plan.scale} scale)", fontsize=10)
     fig.tight_layout()
