@@ -62,9 +62,11 @@ def check_outputs(out: Path, name: str, scale: str = "tiny") -> dict:
     assert md.startswith(f"# {name}: ")
     assert f"scale: **{scale}**" in md and "wall time" in md and "training time" in md and "seeds:" in md
     if res["runs"]:
-        assert "| part | run | params | epochs | seeds | paper | ours (mean +- std) | per seed | margin norm. | train s |" in md
-        for r in res["runs"]:
-            assert r["paper"].replace("|", "\\|") in md
+        for r in res["runs"]:       # each run's row: its label, the paper's number, final and best accuracy
+            row = next(line for line in md.splitlines() if line.startswith(f"| {r['part']} | {r['label'].replace('|', chr(92) + '|')} |"))
+            assert r["paper"].replace("|", "\\|") in row
+            if r["n_ok"]:
+                assert f"{100 * r['test_acc_mean']:.2f}" in row and f"{100 * r['best_test_acc_mean']:.2f}" in row
     assert res["figures"], "every experiment writes at least one figure"
     for f in res["figures"]:
         assert (out / f).read_bytes()[:8] == PNG_MAGIC, f
