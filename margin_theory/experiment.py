@@ -112,7 +112,7 @@ RUNNER_FIELDS = frozenset({"dataset", "n_train", "n_test", "data_dir", "download
 RUN_META_KEYS = frozenset({"label", "part", "paper", "scales", "override"})
 PART_META_KEYS = frozenset({"dataset", "n_train", "n_test", "train", "target"})
 TOP_KEYS = frozenset({"name", "title", "reproduces", "analysis", "paper_source", "train", "runs", "parts",
-                      "scales", "eigen", "ranks", "margin", "reach", "xor"})
+                      "scales", "eigen", "ranks", "margin", "reach", "xor", "claims"})
 #: config fields that do not change the trained weights or history (left out of the cache key)
 _CACHE_IGNORED = frozenset({"device", "out", "resume", "overwrite", "quiet", "json", "checkpoint_every",
                             "eval_batch_size", "data_dir", "download"})
@@ -234,6 +234,14 @@ def _validate_definition(spec: dict, path: Path) -> None:
             raise ConfigError(f"{where}: {ctx} ({r['label']}): override must be a table of scales ({', '.join(SCALES)})")
         for s, o in ov.items():
             train_keys(o, f"{ctx}.override.{s}")
+    claims = spec.get("claims", [])      # [[claims]] part = P, order = [label, ...]: "first > second > ..."
+    if not isinstance(claims, list):
+        raise ConfigError(f"{where}: claims must be a list of tables ([[claims]])")
+    for i, c in enumerate(claims):
+        ok = isinstance(c, dict) and set(c) <= {"part", "order"} and isinstance(c.get("part"), str) \
+            and isinstance(c.get("order"), list) and len(c["order"]) >= 2
+        if not ok or any((c["part"], lab) not in labels for lab in c["order"]):
+            raise ConfigError(f"{where}: [[claims]] #{i + 1} needs part = P and order = [two or more run labels of P]")
 
 
 # ---------------------------------------------------------------------------
@@ -497,6 +505,7 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
         "cache_dir": str(cache) if cache else None, "command": command,
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "parts": {}, "skipped": plan.skipped, "notes": list(plan.notes), "runs": [], "analysis": {},
+        "claims": [c for c in spec.get("claims", []) if c["part"] in plan.parts],
         "figures": [],
     }
     for p, pi in plan.parts.items():
@@ -1436,6 +1445,28 @@ def compare_protocols(per_protocol: dict[str, dict]) -> dict:
 
     claims: dict[str, dict] = {}
     for p, res in per_protocol.items():
+        for r in res["runs"]:               # the paper's "M +- S": agreement within 2 combined std
+            m = re.fullmatch(r"\s*([\d.]+)\s*\+-\s*([\d.]+)\s*", str(r.get("paper", "")))
+            if not m:
+                continue
+            M, S = float(m.group(1)) / 100, float(m.group(2)) / 100
+            for which, key, sd in (("final", "test_acc_mean", "test_acc_std"),
+                                   ("best", "best_test_acc_mean", "best_test_acc_std")):
+                v = r.get(key)
+                tol = 2 * math.hypot(S, r.get(sd) or 0.0)
+                claims.setdefault(f"{r['part']} {r['label']}: {which} accuracy agrees with the paper's "
+                                  f"{m.group(1)} +- {m.group(2)} (within 2 combined std)", {})[p] = \
+                    None if v is None else bool(abs(v - M) <= tol)
+        acc = {(r["part"], r["label"]): r.get("test_acc_mean") for r in res["runs"]}
+        for c in res.get("claims", []):      # the definition's ordering claims, e.g. quadratic > relu2 > linear
+            vals = [acc.get((c["part"], lab)) for lab in c["order"]]
+            claims.setdefault(f"{c['part']}: " + " > ".join(c["order"]) + " (final accuracy)", {})[p] = \
+                None if any(v is None for v in vals) else all(a > b for a, b in zip(vals, vals[1:]))
+        for part, info in (res["analysis"].get("reach") or {}).get("parts", {}).items():
+            for cname, verdict in info.get("checks", {}).items():
+                if "target" in cname:
+                    claims.setdefault(f"Fig. 6 {part}: {cname}: reached sooner", {})[p] = \
+                        None if verdict == "n/a" else verdict == "sooner"
         for part, info in (res["analysis"].get("ranks") or {}).get("parts", {}).items():
             for cname, chk in info.get("checks", {}).items():
                 h = chk.get("holds", chk.get("non_decreasing"))
@@ -1452,6 +1483,21 @@ def compare_protocols(per_protocol: dict[str, dict]) -> dict:
         rho = holds.pop("_rho", None)
         out["claims"].append({"claim": text, "holds": holds, "verdict": verdict(holds),
                               **({"spearman_rho_mean": rho} if rho else {})})
+    # what decides a claim besides the protocol: the reported accuracy (final vs best) or the
+    # margin definition - claims that differ only in that word but get different verdicts
+    deciders = []
+    for word_set, what in ((("final", "best"), "the reported accuracy (final vs best)"),
+                           (MARGIN_DEFINITIONS, "the margin definition")):
+        groups: dict[str, list[dict]] = {}
+        for c in out["claims"]:
+            for w in word_set:
+                if f" {w} " in f" {c['claim']} ":
+                    groups.setdefault(f" {c['claim']} ".replace(f" {w} ", " * ", 1).strip(), []).append(c)
+        for stem, cs in groups.items():
+            if len(cs) > 1 and len({c["verdict"] for c in cs}) > 1:
+                deciders.append({"claim": stem, "decided_by": what,
+                                 "verdicts": {c["claim"]: c["verdict"] for c in cs}})
+    out["decided_by"] = deciders
     return out
 
 
@@ -1484,6 +1530,11 @@ def render_comparison(cmp: dict) -> str:
                     cell += f" (rho {rho[p]:+.2f})"
                 cells.append(cell)
             L.append(f"| {_md_escape(c['claim'])} | " + " | ".join(cells) + f" | {c['verdict']} |")
+    if cmp.get("decided_by"):
+        L += ["", "## What decides it", ""]
+        for d in cmp["decided_by"]:
+            L.append(f"- `{_md_escape(d['claim'])}`: decided by {d['decided_by']}: "
+                     + "; ".join(f"{k} -> {v}" for k, v in d["verdicts"].items()))
     L.append("")
     return "\n".join(L)
 

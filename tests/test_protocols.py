@@ -123,3 +123,19 @@ def test_verdicts_name_the_deciding_protocol():
                        (False, True, "depends on protocol (holds under authors)")]:
         (c,) = ex.compare_protocols({"paper": res("paper", a), "authors": res("authors", b)})["claims"]
         assert c["verdict"] == want
+
+
+def test_decided_by_names_the_margin_definition_and_the_reported_accuracy():
+    seed = {"definitions": {"gamma_bar": {"spearman_rho": -0.3}, "gamma_min": {"spearman_rho": -0.1},
+                            "gamma_output": {"spearman_rho": 0.8}, "gamma_smoothed": {"spearman_rho": 0.4}}}
+    res = {"experiment": "x", "scale": "tiny",
+           "runs": [{"part": "mnist", "label": "q", "paper": "98.0 +- 0.1", "test_acc_mean": 0.975,
+                     "test_acc_std": 0.001, "best_test_acc_mean": 0.9795, "best_test_acc_std": 0.001}],
+           "analysis": {"margin": {"runs": [{"part": "mnist", "label": "q", "seeds": [seed]}]}}}
+    cmp = ex.compare_protocols({"paper": res, "authors": res})
+    by = {d["decided_by"]: d for d in cmp["decided_by"]}
+    assert set(by) == {"the reported accuracy (final vs best)", "the margin definition"}
+    acc = by["the reported accuracy (final vs best)"]["verdicts"]
+    assert sorted(acc.values()) == ["not supported", "supported"]        # 97.5 fails, 97.95 agrees
+    assert sorted(by["the margin definition"]["verdicts"].values()) == ["not supported"] * 2 + ["supported"] * 2
+    assert "## What decides it" in ex.render_comparison(cmp)
