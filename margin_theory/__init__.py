@@ -4,7 +4,8 @@ Neural Networks Outperform Traditional Artificial Ones" (arXiv 2307.13609).
 
 Modules (one per idea): ``models``, ``margins``, ``homogeneity`` (Lemma 1),
 ``xor_flow`` (Theorem 1), ``assumptions`` (Lemma 2 / Theorem 2 monitors), ``data``,
-``train``, ``checkpoint``, ``check``, ``plot``, ``experiment``, ``bench``.
+``train``, ``checkpoint``, ``check``, ``foreign`` (foreign checkpoints, ``check_model``),
+``plot``, ``experiment``, ``bench``.
 
 The top-level names below are imported lazily, so ``python -m margin_theory.xor_flow``
 (numpy/scipy only) does not pay for importing torch.
@@ -21,19 +22,21 @@ _LAZY = {
     "build_model": "models", "parameter_count": "models", "unique_parameter_count": "models",
     "compute_margins": "margins", "margin_values": "margins", "margin_regularised_loss": "margins",
     "load_dataset": "data", "train": "train", "TrainConfig": "train",
-    "theorem2_report": "assumptions", "solve_xor_flow": "xor_flow",
+    "theorem2_report": "assumptions", "solve_xor_flow": "xor_flow", "check_model": "foreign",
     "numeric_homogeneity": "homogeneity", "symbolic_homogeneity": "homogeneity",
 }
 
 
-def load_checkpoint(path, device="cpu"):
-    """Load a checkpoint written by the trainer (safetensors + JSON, no pickle).
+def load_checkpoint(path, device="cpu", *, spec=None):
+    """Load a checkpoint written by the trainer (safetensors + JSON, no pickle), or a foreign
+    state dict (``.pt``/``.pth`` via ``torch.load(weights_only=True)``, bare ``.safetensors``)
+    described by ``spec`` (e.g. ``{"model": "lowrank", "rank": 4, "dataset": "mnist"}``).
 
     Returns ``(model, config)``; see :func:`margin_theory.checkpoint.load_checkpoint`.
     """
     from .checkpoint import load_checkpoint as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, spec=spec)
 
 
 def __getattr__(name: str):

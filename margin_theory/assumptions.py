@@ -598,7 +598,7 @@ def _gram_eigenvalues(G: torch.Tensor) -> torch.Tensor:
 def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subset: int | None = 512,
                     seed: int = 0, normalisation: str = "auto", dtype: torch.dtype = torch.float64,
                     method: str = "auto", degree: int | None = None,
-                    memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Theorem2Report:
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET, check_degree: bool = True) -> Theorem2Report:
     r"""Evaluate Lemma 2 and Theorem 2's quantities and assumptions (SPEC §5).
 
     Args:
@@ -610,6 +610,10 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
         dtype: computation dtype (float64 by default, on a CPU copy of the model).
         method: per-sample gradients by ``"closed"`` form, ``"func"`` (torch.func),
             ``"loop"`` (slow reference) or ``"auto"``.
+        degree: L for a module that declares none (normalised by all its parameters). With
+            ``check_degree`` (default) the numeric homogeneity checker verifies it on a few
+            points of S first and :class:`NotHomogeneousError` refuses a degree it contradicts
+            (:func:`margin_theory.foreign.check_model` derives L itself).
 
     Returns a :class:`Theorem2Report`; ``lower_bound`` is
     :math:`\bar w\rho\sigma_{\max}^2(\rho - cv - \varepsilon)/(N\|\theta\|^L)`, which never exceeds
@@ -620,6 +624,10 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
     if y.shape[0] != n_total:
         raise ConfigError(f"X has {n_total} samples but y has {y.shape[0]}")
     idx = select_subset(n_total, subset, seed)
+    if degree is not None and check_degree and normalisation != "head":
+        from .foreign import verify_degree
+
+        verify_degree(model, X[idx[:8].to(X.device)], degree)
     prob = _prepare(model, X[idx.to(X.device)], y[idx.to(y.device)], normalisation, dtype, degree)
     N, P = prob.inputs.shape[0], prob.P
     with torch.no_grad():

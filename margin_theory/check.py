@@ -2,8 +2,15 @@ r"""Check Theorem 2's assumptions on saved checkpoints (SPEC §5).
 
 ::
 
-    python -m margin_theory.check RUN_DIR|CKPT... [--subset N] [--seed S] [--json]
-                                  [--plot [--out PNG]] [--data-dir DIR] [--normalisation auto|full|head]
+    python -m margin_theory.check RUN_DIR|RUNS_DIR|CKPT|FOREIGN... [--subset N] [--seed S] [--json]
+                                  [--plot [--out PNG]] [--data-dir DIR] [--download]
+                                  [--normalisation auto|full|head]
+                                  [--model NAME --dataset NAME [--rank R ...] | --spec FILE]
+
+A foreign file (a ``torch.save`` state dict, read only with ``weights_only=True``, or a
+``.safetensors`` without our sidecar) is described by ``train``'s model and data flags or a
+JSON/TOML ``--spec`` and mapped onto our model by :mod:`margin_theory.foreign`
+(``docs/checking.md``); a folder holding no checkpoints stands for the runs below it.
 
 (also ``margin-theory check``). For every checkpoint (a run folder stands for all its
 checkpoints, in epoch order) the training data are rebuilt from the checkpoint's own
@@ -106,14 +113,29 @@ def expand_targets(targets: Sequence[str | Path]) -> tuple[list[Path], list[dict
 
     A run folder (or its ``checkpoints`` folder) stands for all its complete checkpoints;
     an incomplete pair in it (one of the two files missing) is an error, as is a folder
-    without checkpoints, a missing path, or a file that is not a checkpoint.
+    without checkpoints, a missing path, or a file that is not a checkpoint. A folder
+    holding no checkpoints itself stands for every run folder below it. A foreign file
+    (``foreign.is_foreign_file``: a ``torch.save`` file, or a ``.safetensors`` without its
+    sidecar) is passed through; :func:`check_checkpoints` needs its model described.
     """
     from .checkpoint import CHECKPOINT_DIR, checkpoint_files, list_checkpoints, resolve_checkpoint
 
+    from .foreign import is_foreign_file
+
     paths: list[Path] = []
     errors: list[dict] = []
-    for t in targets:
-        t = Path(t)
+    targets = [Path(t) for t in targets]
+    expanded: list[Path] = []
+    for t in targets:   # a folder of runs stands for the runs inside (any depth)
+        if t.is_dir() and not (t / CHECKPOINT_DIR).is_dir() and not any(t.glob("epoch-*")):
+            runs = sorted({c.parent for c in t.rglob(CHECKPOINT_DIR) if c.is_dir()})
+            expanded.extend(runs or [t])
+        else:
+            expanded.append(t)
+    for t in expanded:
+        if is_foreign_file(t):
+            paths.append(t)
+            continue
         if t.is_dir():
             folder = t / CHECKPOINT_DIR if (t / CHECKPOINT_DIR).is_dir() else t
             found = list_checkpoints(t)
@@ -143,15 +165,20 @@ def expand_targets(targets: Sequence[str | Path]) -> tuple[list[Path], list[dict
 # Data
 # ---------------------------------------------------------------------------
 _DATA_KEYS = ("dataset", "data_dir", "seed", "normalize", "n_train", "n_test")
+_MODEL_OPTS = ("rank", "layers", "hidden", "conv_channels", "conv_bias")
 
 
-def _load_training_data(config: dict, data_dir: str | None):
-    """Rebuild the run's data with the trainer's own loader (``train.load_data_for``), on CPU."""
+def _load_training_data(config: dict, data_dir: str | None, download: bool = False):
+    """Rebuild the run's data with the trainer's own loader (``train.load_data_for``), on CPU.
+
+    ``data_dir`` (``--data-dir``) replaces the run's own (absolute since runs store it so);
+    ``download`` fetches missing standard files (md5-checked) as ``train --download``."""
     from .train import TrainConfig, load_data_for
 
     cfg = dict(config)
-    for k in ("resume", "overwrite", "augment", "download"):
-        cfg[k] = False          # irrelevant to the data (never download here), must not trip validation
+    for k in ("resume", "overwrite", "augment"):
+        cfg[k] = False          # irrelevant to the data, must not trip validation
+    cfg["download"] = bool(download)
     if data_dir is not None:
         cfg["data_dir"] = str(data_dir)
     tc = TrainConfig.from_dict(cfg)
@@ -163,55 +190,97 @@ def _load_training_data(config: dict, data_dir: str | None):
 # ---------------------------------------------------------------------------
 def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed: int | None = None,
                       normalisation: str = "auto", data_dir: str | None = None,
-                      log=None) -> CheckReport:
+                      log=None, foreign: dict | None = None, download: bool = False,
+                      progress: bool = False) -> CheckReport:
     """Evaluate Theorem 2 on every checkpoint of ``targets`` and compare consecutive ones.
 
     ``seed``: the subset's seed; ``None`` = each run's training seed (as the trainer's
-    monitor). Errors are collected, never raised, so one bad file does not hide the rest.
+    monitor). ``foreign``: what a foreign file holds (``train``'s model and data options,
+    or a spec file's content, see :mod:`margin_theory.foreign`); such a file is its own
+    "run" with ``epoch`` ``None``. ``progress``: a tqdm bar over the checkpoints showing
+    the phase (on a terminal). Errors are collected, never raised, so one bad file does
+    not hide the rest.
     """
+    from ._util import progress as _progress
     from .assumptions import theorem2_report
-    from .checkpoint import read_checkpoint
+    from .checkpoint import describe_model_args, read_checkpoint
+    from .foreign import is_foreign_file, read_foreign
     from .margins import compute_margins
 
     paths, errors = expand_targets(targets)
     report = CheckReport(errors=list(errors))
     data_cache: dict[tuple, Any] = {}
     rows: list[dict] = []
+    bar = _progress(total=len(paths), desc="check", unit="ckpt", quiet=not progress)
+
+    def phase(p: Path, what: str) -> None:
+        where = f"{_run_of(p).name}/{p.stem}" if p.parent.name == "checkpoints" else p.name
+        bar.set_description(f"{where}: {what}", refresh=True)
+
     for p in paths:
         try:
-            ck = read_checkpoint(p, device="cpu")
-            key = tuple(to_jsonable(ck.config.get(k)) for k in _DATA_KEYS) + (data_dir,)
+            phase(p, "reading")
+            is_foreign = is_foreign_file(p)
+            if is_foreign:
+                if foreign is None:
+                    why = (f"no sidecar {p.with_suffix('.json').name}" if p.suffix == ".safetensors"
+                           else "a foreign state dict")
+                    raise CheckpointError(
+                        f"{p.name} is not a margin_theory checkpoint ({why}): say what it holds with the model "
+                        "and data flags of train (--model NAME --dataset NAME [--rank R ...]) or --spec FILE "
+                        "(docs/checking.md)")
+                from .foreign import foreign_config
+
+                cfg = foreign_config(foreign)
+            else:
+                ck = read_checkpoint(p, device="cpu")
+                cfg = ck.config
+            key = tuple(to_jsonable(cfg.get(k)) for k in _DATA_KEYS) + (data_dir, download)
             if key not in data_cache:
-                data_cache[key] = _load_training_data(ck.config, data_dir)
+                phase(p, f"loading {cfg.get('dataset')}")
+                data_cache[key] = _load_training_data(cfg, data_dir, download)
             ds = data_cache[key]
+            if is_foreign:
+                ck = read_foreign(p, foreign, input_shape=ds.input_shape, num_classes=ds.num_classes)
             s = int(ck.config.get("seed", 0)) if seed is None else int(seed)
+            phase(p, "Theorem 2 on the subset")
             rep = theorem2_report(ck.model, ds.X_train, ds.y_train, subset=subset, seed=s,
                                   normalisation=normalisation)
+            phase(p, "margins on the training set")
             m64 = ck.model.to(torch.float64)
             full = compute_margins(m64, ds.X_train.to(torch.float64), ds.y_train, normalisation=normalisation)
         except MarginTheoryError as exc:
             report.errors.append({"path": str(p), "error": " ".join(str(exc).split())})
+            bar.update(1)
             continue
         except (OSError, ValueError, RuntimeError) as exc:   # unexpected, but never a traceback
             report.errors.append({"path": str(p), "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"})
+            bar.update(1)
             continue
+        bar.update(1)
         d = rep.as_dict()
-        row = {"path": str(p), "run": str(_run_of(p)), "epoch": ck.epoch, "step": ck.step,
+        row = {"path": str(p), "run": str(p if is_foreign else _run_of(p)), "epoch": ck.epoch, "step": ck.step,
                **{k: d[k] for k in CHECKPOINT_KEYS if k in d},
                "gamma_bar_train": full.gamma_bar, "gamma_min_train": full.gamma_min,
                "train_acc": full.accuracy, "test_acc": ck.metrics.get("test_acc"),
                "n_train": int(ds.y_train.shape[0]), "n_subset": d["n_subset"], "subset_seed": d["subset_seed"],
                "P": d["P"], "C": d["C"], "sigma_min": d["sigma_min"], "w_bar": d["w_bar"],
                "model": ck.config.get("model"), "verdict": rep.verdict(), "note": rep.note}
+        if is_foreign:
+            row["foreign"] = {"notes": ck.meta.get("notes", []), "map": ck.meta.get("map", {}),
+                              "model": describe_model_args({"name": cfg["model"], "input_shape": list(ds.input_shape),
+                                                            "num_classes": ds.num_classes,
+                                                            **{k: cfg.get(k) for k in _MODEL_OPTS}})}
         rows.append(row)
         if log:
             log(f"checked {p.name}: {row['verdict']}")
+    bar.close()
     # group by run, sort by epoch; transitions only within a run
     runs: dict[str, list[dict]] = {}
     for r in rows:
         runs.setdefault(r["run"], []).append(r)
     for run_rows in runs.values():
-        run_rows.sort(key=lambda r: r["epoch"])
+        run_rows.sort(key=lambda r: r["epoch"] if r["epoch"] is not None else -1)
         report.checkpoints.extend(run_rows)
         for a, b in zip(run_rows, run_rows[1:]):
             dg = b["gamma_bar_train"] - a["gamma_bar_train"]
@@ -258,13 +327,16 @@ def format_report(rep: CheckReport) -> str:
             f"{'A1':>3} {'A2':>3} {'A3':>3}  {'velocity':>10}  {'lower bnd':>10}  verdict")
     for run, rows in runs.items():
         r0 = rows[0]
+        if "foreign" in r0:
+            lines.append(f"file {run}: foreign state dict mapped onto {r0['foreign']['model']}"
+                         + (f" ({'; '.join(r0['foreign']['notes'])})" if r0["foreign"]["notes"] else ""))
         lines.append(f"run {run}: model {r0['model']}, normalisation {r0['normalisation']} (L = {r0['degree']}), "
                      f"Theorem 2 on a seeded subset of {r0['n_subset']} of {r0['n_train']} training points "
                      f"(seed {r0['subset_seed']}); gbar(train) = gamma_bar on the whole training set, "
                      f"gbar(S) on the subset")
         lines.append(head)
         for c in rows:
-            lines.append(f"{c['epoch']:>5}  {_fmt(c['gamma_bar_train'], '+.4e'):>11}  {_fmt(c['gamma_bar'], '+.4e'):>10}  "
+            lines.append(f"{_fmt(c['epoch'], 'd'):>5}  {_fmt(c['gamma_bar_train'], '+.4e'):>11}  {_fmt(c['gamma_bar'], '+.4e'):>10}  "
                          f"{_fmt(c['rho'], '.4f'):>7}  "
                          f"{_fmt(c['cv'], '.4f'):>7}  {_fmt(c['eps'], '.3g'):>8}  {_fmt(c['delta_min'], '.3g'):>8}  "
                          f"{_fmt(c['A1']):>3} {_fmt(c['A2']):>3} {_fmt(c['A3']):>3}  "
@@ -300,9 +372,11 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
 
     runs: dict[str, list[dict]] = {}
     for c in rep.checkpoints:
-        runs.setdefault(c["run"], []).append(c)
+        if c["epoch"] is not None:          # foreign files have no epochs: nothing to plot over
+            runs.setdefault(c["run"], []).append(c)
     if not runs:
-        raise CheckpointError("nothing to plot: no checkpoint could be checked")
+        raise CheckpointError("nothing to plot: no checkpoint of a training run could be checked "
+                              "(foreign files have no epochs)")
     fig, axes = plt.subplots(len(runs), 1, figsize=(8, 4.2 * len(runs)), squeeze=False)
     for ax, (run, rows) in zip(axes[:, 0], runs.items()):
         hist = (metrics or {}).get(run) or []
@@ -356,13 +430,23 @@ def build_parser() -> ArgumentParser:
                     "consecutive checkpoints against the sign the theorem predicts. The conditions are "
                     "sufficient, not necessary.")
     p.add_argument("targets", nargs="+", metavar="RUN_DIR|CKPT",
-                   help="run folders (all their checkpoints) or checkpoint files (.safetensors or .json)")
+                   help="run folders (all their checkpoints; a folder of runs: every run inside), "
+                        "checkpoint files (.safetensors or .json), or foreign files (.pt/.pth state dicts, "
+                        "bare .safetensors) described by the model flags or --spec")
     p.add_argument("--subset", type=_positive_int, default=512,
                    help="size of the seeded subset S the theorem is evaluated on (default 512; all if fewer)")
-    p.add_argument("--seed", type=_nonneg_int, default=None, help="subset seed (default: the run's training seed)")
+    p.add_argument("--seed", type=_nonneg_int, default=None, help="subset seed (default: the run's training seed; for a foreign file also its data split "
+                        "seed, default 0)")
     p.add_argument("--normalisation", choices=("auto", "full", "head"), default="auto",
                    help="margin normalisation (auto: all parameters if homogeneous, else the head's)")
-    p.add_argument("--data-dir", default=None, help="data folder, overriding the runs' own data_dir")
+    p.add_argument("--spec", default=None, metavar="FILE",
+                   help="JSON/TOML file saying what a foreign file holds (train's options: model, rank, "
+                        "dataset, ...; optional keys table); flags given override it")
+    from .train import add_data_model_arguments
+
+    add_data_model_arguments(
+        p.add_argument_group("model and data of a foreign file (the flags of train)"), augment=False,
+        data_dir_help="data folder, overriding the runs' own data_dir (needed when a run's folder moved)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--plot", action="store_true", help="write a PNG: gamma_bar and test accuracy, A1-A3 shaded")
     p.add_argument("--out", default=None, help="PNG path for --plot (default RUN_DIR/theorem2-check.png)")
@@ -372,18 +456,39 @@ def build_parser() -> ArgumentParser:
 @cli_entry(PROG)
 def main(argv=None) -> int:
     """Check Theorem 2's assumptions on checkpoints; exit 2 if any checkpoint is unreadable."""
-    args = build_parser().parse_args(argv)
+    from .foreign import MODEL_KEYS, read_spec
+    from .train import explicit_options
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.out is not None and not args.plot:
         raise CheckpointError("--out applies to --plot only")
+    given = explicit_options(parser, argv)
+    model_flags = sorted(k for k in given if k in MODEL_KEYS + ("dataset", "n_train", "n_test", "normalize"))
+    foreign = None
+    if args.spec or model_flags:
+        foreign = dict(read_spec(args.spec)) if args.spec else {}
+        for k in model_flags + [k for k in ("data_dir", "download") if k in given]:
+            foreign[k] = getattr(args, k)
+        if args.seed is not None:
+            foreign["seed"] = args.seed
+    paths, _ = expand_targets(args.targets)
+    from .foreign import is_foreign_file
+
+    if foreign is not None and not any(is_foreign_file(p) for p in paths):
+        flags = ", ".join(["--spec"] * bool(args.spec) + [f"--{k.replace('_', '-')}" for k in model_flags])
+        sys.stderr.write(f"{PROG}: note: {flags} describe foreign files only; the checkpoints given carry "
+                         "their own description (sidecar) and are checked as saved\n")
     rep = check_checkpoints(args.targets, subset=args.subset, seed=args.seed,
-                            normalisation=args.normalisation, data_dir=args.data_dir)
+                            normalisation=args.normalisation, data_dir=args.data_dir,
+                            foreign=foreign, download=args.download, progress=True)
     for e in rep.errors:
         sys.stderr.write(f"{PROG}: error: {e['path']}: {e['error']}\n")
     plot_path = None
     if args.plot and rep.checkpoints:
         from .train import read_metrics
 
-        metrics = {c["run"]: read_metrics(c["run"]) for c in rep.checkpoints}
+        metrics = {c["run"]: read_metrics(c["run"]) for c in rep.checkpoints if "foreign" not in c}
         out = args.out or str(Path(rep.checkpoints[0]["run"]) / "theorem2-check.png")
         plot_path = plot_check(rep, out, metrics)
     elif args.plot:

@@ -382,8 +382,21 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
                       metrics=dict(meta.get("metrics") or {}), optimizer_state=opt_state, rng_state=rng)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """``(model, config)`` of a checkpoint (see :func:`read_checkpoint`); the model is in eval mode."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
+                    spec: Mapping | str | Path | None = None) -> tuple[nn.Module, dict]:
+    """``(model, config)`` of a checkpoint (see :func:`read_checkpoint`); the model is in eval mode.
+
+    A foreign file (a ``.pt``/``.pth`` state dict, read tensors-only, or a bare
+    ``.safetensors``) needs ``spec``: what it holds (a dict of train's options, e.g.
+    ``{"model": "lowrank", "rank": 4, "dataset": "mnist"}``, or a JSON/TOML file); see
+    :mod:`margin_theory.foreign`."""
+    from .foreign import is_foreign_file, load_foreign
+
+    if is_foreign_file(path):
+        return load_foreign(path, spec, device=device)
+    if spec is not None:
+        raise CheckpointError(f"{Path(path).name}: spec= describes foreign files; a margin_theory checkpoint "
+                              "carries its own description")
     ck = read_checkpoint(path, device=device)
     return ck.model, ck.config
 

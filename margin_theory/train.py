@@ -33,7 +33,7 @@ Small and explicit (airbench / nanoGPT style), SPEC §2, §7, §9:
 
 Files in ``--out DIR`` (nothing is written without ``--out``):
 
-* ``config.json``: the :class:`TrainConfig` (atomic);
+* ``config.json``: the :class:`TrainConfig` (atomic; ``data_dir`` stored as an absolute path);
 * ``metrics.jsonl``: one JSON object per epoch (0, 1, ..., E), rewritten
   atomically after every epoch, with keys ``epoch, train_loss, train_acc,
   test_acc, gamma_bar, gamma_min, theta_norm, degree, normalisation, lr,
@@ -54,12 +54,18 @@ on epochs 0, K, 2K, ... and the final epoch.
 
 ``--resume`` continues from the latest checkpoint in ``--out``: model, optimizer
 (momentum buffers), learning-rate position, epoch, step and generator states are
-restored and ``metrics.jsonl`` is cut back to the checkpoint's epoch. The new
+restored and ``metrics.jsonl`` is cut back to the checkpoint's epoch. On the command line,
+every option not given (``--dataset``, ``--model``, ``--epochs``, ...; not ``--device``) is
+taken from the run's ``config.json``. The new
 configuration must equal the saved one except for ``epochs, device, out, resume,
 overwrite, quiet, json, checkpoint_every, monitor_every, monitor_subset,
 eval_batch_size, data_dir, download``. Without ``--resume`` an ``--out`` folder
 that already holds a run is refused unless ``--overwrite`` (which deletes only the
 trainer's own files there).
+
+Model options that do not apply to the model (``--rank`` without lowrank layers, ``--hidden``
+except for relu2 and the deep lowrank, ``--conv-channels`` / ``--no-conv-bias`` except for
+conv-*) are errors; ``--n-train`` / ``--n-test`` beyond the data keep all of it, with a note.
 
 Exit status of the CLI: 0 success; 2 bad input (one line on stderr: unknown
 dataset or model, bad option, a checkpoint that does not fit); 3 training
@@ -271,6 +277,7 @@ class TrainConfig:
             self.data_dir = str(self.data_dir)
         if self.out is not None and not isinstance(self.out, str):
             self.out = str(self.out)
+        self._check_applicable()
         if self.resume and not self.out:
             raise ConfigError("--resume needs --out DIR (the run to continue)")
         if self.resume and self.overwrite:
@@ -278,6 +285,33 @@ class TrainConfig:
         if self.checkpoint_every not in (None, -1) and not self.out:
             raise ConfigError("--checkpoint-every needs --out DIR (checkpoints are written there)")
         return self
+
+    def _check_applicable(self) -> None:
+        """Model options that do not apply to ``model`` are errors, never silently ignored."""
+        name = self.model
+        lowrank = name == "lowrank" or name.endswith("-lowrank")
+        if self.rank != 1 and not lowrank:
+            raise ConfigError(f"--rank applies to models with lowrank layers (lowrank, conv-lowrank, "
+                              f"resnet*-lowrank), not {name!r}")
+        if self.layers != 1 and name != "lowrank":
+            raise ConfigError(f"--layers applies to the lowrank model only, not {name!r}")
+        if self.hidden is not None:
+            if name == "relu2":
+                if len(self.hidden) != 1:
+                    raise ConfigError(f"relu2 has one hidden layer: --hidden takes one width, got {self.hidden}")
+            elif name != "lowrank" or self.layers == 1:
+                raise ConfigError(f"--hidden applies to relu2 and to the deep lowrank model (--layers > 1), "
+                                  f"not {name!r}" + (" with one layer" if name == "lowrank" else ""))
+        if not name.startswith("conv-"):
+            if self.conv_channels != 1:
+                raise ConfigError(f"--conv-channels applies to the conv-* models, not {name!r}")
+            if not self.conv_bias:
+                raise ConfigError(f"--no-conv-bias applies to the conv-* models, not {name!r}")
+        if self.linear_term and not (name == "quadratic" or name.endswith("-quadratic")):
+            raise ConfigError(f"--linear-term applies to the full quadratic head (quadratic, conv-quadratic, "
+                              f"resnet*-quadratic), not {name!r}")
+        if self.affine and name not in ("linear", "quadratic", "lowrank"):
+            raise ConfigError(f"--affine applies to linear, quadratic and lowrank, not {name!r}")
 
     def checkpoint_interval(self) -> int | None:
         """Resolved checkpoint interval: None = never, 0 = final only, K >= 1."""
@@ -704,6 +738,8 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
     config = copy.deepcopy(config).validate()
+    if config.data_dir:     # stored absolute, so that the run can be checked from any folder
+        config.data_dir = str(Path(config.data_dir).expanduser().resolve())
     if log == "default":
         log = None if config.quiet else print
     t_run = time.perf_counter()
@@ -739,6 +775,11 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
                 _clear_run(out)
 
     ds = load_data_for(config, device)
+    if log:
+        for flag, want, have in (("--n-train", config.n_train, ds.y_train.shape[0]),
+                                 ("--n-test", config.n_test, ds.y_test.shape[0])):
+            if want is not None and want > int(have):
+                log(f"note: {flag} {want} exceeds the {int(have)} points of {ds.name}; all {int(have)} are used")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model_for(config, ds)
@@ -966,17 +1007,15 @@ def _checkpoint_every(s: str) -> int | None:
     return int_at_least(0)(s)
 
 
-def build_parser() -> ArgumentParser:
+def add_data_model_arguments(g, *, augment: bool = True, data_dir_help: str | None = None) -> None:
+    """The data and model options of ``train`` (``--dataset``, ``--model``, ``--rank``, ...) on the
+    parser or group ``g``; shared with ``check`` (which names a foreign checkpoint's model by them).
+    ``--dataset`` and ``--model`` are optional for argparse: ``main`` demands them unless
+    ``--resume`` takes them from the run folder."""
     d = TrainConfig()
-    p = ArgumentParser(
-        prog=PROG,
-        description="Train a classifier with SGD on a whole-dataset-on-device tensor and record, every "
-                    "epoch, loss, train/test accuracy and the margins gamma_bar, gamma_min over the full "
-                    "training set (SPEC §2, §7). Exit status: 0 ok, 2 bad input, 3 non-finite loss.")
-    g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", required=True, help="xor, iris, wine, breast_cancer, digits, mnist-5k (bundled); "
+    g.add_argument("--dataset", default=None, help="xor, iris, wine, breast_cancer, digits, mnist-5k (bundled); "
                    "mnist, fashion-mnist, cifar10, cifar10-subset (from --data-dir)")
-    g.add_argument("--model", required=True, help="linear, relu2, quadratic, lowrank, conv-{linear,lowrank,quadratic}, "
+    g.add_argument("--model", default=None, help="linear, relu2, quadratic, lowrank, conv-{linear,lowrank,quadratic}, "
                    "resnet{10,12,14,16,18}-{linear,lowrank,quadratic}")
     g.add_argument("--rank", type=int_at_least(1), default=d.rank, help="rank r of lowrank layers (default 1)")
     g.add_argument("--layers", type=int_at_least(1), default=d.layers, help="number of lowrank layers (deep DIQNN; default 1)")
@@ -996,12 +1035,24 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--affine", action="store_true",
                    help="inputs x -> [x, 1]: linear and constant terms, same homogeneity degree "
                         "(linear, quadratic, lowrank)")
-    g.add_argument("--data-dir", default=None, help="folder with the standard dataset files")
+    g.add_argument("--data-dir", default=None, help=data_dir_help or "folder with the standard dataset files "
+                   "(stored as an absolute path in the run's config)")
     g.add_argument("--download", action="store_true", help="download missing standard files (md5-checked)")
     g.add_argument("--n-train", type=int_at_least(1), default=None, help="seeded stratified training subset size")
     g.add_argument("--n-test", type=int_at_least(1), default=None, help="seeded stratified test subset size")
     g.add_argument("--normalize", action="store_true", help="per-channel standardisation of image pixels")
-    g.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip, on device")
+    if augment:
+        g.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip, on device")
+
+
+def build_parser() -> ArgumentParser:
+    d = TrainConfig()
+    p = ArgumentParser(
+        prog=PROG,
+        description="Train a classifier with SGD on a whole-dataset-on-device tensor and record, every "
+                    "epoch, loss, train/test accuracy and the margins gamma_bar, gamma_min over the full "
+                    "training set (SPEC §2, §7). Exit status: 0 ok, 2 bad input, 3 non-finite loss.")
+    add_data_model_arguments(p.add_argument_group("data and model"))
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int_at_least(0), default=d.epochs, help="epochs (default 10)")
     o.add_argument("--batch-size", type=int_at_least(1), default=d.batch_size, help="batch size (default 100)")
@@ -1040,6 +1091,47 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names}).validate()
 
 
+def explicit_options(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The ``dest`` names given on the command line ``argv`` (not left at their defaults)."""
+    probe = copy.deepcopy(parser)
+    for a in probe._actions:
+        if a.dest != "help":
+            a.default, a.required = argparse.SUPPRESS, False
+    return set(vars(probe.parse_args(argv)))
+
+
+#: options ``--resume`` never takes from the saved configuration
+_RESUME_OWN = frozenset({"out", "resume", "overwrite", "quiet", "json", "device"})
+
+
+def _resume_defaults(args: argparse.Namespace, given: set[str]) -> list[str]:
+    """``train --resume --out X``: every option not on the command line comes from X's
+    ``config.json`` (else the latest checkpoint's sidecar). Returns the names filled in."""
+    from .checkpoint import latest_checkpoint, read_sidecar
+
+    out = Path(args.out).expanduser()
+    saved = None
+    if (out / "config.json").is_file():
+        try:
+            saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            saved = None
+    if not isinstance(saved, dict):
+        ck = latest_checkpoint(out)
+        saved = read_sidecar(ck)["config"] if ck is not None else None
+    if not isinstance(saved, dict):
+        return []
+    if "model" in given and getattr(args, "model") != saved.get("model"):
+        return []       # another model: train() refuses the resume, naming both
+    filled = []
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for k, v in saved.items():
+        if k in names and k not in given and k not in _RESUME_OWN and hasattr(args, k):
+            setattr(args, k, v)
+            filled.append(k)
+    return filled
+
+
 def _human_summary(final: dict) -> str:
     t = final.get("mean_epoch_seconds")
     lines = [f"{final['model']} on {final['dataset']} ({final['n_train']} train / {final['n_test']} test, "
@@ -1056,7 +1148,14 @@ def _human_summary(final: dict) -> str:
 @cli_entry(PROG)
 def main(argv=None) -> int:
     """Train from the command line; exit 0 ok, 2 bad input, 3 non-finite loss."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume and args.out:
+        _resume_defaults(args, explicit_options(parser, argv))
+    missing = [f"--{k}" for k in ("dataset", "model") if not getattr(args, k)]
+    if missing:
+        raise ConfigError(f"the following arguments are required: {', '.join(missing)} "
+                          "(or --resume --out DIR, which takes them from DIR's config)")
     config = config_from_args(args)
     if config.quiet:
         log = None

@@ -155,7 +155,7 @@ def test_select_device():
 
 
 def test_config_round_trip_and_validation():
-    c = TrainConfig(dataset="iris", model="quadratic", hidden=[4, 3], lr_milestones=[2, 5]).validate()
+    c = TrainConfig(dataset="iris", model="lowrank", layers=3, hidden=[4, 3], lr_milestones=[2, 5]).validate()
     d = json.loads(json.dumps(c.to_dict()))
     assert TrainConfig.from_dict(d) == c
     with pytest.raises(ConfigError, match="unknown training option"):
@@ -205,7 +205,7 @@ def test_quadratic_head_stays_symmetric_with_momentum_and_weight_decay(tmp_path)
     # models.QuadraticHead: W_i = sym(V_i) is exactly symmetric by construction; the
     # stored V starts symmetric and its antisymmetric part (a null direction of f)
     # must stay at float-rounding level through SGD with momentum and weight decay.
-    res = train(cfg(model="quadratic", lr=1.0, momentum=0.9, weight_decay=1e-3, epochs=2,
+    res = train(cfg(model="quadratic", rank=1, lr=1.0, momentum=0.9, weight_decay=1e-3, epochs=2,
                     out=str(tmp_path / "q")), log=None)
     head = res.model.head
     W = head.W.detach() if hasattr(head, "W") else head.weight.detach()
@@ -278,7 +278,7 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
     out = tmp_path / "r"
     train(cfg(out=str(out), epochs=1), log=None)
     with pytest.raises(CheckpointError, match="not 'quadratic'"):
-        train(cfg(out=str(out), model="quadratic", resume=True), log=None)
+        train(cfg(out=str(out), model="quadratic", rank=1, resume=True), log=None)
     with pytest.raises(CheckpointError, match="--lr"):
         train(cfg(out=str(out), lr=0.2, resume=True), log=None)
     # CLI: one line, exit 2
