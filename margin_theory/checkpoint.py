@@ -68,8 +68,9 @@ FORMAT = "margin_theory.checkpoint"
 VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 _EPOCH_RE = re.compile(r"^epoch-(\d+)$")
-_MODEL_ARG_KEYS = ("rank", "layers", "hidden", "conv_channels", "conv_bias")
-_MODEL_ARG_DEFAULTS = {"rank": 1, "layers": 1, "hidden": None, "conv_channels": 1, "conv_bias": True}
+_MODEL_ARG_KEYS = ("rank", "layers", "hidden", "conv_channels", "conv_bias", "linear_term", "affine", "init")
+_MODEL_ARG_DEFAULTS = {"rank": 1, "layers": 1, "hidden": None, "conv_channels": 1, "conv_bias": True,
+                       "linear_term": False, "affine": False, "init": "paper"}
 _MAX_LAYERS = 1022          # = runfolder.MAX_LAYERS: Lemma 1's degree stays a finite float64
 _DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
            torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
@@ -214,6 +215,10 @@ def describe_model_args(args: Mapping) -> str:
         bits.append(f"hidden {args['hidden']}")
     if str(name).startswith("conv-"):
         bits.append(f"{args.get('conv_channels', 1)} conv channels" + ("" if args.get("conv_bias", True) else ", no conv bias"))
+    if args.get("linear_term"):
+        bits.append("linear term (x^T W x + w.x)/2")
+    if args.get("affine"):
+        bits.append("affine inputs [x, 1]")
     bits.append(f"input {tuple(args.get('input_shape') or ())}")
     bits.append(f"{args.get('num_classes')} classes")
     return f"{name} ({', '.join(bits)})"
@@ -227,7 +232,10 @@ def _build(args: Mapping) -> nn.Module:
             return build_model(args["name"], args["input_shape"], args["num_classes"],
                                rank=int(args.get("rank", 1)), layers=int(args.get("layers", 1)),
                                hidden=args.get("hidden"), conv_channels=int(args.get("conv_channels", 1)),
-                               conv_bias=bool(args.get("conv_bias", True)))
+                               conv_bias=bool(args.get("conv_bias", True)),
+                               linear_term=bool(args.get("linear_term") or False),
+                               affine=bool(args.get("affine") or False),
+                               init=str(args.get("init") or "paper"))
     except MarginTheoryError as exc:
         raise CheckpointError(f"checkpoint describes a model that cannot be built: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:

@@ -95,6 +95,7 @@ from ._util import (
     save_figure,
     use_agg_backend,
 )
+from .protocols import get_protocol, protocol_names
 
 __all__ = [
     "SCALES", "ANALYSES", "default_experiments_dir", "list_experiments", "load_definition",
@@ -104,13 +105,15 @@ __all__ = [
 PROG = "python -m margin_theory.experiment"
 SCALES = ("tiny", "smoke", "paper")
 ANALYSES = ("accuracy", "ranks", "eigen", "margin", "reach", "xor", "maxmargin")
+#: the margin definitions recorded per epoch (SPEC §2; ``margins.compute_margins``), read by Fig. 5
+MARGIN_DEFINITIONS = ("gamma_bar", "gamma_min", "gamma_output", "gamma_smoothed")
 #: TrainConfig fields the runner sets itself (a definition may not)
 RUNNER_FIELDS = frozenset({"dataset", "n_train", "n_test", "data_dir", "download", "seed", "device", "out",
                            "resume", "overwrite", "quiet", "json", "checkpoint_every", "eval_batch_size"})
 RUN_META_KEYS = frozenset({"label", "part", "paper", "scales", "override"})
 PART_META_KEYS = frozenset({"dataset", "n_train", "n_test", "train", "target"})
 TOP_KEYS = frozenset({"name", "title", "reproduces", "analysis", "paper_source", "train", "runs", "parts",
-                      "scales", "eigen", "ranks", "margin", "reach", "xor", "maxmargin"})
+                      "scales", "eigen", "ranks", "margin", "reach", "xor", "maxmargin", "claims"})
 #: config fields that do not change the trained weights or history (left out of the cache key)
 _CACHE_IGNORED = frozenset({"device", "out", "resume", "overwrite", "quiet", "json", "checkpoint_every",
                             "eval_batch_size", "data_dir", "download"})
@@ -273,6 +276,14 @@ def _validate_definition(spec: dict, path: Path) -> None:
             train_keys(o, f"{ctx}.override.{s}", run={**base, **own})
         if "model" in r and not isinstance(r["model"], str):
             raise ConfigError(f"{where}: {ctx} ({r['label']}): model must be a name, got {r['model']!r}")
+    claims = spec.get("claims", [])      # [[claims]] part = P, order = [label, ...]: "first > second > ..."
+    if not isinstance(claims, list):
+        raise ConfigError(f"{where}: claims must be a list of tables ([[claims]])")
+    for i, c in enumerate(claims):
+        ok = isinstance(c, dict) and set(c) <= {"part", "order"} and isinstance(c.get("part"), str) \
+            and isinstance(c.get("order"), list) and len(c["order"]) >= 2
+        if not ok or any((c["part"], lab) not in labels for lab in c["order"]):
+            raise ConfigError(f"{where}: [[claims]] #{i + 1} needs part = P and order = [two or more run labels of P]")
 
 
 # ---------------------------------------------------------------------------
@@ -312,10 +323,12 @@ def _how_to_get(dataset: str, data_dir: str | None) -> str:
 
 
 def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seeds: int | None = None,
-                    parts: list[str] | None = None) -> Plan:
+                    parts: list[str] | None = None, protocol: str | None = None) -> Plan:
     """Resolve ``spec`` at ``scale``: which data each part uses (checking the files), the
     runs and their merged settings. Paper scale with missing data raises
-    :class:`ConfigError`; smoke/tiny skip that part with a note."""
+    :class:`ConfigError`; smoke/tiny skip that part with a note. ``protocol`` (a name from
+    :mod:`margin_theory.protocols`), when given, applies to every run and overrides the
+    definition's; otherwise runs use the definition's ``protocol`` (default ``paper``)."""
     from .data import available, canonical_name
     from .train import TrainConfig
 
@@ -364,11 +377,13 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
     for r in spec.get("runs", []):
         if r["part"] not in part_info or scale not in r.get("scales", SCALES):
             continue
-        settings = dict(spec.get("train", {}))
+        settings = {"protocol": "paper", **spec.get("train", {})}
         settings.update({k: v for k, v in r.items() if k not in RUN_META_KEYS})
         settings.update(sc.get("train", {}))
         settings.update(spec["parts"][r["part"]][scale].get("train", {}))
         settings.update(r.get("override", {}).get(scale, {}))
+        if protocol is not None:
+            settings["protocol"] = get_protocol(protocol).name
         pi = part_info[r["part"]]
         cfg = dict(settings, dataset=pi["dataset"], n_train=pi["n_train"], n_test=pi["n_test"])
         try:
@@ -444,7 +459,7 @@ def _compact_history(history: list[dict]) -> list[dict]:
     """The metrics lines without the monitors' notes, floats to 7 significant digits."""
     out = []
     for h in history:
-        row = {k: _r(h.get(k)) for k in ("epoch", "train_loss", "train_acc", "test_acc", "gamma_bar", "gamma_min",
+        row = {k: _r(h.get(k)) for k in ("epoch", "train_loss", "train_acc", "test_acc", *MARGIN_DEFINITIONS,
                                          "theta_norm", "lr", "epoch_seconds")}
         if isinstance(h.get("theorem2"), dict):
             row["theorem2"] = {k: _r(h["theorem2"].get(k)) for k in _MONITOR_KEYS}
@@ -512,12 +527,14 @@ def _data_description(ds_info: dict | None, pi: dict) -> dict:
 def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds: int | None = None,
                    parts: list[str] | None = None, device: str = "auto", out: str | Path | None = None,
                    cache_dir: str | Path | None = None, experiments_dir: str | Path | None = None,
-                   quiet: bool = False, verbose: bool = False, command: str | None = None) -> dict:
-    """Run experiment ``name`` at ``scale``; write results.json, results.md and figures in ``out``.
+                   quiet: bool = False, verbose: bool = False, command: str | None = None,
+                   protocol: str | None = None) -> dict:
+    """Run experiment ``name`` at ``scale`` under ``protocol`` (see :func:`plan_experiment`);
+    write results.json, results.md and figures in ``out``.
 
     Returns the results dict (what results.json holds)."""
     spec = load_definition(name, experiments_dir)
-    plan = plan_experiment(spec, scale, data_dir=data_dir, seeds=seeds, parts=parts)
+    plan = plan_experiment(spec, scale, data_dir=data_dir, seeds=seeds, parts=parts, protocol=protocol)
     out = check_output_path(out if out is not None else Path("results") / scale / name, kind="dir")
     if cache_dir is not None:
         check_output_path(cache_dir, kind="dir", flag="--cache-dir")
@@ -528,9 +545,11 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
         "experiment": name, "title": spec.get("title", ""), "reproduces": spec.get("reproduces", ""),
         "paper_source": spec.get("paper_source", ""), "definition": spec["_file"], "scale": scale,
         "seeds": plan.seeds, "device": device, "data_dir": data_dir, "out": str(out),
+        "protocol": ", ".join(sorted({r.settings["protocol"] for r in plan.runs})) or (protocol or "paper"),
         "cache_dir": str(cache) if cache else None, "command": command,
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "parts": {}, "skipped": plan.skipped, "notes": list(plan.notes), "runs": [], "analysis": {},
+        "claims": [c for c in spec.get("claims", []) if c["part"] in plan.parts],
         "figures": [],
     }
     for p, pi in plan.parts.items():
@@ -556,6 +575,7 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
     for run in plan.runs:
         recs = live.get((run.part, run.label), [])
         mean, std = _mean_std([r.get("test_acc") for r in recs if r["status"] == "ok"])
+        bmean, bstd = _mean_std([r.get("best_test_acc") for r in recs if r["status"] == "ok"])
         first = next((r for r in recs if r["status"] == "ok"), {})
         cfg = first.get("_config")
         if cfg is not None:
@@ -565,7 +585,8 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
             "rank": run.settings.get("rank") if "lowrank" in str(run.settings.get("model")) else None,
             "paper": run.paper, "settings": run.settings,
             "epochs": run.settings.get("epochs", 10), "parameters": first.get("parameters"),
-            "test_acc_mean": mean, "test_acc_std": std,
+            "test_acc_mean": mean, "test_acc_std": std, "protocol": run.settings["protocol"],
+            "best_test_acc_mean": bmean, "best_test_acc_std": bstd,
             "n_ok": sum(r["status"] == "ok" for r in recs), "n_seeds": len(recs),
             "normalisation": first.get("normalisation"), "degree": first.get("degree"),
             "wall_s": float(sum(r["wall_s"] for r in recs)),
@@ -944,7 +965,7 @@ def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     runs = [r for r in plan.runs if live.get((r.part, r.label))]
     if not runs:
         return res
-    fig, axes = plt.subplots(2, len(runs), figsize=(5.6 * len(runs), 7.6), squeeze=False)
+    fig, axes = plt.subplots(3, len(runs), figsize=(5.6 * len(runs), 11.0), squeeze=False)
     for col, run in enumerate(runs):
         recs = [r for r in live[(run.part, run.label)] if r["status"] == "ok"]
         seeds_info = []
@@ -957,10 +978,22 @@ def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
             if len(h) >= 3 and np.ptp(gb) > 0 and np.ptp(ta) > 0:     # undefined for a constant trajectory
                 rho, pval = spearmanr(gb, ta)
             inc = np.diff(gb) > 0
+            per_def = {}
+            for key in MARGIN_DEFINITIONS:     # Spearman(margin, test accuracy) for every definition
+                v = np.array([np.nan if r.get(key) is None else r[key] for r in h], float)
+                ok = np.isfinite(v) & np.isfinite(ta)
+                rho_k = float("nan")
+                if ok.sum() >= 3 and np.ptp(v[ok]) > 0 and np.ptp(ta[ok]) > 0:
+                    rho_k = float(spearmanr(v[ok], ta[ok])[0])
+                dv = np.diff(v[ok])
+                per_def[key] = {"spearman_rho": rho_k, "initial": float(v[ok][0]) if ok.any() else None,
+                                "final": float(v[ok][-1]) if ok.any() else None,
+                                "fraction_epochs_rose": float((dv > 0).mean()) if dv.size else None}
             mons = [{"epoch": r["epoch"], **r["theorem2"]} for r in h if r.get("theorem2")]
             seeds_info.append({
                 "seed": rec["seed"], "epochs": ep.tolist(), "gamma_bar": gb.tolist(), "test_acc": ta.tolist(),
-                "spearman_rho": float(rho), "spearman_p": float(pval),
+                "spearman_rho": float(rho), "spearman_p": float(pval), "definitions": per_def,
+                "curves": {key: [r.get(key) for r in h] for key in MARGIN_DEFINITIONS},
                 "fraction_epochs_gamma_bar_rose": float(inc.mean()) if inc.size else None,
                 "gamma_bar_initial": float(gb[0]), "gamma_bar_final": float(gb[-1]),
                 "normalisation": rec.get("normalisation"), "degree": rec.get("degree"),
@@ -1010,6 +1043,23 @@ def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         ax.set_xlabel("epoch")
         ax.set_ylabel("Theorem 2 quantities (subset)")
         ax.set_title(r"Theorem 2 monitors: (A3) needs $\rho > cv + \varepsilon$", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax = axes[2, col]                   # every margin definition, min-max scaled, beside accuracy
+
+        def scaled(v):
+            v = np.array([np.nan if x is None else x for x in v], float)
+            lo, hi = np.nanmin(v), np.nanmax(v)
+            return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+        names = {"gamma_bar": r"$\bar\gamma$ (q/$\|\theta\|^L$, mean)", "gamma_min": r"$\gamma_{\min}$",
+                 "gamma_output": "output-normalised (authors)", "gamma_smoothed": "smoothed (Lyu & Li)"}
+        for key in MARGIN_DEFINITIONS:
+            rho_k = s0["definitions"][key]["spearman_rho"]
+            ax.plot(s0["epochs"], scaled(s0["curves"][key]), marker=".", label=f"{names[key]}: rho {rho_k:+.2f}")
+        ax.plot(s0["epochs"], scaled(s0["test_acc"]), color="black", ls="--", lw=1.5, label="test accuracy")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("min-max scaled over the run")
+        ax.set_title("every margin definition vs test accuracy (Spearman rho with test acc.)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3)
     fig.suptitle(f"Fig. 5: average margin vs test accuracy over SGD training ({plan.scale} scale)", fontsize=10)
     fig.tight_layout()
@@ -1198,6 +1248,8 @@ def render_markdown(res: dict) -> str:
     parts = ", ".join(f"{p} = {d['dataset']} ({d.get('n_train')} train / {d.get('n_test')} test)"
                       + (f" [{d['note']}]" if d.get("note") else "") for p, d in res["parts"].items())
     L += [f"- scale: **{res['scale']}**; data: {parts or 'none'}",
+          f"- protocol: **{res.get('protocol', 'paper')}** (margin_theory.protocols; `--protocol both` runs "
+          "paper and authors side by side)",
           f"- seeds: {len(res['seeds'])} ({', '.join(map(str, res['seeds']))})"
           + ("; a single seed gives no +- (the paper's +- needs several seeds)" if len(res["seeds"]) == 1 and res["runs"] else ""),
           f"- device: {res['device']}; wall time of this invocation: {res['wall_time_s']:.1f} s; training time "
@@ -1209,14 +1261,16 @@ def render_markdown(res: dict) -> str:
     L.append("")
     if res["runs"]:
         L += ["## Results (test accuracy, %)", "",
-              "| part | run | params | epochs | seeds | paper | ours (mean +- std) | per seed | margin norm. | train s |",
-              "|---|---|---:|---:|---:|---|---|---|---|---:|"]
+              "| part | run | params | epochs | seeds | paper | ours (mean +- std) | best during training | per seed "
+              "| margin norm. | train s |",
+              "|---|---|---:|---:|---:|---|---|---|---|---|---:|"]
         for r in res["runs"]:
             per = ", ".join(_pct(s.get("test_acc")) if s["status"] == "ok" else s["status"] for s in r["per_seed"])
             norm = f"{r['normalisation']}, L={r['degree']}" if r.get("normalisation") else "n/a"
             params = f"{r['parameters']:,}" if r.get("parameters") else "n/a"
             L.append(f"| {r['part']} | {_md_escape(r['label'])} | {params} | {r['epochs']} | {r['n_ok']}/{r['n_seeds']} | "
-                     f"{_md_escape(r['paper'])} | {_fmt_acc(r['test_acc_mean'], r['test_acc_std'])} | {per} | {norm} | "
+                     f"{_md_escape(r['paper'])} | {_fmt_acc(r['test_acc_mean'], r['test_acc_std'])} | "
+                     f"{_fmt_acc(r.get('best_test_acc_mean'), r.get('best_test_acc_std'))} | {per} | {norm} | "
                      f"{r.get('train_s', r['wall_s']):.1f}{' (cached)' if all(x.get('cached') for x in r['per_seed']) else ''} |")
         cached = sum(1 for r in res["runs"] for s in r["per_seed"] if s.get("cached"))
         if cached:
@@ -1293,6 +1347,21 @@ def render_markdown(res: dict) -> str:
                          + f"{_list_or_none(s['velocity_positive_epochs'], s['monitor_epochs'])} |")
         L += ["", "Theorem 2's conditions are sufficient, not necessary: where they fail it says nothing, and the "
               "margin may still grow. Monitors use a seeded training subset (trainer monitor_subset).", ""]
+        L += ["### Every margin definition against test accuracy (SPEC §2)", "",
+              "gamma_bar / gamma_min: q/||theta||^L (runner-up); gamma_output: the authors' output-normalised "
+              "margin; gamma_smoothed: Lyu & Li's log(1/(exp(S)-1))/||theta||^L (not scale invariant; "
+              "meaningful once the summed loss S < log 2). Cells: start -> end, Spearman rho with test accuracy.", "",
+              "| part | run | seed | " + " | ".join(MARGIN_DEFINITIONS) + " |",
+              "|---|---|---:|" + "---|" * len(MARGIN_DEFINITIONS)]
+        for r in an["margin"]["runs"]:
+            for s in r["seeds"]:
+                cells = []
+                for key in MARGIN_DEFINITIONS:
+                    d = (s.get("definitions") or {}).get(key) or {}
+                    cells.append(f"{_f(d.get('initial'), '+.3g')} -> {_f(d.get('final'), '+.3g')}, "
+                                 f"rho {_f(d.get('spearman_rho'), '.2f')}")
+                L.append(f"| {r['part']} | {_md_escape(r['label'])} | {s['seed']} | " + " | ".join(cells) + " |")
+        L.append("")
     if "reach" in an and an["reach"].get("parts"):
         L += ["## Fig. 6: epoch at which the test accuracy first reaches each target", "",
               "The trainer evaluates once per epoch, so reach epochs are integers (0 = initialisation).", "",
@@ -1389,6 +1458,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--parts", type=_parts_arg, default=None, metavar="P[,P]",
                    help="run only these parts (data groups, e.g. mnist,fmnist); see --list")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--protocol", choices=(*protocol_names(), "both"), default=None,
+                   help="run every model under this protocol (margin_theory.protocols; default: the "
+                        "definition's, else paper); 'both' runs paper and authors into OUT/paper and "
+                        "OUT/authors and writes OUT/comparison.md with a verdict per claim")
     p.add_argument("--out", default=None, help="output folder (default results/<scale>/<name>; for 'all', "
                    "the parent folder, default results/<scale>)")
     p.add_argument("--cache-dir", default=None, help="keep/reuse trained models here, keyed by their full training config")
@@ -1398,6 +1471,133 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar, no per-run lines on stderr")
     p.add_argument("--verbose", action="store_true", help="per-epoch lines of every run on stderr")
     return p
+
+
+def compare_protocols(per_protocol: dict[str, dict]) -> dict:
+    """Side by side, per claim, the results of one experiment under each protocol, with a verdict.
+
+    Claims: each run's accuracy (final and best, beside the paper's number); Fig. 3's checks
+    (``holds``/``non_decreasing``); Fig. 5's "margin rises with accuracy" per margin
+    definition (Spearman rho > 0, mean over seeds). Verdict: ``supported`` (holds under every
+    protocol), ``not supported`` (under none), ``depends on protocol`` (naming where it holds).
+    """
+    names = list(per_protocol)
+    any_res = next(iter(per_protocol.values()))
+    out: dict[str, Any] = {"experiment": any_res["experiment"], "scale": any_res["scale"], "protocols": names,
+                           "runs": [], "claims": []}
+    keyed = {p: {(r["part"], r["label"]): r for r in res["runs"]} for p, res in per_protocol.items()}
+    for (part, label), r0 in keyed[names[0]].items():
+        row = {"part": part, "label": label, "paper_number": r0["paper"], "protocols": {}}
+        for p in names:
+            r = keyed[p].get((part, label), {})
+            row["protocols"][p] = {"final": r.get("test_acc_mean"), "final_std": r.get("test_acc_std"),
+                      "best": r.get("best_test_acc_mean"), "best_std": r.get("best_test_acc_std")}
+        out["runs"].append(row)
+
+    def verdict(holds: dict[str, bool | None]) -> str:
+        known = {p: h for p, h in holds.items() if h is not None}
+        if not known:
+            return "undecided (no data)"
+        if all(known.values()):
+            return "supported"
+        if not any(known.values()):
+            return "not supported"
+        return "depends on protocol (holds under " + ", ".join(p for p, h in known.items() if h) + ")"
+
+    claims: dict[str, dict] = {}
+    for p, res in per_protocol.items():
+        for r in res["runs"]:               # the paper's "M +- S": agreement within 2 combined std
+            m = re.fullmatch(r"\s*([\d.]+)\s*\+-\s*([\d.]+)\s*", str(r.get("paper", "")))
+            if not m:
+                continue
+            M, S = float(m.group(1)) / 100, float(m.group(2)) / 100
+            for which, key, sd in (("final", "test_acc_mean", "test_acc_std"),
+                                   ("best", "best_test_acc_mean", "best_test_acc_std")):
+                v = r.get(key)
+                tol = 2 * math.hypot(S, r.get(sd) or 0.0)
+                claims.setdefault(f"{r['part']} {r['label']}: {which} accuracy agrees with the paper's "
+                                  f"{m.group(1)} +- {m.group(2)} (within 2 combined std)", {})[p] = \
+                    None if v is None else bool(abs(v - M) <= tol)
+        acc = {(r["part"], r["label"]): r.get("test_acc_mean") for r in res["runs"]}
+        for c in res.get("claims", []):      # the definition's ordering claims, e.g. quadratic > relu2 > linear
+            vals = [acc.get((c["part"], lab)) for lab in c["order"]]
+            claims.setdefault(f"{c['part']}: " + " > ".join(c["order"]) + " (final accuracy)", {})[p] = \
+                None if any(v is None for v in vals) else all(a > b for a, b in zip(vals, vals[1:]))
+        for part, info in (res["analysis"].get("reach") or {}).get("parts", {}).items():
+            for cname, verdict in info.get("checks", {}).items():
+                if "target" in cname:
+                    claims.setdefault(f"Fig. 6 {part}: {cname}: reached sooner", {})[p] = \
+                        None if verdict == "n/a" else verdict == "sooner"
+        for part, info in (res["analysis"].get("ranks") or {}).get("parts", {}).items():
+            for cname, chk in info.get("checks", {}).items():
+                h = chk.get("holds", chk.get("non_decreasing"))
+                claims.setdefault(f"Fig. 3 {part}: {cname}", {})[p] = None if h is None else bool(h)
+        for r in (res["analysis"].get("margin") or {}).get("runs", []):
+            for key in MARGIN_DEFINITIONS:
+                rhos = [s["definitions"][key]["spearman_rho"] for s in r["seeds"] if s.get("definitions")]
+                rho = _mean_std(rhos)[0]
+                c = claims.setdefault(f"Fig. 5 {r['part']} {r['label']}: {key} rises with test accuracy "
+                                      "(Spearman rho > 0)", {})
+                c[p] = None if rho is None else bool(rho > 0)
+                c.setdefault("_rho", {})[p] = rho
+    for text, holds in claims.items():
+        rho = holds.pop("_rho", None)
+        out["claims"].append({"claim": text, "holds": holds, "verdict": verdict(holds),
+                              **({"spearman_rho_mean": rho} if rho else {})})
+    # what decides a claim besides the protocol: the reported accuracy (final vs best) or the
+    # margin definition - claims that differ only in that word but get different verdicts
+    deciders = []
+    for word_set, what in ((("final", "best"), "the reported accuracy (final vs best)"),
+                           (MARGIN_DEFINITIONS, "the margin definition")):
+        groups: dict[str, list[dict]] = {}
+        for c in out["claims"]:
+            for w in word_set:
+                if f" {w} " in f" {c['claim']} ":
+                    groups.setdefault(f" {c['claim']} ".replace(f" {w} ", " * ", 1).strip(), []).append(c)
+        for stem, cs in groups.items():
+            if len(cs) > 1 and len({c["verdict"] for c in cs}) > 1:
+                deciders.append({"claim": stem, "decided_by": what,
+                                 "verdicts": {c["claim"]: c["verdict"] for c in cs}})
+    out["decided_by"] = deciders
+    return out
+
+
+def render_comparison(cmp: dict) -> str:
+    """comparison.md: the paper's number beside ours under each protocol, and the verdicts."""
+    names = cmp["protocols"]
+    L = [f"# {cmp['experiment']}: the paper's claims under each protocol ({cmp['scale']} scale)", "",
+         "Protocols (margin_theory.protocols): `paper` = the paper's text as restated in SPEC.md; `authors` = "
+         "the authors' public code (their inits, the full head's linear term and 1/2, the best test accuracy "
+         "over evaluations every 20 steps). Per-protocol details: " + ", ".join(f"`{p}/results.md`" for p in names)
+         + ".", "",
+         "## Test accuracy (%): final, and best during training", "",
+         "| part | run | paper | " + " | ".join(f"{p}: final | {p}: best" for p in names) + " |",
+         "|---|---|---|" + "---|---|" * len(names)]
+    for r in cmp["runs"]:
+        cells = []
+        for p in names:
+            v = r["protocols"][p]
+            cells += [_fmt_acc(v["final"], v["final_std"]), _fmt_acc(v["best"], v["best_std"])]
+        L.append(f"| {r['part']} | {_md_escape(r['label'])} | {_md_escape(r['paper_number'])} | " + " | ".join(cells) + " |")
+    if cmp["claims"]:
+        L += ["", "## Verdicts", "", "| claim | " + " | ".join(names) + " | verdict |", "|---|" + "---|" * (len(names) + 1)]
+        for c in cmp["claims"]:
+            rho = c.get("spearman_rho_mean") or {}
+            cells = []
+            for p in names:
+                h = c["holds"].get(p)
+                cell = "n/a" if h is None else ("yes" if h else "no")
+                if p in rho and rho[p] is not None:
+                    cell += f" (rho {rho[p]:+.2f})"
+                cells.append(cell)
+            L.append(f"| {_md_escape(c['claim'])} | " + " | ".join(cells) + f" | {c['verdict']} |")
+    if cmp.get("decided_by"):
+        L += ["", "## What decides it", ""]
+        for d in cmp["decided_by"]:
+            L.append(f"- `{_md_escape(d['claim'])}`: decided by {d['decided_by']}: "
+                     + "; ".join(f"{k} -> {v}" for k, v in d["verdicts"].items()))
+    L.append("")
+    return "\n".join(L)
 
 
 def _summary_table(res: dict) -> str:
@@ -1440,20 +1640,32 @@ def main(argv=None) -> int:
         raise ConfigError("--parts applies to one experiment, not 'all'")
     for n in names:                                                   # fail fast on bad input
         plan_experiment(load_definition(n, args.experiments_dir), args.scale, data_dir=args.data_dir,
-                        seeds=args.seeds, parts=args.parts)
+                        seeds=args.seeds, parts=args.parts,
+                        protocol=None if args.protocol == "both" else args.protocol)
     outs = []
     for n in names:
         if args.name == "all":
             out = Path(args.out or Path("results") / args.scale) / n
         else:
             out = args.out
-        res = run_experiment(n, args.scale, data_dir=args.data_dir, seeds=args.seeds, parts=args.parts,
-                             device=args.device, out=out, cache_dir=args.cache_dir,
-                             experiments_dir=args.experiments_dir, quiet=args.quiet,
-                             verbose=args.verbose, command=command)
-        outs.append(res)
+        kw = dict(data_dir=args.data_dir, seeds=args.seeds, parts=args.parts, device=args.device,
+                  cache_dir=args.cache_dir, experiments_dir=args.experiments_dir, quiet=args.quiet,
+                  verbose=args.verbose, command=command)
+        if args.protocol != "both":
+            res = run_experiment(n, args.scale, out=out, protocol=args.protocol, **kw)
+            outs.append(res)
+            if not args.json:
+                print(_summary_table(res))
+            continue
+        base = Path(out) if out is not None else Path("results") / args.scale / n
+        per = {p: run_experiment(n, args.scale, out=base / p, protocol=p, **kw) for p in protocol_names()}
+        cmp = compare_protocols(per)
+        atomic_write_json(base / "comparison.json", cmp)
+        atomic_write_text(base / "comparison.md", render_comparison(cmp))
+        outs.append({"comparison": cmp, "per_protocol": per})
         if not args.json:
-            print(_summary_table(res))
+            print(render_comparison(cmp) + f"\nwritten: {base / 'comparison.md'}, comparison.json, "
+                  + ", ".join(f"{base / p}/results.md" for p in per))
     if args.json:
         print_json(outs[0] if len(outs) == 1 else {"experiments": outs})
     return 0

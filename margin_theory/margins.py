@@ -9,12 +9,24 @@ r"""Margins (SPEC §2).
   :math:`\gamma_n = q_n / \|\theta_{head}\|^{L_{head}}`. Every result carries
   ``normalisation`` (``"full"`` or ``"head"``) and the ``degree`` L it used.
 * Margin regularisation (paper eq. 5): ``loss = CE - lambda * gamma_bar(batch)``.
+* Other definitions researchers read, each under its own name (SPEC §2):
+  ``output`` (the authors' notebooks), :math:`\gamma^{out} = \frac1N\sum_n \frac{1}{C-1}
+  \sum_{j\ne y_n} (f_{y_n}(x_n) - f_j(x_n)) / \|f(x_n)\|_2`, scale invariant; and
+  ``smoothed`` (Lyu & Li 2020), :math:`\tilde\gamma = \log(1/(e^{S}-1)) / \|\theta\|^L`
+  with the summed cross-entropy :math:`S = \sum_n \mathrm{CE}_n`. The smoothed margin is
+  *not* scale invariant (SPEC §2 says all are; corrected here): it is a lower bound,
+  :math:`\tilde\gamma \le \gamma_{\min}` always, with
+  :math:`\gamma_{\min} - \tilde\gamma \le (\log(N(C-1)) + U) / \|\theta\|^L`,
+  :math:`U = \sum_n\sum_{j\ne y_n} e^{f_j - f_{y_n}}`, so it tends to
+  :math:`\gamma_{\min}` as the loss vanishes; Lyu & Li prove it monotone under gradient
+  flow once :math:`S < \log 2` (``smoothed_meaningful``).
 
 The norm power is computed as ``exp(L log ||theta||)`` in float64 so deep models
 (L = 14 for three layers) neither overflow nor underflow.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -27,7 +39,8 @@ from ._util import ConfigError
 __all__ = [
     "NotHomogeneousError", "Normalisation", "MarginResult", "margin_values",
     "runner_up", "get_normalisation", "param_norm", "normalised_margins",
-    "compute_margins", "margin_regularised_loss", "predict",
+    "compute_margins", "margin_regularised_loss", "predict", "output_margins",
+    "smoothed_margin", "summed_cross_entropy",
 ]
 
 
@@ -68,11 +81,18 @@ class MarginResult:
     normalisation: str
     accuracy: float
     loss: float
+    #: the authors' output-normalised margin (see :func:`output_margins`), mean over samples
+    gamma_output: float = float("nan")
+    #: Lyu & Li's smoothed normalised margin (see :func:`smoothed_margin`)
+    gamma_smoothed: float = float("nan")
+    #: whether the summed loss S < log 2, where Lyu & Li's monotonicity applies
+    smoothed_meaningful: bool = False
 
     def as_dict(self) -> dict:
         return {"gamma_bar": self.gamma_bar, "gamma_min": self.gamma_min, "theta_norm": self.theta_norm,
                 "degree": self.degree, "normalisation": self.normalisation,
-                "accuracy": self.accuracy, "loss": self.loss}
+                "accuracy": self.accuracy, "loss": self.loss, "gamma_output": self.gamma_output,
+                "gamma_smoothed": self.gamma_smoothed, "smoothed_meaningful": self.smoothed_meaningful}
 
 
 def margin_values(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -87,6 +107,63 @@ def margin_values(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def runner_up(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     r"""The runner-up class :math:`j_n = \arg\max_{j\ne y_n} f_j(x_n)` (SPEC §5)."""
     return logits.scatter(1, y.view(-1, 1), float("-inf")).argmax(dim=1)
+
+
+def output_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""The authors' per-sample margin (SPEC §2 ``output``), float64, shape (N,):
+
+    :math:`m_n = \frac{1}{C-1}\sum_{j\ne y_n}(f_{y_n}(x_n) - f_j(x_n)) / \|f(x_n)\|_2
+    = \frac{C f_{y_n} - \sum_j f_j}{(C-1)\,\|f(x_n)\|_2}`.
+
+    Scale invariant for an L-homogeneous f (numerator and denominator both scale by
+    :math:`c^L`); a sample whose output vector is zero gets 0.
+    """
+    z = logits.to(torch.float64)
+    if z.dim() != 2 or z.shape[1] < 2:
+        raise ConfigError(f"logits must have shape (N, C) with C >= 2, got {tuple(z.shape)}")
+    C = z.shape[1]
+    num = (C * z.gather(1, y.view(-1, 1)).squeeze(1) - z.sum(1)) / (C - 1)
+    den = torch.linalg.vector_norm(z, dim=1)
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), torch.zeros_like(num))
+
+
+def _log_ce(logits64: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log \mathrm{CE}_n`, accurate also when CE underflows (large margins):
+    :math:`\mathrm{CE}_n = \mathrm{softplus}(s_n)`, :math:`s_n = \log\sum_{j\ne y_n} e^{f_j - f_{y_n}}`."""
+    fy = logits64.gather(1, y.view(-1, 1))
+    s = (logits64 - fy).scatter(1, y.view(-1, 1), float("-inf")).logsumexp(1)
+    # log softplus(s) = s + log(log1p(e^s)/e^s); for s < -30 the bracket is -e^s/2 to 1e-26
+    small = s < -30
+    safe = torch.where(small, torch.zeros_like(s), s)
+    return torch.where(small, s - 0.5 * torch.exp(s), torch.log(F.softplus(safe)))
+
+
+def summed_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    r"""``(S, log S)`` with :math:`S = \sum_n \mathrm{CE}_n` (float64; ``log S`` stays finite
+    when S underflows)."""
+    log_s = float(torch.logsumexp(_log_ce(logits.to(torch.float64), y), 0))
+    return math.exp(log_s), log_s
+
+
+def smoothed_margin(logits: torch.Tensor, y: torch.Tensor, norm: torch.Tensor | float,
+                    degree: int) -> tuple[float, bool]:
+    r"""Lyu & Li's smoothed normalised margin for the summed cross-entropy (SPEC §2 ``smoothed``):
+
+    :math:`\tilde\gamma = \log\frac{1}{e^{S} - 1} / \|\theta\|^L`, :math:`S = \sum_n \mathrm{CE}_n`,
+
+    returned with ``S < log 2`` (only then is the numerator positive and Lyu & Li's
+    monotonicity under gradient flow in force). ``norm`` is :math:`\|\theta\|`, ``degree`` L.
+    Not scale invariant: :math:`\tilde\gamma \le \gamma_{\min}`, with equality in the limit
+    of vanishing loss.
+    """
+    S, log_s = summed_cross_entropy(logits, y)
+    if S < 1e-5:            # -log(expm1(S)) = -log S - log(1 + S/2 + S^2/6 + ...)
+        num = -log_s - math.log1p(S / 2 + S * S / 6)
+    elif S <= 30:
+        num = -math.log(math.expm1(S))
+    else:                   # -log(e^S - 1) = -S - log(1 - e^-S)
+        num = -S - math.log1p(-math.exp(-S))
+    return num * math.exp(-degree * math.log(float(norm))), S < math.log(2)
 
 
 def param_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -171,12 +248,15 @@ def compute_margins(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, norma
     # CE_n = logsumexp_j f_j - f_{y_n} (float64; half the cost of log_softmax over C);
     # sample n is classified correctly iff q_n > 0 (an exact tie counts as an error).
     fy = logits64.gather(1, y.view(-1, 1)).squeeze(1)
+    smoothed, meaningful = smoothed_margin(logits64, y, norm, norm_spec.degree)
     return MarginResult(
         q=q, gamma=gamma,
         gamma_bar=float(gamma.mean()), gamma_min=float(gamma.min()),
         theta_norm=float(norm), degree=norm_spec.degree, normalisation=norm_spec.kind,
         accuracy=float((q > 0).to(torch.float64).mean()),
         loss=float((torch.logsumexp(logits64, 1) - fy).mean()),
+        gamma_output=float(output_margins(logits64, y).mean()),
+        gamma_smoothed=smoothed, smoothed_meaningful=meaningful,
     )
 
 

@@ -33,8 +33,22 @@ from ._util import ConfigError
 __all__ = [
     "LinearHead", "QuadraticHead", "LowRankHead", "Classifier", "ResNetFeatures",
     "BasicBlock", "build_model", "symmetrise", "parameter_count", "unique_parameter_count",
-    "MODEL_NAMES", "RESNET_BLOCKS", "HEADS", "describe_model_names",
+    "MODEL_NAMES", "RESNET_BLOCKS", "HEADS", "describe_model_names", "INITS", "AffineInput",
 ]
+
+#: initialisation schemes (SPEC §2 "Protocols"): ``paper`` = this toolkit's default
+#: (uniform(+-1/sqrt(d)) for every head, symmetrised for the full head); ``authors`` =
+#: the authors' public code (``model/Linear_quadratic.py``): full head
+#: ``weight_a ~ N(0, (1/d)^2)`` symmetrised (and its linear term ``~ N(-1/sqrt(d), 1/sqrt(d))``),
+#: Low-Rank head ``eigen [C, d, r] ~ kaiming_normal_(a=10)``, i.e. N(0, 2/(101 d r)).
+#: The linear head is initialised as ``nn.Linear`` in both.
+INITS = ("paper", "authors")
+
+
+def _check_init(init: str) -> str:
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
+    return init
 
 HEADS = ("linear", "lowrank", "quadratic")
 RESNET_BLOCKS = {
@@ -68,9 +82,10 @@ class LinearHead(nn.Module):
 
     param_degree = 1
 
-    def __init__(self, in_features: int, num_classes: int, bias: bool = False):
+    def __init__(self, in_features: int, num_classes: int, bias: bool = False, init: str = "paper"):
         super().__init__()
         self.in_features, self.num_classes = int(in_features), int(num_classes)
+        self.init = _check_init(init)      # the same U(+-1/sqrt(d)) under both schemes
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         self.bias = nn.Parameter(torch.empty(num_classes)) if bias else None
         self.reset_parameters()
@@ -108,26 +123,43 @@ class QuadraticHead(nn.Module):
 
     f is linear in its parameters: degree 1 (margins are :math:`q/\|V\|`);
     on features of degree :math:`L_f`, degree :math:`2 L_f + 1`.
+
+    ``linear_term=True`` is the authors' ``General_quadratic`` head (bias-free):
+    :math:`f_i(x) = (x^\top W_i x + w_i\cdot x)/2`, extra parameter ``linear`` ``(C, d)``.
+    Still linear in all its parameters (V, w), so degree 1 on raw inputs; on features of
+    degree :math:`L_f > 0` the two terms have different degrees (not homogeneous).
     """
 
     param_degree = 1
 
-    def __init__(self, in_features: int, num_classes: int):
+    def __init__(self, in_features: int, num_classes: int, linear_term: bool = False, init: str = "paper"):
         super().__init__()
         self.in_features, self.num_classes = int(in_features), int(num_classes)
+        self.init = _check_init(init)
         self.weight = nn.Parameter(torch.empty(num_classes, in_features, in_features))
+        self.linear = nn.Parameter(torch.empty(num_classes, in_features)) if linear_term else None
         self.reset_parameters()
 
-    @staticmethod
-    def compose_degree(feature_degree: int | None) -> int | None:
+    def compose_degree(self, feature_degree: int | None) -> int | None:
+        if self.linear is not None:
+            return 1 if feature_degree == 0 else None
         return None if feature_degree is None else 2 * feature_degree + 1
 
     def reset_parameters(self) -> None:
-        """Entries U(-1/sqrt(d), 1/sqrt(d)) (as ``nn.Bilinear``), then symmetrised."""
-        bound = 1.0 / math.sqrt(self.in_features)
+        """``paper``: entries U(-1/sqrt(d), 1/sqrt(d)) (as ``nn.Bilinear``), then symmetrised;
+        ``authors``: N(0, (1/d)^2) then symmetrised, linear term N(-1/sqrt(d), 1/sqrt(d))."""
+        d = self.in_features
         with torch.no_grad():
-            nn.init.uniform_(self.weight, -bound, bound)
+            if self.init == "authors":
+                nn.init.normal_(self.weight, std=1.0 / d)
+            else:
+                nn.init.uniform_(self.weight, -1.0 / math.sqrt(d), 1.0 / math.sqrt(d))
             self.weight.copy_(symmetrise(self.weight))
+            if self.linear is not None:
+                if self.init == "authors":
+                    nn.init.normal_(self.linear, -1.0 / math.sqrt(d), 1.0 / math.sqrt(d))
+                else:
+                    nn.init.uniform_(self.linear, -1.0 / math.sqrt(d), 1.0 / math.sqrt(d))
 
     @property
     def W(self) -> torch.Tensor:
@@ -136,14 +168,18 @@ class QuadraticHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xw = torch.matmul(x.unsqueeze(0), self.weight)           # (C, B, d)
-        return (xw * x.unsqueeze(0)).sum(-1).transpose(0, 1)     # (B, C)
+        out = (xw * x.unsqueeze(0)).sum(-1).transpose(0, 1)      # (B, C)
+        if self.linear is not None:
+            out = (out + F.linear(x, self.linear)) * 0.5
+        return out
 
     def unique_parameters(self) -> int:
         d = self.in_features
-        return self.num_classes * d * (d + 1) // 2
+        return self.num_classes * d * (d + 1) // 2 + (0 if self.linear is None else self.linear.numel())
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, num_classes={self.num_classes}, W=sym(weight)"
+        lin = ", f=(x^T W x + w.x)/2" if self.linear is not None else ""
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, W=sym(weight){lin}, init={self.init}"
 
 
 def symmetrise(v: torch.Tensor) -> torch.Tensor:
@@ -162,11 +198,12 @@ class LowRankHead(nn.Module):
 
     param_degree = 2
 
-    def __init__(self, in_features: int, num_classes: int, rank: int = 1):
+    def __init__(self, in_features: int, num_classes: int, rank: int = 1, init: str = "paper"):
         super().__init__()
         if rank < 1:
             raise ConfigError(f"rank must be >= 1, got {rank}")
         self.in_features, self.num_classes, self.rank = int(in_features), int(num_classes), int(rank)
+        self.init = _check_init(init)
         self.weight = nn.Parameter(torch.empty(num_classes, rank, in_features))
         self.reset_parameters()
 
@@ -175,8 +212,13 @@ class LowRankHead(nn.Module):
         return None if feature_degree is None else 2 * (feature_degree + 1)
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.in_features)
-        nn.init.uniform_(self.weight, -bound, bound)
+        """``paper``: U(-1/sqrt(d), 1/sqrt(d)); ``authors``: ``kaiming_normal_(a=10)`` of their
+        ``[C, d, r]`` tensor, fan-in d r: N(0, 2 / (101 d r))."""
+        if self.init == "authors":
+            nn.init.normal_(self.weight, std=math.sqrt(2.0 / 101.0) / math.sqrt(self.in_features * self.rank))
+        else:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.weight, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.linear(x, self.weight.reshape(-1, self.in_features))          # (B, C r)
@@ -187,7 +229,7 @@ class LowRankHead(nn.Module):
         return torch.einsum("crd,cre->cde", self.weight, self.weight)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, num_classes={self.num_classes}, rank={self.rank}"
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, rank={self.rank}, init={self.init}"
 
 
 # ---------------------------------------------------------------------------
@@ -297,6 +339,20 @@ class ReLU2Head(nn.Module):
         return self.linear(h)
 
 
+class AffineInput(nn.Module):
+    r"""Flatten and append a constant: :math:`x \mapsto [x, 1]` (``affine=True``).
+
+    A bias-free quadratic form of :math:`[x, 1]` is :math:`x^\top A x + 2 b\cdot x + c`: the
+    head gains linear and constant terms while f stays homogeneous in :math:`\theta` with
+    the same L (the 1 is an input, not a parameter). Without it a quadratic form is even,
+    f(x) = f(-x), and cannot separate classes that differ by a sign (standardised tabular data).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+
+
 class DeepLowRankFeatures(nn.Sequential):
     """Hidden layers of the deep Low-Rank DIQNN: Flatten, then ``LowRankHead`` layers
     (width ``h_l``, rank r) each mapping degree L to 2(L+1)."""
@@ -305,13 +361,16 @@ class DeepLowRankFeatures(nn.Sequential):
 # ---------------------------------------------------------------------------
 # Factory
 # ---------------------------------------------------------------------------
-def _make_head(kind: str, d: int, num_classes: int, rank: int) -> nn.Module:
+def _make_head(kind: str, d: int, num_classes: int, rank: int, init: str = "paper",
+               linear_term: bool = False) -> nn.Module:
+    if linear_term and kind != "quadratic":
+        raise ConfigError(f"the linear term belongs to the full quadratic head, not a {kind} head")
     if kind == "linear":
-        return LinearHead(d, num_classes)
+        return LinearHead(d, num_classes, init=init)
     if kind == "lowrank":
-        return LowRankHead(d, num_classes, rank)
+        return LowRankHead(d, num_classes, rank, init=init)
     if kind == "quadratic":
-        return QuadraticHead(d, num_classes)
+        return QuadraticHead(d, num_classes, linear_term=linear_term, init=init)
     raise ConfigError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
 
 
@@ -330,7 +389,8 @@ def _widths(hidden, layers: int, default: int) -> list[int]:
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, rank: int = 1,
                 layers: int = 1, hidden: int | Sequence[int] | None = None,
-                conv_channels: int = 1, conv_bias: bool = True) -> Classifier:
+                conv_channels: int = 1, conv_bias: bool = True, init: str = "paper",
+                linear_term: bool = False, affine: bool = False) -> Classifier:
     """Build a classifier by name (SPEC §1).
 
     Args:
@@ -345,7 +405,13 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, rank
         conv_bias: the conv's bias (PyTorch's default, as the authors). Either way
             ``conv-lowrank`` is homogeneous with L = 4 (``conv-linear`` 2, ``conv-quadratic``
             3): a first-layer bias scales with the kernel.
+        init: initialisation scheme, one of :data:`INITS` (``paper`` or ``authors``).
+        linear_term: the full head's linear term and 1/2 of the authors' code
+            (``quadratic``, ``conv-quadratic``, ``resnet*-quadratic``).
+        affine: inputs ``x -> [x, 1]`` (:class:`AffineInput`; ``linear``,
+            ``quadratic``, ``lowrank``): keeps f homogeneous with the same L.
     """
+    _check_init(init)
     input_shape = tuple(int(s) for s in input_shape)
     if not input_shape or any(s < 1 for s in input_shape):
         raise ConfigError(f"invalid input shape {input_shape}")
@@ -357,24 +423,30 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, rank
         raise ConfigError(f"layers must be >= 1, got {layers}")
     if layers > 1 and name != "lowrank":
         raise ConfigError(f"--layers applies to the lowrank model only, not {name!r}")
-    d = math.prod(input_shape)
+    if affine and name not in ("linear", "quadratic", "lowrank"):
+        raise ConfigError(f"affine inputs apply to linear, quadratic and lowrank, not {name!r} "
+                          "(a constant beside features of degree > 0 would break homogeneity)")
+    if linear_term and not (name == "quadratic" or name.endswith("-quadratic")):
+        raise ConfigError(f"the linear term belongs to the full quadratic head; {name!r} has none")
+    d = math.prod(input_shape) + (1 if affine else 0)
     C = int(num_classes)
+    flat = AffineInput() if affine else nn.Flatten()
 
     if name == "linear":
-        return Classifier(nn.Flatten(), LinearHead(d, C), 0, name, input_shape)
+        return Classifier(flat, LinearHead(d, C, init=init), 0, name, input_shape)
     if name == "quadratic":
-        return Classifier(nn.Flatten(), QuadraticHead(d, C), 0, name, input_shape)
+        return Classifier(flat, QuadraticHead(d, C, linear_term=linear_term, init=init), 0, name, input_shape)
     if name == "lowrank":
         widths = _widths(hidden, layers, 32)
-        mods: list[nn.Module] = [nn.Flatten()]
+        mods: list[nn.Module] = [flat]
         fdeg, width = 0, d
         for h in widths:
             if h < 1:
                 raise ConfigError(f"hidden width must be >= 1, got {h}")
-            mods.append(LowRankHead(width, h, rank))
+            mods.append(LowRankHead(width, h, rank, init=init))
             fdeg, width = 2 * (fdeg + 1), h
-        features = DeepLowRankFeatures(*mods) if len(mods) > 1 else nn.Flatten()
-        return Classifier(features, LowRankHead(width, C, rank), fdeg, name, input_shape)
+        features = DeepLowRankFeatures(*mods) if len(mods) > 1 else flat
+        return Classifier(features, LowRankHead(width, C, rank, init=init), fdeg, name, input_shape)
     if name == "relu2":
         h = hidden if isinstance(hidden, int) else (hidden[0] if hidden else 8000)
         if h < 1:
@@ -391,7 +463,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, rank
         if c < 1:
             raise ConfigError(f"conv channels must be >= 1, got {c}")
         features = nn.Sequential(nn.Conv2d(cin, c, 5, padding=2, bias=conv_bias), nn.ReLU(), nn.Flatten())
-        head = _make_head(m.group(1), c * H * W, C, rank)
+        head = _make_head(m.group(1), c * H * W, C, rank, init, linear_term)
         # The conv is the first layer with parameters: (c w) * x + c b = c (w * x + b), and
         # ReLU is positively homogeneous, so the features have degree 1 *with or without*
         # the bias (SPEC §3 says the bias breaks homogeneity; it does not - see
@@ -403,7 +475,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, rank
         if len(input_shape) != 3:
             raise ConfigError(f"{name} needs image inputs (C, H, W), got shape {input_shape}")
         body = ResNetFeatures(RESNET_BLOCKS[int(m.group(1))], in_channels=input_shape[0])
-        head = _make_head(m.group(2), body.out_features, C, rank)
+        head = _make_head(m.group(2), body.out_features, C, rank, init, linear_term)
         return Classifier(body, head, None, name, input_shape)
 
     raise ConfigError(f"unknown model {name!r}; valid: {describe_model_names()}")

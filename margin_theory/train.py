@@ -109,6 +109,8 @@ from . import runfolder as _runfolder
 from .checkpoint import NonFiniteCheckpointError
 from ._util import progress as _progress_bar
 from .margins import compute_margins, get_normalisation, margin_regularised_loss, predict
+from .models import INITS
+from .protocols import get_protocol, protocol_names
 
 __all__ = [
     "TrainConfig", "TrainResult", "train", "build_model_for", "select_device", "epoch_batches",
@@ -119,8 +121,8 @@ PROG = "python -m margin_theory.train"
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 #: keys of every metrics.jsonl line (monitor epochs add ``theorem2`` and ``monitor_seconds``)
-METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "gamma_bar", "gamma_min", "theta_norm",
-               "degree", "normalisation", "lr", "epoch_seconds")
+METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "test_acc_best", "gamma_bar", "gamma_min", "gamma_output",
+               "gamma_smoothed", "theta_norm", "degree", "normalisation", "lr", "epoch_seconds")
 #: configuration fields that may change when resuming (they do not affect the trajectory)
 RESUME_MAY_DIFFER = frozenset({"epochs", "device", "out", "resume", "overwrite", "quiet", "json",
                                "checkpoint_every", "monitor_every", "monitor_subset", "eval_batch_size",
@@ -149,6 +151,11 @@ class TrainConfig:
     hidden: list[int] | None = None
     conv_channels: int = 1
     conv_bias: bool = True
+    protocol: str = "paper"
+    init: str | None = None
+    linear_term: bool | None = None
+    affine: bool = False
+    eval_every_steps: int | None = None
     epochs: int = 10
     batch_size: int = 100
     lr: float = 0.01
@@ -223,6 +230,18 @@ class TrainConfig:
         for s in ("dataset", "model", "device"):
             if not isinstance(getattr(self, s), str) or not getattr(self, s):
                 raise ConfigError(f"{s} must be a non-empty string")
+        # the protocol's choices (margin_theory.protocols) fill what was not set explicitly
+        proto = get_protocol(self.protocol)
+        if self.init is None:
+            self.init = proto.init
+        if self.init not in INITS:
+            raise ConfigError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
+        if self.linear_term is None:
+            is_full = self.model == "quadratic" or self.model.endswith("-quadratic")
+            self.linear_term = proto.linear_term and is_full
+        if self.eval_every_steps is None:
+            self.eval_every_steps = proto.eval_every_steps
+        need_int("eval_every_steps", 0)
         need_int("rank", 1)
         need_int("layers", 1)
         need_int("conv_channels", 1)
@@ -254,7 +273,8 @@ class TrainConfig:
         if ms != sorted(set(ms)):
             raise ConfigError(f"lr_milestones must be strictly increasing, got {ms}")
         self.lr_milestones = ms
-        for b in ("conv_bias", "augment", "normalize", "download", "resume", "overwrite", "quiet", "json"):
+        for b in ("conv_bias", "linear_term", "affine", "augment", "normalize", "download", "resume", "overwrite",
+                  "quiet", "json"):
             if not isinstance(getattr(self, b), bool):
                 raise ConfigError(f"{b} must be true or false, got {getattr(self, b)!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
@@ -292,6 +312,11 @@ class TrainConfig:
                 raise ConfigError(f"--conv-channels applies to the conv-* models, not {name!r}")
             if not self.conv_bias:
                 raise ConfigError(f"--no-conv-bias applies to the conv-* models, not {name!r}")
+        if self.linear_term and not (name == "quadratic" or name.endswith("-quadratic")):
+            raise ConfigError(f"--linear-term applies to the full quadratic head (quadratic, conv-quadratic, "
+                              f"resnet*-quadratic), not {name!r}")
+        if self.affine and name not in ("linear", "quadratic", "lowrank"):
+            raise ConfigError(f"--affine applies to linear, quadratic and lowrank, not {name!r}")
 
     def checkpoint_interval(self) -> int | None:
         """Resolved checkpoint interval: None = never, 0 = final only, K >= 1."""
@@ -344,7 +369,8 @@ def build_model_for(config: TrainConfig, dataset) -> nn.Module:
 
     return build_model(config.model, dataset.input_shape, dataset.num_classes, rank=config.rank,
                        layers=config.layers, hidden=config.hidden, conv_channels=config.conv_channels,
-                       conv_bias=config.conv_bias)
+                       conv_bias=config.conv_bias, init=config.init, linear_term=config.linear_term,
+                       affine=config.affine)
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator | None = None,
@@ -444,7 +470,7 @@ abla + \mathrm{wd}\,p`; with momentum
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
                 batch_size: int, generator: torch.Generator | None = None, *, augment: bool = False,
-                margin_reg: float = 0.0, normalisation=None, bar=None):
+                margin_reg: float = 0.0, normalisation=None, bar=None, on_step=None):
     """One epoch of SGD over a device-resident data set (SPEC §9): the hot loop of :func:`train`.
 
     Batches are slices of one device-side permutation (:func:`epoch_batches`); each step
@@ -454,6 +480,9 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
     device: no host synchronisation inside the loop. The running accuracy is counted only
     for the optional tqdm ``bar`` (read about 20 times an epoch, only when shown): the
     trainer measures accuracy over the whole training set after the epoch anyway.
+
+    ``on_step(i)``, if given, is called after step i (0-based within the epoch): the
+    trainer's step-cadence test evaluation (``--eval-every-steps``).
 
     Returns ``(loss_sum, correct, seen, steps)``: the float64 device tensor sum of batch
     losses weighted by batch size, the int64 device tensor number correct (``None`` when
@@ -480,6 +509,8 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
         nb = idx.shape[0]
         seen += nb
         loss_sum.add_(loss.detach(), alpha=nb)
+        if on_step is not None:
+            on_step(i)
         if show:
             correct += (logits.detach().argmax(1) == yb).sum()
             if i % refresh == 0 or i == len(batches) - 1:
@@ -542,14 +573,20 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096) -> dict:
     dev = X.device
     with _matmul_precision(dev, tf32=False):
         m = compute_margins(model, X, y, batch_size=batch_size)
-        if dataset.X_test.shape[0] > 0:
-            logits = predict(model, dataset.X_test, batch_size)
-            test_acc = float((logits.argmax(1) == dataset.y_test).to(torch.float64).mean())
-        else:
-            test_acc = float("nan")
+        test_acc = evaluate_test(model, dataset, batch_size)
     return {"train_loss": m.loss, "train_acc": m.accuracy, "test_acc": test_acc,
-            "gamma_bar": m.gamma_bar, "gamma_min": m.gamma_min, "theta_norm": m.theta_norm,
+            "gamma_bar": m.gamma_bar, "gamma_min": m.gamma_min, "gamma_output": m.gamma_output,
+            "gamma_smoothed": m.gamma_smoothed, "theta_norm": m.theta_norm,
             "degree": m.degree, "normalisation": m.normalisation}
+
+
+@torch.no_grad()
+def evaluate_test(model: nn.Module, dataset, batch_size: int = 4096) -> float:
+    """Test accuracy (argmax of the logits; NaN without test data), eval mode."""
+    if dataset.X_test.shape[0] == 0:
+        return float("nan")
+    logits = predict(model, dataset.X_test, batch_size)
+    return float((logits.argmax(1) == dataset.y_test).to(torch.float64).mean())
 
 
 # ---------------------------------------------------------------------------
@@ -853,7 +890,19 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
         row["maxmargin"] = _maxmargin_gap(gap_state, model, X, Y, config)
         row["monitor_seconds"] = time.perf_counter() - t0
 
+    # the best test accuracy over every evaluation so far: per epoch, and every
+    # eval_every_steps SGD steps when the protocol asks for it (the authors' "best")
+    best = {"acc": float(history[-1].get("test_acc_best", history[-1]["test_acc"])) if history else float("-inf")}
+
+    def step_eval(i: int) -> None:
+        if i % config.eval_every_steps == 0 and ds.X_test.shape[0] > 0:
+            best["acc"] = max(best["acc"], evaluate_test(model, ds, eval_bs))
+            model.train()
+
     def record(row: dict) -> None:
+        if math.isfinite(row["test_acc"]):
+            best["acc"] = max(best["acc"], row["test_acc"])
+        row["test_acc_best"] = best["acc"] if math.isfinite(best["acc"]) else float("nan")
         history.append(row)
         if out is not None:
             _write_metrics(out, history)
@@ -911,7 +960,8 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
                     try:
                         loss_sum, correct, seen, steps = train_epoch(
                             model, opt, X, Y, config.batch_size, g, augment=config.augment,
-                            margin_reg=config.margin_reg, normalisation=norm_spec, bar=bar)
+                            margin_reg=config.margin_reg, normalisation=norm_spec, bar=bar,
+                            on_step=step_eval if config.eval_every_steps > 0 else None)
                     finally:
                         bar.close()
                     step += steps
@@ -963,7 +1013,9 @@ def _summary(config, model, ds, history, device, out, last_ckpt, resumed_from, s
         "status": "ok",
         "dataset": ds.name, "model": config.model, "epochs": int(last.get("epoch", 0)),
         "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
-        "test_acc": last.get("test_acc"), "best_test_acc": max(tests) if tests else None,
+        "test_acc": last.get("test_acc"),
+        "best_test_acc": last.get("test_acc_best", max(tests) if tests else None),
+        "protocol": config.protocol, "eval_every_steps": config.eval_every_steps,
         "gamma_bar": last.get("gamma_bar"), "gamma_min": last.get("gamma_min"),
         "theta_norm": last.get("theta_norm"), "degree": last.get("degree"),
         "normalisation": last.get("normalisation"),
@@ -1030,6 +1082,17 @@ def add_data_model_arguments(g, *, augment: bool = True, data_dir_help: str | No
     g.add_argument("--conv-channels", type=int_at_least(1), default=d.conv_channels, help="conv-* channels (default 1)")
     g.add_argument("--no-conv-bias", dest="conv_bias", action="store_false",
                    help="bias-free conv (conv-lowrank is 4-homogeneous either way)")
+    g.add_argument("--protocol", choices=protocol_names(), default=d.protocol,
+                   help="named preset of the choices where the paper's text and the authors' code differ "
+                        "(margin_theory.protocols): paper (default) or authors; the flags below override it")
+    g.add_argument("--init", choices=INITS, default=None, help="head initialisation (default: the protocol's)")
+    g.add_argument("--linear-term", dest="linear_term", action="store_true", default=None,
+                   help="full quadratic head f = (x^T W x + w.x)/2, the authors' (default: the protocol's)")
+    g.add_argument("--no-linear-term", dest="linear_term", action="store_false",
+                   help="full quadratic head f = x^T W x (the paper's)")
+    g.add_argument("--affine", action="store_true",
+                   help="inputs x -> [x, 1]: linear and constant terms, same homogeneity degree "
+                        "(linear, quadratic, lowrank)")
     g.add_argument("--data-dir", default=None, help=data_dir_help or "folder with the standard dataset files "
                    "(stored as an absolute path in the run's config)")
     g.add_argument("--download", action="store_true", help="download missing standard files (md5-checked)")
@@ -1071,6 +1134,9 @@ def build_parser() -> ArgumentParser:
     r.add_argument("--monitor-subset", type=int_at_least(1), default=d.monitor_subset, metavar="N",
                    help="points of the seeded monitor subset (default 512)")
     r.add_argument("--eval-batch-size", type=int_at_least(1), default=None, help="batch of the evaluation passes")
+    r.add_argument("--eval-every-steps", type=int_at_least(0), default=None, metavar="K",
+                   help="also evaluate the test accuracy every K steps and record the best (test_acc_best); "
+                        "default: the protocol's (paper 0 = per epoch only, authors 20)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")

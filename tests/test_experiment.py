@@ -10,6 +10,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from margin_theory import experiment as ex
@@ -61,9 +62,11 @@ def check_outputs(out: Path, name: str, scale: str = "tiny") -> dict:
     assert md.startswith(f"# {name}: ")
     assert f"scale: **{scale}**" in md and "wall time" in md and "training time" in md and "seeds:" in md
     if res["runs"]:
-        assert "| part | run | params | epochs | seeds | paper | ours (mean +- std) | per seed | margin norm. | train s |" in md
-        for r in res["runs"]:
-            assert r["paper"].replace("|", "\\|") in md
+        for r in res["runs"]:       # each run's row: its label, the paper's number, final and best accuracy
+            row = next(line for line in md.splitlines() if line.startswith(f"| {r['part']} | {r['label'].replace('|', chr(92) + '|')} |"))
+            assert r["paper"].replace("|", "\\|") in row
+            if r["n_ok"]:
+                assert f"{100 * r['test_acc_mean']:.2f}" in row and f"{100 * r['best_test_acc_mean']:.2f}" in row
     assert res["figures"], "every experiment writes at least one figure"
     for f in res["figures"]:
         assert (out / f).read_bytes()[:8] == PNG_MAGIC, f
@@ -265,13 +268,31 @@ def test_fig5_margin_tiny(tmp_path, empty_dir, capsys):
     assert {s["part"] for s in res["skipped"]} == {"fmnist", "cifar"}
     (m,) = res["analysis"]["margin"]["runs"]
     s = m["seeds"][0]
-    assert -1.0 <= s["spearman_rho"] <= 1.0
+    hist = res["runs"][0]["per_seed"][0]["history"]
+
+    def ranks(v):   # average ranks (ties share), written here independently of scipy
+        v = np.asarray(v, float)
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v))
+        for u in np.unique(v):
+            r[v == u] = r[v == u].mean()
+        return r
+
+    acc = [h["test_acc"] for h in hist]
+    for key in ("gamma_bar", "gamma_min", "gamma_output", "gamma_smoothed"):   # every definition, every epoch
+        vals = [h[key] for h in hist]
+        assert all(isinstance(v, float) for v in vals), key
+        want = np.corrcoef(ranks(vals), ranks(acc))[0, 1]
+        got = s["definitions"][key]["spearman_rho"]
+        assert (np.isnan(want) and np.isnan(got)) or abs(got - want) < 1e-9, key
+    assert abs(s["spearman_rho"] - s["definitions"]["gamma_bar"]["spearman_rho"]) < 1e-12
     assert s["normalisation"] == "full" and s["degree"] == 2                # lowrank: homogeneous, L = 2
     assert s["monitor_epochs"] == 3                                          # epochs 0, 1, 2 (monitor_every 1)
     for mon in s["monitors"]:
         assert mon["theorem_applies"] == (mon["A1"] and mon["A2"] and mon["A3"])
     md = (out / "results.md").read_text()
-    assert "Spearman" in md and "sufficient, not necessary" in md
+    assert "Spearman" in md and "sufficient, not necessary" in md and "gamma_output" in md
 
 
 def test_fig6_margin_reg_tiny(tmp_path, empty_dir, capsys):

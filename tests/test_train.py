@@ -155,7 +155,7 @@ def test_select_device():
 
 
 def test_config_round_trip_and_validation():
-    c = TrainConfig(dataset="iris", model="lowrank", layers=3, hidden=[4, 3], lr_milestones=[2, 5])
+    c = TrainConfig(dataset="iris", model="lowrank", layers=3, hidden=[4, 3], lr_milestones=[2, 5]).validate()
     d = json.loads(json.dumps(c.to_dict()))
     assert TrainConfig.from_dict(d) == c
     with pytest.raises(ConfigError, match="unknown training option"):

@@ -1,0 +1,80 @@
+"""Protocols: the named presets of every choice on which the paper's text and the
+authors' public code differ (SPEC §2 "Protocols"). Defined once, here; the trainer
+(``--protocol NAME``), the experiments (``protocol = "NAME"``), checkpoints (through the
+run's config) and every report refer to a protocol by its name.
+
+========================  ===========================  ====================================
+choice                    ``paper`` (the spec, default)  ``authors`` (their public code)
+========================  ===========================  ====================================
+initialisation            U(+-1/sqrt(d)), full head      full head N(0, 1/d^2) symmetrised;
+                          symmetrised                    lowrank kaiming_normal_(a=10)
+full quadratic head       f_i = x^T W_i x                f_i = (x^T W_i x + w_i . x)/2
+reported test accuracy    after the last epoch           best over evaluations every 20 steps
+margin read for Fig. 5    gamma_bar = mean q/||theta||^L  output-normalised (``gamma_output``)
+========================  ===========================  ====================================
+
+The authors' facts are read from ``liuchongming1999/dendrite-inspired-neural-network``,
+``quadratic_neural_network-main/``: ``model/Linear_quadratic.py`` (``General_quadratic``,
+``Low_dimensional_quadratic``: inits and the ``(y + y1)/2`` output) and ``MNIST/MNIST.py``
+(``if i % 20 == 0``: test accuracy every 20 steps, ``best_prec = max(prec, best_prec)``).
+Every margin definition is recorded under every protocol; ``margin`` only says which one
+the protocol's own figures read. The margin-regularised loss (paper eq. 5) is not in the
+authors' code; under ``authors`` it is still available (``--margin-reg``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ._util import ConfigError
+
+__all__ = ["Protocol", "PROTOCOLS", "get_protocol", "protocol_names"]
+
+AUTHORS_CODE = ("liuchongming1999/dendrite-inspired-neural-network, quadratic_neural_network-main/ "
+                "(model/Linear_quadratic.py, MNIST/MNIST.py)")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One named protocol.
+
+    Attributes:
+        name: ``paper`` or ``authors``.
+        init: initialisation scheme of the heads (``models.INITS``).
+        linear_term: the full quadratic head's linear term and 1/2 (``QuadraticHead``).
+        eval_every_steps: also evaluate the test accuracy every K SGD steps (the per-epoch
+            batch index ``i % K == 0``, after the step) and report the best; 0 = per epoch only.
+        reported_accuracy: which test accuracy the protocol's tables quote, ``final`` or ``best``.
+        margin: the margin definition its Fig. 5 reads (``margins.MarginResult`` field).
+        source: where the facts come from.
+    """
+
+    name: str
+    init: str
+    linear_term: bool
+    eval_every_steps: int
+    reported_accuracy: str
+    margin: str
+    source: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "paper": Protocol("paper", init="paper", linear_term=False, eval_every_steps=0, reported_accuracy="final",
+                      margin="gamma_bar", source="the paper's text as restated in SPEC.md"),
+    "authors": Protocol("authors", init="authors", linear_term=True, eval_every_steps=20,
+                        reported_accuracy="best", margin="gamma_output", source=AUTHORS_CODE),
+}
+
+
+def protocol_names() -> tuple[str, ...]:
+    return tuple(PROTOCOLS)
+
+
+def get_protocol(name: str) -> Protocol:
+    """The protocol called ``name``; :class:`ConfigError` naming the valid ones otherwise."""
+    try:
+        return PROTOCOLS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}") from None
