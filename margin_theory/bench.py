@@ -443,6 +443,53 @@ def bench_scaling(device, quick: bool, reps=3):
     return cases
 
 
+def profile_training(kind: str = "lowrank", rank: int = 8, batch_size: int = 100, n: int = 2000,
+                     device: str | torch.device = "cpu", top: int = 8) -> dict:
+    """Where a training epoch's time goes: ``torch.profiler`` self-CPU time per operator for
+    ours, the plain loop and the bare GEMMs of the same shapes (3 epochs each after one
+    warm-up). Returns ``{contender: {"total_ms", "ops": [[name, self_ms, calls], ...]}}``;
+    ``gemm_share`` is the fraction of self time spent in ``aten::mm``/``aten::bmm``/``addmm``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from .train import SGD, train_epoch
+
+    dev = torch.device(device)
+    X, Y = _mnist_shapes(n, dev)
+    ours_m, _, plain_m = _train_models(kind, rank, dev)
+    opt_o, opt_p = SGD(ours_m.parameters(), lr=0.01), torch.optim.SGD(plain_m.parameters(), lr=0.01)
+    g = torch.Generator(device=dev).manual_seed(0)
+    bare, _ = _bare_epoch_fn(kind, rank, n, batch_size, dev)
+    fns = {"ours": lambda: train_epoch(ours_m, opt_o, X, Y, batch_size, g),
+           "plain": lambda: plain_epoch(plain_m, opt_p, X, Y, batch_size, g), "bare GEMMs": bare}
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    out = {}
+    for name, fn in fns.items():
+        fn()
+        _sync(dev)
+        with profile(activities=acts) as prof:
+            for _ in range(3):
+                fn()
+            _sync(dev)
+        rows = [(e.key, e.self_cpu_time_total / 1e3 / 3, e.count // 3) for e in prof.key_averages()]
+        total = sum(r[1] for r in rows)
+        rows.sort(key=lambda r: -r[1])
+        gemm = sum(r[1] for r in rows if r[0] in ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul"))
+        out[name] = {"total_ms": total, "gemm_share": gemm / total if total else None,
+                     "ops": [[k, ms, c] for k, ms, c in rows[:top]]}
+    return {"case": f"{kind}{f' r={rank}' if kind == 'lowrank' else ''} batch {batch_size}, {n} samples",
+            "per_epoch": out}
+
+
+def format_profile(p: dict) -> str:
+    lines = [f"profile (self CPU time per epoch, torch.profiler): {p['case']}"]
+    for name, d in p["per_epoch"].items():
+        lines.append(f"  {name}: {d['total_ms']:.1f} ms, GEMMs {100 * (d['gemm_share'] or 0):.0f}%")
+        for k, ms, c in d["ops"]:
+            lines.append(f"      {k:<42} {ms:8.2f} ms  {c:>5} calls")
+    return "\n".join(lines)
+
+
 def machine_info(device: torch.device) -> dict:
     info = {
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -530,6 +577,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="skip the torch.compile'd baseline (compiling takes about a minute per model on a CPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--profile", action="store_true",
+                   help="also profile lowrank r=8 batch 100 and batch 1024 (ours, plain loop, bare GEMMs)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     return p
 
@@ -542,10 +591,18 @@ def main(argv=None) -> int:
 
         raise ConfigError("--device cuda: no CUDA device is available")
     result = run_benchmarks(quick=args.quick, device=args.device, progress_bar=not args.json, compile=args.compile)
+    if args.profile:
+        dev = result["machine"]["device"]
+        result["profile"] = [profile_training("lowrank", 8, 100, device=dev),
+                             profile_training("lowrank", 1, 1024, device=dev),
+                             profile_training("lowrank", 8, 1024, device=dev)]
     if args.json:
         print_json(result)
     else:
         print(format_table(result))
+        for p in result.get("profile", []):
+            print()
+            print(format_profile(p))
     return 0
 
 

@@ -313,7 +313,7 @@ class DistContext:
             raise
         except MarginTheoryError:
             raise
-        except (Exception, KeyboardInterrupt) as exc:
+        except Exception as exc:
             import torch.distributed as dist
 
             lost = isinstance(exc, getattr(dist, "DistError", ())) or any(

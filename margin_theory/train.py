@@ -65,7 +65,13 @@ Exit status of the CLI: 0 success; 2 bad input (one line on stderr: unknown
 dataset or model, bad option, a checkpoint that does not fit); 3 training
 diverged (non-finite loss; one line naming the epoch and the last good
 checkpoint, which is kept - written from an in-memory copy of the last good epoch
-if that epoch was not already checkpointed); 130 interrupted.
+if that epoch was not already checkpointed); 4 a rank of a multi-process run failed
+(:mod:`margin_theory.distributed`; one line naming the rank and the last good
+checkpoint); 130 interrupted.
+
+Several processes: ``torchrun --nproc_per_node=N -m margin_theory.train ...`` trains with
+DistributedDataParallel; ``--batch-size`` is the global batch, the metrics are
+all-reduced, rank 0 alone writes (see :mod:`margin_theory.distributed`).
 """
 from __future__ import annotations
 
@@ -877,8 +883,7 @@ def _train(config: TrainConfig, *, progress: bool, log, dctx) -> TrainResult:
                             with dctx.guard(f"training epoch {epoch}"):
                                 loss_sum, correct, seen, steps = dctx.train_epoch(
                                     net, opt, X, Y, N, config.batch_size, g, augment=config.augment,
-                                    margin_reg=config.margin_reg,
-                                    normalisation=norm_spec or get_normalisation(model), bar=bar)
+                                    margin_reg=config.margin_reg, normalisation=norm_spec, bar=bar)
                     finally:
                         bar.close()
                     step += steps
