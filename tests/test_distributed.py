@@ -312,3 +312,46 @@ def test_killed_rank_ends_the_run_cleanly(tmp_path):
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     rows = read_metrics(out)
     assert [r["epoch"] for r in rows] == list(range(len(rows))) and rows[-1]["epoch"] >= ck.epoch
+
+
+def test_guard_turns_failures_into_one_line():
+    from margin_theory.distributed import RankFailedError
+
+    ctx = _ctx(2, 1)
+    with pytest.raises(RankFailedError) as info:
+        with ctx.guard("training epoch 3"):
+            raise RuntimeError("[pair.cc:545] Read error [127.0.0.1]:22221: Connection reset by peer.\nmore")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("rank 1/2: lost contact with the other ranks")
+    assert "while training epoch 3" in msg and "Connection reset by peer" in msg
+    with pytest.raises(RankFailedError, match=r"rank 1/2: failed while evaluating: ValueError: boom"):
+        with ctx.guard("evaluating"):
+            raise ValueError("boom")
+    with pytest.raises(ConfigError, match="bad input"):       # toolkit errors pass through unchanged
+        with ctx.guard("evaluating"):
+            raise ConfigError("bad input")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="needs POSIX signals")
+def test_termination_signal_waits_for_a_write_to_finish():
+    from margin_theory.distributed import RankFailedError
+
+    ctx = _ctx(2, 0)
+    ctx.install_signal_handler()
+    try:
+        ctx.epoch = 5
+        done = []
+        with pytest.raises(RankFailedError, match="rank 0/2: stopped by SIGTERM in epoch 5"):
+            with ctx.critical():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):         # the handler runs between bytecodes: it must only take note
+                    pass
+                done.append("write finished")
+        assert done == ["write finished"]
+        with pytest.raises(RankFailedError, match="stopped by SIGTERM"):   # outside a write: at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+    finally:
+        ctx.close()
+    assert signal.getsignal(signal.SIGTERM) != ctx._on_signal
