@@ -1,8 +1,8 @@
 """Multi-process training (margin_theory.distributed): DDP through torchrun on 127.0.0.1 (gloo, CPU).
 
-Every launched run uses the bundled 8x8 digits (1,347 train / 450 test; batch 100 does
-not divide N, so the last batch is partial) with momentum, augmentation and the margin
-term switched on, so that every path of the distributed epoch is exercised.
+Every launched run uses a seeded subset of the bundled mnist-5k (1,000 train / 500 test;
+batch 96 does not divide N, so the last batch is partial) with momentum, augmentation and
+the margin term switched on, so that every path of the distributed epoch is exercised.
 """
 from __future__ import annotations
 
@@ -28,8 +28,10 @@ from margin_theory.distributed import DistContext, env_world, shard_indices
 from margin_theory.train import TrainConfig, augment_batch, read_metrics, train
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = dict(dataset="digits", model="lowrank", rank=2, lr=0.1, momentum=0.9, augment=True, margin_reg=0.5,
-           batch_size=100, epochs=3, monitor_every=3, monitor_subset=64, checkpoint_every=1, quiet=True)
+RUN = dict(dataset="mnist-5k", n_train=1000, n_test=500, model="lowrank", rank=2, lr=0.02, momentum=0.9,
+           augment=True, margin_reg=0.5, batch_size=96, epochs=3, monitor_every=3, monitor_subset=64,
+           checkpoint_every=1, quiet=True)
+N_TRAIN, N_TEST, STEPS = 1000, 500, 11
 FLOAT_KEYS = ("train_loss", "gamma_bar", "gamma_min", "theta_norm")
 # float32 reduction-order noise after 3 epochs (measured: relative <= 2e-6 on these keys); an
 # error in the loss scale, the shard or the batch split moves them by > 1e-2.
@@ -209,16 +211,16 @@ def test_two_processes_equal_one(runs):
     docs = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(docs) == 1                          # rank 0 alone reports
     summary = json.loads(docs[0])
-    assert summary["world_size"] == 2 and summary["n_train"] == 1347 and summary["epochs"] == 3
+    assert summary["world_size"] == 2 and summary["n_train"] == N_TRAIN and summary["epochs"] == 3
     assert "error" not in proc.stderr
     two_rows = read_metrics(d / "two")
-    assert_metrics_match(two_rows, one.history, 1347, 450)
+    assert_metrics_match(two_rows, one.history, N_TRAIN, N_TEST)
     assert [r["epoch"] for r in two_rows if "theorem2" in r] == [0, 3]   # monitors on rank 0
     # rank 0 alone wrote, atomically: one complete checkpoint per epoch, no temporary files
     assert [p.name for p in list_checkpoints(d / "two")] == [f"epoch-000{e}.safetensors" for e in range(4)]
     assert not [p for p in (d / "two").rglob("*") if p.name.endswith(".tmp")]
     ck2, ck1 = read_checkpoint(d / "two"), read_checkpoint(d / "one")
-    assert ck2.step == ck1.step == 3 * 14
+    assert ck2.step == ck1.step == 3 * STEPS
     for k, v in ck1.model.state_dict().items():
         assert torch.allclose(ck2.model.state_dict()[k], v, rtol=1e-4, atol=1e-6), k
     # the generator (permutation + augmentation) state is that of a single process
@@ -246,13 +248,13 @@ def test_resume_with_another_world_size(runs, tmp_path):
     shutil.copytree(d / "two", tmp_path / "two")
     cont1 = train(TrainConfig(**{**RUN, "epochs": 5}, out=str(tmp_path / "two"), resume=True), log=None)
     assert cont1.final["resumed_from_epoch"] == 3 and cont1.final["world_size"] == 1
-    assert_metrics_match(read_metrics(tmp_path / "two"), straight.history, 1347, 450)
+    assert_metrics_match(read_metrics(tmp_path / "two"), straight.history, N_TRAIN, N_TEST)
     # a 1-process checkpoint continued by 2 processes
     shutil.copytree(d / "one", tmp_path / "one")
     proc = _launch(_argv(out=tmp_path / "one", epochs=5) + ["--resume", "--json"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["resumed_from_epoch"] == 3
-    assert_metrics_match(read_metrics(tmp_path / "one"), straight.history, 1347, 450)
+    assert_metrics_match(read_metrics(tmp_path / "one"), straight.history, N_TRAIN, N_TEST)
     for k, v in straight.model.state_dict().items():
         assert torch.allclose(read_checkpoint(tmp_path / "one").model.state_dict()[k], v, rtol=1e-4, atol=1e-6)
 
