@@ -230,11 +230,11 @@ def _train_models(kind: str, rank: int, device):
     return ours.to(device), ref.to(device), plain.to(device)
 
 
-def compile_support() -> str | None:
-    """``None`` when ``torch.compile`` works here (a tiny function compiles and runs), else why not."""
+def compile_support(device: str | torch.device = "cpu") -> str | None:
+    """``None`` when ``torch.compile`` works on ``device`` (a tiny function compiles and runs), else why not."""
     try:
         f = torch.compile(lambda t: (t * 2).sum())
-        f(torch.ones(3))
+        f(torch.ones(3, device=device))
         return None
     except Exception as exc:  # no C++ compiler, unsupported Python, ...: report, never crash
         return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
@@ -281,7 +281,7 @@ def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, 
 
     N = X.shape[0]
     cases = []
-    no_compile = compile_support() if compile_cases else None
+    no_compile = compile_support(device) if compile_cases else None
     plan = [(b, "lowrank", r) for b in batches for r in ranks] + [(b, "quadratic", 0) for b in batches]
     for bs, kind, r in progress(plan, desc="training throughput", quiet=quiet):
         ours_m, ref_m, plain_m = _train_models(kind, r, device)

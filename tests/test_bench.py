@@ -47,7 +47,7 @@ def test_spread_is_the_paired_ratio_quantiles():
 
 
 def test_training_cases_report_baselines_and_missing_compiler(monkeypatch):
-    monkeypatch.setattr(bench, "compile_support", lambda: "RuntimeError: no C++ compiler")
+    monkeypatch.setattr(bench, "compile_support", lambda device="cpu": "RuntimeError: no C++ compiler")
     X, Y = bench._mnist_shapes(200, torch.device("cpu"))
     cases = bench.bench_training(X, Y, torch.device("cpu"), batches=(100,), ranks=(8,), reps=2, quiet=True,
                                  min_time=0.0, compile_cases={("lowrank", 8, 100)})
