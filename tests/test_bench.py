@@ -65,7 +65,7 @@ def test_training_cases_report_baselines_and_missing_compiler(monkeypatch):
 @pytest.mark.slow
 def test_quick_json_structure():
     proc = subprocess.run([sys.executable, "-m", "margin_theory.bench", "--quick", "--no-compile", "--json"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert set(doc) >= {"cases", "machine"}
