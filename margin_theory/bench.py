@@ -40,7 +40,8 @@ import torch.nn.functional as F
 
 from ._util import ArgumentParser, cli_entry, print_json, progress
 
-__all__ = ["run_benchmarks", "ReferenceLowRank", "ReferenceQuadratic", "reference_epoch", "main"]
+__all__ = ["run_benchmarks", "ReferenceLowRank", "ReferenceQuadratic", "PlainLowRank", "PlainQuadratic",
+           "reference_epoch", "plain_epoch", "compile_support", "main"]
 
 D, C = 784, 10
 
@@ -73,6 +74,45 @@ class ReferenceQuadratic(nn.Module):
     def forward(self, x):
         x = x.view(x.shape[0], -1)
         return F.bilinear(x, x, self.W)
+
+
+class PlainLowRank(nn.Module):
+    """The strongest plain baseline a competent user writes: one ``nn.Linear(d, C r)``,
+    square, sum over the r outputs of each class (the same function as ``LowRankHead``)."""
+
+    def __init__(self, d: int, c: int, rank: int):
+        super().__init__()
+        self.c, self.r = c, rank
+        self.lin = nn.Linear(d, c * rank, bias=False)
+
+    def forward(self, x):
+        return self.lin(x.flatten(1)).view(x.shape[0], self.c, self.r).square().sum(-1)
+
+
+class PlainQuadratic(nn.Module):
+    """Plain full quadratic classifier: ``einsum("bi,cij,bj->bc", x, W, x)``."""
+
+    def __init__(self, d: int, c: int):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(c, d, d) / d)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return torch.einsum("bi,cij,bj->bc", x, self.W, x)
+
+
+def plain_epoch(model: nn.Module, opt, X: torch.Tensor, Y: torch.Tensor, batch_size: int,
+                generator: torch.Generator | None = None) -> int:
+    """A competent user's own loop: index batches of a ``randperm`` of device-resident data
+    (``X[idx]``), ``F.cross_entropy``, ``torch.optim.SGD``. Returns the samples seen."""
+    model.train()
+    N = X.shape[0]
+    for idx in torch.randperm(N, generator=generator, device=X.device).split(batch_size):
+        xb, yb = X[idx], Y[idx]
+        opt.zero_grad()
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    return N
 
 
 def reference_epoch(model: nn.Module, loader, opt) -> int:
@@ -110,27 +150,57 @@ def _median_seconds(fn: Callable[[], object], reps: int, device: torch.device, w
     return statistics.median(times)
 
 
-def _paired_median_seconds(fn_a, fn_b, reps: int, device: torch.device) -> tuple[float, float]:
-    """Median times of ``fn_a`` and ``fn_b``, run alternately (a, b, a, b, ...) so that
-    drift in the machine's load hits both alike; one warm-up call each."""
-    ta, tb = [], []
-    for fn, _ in ((fn_a, ta), (fn_b, tb)):
-        fn()
-    _sync(device)
-    for _ in range(reps):
-        for fn, acc in ((fn_a, ta), (fn_b, tb)):
+def _quantile(xs, q: float) -> float:
+    """Linear-interpolation quantile of ``xs`` (``q`` in [0, 1])."""
+    v = sorted(xs)
+    if len(v) == 1:
+        return v[0]
+    pos = q * (len(v) - 1)
+    i = int(math.floor(pos))
+    j = min(i + 1, len(v) - 1)
+    return v[i] + (v[j] - v[i]) * (pos - i)
+
+
+def _ratio_spread(t_ref, t_ours) -> tuple[float, float, float]:
+    """Paired ratios ``t_ref[i] / t_ours[i]``: (median, 5% quantile, 95% quantile)."""
+    rs = [a / b for a, b in zip(t_ref, t_ours)]
+    return statistics.median(rs), _quantile(rs, 0.05), _quantile(rs, 0.95)
+
+
+def _paired_times(fns: dict, reps: int, device: torch.device, min_time: float = 0.2) -> dict:
+    """Seconds per call of every function in ``fns``, ``reps`` rounds.
+
+    One warm-up call each (compilation, allocator) calibrates ``k``, the calls per
+    measurement that last at least ``min_time``; in round i the functions run in an
+    order rotated by i, so drifting load hits all alike and ratios within a round are
+    paired. Returns name -> list of ``reps`` per-call times.
+    """
+    names = list(fns)
+    k = {}
+    for name in names:
+        fns[name]()                         # warm-up (compiles, recompiles for the last partial batch)
+        _sync(device)
+        t = time.perf_counter()
+        fns[name]()
+        _sync(device)
+        k[name] = max(1, math.ceil(min_time / max(time.perf_counter() - t, 1e-9)))
+    out = {name: [] for name in names}
+    for i in range(reps):
+        for name in names[i % len(names):] + names[:i % len(names)]:
             t = time.perf_counter()
-            fn()
+            for _ in range(k[name]):
+                fns[name]()
             _sync(device)
-            acc.append(time.perf_counter() - t)
-    return statistics.median(ta), statistics.median(tb)
+            out[name].append((time.perf_counter() - t) / k[name])
+    return out
 
 
-def _case(name, ours, reference, unit, ratio, target=None, comparison=">=", note=""):
+def _case(name, ours, reference, unit, ratio, target=None, comparison=">=", note="", spread=None, reps=None):
     met = None
     if target is not None and ratio is not None:
         met = bool(ratio >= target) if comparison == ">=" else bool(ratio <= target)
     return {"name": name, "ours": ours, "reference": reference, "unit": unit, "ratio": ratio,
+            "spread": None if spread is None else [float(spread[0]), float(spread[1])], "reps": reps,
             "target": None if target is None else f"{comparison} {target:g}", "met": met, "note": note}
 
 
@@ -153,69 +223,134 @@ def _train_models(kind: str, rank: int, device):
 
     torch.manual_seed(0)
     if kind == "quadratic":
-        ours, ref = build_model("quadratic", (1, 28, 28), C), ReferenceQuadratic(D, C)
+        ours, ref, plain = build_model("quadratic", (1, 28, 28), C), ReferenceQuadratic(D, C), PlainQuadratic(D, C)
     else:
         ours, ref = build_model("lowrank", (1, 28, 28), C, rank=rank), ReferenceLowRank(D, C, rank)
-    return ours.to(device), ref.to(device)
+        plain = PlainLowRank(D, C, rank)
+    return ours.to(device), ref.to(device), plain.to(device)
 
 
-def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, quiet=False):
-    """Case 1 and 4: throughput against the reference, and the GEMMs' FLOP fraction."""
+def compile_support(device: str | torch.device = "cpu") -> str | None:
+    """``None`` when ``torch.compile`` works on ``device`` (a tiny function compiles and runs), else why not."""
+    try:
+        f = torch.compile(lambda t: (t * 2).sum())
+        f(torch.ones(3, device=device))
+        return None
+    except Exception as exc:  # no C++ compiler, unsupported Python, ...: report, never crash
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+
+
+def _bare_epoch_fn(kind: str, r: int, N: int, bs: int, device):
+    """The step's two GEMMs alone (forward, weight gradient) for every batch of an epoch."""
+    sizes = [min(bs, N - k) for k in range(0, N, bs)]
+    x = torch.rand(bs, D, device=device)
+    if kind == "lowrank":
+        A = torch.randn(C * r, D, device=device)
+        gz = torch.randn(bs, C * r, device=device)
+        flops = sum(2 * (2 * b * D * C * r) for b in sizes)
+
+        def run():
+            for b in sizes:
+                x[:b] @ A.T
+                gz[:b].T @ x[:b]
+    else:
+        W = torch.randn(C, D, D, device=device)
+        gw = torch.randn(C, bs, D, device=device)
+        flops = sum(2 * (2 * b * C * D * D) for b in sizes)
+
+        def run():
+            for b in sizes:
+                torch.matmul(x[:b].unsqueeze(0), W)
+                torch.matmul(x[:b].T.unsqueeze(0), gw[:, :b])
+    return run, flops
+
+
+def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, quiet=False,
+                   min_time: float = 0.2, compile_cases=None):
+    """Cases 1 and 4: throughput against the three baselines, and the FLOP fraction of the bare GEMMs.
+
+    Per case the contenders run in rotating order, ``reps`` rounds, each measurement
+    repeated until it lasts ``min_time`` (:func:`_paired_times`); every ratio is taken
+    within a round (paired) and reported as the median and 90% interval over the rounds.
+    ``compile_cases``: ``(kind, rank, batch)`` triples that also get the ``torch.compile``'d
+    plain loop (``None``: none).
+    """
     from torch.utils.data import DataLoader, TensorDataset
 
     from .train import SGD, train_epoch
 
     N = X.shape[0]
-    cases, steps = [], {}
+    cases = []
+    no_compile = compile_support(device) if compile_cases else None
     plan = [(b, "lowrank", r) for b in batches for r in ranks] + [(b, "quadratic", 0) for b in batches]
     for bs, kind, r in progress(plan, desc="training throughput", quiet=quiet):
-        ours_m, ref_m = _train_models(kind, r, device)
+        ours_m, ref_m, plain_m = _train_models(kind, r, device)
         opt_o = SGD(ours_m.parameters(), lr=0.01)
         opt_r = torch.optim.SGD(ref_m.parameters(), lr=0.01)
+        opt_p = torch.optim.SGD(plain_m.parameters(), lr=0.01)
         g = torch.Generator(device=device).manual_seed(0)
+        gp = torch.Generator(device=device).manual_seed(0)
         loader = DataLoader(TensorDataset(X.cpu(), Y.cpu()), batch_size=bs, shuffle=True,
                             generator=torch.Generator().manual_seed(0))
-        t_o, t_r = _paired_median_seconds(lambda: train_epoch(ours_m, opt_o, X, Y, bs, g),
-                                          lambda: reference_epoch(ref_m, loader, opt_r), reps, device)
+        fns = {"ours": lambda: train_epoch(ours_m, opt_o, X, Y, bs, g),
+               "authors": lambda: reference_epoch(ref_m, loader, opt_r),
+               "plain": lambda: plain_epoch(plain_m, opt_p, X, Y, bs, gp)}
+        want_compiled = compile_cases is not None and (kind, r, bs) in compile_cases
+        if want_compiled and no_compile is None:
+            torch.manual_seed(0)
+            comp_m = (PlainQuadratic(D, C) if kind == "quadratic" else PlainLowRank(D, C, r)).to(device)
+            comp = torch.compile(comp_m)
+            opt_c = torch.optim.SGD(comp_m.parameters(), lr=0.01)
+            gc = torch.Generator(device=device).manual_seed(0)
+            fns["compiled"] = lambda: plain_epoch(comp, opt_c, X, Y, bs, gc)
+        headline = kind == "lowrank" and r == 8 and bs == 100
+        limit = (bs == 1024) or (kind == "quadratic" and bs == 100) or headline
+        if limit:
+            fns["bare"], flops = _bare_epoch_fn(kind, r, N, bs, device)
+        times = _paired_times(fns, reps, device, min_time)
         label = f"lowrank r={r}" if kind == "lowrank" else "quadratic"
-        target = 3.0 if (kind == "lowrank" and r == 8 and bs == 100) else (1.0 if kind == "quadratic" else None)
-        cases.append(_case(f"train {label} batch {bs}", N / t_o, N / t_r, "samples/s", (N / t_o) / (N / t_r),
-                           target, note="ours: train_epoch on device-resident data; reference: DataLoader + "
-                           + ("loop over ranks of F.linear(x, a_k)**2" if kind == "lowrank" else "F.bilinear")))
-        steps[(kind, r, bs)] = t_o / math.ceil(N / bs)
-    return cases, steps
+        rate = N / statistics.median(times["ours"])
 
+        def vs(name):
+            return _ratio_spread(times[name], times["ours"])
 
-def bench_limit(steps: dict, device, reps=5):
-    """Case 4: achieved FLOP/s of the step's GEMMs against bare matmuls of the same shapes."""
-    cases = []
-    for (kind, r, bs), t_step in steps.items():
-        if not ((kind == "lowrank" and bs == 1024 and r in (8, 32)) or (kind == "quadratic" and bs == 100)):
-            continue
-        x = torch.rand(bs, D, device=device)
-        if kind == "lowrank":
-            A = torch.randn(C * r, D, device=device)
-            gz = torch.randn(bs, C * r, device=device)
-            flops = 2 * (2 * bs * D * C * r)                     # forward + grad of A
-
-            def bare():
-                x @ A.T
-                gz.T @ x
-            target, label = 0.5, f"lowrank r={r} batch {bs}"
-        else:
-            W = torch.randn(C, D, D, device=device)
-            gw = torch.randn(C, bs, D, device=device)
-            flops = 2 * (2 * bs * C * D * D)                     # forward + grad of W
-
-            def bare():
-                torch.matmul(x.unsqueeze(0), W)
-                torch.matmul(x.T.unsqueeze(0), gw)
-            target, label = 0.7, f"quadratic batch {bs}"
-        t_bare = _median_seconds(bare, 3 * reps, device)
-        cases.append(_case(f"GEMM FLOP rate, {label}", flops / t_step / 1e9, flops / t_bare / 1e9, "GFLOP/s",
-                           t_bare / t_step, target,
-                           note="whole training step (gather, forward, loss, backward, SGD) vs the step's two "
-                                "GEMMs alone (forward, weight gradient; no input gradient is needed)"))
+        med, lo, hi = vs("authors")
+        cases.append(_case(f"train {label} batch {bs} vs authors' loop", rate, N / statistics.median(times["authors"]),
+                           "samples/s", med, 3.0 if (kind == "lowrank" and r == 8 and bs == 100) else None,
+                           note="ours: train_epoch on device-resident data; reference: DataLoader + "
+                           + ("loop over ranks of F.linear(x, a_k)**2" if kind == "lowrank" else "F.bilinear"),
+                           spread=(lo, hi), reps=reps))
+        med, lo, hi = vs("plain")
+        cases.append(_case(f"train {label} batch {bs} vs plain loop", rate, N / statistics.median(times["plain"]),
+                           "samples/s", med, 1.5 if (kind == "lowrank" and r == 8 and bs == 100) else None,
+                           note="reference: X[randperm batch], " + ("nn.Linear(d, C r) + square + sum per class"
+                                                                    if kind == "lowrank" else "einsum x^T W_c x")
+                           + ", F.cross_entropy, torch.optim.SGD", spread=(lo, hi), reps=reps))
+        if want_compiled:
+            if "compiled" in times:
+                med, lo, hi = vs("compiled")
+                cases.append(_case(f"train {label} batch {bs} vs compiled plain loop", rate,
+                                   N / statistics.median(times["compiled"]), "samples/s", med,
+                                   note="reference: the plain loop with torch.compile(model) (compile time "
+                                        "excluded: warm-up epochs first)", spread=(lo, hi), reps=reps))
+            else:
+                cases.append(_case(f"train {label} batch {bs} vs compiled plain loop", rate, None, "samples/s",
+                                   None, note=f"torch.compile is not available here: {no_compile}"))
+        if limit:
+            gf = [flops / t / 1e9 for t in times["ours"]]
+            med, lo, hi = _ratio_spread(times["bare"], times["ours"])
+            cases.append(_case(f"GEMM FLOP rate, {label} batch {bs}", statistics.median(gf),
+                               flops / statistics.median(times["bare"]) / 1e9, "GFLOP/s", med,
+                               0.6 if bs == 1024 else (0.7 if kind == "quadratic" else None),
+                               note="whole training step (gather, forward, loss, backward, SGD) vs the step's two "
+                                    "GEMMs alone (forward, weight gradient; no input gradient is needed)",
+                               spread=(lo, hi), reps=reps))
+        if headline:
+            med, lo, hi = _ratio_spread(times["plain"], times["bare"])
+            cases.append(_case(f"ceiling: plain loop / bare GEMMs, {label} batch {bs}", N / statistics.median(times["bare"]),
+                               N / statistics.median(times["plain"]), "samples/s", med,
+                               note="the most any trainer can gain over the plain loop: both run these two "
+                                    "GEMMs, only the rest of the step differs", spread=(lo, hi), reps=reps))
     return cases
 
 
@@ -228,11 +363,14 @@ def bench_margins(X, Y, device, reps=5):
     for name, kw in (("lowrank", {"rank": 8}), ("quadratic", {})):
         torch.manual_seed(0)
         m = build_model(name, (1, 28, 28), C, **kw).to(device)
-        t_mar, t_inf = _paired_median_seconds(lambda: compute_margins(m, X, Y), lambda: predict(m, X),
-                                              3 * reps, device)
+        times = _paired_times({"margins": lambda: compute_margins(m, X, Y), "inference": lambda: predict(m, X)},
+                              3 * reps, device, min_time=0.05)
+        med, lo, hi = _ratio_spread(times["margins"], times["inference"])
         label = f"{name} r=8" if name == "lowrank" else name
-        cases.append(_case(f"margins over {X.shape[0]} samples, {label}", t_mar, t_inf, "s", t_mar / t_inf, 1.3,
-                           "<=", note="ratio = margin evaluation time / one inference pass (lower is better)"))
+        cases.append(_case(f"margins over {X.shape[0]} samples, {label}", statistics.median(times["margins"]),
+                           statistics.median(times["inference"]), "s", med, 1.3,
+                           "<=", note="ratio = margin evaluation time / one inference pass (lower is better)",
+                           spread=(lo, hi), reps=3 * reps))
     return cases
 
 
@@ -305,6 +443,53 @@ def bench_scaling(device, quick: bool, reps=3):
     return cases
 
 
+def profile_training(kind: str = "lowrank", rank: int = 8, batch_size: int = 100, n: int = 2000,
+                     device: str | torch.device = "cpu", top: int = 8) -> dict:
+    """Where a training epoch's time goes: ``torch.profiler`` self-CPU time per operator for
+    ours, the plain loop and the bare GEMMs of the same shapes (3 epochs each after one
+    warm-up). Returns ``{contender: {"total_ms", "ops": [[name, self_ms, calls], ...]}}``;
+    ``gemm_share`` is the fraction of self time spent in ``aten::mm``/``aten::bmm``/``addmm``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from .train import SGD, train_epoch
+
+    dev = torch.device(device)
+    X, Y = _mnist_shapes(n, dev)
+    ours_m, _, plain_m = _train_models(kind, rank, dev)
+    opt_o, opt_p = SGD(ours_m.parameters(), lr=0.01), torch.optim.SGD(plain_m.parameters(), lr=0.01)
+    g = torch.Generator(device=dev).manual_seed(0)
+    bare, _ = _bare_epoch_fn(kind, rank, n, batch_size, dev)
+    fns = {"ours": lambda: train_epoch(ours_m, opt_o, X, Y, batch_size, g),
+           "plain": lambda: plain_epoch(plain_m, opt_p, X, Y, batch_size, g), "bare GEMMs": bare}
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    out = {}
+    for name, fn in fns.items():
+        fn()
+        _sync(dev)
+        with profile(activities=acts) as prof:
+            for _ in range(3):
+                fn()
+            _sync(dev)
+        rows = [(e.key, e.self_cpu_time_total / 1e3 / 3, e.count // 3) for e in prof.key_averages()]
+        total = sum(r[1] for r in rows)
+        rows.sort(key=lambda r: -r[1])
+        gemm = sum(r[1] for r in rows if r[0] in ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul"))
+        out[name] = {"total_ms": total, "gemm_share": gemm / total if total else None,
+                     "ops": [[k, ms, c] for k, ms, c in rows[:top]]}
+    return {"case": f"{kind}{f' r={rank}' if kind == 'lowrank' else ''} batch {batch_size}, {n} samples",
+            "per_epoch": out}
+
+
+def format_profile(p: dict) -> str:
+    lines = [f"profile (self CPU time per epoch, torch.profiler): {p['case']}"]
+    for name, d in p["per_epoch"].items():
+        lines.append(f"  {name}: {d['total_ms']:.1f} ms, GEMMs {100 * (d['gemm_share'] or 0):.0f}%")
+        for k, ms, c in d["ops"]:
+            lines.append(f"      {k:<42} {ms:8.2f} ms  {c:>5} calls")
+    return "\n".join(lines)
+
+
 def machine_info(device: torch.device) -> dict:
     info = {
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -324,23 +509,31 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def run_benchmarks(quick: bool = False, device: str = "auto", progress_bar: bool = True) -> dict:
-    """Run every case; returns ``{"cases": [...], "machine": {...}, "quick": bool, "seconds": float}``."""
+def run_benchmarks(quick: bool = False, device: str = "auto", progress_bar: bool = True,
+                   compile: bool = True) -> dict:
+    """Run every case; returns ``{"cases": [...], "machine": {...}, "quick": bool, "seconds": float}``.
+
+    ``quick``: 2,000 samples, 5 paired rounds of >= 0.1 s each, the compiled baseline for
+    lowrank r=8 batch 100 only; full: 4,000 samples, 7 rounds of >= 0.3 s, compiled
+    baselines for lowrank r=8 (batch 100 and 1024) and quadratic batch 100.
+    """
     from .train import select_device
 
     dev = select_device(device)
     t0 = time.perf_counter()
-    reps = 1 if quick else 5
+    reps = 5 if quick else 7
     quiet = not progress_bar
-    n_train = 500 if quick else 4000
+    n_train = 2000 if quick else 4000
     X, Y = _mnist_shapes(n_train, dev)
+    ccases = None
+    if compile:
+        ccases = {("lowrank", 8, 100)} if quick else {("lowrank", 8, 100), ("lowrank", 8, 1024), ("quadratic", 0, 100)}
     cases: list[dict] = []
-    tr_cases, steps = bench_training(X, Y, dev, ranks=(1, 8, 32), reps=reps, quiet=quiet)
-    cases += tr_cases
-    cases += bench_limit(steps, dev, reps=reps)
-    cases += bench_margins(X, Y, dev, reps=reps)
+    cases += bench_training(X, Y, dev, ranks=(1, 8, 32), reps=reps, quiet=quiet, min_time=0.1 if quick else 0.3,
+                            compile_cases=ccases)
+    cases += bench_margins(X, Y, dev, reps=1 if quick else 5)
     cases += bench_monitors_case(48 if quick else 512, quick)
-    cases += bench_xor(reps=max(reps, 3))
+    cases += bench_xor(reps=3)
     cases += bench_scaling(dev, quick, reps=1 if quick else 3)
     return {"cases": cases, "machine": machine_info(dev), "quick": quick,
             "seconds": time.perf_counter() - t0}
@@ -355,10 +548,11 @@ def _fmt(v) -> str:
 
 
 def format_table(result: dict) -> str:
-    rows = [("case", "ours", "reference", "unit", "ratio", "target", "met")]
+    rows = [("case", "ours", "reference", "unit", "ratio", "90% interval", "target", "met")]
     for c in result["cases"]:
         met = "-" if c["met"] is None else ("yes" if c["met"] else "NO")
-        rows.append((c["name"], _fmt(c["ours"]), _fmt(c["reference"]), c["unit"], _fmt(c["ratio"]),
+        spread = f"{_fmt(c['spread'][0])}-{_fmt(c['spread'][1])} ({c['reps']})" if c.get("spread") else "-"
+        rows.append((c["name"], _fmt(c["ours"]), _fmt(c["reference"]), c["unit"], _fmt(c["ratio"]), spread,
                      c["target"] or "-", met))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
@@ -368,14 +562,23 @@ def format_table(result: dict) -> str:
     lines.append(f"machine: {m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, torch {m['torch']} "
                  f"({m['torch_threads']} threads), device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else ""))
     lines.append(f"ratio: ours/reference for rates, reference/ours for times (bigger is better), except margins "
-                 f"(time ratio, lower is better) and scaling (growth factor). Total {result['seconds']:.0f} s.")
+                 f"(time ratio, lower is better) and scaling (growth factor); training and margin ratios are the "
+                 f"median over paired rounds (count in brackets) with the 5%-95% interval. Total "
+                 f"{result['seconds']:.0f} s.")
+    notes = [c for c in result["cases"] if c["ratio"] is None and c["note"]]
+    for c in notes:
+        lines.append(f"note: {c['name']}: {c['note']}")
     return "\n".join(lines)
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m margin_theory.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer samples and repetitions (about a minute)")
+    p.add_argument("--quick", action="store_true", help="fewer samples and repetitions (a few minutes)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="skip the torch.compile'd baseline (compiling takes about a minute per model on a CPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--profile", action="store_true",
+                   help="also profile lowrank r=8 batch 100 and batch 1024 (ours, plain loop, bare GEMMs)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     return p
 
@@ -387,11 +590,19 @@ def main(argv=None) -> int:
         from ._util import ConfigError
 
         raise ConfigError("--device cuda: no CUDA device is available")
-    result = run_benchmarks(quick=args.quick, device=args.device, progress_bar=not args.json)
+    result = run_benchmarks(quick=args.quick, device=args.device, progress_bar=not args.json, compile=args.compile)
+    if args.profile:
+        dev = result["machine"]["device"]
+        result["profile"] = [profile_training("lowrank", 8, 100, device=dev),
+                             profile_training("lowrank", 1, 1024, device=dev),
+                             profile_training("lowrank", 8, 1024, device=dev)]
     if args.json:
         print_json(result)
     else:
         print(format_table(result))
+        for p in result.get("profile", []):
+            print()
+            print(format_profile(p))
     return 0
 
 

@@ -40,7 +40,7 @@ __all__ = [
     "NotHomogeneousError", "Normalisation", "MarginResult", "margin_values",
     "runner_up", "get_normalisation", "param_norm", "normalised_margins",
     "compute_margins", "margin_regularised_loss", "predict", "output_margins",
-    "smoothed_margin", "summed_cross_entropy",
+    "smoothed_margin", "smoothed_from_sum", "summed_cross_entropy",
 ]
 
 
@@ -157,6 +157,12 @@ def smoothed_margin(logits: torch.Tensor, y: torch.Tensor, norm: torch.Tensor | 
     of vanishing loss.
     """
     S, log_s = summed_cross_entropy(logits, y)
+    return smoothed_from_sum(S, log_s, norm, degree)
+
+
+def smoothed_from_sum(S: float, log_s: float, norm: torch.Tensor | float, degree: int) -> tuple[float, bool]:
+    r""":func:`smoothed_margin` from the summed loss ``S`` and ``log S`` (e.g. summed over the
+    shards of a distributed run)."""
     if S < 1e-5:            # -log(expm1(S)) = -log S - log(1 + S/2 + S^2/6 + ...)
         num = -log_s - math.log1p(S / 2 + S * S / 6)
     elif S <= 30:

@@ -73,15 +73,23 @@ Exit status of the CLI: 0 success; 2 bad input (one line on stderr: unknown
 dataset or model, bad option, a checkpoint that does not fit); 3 training
 diverged (non-finite loss; one line naming the epoch and the last good
 checkpoint, which is kept - written from an in-memory copy of the last good epoch
-if that epoch was not already checkpointed); 130 interrupted.
+if that epoch was not already checkpointed); 4 a rank of a multi-process run failed
+(:mod:`margin_theory.distributed`; one line naming the rank and the last good
+checkpoint); 130 interrupted.
+
+Several processes: ``torchrun --nproc_per_node=N -m margin_theory.train ...`` trains with
+DistributedDataParallel; ``--batch-size`` is the global batch, the metrics are
+all-reduced, rank 0 alone writes (see :mod:`margin_theory.distributed`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -108,6 +116,7 @@ from ._util import check_output_path, float_in, int_at_least
 from . import runfolder as _runfolder
 from .checkpoint import NonFiniteCheckpointError
 from ._util import progress as _progress_bar
+from .distributed import EXIT_RANK_FAILED, RankFailedError as _RankFailed
 from .margins import compute_margins, get_normalisation, margin_regularised_loss, predict
 from .models import INITS
 from .protocols import get_protocol, protocol_names
@@ -388,22 +397,31 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator | None = N
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4,
-                  flip: bool = True) -> torch.Tensor:
+                  flip: bool = True, *, draws: int | None = None, select: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """Random crop with zero padding ``pad`` back to ``H x W`` plus random horizontal flip.
 
     ``x``: ``(B, C, H, W)``. For sample b, offsets ``(i_b, j_b)`` uniform in
     ``{0..2 pad}`` and flip bit ``f_b`` (probability 1/2):
     ``out[b, c, r, s] = xpad[b, c, i_b + r, j_b + (W-1-s if f_b else s)]`` - one gather
     for the whole batch, on ``x``'s device, random numbers from ``generator``.
+
+    ``draws``/``select`` (multi-process training, :mod:`margin_theory.distributed`):
+    draw the random numbers for ``draws`` samples (the global batch) and apply those at
+    positions ``select`` (this rank's part, ``len(select) == B``), so every rank
+    consumes the generator exactly as one process training the whole batch.
     """
     if x.dim() != 4:
         raise ConfigError(f"augmentation needs image batches (B, C, H, W), got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
     dev = x.device
+    nd = B if draws is None else int(draws)
     if pad > 0:
         xp = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
-        ox = torch.randint(0, 2 * pad + 1, (B,), generator=generator, device=dev)
+        oy = torch.randint(0, 2 * pad + 1, (nd,), generator=generator, device=dev)
+        ox = torch.randint(0, 2 * pad + 1, (nd,), generator=generator, device=dev)
+        if select is not None:
+            oy, ox = oy[select], ox[select]
     else:
         xp = x
         oy = ox = torch.zeros(B, dtype=torch.long, device=dev)
@@ -411,7 +429,9 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad
     s = torch.arange(W, device=dev)
     rows = oy[:, None] + r                                        # (B, H)
     if flip:
-        f = torch.rand(B, generator=generator, device=dev) < 0.5
+        f = torch.rand(nd, generator=generator, device=dev) < 0.5
+        if select is not None:
+            f = f[select]
         s = torch.where(f[:, None], (W - 1) - s, s)               # (B, W)
     else:
         s = s.expand(B, W)
@@ -755,31 +775,44 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
     unless ``config.quiet``). ``log``: callable receiving one line per epoch and notes;
     ``None`` for silence; default ``print`` unless ``config.quiet``.
 
+    Launched by torchrun with ``WORLD_SIZE > 1`` it trains with DistributedDataParallel
+    (:mod:`margin_theory.distributed`: global batch ``batch_size``, all-reduced metrics,
+    rank 0 writes the run folder); otherwise it is the single-process trainer.
+
     Raises :class:`ConfigError` / :class:`DataError` / :class:`CheckpointError` on bad
-    input and :class:`NonFiniteLossError` when the loss or the weights become
-    non-finite (attributes ``epoch``, ``checkpoint`` (Path or None), ``history``).
+    input, :class:`NonFiniteLossError` when the loss or the weights become
+    non-finite (attributes ``epoch``, ``checkpoint`` (Path or None), ``history``) and
+    :class:`margin_theory.distributed.RankFailedError` when a rank fails.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
     config = copy.deepcopy(config).validate()
     _runfolder.preflight(config)
-    if not config.out:
-        return _train(config, progress=progress, log=log)
-    out = check_output_path(config.out, kind="dir")
-    with _runfolder.RunLock(out):
-        removed = _runfolder.remove_orphans(out)
-        say = (None if config.quiet else print) if log == "default" else log
-        if removed and say:
-            say(f"note: removed {len(removed)} file(s) an interrupted run left in {out}: "
-                + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
-        return _train(config, progress=progress, log=log)
+    from . import distributed as _dist
+
+    dctx = _dist.setup(config.device)
+    try:
+        if not config.out or (dctx is not None and not dctx.is_writer):   # rank 0 holds the folder
+            return _train(config, progress=progress, log=log, dctx=dctx)
+        out = check_output_path(config.out, kind="dir")
+        with _runfolder.RunLock(out):
+            removed = _runfolder.remove_orphans(out)
+            say = (None if config.quiet else print) if log == "default" else log
+            if removed and say:
+                say(f"note: removed {len(removed)} file(s) an interrupted run left in {out}: "
+                    + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
+            return _train(config, progress=progress, log=log, dctx=dctx)
+    finally:
+        if dctx is not None:
+            dctx.close()
 
 
-def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], Any] | None | str = "default"
-           ) -> TrainResult:
-    """The body of :func:`train` (the run folder, if any, is locked by the caller)."""
+def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], Any] | None | str = "default",
+           dctx=None) -> TrainResult:
+    """The body of :func:`train` (the run folder, if any, is locked by the caller); ``dctx`` is the
+    :class:`~margin_theory.distributed.DistContext` of a multi-process run, or None."""
     from .checkpoint import latest_checkpoint, read_sidecar, restore_checkpoint, save_checkpoint, \
-        checkpoint_stem, model_args_from
+        checkpoint_stem, model_args_from, checkpoint_files
 
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
@@ -788,8 +821,11 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
         config.data_dir = str(Path(config.data_dir).expanduser().resolve())
     if log == "default":
         log = None if config.quiet else print
+    writer = dctx is None or dctx.is_writer       # rank 0 alone writes the run folder and logs
+    if not writer:
+        log, progress = None, False
     t_run = time.perf_counter()
-    device = select_device(config.device)
+    device = select_device(config.device) if dctx is None else dctx.device
     monitor = _monitor_fn(config)
     out = Path(config.out).expanduser() if config.out else None
     interval = config.checkpoint_interval() if out is not None else None
@@ -813,7 +849,7 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
             if int(saved["epoch"]) > config.epochs:
                 raise ConfigError(f"--resume: the latest checkpoint is at epoch {saved['epoch']}, "
                                   f"beyond --epochs {config.epochs}")
-        else:
+        elif writer:
             existing = _existing_run(out) if out.is_dir() else []
             if existing and not config.overwrite:
                 raise ConfigError(f"{out} already holds a training run ({', '.join(existing)}); "
@@ -821,7 +857,8 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
             if existing:
                 _clear_run(out)
 
-    ds = load_data_for(config, device)
+    ds = load_data_for(config, device if dctx is None else torch.device("cpu"))
+    shard = ds if dctx is None else dctx.shard(ds, device)   # distributed: this rank's part, on the device
     if log:
         for flag, want, have in (("--n-train", config.n_train, ds.y_train.shape[0]),
                                  ("--n-test", config.n_test, ds.y_test.shape[0])):
@@ -832,6 +869,8 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
         torch.manual_seed(config.seed)
         model = build_model_for(config, ds)
     model.to(device)
+    if dctx is not None:
+        model = dctx.prepare_model(model)
     margs = model_args_from(config, model)
     opt = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay)
@@ -839,8 +878,8 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
     g.manual_seed(config.seed)
     norm_spec = get_normalisation(model) if config.margin_reg > 0 else None
     eval_bs = _default_eval_batch(config)
-    X, Y = ds.X_train, ds.y_train
-    N = int(Y.shape[0])
+    X, Y = shard.X_train, shard.y_train
+    N = int(ds.y_train.shape[0])
 
     history: list[dict] = []
     start_epoch, step = 0, 0
@@ -859,7 +898,10 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
             history = [r for r in history if int(r["epoch"]) < ck.epoch] + ([ck.metrics] if ck.metrics else [])
         if log:
             log(f"resuming {out} from {ck.path.name} (epoch {ck.epoch}, step {ck.step})")
-    if out is not None:
+    net = model if dctx is None else dctx.wrap(model)      # DDP construction syncs rank 0's state
+    wout = out if writer else None                          # where this process writes
+    writing = dctx.critical if dctx is not None else contextlib.nullcontext
+    if wout is not None:
         with _runfolder.guard_io(out):
             out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "config.json", config.to_dict())
@@ -883,7 +925,7 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
         model.eval()
         try:
             with torch.random.fork_rng(devices=_rng_devices(device)), _matmul_precision(device, tf32=False):
-                rep = monitor(model, X, Y, subset=config.monitor_subset, seed=config.seed)
+                rep = monitor(model, ds.X_train, ds.y_train, subset=config.monitor_subset, seed=config.seed)
         finally:
             model.train(was)
         row["theorem2"] = rep.as_dict() if hasattr(rep, "as_dict") else rep
@@ -894,9 +936,10 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
     # eval_every_steps SGD steps when the protocol asks for it (the authors' "best")
     best = {"acc": float(history[-1].get("test_acc_best", history[-1]["test_acc"])) if history else float("-inf")}
 
-    def step_eval(i: int) -> None:
+    def step_eval(i: int) -> None:          # every rank calls it at the same step (a collective in DDP)
         if i % config.eval_every_steps == 0 and ds.X_test.shape[0] > 0:
-            best["acc"] = max(best["acc"], evaluate_test(model, ds, eval_bs))
+            acc = evaluate_test(model, ds, eval_bs) if dctx is None else dctx.test_accuracy(model, shard, eval_bs)
+            best["acc"] = max(best["acc"], acc)
             model.train()
 
     def record(row: dict) -> None:
@@ -904,15 +947,19 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
             best["acc"] = max(best["acc"], row["test_acc"])
         row["test_acc_best"] = best["acc"] if math.isfinite(best["acc"]) else float("nan")
         history.append(row)
-        if out is not None:
-            _write_metrics(out, history)
+        if wout is not None:
+            with writing():
+                _write_metrics(out, history)
         if log:
             log(_format_epoch(row, config.epochs))
 
     def checkpoint(epoch: int, row: dict) -> Path:
+        if wout is None:                    # not rank 0: the path rank 0 writes
+            return checkpoint_files(checkpoint_stem(out, epoch))[0]
         try:
-            return save_checkpoint(checkpoint_stem(out, epoch), model, opt, config, epoch, step,
-                                   _rng_state(g, device), row)
+            with writing():
+                return save_checkpoint(checkpoint_stem(out, epoch), model, opt, config, epoch, step,
+                                       _rng_state(g, device), row)
         except NonFiniteCheckpointError as exc:   # never written: the run diverged
             raise _Diverged(epoch, str(exc)) from None
 
@@ -924,10 +971,16 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
         nonlocal last_ckpt, last_ckpt_epoch, snapshot
         if wants_checkpoint(epoch):
             last_ckpt, last_ckpt_epoch, snapshot = checkpoint(epoch, row), epoch, None
-        elif interval is not None:
+        elif interval is not None and wout is not None:
             snapshot = {"epoch": epoch, "step": step, "row": row,
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
                         "optim": copy.deepcopy(opt.state_dict()), "rng": _rng_state(g, device)}
+
+    def evaluate_run() -> dict:
+        if dctx is None:
+            return evaluate(model, ds, batch_size=eval_bs)
+        with dctx.guard("evaluating"):
+            return dctx.evaluate(model, shard, batch_size=eval_bs)
 
     show_bar = progress and not config.quiet
     try:
@@ -939,7 +992,7 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
                 # -- epoch 0: the initialisation (a resumed run already has its row) --
                 if start_epoch == 0 and resume_path is None:
                     t0 = time.perf_counter()
-                    row = {"epoch": 0, **evaluate(model, ds, batch_size=eval_bs), "lr": lr_at(config, 1)}
+                    row = {"epoch": 0, **evaluate_run(), "lr": lr_at(config, 1)}
                     row["epoch_seconds"] = time.perf_counter() - t0
                     if not _finite(row["train_loss"], row["theta_norm"]):
                         raise _Diverged(0, "the initial model gives a non-finite loss")
@@ -958,16 +1011,24 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
                     bar = _progress_bar(total=-(-N // config.batch_size), desc=f"epoch {epoch}/{config.epochs}",
                                         quiet=not show_bar, unit="batch")
                     try:
-                        loss_sum, correct, seen, steps = train_epoch(
-                            model, opt, X, Y, config.batch_size, g, augment=config.augment,
-                            margin_reg=config.margin_reg, normalisation=norm_spec, bar=bar,
-                            on_step=step_eval if config.eval_every_steps > 0 else None)
+                        on_step = step_eval if config.eval_every_steps > 0 else None
+                        if dctx is None:
+                            loss_sum, correct, seen, steps = train_epoch(
+                                model, opt, X, Y, config.batch_size, g, augment=config.augment,
+                                margin_reg=config.margin_reg, normalisation=norm_spec, bar=bar, on_step=on_step)
+                        else:
+                            dctx.epoch = epoch
+                            with dctx.guard(f"training epoch {epoch}"):
+                                loss_sum, correct, seen, steps = dctx.train_epoch(
+                                    net, opt, X, Y, N, config.batch_size, g, augment=config.augment,
+                                    margin_reg=config.margin_reg, normalisation=norm_spec, bar=bar,
+                                    on_step=on_step)
                     finally:
                         bar.close()
                     step += steps
                     if not bool(torch.isfinite(loss_sum)):     # one sync per epoch
                         raise _Diverged(epoch, f"non-finite training loss ({float(loss_sum / max(seen, 1))})")
-                    row = {"epoch": epoch, **evaluate(model, ds, batch_size=eval_bs), "lr": lr}
+                    row = {"epoch": epoch, **evaluate_run(), "lr": lr}
                     _sync(device)
                     row["epoch_seconds"] = time.perf_counter() - t0
                     if not _finite(row["train_loss"], row["theta_norm"], row["gamma_bar"]):
@@ -979,14 +1040,21 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
                     keep(epoch, row)
             finally:
                 torch.backends.cudnn.benchmark = old_bench
+    except _RankFailed as exc:
+        where = f"last good checkpoint kept: {last_ckpt}" if last_ckpt is not None else \
+            ("no checkpoint (none was written)" if out is not None else "no checkpoint (no --out)")
+        err = type(exc)(f"{' '.join(str(exc).split())}; {where}")
+        err.checkpoint, err.history = last_ckpt, history
+        raise err from None
     except _Diverged as exc:
         kept = last_ckpt
-        if snapshot is not None and snapshot["epoch"] > last_ckpt_epoch:
+        if snapshot is not None and snapshot["epoch"] > last_ckpt_epoch and wout is not None:
             model.load_state_dict(snapshot["model"])
             opt.load_state_dict(snapshot["optim"])
             try:
-                kept = save_checkpoint(checkpoint_stem(out, snapshot["epoch"]), model, opt, config,
-                                       snapshot["epoch"], snapshot["step"], snapshot["rng"], snapshot["row"])
+                with writing():
+                    kept = save_checkpoint(checkpoint_stem(out, snapshot["epoch"]), model, opt, config,
+                                           snapshot["epoch"], snapshot["step"], snapshot["rng"], snapshot["row"])
             except NonFiniteCheckpointError:
                 pass                                # not good after all: keep the older one
         where = f"last good checkpoint kept: {kept}" if kept is not None else \
@@ -998,8 +1066,10 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
 
     final = _summary(config, model, ds, history, device, out, last_ckpt, resumed_from,
                      time.perf_counter() - t_run)
-    if out is not None:
-        _write_json(out / "summary.json", final)
+    final["world_size"] = 1 if dctx is None else dctx.world_size
+    if wout is not None:
+        with writing():
+            _write_json(out / "summary.json", final)
     return TrainResult(model=model, history=history, config=config, out=out, final=final, dataset=ds)
 
 
@@ -1205,7 +1275,7 @@ def _human_summary(final: dict) -> str:
 
 @cli_entry(PROG)
 def main(argv=None) -> int:
-    """Train from the command line; exit 0 ok, 2 bad input, 3 non-finite loss."""
+    """Train from the command line; exit 0 ok, 2 bad input, 3 non-finite loss, 4 a rank failed."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume and args.out:
@@ -1215,7 +1285,7 @@ def main(argv=None) -> int:
         raise ConfigError(f"the following arguments are required: {', '.join(missing)} "
                           "(or --resume --out DIR, which takes them from DIR's config)")
     config = config_from_args(args)
-    if config.quiet:
+    if config.quiet or os.environ.get("RANK", "0") != "0":
         log = None
     elif config.json:
         def log(msg: str) -> None:
@@ -1227,8 +1297,14 @@ def main(argv=None) -> int:
     try:
         res = train(config, progress=not config.quiet, log=log)
     except NonFiniteLossError as exc:
-        sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")
+        if os.environ.get("RANK", "0") == "0":   # every rank diverges alike (all-reduced loss): rank 0 says it
+            sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")
         return EXIT_NONFINITE
+    except _RankFailed as exc:                   # multi-process: this rank or another one failed
+        sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")
+        return EXIT_RANK_FAILED
+    if res.final.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
+        return 0                                 # rank 0 reports for the whole run
     if config.json:
         print_json(res.final)
     elif not config.quiet:
