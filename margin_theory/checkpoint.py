@@ -452,12 +452,7 @@ def _check_header(tensor_path: Path, blob: bytes, meta: dict, expected: dict, wh
     missing = sorted(k[6:] for k in model_keys - set(header))
     extra = sorted(k[6:] for k in header if k.startswith("model.") and k not in model_keys)
     if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-        if extra:
-            parts.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
-        raise CheckpointError(f"{what}: tensors do not match the model ({'; '.join(parts)})")
+        raise _mismatch(what, missing, extra)
     for name, info in header.items():
         if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) or \
                 not isinstance(info.get("shape"), list) or not all(_is_int(d) and d >= 0 for d in info["shape"]):
@@ -538,17 +533,19 @@ def _meta_model(args: Mapping, tensor_path: Path) -> tuple[nn.Module, int]:
     return model, need
 
 
+def _mismatch(what: str, missing: list[str], extra: list[str]) -> CheckpointError:
+    """'<what>: tensors do not match the model (missing a, b ...; unexpected c)'."""
+    parts = [f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+             for label, names in (("missing", missing), ("unexpected", extra)) if names]
+    return CheckpointError(f"{what}: tensors do not match the model ({'; '.join(parts)})")
+
+
 def _check_state(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
     expect = model.state_dict()
     missing = [k for k in expect if k not in state]
     extra = [k for k in state if k not in expect]
     if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-        if extra:
-            parts.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
-        raise CheckpointError(f"{what}: tensors do not match the model ({'; '.join(parts)})")
+        raise _mismatch(what, missing, extra)
     for k, v in expect.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{what}: tensor {k} has shape {tuple(state[k].shape)}, "

@@ -274,6 +274,17 @@ def _pair_matrix(F: np.ndarray, y: np.ndarray, C: int):
     return sp.csr_matrix((vals, (rows, cols)), shape=(P, C * D)), n_idx, j_idx
 
 
+def _quadratic_problem(X, y, num_classes):
+    """Arrays, the data span U (coordinates Z), its dimension k, D = k(k+1)/2 and the number
+    of margin constraints N(C-1), checked against the limit - shared by the quadratic heads."""
+    X, y, C = _as_arrays(X, y, num_classes)
+    U, Z = _span(X)
+    k = U.shape[1]
+    ncons = X.shape[0] * (C - 1)
+    _check(ncons <= LIMITS["constraints"], "constraints", ncons, "N (C - 1) margin constraints")
+    return X, y, C, U, Z, k, k * (k + 1) // 2, ncons
+
+
 def _check(cond: bool, name: str, value: int, what: str) -> None:
     if not cond:
         raise ProblemTooLargeError(f"max-margin problem too large: {what} = {value:,} exceeds the limit "
@@ -409,13 +420,8 @@ def solve_quadratic_svm(X, y, num_classes: int | None = None, *, form: str = "au
     t0 = time.perf_counter()
     if form not in ("auto", "primal", "dual"):
         raise ConfigError(f"form must be auto, primal or dual, got {form!r}")
-    X, y, C = _as_arrays(X, y, num_classes)
-    N, d = X.shape
-    U, Z = _span(X)
-    k = U.shape[1]
-    D = k * (k + 1) // 2
-    ncons = N * (C - 1)
-    _check(ncons <= LIMITS["constraints"], "constraints", ncons, "N (C - 1) margin constraints")
+    X, y, C, U, Z, k, D, ncons = _quadratic_problem(X, y, num_classes)
+    N = X.shape[0]
     if form == "auto":
         form = "primal" if C * D <= ncons or N > LIMITS["quadratic_dual_points"] else "dual"
     nvar = C * D if form == "primal" else ncons
@@ -471,13 +477,8 @@ def solve_lowrank_sdp(X, y, num_classes: int | None = None, *, solvers=None,
     import cvxpy as cp
 
     t0 = time.perf_counter()
-    X, y, C = _as_arrays(X, y, num_classes)
-    N, d = X.shape
-    U, Z = _span(X)
-    k = U.shape[1]
-    D = k * (k + 1) // 2
-    ncons = N * (C - 1)
-    _check(ncons <= LIMITS["constraints"], "constraints", ncons, "N (C - 1) margin constraints")
+    X, y, C, U, Z, k, D, ncons = _quadratic_problem(X, y, num_classes)
+    N = X.shape[0]
     _check(ncons <= LIMITS["sdp_constraints"], "sdp_constraints", ncons, "N (C - 1) SDP margin constraints")
     _check(k <= LIMITS["sdp_block"], "sdp_block", k, "k (PSD block size = rank of the data)")
     _check(C * D <= LIMITS["sdp_variables"], "sdp_variables", C * D, "C k(k+1)/2 SDP variables")

@@ -7,6 +7,7 @@ tags used in the proof. Everything is exact symbolic algebra on small symbolic s
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import sympy as sp
 
@@ -268,13 +269,7 @@ CHECKS = [
 ]
 
 
-def run_checks() -> list[tuple[str, bool]]:
-    return _run_checks(CHECKS)
-
-
-def main() -> int:
-    return _checks_main(CHECKS)
-
+run_checks = partial(_run_checks, CHECKS)        # -> [(name, passed), ...]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_checks_main(CHECKS))

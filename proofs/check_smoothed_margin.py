@@ -6,6 +6,7 @@ status 1 if any fails. ``run_checks()`` returns ``[(name, passed), ...]``.
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import sympy as sp
 
@@ -105,13 +106,7 @@ CHECKS = [
 ]
 
 
-def run_checks() -> list[tuple[str, bool]]:
-    return _run_checks(CHECKS)
-
-
-def main() -> int:
-    return _checks_main(CHECKS)
-
+run_checks = partial(_run_checks, CHECKS)        # -> [(name, passed), ...]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_checks_main(CHECKS))

@@ -105,3 +105,13 @@ def no_temp_files(folder: Path) -> list[Path]:
 
 def nan_like(t: torch.Tensor) -> torch.Tensor:
     return torch.full_like(t, float("nan"))
+
+
+def make_base_run(tmp_path_factory):
+    """An uninterrupted run of ``BASE_ARGS`` (checkpoints every epoch): the reference and the
+    raw material the hardening tests copy and damage."""
+    from margin_theory.train import main as train_main
+
+    out = tmp_path_factory.mktemp("base") / "run"
+    assert train_main([*BASE_ARGS, "--out", str(out)]) == 0
+    return out

@@ -13,7 +13,7 @@ import resource
 import pytest
 import torch
 
-from _hostile import (BASE_ARGS, ckpt, copy_run, edit_sidecar, first_weight, one_line_error,
+from _hostile import (make_base_run, BASE_ARGS, ckpt, copy_run, edit_sidecar, first_weight, one_line_error,
                       rewrite_tensors, run_main)
 from margin_theory._util import CheckpointError
 from margin_theory.checkpoint import load_checkpoint, read_checkpoint
@@ -24,9 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("base") / "run"
-    assert train_main([*BASE_ARGS, "--out", str(out)]) == 0
-    return out
+    return make_base_run(tmp_path_factory)
 
 
 def _set(path, value):

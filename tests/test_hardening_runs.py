@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _hostile import (BASE_ARGS, REPO, assert_same_rows, ckpt, copy_run, edit_sidecar, metrics_rows,
+from _hostile import (make_base_run, BASE_ARGS, REPO, assert_same_rows, ckpt, copy_run, edit_sidecar, metrics_rows,
                       nan_like, no_temp_files, one_line_error, rewrite_tensors, run_main)
 from margin_theory.checkpoint import list_checkpoints, read_checkpoint
 from margin_theory.train import main as train_main
@@ -27,10 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    """An uninterrupted 3-epoch run (checkpoints 0..3): the reference and the raw material."""
-    out = tmp_path_factory.mktemp("base") / "run"
-    assert train_main([*BASE_ARGS, "--out", str(out)]) == 0
-    return out
+    return make_base_run(tmp_path_factory)
 
 
 def resume(out, capsys, *extra):

@@ -9,6 +9,7 @@ import torch
 from margin_theory._util import ConfigError
 from margin_theory.plot import load_history, main, plot_metrics
 from margin_theory.train import TrainConfig, train
+from _hostile import run_main  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -27,12 +28,7 @@ def run_dir(tmp_path_factory):
 
 
 def _cli(argv, capsys):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return run_main(main, argv, capsys)
 
 
 def test_plot_writes_png_from_a_run(run_dir, capsys):

@@ -1,20 +1,12 @@
 """Every algebraic identity of proofs/theorem1_xor.md holds (sympy, proofs/check_theorem1.py)."""
 from __future__ import annotations
 
-import importlib.util
-import re
-from pathlib import Path
-
 import pytest
-
-PROOFS = Path(__file__).resolve().parents[1] / "proofs"
+from _proofs import assert_proof_cites_exactly, load_checker
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("check_theorem1", PROOFS / "check_theorem1.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_checker("check_theorem1")
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +21,7 @@ def test_all_symbolic_checks_pass(results):
 
 
 def test_every_tag_in_the_proof_has_a_check(results):
-    text = (PROOFS / "theorem1_xor.md").read_text(encoding="utf-8")
-    tags = set(re.findall(r"\[(C\d+)\]", text))
-    names = {name.split()[0] for name, _ in results}
-    assert tags, "the proof cites no checks"
-    assert tags <= names, sorted(tags - names)
-    assert names <= tags, sorted(names - tags)  # no check is orphaned either
+    assert_proof_cites_exactly(results, "theorem1_xor.md", "C")
 
 
 def test_a_wrong_identity_fails():
