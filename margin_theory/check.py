@@ -70,6 +70,7 @@ import torch
 from ._util import (
     ArgumentParser,
     CheckpointError,
+    ConfigError,
     MarginTheoryError,
     check_output_path,
     cli_entry,
@@ -496,6 +497,11 @@ def main(argv=None) -> int:
     if args.out is not None and not args.plot:
         raise CheckpointError("--out applies to --plot only")
     given = explicit_options(parser, argv)
+    unsupported = [k for k in ("protocol", "init", "linear_term", "affine") if k in given]
+    if unsupported:    # train's protocol flags: a foreign file's linear term and bias are folded in by shape
+        raise ConfigError(", ".join(f"--{k.replace('_', '-')}" for k in unsupported) + " do not apply to check: "
+                          "a checkpoint of ours carries them in its config; a foreign file's linear term and "
+                          "biases are mapped from its tensors (docs/checking.md)")
     model_flags = sorted(k for k in given if k in MODEL_KEYS + ("dataset", "n_train", "n_test", "normalize"))
     foreign = None
     if args.spec or model_flags:

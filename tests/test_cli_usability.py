@@ -114,3 +114,13 @@ def test_oversize_subset_is_a_printed_note(capsys):
                        capsys)
     assert rc == 0, err
     assert "note: --n-train 10 exceeds the 4 points of xor; all 4 are used" in out
+
+
+@pytest.mark.parametrize("flag", [["--protocol", "authors"], ["--init", "authors"], ["--linear-term"], ["--affine"]])
+def test_check_refuses_train_only_model_flags(tmp_path, capsys, flag):
+    """train's protocol flags do not describe a file to check: one-line error, exit 2, not ignored."""
+    from margin_theory.check import main as check_main
+
+    rc = check_main([str(tmp_path / "whatever.pt"), "--model", "lowrank", "--dataset", "digits", *flag])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "do not apply to check" in err[0] and flag[0] in err[0]
