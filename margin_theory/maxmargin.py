@@ -809,6 +809,17 @@ class GapMonitor:
 # ---------------------------------------------------------------------------
 # Figure
 # ---------------------------------------------------------------------------
+def _style_gap_axes(ax1, ax2, xlabel: str, cos_label: str) -> None:
+    """Both gap panels: the optimum's level 1, a log-scaled step axis, labels, grid, legend."""
+    for ax, yl in ((ax1, r"$\gamma_{\min}(t)/\gamma^\star$"), (ax2, cos_label)):
+        ax.axhline(1.0, color="k", ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="lower right")
+
+
 def plot_gap(curves: dict[str, list[dict]], out, title: str = "", xkey: str = "step"):
     """gamma_min/gamma_star and the cosine to the optimum against steps (log x), one line per
     curve (``{label: [rows with xkey, ratio, cosine]}``); PNG written atomically."""
@@ -823,13 +834,7 @@ def plot_gap(curves: dict[str, list[dict]], out, title: str = "", xkey: str = "s
         x = [r[xkey] for r in pts]
         line, = ax1.plot(x, [r["ratio"] for r in pts], lw=1.3, label=label)
         ax2.plot(x, [r["cosine"] for r in pts], lw=1.3, color=line.get_color(), label=label)
-    for ax, yl in ((ax1, r"$\gamma_{\min}(t)/\gamma^\star$"), (ax2, r"cosine(direction, optimum)")):
-        ax.axhline(1.0, color="k", ls="--", lw=1)
-        ax.set_xscale("log")
-        ax.set_xlabel(f"{xkey} (log scale)")
-        ax.set_ylabel(yl)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower right")
+    _style_gap_axes(ax1, ax2, f"{xkey} (log scale)", "cosine(direction, optimum)")
     ax1.set_title("margin ratio to the solver's optimum (1 = max margin)")
     ax2.set_title("direction: cosine with the optimum's W*")
     if title:
@@ -1016,13 +1021,7 @@ def plot_gap_grid(cases: dict[str, tuple[str, dict[str, list[dict]]]], out, titl
             line, = ax1.plot(x, [r["ratio"] for r in pts], lw=1.3, label=f"{label} ({pts[-1]['ratio']:.3f})")
             ax2.plot(x, [r["cosine"] for r in pts], lw=1.3, color=line.get_color(),
                      label=f"{label} ({pts[-1]['cosine']:.3f})")
-        for ax, yl in ((ax1, r"$\gamma_{\min}(t)/\gamma^\star$"), (ax2, "cosine with optimum W*")):
-            ax.axhline(1.0, color="k", ls="--", lw=1)
-            ax.set_xscale("log")
-            ax.set_xlabel(f"gradient-descent {xkey} (log scale)")
-            ax.set_ylabel(yl)
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7, loc="lower right")
+        _style_gap_axes(ax1, ax2, f"gradient-descent {xkey} (log scale)", "cosine with optimum W*")
         lows = [float(np.min(np.asarray(l.get_ydata()))) for l in ax1.get_lines() if len(l.get_ydata()) > 1]
         highs = [float(np.max(np.asarray(l.get_ydata()))) for l in ax1.get_lines() if len(l.get_ydata()) > 1]
         ax1.set_ylim(bottom=max(-1.0, min(lows or [0.0])) - 0.02, top=1.05)
