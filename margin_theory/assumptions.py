@@ -70,7 +70,8 @@ from torch.func import functional_call, jacrev, vmap
 
 from ._util import ArgumentParser, ConfigError, cli_entry, print_json
 from ._util import positive_int as _positive_int
-from .margins import NotHomogeneousError, get_normalisation, margin_values, runner_up
+from .margins import (NotHomogeneousError, get_normalisation, margin_values, norm_power, runner_up,
+                      separation_gaps)
 from .models import LinearHead, LowRankHead, QuadraticHead, ReLU2Head
 
 __all__ = [
@@ -180,16 +181,6 @@ def select_subset(n: int, subset: int | None, seed: int = 0) -> torch.Tensor:
         raise ConfigError(f"subset must be >= 1, got {subset}")
     g = torch.Generator().manual_seed(int(seed))
     return torch.randperm(n, generator=g)[:subset].sort().values
-
-
-def separation_gaps(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    r""":math:`\delta_n = f_{j_n} - \max_{j\notin\{y_n,j_n\}} f_j` (``inf`` when C = 2), SPEC §5."""
-    N, C = logits.shape
-    if C == 2:
-        return torch.full((N,), math.inf, dtype=logits.dtype)
-    others = logits.scatter(1, y.view(-1, 1), -math.inf)
-    top2 = others.topk(2, dim=1).values
-    return top2[:, 0] - top2[:, 1]
 
 
 # ---------------------------------------------------------------------------
@@ -420,10 +411,6 @@ def _flow_vectors(prob: _Problem, j: torch.Tensor):
     return v, s
 
 
-def _norm_pow(norm: torch.Tensor | float, L: int) -> float:
-    return math.exp(L * math.log(float(norm)))
-
-
 def _velocity(prob: _Problem, j: torch.Tensor, with_scale: bool = False):
     """Lemma 2; with ``with_scale`` also ``||Gamma 1|| ||theta'|| / (N ||theta||^L)``, the
     Cauchy-Schwarz bound on |velocity| (the natural scale for comparing velocities)."""
@@ -433,7 +420,7 @@ def _velocity(prob: _Problem, j: torch.Tensor, with_scale: bool = False):
     # <Gamma 1, v> = <P s, v> = <s, v> - <s, theta><theta, v>/||theta||^2
     inner = float(s @ v) - float(s @ theta) * float(theta @ v) / tn2
     N = prob.inputs.shape[0]
-    denom = N * _norm_pow(math.sqrt(tn2), prob.degree)
+    denom = N * norm_power(math.sqrt(tn2), prob.degree)
     if not with_scale:
         return inner / denom
     g1 = s - (float(s @ theta) / tn2) * theta
@@ -488,7 +475,7 @@ def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tenso
             raise ConfigError(f"a runner-up class changes within the finite-difference step h = {h:.3g} "
                               "(near tie: gamma_bar is not differentiable there); use a smaller h")
         q = margin_values(logits, prob.y)
-        return float(q.mean()) / _norm_pow(flat.norm(), prob.degree)
+        return float(q.mean()) / norm_power(flat.norm(), prob.degree)
 
     return (gbar(theta + h * v) - gbar(theta - h * v)) / (2.0 * h)
 
@@ -639,10 +626,10 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
     yy = prob.y
     j = runner_up(logits, yy)
     ar = torch.arange(N)
-    q = logits[ar, yy] - logits[ar, j]
+    q = margin_values(logits, yy)
     theta = prob.theta_flat()
     tnorm = float(theta.norm())
-    normL = _norm_pow(tnorm, prob.degree)
+    normL = norm_power(tnorm, prob.degree)
     gamma = q / normL
 
     delta = separation_gaps(logits, yy)

@@ -173,7 +173,6 @@ def expand_targets(targets: Sequence[str | Path]) -> tuple[list[Path], list[dict
 # Data
 # ---------------------------------------------------------------------------
 _DATA_KEYS = ("dataset", "data_dir", "seed", "normalize", "n_train", "n_test")
-_MODEL_OPTS = ("rank", "layers", "hidden", "conv_channels", "conv_bias")
 
 
 def _load_training_data(config: dict, data_dir: str | None, download: bool = False):
@@ -278,9 +277,8 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                "model": ck.config.get("model"), "verdict": rep.verdict(), "note": rep.note, "maxmargin": gap}
         if is_foreign:
             row["foreign"] = {"notes": ck.meta.get("notes", []), "map": ck.meta.get("map", {}),
-                              "model": describe_model_args({"name": cfg["model"], "input_shape": list(ds.input_shape),
-                                                            "num_classes": ds.num_classes,
-                                                            **{k: cfg.get(k) for k in _MODEL_OPTS}})}
+                              "model": describe_model_args({**cfg, "name": cfg["model"], "num_classes": ds.num_classes,
+                                                            "input_shape": list(ds.input_shape)})}
         rows.append(row)
         if log:
             log(f"checked {p.name}: {row['verdict']}")

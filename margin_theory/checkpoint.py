@@ -56,6 +56,7 @@ import torch.nn as nn
 
 from ._util import CheckpointError, ConfigError, MarginTheoryError, atomic_write_bytes, atomic_write_json
 from ._util import check_memory
+from .models import ModelSpec
 
 __all__ = [
     "FORMAT", "VERSION", "Checkpoint", "save_checkpoint", "read_checkpoint", "load_checkpoint",
@@ -68,9 +69,7 @@ FORMAT = "margin_theory.checkpoint"
 VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 _EPOCH_RE = re.compile(r"^epoch-(\d+)$")
-_MODEL_ARG_KEYS = ("rank", "layers", "hidden", "conv_channels", "conv_bias", "linear_term", "affine", "init")
-_MODEL_ARG_DEFAULTS = {"rank": 1, "layers": 1, "hidden": None, "conv_channels": 1, "conv_bias": True,
-                       "linear_term": False, "affine": False, "init": "paper"}
+_MODEL_ARG_DEFAULTS = {k: v for k, v in ModelSpec().as_dict().items() if k != "name"}
 _MAX_LAYERS = 1022          # = runfolder.MAX_LAYERS: Lemma 1's degree stays a finite float64
 _DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
            torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
@@ -194,48 +193,29 @@ def model_args_from(config: Any, model: nn.Module) -> dict:
         raise ConfigError("cannot checkpoint a model without a name (build it with margin_theory.models.build_model)")
     if cfg.get("model") not in (None, name):
         raise ConfigError(f"config names model {cfg.get('model')!r} but the model is {name!r}")
-    args = {"name": name,
+    try:
+        spec = getattr(model, "spec", None) or ModelSpec.from_mapping(cfg, name=name)
+    except MarginTheoryError as exc:
+        raise ConfigError(f"cannot checkpoint this model: {exc}") from None
+    return {**spec.as_dict(),
             "input_shape": [int(s) for s in getattr(model, "input_shape", cfg.get("input_shape") or [])],
             "num_classes": int(getattr(model, "num_classes", cfg.get("num_classes") or 0))}
-    for k in _MODEL_ARG_KEYS:
-        v = cfg.get(k, _MODEL_ARG_DEFAULTS[k])
-        args[k] = list(v) if isinstance(v, (list, tuple)) else v
-    return args
 
 
 def describe_model_args(args: Mapping) -> str:
-    """E.g. ``lowrank (rank 2, input (1, 8, 8), 10 classes)``."""
-    name = args.get("name")
-    bits = []
-    if name == "lowrank" or str(name).endswith("-lowrank"):
-        bits.append(f"rank {args.get('rank', 1)}")
-    if args.get("layers", 1) not in (1, None):
-        bits.append(f"{args['layers']} layers")
-    if args.get("hidden") is not None and (name == "relu2" or args.get("layers", 1) not in (1, None)):
-        bits.append(f"hidden {args['hidden']}")
-    if str(name).startswith("conv-"):
-        bits.append(f"{args.get('conv_channels', 1)} conv channels" + ("" if args.get("conv_bias", True) else ", no conv bias"))
-    if args.get("linear_term"):
-        bits.append("linear term (x^T W x + w.x)/2")
-    if args.get("affine"):
-        bits.append("affine inputs [x, 1]")
-    bits.append(f"input {tuple(args.get('input_shape') or ())}")
-    bits.append(f"{args.get('num_classes')} classes")
-    return f"{name} ({', '.join(bits)})"
+    """E.g. ``lowrank (rank 2, input (1, 8, 8), 10 classes)`` (:meth:`ModelSpec.describe`)."""
+    try:
+        bits = [ModelSpec.from_mapping(args).describe()]
+    except MarginTheoryError:
+        bits = []
+    bits += [f"input {tuple(args.get('input_shape') or ())}", f"{args.get('num_classes')} classes"]
+    return f"{args.get('name')} ({', '.join(b for b in bits if b)})"
 
 
 def _build(args: Mapping) -> nn.Module:
-    from .models import build_model
-
     try:
         with torch.random.fork_rng(devices=[]):  # do not disturb the caller's global RNG
-            return build_model(args["name"], args["input_shape"], args["num_classes"],
-                               rank=int(args.get("rank", 1)), layers=int(args.get("layers", 1)),
-                               hidden=args.get("hidden"), conv_channels=int(args.get("conv_channels", 1)),
-                               conv_bias=bool(args.get("conv_bias", True)),
-                               linear_term=bool(args.get("linear_term") or False),
-                               affine=bool(args.get("affine") or False),
-                               init=str(args.get("init") or "paper"))
+            return ModelSpec.from_mapping(args).build(args["input_shape"], args["num_classes"])
     except MarginTheoryError as exc:
         raise CheckpointError(f"checkpoint describes a model that cannot be built: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
@@ -628,7 +608,7 @@ def restore_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.opti
     mine = dict(model_args) if model_args is not None else {
         "name": getattr(model, "name", None), "input_shape": list(getattr(model, "input_shape", ())),
         "num_classes": getattr(model, "num_classes", None)}
-    keys = [k for k in ("name", "input_shape", "num_classes") + _MODEL_ARG_KEYS if k in mine]
+    keys = [k for k in ("name", "input_shape", "num_classes") + ModelSpec.args() if k in mine]
     if any(_norm(saved.get(k, _MODEL_ARG_DEFAULTS.get(k))) != _norm(mine.get(k)) for k in keys):
         raise CheckpointError(f"checkpoint {tensor_path.name} is for model {describe_model_args(saved)}, "
                               f"not {describe_model_args(mine)}")

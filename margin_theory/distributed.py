@@ -270,8 +270,8 @@ class DistContext:
     def evaluate(self, model: nn.Module, shard, *, batch_size: int = 4096) -> dict:
         """All-reduced full-set metrics (the keys of :func:`margin_theory.train.evaluate`):
         sums of gamma_n, CE_n, correct and counts (float64, SUM), gamma_min (MIN)."""
-        from .margins import (compute_margins, get_normalisation, output_margins, predict, smoothed_from_sum,
-                              summed_cross_entropy)
+        from .margins import (compute_margins, get_normalisation, n_correct, output_margins, predict,
+                              smoothed_from_sum, summed_cross_entropy)
         from .train import _matmul_precision
 
         self.sync_buffers(model)
@@ -296,7 +296,7 @@ class DistContext:
                 theta_norm, degree, kind = float(spec.norm()), spec.degree, spec.kind
             if shard.X_test.shape[0] > 0:
                 logits = predict(model, shard.X_test, batch_size)
-                sums += [(logits.argmax(1) == shard.y_test).sum().to(torch.float64),
+                sums += [n_correct(logits, shard.y_test),
                          torch.tensor(float(shard.X_test.shape[0]), **f64)]
             else:
                 sums += [torch.zeros((), **f64), torch.zeros((), **f64)]
@@ -319,13 +319,13 @@ class DistContext:
     @torch.no_grad()
     def test_accuracy(self, model: nn.Module, shard, batch_size: int = 4096) -> float:
         """Test accuracy over every rank's test shard (all-reduced counts); a collective."""
-        from .margins import predict
+        from .margins import n_correct, predict
 
         dev = shard.X_train.device
         vec = torch.zeros(2, dtype=torch.float64, device=dev)
         if shard.X_test.shape[0] > 0:
             logits = predict(model, shard.X_test, batch_size)
-            vec[0] = (logits.argmax(1) == shard.y_test).sum().to(torch.float64)
+            vec[0] = n_correct(logits, shard.y_test)
             vec[1] = float(shard.X_test.shape[0])
         self.all_reduce_(vec)
         return float(vec[0] / vec[1]) if vec[1] > 0 else float("nan")

@@ -95,6 +95,7 @@ from ._util import (
     save_figure,
     use_agg_backend,
 )
+from .models import ModelSpec
 from .protocols import get_protocol, protocol_names
 
 __all__ = [
@@ -582,7 +583,7 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
             results["parts"][run.part].update({"n_train": first.get("n_train"), "n_test": first.get("n_test")})
         results["runs"].append({
             "label": run.label, "part": run.part, "model": run.settings.get("model"),
-            "rank": run.settings.get("rank") if "lowrank" in str(run.settings.get("model")) else None,
+            "rank": _rank_of(run),
             "paper": run.paper, "settings": run.settings,
             "epochs": run.settings.get("epochs", 10), "parameters": first.get("parameters"),
             "test_acc_mean": mean, "test_acc_std": std, "protocol": run.settings["protocol"],
@@ -674,7 +675,8 @@ def analysis_accuracy(plan: Plan, results: dict, live: dict, out: Path) -> dict:
 
 
 def _rank_of(run: PlannedRun) -> int | None:
-    return int(run.settings.get("rank", 1)) if "lowrank" in str(run.settings.get("model")) else None
+    spec = ModelSpec.from_mapping(run.settings)
+    return spec.rank if spec.head == "lowrank" else None
 
 
 def analysis_ranks(plan: Plan, results: dict, live: dict, out: Path) -> dict:
@@ -776,7 +778,7 @@ def _topk_accuracy(model, lam, V, ks, Xte, yte) -> list[dict]:
     """Test accuracy of ``model`` with every W_i replaced by its top-k eigenpairs (by |eigenvalue|)."""
     import torch
 
-    from .margins import predict
+    from .margins import accuracy, predict
 
     trunc = copy.deepcopy(model)
     out = []
@@ -785,7 +787,7 @@ def _topk_accuracy(model, lam, V, ks, Xte, yte) -> list[dict]:
             Vk = V[:, :, :k]
             Wk = (Vk * lam[:, None, :k]) @ Vk.transpose(1, 2)
             trunc.head.weight.copy_(0.5 * (Wk + Wk.transpose(1, 2)).to(trunc.head.weight.dtype))
-            acc = float((predict(trunc, Xte).argmax(1) == yte).double().mean())
+            acc = accuracy(predict(trunc, Xte), yte)
             energy = float(((lam[:, :k] ** 2).sum(1) / (lam ** 2).sum(1)).mean())
             out.append({"k": k, "test_acc": acc, "energy_fraction_mean": energy})
     return out
@@ -818,7 +820,7 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     import matplotlib.pyplot as plt
     import torch
 
-    from .margins import predict
+    from .margins import accuracy, predict
     from .models import QuadraticHead
     from .train import build_model_for, load_data_for
 
@@ -848,7 +850,7 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     xbar = feats.mean(0)
     ks = sorted({int(k) for k in cfg_e.get("ks", [1, 2, 4, 8, 16, 32]) if 1 <= int(k) <= d} | {d})
     with torch.no_grad():
-        full_acc = float((predict(model, Xte).argmax(1) == yte).double().mean())
+        full_acc = accuracy(predict(model, Xte), yte)
 
     lam, V, evals = _sorted_eigen(W)
     per_class = _eigen_vs_sta(lam, V, evals, sta, xbar, ds.classes)
@@ -871,7 +873,7 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         only = copy.deepcopy(model)
         with torch.no_grad():
             only.head.weight.copy_(dW.to(only.head.weight.dtype))
-            only_acc = float((predict(only, Xte).argmax(1) == yte).double().mean())
+            only_acc = accuracy(predict(only, Xte), yte)
         d_topk = _topk_accuracy(only, dlam, dV, ks, Xte, yte)
         delta = {"per_class": d_per_class, "topk": d_topk, "summary": _summ(d_per_class, d_topk, only_acc),
                  "norm_ratio_update_to_init": float(dW.norm() / W0.norm()),

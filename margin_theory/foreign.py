@@ -72,6 +72,7 @@ import torch
 import torch.nn as nn
 
 from ._util import CheckpointError, ConfigError, MarginTheoryError
+from .models import ModelSpec
 
 __all__ = [
     "FOREIGN_SUFFIXES", "NEST_KEYS", "AppendOne", "is_foreign_file", "read_state_dict", "read_spec",
@@ -85,7 +86,7 @@ FOREIGN_SUFFIXES = TORCH_SUFFIXES + (".safetensors",)
 NEST_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module")
 _PREFIXES = ("module.", "_orig_mod.")
 #: the model options a foreign file needs (as train's flags) and the data options
-MODEL_KEYS = ("model", "rank", "layers", "hidden", "conv_channels", "conv_bias")
+MODEL_KEYS = ("model",) + ModelSpec.args()
 DATA_KEYS = ("dataset", "data_dir", "download", "n_train", "n_test", "normalize", "seed")
 SPEC_KEYS = MODEL_KEYS + DATA_KEYS + ("keys", "input_shape", "num_classes")
 
@@ -334,7 +335,7 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
     The returned :class:`~margin_theory.models.Classifier` has ``foreign_notes`` (what was
     mapped, how) and ``foreign_map`` (our name -> the file's name).
     """
-    from .models import Classifier, LinearHead, LowRankHead, QuadraticHead, build_model
+    from .models import Classifier, LinearHead, LowRankHead, QuadraticHead
 
     notes = [] if notes is None else notes
     state = dict(state)
@@ -347,10 +348,8 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
         raise ConfigError("say what model the file holds (--model NAME, as for train, or model in a spec file)")
     try:
         with torch.random.fork_rng(devices=[]):
-            ours = build_model(name, input_shape, int(num_classes), rank=int(spec.get("rank") or 1),
-                               layers=int(spec.get("layers") or 1), hidden=spec.get("hidden"),
-                               conv_channels=int(spec.get("conv_channels") or 1),
-                               conv_bias=bool(spec.get("conv_bias", True)))
+            mspec = ModelSpec.from_mapping(spec)
+            ours = mspec.build(input_shape, int(num_classes))
     except MarginTheoryError as exc:
         raise CheckpointError(f"cannot build model {name!r}: {exc}") from None
     from .checkpoint import describe_model_args
@@ -359,9 +358,7 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
     dtype = floats[0] if floats else torch.float32
     ours = ours.to(dtype)
 
-    what = describe_model_args({"name": name, "input_shape": list(input_shape), "num_classes": num_classes,
-                                **{k: spec.get(k) for k in ("rank", "layers", "hidden", "conv_channels", "conv_bias")
-                                   if spec.get(k) is not None}})
+    what = describe_model_args({**mspec.as_dict(), "input_shape": list(input_shape), "num_classes": num_classes})
     expected = ours.state_dict()
     if set(state) != set(expected):
         state = _authors_rename(state, ours, notes)

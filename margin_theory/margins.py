@@ -27,7 +27,7 @@ The norm power is computed as ``exp(L log ||theta||)`` in float64 so deep models
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Iterable, Sequence
 
 import torch
@@ -40,7 +40,8 @@ __all__ = [
     "NotHomogeneousError", "Normalisation", "MarginResult", "margin_values",
     "runner_up", "get_normalisation", "param_norm", "normalised_margins",
     "compute_margins", "margin_regularised_loss", "predict", "output_margins",
-    "smoothed_margin", "smoothed_from_sum", "summed_cross_entropy",
+    "smoothed_margin", "smoothed_from_sum", "summed_cross_entropy", "accuracy", "n_correct",
+    "separation_gaps", "norm_power",
 ]
 
 
@@ -89,10 +90,8 @@ class MarginResult:
     smoothed_meaningful: bool = False
 
     def as_dict(self) -> dict:
-        return {"gamma_bar": self.gamma_bar, "gamma_min": self.gamma_min, "theta_norm": self.theta_norm,
-                "degree": self.degree, "normalisation": self.normalisation,
-                "accuracy": self.accuracy, "loss": self.loss, "gamma_output": self.gamma_output,
-                "gamma_smoothed": self.gamma_smoothed, "smoothed_meaningful": self.smoothed_meaningful}
+        """Every field but the per-sample tensors ``q`` and ``gamma``."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("q", "gamma")}
 
 
 def margin_values(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -102,6 +101,32 @@ def margin_values(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     true = logits.gather(1, y.view(-1, 1)).squeeze(1)
     others = logits.scatter(1, y.view(-1, 1), float("-inf"))
     return true - others.max(dim=1).values
+
+
+def n_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""How many samples are classified correctly, :math:`\#\{n : q_n > 0\}` (a strict win
+    of the true class; a tie counts as wrong), as a 0-dim float64 tensor on the logits' device."""
+    return (margin_values(logits, y) > 0).sum().to(torch.float64)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """The fraction of correctly classified samples (:func:`n_correct`); NaN for none."""
+    return float(n_correct(logits, y)) / y.shape[0] if y.shape[0] else float("nan")
+
+
+def separation_gaps(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r""":math:`\delta_n = f_{j_n} - \max_{j\notin\{y_n,j_n\}} f_j` (``inf`` when C = 2), SPEC §5."""
+    N, C = logits.shape
+    if C == 2:
+        return torch.full((N,), math.inf, dtype=logits.dtype)
+    others = logits.scatter(1, y.view(-1, 1), -math.inf)
+    top2 = others.topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def norm_power(norm: torch.Tensor | float, degree: int) -> float:
+    r""":math:`\|\theta\|^L` as ``exp(L log ||theta||)`` in float64 (no overflow for deep models)."""
+    return math.exp(degree * math.log(float(norm)))
 
 
 def runner_up(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -259,7 +284,7 @@ def compute_margins(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, norma
         q=q, gamma=gamma,
         gamma_bar=float(gamma.mean()), gamma_min=float(gamma.min()),
         theta_norm=float(norm), degree=norm_spec.degree, normalisation=norm_spec.kind,
-        accuracy=float((q > 0).to(torch.float64).mean()),
+        accuracy=float((q > 0).to(torch.float64).mean()),  # = accuracy(logits, y), q at hand
         loss=float((torch.logsumexp(logits64, 1) - fy).mean()),
         gamma_output=float(output_margins(logits64, y).mean()),
         gamma_smoothed=smoothed, smoothed_meaningful=meaningful,

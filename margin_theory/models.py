@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
 import torch
@@ -33,7 +34,7 @@ from ._util import ConfigError
 __all__ = [
     "LinearHead", "QuadraticHead", "LowRankHead", "Classifier", "ResNetFeatures",
     "BasicBlock", "build_model", "symmetrise", "parameter_count", "unique_parameter_count",
-    "MODEL_NAMES", "RESNET_BLOCKS", "HEADS", "describe_model_names", "INITS", "AffineInput",
+    "MODEL_NAMES", "RESNET_BLOCKS", "HEADS", "describe_model_names", "INITS", "AffineInput", "ModelSpec",
 ]
 
 #: initialisation schemes (SPEC §2 "Protocols"): ``paper`` = this toolkit's default
@@ -309,9 +310,6 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1))
 
-    def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.head.parameters())
-
     def reset_parameters(self) -> None:
         for m in self.modules():
             if m is not self and hasattr(m, "reset_parameters"):
@@ -353,11 +351,6 @@ class AffineInput(nn.Module):
         return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
 
 
-class DeepLowRankFeatures(nn.Sequential):
-    """Hidden layers of the deep Low-Rank DIQNN: Flatten, then ``LowRankHead`` layers
-    (width ``h_l``, rank r) each mapping degree L to 2(L+1)."""
-
-
 # ---------------------------------------------------------------------------
 # Factory
 # ---------------------------------------------------------------------------
@@ -377,108 +370,202 @@ def _make_head(kind: str, d: int, num_classes: int, rank: int, init: str = "pape
 def _widths(hidden, layers: int, default: int) -> list[int]:
     if hidden is None:
         return [default] * (layers - 1)
-    if isinstance(hidden, int):
-        return [hidden] * (layers - 1)
-    hidden = [int(h) for h in hidden]
     if len(hidden) == 1:
-        return hidden * (layers - 1)
+        return list(hidden) * (layers - 1)
     if len(hidden) != layers - 1:
         raise ConfigError(f"--hidden gives {len(hidden)} widths for {layers} layers; need {layers - 1} (or one)")
-    return hidden
+    return list(hidden)
 
 
-def build_model(name: str, input_shape: Sequence[int], num_classes: int, *, rank: int = 1,
-                layers: int = 1, hidden: int | Sequence[int] | None = None,
-                conv_channels: int = 1, conv_bias: bool = True, init: str = "paper",
-                linear_term: bool = False, affine: bool = False) -> Classifier:
-    """Build a classifier by name (SPEC §1).
-
-    Args:
-        name: ``linear``, ``relu2``, ``quadratic``, ``lowrank``, ``conv-<head>`` or
-            ``resnet{10,12,14,16,18}-<head>`` with head in {linear, lowrank, quadratic}.
-        input_shape: shape of one input, e.g. ``(1, 28, 28)`` or ``(4,)``.
-        num_classes: C.
-        rank: r of every Low-Rank layer.
-        layers: n, number of Low-Rank layers (``lowrank`` only; n > 1 is the deep DIQNN).
-        hidden: hidden width(s): relu2 (default 8000), deep lowrank (default 32 each).
-        conv_channels: c of the ``conv-`` models (1 reproduces the paper).
-        conv_bias: the conv's bias (PyTorch's default, as the authors). Either way
-            ``conv-lowrank`` is homogeneous with L = 4 (``conv-linear`` 2, ``conv-quadratic``
-            3): a first-layer bias scales with the kernel.
-        init: initialisation scheme, one of :data:`INITS` (``paper`` or ``authors``).
-        linear_term: the full head's linear term and 1/2 of the authors' code
-            (``quadratic``, ``conv-quadratic``, ``resnet*-quadratic``).
-        affine: inputs ``x -> [x, 1]`` (:class:`AffineInput`; ``linear``,
-            ``quadratic``, ``lowrank``): keeps f homogeneous with the same L.
-    """
-    _check_init(init)
-    input_shape = tuple(int(s) for s in input_shape)
-    if not input_shape or any(s < 1 for s in input_shape):
-        raise ConfigError(f"invalid input shape {input_shape}")
-    if num_classes < 2:
-        raise ConfigError(f"need at least 2 classes, got {num_classes}")
-    if rank < 1:
-        raise ConfigError(f"rank must be >= 1, got {rank}")
-    if layers < 1:
-        raise ConfigError(f"layers must be >= 1, got {layers}")
-    if layers > 1 and name != "lowrank":
-        raise ConfigError(f"--layers applies to the lowrank model only, not {name!r}")
-    if affine and name not in ("linear", "quadratic", "lowrank"):
-        raise ConfigError(f"affine inputs apply to linear, quadratic and lowrank, not {name!r} "
-                          "(a constant beside features of degree > 0 would break homogeneity)")
-    if linear_term and not (name == "quadratic" or name.endswith("-quadratic")):
-        raise ConfigError(f"the linear term belongs to the full quadratic head; {name!r} has none")
-    d = math.prod(input_shape) + (1 if affine else 0)
-    C = int(num_classes)
-    flat = AffineInput() if affine else nn.Flatten()
-
-    if name == "linear":
-        return Classifier(flat, LinearHead(d, C, init=init), 0, name, input_shape)
-    if name == "quadratic":
-        return Classifier(flat, QuadraticHead(d, C, linear_term=linear_term, init=init), 0, name, input_shape)
-    if name == "lowrank":
-        widths = _widths(hidden, layers, 32)
-        mods: list[nn.Module] = [flat]
-        fdeg, width = 0, d
-        for h in widths:
-            if h < 1:
-                raise ConfigError(f"hidden width must be >= 1, got {h}")
-            mods.append(LowRankHead(width, h, rank, init=init))
-            fdeg, width = 2 * (fdeg + 1), h
-        features = DeepLowRankFeatures(*mods) if len(mods) > 1 else flat
-        return Classifier(features, LowRankHead(width, C, rank, init=init), fdeg, name, input_shape)
-    if name == "relu2":
-        h = hidden if isinstance(hidden, int) else (hidden[0] if hidden else 8000)
-        if h < 1:
-            raise ConfigError(f"hidden width must be >= 1, got {h}")
-        features = nn.Sequential(nn.Flatten(), nn.Linear(d, h), nn.ReLU())
-        return Classifier(features, ReLU2Head(h, C), None, name, input_shape)
-
-    m = re.fullmatch(r"conv-(\w+)", name)
-    if m:
-        if len(input_shape) != 3:
-            raise ConfigError(f"{name} needs image inputs (C, H, W), got shape {input_shape}")
-        cin, H, W = input_shape
-        c = int(conv_channels)
-        if c < 1:
-            raise ConfigError(f"conv channels must be >= 1, got {c}")
-        features = nn.Sequential(nn.Conv2d(cin, c, 5, padding=2, bias=conv_bias), nn.ReLU(), nn.Flatten())
-        head = _make_head(m.group(1), c * H * W, C, rank, init, linear_term)
-        # The conv is the first layer with parameters: (c w) * x + c b = c (w * x + b), and
-        # ReLU is positively homogeneous, so the features have degree 1 *with or without*
-        # the bias (SPEC §3 says the bias breaks homogeneity; it does not - see
-        # proofs/lemma1_homogeneity.md, "Correction to SPEC §3").
-        return Classifier(features, head, 1, name, input_shape)
-
-    m = re.fullmatch(r"resnet(\d+)-(\w+)", name)
-    if m and int(m.group(1)) in RESNET_BLOCKS:
-        if len(input_shape) != 3:
-            raise ConfigError(f"{name} needs image inputs (C, H, W), got shape {input_shape}")
-        body = ResNetFeatures(RESNET_BLOCKS[int(m.group(1))], in_channels=input_shape[0])
-        head = _make_head(m.group(2), body.out_features, C, rank, init, linear_term)
-        return Classifier(body, head, None, name, input_shape)
-
+def _parse_name(name) -> tuple[str, str]:
+    """``(body, head)`` of a model name: body in {vector, conv, resnet10..18}, head in
+    {linear, relu2, quadratic, lowrank}; the only place that reads a model name."""
+    if name in ("linear", "relu2", "quadratic", "lowrank"):
+        return "vector", name
+    m = re.fullmatch(r"(conv|resnet(\d+))-(\w+)", str(name))
+    if m and (m.group(2) is None or int(m.group(2)) in RESNET_BLOCKS):
+        if m.group(3) not in HEADS:
+            raise ConfigError(f"unknown head {m.group(3)!r}; choose from {', '.join(HEADS)}")
+        return m.group(1), m.group(3)
     raise ConfigError(f"unknown model {name!r}; valid: {describe_model_names()}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that names a model (SPEC §1), in one place: the name and its options.
+
+    ``name``: ``linear``, ``relu2``, ``quadratic``, ``lowrank``, ``conv-<head>`` or
+    ``resnet{10,12,14,16,18}-<head>`` with head in {linear, lowrank, quadratic}.
+    ``rank``: r of every Low-Rank layer. ``layers``: n Low-Rank layers (``lowrank`` only; n > 1
+    is the deep DIQNN). ``hidden``: hidden width(s): relu2 (default 8000), deep lowrank
+    (default 32 each). ``conv_channels``/``conv_bias``: the 5x5 conv of the ``conv-`` models
+    (1 channel and a bias reproduce the paper; with or without the bias ``conv-lowrank`` is
+    homogeneous with L = 4, ``conv-linear`` 2, ``conv-quadratic`` 3: a first-layer bias scales
+    with the kernel). ``init``: one of :data:`INITS`. ``linear_term``: the full head's linear
+    term and 1/2 of the authors' code. ``affine``: inputs ``x -> [x, 1]`` (:class:`AffineInput`;
+    vector ``linear``, ``quadratic``, ``lowrank``), same L.
+
+    Stored verbatim (:meth:`as_dict`) in configs and checkpoints; :meth:`build` makes the
+    module; :meth:`check_applicable` refuses an option the model does not have.
+    """
+
+    name: str = "lowrank"
+    rank: int = 1
+    layers: int = 1
+    hidden: tuple[int, ...] | None = None
+    conv_channels: int = 1
+    conv_bias: bool = True
+    linear_term: bool = False
+    affine: bool = False
+    init: str = "paper"
+
+    def __post_init__(self):
+        h = self.hidden
+        if h is not None:
+            h = (h,) if isinstance(h, int) else tuple(h) if isinstance(h, (list, tuple)) else None
+            if not h or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in h):
+                raise ConfigError(f"hidden width must be >= 1, got {self.hidden!r}")
+            object.__setattr__(self, "hidden", h)
+        for k in ("rank", "layers", "conv_channels"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{k.replace('_', ' ')} must be an integer, got {v!r}")
+            if v < 1:
+                raise ConfigError(f"{k.replace('_', ' ')} must be >= 1, got {v}")
+        _check_init(self.init)
+        _parse_name(self.name)
+
+    @classmethod
+    def args(cls) -> tuple[str, ...]:
+        """The option names (every field but ``name``)."""
+        return tuple(f.name for f in fields(cls) if f.name != "name")
+
+    @classmethod
+    def from_mapping(cls, m, **override) -> "ModelSpec":
+        """From a config / checkpoint dict (``name`` or ``model``); other keys are ignored,
+        ``None`` means the default."""
+        d = {**m, **override}
+        kw = {k: d[k] for k in cls.args() if d.get(k) is not None}
+        return cls(name=d.get("name") or d.get("model"), **kw)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = None if self.hidden is None else list(self.hidden)
+        return d
+
+    @property
+    def body(self) -> str:
+        """``vector``, ``conv`` or ``resnetK``."""
+        return _parse_name(self.name)[0]
+
+    @property
+    def head(self) -> str:
+        """``linear``, ``relu2``, ``quadratic`` or ``lowrank``."""
+        return _parse_name(self.name)[1]
+
+    def check_applicable(self) -> "ModelSpec":
+        """Options that do not apply to this model are errors, never silently ignored."""
+        n, h, body = self.name, self.head, self.body
+        if self.rank != 1 and h != "lowrank":
+            raise ConfigError(f"--rank applies to models with lowrank layers (lowrank, conv-lowrank, "
+                              f"resnet*-lowrank), not {n!r}")
+        if self.layers != 1 and n != "lowrank":
+            raise ConfigError(f"--layers applies to the lowrank model only, not {n!r}")
+        if self.hidden is not None:
+            if n == "relu2":
+                if len(self.hidden) != 1:
+                    raise ConfigError(f"relu2 has one hidden layer: --hidden takes one width, got {list(self.hidden)}")
+            elif n != "lowrank" or self.layers == 1:
+                raise ConfigError(f"--hidden applies to relu2 and to the deep lowrank model (--layers > 1), "
+                                  f"not {n!r}" + (" with one layer" if n == "lowrank" else ""))
+        if body != "conv" and self.conv_channels != 1:
+            raise ConfigError(f"--conv-channels applies to the conv-* models, not {n!r}")
+        if body != "conv" and not self.conv_bias:
+            raise ConfigError(f"--no-conv-bias applies to the conv-* models, not {n!r}")
+        if self.linear_term and h != "quadratic":
+            raise ConfigError(f"--linear-term applies to the full quadratic head (quadratic, conv-quadratic, "
+                              f"resnet*-quadratic), not {n!r}")
+        if self.affine and (body != "vector" or h == "relu2"):
+            raise ConfigError(f"--affine applies to linear, quadratic and lowrank, not {n!r}")
+        return self
+
+    def describe(self) -> str:
+        """The options that matter for this model, e.g. ``rank 2, 3 layers``."""
+        bits = []
+        if self.head == "lowrank":
+            bits.append(f"rank {self.rank}")
+        if self.layers != 1:
+            bits.append(f"{self.layers} layers")
+        if self.hidden is not None and (self.name == "relu2" or self.layers != 1):
+            bits.append(f"hidden {list(self.hidden)}")
+        if self.body == "conv":
+            bits.append(f"{self.conv_channels} conv channels" + ("" if self.conv_bias else ", no conv bias"))
+        if self.linear_term:
+            bits.append("linear term (x^T W x + w.x)/2")
+        if self.affine:
+            bits.append("affine inputs [x, 1]")
+        return ", ".join(bits)
+
+    def build(self, input_shape: Sequence[int], num_classes: int) -> "Classifier":
+        """The classifier for inputs of ``input_shape`` (one sample) and ``num_classes`` = C;
+        it keeps this spec as ``model.spec``."""
+        model = self._build(input_shape, num_classes)
+        model.spec = self
+        return model
+
+    def _build(self, input_shape, num_classes) -> "Classifier":
+        name, body, kind = self.name, self.body, self.head
+        input_shape = tuple(int(s) for s in input_shape)
+        if not input_shape or any(s < 1 for s in input_shape):
+            raise ConfigError(f"invalid input shape {input_shape}")
+        if num_classes < 2:
+            raise ConfigError(f"need at least 2 classes, got {num_classes}")
+        if self.layers > 1 and name != "lowrank":
+            raise ConfigError(f"--layers applies to the lowrank model only, not {name!r}")
+        if self.affine and (body != "vector" or kind == "relu2"):
+            raise ConfigError(f"affine inputs apply to linear, quadratic and lowrank, not {name!r} "
+                              "(a constant beside features of degree > 0 would break homogeneity)")
+        if self.linear_term and kind != "quadratic":
+            raise ConfigError(f"the linear term belongs to the full quadratic head; {name!r} has none")
+        C, r, init = int(num_classes), self.rank, self.init
+        if body == "vector":
+            d = math.prod(input_shape) + (1 if self.affine else 0)
+            flat = AffineInput() if self.affine else nn.Flatten()
+            if kind == "relu2":
+                h = self.hidden[0] if self.hidden else 8000
+                features = nn.Sequential(nn.Flatten(), nn.Linear(d, h), nn.ReLU())
+                return Classifier(features, ReLU2Head(h, C), None, name, input_shape)
+            if kind != "lowrank":
+                return Classifier(flat, _make_head(kind, d, C, r, init, self.linear_term), 0, name, input_shape)
+            mods: list[nn.Module] = [flat]
+            fdeg, width = 0, d
+            for h in _widths(self.hidden, self.layers, 32):
+                mods.append(LowRankHead(width, h, r, init=init))
+                fdeg, width = 2 * (fdeg + 1), h
+            features = nn.Sequential(*mods) if len(mods) > 1 else flat
+            return Classifier(features, LowRankHead(width, C, r, init=init), fdeg, name, input_shape)
+        if len(input_shape) != 3:
+            raise ConfigError(f"{name} needs image inputs (C, H, W), got shape {input_shape}")
+        if body == "conv":
+            cin, H, W = input_shape
+            c = self.conv_channels
+            features = nn.Sequential(nn.Conv2d(cin, c, 5, padding=2, bias=self.conv_bias), nn.ReLU(), nn.Flatten())
+            # The conv is the first layer with parameters: (c w) * x + c b = c (w * x + b), and
+            # ReLU is positively homogeneous, so the features have degree 1 *with or without*
+            # the bias (SPEC §3 says the bias breaks homogeneity; it does not - see
+            # proofs/lemma1_homogeneity.md, "Correction to SPEC §3").
+            return Classifier(features, _make_head(kind, c * H * W, C, r, init, self.linear_term), 1, name,
+                              input_shape)
+        features = ResNetFeatures(RESNET_BLOCKS[int(body[6:])], in_channels=input_shape[0])
+        return Classifier(features, _make_head(kind, features.out_features, C, r, init, self.linear_term), None,
+                          name, input_shape)
+
+
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, **options) -> Classifier:
+    """Build a classifier by name (SPEC §1): ``ModelSpec(name, **options).build(input_shape,
+    num_classes)``; the options (rank, layers, hidden, conv_channels, conv_bias, init,
+    linear_term, affine) are those of :class:`ModelSpec`."""
+    return ModelSpec(name, **options).build(input_shape, num_classes)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from ._util import ArgumentParser, ConfigError, check_output_path, cli_entry, print_json, save_figure, use_agg_backend
+from ._util import ArgumentParser, ConfigError, MarginTheoryError, check_output_path, cli_entry, print_json, save_figure, use_agg_backend
 
 __all__ = ["load_history", "plot_metrics", "plot_run", "main"]
 
@@ -136,9 +136,14 @@ def _run_title(run_dir: Path, history: Sequence[dict]) -> str:
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str) or \
             not isinstance(cfg.get("layers", 1), int):
         return f"{run_dir.name}: {len(history)} records"
+    from .models import ModelSpec
+
     model = cfg["model"]
-    if model == "lowrank" or str(model).endswith("-lowrank"):
-        model += f" (rank {cfg.get('rank', 1)}" + (f", {cfg['layers']} layers)" if cfg.get("layers", 1) > 1 else ")")
+    try:
+        options = ModelSpec.from_mapping(cfg).describe()
+    except MarginTheoryError:
+        options = ""
+    model += f" ({options})" if options else ""
     bits = [f"SGD lr {cfg.get('lr')}", f"batch {cfg.get('batch_size')}"]
     if cfg.get("momentum"):
         bits.append(f"momentum {cfg['momentum']}")

@@ -382,11 +382,8 @@ def remove_orphans(out: Path) -> list[Path]:
 def _meta_parameter_count(config, input_shape, num_classes) -> int:
     import torch
 
-    from .models import build_model
-
     with torch.device("meta"):
-        model = build_model(config.model, input_shape, num_classes, rank=config.rank, layers=config.layers,
-                            hidden=config.hidden, conv_channels=config.conv_channels, conv_bias=config.conv_bias)
+        model = config.model_spec().build(input_shape, num_classes)
     return sum(t.numel() for t in model.state_dict().values())
 
 

@@ -117,8 +117,8 @@ from . import runfolder as _runfolder
 from .checkpoint import NonFiniteCheckpointError
 from ._util import progress as _progress_bar
 from .distributed import EXIT_RANK_FAILED, RankFailedError as _RankFailed
-from .margins import compute_margins, get_normalisation, margin_regularised_loss, predict
-from .models import INITS
+from .margins import accuracy, compute_margins, get_normalisation, margin_regularised_loss, n_correct, predict
+from .models import INITS, ModelSpec
 from .protocols import get_protocol, protocol_names
 
 __all__ = [
@@ -246,8 +246,7 @@ class TrainConfig:
         if self.init not in INITS:
             raise ConfigError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
         if self.linear_term is None:
-            is_full = self.model == "quadratic" or self.model.endswith("-quadratic")
-            self.linear_term = proto.linear_term and is_full
+            self.linear_term = proto.linear_term and ModelSpec(self.model).head == "quadratic"
         if self.eval_every_steps is None:
             self.eval_every_steps = proto.eval_every_steps
         need_int("eval_every_steps", 0)
@@ -268,13 +267,7 @@ class TrainConfig:
         need_float("weight_decay", 0.0)
         need_float("lr_gamma", 0.0, lo_open=True)
         need_float("margin_reg", 0.0)
-        if self.hidden is not None:
-            if isinstance(self.hidden, int) and not isinstance(self.hidden, bool):
-                self.hidden = [self.hidden]
-            if not isinstance(self.hidden, (list, tuple)) or not self.hidden or \
-                    any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
-                raise ConfigError(f"hidden must be a list of positive integers, got {self.hidden!r}")
-            self.hidden = [int(h) for h in self.hidden]
+        self.hidden = self.model_spec().as_dict()["hidden"]   # checks every model field
         if not isinstance(self.lr_milestones, (list, tuple)) or \
                 any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones must be positive integers, got {self.lr_milestones!r}")
@@ -300,32 +293,13 @@ class TrainConfig:
             raise ConfigError("--checkpoint-every needs --out DIR (checkpoints are written there)")
         return self
 
+    def model_spec(self) -> ModelSpec:
+        """The :class:`~margin_theory.models.ModelSpec` of this run (its model fields)."""
+        return ModelSpec.from_mapping({f: getattr(self, f) for f in ("model",) + ModelSpec.args()})
+
     def _check_applicable(self) -> None:
         """Model options that do not apply to ``model`` are errors, never silently ignored."""
-        name = self.model
-        lowrank = name == "lowrank" or name.endswith("-lowrank")
-        if self.rank != 1 and not lowrank:
-            raise ConfigError(f"--rank applies to models with lowrank layers (lowrank, conv-lowrank, "
-                              f"resnet*-lowrank), not {name!r}")
-        if self.layers != 1 and name != "lowrank":
-            raise ConfigError(f"--layers applies to the lowrank model only, not {name!r}")
-        if self.hidden is not None:
-            if name == "relu2":
-                if len(self.hidden) != 1:
-                    raise ConfigError(f"relu2 has one hidden layer: --hidden takes one width, got {self.hidden}")
-            elif name != "lowrank" or self.layers == 1:
-                raise ConfigError(f"--hidden applies to relu2 and to the deep lowrank model (--layers > 1), "
-                                  f"not {name!r}" + (" with one layer" if name == "lowrank" else ""))
-        if not name.startswith("conv-"):
-            if self.conv_channels != 1:
-                raise ConfigError(f"--conv-channels applies to the conv-* models, not {name!r}")
-            if not self.conv_bias:
-                raise ConfigError(f"--no-conv-bias applies to the conv-* models, not {name!r}")
-        if self.linear_term and not (name == "quadratic" or name.endswith("-quadratic")):
-            raise ConfigError(f"--linear-term applies to the full quadratic head (quadratic, conv-quadratic, "
-                              f"resnet*-quadratic), not {name!r}")
-        if self.affine and name not in ("linear", "quadratic", "lowrank"):
-            raise ConfigError(f"--affine applies to linear, quadratic and lowrank, not {name!r}")
+        self.model_spec().check_applicable()
 
     def checkpoint_interval(self) -> int | None:
         """Resolved checkpoint interval: None = never, 0 = final only, K >= 1."""
@@ -374,12 +348,7 @@ def select_device(name: str | torch.device | None = "auto") -> torch.device:
 
 def build_model_for(config: TrainConfig, dataset) -> nn.Module:
     """``models.build_model`` with the config's model options and the dataset's shape."""
-    from .models import build_model
-
-    return build_model(config.model, dataset.input_shape, dataset.num_classes, rank=config.rank,
-                       layers=config.layers, hidden=config.hidden, conv_channels=config.conv_channels,
-                       conv_bias=config.conv_bias, init=config.init, linear_term=config.linear_term,
-                       affine=config.affine)
+    return config.model_spec().build(dataset.input_shape, dataset.num_classes)
 
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator | None = None,
@@ -505,7 +474,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
     trainer's step-cadence test evaluation (``--eval-every-steps``).
 
     Returns ``(loss_sum, correct, seen, steps)``: the float64 device tensor sum of batch
-    losses weighted by batch size, the int64 device tensor number correct (``None`` when
+    losses weighted by batch size, the float64 device tensor number correct (``None`` when
     no bar is shown), the number of samples and of steps.
     """
     N = int(Y.shape[0])
@@ -514,7 +483,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
     batches = epoch_batches(N, batch_size, generator, device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     show = bar is not None and not bar.disable
-    correct = torch.zeros((), dtype=torch.int64, device=device) if show else None
+    correct = torch.zeros((), dtype=torch.float64, device=device) if show else None
     seen = 0
     refresh = max(1, len(batches) // 20)
     for i, idx in enumerate(batches):
@@ -532,7 +501,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
         if on_step is not None:
             on_step(i)
         if show:
-            correct += (logits.detach().argmax(1) == yb).sum()
+            correct += n_correct(logits.detach(), yb)
             if i % refresh == 0 or i == len(batches) - 1:
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}", refresh=False)
             bar.update(1)
@@ -605,8 +574,7 @@ def evaluate_test(model: nn.Module, dataset, batch_size: int = 4096) -> float:
     """Test accuracy (argmax of the logits; NaN without test data), eval mode."""
     if dataset.X_test.shape[0] == 0:
         return float("nan")
-    logits = predict(model, dataset.X_test, batch_size)
-    return float((logits.argmax(1) == dataset.y_test).to(torch.float64).mean())
+    return accuracy(predict(model, dataset.X_test, batch_size), dataset.y_test)
 
 
 # ---------------------------------------------------------------------------
