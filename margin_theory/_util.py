@@ -72,17 +72,28 @@ def int_at_least(lo: int):
     return parse
 
 
-def float_in(lo: float, hi: float | None = None, lo_open: bool = False):
-    """argparse ``type=``: a finite float in ``[lo, hi)`` (``(lo, hi)`` with ``lo_open``)."""
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA), so that a timer reads finished work."""
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def float_in(lo: float = -math.inf, hi: float | None = None, lo_open: bool = False, hi_open: bool = True):
+    """argparse ``type=``: a finite float in ``[lo, hi)`` (``lo_open``: ``(lo, ...``;
+    ``hi_open=False``: ``..., hi]``); ``float_in()`` is any finite float."""
 
     def parse(s: str) -> float:
         try:
             v = float(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-        if not math.isfinite(v) or v < lo or (lo_open and v == lo) or (hi is not None and v >= hi):
-            rng = f"{'>' if lo_open else '>='} {lo:g}" + (f" and < {hi:g}" if hi is not None else "")
-            raise argparse.ArgumentTypeError(f"must be a finite number {rng}: {s!r}")
+        if not math.isfinite(v) or v < lo or (lo_open and v == lo) or \
+                (hi is not None and (v > hi or (hi_open and v == hi))):
+            rng = (f"{'>' if lo_open else '>='} {lo:g}" if lo > -math.inf else "") + \
+                (f" and {'<' if hi_open else '<='} {hi:g}" if hi is not None else "")
+            raise argparse.ArgumentTypeError(f"must be a finite number {rng.strip()}: {s!r}".replace("  ", " "))
         return v
 
     return parse

@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from typing import Callable
 
@@ -38,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._util import ArgumentParser, cli_entry, print_json, progress
+from ._util import ArgumentParser, cli_entry, print_json, progress, sync
 
 __all__ = ["run_benchmarks", "ReferenceLowRank", "ReferenceQuadratic", "PlainLowRank", "PlainQuadratic",
            "reference_epoch", "plain_epoch", "compile_support", "main"]
@@ -132,20 +131,15 @@ def reference_epoch(model: nn.Module, loader, opt) -> int:
 # ---------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median_seconds(fn: Callable[[], object], reps: int, device: torch.device, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -179,10 +173,10 @@ def _paired_times(fns: dict, reps: int, device: torch.device, min_time: float = 
     k = {}
     for name in names:
         fns[name]()                         # warm-up (compiles, recompiles for the last partial batch)
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         fns[name]()
-        _sync(device)
+        sync(device)
         k[name] = max(1, math.ceil(min_time / max(time.perf_counter() - t, 1e-9)))
     out = {name: [] for name in names}
     for i in range(reps):
@@ -190,7 +184,7 @@ def _paired_times(fns: dict, reps: int, device: torch.device, min_time: float = 
             t = time.perf_counter()
             for _ in range(k[name]):
                 fns[name]()
-            _sync(device)
+            sync(device)
             out[name].append((time.perf_counter() - t) / k[name])
     return out
 
@@ -466,11 +460,11 @@ def profile_training(kind: str = "lowrank", rank: int = 8, batch_size: int = 100
     out = {}
     for name, fn in fns.items():
         fn()
-        _sync(dev)
+        sync(dev)
         with profile(activities=acts) as prof:
             for _ in range(3):
                 fn()
-            _sync(dev)
+            sync(dev)
         rows = [(e.key, e.self_cpu_time_total / 1e3 / 3, e.count // 3) for e in prof.key_averages()]
         total = sum(r[1] for r in rows)
         rows.sort(key=lambda r: -r[1])

@@ -58,7 +58,6 @@ paper's Fig. 5 with the theorem's verdict on it.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from dataclasses import dataclass, field

@@ -82,7 +82,6 @@ import numpy as np
 from ._util import (
     ArgumentParser,
     ConfigError,
-    DataError,
     MarginTheoryError,
     NonFiniteLossError,
     atomic_write_json,
@@ -90,6 +89,7 @@ from ._util import (
     check_output_path,
     cli_entry,
     dumps_json,
+    positive_int,
     print_json,
     progress,
     save_figure,
@@ -518,7 +518,7 @@ def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
     return float(np.mean(xs)), (float(np.std(xs, ddof=1)) if len(xs) > 1 else None)
 
 
-def _data_description(ds_info: dict | None, pi: dict) -> dict:
+def _data_description(pi: dict) -> dict:
     d = {"dataset": pi["dataset"], "n_train": pi.get("n_train"), "n_test": pi.get("n_test")}
     if pi.get("note"):
         d["note"] = pi["note"]
@@ -554,7 +554,7 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
         "figures": [],
     }
     for p, pi in plan.parts.items():
-        results["parts"][p] = _data_description(None, pi)
+        results["parts"][p] = _data_description(pi)
 
     jobs = [(r, s) for r in plan.runs for s in r.seeds]
     live: dict[tuple[str, str], list[dict]] = {}
@@ -1428,16 +1428,6 @@ def _list_or_none(xs: list, n: int) -> str:
 # ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def _parts_arg(s: str) -> list[str]:
     parts = [p.strip() for p in s.split(",") if p.strip()]
     if not parts:
@@ -1456,7 +1446,7 @@ def build_parser() -> ArgumentParser:
                         "tiny (seconds; for tests)")
     p.add_argument("--data-dir", default=None, help="folder with MNIST/FashionMNIST/CIFAR files "
                    "(default $MARGIN_THEORY_DATA_DIR or ./data)")
-    p.add_argument("--seeds", type=_positive_int, default=None, help="number of seeds (0..K-1); default per scale")
+    p.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (0..K-1); default per scale")
     p.add_argument("--parts", type=_parts_arg, default=None, metavar="P[,P]",
                    help="run only these parts (data groups, e.g. mnist,fmnist); see --list")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -1526,10 +1516,10 @@ def compare_protocols(per_protocol: dict[str, dict]) -> dict:
             claims.setdefault(f"{c['part']}: " + " > ".join(c["order"]) + " (final accuracy)", {})[p] = \
                 None if any(v is None for v in vals) else all(a > b for a, b in zip(vals, vals[1:]))
         for part, info in (res["analysis"].get("reach") or {}).get("parts", {}).items():
-            for cname, verdict in info.get("checks", {}).items():
+            for cname, reached in info.get("checks", {}).items():
                 if "target" in cname:
                     claims.setdefault(f"Fig. 6 {part}: {cname}: reached sooner", {})[p] = \
-                        None if verdict == "n/a" else verdict == "sooner"
+                        None if reached == "n/a" else reached == "sooner"
         for part, info in (res["analysis"].get("ranks") or {}).get("parts", {}).items():
             for cname, chk in info.get("checks", {}).items():
                 h = chk.get("holds", chk.get("non_decreasing"))

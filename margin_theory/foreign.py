@@ -62,7 +62,6 @@ Three entry points (the reference, with recipes, is ``docs/checking.md``):
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import re
 from pathlib import Path
@@ -662,7 +661,7 @@ def check_model(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, degree: i
                 f"{label} is not homogeneous in its parameters (breaking: {breaking}) and has no head to "
                 "normalise by: pass head='<name of the last layer>' (or give the module a .head)")
     if found is None:
-        raise ConfigError(f"normalisation='head' needs a head: model.head or head='<submodule name>'")
+        raise ConfigError("normalisation='head' needs a head: model.head or head='<submodule name>'")
     hname, hmod = found
     captured: list = []
     hook = hmod.register_forward_pre_hook(lambda m, a: captured.append(a))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 import torch.nn as nn

@@ -54,7 +54,6 @@ Command line::
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -340,8 +339,8 @@ def _coef(alpha: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _result(head, problem, status, solver, msg, X, y, C, k, nvar, ncons, t0, **kw) -> MaxMarginResult:
     N, d = X.shape
     if status in _INFEASIBLE or status in _UNBOUNDED:
-        sep, why = False, ("the solver certified that no point has every margin >= 1: the data are not "
-                           f"separable by the {head} head")
+        why = ("the solver certified that no point has every margin >= 1: the data are not "
+               f"separable by the {head} head")
         if head == "lowrank":
             why = "the solver certified the SDP infeasible: no PSD W_i separate the data (no rank can)"
         return MaxMarginResult(head=head, degree=HEAD_DEGREE[head], separable=False, gamma_star=None,

@@ -112,7 +112,7 @@ from ._util import (
     dumps_json,
     print_json,
 )
-from ._util import check_output_path, float_in, int_at_least
+from ._util import check_output_path, float_in, int_at_least, sync
 from . import runfolder as _runfolder
 from .checkpoint import NonFiniteCheckpointError
 from ._util import progress as _progress_bar
@@ -529,11 +529,6 @@ def _matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _rng_devices(device: torch.device) -> list:
     return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
 
@@ -664,7 +659,7 @@ def _restore_rng(g: torch.Generator, device: torch.device, rng: dict, seed: int,
     else:
         g.manual_seed(seed + 1000003 * epoch)
         if log:
-            log(f"note: the checkpoint's generator state is from another device type; reseeded, so "
+            log("note: the checkpoint's generator state is from another device type; reseeded, so "
                 "batch order and augmentation differ from an uninterrupted run")
     if "torch_cpu" in rng:
         setting("torch_cpu", torch.set_rng_state)
@@ -997,7 +992,7 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
                     if not bool(torch.isfinite(loss_sum)):     # one sync per epoch
                         raise _Diverged(epoch, f"non-finite training loss ({float(loss_sum / max(seen, 1))})")
                     row = {"epoch": epoch, **evaluate_run(), "lr": lr}
-                    _sync(device)
+                    sync(device)
                     row["epoch_seconds"] = time.perf_counter() - t0
                     if not _finite(row["train_loss"], row["theta_norm"], row["gamma_bar"]):
                         raise _Diverged(epoch, "non-finite loss or weights after the epoch "

@@ -36,7 +36,6 @@ solution by quadrature (:func:`quadrature_solution`, no ODE solver).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 import warnings
@@ -48,7 +47,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.special import expit
 
-from margin_theory._util import check_memory, check_output_path, int_at_least, nonneg_int
+from margin_theory._util import check_memory, check_output_path, float_in, int_at_least, nonneg_int
 from margin_theory._util import (
     ArgumentParser,
     ConfigError,
@@ -806,56 +805,21 @@ def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
 # ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
-def _finite_float(s: str) -> float:
-    try:
-        x = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-    if not math.isfinite(x):
-        raise argparse.ArgumentTypeError(f"must be finite: {s!r}")
-    return x
-
-
-def _positive_float(s: str) -> float:
-    x = _finite_float(s)
-    if x <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {s!r}")
-    return x
-
-
-def _t_max(s: str) -> float:
-    x = _positive_float(s)
-    if x > MAX_T:
-        raise argparse.ArgumentTypeError(f"must be <= {MAX_T:g}: {s!r}")
-    return x
-
-
-def _rtol(s: str) -> float:
-    x = _positive_float(s)
-    if not MIN_RTOL <= x < 1:
-        raise argparse.ArgumentTypeError(f"must lie in [{MIN_RTOL:.2g}, 1): {s!r}")
-    return x
-
-
-
-
-
-
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="python -m margin_theory.xor_flow",
         description="Theorem 1 (SPEC §4): XOR with a rank-1 Low-Rank DIQNN f_0=(u.x)^2, f_1=(v.x)^2 "
                     "under gradient flow (scipy solve_ivp on theta) or gradient descent; reports "
                     "gamma_bar = mean q/||theta||^2 (L = 2), the invariants a*c, b*e and the boundary.")
-    p.add_argument("--init", nargs=4, type=_finite_float, metavar=("U1", "U2", "V1", "V2"),
+    p.add_argument("--init", nargs=4, type=float_in(), metavar=("U1", "U2", "V1", "V2"),
                    help="initial theta (default: N(0, I_4) from --seed)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random init (default 0)")
-    p.add_argument("--t-max", type=_t_max, default=None,
+    p.add_argument("--t-max", type=float_in(0.0, MAX_T, lo_open=True, hi_open=False), default=None,
                    help="horizon (default 1e6 for flow, 1e5 for gd)")
     p.add_argument("--method", choices=METHODS, default="flow",
                    help="flow: solve_ivp on the gradient flow; gd: gradient descent (default flow)")
-    p.add_argument("--lr", type=_positive_float, default=0.1, help="gd learning rate (default 0.1)")
-    p.add_argument("--rtol", type=_rtol, default=1e-10, help="flow relative tolerance (default 1e-10)")
+    p.add_argument("--lr", type=float_in(0.0, lo_open=True), default=0.1, help="gd learning rate (default 0.1)")
+    p.add_argument("--rtol", type=float_in(MIN_RTOL, 1.0), default=1e-10, help="flow relative tolerance (default 1e-10)")
     p.add_argument("--points", type=int_at_least(2), default=400, help="recorded times, log-spaced (default 400)")
     p.add_argument("--plot", action="store_true", help="write the 3-panel figure to --out")
     p.add_argument("--out", default="xor_flow.png", help="figure path (default xor_flow.png)")

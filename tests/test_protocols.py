@@ -139,3 +139,19 @@ def test_decided_by_names_the_margin_definition_and_the_reported_accuracy():
     assert sorted(acc.values()) == ["not supported", "supported"]        # 97.5 fails, 97.95 agrees
     assert sorted(by["the margin definition"]["verdicts"].values()) == ["not supported"] * 2 + ["supported"] * 2
     assert "## What decides it" in ex.render_comparison(cmp)
+
+
+def test_fig6_tiny_under_both_protocols_judges_reach(tmp_path):
+    """Fig. 6's convergence-speed claims are judged per protocol (the reach checks feed the
+    comparison; a loop variable once shadowed the verdict function and crashed here)."""
+    out = tmp_path / "f6"
+    code = ex.main(["fig6-margin-reg", "--scale", "tiny", "--protocol", "both", "--parts", "mnist",
+                    "--out", str(out), "--quiet", "--data-dir", str(tmp_path)])
+    assert code == 0
+    cmp = json.loads((out / "comparison.json").read_text())
+    reach = [c for c in cmp["claims"] if c["claim"].startswith("Fig. 6 mnist")]
+    assert reach, "no Fig. 6 claim in the comparison"
+    for c in reach:
+        assert set(c["holds"]) == {"paper", "authors"}
+        assert c["verdict"].split(" (")[0] in ("supported", "not supported", "depends on protocol",
+                                                "undecided")
