@@ -31,8 +31,9 @@ the full head's ``* 0.5`` is 1/2). Two exact methods:
   :math:`\mathrm{relu}(z) = z\,\mathbb 1[z > 0]` with the gate :math:`\mathbb 1[z>0]` a ring
   generator ``g_k`` that :math:`\theta \to c\theta` leaves unchanged (0-homogeneous: for
   positive c, :math:`\mathbb 1[cz > 0] = \mathbb 1[z > 0]`, the positive homogeneity of ReLU)
-  and whose derivative is 0 (true off the null set z = 0). A gate whose argument is not homogeneous (so that the activation
-  pattern would change along the ray) is reported as a failure of homogeneity. For a
+  and whose derivative is 0 (true off the null set z = 0). A gate whose argument is not
+  homogeneous (so that the activation pattern would change along the ray) is reported as a
+  failure of homogeneity. For a
   non-homogeneous f the parameters occurring in monomials whose c-exponent differs from
   the top one are named (``relu2``: the output bias).
 * ``"ray"`` (used automatically when the expansion would exceed ``max_terms``, e.g. four
@@ -265,16 +266,9 @@ class _Dual:
         return _Dual(self.v + o, self.g) if isinstance(o, _NUM) else _Dual(self.v + o.v, self.g + o.g)
 
     def __mul__(self, o):
-        return _Dual(self.v * o, self.g * o) if isinstance(o, _NUM) else _Dual(self.v * o.v, self.g * o.v + o.g * self.v)
-
-    def __neg__(self):
-        return self * -1
-
-    def __sub__(self, o):
-        return self + (-o)
-
-    def __rsub__(self, o):
-        return (-self) + o
+        if isinstance(o, _NUM):
+            return _Dual(self.v * o, self.g * o)
+        return _Dual(self.v * o.v, self.g * o.v + o.g * self.v)
 
     __radd__, __rmul__ = __add__, __mul__
 
@@ -337,7 +331,7 @@ def _reshape(B, x, *shape):
 
 
 def _sum(B, x, dim=None, keepdim=False):
-    return _lift(B, 0) + np.sum(x, axis=tuple(dim) if isinstance(dim, (list, tuple)) else dim, keepdims=keepdim)
+    return np.sum(x, axis=tuple(dim) if isinstance(dim, (list, tuple)) else dim, keepdims=keepdim)
 
 
 def _linear(B, x, weight, bias=None):
@@ -349,8 +343,14 @@ def _relu(B, x, inplace=False):  # relu(z) = z 1[z > 0]: the backend's gate
     return _objects(x.shape, lambda k: B.gate(x.flat[k]))
 
 
+def _pow(B, x, n):
+    if not (isinstance(n, int) and n >= 1):
+        raise ConfigError(f"symbolic checker: unsupported op 'pow' with exponent {n!r} (only positive integers)")
+    return functools.reduce(operator.mul, [x] * n)
+
+
 def _getattr(B, x, name):
-    if name not in ("shape", "ndim"):
+    if name not in ("shape", "ndim", "T"):
         raise ConfigError(f"symbolic checker: unsupported op 'getattr .{name}'")
     return getattr(x, name)
 
@@ -379,9 +379,10 @@ _TENSOR_OPS: dict[str, Callable] = {
     "transpose": lambda B, x, d0, d1: np.swapaxes(x, d0, d1),
     "square": lambda B, x: x * x,
     "matmul": lambda B, a, b: np.matmul(a, b),
-    "add": _arith(operator.add), "mul": _arith(operator.mul), "sub": _arith(operator.sub),
-    "neg": lambda B, x: -x,
-    "size": lambda B, x, dim=None: x.shape if dim is None else x.shape[dim],
+    "add": _arith(operator.add), "mul": _arith(operator.mul),
+    "sub": lambda B, a, b: _arith(operator.add)(B, a, _arith(operator.mul)(B, -1, b)),  # backends: + and * only
+    "neg": lambda B, x: _arith(operator.mul)(B, -1, x),
+    "pow": _pow, "size": lambda B, x, dim=None: x.shape if dim is None else x.shape[dim],
 }
 _SHAPE_OPS = (_TENSOR_OPS["size"], _getattr)
 #: op -> implementation(B, *args): call_method names, and the torch / F functions of the same name
@@ -389,6 +390,7 @@ _OPS: dict[Any, Callable] = dict(_TENSOR_OPS)
 _OPS.update({getattr(ns, n): fn for n, fn in _TENSOR_OPS.items() for ns in (torch, F) if hasattr(ns, n)})
 _OPS.update({
     operator.add: _OPS["add"], operator.mul: _OPS["mul"], operator.sub: _OPS["sub"], operator.neg: _OPS["neg"],
+    operator.matmul: _OPS["matmul"], operator.pow: _pow,
     operator.getitem: lambda B, x, idx: x[idx], getattr: _getattr, F.linear: _linear,
     torch.cat: lambda B, xs, dim=0: np.concatenate(xs, axis=dim),
     torch.ones_like: lambda B, x, **kw: _objects(x.shape, lambda k: B.const(1)),
@@ -402,12 +404,6 @@ _MODULES: dict[type, Callable] = {
     nn.Identity: lambda B, m, p, x: x,
     nn.Conv2d: _conv2d,
 }
-
-
-def _op_name(node) -> str:
-    if node.op == "call_method":
-        return f"Tensor.{node.target}"
-    return getattr(node.target, "__name__", str(node.target))
 
 
 def _interpret(B, model: nn.Module, graph, input_shape) -> list:
@@ -434,14 +430,12 @@ def _interpret(B, model: nn.Module, graph, input_shape) -> list:
                 raise ConfigError(f"symbolic checker: unsupported op {type(m).__name__!r} (module {node.target})")
             v = _MODULES[type(m)](B, m, lambda a, t=node.target: params.get(f"{t}.{a}"), *args, **kwargs)
         else:
-            try:
-                impl = _OPS.get(node.target)
-            except TypeError:  # unhashable target
-                impl = None
+            impl = _OPS.get(node.target)
             if impl is None:
-                raise ConfigError(f"symbolic checker: unsupported op {_op_name(node)!r} (node {node.name})")
+                name = f"Tensor.{node.target}" if node.op == "call_method" else getattr(node.target, "__name__", "?")
+                raise ConfigError(f"symbolic checker: unsupported op {name!r} (node {node.name})")
             v = impl(B, *args, **kwargs)
-            if not isinstance(v, np.ndarray) and impl not in _SHAPE_OPS and any(isinstance(a, np.ndarray) for a in args):
+            if not isinstance(v, np.ndarray) and impl not in _SHAPE_OPS and any(type(a) is np.ndarray for a in args):
                 v = _objects((), lambda k, v=v: v)  # numpy returns 0-d results as scalars
         B.check(v)
         env[node] = v
@@ -505,8 +499,8 @@ def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int
     lemma = lemma1_degree(layers) if model_name == "lowrank" else None
     shape = (1, *(int(v) for v in image)) if model_name.startswith("conv-") else (int(d),)
     sizes = {"input_shape": list(shape), "num_classes": int(num_classes), "rank": int(rank), "layers": int(layers),
-             "hidden": hidden if isinstance(hidden, int) else list(hidden), "conv_bias": bool(conv_bias),
-             "conv_channels": int(channels)}
+             "hidden": hidden if hidden is None or isinstance(hidden, int) else list(hidden),
+             "conv_bias": bool(conv_bias), "conv_channels": int(channels)}
     with torch.random.fork_rng(devices=[]):  # the initial values are never used
         model = build_model(model_name, shape, int(num_classes), rank=int(rank), layers=int(layers), hidden=hidden,
                             conv_bias=bool(conv_bias), conv_channels=int(channels))
@@ -1104,8 +1098,6 @@ def check_model(model_name: str, *, layers: int = 1, rank: int = 1, hidden=None,
 # ===========================================================================
 # CLI
 # ===========================================================================
-
-
 
 
 def _shape(s: str) -> tuple[int, ...]:

@@ -119,6 +119,17 @@ def test_symbolic_module_options_linear_term_and_affine():
     assert "head.linear" in r.breaking_parameters
 
 
+def test_symbolic_hidden_bias_gate_not_homogeneous():
+    """A hidden bias makes a ReLU gate's argument inhomogeneous (c^2 u + c b): the activation
+    pattern changes along the ray; expand names the bias (any fx-traceable module works)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2, bias=False))
+    r = _symbolic_module(net, (2,), method="expand")
+    assert not r.homogeneous and r.breaking_parameters == ["2.bias"] and "gate" in r.notes[0]
+    r = _symbolic_module(net, (2,), method="ray")
+    assert not r.homogeneous and not r.euler_ok and "gate" in r.notes[-1]
+
+
 def test_symbolic_bad_input():
     with pytest.raises(ConfigError, match="no symbolic form"):
         symbolic_homogeneity("resnet18-lowrank")
