@@ -10,33 +10,44 @@ Two independent checkers; neither is told the degree, both *derive* it.
 
 **Symbolic** (:func:`symbolic_homogeneity`, sympy, exact) for small sizes of our
 architectures (``linear``, ``quadratic``, ``lowrank`` with n layers, ``relu2``,
-``conv-<head>``). Two exact methods:
+``conv-<head>``). It checks the module that trains, not a copy: the model is built with
+:func:`~margin_theory.models.build_model` at tiny sizes, traced with
+:func:`torch.fx.symbolic_trace`, and its graph is interpreted node by node over numpy
+object arrays whose entries are exact scalars of one of the backends below; the
+parameters are ``model.named_parameters()`` (so the names are torch's), the input one
+sample of symbols. A small table maps each op (``F.linear``, ``matmul``, ``*``, ``+``,
+``sum``, ``reshape``, ``cat``, ``nn.Conv2d``, ``nn.ReLU``, ...) to its implementation, so a
+new head built from these ops needs no new code; any other op (ResNets' BatchNorm) is a
+one-line :class:`ConfigError` naming it. Constants are exact (a float's binary value, so
+the full head's ``* 0.5`` is 1/2). Two exact methods:
 
 * ``"expand"``: every parameter is a sympy symbol (named after the torch parameter,
-  e.g. ``head.weight[1,0,1]``), every input a symbol; f is expanded to a polynomial,
+  e.g. ``head.weight[1,0,1]``), every input a symbol; f is expanded to a polynomial over
+  Z (over Q when the graph has a non-integer constant),
   :math:`\theta \to c\theta` is substituted with a positive symbol c, and the exponent of c
   in every monomial is read off. f is homogeneous iff all monomials share one exponent L,
   and then ``expand(f(c theta) - c**L f(theta)) == 0`` and Euler's identity
   ``expand(sum_p p * diff(f, p) - L f) == 0`` are verified. ReLU is written
-  :math:`\mathrm{relu}(z) = z\,\mathbb 1[z > 0]` with the gate :math:`\mathbb 1[z>0]` a sympy
-  function that is 0-homogeneous (``Gate(c*z) -> Gate(z)`` for positive c, the rewrite
-  rule that *is* the positive homogeneity of ReLU) and has derivative 0 (true off the
-  null set z = 0). A gate whose argument is not homogeneous (so that the activation
-  pattern would change along the ray) is reported as a failure of homogeneity. For a
+  :math:`\mathrm{relu}(z) = z\,\mathbb 1[z > 0]` with the gate :math:`\mathbb 1[z>0]` a ring
+  generator ``g_k`` that :math:`\theta \to c\theta` leaves unchanged (0-homogeneous: for
+  positive c, :math:`\mathbb 1[cz > 0] = \mathbb 1[z > 0]`, the positive homogeneity of ReLU)
+  and whose derivative is 0 (true off the null set z = 0). A gate whose argument is not
+  homogeneous (so that the activation pattern would change along the ray) is reported as a
+  failure of homogeneity. For a
   non-homogeneous f the parameters occurring in monomials whose c-exponent differs from
   the top one are named (``relu2``: the output bias).
 * ``"ray"`` (used automatically when the expansion would exceed ``max_terms``, e.g. four
   quadratic layers): exact integer arithmetic at random integer points
-  :math:`\theta_0, x_0` (entries in :math:`[-10^6, 10^6]`). Layer by layer, every unit is
-  a univariate polynomial in c with integer coefficients, so :math:`f(c\theta_0)` is
+  :math:`\theta_0, x_0` (entries in :math:`[-10^6, 10^6]`). Node by node, every entry is
+  a univariate polynomial in c with exact (integer or rational) coefficients, so :math:`f(c\theta_0)` is
   computed exactly and its c-exponents read off; Euler's identity is verified exactly with
   dual numbers carrying the full integer gradient :math:`\nabla_\theta f(\theta_0)`. By the
   Schwartz-Zippel lemma a non-zero coefficient polynomial of degree D vanishes at such a
   point with probability at most :math:`D / (2\cdot 10^6)`; ``trials`` points are used.
 
-The symbolic ``quadratic`` head uses the unique entries :math:`W_{ijk} = W_{ikj}` as its
-parameters (the torch module stores V with :math:`W = (V + V^\top)/2`, also linear in V:
-same degree).
+The symbolic ``quadratic`` head's parameters are the entries of the stored V (the module
+computes :math:`x^\top V x = x^\top W x` with :math:`W = (V + V^\top)/2`, linear in V: the
+same degree as in W).
 
 **Numeric** (:func:`numeric_homogeneity`, any ``torch.nn.Module``, float64, eval mode,
 parameters substituted with :func:`torch.func.functional_call` so the model is never
@@ -83,23 +94,27 @@ CLI: ``python -m margin_theory.homogeneity --model lowrank --layers 3 --json`` (
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import operator
 import random
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import sympy
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from ._util import ArgumentParser, ConfigError, cli_entry, print_json
 from ._util import positive_int as _positive_int, nonneg_int as _nonneg_int
-from .models import HEADS, MODEL_NAMES, build_model, describe_model_names
+from .models import MODEL_NAMES, build_model, describe_model_names
 
 __all__ = [
     "lemma1_degree", "SymbolicResult", "symbolic_homogeneity", "SYMBOLIC_MODELS",
@@ -117,18 +132,12 @@ def lemma1_degree(layers: int) -> int:
 
 
 # ===========================================================================
-# Symbolic checker
+# Symbolic checker: the real module's fx graph, interpreted over exact scalars
 # ===========================================================================
 SYMBOLIC_MODELS = ("linear", "quadratic", "lowrank", "relu2", "conv-linear", "conv-lowrank",
                    "conv-quadratic")
+_NUM = (int, Fraction)
 
-
-
-def _mirror_lower(arr: np.ndarray) -> None:
-    """Fill the entries below the diagonal of the last two axes from those above (a symmetric W_i)."""
-    for idx in np.ndindex(*arr.shape):
-        if idx[-2] > idx[-1]:
-            arr[idx] = arr[idx[:-2] + (idx[-1], idx[-2])]
 
 class _TooLarge(Exception):
     pass
@@ -138,317 +147,299 @@ class _GateNotHomogeneous(Exception):
     pass
 
 
-def _sum(items):
-    it = iter(items)
-    acc = next(it)
-    for v in it:
-        acc = acc + v
-    return acc
+def _objects(shape, fill: Callable[[int], Any]) -> np.ndarray:
+    """An object array of ``shape`` with entry ``fill(k)`` at flat index k."""
+    arr = np.empty(tuple(shape), dtype=object)
+    for k, idx in enumerate(np.ndindex(*arr.shape)):
+        arr[idx] = fill(k)
+    return arr
 
 
-class _RingBackend:
-    r"""Elements of a sparse polynomial ring over Z (``sympy.polys.rings``) whose generators
-    are the parameters (named after the torch tensors, e.g. ``head.weight[1,0,1]``), the
-    inputs ``x0, x1, ...``, the ReLU gates ``g0, g1, ...`` standing for
-    :math:`\mathbb 1[z_k > 0]` and the scale c. ``layout`` comes from a dry run."""
-
-    name = "expand"
-
-    def __init__(self, layout: dict, max_terms: int):
-        self.param_names = [f"{n}[{','.join(map(str, idx))}]" for n, idxs in layout["params"].items()
-                            for idx in idxs]
-        self.n_inputs, self.n_gates = layout["n_inputs"], layout["n_gates"]
-        names = (self.param_names + [f"x{k}" for k in range(self.n_inputs)]
-                 + [f"g{k}" for k in range(self.n_gates)] + ["c"])
-        self.R, *gens = sympy.polys.rings.ring(names, sympy.ZZ)
-        P = len(self.param_names)
-        self.theta = gens[:P]
-        self.xs = gens[P:P + self.n_inputs]
-        self.gates = gens[P + self.n_inputs:P + self.n_inputs + self.n_gates]
-        self.c = gens[-1]
-        self._next_param = 0
-        self.gate_args: list = []
-        self.max_terms = int(max_terms)
-        self.terms = 0
-
-    def param(self, name, shape, symmetric_last2=False):
-        arr = np.empty(tuple(shape), dtype=object)
-        for idx in np.ndindex(*shape):
-            if symmetric_last2 and idx[-2] > idx[-1]:
-                continue
-            arr[idx] = self.theta[self._next_param]
-            self._next_param += 1
-        if symmetric_last2:
-            _mirror_lower(arr)
-        return arr
-
-    def input(self, shape):
-        arr = np.empty(tuple(shape), dtype=object)
-        for k, idx in enumerate(np.ndindex(*shape)):
-            arr[idx] = self.xs[k]
-        return arr
-
-    def gate(self, z):
-        k = len(self.gate_args)
-        self.gate_args.append(z)
-        return z * self.gates[k]
-
-    def finish(self, values: list) -> list:
-        self.terms = sum(len(v) for v in values)
-        if self.terms > self.max_terms:
-            raise _TooLarge(self.terms)
-        return values
+def _exact(v) -> int | Fraction:
+    """A Python number as an exact int or Fraction (a float's exact binary value: 0.5 -> 1/2)."""
+    q = Fraction(v)
+    return q.numerator if q.denominator == 1 else q
 
 
-class _LayoutBackend:
-    """Dry run: records parameter names and index sets, the input size and the gate count."""
+class _Backend:
+    """Exact scalars for :func:`_interpret`: ``leaf(name, shape)`` gives a parameter tensor
+    (``name``) or the input (``name=None``), ``const`` lifts an exact number, ``gate(z)`` is
+    :math:`\\mathrm{relu}(z) = z\\,\\mathbb 1[z > 0]`; ``check`` sees every node's value."""
+
+    def check(self, v) -> None:
+        pass
+
+
+class _CountBackend(_Backend):
+    """Dry run over zeros: counts the ReLU gates (generators of the ring) and picks the
+    domain, Q if a non-integer constant occurs (the full head's 0.5), else Z."""
 
     def __init__(self):
-        self.params: dict[str, list] = {}
-        self.n_inputs = 0
-        self.n_gates = 0
+        self.n_gates, self.domain = 0, sympy.ZZ
 
-    def param(self, name, shape, symmetric_last2=False):
-        self.params[name] = [idx for idx in np.ndindex(*shape)
-                             if not (symmetric_last2 and idx[-2] > idx[-1])]
-        return np.zeros(tuple(shape), dtype=object)
+    def leaf(self, name, shape):
+        return _objects(shape, lambda k: 0)
 
-    def input(self, shape):
-        self.n_inputs = int(np.prod(shape))
-        return np.zeros(tuple(shape), dtype=object)
+    def const(self, q):
+        self.domain = sympy.QQ if isinstance(q, Fraction) else self.domain
+        return q
 
     def gate(self, z):
         self.n_gates += 1
         return z
 
-    def finish(self, values):
-        return values
 
-    def layout(self) -> dict:
-        return {"params": self.params, "n_inputs": self.n_inputs, "n_gates": self.n_gates}
+class _RingBackend(_Backend):
+    r"""Elements of a sparse polynomial ring (``sympy.polys.rings``) whose generators are the
+    parameters (named after the torch tensors, e.g. ``head.weight[1,0,1]``), the inputs
+    ``x0, x1, ...``, the ReLU gates ``g0, g1, ...`` standing for :math:`\mathbb 1[z_k > 0]`
+    and the scale c. Gate count and domain come from a dry run (:class:`_CountBackend`)."""
 
+    name = "expand"
 
-class _RayPoly:
-    """Univariate polynomial in c with Python-int coefficients: {exponent: coefficient}."""
+    def __init__(self, shapes: dict, n_inputs: int, dry: _CountBackend, max_terms: int):
+        self.param_names = [f"{n}[{','.join(map(str, idx))}]" for n, s in shapes.items() for idx in np.ndindex(*s)]
+        names = (self.param_names + [f"x{k}" for k in range(n_inputs)]
+                 + [f"g{k}" for k in range(dry.n_gates)] + ["c"])
+        self.R, *gens = sympy.polys.rings.ring(names, dry.domain)
+        P = len(self.param_names)
+        self.theta, self.xs, self.gates, self.c = gens[:P], gens[P:P + n_inputs], gens[P + n_inputs:-1], gens[-1]
+        self._next, self.gate_args, self.max_terms = 0, [], int(max_terms)
 
-    __slots__ = ("t",)
+    def leaf(self, name, shape):
+        if name is None:
+            return _objects(shape, lambda k: self.xs[k])
+        k0, self._next = self._next, self._next + math.prod(shape)
+        return _objects(shape, lambda k: self.theta[k0 + k])
 
-    def __init__(self, t: dict[int, int]):
-        self.t = {k: v for k, v in t.items() if v != 0}
+    def const(self, q):
+        return self.R(q)
 
-    def __add__(self, o):
-        if isinstance(o, int):
-            o = _RayPoly({0: o})
-        t = dict(self.t)
-        for k, v in o.t.items():
-            t[k] = t.get(k, 0) + v
-        return _RayPoly(t)
+    def gate(self, z):
+        self.gate_args.append(z)
+        return z * self.gates[len(self.gate_args) - 1]
 
-    __radd__ = __add__
-
-    def __mul__(self, o):
-        if isinstance(o, int):
-            return _RayPoly({k: v * o for k, v in self.t.items()})
-        t: dict[int, int] = {}
-        for k1, v1 in self.t.items():
-            for k2, v2 in o.t.items():
-                t[k1 + k2] = t.get(k1 + k2, 0) + v1 * v2
-        return _RayPoly(t)
-
-    __rmul__ = __mul__
-
-    def __pow__(self, n: int):
-        assert n == 2
-        return self * self
+    def check(self, v) -> None:
+        n = sum(len(e) for e in v.flat if isinstance(e, dict)) if isinstance(v, np.ndarray) else 0
+        if n > self.max_terms:
+            raise _TooLarge(n)
 
 
-class _RayBackend:
-    """Parameters are c * theta0 (theta0 random integers): every value is a _RayPoly in c."""
+class _RayBackend(_Backend):
+    """Parameters c * theta0, input x0 (random non-zero integers in [-bound, bound]): every
+    value is a polynomial in c alone (``sympy.polys.rings`` over the dry run's domain)."""
 
     name = "ray"
 
-    def __init__(self, rng: random.Random, bound: int):
-        self.rng, self.bound = rng, bound
+    def __init__(self, rng: random.Random, bound: int, domain):
+        self.R, self.c = sympy.polys.rings.ring("c", domain)
+        self.draw = lambda: rng.choice((-1, 1)) * rng.randint(1, bound)
         self.theta0: dict[str, list[int]] = {}
-        self.terms = 0
+        self.x0: list[int] = []
 
-    def _draw(self) -> int:
-        v = 0
-        while v == 0:
-            v = self.rng.randint(-self.bound, self.bound)
-        return v
-
-    def param(self, name, shape, symmetric_last2=False):
-        arr = np.empty(tuple(shape), dtype=object)
-        vals = []
-        for idx in np.ndindex(*shape):
-            if symmetric_last2 and idx[-2] > idx[-1]:
-                continue
-            v = self._draw()
-            arr[idx] = _RayPoly({1: v})
-            vals.append(v)
-        if symmetric_last2:
-            for idx in np.ndindex(*shape):
-                if idx[-2] > idx[-1]:
-                    arr[idx] = arr[idx[:-2] + (idx[-1], idx[-2])]
+    def leaf(self, name, shape):
+        vals = [self.draw() for _ in range(math.prod(shape))]
+        if name is None:
+            self.x0 = vals
+            return _objects(shape, lambda k: self.R(vals[k]))
         self.theta0[name] = vals
-        return arr
+        return _objects(shape, lambda k: vals[k] * self.c)
 
-    def input(self, shape):
-        arr = np.empty(tuple(shape), dtype=object)
-        self.x0 = []
-        for idx in np.ndindex(*shape):
-            v = self._draw()
-            arr[idx] = _RayPoly({0: v})
-            self.x0.append(v)
-        return arr
+    def const(self, q):
+        return self.R(q)
 
-    def gate(self, z: _RayPoly):
-        if len(z.t) == 0:
-            return z
-        if len(z.t) > 1:
-            raise _GateNotHomogeneous(sorted(z.t))
-        (coef,) = z.t.values()
-        return z if coef > 0 else _RayPoly({})
-
-    def finish(self, values):
-        return values
+    def gate(self, z):
+        if len(z) > 1:
+            raise _GateNotHomogeneous(sorted(z.keys()))
+        return z if z and z.LC > 0 else self.R.zero
 
 
 class _Dual:
-    """Value and exact integer gradient w.r.t. all parameters (forward-mode AD over Z)."""
+    """Value and exact gradient w.r.t. all parameters (forward-mode AD over Z or Q)."""
 
     __slots__ = ("v", "g")
 
-    def __init__(self, v: int, g: np.ndarray):
+    def __init__(self, v, g: np.ndarray):
         self.v, self.g = v, g
 
     def __add__(self, o):
-        if isinstance(o, int):
-            return _Dual(self.v + o, self.g)
-        return _Dual(self.v + o.v, self.g + o.g)
-
-    __radd__ = __add__
+        return _Dual(self.v + o, self.g) if isinstance(o, _NUM) else _Dual(self.v + o.v, self.g + o.g)
 
     def __mul__(self, o):
-        if isinstance(o, int):
+        if isinstance(o, _NUM):
             return _Dual(self.v * o, self.g * o)
         return _Dual(self.v * o.v, self.g * o.v + o.g * self.v)
 
-    __rmul__ = __mul__
-
-    def __pow__(self, n):
-        assert n == 2
-        return self * self
+    __radd__, __rmul__ = __add__, __mul__
 
 
-class _DualBackend:
-    """Replays the same theta0 / x0 as a _RayBackend with dual numbers (for Euler)."""
+class _DualBackend(_Backend):
+    """Replays the theta0 / x0 of a _RayBackend with dual numbers (for Euler's identity)."""
 
     name = "dual"
 
     def __init__(self, theta0: dict[str, list[int]], x0: list[int]):
-        self.theta0 = theta0
         self.flat = [v for vals in theta0.values() for v in vals]
-        self.P = len(self.flat)
-        self.offset = 0
-        self.x0 = list(x0)
+        self.theta0, self.x0, self._next = theta0, x0, 0
 
-    def _zero(self):
-        return np.zeros(self.P, dtype=object)
+    def _grad(self, k=None) -> np.ndarray:
+        g = np.zeros(len(self.flat), dtype=object)
+        if k is not None:
+            g[k] = 1
+        return g
 
-    def param(self, name, shape, symmetric_last2=False):
-        arr = np.empty(tuple(shape), dtype=object)
-        vals = self.theta0[name]
-        k = 0
-        for idx in np.ndindex(*shape):
-            if symmetric_last2 and idx[-2] > idx[-1]:
-                continue
-            g = self._zero()
-            g[self.offset + k] = 1
-            arr[idx] = _Dual(vals[k], g)
-            k += 1
-        self.offset += k
-        if symmetric_last2:
-            _mirror_lower(arr)
-        return arr
+    def leaf(self, name, shape):
+        if name is None:
+            return _objects(shape, lambda k: _Dual(self.x0[k], self._grad()))
+        k0, vals = self._next, self.theta0[name]
+        self._next += len(vals)
+        return _objects(shape, lambda k: _Dual(vals[k], self._grad(k0 + k)))
 
-    def input(self, shape):
-        arr = np.empty(tuple(shape), dtype=object)
-        for k, idx in enumerate(np.ndindex(*shape)):
-            arr[idx] = _Dual(self.x0[k], self._zero())
-        return arr
+    def const(self, q):
+        return _Dual(q, self._grad())
 
-    def gate(self, z: _Dual):
-        return z if z.v > 0 else _Dual(0, self._zero())
-
-    def finish(self, values):
-        return values
+    def gate(self, z):
+        return z if z.v > 0 else self.const(0)
 
 
-# --- architectures over a backend (parameter names mirror models.build_model) ----------
-def _dot(w_row, h) -> Any:
-    return _sum(w * v for w, v in zip(w_row, h))
+# --- the ops the models use, over object arrays (torch names; method and function alike) ---
+def _lift(B, v) -> np.ndarray:
+    if isinstance(v, np.ndarray):
+        return v
+    if isinstance(v, (int, float, Fraction)):
+        return _objects((), lambda k: B.const(_exact(v)))
+    raise ConfigError(f"symbolic checker: cannot use a {type(v).__name__} as a number")
 
 
-def _lowrank_layer(A: np.ndarray, h: list) -> list:
-    out_dim, rank, _ = A.shape
-    return [_sum(_dot(A[i, k], h) ** 2 for k in range(rank)) for i in range(out_dim)]
+def _arith(op):
+    def f(B, a, b):
+        if not isinstance(a, np.ndarray) and not isinstance(b, np.ndarray):
+            return op(a, b)  # shape arithmetic
+        return op(_lift(B, a), _lift(B, b))
+    return f
 
 
-def _head(B, kind: str, h: list, num_classes: int, rank: int) -> list:
-    d = len(h)
-    if kind == "linear":
-        W = B.param("head.weight", (num_classes, d))
-        return [_dot(W[i], h) for i in range(num_classes)]
-    if kind == "lowrank":
-        return _lowrank_layer(B.param("head.weight", (num_classes, rank, d)), h)
-    if kind == "quadratic":
-        W = B.param("head.weight", (num_classes, d, d), symmetric_last2=True)
-        return [_sum(W[i, j, k] * h[j] * h[k] for j in range(d) for k in range(d))
-                for i in range(num_classes)]
-    raise ConfigError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
+def _flatten(B, x, start_dim=0, end_dim=-1):
+    if x.ndim == 0:
+        return x.reshape(1)
+    s, e = start_dim % x.ndim, end_dim % x.ndim
+    return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])
 
 
-def _symbolic_forward(B, model: str, s: dict) -> list:
-    C, r = s["num_classes"], s.get("rank", 1)
-    if model in ("linear", "quadratic"):
-        x = list(B.input((s["d"],)))
-        return B.finish(_head(B, model, x, C, r))
-    if model == "lowrank":
-        h = list(B.input((s["d"],)))
-        for layer, w in enumerate(s["widths"], start=1):
-            h = B.finish(_lowrank_layer(B.param(f"features.{layer}.weight", (w, r, len(h))), h))
-        return B.finish(_lowrank_layer(B.param("head.weight", (C, r, len(h))), h))
-    if model == "relu2":
-        x = list(B.input((s["d"],)))
-        H = s["hidden"]
-        W1, b1 = B.param("features.1.weight", (H, len(x))), B.param("features.1.bias", (H,))
-        h = [B.gate(_dot(W1[i], x) + b1[i]) for i in range(H)]
-        W2, b2 = B.param("head.linear.weight", (C, H)), B.param("head.linear.bias", (C,))
-        return B.finish([_dot(W2[i], h) + b2[i] for i in range(C)])
-    if model.startswith("conv-"):
-        Hh, Ww = s["image"]
-        k, p, ch = s["kernel"], s["padding"], s["channels"]
-        x = B.input((1, Hh, Ww))
-        Wc = B.param("features.0.weight", (ch, 1, k, k))
-        bc = B.param("features.0.bias", (ch,)) if s["conv_bias"] else None
-        Ho, Wo = Hh + 2 * p - k + 1, Ww + 2 * p - k + 1
-        if Ho < 1 or Wo < 1:
-            raise ConfigError(f"kernel {k} with padding {p} does not fit a {Hh}x{Ww} image")
-        feats = []
-        for o in range(ch):
-            for i in range(Ho):
-                for j in range(Wo):
-                    terms = [Wc[o, 0, u, v] * x[0, i + u - p, j + v - p]
-                             for u in range(k) for v in range(k)
-                             if 0 <= i + u - p < Hh and 0 <= j + v - p < Ww]
-                    z = _sum(terms)
-                    if bc is not None:
-                        z = z + bc[o]
-                    feats.append(B.gate(z))
-        return B.finish(_head(B, model.split("-", 1)[1], feats, C, r))
-    raise ConfigError(f"no symbolic form for model {model!r}; symbolic models: {', '.join(SYMBOLIC_MODELS)}")
+def _reshape(B, x, *shape):
+    return x.reshape(tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+
+def _sum(B, x, dim=None, keepdim=False):
+    return np.sum(x, axis=tuple(dim) if isinstance(dim, (list, tuple)) else dim, keepdims=keepdim)
+
+
+def _linear(B, x, weight, bias=None):
+    y = np.matmul(x, np.swapaxes(weight, -1, -2))
+    return y if bias is None else y + bias
+
+
+def _relu(B, x, inplace=False):  # relu(z) = z 1[z > 0]: the backend's gate
+    return _objects(x.shape, lambda k: B.gate(x.flat[k]))
+
+
+def _pow(B, x, n):
+    if not (isinstance(n, int) and n >= 1):
+        raise ConfigError(f"symbolic checker: unsupported op 'pow' with exponent {n!r} (only positive integers)")
+    return functools.reduce(operator.mul, [x] * n)
+
+
+def _getattr(B, x, name):
+    if name not in ("shape", "ndim", "T"):
+        raise ConfigError(f"symbolic checker: unsupported op 'getattr .{name}'")
+    return getattr(x, name)
+
+
+def _conv2d(B, m, p, x):
+    if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise ConfigError("symbolic checker: unsupported op 'Conv2d' with groups, dilation or a padding mode")
+    w, b = p("weight"), p("bias")
+    (ph, pw), (sh, sw) = m.padding, m.stride
+    N, Cin, H, W = x.shape
+    kh, kw = w.shape[2:]
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    if Ho < 1 or Wo < 1:
+        raise ConfigError(f"kernel {kh}x{kw} with padding {ph} does not fit a {H}x{W} image")
+    xp = _objects((N, Cin, H + 2 * ph, W + 2 * pw), lambda k: B.const(0))
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    out = sum(np.tensordot(xp[:, :, u:u + sh * (Ho - 1) + 1:sh, v:v + sw * (Wo - 1) + 1:sw], w[:, :, u, v],
+                           axes=([1], [1])) for u in range(kh) for v in range(kw))    # (N, Ho, Wo, Cout)
+    out = np.moveaxis(out, -1, 1)
+    return out if b is None else out + b.reshape(1, -1, 1, 1)
+
+
+_TENSOR_OPS: dict[str, Callable] = {
+    "flatten": _flatten, "reshape": _reshape, "view": _reshape, "sum": _sum, "relu": _relu,
+    "unsqueeze": lambda B, x, dim: np.expand_dims(x, dim),
+    "transpose": lambda B, x, d0, d1: np.swapaxes(x, d0, d1),
+    "square": lambda B, x: x * x,
+    "matmul": lambda B, a, b: np.matmul(a, b),
+    "add": _arith(operator.add), "mul": _arith(operator.mul),
+    "sub": lambda B, a, b: _arith(operator.add)(B, a, _arith(operator.mul)(B, -1, b)),  # backends: + and * only
+    "neg": lambda B, x: _arith(operator.mul)(B, -1, x),
+    "pow": _pow, "size": lambda B, x, dim=None: x.shape if dim is None else x.shape[dim],
+}
+_SHAPE_OPS = (_TENSOR_OPS["size"], _getattr)
+#: op -> implementation(B, *args): call_method names, and the torch / F functions of the same name
+_OPS: dict[Any, Callable] = dict(_TENSOR_OPS)
+_OPS.update({getattr(ns, n): fn for n, fn in _TENSOR_OPS.items() for ns in (torch, F) if hasattr(ns, n)})
+_OPS.update({
+    operator.add: _OPS["add"], operator.mul: _OPS["mul"], operator.sub: _OPS["sub"], operator.neg: _OPS["neg"],
+    operator.matmul: _OPS["matmul"], operator.pow: _pow,
+    operator.getitem: lambda B, x, idx: x[idx], getattr: _getattr, F.linear: _linear,
+    torch.cat: lambda B, xs, dim=0: np.concatenate(xs, axis=dim),
+    torch.ones_like: lambda B, x, **kw: _objects(x.shape, lambda k: B.const(1)),
+    torch.zeros_like: lambda B, x, **kw: _objects(x.shape, lambda k: B.const(0)),
+})
+#: leaf module type -> implementation(B, module, param_of, *args)
+_MODULES: dict[type, Callable] = {
+    nn.Flatten: lambda B, m, p, x: _flatten(B, x, m.start_dim, m.end_dim),
+    nn.Linear: lambda B, m, p, x: _linear(B, x, p("weight"), p("bias")),
+    nn.ReLU: lambda B, m, p, x: _relu(B, x),
+    nn.Identity: lambda B, m, p, x: x,
+    nn.Conv2d: _conv2d,
+}
+
+
+def _interpret(B, model: nn.Module, graph, input_shape) -> list:
+    """Evaluate ``model``'s traced ``graph`` node by node over object arrays of B's scalars:
+    the parameters are ``model.named_parameters()``, the input one sample ``(1, *input_shape)``."""
+    params = {n: B.leaf(n, tuple(p.shape)) for n, p in model.named_parameters()}
+    modules = dict(model.named_modules())
+    env: dict = {}
+    for node in graph.nodes:
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), env.__getitem__)
+        if node.op == "placeholder":
+            v = B.leaf(None, (1,) + tuple(input_shape))
+        elif node.op == "get_attr":
+            v = params.get(node.target)
+            if v is None:
+                obj = operator.attrgetter(node.target)(model)
+                vals = obj.detach().reshape(-1).tolist() if isinstance(obj, torch.Tensor) else None
+                v = obj if vals is None else _objects(obj.shape, lambda k: B.const(_exact(vals[k])))
+        elif node.op == "output":
+            return [B.const(e) if isinstance(e, _NUM) else e for e in _lift(B, args[0]).reshape(-1)]
+        elif node.op == "call_module":
+            m = modules[node.target]
+            if type(m) not in _MODULES:
+                raise ConfigError(f"symbolic checker: unsupported op {type(m).__name__!r} (module {node.target})")
+            v = _MODULES[type(m)](B, m, lambda a, t=node.target: params.get(f"{t}.{a}"), *args, **kwargs)
+        else:
+            impl = _OPS.get(node.target)
+            if impl is None:
+                name = f"Tensor.{node.target}" if node.op == "call_method" else getattr(node.target, "__name__", "?")
+                raise ConfigError(f"symbolic checker: unsupported op {name!r} (node {node.name})")
+            v = impl(B, *args, **kwargs)
+            if not isinstance(v, np.ndarray) and impl not in _SHAPE_OPS and any(type(a) is np.ndarray for a in args):
+                v = _objects((), lambda k, v=v: v)  # numpy returns 0-d results as scalars
+        B.check(v)
+        env[node] = v
+    raise ConfigError("symbolic checker: the traced graph has no output")
 
 
 @dataclass
@@ -473,37 +464,6 @@ class SymbolicResult:
         return asdict(self)
 
 
-def _sizes(model, layers, d, hidden, rank, num_classes, conv_bias, image, kernel, padding, channels):
-    for nm, v in (("layers", layers), ("d", d), ("rank", rank), ("kernel", kernel), ("channels", channels),
-                  ("num_classes", num_classes)):
-        if int(v) < 1:
-            raise ConfigError(f"{nm} must be >= 1, got {v}")
-    if int(padding) < 0:
-        raise ConfigError(f"padding must be >= 0, got {padding}")
-    if layers > 1 and model != "lowrank":
-        raise ConfigError(f"layers applies to the lowrank model only, not {model!r}")
-    widths = [int(hidden)] if isinstance(hidden, int) else [int(h) for h in hidden]
-    if not widths or any(w < 1 for w in widths):
-        raise ConfigError(f"hidden widths must be >= 1, got {hidden}")
-    s: dict[str, Any] = {"num_classes": int(num_classes)}
-    if model == "lowrank":
-        if len(widths) == 1:
-            widths = widths * (layers - 1)
-        elif len(widths) != layers - 1:
-            raise ConfigError(f"hidden gives {len(widths)} widths for {layers} layers; need {layers - 1} (or one)")
-        s.update(d=int(d), layers=int(layers), widths=widths, rank=int(rank))
-    elif model == "relu2":
-        s.update(d=int(d), hidden=widths[0])
-    elif model.startswith("conv-"):
-        if len(image) != 2 or any(int(v) < 1 for v in image):
-            raise ConfigError(f"image must be (H, W) with positive entries, got {image}")
-        s.update(image=[int(image[0]), int(image[1])], kernel=int(kernel), padding=int(padding),
-                 channels=int(channels), conv_bias=bool(conv_bias), rank=int(rank))
-    else:
-        s.update(d=int(d), rank=int(rank))
-    return s
-
-
 def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int = 2,
                          hidden: int | Sequence[int] = 2, rank: int = 1, num_classes: int = 2,
                          conv_bias: bool = False, image: Sequence[int] = (2, 2), kernel: int = 5,
@@ -511,13 +471,16 @@ def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int
                          max_terms: int = 20_000, trials: int = 3, seed: int = 0) -> SymbolicResult:
     r"""Derive the homogeneity degree of a small instance of ``model_name`` exactly (SPEC §3).
 
+    The instance is the real module, ``build_model(model_name, ...)``, traced with
+    :func:`torch.fx.symbolic_trace` and interpreted over exact scalars.
+
     Args:
         model_name: one of :data:`SYMBOLIC_MODELS`.
         layers: n for ``lowrank`` (Lemma 1: expect :math:`2^{n+1}-2`, never assumed).
         d: input dimension (vector models); hidden: hidden width(s) (deep lowrank, relu2);
         rank: r of every Low-Rank layer; num_classes: C.
-        conv_bias, image, kernel, padding, channels: the ``conv-`` feature map
-            (default: the model's 5x5 kernel with padding 2 on a 2x2 one-channel image).
+        conv_bias, image, channels: the ``conv-`` feature map on a one-channel ``image``
+            (default 2x2); ``kernel`` and ``padding`` must be the model's (5 and 2).
         method: ``"expand"`` (full polynomial expansion), ``"ray"`` (exact integer
             arithmetic at ``trials`` random points) or ``"auto"`` (expand, switching to ray
             when the expansion exceeds ``max_terms`` monomials).
@@ -533,101 +496,110 @@ def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int
         raise ConfigError(f"method must be auto, expand or ray, got {method!r}")
     if int(trials) < 1:
         raise ConfigError(f"trials must be >= 1, got {trials}")
-    s = _sizes(model_name, int(layers), d, hidden, rank, num_classes, conv_bias, image, kernel,
-               padding, channels)
     lemma = lemma1_degree(layers) if model_name == "lowrank" else None
+    shape = (1, *(int(v) for v in image)) if model_name.startswith("conv-") else (int(d),)
+    sizes = {"input_shape": list(shape), "num_classes": int(num_classes), "rank": int(rank), "layers": int(layers),
+             "hidden": hidden if hidden is None or isinstance(hidden, int) else list(hidden),
+             "conv_bias": bool(conv_bias), "conv_channels": int(channels)}
+    with torch.random.fork_rng(devices=[]):  # the initial values are never used
+        model = build_model(model_name, shape, int(num_classes), rank=int(rank), layers=int(layers), hidden=hidden,
+                            conv_bias=bool(conv_bias), conv_channels=int(channels))
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and (m.kernel_size[0], m.padding[0]) != (int(kernel), int(padding)):
+            raise ConfigError(f"kernel {kernel} / padding {padding}: the model's conv has kernel "
+                              f"{m.kernel_size[0]} and padding {m.padding[0]}")
+    res = _symbolic_module(model, shape, method=method, max_terms=max_terms, trials=trials, seed=seed)
+    res.model, res.sizes, res.lemma1_formula = model_name, sizes, lemma
+    return res
+
+
+def _symbolic_module(model: nn.Module, shape: Sequence[int], *, method: str = "auto", max_terms: int = 20_000,
+                     trials: int = 3, seed: int = 0) -> SymbolicResult:
+    """The exact check of any module whose traced graph uses only the ops of :data:`_OPS` and
+    :data:`_MODULES`, on one input of shape ``shape``."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # noqa: BLE001 - any tracing failure is a one-line refusal
+        raise ConfigError(f"torch.fx cannot trace {type(model).__name__}: {' '.join(str(exc).split())[:200]}") from None
+
+    def run(B):
+        return _interpret(B, model, graph, shape)
+
     t0 = time.perf_counter()
+    dry, res, note = _CountBackend(), None, []
+    run(dry)
     if method in ("auto", "expand"):
         try:
-            res = _symbolic_expand(model_name, s, max_terms if method == "auto" else 10 ** 12)
+            shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+            B = _RingBackend(shapes, math.prod(shape), dry, max_terms if method == "auto" else 10 ** 12)
+            res = _symbolic_expand(B, run(B))
         except _TooLarge as exc:
-            res = _symbolic_ray(model_name, s, trials, seed)
-            res.notes.insert(0, f"expansion exceeded {max_terms} monomials ({exc.args[0]} at some layer): "
-                                "switched to exact integer arithmetic along random rays")
-    else:
-        res = _symbolic_ray(model_name, s, trials, seed)
-    res.lemma1_formula = lemma
+            note = [f"expansion exceeded {max_terms} monomials ({exc.args[0]} at some node): "
+                    "switched to exact integer arithmetic along random rays"]
+    res = res or _symbolic_ray(run, dry.domain, trials, seed, note)
+    res.model, res.sizes = getattr(model, "name", type(model).__name__), {"input_shape": list(shape)}
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _tensor_of(name: str) -> str:
-    return name.split("[", 1)[0]
+def _result(method, n_parameters, notes, homogeneous=False, degree=None, degrees=(), euler_ok=False, size=0,
+            breaking=()) -> SymbolicResult:
+    return SymbolicResult("", method, {}, n_parameters, homogeneous, degree, sorted(degrees), euler_ok, size,
+                          sorted(breaking), None, 0.0, notes)
 
 
-def _theta_degree(monom: tuple, P: int) -> int:
-    return sum(monom[:P])
-
-
-def _symbolic_expand(model: str, s: dict, max_terms: int) -> SymbolicResult:
-    lay = _LayoutBackend()
-    _symbolic_forward(lay, model, s)
-    B = _RingBackend(lay.layout(), max_terms)
-    f = _symbolic_forward(B, model, s)
+def _symbolic_expand(B: _RingBackend, f: list) -> SymbolicResult:
     P, theta, c = len(B.theta), B.theta, B.c
-    notes: list[str] = []
-    res = SymbolicResult(model=model, method="expand", sizes=s, n_parameters=P, homogeneous=False,
-                         degree=None, degrees=[], euler_ok=False, expression_size=sum(len(fi) for fi in f),
-                         breaking_parameters=[], lemma1_formula=None, seconds=0.0, notes=notes)
-    # ReLU gates: Gate(z(c theta)) = Gate(z(theta)) iff z is homogeneous (positive homogeneity)
+
+    def by_degree(polys, degree_of) -> dict[int, set]:
+        out: dict[int, set] = {}
+        for p in polys:
+            for monom in p.keys():
+                out.setdefault(degree_of(monom), set()).update(B.param_names[k].split("[")[0]
+                                                                for k in range(P) if monom[k])
+        return out
+
+    def breaking(degs: dict) -> set:  # the tensors in monomials of a lower c-degree than the top one
+        return {n for k, v in degs.items() if k != max(degs) for n in v}
+
+    result = functools.partial(_result, "expand", P, size=sum(len(fi) for fi in f))
+    # ReLU gates: 1[z(c theta) > 0] = 1[z(theta) > 0] iff z is homogeneous (positive homogeneity)
     for z in B.gate_args:
-        gdeg: dict[int, set] = {}
-        for monom, _ in z.terms():
-            gdeg.setdefault(_theta_degree(monom, P), set()).update(
-                B.param_names[k] for k in range(P) if monom[k])
+        gdeg = by_degree([B.R(z)], lambda monom: sum(monom[:P]))
         if len(gdeg) > 1:
-            top = max(gdeg)
-            bad = set().union(*(v for k, v in gdeg.items() if k != top))
-            res.breaking_parameters = sorted({_tensor_of(n) for n in bad})
-            notes.append("a ReLU gate's argument is not homogeneous (c-degrees "
-                         f"{sorted(gdeg)}), so the activation pattern changes along the ray c*theta")
-            return res
+            return result([f"a ReLU gate's argument is not homogeneous (c-degrees {sorted(gdeg)}), so the "
+                           "activation pattern changes along the ray c*theta"], breaking=breaking(gdeg))
     # substitute theta -> c*theta (gates unchanged: their arguments are homogeneous)
     fc = [fi.compose([(t, c * t) for t in theta]) for fi in f]
-    cidx = len(B.R.gens) - 1
-    by_degree: dict[int, set] = {}
-    for fci in fc:
-        for monom, _ in fci.terms():
-            by_degree.setdefault(monom[cidx], set()).update(B.param_names[k] for k in range(P) if monom[k])
-    res.degrees = sorted(by_degree)
-    if not by_degree:
-        notes.append("f is identically zero")
-        return res
-    if len(by_degree) == 1:
-        (L,) = by_degree
-        ok_def = all(fci - c ** L * fi == 0 for fi, fci in zip(f, fc))
-        euler = all(_sum(t * fi.diff(t) for t in theta) - L * fi == 0 for fi in f)
-        res.homogeneous, res.degree, res.euler_ok = bool(ok_def), int(L), bool(euler)
-        notes.append("f(c theta) - c^L f(theta) and sum_p p df/dp - L f expand to the zero polynomial"
-                     if ok_def and euler else "identity check failed")
-    else:
-        top = max(by_degree)
-        bad = set().union(*(v for k, v in by_degree.items() if k != top))
-        res.breaking_parameters = sorted({_tensor_of(n) for n in bad})
-        notes.append(f"monomials of c-degrees {res.degrees}; named: the parameters of those of degree != {top}")
-    return res
+    degs = by_degree(fc, lambda monom: monom[-1])
+    if len(degs) != 1:
+        return result([f"monomials of c-degrees {sorted(degs)}; named: the parameters of those of degree != "
+                       f"{max(degs)}" if degs else "f is identically zero"], degrees=degs, breaking=breaking(degs))
+    (L,) = degs
+    ok_def = all(fci - c ** L * fi == 0 for fi, fci in zip(f, fc))
+    euler = all(sum((t * fi.diff(t) for t in theta), B.R.zero) - L * fi == 0 for fi in f)
+    return result(["f(c theta) - c^L f(theta) and sum_p p df/dp - L f expand to the zero polynomial"
+                   if ok_def and euler else "identity check failed"],
+                  homogeneous=ok_def, degree=int(L), degrees=degs, euler_ok=euler)
 
 
-def _symbolic_ray(model: str, s: dict, trials: int, seed: int) -> SymbolicResult:
-    rng = random.Random(seed)
-    bound = 10 ** 6
+def _symbolic_ray(run, domain, trials: int, seed: int, notes: list) -> SymbolicResult:
+    rng, bound = random.Random(seed), 10 ** 6
     degrees: set[int] = set()
     euler_ok, homogeneous, n_params, size, done, attempts = True, True, 0, 0, 0, 0
-    notes = [f"exact integer arithmetic at {trials} random points (entries in [-{bound}, {bound}] \\ {{0}}); "
-             "Euler's identity verified with the exact integer gradient (dual numbers)"]
+    notes.append(f"exact integer arithmetic at {trials} random points (entries in [-{bound}, {bound}] \\ {{0}}); "
+                 "Euler's identity verified with the exact integer gradient (dual numbers)")
     while done < int(trials) and attempts < 50 * int(trials):
         attempts += 1
-        B = _RayBackend(rng, bound)
+        B = _RayBackend(rng, bound, domain)
         try:
-            f = _symbolic_forward(B, model, s)
+            f = run(B)
         except _GateNotHomogeneous:
             notes.append("a ReLU gate's argument is not homogeneous along the ray: f is not homogeneous")
-            return SymbolicResult(model, "ray", s, n_params, False, None, [], False, 0, [], None, 0.0, notes)
+            return _result("ray", n_params, notes)
         n_params = sum(len(v) for v in B.theta0.values())
-        degs_here = set()
-        for fi in f:
-            degs_here.update(fi.t)
-            size = max(size, len(fi.t))
+        degs_here = {m[0] for fi in f for m in fi.keys()}
+        size = max([size] + [len(fi) for fi in f])
         if not degs_here:  # every ReLU closed at this point: f = 0 there, uninformative
             continue
         done += 1
@@ -637,20 +609,16 @@ def _symbolic_ray(model: str, s: dict, trials: int, seed: int) -> SymbolicResult
             continue
         (L,) = degs_here
         D = _DualBackend(B.theta0, B.x0)
-        fd = _symbolic_forward(D, model, s)
         th = np.array(D.flat, dtype=object)
-        for fi, di in zip(f, fd):
-            value = fi.t.get(L, 0)
-            if di.v != value or int(np.dot(di.g, th)) != L * value:
-                euler_ok = False
+        euler_ok &= all(di.v == fi.get((L,), 0) and np.dot(di.g, th) == L * fi.get((L,), 0)
+                        for fi, di in zip(f, run(D)))
     if done < int(trials):
         notes.append(f"only {done} informative points in {attempts} draws (f vanished at the others)")
     homogeneous = homogeneous and len(degrees) == 1 and done > 0
     if len(degrees) > 1:
         notes.append(f"c-degrees {sorted(degrees)} found; method='expand' names the parameters")
-    return SymbolicResult(model, "ray", s, n_params, homogeneous,
-                          next(iter(degrees)) if homogeneous else None, sorted(degrees),
-                          bool(euler_ok and homogeneous), size, [], None, 0.0, notes)
+    return _result("ray", n_params, notes, homogeneous, next(iter(degrees)) if homogeneous else None, degrees,
+                   bool(euler_ok and homogeneous), size)
 
 
 # ===========================================================================
@@ -1130,8 +1098,6 @@ def check_model(model_name: str, *, layers: int = 1, rank: int = 1, hidden=None,
 # ===========================================================================
 # CLI
 # ===========================================================================
-
-
 
 
 def _shape(s: str) -> tuple[int, ...]:

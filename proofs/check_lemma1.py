@@ -3,8 +3,9 @@
 Run ``python proofs/check_lemma1.py``: one line per check, ``PASS``/``FAIL``, exit status
 1 if any check fails. ``run_checks()`` returns ``[(name, passed), ...]``. The check names
 (``H1`` ...) are the references used in the proof. Everything is exact: symbolic algebra,
-or (H11-H13) the exact checker of :func:`margin_theory.homogeneity.symbolic_homogeneity`
-(polynomial expansion, or exact integer arithmetic along random rays for four layers).
+or (H11-H13) the exact checker of :func:`margin_theory.homogeneity.symbolic_homogeneity`,
+run on the real torch modules (their ``torch.fx`` graphs interpreted over polynomials, or
+over exact integers along random rays for four layers).
 Nothing is typed in: every degree below is *derived* and then compared with the rule.
 """
 from __future__ import annotations
@@ -158,7 +159,8 @@ def h11_lemma1_from_checker() -> bool:
 
 
 def h12_heads_from_checker() -> bool:
-    """H12: linear L = 1, quadratic L = 1 (linear in W), lowrank L = 2 (quadratic in a)."""
+    """H12: linear L = 1, quadratic L = 1 (linear in the stored V, W = (V + V^T)/2), lowrank L = 2
+    (quadratic in a)."""
     return (_exact("linear", 1, method="expand") and _exact("quadratic", 1, d=3, method="expand")
             and _exact("lowrank", 2, rank=2, d=3, method="expand"))
 

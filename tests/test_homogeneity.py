@@ -8,13 +8,14 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from margin_theory import cli
 from margin_theory._util import ConfigError
-from margin_theory.homogeneity import (check_model, lemma1_degree, main, numeric_homogeneity,
-                                       symbolic_homogeneity)
+from margin_theory.homogeneity import (_symbolic_module, check_model, lemma1_degree, main,
+                                       numeric_homogeneity, symbolic_homogeneity)
 from margin_theory.models import build_model
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -80,6 +81,55 @@ def test_symbolic_conv_bias_is_still_homogeneous():
         assert r.homogeneous and r.degree == 4 and r.euler_ok
 
 
+def test_symbolic_checker_follows_the_real_module(monkeypatch):
+    """The checker interprets the traced torch module: change the module's forward and the
+    derived degree changes (a copy of the model inside the checker would not notice)."""
+    from margin_theory.models import LinearHead, LowRankHead
+    monkeypatch.setattr(LinearHead, "forward", lambda self, x: F.linear(x, self.weight) + 1)
+    for method in ("expand", "ray"):
+        r = symbolic_homogeneity("linear", method=method)
+        assert not r.homogeneous and r.degrees == [0, 1] and not r.euler_ok, (method, r)
+    monkeypatch.setattr(LinearHead, "forward",
+                        lambda self, x: F.linear(x, self.weight) + (self.weight * self.weight).sum() * 0.25)
+    r = symbolic_homogeneity("linear", method="expand")
+    assert r.degrees == [1, 2] and r.breaking_parameters == ["head.weight"]
+    monkeypatch.setattr(LinearHead, "forward", lambda self, x: torch.tanh(F.linear(x, self.weight)))
+    with pytest.raises(ConfigError, match="unsupported op 'tanh'"):
+        symbolic_homogeneity("linear")
+    # a lowrank head without its square is linear in its weight: degree 1, not 2
+    monkeypatch.setattr(LowRankHead, "forward", lambda self, x: F.linear(x, self.weight.reshape(
+        -1, self.in_features)).reshape(x.shape[0], self.num_classes, self.rank).sum(-1))
+    r = symbolic_homogeneity("lowrank", rank=2)
+    assert r.homogeneous and r.degree == 1 and r.euler_ok
+
+
+def test_symbolic_module_options_linear_term_and_affine():
+    """Options symbolic_homogeneity does not expose, checked on the module built with them:
+    the full head's linear term and 1/2 (exact rationals), affine inputs [x, 1]."""
+    for method in ("expand", "ray"):
+        r = _symbolic_module(build_model("quadratic", (2,), 2, linear_term=True), (2,), method=method)
+        assert (r.homogeneous, r.degree, r.euler_ok, r.n_parameters) == (True, 1, True, 2 * 4 + 2 * 2)
+        r = _symbolic_module(build_model("lowrank", (2,), 2, affine=True, rank=2), (2,), method=method)
+        assert (r.homogeneous, r.degree, r.euler_ok) == (True, 2, True)
+        r = _symbolic_module(build_model("conv-quadratic", (1, 2, 2), 2, linear_term=True), (1, 2, 2),
+                             method=method)
+        assert not r.homogeneous and r.degrees == [2, 3]  # x^T V x has degree 3, w.x degree 2
+    r = _symbolic_module(build_model("conv-quadratic", (1, 2, 2), 2, linear_term=True), (1, 2, 2),
+                         method="expand")
+    assert "head.linear" in r.breaking_parameters
+
+
+def test_symbolic_hidden_bias_gate_not_homogeneous():
+    """A hidden bias makes a ReLU gate's argument inhomogeneous (c^2 u + c b): the activation
+    pattern changes along the ray; expand names the bias (any fx-traceable module works)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2, bias=False))
+    r = _symbolic_module(net, (2,), method="expand")
+    assert not r.homogeneous and r.breaking_parameters == ["2.bias"] and "gate" in r.notes[0]
+    r = _symbolic_module(net, (2,), method="ray")
+    assert not r.homogeneous and not r.euler_ok and "gate" in r.notes[-1]
+
+
 def test_symbolic_bad_input():
     with pytest.raises(ConfigError, match="no symbolic form"):
         symbolic_homogeneity("resnet18-lowrank")
@@ -89,6 +139,10 @@ def test_symbolic_bad_input():
         symbolic_homogeneity("lowrank", method="magic")
     with pytest.raises(ConfigError, match="lowrank model only"):
         symbolic_homogeneity("linear", layers=2)
+    with pytest.raises(ConfigError, match="the model's conv has kernel 5 and padding 2"):
+        symbolic_homogeneity("conv-linear", kernel=3)
+    with pytest.raises(ConfigError, match="unsupported op 'BatchNorm2d'"):
+        _symbolic_module(build_model("resnet10-linear", (3, 4, 4), 2), (3, 4, 4))
 
 
 # ---------------------------------------------------------------------------
