@@ -114,7 +114,7 @@ from torch.func import functional_call
 
 from ._util import ArgumentParser, ConfigError, cli_entry, print_json
 from ._util import positive_int as _positive_int, nonneg_int as _nonneg_int
-from .models import MODEL_NAMES, build_model, describe_model_names
+from .models import MODEL_NAMES, ModelSpec, build_model, describe_model_names
 
 __all__ = [
     "lemma1_degree", "SymbolicResult", "symbolic_homogeneity", "SYMBOLIC_MODELS",
@@ -968,7 +968,6 @@ def _attribute(model, fn, base, cs, rtol, gen):
     """Name the parameters that break homogeneity (see the module docstring)."""
     norm, biases = _candidates(model)
     notes: list[str] = []
-    norm_mods = [m for m, _ in norm.values()]
     zero_b = {n: torch.zeros_like(base[n]) for n in biases}
     all_names = set(base)
 
@@ -1034,64 +1033,62 @@ def default_input_shape(model_name: str) -> tuple[int, ...]:
 _COPIES = 8
 
 
-def _check_size(model_name, shape, num_classes, *, rank, layers, hidden, conv_channels, conv_bias, batch) -> None:
+def _check_size(spec: ModelSpec, shape, num_classes, batch) -> None:
     """Refuse, before allocating, a depth whose Lemma-1 degree overflows float64 and a model
     (built on the ``meta`` device: shapes only) or input batch that cannot fit in memory."""
     from ._util import check_memory
     from .runfolder import MAX_LAYERS
 
-    if layers > MAX_LAYERS:
-        raise ConfigError(f"--layers {layers}: Lemma 1's degree 2^(n+1) - 2 overflows float64 beyond "
+    if spec.layers > MAX_LAYERS:
+        raise ConfigError(f"--layers {spec.layers}: Lemma 1's degree 2^(n+1) - 2 overflows float64 beyond "
                           f"n = {MAX_LAYERS} layers")
     with torch.device("meta"):
         try:
-            m = build_model(model_name, shape, num_classes, rank=rank, layers=layers, hidden=hidden,
-                            conv_channels=conv_channels, conv_bias=conv_bias)
+            m = spec.build(shape, num_classes)
         except (RuntimeError, OverflowError) as exc:
-            raise ConfigError(f"model {model_name} cannot be built: {' '.join(str(exc).split())[:200]}") from None
+            raise ConfigError(f"model {spec.name} cannot be built: {' '.join(str(exc).split())[:200]}") from None
     n = sum(p.numel() for p in m.parameters())
-    check_memory(8.0 * _COPIES * n, f"model {model_name} with {n:,} parameters")
+    check_memory(8.0 * _COPIES * n, f"model {spec.name} with {n:,} parameters")
     check_memory(8.0 * _COPIES * batch * math.prod(shape), f"--batch {batch} inputs of shape {tuple(shape)}")
 
 
-def check_model(model_name: str, *, layers: int = 1, rank: int = 1, hidden=None, conv_bias: bool = True,
-                conv_channels: int = 1, num_classes: int = 10, input_shape: Sequence[int] | None = None,
+def check_model(model: str | ModelSpec, *, num_classes: int = 10, input_shape: Sequence[int] | None = None,
                 batch: int = 2, seed: int = 0, cs: Sequence[float] = (0.5, 2.0, 3.0),
-                symbolic: bool = False, symbolic_method: str = "auto") -> dict:
-    """Build ``model_name`` with :func:`margin_theory.models.build_model` (seeded), check it
-    numerically on ``batch`` random inputs in [0, 1) and return a JSON-ready report."""
+                symbolic: bool = False, symbolic_method: str = "auto", **options) -> dict:
+    """Build ``model`` (a name with :class:`~margin_theory.models.ModelSpec` ``options``, or a
+    spec; seeded), check it numerically on ``batch`` random inputs in [0, 1) and return a
+    JSON-ready report; ``symbolic`` adds the exact check on a tiny instance."""
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(model, **options)
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}")
-    if symbolic and model_name.startswith("resnet"):
-        raise ConfigError(f"--symbolic supports {', '.join(SYMBOLIC_MODELS)}; not {model_name!r}")
-    shape = tuple(input_shape) if input_shape is not None else default_input_shape(model_name)
-    _check_size(model_name, shape, num_classes, rank=rank, layers=layers, hidden=hidden,
-                conv_channels=conv_channels, conv_bias=conv_bias, batch=batch)
+    if symbolic and spec.body.startswith("resnet"):
+        raise ConfigError(f"--symbolic supports {', '.join(SYMBOLIC_MODELS)}; not {spec.name!r}")
+    shape = tuple(input_shape) if input_shape is not None else default_input_shape(spec.name)
+    _check_size(spec, shape, num_classes, batch)
     torch.manual_seed(int(seed))
-    model = build_model(model_name, shape, num_classes, rank=rank, layers=layers, hidden=hidden,
-                        conv_channels=conv_channels, conv_bias=conv_bias)
+    net = spec.build(shape, num_classes)
     g = torch.Generator().manual_seed(int(seed))
     x = torch.rand((batch,) + shape, generator=g, dtype=torch.float64)
     t0 = time.perf_counter()
-    res = numeric_homogeneity(model, x, cs=cs, seed=seed)
-    report: dict[str, Any] = {"model": model_name}
+    res = numeric_homogeneity(net, x, cs=cs, seed=seed)
+    report: dict[str, Any] = {"model": spec.name}
     report.update(res.as_dict())
     report.update({"input_shape": list(shape), "batch": batch, "seed": seed, "num_classes": num_classes,
                    "seconds": time.perf_counter() - t0})
-    if model_name == "lowrank":
-        report.update({"layers": layers, "rank": rank, "lemma1_formula": lemma1_degree(layers),
-                       "agrees_with_lemma1": res.degree == lemma1_degree(layers)})
-    elif rank != 1 or model_name.endswith("lowrank"):
-        report["rank"] = rank
-    if model_name.startswith("conv-"):
-        report.update({"conv_bias": conv_bias, "conv_channels": conv_channels})
+    if spec.name == "lowrank":
+        report.update({"layers": spec.layers, "rank": spec.rank, "lemma1_formula": lemma1_degree(spec.layers),
+                       "agrees_with_lemma1": res.degree == lemma1_degree(spec.layers)})
+    elif spec.head == "lowrank":
+        report["rank"] = spec.rank
+    if spec.body == "conv":
+        report.update({"conv_bias": spec.conv_bias, "conv_channels": spec.conv_channels})
     if symbolic:
         kw: dict[str, Any] = {"method": symbolic_method, "seed": seed}
-        if model_name == "lowrank":
-            kw.update(layers=layers, rank=min(rank, 2), hidden=2)
-        elif model_name.startswith("conv-"):
-            kw.update(conv_bias=conv_bias, rank=min(rank, 2))
-        report["symbolic"] = symbolic_homogeneity(model_name, **kw).as_dict()
+        if spec.name == "lowrank":
+            kw.update(layers=spec.layers, rank=min(spec.rank, 2), hidden=2)
+        elif spec.body == "conv":
+            kw.update(conv_bias=spec.conv_bias, rank=min(spec.rank, 2))
+        report["symbolic"] = symbolic_homogeneity(spec.name, **kw).as_dict()
     return report
 
 
@@ -1215,10 +1212,7 @@ def _human(r: dict) -> str:
 def main(argv=None) -> int:
     """Check a model's homogeneity (SPEC §3); one line + exit 2 on bad input."""
     args = build_parser().parse_args(argv)
-    hidden = None
-    if args.hidden is not None:
-        hidden = args.hidden[0] if len(args.hidden) == 1 else list(args.hidden)
-    report = check_model(args.model, layers=args.layers, rank=args.rank, hidden=hidden,
+    report = check_model(args.model, layers=args.layers, rank=args.rank, hidden=args.hidden,
                          conv_bias=args.conv_bias, conv_channels=args.conv_channels,
                          num_classes=args.num_classes, input_shape=args.input_shape, batch=args.batch,
                          seed=args.seed, cs=args.cs, symbolic=args.symbolic,
