@@ -1,6 +1,7 @@
 """Tests of margin_theory.data (SPEC §8): loaders, splits, safety, download, CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -472,8 +473,10 @@ def test_download_mnist_good_then_skip(tmp_path):
 def test_download_replaces_corrupt_existing_file(tmp_path, monkeypatch):
     srv_dir = tmp_path / "srv"
     written = write_idx_dir(srv_dir, synthetic_mnist(), gz=True)
-    for k, v in written.items():
-        monkeypatch.setitem(D.MD5["fashion-mnist"], k, md5(v))
+    spec = D.REGISTRY["fashion-mnist"]  # the entry's md5s and sizes: the only tables of them
+    monkeypatch.setitem(D.REGISTRY, "fashion-mnist", dataclasses.replace(
+        spec, md5={k: md5(v) for k, v in written.items()},
+        sizes={k: len(v) for k, v in written.items()}))
     raw = tmp_path / "data" / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     (raw / "train-images-idx3-ubyte.gz").write_bytes(b"garbage")
