@@ -513,7 +513,11 @@ def _seeded_split(spec: DatasetSpec, X: np.ndarray, y: np.ndarray, seed: int,
                                "random_state=seed); indices kept in original order",
                      "n_train": len(tr), "n_test": len(te)}
     classes = list(spec.classes) if classes is None else classes
-    X = X.reshape((len(y),) + spec.input_shape)
+    try:
+        X = X.reshape((len(y),) + spec.input_shape)
+    except ValueError:
+        raise DataError(f"{spec.name}: the loader gave inputs of shape {X.shape[1:]}, the registry "
+                        f"says {spec.input_shape}") from None
     return Dataset(spec.name, torch.from_numpy(X[tr]), torch.from_numpy(y[tr]),
                    torch.from_numpy(X[te]), torch.from_numpy(y[te]), len(classes),
                    spec.input_shape, classes, info)
