@@ -575,16 +575,6 @@ _IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(
 IDX_MAX_BYTES = 1 << 30
 
 
-def _read_exact(fh, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        block = fh.read(n - len(out))
-        if not block:
-            break
-        out += block
-    return bytes(out)
-
-
 def _read_idx(fh, source: str, size: int | None, *, expect_ndim: int | None,
               expect_type: int | None, expect_tail: tuple[int, ...] | None = None,
               max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
@@ -593,7 +583,7 @@ def _read_idx(fh, source: str, size: int | None, *, expect_ndim: int | None,
     so no int64 overflow) refused above ``max_bytes`` and, when the stream's ``size`` is
     known, checked against it before the payload is read; then exactly that many bytes
     are read, and one more must not exist. Memory: the declared payload, never the stream."""
-    head = _read_exact(fh, 4)
+    head = fh.read(4)   # buffered streams (file, GzipFile, BytesIO): short only at the end
     if len(head) < 4:
         raise DataError(f"{source}: truncated IDX file ({len(head)} bytes, not even a header)")
     magic, type_code, ndim = int.from_bytes(head, "big"), head[2], head[3]
@@ -604,7 +594,7 @@ def _read_idx(fh, source: str, size: int | None, *, expect_ndim: int | None,
             (expect_ndim is not None and ndim != expect_ndim):
         raise DataError(f"{source}: wrong IDX magic number 0x{magic:08x}{want}")
     dtype, header = _IDX_TYPES[type_code], 4 + 4 * ndim
-    rest = _read_exact(fh, 4 * ndim)
+    rest = fh.read(4 * ndim)
     if len(rest) < 4 * ndim:
         raise DataError(f"{source}: truncated IDX header ({4 + len(rest)} bytes, need {header})")
     dims = tuple(int.from_bytes(rest[4 * i:4 * i + 4], "big") for i in range(ndim))
