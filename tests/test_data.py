@@ -1,6 +1,7 @@
 """Tests of margin_theory.data (SPEC §8): loaders, splits, safety, download, CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -47,6 +48,62 @@ def test_registry_and_names():
         D.load_dataset("imagenet")
     msg = one_line(e)
     assert "imagenet" in msg and all(n in msg for n in D.DATASETS)
+
+
+def _toy_loader(spec, seed, test_fraction, **_):
+    X = np.arange(40, dtype=np.float32).reshape(20, 2)
+    y = (np.arange(20) % 2).astype(np.int64)
+    return D._seeded_split(spec, X, y, seed, test_fraction, D._base_info(spec, "a test"))
+
+
+def test_a_new_dataset_is_one_registry_entry(monkeypatch, tmp_path, capsys):
+    """Registering one DatasetSpec is all a dataset needs: names, aliases, loading, the split
+    default, help text, `data list`/`info`, availability and download all pick it up."""
+    spec = D.DatasetSpec("toy-set", "a toy set (20 x 2, 2 classes)", _toy_loader, (2,),
+                         ("even", "odd"), test_fraction=0.5, aliases=("toy",))
+    monkeypatch.setitem(D.REGISTRY, spec.name, spec)
+    assert D.canonical_name("TOY_SET") == D.canonical_name("toy") == "toy-set"
+    ds = D.load_dataset("toy", seed=1)
+    assert ds.name == "toy-set" and ds.classes == ["even", "odd"] and ds.input_shape == (2,)
+    assert len(ds.y_train) == len(ds.y_test) == 10 and ds.info["split"]["test_fraction"] == 0.5
+    assert ds.info["description"] == spec.description and "toy-set" in D.DATASETS
+    assert "toy-set" in D.describe_datasets().split("(bundled)")[0]
+    assert f"toy-set: {spec.description}" in D.describe_datasets(verbose=True).splitlines()
+    assert D.available("toy") == (True, "bundled")
+    assert D.download_dataset("toy", tmp_path)["files"] == []
+    with pytest.raises(DataError, match="0..2..32-1"):  # seeded: the seed range is checked
+        D.load_dataset("toy", seed=-1)
+    assert D.main(["list", "--json"]) == 0
+    assert "toy-set" in [r["name"] for r in json.loads(capsys.readouterr().out)["datasets"]]
+    assert D.main(["info", "toy", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_train"] == 10
+    # an entry whose shape or classes disagree with its loader is caught, not trusted
+    for wrong in ({"input_shape": (3,)}, {"classes": ("only",)}):
+        monkeypatch.setitem(D.REGISTRY, spec.name, dataclasses.replace(spec, **wrong))
+        with pytest.raises(DataError, match="registry says"):
+            D.load_dataset("toy-set")
+
+
+def test_a_new_local_dataset_is_one_registry_entry(monkeypatch, tmp_path):
+    """A local set in a known format (here MNIST's IDX files under another folder, no
+    mirrors) is one entry too: located, loaded, verified, and refused for download."""
+    spec = dataclasses.replace(D.REGISTRY["mnist"], name="kmnist", folder="KMNIST/raw",
+                               description="Kuzushiji-MNIST IDX files", md5={}, sizes={},
+                               mirrors=(), classes=tuple("abcdefghij"))
+    monkeypatch.setitem(D.REGISTRY, "kmnist", spec)
+    assert D.available("kmnist", tmp_path)[0] is False
+    with pytest.raises(DataError, match="KMNIST/raw") as e:
+        D.load_dataset("kmnist", tmp_path)
+    assert "cannot be downloaded" in one_line(e)
+    write_idx_dir(tmp_path / "KMNIST" / "raw", synthetic_mnist(), gz=False)
+    ds = D.load_dataset("kmnist", tmp_path)
+    assert ds.X_train.shape == (30, 1, 28, 28) and ds.classes[0] == "a"
+    assert D.available("kmnist", tmp_path) == (True, str(tmp_path / "KMNIST" / "raw"))
+    rep = D.verify_data_dir(tmp_path)
+    assert [e["status"] for e in rep["files"] if e["dataset"] == "kmnist"] == \
+        ["present, no reference md5"] * 4
+    with pytest.raises(DataError, match="kmnist cannot be downloaded"):
+        D.download_dataset("kmnist", tmp_path)
 
 
 def test_bad_arguments():
@@ -472,8 +529,10 @@ def test_download_mnist_good_then_skip(tmp_path):
 def test_download_replaces_corrupt_existing_file(tmp_path, monkeypatch):
     srv_dir = tmp_path / "srv"
     written = write_idx_dir(srv_dir, synthetic_mnist(), gz=True)
-    for k, v in written.items():
-        monkeypatch.setitem(D.MD5["fashion-mnist"], k, md5(v))
+    spec = D.REGISTRY["fashion-mnist"]  # the entry's md5s and sizes: the only tables of them
+    monkeypatch.setitem(D.REGISTRY, "fashion-mnist", dataclasses.replace(
+        spec, md5={k: md5(v) for k, v in written.items()},
+        sizes={k: len(v) for k, v in written.items()}))
     raw = tmp_path / "data" / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     (raw / "train-images-idx3-ubyte.gz").write_bytes(b"garbage")

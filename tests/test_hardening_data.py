@@ -7,6 +7,7 @@ Memory bounds are asserted with tracemalloc (numpy's allocations are traced too)
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import io
@@ -479,6 +480,12 @@ def _leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.rglob("*") if p.suffix == ".part" or p.name.startswith(".")]
 
 
+def labels_only(monkeypatch):
+    """mnist reduced to its smallest file: one registry entry replaced (files are listed nowhere else)."""
+    monkeypatch.setitem(D.REGISTRY, "mnist", dataclasses.replace(D.REGISTRY["mnist"],
+                                                                 files=("t10k-labels-idx1-ubyte",)))
+
+
 # (behaviour, extra download kwargs, expected words in the error)
 DOWNLOADS = {
     "endless body, known size": ("endless", {}, f"more than the {LABELS_SIZE:,} bytes"),
@@ -496,7 +503,7 @@ DOWNLOADS = {
 @pytest.mark.parametrize("case", list(DOWNLOADS))
 def test_hostile_download_server(tmp_path, case, monkeypatch):
     behaviour, kwargs, expect = DOWNLOADS[case]
-    monkeypatch.setattr(D, "_IDX_FILES", ("t10k-labels-idx1-ubyte",))
+    labels_only(monkeypatch)
     root = tmp_path / "data"
     with hostile_server(behaviour) as url:
         kind, res = bounded(lambda: D.download_dataset("mnist", root, mirror=url, progress=False,
@@ -510,7 +517,7 @@ def test_hostile_download_server(tmp_path, case, monkeypatch):
 
 @pytest.mark.parametrize("case", ["/dev/zero", "larger regular file", "folder"])
 def test_file_mirror_is_capped(tmp_path, case, monkeypatch):
-    monkeypatch.setattr(D, "_IDX_FILES", ("t10k-labels-idx1-ubyte",))
+    labels_only(monkeypatch)
     if case == "/dev/zero":
         mirror = "file:///dev/zero#"   # the file name lands in the fragment: reads /dev/zero
         expect = "not a regular file"
@@ -536,8 +543,9 @@ import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 signal.signal(signal.SIGTERM, signal.SIG_DFL)
 signal.signal(signal.SIGHUP, signal.SIG_DFL)
+import dataclasses
 from margin_theory import data as D
-D._IDX_FILES = ("t10k-labels-idx1-ubyte",)
+D.REGISTRY["mnist"] = dataclasses.replace(D.REGISTRY["mnist"], files=("t10k-labels-idx1-ubyte",))
 D.download_dataset("mnist", sys.argv[1], mirror=sys.argv[2], progress=False, timeout=5)
 """
 
@@ -577,7 +585,7 @@ def _dead_pid() -> int:
 
 
 def test_stale_part_files_are_removed(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_IDX_FILES", ("t10k-labels-idx1-ubyte",))
+    labels_only(monkeypatch)
     srv = tmp_path / "srv"
     written = write_idx_dir(srv, synthetic_mnist(), gz=True)
     raw = tmp_path / "data" / "MNIST" / "raw"
