@@ -60,7 +60,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -524,11 +524,7 @@ class Theorem2Report:
     def as_dict(self) -> dict[str, Any]:
         from ._util import to_jsonable
 
-        keys = ["n_subset", "subset_seed", "N", "P", "C", "gamma_bar", "gamma_min", "theta_norm",
-                "delta_min", "B", "sigma_max", "sigma_min", "rank", "rho", "kappa", "cv", "w_bar",
-                "eps", "A1", "A2", "A3", "velocity", "lower_bound", "theorem_applies",
-                "normalisation", "degree", "method", "note", "seconds"]
-        return to_jsonable({k: getattr(self, k) for k in keys})
+        return to_jsonable({f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
 
     def verdict(self) -> str:
         """One word: ``grows`` (A1-A3 hold: Theorem 2 proves d gamma_bar/dt > 0) or

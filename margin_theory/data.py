@@ -333,7 +333,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     name, seeded = spec.name, spec.test_fraction is not None
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or \
             (seeded and not 0 <= seed < 2 ** 32):
-        raise DataError(f"seed (--seed) must be an integer" + (f" in 0..2**32-1 (it seeds {name}'s "
+        raise DataError("seed (--seed) must be an integer" + (f" in 0..2**32-1 (it seeds {name}'s "
                         f"split)" if seeded else "") + f", got {_util.short_repr(seed, 40)}")
     if test_fraction is not None:
         test_fraction = _number("test_fraction", test_fraction, 0.0, 1.0,

@@ -95,6 +95,7 @@ from ._util import (
     save_figure,
     use_agg_backend,
 )
+from .data import REGISTRY
 from .models import ModelSpec
 from .protocols import get_protocol, protocol_names
 
@@ -316,7 +317,7 @@ class Plan:
 
 def _how_to_get(dataset: str, data_dir: str | None) -> str:
     dd = data_dir or "DIR"
-    if dataset == "cifar10-subset":
+    if not REGISTRY[dataset].downloadable:
         return ("cifar10-subset is a local folder cifar-10-subset/ (data_batch_1, test_batch_first1000, "
                 "batches.meta) and cannot be downloaded; or get the full set with: "
                 f"python -m margin_theory.data download cifar10 --data-dir {dd}")
@@ -445,10 +446,6 @@ def _load_cached(folder: Path, config):
     return c.model, history, final
 
 
-_MONITOR_KEYS = ("A1", "A2", "A3", "theorem_applies", "rho", "cv", "eps", "kappa", "delta_min", "velocity",
-                 "lower_bound", "gamma_bar", "normalisation", "degree", "n_subset", "P", "seconds")
-
-
 def _r(v: Any) -> Any:
     """A float rounded to 7 significant digits (keeps results.json small); other values as they are."""
     if isinstance(v, float) and math.isfinite(v) and v != 0.0:
@@ -463,7 +460,7 @@ def _compact_history(history: list[dict]) -> list[dict]:
         row = {k: _r(h.get(k)) for k in ("epoch", "train_loss", "train_acc", "test_acc", *MARGIN_DEFINITIONS,
                                          "theta_norm", "lr", "epoch_seconds")}
         if isinstance(h.get("theorem2"), dict):
-            row["theorem2"] = {k: _r(h["theorem2"].get(k)) for k in _MONITOR_KEYS}
+            row["theorem2"] = {k: _r(v) for k, v in h["theorem2"].items() if k != "note"}
         out.append(row)
     return out
 

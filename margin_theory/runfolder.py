@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ._util import ConfigError, check_memory
+from .data import REGISTRY
 
 __all__ = ["RunFolderError", "RunLock", "LOCK_NAME", "read_metrics", "foreign_files", "existing_run",
            "clear_run", "remove_orphans", "guard_io", "preflight", "DATASET_SHAPES", "MAX_LAYERS",
@@ -48,12 +49,8 @@ TRAINER_FILES = ("metrics.jsonl", "config.json", "summary.json")
 MAX_LAYERS = 1022
 _F32_MAX = 3.4028234663852886e38
 _F32_TINY = 1.1754943508222875e-38      # smallest normal float32
-#: input shape and classes of the named data sets (checked against the loader in the tests)
-DATASET_SHAPES = {
-    "xor": ((2,), 2), "iris": ((4,), 3), "wine": ((13,), 3), "breast_cancer": ((30,), 2),
-    "digits": ((1, 8, 8), 10), "mnist-5k": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
-    "fashion-mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cifar10-subset": ((3, 32, 32), 10),
-}
+#: input shape and classes of the named data sets (from the data registry)
+DATASET_SHAPES = {n: (s.input_shape, len(s.classes)) for n, s in REGISTRY.items()}
 _NUMERIC_KEYS = ("train_loss", "train_acc", "test_acc", "gamma_bar", "gamma_min", "theta_norm", "lr",
                  "epoch_seconds", "monitor_seconds")
 _MAX_METRICS_BYTES = 1 << 30

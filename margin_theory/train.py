@@ -118,7 +118,8 @@ from .checkpoint import NonFiniteCheckpointError
 from ._util import progress as _progress_bar
 from .distributed import EXIT_RANK_FAILED, RankFailedError as _RankFailed
 from .margins import accuracy, compute_margins, get_normalisation, margin_regularised_loss, n_correct, predict
-from .models import INITS, ModelSpec
+from .data import describe_datasets
+from .models import INITS, ModelSpec, describe_model_names
 from .protocols import get_protocol, protocol_names
 
 __all__ = [
@@ -1104,10 +1105,8 @@ def add_data_model_arguments(g, *, augment: bool = True, data_dir_help: str | No
     ``--dataset`` and ``--model`` are optional for argparse: ``main`` demands them unless
     ``--resume`` takes them from the run folder."""
     d = TrainConfig()
-    g.add_argument("--dataset", default=None, help="xor, iris, wine, breast_cancer, digits, mnist-5k (bundled); "
-                   "mnist, fashion-mnist, cifar10, cifar10-subset (from --data-dir)")
-    g.add_argument("--model", default=None, help="linear, relu2, quadratic, lowrank, conv-{linear,lowrank,quadratic}, "
-                   "resnet{10,12,14,16,18}-{linear,lowrank,quadratic}")
+    g.add_argument("--dataset", default=None, help=describe_datasets())
+    g.add_argument("--model", default=None, help=describe_model_names())
     g.add_argument("--rank", type=int_at_least(1), default=d.rank, help="rank r of lowrank layers (default 1)")
     g.add_argument("--layers", type=int_at_least(1), default=d.layers, help="number of lowrank layers (deep DIQNN; default 1)")
     g.add_argument("--hidden", type=_int_list, default=None, metavar="H[,H...]",
