@@ -340,8 +340,18 @@ def test_check_model_report_conv_bias_note():
     r = check_model("conv-lowrank", input_shape=(1, 6, 6), num_classes=3, symbolic=True)
     assert r["homogeneous"] and r["degree"] == 4 and r["conv_bias"] is True
     assert r["symbolic"]["degree"] == 4 and r["symbolic"]["sizes"]["conv_bias"] is True
-    if r["declared_degree"] is None:  # models.py's conservative declaration
-        assert r["agrees_with_declared"] is False
-        assert any("first parameterised layer" in n for n in r["notes"])
+    assert r["declared_degree"] == 4 and r["agrees_with_declared"] is True   # models.py's compose rule
     with pytest.raises(ConfigError, match="batch"):
         check_model("linear", batch=0)
+
+
+def test_conservative_declaration_is_reported():
+    """A model that declares no degree (None) but measures homogeneous gets the note that a
+    first-layer bias is jointly homogeneous with its weight; the measurement wins."""
+    torch.manual_seed(0)
+    m = build_model("conv-lowrank", (1, 6, 6), 3)
+    m.degree = None                       # what a cautious declaration would say about the conv bias
+    r = numeric_homogeneity(m, torch.rand(2, 1, 6, 6, dtype=torch.float64)).as_dict()
+    assert r["homogeneous"] and r["degree"] == 4
+    assert r["declared_degree"] is None and r["agrees_with_declared"] is False
+    assert any("first parameterised layer" in n for n in r["notes"])
