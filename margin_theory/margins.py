@@ -37,12 +37,23 @@ import torch.nn.functional as F
 from ._util import ConfigError
 
 __all__ = [
-    "NotHomogeneousError", "Normalisation", "MarginResult", "margin_values",
+    "MARGIN_DEFINITIONS", "NotHomogeneousError", "Normalisation", "MarginResult", "margin_values",
     "runner_up", "get_normalisation", "param_norm", "normalised_margins",
     "compute_margins", "margin_regularised_loss", "predict", "output_margins",
     "smoothed_margin", "smoothed_from_sum", "summed_cross_entropy", "accuracy", "n_correct",
     "separation_gaps", "norm_power",
 ]
+
+
+#: every margin definition recorded per epoch (metrics.jsonl key -> what it is, SPEC §2);
+#: metrics, check, plots and the Fig. 5 analysis iterate over this, and
+#: :class:`MarginResult` has one field of each name
+MARGIN_DEFINITIONS: dict[str, str] = {
+    "gamma_bar": "average normalised margin, mean q/||theta||^L (runner-up; paper eq. 4)",
+    "gamma_min": "minimum normalised margin, min q/||theta||^L",
+    "gamma_output": "output-normalised (authors), mean (1/(C-1)) sum_j (f_y - f_j)/||f||",
+    "gamma_smoothed": "smoothed (Lyu & Li), log(1/(exp(S)-1))/||theta||^L (not scale invariant)",
+}
 
 
 class NotHomogeneousError(ConfigError):

@@ -112,3 +112,16 @@ def test_smoothed_margin_tends_to_gamma_min_on_separable_data():
         gaps.append(r.gamma_min - r.gamma_smoothed)
     assert gaps[0] > gaps[1] >= gaps[2] >= gaps[3] >= 0 and gaps[3] < 1e-5 < gaps[0]
     assert r.smoothed_meaningful
+
+
+def test_every_margin_definition_is_a_result_field_and_a_metric():
+    """One registry (margins.MARGIN_DEFINITIONS): each definition is a MarginResult field,
+    reaches as_dict() and is a metrics.jsonl key of the trainer."""
+    import dataclasses
+
+    from margin_theory.margins import MARGIN_DEFINITIONS, MarginResult
+    from margin_theory.train import METRIC_KEYS
+
+    names = {f.name for f in dataclasses.fields(MarginResult)}
+    for key in MARGIN_DEFINITIONS:
+        assert key in names and key in METRIC_KEYS, key
