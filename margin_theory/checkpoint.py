@@ -301,12 +301,14 @@ def read_sidecar(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"cannot read checkpoint sidecar {sidecar}: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"checkpoint sidecar {sidecar} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise CheckpointError(f"checkpoint sidecar {sidecar} is not valid JSON ({exc.msg} at line {exc.lineno})"
+                              ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{sidecar} is not a margin_theory checkpoint (format {got!r}, expected {FORMAT!r})")
     if meta.get("version") != VERSION:
-        raise CheckpointError(f"{sidecar}: unsupported checkpoint version {meta.get('version')!r} (this toolkit reads {VERSION})")
+        raise CheckpointError(f"{sidecar}: unsupported checkpoint version {meta.get('version')!r} "
+                              f"(this toolkit reads {VERSION})")
     _validate_sidecar(meta, sidecar)
     return meta
 

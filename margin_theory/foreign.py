@@ -114,7 +114,8 @@ def _unwrap(obj: Any, path: Path, notes: list[str], where: str = "") -> dict[str
         if tensors:
             skipped = [str(k) for k in obj if k not in tensors]
             if skipped:
-                notes.append(f"ignored non-tensor entries {', '.join(skipped[:5])}" + (" ..." if len(skipped) > 5 else ""))
+                notes.append(f"ignored non-tensor entries {', '.join(skipped[:5])}"
+                             + (" ..." if len(skipped) > 5 else ""))
             return tensors
     what = type(obj).__name__ if not isinstance(obj, Mapping) else f"a dict with keys {list(obj)[:6]}"
     raise CheckpointError(f"{path} holds no state dict (found {what}; expected name -> tensor, possibly under "
@@ -246,7 +247,8 @@ def _head_weight(state: dict, head: nn.Module, C: int) -> tuple[str, torch.Tenso
             if _shape(t) != (C, d, r):
                 raise CheckpointError(f"tensor head.eigen (Low_dimensional_quadratic) has shape {_shape(t)}; "
                                       f"the model needs ({C}, {d}, {r}) = (classes, d, rank)")
-            return "head.eigen", t.permute(0, 2, 1).contiguous(), "Low_dimensional_quadratic eigen (C, d, r) -> (C, r, d)"
+            return ("head.eigen", t.permute(0, 2, 1).contiguous(),
+                    "Low_dimensional_quadratic eigen (C, d, r) -> (C, r, d)")
         forms = {(C, r, d): "as is", (C * r, d): "rows class-major (C*r, d) -> (C, r, d)"}
     elif isinstance(head, QuadraticHead):
         if "head.weight_a" in state:
