@@ -107,14 +107,9 @@ def _run_of(tensor_path: Path) -> Path:
 # Targets and data
 # ---------------------------------------------------------------------------
 def expand_targets(targets: Sequence[str | Path]) -> tuple[list[Path], list[dict]]:
-    """Turn the command-line targets into checkpoint tensor paths plus errors.
-
-    A run folder (or its ``checkpoints`` folder) stands for all its complete checkpoints;
-    an incomplete pair in it (one of the two files missing) is an error, as is a folder
-    without checkpoints, a missing path, or a file that is not a checkpoint. A folder
-    holding no checkpoints itself stands for every run folder below it. A foreign file
-    (``foreign.is_foreign_file``) is passed through; :func:`check_checkpoints` needs its model described.
-    """
+    """``(checkpoint tensor paths, errors)`` of the command-line targets: a run folder (or its
+    ``checkpoints``) stands for its complete checkpoints, a folder holding none for the runs below it,
+    a foreign file for itself; an incomplete pair, an empty folder or a missing path is an error."""
     from .checkpoint import CHECKPOINT_DIR, checkpoint_files, list_checkpoints, resolve_checkpoint
     from .foreign import is_foreign_file
 
@@ -178,12 +173,10 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                       progress: bool = False) -> CheckReport:
     """Evaluate Theorem 2 on every checkpoint of ``targets`` and compare consecutive ones.
 
-    ``seed``: the subset's seed; ``None`` = each run's training seed (as the trainer's
-    monitor). ``foreign``: what a foreign file holds (``train``'s model and data options,
-    or a spec file's content, see :mod:`margin_theory.foreign`); such a file is its own
-    "run" with ``epoch`` ``None``. ``progress``: a tqdm bar over the checkpoints showing
-    the phase (on a terminal). Errors are collected, never raised, so one bad file does
-    not hide the rest.
+    ``seed``: the subset's seed (``None``: each run's training seed). ``foreign``: what a foreign
+    file holds (``train``'s model and data options or a spec file's content); such a file is its
+    own "run" with ``epoch`` ``None``. ``progress``: a tqdm bar showing the phase. Errors are
+    collected, never raised, so one bad file does not hide the rest.
     """
     from ._util import progress as _progress
     from .assumptions import theorem2_report

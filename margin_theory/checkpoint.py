@@ -80,15 +80,10 @@ class NonFiniteCheckpointError(CheckpointError):
 
 @dataclass
 class Checkpoint:
-    """A checkpoint read back (:func:`read_checkpoint`).
-
-    ``model`` is rebuilt from the sidecar's ``model_args`` and holds the saved
-    weights (on ``device``, eval mode); ``config`` the training configuration dict;
-    ``path`` the ``.safetensors`` file; ``meta`` the whole sidecar; ``metrics`` the
-    metrics line of that epoch; ``optimizer_state`` a dict for
-    ``torch.optim.Optimizer.load_state_dict`` (or ``None``); ``rng_state`` name ->
-    uint8 tensor.
-    """
+    """A checkpoint read back (:func:`read_checkpoint`): ``model`` rebuilt from the sidecar's
+    ``model_args`` with the saved weights; ``config`` the training configuration; ``path`` the
+    ``.safetensors`` file; ``meta`` the whole sidecar; ``metrics`` the epoch's metrics line;
+    ``optimizer_state`` for ``Optimizer.load_state_dict`` (or ``None``); ``rng_state`` name -> uint8 tensor."""
 
     model: nn.Module
     config: dict
