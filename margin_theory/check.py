@@ -1,4 +1,4 @@
-r"""Check Theorem 2's assumptions on saved checkpoints (SPEC §5).
+r"""Check Theorem 2's assumptions on saved checkpoints (SPEC §5); the reference is ``docs/checking.md``.
 
 ::
 
@@ -7,54 +7,38 @@ r"""Check Theorem 2's assumptions on saved checkpoints (SPEC §5).
                                   [--normalisation auto|full|head]
                                   [--model NAME --dataset NAME [--rank R ...] | --spec FILE]
 
-A foreign file (a ``torch.save`` state dict, read only with ``weights_only=True``, or a
-``.safetensors`` without our sidecar) is described by ``train``'s model and data flags or a
-JSON/TOML ``--spec`` and mapped onto our model by :mod:`margin_theory.foreign`
-(``docs/checking.md``); a folder holding no checkpoints stands for the runs below it.
+(also ``margin-theory check``). A run folder stands for all its checkpoints in epoch order, a
+folder holding no checkpoints for the runs below it; a foreign file (a ``torch.save`` state dict,
+read only with ``weights_only=True``, or a ``.safetensors`` without our sidecar) is described by
+``train``'s model and data flags or a JSON/TOML ``--spec`` (:mod:`margin_theory.foreign`).
 
-(also ``margin-theory check``). For every checkpoint (a run folder stands for all its
-checkpoints, in epoch order) the training data are rebuilt from the checkpoint's own
-training configuration - with the trainer's own loader, so the data are exactly those the
-run trained on - and :func:`margin_theory.assumptions.theorem2_report` evaluates, on the
-seeded subset S (``--subset``, default 512; ``--seed``, default the run's seed, as the
-trainer's ``--monitor-every`` does), the quantities of Theorem 2: gamma_bar on S, rho, cv,
-eps, delta = min_n delta_n, A1, A2, A3, the exact Lemma-2 velocity d gamma_bar/dt and the
-theorem's lower bound on it, and a verdict:
+For every checkpoint the training data are rebuilt from its own configuration with the trainer's
+loader, and :func:`margin_theory.assumptions.theorem2_report` evaluates on the seeded subset S
+(``--subset``, default 512; ``--seed``, default the run's seed, as the trainer's monitor):
+gamma_bar on S, rho, cv, eps, delta = min_n delta_n, A1-A3, the exact Lemma-2 velocity
+d gamma_bar/dt, the theorem's lower bound on it and a verdict: ``grows`` (A1-A3 hold: Theorem 2
+proves d gamma_bar/dt > 0 for the gradient flow of S's mean cross-entropy at that instant) or
+``no-claim`` (the conditions are sufficient, not necessary: the margin may still grow).
 
-* ``grows``: A1-A3 hold, Theorem 2 proves d gamma_bar/dt > 0 (for the gradient flow of
-  S's mean cross-entropy at that instant);
-* ``no-claim``: some condition fails and the theorem says nothing - its conditions are
-  sufficient, not necessary, and the margin may still grow.
+Between consecutive checkpoints of a run: ``delta_gamma_bar``, the measured change of gamma_bar
+on the WHOLE training set (``margins.compute_margins``, float64), against ``predicted_sign``
+(``"+"`` where the theorem applies at the earlier checkpoint, else ``"?"``); ``agrees`` is
+``delta_gamma_bar > 0`` for a ``"+"``, else ``None`` (``velocity_sign`` / ``velocity_agrees``:
+the same with the sign of the Lemma-2 velocity). Training runs SGD over whole epochs, so a
+disagreement shows the local prediction did not persist - it does not contradict the theorem.
 
-Between consecutive checkpoints of a run it reports the measured change of gamma_bar on
-the WHOLE training set (``margins.compute_margins``, float64), ``delta_gamma_bar``, and
-compares it with the sign the theory predicts at the earlier checkpoint:
-``predicted_sign`` is ``"+"`` when the theorem applies there and ``"?"`` (no prediction)
-otherwise; ``agrees`` is ``delta_gamma_bar > 0`` when the prediction is ``"+"``, else
-``None``. The prediction is about the instantaneous gradient flow at the earlier
-checkpoint; training runs SGD for a whole epoch on the full training set, so a
-disagreement shows the local prediction did not persist over the interval - it does not
-contradict the theorem. (``velocity_sign`` / ``velocity_agrees`` do the same with the
-sign of the exact Lemma-2 velocity.)
+``--json``: one document ``{"checkpoints": [...], "transitions": [...], "errors": [...],
+"summary": {...}}``; a checkpoint entry holds ``path, run, epoch, step``, every Theorem 2 monitor
+field, ``gamma_bar_train, gamma_min_train, train_acc, test_acc, n_train, model, verdict, note`` and
+``maxmargin`` (a linear / quadratic / lowrank head on raw inputs: gamma_min/gamma_star and the
+cosine to the max-margin optimum of :mod:`margin_theory.maxmargin`, solved once per run on a
+seeded subset of at most 256 points; else ``available: false`` with a ``note``). An unreadable
+file or a configuration that cannot be rebuilt prints one line on stderr and makes the exit
+status 2; the other checkpoints are still reported.
 
-``--json`` prints one document ``{"checkpoints": [...], "transitions": [...],
-"errors": [...]}``; each checkpoint entry has ``path, epoch, gamma_bar`` (on S),
-``gamma_bar_train`` (whole training set), ``delta_min, B, sigma_max, rho, kappa, cv,
-eps, A1, A2, A3, velocity, lower_bound, theorem_applies, normalisation, degree`` and
-more. A missing, truncated or foreign file, or a checkpoint whose configuration names an
-unknown model (or data that cannot be rebuilt), prints one line on stderr and makes the
-exit status 2; the other checkpoints are still reported.
-
-For a linear / quadratic / lowrank head on raw inputs each checkpoint also gets
-``maxmargin``: gamma_min/gamma_star and the cosine between its W_i (lowrank: A_i^T A_i) and
-the max-margin optimum (:mod:`margin_theory.maxmargin`), solved once per run on a seeded
-subset of at most 256 points (``data`` says which); ``available: false`` with a ``note`` when
-the head has no such problem, the data are not separable or the problem is too large.
-
-``--plot`` writes a PNG (``--out``, default ``RUN_DIR/theorem2-check.png``): gamma_bar
-and test accuracy over training (from the run's ``metrics.jsonl`` when present, else from
-the checkpoints) with the intervals after checkpoints where A1-A3 held shaded - the
-paper's Fig. 5 with the theorem's verdict on it.
+``--plot`` writes a PNG (``--out``, default ``RUN_DIR/theorem2-check.png``): gamma_bar and test
+accuracy over training (from ``metrics.jsonl`` when present, else the checkpoints), the intervals
+after checkpoints where A1-A3 held shaded - the paper's Fig. 5 with the theorem's verdict on it.
 """
 from __future__ import annotations
 
@@ -66,18 +50,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ._util import (
-    ArgumentParser,
-    CheckpointError,
-    ConfigError,
-    MarginTheoryError,
-    check_output_path,
-    cli_entry,
-    print_json,
-    save_figure,
-    to_jsonable,
-    use_agg_backend,
-)
+from ._util import ArgumentParser, CheckpointError, ConfigError, MarginTheoryError, check_output_path, cli_entry
+from ._util import print_json, save_figure, to_jsonable, use_agg_backend
 from ._util import positive_int as _positive_int, nonneg_int as _nonneg_int
 
 __all__ = ["CheckReport", "check_checkpoints", "expand_targets", "plot_check", "main"]
@@ -98,77 +72,81 @@ class CheckReport:
                             "errors": self.errors})
 
     def summary(self) -> dict:
-        n = len(self.checkpoints)
-        held = sum(1 for c in self.checkpoints if c["theorem_applies"])
-        grew = sum(1 for t in self.transitions if t["delta_gamma_bar"] > 0)
         predicted = [t for t in self.transitions if t["predicted_sign"] == "+"]
-        return {"checkpoints": n, "theorem_applies": held, "transitions": len(self.transitions),
-                "gamma_bar_grew": grew, "predictions": len(predicted),
-                "agreements": sum(1 for t in predicted if t["agrees"]),
+        return {"checkpoints": len(self.checkpoints),
+                "theorem_applies": sum(1 for c in self.checkpoints if c["theorem_applies"]),
+                "transitions": len(self.transitions),
+                "gamma_bar_grew": sum(1 for t in self.transitions if t["delta_gamma_bar"] > 0),
+                "predictions": len(predicted), "agreements": sum(1 for t in predicted if t["agrees"]),
                 "disagreements": sum(1 for t in predicted if t["agrees"] is False),
                 "velocity_sign_disagreements": sum(1 for t in self.transitions if t["velocity_agrees"] is False),
                 "errors": len(self.errors)}
 
 
+def _error(path, exc: BaseException | str) -> dict:
+    """An ``errors`` entry: the path and the one-line message (an unexpected error type is named)."""
+    msg = exc if isinstance(exc, str) else " ".join(str(exc).split())
+    if isinstance(exc, BaseException) and not isinstance(exc, MarginTheoryError):
+        msg = f"{type(exc).__name__}: {msg}"
+    return {"path": str(path), "error": msg}
+
+
+def _by_run(rows: list[dict]) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for r in rows:
+        runs.setdefault(r["run"], []).append(r)
+    return runs
+
+
+def _run_of(tensor_path: Path) -> Path:
+    folder = tensor_path.parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
 # ---------------------------------------------------------------------------
-# Targets
+# Targets and data
 # ---------------------------------------------------------------------------
 def expand_targets(targets: Sequence[str | Path]) -> tuple[list[Path], list[dict]]:
-    """Turn the command-line targets into checkpoint tensor paths plus errors.
-
-    A run folder (or its ``checkpoints`` folder) stands for all its complete checkpoints;
-    an incomplete pair in it (one of the two files missing) is an error, as is a folder
-    without checkpoints, a missing path, or a file that is not a checkpoint. A folder
-    holding no checkpoints itself stands for every run folder below it. A foreign file
-    (``foreign.is_foreign_file``: a ``torch.save`` file, or a ``.safetensors`` without its
-    sidecar) is passed through; :func:`check_checkpoints` needs its model described.
-    """
+    """``(checkpoint tensor paths, errors)`` of the command-line targets: a run folder (or its
+    ``checkpoints``) stands for its complete checkpoints, a folder holding none for the runs below it,
+    a foreign file for itself; an incomplete pair, an empty folder or a missing path is an error."""
     from .checkpoint import CHECKPOINT_DIR, checkpoint_files, list_checkpoints, resolve_checkpoint
-
     from .foreign import is_foreign_file
 
     paths: list[Path] = []
     errors: list[dict] = []
-    targets = [Path(t) for t in targets]
     expanded: list[Path] = []
-    for t in targets:   # a folder of runs stands for the runs inside (any depth)
+    for t in map(Path, targets):   # a folder of runs stands for the runs inside (any depth)
         if t.is_dir() and not (t / CHECKPOINT_DIR).is_dir() and not any(t.glob("epoch-*")):
-            runs = sorted({c.parent for c in t.rglob(CHECKPOINT_DIR) if c.is_dir()})
-            expanded.extend(runs or [t])
+            expanded.extend(sorted({c.parent for c in t.rglob(CHECKPOINT_DIR) if c.is_dir()}) or [t])
         else:
             expanded.append(t)
     for t in expanded:
         if is_foreign_file(t):
             paths.append(t)
-            continue
-        if t.is_dir():
+        elif t.is_dir():
             folder = t / CHECKPOINT_DIR if (t / CHECKPOINT_DIR).is_dir() else t
             found = list_checkpoints(t)
             complete = {p.with_suffix("") for p in found}
             for f in sorted(set(folder.glob("epoch-*.safetensors")) | set(folder.glob("epoch-*.json"))):
                 if f.with_suffix("") not in complete:
-                    missing = [str(p) for p in checkpoint_files(f) if not p.exists()]
-                    errors.append({"path": str(f), "error": f"incomplete checkpoint: {', '.join(missing)} missing"})
+                    missing = ", ".join(str(p) for p in checkpoint_files(f) if not p.exists())
+                    errors.append(_error(f, f"incomplete checkpoint: {missing} missing"))
             if not found and not any(e["path"].startswith(str(folder)) for e in errors):
-                errors.append({"path": str(t), "error": f"no checkpoint in {t} (expected "
-                                                        f"{CHECKPOINT_DIR}/epoch-NNNN.safetensors + .json)"})
+                errors.append(_error(t, f"no checkpoint in {t} (expected {CHECKPOINT_DIR}/epoch-NNNN.safetensors "
+                                        "+ .json)"))
             paths.extend(found)
-            continue
-        try:
-            paths.append(resolve_checkpoint(t))
-        except MarginTheoryError as exc:
-            errors.append({"path": str(t), "error": " ".join(str(exc).split())})
-    seen, unique = set(), []
+        else:
+            try:
+                paths.append(resolve_checkpoint(t))
+            except MarginTheoryError as exc:
+                errors.append(_error(t, exc))
+    unique: dict[Path, Path] = {}
     for p in paths:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
-            unique.append(p)
-    return unique, errors
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values()), errors
 
 
-# ---------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------
 _DATA_KEYS = ("dataset", "data_dir", "seed", "normalize", "n_train", "n_test")
 
 
@@ -179,14 +157,11 @@ def _load_training_data(config: dict, data_dir: str | None, download: bool = Fal
     ``download`` fetches missing standard files (md5-checked) as ``train --download``."""
     from .train import TrainConfig, load_data_for
 
-    cfg = dict(config)
-    for k in ("resume", "overwrite", "augment"):
-        cfg[k] = False          # irrelevant to the data, must not trip validation
-    cfg["download"] = bool(download)
+    cfg = {**config, "resume": False, "overwrite": False, "augment": False,  # irrelevant to the data
+           "download": bool(download)}
     if data_dir is not None:
         cfg["data_dir"] = str(data_dir)
-    tc = TrainConfig.from_dict(cfg)
-    return load_data_for(tc, torch.device("cpu"))
+    return load_data_for(TrainConfig.from_dict(cfg), torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------
@@ -198,17 +173,15 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                       progress: bool = False) -> CheckReport:
     """Evaluate Theorem 2 on every checkpoint of ``targets`` and compare consecutive ones.
 
-    ``seed``: the subset's seed; ``None`` = each run's training seed (as the trainer's
-    monitor). ``foreign``: what a foreign file holds (``train``'s model and data options,
-    or a spec file's content, see :mod:`margin_theory.foreign`); such a file is its own
-    "run" with ``epoch`` ``None``. ``progress``: a tqdm bar over the checkpoints showing
-    the phase (on a terminal). Errors are collected, never raised, so one bad file does
-    not hide the rest.
+    ``seed``: the subset's seed (``None``: each run's training seed). ``foreign``: what a foreign
+    file holds (``train``'s model and data options or a spec file's content); such a file is its
+    own "run" with ``epoch`` ``None``. ``progress``: a tqdm bar showing the phase. Errors are
+    collected, never raised, so one bad file does not hide the rest.
     """
     from ._util import progress as _progress
     from .assumptions import theorem2_report
     from .checkpoint import describe_model_args, read_checkpoint
-    from .foreign import is_foreign_file, read_foreign
+    from .foreign import foreign_config, is_foreign_file, read_foreign
     from .margins import compute_margins
 
     paths, errors = expand_targets(targets)
@@ -226,16 +199,14 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
         try:
             phase(p, "reading")
             is_foreign = is_foreign_file(p)
+            if is_foreign and foreign is None:
+                why = f"no sidecar {p.with_suffix('.json').name}" if p.suffix == ".safetensors" else \
+                    "a foreign state dict"
+                raise CheckpointError(
+                    f"{p.name} is not a margin_theory checkpoint ({why}): say what it holds with the model "
+                    "and data flags of train (--model NAME --dataset NAME [--rank R ...]) or --spec FILE "
+                    "(docs/checking.md)")
             if is_foreign:
-                if foreign is None:
-                    why = (f"no sidecar {p.with_suffix('.json').name}" if p.suffix == ".safetensors"
-                           else "a foreign state dict")
-                    raise CheckpointError(
-                        f"{p.name} is not a margin_theory checkpoint ({why}): say what it holds with the model "
-                        "and data flags of train (--model NAME --dataset NAME [--rank R ...]) or --spec FILE "
-                        "(docs/checking.md)")
-                from .foreign import foreign_config
-
                 cfg = foreign_config(foreign)
             else:
                 ck = read_checkpoint(p, device="cpu")
@@ -252,24 +223,20 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
             rep = theorem2_report(ck.model, ds.X_train, ds.y_train, subset=subset, seed=s,
                                   normalisation=normalisation)
             phase(p, "margins on the training set")
-            m64 = ck.model.to(torch.float64)
-            full = compute_margins(m64, ds.X_train.to(torch.float64), ds.y_train, normalisation=normalisation)
+            full = compute_margins(ck.model.to(torch.float64), ds.X_train.to(torch.float64), ds.y_train,
+                                   normalisation=normalisation)
             gap = _maxmargin_gap(gaps, key, ck.model, ds, subset, s)
-        except MarginTheoryError as exc:
-            report.errors.append({"path": str(p), "error": " ".join(str(exc).split())})
-            bar.update(1)
+        except (MarginTheoryError, OSError, ValueError, RuntimeError) as exc:   # never a traceback
+            report.errors.append(_error(p, exc))
             continue
-        except (OSError, ValueError, RuntimeError) as exc:   # unexpected, but never a traceback
-            report.errors.append({"path": str(p), "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"})
+        finally:
             bar.update(1)
-            continue
-        bar.update(1)
-        d = rep.as_dict()
         row = {"path": str(p), "run": str(p if is_foreign else _run_of(p)), "epoch": ck.epoch, "step": ck.step,
-               **d,         # every Theorem 2 monitor field (assumptions.Theorem2Report)
+               **rep.as_dict(),         # every Theorem 2 monitor field (assumptions.Theorem2Report)
                "gamma_bar_train": full.gamma_bar, "gamma_min_train": full.gamma_min,
                "train_acc": full.accuracy, "test_acc": ck.metrics.get("test_acc"),
-               "n_train": int(ds.y_train.shape[0]), "model": ck.config.get("model"), "verdict": rep.verdict(), "note": rep.note, "maxmargin": gap}
+               "n_train": int(ds.y_train.shape[0]), "model": ck.config.get("model"), "verdict": rep.verdict(),
+               "note": rep.note, "maxmargin": gap}
         if is_foreign:
             row["foreign"] = {"notes": ck.meta.get("notes", []), "map": ck.meta.get("map", {}),
                               "model": describe_model_args({**cfg, "name": cfg["model"], "num_classes": ds.num_classes,
@@ -278,11 +245,7 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
         if log:
             log(f"checked {p.name}: {row['verdict']}")
     bar.close()
-    # group by run, sort by epoch; transitions only within a run
-    runs: dict[str, list[dict]] = {}
-    for r in rows:
-        runs.setdefault(r["run"], []).append(r)
-    for run_rows in runs.values():
+    for run_rows in _by_run(rows).values():      # transitions only within a run, in epoch order
         run_rows.sort(key=lambda r: r["epoch"] if r["epoch"] is not None else -1)
         report.checkpoints.extend(run_rows)
         for a, b in zip(run_rows, run_rows[1:]):
@@ -292,10 +255,8 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
             report.transitions.append({
                 "from": a["epoch"], "to": b["epoch"], "from_path": a["path"], "to_path": b["path"],
                 "run": a["run"], "delta_gamma_bar": dg, "predicted_sign": pred,
-                "agrees": (dg > 0) if pred == "+" else None,
-                "velocity_sign": vsign,
-                "velocity_agrees": None if vsign == "0" else ((dg > 0) == (vsign == "+")),
-            })
+                "agrees": (dg > 0) if pred == "+" else None, "velocity_sign": vsign,
+                "velocity_agrees": None if vsign == "0" else ((dg > 0) == (vsign == "+"))})
     return report
 
 
@@ -314,11 +275,6 @@ def _maxmargin_gap(cache: dict, key: tuple, model, ds, subset: int, seed: int) -
     return cache[k].report(model)
 
 
-def _run_of(tensor_path: Path) -> Path:
-    folder = tensor_path.parent
-    return folder.parent if folder.name == "checkpoints" else folder
-
-
 # ---------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------
@@ -327,23 +283,23 @@ def _fmt(v, spec=".3g") -> str:
         return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
-    if isinstance(v, str):
-        return v
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if isinstance(v, float) and math.isnan(v):
-        return "nan"
+    if isinstance(v, str) or (isinstance(v, float) and not math.isfinite(v)):
+        return str(v)        # inf, -inf, nan
     return format(v, spec)
+
+
+#: the table's columns: (header, row key, width, format)
+_COLUMNS = (("epoch", "epoch", 5, "d"), ("gbar(train)", "gamma_bar_train", 11, "+.4e"),
+            ("gbar(S)", "gamma_bar", 10, "+.4e"), ("rho", "rho", 7, ".4f"), ("cv", "cv", 7, ".4f"),
+            ("eps", "eps", 8, ".3g"), ("delta", "delta_min", 8, ".3g"), ("A1", "A1", 3, ".3g"),
+            ("A2", "A2", 3, ".3g"), ("A3", "A3", 3, ".3g"), ("velocity", "velocity", 10, "+.3e"),
+            ("lower bnd", "lower_bound", 10, "+.3e"))
 
 
 def format_report(rep: CheckReport) -> str:
     lines = []
-    runs: dict[str, list[dict]] = {}
-    for c in rep.checkpoints:
-        runs.setdefault(c["run"], []).append(c)
-    head = (f"{'epoch':>5}  {'gbar(train)':>11}  {'gbar(S)':>10}  {'rho':>7}  {'cv':>7}  {'eps':>8}  {'delta':>8}  "
-            f"{'A1':>3} {'A2':>3} {'A3':>3}  {'velocity':>10}  {'lower bnd':>10}  verdict")
-    for run, rows in runs.items():
+    head = "  ".join(f"{h:>{w}}" for h, _, w, _ in _COLUMNS) + "  verdict"
+    for run, rows in _by_run(rep.checkpoints).items():
         r0 = rows[0]
         if "foreign" in r0:
             lines.append(f"file {run}: foreign state dict mapped onto {r0['foreign']['model']}"
@@ -353,28 +309,26 @@ def format_report(rep: CheckReport) -> str:
                      f"(seed {r0['subset_seed']}); gbar(train) = gamma_bar on the whole training set, "
                      f"gbar(S) on the subset")
         lines.append(head)
-        for c in rows:
-            lines.append(f"{_fmt(c['epoch'], 'd'):>5}  {_fmt(c['gamma_bar_train'], '+.4e'):>11}  {_fmt(c['gamma_bar'], '+.4e'):>10}  "
-                         f"{_fmt(c['rho'], '.4f'):>7}  "
-                         f"{_fmt(c['cv'], '.4f'):>7}  {_fmt(c['eps'], '.3g'):>8}  {_fmt(c['delta_min'], '.3g'):>8}  "
-                         f"{_fmt(c['A1']):>3} {_fmt(c['A2']):>3} {_fmt(c['A3']):>3}  "
-                         f"{_fmt(c['velocity'], '+.3e'):>10}  {_fmt(c['lower_bound'], '+.3e'):>10}  {c['verdict']}")
+        lines += ["  ".join(f"{_fmt(c[k], spec):>{w}}" for _, k, w, spec in _COLUMNS) + f"  {c['verdict']}"
+                  for c in rows]
         gaps = [c for c in rows if (c.get("maxmargin") or {}).get("available")]
         if gaps:
             g0 = gaps[0]["maxmargin"]
-            lines.append(f"max-margin gap ({g0['head']} head, optimum gamma* = {g0['gamma_star']:.5g} on {g0['data']}): "
+            lines.append(f"max-margin gap ({g0['head']} head, optimum gamma* = {g0['gamma_star']:.5g} "
+                         f"on {g0['data']}): "
                          + ", ".join(f"epoch {c['epoch']}: gamma_min/gamma* {c['maxmargin']['ratio']:+.4f}, "
                                      f"cos {c['maxmargin']['cosine']:.4f}" for c in gaps))
-        elif rows and (rows[0].get("maxmargin") or {}).get("note"):
-            lines.append(f"max-margin gap: not available ({rows[0]['maxmargin']['note']})")
+        elif (r0.get("maxmargin") or {}).get("note"):
+            lines.append(f"max-margin gap: not available ({r0['maxmargin']['note']})")
         trans = [t for t in rep.transitions if t["run"] == run]
         if trans:
             lines.append("transitions (gamma_bar on the whole training set):")
-            for t in trans:
-                agree = {True: "agrees", False: "DISAGREES", None: "no prediction"}[t["agrees"]]
-                lines.append(f"  epoch {t['from']:>4} -> {t['to']:<4}  delta gamma_bar {t['delta_gamma_bar']:+.4e}  "
-                             f"predicted {t['predicted_sign']}  {agree}  (Lemma-2 velocity sign "
-                             f"{t['velocity_sign']}: {'agrees' if t['velocity_agrees'] else 'differs' if t['velocity_agrees'] is False else '-'})")
+        words = {True: "agrees", False: "DISAGREES", None: "no prediction"}
+        for t in trans:
+            vel = {True: "agrees", False: "differs", None: "-"}[t["velocity_agrees"]]
+            lines.append(f"  epoch {t['from']:>4} -> {t['to']:<4}  delta gamma_bar {t['delta_gamma_bar']:+.4e}  "
+                         f"predicted {t['predicted_sign']}  {words[t['agrees']]}  (Lemma-2 velocity sign "
+                         f"{t['velocity_sign']}: {vel})")
         lines.append("")
     s = rep.summary()
     if s["checkpoints"]:
@@ -396,34 +350,24 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    runs: dict[str, list[dict]] = {}
-    for c in rep.checkpoints:
-        if c["epoch"] is not None:          # foreign files have no epochs: nothing to plot over
-            runs.setdefault(c["run"], []).append(c)
+    runs = _by_run([c for c in rep.checkpoints if c["epoch"] is not None])  # foreign files have no epochs
     if not runs:
         raise CheckpointError("nothing to plot: no checkpoint of a training run could be checked "
                               "(foreign files have no epochs)")
     fig, axes = plt.subplots(len(runs), 1, figsize=(8, 4.2 * len(runs)), squeeze=False)
     for ax, (run, rows) in zip(axes[:, 0], runs.items()):
         hist = (metrics or {}).get(run) or []
-        if hist:
-            ep = [r["epoch"] for r in hist]
-            gb = [r.get("gamma_bar", math.nan) for r in hist]
-            ta = [r.get("test_acc", math.nan) for r in hist]
-            src = "metrics.jsonl"
-        else:
-            ep = [r["epoch"] for r in rows]
-            gb = [r["gamma_bar_train"] for r in rows]
-            ta = [r["test_acc"] if isinstance(r["test_acc"], (int, float)) else math.nan for r in rows]
-            src = "checkpoints"
-        epochs = [r["epoch"] for r in rows]
+        src = "metrics.jsonl" if hist else "checkpoints"
+        ep = [r["epoch"] for r in hist or rows]
+        gb = [r.get("gamma_bar", math.nan) for r in hist] if hist else [r["gamma_bar_train"] for r in rows]
+        ta = [r.get("test_acc", math.nan) if hist else r["test_acc"] for r in hist or rows]
+        ta = [t if isinstance(t, (int, float)) else math.nan for t in ta]
+        held = [r for r in rows if r["theorem_applies"]]
         for i, r in enumerate(rows):
             if r["theorem_applies"]:
-                lo = r["epoch"]
-                hi = epochs[i + 1] if i + 1 < len(rows) else r["epoch"] + 0.5
-                ax.axvspan(lo, hi, color="tab:green", alpha=0.18, lw=0)
+                hi = rows[i + 1]["epoch"] if i + 1 < len(rows) else r["epoch"] + 0.5
+                ax.axvspan(r["epoch"], hi, color="tab:green", alpha=0.18, lw=0)
         l1, = ax.plot(ep, gb, "o-", color="tab:blue", ms=3, label="average margin gamma_bar (train set)")
-        held = [r for r in rows if r["theorem_applies"]]
         ax.plot([r["epoch"] for r in held], [r["gamma_bar_train"] for r in held], "s", color="tab:green",
                 ms=6, label="checkpoint: A1-A3 hold")
         nc = [r for r in rows if not r["theorem_applies"]]
@@ -435,8 +379,7 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
         l2, = ax2.plot(ep, [100 * t for t in ta], "^-", color="tab:red", ms=3, label="test accuracy (%)")
         ax2.set_ylabel("test accuracy (%)")
         shade = "A1-A3 hold: Theorem 2 predicts growth" + ("" if held else " (at no checkpoint here)")
-        handles = [l1, l2, Patch(color="tab:green", alpha=0.3, label=shade)]
-        handles += ax.get_legend_handles_labels()[0][1:]
+        handles = [l1, l2, Patch(color="tab:green", alpha=0.3, label=shade)] + ax.get_legend_handles_labels()[0][1:]
         ax.legend(handles=handles, loc="lower right", fontsize=8)
         ax.set_title(f"{Path(run).name}: {rows[0]['model']} - average margin, test accuracy and Theorem 2 "
                      f"(from {src})", fontsize=10)
@@ -444,11 +387,9 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
     return save_figure(fig, out)
 
 
-
-
-
-
 def build_parser() -> ArgumentParser:
+    from .train import add_data_model_arguments
+
     p = ArgumentParser(
         prog=PROG,
         description="Theorem 2 (SPEC §5) on saved checkpoints: A1-A3, rho, cv, eps, the exact Lemma-2 margin "
@@ -461,15 +402,14 @@ def build_parser() -> ArgumentParser:
                         "bare .safetensors) described by the model flags or --spec")
     p.add_argument("--subset", type=_positive_int, default=512,
                    help="size of the seeded subset S the theorem is evaluated on (default 512; all if fewer)")
-    p.add_argument("--seed", type=_nonneg_int, default=None, help="subset seed (default: the run's training seed; for a foreign file also its data split "
+    p.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="subset seed (default: the run's training seed; for a foreign file also its data split "
                         "seed, default 0)")
     p.add_argument("--normalisation", choices=("auto", "full", "head"), default="auto",
                    help="margin normalisation (auto: all parameters if homogeneous, else the head's)")
     p.add_argument("--spec", default=None, metavar="FILE",
                    help="JSON/TOML file saying what a foreign file holds (train's options: model, rank, "
                         "dataset, ...; optional keys table); flags given override it")
-    from .train import add_data_model_arguments
-
     add_data_model_arguments(
         p.add_argument_group("model and data of a foreign file (the flags of train)"), augment=False,
         data_dir_help="data folder, overriding the runs' own data_dir (needed when a run's folder moved)")
@@ -479,10 +419,14 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def _flags(names) -> str:
+    return ", ".join(f"--{k.replace('_', '-')}" for k in names)
+
+
 @cli_entry(PROG)
 def main(argv=None) -> int:
     """Check Theorem 2's assumptions on checkpoints; exit 2 if any checkpoint is unreadable."""
-    from .foreign import MODEL_KEYS, read_spec
+    from .foreign import MODEL_KEYS, is_foreign_file, read_spec
     from .train import explicit_options
 
     parser = build_parser()
@@ -492,24 +436,20 @@ def main(argv=None) -> int:
     given = explicit_options(parser, argv)
     unsupported = [k for k in ("protocol", "init", "linear_term", "affine") if k in given]
     if unsupported:    # train's protocol flags: a foreign file's linear term and bias are folded in by shape
-        raise ConfigError(", ".join(f"--{k.replace('_', '-')}" for k in unsupported) + " do not apply to check: "
-                          "a checkpoint of ours carries them in its config; a foreign file's linear term and "
-                          "biases are mapped from its tensors (docs/checking.md)")
+        raise ConfigError(_flags(unsupported) + " do not apply to check: a checkpoint of ours carries them in "
+                          "its config; a foreign file's linear term and biases are mapped from its tensors "
+                          "(docs/checking.md)")
     model_flags = sorted(k for k in given if k in MODEL_KEYS + ("dataset", "n_train", "n_test", "normalize"))
     foreign = None
     if args.spec or model_flags:
         foreign = dict(read_spec(args.spec)) if args.spec else {}
-        for k in model_flags + [k for k in ("data_dir", "download") if k in given]:
-            foreign[k] = getattr(args, k)
+        foreign.update({k: getattr(args, k) for k in model_flags + [k for k in ("data_dir", "download") if k in given]})
         if args.seed is not None:
             foreign["seed"] = args.seed
-    paths, _ = expand_targets(args.targets)
-    from .foreign import is_foreign_file
-
-    if foreign is not None and not any(is_foreign_file(p) for p in paths):
-        flags = ", ".join(["--spec"] * bool(args.spec) + [f"--{k.replace('_', '-')}" for k in model_flags])
-        sys.stderr.write(f"{PROG}: note: {flags} describe foreign files only; the checkpoints given carry "
-                         "their own description (sidecar) and are checked as saved\n")
+        if not any(is_foreign_file(p) for p in expand_targets(args.targets)[0]):
+            sys.stderr.write(f"{PROG}: note: {_flags(['spec'] * bool(args.spec) + model_flags)} describe foreign "
+                             "files only; the checkpoints given carry their own description (sidecar) and are "
+                             "checked as saved\n")
     if args.out is not None:
         check_output_path(args.out, kind="file")
     rep = check_checkpoints(args.targets, subset=args.subset, seed=args.seed,
@@ -528,8 +468,7 @@ def main(argv=None) -> int:
     elif args.plot:
         sys.stderr.write(f"{PROG}: error: nothing to plot: no checkpoint could be checked\n")
     if args.json:
-        doc = rep.as_dict()
-        doc["summary"] = rep.summary()
+        doc = {**rep.as_dict(), "summary": rep.summary()}
         if plot_path is not None:
             doc["plot"] = str(plot_path)
         print_json(doc)
