@@ -1,54 +1,33 @@
 r"""The trainer: SGD on a whole-dataset-on-device tensor, margin trajectories per epoch (SPEC §2, §7, §9).
 
-* The whole dataset is one device tensor. Each epoch draws one device-side permutation
-  ``torch.randperm(N, generator=g, device=...)``; the batches are its slices, the last partial one
-  kept, so every sample is seen exactly once per epoch (:func:`epoch_batches`). No DataLoader.
-* ``--augment`` (Table 3 protocol): zero-pad 4 pixels, random crop back to H x W, random horizontal
-  flip, the whole batch in one gather (:func:`augment_batch`), from the same seeded generator.
-* Optimiser :class:`SGD` (``torch.optim.SGD`` with a lean step): the learning rate of (1-based)
-  epoch e is ``lr * lr_gamma ** #{m in milestones : m < e}``, i.e. ``MultiStepLR`` stepped once per
-  epoch: with milestone 150, epochs 1..150 use lr and 151.. lr * gamma (:func:`lr_at`).
-* Loss: ``margins.margin_regularised_loss`` = CE - lambda * gamma_bar(batch) (paper eq. 5;
-  lambda = ``--margin-reg``, 0 = plain cross-entropy).
-* After every epoch one no-grad pass over the FULL training set (eval mode: BatchNorm uses its
-  running statistics) gives loss, accuracy and the margins (``margins.compute_margins``: float64,
-  TF32 off), plus the test accuracy. Epoch 0 is the initialisation (``epoch_seconds``: the
-  evaluation only).
-* Speed: no ``.item()`` per step; the loss is accumulated on the device and read once per epoch
-  (a progress bar on a terminal reads it about 20 times). The non-finite check runs once per epoch,
-  *before* anything is saved, so a NaN is never written as a good checkpoint.
-* Determinism: ``torch.manual_seed(seed)`` right before the model is built (the caller's global RNG
-  is restored); a ``torch.Generator`` seeded with ``seed`` on the device drives permutations and
-  augmentation. CPU runs are bitwise reproducible; resumed runs equal uninterrupted ones.
+Usage, files and flags: ``docs/usage.md`` (Training); run folders, ``--overwrite`` and ``--resume``:
+``docs/safety.md``; several processes (``torchrun ... -m margin_theory.train``): ``docs/distributed.md``.
 
-Files in ``--out DIR`` (nothing is written without it), all written atomically:
-``config.json`` (the :class:`TrainConfig`, ``data_dir`` absolute); ``metrics.jsonl``, one JSON
-object per epoch 0..E, rewritten after every epoch, keys :data:`METRIC_KEYS` (``train_loss``: mean
-cross-entropy without the margin term; ``degree``, ``normalisation``: gamma = q / ||theta||^degree
-over all parameters, ``full``, or the head's, ``head``, SPEC §2) plus, on monitor epochs,
-``theorem2`` (:func:`margin_theory.assumptions.theorem2_report`), ``maxmargin`` (gamma_min/gamma_star
-and the cosine to the max-margin optimum, :class:`margin_theory.maxmargin.GapMonitor`) and
-``monitor_seconds`` (outside ``epoch_seconds``); ``checkpoints/epoch-NNNN.safetensors`` + ``.json``
-(:mod:`margin_theory.checkpoint`); ``summary.json`` (also printed by ``--json``).
+* Each epoch draws one device-side permutation ``torch.randperm(N, generator=g, device=...)`` of the
+  device-resident data set; the batches are its slices, the last partial one kept, so every sample is
+  seen exactly once per epoch (:func:`epoch_batches`). ``--augment`` (Table 3 protocol): zero-pad 4,
+  random crop back to H x W, random horizontal flip, one gather per batch (:func:`augment_batch`).
+* :class:`SGD`; the learning rate of (1-based) epoch e is ``lr * lr_gamma ** #{m in milestones : m < e}``
+  (``MultiStepLR`` stepped once per epoch; :func:`lr_at`). Loss: ``margins.margin_regularised_loss`` =
+  CE - lambda * gamma_bar(batch) (paper eq. 5; lambda = ``--margin-reg``).
+* After every epoch, and for epoch 0 (the initialisation), one no-grad eval-mode pass over the FULL
+  training set gives loss, accuracy and the margins (``margins.compute_margins``: float64, TF32 off),
+  plus the test accuracy: one ``metrics.jsonl`` row with the keys :data:`METRIC_KEYS` (gamma =
+  q / ||theta||^degree, ``normalisation`` ``full`` or ``head``, SPEC §2), and on monitor epochs
+  (``--monitor-every K``: 0, K, 2K, ... and the last) ``theorem2``
+  (:func:`margin_theory.assumptions.theorem2_report`), ``maxmargin``
+  (:class:`margin_theory.maxmargin.GapMonitor`) and ``monitor_seconds``.
+* No ``.item()`` per step: the loss is read once per epoch, and checked for non-finite values *before*
+  anything is saved, so a NaN is never written as a good checkpoint.
+* ``torch.manual_seed(seed)`` right before the model is built (the caller's global RNG restored) and a
+  ``torch.Generator`` seeded with ``seed`` for permutations and augmentation: CPU runs are bitwise
+  reproducible, resumed runs equal uninterrupted ones.
 
-``--checkpoint-every``: ``auto`` (default) every ``ceil(epochs/10)`` epochs, ``K`` epoch 0 and every
-K-th, ``0`` the final epoch only, ``none`` never; the final epoch is checkpointed unless ``none``.
-Monitors (``--monitor-every K``) run on epochs 0, K, 2K, ... and the final epoch.
-
-``--resume`` continues from the latest checkpoint in ``--out``: model, momentum buffers, lr position,
-epoch, step and generator states; ``metrics.jsonl`` is cut back to the checkpoint's epoch. On the
-command line every option not given (not ``--device``) comes from the run's ``config.json``; the new
-configuration must equal the saved one but for :data:`RESUME_MAY_DIFFER`. Without ``--resume`` an
-``--out`` that holds a run is refused unless ``--overwrite`` (which deletes only the trainer's files).
-Model options that do not apply to the model are errors; ``--n-train`` / ``--n-test`` beyond the
-data keep all of it, with a note.
-
-Exit status of the CLI: 0 success; 2 bad input (one line on stderr); 3 training diverged (one line
-naming the epoch and the last good checkpoint, which is kept: written from an in-memory copy of the
-last good epoch if needed); 4 a rank of a multi-process run failed (:mod:`margin_theory.distributed`);
-130 interrupted. ``torchrun --nproc_per_node=N -m margin_theory.train ...`` trains with
-DistributedDataParallel: ``--batch-size`` is the global batch, the metrics are all-reduced, rank 0
-alone writes.
+``--checkpoint-every``: ``auto`` every ``ceil(epochs/10)`` epochs, ``K`` epoch 0 and every K-th, ``0``
+the final only, ``none`` never; the final epoch is checkpointed unless ``none``. ``--resume``: every
+option not given (not ``--device``) comes from the run's ``config.json`` and must equal it except for
+:data:`RESUME_MAY_DIFFER`. Exit status: 0 ok; 2 bad input (one line); 3 diverged (the last good
+checkpoint is kept, written from an in-memory copy if needed); 4 a rank failed; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -506,22 +485,38 @@ def _write_json(path: Path, obj) -> None:
         atomic_write_json(path, obj)
 
 
-def _run_config_authority(out: Path, saved: dict, resume_path: Path) -> None:
-    """``--resume``: the run's ``config.json`` is the authority; a checkpoint sidecar whose
-    configuration differs from it (e.g. an edited optimizer setting) is refused."""
+def _resume_point(out: Path, config: TrainConfig) -> Path:
+    """``--resume``: the latest checkpoint in ``out``. The run's ``config.json`` is the authority: a
+    checkpoint sidecar whose configuration differs from it (e.g. an edited optimizer setting), or from
+    ``config`` outside :data:`RESUME_MAY_DIFFER`, is refused."""
+    from .checkpoint import latest_checkpoint, read_sidecar
+
+    resume_path = latest_checkpoint(out)
+    if resume_path is None:
+        raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'} to resume from")
+    saved = read_sidecar(resume_path)
     path = out / "config.json"
-    if not path.exists():
-        return
-    try:
-        authority = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise CheckpointError(f"cannot resume {out}: {path} is unreadable ({clip(_oneline(exc))})") from None
-    except ConfigError as exc:
-        raise CheckpointError(f"cannot resume {out}: {path} is not a valid configuration: {exc}") from None
-    diffs = _config_differences(saved, authority)
+    if path.exists():
+        try:
+            authority = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise CheckpointError(f"cannot resume {out}: {path} is unreadable ({clip(_oneline(exc))})") from None
+        except ConfigError as exc:
+            raise CheckpointError(f"cannot resume {out}: {path} is not a valid configuration: {exc}") from None
+        diffs = _config_differences(saved["config"], authority)
+        if diffs:
+            raise CheckpointError(f"cannot resume {out}: checkpoint {resume_path.name} disagrees with {path.name} "
+                                  "(the run's configuration is the authority): " + "; ".join(diffs))
+    if saved["config"].get("model") != config.model:
+        raise CheckpointError(f"checkpoint {resume_path.name} is for model {saved['config'].get('model')!r}, "
+                              f"not {config.model!r}; cannot resume")
+    diffs = _config_differences(saved["config"], config)
     if diffs:
-        raise CheckpointError(f"cannot resume {out}: checkpoint {resume_path.name} disagrees with {path.name} "
-                              "(the run's configuration is the authority): " + "; ".join(diffs))
+        raise CheckpointError(f"cannot resume {out}: the settings differ from the checkpoint's: " + "; ".join(diffs))
+    if int(saved["epoch"]) > config.epochs:
+        raise ConfigError(f"--resume: the latest checkpoint is at epoch {saved['epoch']}, "
+                          f"beyond --epochs {config.epochs}")
+    return resume_path
 
 
 def _norm_value(v):
@@ -544,16 +539,16 @@ def _rng_state(g: torch.Generator, device: torch.device) -> dict[str, torch.Tens
     return st
 
 
-def _restore_rng(g: torch.Generator, device: torch.device, rng: dict, seed: int, epoch: int, log) -> None:
+def _restore_rng(g: torch.Generator, device: torch.device, rng: dict, seed: int, epoch: int,
+                 log: Callable[[str], Any]) -> None:
     key = f"generator_{g.device.type}"
     setters = {key: g.set_state, "torch_cpu": torch.set_rng_state}
     if device.type == "cuda":
         setters["torch_cuda"] = lambda t: torch.cuda.set_rng_state(t, device)
     if key not in rng:
         g.manual_seed(seed + 1000003 * epoch)
-        if log:
-            log("note: the checkpoint's generator state is from another device type; reseeded, so "
-                "batch order and augmentation differ from an uninterrupted run")
+        log("note: the checkpoint's generator state is from another device type; reseeded, so "
+            "batch order and augmentation differ from an uninterrupted run")
     for name, setter in setters.items():
         if name in rng:
             try:
@@ -600,22 +595,16 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
           ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``; see the module docstring.
 
-    Before anything is loaded, :func:`margin_theory.runfolder.preflight` checks values and
-    sizes and ``--out`` is checked; a run with ``--out`` holds the folder's exclusive lock
-    for its whole duration (a second run there fails at once) and first removes what killed
-    runs left behind (``docs/safety.md``).
+    Before anything is loaded, :func:`margin_theory.runfolder.preflight` checks values and sizes
+    and ``--out`` is checked; a run with ``--out`` holds the folder's lock for its whole duration
+    and first removes what killed runs left. ``progress``: the tqdm bar (on a terminal, unless
+    ``config.quiet``). ``log``: receives one line per epoch and the notes; ``None``: silence;
+    default ``print`` unless ``config.quiet``. Under torchrun with ``WORLD_SIZE > 1`` it trains
+    with DistributedDataParallel (:mod:`margin_theory.distributed`).
 
-    ``progress``: show the tqdm bar over batches (on stderr, only on a terminal and
-    unless ``config.quiet``). ``log``: callable receiving one line per epoch and notes;
-    ``None`` for silence; default ``print`` unless ``config.quiet``.
-
-    Launched by torchrun with ``WORLD_SIZE > 1`` it trains with DistributedDataParallel
-    (:mod:`margin_theory.distributed`: global batch ``batch_size``, all-reduced metrics,
-    rank 0 writes the run folder); otherwise it is the single-process trainer.
-
-    Raises :class:`ConfigError` / :class:`DataError` / :class:`CheckpointError` on bad
-    input, :class:`NonFiniteLossError` when the loss or the weights become
-    non-finite (attributes ``epoch``, ``checkpoint`` (Path or None), ``history``) and
+    Raises :class:`ConfigError` / :class:`DataError` / :class:`CheckpointError` on bad input,
+    :class:`NonFiniteLossError` when the loss or the weights become non-finite (attributes
+    ``epoch``, ``checkpoint`` (Path or None), ``history``) and
     :class:`margin_theory.distributed.RankFailedError` when a rank fails.
     """
     if not isinstance(config, TrainConfig):
@@ -646,14 +635,14 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     """The body of :func:`train` for its validated copy of the config (the run folder, if any, is
     locked by the caller); ``dctx``: the :class:`~margin_theory.distributed.DistContext` of a
     multi-process run, or None."""
-    from .checkpoint import (checkpoint_files, checkpoint_stem, latest_checkpoint, model_args_from, read_sidecar,
-                             restore_checkpoint, save_checkpoint)
+    from .checkpoint import checkpoint_files, checkpoint_stem, model_args_from, restore_checkpoint, save_checkpoint
 
     if config.data_dir:     # stored absolute, so that the run can be checked from any folder
         config.data_dir = str(Path(config.data_dir).expanduser().resolve())
     writer = dctx is None or dctx.is_writer       # rank 0 alone writes the run folder and logs
     if not writer:
         log, progress = None, False
+    log = log or (lambda _msg: None)
     t_run = time.perf_counter()
     device = select_device(config.device) if dctx is None else dctx.device
     monitor = None
@@ -662,25 +651,8 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     out = Path(config.out).expanduser() if config.out else None
     interval = config.checkpoint_interval() if out is not None else None
 
-    # -- resume / fresh run checks (before the expensive work) --------------------
-    resume_path = None
-    if out is not None and config.resume:
-        resume_path = latest_checkpoint(out)
-        if resume_path is None:
-            raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'} to resume from")
-        saved = read_sidecar(resume_path)
-        _run_config_authority(out, saved["config"], resume_path)
-        if saved["config"].get("model") != config.model:
-            raise CheckpointError(f"checkpoint {resume_path.name} is for model {saved['config'].get('model')!r}, "
-                                  f"not {config.model!r}; cannot resume")
-        diffs = _config_differences(saved["config"], config)
-        if diffs:
-            raise CheckpointError(f"cannot resume {out}: the settings differ from the checkpoint's: "
-                                  + "; ".join(diffs))
-        if int(saved["epoch"]) > config.epochs:
-            raise ConfigError(f"--resume: the latest checkpoint is at epoch {saved['epoch']}, "
-                              f"beyond --epochs {config.epochs}")
-    elif out is not None and writer:
+    resume_path = _resume_point(out, config) if out is not None and config.resume else None
+    if out is not None and not config.resume and writer:
         existing = _runfolder.existing_run(out) if out.is_dir() else []
         if existing and not config.overwrite:
             raise ConfigError(f"{out} already holds a training run ({', '.join(existing)}); "
@@ -690,11 +662,10 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
 
     ds = load_data_for(config, device if dctx is None else torch.device("cpu"))
     shard = ds if dctx is None else dctx.shard(ds, device)   # distributed: this rank's part, on the device
-    if log:
-        for flag, want, have in (("--n-train", config.n_train, int(ds.y_train.shape[0])),
-                                 ("--n-test", config.n_test, int(ds.y_test.shape[0]))):
-            if want is not None and want > have:
-                log(f"note: {flag} {want} exceeds the {have} points of {ds.name}; all {have} are used")
+    for flag, want, have in (("--n-train", config.n_train, int(ds.y_train.shape[0])),
+                             ("--n-test", config.n_test, int(ds.y_test.shape[0]))):
+        if want is not None and want > have:
+            log(f"note: {flag} {want} exceeds the {have} points of {ds.name}; all {have} are used")
     _runfolder.model_memory_check(config, ds.input_shape, ds.num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -702,7 +673,6 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     model.to(device)
     if dctx is not None:
         model = dctx.prepare_model(model)
-    margs = model_args_from(config, model)
     opt = SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     g = torch.Generator(device=device)
     g.manual_seed(config.seed)
@@ -715,18 +685,15 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     step, last_ckpt, last_ckpt_epoch, resumed_from = 0, None, -1, None
     first_epoch = 0                                   # epoch 0: the initialisation
     if resume_path is not None:
-        ck = restore_checkpoint(resume_path, model, opt, model_args=margs)
+        ck = restore_checkpoint(resume_path, model, opt, model_args=model_args_from(config, model))
         _restore_rng(g, device, ck.rng_state, config.seed, ck.epoch, log)
         first_epoch, step = ck.epoch + 1, ck.step
         last_ckpt, last_ckpt_epoch, resumed_from = ck.path, ck.epoch, ck.epoch
         history = [r for r in read_metrics(out) if int(r["epoch"]) <= ck.epoch]
         if not history or int(history[-1]["epoch"]) != ck.epoch:
-            if log:
-                log(f"note: {out / 'metrics.jsonl'} lacks epochs up to {ck.epoch}; "
-                    "history restarts from the checkpoint")
+            log(f"note: {out / 'metrics.jsonl'} lacks epochs up to {ck.epoch}; history restarts from the checkpoint")
             history = [r for r in history if int(r["epoch"]) < ck.epoch] + ([ck.metrics] if ck.metrics else [])
-        if log:
-            log(f"resuming {out} from {ck.path.name} (epoch {ck.epoch}, step {ck.step})")
+        log(f"resuming {out} from {ck.path.name} (epoch {ck.epoch}, step {ck.step})")
     net = model if dctx is None else dctx.wrap(model)      # DDP construction syncs rank 0's state
     wout = out if writer else None                          # where this process writes
     writing = dctx.critical if dctx is not None else contextlib.nullcontext
@@ -785,8 +752,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
         if wout is not None:
             with writing():
                 _write_metrics(out, history)
-        if log:
-            log(_format_epoch(row, config.epochs))
+        log(_format_epoch(row, config.epochs))
         if interval is not None and (epoch == config.epochs or (interval > 0 and epoch % interval == 0)):
             if wout is None:                # not rank 0: the path rank 0 writes
                 path = checkpoint_files(checkpoint_stem(out, epoch))[0]
