@@ -156,13 +156,11 @@ _ROW_TYPES = {**{k: (_is_num, "a number") for k in ("train_loss", "train_acc", "
 def read_metrics(path: str | os.PathLike, *, required: bool = False) -> list[dict]:
     """The rows of a ``metrics.jsonl`` (a run folder or the file), strictly checked.
 
-    Every non-empty line must be UTF-8 JSON (standard constants only; NaN is written as
-    ``null``, infinities as ``"inf"``/``"-inf"``) holding an object with an integer
-    ``epoch >= 0``, epochs strictly increasing; ``train_loss, train_acc, test_acc,
-    gamma_bar, gamma_min, theta_norm, lr, epoch_seconds, monitor_seconds`` when present
-    are numbers (or null/"inf"/"-inf"), ``degree`` an integer or null, ``normalisation``
-    a string or null. A missing file gives ``[]``, or with ``required`` an error, as does
-    an empty one. Every problem raises :class:`RunFolderError` naming file and line.
+    Every non-empty line must be UTF-8 JSON (standard constants only; NaN is written as ``null``,
+    infinities as ``"inf"``/``"-inf"``) holding an object with an integer ``epoch >= 0``, epochs
+    strictly increasing, and the keys of ``_ROW_TYPES``, where present, of their types (or null).
+    A missing file gives ``[]``, or with ``required`` an error, as does an empty one. Every problem
+    raises :class:`RunFolderError` naming file and line.
     """
     path = Path(path)
     if path.is_dir() and path.name != "metrics.jsonl":

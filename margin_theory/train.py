@@ -54,11 +54,12 @@ from ._util import (ArgumentParser, CheckpointError, ConfigError, NonFiniteLossE
                     atomic_write_text, check_output_path, cli_entry, clip, dumps_json, float_in, int_at_least,
                     print_json, sync)
 from ._util import progress as _progress_bar
-from .checkpoint import NonFiniteCheckpointError
-from .data import describe_datasets
-from .distributed import EXIT_RANK_FAILED, RankFailedError as _RankFailed
+from .checkpoint import (NonFiniteCheckpointError, checkpoint_files, checkpoint_stem, latest_checkpoint,
+                         model_args_from, read_sidecar, restore_checkpoint, save_checkpoint)
+from .data import describe_datasets, load_dataset
+from .distributed import EXIT_RANK_FAILED, RankFailedError as _RankFailed, setup as _dist_setup
 from .margins import accuracy, compute_margins, get_normalisation, margin_regularised_loss, n_correct, predict
-from .models import INITS, ModelSpec, describe_model_names
+from .models import INITS, ModelSpec, describe_model_names, parameter_count, unique_parameter_count
 from .protocols import get_protocol, protocol_names
 
 __all__ = [
@@ -489,8 +490,6 @@ def _resume_point(out: Path, config: TrainConfig) -> Path:
     """``--resume``: the latest checkpoint in ``out``. The run's ``config.json`` is the authority: a
     checkpoint sidecar whose configuration differs from it (e.g. an edited optimizer setting), or from
     ``config`` outside :data:`RESUME_MAY_DIFFER`, is refused."""
-    from .checkpoint import latest_checkpoint, read_sidecar
-
     resume_path = latest_checkpoint(out)
     if resume_path is None:
         raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'} to resume from")
@@ -580,8 +579,6 @@ def _format_epoch(row: dict, epochs: int) -> str:
 # ---------------------------------------------------------------------------
 def load_data_for(config: TrainConfig, device: torch.device):
     """The data set a run of ``config`` trains on (dataset, split seed, subsets, normalisation), on ``device``."""
-    from .data import load_dataset
-
     ds = load_dataset(config.dataset, config.data_dir, download=config.download, seed=config.seed,
                       normalize=config.normalize)
     if config.n_train is not None or config.n_test is not None:
@@ -613,9 +610,7 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
     _runfolder.preflight(config)
     if log == "default":
         log = None if config.quiet else print
-    from . import distributed as _dist
-
-    dctx = _dist.setup(config.device)
+    dctx = _dist_setup(config.device)
     try:
         if not config.out or (dctx is not None and not dctx.is_writer):   # rank 0 holds the folder
             return _train(config, progress=progress, log=log, dctx=dctx)
@@ -635,8 +630,6 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     """The body of :func:`train` for its validated copy of the config (the run folder, if any, is
     locked by the caller); ``dctx``: the :class:`~margin_theory.distributed.DistContext` of a
     multi-process run, or None."""
-    from .checkpoint import checkpoint_files, checkpoint_stem, model_args_from, restore_checkpoint, save_checkpoint
-
     if config.data_dir:     # stored absolute, so that the run can be checked from any folder
         config.data_dir = str(Path(config.data_dir).expanduser().resolve())
     writer = dctx is None or dctx.is_writer       # rank 0 alone writes the run folder and logs
@@ -846,8 +839,6 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
 
 
 def _summary(config, model, ds, history, device, out, last_ckpt, resumed_from, seconds) -> dict:
-    from .models import parameter_count, unique_parameter_count
-
     last = history[-1] if history else {}
     times = [r["epoch_seconds"] for r in history if r.get("epoch", 0) > 0 and r.get("epoch_seconds") is not None]
     tests = [r["test_acc"] for r in history if isinstance(r.get("test_acc"), (int, float))]
@@ -992,8 +983,6 @@ def explicit_options(parser: argparse.ArgumentParser, argv) -> set[str]:
 def _resume_defaults(args: argparse.Namespace, given: set[str]) -> list[str]:
     """``train --resume --out X``: every option not on the command line comes from X's
     ``config.json`` (else the latest checkpoint's sidecar). Returns the names filled in."""
-    from .checkpoint import latest_checkpoint, read_sidecar
-
     out = Path(args.out).expanduser()
     saved = None
     try:
