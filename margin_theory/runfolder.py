@@ -1,30 +1,18 @@
-r"""The trainer's run folder: lock, ownership, orphan clean-up, the strict metrics reader,
-up-front checks of sizes and values (issue 14; see ``docs/safety.md``).
+r"""The trainer's run folder (issue 14; the behaviour is described in ``docs/safety.md``).
 
-* **Lock.** :class:`RunLock` takes an exclusive ``fcntl.flock`` on ``DIR/.margin_theory.lock``
-  for the whole run; the lock file holds the holder's ``pid``, ``host`` and start time, and a
-  second run on the same folder fails at once with one line naming them. The lock dies with
-  its process (also on SIGKILL), so a stale lock file never blocks a later run.
-* **Ownership.** ``--overwrite`` deletes only files a run of ours wrote, recognised by their
-  content (:func:`foreign_files`): ``config.json`` is a valid training configuration,
-  ``summary.json`` a trainer summary, ``metrics.jsonl`` passes :func:`read_metrics` with the
-  trainer's keys, checkpoints carry the ``margin_theory.checkpoint`` format tag. Anything
-  else under those names is refused, and then nothing is deleted.
-* **Orphans.** Under the lock, :func:`remove_orphans` deletes the temporary files of atomic
-  writes (``.<name>.XXXX.tmp``) and tensor files without a sidecar that an earlier run left
-  when it was killed (SIGKILL cannot be caught).
-* **Metrics.** :func:`read_metrics` is the one strict ``metrics.jsonl`` reader (``--resume``,
-  ``plot``, ``check --plot``): UTF-8, one JSON object per line, integer epochs strictly
-  increasing, the numeric keys numbers; any problem is one line naming file and line.
-* **Preflight.** :func:`preflight` checks, before any data are loaded: the learning rates
-  ``lr * lr_gamma^k`` lie in float32's normal range (the weights are float32), weight decay
-  and margin weight are float32-finite, the depth keeps Lemma 1's degree
-  ``L = 2^(n+1) - 2`` a finite float64 (``n <= MAX_LAYERS``), and the model's parameters,
-  gradients, optimizer state and checkpoint copies fit in the available memory (the model
-  is built on PyTorch's ``meta`` device: shapes without storage).
+:class:`RunLock`: an exclusive ``fcntl.flock`` on ``DIR/.margin_theory.lock`` for the whole run, naming
+its holder (pid, host, start) to a second run; it dies with its process. ``--overwrite`` deletes only
+files a run of ours wrote, recognised by their content (:func:`foreign_files`, :func:`clear_run`);
+:func:`remove_orphans` deletes what a killed run left (temporary files of atomic writes, tensor files
+without a sidecar). :func:`read_metrics` is the one strict ``metrics.jsonl`` reader (``--resume``,
+``plot``, ``check --plot``). :func:`preflight` checks, before any data are loaded, that the learning
+rates ``lr * lr_gamma^k`` lie in float32's normal range (the weights are float32), weight decay and
+margin weight are float32-finite, the depth keeps Lemma 1's degree ``L = 2^(n+1) - 2`` a finite float64
+(``n <= MAX_LAYERS``), and parameters, gradients, optimizer state and checkpoint copies fit in memory.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import json
@@ -32,12 +20,12 @@ import math
 import os
 import re
 import socket
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ._util import ConfigError, check_memory
-from .data import REGISTRY
+from ._util import ConfigError, DataError, check_memory, short_repr
+from .checkpoint import CHECKPOINT_DIR
+from .data import REGISTRY, canonical_name
 
 __all__ = ["RunFolderError", "RunLock", "LOCK_NAME", "read_metrics", "foreign_files", "existing_run",
            "clear_run", "remove_orphans", "guard_io", "preflight", "DATASET_SHAPES", "MAX_LAYERS",
@@ -51,9 +39,9 @@ _F32_MAX = 3.4028234663852886e38
 _F32_TINY = 1.1754943508222875e-38      # smallest normal float32
 #: input shape and classes of the named data sets (from the data registry)
 DATASET_SHAPES = {n: (s.input_shape, len(s.classes)) for n, s in REGISTRY.items()}
-_NUMERIC_KEYS = ("train_loss", "train_acc", "test_acc", "gamma_bar", "gamma_min", "theta_norm", "lr",
-                 "epoch_seconds", "monitor_seconds")
 _MAX_METRICS_BYTES = 1 << 30
+_CKPT_FORMAT = "margin_theory.checkpoint"
+_TMP_RE = re.compile(r"^\.(config\.json|metrics\.jsonl|summary\.json|epoch-\d+\.(safetensors|json))\..+\.tmp$")
 
 
 class RunFolderError(ConfigError):
@@ -119,17 +107,13 @@ class RunLock:
     def release(self) -> None:
         if self.fd is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             self.path.unlink(missing_ok=True)
-        except OSError:
-            pass
         os.close(self.fd)
         self.fd = None
         if self.created:
-            try:
+            with contextlib.suppress(OSError):
                 self.folder.rmdir()       # only if empty: nothing was written
-            except OSError:
-                pass
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -138,10 +122,7 @@ class RunLock:
         self.release()
 
 
-# ---------------------------------------------------------------------------
-# I/O errors
-# ---------------------------------------------------------------------------
-@contextmanager
+@contextlib.contextmanager
 def guard_io(what: str) -> Iterator[None]:
     """Turn an ``OSError`` (disk full, permission denied ...) into one-line :class:`RunFolderError`."""
     try:
@@ -158,21 +139,28 @@ def _reject_constant(name: str):
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _is_num(v: Any) -> bool:
-    return v is None or v in ("inf", "-inf") or (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                  and math.isfinite(v))
+    return v in ("inf", "-inf") or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+#: the typed keys of a metrics row: (check of a non-null value, what it must be)
+_ROW_TYPES = {**{k: (_is_num, "a number") for k in ("train_loss", "train_acc", "test_acc", "gamma_bar", "gamma_min",
+                                                    "theta_norm", "lr", "epoch_seconds", "monitor_seconds")},
+              "degree": (_is_int, "an integer or null"), "normalisation": (lambda v: isinstance(v, str), "a string")}
 
 
 def read_metrics(path: str | os.PathLike, *, required: bool = False) -> list[dict]:
     """The rows of a ``metrics.jsonl`` (a run folder or the file), strictly checked.
 
-    Every non-empty line must be UTF-8 JSON (standard constants only; NaN is written as
-    ``null``, infinities as ``"inf"``/``"-inf"``) holding an object with an integer
-    ``epoch >= 0``, epochs strictly increasing; ``train_loss, train_acc, test_acc,
-    gamma_bar, gamma_min, theta_norm, lr, epoch_seconds, monitor_seconds`` when present
-    are numbers (or null/"inf"/"-inf"), ``degree`` an integer or null, ``normalisation``
-    a string or null. A missing file gives ``[]``, or with ``required`` an error, as does
-    an empty one. Every problem raises :class:`RunFolderError` naming file and line.
+    Every non-empty line must be UTF-8 JSON (standard constants only; NaN is written as ``null``,
+    infinities as ``"inf"``/``"-inf"``) holding an object with an integer ``epoch >= 0``, epochs
+    strictly increasing, and the keys of ``_ROW_TYPES``, where present, of their types (or null).
+    A missing file gives ``[]``, or with ``required`` an error, as does an empty one. Every problem
+    raises :class:`RunFolderError` naming file and line.
     """
     path = Path(path)
     if path.is_dir() and path.name != "metrics.jsonl":
@@ -194,59 +182,41 @@ def read_metrics(path: str | os.PathLike, *, required: bool = False) -> list[dic
     except OSError as exc:
         raise RunFolderError(f"cannot read {path}: {exc.strerror or exc}") from None
     rows: list[dict] = []
-    last_epoch = -1
     for i, bline in enumerate(raw.split(b"\n"), 1):
+        at = f"{path} line {i}"
         try:
             line = bline.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise RunFolderError(f"{path} line {i}: invalid UTF-8 at byte {exc.start + 1} of the line") from None
+            raise RunFolderError(f"{at}: invalid UTF-8 at byte {exc.start + 1} of the line") from None
         if not line.strip():
             continue
         try:
             row = json.loads(line, parse_constant=_reject_constant)
         except RecursionError:
-            raise RunFolderError(f"{path} line {i}: JSON nested too deeply") from None
+            raise RunFolderError(f"{at}: JSON nested too deeply") from None
         except ValueError as exc:
-            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-            raise RunFolderError(f"{path} line {i} is not JSON ({msg})") from None
+            raise RunFolderError(f"{at} is not JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(row, dict):
-            raise RunFolderError(f"{path} line {i} is not a metrics record (a JSON {type(row).__name__}, "
-                                 "not an object)")
+            raise RunFolderError(f"{at} is not a metrics record (a JSON {type(row).__name__}, not an object)")
         if "epoch" not in row:
-            raise RunFolderError(f"{path} line {i} is not a metrics record (no 'epoch')")
-        e = row["epoch"]
-        if isinstance(e, bool) or not isinstance(e, int) or e < 0:
-            raise RunFolderError(f"{path} line {i}: epoch must be an integer >= 0, got {_short(e)}")
-        if e <= last_epoch:
-            raise RunFolderError(f"{path} line {i}: epoch {e} does not follow epoch {last_epoch} "
-                                 "(epochs must increase)")
-        last_epoch = e
-        for k in _NUMERIC_KEYS:
-            if k in row and not _is_num(row[k]):
-                raise RunFolderError(f"{path} line {i}: {k} must be a number, got {_short(row[k])}")
-        if "degree" in row and row["degree"] is not None and (isinstance(row["degree"], bool)
-                                                              or not isinstance(row["degree"], int)):
-            raise RunFolderError(f"{path} line {i}: degree must be an integer or null, got {_short(row['degree'])}")
-        if "normalisation" in row and row["normalisation"] is not None and not isinstance(row["normalisation"], str):
-            raise RunFolderError(f"{path} line {i}: normalisation must be a string, got {_short(row['normalisation'])}")
+            raise RunFolderError(f"{at} is not a metrics record (no 'epoch')")
+        e, last = row["epoch"], rows[-1]["epoch"] if rows else -1
+        if not _is_int(e) or e < 0:
+            raise RunFolderError(f"{at}: epoch must be an integer >= 0, got {short_repr(e, 60)}")
+        if e <= last:
+            raise RunFolderError(f"{at}: epoch {e} does not follow epoch {last} (epochs must increase)")
+        for k, (ok, what) in _ROW_TYPES.items():
+            if row.get(k) is not None and not ok(row[k]):
+                raise RunFolderError(f"{at}: {k} must be {what}, got {short_repr(row[k], 60)}")
         rows.append(row)
     if required and not rows:
         raise RunFolderError(f"{path} is empty: no epoch has been recorded yet")
     return rows
 
 
-def _short(v: Any, n: int = 60) -> str:
-    s = repr(v)
-    return s if len(s) <= n else s[: n - 3] + "..."
-
-
 # ---------------------------------------------------------------------------
 # Ownership, --overwrite, orphans
 # ---------------------------------------------------------------------------
-_CKPT_FORMAT = "margin_theory.checkpoint"
-_TMP_RE = re.compile(r"^\.(config\.json|metrics\.jsonl|summary\.json|epoch-\d+\.(safetensors|json))\..+\.tmp$")
-
-
 def _json_object(path: Path) -> dict | None:
     try:
         if path.stat().st_size > (64 << 20):
@@ -274,10 +244,8 @@ def _safetensors_format(path: Path) -> str | None:
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
-            if len(head) != 8:
-                return None
             n = int.from_bytes(head, "little")
-            if n > (16 << 20):
+            if len(head) != 8 or n > (16 << 20):
                 return None
             header = json.loads(fh.read(n).decode("utf-8"))
         return header.get("__metadata__", {}).get("format") if isinstance(header, dict) else None
@@ -298,21 +266,15 @@ def _recognised(path: Path) -> bool:
         from .train import METRIC_KEYS
 
         try:
-            rows = read_metrics(path)
+            return all(set(METRIC_KEYS) <= set(r) for r in read_metrics(path))
         except ConfigError:
             return False
-        return all(set(METRIC_KEYS) <= set(r) for r in rows)
     if name.endswith(".json"):
-        d = _json_object(path)
-        return d is not None and d.get("format") == _CKPT_FORMAT
-    if name.endswith(".safetensors"):
-        return _safetensors_format(path) == _CKPT_FORMAT
-    return False
+        return (_json_object(path) or {}).get("format") == _CKPT_FORMAT
+    return name.endswith(".safetensors") and _safetensors_format(path) == _CKPT_FORMAT
 
 
 def _candidates(out: Path) -> list[Path]:
-    from .checkpoint import CHECKPOINT_DIR
-
     found = [out / f for f in TRAINER_FILES if (out / f).exists() or (out / f).is_symlink()]
     ck = out / CHECKPOINT_DIR
     if ck.is_dir():
@@ -322,19 +284,19 @@ def _candidates(out: Path) -> list[Path]:
 
 def existing_run(out: Path) -> list[str]:
     """The trainer's file names present in ``out`` (``checkpoints/`` once)."""
-    from .checkpoint import CHECKPOINT_DIR
-
-    names = []
-    for p in _candidates(out):
-        n = f"{CHECKPOINT_DIR}/" if p.parent.name == CHECKPOINT_DIR and p.parent != out else p.name
-        if n not in names:
-            names.append(n)
-    return names
+    return list(dict.fromkeys(p.name if p.parent == out else f"{CHECKPOINT_DIR}/" for p in _candidates(out)))
 
 
 def foreign_files(out: Path) -> list[Path]:
     """Files under the trainer's names in ``out`` that no run of ours wrote."""
     return [p for p in _candidates(out) if not _recognised(p)]
+
+
+def _unlink(out: Path, paths: list[Path]) -> list[Path]:
+    with guard_io(f"run folder {out}"):
+        for p in paths:
+            p.unlink(missing_ok=True)
+    return paths
 
 
 def clear_run(out: Path) -> list[Path]:
@@ -345,55 +307,38 @@ def clear_run(out: Path) -> list[Path]:
         rest = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise RunFolderError(f"--overwrite: {foreign[0]}{rest} was not written by margin_theory.train; "
                              "refusing to delete it (move it away or choose another --out)")
-    removed = _candidates(out)
-    with guard_io(f"run folder {out}"):
-        for p in removed:
-            p.unlink(missing_ok=True)
-    return removed
+    return _unlink(out, _candidates(out))
 
 
 def remove_orphans(out: Path) -> list[Path]:
     """Delete what killed runs left in ``out`` (call it holding the lock): temporary files of
     atomic writes and checkpoint tensor files without their sidecar."""
-    from .checkpoint import CHECKPOINT_DIR
-
-    removed = []
+    found = []
     for folder in (out, out / CHECKPOINT_DIR):
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            if _TMP_RE.match(p.name) and p.is_file() and not p.is_symlink():
-                removed.append(p)
-            elif folder.name == CHECKPOINT_DIR and p.name.startswith("epoch-") and p.suffix == ".safetensors" \
-                    and not p.with_suffix(".json").exists() and _safetensors_format(p) == _CKPT_FORMAT:
-                removed.append(p)
-    with guard_io(f"run folder {out}"):
-        for p in removed:
-            p.unlink(missing_ok=True)
-    return removed
+        for p in folder.iterdir() if folder.is_dir() else ():
+            tmp = _TMP_RE.match(p.name) and p.is_file() and not p.is_symlink()
+            lone = (folder.name == CHECKPOINT_DIR and p.name.startswith("epoch-") and p.suffix == ".safetensors"
+                    and not p.with_suffix(".json").exists() and _safetensors_format(p) == _CKPT_FORMAT)
+            if tmp or lone:
+                found.append(p)
+    return _unlink(out, found)
 
 
 # ---------------------------------------------------------------------------
 # Preflight: values and sizes before any data are loaded
 # ---------------------------------------------------------------------------
-def _meta_parameter_count(config, input_shape, num_classes) -> int:
-    import torch
-
-    with torch.device("meta"):
-        model = config.model_spec().build(input_shape, num_classes)
-    return sum(t.numel() for t in model.state_dict().values())
-
-
 def model_memory_check(config, input_shape, num_classes) -> int:
     """Check that the model of ``config`` for data of ``input_shape`` / ``num_classes`` fits in
     memory: float32 weights, gradients, momentum buffers and two checkpoint copies
     (``4 * 5 = 20`` bytes a parameter). Returns the number of state entries."""
+    import torch
+
     try:
-        n = _meta_parameter_count(config, tuple(input_shape), int(num_classes))
-    except ConfigError:
-        raise
+        with torch.device("meta"):      # shapes without storage
+            model = config.model_spec().build(tuple(input_shape), int(num_classes))
     except (RuntimeError, ValueError, OverflowError, TypeError) as exc:
         raise ConfigError(f"model {config.model} cannot be built: {' '.join(str(exc).split())}") from None
+    n = sum(t.numel() for t in model.state_dict().values())
     check_memory(20.0 * n, f"model {config.model} with {n:,} parameters (rank {config.rank}, "
                            f"layers {config.layers}, hidden {config.hidden})")
     return n
@@ -411,8 +356,7 @@ def preflight(config) -> None:
         v = getattr(config, name)
         if v > _F32_MAX:
             raise ConfigError(f"--{name.replace('_', '-')} {v:g} overflows float32 (max {_F32_MAX:.4g})")
-    steps = [1] + [m + 1 for m in config.lr_milestones]
-    for e in steps:
+    for e in [1] + [m + 1 for m in config.lr_milestones]:
         lr = lr_at(config, e)
         if not (math.isfinite(lr) and _F32_TINY <= lr <= _F32_MAX):
             raise ConfigError(f"learning rate {lr:g} of epoch {e} (--lr {config.lr:g}, --lr-gamma "
@@ -420,15 +364,8 @@ def preflight(config) -> None:
                               f"[{_F32_TINY:.3g}, {_F32_MAX:.4g}]")
     if config.lr * config.weight_decay > _F32_MAX:
         raise ConfigError(f"--lr {config.lr:g} times --weight-decay {config.weight_decay:g} overflows float32")
-    shape = DATASET_SHAPES.get(_canonical(config.dataset))
-    if shape is not None:
-        model_memory_check(config, *shape)
-
-
-def _canonical(name: str) -> str:
     try:
-        from .data import canonical_name
-
-        return canonical_name(name)
-    except Exception:            # unknown names are the data loader's to report
-        return name
+        shape = DATASET_SHAPES[canonical_name(config.dataset)]
+    except (DataError, KeyError):       # unknown names are the data loader's to report
+        return
+    model_memory_check(config, *shape)

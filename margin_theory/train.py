@@ -1,85 +1,33 @@
-r"""The trainer: SGD on a whole-dataset-on-device tensor, margin trajectories per epoch.
+r"""The trainer: SGD on a whole-dataset-on-device tensor, margin trajectories per epoch (SPEC §2, §7, §9).
 
-Small and explicit (airbench / nanoGPT style), SPEC §2, §7, §9:
+Usage, files and flags: ``docs/usage.md`` (Training); run folders, ``--overwrite`` and ``--resume``:
+``docs/safety.md``; several processes (``torchrun ... -m margin_theory.train``): ``docs/distributed.md``.
 
-* The whole dataset lives on the device as one tensor. Each epoch draws one
-  device-side permutation ``torch.randperm(N, generator=g, device=...)`` and the
-  batches are slices of it; the last partial batch is kept, so every sample is
-  seen exactly once per epoch (:func:`epoch_batches`). No DataLoader, no
-  per-sample Python.
-* ``--augment`` (Table 3 protocol): zero-pad 4 pixels, random crop back to H x W,
-  random horizontal flip, for the whole batch at once with one gather
-  (:func:`augment_batch`), random numbers from the same seeded generator.
-* Optimiser :class:`SGD` (``torch.optim.SGD`` with a lean step; same update and state): lr, momentum, weight decay; the learning rate of
-  epoch e (1-based) is ``lr * lr_gamma ** #{m in milestones : m < e}``, i.e.
-  ``torch.optim.lr_scheduler.MultiStepLR`` stepped once per epoch: with milestone
-  150 epochs 1..150 use lr and epochs 151.. use lr * gamma (:func:`lr_at`).
-* Loss: ``margins.margin_regularised_loss`` = CE - lambda * gamma_bar(batch)
-  (paper eq. 5; lambda = ``--margin-reg``, 0 = plain cross-entropy).
-* After every epoch, one no-grad inference pass over the FULL training set
-  (eval mode, so BatchNorm uses its running statistics) gives loss, accuracy and
-  the margins gamma_bar, gamma_min (``margins.compute_margins``: float64 margins,
-  TF32 switched off for the pass), plus the test accuracy. Epoch 0 is the model
-  at initialisation (its ``epoch_seconds`` covers the evaluation only).
-* Speed: no ``.item()`` per step; loss and accuracy are accumulated on the device
-  and read once per epoch (the progress bar, when shown on a terminal, reads them
-  about 20 times per epoch). The non-finite check runs once per epoch on the
-  accumulated loss and on the full-set evaluation, *before* anything is saved,
-  so a NaN is never written as a good checkpoint.
-* Determinism: ``torch.manual_seed(seed)`` right before the model is built (the
-  caller's global RNG is restored afterwards); a ``torch.Generator`` seeded with
-  ``seed`` on the training device drives permutations and augmentation. CPU runs
-  are bitwise reproducible; resumed runs equal uninterrupted ones.
+* Each epoch draws one device-side permutation ``torch.randperm(N, generator=g, device=...)`` of the
+  device-resident data set; the batches are its slices, the last partial one kept, so every sample is
+  seen exactly once per epoch (:func:`epoch_batches`). ``--augment`` (Table 3 protocol): zero-pad 4,
+  random crop back to H x W, random horizontal flip, one gather per batch (:func:`augment_batch`).
+* :class:`SGD`; the learning rate of (1-based) epoch e is ``lr * lr_gamma ** #{m in milestones : m < e}``
+  (``MultiStepLR`` stepped once per epoch; :func:`lr_at`). Loss: ``margins.margin_regularised_loss`` =
+  CE - lambda * gamma_bar(batch) (paper eq. 5; lambda = ``--margin-reg``).
+* After every epoch, and for epoch 0 (the initialisation), one no-grad eval-mode pass over the FULL
+  training set gives loss, accuracy and the margins (``margins.compute_margins``: float64, TF32 off),
+  plus the test accuracy: one ``metrics.jsonl`` row with the keys :data:`METRIC_KEYS` (gamma =
+  q / ||theta||^degree, ``normalisation`` ``full`` or ``head``, SPEC §2), and on monitor epochs
+  (``--monitor-every K``: 0, K, 2K, ... and the last) ``theorem2``
+  (:func:`margin_theory.assumptions.theorem2_report`), ``maxmargin``
+  (:class:`margin_theory.maxmargin.GapMonitor`) and ``monitor_seconds``.
+* No ``.item()`` per step: the loss is read once per epoch, and checked for non-finite values *before*
+  anything is saved, so a NaN is never written as a good checkpoint.
+* ``torch.manual_seed(seed)`` right before the model is built (the caller's global RNG restored) and a
+  ``torch.Generator`` seeded with ``seed`` for permutations and augmentation: CPU runs are bitwise
+  reproducible, resumed runs equal uninterrupted ones.
 
-Files in ``--out DIR`` (nothing is written without ``--out``):
-
-* ``config.json``: the :class:`TrainConfig` (atomic; ``data_dir`` stored as an absolute path);
-* ``metrics.jsonl``: one JSON object per epoch (0, 1, ..., E), rewritten
-  atomically after every epoch, with keys ``epoch, train_loss, train_acc,
-  test_acc, gamma_bar, gamma_min, theta_norm, degree, normalisation, lr,
-  epoch_seconds`` and, on monitor epochs, ``theorem2`` (the
-  :func:`margin_theory.assumptions.theorem2_report` dict), ``maxmargin``
-  (gamma_min/gamma_star and the cosine to the max-margin optimum on a seeded subset,
-  :class:`margin_theory.maxmargin.GapMonitor`) and ``monitor_seconds``
-  (not included in ``epoch_seconds``). ``train_loss`` is the mean cross-entropy
-  over the training set (without the margin term); ``degree`` and
-  ``normalisation`` say how gamma = q / ||theta||^degree was normalised
-  (``full``: all parameters, ``head``: the head's only, SPEC §2);
-* ``checkpoints/epoch-NNNN.safetensors`` + ``.json`` (:mod:`margin_theory.checkpoint`);
-* ``summary.json``: the final summary (also printed by ``--json``).
-
-Checkpoints (``--checkpoint-every``): ``auto`` (default) = every
-``ceil(epochs/10)`` epochs (every epoch for runs of up to 10 epochs), ``K`` = epoch
-0 and every K-th epoch, ``0`` = the final epoch only, ``none`` = never. The final
-epoch is always checkpointed unless ``none``. Monitors (``--monitor-every K``) run
-on epochs 0, K, 2K, ... and the final epoch.
-
-``--resume`` continues from the latest checkpoint in ``--out``: model, optimizer
-(momentum buffers), learning-rate position, epoch, step and generator states are
-restored and ``metrics.jsonl`` is cut back to the checkpoint's epoch. On the command line,
-every option not given (``--dataset``, ``--model``, ``--epochs``, ...; not ``--device``) is
-taken from the run's ``config.json``. The new
-configuration must equal the saved one except for ``epochs, device, out, resume,
-overwrite, quiet, json, checkpoint_every, monitor_every, monitor_subset,
-eval_batch_size, data_dir, download``. Without ``--resume`` an ``--out`` folder
-that already holds a run is refused unless ``--overwrite`` (which deletes only the
-trainer's own files there).
-
-Model options that do not apply to the model (``--rank`` without lowrank layers, ``--hidden``
-except for relu2 and the deep lowrank, ``--conv-channels`` / ``--no-conv-bias`` except for
-conv-*) are errors; ``--n-train`` / ``--n-test`` beyond the data keep all of it, with a note.
-
-Exit status of the CLI: 0 success; 2 bad input (one line on stderr: unknown
-dataset or model, bad option, a checkpoint that does not fit); 3 training
-diverged (non-finite loss; one line naming the epoch and the last good
-checkpoint, which is kept - written from an in-memory copy of the last good epoch
-if that epoch was not already checkpointed); 4 a rank of a multi-process run failed
-(:mod:`margin_theory.distributed`; one line naming the rank and the last good
-checkpoint); 130 interrupted.
-
-Several processes: ``torchrun --nproc_per_node=N -m margin_theory.train ...`` trains with
-DistributedDataParallel; ``--batch-size`` is the global batch, the metrics are
-all-reduced, rank 0 alone writes (see :mod:`margin_theory.distributed`).
+``--checkpoint-every``: ``auto`` every ``ceil(epochs/10)`` epochs, ``K`` epoch 0 and every K-th, ``0``
+the final only, ``none`` never; the final epoch is checkpointed unless ``none``. ``--resume``: every
+option not given (not ``--device``) comes from the run's ``config.json`` and must equal it except for
+:data:`RESUME_MAY_DIFFER`. Exit status: 0 ok; 2 bad input (one line); 3 diverged (the last good
+checkpoint is kept, written from an in-memory copy if needed); 4 a rank failed; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -87,12 +35,12 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -101,25 +49,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._util import (
-    ArgumentParser,
-    CheckpointError,
-    ConfigError,
-    NonFiniteLossError,
-    atomic_write_json,
-    atomic_write_text,
-    cli_entry,
-    dumps_json,
-    print_json,
-)
-from ._util import check_output_path, float_in, int_at_least, sync
 from . import runfolder as _runfolder
-from .checkpoint import NonFiniteCheckpointError
+from ._util import (ArgumentParser, CheckpointError, ConfigError, NonFiniteLossError, atomic_write_json,
+                    atomic_write_text, check_output_path, cli_entry, clip, dumps_json, float_in, int_at_least,
+                    print_json, sync)
 from ._util import progress as _progress_bar
-from .distributed import EXIT_RANK_FAILED, RankFailedError as _RankFailed
+from .checkpoint import (NonFiniteCheckpointError, checkpoint_files, checkpoint_stem, latest_checkpoint,
+                         model_args_from, read_sidecar, restore_checkpoint, save_checkpoint)
+from .data import describe_datasets, load_dataset
+from .distributed import EXIT_RANK_FAILED, RankFailedError as _RankFailed, setup as _dist_setup
 from .margins import accuracy, compute_margins, get_normalisation, margin_regularised_loss, n_correct, predict
-from .data import describe_datasets
-from .models import INITS, ModelSpec, describe_model_names
+from .models import INITS, ModelSpec, describe_model_names, parameter_count, unique_parameter_count
 from .protocols import get_protocol, protocol_names
 
 __all__ = [
@@ -130,14 +70,17 @@ __all__ = [
 PROG = "python -m margin_theory.train"
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
-#: keys of every metrics.jsonl line (monitor epochs add ``theorem2`` and ``monitor_seconds``)
-METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "test_acc_best", "gamma_bar", "gamma_min", "gamma_output",
-               "gamma_smoothed", "theta_norm", "degree", "normalisation", "lr", "epoch_seconds")
+#: keys of every metrics.jsonl line (monitor epochs add ``theorem2``, ``maxmargin`` and ``monitor_seconds``)
+METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "test_acc_best", "gamma_bar", "gamma_min",
+               "gamma_output", "gamma_smoothed", "theta_norm", "degree", "normalisation", "lr", "epoch_seconds")
 #: configuration fields that may change when resuming (they do not affect the trajectory)
 RESUME_MAY_DIFFER = frozenset({"epochs", "device", "out", "resume", "overwrite", "quiet", "json",
                                "checkpoint_every", "monitor_every", "monitor_subset", "eval_batch_size",
                                "data_dir", "download"})
-_TRAINER_FILES = _runfolder.TRAINER_FILES
+#: options ``--resume`` never takes from the saved configuration
+_RESUME_OWN = frozenset({"out", "resume", "overwrite", "quiet", "json", "device"})
+#: the one strict metrics.jsonl reader (``margin_theory.runfolder.read_metrics``)
+read_metrics = _runfolder.read_metrics
 
 
 # ---------------------------------------------------------------------------
@@ -203,45 +146,18 @@ class TrainConfig:
         """Build from a dict (e.g. ``config.json``); unknown keys raise :class:`ConfigError`."""
         if not isinstance(d, dict):
             raise ConfigError(f"a training configuration must be a JSON object, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - set(_FIELDS))
         if unknown:
             raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
-        cfg = cls(**d)
-        cfg.validate(applicable=applicable)
-        return cfg
+        return cls(**d).validate(applicable=applicable)
 
     def validate(self, *, applicable: bool = True) -> "TrainConfig":
-        """Check every value; raise :class:`ConfigError` naming the first bad one. Normalises types."""
-        def need_int(name, lo=None, allow_none=False):
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, int):
-                if isinstance(v, float) and v.is_integer():
-                    v = int(v)
-                    setattr(self, name, v)
-                else:
-                    raise ConfigError(f"{name} must be an integer, got {v!r}")
-            if lo is not None and v < lo:
-                raise ConfigError(f"{name} must be >= {lo}, got {v}")
-
-        def need_float(name, lo=None, hi=None, lo_open=False):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"{name} must be a finite number, got {v!r}")
-            v = float(v)
-            setattr(self, name, v)
-            if lo is not None and (v < lo or (lo_open and v == lo)):
-                raise ConfigError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {v:g}")
-            if hi is not None and v >= hi:
-                raise ConfigError(f"{name} must be < {hi:g}, got {v:g}")
-
+        """Check every value; raise :class:`ConfigError` naming the first bad one. Normalises types.
+        ``applicable=False``: a partial table of settings (an experiment's shared [train])."""
         for s in ("dataset", "model", "device"):
             if not isinstance(getattr(self, s), str) or not getattr(self, s):
                 raise ConfigError(f"{s} must be a non-empty string")
-        # the protocol's choices (margin_theory.protocols) fill what was not set explicitly
-        proto = get_protocol(self.protocol)
+        proto = get_protocol(self.protocol)     # its choices fill what was not set explicitly
         if self.init is None:
             self.init = proto.init
         if self.init not in INITS:
@@ -250,42 +166,43 @@ class TrainConfig:
             self.linear_term = proto.linear_term and ModelSpec(self.model).head == "quadratic"
         if self.eval_every_steps is None:
             self.eval_every_steps = proto.eval_every_steps
-        need_int("eval_every_steps", 0)
-        need_int("rank", 1)
-        need_int("layers", 1)
-        need_int("conv_channels", 1)
-        need_int("epochs", 0)
-        need_int("batch_size", 1)
-        need_int("seed", 0)
-        need_int("n_train", 1, allow_none=True)
-        need_int("n_test", 1, allow_none=True)
-        need_int("checkpoint_every", -1, allow_none=True)
-        need_int("monitor_every", 0)
-        need_int("monitor_subset", 1)
-        need_int("eval_batch_size", 1, allow_none=True)
-        need_float("lr", 0.0, lo_open=True)
-        need_float("momentum", 0.0, 1.0)
-        need_float("weight_decay", 0.0)
-        need_float("lr_gamma", 0.0, lo_open=True)
-        need_float("margin_reg", 0.0)
+        for name, lo in _INT_BOUNDS.items():
+            v = getattr(self, name)
+            if v is None and name in _OPTIONAL_INTS:
+                continue
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+                setattr(self, name, v)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name} must be an integer, got {v!r}")
+            if v < lo:
+                raise ConfigError(f"{name} must be >= {lo}, got {v}")
+        for name, (lo_open, hi) in _FLOAT_BOUNDS.items():      # all >= 0 (lo_open: > 0), < hi
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v!r}")
+            v = float(v)
+            setattr(self, name, v)
+            if v < 0 or (lo_open and v == 0):
+                raise ConfigError(f"{name} must be {'>' if lo_open else '>='} 0, got {v:g}")
+            if hi is not None and v >= hi:
+                raise ConfigError(f"{name} must be < {hi:g}, got {v:g}")
         self.hidden = self.model_spec().as_dict()["hidden"]   # checks every model field
         if not isinstance(self.lr_milestones, (list, tuple)) or \
                 any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones must be positive integers, got {self.lr_milestones!r}")
-        ms = [int(m) for m in self.lr_milestones]
-        if ms != sorted(set(ms)):
-            raise ConfigError(f"lr_milestones must be strictly increasing, got {ms}")
-        self.lr_milestones = ms
+        self.lr_milestones = [int(m) for m in self.lr_milestones]
+        if self.lr_milestones != sorted(set(self.lr_milestones)):
+            raise ConfigError(f"lr_milestones must be strictly increasing, got {self.lr_milestones}")
         for b in ("conv_bias", "linear_term", "affine", "augment", "normalize", "download", "resume", "overwrite",
                   "quiet", "json"):
             if not isinstance(getattr(self, b), bool):
                 raise ConfigError(f"{b} must be true or false, got {getattr(self, b)!r}")
-        if self.data_dir is not None and not isinstance(self.data_dir, str):
-            self.data_dir = str(self.data_dir)
-        if self.out is not None and not isinstance(self.out, str):
-            self.out = str(self.out)
-        if applicable:              # False: a partial table of settings (an experiment's shared [train])
-            self._check_applicable()
+        for p in ("data_dir", "out"):
+            if getattr(self, p) is not None:
+                setattr(self, p, str(getattr(self, p)))
+        if applicable:
+            self.model_spec().check_applicable()
         if self.resume and not self.out:
             raise ConfigError("--resume needs --out DIR (the run to continue)")
         if self.resume and self.overwrite:
@@ -298,17 +215,22 @@ class TrainConfig:
         """The :class:`~margin_theory.models.ModelSpec` of this run (its model fields)."""
         return ModelSpec.from_mapping({f: getattr(self, f) for f in ("model",) + ModelSpec.args()})
 
-    def _check_applicable(self) -> None:
-        """Model options that do not apply to ``model`` are errors, never silently ignored."""
-        self.model_spec().check_applicable()
-
     def checkpoint_interval(self) -> int | None:
         """Resolved checkpoint interval: None = never, 0 = final only, K >= 1."""
         if self.checkpoint_every is None:
             return max(1, math.ceil(self.epochs / 10)) if self.epochs > 0 else 1
-        if self.checkpoint_every < 0:
-            return None
-        return self.checkpoint_every
+        return None if self.checkpoint_every < 0 else self.checkpoint_every
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+#: lower bounds of the integer fields (``_OPTIONAL_INTS`` may also be None)
+_INT_BOUNDS = {"eval_every_steps": 0, "rank": 1, "layers": 1, "conv_channels": 1, "epochs": 0, "batch_size": 1,
+               "seed": 0, "n_train": 1, "n_test": 1, "checkpoint_every": -1, "monitor_every": 0,
+               "monitor_subset": 1, "eval_batch_size": 1}
+_OPTIONAL_INTS = ("n_train", "n_test", "checkpoint_every", "eval_batch_size")
+#: the float fields: (> 0 rather than >= 0, upper bound or None)
+_FLOAT_BOUNDS = {"lr": (True, None), "momentum": (False, 1.0), "weight_decay": (False, None),
+                 "lr_gamma": (True, None), "margin_reg": (False, None)}
 
 
 @dataclass
@@ -358,12 +280,11 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator | None = N
     slices of ``batch_size`` (the last one partial). Every index occurs exactly once."""
     if n < 0 or batch_size < 1:
         raise ConfigError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
-    if device is None:
-        device = generator.device if generator is not None else "cpu"
     if n == 0:
         return []
-    perm = torch.randperm(n, generator=generator, device=device)
-    return list(perm.split(batch_size))
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    return list(torch.randperm(n, generator=generator, device=device).split(batch_size))
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad: int = 4,
@@ -386,26 +307,24 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad
     B, C, H, W = x.shape
     dev = x.device
     nd = B if draws is None else int(draws)
+
+    def draw(t: torch.Tensor) -> torch.Tensor:          # this rank's part of the global draws
+        return t if select is None else t[select]
+
     if pad > 0:
         xp = F.pad(x, (pad, pad, pad, pad))
         oy = torch.randint(0, 2 * pad + 1, (nd,), generator=generator, device=dev)
         ox = torch.randint(0, 2 * pad + 1, (nd,), generator=generator, device=dev)
-        if select is not None:
-            oy, ox = oy[select], ox[select]
+        oy, ox = draw(oy), draw(ox)
     else:
-        xp = x
-        oy = ox = torch.zeros(B, dtype=torch.long, device=dev)
-    r = torch.arange(H, device=dev)
-    s = torch.arange(W, device=dev)
-    rows = oy[:, None] + r                                        # (B, H)
+        xp, oy = x, torch.zeros(B, dtype=torch.long, device=dev)
+        ox = oy
+    s = torch.arange(W, device=dev).expand(B, W)
     if flip:
-        f = torch.rand(nd, generator=generator, device=dev) < 0.5
-        if select is not None:
-            f = f[select]
-        s = torch.where(f[:, None], (W - 1) - s, s)               # (B, W)
-    else:
-        s = s.expand(B, W)
-    cols = ox[:, None] + s                                        # (B, W)
+        f = draw(torch.rand(nd, generator=generator, device=dev) < 0.5)
+        s = torch.where(f[:, None], (W - 1) - s, s)
+    rows = oy[:, None] + torch.arange(H, device=dev)            # (B, H)
+    cols = ox[:, None] + s                                      # (B, W)
     bi = torch.arange(B, device=dev)[:, None, None, None]
     ci = torch.arange(C, device=dev)[None, :, None, None]
     return xp[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
@@ -416,9 +335,8 @@ class SGD(torch.optim.SGD):
 
     The same update as torch's single-tensor SGD (the CPU default), so the same numbers,
     state and ``state_dict`` (checkpoints and resume are unaffected):
-    :math:`g \leftarrow 
-abla + \mathrm{wd}\,p`; with momentum
-    :math:`b \leftarrow \mu b + (1-	au) g` (:math:`b = g` at the first step) and
+    :math:`g \leftarrow \nabla + \mathrm{wd}\,p`; with momentum
+    :math:`b \leftarrow \mu b + (1-\tau) g` (:math:`b = g` at the first step) and
     :math:`g \leftarrow b` (Nesterov: :math:`g + \mu b`); :math:`p \leftarrow p - \mathrm{lr}\,g`.
     It skips the wrappers of ``Optimizer.step`` (profiling hooks, differentiable and
     foreach dispatch), about 80 microseconds a step that dominate small models on CPU.
@@ -463,25 +381,19 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
                 margin_reg: float = 0.0, normalisation=None, bar=None, on_step=None):
     """One epoch of SGD over a device-resident data set (SPEC §9): the hot loop of :func:`train`.
 
-    Batches are slices of one device-side permutation (:func:`epoch_batches`); each step
-    gathers the batch with ``index_select`` (7x faster than ``X[idx]`` advanced indexing
-    on CPU), optionally augments on-device (:func:`augment_batch`), and minimises
-    ``CE - margin_reg * gamma_bar(batch)`` (paper eq. 5). The loss sum accumulates on the
-    device: no host synchronisation inside the loop. The running accuracy is counted only
-    for the optional tqdm ``bar`` (read about 20 times an epoch, only when shown): the
-    trainer measures accuracy over the whole training set after the epoch anyway.
-
-    ``on_step(i)``, if given, is called after step i (0-based within the epoch): the
-    trainer's step-cadence test evaluation (``--eval-every-steps``).
+    Each step gathers its slice of the permutation (:func:`epoch_batches`) with ``index_select``
+    (7x faster than ``X[idx]`` on CPU), optionally augments on-device (:func:`augment_batch`) and
+    minimises ``CE - margin_reg * gamma_bar(batch)`` (paper eq. 5). The loss sum accumulates on the
+    device (no host sync in the loop); the running accuracy is counted only for a shown tqdm ``bar``.
+    ``on_step(i)`` is called after step i (0-based): the ``--eval-every-steps`` test evaluation.
 
     Returns ``(loss_sum, correct, seen, steps)``: the float64 device tensor sum of batch
     losses weighted by batch size, the float64 device tensor number correct (``None`` when
     no bar is shown), the number of samples and of steps.
     """
-    N = int(Y.shape[0])
     device = X.device
     model.train()
-    batches = epoch_batches(N, batch_size, generator, device)
+    batches = epoch_batches(int(Y.shape[0]), batch_size, generator, device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     show = bar is not None and not bar.disable
     correct = torch.zeros((), dtype=torch.float64, device=device) if show else None
@@ -496,9 +408,8 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        nb = idx.shape[0]
-        seen += nb
-        loss_sum.add_(loss.detach(), alpha=nb)
+        seen += idx.shape[0]
+        loss_sum.add_(loss.detach(), alpha=idx.shape[0])
         if on_step is not None:
             on_step(i)
         if show:
@@ -511,33 +422,25 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
     """Learning rate of (1-based) ``epoch``: ``lr * lr_gamma ** #{m : m < epoch}`` (MultiStepLR)."""
-    k = sum(1 for m in config.lr_milestones if m < epoch)
-    return config.lr * config.lr_gamma ** k
+    return config.lr * config.lr_gamma ** sum(1 for m in config.lr_milestones if m < epoch)
 
 
-@contextmanager
+@contextlib.contextmanager
 def _matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]:
     """On CUDA, set TF32 for matmul/cuDNN (restored after); no-op on CPU."""
     if device.type != "cuda":
         yield
         return
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     try:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def _rng_devices(device: torch.device) -> list:
-    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-
-
-def _default_eval_batch(config: TrainConfig) -> int:
-    if config.eval_batch_size:
-        return config.eval_batch_size
-    return 1024 if config.model.startswith("resnet") else 4096
+def _oneline(exc) -> str:
+    return " ".join(str(exc).split())
 
 
 def _finite(*xs: float) -> bool:
@@ -554,15 +457,12 @@ class _Diverged(Exception):
 def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096) -> dict:
     """Full-training-set margins/loss/accuracy and test accuracy in one pass each (eval mode,
     no TF32). Returns the metric keys except ``epoch``, ``lr`` and ``epoch_seconds``."""
-    X, y = dataset.X_train, dataset.y_train
-    dev = X.device
-    with _matmul_precision(dev, tf32=False):
-        m = compute_margins(model, X, y, batch_size=batch_size)
+    with _matmul_precision(dataset.X_train.device, tf32=False):
+        m = compute_margins(model, dataset.X_train, dataset.y_train, batch_size=batch_size)
         test_acc = evaluate_test(model, dataset, batch_size)
     return {"train_loss": m.loss, "train_acc": m.accuracy, "test_acc": test_acc,
-            "gamma_bar": m.gamma_bar, "gamma_min": m.gamma_min, "gamma_output": m.gamma_output,
-            "gamma_smoothed": m.gamma_smoothed, "theta_norm": m.theta_norm,
-            "degree": m.degree, "normalisation": m.normalisation}
+            **{k: getattr(m, k) for k in ("gamma_bar", "gamma_min", "gamma_output", "gamma_smoothed", "theta_norm",
+                                          "degree", "normalisation")}}
 
 
 @torch.no_grad()
@@ -576,10 +476,6 @@ def evaluate_test(model: nn.Module, dataset, batch_size: int = 4096) -> float:
 # ---------------------------------------------------------------------------
 # Run folder
 # ---------------------------------------------------------------------------
-#: the one strict metrics.jsonl reader (``margin_theory.runfolder.read_metrics``)
-read_metrics = _runfolder.read_metrics
-
-
 def _write_metrics(out: Path, history: list[dict]) -> None:
     with _runfolder.guard_io(out / "metrics.jsonl"):
         atomic_write_text(out / "metrics.jsonl", "".join(dumps_json(r) + "\n" for r in history))
@@ -590,52 +486,49 @@ def _write_json(path: Path, obj) -> None:
         atomic_write_json(path, obj)
 
 
-def _existing_run(out: Path) -> list[str]:
-    return _runfolder.existing_run(out)
-
-
-def _clear_run(out: Path) -> None:
-    _runfolder.clear_run(out)
-
-
-def _run_config_authority(out: Path, saved: dict, resume_path: Path) -> None:
-    """``--resume``: the run's ``config.json`` is the authority; a checkpoint sidecar whose
-    configuration differs from it (e.g. an edited optimizer setting) is refused."""
+def _resume_point(out: Path, config: TrainConfig) -> Path:
+    """``--resume``: the latest checkpoint in ``out``. The run's ``config.json`` is the authority: a
+    checkpoint sidecar whose configuration differs from it (e.g. an edited optimizer setting), or from
+    ``config`` outside :data:`RESUME_MAY_DIFFER`, is refused."""
+    resume_path = latest_checkpoint(out)
+    if resume_path is None:
+        raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'} to resume from")
+    saved = read_sidecar(resume_path)
     path = out / "config.json"
-    if not path.exists():
-        return
-    try:
-        text = path.read_text(encoding="utf-8")
-        authority = TrainConfig.from_dict(json.loads(text))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise CheckpointError(f"cannot resume {out}: {path} is unreadable ({' '.join(str(exc).split())[:200]})") from None
-    except ConfigError as exc:
-        raise CheckpointError(f"cannot resume {out}: {path} is not a valid configuration: {exc}") from None
-    diffs = _config_differences(saved, authority)
+    if path.exists():
+        try:
+            authority = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise CheckpointError(f"cannot resume {out}: {path} is unreadable ({clip(_oneline(exc))})") from None
+        except ConfigError as exc:
+            raise CheckpointError(f"cannot resume {out}: {path} is not a valid configuration: {exc}") from None
+        diffs = _config_differences(saved["config"], authority)
+        if diffs:
+            raise CheckpointError(f"cannot resume {out}: checkpoint {resume_path.name} disagrees with {path.name} "
+                                  "(the run's configuration is the authority): " + "; ".join(diffs))
+    if saved["config"].get("model") != config.model:
+        raise CheckpointError(f"checkpoint {resume_path.name} is for model {saved['config'].get('model')!r}, "
+                              f"not {config.model!r}; cannot resume")
+    diffs = _config_differences(saved["config"], config)
     if diffs:
-        raise CheckpointError(f"cannot resume {out}: checkpoint {resume_path.name} disagrees with {path.name} "
-                              "(the run's configuration is the authority): " + "; ".join(diffs))
+        raise CheckpointError(f"cannot resume {out}: the settings differ from the checkpoint's: " + "; ".join(diffs))
+    if int(saved["epoch"]) > config.epochs:
+        raise ConfigError(f"--resume: the latest checkpoint is at epoch {saved['epoch']}, "
+                          f"beyond --epochs {config.epochs}")
+    return resume_path
 
 
 def _norm_value(v):
     if isinstance(v, (list, tuple)):
         return [_norm_value(x) for x in v]
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 def _config_differences(saved: dict, new: TrainConfig) -> list[str]:
-    cur = new.to_dict()
     defaults = TrainConfig().to_dict()
-    diffs = []
-    for k, v in cur.items():
-        if k in RESUME_MAY_DIFFER:
-            continue
-        old = saved.get(k, defaults[k])
-        if _norm_value(old) != _norm_value(v):
-            diffs.append(f"--{k.replace('_', '-')} {v!r} (checkpoint: {old!r})")
-    return diffs
+    return [f"--{k.replace('_', '-')} {v!r} (checkpoint: {saved.get(k, defaults[k])!r})"
+            for k, v in new.to_dict().items()
+            if k not in RESUME_MAY_DIFFER and _norm_value(saved.get(k, defaults[k])) != _norm_value(v)]
 
 
 def _rng_state(g: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
@@ -645,27 +538,23 @@ def _rng_state(g: torch.Generator, device: torch.device) -> dict[str, torch.Tens
     return st
 
 
-def _restore_rng(g: torch.Generator, device: torch.device, rng: dict, seed: int, epoch: int, log) -> None:
+def _restore_rng(g: torch.Generator, device: torch.device, rng: dict, seed: int, epoch: int,
+                 log: Callable[[str], Any]) -> None:
     key = f"generator_{g.device.type}"
-
-    def setting(name, fn):
-        try:
-            fn(rng[name].to("cpu", torch.uint8))
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"the checkpoint's random-generator state {name!r} is invalid: "
-                                  f"{' '.join(str(exc).split())[:200]}") from None
-
-    if key in rng:
-        setting(key, g.set_state)
-    else:
+    setters = {key: g.set_state, "torch_cpu": torch.set_rng_state}
+    if device.type == "cuda":
+        setters["torch_cuda"] = lambda t: torch.cuda.set_rng_state(t, device)
+    if key not in rng:
         g.manual_seed(seed + 1000003 * epoch)
-        if log:
-            log("note: the checkpoint's generator state is from another device type; reseeded, so "
-                "batch order and augmentation differ from an uninterrupted run")
-    if "torch_cpu" in rng:
-        setting("torch_cpu", torch.set_rng_state)
-    if device.type == "cuda" and "torch_cuda" in rng:
-        setting("torch_cuda", lambda t: torch.cuda.set_rng_state(t, device))
+        log("note: the checkpoint's generator state is from another device type; reseeded, so "
+            "batch order and augmentation differ from an uninterrupted run")
+    for name, setter in setters.items():
+        if name in rng:
+            try:
+                setter(rng[name].to("cpu", torch.uint8))
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise CheckpointError(f"the checkpoint's random-generator state {name!r} is invalid: "
+                                      f"{clip(_oneline(exc))}") from None
 
 
 def _format_epoch(row: dict, epochs: int) -> str:
@@ -673,9 +562,7 @@ def _format_epoch(row: dict, epochs: int) -> str:
     tag = f"epoch {e:>{len(str(epochs))}d}/{epochs}" + (" (init)" if e == 0 else "")
     t2 = ""
     if isinstance(row.get("theorem2"), dict):
-        t2d = row["theorem2"]
-        applies = t2d.get("theorem_applies")
-        v = t2d.get("velocity")
+        applies, v = row["theorem2"].get("theorem_applies"), row["theorem2"].get("velocity")
         t2 = "  theorem2: " + ("A1-A3 hold" if applies else "no claim" if applies is not None else "reported")
         if isinstance(v, (int, float)):
             t2 += f", dgamma/dt {v:+.2e}"
@@ -692,8 +579,6 @@ def _format_epoch(row: dict, epochs: int) -> str:
 # ---------------------------------------------------------------------------
 def load_data_for(config: TrainConfig, device: torch.device):
     """The data set a run of ``config`` trains on (dataset, split seed, subsets, normalisation), on ``device``."""
-    from .data import load_dataset
-
     ds = load_dataset(config.dataset, config.data_dir, download=config.download, seed=config.seed,
                       normalize=config.normalize)
     if config.n_train is not None or config.n_test is not None:
@@ -703,67 +588,37 @@ def load_data_for(config: TrainConfig, device: torch.device):
     return ds.to(device, dtype=torch.float32)
 
 
-def _monitor_fn(config: TrainConfig):
-    if config.monitor_every <= 0:
-        return None
-    try:
-        from .assumptions import theorem2_report
-    except ImportError as exc:
-        raise ConfigError(f"--monitor-every: the Theorem 2 monitors are unavailable "
-                          f"(margin_theory.assumptions cannot be imported: {exc})") from None
-    return theorem2_report
-
-
-def _maxmargin_gap(state: dict, model, X, Y, config: TrainConfig) -> dict:
-    """Monitor hook: gamma_min/gamma_star and the cosine to the max-margin optimum
-    (:class:`margin_theory.maxmargin.GapMonitor`, solved once per run on min(monitor_subset, 256)
-    points of the monitors' seeded subset; its ``data``/``note`` say which)."""
-    from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
-
-    if "gap" not in state:
-        state["gap"] = GapMonitor(model, X, Y, subset=min(config.monitor_subset, MONITOR_MAX_POINTS),
-                                  seed=config.seed)
-    return state["gap"].report(model)
-
-
 def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], Any] | None | str = "default"
           ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``; see the module docstring.
 
-    Before anything is loaded, :func:`margin_theory.runfolder.preflight` checks values and
-    sizes and ``--out`` is checked; a run with ``--out`` holds the folder's exclusive lock
-    for its whole duration (a second run there fails at once) and first removes what killed
-    runs left behind (``docs/safety.md``).
+    Before anything is loaded, :func:`margin_theory.runfolder.preflight` checks values and sizes
+    and ``--out`` is checked; a run with ``--out`` holds the folder's lock for its whole duration
+    and first removes what killed runs left. ``progress``: the tqdm bar (on a terminal, unless
+    ``config.quiet``). ``log``: receives one line per epoch and the notes; ``None``: silence;
+    default ``print`` unless ``config.quiet``. Under torchrun with ``WORLD_SIZE > 1`` it trains
+    with DistributedDataParallel (:mod:`margin_theory.distributed`).
 
-    ``progress``: show the tqdm bar over batches (on stderr, only on a terminal and
-    unless ``config.quiet``). ``log``: callable receiving one line per epoch and notes;
-    ``None`` for silence; default ``print`` unless ``config.quiet``.
-
-    Launched by torchrun with ``WORLD_SIZE > 1`` it trains with DistributedDataParallel
-    (:mod:`margin_theory.distributed`: global batch ``batch_size``, all-reduced metrics,
-    rank 0 writes the run folder); otherwise it is the single-process trainer.
-
-    Raises :class:`ConfigError` / :class:`DataError` / :class:`CheckpointError` on bad
-    input, :class:`NonFiniteLossError` when the loss or the weights become
-    non-finite (attributes ``epoch``, ``checkpoint`` (Path or None), ``history``) and
+    Raises :class:`ConfigError` / :class:`DataError` / :class:`CheckpointError` on bad input,
+    :class:`NonFiniteLossError` when the loss or the weights become non-finite (attributes
+    ``epoch``, ``checkpoint`` (Path or None), ``history``) and
     :class:`margin_theory.distributed.RankFailedError` when a rank fails.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
     config = copy.deepcopy(config).validate()
     _runfolder.preflight(config)
-    from . import distributed as _dist
-
-    dctx = _dist.setup(config.device)
+    if log == "default":
+        log = None if config.quiet else print
+    dctx = _dist_setup(config.device)
     try:
         if not config.out or (dctx is not None and not dctx.is_writer):   # rank 0 holds the folder
             return _train(config, progress=progress, log=log, dctx=dctx)
         out = check_output_path(config.out, kind="dir")
         with _runfolder.RunLock(out):
             removed = _runfolder.remove_orphans(out)
-            say = (None if config.quiet else print) if log == "default" else log
-            if removed and say:
-                say(f"note: removed {len(removed)} file(s) an interrupted run left in {out}: "
+            if removed and log:
+                log(f"note: removed {len(removed)} file(s) an interrupted run left in {out}: "
                     + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
             return _train(config, progress=progress, log=log, dctx=dctx)
     finally:
@@ -771,63 +626,39 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
             dctx.close()
 
 
-def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], Any] | None | str = "default",
-           dctx=None) -> TrainResult:
-    """The body of :func:`train` (the run folder, if any, is locked by the caller); ``dctx`` is the
-    :class:`~margin_theory.distributed.DistContext` of a multi-process run, or None."""
-    from .checkpoint import latest_checkpoint, read_sidecar, restore_checkpoint, save_checkpoint, \
-        checkpoint_stem, model_args_from, checkpoint_files
-
-    if not isinstance(config, TrainConfig):
-        raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
-    config = copy.deepcopy(config).validate()
+def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | None, dctx=None) -> TrainResult:
+    """The body of :func:`train` for its validated copy of the config (the run folder, if any, is
+    locked by the caller); ``dctx``: the :class:`~margin_theory.distributed.DistContext` of a
+    multi-process run, or None."""
     if config.data_dir:     # stored absolute, so that the run can be checked from any folder
         config.data_dir = str(Path(config.data_dir).expanduser().resolve())
-    if log == "default":
-        log = None if config.quiet else print
     writer = dctx is None or dctx.is_writer       # rank 0 alone writes the run folder and logs
     if not writer:
         log, progress = None, False
+    log = log or (lambda _msg: None)
     t_run = time.perf_counter()
     device = select_device(config.device) if dctx is None else dctx.device
-    monitor = _monitor_fn(config)
+    monitor = None
+    if config.monitor_every > 0:
+        from .assumptions import theorem2_report as monitor
     out = Path(config.out).expanduser() if config.out else None
     interval = config.checkpoint_interval() if out is not None else None
 
-    # -- resume / fresh run checks (before the expensive work) --------------------
-    resume_path = None
-    if out is not None:
-        if config.resume:
-            resume_path = latest_checkpoint(out)
-            if resume_path is None:
-                raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'} to resume from")
-            saved = read_sidecar(resume_path)
-            _run_config_authority(out, saved["config"], resume_path)
-            if saved["config"].get("model") != config.model:
-                raise CheckpointError(f"checkpoint {resume_path.name} is for model {saved['config'].get('model')!r}, "
-                                      f"not {config.model!r}; cannot resume")
-            diffs = _config_differences(saved["config"], config)
-            if diffs:
-                raise CheckpointError(f"cannot resume {out}: the settings differ from the checkpoint's: "
-                                      + "; ".join(diffs))
-            if int(saved["epoch"]) > config.epochs:
-                raise ConfigError(f"--resume: the latest checkpoint is at epoch {saved['epoch']}, "
-                                  f"beyond --epochs {config.epochs}")
-        elif writer:
-            existing = _existing_run(out) if out.is_dir() else []
-            if existing and not config.overwrite:
-                raise ConfigError(f"{out} already holds a training run ({', '.join(existing)}); "
-                                  "pass --resume to continue it or --overwrite to replace it")
-            if existing:
-                _clear_run(out)
+    resume_path = _resume_point(out, config) if out is not None and config.resume else None
+    if out is not None and not config.resume and writer:
+        existing = _runfolder.existing_run(out) if out.is_dir() else []
+        if existing and not config.overwrite:
+            raise ConfigError(f"{out} already holds a training run ({', '.join(existing)}); "
+                              "pass --resume to continue it or --overwrite to replace it")
+        if existing:
+            _runfolder.clear_run(out)
 
     ds = load_data_for(config, device if dctx is None else torch.device("cpu"))
     shard = ds if dctx is None else dctx.shard(ds, device)   # distributed: this rank's part, on the device
-    if log:
-        for flag, want, have in (("--n-train", config.n_train, ds.y_train.shape[0]),
-                                 ("--n-test", config.n_test, ds.y_test.shape[0])):
-            if want is not None and want > int(have):
-                log(f"note: {flag} {want} exceeds the {int(have)} points of {ds.name}; all {int(have)} are used")
+    for flag, want, have in (("--n-train", config.n_train, int(ds.y_train.shape[0])),
+                             ("--n-test", config.n_test, int(ds.y_test.shape[0]))):
+        if want is not None and want > have:
+            log(f"note: {flag} {want} exceeds the {have} points of {ds.name}; all {have} are used")
     _runfolder.model_memory_check(config, ds.input_shape, ds.num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -835,33 +666,27 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
     model.to(device)
     if dctx is not None:
         model = dctx.prepare_model(model)
-    margs = model_args_from(config, model)
-    opt = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay)
+    opt = SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     g = torch.Generator(device=device)
     g.manual_seed(config.seed)
     norm_spec = get_normalisation(model) if config.margin_reg > 0 else None
-    eval_bs = _default_eval_batch(config)
+    eval_bs = config.eval_batch_size or (1024 if config.model_spec().body.startswith("resnet") else 4096)
     X, Y = shard.X_train, shard.y_train
     N = int(ds.y_train.shape[0])
 
     history: list[dict] = []
-    start_epoch, step = 0, 0
-    last_ckpt: Path | None = None
-    last_ckpt_epoch = -1
-    resumed_from = None
+    step, last_ckpt, last_ckpt_epoch, resumed_from = 0, None, -1, None
+    first_epoch = 0                                   # epoch 0: the initialisation
     if resume_path is not None:
-        ck = restore_checkpoint(resume_path, model, opt, model_args=margs)
+        ck = restore_checkpoint(resume_path, model, opt, model_args=model_args_from(config, model))
         _restore_rng(g, device, ck.rng_state, config.seed, ck.epoch, log)
-        start_epoch, step = ck.epoch, ck.step
+        first_epoch, step = ck.epoch + 1, ck.step
         last_ckpt, last_ckpt_epoch, resumed_from = ck.path, ck.epoch, ck.epoch
         history = [r for r in read_metrics(out) if int(r["epoch"]) <= ck.epoch]
         if not history or int(history[-1]["epoch"]) != ck.epoch:
-            if log:
-                log(f"note: {out / 'metrics.jsonl'} lacks epochs up to {ck.epoch}; history restarts from the checkpoint")
+            log(f"note: {out / 'metrics.jsonl'} lacks epochs up to {ck.epoch}; history restarts from the checkpoint")
             history = [r for r in history if int(r["epoch"]) < ck.epoch] + ([ck.metrics] if ck.metrics else [])
-        if log:
-            log(f"resuming {out} from {ck.path.name} (epoch {ck.epoch}, step {ck.step})")
+        log(f"resuming {out} from {ck.path.name} (epoch {ck.epoch}, step {ck.step})")
     net = model if dctx is None else dctx.wrap(model)      # DDP construction syncs rank 0's state
     wout = out if writer else None                          # where this process writes
     writing = dctx.critical if dctx is not None else contextlib.nullcontext
@@ -870,71 +695,66 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
             out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "config.json", config.to_dict())
         _write_metrics(out, history)
-
-    def wants_checkpoint(epoch: int) -> bool:
-        if interval is None:
-            return False
-        if epoch == config.epochs:
-            return True
-        return interval > 0 and epoch % interval == 0
-
-    def wants_monitor(epoch: int) -> bool:
-        return monitor is not None and (epoch % config.monitor_every == 0 or epoch == config.epochs)
-
-    gap_state: dict = {}
+    gap = None          # the max-margin monitor, solved once per run (on min(monitor_subset, 256) points)
 
     def run_monitor(row: dict) -> None:
+        nonlocal gap
         t0 = time.perf_counter()
         was = model.training
         model.eval()
         try:
-            with torch.random.fork_rng(devices=_rng_devices(device)), _matmul_precision(device, tf32=False):
+            rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+                if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=rng_devices), _matmul_precision(device, tf32=False):
                 rep = monitor(model, ds.X_train, ds.y_train, subset=config.monitor_subset, seed=config.seed)
         finally:
             model.train(was)
         row["theorem2"] = rep.as_dict() if hasattr(rep, "as_dict") else rep
-        row["maxmargin"] = _maxmargin_gap(gap_state, model, X, Y, config)
+        if gap is None:
+            from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
+
+            gap = GapMonitor(model, X, Y, subset=min(config.monitor_subset, MONITOR_MAX_POINTS), seed=config.seed)
+        row["maxmargin"] = gap.report(model)
         row["monitor_seconds"] = time.perf_counter() - t0
 
     # the best test accuracy over every evaluation so far: per epoch, and every
     # eval_every_steps SGD steps when the protocol asks for it (the authors' "best")
-    best = {"acc": float(history[-1].get("test_acc_best", history[-1]["test_acc"])) if history else float("-inf")}
+    best = float(history[-1].get("test_acc_best", history[-1]["test_acc"])) if history else float("-inf")
 
     def step_eval(i: int) -> None:          # every rank calls it at the same step (a collective in DDP)
+        nonlocal best
         if i % config.eval_every_steps == 0 and ds.X_test.shape[0] > 0:
             acc = evaluate_test(model, ds, eval_bs) if dctx is None else dctx.test_accuracy(model, shard, eval_bs)
-            best["acc"] = max(best["acc"], acc)
+            best = max(best, acc)
             model.train()
 
-    def record(row: dict) -> None:
+    def save(epoch: int, st: int, rng: dict, row: dict) -> Path:
+        with writing():
+            return save_checkpoint(checkpoint_stem(out, epoch), model, opt, config, epoch, st, rng, row)
+
+    snapshot: dict | None = None
+
+    def record(epoch: int, row: dict) -> None:
+        """Log and write the row of a good epoch, then checkpoint it or (checkpointing on) hold an
+        in-memory copy, so that a later divergence can still write the last good checkpoint."""
+        nonlocal best, last_ckpt, last_ckpt_epoch, snapshot
         if math.isfinite(row["test_acc"]):
-            best["acc"] = max(best["acc"], row["test_acc"])
-        row["test_acc_best"] = best["acc"] if math.isfinite(best["acc"]) else float("nan")
+            best = max(best, row["test_acc"])
+        row["test_acc_best"] = best if math.isfinite(best) else float("nan")
         history.append(row)
         if wout is not None:
             with writing():
                 _write_metrics(out, history)
-        if log:
-            log(_format_epoch(row, config.epochs))
-
-    def checkpoint(epoch: int, row: dict) -> Path:
-        if wout is None:                    # not rank 0: the path rank 0 writes
-            return checkpoint_files(checkpoint_stem(out, epoch))[0]
-        try:
-            with writing():
-                return save_checkpoint(checkpoint_stem(out, epoch), model, opt, config, epoch, step,
-                                       _rng_state(g, device), row)
-        except NonFiniteCheckpointError as exc:   # never written: the run diverged
-            raise _Diverged(epoch, str(exc)) from None
-
-    snapshot: dict | None = None
-
-    def keep(epoch: int, row: dict) -> None:
-        """Checkpoint a good epoch, or (checkpointing on) hold an in-memory copy of it
-        so that a later divergence can still write the last good checkpoint."""
-        nonlocal last_ckpt, last_ckpt_epoch, snapshot
-        if wants_checkpoint(epoch):
-            last_ckpt, last_ckpt_epoch, snapshot = checkpoint(epoch, row), epoch, None
+        log(_format_epoch(row, config.epochs))
+        if interval is not None and (epoch == config.epochs or (interval > 0 and epoch % interval == 0)):
+            if wout is None:                # not rank 0: the path rank 0 writes
+                path = checkpoint_files(checkpoint_stem(out, epoch))[0]
+            else:
+                try:
+                    path = save(epoch, step, _rng_state(g, device), row)
+                except NonFiniteCheckpointError as exc:   # never written: the run diverged
+                    raise _Diverged(epoch, str(exc)) from None
+            last_ckpt, last_ckpt_epoch, snapshot = path, epoch, None
         elif interval is not None and wout is not None:
             snapshot = {"epoch": epoch, "step": step, "row": row,
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -946,68 +766,52 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
         with dctx.guard("evaluating"):
             return dctx.evaluate(model, shard, batch_size=eval_bs)
 
+    def where(kept: Path | None) -> str:
+        if kept is not None:
+            return f"last good checkpoint kept: {kept}"
+        return "no checkpoint (none was written)" if out is not None else "no checkpoint (no --out)"
+
     show_bar = progress and not config.quiet
+    old_bench = torch.backends.cudnn.benchmark
     try:
         with _matmul_precision(device, tf32=True):
-            old_bench = torch.backends.cudnn.benchmark
-            if device.type == "cuda":
-                torch.backends.cudnn.benchmark = True
-            try:
-                # -- epoch 0: the initialisation (a resumed run already has its row) --
-                if start_epoch == 0 and resume_path is None:
-                    t0 = time.perf_counter()
-                    row = {"epoch": 0, **evaluate_run(), "lr": lr_at(config, 1)}
-                    row["epoch_seconds"] = time.perf_counter() - t0
-                    if not _finite(row["train_loss"], row["theta_norm"]):
-                        raise _Diverged(0, "the initial model gives a non-finite loss")
-                    if wants_monitor(0):
-                        run_monitor(row)
-                    record(row)
-                    keep(0, row)
-
-                # -- epochs ---------------------------------------------------------
-                for epoch in range(start_epoch + 1, config.epochs + 1):
-                    lr = lr_at(config, epoch)
+            torch.backends.cudnn.benchmark = old_bench or device.type == "cuda"
+            for epoch in range(first_epoch, config.epochs + 1):
+                lr = lr_at(config, max(epoch, 1))
+                t0 = time.perf_counter()
+                if epoch > 0:
                     for group in opt.param_groups:
                         group["lr"] = lr
-                    model.train()
-                    t0 = time.perf_counter()
                     bar = _progress_bar(total=-(-N // config.batch_size), desc=f"epoch {epoch}/{config.epochs}",
                                         quiet=not show_bar, unit="batch")
+                    kw = dict(augment=config.augment, margin_reg=config.margin_reg, normalisation=norm_spec,
+                              bar=bar, on_step=step_eval if config.eval_every_steps > 0 else None)
                     try:
-                        on_step = step_eval if config.eval_every_steps > 0 else None
                         if dctx is None:
-                            loss_sum, correct, seen, steps = train_epoch(
-                                model, opt, X, Y, config.batch_size, g, augment=config.augment,
-                                margin_reg=config.margin_reg, normalisation=norm_spec, bar=bar, on_step=on_step)
+                            loss_sum, _, seen, steps = train_epoch(model, opt, X, Y, config.batch_size, g, **kw)
                         else:
                             dctx.epoch = epoch
                             with dctx.guard(f"training epoch {epoch}"):
-                                loss_sum, correct, seen, steps = dctx.train_epoch(
-                                    net, opt, X, Y, N, config.batch_size, g, augment=config.augment,
-                                    margin_reg=config.margin_reg, normalisation=norm_spec, bar=bar,
-                                    on_step=on_step)
+                                loss_sum, _, seen, steps = dctx.train_epoch(net, opt, X, Y, N, config.batch_size,
+                                                                            g, **kw)
                     finally:
                         bar.close()
                     step += steps
                     if not bool(torch.isfinite(loss_sum)):     # one sync per epoch
                         raise _Diverged(epoch, f"non-finite training loss ({float(loss_sum / max(seen, 1))})")
-                    row = {"epoch": epoch, **evaluate_run(), "lr": lr}
-                    sync(device)
-                    row["epoch_seconds"] = time.perf_counter() - t0
-                    if not _finite(row["train_loss"], row["theta_norm"], row["gamma_bar"]):
-                        raise _Diverged(epoch, "non-finite loss or weights after the epoch "
-                                               f"(train loss {row['train_loss']}, ||theta|| {row['theta_norm']})")
-                    if wants_monitor(epoch):
-                        run_monitor(row)
-                    record(row)
-                    keep(epoch, row)
-            finally:
-                torch.backends.cudnn.benchmark = old_bench
+                row = {"epoch": epoch, **evaluate_run(), "lr": lr}
+                sync(device)
+                row["epoch_seconds"] = time.perf_counter() - t0
+                if epoch == 0 and not _finite(row["train_loss"], row["theta_norm"]):
+                    raise _Diverged(0, "the initial model gives a non-finite loss")
+                if epoch > 0 and not _finite(row["train_loss"], row["theta_norm"], row["gamma_bar"]):
+                    raise _Diverged(epoch, "non-finite loss or weights after the epoch "
+                                           f"(train loss {row['train_loss']}, ||theta|| {row['theta_norm']})")
+                if monitor is not None and (epoch % config.monitor_every == 0 or epoch == config.epochs):
+                    run_monitor(row)
+                record(epoch, row)
     except _RankFailed as exc:
-        where = f"last good checkpoint kept: {last_ckpt}" if last_ckpt is not None else \
-            ("no checkpoint (none was written)" if out is not None else "no checkpoint (no --out)")
-        err = type(exc)(f"{' '.join(str(exc).split())}; {where}")
+        err = type(exc)(f"{_oneline(exc)}; {where(last_ckpt)}")
         err.checkpoint, err.history = last_ckpt, history
         raise err from None
     except _Diverged as exc:
@@ -1016,20 +820,17 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
             model.load_state_dict(snapshot["model"])
             opt.load_state_dict(snapshot["optim"])
             try:
-                with writing():
-                    kept = save_checkpoint(checkpoint_stem(out, snapshot["epoch"]), model, opt, config,
-                                           snapshot["epoch"], snapshot["step"], snapshot["rng"], snapshot["row"])
+                kept = save(snapshot["epoch"], snapshot["step"], snapshot["rng"], snapshot["row"])
             except NonFiniteCheckpointError:
                 pass                                # not good after all: keep the older one
-        where = f"last good checkpoint kept: {kept}" if kept is not None else \
-            ("no checkpoint (none was written)" if out is not None else "no checkpoint (no --out)")
         err = NonFiniteLossError(f"training diverged in epoch {exc.epoch} at lr {lr_at(config, max(exc.epoch, 1)):g}: "
-                                 f"{exc.what}; stopped; {where}")
+                                 f"{exc.what}; stopped; {where(kept)}")
         err.epoch, err.checkpoint, err.history = exc.epoch, kept, history
         raise err from None
+    finally:
+        torch.backends.cudnn.benchmark = old_bench
 
-    final = _summary(config, model, ds, history, device, out, last_ckpt, resumed_from,
-                     time.perf_counter() - t_run)
+    final = _summary(config, model, ds, history, device, out, last_ckpt, resumed_from, time.perf_counter() - t_run)
     final["world_size"] = 1 if dctx is None else dctx.world_size
     if wout is not None:
         with writing():
@@ -1038,21 +839,15 @@ def _train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], A
 
 
 def _summary(config, model, ds, history, device, out, last_ckpt, resumed_from, seconds) -> dict:
-    from .models import parameter_count, unique_parameter_count
-
     last = history[-1] if history else {}
     times = [r["epoch_seconds"] for r in history if r.get("epoch", 0) > 0 and r.get("epoch_seconds") is not None]
     tests = [r["test_acc"] for r in history if isinstance(r.get("test_acc"), (int, float))]
     return {
-        "status": "ok",
-        "dataset": ds.name, "model": config.model, "epochs": int(last.get("epoch", 0)),
-        "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
-        "test_acc": last.get("test_acc"),
+        "status": "ok", "dataset": ds.name, "model": config.model, "epochs": int(last.get("epoch", 0)),
+        **{k: last.get(k) for k in ("train_loss", "train_acc", "test_acc")},
         "best_test_acc": last.get("test_acc_best", max(tests) if tests else None),
         "protocol": config.protocol, "eval_every_steps": config.eval_every_steps,
-        "gamma_bar": last.get("gamma_bar"), "gamma_min": last.get("gamma_min"),
-        "theta_norm": last.get("theta_norm"), "degree": last.get("degree"),
-        "normalisation": last.get("normalisation"),
+        **{k: last.get(k) for k in ("gamma_bar", "gamma_min", "theta_norm", "degree", "normalisation")},
         "initial_gamma_bar": history[0].get("gamma_bar") if history else None,
         "mean_epoch_seconds": sum(times) / len(times) if times else None,
         "total_seconds": seconds,
@@ -1069,8 +864,6 @@ def _summary(config, model, ds, history, device, out, last_ckpt, resumed_from, s
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
-
-
 def _int_list(s: str) -> list[int]:
     try:
         vals = [int(p) for p in s.split(",") if p.strip()]
@@ -1092,11 +885,7 @@ def _milestones(s: str) -> list[int]:
 
 def _checkpoint_every(s: str) -> int | None:
     s = s.strip().lower()
-    if s == "auto":
-        return None
-    if s == "none":
-        return -1
-    return int_at_least(0)(s)
+    return {"auto": None, "none": -1}[s] if s in ("auto", "none") else int_at_least(0)(s)
 
 
 def add_data_model_arguments(g, *, augment: bool = True, data_dir_help: str | None = None) -> None:
@@ -1108,7 +897,8 @@ def add_data_model_arguments(g, *, augment: bool = True, data_dir_help: str | No
     g.add_argument("--dataset", default=None, help=describe_datasets())
     g.add_argument("--model", default=None, help=describe_model_names())
     g.add_argument("--rank", type=int_at_least(1), default=d.rank, help="rank r of lowrank layers (default 1)")
-    g.add_argument("--layers", type=int_at_least(1), default=d.layers, help="number of lowrank layers (deep DIQNN; default 1)")
+    g.add_argument("--layers", type=int_at_least(1), default=d.layers,
+                   help="number of lowrank layers (deep DIQNN; default 1)")
     g.add_argument("--hidden", type=_int_list, default=None, metavar="H[,H...]",
                    help="hidden width(s): relu2 (default 8000), deep lowrank (default 32)")
     g.add_argument("--conv-channels", type=int_at_least(1), default=d.conv_channels, help="conv-* channels (default 1)")
@@ -1154,7 +944,8 @@ def build_parser() -> ArgumentParser:
     o.add_argument("--lr-gamma", type=float_in(0, lo_open=True), default=d.lr_gamma, help="lr factor (default 0.1)")
     o.add_argument("--margin-reg", type=float_in(0), default=d.margin_reg, metavar="LAMBDA",
                    help="margin regularisation: loss = CE - LAMBDA * gamma_bar(batch) (default 0)")
-    o.add_argument("--seed", type=int_at_least(0), default=d.seed, help="seed of split, init, order, augmentation (default 0)")
+    o.add_argument("--seed", type=int_at_least(0), default=d.seed,
+                   help="seed of split, init, order, augmentation (default 0)")
     o.add_argument("--device", default=d.device, help="auto (default; cuda if available), cpu, cuda, cuda:N")
     r = p.add_argument_group("outputs")
     r.add_argument("--out", default=None, metavar="DIR", help="run folder: config.json, metrics.jsonl, checkpoints/")
@@ -1177,8 +968,7 @@ def build_parser() -> ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names}).validate()
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in _FIELDS}).validate()
 
 
 def explicit_options(parser: argparse.ArgumentParser, argv) -> set[str]:
@@ -1190,35 +980,23 @@ def explicit_options(parser: argparse.ArgumentParser, argv) -> set[str]:
     return set(vars(probe.parse_args(argv)))
 
 
-#: options ``--resume`` never takes from the saved configuration
-_RESUME_OWN = frozenset({"out", "resume", "overwrite", "quiet", "json", "device"})
-
-
 def _resume_defaults(args: argparse.Namespace, given: set[str]) -> list[str]:
     """``train --resume --out X``: every option not on the command line comes from X's
     ``config.json`` (else the latest checkpoint's sidecar). Returns the names filled in."""
-    from .checkpoint import latest_checkpoint, read_sidecar
-
     out = Path(args.out).expanduser()
     saved = None
-    if (out / "config.json").is_file():
-        try:
-            saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            saved = None
+    try:
+        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
     if not isinstance(saved, dict):
         ck = latest_checkpoint(out)
         saved = read_sidecar(ck)["config"] if ck is not None else None
-    if not isinstance(saved, dict):
-        return []
-    if "model" in given and getattr(args, "model") != saved.get("model"):
-        return []       # another model: train() refuses the resume, naming both
-    filled = []
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    for k, v in saved.items():
-        if k in names and k not in given and k not in _RESUME_OWN and hasattr(args, k):
-            setattr(args, k, v)
-            filled.append(k)
+    if not isinstance(saved, dict) or ("model" in given and args.model != saved.get("model")):
+        return []       # nothing saved, or another model: train() refuses the resume, naming both
+    filled = [k for k in saved if k in _FIELDS and k not in given and k not in _RESUME_OWN and hasattr(args, k)]
+    for k in filled:
+        setattr(args, k, saved[k])
     return filled
 
 
@@ -1231,7 +1009,8 @@ def _human_summary(final: dict) -> str:
              f"{final['initial_gamma_bar']:+.4e} -> {final['gamma_bar']:+.4e}, gamma_min {final['gamma_min']:+.4e}"
              + (f"; mean epoch time {t:.2f} s" if t is not None else "")]
     if final.get("out"):
-        lines.append(f"run folder: {final['out']}" + (f" (checkpoint {final['checkpoint']})" if final.get("checkpoint") else ""))
+        lines.append(f"run folder: {final['out']}" + (f" (checkpoint {final['checkpoint']})" if final.get("checkpoint")
+                                                      else ""))
     return "\n".join(lines)
 
 
@@ -1247,25 +1026,18 @@ def main(argv=None) -> int:
         raise ConfigError(f"the following arguments are required: {', '.join(missing)} "
                           "(or --resume --out DIR, which takes them from DIR's config)")
     config = config_from_args(args)
-    if config.quiet or os.environ.get("RANK", "0") != "0":
-        log = None
-    elif config.json:
-        def log(msg: str) -> None:
-            sys.stderr.write(msg + "\n")
-            sys.stderr.flush()
-    else:
-        def log(msg: str) -> None:
-            print(msg, flush=True)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    # --json: the epoch lines go to stderr, so that stdout holds the summary alone
+    log = None if config.quiet or not rank0 else \
+        functools.partial(print, file=sys.stderr if config.json else sys.stdout, flush=True)
     try:
         res = train(config, progress=not config.quiet, log=log)
-    except NonFiniteLossError as exc:
-        if os.environ.get("RANK", "0") == "0":   # every rank diverges alike (all-reduced loss): rank 0 says it
-            sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")
-        return EXIT_NONFINITE
-    except _RankFailed as exc:                   # multi-process: this rank or another one failed
-        sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")
-        return EXIT_RANK_FAILED
-    if res.final.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
+    except (NonFiniteLossError, _RankFailed) as exc:
+        diverged = isinstance(exc, NonFiniteLossError)
+        if rank0 or not diverged:    # every rank diverges alike (all-reduced loss): rank 0 says it
+            sys.stderr.write(f"{PROG}: error: {_oneline(exc)}\n")
+        return EXIT_NONFINITE if diverged else EXIT_RANK_FAILED
+    if res.final.get("world_size", 1) > 1 and not rank0:
         return 0                                 # rank 0 reports for the whole run
     if config.json:
         print_json(res.final)
