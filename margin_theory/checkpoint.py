@@ -53,8 +53,7 @@ import torch.nn as nn
 
 from ._util import CheckpointError, ConfigError, MarginTheoryError, atomic_write_bytes, atomic_write_json
 from ._util import check_memory, clip, short_repr
-from .models import ModelSpec
-from .runfolder import MAX_LAYERS  # Lemma 1's degree stays a finite float64
+from .models import MAX_LAYERS, ModelSpec
 
 __all__ = [
     "FORMAT", "VERSION", "Checkpoint", "save_checkpoint", "read_checkpoint", "load_checkpoint",

@@ -114,7 +114,7 @@ from torch.func import functional_call
 
 from ._util import ArgumentParser, ConfigError, cli_entry, print_json
 from ._util import positive_int as _positive_int, nonneg_int as _nonneg_int
-from .models import MODEL_NAMES, ModelSpec, build_model, describe_model_names
+from .models import MAX_LAYERS, MODEL_NAMES, ModelSpec, build_model, describe_model_names
 
 __all__ = [
     "lemma1_degree", "SymbolicResult", "symbolic_homogeneity", "SYMBOLIC_MODELS",
@@ -1037,7 +1037,6 @@ def _check_size(spec: ModelSpec, shape, num_classes, batch) -> None:
     """Refuse, before allocating, a depth whose Lemma-1 degree overflows float64 and a model
     (built on the ``meta`` device: shapes only) or input batch that cannot fit in memory."""
     from ._util import check_memory
-    from .runfolder import MAX_LAYERS
 
     if spec.layers > MAX_LAYERS:
         raise ConfigError(f"--layers {spec.layers}: Lemma 1's degree 2^(n+1) - 2 overflows float64 beyond "

@@ -52,6 +52,8 @@ def _check_init(init: str) -> str:
     return init
 
 HEADS = ("linear", "lowrank", "quadratic")
+#: the deepest Low-Rank DIQNN accepted: Lemma 1's degree 2^(n+1) - 2 stays a finite float64
+MAX_LAYERS = 1022
 RESNET_BLOCKS = {
     10: (1, 1, 1, 1),
     12: (2, 1, 1, 1),

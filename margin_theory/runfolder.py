@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 from ._util import ConfigError, DataError, check_memory, short_repr
 from .checkpoint import CHECKPOINT_DIR
+from .models import MAX_LAYERS
 from .data import REGISTRY, canonical_name
 
 __all__ = ["RunFolderError", "RunLock", "LOCK_NAME", "read_metrics", "foreign_files", "existing_run",
@@ -33,8 +34,6 @@ __all__ = ["RunFolderError", "RunLock", "LOCK_NAME", "read_metrics", "foreign_fi
 
 LOCK_NAME = ".margin_theory.lock"
 TRAINER_FILES = ("metrics.jsonl", "config.json", "summary.json")
-#: Lemma 1: n Low-Rank layers give degree 2^(n+1) - 2, a finite float64 for n <= 1022
-MAX_LAYERS = 1022
 _F32_MAX = 3.4028234663852886e38
 _F32_TINY = 1.1754943508222875e-38      # smallest normal float32
 #: input shape and classes of the named data sets (from the data registry)

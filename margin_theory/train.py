@@ -58,7 +58,8 @@ from .checkpoint import (NonFiniteCheckpointError, checkpoint_files, checkpoint_
                          model_args_from, read_sidecar, restore_checkpoint, save_checkpoint)
 from .data import describe_datasets, load_dataset
 from .distributed import EXIT_RANK_FAILED, RankFailedError as _RankFailed, setup as _dist_setup
-from .margins import accuracy, compute_margins, get_normalisation, margin_regularised_loss, n_correct, predict
+from .margins import (MARGIN_DEFINITIONS, accuracy, compute_margins, get_normalisation, margin_regularised_loss,
+                      n_correct, predict)
 from .models import INITS, ModelSpec, describe_model_names, parameter_count, unique_parameter_count
 from .protocols import get_protocol, protocol_names
 
@@ -71,8 +72,8 @@ PROG = "python -m margin_theory.train"
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 #: keys of every metrics.jsonl line (monitor epochs add ``theorem2``, ``maxmargin`` and ``monitor_seconds``)
-METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "test_acc_best", "gamma_bar", "gamma_min",
-               "gamma_output", "gamma_smoothed", "theta_norm", "degree", "normalisation", "lr", "epoch_seconds")
+METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "test_acc_best", *MARGIN_DEFINITIONS,
+               "theta_norm", "degree", "normalisation", "lr", "epoch_seconds")
 #: configuration fields that may change when resuming (they do not affect the trajectory)
 RESUME_MAY_DIFFER = frozenset({"epochs", "device", "out", "resume", "overwrite", "quiet", "json",
                                "checkpoint_every", "monitor_every", "monitor_subset", "eval_batch_size",
@@ -461,8 +462,7 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096) -> dict:
         m = compute_margins(model, dataset.X_train, dataset.y_train, batch_size=batch_size)
         test_acc = evaluate_test(model, dataset, batch_size)
     return {"train_loss": m.loss, "train_acc": m.accuracy, "test_acc": test_acc,
-            **{k: getattr(m, k) for k in ("gamma_bar", "gamma_min", "gamma_output", "gamma_smoothed", "theta_norm",
-                                          "degree", "normalisation")}}
+            **{k: getattr(m, k) for k in (*MARGIN_DEFINITIONS, "theta_norm", "degree", "normalisation")}}
 
 
 @torch.no_grad()
