@@ -260,16 +260,15 @@ def _bare_epoch_fn(kind: str, r: int, N: int, bs: int, device):
     return run, sum(2 * (2 * b * C * D * D) for b in sizes)
 
 
-def _sgd_epoch(model, X, Y, bs, device, sgd=None):
-    """An epoch function of ``model`` (the plain loop, or with ``sgd`` ours), own optimizer and generator."""
-    from .train import train_epoch
+def _epoch_fn(model, X, Y, bs: int, device, ours: bool = False):
+    """An epoch of ``model`` as a function: ours (``train.train_epoch``, the trainer's SGD) or the plain
+    loop (:func:`plain_epoch`, ``torch.optim.SGD``), with its own optimizer and seeded generator."""
+    from .train import SGD, train_epoch
 
     g = torch.Generator(device=device).manual_seed(0)
-    if sgd is not None:
-        opt = sgd(model.parameters(), lr=0.01)
-        return lambda: train_epoch(model, opt, X, Y, bs, g)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    return lambda: plain_epoch(model, opt, X, Y, bs, g)
+    opt = (SGD if ours else torch.optim.SGD)(model.parameters(), lr=0.01)
+    epoch = train_epoch if ours else plain_epoch
+    return lambda: epoch(model, opt, X, Y, bs, g)
 
 
 def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, quiet=False,
@@ -284,8 +283,6 @@ def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, 
     """
     from torch.utils.data import DataLoader, TensorDataset
 
-    from .train import SGD
-
     N = X.shape[0]
     cases = []
     no_compile = compile_support(device) if compile_cases else None
@@ -295,13 +292,13 @@ def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, 
         loader = DataLoader(TensorDataset(X.cpu(), Y.cpu()), batch_size=bs, shuffle=True,
                             generator=torch.Generator().manual_seed(0))
         opt_r = torch.optim.SGD(ref_m.parameters(), lr=0.01)
-        fns = {"ours": _sgd_epoch(ours_m, X, Y, bs, device, SGD), "authors": lambda: reference_epoch(ref_m, loader, opt_r),
-               "plain": _sgd_epoch(plain_m, X, Y, bs, device)}
+        fns = {"ours": _epoch_fn(ours_m, X, Y, bs, device, ours=True),
+               "authors": lambda: reference_epoch(ref_m, loader, opt_r), "plain": _epoch_fn(plain_m, X, Y, bs, device)}
         want_compiled = compile_cases is not None and (kind, r, bs) in compile_cases
         if want_compiled and no_compile is None:
             torch.manual_seed(0)
             comp_m = (PlainQuadratic(D, C) if kind == "quadratic" else PlainLowRank(D, C, r)).to(device)
-            fns["compiled"] = _sgd_epoch(torch.compile(comp_m), X, Y, bs, device)
+            fns["compiled"] = _epoch_fn(torch.compile(comp_m), X, Y, bs, device)
         headline = kind == "lowrank" and r == 8 and bs == 100
         limit = (bs == 1024) or (kind == "quadratic" and bs == 100) or headline
         if limit:
@@ -401,8 +398,8 @@ def bench_scaling(device, quick: bool, reps=3):
     ns = (32, 64, 128) if quick else (128, 256, 512)
     X, Y = _mnist_shapes(ns[-1], CPU)
     mt = [_median_seconds(lambda n=n: theorem2_report(m.cpu(), X[:n], Y[:n], subset=n), reps) for n in ns]
-    cases += _growth_cases("monitors scaling N {} -> {}", ns, mt, "time ratio when N doubles: per-sample gradients grow "
-                           "like N, the N x N Gram matrix like N^2 (so between 2 and 4)")
+    cases += _growth_cases("monitors scaling N {} -> {}", ns, mt, "time ratio when N doubles: per-sample gradients "
+                           "grow like N, the N x N Gram matrix like N^2 (so between 2 and 4)")
     n = ns[1]
     rt = [_median_seconds(lambda: theorem2_report(mr, X[:n], Y[:n], subset=n), reps)
           for mr in (_lowrank(r) for r in (4, 8, 16))]
@@ -419,15 +416,11 @@ def profile_training(kind: str = "lowrank", rank: int = 8, batch_size: int = 100
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from .train import SGD, train_epoch
-
     dev = torch.device(device)
     X, Y = _mnist_shapes(n, dev)
     ours_m, _, plain_m = _train_models(kind, rank, dev)
-    opt_o, opt_p = SGD(ours_m.parameters(), lr=0.01), torch.optim.SGD(plain_m.parameters(), lr=0.01)
-    g = torch.Generator(device=dev).manual_seed(0)
-    fns = {"ours": lambda: train_epoch(ours_m, opt_o, X, Y, batch_size, g),
-           "plain": lambda: plain_epoch(plain_m, opt_p, X, Y, batch_size, g),
+    fns = {"ours": _epoch_fn(ours_m, X, Y, batch_size, dev, ours=True),
+           "plain": _epoch_fn(plain_m, X, Y, batch_size, dev),
            "bare GEMMs": _bare_epoch_fn(kind, rank, n, batch_size, dev)[0]}
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     out = {}

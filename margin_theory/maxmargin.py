@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -149,7 +149,6 @@ class MaxMarginResult:
     ranks: list[int] | None = None
     dual_tol: float = 1e-6
     message: str = ""
-    extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """A JSON-able summary (no arrays)."""
@@ -211,53 +210,6 @@ def seeded_subset(y, n: int, seed: int = 0) -> np.ndarray:
     return np.arange(len(y)) if n >= len(y) else _sample_indices(y, int(n), int(seed))[0]
 
 
-def _span(X: np.ndarray, rtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
-    """Orthonormal basis U (d, k) of span{x_n} and the coordinates Z = X U (N, k)."""
-    _, s, vt = np.linalg.svd(X, full_matrices=False)
-    if s.size == 0 or s[0] == 0:
-        return np.zeros((X.shape[1], 0)), np.zeros((X.shape[0], 0))
-    U = vt[:int(np.sum(s > rtol * s[0]))].T
-    return U, X @ U
-
-
-def _pair_operator(y: np.ndarray, C: int, class_major: bool = False):
-    """Sparse Dm (P, N C) over the pairs (n, j), j != y_n (row-major order), with
-    ``Dm vec(F) = F[n, y_n] - F[n, j]`` for scores F (N, C) vectorised row-major (index n C + i)
-    or ``class_major`` (i N + n); and the pairs' n, j."""
-    import scipy.sparse as sp
-
-    N = len(y)
-    n_idx, j_idx = np.repeat(np.arange(N), C), np.tile(np.arange(C), N)
-    keep = j_idx != y[n_idx]
-    n_idx, j_idx = n_idx[keep], j_idx[keep]
-    P = len(n_idx)
-    col = (lambda i: i * N + n_idx) if class_major else (lambda i: n_idx * C + i)
-    Dm = sp.csr_matrix((np.repeat([1.0, -1.0], P), (np.tile(np.arange(P), 2), np.concatenate([col(y[n_idx]),
-                                                                                               col(j_idx)]))),
-                       shape=(P, N * C))
-    return Dm, n_idx, j_idx
-
-
-def _svec_index(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    iu, ju = np.triu_indices(k)
-    return iu, ju, np.where(iu == ju, 1.0, math.sqrt(2.0))
-
-
-def svec_features(Z: np.ndarray) -> np.ndarray:
-    r"""Rows :math:`\mathrm{svec}(z z^\top)` (off-diagonal entries times :math:`\sqrt2`), so that
-    :math:`\langle \mathrm{svec}(z z^\top), \mathrm{svec}(S)\rangle = z^\top S z` for symmetric S."""
-    iu, ju, scale = _svec_index(Z.shape[1])
-    return Z[:, iu] * Z[:, ju] * scale
-
-
-def _smat(v: np.ndarray, k: int) -> np.ndarray:
-    """The symmetric matrices (C, k, k) of svec rows v (C, k(k+1)/2)."""
-    iu, ju, scale = _svec_index(k)
-    S = np.zeros((v.shape[0], k, k))
-    S[:, iu, ju] = S[:, ju, iu] = v / scale
-    return S
-
-
 def _lift(U: np.ndarray, S: np.ndarray) -> np.ndarray:
     """Matrices on the span (C, k, k) mapped back to R^d: U S_i U^T."""
     return np.einsum("ak,ikl,bl->iab", U, S, U)
@@ -273,14 +225,6 @@ def _margins_table(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
     m = scores[np.arange(len(y)), y][:, None] - scores
     m[np.arange(len(y)), y] = np.inf
     return m
-
-
-def _duals_table(lam, n_idx, j_idx, N: int, C: int) -> np.ndarray | None:
-    if lam is None:
-        return None
-    a = np.zeros((N, C))
-    a[n_idx, j_idx] = np.maximum(np.asarray(lam, dtype=np.float64).ravel(), 0.0)
-    return a
 
 
 def _check(name: str, value: int, what: str) -> None:
@@ -313,22 +257,35 @@ def _solve(prob, solvers: Sequence[str]) -> tuple[str, str | None, str]:
 
 
 class _Problem:
-    """One solve: the data (checked), their span U (d, k) and coordinates Z = X U, the number of
-    margin constraints N(C-1) (checked against the limit), the clock; :meth:`result` builds the answer."""
+    """One solve: the data (checked), an orthonormal basis U (d, k) of their span and the coordinates
+    Z = X U (N, k), the N(C-1) margin constraints (their number checked against the limit) as the
+    ``pairs`` (n, j), j != y_n, and the sparse operator ``Dm`` (P, N C) with
+    ``Dm vec(F) = F[n, y_n] - F[n, j]`` for scores F (N, C) vectorised row-major; the clock.
+    :meth:`result` builds the answer."""
 
-    def __init__(self, head: str, X, y, num_classes: int | None):
+    def __init__(self, head: str, X, y, num_classes: int | None, rtol: float = 1e-10):
         self.t0, self.head = time.perf_counter(), head
         self.X, self.y, self.C = _as_arrays(X, y, num_classes)
         self.N, self.d = self.X.shape
-        self.U, self.Z = _span(self.X)
+        _, s, vt = np.linalg.svd(self.X, full_matrices=False)
+        self.U = vt[:int(np.sum(s > rtol * s[0])) if s.size and s[0] > 0 else 0].T
+        self.Z = self.X @ self.U
         self.k = self.U.shape[1]
         self.D = self.k * (self.k + 1) // 2
         self.ncons = self.N * (self.C - 1)
         _check("constraints", self.ncons, "N (C - 1) margin constraints")
+        import scipy.sparse as sp
+
+        n, j = np.repeat(np.arange(self.N), self.C), np.tile(np.arange(self.C), self.N)
+        n, j = n[j != self.y[n]], j[j != self.y[n]]
+        self.pairs, P = (n, j), len(n)
+        self.Dm = sp.csr_matrix((np.repeat([1.0, -1.0], P), (np.tile(np.arange(P), 2), np.concatenate(
+            [n * self.C + self.y[n], n * self.C + j]))), shape=(P, self.N * self.C))
 
     def result(self, problem: str, status: str, solver: str | None, msg: str, nvar: int, W=None, objective=None,
-               duals=None, **kw) -> MaxMarginResult:
-        """The result at the optimum ``W`` (in R^d), or the certificate / failure ``status``."""
+               lam=None, **kw) -> MaxMarginResult:
+        """The result at the optimum ``W`` (in R^d) with the pairs' multipliers ``lam``, or the
+        certificate / failure ``status``."""
         common = dict(head=self.head, degree=HEAD_DEGREE[self.head], status=status, solver=solver, problem=problem,
                       n=self.N, d=self.d, C=self.C, k=self.k, variables=nvar, constraints=self.ncons,
                       seconds=time.perf_counter() - self.t0)
@@ -340,7 +297,10 @@ class _Problem:
                                    **common)
         if status not in _OK or W is None:
             return MaxMarginResult(separable=None, gamma_star=None, message=f"no solution: {msg or status}", **common)
-        nrm = float(np.linalg.norm(W))
+        nrm, duals = float(np.linalg.norm(W)), None
+        if lam is not None:
+            duals = np.zeros((self.N, self.C))
+            duals[self.pairs] = np.maximum(np.asarray(lam, dtype=np.float64).ravel(), 0.0)
         margins = _margins_table(_scores(W, self.X, self.head), self.y)
         dual_tol = 1e-6 * max(1.0, float(duals.max()) if duals is not None and duals.size else 1.0)
         return MaxMarginResult(separable=True, gamma_star=float(1.0 / objective if self.head == "lowrank" else
@@ -357,20 +317,17 @@ class _Problem:
 # ---------------------------------------------------------------------------
 # The three problems
 # ---------------------------------------------------------------------------
-def _svm_on_features(F: np.ndarray, y: np.ndarray, C: int, solvers):
+def _svm_on_features(p: _Problem, F: np.ndarray, solvers):
     """min 1/2 ||W||_F^2 s.t. (w_{y_n} - w_j) . F_n >= 1 on features F (N, D):
-    (status, solver, msg, W (C, D) or None, duals (N, C) or None)."""
+    (status, solver, msg, W (C, D) or None, the pairs' multipliers)."""
     import cvxpy as cp
     import scipy.sparse as sp
 
-    Dm, n_idx, j_idx = _pair_operator(y, C)
-    w = cp.Variable(F.shape[1] * C)                     # w[e C + i] = W[i, e]
-    cons = [(Dm @ sp.kron(F, sp.eye(C))).tocsr() @ w >= 1]
+    w = cp.Variable(F.shape[1] * p.C)                     # w[e C + i] = W[i, e]
+    cons = [(p.Dm @ sp.kron(F, sp.eye(p.C))).tocsr() @ w >= 1]
     status, solver, msg = _solve(cp.Problem(cp.Minimize(0.5 * cp.sum_squares(w)), cons), solvers)
-    if status not in _OK or w.value is None:
-        return status, solver, msg, None, None
-    return (status, solver, msg, np.asarray(w.value).reshape(F.shape[1], C).T,
-            _duals_table(cons[0].dual_value, n_idx, j_idx, len(y), C))
+    W = None if status not in _OK or w.value is None else np.asarray(w.value).reshape(F.shape[1], p.C).T
+    return status, solver, msg, W, cons[0].dual_value
 
 
 def solve_linear_svm(X, y, num_classes: int | None = None, *, solvers=("CLARABEL", "SCS")) -> MaxMarginResult:
@@ -381,10 +338,10 @@ def solve_linear_svm(X, y, num_classes: int | None = None, *, solvers=("CLARABEL
     _check("linear_variables", nvar, "C k variables")
     if p.k == 0:
         return p.no_data("primal")
-    status, solver, msg, Wk, alpha = _svm_on_features(p.Z, p.y, p.C, solvers)
+    status, solver, msg, Wk, lam = _svm_on_features(p, p.Z, solvers)
     if Wk is None:
         return p.result("primal", status, solver, msg, nvar)
-    return p.result("primal", status, solver, msg, nvar, W=Wk @ p.U.T, objective=float(np.sum(Wk ** 2)), duals=alpha)
+    return p.result("primal", status, solver, msg, nvar, W=Wk @ p.U.T, objective=float(np.sum(Wk ** 2)), lam=lam)
 
 
 def solve_quadratic_svm(X, y, num_classes: int | None = None, *, form: str = "auto",
@@ -407,24 +364,27 @@ def solve_quadratic_svm(X, y, num_classes: int | None = None, *, form: str = "au
     if p.k == 0:
         return p.no_data(form)
     if form == "primal":
-        status, solver, msg, w, alpha = _svm_on_features(svec_features(Z), p.y, C, solvers)
+        # svec: <svec(z z^T), svec(S)> = z^T S z for symmetric S (off-diagonal entries times sqrt 2)
+        iu, ju = np.triu_indices(p.k)
+        scale = np.where(iu == ju, 1.0, math.sqrt(2.0))
+        status, solver, msg, w, lam = _svm_on_features(p, Z[:, iu] * Z[:, ju] * scale, solvers)
         if w is None:
             return p.result(form, status, solver, msg, nvar)
-        S, obj = _smat(w, p.k), float(np.sum(w ** 2))
+        S, obj = np.zeros((C, p.k, p.k)), float(np.sum(w ** 2))
+        S[:, iu, ju] = S[:, ju, iu] = w / scale
     else:
         ev, evec = np.linalg.eigh((Z @ Z.T) ** 2)
         keep = ev > 1e-12 * max(ev.max(), 1e-300)
         R = evec[:, keep] * np.sqrt(ev[keep])                      # K = R R^T
-        Dm, n_idx, j_idx = _pair_operator(p.y, C)
-        a = cp.Variable(Dm.shape[0], nonneg=True)
-        c = cp.reshape(Dm.T @ a, (N, C), order="C")                 # c_ni = [i = y_n] sum_j a_nj - a_ni
+        a = cp.Variable(p.ncons, nonneg=True)
+        c = cp.reshape(p.Dm.T @ a, (N, C), order="C")              # c_ni = [i = y_n] sum_j a_nj - a_ni
         status, solver, msg = _solve(cp.Problem(cp.Maximize(cp.sum(a) - 0.5 * cp.sum_squares(R.T @ c))), solvers)
         if status not in _OK or a.value is None:
             return p.result(form, status, solver, msg, nvar)
-        alpha = _duals_table(a.value, n_idx, j_idx, N, C)
-        S = np.einsum("ni,nk,nl->ikl", (Dm.T @ alpha[n_idx, j_idx]).reshape(N, C), Z, Z)
+        lam = np.maximum(a.value, 0.0)
+        S = np.einsum("ni,nk,nl->ikl", (p.Dm.T @ lam).reshape(N, C), Z, Z)
         obj = float(np.einsum("ikl,ikl->", S, S))
-    return p.result(form, status, solver, msg, nvar, W=_lift(p.U, S), objective=obj, duals=alpha)
+    return p.result(form, status, solver, msg, nvar, W=_lift(p.U, S), objective=obj, lam=lam)
 
 
 def solve_lowrank_sdp(X, y, num_classes: int | None = None, *, solvers=None,
@@ -443,8 +403,8 @@ def solve_lowrank_sdp(X, y, num_classes: int | None = None, *, solvers=None,
         return p.no_data("sdp")
     Ws = [cp.Variable((p.k, p.k), symmetric=True) for _ in range(C)]
     psd = [Wi >> 0 for Wi in Ws]
-    Dm, n_idx, j_idx = _pair_operator(p.y, C, class_major=True)
-    marg = [Dm @ cp.hstack([cp.sum(cp.multiply(Z @ Wi, Z), axis=1) for Wi in Ws]) >= 1]
+    scores = cp.vstack([cp.sum(cp.multiply(Z @ Wi, Z), axis=1) for Wi in Ws])     # (C, N)
+    marg = [p.Dm @ cp.vec(scores, order="F") >= 1]
     prob = cp.Problem(cp.Minimize(sum(cp.trace(Wi) for Wi in Ws)), marg + psd)
     if solvers is None:
         solvers = ("CLARABEL", "SCS") if nvar <= SDP_CLARABEL_MAX else ("SCS", "CLARABEL")
@@ -457,7 +417,7 @@ def solve_lowrank_sdp(X, y, num_classes: int | None = None, *, solvers=None,
     ranks = [int(v) for v in np.sum(ev > rank_rtol * np.maximum(ev.max(1, keepdims=True), 1e-300), axis=1)]
     return p.result("sdp", status, solver, msg, nvar, W=_lift(p.U, S),
                     objective=float(np.trace(S, axis1=1, axis2=2).sum()), ranks=ranks,
-                    duals=_duals_table(marg[0].dual_value, n_idx, j_idx, p.N, C),
+                    lam=marg[0].dual_value,
                     psd_duals=None if any(z is None for z in Zd) else _lift(p.U, np.stack([np.asarray(z) for z in Zd])))
 
 
@@ -686,10 +646,9 @@ class GapMonitor:
     training data, then report ``gamma_min/gamma_star`` and the cosine for any later state.
 
     ``subset``: at most this many points, drawn as the Theorem 2 monitors draw theirs
-    (``assumptions.select_subset``: the first ``subset`` of a ``torch.randperm`` seeded with
-    ``seed``, so they lie inside the monitors' S of any larger size); the report's ``data``
-    says whether it used all points or a subset. If the head has no max-margin problem, or it
-    is too large, or the data are not separable, every report says so in ``note`` and carries no ratio."""
+    (``assumptions.select_subset``, so they lie inside the monitors' S of any larger size); the
+    report's ``data`` says which. Without an optimum (no problem for the head, too large, not
+    separable) every report says why in ``note`` and carries no ratio."""
 
     def __init__(self, model, X, y, *, subset: int = 512, seed: int = 0, num_classes: int | None = None):
         from .assumptions import select_subset
@@ -1059,28 +1018,24 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _main_run(args) -> int:
-    """``--run``: the figure of a trainer run's max-margin monitors."""
-    if args.dataset is not None:
-        raise ConfigError("--run and --dataset exclude each other")
-    rows, data = run_gap_rows(args.run)
-    name = Path(args.run).name
-    fig = plot_gap({name: rows}, Path(args.out) if args.out else Path(args.run) / "maxmargin-gap.png",
-                   title=f"{name}: trainer monitors on {data}")
-    if args.json:
-        print_json({"run": str(args.run), "data": data, "rows": rows, "plot": str(fig)})
-        return 0
-    for r in rows:
-        print(f"epoch {r['epoch']:>4} (step {r['step']:>7}): gamma_min/gamma* {r['ratio']:+.4f}, cos {r['cosine']:.4f}")
-    print(f"plot written to {fig}")
-    return 0
-
-
 @cli_entry(PROG)
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.run is not None:
-        return _main_run(args)
+    if args.run is not None and args.dataset is not None:
+        raise ConfigError("--run and --dataset exclude each other")
+    if args.run is not None:                 # the figure of a trainer run's max-margin monitors
+        rows, data = run_gap_rows(args.run)
+        name = Path(args.run).name
+        fig = plot_gap({name: rows}, Path(args.out) if args.out else Path(args.run) / "maxmargin-gap.png",
+                       title=f"{name}: trainer monitors on {data}")
+        if args.json:
+            print_json({"run": str(args.run), "data": data, "rows": rows, "plot": str(fig)})
+            return 0
+        for r in rows:
+            print(f"epoch {r['epoch']:>4} (step {r['step']:>7}): gamma_min/gamma* {r['ratio']:+.4f}, "
+                  f"cos {r['cosine']:.4f}")
+        print(f"plot written to {fig}")
+        return 0
     if args.dataset is None:
         raise ConfigError("give --dataset NAME (solve) or --run RUN_DIR (plot a run's monitors)")
     if args.out is not None:
