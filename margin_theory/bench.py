@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._util import ArgumentParser, ConfigError, cli_entry, print_json, progress, sync
+from ._util import ArgumentParser, cli_entry, print_json, progress, sync
 
 __all__ = ["run_benchmarks", "ReferenceLowRank", "ReferenceQuadratic", "PlainLowRank", "PlainQuadratic",
            "reference_epoch", "plain_epoch", "compile_support", "main"]
@@ -206,11 +206,12 @@ def _mnist_shapes(n: int, device: torch.device):
     return X.to(device).contiguous(), y.to(device)
 
 
-def _lowrank(rank: int = 8, device=CPU):
+def _model(kind: str, rank: int = 8, device=CPU):
+    """The toolkit's ``lowrank`` (rank ``rank``) or ``quadratic`` model for MNIST shapes, seeded."""
     from .models import build_model
 
     torch.manual_seed(0)
-    return build_model("lowrank", MNIST, C, rank=rank).to(device)
+    return build_model(kind, MNIST, C, **({"rank": rank} if kind == "lowrank" else {})).to(device)
 
 
 # ---------------------------------------------------------------------------
@@ -218,14 +219,10 @@ def _lowrank(rank: int = 8, device=CPU):
 # ---------------------------------------------------------------------------
 def _train_models(kind: str, rank: int, device):
     """(ours, the authors' reference, the plain baseline), seeded, on ``device``."""
-    from .models import build_model
-
-    torch.manual_seed(0)
+    ours = _model(kind, rank, device)
     if kind == "quadratic":
-        models = build_model("quadratic", MNIST, C), ReferenceQuadratic(D, C), PlainQuadratic(D, C)
-    else:
-        models = build_model("lowrank", MNIST, C, rank=rank), ReferenceLowRank(D, C, rank), PlainLowRank(D, C, rank)
-    return tuple(m.to(device) for m in models)
+        return ours, ReferenceQuadratic(D, C).to(device), PlainQuadratic(D, C).to(device)
+    return ours, ReferenceLowRank(D, C, rank).to(device), PlainLowRank(D, C, rank).to(device)
 
 
 def compile_support(device: str | torch.device = "cpu") -> str | None:
@@ -341,12 +338,10 @@ def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, 
 def bench_margins(X, Y, device, reps=5):
     """Case 2: margins over the training set against one plain inference pass."""
     from .margins import compute_margins, predict
-    from .models import build_model
 
     cases = []
-    for name, kw, label in (("lowrank", {"rank": 8}, "lowrank r=8"), ("quadratic", {}, "quadratic")):
-        torch.manual_seed(0)
-        m = build_model(name, MNIST, C, **kw).to(device)
+    for kind, label in (("lowrank", "lowrank r=8"), ("quadratic", "quadratic")):
+        m = _model(kind, 8, device)
         times = _paired_times({"margins": lambda: compute_margins(m, X, Y), "inference": lambda: predict(m, X)},
                               3 * reps, device, min_time=0.05)
         cases.append(_paired_case(f"margins over {X.shape[0]} samples, {label}", statistics.median(times["margins"]),
@@ -387,7 +382,7 @@ def bench_scaling(device, quick: bool, reps=3):
     from .assumptions import theorem2_report
     from .margins import compute_margins
 
-    m = _lowrank(8, device)
+    m = _model("lowrank", 8, device)
     n0 = 2000 if quick else 16000
     times = []
     for n in (n0, 2 * n0, 4 * n0):
@@ -402,7 +397,7 @@ def bench_scaling(device, quick: bool, reps=3):
                            "grow like N, the N x N Gram matrix like N^2 (so between 2 and 4)")
     n = ns[1]
     rt = [_median_seconds(lambda: theorem2_report(mr, X[:n], Y[:n], subset=n), reps)
-          for mr in (_lowrank(r) for r in (4, 8, 16))]
+          for mr in (_model("lowrank", r) for r in (4, 8, 16))]
     return cases + _growth_cases(f"monitors scaling rank {{}} -> {{}} (N={n})", (4, 8, 16), rt,
                                  "time ratio when the rank doubles: P = C r d grows like r, so at most 2")
 
@@ -534,8 +529,6 @@ def build_parser() -> ArgumentParser:
 @cli_entry(PROG)
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
     result = run_benchmarks(quick=args.quick, device=args.device, progress_bar=not args.json, compile=args.compile)
     if args.profile:
         dev = result["machine"]["device"]

@@ -981,8 +981,8 @@ def run_gap_rows(run_dir) -> tuple[list[dict], str]:
         raise ConfigError(f"--run {run}: no such run folder")
     try:
         cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        summ = (run / "summary.json")
-        summ = json.loads(summ.read_text(encoding="utf-8")) if summ.is_file() else {}
+        summary = run / "summary.json"
+        summ = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--run {run}: cannot read config.json ({' '.join(str(exc).split())})") from None
     metrics = read_metrics(run)
