@@ -33,6 +33,7 @@ import statistics
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,7 +43,10 @@ from ._util import ArgumentParser, cli_entry, print_json, progress, sync
 __all__ = ["run_benchmarks", "ReferenceLowRank", "ReferenceQuadratic", "PlainLowRank", "PlainQuadratic",
            "reference_epoch", "plain_epoch", "compile_support", "main"]
 
+PROG = "python -m margin_theory.bench"
 D, C = 784, 10
+MNIST = (1, 28, 28)
+CPU = torch.device("cpu")
 
 
 # ---------------------------------------------------------------------------
@@ -88,12 +92,8 @@ class PlainLowRank(nn.Module):
         return self.lin(x.flatten(1)).view(x.shape[0], self.c, self.r).square().sum(-1)
 
 
-class PlainQuadratic(nn.Module):
+class PlainQuadratic(ReferenceQuadratic):
     """Plain full quadratic classifier: ``einsum("bi,cij,bj->bc", x, W, x)``."""
-
-    def __init__(self, d: int, c: int):
-        super().__init__()
-        self.W = nn.Parameter(torch.randn(c, d, d) / d)
 
     def forward(self, x):
         x = x.flatten(1)
@@ -105,24 +105,21 @@ def plain_epoch(model: nn.Module, opt, X: torch.Tensor, Y: torch.Tensor, batch_s
     """A competent user's own loop: index batches of a ``randperm`` of device-resident data
     (``X[idx]``), ``F.cross_entropy``, ``torch.optim.SGD``. Returns the samples seen."""
     model.train()
-    N = X.shape[0]
-    for idx in torch.randperm(N, generator=generator, device=X.device).split(batch_size):
-        xb, yb = X[idx], Y[idx]
+    for idx in torch.randperm(X.shape[0], generator=generator, device=X.device).split(batch_size):
         opt.zero_grad()
-        F.cross_entropy(model(xb), yb).backward()
+        F.cross_entropy(model(X[idx]), Y[idx]).backward()
         opt.step()
-    return N
+    return X.shape[0]
 
 
 def reference_epoch(model: nn.Module, loader, opt) -> int:
     """The authors' training loop over a DataLoader; returns the number of samples seen."""
     model.train()
-    seen = 0
+    seen, dev = 0, next(model.parameters()).device
     for xb, yb in loader:
-        xb, yb = xb.to(next(model.parameters()).device), yb.to(next(model.parameters()).device)
+        xb, yb = xb.to(dev), yb.to(dev)
         opt.zero_grad()
-        loss = F.cross_entropy(model(xb), yb)
-        loss.backward()
+        F.cross_entropy(model(xb), yb).backward()
         opt.step()
         seen += xb.shape[0]
     return seen
@@ -131,7 +128,7 @@ def reference_epoch(model: nn.Module, loader, opt) -> int:
 # ---------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------
-def _median_seconds(fn: Callable[[], object], reps: int, device: torch.device, warmup: int = 1) -> float:
+def _median_seconds(fn: Callable[[], object], reps: int, device: torch.device = CPU, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
     sync(device)
@@ -144,21 +141,11 @@ def _median_seconds(fn: Callable[[], object], reps: int, device: torch.device, w
     return statistics.median(times)
 
 
-def _quantile(xs, q: float) -> float:
-    """Linear-interpolation quantile of ``xs`` (``q`` in [0, 1])."""
-    v = sorted(xs)
-    if len(v) == 1:
-        return v[0]
-    pos = q * (len(v) - 1)
-    i = int(math.floor(pos))
-    j = min(i + 1, len(v) - 1)
-    return v[i] + (v[j] - v[i]) * (pos - i)
-
-
 def _ratio_spread(t_ref, t_ours) -> tuple[float, float, float]:
-    """Paired ratios ``t_ref[i] / t_ours[i]``: (median, 5% quantile, 95% quantile)."""
+    """Paired ratios ``t_ref[i] / t_ours[i]``: (median, 5% quantile, 95% quantile), linear interpolation."""
     rs = [a / b for a, b in zip(t_ref, t_ours)]
-    return statistics.median(rs), _quantile(rs, 0.05), _quantile(rs, 0.95)
+    lo, hi = np.percentile(rs, [5, 95])
+    return statistics.median(rs), float(lo), float(hi)
 
 
 def _paired_times(fns: dict, reps: int, device: torch.device, min_time: float = 0.2) -> dict:
@@ -198,37 +185,50 @@ def _case(name, ours, reference, unit, ratio, target=None, comparison=">=", note
             "target": None if target is None else f"{comparison} {target:g}", "met": met, "note": note}
 
 
+def _paired_case(name, ours, reference, unit, t_num, t_den, target=None, comparison=">=", note=""):
+    """A case whose ratio is the median of the paired ``t_num[i] / t_den[i]``, with its 90% interval."""
+    med, lo, hi = _ratio_spread(t_num, t_den)
+    return _case(name, ours, reference, unit, med, target, comparison, note, spread=(lo, hi), reps=len(t_num))
+
+
+def _growth_cases(name: str, xs, ts, note: str) -> list[dict]:
+    """The time ratios ``ts[i+1] / ts[i]``, named ``name.format(xs[i], xs[i+1])``."""
+    return [_case(name.format(a, b), tb, ta, "s", tb / ta, note=note) for a, b, ta, tb in zip(xs, xs[1:], ts, ts[1:])]
+
+
 def _mnist_shapes(n: int, device: torch.device):
     """mnist-5k training images (MNIST shapes, 28x28) on the device, tiled up to ``n``."""
     from .data import load_dataset
 
     ds = load_dataset("mnist-5k", seed=0)
-    X, y = ds.X_train, ds.y_train
-    reps = -(-n // X.shape[0])
-    X, y = X.repeat(reps, 1, 1, 1)[:n], y.repeat(reps)[:n]
+    reps = -(-n // ds.X_train.shape[0])
+    X, y = ds.X_train.repeat(reps, 1, 1, 1)[:n], ds.y_train.repeat(reps)[:n]
     return X.to(device).contiguous(), y.to(device)
+
+
+def _model(kind: str, rank: int = 8, device=CPU):
+    """The toolkit's ``lowrank`` (rank ``rank``) or ``quadratic`` model for MNIST shapes, seeded."""
+    from .models import build_model
+
+    torch.manual_seed(0)
+    return build_model(kind, MNIST, C, **({"rank": rank} if kind == "lowrank" else {})).to(device)
 
 
 # ---------------------------------------------------------------------------
 # Cases
 # ---------------------------------------------------------------------------
 def _train_models(kind: str, rank: int, device):
-    from .models import build_model
-
-    torch.manual_seed(0)
+    """(ours, the authors' reference, the plain baseline), seeded, on ``device``."""
+    ours = _model(kind, rank, device)
     if kind == "quadratic":
-        ours, ref, plain = build_model("quadratic", (1, 28, 28), C), ReferenceQuadratic(D, C), PlainQuadratic(D, C)
-    else:
-        ours, ref = build_model("lowrank", (1, 28, 28), C, rank=rank), ReferenceLowRank(D, C, rank)
-        plain = PlainLowRank(D, C, rank)
-    return ours.to(device), ref.to(device), plain.to(device)
+        return ours, ReferenceQuadratic(D, C).to(device), PlainQuadratic(D, C).to(device)
+    return ours, ReferenceLowRank(D, C, rank).to(device), PlainLowRank(D, C, rank).to(device)
 
 
 def compile_support(device: str | torch.device = "cpu") -> str | None:
     """``None`` when ``torch.compile`` works on ``device`` (a tiny function compiles and runs), else why not."""
     try:
-        f = torch.compile(lambda t: (t * 2).sum())
-        f(torch.ones(3, device=device))
+        torch.compile(lambda t: (t * 2).sum())(torch.ones(3, device=device))
         return None
     except Exception as exc:  # no C++ compiler, unsupported Python, ...: report, never crash
         return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
@@ -241,22 +241,31 @@ def _bare_epoch_fn(kind: str, r: int, N: int, bs: int, device):
     if kind == "lowrank":
         A = torch.randn(C * r, D, device=device)
         gz = torch.randn(bs, C * r, device=device)
-        flops = sum(2 * (2 * b * D * C * r) for b in sizes)
 
         def run():
             for b in sizes:
                 x[:b] @ A.T
                 gz[:b].T @ x[:b]
-    else:
-        W = torch.randn(C, D, D, device=device)
-        gw = torch.randn(C, bs, D, device=device)
-        flops = sum(2 * (2 * b * C * D * D) for b in sizes)
+        return run, sum(2 * (2 * b * D * C * r) for b in sizes)
+    W = torch.randn(C, D, D, device=device)
+    gw = torch.randn(C, bs, D, device=device)
 
-        def run():
-            for b in sizes:
-                torch.matmul(x[:b].unsqueeze(0), W)
-                torch.matmul(x[:b].T.unsqueeze(0), gw[:, :b])
-    return run, flops
+    def run():
+        for b in sizes:
+            torch.matmul(x[:b].unsqueeze(0), W)
+            torch.matmul(x[:b].T.unsqueeze(0), gw[:, :b])
+    return run, sum(2 * (2 * b * C * D * D) for b in sizes)
+
+
+def _epoch_fn(model, X, Y, bs: int, device, ours: bool = False):
+    """An epoch of ``model`` as a function: ours (``train.train_epoch``, the trainer's SGD) or the plain
+    loop (:func:`plain_epoch`, ``torch.optim.SGD``), with its own optimizer and seeded generator."""
+    from .train import SGD, train_epoch
+
+    g = torch.Generator(device=device).manual_seed(0)
+    opt = (SGD if ours else torch.optim.SGD)(model.parameters(), lr=0.01)
+    epoch = train_epoch if ours else plain_epoch
+    return lambda: epoch(model, opt, X, Y, bs, g)
 
 
 def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, quiet=False,
@@ -271,32 +280,22 @@ def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, 
     """
     from torch.utils.data import DataLoader, TensorDataset
 
-    from .train import SGD, train_epoch
-
     N = X.shape[0]
     cases = []
     no_compile = compile_support(device) if compile_cases else None
     plan = [(b, "lowrank", r) for b in batches for r in ranks] + [(b, "quadratic", 0) for b in batches]
     for bs, kind, r in progress(plan, desc="training throughput", quiet=quiet):
         ours_m, ref_m, plain_m = _train_models(kind, r, device)
-        opt_o = SGD(ours_m.parameters(), lr=0.01)
-        opt_r = torch.optim.SGD(ref_m.parameters(), lr=0.01)
-        opt_p = torch.optim.SGD(plain_m.parameters(), lr=0.01)
-        g = torch.Generator(device=device).manual_seed(0)
-        gp = torch.Generator(device=device).manual_seed(0)
         loader = DataLoader(TensorDataset(X.cpu(), Y.cpu()), batch_size=bs, shuffle=True,
                             generator=torch.Generator().manual_seed(0))
-        fns = {"ours": lambda: train_epoch(ours_m, opt_o, X, Y, bs, g),
-               "authors": lambda: reference_epoch(ref_m, loader, opt_r),
-               "plain": lambda: plain_epoch(plain_m, opt_p, X, Y, bs, gp)}
+        opt_r = torch.optim.SGD(ref_m.parameters(), lr=0.01)
+        fns = {"ours": _epoch_fn(ours_m, X, Y, bs, device, ours=True),
+               "authors": lambda: reference_epoch(ref_m, loader, opt_r), "plain": _epoch_fn(plain_m, X, Y, bs, device)}
         want_compiled = compile_cases is not None and (kind, r, bs) in compile_cases
         if want_compiled and no_compile is None:
             torch.manual_seed(0)
             comp_m = (PlainQuadratic(D, C) if kind == "quadratic" else PlainLowRank(D, C, r)).to(device)
-            comp = torch.compile(comp_m)
-            opt_c = torch.optim.SGD(comp_m.parameters(), lr=0.01)
-            gc = torch.Generator(device=device).manual_seed(0)
-            fns["compiled"] = lambda: plain_epoch(comp, opt_c, X, Y, bs, gc)
+            fns["compiled"] = _epoch_fn(torch.compile(comp_m), X, Y, bs, device)
         headline = kind == "lowrank" and r == 8 and bs == 100
         limit = (bs == 1024) or (kind == "quadratic" and bs == 100) or headline
         if limit:
@@ -304,71 +303,55 @@ def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, 
         times = _paired_times(fns, reps, device, min_time)
         label = f"lowrank r={r}" if kind == "lowrank" else "quadratic"
         rate = N / statistics.median(times["ours"])
-
-        def vs(name):
-            return _ratio_spread(times[name], times["ours"])
-
-        med, lo, hi = vs("authors")
-        cases.append(_case(f"train {label} batch {bs} vs authors' loop", rate, N / statistics.median(times["authors"]),
-                           "samples/s", med, 3.0 if (kind == "lowrank" and r == 8 and bs == 100) else None,
-                           note="ours: train_epoch on device-resident data; reference: DataLoader + "
-                           + ("loop over ranks of F.linear(x, a_k)**2" if kind == "lowrank" else "F.bilinear"),
-                           spread=(lo, hi), reps=reps))
-        med, lo, hi = vs("plain")
-        cases.append(_case(f"train {label} batch {bs} vs plain loop", rate, N / statistics.median(times["plain"]),
-                           "samples/s", med, 1.5 if (kind == "lowrank" and r == 8 and bs == 100) else None,
-                           note="reference: X[randperm batch], " + ("nn.Linear(d, C r) + square + sum per class"
-                                                                    if kind == "lowrank" else "einsum x^T W_c x")
-                           + ", F.cross_entropy, torch.optim.SGD", spread=(lo, hi), reps=reps))
-        if want_compiled:
-            if "compiled" in times:
-                med, lo, hi = vs("compiled")
-                cases.append(_case(f"train {label} batch {bs} vs compiled plain loop", rate,
-                                   N / statistics.median(times["compiled"]), "samples/s", med,
-                                   note="reference: the plain loop with torch.compile(model) (compile time "
-                                        "excluded: warm-up epochs first)", spread=(lo, hi), reps=reps))
-            else:
-                cases.append(_case(f"train {label} batch {bs} vs compiled plain loop", rate, None, "samples/s",
-                                   None, note=f"torch.compile is not available here: {no_compile}"))
+        against = {
+            "authors": ("authors' loop", 3.0, "ours: train_epoch on device-resident data; reference: DataLoader + "
+                        + ("loop over ranks of F.linear(x, a_k)**2" if kind == "lowrank" else "F.bilinear")),
+            "plain": ("plain loop", 1.5, "reference: X[randperm batch], " + (
+                "nn.Linear(d, C r) + square + sum per class" if kind == "lowrank" else "einsum x^T W_c x")
+                + ", F.cross_entropy, torch.optim.SGD"),
+            "compiled": ("compiled plain loop", None, "reference: the plain loop with torch.compile(model) (compile "
+                         "time excluded: warm-up epochs first)")}
+        for ref, (what, target, note) in against.items():
+            name = f"train {label} batch {bs} vs {what}"
+            if ref in times:
+                cases.append(_paired_case(name, rate, N / statistics.median(times[ref]), "samples/s", times[ref],
+                                          times["ours"], target if headline else None, note=note))
+            elif ref == "compiled" and want_compiled:
+                cases.append(_case(name, rate, None, "samples/s", None,
+                                   note=f"torch.compile is not available here: {no_compile}"))
         if limit:
-            gf = [flops / t / 1e9 for t in times["ours"]]
-            med, lo, hi = _ratio_spread(times["bare"], times["ours"])
-            cases.append(_case(f"GEMM FLOP rate, {label} batch {bs}", statistics.median(gf),
-                               flops / statistics.median(times["bare"]) / 1e9, "GFLOP/s", med,
-                               0.6 if bs == 1024 else (0.7 if kind == "quadratic" else None),
-                               note="whole training step (gather, forward, loss, backward, SGD) vs the step's two "
-                                    "GEMMs alone (forward, weight gradient; no input gradient is needed)",
-                               spread=(lo, hi), reps=reps))
+            cases.append(_paired_case(
+                f"GEMM FLOP rate, {label} batch {bs}", statistics.median([flops / t / 1e9 for t in times["ours"]]),
+                flops / statistics.median(times["bare"]) / 1e9, "GFLOP/s", times["bare"], times["ours"],
+                0.6 if bs == 1024 else (0.7 if kind == "quadratic" else None),
+                note="whole training step (gather, forward, loss, backward, SGD) vs the step's two "
+                     "GEMMs alone (forward, weight gradient; no input gradient is needed)"))
         if headline:
-            med, lo, hi = _ratio_spread(times["plain"], times["bare"])
-            cases.append(_case(f"ceiling: plain loop / bare GEMMs, {label} batch {bs}", N / statistics.median(times["bare"]),
-                               N / statistics.median(times["plain"]), "samples/s", med,
-                               note="the most any trainer can gain over the plain loop: both run these two "
-                                    "GEMMs, only the rest of the step differs", spread=(lo, hi), reps=reps))
+            cases.append(_paired_case(
+                f"ceiling: plain loop / bare GEMMs, {label} batch {bs}", N / statistics.median(times["bare"]),
+                N / statistics.median(times["plain"]), "samples/s", times["plain"], times["bare"],
+                note="the most any trainer can gain over the plain loop: both run these two "
+                     "GEMMs, only the rest of the step differs"))
     return cases
 
 
 def bench_margins(X, Y, device, reps=5):
     """Case 2: margins over the training set against one plain inference pass."""
     from .margins import compute_margins, predict
-    from .models import build_model
 
     cases = []
-    for name, kw in (("lowrank", {"rank": 8}), ("quadratic", {})):
-        torch.manual_seed(0)
-        m = build_model(name, (1, 28, 28), C, **kw).to(device)
+    for kind, label in (("lowrank", "lowrank r=8"), ("quadratic", "quadratic")):
+        m = _model(kind, 8, device)
         times = _paired_times({"margins": lambda: compute_margins(m, X, Y), "inference": lambda: predict(m, X)},
                               3 * reps, device, min_time=0.05)
-        med, lo, hi = _ratio_spread(times["margins"], times["inference"])
-        label = f"{name} r=8" if name == "lowrank" else name
-        cases.append(_case(f"margins over {X.shape[0]} samples, {label}", statistics.median(times["margins"]),
-                           statistics.median(times["inference"]), "s", med, 1.3,
-                           "<=", note="ratio = margin evaluation time / one inference pass (lower is better)",
-                           spread=(lo, hi), reps=3 * reps))
+        cases.append(_paired_case(f"margins over {X.shape[0]} samples, {label}", statistics.median(times["margins"]),
+                                  statistics.median(times["inference"]), "s", times["margins"], times["inference"],
+                                  1.3, "<=", note="ratio = margin evaluation time / one inference pass "
+                                                  "(lower is better)"))
     return cases
 
 
-def bench_monitors_case(n: int, quick: bool):
+def bench_monitors_case(n: int):
     """Case 3: Theorem 2 monitors against a loop of per-sample backward passes."""
     from .assumptions import bench_monitors
 
@@ -379,23 +362,17 @@ def bench_monitors_case(n: int, quick: bool):
                        f"{r['seconds_func']:.3g} s; results agree to {max(r['max_rel_diff'].values()):.1e}")]
 
 
-def _naive_xor_solve(theta0, t_max: float) -> None:
-    import numpy as np
-    from scipy.integrate import solve_ivp
-
-    from .xor_flow import loss_and_grad
-
-    solve_ivp(lambda t, th: -loss_and_grad(th)[1], (0.0, t_max), np.asarray(theta0, float),
-              method="RK45", rtol=1e-10, atol=1e-12)
-
-
 def bench_xor(reps=3, t_max=1e6):
     """Case 5: XOR flow to t = 1e6, ours against a plain RK45 solve of the same ODE in t."""
-    from .xor_flow import random_init, solve_xor_flow
+    from scipy.integrate import solve_ivp
+
+    from .xor_flow import loss_and_grad, random_init, solve_xor_flow
 
     theta0 = random_init(0)
-    t_ours = _median_seconds(lambda: solve_xor_flow(theta0, t_max=t_max), reps, torch.device("cpu"))
-    t_ref = _median_seconds(lambda: _naive_xor_solve(theta0, t_max), 1, torch.device("cpu"), warmup=0)
+    t_ours = _median_seconds(lambda: solve_xor_flow(theta0, t_max=t_max), reps)
+    t_ref = _median_seconds(lambda: solve_ivp(lambda t, th: -loss_and_grad(th)[1], (0.0, t_max),
+                                              np.asarray(theta0, float), method="RK45", rtol=1e-10, atol=1e-12),
+                            1, warmup=0)
     return [_case(f"XOR flow to t={t_max:g} (rtol 1e-10)", t_ours, t_ref, "s", t_ref / t_ours,
                   note="reference: scipy RK45 on d theta/dt = -grad loss in t (ratio = speed-up)")]
 
@@ -404,37 +381,25 @@ def bench_scaling(device, quick: bool, reps=3):
     """Case 6: does the cost grow as it should when N and the rank double?"""
     from .assumptions import theorem2_report
     from .margins import compute_margins
-    from .models import build_model
 
-    cases = []
-    torch.manual_seed(0)
-    m = build_model("lowrank", (1, 28, 28), C, rank=8).to(device)
+    m = _model("lowrank", 8, device)
     n0 = 2000 if quick else 16000
     times = []
     for n in (n0, 2 * n0, 4 * n0):
         X, Y = _mnist_shapes(n, device)
         times.append(_median_seconds(lambda: compute_margins(m, X, Y), reps, device))
-    for (a, ta), (b, tb) in zip(((n0, times[0]), (2 * n0, times[1])), ((2 * n0, times[1]), (4 * n0, times[2]))):
-        cases.append(_case(f"margins scaling N {a} -> {b}", tb, ta, "s", tb / ta,
-                           note="time ratio when N doubles; linear cost gives 2"))
+    cases = _growth_cases("margins scaling N {} -> {}", (n0, 2 * n0, 4 * n0), times,
+                          "time ratio when N doubles; linear cost gives 2")
     ns = (32, 64, 128) if quick else (128, 256, 512)
-    X, Y = _mnist_shapes(ns[-1], torch.device("cpu"))
-    mt = [_median_seconds(lambda n=n: theorem2_report(m.cpu(), X[:n], Y[:n], subset=n), reps, torch.device("cpu"))
-          for n in ns]
-    for i in range(len(ns) - 1):
-        cases.append(_case(f"monitors scaling N {ns[i]} -> {ns[i + 1]}", mt[i + 1], mt[i], "s", mt[i + 1] / mt[i],
-                           note="time ratio when N doubles: per-sample gradients grow like N, the N x N "
-                                "Gram matrix like N^2 (so between 2 and 4)"))
-    rt = []
+    X, Y = _mnist_shapes(ns[-1], CPU)
+    mt = [_median_seconds(lambda n=n: theorem2_report(m.cpu(), X[:n], Y[:n], subset=n), reps) for n in ns]
+    cases += _growth_cases("monitors scaling N {} -> {}", ns, mt, "time ratio when N doubles: per-sample gradients "
+                           "grow like N, the N x N Gram matrix like N^2 (so between 2 and 4)")
     n = ns[1]
-    for r in (4, 8, 16):
-        torch.manual_seed(0)
-        mr = build_model("lowrank", (1, 28, 28), C, rank=r)
-        rt.append(_median_seconds(lambda: theorem2_report(mr, X[:n], Y[:n], subset=n), reps, torch.device("cpu")))
-    for i, (a, b) in enumerate(((4, 8), (8, 16))):
-        cases.append(_case(f"monitors scaling rank {a} -> {b} (N={n})", rt[i + 1], rt[i], "s", rt[i + 1] / rt[i],
-                           note="time ratio when the rank doubles: P = C r d grows like r, so at most 2"))
-    return cases
+    rt = [_median_seconds(lambda: theorem2_report(mr, X[:n], Y[:n], subset=n), reps)
+          for mr in (_model("lowrank", r) for r in (4, 8, 16))]
+    return cases + _growth_cases(f"monitors scaling rank {{}} -> {{}} (N={n})", (4, 8, 16), rt,
+                                 "time ratio when the rank doubles: P = C r d grows like r, so at most 2")
 
 
 def profile_training(kind: str = "lowrank", rank: int = 8, batch_size: int = 100, n: int = 2000,
@@ -446,16 +411,12 @@ def profile_training(kind: str = "lowrank", rank: int = 8, batch_size: int = 100
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from .train import SGD, train_epoch
-
     dev = torch.device(device)
     X, Y = _mnist_shapes(n, dev)
     ours_m, _, plain_m = _train_models(kind, rank, dev)
-    opt_o, opt_p = SGD(ours_m.parameters(), lr=0.01), torch.optim.SGD(plain_m.parameters(), lr=0.01)
-    g = torch.Generator(device=dev).manual_seed(0)
-    bare, _ = _bare_epoch_fn(kind, rank, n, batch_size, dev)
-    fns = {"ours": lambda: train_epoch(ours_m, opt_o, X, Y, batch_size, g),
-           "plain": lambda: plain_epoch(plain_m, opt_p, X, Y, batch_size, g), "bare GEMMs": bare}
+    fns = {"ours": _epoch_fn(ours_m, X, Y, batch_size, dev, ours=True),
+           "plain": _epoch_fn(plain_m, X, Y, batch_size, dev),
+           "bare GEMMs": _bare_epoch_fn(kind, rank, n, batch_size, dev)[0]}
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     out = {}
     for name, fn in fns.items():
@@ -465,9 +426,9 @@ def profile_training(kind: str = "lowrank", rank: int = 8, batch_size: int = 100
             for _ in range(3):
                 fn()
             sync(dev)
-        rows = [(e.key, e.self_cpu_time_total / 1e3 / 3, e.count // 3) for e in prof.key_averages()]
+        rows = sorted(((e.key, e.self_cpu_time_total / 1e3 / 3, e.count // 3) for e in prof.key_averages()),
+                      key=lambda r: -r[1])
         total = sum(r[1] for r in rows)
-        rows.sort(key=lambda r: -r[1])
         gemm = sum(r[1] for r in rows if r[0] in ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul"))
         out[name] = {"total_ms": total, "gemm_share": gemm / total if total else None,
                      "ops": [[k, ms, c] for k, ms, c in rows[:top]]}
@@ -479,23 +440,19 @@ def format_profile(p: dict) -> str:
     lines = [f"profile (self CPU time per epoch, torch.profiler): {p['case']}"]
     for name, d in p["per_epoch"].items():
         lines.append(f"  {name}: {d['total_ms']:.1f} ms, GEMMs {100 * (d['gemm_share'] or 0):.0f}%")
-        for k, ms, c in d["ops"]:
-            lines.append(f"      {k:<42} {ms:8.2f} ms  {c:>5} calls")
+        lines += [f"      {k:<42} {ms:8.2f} ms  {c:>5} calls" for k, ms, c in d["ops"]]
     return "\n".join(lines)
 
 
 def machine_info(device: torch.device) -> dict:
-    info = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
-    }
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
     try:
         with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
+        if model is not None:
+            info["cpu_model"] = model
     except OSError:
         pass
     if device.type == "cuda":
@@ -515,22 +472,17 @@ def run_benchmarks(quick: bool = False, device: str = "auto", progress_bar: bool
 
     dev = select_device(device)
     t0 = time.perf_counter()
-    reps = 5 if quick else 7
-    quiet = not progress_bar
-    n_train = 2000 if quick else 4000
-    X, Y = _mnist_shapes(n_train, dev)
+    X, Y = _mnist_shapes(2000 if quick else 4000, dev)
     ccases = None
     if compile:
         ccases = {("lowrank", 8, 100)} if quick else {("lowrank", 8, 100), ("lowrank", 8, 1024), ("quadratic", 0, 100)}
-    cases: list[dict] = []
-    cases += bench_training(X, Y, dev, ranks=(1, 8, 32), reps=reps, quiet=quiet, min_time=0.1 if quick else 0.3,
-                            compile_cases=ccases)
+    cases = bench_training(X, Y, dev, ranks=(1, 8, 32), reps=5 if quick else 7, quiet=not progress_bar,
+                           min_time=0.1 if quick else 0.3, compile_cases=ccases)
     cases += bench_margins(X, Y, dev, reps=1 if quick else 5)
-    cases += bench_monitors_case(48 if quick else 512, quick)
+    cases += bench_monitors_case(48 if quick else 512)
     cases += bench_xor(reps=3)
     cases += bench_scaling(dev, quick, reps=1 if quick else 3)
-    return {"cases": cases, "machine": machine_info(dev), "quick": quick,
-            "seconds": time.perf_counter() - t0}
+    return {"cases": cases, "machine": machine_info(dev), "quick": quick, "seconds": time.perf_counter() - t0}
 
 
 def _fmt(v) -> str:
@@ -552,21 +504,18 @@ def format_table(result: dict) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     m = result["machine"]
-    lines.append("")
-    lines.append(f"machine: {m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, torch {m['torch']} "
-                 f"({m['torch_threads']} threads), device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else ""))
-    lines.append(f"ratio: ours/reference for rates, reference/ours for times (bigger is better), except margins "
-                 f"(time ratio, lower is better) and scaling (growth factor); training and margin ratios are the "
-                 f"median over paired rounds (count in brackets) with the 5%-95% interval. Total "
-                 f"{result['seconds']:.0f} s.")
-    notes = [c for c in result["cases"] if c["ratio"] is None and c["note"]]
-    for c in notes:
-        lines.append(f"note: {c['name']}: {c['note']}")
+    lines += ["", f"machine: {m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, torch {m['torch']} "
+              f"({m['torch_threads']} threads), device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else ""),
+              f"ratio: ours/reference for rates, reference/ours for times (bigger is better), except margins "
+              f"(time ratio, lower is better) and scaling (growth factor); training and margin ratios are the "
+              f"median over paired rounds (count in brackets) with the 5%-95% interval. Total "
+              f"{result['seconds']:.0f} s."]
+    lines += [f"note: {c['name']}: {c['note']}" for c in result["cases"] if c["ratio"] is None and c["note"]]
     return "\n".join(lines)
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m margin_theory.bench", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer samples and repetitions (a few minutes)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="skip the torch.compile'd baseline (compiling takes about a minute per model on a CPU)")
@@ -577,19 +526,14 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-@cli_entry("python -m margin_theory.bench")
+@cli_entry(PROG)
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        from ._util import ConfigError
-
-        raise ConfigError("--device cuda: no CUDA device is available")
     result = run_benchmarks(quick=args.quick, device=args.device, progress_bar=not args.json, compile=args.compile)
     if args.profile:
         dev = result["machine"]["device"]
-        result["profile"] = [profile_training("lowrank", 8, 100, device=dev),
-                             profile_training("lowrank", 1, 1024, device=dev),
-                             profile_training("lowrank", 8, 1024, device=dev)]
+        result["profile"] = [profile_training("lowrank", r, bs, device=dev)
+                             for r, bs in ((8, 100), (1, 1024), (8, 1024))]
     if args.json:
         print_json(result)
     else:

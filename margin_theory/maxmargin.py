@@ -36,12 +36,9 @@ Reduction to the data's span: with :math:`U` an orthonormal basis of
 for the matrix heads, :math:`W = S U^\top` for linear), so the solver works in k <= min(N, d)
 coordinates :math:`z_n = U^\top x_n`; the results are mapped back to R^d.
 
-Sizes handled here (after the reduction; :data:`LIMITS`): every problem N(C-1) <= 5,000
-margin constraints; linear C*k <= 20,000 variables; quadratic min(C k(k+1)/2, N(C-1)) <= 5,000
-variables (primal or dual; the dual needs N <= 2,000 for its kernel); lowrank SDP k <= 64,
-C k(k+1)/2 <= 8,000, N(C-1) <= 2,000 (Clarabel up to 2,000 variables, SCS first above). Larger problems raise
-:class:`ProblemTooLargeError` naming the limit (solve a seeded subset: :func:`seeded_subset`).
-Timings on one core are in ``docs/maxmargin.md``.
+Sizes handled (after the reduction) are :data:`LIMITS`; SDPs above :data:`SDP_CLARABEL_MAX`
+variables go to SCS first. Larger problems raise :class:`ProblemTooLargeError` naming the limit
+(solve a seeded subset: :func:`seeded_subset`). Timings on one core are in ``docs/maxmargin.md``.
 
 Non-separable data are reported, not raised: ``separable=False`` and
 ``gamma_star=None`` (the solver's infeasibility certificate; ``status`` says which).
@@ -56,14 +53,14 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ._util import ArgumentParser, ConfigError, MarginTheoryError, cli_entry, print_json, save_figure, \
-    use_agg_backend
-from ._util import nonneg_int, positive_int
+from ._util import ArgumentParser, ConfigError, MarginTheoryError, cli_entry, nonneg_int, positive_int, print_json, \
+    progress, save_figure, use_agg_backend
 
 __all__ = [
     "MaxMarginResult", "ProblemTooLargeError", "LIMITS", "HEAD_DEGREE", "solve_max_margin", "solve_linear_svm",
@@ -74,9 +71,9 @@ __all__ = [
 ]
 
 PROG = "python -m margin_theory.maxmargin"
-HEADS = ("linear", "quadratic", "lowrank")
 #: homogeneity degree L of each head in its own parameters (SPEC §3): gamma = q / ||theta||^L
 HEAD_DEGREE = {"linear": 1, "quadratic": 1, "lowrank": 2}
+HEADS = tuple(HEAD_DEGREE)
 #: the largest problems solved here (after the reduction to the span of the data)
 LIMITS = {
     "constraints": 5_000,           # N (C - 1) margin constraints, every problem
@@ -91,8 +88,7 @@ LIMITS = {
 SDP_CLARABEL_MAX = 2_000
 _SOLVER_OPTIONS = {"SCS": {"eps_abs": 1e-7, "eps_rel": 1e-7, "max_iters": 200_000}}
 _OK = ("optimal", "optimal_inaccurate")
-_INFEASIBLE = ("infeasible", "infeasible_inaccurate")
-_UNBOUNDED = ("unbounded", "unbounded_inaccurate")
+_NOT_SEPARABLE = ("infeasible", "infeasible_inaccurate", "unbounded", "unbounded_inaccurate")
 
 
 class ProblemTooLargeError(ConfigError):
@@ -153,29 +149,27 @@ class MaxMarginResult:
     ranks: list[int] | None = None
     dual_tol: float = 1e-6
     message: str = ""
-    extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """A JSON-able summary (no arrays)."""
-        return {"head": self.head, "degree": self.degree, "separable": self.separable,
-                "gamma_star": self.gamma_star, "objective": self.objective, "status": self.status,
-                "solver": self.solver, "problem": self.problem, "n": self.n, "d": self.d, "C": self.C,
-                "k": self.k, "variables": self.variables, "constraints": self.constraints,
-                "seconds": self.seconds, "support_vectors": None if self.support is None else int(len(self.support)),
-                "min_margin": None if self.q is None else float(self.q.min()),
-                "ranks": self.ranks, "message": self.message}
+        keys = ("head", "degree", "separable", "gamma_star", "objective", "status", "solver", "problem", "n", "d",
+                "C", "k", "variables", "constraints", "seconds")
+        return {**{k: getattr(self, k) for k in keys},
+                "support_vectors": None if self.support is None else int(len(self.support)),
+                "min_margin": None if self.q is None else float(self.q.min()), "ranks": self.ranks,
+                "message": self.message}
 
 
 # ---------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------
+def _np(a, dtype=None) -> np.ndarray:
+    """A numpy array of an array-like or a torch tensor (any device)."""
+    return np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a, dtype=dtype)
+
+
 def _as_arrays(X, y, num_classes: int | None) -> tuple[np.ndarray, np.ndarray, int]:
-    if hasattr(X, "detach"):
-        X = X.detach().cpu().numpy()
-    if hasattr(y, "detach"):
-        y = y.detach().cpu().numpy()
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y)
+    X, y = _np(X, np.float64), _np(y)
     if X.ndim < 2:
         raise ConfigError(f"X must have shape (N, d) (or (N, *shape)), got {X.shape}")
     X = X.reshape(X.shape[0], -1)
@@ -185,9 +179,8 @@ def _as_arrays(X, y, num_classes: int | None) -> tuple[np.ndarray, np.ndarray, i
         raise ConfigError("no data points")
     if not np.all(np.isfinite(X)):
         raise ConfigError("X contains NaN or infinite values")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.mod(y, 1) == 0):
-            raise ConfigError("labels y must be integers")
+    if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+        raise ConfigError("labels y must be integers")
     y = y.astype(np.int64)
     C = int(num_classes) if num_classes is not None else int(y.max()) + 1
     if C < 2:
@@ -213,79 +206,29 @@ def seeded_subset(y, n: int, seed: int = 0) -> np.ndarray:
     (the monitors' rule, ``assumptions``/``data``); all points if ``n >= N``."""
     from .data import _sample_indices
 
-    y = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
-    if n >= len(y):
-        return np.arange(len(y))
-    idx, _ = _sample_indices(y, int(n), int(seed))
-    return idx
+    y = _np(y)
+    return np.arange(len(y)) if n >= len(y) else _sample_indices(y, int(n), int(seed))[0]
 
 
-def _span(X: np.ndarray, rtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
-    """Orthonormal basis U (d, k) of span{x_n} and the coordinates Z = X U (N, k)."""
-    _, s, vt = np.linalg.svd(X, full_matrices=False)
-    if s.size == 0 or s[0] == 0:
-        return np.zeros((X.shape[1], 0)), np.zeros((X.shape[0], 0))
-    k = int(np.sum(s > rtol * s[0]))
-    U = vt[:k].T
-    return U, X @ U
+def _lift(U: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """Matrices on the span (C, k, k) mapped back to R^d: U S_i U^T."""
+    return np.einsum("ak,ikl,bl->iab", U, S, U)
 
 
-def _pairs(y: np.ndarray, C: int) -> tuple[np.ndarray, np.ndarray]:
-    """All constraint pairs (n, j), j != y_n, in row-major (n, j) order."""
-    N = len(y)
-    n_idx = np.repeat(np.arange(N), C)
-    j_idx = np.tile(np.arange(C), N)
-    keep = j_idx != y[n_idx]
-    return n_idx[keep], j_idx[keep]
+def _scores(W: np.ndarray, X: np.ndarray, head: str) -> np.ndarray:
+    """(N, C) f_i(x_n): w_i . x_n (linear) or x_n^T W_i x_n."""
+    return X @ W.T if head == "linear" else np.einsum("na,iab,nb->ni", X, W, X)
 
 
-def _svec_index(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    iu, ju = np.triu_indices(k)
-    scale = np.where(iu == ju, 1.0, math.sqrt(2.0))
-    return iu, ju, scale
+def _margins_table(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(N, C) scores -> (N, C) margins f_{y_n} - f_j, inf at j = y_n."""
+    m = scores[np.arange(len(y)), y][:, None] - scores
+    m[np.arange(len(y)), y] = np.inf
+    return m
 
 
-def svec_features(Z: np.ndarray) -> np.ndarray:
-    r"""Rows :math:`\mathrm{svec}(z z^\top)` (off-diagonal entries times :math:`\sqrt2`), so that
-    :math:`\langle \mathrm{svec}(z z^\top), \mathrm{svec}(S)\rangle = z^\top S z` for symmetric S."""
-    iu, ju, scale = _svec_index(Z.shape[1])
-    return Z[:, iu] * Z[:, ju] * scale
-
-
-def _smat(v: np.ndarray, k: int) -> np.ndarray:
-    iu, ju, scale = _svec_index(k)
-    S = np.zeros((k, k))
-    S[iu, ju] = v / scale
-    S[ju, iu] = v / scale
-    return S
-
-
-def _pair_matrix(F: np.ndarray, y: np.ndarray, C: int):
-    """Sparse A (P, C*D) with row (n, j) = (e_{y_n} - e_j) (x) F[n]: A vec(W) = margins."""
-    import scipy.sparse as sp
-
-    N, D = F.shape
-    n_idx, j_idx = _pairs(y, C)
-    P = len(n_idx)
-    rows = np.repeat(np.arange(P), 2 * D)
-    cols = np.concatenate([(y[n_idx][:, None] * D + np.arange(D)), (j_idx[:, None] * D + np.arange(D))], 1).ravel()
-    vals = np.concatenate([F[n_idx], -F[n_idx]], 1).ravel()
-    return sp.csr_matrix((vals, (rows, cols)), shape=(P, C * D)), n_idx, j_idx
-
-
-def _quadratic_problem(X, y, num_classes):
-    """Arrays, the data span U (coordinates Z), its dimension k, D = k(k+1)/2 and the number
-    of margin constraints N(C-1), checked against the limit - shared by the quadratic heads."""
-    X, y, C = _as_arrays(X, y, num_classes)
-    U, Z = _span(X)
-    k = U.shape[1]
-    ncons = X.shape[0] * (C - 1)
-    _check(ncons <= LIMITS["constraints"], "constraints", ncons, "N (C - 1) margin constraints")
-    return X, y, C, U, Z, k, k * (k + 1) // 2, ncons
-
-
-def _check(cond: bool, name: str, value: int, what: str) -> None:
-    if not cond:
+def _check(name: str, value: int, what: str) -> None:
+    if value > LIMITS[name]:
         raise ProblemTooLargeError(f"max-margin problem too large: {what} = {value:,} exceeds the limit "
                                    f"{name} = {LIMITS[name]:,} (use a seeded subset, maxmargin.seeded_subset)")
 
@@ -307,106 +250,98 @@ def _solve(prob, solvers: Sequence[str]) -> tuple[str, str | None, str]:
             msgs.append(f"{s}: {' '.join(str(exc).split())[:200]}")
             continue
         status, used = str(prob.status), s
-        if status in ("optimal",) + _INFEASIBLE + _UNBOUNDED:
+        if status == "optimal" or status in _NOT_SEPARABLE:
             break
         msgs.append(f"{s}: status {status}")
     return status, used, "; ".join(msgs)
 
 
-def _margins_table(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(N, C) scores -> (N, C) margins f_{y_n} - f_j, inf at j = y_n."""
-    fy = scores[np.arange(len(y)), y]
-    m = fy[:, None] - scores
-    m[np.arange(len(y)), y] = np.inf
-    return m
+class _Problem:
+    """One solve: the data (checked), an orthonormal basis U (d, k) of their span and the coordinates
+    Z = X U (N, k), the N(C-1) margin constraints (their number checked against the limit) as the
+    ``pairs`` (n, j), j != y_n, and the sparse operator ``Dm`` (P, N C) with
+    ``Dm vec(F) = F[n, y_n] - F[n, j]`` for scores F (N, C) vectorised row-major; the clock.
+    :meth:`result` builds the answer."""
 
+    def __init__(self, head: str, X, y, num_classes: int | None, rtol: float = 1e-10):
+        self.t0, self.head = time.perf_counter(), head
+        self.X, self.y, self.C = _as_arrays(X, y, num_classes)
+        self.N, self.d = self.X.shape
+        _, s, vt = np.linalg.svd(self.X, full_matrices=False)
+        self.U = vt[:int(np.sum(s > rtol * s[0])) if s.size and s[0] > 0 else 0].T
+        self.Z = self.X @ self.U
+        self.k = self.U.shape[1]
+        self.D = self.k * (self.k + 1) // 2
+        self.ncons = self.N * (self.C - 1)
+        _check("constraints", self.ncons, "N (C - 1) margin constraints")
+        import scipy.sparse as sp
 
-def _duals_table(lam: np.ndarray | None, n_idx, j_idx, N: int, C: int) -> np.ndarray | None:
-    if lam is None:
-        return None
-    a = np.zeros((N, C))
-    a[n_idx, j_idx] = np.maximum(np.asarray(lam, dtype=np.float64).ravel(), 0.0)
-    return a
+        n, j = np.repeat(np.arange(self.N), self.C), np.tile(np.arange(self.C), self.N)
+        n, j = n[j != self.y[n]], j[j != self.y[n]]
+        self.pairs, P = (n, j), len(n)
+        self.Dm = sp.csr_matrix((np.repeat([1.0, -1.0], P), (np.tile(np.arange(P), 2), np.concatenate(
+            [n * self.C + self.y[n], n * self.C + j]))), shape=(P, self.N * self.C))
 
+    def result(self, problem: str, status: str, solver: str | None, msg: str, nvar: int, W=None, objective=None,
+               lam=None, **kw) -> MaxMarginResult:
+        """The result at the optimum ``W`` (in R^d) with the pairs' multipliers ``lam``, or the
+        certificate / failure ``status``."""
+        common = dict(head=self.head, degree=HEAD_DEGREE[self.head], status=status, solver=solver, problem=problem,
+                      n=self.N, d=self.d, C=self.C, k=self.k, variables=nvar, constraints=self.ncons,
+                      seconds=time.perf_counter() - self.t0)
+        if status in _NOT_SEPARABLE:
+            why = ("the solver certified the SDP infeasible: no PSD W_i separate the data (no rank can)"
+                   if self.head == "lowrank" else "the solver certified that no point has every margin >= 1: "
+                   f"the data are not separable by the {self.head} head")
+            return MaxMarginResult(separable=False, gamma_star=None, message=why + (f" ({msg})" if msg else ""),
+                                   **common)
+        if status not in _OK or W is None:
+            return MaxMarginResult(separable=None, gamma_star=None, message=f"no solution: {msg or status}", **common)
+        nrm, duals = float(np.linalg.norm(W)), None
+        if lam is not None:
+            duals = np.zeros((self.N, self.C))
+            duals[self.pairs] = np.maximum(np.asarray(lam, dtype=np.float64).ravel(), 0.0)
+        margins = _margins_table(_scores(W, self.X, self.head), self.y)
+        dual_tol = 1e-6 * max(1.0, float(duals.max()) if duals is not None and duals.size else 1.0)
+        return MaxMarginResult(separable=True, gamma_star=float(1.0 / objective if self.head == "lowrank" else
+                                                                1.0 / math.sqrt(objective)),
+                               objective=float(objective), W=W, direction=W / nrm if nrm > 0 else W, margins=margins,
+                               q=margins.min(1), duals=duals, dual_tol=dual_tol,
+                               support=None if duals is None else np.flatnonzero((duals > dual_tol).any(1)),
+                               message=msg if status == "optimal" else f"inaccurate solution ({msg})", **common, **kw)
 
-def _coef(alpha: np.ndarray, y: np.ndarray) -> np.ndarray:
-    r""":math:`c_{ni} = [i = y_n]\sum_j \alpha_{nj} - \alpha_{ni}` (so :math:`W_i = \sum_n c_{ni}\phi_n`)."""
-    c = -alpha.copy()
-    c[np.arange(len(y)), y] += alpha.sum(1)
-    return c
-
-
-def _result(head, problem, status, solver, msg, X, y, C, k, nvar, ncons, t0, **kw) -> MaxMarginResult:
-    N, d = X.shape
-    if status in _INFEASIBLE or status in _UNBOUNDED:
-        why = ("the solver certified that no point has every margin >= 1: the data are not "
-               f"separable by the {head} head")
-        if head == "lowrank":
-            why = "the solver certified the SDP infeasible: no PSD W_i separate the data (no rank can)"
-        return MaxMarginResult(head=head, degree=HEAD_DEGREE[head], separable=False, gamma_star=None,
-                               status=status, solver=solver, problem=problem, n=N, d=d, C=C, k=k,
-                               variables=nvar, constraints=ncons, seconds=time.perf_counter() - t0,
-                               message=why + (f" ({msg})" if msg else ""))
-    if status not in _OK or kw.get("W") is None:
-        return MaxMarginResult(head=head, degree=HEAD_DEGREE[head], separable=None, gamma_star=None,
-                               status=status, solver=solver, problem=problem, n=N, d=d, C=C, k=k,
-                               variables=nvar, constraints=ncons, seconds=time.perf_counter() - t0,
-                               message=f"no solution: {msg or status}")
-    W = kw.pop("W")
-    obj = kw.pop("objective")
-    gamma = 1.0 / math.sqrt(obj) if head != "lowrank" else 1.0 / obj
-    nrm = float(np.linalg.norm(W))
-    margins = kw.pop("margins")
-    q = margins.min(1)
-    duals = kw.pop("duals", None)
-    dual_tol = 1e-6 * max(1.0, float(duals.max()) if duals is not None and duals.size else 1.0)
-    support = None if duals is None else np.flatnonzero((duals > dual_tol).any(1))
-    return MaxMarginResult(head=head, degree=HEAD_DEGREE[head], separable=True, gamma_star=float(gamma),
-                           status=status, solver=solver, problem=problem, n=N, d=d, C=C, k=k, variables=nvar,
-                           constraints=ncons, seconds=time.perf_counter() - t0, objective=float(obj), W=W,
-                           direction=W / nrm if nrm > 0 else W, margins=margins, q=q, duals=duals,
-                           support=support, dual_tol=dual_tol,
-                           message=msg if status == "optimal" else f"inaccurate solution ({msg})", **kw)
+    def no_data(self, problem: str) -> MaxMarginResult:
+        return self.result(problem, "infeasible", None, "all inputs are 0", 0)
 
 
 # ---------------------------------------------------------------------------
 # The three problems
 # ---------------------------------------------------------------------------
-def _linear_on_features(F: np.ndarray, y: np.ndarray, C: int, solvers):
-    """min 1/2 ||w||^2 s.t. A w >= 1 on features F (N, D): (status, solver, msg, Wflat, lam, n_idx, j_idx)."""
+def _svm_on_features(p: _Problem, F: np.ndarray, solvers):
+    """min 1/2 ||W||_F^2 s.t. (w_{y_n} - w_j) . F_n >= 1 on features F (N, D):
+    (status, solver, msg, W (C, D) or None, the pairs' multipliers)."""
     import cvxpy as cp
+    import scipy.sparse as sp
 
-    A, n_idx, j_idx = _pair_matrix(F, y, C)
-    w = cp.Variable(A.shape[1])
-    cons = [A @ w >= 1]
-    prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(w)), cons)
-    status, solver, msg = _solve(prob, solvers)
-    if status in _OK and w.value is not None:
-        return status, solver, msg, np.asarray(w.value), cons[0].dual_value, n_idx, j_idx
-    return status, solver, msg, None, None, n_idx, j_idx
+    w = cp.Variable(F.shape[1] * p.C)                     # w[e C + i] = W[i, e]
+    cons = [(p.Dm @ sp.kron(F, sp.eye(p.C))).tocsr() @ w >= 1]
+    status, solver, msg = _solve(cp.Problem(cp.Minimize(0.5 * cp.sum_squares(w)), cons), solvers)
+    W = None if status not in _OK or w.value is None else np.asarray(w.value).reshape(F.shape[1], p.C).T
+    return status, solver, msg, W, cons[0].dual_value
 
 
 def solve_linear_svm(X, y, num_classes: int | None = None, *, solvers=("CLARABEL", "SCS")) -> MaxMarginResult:
     r"""Linear head: :math:`\min\tfrac12\|W\|_F^2` s.t. :math:`(w_{y_n}-w_j)\cdot x_n \ge 1`;
     :math:`\gamma^\star = 1/\|W^\star\|_F` (L = 1)."""
-    t0 = time.perf_counter()
-    X, y, C = _as_arrays(X, y, num_classes)
-    N, d = X.shape
-    U, Z = _span(X)
-    k = U.shape[1]
-    ncons = N * (C - 1)
-    _check(ncons <= LIMITS["constraints"], "constraints", ncons, "N (C - 1) margin constraints")
-    _check(C * k <= LIMITS["linear_variables"], "linear_variables", C * k, "C k variables")
-    if k == 0:
-        return _result("linear", "primal", "infeasible", None, "all inputs are 0", X, y, C, k, 0, ncons, t0)
-    status, solver, msg, w, lam, n_idx, j_idx = _linear_on_features(Z, y, C, solvers)
-    if w is None:
-        return _result("linear", "primal", status, solver, msg, X, y, C, k, C * k, ncons, t0)
-    Wk = w.reshape(C, k)
-    W = Wk @ U.T
-    return _result("linear", "primal", status, solver, msg, X, y, C, k, C * k, ncons, t0,
-                   W=W, objective=float(np.sum(Wk ** 2)), margins=_margins_table(X @ W.T, y),
-                   duals=_duals_table(lam, n_idx, j_idx, N, C))
+    p = _Problem("linear", X, y, num_classes)
+    nvar = p.C * p.k
+    _check("linear_variables", nvar, "C k variables")
+    if p.k == 0:
+        return p.no_data("primal")
+    status, solver, msg, Wk, lam = _svm_on_features(p, p.Z, solvers)
+    if Wk is None:
+        return p.result("primal", status, solver, msg, nvar)
+    return p.result("primal", status, solver, msg, nvar, W=Wk @ p.U.T, objective=float(np.sum(Wk ** 2)), lam=lam)
 
 
 def solve_quadratic_svm(X, y, num_classes: int | None = None, *, form: str = "auto",
@@ -416,56 +351,40 @@ def solve_quadratic_svm(X, y, num_classes: int | None = None, *, form: str = "au
     :math:`W_i`, svec coordinates), ``dual`` or ``auto`` (fewer variables)."""
     import cvxpy as cp
 
-    t0 = time.perf_counter()
     if form not in ("auto", "primal", "dual"):
         raise ConfigError(f"form must be auto, primal or dual, got {form!r}")
-    X, y, C, U, Z, k, D, ncons = _quadratic_problem(X, y, num_classes)
-    N = X.shape[0]
+    p = _Problem("quadratic", X, y, num_classes)
+    N, C, Z = p.N, p.C, p.Z
     if form == "auto":
-        form = "primal" if C * D <= ncons or N > LIMITS["quadratic_dual_points"] else "dual"
-    nvar = C * D if form == "primal" else ncons
-    _check(nvar <= LIMITS["quadratic_variables"], "quadratic_variables", nvar,
-           f"{'C k(k+1)/2' if form == 'primal' else 'N (C - 1)'} variables ({form})")
+        form = "primal" if C * p.D <= p.ncons or N > LIMITS["quadratic_dual_points"] else "dual"
+    nvar = C * p.D if form == "primal" else p.ncons
+    _check("quadratic_variables", nvar, f"{'C k(k+1)/2' if form == 'primal' else 'N (C - 1)'} variables ({form})")
     if form == "dual":
-        _check(N <= LIMITS["quadratic_dual_points"], "quadratic_dual_points", N, "N (kernel size, dual)")
-    if k == 0:
-        return _result("quadratic", form, "infeasible", None, "all inputs are 0", X, y, C, k, 0, ncons, t0)
+        _check("quadratic_dual_points", N, "N (kernel size, dual)")
+    if p.k == 0:
+        return p.no_data(form)
     if form == "primal":
-        F = svec_features(Z)
-        status, solver, msg, w, lam, n_idx, j_idx = _linear_on_features(F, y, C, solvers)
+        # svec: <svec(z z^T), svec(S)> = z^T S z for symmetric S (off-diagonal entries times sqrt 2)
+        iu, ju = np.triu_indices(p.k)
+        scale = np.where(iu == ju, 1.0, math.sqrt(2.0))
+        status, solver, msg, w, lam = _svm_on_features(p, Z[:, iu] * Z[:, ju] * scale, solvers)
         if w is None:
-            return _result("quadratic", form, status, solver, msg, X, y, C, k, nvar, ncons, t0)
-        S = np.stack([_smat(w.reshape(C, D)[i], k) for i in range(C)])
-        alpha = _duals_table(lam, n_idx, j_idx, N, C)
-        obj = float(np.sum(w ** 2))
+            return p.result(form, status, solver, msg, nvar)
+        S, obj = np.zeros((C, p.k, p.k)), float(np.sum(w ** 2))
+        S[:, iu, ju] = S[:, ju, iu] = w / scale
     else:
-        K = (Z @ Z.T) ** 2
-        ev, evec = np.linalg.eigh(K)
+        ev, evec = np.linalg.eigh((Z @ Z.T) ** 2)
         keep = ev > 1e-12 * max(ev.max(), 1e-300)
         R = evec[:, keep] * np.sqrt(ev[keep])                      # K = R R^T
-        n_idx, j_idx = _pairs(y, C)
-        import scipy.sparse as sps
-
-        P = len(n_idx)
-        # c = T a (N*C, row-major (n, i)): +a at (n, y_n), -a at (n, j)
-        rows = np.concatenate([n_idx * C + y[n_idx], n_idx * C + j_idx])
-        cols = np.concatenate([np.arange(P), np.arange(P)])
-        vals = np.concatenate([np.ones(P), -np.ones(P)])
-        T = sps.csr_matrix((vals, (rows, cols)), shape=(N * C, P))
-        a = cp.Variable(P, nonneg=True)
-        cmat = cp.reshape(T @ a, (N, C), order="C")
-        prob = cp.Problem(cp.Maximize(cp.sum(a) - 0.5 * cp.sum_squares(R.T @ cmat)))
-        status, solver, msg = _solve(prob, solvers)
+        a = cp.Variable(p.ncons, nonneg=True)
+        c = cp.reshape(p.Dm.T @ a, (N, C), order="C")              # c_ni = [i = y_n] sum_j a_nj - a_ni
+        status, solver, msg = _solve(cp.Problem(cp.Maximize(cp.sum(a) - 0.5 * cp.sum_squares(R.T @ c))), solvers)
         if status not in _OK or a.value is None:
-            return _result("quadratic", form, status, solver, msg, X, y, C, k, nvar, ncons, t0)
-        alpha = _duals_table(a.value, n_idx, j_idx, N, C)
-        c = _coef(alpha, y)
-        S = np.einsum("ni,nk,nl->ikl", c, Z, Z)
+            return p.result(form, status, solver, msg, nvar)
+        lam = np.maximum(a.value, 0.0)
+        S = np.einsum("ni,nk,nl->ikl", (p.Dm.T @ lam).reshape(N, C), Z, Z)
         obj = float(np.einsum("ikl,ikl->", S, S))
-    W = np.einsum("ak,ikl,bl->iab", U, S, U)
-    scores = np.einsum("na,iab,nb->ni", X, W, X)
-    return _result("quadratic", form, status, solver, msg, X, y, C, k, nvar, ncons, t0,
-                   W=W, objective=obj, margins=_margins_table(scores, y), duals=alpha)
+    return p.result(form, status, solver, msg, nvar, W=_lift(p.U, S), objective=obj, lam=lam)
 
 
 def solve_lowrank_sdp(X, y, num_classes: int | None = None, *, solvers=None,
@@ -475,54 +394,41 @@ def solve_lowrank_sdp(X, y, num_classes: int | None = None, *, solvers=None,
     (L = 2), an upper bound on every rank-r model, attained when r >= ``max(ranks)``."""
     import cvxpy as cp
 
-    t0 = time.perf_counter()
-    X, y, C, U, Z, k, D, ncons = _quadratic_problem(X, y, num_classes)
-    N = X.shape[0]
-    _check(ncons <= LIMITS["sdp_constraints"], "sdp_constraints", ncons, "N (C - 1) SDP margin constraints")
-    _check(k <= LIMITS["sdp_block"], "sdp_block", k, "k (PSD block size = rank of the data)")
-    _check(C * D <= LIMITS["sdp_variables"], "sdp_variables", C * D, "C k(k+1)/2 SDP variables")
-    if k == 0:
-        return _result("lowrank", "sdp", "infeasible", None, "all inputs are 0", X, y, C, k, 0, ncons, t0)
-    Ws = [cp.Variable((k, k), symmetric=True) for _ in range(C)]
+    p = _Problem("lowrank", X, y, num_classes)
+    C, Z, nvar = p.C, p.Z, p.C * p.D
+    _check("sdp_constraints", p.ncons, "N (C - 1) SDP margin constraints")
+    _check("sdp_block", p.k, "k (PSD block size = rank of the data)")
+    _check("sdp_variables", nvar, "C k(k+1)/2 SDP variables")
+    if p.k == 0:
+        return p.no_data("sdp")
+    Ws = [cp.Variable((p.k, p.k), symmetric=True) for _ in range(C)]
     psd = [Wi >> 0 for Wi in Ws]
-    s = cp.hstack([cp.sum(cp.multiply(Z @ Wi, Z), axis=1) for Wi in Ws])   # class-major (i, n)
-    import scipy.sparse as sps
-
-    n_idx, j_idx = _pairs(y, C)
-    P = len(n_idx)
-    B = sps.csr_matrix((np.concatenate([np.ones(P), -np.ones(P)]),
-                        (np.concatenate([np.arange(P)] * 2), np.concatenate([y[n_idx] * N + n_idx, j_idx * N + n_idx]))),
-                       shape=(P, C * N))
-    marg = [B @ s >= 1]
+    scores = cp.vstack([cp.sum(cp.multiply(Z @ Wi, Z), axis=1) for Wi in Ws])     # (C, N)
+    marg = [p.Dm @ cp.vec(scores, order="F") >= 1]
     prob = cp.Problem(cp.Minimize(sum(cp.trace(Wi) for Wi in Ws)), marg + psd)
     if solvers is None:
-        solvers = ("CLARABEL", "SCS") if C * D <= SDP_CLARABEL_MAX else ("SCS", "CLARABEL")
+        solvers = ("CLARABEL", "SCS") if nvar <= SDP_CLARABEL_MAX else ("SCS", "CLARABEL")
     status, solver, msg = _solve(prob, solvers)
     if status not in _OK or any(Wi.value is None for Wi in Ws):
-        return _result("lowrank", "sdp", status, solver, msg, X, y, C, k, C * D, ncons, t0)
+        return p.result("sdp", status, solver, msg, nvar)
     S = np.stack([0.5 * (Wi.value + Wi.value.T) for Wi in Ws])
-    W = np.einsum("ak,ikl,bl->iab", U, S, U)
-    scores = np.einsum("nk,ikl,nl->ni", Z, S, Z)
-    Zd = [None if c.dual_value is None else np.asarray(c.dual_value) for c in psd]
-    psd_duals = None if any(z is None for z in Zd) else np.einsum("ak,ikl,bl->iab", U, np.stack(Zd), U)
-    ranks = []
-    for Si in S:
-        ev = np.linalg.eigvalsh(Si)
-        ranks.append(int(np.sum(ev > rank_rtol * max(ev.max(), 1e-300))))
-    return _result("lowrank", "sdp", status, solver, msg, X, y, C, k, C * D, ncons, t0,
-                   W=W, objective=float(sum(np.trace(Si) for Si in S)), margins=_margins_table(scores, y),
-                   duals=_duals_table(marg[0].dual_value, n_idx, j_idx, N, C), psd_duals=psd_duals, ranks=ranks)
+    Zd = [c.dual_value for c in psd]
+    ev = np.linalg.eigvalsh(S)
+    ranks = [int(v) for v in np.sum(ev > rank_rtol * np.maximum(ev.max(1, keepdims=True), 1e-300), axis=1)]
+    return p.result("sdp", status, solver, msg, nvar, W=_lift(p.U, S),
+                    objective=float(np.trace(S, axis1=1, axis2=2).sum()), ranks=ranks,
+                    lam=marg[0].dual_value,
+                    psd_duals=None if any(z is None for z in Zd) else _lift(p.U, np.stack([np.asarray(z) for z in Zd])))
+
+
+_SOLVERS = {"linear": solve_linear_svm, "quadratic": solve_quadratic_svm, "lowrank": solve_lowrank_sdp}
 
 
 def solve_max_margin(X, y, head: str, num_classes: int | None = None, **kw) -> MaxMarginResult:
     """Dispatch on ``head`` (``linear``, ``quadratic``, ``lowrank``); see the module docstring."""
-    if head == "linear":
-        return solve_linear_svm(X, y, num_classes, **kw)
-    if head == "quadratic":
-        return solve_quadratic_svm(X, y, num_classes, **kw)
-    if head == "lowrank":
-        return solve_lowrank_sdp(X, y, num_classes, **kw)
-    raise ConfigError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
+    if head not in _SOLVERS:
+        raise ConfigError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
+    return _SOLVERS[head](X, y, num_classes, **kw)
 
 
 # ---------------------------------------------------------------------------
@@ -538,12 +444,9 @@ def head_of(model) -> str:
     if feats is not None and any(True for _ in feats.parameters()):
         raise ConfigError(f"the max-margin optimum applies to a head on fixed inputs; model "
                           f"{getattr(model, 'name', type(model).__name__)!r} has trainable features")
-    if isinstance(head, LinearHead) and head.bias is None:
-        return "linear"
-    if isinstance(head, QuadraticHead):
-        return "quadratic"
-    if isinstance(head, LowRankHead):
-        return "lowrank"
+    for cls, kind in ((LinearHead, "linear"), (QuadraticHead, "quadratic"), (LowRankHead, "lowrank")):
+        if isinstance(head, cls) and getattr(head, "bias", None) is None:
+            return kind
     raise ConfigError(f"no max-margin problem for head {type(head).__name__} (linear without bias, "
                       "quadratic or lowrank only)")
 
@@ -556,13 +459,9 @@ def model_direction(model) -> tuple[str, np.ndarray]:
     kind = head_of(model)
     head = getattr(model, "head", model)
     with torch.no_grad():
-        if kind == "linear":
-            W = head.weight.detach().to(torch.float64)
-        elif kind == "quadratic":
-            W = head.W.detach().to(torch.float64)
-        else:
-            A = head.weight.detach().to(torch.float64)
-            W = torch.einsum("crd,cre->cde", A, A)
+        W = (head.W if kind == "quadratic" else head.weight).detach().to(torch.float64)
+        if kind == "lowrank":
+            W = torch.einsum("crd,cre->cde", W, W)
     return kind, W.cpu().numpy()
 
 
@@ -570,9 +469,7 @@ def cosine(W, Wstar) -> float:
     """Cosine between two stacks of class matrices (Frobenius inner product over all classes)."""
     a, b = np.asarray(W, dtype=np.float64).ravel(), np.asarray(Wstar, dtype=np.float64).ravel()
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return float("nan")
-    return float(a @ b / (na * nb))
+    return float("nan") if na == 0 or nb == 0 else float(a @ b / (na * nb))
 
 
 def gamma_min_of(W, X, y, head: str) -> float:
@@ -580,10 +477,8 @@ def gamma_min_of(W, X, y, head: str) -> float:
     :math:`\min_n q_n/\|W\|_F`, lowrank (PSD W) :math:`\min_n q_n/\sum_i\mathrm{tr}W_i`."""
     X, y, C = _as_arrays(X, y, np.asarray(W).shape[0])
     W = np.asarray(W, dtype=np.float64)
-    scores = X @ W.T if head == "linear" else np.einsum("na,iab,nb->ni", X, W, X)
-    q = _margins_table(scores, y).min(1)
     norm = np.trace(W, axis1=1, axis2=2).sum() if head == "lowrank" else np.linalg.norm(W)
-    return float(q.min() / norm)
+    return float(_margins_table(_scores(W, X, head), y).min() / norm)
 
 
 def model_gamma_min(model, X, y) -> float:
@@ -594,11 +489,10 @@ def model_gamma_min(model, X, y) -> float:
 
     from .margins import compute_margins
 
-    m = copy.deepcopy(model).to("cpu", torch.float64)
-    Xt = torch.as_tensor(np.asarray(X) if not hasattr(X, "detach") else X.detach().cpu(), dtype=torch.float64)
-    yt = torch.as_tensor(np.asarray(y) if not hasattr(y, "detach") else y.detach().cpu(), dtype=torch.int64)
+    Xt = torch.as_tensor(_np(X), dtype=torch.float64)
     Xt = Xt.reshape(Xt.shape[0], *getattr(model, "input_shape", (Xt[0].numel(),)))
-    return compute_margins(m, Xt, yt).gamma_min
+    yt = torch.as_tensor(_np(y), dtype=torch.int64)
+    return compute_margins(copy.deepcopy(model).to("cpu", torch.float64), Xt, yt).gamma_min
 
 
 def compare_with_optimum(model, X, y, result: MaxMarginResult, *, gamma_min: float | None = None) -> dict:
@@ -614,12 +508,10 @@ def compare_with_optimum(model, X, y, result: MaxMarginResult, *, gamma_min: flo
     out = {"head": kind, "degree": result.degree, "gamma_star": result.gamma_star, "separable": result.separable,
            "n": result.n}
     if not result.separable:
-        out.update(gamma_min=gamma_min, ratio=None, cosine=None,
-                   note="no optimum: " + (result.message or result.status))
-        return out
+        return {**out, "gamma_min": gamma_min, "ratio": None, "cosine": None,
+                "note": "no optimum: " + (result.message or result.status)}
     g = model_gamma_min(model, X, y) if gamma_min is None else float(gamma_min)
-    out.update(gamma_min=g, ratio=g / result.gamma_star, cosine=cosine(W, result.W))
-    return out
+    return {**out, "gamma_min": g, "ratio": g / result.gamma_star, "cosine": cosine(W, result.W)}
 
 
 # ---------------------------------------------------------------------------
@@ -653,30 +545,27 @@ def head_logits_and_grad(kind: str, P: np.ndarray, X: np.ndarray, y: np.ndarray)
     linear (``P`` = W, (C, d)) :math:`\nabla W = G^\top X`; quadratic (``P`` = V, (C, d, d))
     :math:`\nabla V_i = X^\top \mathrm{diag}(G_{:i}) X`; lowrank (``P`` = A, (C, r, d))
     :math:`\nabla a_{ik} = 2\sum_n G_{ni} (a_{ik}\cdot x_n) x_n`."""
-    N = X.shape[0]
+    N, C, d = X.shape[0], P.shape[0], X.shape[1]
     if kind == "linear":
         F = X @ P.T
     elif kind == "quadratic":
-        C, d, _ = P.shape
         F = ((X @ P.transpose(1, 0, 2).reshape(d, C * d)).reshape(N, C, d) * X[:, None, :]).sum(2)
     else:
-        C, r, d = P.shape
+        r = P.shape[1]
         Z = (X @ P.reshape(C * r, d).T).reshape(N, C, r)
         F = (Z * Z).sum(2)
     Fm = F - F.max(1, keepdims=True)
     E = np.exp(Fm)
-    Z_ = E.sum(1, keepdims=True)
-    loss = float(np.mean(np.log(Z_[:, 0]) - Fm[np.arange(N), y]))
-    G = E / Z_
+    S = E.sum(1, keepdims=True)
+    loss = float(np.mean(np.log(S[:, 0]) - Fm[np.arange(N), y]))
+    G = E / S
     G[np.arange(N), y] -= 1.0
     G /= N
     if kind == "linear":
-        grad = G.T @ X
-    elif kind == "quadratic":
-        grad = np.matmul((G.T[:, :, None] * X[None]).transpose(0, 2, 1), X)
-    else:
-        grad = 2.0 * ((G[:, :, None] * Z).reshape(N, C * r).T @ X).reshape(C, r, d)
-    return loss, grad
+        return loss, G.T @ X
+    if kind == "quadratic":
+        return loss, np.matmul((G.T[:, :, None] * X[None]).transpose(0, 2, 1), X)
+    return loss, 2.0 * ((G[:, :, None] * Z).reshape(N, C * r).T @ X).reshape(C, r, d)
 
 
 def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginResult | None = None,
@@ -695,7 +584,6 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
 
     import torch
 
-    from ._util import progress
     from .margins import compute_margins
 
     if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
@@ -705,37 +593,31 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
     kind = head_of(model)
     m = copy.deepcopy(model).to(torch.float64)
     Xn, yn, _ = _as_arrays(X, y, m.num_classes)
-    Xt = torch.as_tensor(Xn).reshape(Xn.shape[0], *m.input_shape)
-    yt = torch.as_tensor(yn)
+    Xt, yt = torch.as_tensor(Xn).reshape(Xn.shape[0], *m.input_shape), torch.as_tensor(yn)
     P = m.head.weight.detach().cpu().numpy().copy()
-    rec = sorted(set(int(s) for s in (record if record is not None else log_steps(steps)) if 0 <= s <= steps))
+    rec = {int(s) for s in (record if record is not None else log_steps(steps))}
     hist: list[dict] = []
-    t0 = time.perf_counter()
-    diverged = False
+    t0, diverged = time.perf_counter(), False
 
-    def sync() -> None:
+    def write_back() -> None:
         with torch.no_grad():
             m.head.weight.copy_(torch.as_tensor(P))
 
     def row(step: int) -> dict:
-        sync()
+        write_back()
         mr = compute_margins(m, Xt, yt)
         r = {"step": step, "loss": mr.loss, "gamma_min": mr.gamma_min, "gamma_bar": mr.gamma_bar,
              "theta_norm": mr.theta_norm, "train_acc": mr.accuracy}
         if optimum is not None and optimum.separable:
-            _, W = model_direction(m)
             r["ratio"] = mr.gamma_min / optimum.gamma_star
-            r["cosine"] = cosine(W, optimum.W)
+            r["cosine"] = cosine(model_direction(m)[1], optimum.W)
         return r
 
-    next_rec = iter(rec)
-    target = next(next_rec, None)
     bar = progress(total=steps, desc=progress_desc, quiet=quiet or progress_desc is None, unit="step")
     try:
         for step in range(steps + 1):
-            if target is not None and step == target:
+            if step in rec:
                 hist.append(row(step))
-                target = next(next_rec, None)
             if step == steps:
                 break
             loss, grad = head_logits_and_grad(kind, P, Xn, yn)
@@ -747,7 +629,7 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
                 bar.update((step + 1) - bar.n)
     finally:
         bar.close()
-    sync()
+    write_back()
     return GDResult(history=hist, model=m, seconds=time.perf_counter() - t0, lr=float(lr), steps=steps,
                     diverged=diverged)
 
@@ -764,29 +646,23 @@ class GapMonitor:
     training data, then report ``gamma_min/gamma_star`` and the cosine for any later state.
 
     ``subset``: at most this many points, drawn as the Theorem 2 monitors draw theirs
-    (``assumptions.select_subset``: the first ``subset`` of a ``torch.randperm`` seeded with
-    ``seed``, so they lie inside the monitors' S of any larger size); the report's ``data``
-    says whether it used all points or a subset. If the head has no
-    max-margin problem, or it is too large, or the data are not separable, every report
-    says so in ``note`` and carries no ratio."""
+    (``assumptions.select_subset``, so they lie inside the monitors' S of any larger size); the
+    report's ``data`` says which. Without an optimum (no problem for the head, too large, not
+    separable) every report says why in ``note`` and carries no ratio."""
 
     def __init__(self, model, X, y, *, subset: int = 512, seed: int = 0, num_classes: int | None = None):
-        self.note = None
-        self.result = None
         from .assumptions import select_subset
 
+        self.note, self.result = None, None
         N = int(y.shape[0])
         self.idx = select_subset(N, subset, seed).numpy()
         self.n, self.N, self.seed = len(self.idx), N, int(seed)
         self.data = (f"all {N} training points" if self.n == N else
                      f"a seeded subset of {self.n} of {N} training points (seed {seed})")
-        Xn = X.detach().cpu().numpy() if hasattr(X, "detach") else np.asarray(X)
-        yn = y.detach().cpu().numpy() if hasattr(y, "detach") else np.asarray(y)
-        self.X, self.y = Xn[self.idx], yn[self.idx]
+        self.X, self.y = _np(X)[self.idx], _np(y)[self.idx]
         C = num_classes if num_classes is not None else getattr(model, "num_classes", None)
         try:
-            head = head_of(model)
-            self.result = solve_max_margin(self.X.reshape(self.n, -1), self.y, head, C)
+            self.result = solve_max_margin(self.X.reshape(self.n, -1), self.y, head_of(model), C)
             if not self.result.separable:
                 self.note = self.result.message or self.result.status
         except MarginTheoryError as exc:
@@ -797,19 +673,30 @@ class GapMonitor:
     def report(self, model) -> dict:
         base = {"data": self.data, "n": self.n, "seed": self.seed}
         if self.result is None or not self.result.separable:
-            return {**base, "available": False, "note": self.note,
-                    "gamma_star": None, "ratio": None, "cosine": None}
+            return {**base, "available": False, "note": self.note, "gamma_star": None, "ratio": None, "cosine": None}
         c = compare_with_optimum(model, self.X, self.y, self.result)
-        return {**base, "available": True, "head": c["head"], "degree": c["degree"], "gamma_star": c["gamma_star"],
-                "gamma_min": c["gamma_min"], "ratio": c["ratio"], "cosine": c["cosine"],
+        return {**base, "available": True, **{k: c[k] for k in ("head", "degree", "gamma_star", "gamma_min", "ratio",
+                                                                 "cosine")},
                 "solver_seconds": self.result.seconds, "note": None}
 
 
 # ---------------------------------------------------------------------------
-# Figure
+# Figures
 # ---------------------------------------------------------------------------
-def _style_gap_axes(ax1, ax2, xlabel: str, cos_label: str) -> None:
-    """Both gap panels: the optimum's level 1, a log-scaled step axis, labels, grid, legend."""
+def _gap_panels(ax1, ax2, curves: dict[str, list[dict]], xkey: str, xlabel: str, cos_label: str,
+                finals: bool = False) -> None:
+    """gamma_min/gamma_star (ax1) and the cosine (ax2) of each curve against ``xkey``, the optimum's
+    level 1, log x, labels, grid, legend; ``finals``: labels carry the last values, empty curves a note."""
+    for label, rows in curves.items():
+        pts = [r for r in rows if r.get(xkey, 0) > 0 and r.get("ratio") is not None]
+        if not pts:
+            if finals:
+                ax1.plot([], [], label=f"{label}: not separable")
+            continue
+        x = [r[xkey] for r in pts]
+        tag = (lambda k: f"{label} ({pts[-1][k]:.3f})") if finals else (lambda k: label)
+        line, = ax1.plot(x, [r["ratio"] for r in pts], lw=1.3, label=tag("ratio"))
+        ax2.plot(x, [r["cosine"] for r in pts], lw=1.3, color=line.get_color(), label=tag("cosine"))
     for ax, yl in ((ax1, r"$\gamma_{\min}(t)/\gamma^\star$"), (ax2, cos_label)):
         ax.axhline(1.0, color="k", ls="--", lw=1)
         ax.set_xscale("log")
@@ -826,19 +713,40 @@ def plot_gap(curves: dict[str, list[dict]], out, title: str = "", xkey: str = "s
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
-    for label, rows in curves.items():
-        pts = [r for r in rows if r.get(xkey, 0) > 0 and r.get("ratio") is not None]
-        if not pts:
-            continue
-        x = [r[xkey] for r in pts]
-        line, = ax1.plot(x, [r["ratio"] for r in pts], lw=1.3, label=label)
-        ax2.plot(x, [r["cosine"] for r in pts], lw=1.3, color=line.get_color(), label=label)
-    _style_gap_axes(ax1, ax2, f"{xkey} (log scale)", "cosine(direction, optimum)")
+    _gap_panels(ax1, ax2, curves, xkey, f"{xkey} (log scale)", "cosine(direction, optimum)")
     ax1.set_title("margin ratio to the solver's optimum (1 = max margin)")
     ax2.set_title("direction: cosine with the optimum's W*")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def plot_gap_grid(cases: dict[str, tuple[str, dict[str, list[dict]]]], out, title: str = "", xkey: str = "step"):
+    """One row per case (``{name: (description, {label: rows})}``): gamma_min/gamma_star (left) and
+    the cosine to the optimum (right) against steps, log-scaled x; PNG written atomically."""
+    use_agg_backend()
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(cases))
+    fig, axes = plt.subplots(n, 2, figsize=(12, 3.3 * n), squeeze=False)
+    for (ax1, ax2), (name, (desc, curves)) in zip(axes, cases.items()):
+        _gap_panels(ax1, ax2, curves, xkey, f"gradient-descent {xkey} (log scale)", "cosine with optimum W*",
+                    finals=True)
+        drawn = [line for line in ax1.get_lines() if len(line.get_ydata()) > 1]
+        ax1.set_ylim(bottom=max(-1.0, min([float(np.min(line.get_ydata())) for line in drawn] or [0.0])) - 0.02,
+                     top=1.05)
+        below = [line.get_label().split(" (")[0] for line in drawn if float(np.max(line.get_ydata())) < -1.0]
+        if below:
+            ax1.text(0.02, 0.5, "below -1 throughout (not yet separated): " + ", ".join(below),
+                     transform=ax1.transAxes, fontsize=8, color="0.3")
+        ax1.set_title(f"{name}: margin ratio (lowrank: to the SDP bound)", fontsize=9)
+        ax2.set_title(f"{name}: direction ({desc[:70]})", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / n))
+    else:
+        fig.tight_layout()
     return save_figure(fig, out)
 
 
@@ -853,33 +761,15 @@ GD_HEADS = {"linear": ("linear", None), "quadratic": ("quadratic", None),
 PREDICTED_P = {"ratio": 1.0, "cosine": 2.0}
 
 
-def _pool(X: np.ndarray, side: int, k: int) -> np.ndarray:
-    import torch
-
-    t = torch.as_tensor(X, dtype=torch.float64).reshape(-1, 1, side, side)
-    return torch.nn.functional.avg_pool2d(t, k).reshape(X.shape[0], -1).numpy()
-
-
 def prepare_case(case: dict, seed: int = 0, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray, int, str]:
     """Data of one experiment case: the dataset's training set, optional classes, seeded subset
     (``n_train``), ``pool`` (k x k average pooling of square images), ``affine`` ([x, 1]); then
     scaled so that max_n ||x_n|| = 1 (ratios and cosines do not depend on that scale)."""
-    X, y, C, desc = load_case(case["dataset"], classes=case.get("classes"), n_train=case.get("n_train"),
-                              seed=seed, data_dir=data_dir)
-    if case.get("pool"):
-        k = int(case["pool"])
-        side = int(round(math.sqrt(X.shape[1])))
-        if side * side != X.shape[1] or side % k:
-            raise ConfigError(f"case {case.get('name')}: pool = {k} needs square images with side divisible by {k}")
-        X = _pool(X, side, k)
-        desc += f", {k}x{k} average pooling to {side // k}x{side // k}"
-    if case.get("affine"):
-        X = affine(X)
-        desc += ", affine inputs [x, 1]"
+    X, y, C, desc = load_case(case["dataset"], affine_inputs=bool(case.get("affine")), classes=case.get("classes"),
+                              n_train=case.get("n_train"), pool=case.get("pool"), seed=seed, data_dir=data_dir,
+                              name=case.get("name"))
     R = float(np.linalg.norm(X, axis=1).max())
-    if R > 0:
-        X = X / R
-    return X, y, C, desc + ", scaled to max ||x_n|| = 1"
+    return (X / R if R > 0 else X), y, C, desc + ", scaled to max ||x_n|| = 1"
 
 
 def _fit_exponent(rows: list[dict], key: str) -> float | None:
@@ -891,14 +781,12 @@ def _fit_exponent(rows: list[dict], key: str) -> float | None:
            and (r.get("ratio") or 0) > 0]
     if len(pts) < 3 or pts[-1][0] - pts[0][0] <= 0:
         return None
-    a, b = np.polyfit([p[0] for p in pts], [p[1] for p in pts], 1)
-    return float(-a)
+    return float(-np.polyfit([p[0] for p in pts], [p[1] for p in pts], 1)[0])
 
 
 def _at_fraction(rows: list[dict], frac: float) -> dict:
     """The recorded row nearest to step T**frac (log scale)."""
-    T = max(r["step"] for r in rows)
-    target = T ** frac
+    target = max(r["step"] for r in rows) ** frac
     return min((r for r in rows if r["step"] > 0), key=lambda r: abs(math.log(r["step"]) - math.log(target)))
 
 
@@ -915,8 +803,7 @@ def verdict(row_end: dict, row_mid: dict, opt: MaxMarginResult, rank: int | None
     if r >= 0.999 and c >= 0.999:
         return "at optimum"
     g_end, g_mid = 1 - r, 1 - row_mid["ratio"]
-    c_end, c_mid = 1 - c, 1 - row_mid["cosine"]
-    if g_end < g_mid and c_end < c_mid and r > 0:
+    if g_end < g_mid and 1 - c < 1 - row_mid["cosine"] and r > 0:
         if rank is not None and opt.ranks and rank < max(opt.ranks) and g_end > 0.95 * g_mid:
             return "stalled below the bound"
         return "converging"
@@ -935,12 +822,9 @@ def run_case(case: dict, *, steps: int, lr: float, seed: int = 0, heads: Sequenc
 
     X, y, C, desc = prepare_case(case, seed, data_dir)
     N, d = X.shape
-    optima, opt_rows = {}, {}
-    for h in ("linear", "quadratic", "lowrank"):
-        optima[h] = solve_max_margin(X, y, h, C)
-        opt_rows[h] = optima[h].summary()
-    out = {"name": case["name"], "data": desc, "N": N, "d": d, "C": C, "optima": opt_rows, "runs": [],
-           "steps": steps, "lr": lr, "seed": seed}
+    optima = {h: solve_max_margin(X, y, h, C) for h in HEADS}
+    out = {"name": case["name"], "data": desc, "N": N, "d": d, "C": C,
+           "optima": {h: o.summary() for h, o in optima.items()}, "runs": [], "steps": steps, "lr": lr, "seed": seed}
     if case.get("closed_form"):
         out["closed_form"] = case["closed_form"]
     for label in heads:
@@ -953,21 +837,20 @@ def run_case(case: dict, *, steps: int, lr: float, seed: int = 0, heads: Sequenc
         gd = gradient_descent(model, X, y, lr=lr, steps=steps, optimum=opt, record=log_steps(steps, points),
                               progress_desc=f"{case['name']} {label}", quiet=quiet)
         hist = gd.history
-        end = hist[-1]
-        mid = _at_fraction(hist, 0.5)
-        rec = {"label": label, "model": model_name, "rank": r, "lr": lr, "steps": steps, "seconds": gd.seconds,
-               "diverged": gd.diverged, "separable": opt.separable, "gamma_star": opt.gamma_star,
-               "final": {k: end.get(k) for k in ("step", "loss", "gamma_min", "ratio", "cosine", "theta_norm",
-                                                 "train_acc")},
-               "at_sqrt_T": {k: mid.get(k) for k in ("step", "ratio", "cosine")},
-               "p_ratio": _fit_exponent(hist, "ratio") if opt.separable else None,
-               "p_cosine": _fit_exponent(hist, "cosine") if opt.separable else None,
-               "bound_attainable": (None if model_name != "lowrank" or not opt.separable else
-                                    bool(r >= max(opt.ranks or [0]))),
-               "verdict": "diverged" if gd.diverged else verdict(end, mid, opt, r if model_name == "lowrank" else None),
-               "history": [{k: (float(f"{v:.7g}") if isinstance(v, float) and math.isfinite(v) else v)
-                            for k, v in row.items()} for row in hist]}
-        out["runs"].append(rec)
+        end, mid = hist[-1], _at_fraction(hist, 0.5)
+        lowrank = model_name == "lowrank"
+        out["runs"].append({
+            "label": label, "model": model_name, "rank": r, "lr": lr, "steps": steps, "seconds": gd.seconds,
+            "diverged": gd.diverged, "separable": opt.separable, "gamma_star": opt.gamma_star,
+            "final": {k: end.get(k) for k in ("step", "loss", "gamma_min", "ratio", "cosine", "theta_norm",
+                                              "train_acc")},
+            "at_sqrt_T": {k: mid.get(k) for k in ("step", "ratio", "cosine")},
+            "p_ratio": _fit_exponent(hist, "ratio") if opt.separable else None,
+            "p_cosine": _fit_exponent(hist, "cosine") if opt.separable else None,
+            "bound_attainable": bool(r >= max(opt.ranks or [0])) if lowrank and opt.separable else None,
+            "verdict": "diverged" if gd.diverged else verdict(end, mid, opt, r if lowrank else None),
+            "history": [{k: (float(f"{v:.7g}") if isinstance(v, float) and math.isfinite(v) else v)
+                         for k, v in row.items()} for row in hist]})
     return out
 
 
@@ -975,9 +858,6 @@ def run_experiment_cases(cfg: dict, scale: str, out, *, seed: int = 0, data_dir:
                          quiet: bool = True) -> dict:
     """The analysis ``maxmargin`` of ``python -m margin_theory.experiment maxmargin``: every case of
     ``cfg['cases']`` (restricted to ``cfg['only']`` if given) with :func:`run_case`; one figure."""
-    from pathlib import Path
-
-    out = Path(out)
     cases = list(cfg.get("cases", []))
     if not cases:
         raise ConfigError("[maxmargin] defines no cases")
@@ -990,53 +870,16 @@ def run_experiment_cases(cfg: dict, scale: str, out, *, seed: int = 0, data_dir:
     t0 = time.perf_counter()
     res = []
     for case in cases:
-        steps = case.get("steps", {}).get(scale) if isinstance(case.get("steps"), dict) else None
-        steps = int(steps if steps is not None else cfg.get("steps", 1000))
-        res.append(run_case(case, steps=steps, lr=float(case.get("lr", cfg.get("lr", 0.5))), seed=seed,
+        steps = case["steps"].get(scale) if isinstance(case.get("steps"), dict) else None
+        res.append(run_case(case, steps=int(steps if steps is not None else cfg.get("steps", 1000)),
+                            lr=float(case.get("lr", cfg.get("lr", 0.5))), seed=seed,
                             heads=cfg.get("heads", tuple(GD_HEADS)), points=int(cfg.get("points", 60)),
                             data_dir=data_dir, quiet=quiet))
     fig = plot_gap_grid({c["name"]: (c["data"], {r["label"]: r["history"] for r in c["runs"]}) for c in res},
-                        out / "maxmargin_gap.png",
+                        Path(out) / "maxmargin_gap.png",
                         title=f"Gradient descent vs the max-margin optimum ({scale} scale): margin ratio and cosine")
     return {"cases": res, "predicted_p": PREDICTED_P, "seconds": time.perf_counter() - t0,
             "figures": [Path(fig).name]}
-
-
-def plot_gap_grid(cases: dict[str, tuple[str, dict[str, list[dict]]]], out, title: str = "", xkey: str = "step"):
-    """One row per case (``{name: (description, {label: rows})}``): gamma_min/gamma_star (left) and
-    the cosine to the optimum (right) against steps, log-scaled x; PNG written atomically."""
-    use_agg_backend()
-    import matplotlib.pyplot as plt
-
-    n = max(1, len(cases))
-    fig, axes = plt.subplots(n, 2, figsize=(12, 3.3 * n), squeeze=False)
-    for (ax1, ax2), (name, (desc, curves)) in zip(axes, cases.items()):
-        for label, rows in curves.items():
-            pts = [r for r in rows if r.get(xkey, 0) > 0 and r.get("ratio") is not None]
-            if not pts:
-                ax1.plot([], [], label=f"{label}: not separable")
-                continue
-            x = [r[xkey] for r in pts]
-            line, = ax1.plot(x, [r["ratio"] for r in pts], lw=1.3, label=f"{label} ({pts[-1]['ratio']:.3f})")
-            ax2.plot(x, [r["cosine"] for r in pts], lw=1.3, color=line.get_color(),
-                     label=f"{label} ({pts[-1]['cosine']:.3f})")
-        _style_gap_axes(ax1, ax2, f"gradient-descent {xkey} (log scale)", "cosine with optimum W*")
-        lows = [float(np.min(np.asarray(l.get_ydata()))) for l in ax1.get_lines() if len(l.get_ydata()) > 1]
-        highs = [float(np.max(np.asarray(l.get_ydata()))) for l in ax1.get_lines() if len(l.get_ydata()) > 1]
-        ax1.set_ylim(bottom=max(-1.0, min(lows or [0.0])) - 0.02, top=1.05)
-        below = [l.get_label().split(" (")[0] for l, h in zip([l for l in ax1.get_lines() if len(l.get_ydata()) > 1],
-                                                            highs) if h < -1.0]
-        if below:
-            ax1.text(0.02, 0.5, "below -1 throughout (not yet separated): " + ", ".join(below),
-                     transform=ax1.transAxes, fontsize=8, color="0.3")
-        ax1.set_title(f"{name}: margin ratio (lowrank: to the SDP bound)", fontsize=9)
-        ax2.set_title(f"{name}: direction ({desc[:70]})", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / n))
-    else:
-        fig.tight_layout()
-    return save_figure(fig, out)
 
 
 def render_markdown(an: dict) -> list[str]:
@@ -1051,18 +894,18 @@ def render_markdown(an: dict) -> list[str]:
          f"p = fitted exponent of gap ~ (log t)^-p over t >= sqrt(T); predicted for the linear and "
          f"quadratic heads {an['predicted_p']['ratio']:g} (ratio) and {an['predicted_p']['cosine']:g} (cosine).", ""]
     for c in an["cases"]:
-        o = c["optima"]
         L += [f"### {c['name']}: {c['data']} (N = {c['N']}, d = {c['d']}, C = {c['C']})", ""]
         L.append("Optima: " + "; ".join(
             f"{h} " + (f"gamma* = {v['gamma_star']:.5g} ({v['problem']}, {v['variables']:,} variables, "
                        f"{v['seconds']:.2f} s" + (f", ranks {v['ranks']}" if v.get("ranks") else "") + ")"
                        if v["separable"] else f"not separable ({v['status']})")
-            for h, v in o.items()) + ".")
+            for h, v in c["optima"].items()) + ".")
         if c.get("closed_form"):
             L.append(f"Closed form: {c['closed_form']}.")
         L += ["", f"GD: {c['steps']} full-batch steps, lr {c['lr']:g}.", "",
               "| head | final ratio | final cos | ratio at sqrt(T) | cos at sqrt(T) | p (ratio) | p (cos) | "
-              "gamma_min | loss | bound attainable | verdict |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+              "gamma_min | loss | bound attainable | verdict |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
         for r in c["runs"]:
             fi, mi = r["final"], r["at_sqrt_T"]
             ba = {None: "-", True: "yes", False: "no"}[r["bound_attainable"]]
@@ -1089,13 +932,17 @@ def _classes_arg(s: str) -> list[int]:
 
 
 def load_case(dataset: str, *, affine_inputs: bool = False, classes: Sequence[int] | None = None,
-              n_train: int | None = None, seed: int = 0, data_dir: str | None = None):
-    """(X (N, d) float64 numpy, y relabelled 0..C-1, C, description) of a dataset's training set."""
+              n_train: int | None = None, seed: int = 0, data_dir: str | None = None, pool: int | None = None,
+              name: str | None = None):
+    """(X (N, d) float64 numpy, y relabelled 0..C-1, C, description) of a dataset's training set:
+    ``classes`` kept, a seeded subset of ``n_train``, ``pool`` x ``pool`` average pooling of square
+    images, affine inputs [x, 1], in that order (``name``: the experiment case, for errors)."""
+    import torch
+
     from .data import load_dataset
 
     ds = load_dataset(dataset, data_dir, seed=seed)
-    X = ds.X_train.reshape(ds.X_train.shape[0], -1).double().numpy()
-    y = ds.y_train.numpy()
+    X, y = ds.X_train.reshape(ds.X_train.shape[0], -1).double().numpy(), ds.y_train.numpy()
     desc = f"{ds.name} training set"
     if classes:
         bad = [c for c in classes if c >= ds.num_classes]
@@ -1108,6 +955,13 @@ def load_case(dataset: str, *, affine_inputs: bool = False, classes: Sequence[in
         idx = seeded_subset(y, n_train, seed)
         X, y = X[idx], y[idx]
         desc += f", seeded subset of {n_train} (seed {seed})"
+    if pool:
+        k, side = int(pool), int(round(math.sqrt(X.shape[1])))
+        if side * side != X.shape[1] or side % k:
+            raise ConfigError(f"case {name}: pool = {k} needs square images with side divisible by {k}")
+        t = torch.as_tensor(X, dtype=torch.float64).reshape(-1, 1, side, side)
+        X = torch.nn.functional.avg_pool2d(t, k).reshape(X.shape[0], -1).numpy()
+        desc += f", {k}x{k} average pooling to {side // k}x{side // k}"
     if affine_inputs:
         X = affine(X)
         desc += ", affine inputs [x, 1]"
@@ -1119,25 +973,25 @@ def run_gap_rows(run_dir) -> tuple[list[dict], str]:
     available ``maxmargin`` entry), each with ``step = epoch * ceil(N / batch_size)``; and the
     monitors' ``data`` description. :class:`ConfigError` if the run has none."""
     import json
-    from pathlib import Path
 
-    from .train import read_metrics
+    from .runfolder import read_metrics
 
     run = Path(run_dir)
     if not run.is_dir():
         raise ConfigError(f"--run {run}: no such run folder")
     try:
         cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        summ = json.loads((run / "summary.json").read_text(encoding="utf-8")) if (run / "summary.json").is_file() else {}
+        summary = run / "summary.json"
+        summ = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--run {run}: cannot read config.json ({' '.join(str(exc).split())})") from None
-    rows = [r for r in read_metrics(run) if isinstance(r.get("maxmargin"), dict) and r["maxmargin"].get("available")]
+    metrics = read_metrics(run)
+    rows = [r for r in metrics if isinstance(r.get("maxmargin"), dict) and r["maxmargin"].get("available")]
     if not rows:
-        notes = {(r.get("maxmargin") or {}).get("note") for r in read_metrics(run)} - {None}
+        notes = {(r.get("maxmargin") or {}).get("note") for r in metrics} - {None}
         raise ConfigError(f"--run {run}: no max-margin monitor in metrics.jsonl (train with --monitor-every K"
                           + (f"; the monitor said: {sorted(notes)[0]}" if notes else "") + ")")
-    n = summ.get("n_train") or rows[0]["maxmargin"]["n"]
-    per_epoch = -(-int(n) // int(cfg.get("batch_size", 1)))
+    per_epoch = -(-int(summ.get("n_train") or rows[0]["maxmargin"]["n"]) // int(cfg.get("batch_size", 1)))
     out = [{"step": r["epoch"] * per_epoch, "epoch": r["epoch"], "ratio": r["maxmargin"]["ratio"],
             "cosine": r["maxmargin"]["cosine"]} for r in rows]
     return out, rows[0]["maxmargin"]["data"]
@@ -1167,23 +1021,20 @@ def build_parser() -> ArgumentParser:
 @cli_entry(PROG)
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.run is not None:
-        if args.dataset is not None:
-            raise ConfigError("--run and --dataset exclude each other")
-        from pathlib import Path
-
+    if args.run is not None and args.dataset is not None:
+        raise ConfigError("--run and --dataset exclude each other")
+    if args.run is not None:                 # the figure of a trainer run's max-margin monitors
         rows, data = run_gap_rows(args.run)
-        target = Path(args.out) if args.out else Path(args.run) / "maxmargin-gap.png"
-        fig = plot_gap({Path(args.run).name: rows}, target,
-                       title=f"{Path(args.run).name}: trainer monitors on {data}")
-        doc = {"run": str(args.run), "data": data, "rows": rows, "plot": str(fig)}
+        name = Path(args.run).name
+        fig = plot_gap({name: rows}, Path(args.out) if args.out else Path(args.run) / "maxmargin-gap.png",
+                       title=f"{name}: trainer monitors on {data}")
         if args.json:
-            print_json(doc)
-        else:
-            for r in rows:
-                print(f"epoch {r['epoch']:>4} (step {r['step']:>7}): gamma_min/gamma* {r['ratio']:+.4f}, "
-                      f"cos {r['cosine']:.4f}")
-            print(f"plot written to {fig}")
+            print_json({"run": str(args.run), "data": data, "rows": rows, "plot": str(fig)})
+            return 0
+        for r in rows:
+            print(f"epoch {r['epoch']:>4} (step {r['step']:>7}): gamma_min/gamma* {r['ratio']:+.4f}, "
+                  f"cos {r['cosine']:.4f}")
+        print(f"plot written to {fig}")
         return 0
     if args.dataset is None:
         raise ConfigError("give --dataset NAME (solve) or --run RUN_DIR (plot a run's monitors)")
