@@ -491,21 +491,16 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
                     seed: int = 0, normalisation: str = "auto", dtype: torch.dtype = torch.float64,
                     method: str = "auto", degree: int | None = None,
                     memory_budget: int = DEFAULT_MEMORY_BUDGET, check_degree: bool = True) -> Theorem2Report:
-    r"""Evaluate Lemma 2 and Theorem 2's quantities and assumptions (SPEC §5).
+    r"""Evaluate Lemma 2 and Theorem 2's quantities and assumptions (SPEC §5) on the seeded subset S
+    of ``subset`` points of the training set (X, y) (:func:`select_subset`), in ``dtype`` on a CPU
+    copy of ``model`` (a :class:`~margin_theory.models.Classifier` or any module with ``degree``).
 
-    Args:
-        model: a :class:`~margin_theory.models.Classifier` (or any module with ``degree``).
-        X, y: the training set; the monitors use the seeded subset S of ``subset`` points
-            (:func:`select_subset`, all points if fewer).
-        normalisation: ``"auto"`` (full if homogeneous, else head), ``"full"`` (raises
-            :class:`NotHomogeneousError` on a non-homogeneous model) or ``"head"``.
-        dtype: computation dtype (float64 by default, on a CPU copy of the model).
-        method: per-sample gradients by ``"closed"`` form, ``"func"`` (torch.func),
-            ``"loop"`` (slow reference) or ``"auto"``.
-        degree: L for a module that declares none (normalised by all its parameters). With
-            ``check_degree`` (default) the numeric homogeneity checker verifies it on a few
-            points of S first and :class:`NotHomogeneousError` refuses a degree it contradicts
-            (:func:`margin_theory.foreign.check_model` derives L itself).
+    ``normalisation``: ``"auto"`` (full if homogeneous, else head), ``"full"`` (raises
+    :class:`NotHomogeneousError` on a non-homogeneous model) or ``"head"``; ``method``: per-sample
+    gradients as in :func:`gradient_statistics`. ``degree``: L for a module that declares none
+    (normalised by all its parameters); with ``check_degree`` the numeric homogeneity checker first
+    verifies it on a few points of S and :class:`NotHomogeneousError` refuses a degree it contradicts
+    (:func:`margin_theory.foreign.check_model` derives L itself).
 
     Returns a :class:`Theorem2Report`; ``lower_bound`` is
     :math:`\bar w\rho\sigma_{\max}^2(\rho - cv - \varepsilon)/(N\|\theta\|^L)`, which never exceeds
@@ -535,7 +530,6 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
     w = torch.softmax(logits, dim=1)[torch.arange(N), j]
     w_bar = float(w.mean())
     cv = float((w - w_bar).norm()) / (math.sqrt(N) * w_bar) if w_bar > 0 else math.inf
-
     st = _stats(prob, j, method, memory_budget)
     B = float(st.fnorm.max())
     # Gamma^T Gamma = H H^T - (H theta)(H theta)^T / ||theta||^2   (P = I - theta theta^T/||theta||^2)
@@ -558,7 +552,6 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
         eps = 2.0 * (C - 2) * decay * B * math.sqrt(N) / sigma_max
     else:  # Gamma = 0: every g_n vanishes, the velocity is exactly 0
         rho, eps = math.nan, math.inf
-
     velocity, vscale = _velocity(prob, j, with_scale=True)
     if sigma_max > 0 and math.isfinite(eps):
         lower = w_bar * rho * sigma_max ** 2 * (rho - cv - eps) / (N * normL)

@@ -28,11 +28,7 @@ decision boundary ``{(u.x)^2 = (v.x)^2}`` tends to the axes, and
 Without that hypothesis ``gamma_bar`` still rises (to 1 if one of ``a(0), e(0)`` is
 nonzero) but a class is never classified correctly and the loss stays ``>= log(2)/2``.
 
-The solver (:func:`solve_xor_flow`) integrates the 4-dimensional flow in ``theta``
-itself with :func:`scipy.integrate.solve_ivp`, in log-time ``s = log(1 + t)``; the
-checks on it are the invariants, the reduced ODE solved independently, and the exact
-solution by quadrature (:func:`quadrature_solution`, no ODE solver).
-``python -m margin_theory.xor_flow --help`` for the command line.
+:func:`solve_xor_flow` solves the flow (and checks it three ways); ``python -m margin_theory.xor_flow --help``.
 """
 from __future__ import annotations
 
@@ -44,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.integrate import solve_ivp
-from scipy.special import expit
+from scipy.integrate import quad, solve_ivp
+from scipy.optimize import brentq
+from scipy.special import exp1, expit
 
 from margin_theory._util import (ArgumentParser, ConfigError, check_memory, check_output_path, cli_entry, float_in,
                                  int_at_least, nonneg_int, print_json, progress, save_figure, use_agg_backend)
@@ -56,8 +53,6 @@ __all__ = [
     "boundary_angle_deg", "random_init", "main",
 ]
 
-#: homogeneity degree of the model in theta (SPEC §3); margins are q / ||theta||^L
-L_DEGREE = 2
 #: default horizons of the flow and of gradient descent (gd is a Python loop: 1e6 steps at lr 0.1)
 DEFAULT_T_MAX_FLOW = 1e6
 DEFAULT_T_MAX_GD = 1e5
@@ -211,8 +206,6 @@ def _growth_log_time(P: float, P0: float, k2: float) -> float:
     quadrature (``scipy.integrate.quad``), or 12-point Gauss-Legendre on intervals much
     shorter than the integrand's scale ``1/P``.
     """
-    from scipy.integrate import quad
-
     if P <= P0:
         return -math.inf
     lo, W = math.log(max(P0, P - 60.0)), math.log(P)
@@ -227,8 +220,6 @@ def _growth_log_time(P: float, P0: float, k2: float) -> float:
 
 def _growth_solution(P0: float, k2: float, t: float) -> float:
     """``P(t)`` solving ``t(P) = t`` (see :func:`_growth_log_time`) by Brent's method in ``log P``."""
-    from scipy.optimize import brentq
-
     if t <= 0:
         return P0
     lt, W0 = math.log(t), math.log(P0)
@@ -252,9 +243,6 @@ def _decay_solution(D0: float, t: float) -> float:
     ``4 t = log(D0/D) + E1(D) - E1(D0)``; solved for ``z = log D`` by Brent's method
     (for ``z < -30``, ``E1(e^z) = -euler_gamma - z + e^z + O(e^{2z})``).
     """
-    from scipy.optimize import brentq
-    from scipy.special import exp1
-
     if t <= 0 or D0 == 0:
         return D0
     z0, E10 = math.log(D0), float(exp1(D0))
@@ -416,6 +404,15 @@ def _jac_theta_logtime(s: float, th: np.ndarray) -> np.ndarray:
 _IMPLICIT = ("LSODA", "Radau", "BDF")
 
 
+def _ivp(rhs, jac, y0, s_grid, ode_method, rtol, atol):
+    """``solve_ivp`` on ``[0, s_grid[-1]]`` with output on ``s_grid`` (implicit methods get the Jacobian):
+    the solution and its wall time."""
+    t0 = time.perf_counter()
+    sol = solve_ivp(rhs, (0.0, s_grid[-1]), y0, method=ode_method, t_eval=s_grid, rtol=rtol, atol=atol,
+                    **({"jac": jac} if ode_method in _IMPLICIT else {}))
+    return sol, time.perf_counter() - t0
+
+
 def _gd_run(theta0: np.ndarray, lr: float, steps_at: np.ndarray, quiet: bool) -> np.ndarray:
     """Gradient descent ``theta <- theta - lr grad loss`` recorded after ``steps_at`` (sorted, unique) steps.
 
@@ -497,11 +494,9 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
     Where ``||theta|| < 1e3 atol`` (only when ``a(0) = e(0) = 0``: ``theta -> 0``) the
     margins are solver noise and are reported as NaN (``message`` says so).
 
-    With ``check=True`` two independent checks run: the reduced ODE in ``(a, b, c, e)``
-    solved on its own (``reduced_deviation``), and the exact solution by quadrature and
-    root finding, no ODE solver (:func:`quadrature_solution`, at up to 12 recorded
-    times; ``quadrature_deviation``; skipped, NaN, if a reduced square exceeds 600 at
-    ``t = 0``). Both are max relative deviations ``||r - r_ref|| / ||r_ref||``.
+    With ``check=True`` the reduced ODE is solved on its own and the exact solution by
+    quadrature (:func:`quadrature_solution`, no ODE solver) is evaluated at up to 12 recorded
+    times (skipped if a reduced square exceeds 600 at ``t = 0``); see :class:`XorFlowResult`.
 
     ``method="gd"``: discrete gradient descent ``theta <- theta - lr grad loss`` for
     ``round(t_max/lr)`` steps; step ``k`` is time ``t = k lr``; recorded at the steps
@@ -518,11 +513,7 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
     extra: dict[str, Any] = {}
     if method == "flow":
         atol = 1e-3 * rtol * float(np.linalg.norm(th0)) if atol is None else atol
-        jac = {"jac": _jac_theta_logtime} if ode_method in _IMPLICIT else {}
-        t0 = time.perf_counter()
-        sol = solve_ivp(_rhs_theta_logtime, (0.0, s_grid[-1]), th0, method=ode_method,
-                        t_eval=s_grid, rtol=rtol, atol=atol, **jac)
-        solve_seconds = time.perf_counter() - t0
+        sol, solve_seconds = _ivp(_rhs_theta_logtime, _jac_theta_logtime, th0, s_grid, ode_method, rtol, atol)
         success, message, nfev = bool(sol.success), str(sol.message), int(sol.nfev)
         theta = np.full((points, 4), np.nan)
         theta[: sol.y.shape[1]] = sol.y.T
@@ -571,11 +562,8 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
     if method == "flow" and check and success:
         # (1) the reduced ODE, solved on its own
         r0 = reduced_coordinates(th0)
-        jac_r = {"jac": _jac_reduced_logtime} if ode_method in _IMPLICIT else {}
-        t1 = time.perf_counter()
-        sol_r = solve_ivp(_rhs_reduced_logtime, (0.0, s_grid[-1]), r0, method=ode_method,
-                          t_eval=s_grid, rtol=rtol, atol=2 * atol, **jac_r)
-        extra["reduced_solve_seconds"] = time.perf_counter() - t1
+        sol_r, extra["reduced_solve_seconds"] = _ivp(_rhs_reduced_logtime, _jac_reduced_logtime, r0, s_grid,
+                                                     ode_method, rtol, 2 * atol)
         extra["reduced_nfev"] = int(sol_r.nfev)
         if sol_r.success:
             reduced_dev = _max_rel_dev(reduced[resolved], sol_r.y.T[resolved], floor)
@@ -710,11 +698,10 @@ def _report(res: XorFlowResult, theta0: np.ndarray, figure: Path | None) -> str:
     if not flow:
         lines.append("  (gd does not conserve them: each step multiplies a*c by 1 - 4 lr^2 s0^2 "
                      "and b*e by 1 - 4 lr^2 s1^2)")
-    if flow and math.isfinite(res.reduced_deviation):
-        lines.append(f"independent reduced-ODE solve: max relative deviation {res.reduced_deviation:.2g}")
-    if flow and math.isfinite(res.quadrature_deviation):
-        lines.append(f"exact quadrature solution (no ODE solver): max relative deviation "
-                     f"{res.quadrature_deviation:.2g}")
+    for check, dev in (("independent reduced-ODE solve", res.reduced_deviation),
+                       ("exact quadrature solution (no ODE solver)", res.quadrature_deviation)):
+        if flow and math.isfinite(dev):
+            lines.append(f"{check}: max relative deviation {dev:.2g}")
     lines.append(f"decision boundary vs the axes (max-margin boundary): {res.boundary_angle_deg[0]:.3f} deg -> "
                  f"{res.final_boundary_angle_deg:.3f} deg")
     lines.append(f"Theorem 1 applies (a(0) != 0, e(0) != 0): (1 - gamma_bar) log^2 t -> (a c)^2 + (b e)^2 = "
