@@ -422,8 +422,7 @@ def _gd_run(theta0: np.ndarray, lr: float, steps_at: np.ndarray, quiet: bool) ->
     out = np.empty((len(steps_at), 4))
     exp = math.exp
     k = 0
-    bar = progress(total=int(steps_at[-1]), desc="gd steps", quiet=quiet or int(steps_at[-1]) < 1_000_000)
-    try:
+    with progress(total=int(steps_at[-1]), desc="gd steps", quiet=quiet or int(steps_at[-1]) < 1_000_000) as bar:
         for i, target in enumerate(steps_at):
             n = int(target) - k
             for _ in range(n):
@@ -439,8 +438,6 @@ def _gd_run(theta0: np.ndarray, lr: float, steps_at: np.ndarray, quiet: bool) ->
             if not np.all(np.isfinite(out[i])):
                 out[i:] = np.nan
                 break
-    finally:
-        bar.close()
     return out
 
 
