@@ -156,8 +156,11 @@ def _prepare(model: nn.Module, X: torch.Tensor, y: torch.Tensor, normalisation: 
     C = getattr(module, "num_classes", None)
     if C is not None and int(y.max()) >= C:
         raise ConfigError(f"label {int(y.max())} out of range for a {C}-class model")
+    head_type = next((t for cls, t in _CLOSED_FORMS if isinstance(module, cls)), None)
+    if isinstance(module, QuadraticHead) and module.linear is not None:
+        head_type = None   # (x^T W x + w.x)/2: not the bias-free form below; torch.func is exact
     return _Problem(module, inputs, y, params, {n: b.detach() for n, b in module.named_buffers()}, spec.kind,
-                    int(spec.degree), next((t for cls, t in _CLOSED_FORMS if isinstance(module, cls)), None))
+                    int(spec.degree), head_type)
 
 
 def select_subset(n: int, subset: int | None, seed: int = 0) -> torch.Tensor:
