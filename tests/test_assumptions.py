@@ -227,7 +227,8 @@ def test_chunked_torch_func_path_matches_closed_form():
     X, y = torch.randn(11, 6), torch.randint(0, 4, (11,))
     ref = A.theorem2_report(model, X, y, method="closed")
     P = 4 * 2 * 6
-    for budget in (1, 4 * P * 8 * 2 * 3, 10 ** 8):      # 1 sample per chunk; a few; all at once
+    # 1 sample per chunk and block; blocks of 3 samples (off-diagonal Gram blocks not square); a few chunks; all at once
+    for budget in (1, 3 * P * 8 // 4, 4 * P * 8 * 2 * 3, 10 ** 8):
         rep = A.theorem2_report(model, X, y, method="func", memory_budget=budget)
         for k in ("sigma_max", "rho", "B", "velocity", "lower_bound", "cv", "eps"):
             assert math.isclose(getattr(rep, k), getattr(ref, k), rel_tol=1e-9), k
