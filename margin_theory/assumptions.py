@@ -221,10 +221,7 @@ def _h_rows(prob: _Problem, j: torch.Tensor, budget: int, rows: slice | None = N
     """``(H, fnorm)`` of the samples in ``rows`` (all by default): ``H[n] = h_n`` and
     ``fnorm[n, i] = ||grad f_i(x_n)||`` by ``vmap(jacrev)``, in chunks of samples whose
     Jacobian (n x C x P, plus temporaries) stays within ``budget`` bytes."""
-    def f_single(p, u):
-        return functional_call(prob.module, {**prob.buffers, **p}, (u.unsqueeze(0),))[0]
-
-    jac = vmap(jacrev(f_single), in_dims=(None, 0))
+    jac = vmap(jacrev(lambda p, u: prob.logits(p, u.unsqueeze(0))[0]), in_dims=(None, 0))
     rows = slice(0, prob.inputs.shape[0]) if rows is None else rows
     with torch.no_grad():
         C = prob.logits(inputs=prob.inputs[:1]).shape[1]
