@@ -68,8 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, jacrev, vmap
 
-from ._util import ArgumentParser, ConfigError, cli_entry, print_json
-from ._util import positive_int as _positive_int
+from ._util import ArgumentParser, ConfigError, cli_entry, positive_int, print_json, to_jsonable
 from .margins import (NotHomogeneousError, get_normalisation, margin_values, norm_power, runner_up,
                       separation_gaps)
 from .models import LinearHead, LowRankHead, QuadraticHead, ReLU2Head
@@ -84,6 +83,12 @@ __all__ = [
 #: memory budget (bytes) for the per-sample Jacobian chunks of the torch.func path
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 METHODS = ("auto", "closed", "func", "loop")
+#: the heads with closed-form per-sample gradients, and which form
+_CLOSED_FORMS = ((LowRankHead, "lowrank"), (QuadraticHead, "quadratic"), ((LinearHead, ReLU2Head), "linear"))
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
 
 
 # ---------------------------------------------------------------------------
@@ -91,16 +96,13 @@ METHODS = ("auto", "closed", "func", "loop")
 # ---------------------------------------------------------------------------
 @dataclass
 class _Problem:
-    """``f(theta; u) = functional_call(module, theta, u)`` on inputs ``u`` (N, ...).
-
-    ``u`` is X itself (full normalisation with parametrised features) or the fixed
-    features phi (head normalisation, or a model whose features have no parameters).
-    """
+    """``f(theta; u) = functional_call(module, theta, u)`` on inputs ``u`` (N, ...): X itself (full
+    normalisation with parametrised features) or the fixed features phi (head normalisation, or a
+    model whose features have no parameters)."""
 
     module: nn.Module
     inputs: torch.Tensor
     y: torch.Tensor
-    names: list[str]
     params: dict[str, torch.Tensor]
     buffers: dict[str, torch.Tensor]
     kind: str          # "full" | "head"
@@ -108,34 +110,28 @@ class _Problem:
     head_type: str | None  # closed form available: "linear" | "quadratic" | "lowrank" | None
 
     @property
+    def names(self) -> list[str]:
+        return list(self.params)
+
+    @property
     def P(self) -> int:
-        return sum(self.params[n].numel() for n in self.names)
+        return sum(p.numel() for p in self.params.values())
 
     def theta_flat(self) -> torch.Tensor:
-        return torch.cat([self.params[n].reshape(-1) for n in self.names])
+        return _flat(self.params.values())
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, i = {}, 0
-        for n in self.names:
-            k = self.params[n].numel()
-            out[n] = flat[i:i + k].view_as(self.params[n])
-            i += k
-        return out
+        parts = flat.split([p.numel() for p in self.params.values()])
+        return {n: t.view_as(p) for (n, p), t in zip(self.params.items(), parts)}
 
     def logits(self, params: dict[str, torch.Tensor] | None = None, inputs: torch.Tensor | None = None):
         p = self.params if params is None else params
-        u = self.inputs if inputs is None else inputs
-        return functional_call(self.module, {**self.buffers, **p}, (u,))
+        return functional_call(self.module, {**self.buffers, **p}, (self.inputs if inputs is None else inputs,))
 
-
-def _closed_form_type(module: nn.Module) -> str | None:
-    if isinstance(module, LowRankHead):
-        return "lowrank"
-    if isinstance(module, QuadraticHead):
-        return "quadratic"
-    if isinstance(module, (LinearHead, ReLU2Head)):
-        return "linear"
-    return None
+    def runner_ups(self) -> torch.Tensor:
+        """:math:`j_n` at the current theta."""
+        with torch.no_grad():
+            return runner_up(self.logits(), self.y)
 
 
 def _prepare(model: nn.Module, X: torch.Tensor, y: torch.Tensor, normalisation: str,
@@ -145,31 +141,26 @@ def _prepare(model: nn.Module, X: torch.Tensor, y: torch.Tensor, normalisation: 
     if X.shape[0] == 0:
         raise ConfigError("cannot evaluate the Theorem 2 monitors on an empty data set")
     spec = get_normalisation(model, normalisation, degree)  # raises NotHomogeneousError for 'full'
-    m = copy.deepcopy(model).to(device="cpu", dtype=dtype).eval()
-    for p in m.parameters():
-        p.requires_grad_(False)
-    X = X.detach().to(device="cpu", dtype=dtype)
-    y = y.detach().to(device="cpu", dtype=torch.long)
+    m = copy.deepcopy(model).to(device="cpu", dtype=dtype).eval().requires_grad_(False)
+    X, y = X.detach().to(device="cpu", dtype=dtype), y.detach().to(device="cpu", dtype=torch.long)
     if y.min() < 0:
         raise ConfigError("labels must be non-negative class indices")
-    has_head = hasattr(m, "head") and hasattr(m, "features")
-    feature_free = has_head and not any(True for _ in m.features.parameters())
-    if has_head and (spec.kind == "head" or feature_free):
+    module, inputs = m, X
+    if hasattr(m, "head") and hasattr(m, "features") and (
+            spec.kind == "head" or not any(True for _ in m.features.parameters())):
         with torch.no_grad():
-            phi = m.features(X).flatten(1)
-        module, inputs = m.head, phi
-    else:
-        module, inputs = m, X
-    names = [n for n, _ in module.named_parameters()]
-    if sum(p.numel() for p in spec.params) != sum(p.numel() for _, p in module.named_parameters()):
-        raise ConfigError("internal: normalisation parameters do not match the module's")  # pragma: no cover
+            module, inputs = m.head, m.features(X).flatten(1)
     params = {n: p.detach() for n, p in module.named_parameters()}
-    buffers = {n: b.detach() for n, b in module.named_buffers()}
+    if sum(p.numel() for p in spec.params) != sum(p.numel() for p in params.values()):
+        raise ConfigError("internal: normalisation parameters do not match the module's")  # pragma: no cover
     C = getattr(module, "num_classes", None)
     if C is not None and int(y.max()) >= C:
         raise ConfigError(f"label {int(y.max())} out of range for a {C}-class model")
-    return _Problem(module, inputs, y, names, params, buffers, spec.kind, int(spec.degree),
-                    _closed_form_type(module))
+    head_type = next((t for cls, t in _CLOSED_FORMS if isinstance(module, cls)), None)
+    if isinstance(module, QuadraticHead) and module.linear is not None:
+        head_type = None   # (x^T W x + w.x)/2: not the bias-free form below; torch.func is exact
+    return _Problem(module, inputs, y, params, {n: b.detach() for n, b in module.named_buffers()}, spec.kind,
+                    int(spec.degree), head_type)
 
 
 def select_subset(n: int, subset: int | None, seed: int = 0) -> torch.Tensor:
@@ -179,8 +170,7 @@ def select_subset(n: int, subset: int | None, seed: int = 0) -> torch.Tensor:
         return torch.arange(n)
     if subset < 1:
         raise ConfigError(f"subset must be >= 1, got {subset}")
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.randperm(n, generator=g)[:subset].sort().values
+    return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:subset].sort().values
 
 
 # ---------------------------------------------------------------------------
@@ -200,122 +190,71 @@ class GradStats:
     method: str
 
 
-def _signs(y: torch.Tensor, j: torch.Tensor, C: int, dtype) -> torch.Tensor:
-    """E[n] = e_{y_n} - e_{j_n}, so that h_n = sum_i E[n, i] grad f_i(x_n)."""
-    return F.one_hot(y, C).to(dtype) - F.one_hot(j, C).to(dtype)
-
-
 def _closed_form_stats(prob: _Problem, j: torch.Tensor) -> GradStats:
-    phi, y = prob.inputs, prob.y
-    m = prob.module
-    t = prob.head_type
-    if t == "linear":
-        lin = m.linear if isinstance(m, ReLU2Head) else m
-        W, b = prob.params[_pname(prob, lin, "weight")], None
-        if lin.bias is not None:
-            b = prob.params[_pname(prob, lin, "bias")]
-            phi = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
-            W = torch.cat([W, b.view(-1, 1)], dim=1)
-        C = W.shape[0]
-        E = _signs(y, j, C, phi.dtype)
-        K = phi @ phi.T
-        gram = K * (E @ E.T)
-        h_theta = (E * (phi @ W.T)).sum(1)
-        fnorm = phi.norm(dim=1, keepdim=True).expand(-1, C).clone()
-    elif t == "quadratic":
-        W = prob.params[_pname(prob, m, "weight")]
-        C = W.shape[0]
-        E = _signs(y, j, C, phi.dtype)
-        K = phi @ phi.T
-        gram = K.square() * (E @ E.T)
-        f = torch.einsum("nd,cde,ne->nc", phi, W, phi)
-        h_theta = (E * f).sum(1)
-        fnorm = phi.square().sum(1, keepdim=True).expand(-1, C).clone()
-    elif t == "lowrank":
-        A = prob.params[_pname(prob, m, "weight")]                # (C, r, d)
-        C = A.shape[0]
-        E = _signs(y, j, C, phi.dtype)
-        Z = torch.einsum("crd,nd->ncr", A, phi)                  # a_ik . phi_n
-        U = (E.unsqueeze(-1) * Z).reshape(phi.shape[0], -1)      # (N, C r)
-        K = phi @ phi.T
-        gram = 4.0 * K * (U @ U.T)
-        h_theta = 2.0 * (E * Z.square().sum(-1)).sum(1)
-        fnorm = 2.0 * Z.norm(dim=-1) * phi.norm(dim=1, keepdim=True)
-    else:
+    """The closed forms of the module docstring on the features phi, with ``E[n] = e_{y_n} - e_{j_n}``
+    so that ``h_n = sum_i E[n, i] grad f_i(x_n)``; a bias is the weight of a constant feature 1."""
+    m, t, phi = prob.module, prob.head_type, prob.inputs
+    if t is None:
         raise ConfigError(f"no closed form for {type(m).__name__}; use method='func'")
-    return GradStats(gram, h_theta, fnorm, "closed")
+    pre = "linear." if isinstance(m, ReLU2Head) else ""
+    W, bias = prob.params[pre + "weight"], prob.params.get(pre + "bias")
+    if t == "linear" and bias is not None:
+        phi = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
+        W = torch.cat([W, bias.view(-1, 1)], dim=1)
+    C = W.shape[0]
+    E = F.one_hot(prob.y, C).to(phi.dtype) - F.one_hot(j, C).to(phi.dtype)
+    K = phi @ phi.T
+    if t == "linear":
+        return GradStats(K * (E @ E.T), (E * (phi @ W.T)).sum(1), phi.norm(dim=1, keepdim=True).repeat(1, C),
+                         "closed")
+    if t == "quadratic":
+        f = torch.einsum("nd,cde,ne->nc", phi, W, phi)
+        return GradStats(K.square() * (E @ E.T), (E * f).sum(1), phi.square().sum(1, keepdim=True).repeat(1, C),
+                         "closed")
+    Z = torch.einsum("crd,nd->ncr", W, phi)                  # a_ik . phi_n, W = A of shape (C, r, d)
+    U = (E.unsqueeze(-1) * Z).reshape(phi.shape[0], -1)      # (N, C r)
+    return GradStats(4.0 * K * (U @ U.T), 2.0 * (E * Z.square().sum(-1)).sum(1),
+                     2.0 * Z.norm(dim=-1) * phi.norm(dim=1, keepdim=True), "closed")
 
 
-def _pname(prob: _Problem, owner: nn.Module, attr: str) -> str:
-    target = getattr(owner, attr)
-    for n, p in prob.module.named_parameters():
-        if p is target:
-            return n
-    raise ConfigError(f"parameter {attr} not found")  # pragma: no cover
-
-
-def _jacobian_chunks(prob: _Problem, j: torch.Tensor, budget: int, rows: slice | None = None):
-    """Yield (slice, H_chunk (n, P), fnorm_chunk (n, C)) from ``vmap(jacrev)`` over the
-    samples in ``rows`` (all by default), chunked so that one chunk's Jacobian
-    (n x C x P, plus temporaries) stays within ``budget`` bytes."""
-    names = prob.names
-
-    def f_single(p, u):
-        return functional_call(prob.module, {**prob.buffers, **p}, (u.unsqueeze(0),))[0]
-
-    jac = vmap(jacrev(f_single), in_dims=(None, 0))
-    N = prob.inputs.shape[0]
-    rows = slice(0, N) if rows is None else rows
+def _h_rows(prob: _Problem, j: torch.Tensor, budget: int, rows: slice | None = None):
+    """``(H, fnorm)`` of the samples in ``rows`` (all by default): ``H[n] = h_n`` and
+    ``fnorm[n, i] = ||grad f_i(x_n)||`` by ``vmap(jacrev)``, in chunks of samples whose
+    Jacobian (n x C x P, plus temporaries) stays within ``budget`` bytes."""
+    jac = vmap(jacrev(lambda p, u: prob.logits(p, u.unsqueeze(0))[0]), in_dims=(None, 0))
+    rows = slice(0, prob.inputs.shape[0]) if rows is None else rows
     with torch.no_grad():
         C = prob.logits(inputs=prob.inputs[:1]).shape[1]
-    per_sample = C * prob.P * prob.inputs.element_size() * 2  # Jacobian + temporaries
-    chunk = max(1, budget // max(per_sample, 1))
-    params = {n: prob.params[n] for n in names}
+    chunk = max(1, budget // max(C * prob.P * prob.inputs.element_size() * 2, 1))  # Jacobian + temporaries
+    Hs, fnorms = [], []
     for s in range(rows.start, rows.stop, chunk):
         sl = slice(s, min(rows.stop, s + chunk))
-        J = jac(params, prob.inputs[sl])                      # name -> (n, C, *shape)
+        J = jac(prob.params, prob.inputs[sl])                      # name -> (n, C, *shape)
         n = sl.stop - sl.start
-        ar = torch.arange(n)
-        ys, js = prob.y[sl], j[sl]
-        H = torch.cat([(J[k][ar, ys] - J[k][ar, js]).reshape(n, -1) for k in names], dim=1)
-        sq = sum(torch.linalg.vector_norm(J[k].reshape(n, C, -1), dim=-1).square() for k in names)
+        ar, ys, js = torch.arange(n), prob.y[sl], j[sl]
+        Hs.append(torch.cat([(J[k][ar, ys] - J[k][ar, js]).reshape(n, -1) for k in prob.names], dim=1))
+        fnorms.append(sum(torch.linalg.vector_norm(J[k].reshape(n, C, -1), dim=-1).square() for k in prob.names).sqrt())
         del J
-        yield sl, H, sq.sqrt()
-
-
-def _h_block(prob: _Problem, j: torch.Tensor, budget: int, rows: slice):
-    Hs, fns = [], []
-    for _, H, fn in _jacobian_chunks(prob, j, budget, rows):
-        Hs.append(H)
-        fns.append(fn)
-    return torch.cat(Hs), torch.cat(fns)
+    return torch.cat(Hs), torch.cat(fnorms)
 
 
 def _func_stats(prob: _Problem, j: torch.Tensor, budget: int = DEFAULT_MEMORY_BUDGET) -> GradStats:
     """torch.func path. H = [h_1 .. h_N]^T (N x P) is held in blocks of at most
     ``4 * budget`` bytes; if it does not fit in one block the Gram matrix is accumulated
     block pair by block pair (later blocks recomputed: bounded memory, more time)."""
-    N, P = prob.inputs.shape[0], prob.P
-    theta = prob.theta_flat()
-    itemsize = prob.inputs.element_size()
-    per_block = max(1, (4 * budget) // max(P * itemsize, 1))
+    N, theta = prob.inputs.shape[0], prob.theta_flat()
+    per_block = max(1, (4 * budget) // max(prob.P * prob.inputs.element_size(), 1))
     blocks = [slice(s, min(N, s + per_block)) for s in range(0, N, per_block)]
-    if len(blocks) == 1:
-        H, fnorm = _h_block(prob, j, budget, blocks[0])
-        return GradStats(H @ H.T, H @ theta, fnorm, "func")
     gram = torch.empty(N, N, dtype=prob.inputs.dtype)
     h_theta = torch.empty(N, dtype=prob.inputs.dtype)
     fnorms = []
     for a, sa in enumerate(blocks):
-        Ha, fn = _h_block(prob, j, budget, sa)
+        Ha, fn = _h_rows(prob, j, budget, sa)
         fnorms.append(fn)
-        h_theta[sa] = Ha @ theta
-        gram[sa, sa] = Ha @ Ha.T
+        h_theta[sa], gram[sa, sa] = Ha @ theta, Ha @ Ha.T
         for sb in blocks[a + 1:]:
-            Hb, _ = _h_block(prob, j, budget, sb)
-            blk = Ha @ Hb.T
-            gram[sa, sb] = blk
-            gram[sb, sa] = blk.T
+            blk = Ha @ _h_rows(prob, j, budget, sb)[0].T
+            gram[sa, sb], gram[sb, sa] = blk, blk.T
     return GradStats(gram, h_theta, torch.cat(fnorms), "func")
 
 
@@ -330,23 +269,16 @@ def per_sample_grads_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
     normalisation (SPEC §2). The monitors never use this; see :func:`gradient_statistics`.
     """
     prob = _prepare(model, X, y, normalisation, dtype, degree)
-    return _loop_grads(prob)
+    return _loop_grads(prob, prob.runner_ups())
 
 
-def _loop_grads(prob: _Problem):
-    params = {n: prob.params[n].clone().requires_grad_(True) for n in prob.names}
-    plist = [params[n] for n in prob.names]
-    with torch.no_grad():
-        j = runner_up(prob.logits(), prob.y)
-    N = prob.inputs.shape[0]
+def _loop_grads(prob: _Problem, j: torch.Tensor):
+    params = {n: p.clone().requires_grad_(True) for n, p in prob.params.items()}
     rows, norms = [], []
-    for n in range(N):
+    for n in range(prob.inputs.shape[0]):
         out = prob.logits(params, prob.inputs[n:n + 1])[0]
-        C = out.shape[0]
-        gs = []
-        for i in range(C):
-            g = torch.autograd.grad(out[i], plist, retain_graph=i < C - 1)
-            gs.append(torch.cat([t.reshape(-1) for t in g]))
+        gs = [_flat(torch.autograd.grad(out[i], list(params.values()), retain_graph=i < len(out) - 1))
+              for i in range(len(out))]
         rows.append(gs[int(prob.y[n])] - gs[int(j[n])])
         norms.append(torch.stack([g.norm() for g in gs]))
     return torch.stack(rows), torch.stack(norms)
@@ -358,9 +290,7 @@ def per_sample_grads(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
     """``(H, fnorm)`` as :func:`per_sample_grads_loop`, but with ``torch.func``
     (``vmap(jacrev)``) in one vectorised pass. Holds the N x P matrix H: for small models."""
     prob = _prepare(model, X, y, normalisation, dtype, degree)
-    with torch.no_grad():
-        j = runner_up(prob.logits(), prob.y)
-    return _h_block(prob, j, DEFAULT_MEMORY_BUDGET, slice(0, prob.inputs.shape[0]))
+    return _h_rows(prob, prob.runner_ups(), DEFAULT_MEMORY_BUDGET)
 
 
 def _stats(prob: _Problem, j: torch.Tensor, method: str, budget: int) -> GradStats:
@@ -368,12 +298,10 @@ def _stats(prob: _Problem, j: torch.Tensor, method: str, budget: int) -> GradSta
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "auto":
         method = "closed" if prob.head_type is not None else "func"
-    if method == "closed":
-        return _closed_form_stats(prob, j)
-    if method == "func":
-        return _func_stats(prob, j, budget)
-    H, fnorm = _loop_grads(prob)
-    return GradStats(H @ H.T, H @ prob.theta_flat(), fnorm, "loop")
+    if method == "loop":
+        H, fnorm = _loop_grads(prob, j)
+        return GradStats(H @ H.T, H @ prob.theta_flat(), fnorm, "loop")
+    return _closed_form_stats(prob, j) if method == "closed" else _func_stats(prob, j, budget)
 
 
 def gradient_statistics(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
@@ -386,9 +314,7 @@ def gradient_statistics(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
     ``"loop"`` (slow reference), ``"auto"`` (closed when available).
     """
     prob = _prepare(model, X, y, normalisation, dtype, degree)
-    with torch.no_grad():
-        j = runner_up(prob.logits(), prob.y)
-    return _stats(prob, j, method, memory_budget)
+    return _stats(prob, prob.runner_ups(), method, memory_budget)
 
 
 # ---------------------------------------------------------------------------
@@ -397,8 +323,8 @@ def gradient_statistics(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
 def _flow_vectors(prob: _Problem, j: torch.Tensor):
     r"""``(v, s)``: :math:`v = \dot\theta = -\nabla \frac1N\sum_n \mathrm{CE}_n` and
     :math:`s = \sum_n h_n = \nabla\sum_n q_n` (runner-ups fixed), flat P-vectors."""
-    params = {n: prob.params[n].clone().requires_grad_(True) for n in prob.names}
-    plist = [params[n] for n in prob.names]
+    params = {n: p.clone().requires_grad_(True) for n, p in prob.params.items()}
+    plist = list(params.values())
     with torch.enable_grad():
         logits = prob.logits(params)
         loss = F.cross_entropy(logits, prob.y)
@@ -406,9 +332,7 @@ def _flow_vectors(prob: _Problem, j: torch.Tensor):
         qsum = (logits[ar, prob.y] - logits[ar, j]).sum()
         gl = torch.autograd.grad(loss, plist, retain_graph=True)
         gq = torch.autograd.grad(qsum, plist)
-    v = -torch.cat([g.reshape(-1) for g in gl])
-    s = torch.cat([g.reshape(-1) for g in gq])
-    return v, s
+    return -_flat(gl), _flat(gq)
 
 
 def _velocity(prob: _Problem, j: torch.Tensor, with_scale: bool = False):
@@ -419,8 +343,7 @@ def _velocity(prob: _Problem, j: torch.Tensor, with_scale: bool = False):
     tn2 = float(theta @ theta)
     # <Gamma 1, v> = <P s, v> = <s, v> - <s, theta><theta, v>/||theta||^2
     inner = float(s @ v) - float(s @ theta) * float(theta @ v) / tn2
-    N = prob.inputs.shape[0]
-    denom = N * norm_power(math.sqrt(tn2), prob.degree)
+    denom = prob.inputs.shape[0] * norm_power(math.sqrt(tn2), prob.degree)
     if not with_scale:
         return inner / denom
     g1 = s - (float(s @ theta) / tn2) * theta
@@ -438,9 +361,7 @@ def margin_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
     gradient flow in them alone, features fixed.
     """
     prob = _prepare(model, X, y, normalisation, dtype, degree)
-    with torch.no_grad():
-        j = runner_up(prob.logits(), prob.y)
-    return _velocity(prob, j)
+    return _velocity(prob, prob.runner_ups())
 
 
 def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
@@ -456,8 +377,7 @@ def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tenso
     raises :class:`ConfigError` when ``check_runner_up`` (the default).
     """
     prob = _prepare(model, X, y, normalisation, dtype, degree)
-    with torch.no_grad():
-        j = runner_up(prob.logits(), prob.y)
+    j = prob.runner_ups()
     v, _ = _flow_vectors(prob, j)
     theta = prob.theta_flat()
     if h is None:
@@ -474,8 +394,7 @@ def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tenso
         if check_runner_up and not torch.equal(runner_up(logits, prob.y), j):
             raise ConfigError(f"a runner-up class changes within the finite-difference step h = {h:.3g} "
                               "(near tie: gamma_bar is not differentiable there); use a smaller h")
-        q = margin_values(logits, prob.y)
-        return float(q.mean()) / norm_power(flat.norm(), prob.degree)
+        return float(margin_values(logits, prob.y).mean()) / norm_power(flat.norm(), prob.degree)
 
     return (gbar(theta + h * v) - gbar(theta - h * v)) / (2.0 * h)
 
@@ -522,8 +441,6 @@ class Theorem2Report:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        from ._util import to_jsonable
-
         return to_jsonable({f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
 
     def verdict(self) -> str:
@@ -532,42 +449,34 @@ class Theorem2Report:
         return "grows" if self.theorem_applies else "no-claim"
 
 
-def _note(r: dict, kind: str, n_total: int) -> str:
-    parts = []
-    if r["theorem_applies"]:
-        parts.append(f"A1-A3 hold on the subset: Theorem 2 proves d gamma_bar/dt >= {r['lower_bound']:.3g} > 0 "
-                     f"(exact Lemma-2 velocity {r['velocity']:.3g}).")
+def _note(r: Theorem2Report, n_total: int) -> str:
+    if r.theorem_applies:
+        parts = [f"A1-A3 hold on the subset: Theorem 2 proves d gamma_bar/dt >= {r.lower_bound:.3g} > 0 "
+                 f"(exact Lemma-2 velocity {r.velocity:.3g})."]
     else:
-        failed = [a for a in ("A1", "A2", "A3") if not r[a]]
-        why = []
-        if not r["A1"]:
-            why.append(f"runner-up not strictly separated, delta = {r['delta_min']:.3g}")
-        if not r["A2"]:
-            why.append("B is not finite")
-        if not r["A3"]:
-            why.append(f"rho = {r['rho']:.3g} <= cv + eps = {r['cv']:.3g} + {r['eps']:.3g}")
-        grow = ("the margin still grows here" if r["velocity"] > 0
-                else "and here it does not grow")
-        parts.append(f"{' and '.join(failed)} fail{'s' if len(failed) == 1 else ''} ({'; '.join(why)}): "
-                     f"the theorem says nothing here - its conditions are sufficient, not necessary - "
-                     f"the margin may still grow (exact Lemma-2 velocity {r['velocity']:.3g}: {grow}).")
-    if kind == "head":
+        fails = [(a, why) for a, ok, why in (
+            ("A1", r.A1, f"runner-up not strictly separated, delta = {r.delta_min:.3g}"),
+            ("A2", r.A2, "B is not finite"),
+            ("A3", r.A3, f"rho = {r.rho:.3g} <= cv + eps = {r.cv:.3g} + {r.eps:.3g}")) if not ok]
+        grow = "the margin still grows here" if r.velocity > 0 else "and here it does not grow"
+        parts = [f"{' and '.join(a for a, _ in fails)} fail{'s' if len(fails) == 1 else ''} "
+                 f"({'; '.join(why for _, why in fails)}): the theorem says nothing here - its conditions are "
+                 f"sufficient, not necessary - the margin may still grow (exact Lemma-2 velocity "
+                 f"{r.velocity:.3g}: {grow})."]
+    if r.normalisation == "head":
         parts.append("Normalised by the head's parameters only (features fixed, treated as inputs): the "
                      "velocity is that of the gradient flow in the head's parameters alone; Lemma 2 does "
                      "not give the full velocity of the model's flow in all its parameters (moving features "
                      "add terms it does not contain).")
-    parts.append(f"Evaluated on a seeded subset of {r['n_subset']} of {n_total} points (seed "
-                 f"{r['subset_seed']}) for the gradient flow of its mean cross-entropy.")
+    parts.append(f"Evaluated on a seeded subset of {r.n_subset} of {n_total} points (seed "
+                 f"{r.subset_seed}) for the gradient flow of its mean cross-entropy.")
     return " ".join(parts)
 
 
 def _gram_eigenvalues(G: torch.Tensor) -> torch.Tensor:
-    """Ascending eigenvalues of the symmetric N x N matrix G (``torch.linalg.eigvalsh``).
-
-    Run on ONE intra-op thread (restored afterwards): N <= a few thousand is cheap
-    (512 x 512: ~0.03 s), while multi-threaded LAPACK on a busy 2-core machine was measured
-    at 3-7 s for the same matrix (threads spin-waiting on each other). LAPACK
-    non-convergence on a finite PSD matrix falls back to singular values, which agree."""
+    """Ascending eigenvalues of the symmetric N x N matrix G (``torch.linalg.eigvalsh``), on ONE
+    intra-op thread (multi-threaded LAPACK on a busy 2-core machine took 3-7 s for a 512 x 512
+    matrix, one thread ~0.03 s). LAPACK non-convergence falls back to singular values (G is PSD)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -582,21 +491,16 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
                     seed: int = 0, normalisation: str = "auto", dtype: torch.dtype = torch.float64,
                     method: str = "auto", degree: int | None = None,
                     memory_budget: int = DEFAULT_MEMORY_BUDGET, check_degree: bool = True) -> Theorem2Report:
-    r"""Evaluate Lemma 2 and Theorem 2's quantities and assumptions (SPEC §5).
+    r"""Evaluate Lemma 2 and Theorem 2's quantities and assumptions (SPEC §5) on the seeded subset S
+    of ``subset`` points of the training set (X, y) (:func:`select_subset`), in ``dtype`` on a CPU
+    copy of ``model`` (a :class:`~margin_theory.models.Classifier` or any module with ``degree``).
 
-    Args:
-        model: a :class:`~margin_theory.models.Classifier` (or any module with ``degree``).
-        X, y: the training set; the monitors use the seeded subset S of ``subset`` points
-            (:func:`select_subset`, all points if fewer).
-        normalisation: ``"auto"`` (full if homogeneous, else head), ``"full"`` (raises
-            :class:`NotHomogeneousError` on a non-homogeneous model) or ``"head"``.
-        dtype: computation dtype (float64 by default, on a CPU copy of the model).
-        method: per-sample gradients by ``"closed"`` form, ``"func"`` (torch.func),
-            ``"loop"`` (slow reference) or ``"auto"``.
-        degree: L for a module that declares none (normalised by all its parameters). With
-            ``check_degree`` (default) the numeric homogeneity checker verifies it on a few
-            points of S first and :class:`NotHomogeneousError` refuses a degree it contradicts
-            (:func:`margin_theory.foreign.check_model` derives L itself).
+    ``normalisation``: ``"auto"`` (full if homogeneous, else head), ``"full"`` (raises
+    :class:`NotHomogeneousError` on a non-homogeneous model) or ``"head"``; ``method``: per-sample
+    gradients as in :func:`gradient_statistics`. ``degree``: L for a module that declares none
+    (normalised by all its parameters); with ``check_degree`` the numeric homogeneity checker first
+    verifies it on a few points of S and :class:`NotHomogeneousError` refuses a degree it contradicts
+    (:func:`margin_theory.foreign.check_model` derives L itself).
 
     Returns a :class:`Theorem2Report`; ``lower_bound`` is
     :math:`\bar w\rho\sigma_{\max}^2(\rho - cv - \varepsilon)/(N\|\theta\|^L)`, which never exceeds
@@ -612,29 +516,20 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
 
         verify_degree(model, X[idx[:8].to(X.device)], degree)
     prob = _prepare(model, X[idx.to(X.device)], y[idx.to(y.device)], normalisation, dtype, degree)
-    N, P = prob.inputs.shape[0], prob.P
+    N, P, theta = prob.inputs.shape[0], prob.P, prob.theta_flat()
     with torch.no_grad():
         logits = prob.logits()
-    if not bool(torch.isfinite(logits).all()) or not bool(torch.isfinite(prob.theta_flat()).all()):
+    if not bool(torch.isfinite(logits).all()) or not bool(torch.isfinite(theta).all()):
         raise ConfigError("the model's parameters or outputs are not finite (diverged training?); "
                           "the Theorem 2 monitors need a finite model")
-    C = logits.shape[1]
-    yy = prob.y
-    j = runner_up(logits, yy)
-    ar = torch.arange(N)
-    q = margin_values(logits, yy)
-    theta = prob.theta_flat()
+    C, j = logits.shape[1], runner_up(logits, prob.y)
     tnorm = float(theta.norm())
     normL = norm_power(tnorm, prob.degree)
-    gamma = q / normL
-
-    delta = separation_gaps(logits, yy)
-    delta_min = float(delta.min())
-    probs = torch.softmax(logits, dim=1)
-    w = probs[ar, j]
+    gamma = margin_values(logits, prob.y) / normL
+    delta_min = float(separation_gaps(logits, prob.y).min())
+    w = torch.softmax(logits, dim=1)[torch.arange(N), j]
     w_bar = float(w.mean())
     cv = float((w - w_bar).norm()) / (math.sqrt(N) * w_bar) if w_bar > 0 else math.inf
-
     st = _stats(prob, j, method, memory_budget)
     B = float(st.fnorm.max())
     # Gamma^T Gamma = H H^T - (H theta)(H theta)^T / ||theta||^2   (P = I - theta theta^T/||theta||^2)
@@ -657,29 +552,24 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
         eps = 2.0 * (C - 2) * decay * B * math.sqrt(N) / sigma_max
     else:  # Gamma = 0: every g_n vanishes, the velocity is exactly 0
         rho, eps = math.nan, math.inf
-
     velocity, vscale = _velocity(prob, j, with_scale=True)
     if sigma_max > 0 and math.isfinite(eps):
         lower = w_bar * rho * sigma_max ** 2 * (rho - cv - eps) / (N * normL)
-    elif sigma_max == 0:
-        lower = 0.0
     else:
-        lower = -math.inf
-    A1 = bool(delta_min > 0)
-    A2 = bool(math.isfinite(B))
-    A3 = bool(sigma_max > 0 and rho > cv + eps)
-    r = dict(n_subset=N, subset_seed=int(seed), delta_min=delta_min, rho=rho, cv=cv, eps=eps, A1=A1, A2=A2,
-             A3=A3, velocity=velocity, lower_bound=lower, theorem_applies=A1 and A2 and A3)
-    note = _note(r, prob.kind, n_total)
-    return Theorem2Report(
+        lower = 0.0 if sigma_max == 0 else -math.inf
+    A1, A2, A3 = bool(delta_min > 0), bool(math.isfinite(B)), bool(sigma_max > 0 and rho > cv + eps)
+    rep = Theorem2Report(
         n_subset=N, subset_seed=int(seed), N=N, P=P, C=C, gamma_bar=float(gamma.mean()),
         gamma_min=float(gamma.min()), theta_norm=tnorm, delta_min=delta_min, B=B,
         sigma_max=sigma_max, sigma_min=sigma_min, rank=rank, rho=rho, kappa=kappa, cv=cv,
         w_bar=w_bar, eps=eps, A1=A1, A2=A2, A3=A3, velocity=velocity, lower_bound=lower,
         theorem_applies=A1 and A2 and A3, normalisation=prob.kind, degree=prob.degree,
-        method=st.method, note=note, seconds=time.perf_counter() - t0,
+        method=st.method, note="",
         extra={"indices": idx, "norm_Gamma1": g1, "eigenvalues": evals, "velocity_scale": vscale},
     )
+    rep.note = _note(rep, n_total)
+    rep.seconds = time.perf_counter() - t0
+    return rep
 
 
 # ---------------------------------------------------------------------------
@@ -691,14 +581,11 @@ def _bench_data(n: int, data: str, seed: int):
             from .data import load_dataset
 
             ds = load_dataset("mnist-5k", seed=seed)
-            X, y = ds.X_train, ds.y_train
-            return X[:n].reshape(-1, 1, 28, 28).to(torch.float32), y[:n].long(), "mnist-5k"
+            return ds.X_train[:n].reshape(-1, 1, 28, 28).to(torch.float32), ds.y_train[:n].long(), "mnist-5k"
         except Exception as exc:  # data module missing or different: fall back, say so
             print(f"(mnist-5k unavailable: {exc}; using random data)")
     g = torch.Generator().manual_seed(seed)
-    X = torch.rand(n, 1, 28, 28, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    return X, y, "random"
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g), "random"
 
 
 def bench_monitors(n: int = 512, rank: int = 8, *, data: str = "random", seed: int = 0,
@@ -706,18 +593,18 @@ def bench_monitors(n: int = 512, rank: int = 8, *, data: str = "random", seed: i
     """Time the Theorem 2 monitors on MNIST shapes (lowrank rank ``rank``, d = 784, C = 10,
     ``n`` samples) by closed form, torch.func, and the slow loop of per-sample backward
     passes, all in one run; returns times, ratios and the agreement of the three."""
-    torch.manual_seed(seed)
     from .models import build_model
 
+    torch.manual_seed(seed)
     X, y, src = _bench_data(n, data, seed)
     model = build_model("lowrank", (1, 28, 28), 10, rank=rank)
     out: dict[str, Any] = {"n": int(X.shape[0]), "rank": rank, "d": 784, "C": 10, "data": src,
                            "P": sum(p.numel() for p in model.parameters()),
                            "torch_threads": torch.get_num_threads()}
-    reports = {}
     methods = ("closed", "func") + (("loop",) if loop else ())
     for method in methods:   # warm-up (lazy initialisation of torch / functorch), not timed
         theorem2_report(model, X[:4], y[:4], subset=4, method=method)
+    reports = {}
     for method in methods:
         t = time.perf_counter()
         reports[method] = theorem2_report(model, X, y, subset=n, method=method)
@@ -739,24 +626,21 @@ def build_parser() -> ArgumentParser:
                        description="Theorem 2 monitors (SPEC §5). --bench times them on MNIST shapes "
                                    "against a Python loop of per-sample backward passes.")
     p.add_argument("--bench", action="store_true", help="run the monitor benchmark")
-    p.add_argument("--n", type=_positive_int, default=512, help="samples (default 512)")
-    p.add_argument("--rank", type=_positive_int, default=8, help="lowrank rank (default 8)")
+    p.add_argument("--n", type=positive_int, default=512, help="samples (default 512)")
+    p.add_argument("--rank", type=positive_int, default=8, help="lowrank rank (default 8)")
     p.add_argument("--data", choices=("random", "mnist-5k"), default="random")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-loop", action="store_true", help="skip the slow loop reference")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch intra-op threads for the benchmark (default: torch's default)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     return p
 
 
-
-
 @cli_entry("python -m margin_theory.assumptions")
 def main(argv=None) -> int:
     """Benchmark the Theorem 2 monitors (``--bench``)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if not args.bench:
         raise ConfigError("nothing to do: pass --bench (checkpoints are checked by python -m margin_theory.check)")
     if args.threads is not None:

@@ -28,57 +28,32 @@ decision boundary ``{(u.x)^2 = (v.x)^2}`` tends to the axes, and
 Without that hypothesis ``gamma_bar`` still rises (to 1 if one of ``a(0), e(0)`` is
 nonzero) but a class is never classified correctly and the loss stays ``>= log(2)/2``.
 
-The solver (:func:`solve_xor_flow`) integrates the 4-dimensional flow in ``theta``
-itself with :func:`scipy.integrate.solve_ivp`, in log-time ``s = log(1 + t)``; the
-checks on it are the invariants, the reduced ODE solved independently, and the exact
-solution by quadrature (:func:`quadrature_solution`, no ODE solver).
-``python -m margin_theory.xor_flow --help`` for the command line.
+:func:`solve_xor_flow` solves the flow (and checks it three ways); ``python -m margin_theory.xor_flow --help``.
 """
 from __future__ import annotations
 
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.integrate import solve_ivp
-from scipy.special import expit
+from scipy.integrate import quad, solve_ivp
+from scipy.optimize import brentq
+from scipy.special import exp1, expit
 
-from margin_theory._util import check_memory, check_output_path, float_in, int_at_least, nonneg_int
-from margin_theory._util import (
-    ArgumentParser,
-    ConfigError,
-    cli_entry,
-    print_json,
-    progress,
-    save_figure,
-    use_agg_backend,
-)
+from margin_theory._util import (ArgumentParser, ConfigError, check_memory, check_output_path, cli_entry, float_in,
+                                 int_at_least, nonneg_int, print_json, progress, save_figure, use_agg_backend)
 
 __all__ = [
-    "XorFlowResult",
-    "solve_xor_flow",
-    "xor_data",
-    "loss_and_grad",
-    "margins",
-    "gamma_bar",
-    "gamma_min",
-    "reduced_coordinates",
-    "quadrature_solution",
-    "theorem1_hypothesis",
-    "plot_result",
-    "theta_from_reduced",
-    "boundary_angle_deg",
-    "random_init",
-    "main",
+    "XorFlowResult", "solve_xor_flow", "xor_data", "loss_and_grad", "margins", "gamma_bar", "gamma_min",
+    "reduced_coordinates", "quadrature_solution", "theorem1_hypothesis", "plot_result", "theta_from_reduced",
+    "boundary_angle_deg", "random_init", "main",
 ]
 
-#: homogeneity degree of the model in theta (SPEC §3); margins are q / ||theta||^L
-L_DEGREE = 2
-#: default horizon of the flow and of gradient descent (gd is a Python loop: 1e6 steps at lr 0.1)
+#: default horizons of the flow and of gradient descent (gd is a Python loop: 1e6 steps at lr 0.1)
 DEFAULT_T_MAX_FLOW = 1e6
 DEFAULT_T_MAX_GD = 1e5
 #: largest horizon accepted (e^s must stay finite in log-time s = log(1+t))
@@ -87,11 +62,9 @@ MAX_T = 1e300
 MAX_GD_STEPS = 100_000_000
 #: rtol below 100 machine epsilons cannot be honoured by solve_ivp
 MIN_RTOL = 100 * np.finfo(float).eps
-#: ||theta(0)|| must lie in [1e-100, 1e100]: q, ||theta||^2 and the gradient stay finite,
-#: normal float64 numbers (1e-300 underflows ||theta||^2 to 0, 1e308 overflows it)
+#: ||theta(0)|| must lie here so that q, ||theta||^2 and the gradient stay normal float64 numbers
 INIT_NORM_RANGE = (1e-100, 1e100)
-#: float64 values kept per recorded time (trajectory, reduced coordinates, margins, loss,
-#: norm, angle, invariants, solver output), with headroom: the --points memory check
+#: float64 values kept per recorded time, with headroom: the --points memory check
 _BYTES_PER_POINT = 400
 METHODS = ("flow", "gd")
 
@@ -104,9 +77,7 @@ def xor_data() -> tuple[np.ndarray, np.ndarray]:
 
     Class 0 = {(1, 1), (-1, -1)}, class 1 = {(1, -1), (-1, 1)}.
     """
-    X = np.array([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])
-    y = np.array([0, 0, 1, 1])
-    return X, y
+    return np.array([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]]), np.array([0, 0, 1, 1])
 
 
 def _as_theta(theta) -> np.ndarray:
@@ -116,29 +87,26 @@ def _as_theta(theta) -> np.ndarray:
     return th
 
 
-def reduced_coordinates(theta) -> np.ndarray:
-    """``(a, b, c, e) = (u1+u2, u1-u2, v1+v2, v1-v2)`` of ``theta = (u1, u2, v1, v2)`` (SPEC §4).
+def _scalar(x):
+    return float(x) if np.ndim(x) == 0 else x
 
-    Works on a single ``theta`` (4,) or a trajectory (n, 4).
-    """
-    th = _as_theta(theta)
-    u1, u2, v1, v2 = np.moveaxis(th, -1, 0)
+
+def reduced_coordinates(theta) -> np.ndarray:
+    """``(a, b, c, e) = (u1+u2, u1-u2, v1+v2, v1-v2)`` of ``theta = (u1, u2, v1, v2)`` (SPEC §4);
+    ``theta`` (4,) or a trajectory (n, 4)."""
+    u1, u2, v1, v2 = np.moveaxis(_as_theta(theta), -1, 0)
     return np.stack([u1 + u2, u1 - u2, v1 + v2, v1 - v2], axis=-1)
 
 
 def theta_from_reduced(r) -> np.ndarray:
-    """Inverse of :func:`reduced_coordinates`: ``u1 = (a+b)/2, u2 = (a-b)/2, v1 = (c+e)/2, v2 = (c-e)/2``."""
-    r = _as_theta(r)
-    a, b, c, e = np.moveaxis(r, -1, 0)
-    return np.stack([(a + b) / 2, (a - b) / 2, (c + e) / 2, (c - e) / 2], axis=-1)
+    """Inverse of :func:`reduced_coordinates` (the same map, halved):
+    ``u1 = (a+b)/2, u2 = (a-b)/2, v1 = (c+e)/2, v2 = (c-e)/2``."""
+    return reduced_coordinates(r) / 2
 
 
 def margins(theta) -> np.ndarray:
-    """Unnormalised margins ``(q0, q1) = (a^2 - c^2, e^2 - b^2)`` (SPEC §2, §4).
-
-    ``q0`` is the margin of both class-0 points, ``q1`` of both class-1 points
-    (``f`` is even in ``x``). Shape (..., 2).
-    """
+    """Unnormalised margins ``(q0, q1) = (a^2 - c^2, e^2 - b^2)`` (SPEC §2, §4), shape (..., 2):
+    ``q0`` of both class-0 points, ``q1`` of both class-1 points (``f`` is even in ``x``)."""
     a, b, c, e = np.moveaxis(reduced_coordinates(theta), -1, 0)
     return np.stack([a * a - c * c, e * e - b * b], axis=-1)
 
@@ -148,29 +116,28 @@ def _sq_norm(theta) -> np.ndarray:
     return np.sum(th * th, axis=-1)
 
 
+def _normalised(theta, reduce):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _scalar(reduce(margins(theta), axis=-1) / _sq_norm(theta))
+
+
 def gamma_bar(theta) -> np.ndarray | float:
     """Average margin ``gamma_bar = mean_n q_n / ||theta||^2
     = (a^2 - c^2 + e^2 - b^2) / (a^2 + b^2 + c^2 + e^2)`` (paper eq. 4, SPEC §2, §4).
 
     Scale invariant, ``<= 1`` with equality iff ``b = c = 0``. NaN at ``theta = 0``.
     """
-    q = margins(theta)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = q.mean(axis=-1) / _sq_norm(theta)
-    return float(out) if np.ndim(out) == 0 else out
+    return _normalised(theta, np.mean)
 
 
 def gamma_min(theta) -> np.ndarray | float:
     """Minimum margin ``gamma_min = min_n q_n / ||theta||^2`` (Lyu & Li 2020; SPEC §2)."""
-    q = margins(theta)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = q.min(axis=-1) / _sq_norm(theta)
-    return float(out) if np.ndim(out) == 0 else out
+    return _normalised(theta, np.min)
 
 
-def _softplus(z):
-    """``log(1 + exp(z))`` without overflow."""
-    return np.logaddexp(0.0, z)
+def _loss(theta) -> np.ndarray:
+    """``(softplus(-q0) + softplus(-q1)) / 2``, softplus by ``logaddexp`` (no overflow)."""
+    return 0.5 * np.logaddexp(0.0, -margins(theta)).sum(axis=-1)
 
 
 def loss_and_grad(theta) -> tuple[float, np.ndarray]:
@@ -185,18 +152,10 @@ def loss_and_grad(theta) -> tuple[float, np.ndarray]:
     th = _as_theta(theta)
     if th.shape != (4,):
         raise ConfigError(f"loss_and_grad takes one theta of shape (4,), got {th.shape}")
-    u1, u2, v1, v2 = (float(x) for x in th)
-    a, b, c, e = u1 + u2, u1 - u2, v1 + v2, v1 - v2
+    a, b, c, e = (float(x) for x in reduced_coordinates(th))
     q0, q1 = a * a - c * c, e * e - b * b
     s0, s1 = float(expit(-q0)), float(expit(-q1))
-    loss = 0.5 * (float(_softplus(-q0)) + float(_softplus(-q1)))
-    grad = np.array([-s0 * a + s1 * b, -s0 * a - s1 * b, s0 * c - s1 * e, s0 * c + s1 * e])
-    return loss, grad
-
-
-def _loss_traj(theta: np.ndarray) -> np.ndarray:
-    q = margins(theta)
-    return 0.5 * (_softplus(-q[:, 0]) + _softplus(-q[:, 1]))
+    return float(_loss(th)), np.array([-s0 * a + s1 * b, -s0 * a - s1 * b, s0 * c - s1 * e, s0 * c + s1 * e])
 
 
 def boundary_angle_deg(theta) -> np.ndarray | float:
@@ -211,20 +170,16 @@ def boundary_angle_deg(theta) -> np.ndarray | float:
     th = _as_theta(theta)
     u, v = th[..., :2], th[..., 2:]
     out = []
-    for n in (u - v, u + v):
-        lo = np.minimum(np.abs(n[..., 0]), np.abs(n[..., 1]))
-        hi = np.maximum(np.abs(n[..., 0]), np.abs(n[..., 1]))
+    for n in (np.abs(u - v), np.abs(u + v)):
+        lo, hi = n.min(axis=-1), n.max(axis=-1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            ang = np.degrees(np.arctan2(lo, hi))
-        out.append(np.where(hi > 0, ang, np.nan))
-    res = np.maximum(out[0], out[1])
-    return float(res) if np.ndim(res) == 0 else res
+            out.append(np.where(hi > 0, np.degrees(np.arctan2(lo, hi)), np.nan))
+    return _scalar(np.maximum(out[0], out[1]))
 
 
 def random_init(seed: int = 0, scale: float = 1.0) -> np.ndarray:
     """A random start ``theta(0) ~ N(0, scale^2 I_4)`` from ``numpy.random.default_rng(seed)``."""
-    rng = np.random.default_rng(seed)
-    return scale * rng.standard_normal(4)
+    return scale * np.random.default_rng(seed).standard_normal(4)
 
 
 def theorem1_hypothesis(theta0) -> bool:
@@ -238,9 +193,8 @@ def theorem1_hypothesis(theta0) -> bool:
 # ---------------------------------------------------------------------------
 #: quadrature_solution handles squared reduced coordinates up to this size at t = 0
 MAX_QUAD_SQUARE = 600.0
-
-
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(12)
+_BRENT_RTOL = 4 * np.finfo(float).eps
 
 
 def _growth_log_time(P: float, P0: float, k2: float) -> float:
@@ -252,12 +206,9 @@ def _growth_log_time(P: float, P0: float, k2: float) -> float:
     quadrature (``scipy.integrate.quad``), or 12-point Gauss-Legendre on intervals much
     shorter than the integrand's scale ``1/P``.
     """
-    from scipy.integrate import quad
-
     if P <= P0:
         return -math.inf
-    lo = math.log(max(P0, P - 60.0))
-    W = math.log(P)
+    lo, W = math.log(max(P0, P - 60.0)), math.log(P)
     g = lambda w: math.exp(math.exp(w) - P - k2 * math.exp(-w)) / 4.0  # noqa: E731
     if (W - lo) * max(P, 1.0) < 1e-2:
         half, mid = 0.5 * (W - lo), 0.5 * (W + lo)
@@ -269,12 +220,9 @@ def _growth_log_time(P: float, P0: float, k2: float) -> float:
 
 def _growth_solution(P0: float, k2: float, t: float) -> float:
     """``P(t)`` solving ``t(P) = t`` (see :func:`_growth_log_time`) by Brent's method in ``log P``."""
-    from scipy.optimize import brentq
-
     if t <= 0:
         return P0
-    lt = math.log(t)
-    W0 = math.log(P0)
+    lt, W0 = math.log(t), math.log(P0)
     f = lambda w: _growth_log_time(math.exp(w), P0, k2) - lt  # noqa: E731
     hi = math.log(max(P0, 1.0) + math.log1p(t) + 2.0)
     while f(hi) < 0:
@@ -286,8 +234,7 @@ def _growth_solution(P0: float, k2: float, t: float) -> float:
             return P0  # P(t) = P0 to double precision
         if f(lo) < 0:
             break
-    w = brentq(f, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=200)
-    return math.exp(w)
+    return math.exp(brentq(f, lo, hi, xtol=1e-15, rtol=_BRENT_RTOL, maxiter=200))
 
 
 def _decay_solution(D0: float, t: float) -> float:
@@ -296,20 +243,15 @@ def _decay_solution(D0: float, t: float) -> float:
     ``4 t = log(D0/D) + E1(D) - E1(D0)``; solved for ``z = log D`` by Brent's method
     (for ``z < -30``, ``E1(e^z) = -euler_gamma - z + e^z + O(e^{2z})``).
     """
-    from scipy.optimize import brentq
-    from scipy.special import exp1
-
     if t <= 0 or D0 == 0:
         return D0
-    z0 = math.log(D0)
-    E10 = float(exp1(D0))
+    z0, E10 = math.log(D0), float(exp1(D0))
 
     def h(z):
         e1 = (-np.euler_gamma - z + math.exp(z)) if z < -30 else float(exp1(math.exp(z)))
         return (z0 - z + e1 - E10) / 4.0 - t
 
-    z = brentq(h, z0 - 4.0 * t - 1.0, z0, xtol=1e-14, rtol=4 * np.finfo(float).eps, maxiter=300)
-    return math.exp(z)
+    return math.exp(brentq(h, z0 - 4.0 * t - 1.0, z0, xtol=1e-14, rtol=_BRENT_RTOL, maxiter=300))
 
 
 def quadrature_solution(theta0, t) -> np.ndarray:
@@ -330,22 +272,20 @@ def quadrature_solution(theta0, t) -> np.ndarray:
     if np.max(r0 * r0) > MAX_QUAD_SQUARE:
         raise ConfigError(f"quadrature_solution needs reduced squares <= {MAX_QUAD_SQUARE:g} at t = 0")
     ts = np.atleast_1d(np.asarray(t, dtype=float))
-    if np.any(~np.isfinite(ts)) or np.any(ts < 0):
+    if not np.all(np.isfinite(ts) & (ts >= 0)):
         raise ConfigError("times must be finite and >= 0")
     a0, b0, c0, e0 = (float(x) for x in r0)
-    out = np.empty((len(ts), 4))
 
     def pair(lead0, partner0, tt):
         if lead0 != 0.0:
             k = lead0 * partner0
-            P = _growth_solution(lead0 * lead0, k * k, tt)
-            lead = math.copysign(math.sqrt(P), lead0)
+            lead = math.copysign(math.sqrt(_growth_solution(lead0 * lead0, k * k, tt)), lead0)
             return lead, k / lead
         return 0.0, math.copysign(math.sqrt(_decay_solution(partner0 * partner0, tt)), partner0)
 
+    out = np.empty((len(ts), 4))
     for i, tt in enumerate(ts):
-        a, c = pair(a0, c0, tt)
-        e, b = pair(e0, b0, tt)
+        (a, c), (e, b) = pair(a0, c0, tt), pair(e0, b0, tt)
         out[i] = (a, b, c, e)
     return out if np.ndim(t) else out[0]
 
@@ -412,27 +352,10 @@ class XorFlowResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON view (lists and floats) used by ``--json``."""
-        d = {
-            "t": self.t, "theta": self.theta, "gamma_bar": self.gamma_bar,
-            "gamma_min": self.gamma_min, "loss": self.loss, "theta_norm": self.theta_norm,
-            "invariants": self.invariants, "reduced": self.reduced,
-            "boundary_angle_deg": self.boundary_angle_deg,
-            "monotone": bool(self.monotone), "monotone_tol": self.monotone_tol,
-            "gamma_bar_min_step": self.gamma_bar_min_step,
-            "final_gamma_bar": self.final_gamma_bar, "final_gamma_min": self.final_gamma_min,
-            "final_boundary_angle_deg": self.final_boundary_angle_deg,
-            "theorem1_hypothesis": bool(self.theorem1_hypothesis),
-            "invariant_drift": self.invariant_drift, "reduced_deviation": self.reduced_deviation,
-            "quadrature_deviation": self.quadrature_deviation,
-            "limit_constant": self.limit_constant,
-            "method": self.method, "lr": self.lr, "rtol": self.rtol, "atol": self.atol,
-            "t_max": self.t_max, "solve_seconds": self.solve_seconds, "nfev": self.nfev,
-            "success": bool(self.success), "message": self.message,
-            "normalisation": "q / ||theta||^2 (all parameters, L = 2)",
-        }
-        d.update(self.extra)
-        return d
+        """Every field (arrays as they are: ``print_json`` makes lists of them), then ``extra``; for ``--json``."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        d["normalisation"] = "q / ||theta||^2 (all parameters, L = 2)"
+        return {**d, **self.extra}
 
 
 # ---------------------------------------------------------------------------
@@ -443,8 +366,7 @@ def _rhs_theta_logtime(s: float, th: np.ndarray) -> np.ndarray:
     u1, u2, v1, v2 = th
     a, b, c, e = u1 + u2, u1 - u2, v1 + v2, v1 - v2
     w = math.exp(s)
-    s0 = w * expit(c * c - a * a)
-    s1 = w * expit(b * b - e * e)
+    s0, s1 = w * expit(c * c - a * a), w * expit(b * b - e * e)
     return np.array([s0 * a - s1 * b, s0 * a + s1 * b, s1 * e - s0 * c, -s0 * c - s1 * e])
 
 
@@ -452,20 +374,16 @@ def _rhs_reduced_logtime(s: float, r: np.ndarray) -> np.ndarray:
     """Reduced ODE in log-time: ``(a, b, c, e)' = 2 (1+t) (s0 a, -s1 b, -s0 c, s1 e)``."""
     a, b, c, e = r
     w = 2.0 * math.exp(s)
-    s0 = w * expit(c * c - a * a)
-    s1 = w * expit(b * b - e * e)
+    s0, s1 = w * expit(c * c - a * a), w * expit(b * b - e * e)
     return np.array([s0 * a, -s1 * b, -s0 * c, s1 * e])
 
 
 def _jac_reduced_logtime(s: float, r: np.ndarray) -> np.ndarray:
     """Jacobian of :func:`_rhs_reduced_logtime`; ``p_i = 4 s_i (1 - s_i)`` (``s_i' = -s_i(1-s_i) q_i'``)."""
     a, b, c, e = r
-    w = math.exp(s)
-    s0 = float(expit(c * c - a * a))
-    s1 = float(expit(b * b - e * e))
-    p0 = 4.0 * s0 * (1.0 - s0)
-    p1 = 4.0 * s1 * (1.0 - s1)
-    return w * np.array([
+    s0, s1 = float(expit(c * c - a * a)), float(expit(b * b - e * e))
+    p0, p1 = 4.0 * s0 * (1.0 - s0), 4.0 * s1 * (1.0 - s1)
+    return math.exp(s) * np.array([
         [2 * s0 - p0 * a * a, 0.0, p0 * a * c, 0.0],
         [0.0, -2 * s1 - p1 * b * b, 0.0, p1 * b * e],
         [p0 * a * c, 0.0, -2 * s0 - p0 * c * c, 0.0],
@@ -486,49 +404,40 @@ def _jac_theta_logtime(s: float, th: np.ndarray) -> np.ndarray:
 _IMPLICIT = ("LSODA", "Radau", "BDF")
 
 
-def _time_grid(t_max: float, points: int) -> np.ndarray:
-    """``points`` times uniform in ``s = log(1+t)`` from 0 to ``t_max`` (log-spaced in t)."""
-    s = np.linspace(0.0, math.log1p(t_max), points)
-    return s
+def _ivp(rhs, jac, y0, s_grid, ode_method, rtol, atol):
+    """``solve_ivp`` on ``[0, s_grid[-1]]`` with output on ``s_grid`` (implicit methods get the Jacobian):
+    the solution and its wall time."""
+    t0 = time.perf_counter()
+    sol = solve_ivp(rhs, (0.0, s_grid[-1]), y0, method=ode_method, t_eval=s_grid, rtol=rtol, atol=atol,
+                    **({"jac": jac} if ode_method in _IMPLICIT else {}))
+    return sol, time.perf_counter() - t0
 
 
 def _gd_run(theta0: np.ndarray, lr: float, steps_at: np.ndarray, quiet: bool) -> np.ndarray:
-    """Gradient descent ``theta <- theta - lr grad loss`` recorded after ``steps_at`` steps.
+    """Gradient descent ``theta <- theta - lr grad loss`` recorded after ``steps_at`` (sorted, unique) steps.
 
-    A scalar Python loop (about 0.5 microseconds a step); ``steps_at`` sorted, unique.
-    The update is the closed form of :func:`loss_and_grad`, inlined.
+    A scalar Python loop (about 0.5 microseconds a step): :func:`loss_and_grad` inlined.
     """
     u1, u2, v1, v2 = (float(x) for x in theta0)
     out = np.empty((len(steps_at), 4))
     exp = math.exp
     k = 0
-    total = int(steps_at[-1])
-    bar = progress(total=total, desc="gd steps", quiet=quiet or total < 1_000_000)
-    try:
+    with progress(total=int(steps_at[-1]), desc="gd steps", quiet=quiet or int(steps_at[-1]) < 1_000_000) as bar:
         for i, target in enumerate(steps_at):
             n = int(target) - k
             for _ in range(n):
-                a = u1 + u2
-                b = u1 - u2
-                c = v1 + v2
-                e = v1 - v2
-                z0 = a * a - c * c
-                z1 = e * e - b * b
-                # sigmoid(-z) without overflow
-                s0 = 1.0 / (1.0 + exp(z0)) if z0 < 700 else 0.0
-                s1 = 1.0 / (1.0 + exp(z1)) if z1 < 700 else 0.0
-                s0 *= lr
-                s1 *= lr
+                a, b, c, e = u1 + u2, u1 - u2, v1 + v2, v1 - v2
+                z0, z1 = a * a - c * c, e * e - b * b
+                s0 = lr * (1.0 / (1.0 + exp(z0)) if z0 < 700 else 0.0)   # lr sigmoid(-z) without overflow
+                s1 = lr * (1.0 / (1.0 + exp(z1)) if z1 < 700 else 0.0)
                 u1, u2, v1, v2 = (u1 + s0 * a - s1 * b, u2 + s0 * a + s1 * b,
                                   v1 - s0 * c + s1 * e, v2 - s0 * c - s1 * e)
             k += n
             bar.update(n)
             out[i] = (u1, u2, v1, v2)
-            if not all(math.isfinite(x) for x in out[i]):
+            if not np.all(np.isfinite(out[i])):
                 out[i:] = np.nan
                 break
-    finally:
-        bar.close()
     return out
 
 
@@ -540,162 +449,121 @@ def _check_args(theta0, t_max, method, lr, rtol, atol, points):
         raise ConfigError(f"theta0 must be finite, got {th.tolist()}")
     if not np.any(th != 0):
         raise ConfigError("theta0 = 0 is a stationary point where gamma_bar = q/||theta||^2 is undefined")
-    norm = float(np.sqrt(np.sum((th / np.max(np.abs(th))) ** 2)) * np.max(np.abs(th)))
-    lo, hi = INIT_NORM_RANGE
+    norm, (lo, hi) = math.hypot(*th), INIT_NORM_RANGE
     if not lo <= norm <= hi:
         raise ConfigError(f"||theta0|| = {norm:.3g} is outside [{lo:g}, {hi:g}]: q/||theta||^2 and the "
                           "gradient would overflow or underflow float64")
-    if method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if not (math.isfinite(t_max) and 0 < t_max <= MAX_T):
-        raise ConfigError(f"t_max must be a finite number in (0, {MAX_T:g}], got {t_max!r}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"lr must be a finite positive number, got {lr!r}")
-    if not (math.isfinite(rtol) and MIN_RTOL <= rtol < 1):
-        raise ConfigError(f"rtol must lie in [{MIN_RTOL:.2g}, 1), got {rtol!r}")
-    if atol is not None and not (math.isfinite(atol) and atol > 0):
-        raise ConfigError(f"atol must be a finite positive number, got {atol!r}")
-    if int(points) != points or points < 2:
-        raise ConfigError(f"points must be an integer >= 2, got {points!r}")
+    for bad, msg in ((method not in METHODS, f"method must be one of {', '.join(METHODS)}, got {method!r}"),
+                     (not (math.isfinite(t_max) and 0 < t_max <= MAX_T),
+                      f"t_max must be a finite number in (0, {MAX_T:g}], got {t_max!r}"),
+                     (not (math.isfinite(lr) and lr > 0), f"lr must be a finite positive number, got {lr!r}"),
+                     (not (math.isfinite(rtol) and MIN_RTOL <= rtol < 1),
+                      f"rtol must lie in [{MIN_RTOL:.2g}, 1), got {rtol!r}"),
+                     (atol is not None and not (math.isfinite(atol) and atol > 0),
+                      f"atol must be a finite positive number, got {atol!r}"),
+                     (int(points) != points or points < 2, f"points must be an integer >= 2, got {points!r}")):
+        if bad:
+            raise ConfigError(msg)
     check_memory(float(points) * _BYTES_PER_POINT, f"--points {points}")
     return th
 
 
-def solve_xor_flow(
-    theta0,
-    t_max: float | None = None,
-    method: str = "flow",
-    lr: float = 0.1,
-    rtol: float = 1e-10,
-    atol: float | None = None,
-    points: int = 400,
-    check: bool = True,
-    ode_method: str = "LSODA",
-    quiet: bool = True,
-) -> XorFlowResult:
+def _max_rel_dev(r: np.ndarray, ref: np.ndarray, floor: float) -> float:
+    """``max_k ||r_k - ref_k|| / max(||ref_k||, 2 floor)`` (0 for no rows)."""
+    scale = np.maximum(np.linalg.norm(ref, axis=1), 2 * floor)
+    return float(np.max(np.linalg.norm(r - ref, axis=1) / scale, initial=0.0))
+
+
+def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr: float = 0.1,
+                   rtol: float = 1e-10, atol: float | None = None, points: int = 400, check: bool = True,
+                   ode_method: str = "LSODA", quiet: bool = True) -> XorFlowResult:
     """Solve the XOR gradient flow of SPEC §4 (or run gradient descent) from ``theta0``.
 
     ``method="flow"``: ``d theta/dt = -grad loss(theta)`` integrated with
     ``scipy.integrate.solve_ivp`` on the 4-D ``theta`` itself, in log-time
     ``s = log(1+t)``: ``d theta/ds = (1+t)(-grad loss)``, with the closed-form gradient
     and its analytic Jacobian. Once every point is classified, ``(1+t) s_n`` tends to
-    ``1/(4 log t)`` and the flow is smooth and slow in ``s`` (a few hundred steps to
-    ``t = 1e6`` at ``rtol = 1e-10``, about 10 ms). If ``a(0) = 0`` or ``e(0) = 0`` a
-    misclassified point keeps ``s_n >= 1/2`` and the log-time flow is stiff (rate ~ t),
-    hence the default ``ode_method="LSODA"`` (switches to BDF when stiff; any
-    ``solve_ivp`` method name is accepted, the implicit ones get the Jacobian).
+    ``1/(4 log t)`` and the flow is smooth and slow in ``s``. If ``a(0) = 0`` or ``e(0) = 0``
+    a misclassified point keeps ``s_n >= 1/2`` and the log-time flow is stiff (rate ~ t),
+    hence ``ode_method="LSODA"`` (any ``solve_ivp`` method; the implicit ones get the Jacobian).
     ``atol`` defaults to ``1e-3 * rtol * ||theta0||``. Output at ``points`` times
-    uniform in ``s`` (``t = 0`` and ``t = t_max`` included; log-spaced in ``t``) from
-    the solver's dense output. Where ``||theta|| < 1e3 atol`` (only when
-    ``a(0) = e(0) = 0``, so that ``theta -> 0``) the margins are solver noise and are
-    reported as NaN (``message`` says so).
+    uniform in ``s`` (``t = 0`` and ``t = t_max`` included) from the solver's dense output.
+    Where ``||theta|| < 1e3 atol`` (only when ``a(0) = e(0) = 0``: ``theta -> 0``) the
+    margins are solver noise and are reported as NaN (``message`` says so).
 
-    With ``check=True`` two independent checks run: the reduced ODE in ``(a, b, c, e)``
-    solved on its own (``reduced_deviation``), and the exact solution by quadrature and
-    root finding, no ODE solver (:func:`quadrature_solution`, at up to 12 recorded
-    times; ``quadrature_deviation``; skipped, NaN, if a reduced square exceeds 600 at
-    ``t = 0``). Both are max relative deviations ``||r - r_ref|| / ||r_ref||``.
+    With ``check=True`` the reduced ODE is solved on its own and the exact solution by
+    quadrature (:func:`quadrature_solution`, no ODE solver) is evaluated at up to 12 recorded
+    times (skipped if a reduced square exceeds 600 at ``t = 0``); see :class:`XorFlowResult`.
 
     ``method="gd"``: discrete gradient descent ``theta <- theta - lr grad loss`` for
     ``round(t_max/lr)`` steps; step ``k`` is time ``t = k lr``; recorded at the steps
-    nearest the same log-spaced times (duplicates at early times merged, so there may
-    be fewer than ``points`` records). It is a plain scalar Python loop (about 0.5 s per
-    million steps; a progress bar on stderr above a million), so its default horizon
-    is ``t_max = 1e5`` (1e6 steps at ``lr = 0.1``, well under a second; the flow's
-    1e6 would be 1e7 steps, about 5 s); more than 1e8 steps raise :class:`ConfigError`.
-
-    ``t_max`` defaults to 1e6 for the flow and 1e5 for gd. Raises
-    :class:`ConfigError` on invalid arguments (non-finite or zero ``theta0``,
-    ``t_max <= 0``, ``rtol`` outside [2.2e-14, 1), ``points < 2``, ``lr <= 0``).
+    nearest the same log-spaced times (duplicates merged: there may be fewer than
+    ``points`` records). A scalar Python loop (about 0.5 s per million steps; a progress
+    bar on stderr above a million), hence its default ``t_max = 1e5`` (the flow's is 1e6);
+    more than 1e8 steps, or any invalid argument, raise :class:`ConfigError`.
     """
-    if t_max is None:
-        t_max = DEFAULT_T_MAX_GD if method == "gd" else DEFAULT_T_MAX_FLOW
-    t_max = float(t_max)
-    lr = float(lr)
-    rtol = float(rtol)
+    t_max = float(DEFAULT_T_MAX_GD if method == "gd" else DEFAULT_T_MAX_FLOW) if t_max is None else float(t_max)
+    lr, rtol = float(lr), float(rtol)
     th0 = _check_args(theta0, t_max, method, lr, rtol, atol, points)
     points = int(points)
-    s_grid = _time_grid(t_max, points)
+    s_grid = np.linspace(0.0, math.log1p(t_max), points)  # uniform in s = log(1+t): log-spaced in t
     extra: dict[str, Any] = {}
-
     if method == "flow":
-        if atol is None:
-            atol = 1e-3 * rtol * float(np.linalg.norm(th0))
-        jac = {"jac": _jac_theta_logtime} if ode_method in _IMPLICIT else {}
-        t0 = time.perf_counter()
-        sol = solve_ivp(_rhs_theta_logtime, (0.0, s_grid[-1]), th0, method=ode_method,
-                        t_eval=s_grid, rtol=rtol, atol=atol, **jac)
-        solve_seconds = time.perf_counter() - t0
+        atol = 1e-3 * rtol * float(np.linalg.norm(th0)) if atol is None else atol
+        sol, solve_seconds = _ivp(_rhs_theta_logtime, _jac_theta_logtime, th0, s_grid, ode_method, rtol, atol)
         success, message, nfev = bool(sol.success), str(sol.message), int(sol.nfev)
         theta = np.full((points, 4), np.nan)
         theta[: sol.y.shape[1]] = sol.y.T
         theta[0] = th0
         t = np.expm1(s_grid)
-        t[0] = 0.0
-        t[-1] = t_max
+        t[0], t[-1] = 0.0, t_max
         floor = 1e3 * atol  # below this norm theta is solver noise
-        monotone_tol = 10.0 * rtol
-        used_lr, used_rtol, used_atol = None, rtol, float(atol)
+        monotone_tol, used_lr, used_rtol, used_atol = 10.0 * rtol, None, rtol, float(atol)
     else:
-        steps_total = int(round(t_max / lr))
-        if steps_total < 1:
+        nfev = int(round(t_max / lr))
+        if nfev < 1:
             raise ConfigError(f"t_max/lr = {t_max / lr:g} is less than one gradient step")
-        if steps_total > MAX_GD_STEPS:
-            raise ConfigError(
-                f"gd would take {steps_total:.3g} steps (t_max/lr), more than {MAX_GD_STEPS:.0e}; "
-                "lower --t-max, raise --lr or use --method flow")
-        steps = np.unique(np.rint(np.expm1(s_grid) / lr).astype(np.int64))
-        steps = np.clip(steps, 0, steps_total)
-        steps[-1] = steps_total
+        if nfev > MAX_GD_STEPS:
+            raise ConfigError(f"gd would take {nfev:.3g} steps (t_max/lr), more than {MAX_GD_STEPS:.0e}; "
+                              "lower --t-max, raise --lr or use --method flow")
+        steps = np.clip(np.unique(np.rint(np.expm1(s_grid) / lr).astype(np.int64)), 0, nfev)
+        steps[-1] = nfev
         steps = np.unique(steps)
         t0 = time.perf_counter()
         theta = _gd_run(th0, lr, steps, quiet)
         solve_seconds = time.perf_counter() - t0
         t = steps * lr
-        nfev = steps_total
         success = bool(np.all(np.isfinite(theta)))
         message = "gradient descent finished" if success else "gradient descent diverged (non-finite theta)"
         floor = 1e-140  # squares of smaller norms underflow
-        monotone_tol = 1e-12
-        used_lr, used_rtol, used_atol = lr, None, None
-        extra["steps"] = steps_total
+        monotone_tol, used_lr, used_rtol, used_atol = 1e-12, lr, None, None
+        extra["steps"] = nfev
 
     reduced = reduced_coordinates(theta)
     a, b, c, e = reduced.T
     invariants = np.stack([a * c, b * e], axis=1)
     sq = _sq_norm(theta)
     norm = np.sqrt(sq)
-    # where ||theta|| fell below the floor (only if a(0) = e(0) = 0: theta -> 0) the
-    # margins are noise / 0/0: report NaN there and say so
+    # below the floor (only if a(0) = e(0) = 0: theta -> 0) the margins are noise / 0/0: NaN there, and say so
     resolved = np.isfinite(norm) & (norm > floor)
     if success and not np.all(resolved):
-        first = int(np.argmin(resolved))
-        message += (f"; ||theta|| fell below {floor:.1e} (solver noise) after t = {t[first]:.3g}:"
+        message += (f"; ||theta|| fell below {floor:.1e} (solver noise) after t = {t[np.argmin(resolved)]:.3g}:"
                     " margins there are reported as NaN")
     with np.errstate(invalid="ignore", divide="ignore"):
-        gb = np.where(resolved, gamma_bar(theta), np.nan)
-        gm = np.where(resolved, gamma_min(theta), np.nan)
-        angle = np.where(resolved, boundary_angle_deg(theta), np.nan)
+        gb, gm, angle = (np.where(resolved, f(theta), np.nan) for f in (gamma_bar, gamma_min, boundary_angle_deg))
         drift_all = np.abs(invariants - invariants[0]) / sq[:, None]
-    inv_drift = np.array([np.max(drift_all[resolved, j], initial=0.0) for j in range(2)])
     fin = gb[np.isfinite(gb)]
     min_step = float(np.min(np.diff(fin))) if fin.size > 1 else float("nan")
-    monotone = bool(success and fin.size > 0 and not (min_step < -monotone_tol))
 
     reduced_dev = quad_dev = float("nan")
     if method == "flow" and check and success:
         # (1) the reduced ODE, solved on its own
         r0 = reduced_coordinates(th0)
-        jac_r = {"jac": _jac_reduced_logtime} if ode_method in _IMPLICIT else {}
-        t1 = time.perf_counter()
-        sol_r = solve_ivp(_rhs_reduced_logtime, (0.0, s_grid[-1]), r0, method=ode_method,
-                          t_eval=s_grid, rtol=rtol, atol=2 * atol, **jac_r)
-        extra["reduced_solve_seconds"] = time.perf_counter() - t1
+        sol_r, extra["reduced_solve_seconds"] = _ivp(_rhs_reduced_logtime, _jac_reduced_logtime, r0, s_grid,
+                                                     ode_method, rtol, 2 * atol)
         extra["reduced_nfev"] = int(sol_r.nfev)
         if sol_r.success:
-            diff = np.linalg.norm(reduced - sol_r.y.T, axis=1)
-            scale = np.maximum(np.linalg.norm(sol_r.y.T, axis=1), 2 * floor)
-            reduced_dev = float(np.max((diff / scale)[resolved], initial=0.0))
+            reduced_dev = _max_rel_dev(reduced[resolved], sol_r.y.T[resolved], floor)
         # (2) the exact solution by quadrature (no ODE solver), at <= 12 recorded times
         if np.max(r0 * r0) <= MAX_QUAD_SQUARE:
             idx = np.unique(np.rint(np.linspace(0, points - 1, min(points, 12))).astype(int))
@@ -703,20 +571,16 @@ def solve_xor_flow(
             t1 = time.perf_counter()
             rq = quadrature_solution(th0, t[idx])
             extra["quadrature_seconds"] = time.perf_counter() - t1
-            scale = np.maximum(np.linalg.norm(rq, axis=1), 2 * floor)
-            quad_dev = float(np.max(np.linalg.norm(reduced[idx] - rq, axis=1) / scale, initial=0.0))
+            quad_dev = _max_rel_dev(reduced[idx], rq, floor)
     k0, m0 = invariants[0]
-
     return XorFlowResult(
-        t=t, theta=theta, reduced=reduced, invariants=invariants,
-        gamma_bar=gb, gamma_min=gm, loss=_loss_traj(theta),
+        t=t, theta=theta, reduced=reduced, invariants=invariants, gamma_bar=gb, gamma_min=gm, loss=_loss(theta),
         theta_norm=norm, boundary_angle_deg=angle,
-        monotone=monotone, monotone_tol=monotone_tol, gamma_bar_min_step=min_step,
-        final_gamma_bar=float(gb[-1]), final_gamma_min=float(gm[-1]),
-        final_boundary_angle_deg=float(angle[-1]),
-        theorem1_hypothesis=theorem1_hypothesis(th0),
-        invariant_drift=inv_drift, reduced_deviation=reduced_dev, quadrature_deviation=quad_dev,
-        limit_constant=float(k0 * k0 + m0 * m0),
+        monotone=bool(success and fin.size > 0 and not (min_step < -monotone_tol)), monotone_tol=monotone_tol,
+        gamma_bar_min_step=min_step, final_gamma_bar=float(gb[-1]), final_gamma_min=float(gm[-1]),
+        final_boundary_angle_deg=float(angle[-1]), theorem1_hypothesis=theorem1_hypothesis(th0),
+        invariant_drift=np.array([np.max(drift_all[resolved, j], initial=0.0) for j in range(2)]),
+        reduced_deviation=reduced_dev, quadrature_deviation=quad_dev, limit_constant=float(k0 * k0 + m0 * m0),
         method=method, lr=used_lr, rtol=used_rtol, atol=used_atol, t_max=t_max,
         solve_seconds=solve_seconds, nfev=nfev, success=success, message=message, extra=extra,
     )
@@ -733,72 +597,56 @@ def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
     from matplotlib import cm, colors
 
     X, y = xor_data()
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.4), layout="constrained")
-    ax = axes[0]
+    fig, (ax, ax_b, ax_c) = plt.subplots(1, 3, figsize=(17, 5.4), layout="constrained")
     R = 1.6
-    # decision boundary at ~6 times, log-spaced
-    ok = np.all(np.isfinite(res.theta), axis=1)
-    idx_all = np.flatnonzero(ok)
+    # (a) the decision boundary at ~6 log-spaced times
+    idx_all = np.flatnonzero(np.all(np.isfinite(res.theta), axis=1))
     want = [0.0] + list(np.geomspace(max(res.t[1], 1e-2), res.t[idx_all[-1]], 5))
     idx = sorted({int(idx_all[np.argmin(np.abs(res.t[idx_all] - w))]) for w in want})
     tpos = res.t[idx]
     norm = colors.LogNorm(vmin=max(np.min(tpos[tpos > 0], initial=1.0), 1e-3), vmax=max(res.t[idx[-1]], 1.0))
-    cmap = cm.viridis
     span = np.linspace(-R, R, 3)
     ax.axhline(0, color="k", ls="--", lw=1.4, zorder=1)
     ax.axvline(0, color="k", ls="--", lw=1.4, zorder=1, label="max-margin boundary (axes)")
     for i in idx:
         th = res.theta[i]
-        col = cmap(norm(res.t[i])) if res.t[i] > 0 else "tab:red"
+        col = cm.viridis(norm(res.t[i])) if res.t[i] > 0 else "tab:red"
         for j, n in enumerate((th[:2] - th[2:], th[:2] + th[2:])):
-            if not np.any(n):
-                continue
-            d = np.array([-n[1], n[0]]) / np.linalg.norm(n)
-            ax.plot(span * d[0] * 2, span * d[1] * 2, color=col, lw=1.6, zorder=2,
-                    label=(f"t = {res.t[i]:.3g}" if j == 0 else None))
-    ax.scatter(X[y == 0, 0], X[y == 0, 1], s=120, marker="o", c="tab:blue", edgecolors="k",
-               zorder=3, label="class 0: (1,1), (-1,-1)")
-    ax.scatter(X[y == 1, 0], X[y == 1, 1], s=130, marker="s", c="tab:orange", edgecolors="k",
-               zorder=3, label="class 1: (1,-1), (-1,1)")
-    ax.set_xlim(-R, R)
-    ax.set_ylim(-R, R)
-    ax.set_aspect("equal")
-    ax.set_xlabel("$x_1$")
-    ax.set_ylabel("$x_2$")
-    ax.set_title("(a) decision boundary $(u\\cdot x)^2=(v\\cdot x)^2$ over time")
+            if np.any(n):
+                d = np.array([-n[1], n[0]]) / np.linalg.norm(n)
+                ax.plot(span * d[0] * 2, span * d[1] * 2, color=col, lw=1.6, zorder=2,
+                        label=(f"t = {res.t[i]:.3g}" if j == 0 else None))
+    for k, marker, s, c, lab in ((0, "o", 120, "tab:blue", "class 0: (1,1), (-1,-1)"),
+                                 (1, "s", 130, "tab:orange", "class 1: (1,-1), (-1,1)")):
+        ax.scatter(X[y == k, 0], X[y == k, 1], s=s, marker=marker, c=c, edgecolors="k", zorder=3, label=lab)
+    ax.set(xlim=(-R, R), ylim=(-R, R), aspect="equal", xlabel="$x_1$", ylabel="$x_2$",
+           title="(a) decision boundary $(u\\cdot x)^2=(v\\cdot x)^2$ over time")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
-
+    # (b) margins
     tt = res.t[1:]
-    ax = axes[1]
-    ax.plot(tt, res.gamma_bar[1:], color="tab:green", lw=2, label=r"average margin $\bar\gamma$")
-    ax.plot(tt, res.gamma_min[1:], color="tab:purple", lw=1.5, ls="-.", label=r"minimum margin $\gamma_{\min}$")
-    ax.axhline(1.0, color="k", ls="--", lw=1, label="limit 1 (max over $\\theta$)")
-    ax.set_xscale("log")
-    ax.set_xlabel("time t (log scale; t = 0 omitted)")
-    ax.set_ylabel(r"margin $q/\|\theta\|^2$")
-    ax.set_title(f"(b) margins; final $\\bar\\gamma$ = {res.final_gamma_bar:.4f}")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(True, which="both", alpha=0.3)
-
-    ax = axes[2]
-    l1 = ax.plot(tt, res.loss[1:], color="tab:red", lw=2, label="loss (mean cross-entropy)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("time t (log scale)")
-    ax.set_ylabel("loss", color="tab:red")
-    ax2 = ax.twinx()
+    ax_b.plot(tt, res.gamma_bar[1:], color="tab:green", lw=2, label=r"average margin $\bar\gamma$")
+    ax_b.plot(tt, res.gamma_min[1:], color="tab:purple", lw=1.5, ls="-.", label=r"minimum margin $\gamma_{\min}$")
+    ax_b.axhline(1.0, color="k", ls="--", lw=1, label="limit 1 (max over $\\theta$)")
+    ax_b.set(xscale="log", xlabel="time t (log scale; t = 0 omitted)", ylabel=r"margin $q/\|\theta\|^2$",
+             title=f"(b) margins; final $\\bar\\gamma$ = {res.final_gamma_bar:.4f}")
+    ax_b.legend(fontsize=8, loc="lower right")
+    ax_b.grid(True, which="both", alpha=0.3)
+    # (c) loss and ||theta||
+    l1 = ax_c.plot(tt, res.loss[1:], color="tab:red", lw=2, label="loss (mean cross-entropy)")
+    ax_c.set(xscale="log", yscale="log", xlabel="time t (log scale)", title="(c) loss and parameter norm")
+    ax_c.set_ylabel("loss", color="tab:red")
+    ax2 = ax_c.twinx()
     l2 = ax2.plot(tt, res.theta_norm[1:], color="tab:blue", lw=2, ls="--", label=r"$\|\theta\|$")
     if res.theorem1_hypothesis and tt[-1] > 10:
         ta = tt[tt >= 10]
         l2 += ax2.plot(ta, np.sqrt(np.log(4 * ta * np.log(ta))), color="tab:cyan", lw=1.2, ls=":",
                        label=r"leading asymptote $\sqrt{\log(4t\log t)}$")
     ax2.set_ylabel(r"$\|\theta\|$", color="tab:blue")
-    ax.set_title("(c) loss and parameter norm")
-    ax.legend(l1 + l2, [h.get_label() for h in l1 + l2], fontsize=8, loc="center left")
-    ax.grid(True, which="both", alpha=0.3)
+    ax_c.legend(l1 + l2, [h.get_label() for h in l1 + l2], fontsize=8, loc="center left")
+    ax_c.grid(True, which="both", alpha=0.3)
+    what = "gradient flow" if res.method == "flow" else f"gradient descent (lr={res.lr:g})"
     hyp = "" if res.theorem1_hypothesis else "  [a(0)=0 or e(0)=0: Theorem 1 does not apply]"
-    fig.suptitle(title or (f"XOR, rank-1 Low-Rank DIQNN, {'gradient flow' if res.method == 'flow' else f'gradient descent (lr={res.lr:g})'}"
-                           f", t in [0, {res.t_max:g}]{hyp}"), fontsize=12)
+    fig.suptitle(title or f"XOR, rank-1 Low-Rank DIQNN, {what}, t in [0, {res.t_max:g}]{hyp}", fontsize=12)
     return save_figure(fig, path)
 
 
@@ -819,7 +667,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--method", choices=METHODS, default="flow",
                    help="flow: solve_ivp on the gradient flow; gd: gradient descent (default flow)")
     p.add_argument("--lr", type=float_in(0.0, lo_open=True), default=0.1, help="gd learning rate (default 0.1)")
-    p.add_argument("--rtol", type=float_in(MIN_RTOL, 1.0), default=1e-10, help="flow relative tolerance (default 1e-10)")
+    p.add_argument("--rtol", type=float_in(MIN_RTOL, 1.0), default=1e-10,
+                   help="flow relative tolerance (default 1e-10)")
     p.add_argument("--points", type=int_at_least(2), default=400, help="recorded times, log-spaced (default 400)")
     p.add_argument("--plot", action="store_true", help="write the 3-panel figure to --out")
     p.add_argument("--out", default="xor_flow.png", help="figure path (default xor_flow.png)")
@@ -828,42 +677,37 @@ def build_parser() -> ArgumentParser:
 
 
 def _report(res: XorFlowResult, theta0: np.ndarray, figure: Path | None) -> str:
-    lines = []
-    what = "gradient flow (solve_ivp, log-time)" if res.method == "flow" else f"gradient descent, lr = {res.lr:g}"
-    lines.append(f"XOR rank-1 Low-Rank DIQNN, {what}, t in [0, {res.t_max:g}]")
-    lines.append("theta(0) = (u1, u2, v1, v2) = (" + ", ".join(f"{x:.6g}" for x in theta0) + ")")
-    a, b, c, e = res.reduced[0]
-    lines.append(f"reduced (a, b, c, e)(0) = ({a:.6g}, {b:.6g}, {c:.6g}, {e:.6g})")
+    flow = res.method == "flow"
+    what = "gradient flow (solve_ivp, log-time)" if flow else f"gradient descent, lr = {res.lr:g}"
+    lines = [f"XOR rank-1 Low-Rank DIQNN, {what}, t in [0, {res.t_max:g}]",
+             "theta(0) = (u1, u2, v1, v2) = (" + ", ".join(f"{x:.6g}" for x in theta0) + ")",
+             "reduced (a, b, c, e)(0) = (" + ", ".join(f"{x:.6g}" for x in res.reduced[0]) + ")"]
     if not res.success:
         lines.append(f"WARNING: solver failed: {res.message}")
-    lines.append(f"gamma_bar: {res.gamma_bar[0]:.6f} -> {res.final_gamma_bar:.6f}   "
-                 f"(gamma_min: {res.gamma_min[0]:.6f} -> {res.final_gamma_min:.6f}; margins q/||theta||^2, L = 2)")
-    lines.append(f"gamma_bar monotone non-decreasing: {'yes' if res.monotone else 'NO'} "
-                 f"(smallest step {res.gamma_bar_min_step:.3g}, tolerance {res.monotone_tol:.1g})")
-    lines.append(f"loss: {res.loss[0]:.6g} -> {res.loss[-1]:.6g};  ||theta||: {res.theta_norm[0]:.6g} -> {res.theta_norm[-1]:.6g}")
-    lines.append(f"invariants a*c = {res.invariants[0, 0]:.10g}, b*e = {res.invariants[0, 1]:.10g}; "
-                 f"drift / ||theta||^2: {res.invariant_drift[0]:.2g}, {res.invariant_drift[1]:.2g}")
-    if res.method == "gd":
+    lines += [f"gamma_bar: {res.gamma_bar[0]:.6f} -> {res.final_gamma_bar:.6f}   (gamma_min: {res.gamma_min[0]:.6f}"
+              f" -> {res.final_gamma_min:.6f}; margins q/||theta||^2, L = 2)",
+              f"gamma_bar monotone non-decreasing: {'yes' if res.monotone else 'NO'} "
+              f"(smallest step {res.gamma_bar_min_step:.3g}, tolerance {res.monotone_tol:.1g})",
+              f"loss: {res.loss[0]:.6g} -> {res.loss[-1]:.6g};  "
+              f"||theta||: {res.theta_norm[0]:.6g} -> {res.theta_norm[-1]:.6g}",
+              f"invariants a*c = {res.invariants[0, 0]:.10g}, b*e = {res.invariants[0, 1]:.10g}; "
+              f"drift / ||theta||^2: {res.invariant_drift[0]:.2g}, {res.invariant_drift[1]:.2g}"]
+    if not flow:
         lines.append("  (gd does not conserve them: each step multiplies a*c by 1 - 4 lr^2 s0^2 "
                      "and b*e by 1 - 4 lr^2 s1^2)")
-    if res.method == "flow" and math.isfinite(res.reduced_deviation):
-        lines.append(f"independent reduced-ODE solve: max relative deviation {res.reduced_deviation:.2g}")
-    if res.method == "flow" and math.isfinite(res.quadrature_deviation):
-        lines.append(f"exact quadrature solution (no ODE solver): max relative deviation "
-                     f"{res.quadrature_deviation:.2g}")
+    for check, dev in (("independent reduced-ODE solve", res.reduced_deviation),
+                       ("exact quadrature solution (no ODE solver)", res.quadrature_deviation)):
+        if flow and math.isfinite(dev):
+            lines.append(f"{check}: max relative deviation {dev:.2g}")
     lines.append(f"decision boundary vs the axes (max-margin boundary): {res.boundary_angle_deg[0]:.3f} deg -> "
                  f"{res.final_boundary_angle_deg:.3f} deg")
-    if res.theorem1_hypothesis:
-        lines.append(f"Theorem 1 applies (a(0) != 0, e(0) != 0): (1 - gamma_bar) log^2 t -> "
-                     f"(a c)^2 + (b e)^2 = {res.limit_constant:.6g}")
-    else:
-        lines.append("Theorem 1 does not apply: a(0) = u1+u2 = 0 or e(0) = v1-v2 = 0 "
-                     "(the trajectory is solved; gamma_bar is still non-decreasing, but a class "
-                     "is never classified correctly and the loss stays >= log(2)/2).")
-    if res.method == "flow":
-        lines.append(f"solve time: {res.solve_seconds:.3f} s ({res.nfev} evaluations, rtol {res.rtol:g})")
-    else:
-        lines.append(f"solve time: {res.solve_seconds:.3f} s ({res.extra.get('steps')} steps)")
+    lines.append(f"Theorem 1 applies (a(0) != 0, e(0) != 0): (1 - gamma_bar) log^2 t -> (a c)^2 + (b e)^2 = "
+                 f"{res.limit_constant:.6g}" if res.theorem1_hypothesis else
+                 "Theorem 1 does not apply: a(0) = u1+u2 = 0 or e(0) = v1-v2 = 0 (the trajectory is solved; "
+                 "gamma_bar is still non-decreasing, but a class is never classified correctly and the loss "
+                 "stays >= log(2)/2).")
+    cost = f"{res.nfev} evaluations, rtol {res.rtol:g}" if flow else f"{res.extra.get('steps')} steps"
+    lines.append(f"solve time: {res.solve_seconds:.3f} s ({cost})")
     if figure is not None:
         lines.append(f"figure: {figure}")
     return "\n".join(lines)
@@ -880,16 +724,10 @@ def main(argv=None) -> int:
         warnings.simplefilter("ignore", RuntimeWarning)
         res = solve_xor_flow(theta0, t_max=args.t_max, method=args.method, lr=args.lr,
                              rtol=args.rtol, points=args.points, quiet=args.json)
-    figure = None
-    if args.plot:
-        figure = plot_result(res, args.out)
+    figure = plot_result(res, args.out) if args.plot else None
     if args.json:
-        d = res.to_dict()
-        d["theta0"] = theta0
-        d["seed"] = None if args.init is not None else args.seed
-        if figure is not None:
-            d["figure"] = str(figure)
-        print_json(d)
+        d = {**res.to_dict(), "theta0": theta0, "seed": None if args.init is not None else args.seed}
+        print_json(d if figure is None else {**d, "figure": str(figure)})
     else:
         print(_report(res, theta0, figure))
     return 0 if res.success else 1

@@ -195,6 +195,19 @@ def test_closed_form_equals_torch_func_and_loop(mxy):
         assert torch.allclose(st_.fnorm, ref.fnorm, rtol=1e-10, atol=1e-14)
 
 
+def test_quadratic_head_with_linear_term_uses_torch_func():
+    """The closed form is that of the bias-free x^T W x; with the authors' linear term it would be wrong."""
+    torch.manual_seed(0)
+    model = build_model("quadratic", (4,), 3, linear_term=True)
+    X, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    ref = A.gradient_statistics(model, X, y, method="loop")
+    got = A.gradient_statistics(model, X, y)
+    assert got.method == "func" and torch.allclose(got.gram, ref.gram, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(got.fnorm, ref.fnorm, rtol=1e-10) and A.theorem2_report(model, X, y).method == "func"
+    with pytest.raises(ConfigError, match="no closed form"):
+        A.gradient_statistics(model, X, y, method="closed")
+
+
 def test_per_sample_grads_func_equals_loop_deep_and_conv():
     torch.manual_seed(0)
     cases = [(build_model("lowrank", (5,), 3, rank=2, layers=2, hidden=4), torch.randn(7, 5)),
@@ -214,7 +227,8 @@ def test_chunked_torch_func_path_matches_closed_form():
     X, y = torch.randn(11, 6), torch.randint(0, 4, (11,))
     ref = A.theorem2_report(model, X, y, method="closed")
     P = 4 * 2 * 6
-    for budget in (1, 4 * P * 8 * 2 * 3, 10 ** 8):      # 1 sample per chunk; a few; all at once
+    # 1 sample per chunk and block; blocks of 3 samples (off-diagonal Gram blocks not square); a few chunks; all at once
+    for budget in (1, 3 * P * 8 // 4, 4 * P * 8 * 2 * 3, 10 ** 8):
         rep = A.theorem2_report(model, X, y, method="func", memory_budget=budget)
         for k in ("sigma_max", "rho", "B", "velocity", "lower_bound", "cv", "eps"):
             assert math.isclose(getattr(rep, k), getattr(ref, k), rel_tol=1e-9), k
