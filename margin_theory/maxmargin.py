@@ -444,6 +444,9 @@ def head_of(model) -> str:
     if feats is not None and any(True for _ in feats.parameters()):
         raise ConfigError(f"the max-margin optimum applies to a head on fixed inputs; model "
                           f"{getattr(model, 'name', type(model).__name__)!r} has trainable features")
+    if getattr(head, "linear", None) is not None:
+        raise ConfigError("no max-margin problem for a quadratic head with the authors' linear term "
+                          "(--linear-term); the optimum here is for x^T W x alone")
     for cls, kind in ((LinearHead, "linear"), (QuadraticHead, "quadratic"), (LowRankHead, "lowrank")):
         if isinstance(head, cls) and getattr(head, "bias", None) is None:
             return kind

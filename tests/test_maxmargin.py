@@ -229,6 +229,9 @@ def test_compare_refuses_wrong_head():
         mm.compare_with_optimum(build_model("lowrank", (2,), 2), XOR_X, XOR_Y, r)
     with pytest.raises(mm.ConfigError, match="trainable features"):
         mm.head_of(build_model("conv-linear", (1, 4, 4), 2))
+    assert mm.head_of(build_model("quadratic", (2,), 2)) == "quadratic"
+    with pytest.raises(mm.ConfigError, match="linear term"):   # x^T W x + w.x is another problem
+        mm.head_of(build_model("quadratic", (2,), 2, linear_term=True))
 
 
 # ---------------------------------------------------------------------------
