@@ -898,20 +898,18 @@ def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
             per_def = {}
             for key in MARGIN_DEFINITIONS:     # Spearman(margin, test accuracy) for every definition
                 v = np.array([np.nan if x is None else x for x in curves[key]], float)
-                rho, pval, ok = _spearman(v, ta)
+                rho, _, ok = _spearman(v, ta)
                 dv = np.diff(v[ok])
                 per_def[key] = {"spearman_rho": rho, "initial": float(v[ok][0]) if ok.any() else None,
                                 "final": float(v[ok][-1]) if ok.any() else None,
-                                "fraction_epochs_rose": float((dv > 0).mean()) if dv.size else None,
-                                "_p": pval}
+                                "fraction_epochs_rose": float((dv > 0).mean()) if dv.size else None}
             gb = np.array([r["gamma_bar"] for r in h], float)
+            rho, pval, _ = _spearman(gb, ta)
             inc = np.diff(gb) > 0
             mons = [{"epoch": r["epoch"], **r["theorem2"]} for r in h if r.get("theorem2")]
             seeds_info.append({
                 "seed": rec["seed"], "epochs": [float(r["epoch"]) for r in h], "gamma_bar": gb.tolist(),
-                "test_acc": ta.tolist(), "spearman_rho": per_def["gamma_bar"]["spearman_rho"],
-                "spearman_p": per_def["gamma_bar"]["_p"],
-                "definitions": {k: {x: y for x, y in d.items() if x != "_p"} for k, d in per_def.items()},
+                "test_acc": ta.tolist(), "spearman_rho": rho, "spearman_p": pval, "definitions": per_def,
                 "curves": curves, "fraction_epochs_gamma_bar_rose": float(inc.mean()) if inc.size else None,
                 "gamma_bar_initial": float(gb[0]), "gamma_bar_final": float(gb[-1]),
                 "normalisation": rec.get("normalisation"), "degree": rec.get("degree"),
