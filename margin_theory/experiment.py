@@ -1001,7 +1001,8 @@ def analysis_reach(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         _dress(ax, "epoch", "test accuracy (%)", _part_title(results, p), legend=7)
         base = next((r for r in rows if not r["margin_reg"]), None)
         checks = {}
-        for r in [r for r in rows if r["margin_reg"]] if base is not None else []:
+        regularised = [r for r in rows if r["margin_reg"]] if base is not None else []
+        for r in regularised:                # each lambda > 0 against lambda = 0
             for k, x in r["reach_epoch_mean"].items():
                 b = base["reach_epoch_mean"][k]
                 verdict = ("n/a" if x is None and b is None else "sooner" if x is not None and (b is None or x < b)
