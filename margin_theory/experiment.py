@@ -1,64 +1,45 @@
 r"""Reproduce the paper's tables and figures from readable definitions (SPEC §7).
 
-Each result of the paper has one TOML file in ``experiments/`` (``table2``,
-``fig1-fmnist``, ``fig2-eigen``, ``fig3-ranks``, ``table3-cifar``, ``fig5-margin``,
-``fig6-margin-reg``, ``small-data``, ``xor``; ``--list`` shows them). A definition
-holds
+Each result has one TOML file in ``experiments/`` (``--list`` shows them), holding
 
-* ``[train]``: the paper's training protocol (fields of :class:`margin_theory.train.TrainConfig`);
-* ``[[runs]]``: one model each - ``label``, ``part`` (which data), ``paper`` (the paper's
-  number, verbatim, or why there is none), trainer settings that differ from ``[train]``,
-  optional ``scales = [...]`` (the scales it runs at) and per-scale overrides
-  (``override = {tiny = {hidden = 64}}``);
-* ``[parts.<part>.<scale>]``: the data of a part at each scale - ``dataset`` (a name, or a
-  list of alternatives: the first one present is used), ``n_train`` / ``n_test`` (seeded
-  stratified subsets), ``train = {...}`` overrides, analysis settings (``target``);
-* ``[scales.<scale>]``: ``seeds`` and ``train = {...}`` overrides (and ``xor = {...}``);
-* analysis tables (``[eigen]``, ``[ranks]``, ``[margin]``, ``[reach]``, ``[xor]``).
+* ``[train]``: the training protocol (fields of :class:`margin_theory.train.TrainConfig`);
+* ``[[runs]]``: one model each - ``label``, ``part`` (which data), ``paper`` (the paper's number,
+  verbatim, or why there is none), trainer settings that differ from ``[train]``, optional
+  ``scales = [...]`` and per-scale overrides (``override = {tiny = {hidden = 64}}``);
+* ``[parts.<part>.<scale>]``: ``dataset`` (a name, or a list of alternatives: the first present is
+  used), ``n_train`` / ``n_test`` (seeded stratified subsets), ``train = {...}``, ``target``;
+* ``[scales.<scale>]``: ``seeds`` and ``train = {...}`` (and ``xor = {...}``, ``maxmargin = {...}``);
+* analysis tables (``[eigen]``, ``[ranks]``, ``[margin]``, ``[reach]``, ``[xor]``, ``[maxmargin]``).
 
-Settings are merged in this order, later winning: ``[train]`` < run < ``scales.S.train``
-< ``parts.P.S.train`` < ``run.override.S``. The runner turns each (run, seed) into a
-:class:`~margin_theory.train.TrainConfig`, calls :func:`margin_theory.train.train`,
-aggregates the final test accuracy over seeds (mean +- sample std), and calls the small
-analysis functions the definition names:
+Settings merge in this order, later winning: ``[train]`` < run < ``scales.S.train`` <
+``parts.P.S.train`` < ``run.override.S``. Each (run, seed) becomes a TrainConfig for
+:func:`margin_theory.train.train`; the final test accuracy is aggregated over seeds (mean +- sample
+std) and the analyses the definition names are run:
 
 * ``accuracy``: the table (paper's number beside ours) and test-accuracy curves;
 * ``ranks`` (Fig. 3): accuracy against the Low-Rank DIQNN's rank, against linear and relu2;
-* ``eigen`` (Fig. 2): ``torch.linalg.eigh`` of every trained symmetric :math:`W_i`;
-  eigenpairs ordered by :math:`|\lambda|`; the spike-triggered average
-  :math:`\mathrm{STA}_i = \sum_n p_i(x_n) x_n / \sum_n p_i(x_n)` with
-  :math:`p_i = \mathrm{softmax}_i f(x_n)` over the training set; :math:`|\cos|` between the
-  leading eigenvector and :math:`\mathrm{STA}_i` (and the centred
-  :math:`\mathrm{STA}_i - \bar x`), with the mean over :math:`j \ne i` as a chance baseline;
-  test accuracy keeping only the top-k eigenpairs of every :math:`W_i`; the same for the learned
-  update :math:`\Delta W_i = W_i - W_i(0)` (the random symmetric initialisation, rebuilt from the
-  seed, has a semicircle spectrum of its own that hides the learned low-rank part);
-* ``margin`` (Fig. 5): :math:`\bar\gamma` (SPEC §2; the normalisation is reported) and test
-  accuracy per epoch, their Spearman rank correlation (``scipy.stats.spearmanr``), the
-  fraction of epochs where :math:`\bar\gamma` rose, and the Theorem 2 verdicts of the
-  trainer's monitors (:func:`margin_theory.assumptions.theorem2_report`);
-* ``reach`` (Fig. 6): the first epoch at which the test accuracy reaches each of the part's
-  targets, and the accuracy after one epoch;
-* ``xor`` (Theorem 1 / Fig. 4): :func:`margin_theory.xor_flow.solve_xor_flow` from several
-  random starts (:func:`~margin_theory.xor_flow.random_init`).
+* ``eigen`` (Fig. 2): see :func:`analysis_eigen` (eigenpairs by |lambda|, the spike-triggered
+  average :math:`\mathrm{STA}_i = \sum_n p_i(x_n) x_n / \sum_n p_i(x_n)`, top-k accuracy, and the
+  same for the learned update :math:`\Delta W_i = W_i - W_i(0)`);
+* ``margin`` (Fig. 5): :math:`\bar\gamma` (SPEC §2) and every margin definition against test accuracy
+  per epoch (Spearman rho), and the Theorem 2 verdicts (:func:`margin_theory.assumptions.theorem2_report`);
+* ``reach`` (Fig. 6): the first epoch at which the test accuracy reaches each target of the part;
+* ``xor`` (Theorem 1 / Fig. 4): :func:`margin_theory.xor_flow.solve_xor_flow` from random starts;
+* ``maxmargin``: gradient descent against the max-margin optimum (:mod:`margin_theory.maxmargin`).
 
-Scales: ``paper`` (the paper's protocol; its datasets must be in ``--data-dir``, else exit
-2), ``smoke`` (minutes on a CPU: bundled ``mnist-5k`` for MNIST, seeded subsets of
-Fashion-MNIST / CIFAR-10 when their files are present - otherwise that part is skipped
-with a note saying what is missing and how to get it), ``tiny`` (seconds; used by the tests).
+Scales: ``paper`` (the paper's protocol; its datasets must be in ``--data-dir``, else exit 2),
+``smoke`` (CPU minutes: bundled ``mnist-5k``, seeded subsets of the other sets when present, else
+the part is skipped with a note on how to get the data), ``tiny`` (seconds; used by the tests).
 
-Outputs in ``--out`` (default ``results/<scale>/<name>``), written atomically:
-``results.json``, ``results.md`` (paper's number, ours, mean +- std over seeds, data,
-epochs, seeds, wall time) and PNG figures. ``--cache-dir DIR`` keeps every trained model
-(trainer run folder: final checkpoint + metrics) under a hash of its full training
-configuration, so an identical run in another experiment (e.g. Fig. 2's quadratic model
-and Table 2's) is loaded instead of retrained.
+Outputs in ``--out`` (default ``results/<scale>/<name>``), written atomically: ``results.json``,
+``results.md`` and PNG figures. ``--cache-dir DIR`` keeps every trained model (trainer run folder)
+under a hash of its training configuration, so an identical run elsewhere is loaded, not retrained.
 
 Command line::
 
     python -m margin_theory.experiment NAME|all --scale smoke|paper|tiny [--data-dir DIR]
-        [--seeds K] [--parts P[,P]] [--device auto|cpu|cuda] [--out DIR] [--cache-dir DIR]
-        [--experiments-dir DIR] [--json] [--quiet] [--verbose]
+        [--seeds K] [--parts P[,P]] [--device auto|cpu|cuda] [--protocol P|both] [--out DIR]
+        [--cache-dir DIR] [--experiments-dir DIR] [--json] [--quiet] [--verbose]
     python -m margin_theory.experiment --list [--json]
 """
 from __future__ import annotations
@@ -79,30 +60,15 @@ from typing import Any
 
 import numpy as np
 
-from ._util import (
-    ArgumentParser,
-    ConfigError,
-    MarginTheoryError,
-    NonFiniteLossError,
-    atomic_write_json,
-    atomic_write_text,
-    check_output_path,
-    cli_entry,
-    dumps_json,
-    positive_int,
-    print_json,
-    progress,
-    save_figure,
-    use_agg_backend,
-)
+from ._util import (ArgumentParser, ConfigError, MarginTheoryError, NonFiniteLossError, atomic_write_json,
+                    atomic_write_text, check_output_path, cli_entry, dumps_json, positive_int, print_json, progress,
+                    save_figure, use_agg_backend)
 from .data import REGISTRY
 from .models import ModelSpec
 from .protocols import get_protocol, protocol_names
 
-__all__ = [
-    "SCALES", "ANALYSES", "default_experiments_dir", "list_experiments", "load_definition",
-    "plan_experiment", "run_experiment", "Plan", "PlannedRun", "main",
-]
+__all__ = ["SCALES", "ANALYSES", "default_experiments_dir", "list_experiments", "load_definition",
+           "plan_experiment", "run_experiment", "Plan", "PlannedRun", "main"]
 
 PROG = "python -m margin_theory.experiment"
 SCALES = ("tiny", "smoke", "paper")
@@ -117,8 +83,7 @@ PART_META_KEYS = frozenset({"dataset", "n_train", "n_test", "train", "target"})
 TOP_KEYS = frozenset({"name", "title", "reproduces", "analysis", "paper_source", "train", "runs", "parts",
                       "scales", "eigen", "ranks", "margin", "reach", "xor", "maxmargin", "claims"})
 #: config fields that do not change the trained weights or history (left out of the cache key)
-_CACHE_IGNORED = frozenset({"device", "out", "resume", "overwrite", "quiet", "json", "checkpoint_every",
-                            "eval_batch_size", "data_dir", "download"})
+_CACHE_IGNORED = RUNNER_FIELDS - {"dataset", "n_train", "n_test", "seed"}
 
 
 # ---------------------------------------------------------------------------
@@ -174,118 +139,115 @@ def _validate_definition(spec: dict, path: Path) -> None:
     fields = set(TrainConfig.__dataclass_fields__)
     where = path.name
 
-    def train_keys(d: Any, ctx: str, run: dict | None = None) -> None:
-        """Keys and values of a settings table; ``run``: the run's own settings it belongs to
-        (then the model options must apply to the run's model), None for a shared table."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"{where}: {ctx} must be a table")
-        bad = sorted(k for k in d if k not in fields or k in RUNNER_FIELDS)
-        if bad:
-            raise ConfigError(f"{where}: {ctx}: unknown or runner-controlled training key(s) {', '.join(bad)}")
-        try:                        # the values' types and ranges (rank, lr, ...), defaults elsewhere
-            TrainConfig.from_dict({**(run or {}), **d}, applicable=run is not None)
-        except MarginTheoryError as exc:
-            raise ConfigError(f"{where}: {ctx}: {exc}") from None
+    def fail(msg: str):
+        raise ConfigError(f"{where}: {msg}") from None
 
     def table(v: Any, ctx: str) -> dict:
         if not isinstance(v, dict):
-            raise ConfigError(f"{where}: {ctx} must be a table, got {type(v).__name__}")
+            fail(f"{ctx} must be a table, got {type(v).__name__}")
         return v
+
+    def train_keys(d: Any, ctx: str, run: dict | None = None) -> None:
+        """A settings table; ``run``: the run's own settings it belongs to (then the model options
+        must apply to the run's model), None for a shared table."""
+        bad = sorted(k for k in table(d, ctx) if k not in fields or k in RUNNER_FIELDS)
+        if bad:
+            fail(f"{ctx}: unknown or runner-controlled training key(s) {', '.join(bad)}")
+        try:                        # the values' types and ranges (rank, lr, ...), defaults elsewhere
+            TrainConfig.from_dict({**(run or {}), **d}, applicable=run is not None)
+        except MarginTheoryError as exc:
+            fail(f"{ctx}: {exc}")
+
+    def positive_int(v: Any) -> bool:
+        return not isinstance(v, bool) and isinstance(v, int) and v >= 1
 
     def target_ok(t: Any) -> bool:
         vals = t if isinstance(t, list) else [t]
-        return bool(vals) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                  and 0 < x <= 1 for x in vals)
+        return bool(vals) and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1
+                                  for x in vals)
 
-    unknown = sorted(set(spec) - TOP_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(unknown)}")
+    if unknown := sorted(set(spec) - TOP_KEYS):
+        fail(f"unknown top-level key(s) {', '.join(unknown)}")
     if spec.get("name") != path.stem:
-        raise ConfigError(f"{where}: name = {spec.get('name')!r} must equal the file name {path.stem!r}")
+        fail(f"name = {spec.get('name')!r} must equal the file name {path.stem!r}")
     analysis = spec.get("analysis")
     if not isinstance(analysis, list) or not analysis or any(a not in ANALYSES for a in analysis):
-        raise ConfigError(f"{where}: analysis must be a non-empty list from {', '.join(ANALYSES)}")
-    train_keys(spec.get("train", {}), "[train]")
+        fail(f"analysis must be a non-empty list from {', '.join(ANALYSES)}")
+    base = spec.get("train", {})
+    train_keys(base, "[train]")
     for sec in ("eigen", "ranks", "margin", "reach", "xor"):
-        if sec in spec:
-            table(spec[sec], f"[{sec}]")
-            claims = spec[sec].get("paper_claims", [])
-            if not isinstance(claims, list) or not all(isinstance(c, str) for c in claims):
-                raise ConfigError(f"{where}: [{sec}] paper_claims must be a list of strings")
+        claims = table(spec[sec], f"[{sec}]").get("paper_claims", []) if sec in spec else []
+        if not isinstance(claims, list) or not all(isinstance(c, str) for c in claims):
+            fail(f"[{sec}] paper_claims must be a list of strings")
     scales = table(spec.get("scales", {}), "[scales]")
     if set(scales) - set(SCALES):
-        raise ConfigError(f"{where}: [scales] may only define {', '.join(SCALES)}")
+        fail(f"[scales] may only define {', '.join(SCALES)}")
     for s, sd in scales.items():
         table(sd, f"[scales.{s}]")
         if "xor" in sd:
             table(sd["xor"], f"[scales.{s}.xor]")
-        if set(sd) - {"seeds", "train", "xor", "maxmargin"}:
-            raise ConfigError(f"{where}: [scales.{s}] has unknown key(s) "
-                              f"{', '.join(sorted(set(sd) - {'seeds', 'train', 'xor', 'maxmargin'}))}")
-        seeds = sd.get("seeds", 1)
-        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-            raise ConfigError(f"{where}: [scales.{s}] seeds must be a positive integer")
+        if bad := sorted(set(sd) - {"seeds", "train", "xor", "maxmargin"}):
+            fail(f"[scales.{s}] has unknown key(s) {', '.join(bad)}")
+        if not positive_int(sd.get("seeds", 1)):
+            fail(f"[scales.{s}] seeds must be a positive integer")
         train_keys(sd.get("train", {}), f"[scales.{s}.train]")
     parts = table(spec.get("parts", {}), "[parts]")
     for p, pd in parts.items():
-        table(pd, f"[parts.{p}]")
-        for s, ps in pd.items():
+        for s, ps in table(pd, f"[parts.{p}]").items():
+            ctx = f"[parts.{p}.{s}]"
             if s not in SCALES:
-                raise ConfigError(f"{where}: [parts.{p}.{s}]: unknown scale {s!r}")
-            table(ps, f"[parts.{p}.{s}]")
+                fail(f"{ctx}: unknown scale {s!r}")
+            table(ps, ctx)
             if "target" in ps and not target_ok(ps["target"]):
-                raise ConfigError(f"{where}: [parts.{p}.{s}] target must be an accuracy in (0, 1] or a "
-                                  f"non-empty list of them, got {ps['target']!r}")
+                fail(f"{ctx} target must be an accuracy in (0, 1] or a non-empty list of them, got {ps['target']!r}")
             for k in ("n_train", "n_test"):
-                v = ps.get(k)
-                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                    raise ConfigError(f"{where}: [parts.{p}.{s}] {k} must be a positive integer, got {v!r}")
-            bad = sorted(set(ps) - PART_META_KEYS)
-            if bad:
-                raise ConfigError(f"{where}: [parts.{p}.{s}] has unknown key(s) {', '.join(bad)}")
+                if ps.get(k) is not None and not positive_int(ps[k]):
+                    fail(f"{ctx} {k} must be a positive integer, got {ps[k]!r}")
+            if bad := sorted(set(ps) - PART_META_KEYS):
+                fail(f"{ctx} has unknown key(s) {', '.join(bad)}")
             ds = ps.get("dataset")
             if not (isinstance(ds, str) or (isinstance(ds, list) and ds and all(isinstance(x, str) for x in ds))):
-                raise ConfigError(f"{where}: [parts.{p}.{s}] needs dataset = NAME or a list of names")
+                fail(f"{ctx} needs dataset = NAME or a list of names")
             train_keys(ps.get("train", {}), f"[parts.{p}.{s}.train]")
     runs = spec.get("runs", [])
     if not isinstance(runs, list):
-        raise ConfigError(f"{where}: runs must be a list of [[runs]] tables, got {type(runs).__name__}")
+        fail(f"runs must be a list of [[runs]] tables, got {type(runs).__name__}")
     if "xor" not in analysis and "maxmargin" not in analysis and not runs:
-        raise ConfigError(f"{where}: no [[runs]]")
+        fail("no [[runs]]")
     labels = set()
     for i, r in enumerate(runs):
         ctx = f"[[runs]] #{i + 1}"
         table(r, ctx)
         if not isinstance(r.get("label"), str) or not isinstance(r.get("part"), str):
-            raise ConfigError(f"{where}: {ctx} needs label and part")
+            fail(f"{ctx} needs label and part")
+        what = f"{ctx} ({r['label']})"
         if r["part"] not in parts:
-            raise ConfigError(f"{where}: {ctx} ({r['label']}): part {r['part']!r} has no [parts.{r['part']}]")
+            fail(f"{what}: part {r['part']!r} has no [parts.{r['part']}]")
         if (r["part"], r["label"]) in labels:
-            raise ConfigError(f"{where}: {ctx}: duplicate label {r['label']!r} in part {r['part']!r}")
+            fail(f"{ctx}: duplicate label {r['label']!r} in part {r['part']!r}")
         labels.add((r["part"], r["label"]))
         if "model" not in r:
-            raise ConfigError(f"{where}: {ctx} ({r['label']}) needs model")
+            fail(f"{what} needs model")
         rs = r.get("scales", list(SCALES))
         if not isinstance(rs, list) or not all(isinstance(x, str) for x in rs) or set(rs) - set(SCALES):
-            raise ConfigError(f"{where}: {ctx} ({r['label']}): scales must be from {', '.join(SCALES)}")
+            fail(f"{what}: scales must be from {', '.join(SCALES)}")
         own = {k: v for k, v in r.items() if k not in RUN_META_KEYS}
-        base = spec.get("train", {}) if isinstance(spec.get("train", {}), dict) else {}
-        train_keys(own, ctx, run=dict(base))
+        train_keys(own, ctx, run=base)
         ov = r.get("override", {})
         if not isinstance(ov, dict) or set(ov) - set(SCALES):
-            raise ConfigError(f"{where}: {ctx} ({r['label']}): override must be a table of scales ({', '.join(SCALES)})")
+            fail(f"{what}: override must be a table of scales ({', '.join(SCALES)})")
         for s, o in ov.items():
             train_keys(o, f"{ctx}.override.{s}", run={**base, **own})
-        if "model" in r and not isinstance(r["model"], str):
-            raise ConfigError(f"{where}: {ctx} ({r['label']}): model must be a name, got {r['model']!r}")
+        if not isinstance(r["model"], str):
+            fail(f"{what}: model must be a name, got {r['model']!r}")
     claims = spec.get("claims", [])      # [[claims]] part = P, order = [label, ...]: "first > second > ..."
     if not isinstance(claims, list):
-        raise ConfigError(f"{where}: claims must be a list of tables ([[claims]])")
+        fail("claims must be a list of tables ([[claims]])")
     for i, c in enumerate(claims):
         ok = isinstance(c, dict) and set(c) <= {"part", "order"} and isinstance(c.get("part"), str) \
             and isinstance(c.get("order"), list) and len(c["order"]) >= 2
         if not ok or any((c["part"], lab) not in labels for lab in c["order"]):
-            raise ConfigError(f"{where}: [[claims]] #{i + 1} needs part = P and order = [two or more run labels of P]")
+            fail(f"[[claims]] #{i + 1} needs part = P and order = [two or more run labels of P]")
 
 
 # ---------------------------------------------------------------------------
@@ -308,11 +270,19 @@ class Plan:
     scale: str
     spec: dict
     runs: list[PlannedRun]
-    parts: dict[str, dict]          # part -> {"dataset", "n_train", "n_test", "target", "status", ...}
+    parts: dict[str, dict]          # part -> {"dataset", "n_train", "n_test", "target", "note"?}
     skipped: list[dict]
     seeds: list[int]
     data_dir: str | None
     notes: list[str] = field(default_factory=list)
+    quiet: bool = True              # analyses with long loops of their own show a progress bar unless quiet
+
+    def part_runs(self, part: str) -> list[PlannedRun]:
+        return [r for r in self.runs if r.part == part]
+
+    def run_parts(self) -> list[str]:
+        """The parts that have runs, in definition order."""
+        return [p for p in self.parts if self.part_runs(p)]
 
 
 def _how_to_get(dataset: str, data_dir: str | None) -> str:
@@ -326,11 +296,10 @@ def _how_to_get(dataset: str, data_dir: str | None) -> str:
 
 def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seeds: int | None = None,
                     parts: list[str] | None = None, protocol: str | None = None) -> Plan:
-    """Resolve ``spec`` at ``scale``: which data each part uses (checking the files), the
-    runs and their merged settings. Paper scale with missing data raises
-    :class:`ConfigError`; smoke/tiny skip that part with a note. ``protocol`` (a name from
-    :mod:`margin_theory.protocols`), when given, applies to every run and overrides the
-    definition's; otherwise runs use the definition's ``protocol`` (default ``paper``)."""
+    """Resolve ``spec`` at ``scale``: which data each part uses (checking the files), the runs and
+    their merged settings. Paper scale with missing data raises :class:`ConfigError`; smoke/tiny
+    skip that part with a note. ``protocol`` (a name from :mod:`margin_theory.protocols`), when
+    given, overrides every run's; otherwise runs use the definition's (default ``paper``)."""
     from .data import available, canonical_name
     from .train import TrainConfig
 
@@ -338,13 +307,10 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
         raise ConfigError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
     name = spec["name"]
     sc = spec.get("scales", {}).get(scale, {})
-    n_seeds = seeds if seeds is not None else int(sc.get("seeds", 1))
-    seed_list = list(range(n_seeds))
+    seed_list = list(range(seeds if seeds is not None else int(sc.get("seeds", 1))))
     all_parts = list(spec.get("parts", {}))
-    if parts:
-        bad = [p for p in parts if p not in all_parts]
-        if bad:
-            raise ConfigError(f"{name} has no part(s) {', '.join(bad)}; its parts: {', '.join(all_parts) or 'none'}")
+    if bad := [p for p in parts or [] if p not in all_parts]:
+        raise ConfigError(f"{name} has no part(s) {', '.join(bad)}; its parts: {', '.join(all_parts) or 'none'}")
     chosen = [p for p in all_parts if not parts or p in parts]
     part_info: dict[str, dict] = {}
     skipped: list[dict] = []
@@ -355,8 +321,7 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
             continue
         names = ps["dataset"] if isinstance(ps["dataset"], list) else [ps["dataset"]]
         use, problems = None, []
-        for ds in names:
-            ds = canonical_name(ds)
+        for ds in map(canonical_name, names):
             ok, where = available(ds, data_dir)
             if ok:
                 use = ds
@@ -369,34 +334,27 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
                                   f"use --scale smoke, or --parts to run the other parts)")
             skipped.append({"part": p, "reason": msg})
             continue
-        info = {"dataset": use, "n_train": ps.get("n_train"), "n_test": ps.get("n_test"),
-                "target": ps.get("target"), "alternatives": names}
+        part_info[p] = {"dataset": use, "n_train": ps.get("n_train"), "n_test": ps.get("n_test"),
+                        "target": ps.get("target")}
         if use != canonical_name(names[0]):
-            info["note"] = f"{canonical_name(names[0])} not found; used {use}"
-        part_info[p] = info
-
+            part_info[p]["note"] = f"{canonical_name(names[0])} not found; used {use}"
     runs: list[PlannedRun] = []
     for r in spec.get("runs", []):
         if r["part"] not in part_info or scale not in r.get("scales", SCALES):
             continue
-        settings = {"protocol": "paper", **spec.get("train", {})}
-        settings.update({k: v for k, v in r.items() if k not in RUN_META_KEYS})
-        settings.update(sc.get("train", {}))
-        settings.update(spec["parts"][r["part"]][scale].get("train", {}))
-        settings.update(r.get("override", {}).get(scale, {}))
+        settings = {"protocol": "paper", **spec.get("train", {}),
+                    **{k: v for k, v in r.items() if k not in RUN_META_KEYS}, **sc.get("train", {}),
+                    **spec["parts"][r["part"]][scale].get("train", {}), **r.get("override", {}).get(scale, {})}
         if protocol is not None:
             settings["protocol"] = get_protocol(protocol).name
         pi = part_info[r["part"]]
-        cfg = dict(settings, dataset=pi["dataset"], n_train=pi["n_train"], n_test=pi["n_test"])
         try:
-            TrainConfig.from_dict(cfg)
+            TrainConfig.from_dict(dict(settings, dataset=pi["dataset"], n_train=pi["n_train"], n_test=pi["n_test"]))
         except MarginTheoryError as exc:
             raise ConfigError(f"{spec['_file']}: run {r['label']!r} ({scale}): {exc}") from None
         runs.append(PlannedRun(label=r["label"], part=r["part"], paper=str(r.get("paper", "not stated")),
                                settings=settings, seeds=seed_list))
-    notes = []
-    if parts:
-        notes.append(f"only the part(s) {', '.join(chosen)} were run (--parts)")
+    notes = [f"only the part(s) {', '.join(chosen)} were run (--parts)"] if parts else []
     return Plan(name=name, scale=scale, spec=spec, runs=runs, parts=part_info, skipped=skipped,
                 seeds=seed_list, data_dir=data_dir, notes=notes)
 
@@ -404,15 +362,6 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
 # ---------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------
-def _config_for(plan: Plan, run: PlannedRun, seed: int, device: str):
-    from .train import TrainConfig
-
-    pi = plan.parts[run.part]
-    cfg = dict(run.settings, dataset=pi["dataset"], n_train=pi["n_train"], n_test=pi["n_test"],
-               data_dir=plan.data_dir, seed=seed, device=device, quiet=True)
-    return TrainConfig.from_dict(cfg)
-
-
 def _cache_key(config) -> str:
     d = {k: v for k, v in config.to_dict().items() if k not in _CACHE_IGNORED}
     return hashlib.sha256(dumps_json(d).encode()).hexdigest()[:16]
@@ -427,15 +376,11 @@ def _load_cached(folder: Path, config):
     from .checkpoint import latest_checkpoint, read_checkpoint
     from .train import read_metrics
 
-    summ = folder / "summary.json"
-    if not summ.is_file():
-        return None
     try:
-        final = json.loads(summ.read_text(encoding="utf-8"))
+        final = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
         if final.get("status") != "ok" or _cache_key(config) != _cache_key(type(config).from_dict(final["config"])):
             return None
-        ck = latest_checkpoint(folder)
-        if ck is None:
+        if (ck := latest_checkpoint(folder)) is None:
             return None
         c = read_checkpoint(ck, device="cpu")
         history = read_metrics(folder)
@@ -448,9 +393,7 @@ def _load_cached(folder: Path, config):
 
 def _r(v: Any) -> Any:
     """A float rounded to 7 significant digits (keeps results.json small); other values as they are."""
-    if isinstance(v, float) and math.isfinite(v) and v != 0.0:
-        return float(f"{v:.7g}")
-    return v
+    return float(f"{v:.7g}") if isinstance(v, float) and math.isfinite(v) and v != 0.0 else v
 
 
 def _compact_history(history: list[dict]) -> list[dict]:
@@ -471,16 +414,17 @@ def _train_one(config, cache_dir: Path | None, label: str, verbose: bool) -> dic
 
     log = (lambda msg: sys.stderr.write(f"  [{label} seed {config.seed}] {msg}\n")) if verbose else None
     t0 = time.perf_counter()
-    cached = None
+    cached, rec = None, {"status": "ok", "cached": False}
     if cache_dir is not None:
         folder = cache_dir / f"{_slug(label)}-s{config.seed}-{_cache_key(config)}"
+        rec["cache_folder"] = str(folder)
         cached = _load_cached(folder, config)
         if cached is None:
             config = copy.deepcopy(config)
             config.out, config.checkpoint_every, config.overwrite = str(folder), 0, True
     if cached is not None:
         model, history, final = cached
-        rec = {"status": "ok", "cached": True, "cache_folder": str(folder)}
+        rec["cached"] = True
     else:
         try:
             res = train(config, progress=False, log=log)
@@ -489,22 +433,13 @@ def _train_one(config, cache_dir: Path | None, label: str, verbose: bool) -> dic
                     "history": _compact_history(getattr(exc, "history", []) or []),
                     "wall_s": time.perf_counter() - t0, "_model": None}
         model, history, final = res.model, res.history, res.final
-        rec = {"status": "ok", "cached": False}
-        if cache_dir is not None:
-            rec["cache_folder"] = str(folder)
     last = history[-1] if history else {}
-    rec.update({
-        "seed": config.seed, "test_acc": last.get("test_acc"), "train_acc": last.get("train_acc"),
-        "best_test_acc": final.get("best_test_acc"), "gamma_bar": last.get("gamma_bar"),
-        "gamma_min": last.get("gamma_min"), "degree": last.get("degree"),
-        "normalisation": last.get("normalisation"), "epochs": int(last.get("epoch", 0)),
-        "parameters": final.get("parameters"), "unique_parameters": final.get("unique_parameters"),
-        "n_train": final.get("n_train"), "n_test": final.get("n_test"),
-        "train_seconds": final.get("total_seconds"), "device": final.get("device"),
-        "history": _compact_history(history),
-        "wall_s": time.perf_counter() - t0,
-        "_model": model, "_config": config,
-    })
+    rec.update({"seed": config.seed, **{k: last.get(k) for k in (
+        "test_acc", "train_acc", "gamma_bar", "gamma_min", "degree", "normalisation")}})
+    rec.update({k: final.get(k) for k in ("best_test_acc", "parameters", "unique_parameters", "n_train", "n_test")})
+    rec.update({"epochs": int(last.get("epoch", 0)), "train_seconds": final.get("total_seconds"),
+                "device": final.get("device"), "history": _compact_history(history),
+                "wall_s": time.perf_counter() - t0, "_model": model, "_config": config})
     return rec
 
 
@@ -515,11 +450,8 @@ def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
     return float(np.mean(xs)), (float(np.std(xs, ddof=1)) if len(xs) > 1 else None)
 
 
-def _data_description(pi: dict) -> dict:
-    d = {"dataset": pi["dataset"], "n_train": pi.get("n_train"), "n_test": pi.get("n_test")}
-    if pi.get("note"):
-        d["note"] = pi["note"]
-    return d
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds: int | None = None,
@@ -527,12 +459,13 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
                    cache_dir: str | Path | None = None, experiments_dir: str | Path | None = None,
                    quiet: bool = False, verbose: bool = False, command: str | None = None,
                    protocol: str | None = None) -> dict:
-    """Run experiment ``name`` at ``scale`` under ``protocol`` (see :func:`plan_experiment`);
-    write results.json, results.md and figures in ``out``.
+    """Run experiment ``name`` at ``scale`` under ``protocol`` (see :func:`plan_experiment`); write
+    results.json, results.md and figures in ``out``. Returns what results.json holds."""
+    from .train import TrainConfig
 
-    Returns the results dict (what results.json holds)."""
     spec = load_definition(name, experiments_dir)
     plan = plan_experiment(spec, scale, data_dir=data_dir, seeds=seeds, parts=parts, protocol=protocol)
+    plan.quiet = quiet
     out = check_output_path(out if out is not None else Path("results") / scale / name, kind="dir")
     if cache_dir is not None:
         check_output_path(cache_dir, kind="dir", flag="--cache-dir")
@@ -544,21 +477,21 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
         "paper_source": spec.get("paper_source", ""), "definition": spec["_file"], "scale": scale,
         "seeds": plan.seeds, "device": device, "data_dir": data_dir, "out": str(out),
         "protocol": ", ".join(sorted({r.settings["protocol"] for r in plan.runs})) or (protocol or "paper"),
-        "cache_dir": str(cache) if cache else None, "command": command,
-        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "parts": {}, "skipped": plan.skipped, "notes": list(plan.notes), "runs": [], "analysis": {},
-        "claims": [c for c in spec.get("claims", []) if c["part"] in plan.parts],
-        "figures": [],
+        "cache_dir": str(cache) if cache else None, "command": command, "started": _now(),
+        "parts": {p: {"dataset": pi["dataset"], "n_train": pi["n_train"], "n_test": pi["n_test"],
+                      **({"note": pi["note"]} if pi.get("note") else {})} for p, pi in plan.parts.items()},
+        "skipped": plan.skipped, "notes": list(plan.notes), "runs": [], "analysis": {},
+        "claims": [c for c in spec.get("claims", []) if c["part"] in plan.parts], "figures": [],
     }
-    for p, pi in plan.parts.items():
-        results["parts"][p] = _data_description(pi)
-
     jobs = [(r, s) for r in plan.runs for s in r.seeds]
     live: dict[tuple[str, str], list[dict]] = {}
     bar = progress(total=len(jobs), desc=f"{name} ({scale})", quiet=quiet, unit="run")
     try:
         for i, (run, seed) in enumerate(jobs):
-            cfg = _config_for(plan, run, seed, device)
+            pi = plan.parts[run.part]
+            cfg = TrainConfig.from_dict(dict(run.settings, dataset=pi["dataset"], n_train=pi["n_train"],
+                                             n_test=pi["n_test"], data_dir=data_dir, seed=seed, device=device,
+                                             quiet=True))
             rec = _train_one(cfg, cache, f"{run.part} {run.label}", verbose)
             live.setdefault((run.part, run.label), []).append(rec)
             bar.update(1)
@@ -569,39 +502,32 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
                           f"({rec['wall_s']:.1f} s{', cached' if rec.get('cached') else ''})", file=sys.stderr)
     finally:
         bar.close()
-
     for run in plan.runs:
         recs = live.get((run.part, run.label), [])
-        mean, std = _mean_std([r.get("test_acc") for r in recs if r["status"] == "ok"])
-        bmean, bstd = _mean_std([r.get("best_test_acc") for r in recs if r["status"] == "ok"])
-        first = next((r for r in recs if r["status"] == "ok"), {})
-        cfg = first.get("_config")
-        if cfg is not None:
+        ok = [r for r in recs if r["status"] == "ok"]
+        mean, std = _mean_std([r.get("test_acc") for r in ok])
+        bmean, bstd = _mean_std([r.get("best_test_acc") for r in ok])
+        first = ok[0] if ok else {}
+        if ok:
             results["parts"][run.part].update({"n_train": first.get("n_train"), "n_test": first.get("n_test")})
         results["runs"].append({
-            "label": run.label, "part": run.part, "model": run.settings.get("model"),
-            "rank": _rank_of(run),
-            "paper": run.paper, "settings": run.settings,
-            "epochs": run.settings.get("epochs", 10), "parameters": first.get("parameters"),
-            "test_acc_mean": mean, "test_acc_std": std, "protocol": run.settings["protocol"],
-            "best_test_acc_mean": bmean, "best_test_acc_std": bstd,
-            "n_ok": sum(r["status"] == "ok" for r in recs), "n_seeds": len(recs),
+            "label": run.label, "part": run.part, "model": run.settings.get("model"), "rank": _rank_of(run),
+            "paper": run.paper, "settings": run.settings, "epochs": run.settings.get("epochs", 10),
+            "parameters": first.get("parameters"), "test_acc_mean": mean, "test_acc_std": std,
+            "protocol": run.settings["protocol"], "best_test_acc_mean": bmean, "best_test_acc_std": bstd,
+            "n_ok": len(ok), "n_seeds": len(recs),
             "normalisation": first.get("normalisation"), "degree": first.get("degree"),
             "wall_s": float(sum(r["wall_s"] for r in recs)),
             "train_s": float(sum(r.get("train_seconds") or 0.0 for r in recs)),
             "per_seed": [{k: v for k, v in r.items() if not k.startswith("_")} for r in recs],
         })
-
     use_agg_backend()
-    plan.quiet = quiet                      # analyses with long loops of their own show a progress bar
     for a in spec["analysis"]:
-        fn = _ANALYSES[a]
-        results["analysis"][a] = fn(plan, results, live, out)
-    devices = sorted({s.get("device") for r in results["runs"] for s in r["per_seed"] if s.get("device")})
-    if devices:
+        results["analysis"][a] = _ANALYSES[a](plan, results, live, out)
+    if devices := sorted({s.get("device") for r in results["runs"] for s in r["per_seed"] if s.get("device")}):
         results["device"] = ", ".join(devices)
     results["wall_time_s"] = time.perf_counter() - t_start
-    results["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    results["finished"] = _now()
     results["figures"] = sorted({f for a in results["analysis"].values() if isinstance(a, dict)
                                  for f in a.get("figures", [])})
     atomic_write_json(out / "results.json", results)
@@ -629,46 +555,65 @@ def _curves(recs: list[dict], key: str = "test_acc") -> tuple[np.ndarray, np.nda
         return None
     n = min(len(h) for h in rows)
     ep = np.array([row["epoch"] for row in rows[0][:n]], dtype=float)
-    vals = np.array([[h[i].get(key) if h[i].get(key) is not None else np.nan for i in range(n)] for h in rows],
-                    dtype=float)
-    return ep, vals
+    return ep, np.array([[np.nan if h[i].get(key) is None else h[i][key] for i in range(n)] for h in rows], float)
+
+
+def _part_axes(plan: Plan):
+    """(parts with runs, figure, one axis per part), or (parts, None, None) when there is none."""
+    import matplotlib.pyplot as plt
+
+    parts = plan.run_parts()
+    if not parts:
+        return parts, None, None
+    fig, axes = plt.subplots(1, len(parts), figsize=(6.2 * len(parts), 4.4), squeeze=False)
+    return parts, fig, axes[0]
+
+
+def _dress(ax, xlabel: str, ylabel: str, title: str | None = None, legend: int | None = 8, **title_kw) -> None:
+    """Labels, title, grid and legend of one axis (the house style)."""
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    if title is not None:
+        ax.set_title(title, **title_kw)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=legend, loc="lower right")
+
+
+def _part_title(results: dict, p: str, test: bool = False) -> str:
+    pi = results["parts"][p]
+    return f"{p}: {pi['dataset']} ({pi.get('n_train')} train" + (f" / {pi.get('n_test')} test)" if test else ")")
+
+
+def _save(fig, out: Path, fname: str, title: str, fontsize: int = 10, tight: bool = True) -> str:
+    fig.suptitle(title, fontsize=fontsize)
+    if tight:
+        fig.tight_layout()
+    save_figure(fig, out / fname)
+    return fname
 
 
 def analysis_accuracy(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     """Test-accuracy curves (mean over seeds, band = min..max) per part; one figure."""
-    import matplotlib.pyplot as plt
-
-    parts = [p for p in plan.parts if any(r.part == p for r in plan.runs)]
-    figs = []
-    if parts:
-        fig, axes = plt.subplots(1, len(parts), figsize=(6.2 * len(parts), 4.4), squeeze=False)
-        for ax, p in zip(axes[0], parts):
-            for run in [r for r in plan.runs if r.part == p]:
-                c = _curves(live.get((p, run.label), []))
-                if c is None:
-                    continue
-                ep, v = c
-                m = np.nanmean(v, axis=0)
-                line, = ax.plot(ep, 100 * m, marker="o", ms=3, label=f"{run.label} ({100 * m[-1]:.2f}%)")
-                if v.shape[0] > 1:
-                    ax.fill_between(ep, 100 * np.nanmin(v, 0), 100 * np.nanmax(v, 0), color=line.get_color(), alpha=0.2)
-            ax.set_xlabel("epoch (0 = initialisation)")
-            ax.set_ylabel("test accuracy (%)")
-            pi = results["parts"][p]
-            ax.set_title(f"{p}: {pi['dataset']} ({pi.get('n_train')} train / {pi.get('n_test')} test)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8, loc="lower right")
-            lo = [l.get_ydata() for l in ax.get_lines()]
-            if lo:
-                finals = np.concatenate([np.asarray(y)[1:] for y in lo if len(y) > 1] or [np.asarray([0.0])])
-                if finals.size and np.isfinite(finals).any():
-                    ax.set_ylim(max(0.0, np.nanmin(finals) - 5), 100.5)
-        fig.suptitle(f"{plan.spec.get('title', plan.name)}\ntest accuracy over epochs "
-                     f"({plan.scale} scale, mean over {len(plan.seeds)} seed(s), band = min..max)", fontsize=10)
-        fig.tight_layout()
-        save_figure(fig, out / "accuracy_curves.png")
-        figs.append("accuracy_curves.png")
-    return {"figures": figs}
+    parts, fig, axes = _part_axes(plan)
+    if fig is None:
+        return {"figures": []}
+    for ax, p in zip(axes, parts):
+        for run in plan.part_runs(p):
+            if (c := _curves(live.get((p, run.label), []))) is None:
+                continue
+            ep, v = c
+            m = np.nanmean(v, axis=0)
+            line, = ax.plot(ep, 100 * m, marker="o", ms=3, label=f"{run.label} ({100 * m[-1]:.2f}%)")
+            if v.shape[0] > 1:
+                ax.fill_between(ep, 100 * np.nanmin(v, 0), 100 * np.nanmax(v, 0), color=line.get_color(), alpha=0.2)
+        _dress(ax, "epoch (0 = initialisation)", "test accuracy (%)", _part_title(results, p, test=True))
+        later = [np.asarray(ln.get_ydata())[1:] for ln in ax.get_lines() if len(ln.get_ydata()) > 1]
+        later = np.concatenate(later) if later else np.zeros(1)
+        if ax.get_lines() and np.isfinite(later).any():
+            ax.set_ylim(max(0.0, np.nanmin(later) - 5), 100.5)
+    return {"figures": [_save(fig, out, "accuracy_curves.png", f"{plan.spec.get('title', plan.name)}\ntest accuracy "
+                              f"over epochs ({plan.scale} scale, mean over {len(plan.seeds)} seed(s), "
+                              "band = min..max)")]}
 
 
 def _rank_of(run: PlannedRun) -> int | None:
@@ -678,36 +623,31 @@ def _rank_of(run: PlannedRun) -> int | None:
 
 def analysis_ranks(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     """Fig. 3: accuracy against rank, with linear and relu2 as references; the paper's three claims."""
-    import matplotlib.pyplot as plt
-
     by_label = {(r["part"], r["label"]): r for r in results["runs"]}
-    parts = [p for p in plan.parts if any(r.part == p for r in plan.runs)]
     res: dict[str, Any] = {"parts": {}, "figures": []}
-    if not parts:
+    parts, fig, axes = _part_axes(plan)
+    if fig is None:
         return res
-    fig, axes = plt.subplots(1, len(parts), figsize=(6.2 * len(parts), 4.4), squeeze=False)
-    for ax, p in zip(axes[0], parts):
-        ranks = sorted((_rank_of(r), by_label[(p, r.label)]) for r in plan.runs if r.part == p and _rank_of(r))
-        refs = {r.label: by_label[(p, r.label)] for r in plan.runs if r.part == p and not _rank_of(r)}
+    for ax, p in zip(axes, parts):
+        ranks = sorted((_rank_of(r), by_label[(p, r.label)]) for r in plan.part_runs(p) if _rank_of(r))
+        refs = {r.label: by_label[(p, r.label)] for r in plan.part_runs(p) if not _rank_of(r)}
         rs = [k for k, _ in ranks]
         ms = [v["test_acc_mean"] for _, v in ranks]
-        sd = [v["test_acc_std"] or 0.0 for _, v in ranks]
         info: dict[str, Any] = {"ranks": rs, "test_acc_mean": ms,
                                 "references": {k: v["test_acc_mean"] for k, v in refs.items()}}
         if rs and all(m is not None for m in ms):
-            ax.errorbar(rs, [100 * m for m in ms], yerr=[100 * s for s in sd], marker="o", capsize=3,
-                        label="Low-Rank DIQNN")
+            ax.errorbar(rs, [100 * m for m in ms], yerr=[100 * (v["test_acc_std"] or 0.0) for _, v in ranks],
+                        marker="o", capsize=3, label="Low-Rank DIQNN")
             r1 = ms[0] if rs[0] == 1 else None
             checks = {}
             for lab, ref in refs.items():
-                if ref["test_acc_mean"] is None:
+                if (acc := ref["test_acc_mean"]) is None:
                     continue
-                ax.axhline(100 * ref["test_acc_mean"], ls="--", lw=1.2, color="C1" if "relu" in lab else "C2",
-                           label=f"{lab} ({100 * ref['test_acc_mean']:.2f}%)")
+                ax.axhline(100 * acc, ls="--", lw=1.2, color="C1" if "relu" in lab else "C2",
+                           label=f"{lab} ({100 * acc:.2f}%)")
                 if r1 is not None:
-                    checks[f"rank 1 > {lab}"] = {"holds": bool(r1 > ref["test_acc_mean"]),
-                                                 "rank1": r1, lab: ref["test_acc_mean"],
-                                                 "difference_pct_points": 100 * (r1 - ref["test_acc_mean"])}
+                    checks[f"rank 1 > {lab}"] = {"holds": bool(r1 > acc), "rank1": r1, lab: acc,
+                                                 "difference_pct_points": 100 * (r1 - acc)}
             gains = [100 * (b - a) for a, b in zip(ms, ms[1:])]
             checks["accuracy rises with rank"] = {
                 "gains_pct_points": dict(zip([f"{a}->{b}" for a, b in zip(rs, rs[1:])], gains)),
@@ -720,18 +660,10 @@ def analysis_ranks(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         ax.set_xscale("log", base=2)
         ax.set_xticks(rs or [1])
         ax.set_xticklabels([str(r) for r in rs] or ["1"])
-        ax.set_xlabel("rank r of the Low-Rank DIQNN")
-        ax.set_ylabel("final test accuracy (%)")
-        pi = results["parts"][p]
-        ax.set_title(f"{p}: {pi['dataset']} ({pi.get('n_train')} train)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        _dress(ax, "rank r of the Low-Rank DIQNN", "final test accuracy (%)", _part_title(results, p))
         res["parts"][p] = info
-    fig.suptitle(f"Fig. 3: accuracy vs rank ({plan.scale} scale, mean +- std over {len(plan.seeds)} seed(s))",
-                 fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, out / "rank_accuracy.png")
-    res["figures"].append("rank_accuracy.png")
+    res["figures"].append(_save(fig, out, "rank_accuracy.png", f"Fig. 3: accuracy vs rank ({plan.scale} scale, "
+                                f"mean +- std over {len(plan.seeds)} seed(s))"))
     return res
 
 
@@ -753,13 +685,20 @@ def _cos(a, b) -> float:
     return float((a @ b).abs() / (a.norm() * b.norm()).clamp_min(1e-300))
 
 
-def _eigen_vs_sta(lam, V, evals, sta, xbar, classes) -> list[dict]:
-    C = lam.shape[0]
-    v1 = V[:, :, 0]
-    rows = []
+def _eigen_report(model, W, sta, xbar, classes, ks, Xte, yte):
+    """Eigenpairs of every W_i, their leading eigenvector against STA_i per class, and the test
+    accuracy of ``model`` with head weights W and with W_i cut to its top-k eigenpairs (by |lambda|).
+    Returns ``(lam, V, {"per_class", "topk", "summary"})``."""
+    import torch
+
+    from .margins import accuracy, predict
+
+    lam, V, evals = _sorted_eigen(W)
+    C, v1 = lam.shape[0], V[:, :, 0]
+    per_class = []
     for i in range(C):
         others = [j for j in range(C) if j != i]
-        rows.append({
+        per_class.append({
             "class": classes[i] if i < len(classes) else str(i),
             "leading_eigenvalue": float(lam[i, 0]), "second_eigenvalue": float(lam[i, 1]) if lam.shape[1] > 1 else None,
             "n_positive": int((evals[i] > 0).sum()), "n_negative": int((evals[i] < 0).sum()),
@@ -768,37 +707,24 @@ def _eigen_vs_sta(lam, V, evals, sta, xbar, classes) -> list[dict]:
             "cos_sta_centred_other_classes_mean": float(np.mean([_cos(v1[i], sta[j] - xbar) for j in others])),
             "energy_top1": float(lam[i, 0] ** 2 / (lam[i] ** 2).sum()),
         })
-    return rows
-
-
-def _topk_accuracy(model, lam, V, ks, Xte, yte) -> list[dict]:
-    """Test accuracy of ``model`` with every W_i replaced by its top-k eigenpairs (by |eigenvalue|)."""
-    import torch
-
-    from .margins import accuracy, predict
-
-    trunc = copy.deepcopy(model)
-    out = []
+    m = copy.deepcopy(model)
+    topk = []
     with torch.no_grad():
+        m.head.weight.copy_(W.to(m.head.weight.dtype))
+        full_acc = accuracy(predict(m, Xte), yte)
         for k in ks:
             Vk = V[:, :, :k]
             Wk = (Vk * lam[:, None, :k]) @ Vk.transpose(1, 2)
-            trunc.head.weight.copy_(0.5 * (Wk + Wk.transpose(1, 2)).to(trunc.head.weight.dtype))
-            acc = accuracy(predict(trunc, Xte), yte)
-            energy = float(((lam[:, :k] ** 2).sum(1) / (lam ** 2).sum(1)).mean())
-            out.append({"k": k, "test_acc": acc, "energy_fraction_mean": energy})
-    return out
-
-
-def _summ(per_class: list[dict], topk: list[dict], full_acc: float) -> dict:
-    return {
-        "cos_sta_mean": float(np.mean([c["cos_sta"] for c in per_class])),
-        "cos_sta_other_mean": float(np.mean([c["cos_sta_other_classes_mean"] for c in per_class])),
-        "cos_sta_centred_mean": float(np.mean([c["cos_sta_centred"] for c in per_class])),
-        "cos_sta_centred_other_mean": float(np.mean([c["cos_sta_centred_other_classes_mean"] for c in per_class])),
-        "full_test_acc": full_acc,
-        "smallest_k_within_1pt": next((t["k"] for t in topk if t["test_acc"] >= full_acc - 0.01), topk[-1]["k"]),
-    }
+            m.head.weight.copy_(0.5 * (Wk + Wk.transpose(1, 2)).to(m.head.weight.dtype))
+            topk.append({"k": k, "test_acc": accuracy(predict(m, Xte), yte),
+                         "energy_fraction_mean": float(((lam[:, :k] ** 2).sum(1) / (lam ** 2).sum(1)).mean())})
+    mean = {key: float(np.mean([c[key] for c in per_class])) for key in
+            ("cos_sta", "cos_sta_other_classes_mean", "cos_sta_centred", "cos_sta_centred_other_classes_mean")}
+    summary = {"cos_sta_mean": mean["cos_sta"], "cos_sta_other_mean": mean["cos_sta_other_classes_mean"],
+               "cos_sta_centred_mean": mean["cos_sta_centred"],
+               "cos_sta_centred_other_mean": mean["cos_sta_centred_other_classes_mean"], "full_test_acc": full_acc,
+               "smallest_k_within_1pt": next((t["k"] for t in topk if t["test_acc"] >= full_acc - 0.01), topk[-1]["k"])}
+    return lam, V, {"per_class": per_class, "topk": topk, "summary": summary}
 
 
 def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
@@ -817,13 +743,12 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     import matplotlib.pyplot as plt
     import torch
 
-    from .margins import accuracy, predict
+    from .margins import param_norm, predict
     from .models import QuadraticHead
     from .train import build_model_for, load_data_for
 
     cfg_e = plan.spec.get("eigen", {})
-    label = cfg_e.get("run")
-    run = next((r for r in plan.runs if r.label == label), plan.runs[0] if plan.runs else None)
+    run = next((r for r in plan.runs if r.label == cfg_e.get("run")), plan.runs[0] if plan.runs else None)
     if run is None:
         return {"figures": [], "note": "no run to analyse (its data was skipped)"}
     recs = [r for r in live.get((run.part, run.label), []) if r["status"] == "ok"]
@@ -831,9 +756,8 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         return {"figures": [], "note": "the run did not finish"}
     rec = recs[0]
     model = copy.deepcopy(rec["_model"]).to("cpu").eval()
-    head = model.head
-    if not isinstance(head, QuadraticHead):
-        raise ConfigError(f"eigen analysis needs a full quadratic head, got {type(head).__name__}")
+    if not isinstance(model.head, QuadraticHead):
+        raise ConfigError(f"eigen analysis needs a full quadratic head, got {type(model.head).__name__}")
     cfg = rec["_config"]
     ds = load_data_for(cfg, torch.device("cpu"))
     Xtr = ds.X_train.to("cpu", torch.float32)
@@ -841,52 +765,36 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     with torch.no_grad():
         feats = model.features(Xtr).flatten(1).to(torch.float64)
         p = torch.softmax(predict(model, Xtr).to(torch.float64), dim=1)          # (N, C)
-    W = head.weight.detach().to(torch.float64)
+    W = model.head.weight.detach().to(torch.float64)
     C, d, _ = W.shape
     sta = (p.T @ feats) / p.sum(0).unsqueeze(1)                                  # (C, d)
     xbar = feats.mean(0)
     ks = sorted({int(k) for k in cfg_e.get("ks", [1, 2, 4, 8, 16, 32]) if 1 <= int(k) <= d} | {d})
-    with torch.no_grad():
-        full_acc = accuracy(predict(model, Xte), yte)
-
-    lam, V, evals = _sorted_eigen(W)
-    per_class = _eigen_vs_sta(lam, V, evals, sta, xbar, ds.classes)
-    topk = _topk_accuracy(model, lam, V, ks, Xte, yte)
-    summary = _summ(per_class, topk, full_acc)
-
-    # the learned update Delta W = W - W(0)
-    delta = None
-    with torch.random.fork_rng(devices=[]):
+    lam, V, trained = _eigen_report(model, W, sta, xbar, ds.classes, ks, Xte, yte)
+    full_acc = trained["summary"]["full_test_acc"]
+    with torch.random.fork_rng(devices=[]):            # the learned update Delta W = W - W(0)
         torch.manual_seed(cfg.seed)
         m0 = build_model_for(cfg, ds)
     W0 = m0.head.weight.detach().to(torch.float64)
-    init_norm = float(torch.sqrt(sum((q.detach().double() ** 2).sum() for q in
-                                     (m0.parameters() if rec.get("normalisation") == "full" else m0.head.parameters()))))
+    init_norm = float(param_norm(m0.parameters() if rec.get("normalisation") == "full" else m0.head.parameters())
+                      .detach())
     recorded = rec["history"][0].get("theta_norm") if rec.get("history") else None
     if isinstance(recorded, (int, float)) and abs(init_norm - recorded) <= 1e-5 * max(recorded, 1e-12):
         dW = W - W0
-        dlam, dV, devals = _sorted_eigen(dW)
-        d_per_class = _eigen_vs_sta(dlam, dV, devals, sta, xbar, ds.classes)
-        only = copy.deepcopy(model)
-        with torch.no_grad():
-            only.head.weight.copy_(dW.to(only.head.weight.dtype))
-            only_acc = accuracy(predict(only, Xte), yte)
-        d_topk = _topk_accuracy(only, dlam, dV, ks, Xte, yte)
-        delta = {"per_class": d_per_class, "topk": d_topk, "summary": _summ(d_per_class, d_topk, only_acc),
-                 "norm_ratio_update_to_init": float(dW.norm() / W0.norm()),
-                 "note": "Delta W_i = W_i - W_i(0): the initialisation rebuilt from the run's seed "
-                         f"(||W(0)|| = {init_norm:.6g} equals the recorded initial ||theta||); the model "
-                         "x -> x^T Delta W_i x alone is evaluated for the top-k accuracies"}
+        dlam, dV, delta = _eigen_report(model, dW, sta, xbar, ds.classes, ks, Xte, yte)
+        delta.update({"norm_ratio_update_to_init": float(dW.norm() / W0.norm()),
+                      "note": "Delta W_i = W_i - W_i(0): the initialisation rebuilt from the run's seed "
+                              f"(||W(0)|| = {init_norm:.6g} equals the recorded initial ||theta||); the model "
+                              "x -> x^T Delta W_i x alone is evaluated for the top-k accuracies"})
     else:
         delta = {"note": f"initialisation not reproducible here (rebuilt ||theta(0)|| {init_norm:.6g} vs recorded "
                          f"{recorded}); Delta W analysis skipped"}
-
     figs = []
     shape = tuple(int(s) for s in model.input_shape)
     img = (shape[-2], shape[-1]) if len(shape) == 3 and shape[0] == 1 and shape[1] * shape[2] == d else None
     if img is not None:
         ncls = min(C, int(cfg_e.get("show_classes", C)))
-        rows = [("leading eigenvector\nof trained $W_i$", V[:, :, 0], lam, per_class)]
+        rows = [("leading eigenvector\nof trained $W_i$", V[:, :, 0], lam, trained["per_class"])]
         if "per_class" in delta:
             rows.append(("leading eigenvector\nof $\\Delta W_i = W_i - W_i(0)$", dV[:, :, 0], dlam, delta["per_class"]))
         nr = len(rows) + 2
@@ -903,62 +811,78 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
             b = float(s2.abs().max())
             axes[nr - 1, i].imshow(s2.reshape(img).numpy(), cmap="RdBu_r", vmin=-b, vmax=b)
             for r in range(nr):
-                axes[r, i].set_xticks([])
-                axes[r, i].set_yticks([])
-        for r, (lab, *_rest) in enumerate(rows):
+                axes[r, i].set(xticks=[], yticks=[])
+        for r, lab in enumerate([row[0] for row in rows] + ["STA_i\n(softmax-weighted)", "STA_i - mean\ninput"]):
             axes[r, 0].set_ylabel(lab, fontsize=7)
-        axes[nr - 2, 0].set_ylabel("STA_i\n(softmax-weighted)", fontsize=7)
-        axes[nr - 1, 0].set_ylabel("STA_i - mean\ninput", fontsize=7)
         fig.colorbar(im0, ax=axes[: nr - 2, :].ravel().tolist(), fraction=0.02, pad=0.01, label="entry (red +, blue -)")
         fig.colorbar(im1, ax=axes[nr - 2, :].tolist(), fraction=0.02, pad=0.01, label="pixel value")
-        fig.suptitle("Fig. 2: leading eigenvectors (largest |eigenvalue|; sign aligned with STA_i) vs each class's "
-                     "spike-triggered average; |cos| with STA / with centred STA", fontsize=9)
-        save_figure(fig, out / "eigenvectors_sta.png")
-        figs.append("eigenvectors_sta.png")
+        figs.append(_save(fig, out, "eigenvectors_sta.png", "Fig. 2: leading eigenvectors (largest |eigenvalue|; "
+                          "sign aligned with STA_i) vs each class's spike-triggered average; |cos| with STA / with "
+                          "centred STA", fontsize=9, tight=False))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.3))
-    ax1.plot([t["k"] for t in topk], [100 * t["test_acc"] for t in topk], marker="o",
-             label="top-k eigenpairs of trained $W_i$")
-    if "topk" in delta:
-        ax1.plot([t["k"] for t in delta["topk"]], [100 * t["test_acc"] for t in delta["topk"]], marker="s",
-                 label="top-k eigenpairs of $\\Delta W_i$ only (init removed)")
+    for topk, mk, lab in ((trained["topk"], "o", "top-k eigenpairs of trained $W_i$"),
+                          (delta.get("topk"), "s", "top-k eigenpairs of $\\Delta W_i$ only (init removed)")):
+        if topk:
+            ax1.plot([t["k"] for t in topk], [100 * t["test_acc"] for t in topk], marker=mk, label=lab)
     ax1.axhline(100 * full_acc, ls="--", color="k", lw=1, label=f"full trained model ({100 * full_acc:.2f}%)")
     ax1.set_xscale("log", base=2)
-    ax1.set_xlabel("k (eigenpairs of largest |eigenvalue| kept in every $W_i$)")
-    ax1.set_ylabel("test accuracy (%)")
-    ax1.set_title("test accuracy of the truncated DIQNN")
-    ax1.grid(alpha=0.3)
+    _dress(ax1, "k (eigenpairs of largest |eigenvalue| kept in every $W_i$)", "test accuracy (%)",
+           "test accuracy of the truncated DIQNN", legend=None)
     ax1.legend(fontsize=8)
-    ax2.plot(np.arange(1, d + 1), lam.abs().mean(0).numpy(), lw=1.5, label="trained $W_i$ (mean over classes)")
+    idx = np.arange(1, d + 1)
+    ax2.plot(idx, lam.abs().mean(0).numpy(), lw=1.5, label="trained $W_i$ (mean over classes)")
     if "topk" in delta:
-        ax2.plot(np.arange(1, d + 1), dlam.abs().mean(0).numpy(), lw=1.5, ls="--",
+        ax2.plot(idx, dlam.abs().mean(0).numpy(), lw=1.5, ls="--",
                  label="$\\Delta W_i = W_i - W_i(0)$ (mean over classes)")
-        ax2.plot(np.arange(1, d + 1), _sorted_eigen(W0)[0].abs().mean(0).numpy(), lw=1, ls=":",
+        ax2.plot(idx, _sorted_eigen(W0)[0].abs().mean(0).numpy(), lw=1, ls=":",
                  label="initial $W_i(0)$ (mean over classes)")
-    ax2.set_xscale("log")
-    ax2.set_yscale("log")
     top = float(lam.abs().max())
-    ax2.set_ylim(1e-6 * top, 2 * top)          # the update has ~0 eigenvalues along never-lit pixels
-    ax2.set_xlabel("index (sorted by |eigenvalue|)")
-    ax2.set_ylabel("|eigenvalue|")
-    ax2.set_title("spectra")
+    ax2.set(xscale="log", yscale="log", ylim=(1e-6 * top, 2 * top),      # the update has ~0 eigenvalues along
+            xlabel="index (sorted by |eigenvalue|)", ylabel="|eigenvalue|", title="spectra")   # never-lit pixels
     ax2.grid(alpha=0.3, which="both")
     ax2.legend(fontsize=7)
-    fig.suptitle(f"Fig. 2 (right): low-rank structure of the trained DIQNN ({plan.scale} scale, "
-                 f"{results['parts'][run.part]['dataset']})", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, out / "eigen_topk.png")
-    figs.append("eigen_topk.png")
+    figs.append(_save(fig, out, "eigen_topk.png", f"Fig. 2 (right): low-rank structure of the trained DIQNN "
+                      f"({plan.scale} scale, {results['parts'][run.part]['dataset']})"))
     return {"run": run.label, "seed": rec["seed"], "sta_definition":
             "STA_i = sum_n p_i(x_n) x_n / sum_n p_i(x_n), p = softmax(f(x_n)), training set; "
-            "|cos| with the leading eigenvector (largest |eigenvalue|); baseline = mean |cos| with the other classes' STA",
-            "per_class": per_class, "topk": topk, "summary": summary, "delta": delta,
-            "paper_claims": cfg_e.get("paper_claims", []), "figures": figs}
+            "|cos| with the leading eigenvector (largest |eigenvalue|); baseline = mean |cos| with the other "
+            "classes' STA",
+            **trained, "delta": delta, "paper_claims": cfg_e.get("paper_claims", []), "figures": figs}
+
+
+def _spearman(v: np.ndarray, ta: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Spearman (rho, p) of ``v`` against test accuracy over the epochs where both are finite (NaN for
+    fewer than 3 epochs or a constant trajectory, where it is undefined), and that mask."""
+    from scipy.stats import spearmanr
+
+    ok = np.isfinite(v) & np.isfinite(ta)
+    if ok.sum() >= 3 and np.ptp(v[ok]) > 0 and np.ptp(ta[ok]) > 0:
+        rho, pval = spearmanr(v[ok], ta[ok])
+        return float(rho), float(pval), ok
+    return float("nan"), float("nan"), ok
+
+
+#: the Theorem 2 monitor flags listed per epoch in Fig. 5's results (key -> predicate on a monitor line)
+_MONITOR_EPOCHS = {"theorem_applies_epochs": lambda m: m.get("theorem_applies"),
+                   "velocity_positive_epochs": lambda m: (m.get("velocity") or 0) > 0,
+                   "A1_epochs": lambda m: m.get("A1"), "A3_epochs": lambda m: m.get("A3")}
+_MARGIN_LABELS = {"gamma_bar": r"$\bar\gamma$ (q/$\|\theta\|^L$, mean)", "gamma_min": r"$\gamma_{\min}$",
+                  "gamma_output": "output-normalised (authors)", "gamma_smoothed": "smoothed (Lyu & Li)"}
+
+
+def _num(v) -> float:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
+
+
+def _minmax(v) -> np.ndarray:
+    v = np.array([np.nan if x is None else x for x in v], float)
+    lo, hi = np.nanmin(v), np.nanmax(v)
+    return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
 
 
 def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     """Fig. 5: gamma_bar and test accuracy per epoch; Spearman correlation; Theorem 2 verdicts."""
     import matplotlib.pyplot as plt
-    from scipy.stats import spearmanr
 
     res: dict[str, Any] = {"runs": [], "figures": []}
     runs = [r for r in plan.runs if live.get((r.part, r.label))]
@@ -966,42 +890,31 @@ def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         return res
     fig, axes = plt.subplots(3, len(runs), figsize=(5.6 * len(runs), 11.0), squeeze=False)
     for col, run in enumerate(runs):
-        recs = [r for r in live[(run.part, run.label)] if r["status"] == "ok"]
         seeds_info = []
-        for rec in recs:
+        for rec in [r for r in live[(run.part, run.label)] if r["status"] == "ok"]:
             h = rec["history"]
-            ep = np.array([r["epoch"] for r in h], float)
-            gb = np.array([r["gamma_bar"] for r in h], float)
             ta = np.array([r["test_acc"] for r in h], float)
-            rho, pval = float("nan"), float("nan")
-            if len(h) >= 3 and np.ptp(gb) > 0 and np.ptp(ta) > 0:     # undefined for a constant trajectory
-                rho, pval = spearmanr(gb, ta)
-            inc = np.diff(gb) > 0
+            curves = {key: [r.get(key) for r in h] for key in MARGIN_DEFINITIONS}
             per_def = {}
             for key in MARGIN_DEFINITIONS:     # Spearman(margin, test accuracy) for every definition
-                v = np.array([np.nan if r.get(key) is None else r[key] for r in h], float)
-                ok = np.isfinite(v) & np.isfinite(ta)
-                rho_k = float("nan")
-                if ok.sum() >= 3 and np.ptp(v[ok]) > 0 and np.ptp(ta[ok]) > 0:
-                    rho_k = float(spearmanr(v[ok], ta[ok])[0])
+                v = np.array([np.nan if x is None else x for x in curves[key]], float)
+                rho, _, ok = _spearman(v, ta)
                 dv = np.diff(v[ok])
-                per_def[key] = {"spearman_rho": rho_k, "initial": float(v[ok][0]) if ok.any() else None,
+                per_def[key] = {"spearman_rho": rho, "initial": float(v[ok][0]) if ok.any() else None,
                                 "final": float(v[ok][-1]) if ok.any() else None,
                                 "fraction_epochs_rose": float((dv > 0).mean()) if dv.size else None}
+            gb = np.array([r["gamma_bar"] for r in h], float)
+            rho, pval, _ = _spearman(gb, ta)
+            inc = np.diff(gb) > 0
             mons = [{"epoch": r["epoch"], **r["theorem2"]} for r in h if r.get("theorem2")]
             seeds_info.append({
-                "seed": rec["seed"], "epochs": ep.tolist(), "gamma_bar": gb.tolist(), "test_acc": ta.tolist(),
-                "spearman_rho": float(rho), "spearman_p": float(pval), "definitions": per_def,
-                "curves": {key: [r.get(key) for r in h] for key in MARGIN_DEFINITIONS},
-                "fraction_epochs_gamma_bar_rose": float(inc.mean()) if inc.size else None,
+                "seed": rec["seed"], "epochs": [float(r["epoch"]) for r in h], "gamma_bar": gb.tolist(),
+                "test_acc": ta.tolist(), "spearman_rho": rho, "spearman_p": pval, "definitions": per_def,
+                "curves": curves, "fraction_epochs_gamma_bar_rose": float(inc.mean()) if inc.size else None,
                 "gamma_bar_initial": float(gb[0]), "gamma_bar_final": float(gb[-1]),
                 "normalisation": rec.get("normalisation"), "degree": rec.get("degree"),
-                "monitors": mons,
-                "monitor_epochs": len(mons),
-                "theorem_applies_epochs": [m["epoch"] for m in mons if m.get("theorem_applies")],
-                "velocity_positive_epochs": [m["epoch"] for m in mons if (m.get("velocity") or 0) > 0],
-                "A1_epochs": [m["epoch"] for m in mons if m.get("A1")],
-                "A3_epochs": [m["epoch"] for m in mons if m.get("A3")],
+                "monitors": mons, "monitor_epochs": len(mons),
+                **{k: [m["epoch"] for m in mons if pred(m)] for k, pred in _MONITOR_EPOCHS.items()},
                 "final_monitor": ({k: mons[-1].get(k) for k in ("epoch", "rho", "cv", "eps", "delta_min", "kappa",
                                                                  "velocity", "lower_bound")} if mons else None),
             })
@@ -1014,56 +927,43 @@ def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         l1 = ax.plot(s0["epochs"], s0["gamma_bar"], color="tab:green", marker="o", ms=3,
                      label=r"$\bar\gamma$ (training set)")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(r"average margin $\bar\gamma = $ mean $q_n/\|\theta\|^L$" + f" (L={s0['degree']}, {s0['normalisation']})",
-                      fontsize=8)
+        ax.set_ylabel(r"average margin $\bar\gamma = $ mean $q_n/\|\theta\|^L$" + f" (L={s0['degree']}, "
+                      f"{s0['normalisation']})", fontsize=8)
         ax2 = ax.twinx()
         l2 = ax2.plot(s0["epochs"], [100 * a for a in s0["test_acc"]], color="tab:blue", marker="s", ms=3,
                       label="test accuracy")
         ax2.set_ylabel("test accuracy (%)")
         ax.legend(l1 + l2, [x.get_label() for x in l1 + l2], fontsize=8, loc="lower right")
-        ax.set_title(f"{run.part}: {run.label}\nSpearman rho = {s0['spearman_rho']:.3f} (seed {s0['seed']})", fontsize=9)
+        ax.set_title(f"{run.part}: {run.label}\nSpearman rho = {s0['spearman_rho']:.3f} (seed {s0['seed']})",
+                     fontsize=9)
         ax.grid(alpha=0.3)
         ax = axes[1, col]
-        mons = s0["monitors"]
-        if mons:
+        if mons := s0["monitors"]:
             me = [m["epoch"] for m in mons]
-            ax.plot(me, [m["rho"] if m["rho"] is not None else np.nan for m in mons], marker="o", label=r"$\rho$ (alignment)")
-            num = lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan  # noqa: E731
-            ax.plot(me, [num(m["cv"]) for m in mons], marker="s", label=r"$cv$ (spread of runner-up weights)")
-            ax.plot(me, [num(m["eps"]) for m in mons], marker="^", label=r"$\varepsilon$ (other classes)")
+            for key, mk, lab in (("rho", "o", r"$\rho$ (alignment)"),
+                                 ("cv", "s", r"$cv$ (spread of runner-up weights)"),
+                                 ("eps", "^", r"$\varepsilon$ (other classes)")):
+                ax.plot(me, [_num(m[key]) for m in mons], marker=mk, label=lab)
             for m in mons:
                 ax.annotate("A1-3" if m.get("theorem_applies") else "no claim", (m["epoch"], 0.02), fontsize=6,
                             rotation=90, color="tab:green" if m.get("theorem_applies") else "tab:gray",
                             xycoords=("data", "axes fraction"))
             ax.set_yscale("symlog", linthresh=1e-2)
-            ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no Theorem 2 monitors in this run", ha="center", transform=ax.transAxes)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("Theorem 2 quantities (subset)")
-        ax.set_title(r"Theorem 2 monitors: (A3) needs $\rho > cv + \varepsilon$", fontsize=9)
-        ax.grid(alpha=0.3)
+        _dress(ax, "epoch", "Theorem 2 quantities (subset)",
+               r"Theorem 2 monitors: (A3) needs $\rho > cv + \varepsilon$", legend=None, fontsize=9)
+        if mons:
+            ax.legend(fontsize=8)
         ax = axes[2, col]                   # every margin definition, min-max scaled, beside accuracy
-
-        def scaled(v):
-            v = np.array([np.nan if x is None else x for x in v], float)
-            lo, hi = np.nanmin(v), np.nanmax(v)
-            return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
-        names = {"gamma_bar": r"$\bar\gamma$ (q/$\|\theta\|^L$, mean)", "gamma_min": r"$\gamma_{\min}$",
-                 "gamma_output": "output-normalised (authors)", "gamma_smoothed": "smoothed (Lyu & Li)"}
         for key in MARGIN_DEFINITIONS:
-            rho_k = s0["definitions"][key]["spearman_rho"]
-            ax.plot(s0["epochs"], scaled(s0["curves"][key]), marker=".", label=f"{names[key]}: rho {rho_k:+.2f}")
-        ax.plot(s0["epochs"], scaled(s0["test_acc"]), color="black", ls="--", lw=1.5, label="test accuracy")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("min-max scaled over the run")
-        ax.set_title("every margin definition vs test accuracy (Spearman rho with test acc.)", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"Fig. 5: average margin vs test accuracy over SGD training ({plan.scale} scale)", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, out / "margin_vs_accuracy.png")
-    res["figures"].append("margin_vs_accuracy.png")
+            ax.plot(s0["epochs"], _minmax(s0["curves"][key]), marker=".",
+                    label=f"{_MARGIN_LABELS[key]}: rho {s0['definitions'][key]['spearman_rho']:+.2f}")
+        ax.plot(s0["epochs"], _minmax(s0["test_acc"]), color="black", ls="--", lw=1.5, label="test accuracy")
+        _dress(ax, "epoch", "min-max scaled over the run", "every margin definition vs test accuracy "
+               "(Spearman rho with test acc.)", legend=7, fontsize=9)
+    res["figures"].append(_save(fig, out, "margin_vs_accuracy.png", "Fig. 5: average margin vs test accuracy over "
+                                f"SGD training ({plan.scale} scale)"))
     res["paper_claims"] = plan.spec.get("margin", {}).get("paper_claims", [])
     return res
 
@@ -1075,30 +975,22 @@ def analysis_reach(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     (the trainer evaluates once per epoch) whose test accuracy is >= the target, None if never.
     Also reported: the test accuracy after the first epoch (early speed) and at the end.
     """
-    import matplotlib.pyplot as plt
-
     res: dict[str, Any] = {"parts": {}, "figures": []}
-    parts = [p for p in plan.parts if any(r.part == p for r in plan.runs)]
-    if not parts:
+    parts, fig, axes = _part_axes(plan)
+    if fig is None:
         return res
-    fig, axes = plt.subplots(1, len(parts), figsize=(6.2 * len(parts), 4.4), squeeze=False)
-    for ax, p in zip(axes[0], parts):
+    for ax, p in zip(axes, parts):
         t = plan.parts[p].get("target")
-        targets = [float(x) for x in (t if isinstance(t, list) else [t] if t is not None else [])]
+        targets = [float(x) for x in (t if isinstance(t, list) else [] if t is None else [t])]
         rows = []
-        for run in [r for r in plan.runs if r.part == p]:
+        for run in plan.part_runs(p):
             recs = [r for r in live.get((p, run.label), []) if r["status"] == "ok"]
-            reach = {}
-            for tg in targets:
-                reach[f"{tg:g}"] = [next((h["epoch"] for h in rec["history"] if h["test_acc"] >= tg), None)
-                                    for rec in recs]
-            c = _curves(recs)
-            if c is not None:
-                ep, v = c
-                ax.plot(ep, 100 * np.nanmean(v, 0), marker="o", ms=3, label=run.label)
+            reach = {f"{tg:g}": [next((h["epoch"] for h in rec["history"] if h["test_acc"] >= tg), None)
+                                 for rec in recs] for tg in targets}
+            if (c := _curves(recs)) is not None:
+                ax.plot(c[0], 100 * np.nanmean(c[1], 0), marker="o", ms=3, label=run.label)
             first = [rec["history"][1]["test_acc"] for rec in recs if len(rec["history"]) > 1]
-            rows.append({"label": run.label, "margin_reg": run.settings.get("margin_reg", 0.0),
-                         "reach_epochs": reach,
+            rows.append({"label": run.label, "margin_reg": run.settings.get("margin_reg", 0.0), "reach_epochs": reach,
                          "reach_epoch_mean": {k: (float(np.mean(v)) if v and all(e is not None for e in v) else None)
                                               for k, v in reach.items()},
                          "test_acc_epoch1_mean": _mean_std(first)[0],
@@ -1106,35 +998,31 @@ def analysis_reach(plan: Plan, results: dict, live: dict, out: Path) -> dict:
                          "final_gamma_bar_mean": _mean_std([r["gamma_bar"] for r in recs])[0]})
         for i, tg in enumerate(targets):
             ax.axhline(100 * tg, ls="--", color="k", lw=0.8, alpha=0.6, label="targets" if i == 0 else None)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)")
-        pi = results["parts"][p]
-        ax.set_title(f"{p}: {pi['dataset']} ({pi.get('n_train')} train)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        _dress(ax, "epoch", "test accuracy (%)", _part_title(results, p), legend=7)
         base = next((r for r in rows if not r["margin_reg"]), None)
         checks = {}
-        if base is not None:
-            for r in rows:
-                if r is base or not r["margin_reg"]:
-                    continue
-                for k in r["reach_epoch_mean"]:
-                    b, x = base["reach_epoch_mean"][k], r["reach_epoch_mean"][k]
-                    verdict = ("n/a" if x is None and b is None else "sooner" if x is not None and (b is None or x < b)
-                               else "same epoch" if x == b else "later")
-                    checks[f"{r['label']} vs {base['label']}, target {100 * float(k):g}%"] = verdict
-                e1b, e1x = base["test_acc_epoch1_mean"], r["test_acc_epoch1_mean"]
-                if e1b is not None and e1x is not None:
-                    checks[f"{r['label']} vs {base['label']}, test accuracy after epoch 1"] = (
-                        f"{100 * e1x:.2f}% vs {100 * e1b:.2f}% ({'higher' if e1x > e1b else 'not higher'})")
+        regularised = [r for r in rows if r["margin_reg"]] if base is not None else []
+        for r in regularised:                # each lambda > 0 against lambda = 0
+            for k, x in r["reach_epoch_mean"].items():
+                b = base["reach_epoch_mean"][k]
+                verdict = ("n/a" if x is None and b is None else "sooner" if x is not None and (b is None or x < b)
+                           else "same epoch" if x == b else "later")
+                checks[f"{r['label']} vs {base['label']}, target {100 * float(k):g}%"] = verdict
+            e1b, e1x = base["test_acc_epoch1_mean"], r["test_acc_epoch1_mean"]
+            if e1b is not None and e1x is not None:
+                checks[f"{r['label']} vs {base['label']}, test accuracy after epoch 1"] = (
+                    f"{100 * e1x:.2f}% vs {100 * e1b:.2f}% ({'higher' if e1x > e1b else 'not higher'})")
         res["parts"][p] = {"targets": targets, "runs": rows, "checks": checks}
-    fig.suptitle(f"Fig. 6: test accuracy with margin regularisation,\nloss = CE - lambda * gamma_bar "
-                 f"({plan.scale} scale; dashed: the reach targets)", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, out / "margin_regularisation.png")
-    res["figures"].append("margin_regularisation.png")
+    res["figures"].append(_save(fig, out, "margin_regularisation.png", "Fig. 6: test accuracy with margin "
+                                f"regularisation,\nloss = CE - lambda * gamma_bar ({plan.scale} scale; dashed: the "
+                                "reach targets)"))
     res["paper_claims"] = plan.spec.get("reach", {}).get("paper_claims", [])
     return res
+
+
+def _table_cfg(plan: Plan, section: str) -> dict:
+    """The definition's ``[section]`` updated by ``[scales.<scale>.section]``."""
+    return {**plan.spec.get(section, {}), **plan.spec.get("scales", {}).get(plan.scale, {}).get(section, {})}
 
 
 def analysis_xor(plan: Plan, results: dict, live: dict, out: Path) -> dict:
@@ -1143,18 +1031,15 @@ def analysis_xor(plan: Plan, results: dict, live: dict, out: Path) -> dict:
 
     from .xor_flow import plot_result, random_init, solve_xor_flow
 
-    cx = dict(plan.spec.get("xor", {}))
-    cx.update(plan.spec.get("scales", {}).get(plan.scale, {}).get("xor", {}))
+    cx = _table_cfg(plan, "xor")
     t_max, points, rtol = float(cx.get("t_max", 1e6)), int(cx.get("points", 400)), float(cx.get("rtol", 1e-10))
-    starts = []
-    sols = []
+    starts, sols = [], []
     t0 = time.perf_counter()
     for seed in plan.seeds:
         th0 = random_init(seed)
         r = solve_xor_flow(th0, t_max=t_max, points=points, rtol=rtol)
         a, b, c, e = r.reduced[-1]
         sols.append(r)
-        tail = 1.0 - r.final_gamma_bar
         starts.append({
             "seed": seed, "theta0": th0.tolist(), "theorem1_hypothesis": r.theorem1_hypothesis,
             "gamma_bar_initial": float(r.gamma_bar[0]), "gamma_bar_final": r.final_gamma_bar,
@@ -1163,13 +1048,11 @@ def analysis_xor(plan: Plan, results: dict, live: dict, out: Path) -> dict:
             "boundary_angle_deg_final": r.final_boundary_angle_deg,
             "a2_over_e2_final": float(a * a / (e * e)) if e != 0 else None,
             "invariant_drift": r.invariant_drift.tolist(), "reduced_deviation": r.reduced_deviation,
-            "one_minus_gamma_times_log2t": float(tail * math.log(t_max) ** 2),
+            "one_minus_gamma_times_log2t": float((1.0 - r.final_gamma_bar) * math.log(t_max) ** 2),
             "limit_constant": r.limit_constant, "success": r.success, "solve_seconds": r.solve_seconds,
         })
-    figs = []
     plot_result(sols[0], out / "xor_flow_seed0.png")
-    figs.append("xor_flow_seed0.png")
-    gd = None
+    figs, gd = ["xor_flow_seed0.png"], None
     if cx.get("gd_t_max"):
         g = solve_xor_flow(random_init(plan.seeds[0]), t_max=float(cx["gd_t_max"]), method="gd",
                            lr=float(cx.get("gd_lr", 0.1)), points=points)
@@ -1188,25 +1071,18 @@ def analysis_xor(plan: Plan, results: dict, live: dict, out: Path) -> dict:
             ax2.plot(r.t[late], s["limit_constant"] / np.log(r.t[late]) ** 2, ls=":", lw=1,
                      color=ax2.lines[-1].get_color())
     ax1.axhline(1, ls="--", color="k", lw=1, label="maximum 1")
-    ax1.set_xscale("log")
-    ax1.set_xlabel("time t (log scale)")
-    ax1.set_ylabel(r"$\bar\gamma = $ mean $q_n/\|\theta\|^2$")
-    ax1.set_title(r"$\bar\gamma(t)$ from random starts (gradient flow)")
+    ax1.set(xscale="log", xlabel="time t (log scale)", ylabel=r"$\bar\gamma = $ mean $q_n/\|\theta\|^2$",
+            title=r"$\bar\gamma(t)$ from random starts (gradient flow)")
     ax1.legend(fontsize=6)
-    ax1.grid(alpha=0.3, which="both")
-    ax2.set_xscale("log")
-    ax2.set_yscale("log")
-    ax2.set_xlabel("time t (log scale)")
-    ax2.set_ylabel(r"$1 - \bar\gamma$")
-    ax2.set_title(r"$1-\bar\gamma$ (solid) vs the asymptote $((ac)^2+(be)^2)/\log^2 t$ (dotted, t >= 10)")
-    ax2.grid(alpha=0.3, which="both")
-    fig.suptitle(f"Theorem 1: XOR, rank-1 Low-Rank DIQNN, t in [0, {t_max:g}] ({plan.scale} scale)", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, out / "xor_margins.png")
-    figs.append("xor_margins.png")
+    ax2.set(xscale="log", yscale="log", xlabel="time t (log scale)", ylabel=r"$1 - \bar\gamma$",
+            title=r"$1-\bar\gamma$ (solid) vs the asymptote $((ac)^2+(be)^2)/\log^2 t$ (dotted, t >= 10)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3, which="both")
+    figs.append(_save(fig, out, "xor_margins.png", f"Theorem 1: XOR, rank-1 Low-Rank DIQNN, t in [0, {t_max:g}] "
+                      f"({plan.scale} scale)"))
+    finals = [s["gamma_bar_final"] for s in starts]
     return {"t_max": t_max, "rtol": rtol, "points": points, "starts": starts, "gd": gd,
-            "all_monotone": all(s["monotone"] for s in starts),
-            "gamma_bar_final_range": [min(s["gamma_bar_final"] for s in starts), max(s["gamma_bar_final"] for s in starts)],
+            "all_monotone": all(s["monotone"] for s in starts), "gamma_bar_final_range": [min(finals), max(finals)],
             "seconds": time.perf_counter() - t0, "paper_claims": cx.get("paper_claims", []), "figures": figs}
 
 
@@ -1215,10 +1091,8 @@ def analysis_maxmargin(plan: Plan, results: dict, live: dict, out: Path) -> dict
     (:func:`margin_theory.maxmargin.run_experiment_cases`; cases in ``[maxmargin]``)."""
     from .maxmargin import run_experiment_cases
 
-    cfg = dict(plan.spec.get("maxmargin", {}))
-    cfg.update(plan.spec.get("scales", {}).get(plan.scale, {}).get("maxmargin", {}))
-    return run_experiment_cases(cfg, plan.scale, out, seed=plan.seeds[0], data_dir=plan.data_dir,
-                                quiet=getattr(plan, "quiet", True))
+    return run_experiment_cases(_table_cfg(plan, "maxmargin"), plan.scale, out, seed=plan.seeds[0],
+                                data_dir=plan.data_dir, quiet=plan.quiet)
 
 
 _ANALYSES = {"accuracy": analysis_accuracy, "ranks": analysis_ranks, "eigen": analysis_eigen,
@@ -1240,186 +1114,197 @@ def _md_escape(s: Any) -> str:
     return str(s).replace("|", "\\|")
 
 
-def render_markdown(res: dict) -> str:
-    """results.md: header (scale, data, seeds, wall time), the results table, analyses, skips."""
-    L = [f"# {res['experiment']}: {res['title']}", "",
-         f"Reproduces: {res['reproduces']}.", f"Paper's numbers: {res['paper_source']}.", ""]
-    parts = ", ".join(f"{p} = {d['dataset']} ({d.get('n_train')} train / {d.get('n_test')} test)"
-                      + (f" [{d['note']}]" if d.get("note") else "") for p, d in res["parts"].items())
-    L += [f"- scale: **{res['scale']}**; data: {parts or 'none'}",
-          f"- protocol: **{res.get('protocol', 'paper')}** (margin_theory.protocols; `--protocol both` runs "
-          "paper and authors side by side)",
-          f"- seeds: {len(res['seeds'])} ({', '.join(map(str, res['seeds']))})"
-          + ("; a single seed gives no +- (the paper's +- needs several seeds)" if len(res["seeds"]) == 1 and res["runs"] else ""),
-          f"- device: {res['device']}; wall time of this invocation: {res['wall_time_s']:.1f} s; training time "
-          f"(sum of the trainer's run times, cached runs included): "
-          f"{sum(r.get('train_s', 0.0) for r in res['runs']):.1f} s; finished {res.get('finished')}",
-          f"- definition: `{Path(res['definition']).name}`" + (f"; command: `{res['command']}`" if res.get("command") else "")]
-    for n in res.get("notes", []):
-        L.append(f"- note: {n}")
-    L.append("")
-    if res["runs"]:
-        L += ["## Results (test accuracy, %)", "",
-              "| part | run | params | epochs | seeds | paper | ours (mean +- std) | best during training | per seed "
-              "| margin norm. | train s |",
-              "|---|---|---:|---:|---:|---|---|---|---|---|---:|"]
-        for r in res["runs"]:
-            per = ", ".join(_pct(s.get("test_acc")) if s["status"] == "ok" else s["status"] for s in r["per_seed"])
-            norm = f"{r['normalisation']}, L={r['degree']}" if r.get("normalisation") else "n/a"
-            params = f"{r['parameters']:,}" if r.get("parameters") else "n/a"
-            L.append(f"| {r['part']} | {_md_escape(r['label'])} | {params} | {r['epochs']} | {r['n_ok']}/{r['n_seeds']} | "
-                     f"{_md_escape(r['paper'])} | {_fmt_acc(r['test_acc_mean'], r['test_acc_std'])} | "
-                     f"{_fmt_acc(r.get('best_test_acc_mean'), r.get('best_test_acc_std'))} | {per} | {norm} | "
-                     f"{r.get('train_s', r['wall_s']):.1f}{' (cached)' if all(x.get('cached') for x in r['per_seed']) else ''} |")
-        cached = sum(1 for r in res["runs"] for s in r["per_seed"] if s.get("cached"))
-        if cached:
-            L.append("")
-            L.append(f"{cached} run(s) were loaded from the model cache (`{res.get('cache_dir')}`), trained by an "
-                     "earlier invocation with the same configuration; 'train s' is the trainer's time for them then.")
-        L.append("")
-    an = res.get("analysis", {})
-    if "ranks" in an:
-        L += ["## Fig. 3 claims", ""]
-        for p, info in an["ranks"].get("parts", {}).items():
-            for name, chk in info.get("checks", {}).items():
-                if "holds" in chk:
-                    L.append(f"- {p}: {name}: **{'yes' if chk['holds'] else 'no'}** "
-                             f"({chk['difference_pct_points']:+.2f} points)")
-                else:
-                    gains = ", ".join(f"{k}: {v:+.2f}" for k, v in chk["gains_pct_points"].items())
-                    L.append(f"- {p}: {name}: non-decreasing **{'yes' if chk['non_decreasing'] else 'no'}**, "
-                             f"saturates **{'yes' if chk['saturates'] else 'no'}**, best rank {chk['best_rank']} "
-                             f"(gains in points: {gains})")
-        L.append("")
-    if "eigen" in an and an["eigen"].get("per_class"):
-        e = an["eigen"]
-        s = e["summary"]
-        L += ["## Fig. 2: eigenvectors vs spike-triggered averages", "",
-              f"Definition: {e['sta_definition']}.", "",
-              f"Mean |cos(v_1, STA_i)| = {s['cos_sta_mean']:.3f} (other classes: {s['cos_sta_other_mean']:.3f}); "
-              f"centred: {s['cos_sta_centred_mean']:.3f} (other classes: {s['cos_sta_centred_other_mean']:.3f}).", "",
-              "| class | leading eigenvalue | #pos / #neg eigenvalues | \\|cos\\| with STA | other classes | "
-              "\\|cos\\| centred | other classes | energy of top-1 |", "|---|---:|---|---:|---:|---:|---:|---:|"]
-        for c in e["per_class"]:
-            L.append(f"| {_md_escape(c['class'])} | {c['leading_eigenvalue']:+.4g} | {c['n_positive']} / {c['n_negative']} | "
-                     f"{c['cos_sta']:.3f} | {c['cos_sta_other_classes_mean']:.3f} | {c['cos_sta_centred']:.3f} | "
-                     f"{c['cos_sta_centred_other_classes_mean']:.3f} | {c['energy_top1']:.3f} |")
-        L += ["", "Test accuracy keeping the top-k eigenpairs (by |eigenvalue|) of every W_i "
-              f"(full model: {_pct(s['full_test_acc'])}%; within 1 point from k = {s['smallest_k_within_1pt']}):", "",
-              "| k | " + " | ".join(str(t["k"]) for t in e["topk"]) + " |",
-              "|---|" + "---:|" * len(e["topk"]),
-              "| test acc (%) | " + " | ".join(_pct(t["test_acc"]) for t in e["topk"]) + " |",
-              "| mean energy fraction | " + " | ".join(f"{t['energy_fraction_mean']:.3f}" for t in e["topk"]) + " |", ""]
-        dl = e.get("delta") or {}
-        if dl.get("per_class"):
-            ds_ = dl["summary"]
-            L += ["### The learned update Delta W_i = W_i - W_i(0)", "",
-                  f"{dl['note']}. ||Delta W|| / ||W(0)|| = {dl['norm_ratio_update_to_init']:.3g}.", "",
-                  f"Mean |cos(leading eigenvector of Delta W_i, STA_i)| = {ds_['cos_sta_mean']:.3f} (other classes: "
-                  f"{ds_['cos_sta_other_mean']:.3f}); centred: {ds_['cos_sta_centred_mean']:.3f} (other classes: "
-                  f"{ds_['cos_sta_centred_other_mean']:.3f}). Per class (|cos| with STA_i / centred): "
-                  + ", ".join(f"{c['class']}: {c['cos_sta']:.2f}/{c['cos_sta_centred']:.2f}" for c in dl["per_class"]) + ".", "",
-                  f"Test accuracy of x -> x^T Delta W_i x alone: {_pct(ds_['full_test_acc'])}%; keeping its top-k eigenpairs:", "",
-                  "| k | " + " | ".join(str(t["k"]) for t in dl["topk"]) + " |",
-                  "|---|" + "---:|" * len(dl["topk"]),
-                  "| test acc (%) | " + " | ".join(_pct(t["test_acc"]) for t in dl["topk"]) + " |",
-                  "| mean energy fraction | " + " | ".join(f"{t['energy_fraction_mean']:.3f}" for t in dl["topk"]) + " |", ""]
-        elif dl.get("note"):
-            L += [f"Delta W analysis: {dl['note']}.", ""]
-    if "margin" in an and an["margin"].get("runs"):
-        L += ["## Fig. 5: margin vs test accuracy", "",
-              "| part | run | seed | normalisation | gamma_bar start -> end | epochs gamma_bar rose | Spearman rho (p) | "
-              "Theorem 2 applies (A1-A3) at epochs | A1 / A3 hold | last monitor: rho, cv, eps | "
-              "Lemma-2 velocity > 0 at epochs |",
-              "|---|---|---:|---|---|---:|---|---|---|---|---|"]
-        for r in an["margin"]["runs"]:
-            for s in r["seeds"]:
-                fr = s["fraction_epochs_gamma_bar_rose"]
-                L.append(f"| {r['part']} | {_md_escape(r['label'])} | {s['seed']} | {s['normalisation']}, L={s['degree']} | "
-                         f"{_f(s['gamma_bar_initial'], '+.4g')} -> {_f(s['gamma_bar_final'], '+.4g')} | "
-                         f"{'n/a' if fr is None else f'{100 * fr:.0f}%'} | {_f(s['spearman_rho'], '.3f')} "
-                         f"({_f(s['spearman_p'], '.2g')}) | "
-                         f"{_list_or_none(s['theorem_applies_epochs'], s['monitor_epochs'])} | "
-                         f"{len(s.get('A1_epochs', []))} / {len(s.get('A3_epochs', []))} of {s['monitor_epochs']} | "
-                         + (f"{_f(fm['rho'], '.3g')}, {_f(fm['cv'], '.3g')}, {_f(fm['eps'], '.3g')} | "
-                            if (fm := s.get("final_monitor")) else "n/a | ")
-                         + f"{_list_or_none(s['velocity_positive_epochs'], s['monitor_epochs'])} |")
-        L += ["", "Theorem 2's conditions are sufficient, not necessary: where they fail it says nothing, and the "
-              "margin may still grow. Monitors use a seeded training subset (trainer monitor_subset).", ""]
-        L += ["### Every margin definition against test accuracy (SPEC §2)", "",
-              "gamma_bar / gamma_min: q/||theta||^L (runner-up); gamma_output: the authors' output-normalised "
-              "margin; gamma_smoothed: Lyu & Li's log(1/(exp(S)-1))/||theta||^L (not scale invariant; "
-              "meaningful once the summed loss S < log 2). Cells: start -> end, Spearman rho with test accuracy.", "",
-              "| part | run | seed | " + " | ".join(MARGIN_DEFINITIONS) + " |",
-              "|---|---|---:|" + "---|" * len(MARGIN_DEFINITIONS)]
-        for r in an["margin"]["runs"]:
-            for s in r["seeds"]:
-                cells = []
-                for key in MARGIN_DEFINITIONS:
-                    d = (s.get("definitions") or {}).get(key) or {}
-                    cells.append(f"{_f(d.get('initial'), '+.3g')} -> {_f(d.get('final'), '+.3g')}, "
-                                 f"rho {_f(d.get('spearman_rho'), '.2f')}")
-                L.append(f"| {r['part']} | {_md_escape(r['label'])} | {s['seed']} | " + " | ".join(cells) + " |")
-        L.append("")
-    if "reach" in an and an["reach"].get("parts"):
-        L += ["## Fig. 6: epoch at which the test accuracy first reaches each target", "",
-              "The trainer evaluates once per epoch, so reach epochs are integers (0 = initialisation).", "",
-              "| part | run | lambda | reach epoch per target (per seed) | test acc after epoch 1 (%) | "
-              "final test acc (%) | final gamma_bar |",
-              "|---|---|---:|---|---:|---:|---:|"]
-        checks = []
-        for p, info in an["reach"]["parts"].items():
-            for r in info["runs"]:
-                reach = "; ".join(f"{100 * float(k):g}%: " + ", ".join("never" if e is None else str(e) for e in v)
-                                  for k, v in r["reach_epochs"].items()) or "no target"
-                L.append(f"| {p} | {_md_escape(r['label'])} | {r['margin_reg']:g} | {reach} | "
-                         f"{_pct(r['test_acc_epoch1_mean'])} | {_pct(r['final_test_acc_mean'])} | "
-                         f"{_f(r['final_gamma_bar_mean'], '+.4g')} |")
-            for name, verdict in info["checks"].items():
-                checks.append(f"- {p}: {name}: **{verdict}**")
-        L += [""] + checks + [""]
-    if "xor" in an:
-        x = an["xor"]
-        L += ["## Theorem 1 (XOR, gradient flow)", "",
-              f"t_max = {x['t_max']:g}, rtol = {x['rtol']:g}; paper: gamma_bar non-decreasing, limit 1 (Theorem 1; "
-              "the paper states no number). All starts monotone: "
-              f"**{'yes' if x['all_monotone'] else 'no'}**; final gamma_bar in "
-              f"[{x['gamma_bar_final_range'][0]:.4f}, {x['gamma_bar_final_range'][1]:.4f}].", "",
-              "| start | theta(0) | hypothesis a(0)e(0) != 0 | gamma_bar start -> end | monotone | loss end | "
-              "boundary angle (deg) | a^2/e^2 | (1-gamma_bar) log^2 t | (ac)^2+(be)^2 | invariant drift |",
-              "|---:|---|---|---|---|---:|---:|---:|---:|---:|---|"]
-        for s in x["starts"]:
-            th = ", ".join(f"{v:+.2f}" for v in s["theta0"])
-            ae = s["a2_over_e2_final"]
-            L.append(f"| {s['seed']} | ({th}) | {'yes' if s['theorem1_hypothesis'] else 'no'} | "
-                     f"{_f(s['gamma_bar_initial'], '+.4f')} -> {_f(s['gamma_bar_final'], '.5f')} | {'yes' if s['monotone'] else 'NO'} | "
-                     f"{_f(s['loss_final'], '.3g')} | {_f(s['boundary_angle_deg_final'], '.3g')} | "
-                     f"{_f(ae, '.4f')} | {_f(s['one_minus_gamma_times_log2t'], '.4g')} | "
-                     f"{_f(s['limit_constant'], '.4g')} | {_f(max(x for x in s['invariant_drift'] if x is not None), '.1e')} |")
-        if x.get("gd"):
-            g = x["gd"]
-            L += ["", f"Gradient descent (paper Fig. 4), start {g['seed']}, lr {g['lr']:g}, {g['steps']} steps: "
-                  f"monotone **{'yes' if g['monotone'] else 'no'}**, final gamma_bar {g['gamma_bar_final']:.5f}, "
-                  f"loss {_f(g['loss_final'], '.3g')}, boundary angle {_f(g['boundary_angle_deg_final'], '.3g')} deg."]
-        L.append("")
-    if "maxmargin" in an:
-        from .maxmargin import render_markdown as _mm_markdown
+def _row(*cells: Any) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(map(str, cells)) + " |"
 
-        L += _mm_markdown(an["maxmargin"])
-    if res.get("skipped"):
-        L += ["## Skipped", ""]
-        for s in res["skipped"]:
-            L.append(f"- {s['part']}: {s['reason']}")
-        L.append("")
-    if res.get("figures"):
-        L += ["## Figures", ""] + [f"- `{f}`" for f in res["figures"]] + [""]
-    return "\n".join(L)
+
+def _yn(b: Any, no: str = "no") -> str:
+    return "yes" if b else no
 
 
 def _list_or_none(xs: list, n: int) -> str:
-    if n == 0:
-        return "no monitors"
-    return f"{', '.join(map(str, xs)) or 'none'} ({len(xs)}/{n})"
+    return "no monitors" if n == 0 else f"{', '.join(map(str, xs)) or 'none'} ({len(xs)}/{n})"
+
+
+def _topk_rows(topk: list[dict]) -> list[str]:
+    """The top-k table of Fig. 2: test accuracy and energy fraction per k."""
+    return [_row("k", *(t["k"] for t in topk)), "|---|" + "---:|" * len(topk),
+            _row("test acc (%)", *(_pct(t["test_acc"]) for t in topk)),
+            _row("mean energy fraction", *(f"{t['energy_fraction_mean']:.3f}" for t in topk)), ""]
+
+
+def _cos_summary(s: dict) -> str:
+    return (f"{s['cos_sta_mean']:.3f} (other classes: {s['cos_sta_other_mean']:.3f}); centred: "
+            f"{s['cos_sta_centred_mean']:.3f} (other classes: {s['cos_sta_centred_other_mean']:.3f})")
+
+
+def _md_ranks(an: dict) -> list[str]:
+    L = ["## Fig. 3 claims", ""]
+    for p, info in an.get("parts", {}).items():
+        for name, chk in info.get("checks", {}).items():
+            if "holds" in chk:
+                L.append(f"- {p}: {name}: **{_yn(chk['holds'])}** ({chk['difference_pct_points']:+.2f} points)")
+            else:
+                gains = ", ".join(f"{k}: {v:+.2f}" for k, v in chk["gains_pct_points"].items())
+                L.append(f"- {p}: {name}: non-decreasing **{_yn(chk['non_decreasing'])}**, saturates "
+                         f"**{_yn(chk['saturates'])}**, best rank {chk['best_rank']} (gains in points: {gains})")
+    return L + [""]
+
+
+def _md_eigen(e: dict) -> list[str]:
+    if not e.get("per_class"):
+        return []
+    s = e["summary"]
+    L = ["## Fig. 2: eigenvectors vs spike-triggered averages", "", f"Definition: {e['sta_definition']}.", "",
+         f"Mean |cos(v_1, STA_i)| = {_cos_summary(s)}.", "",
+         "| class | leading eigenvalue | #pos / #neg eigenvalues | \\|cos\\| with STA | other classes | "
+         "\\|cos\\| centred | other classes | energy of top-1 |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for c in e["per_class"]:
+        L.append(_row(_md_escape(c["class"]), f"{c['leading_eigenvalue']:+.4g}",
+                      f"{c['n_positive']} / {c['n_negative']}",
+                      *(f"{c[k]:.3f}" for k in ("cos_sta", "cos_sta_other_classes_mean", "cos_sta_centred",
+                                                "cos_sta_centred_other_classes_mean", "energy_top1"))))
+    L += ["", "Test accuracy keeping the top-k eigenpairs (by |eigenvalue|) of every W_i "
+          f"(full model: {_pct(s['full_test_acc'])}%; within 1 point from k = {s['smallest_k_within_1pt']}):", ""]
+    L += _topk_rows(e["topk"])
+    dl = e.get("delta") or {}
+    if dl.get("per_class"):
+        L += ["### The learned update Delta W_i = W_i - W_i(0)", "",
+              f"{dl['note']}. ||Delta W|| / ||W(0)|| = {dl['norm_ratio_update_to_init']:.3g}.", "",
+              f"Mean |cos(leading eigenvector of Delta W_i, STA_i)| = {_cos_summary(dl['summary'])}. Per class "
+              "(|cos| with STA_i / centred): "
+              + ", ".join(f"{c['class']}: {c['cos_sta']:.2f}/{c['cos_sta_centred']:.2f}" for c in dl["per_class"])
+              + ".",
+              "", f"Test accuracy of x -> x^T Delta W_i x alone: {_pct(dl['summary']['full_test_acc'])}%; keeping its "
+              "top-k eigenpairs:", ""]
+        L += _topk_rows(dl["topk"])
+    elif dl.get("note"):
+        L += [f"Delta W analysis: {dl['note']}.", ""]
+    return L
+
+
+def _md_margin(an: dict) -> list[str]:
+    if not an.get("runs"):
+        return []
+    L = ["## Fig. 5: margin vs test accuracy", "",
+         "| part | run | seed | normalisation | gamma_bar start -> end | epochs gamma_bar rose | Spearman rho (p) | "
+         "Theorem 2 applies (A1-A3) at epochs | A1 / A3 hold | last monitor: rho, cv, eps | "
+         "Lemma-2 velocity > 0 at epochs |", "|---|---|---:|---|---|---:|---|---|---|---|---|"]
+    seeds = [(r, s) for r in an["runs"] for s in r["seeds"]]
+    for r, s in seeds:
+        fr, fm, n = s["fraction_epochs_gamma_bar_rose"], s.get("final_monitor"), s["monitor_epochs"]
+        L.append(_row(r["part"], _md_escape(r["label"]), s["seed"], f"{s['normalisation']}, L={s['degree']}",
+                      f"{_f(s['gamma_bar_initial'], '+.4g')} -> {_f(s['gamma_bar_final'], '+.4g')}",
+                      "n/a" if fr is None else f"{100 * fr:.0f}%",
+                      f"{_f(s['spearman_rho'], '.3f')} ({_f(s['spearman_p'], '.2g')})",
+                      _list_or_none(s["theorem_applies_epochs"], n),
+                      f"{len(s.get('A1_epochs', []))} / {len(s.get('A3_epochs', []))} of {n}",
+                      ", ".join(_f(fm[k], ".3g") for k in ("rho", "cv", "eps")) if fm else "n/a",
+                      _list_or_none(s["velocity_positive_epochs"], n)))
+    L += ["", "Theorem 2's conditions are sufficient, not necessary: where they fail it says nothing, and the "
+          "margin may still grow. Monitors use a seeded training subset (trainer monitor_subset).", "",
+          "### Every margin definition against test accuracy (SPEC §2)", "",
+          "gamma_bar / gamma_min: q/||theta||^L (runner-up); gamma_output: the authors' output-normalised "
+          "margin; gamma_smoothed: Lyu & Li's log(1/(exp(S)-1))/||theta||^L (not scale invariant; "
+          "meaningful once the summed loss S < log 2). Cells: start -> end, Spearman rho with test accuracy.", "",
+          _row("part", "run", "seed", *MARGIN_DEFINITIONS), "|---|---|---:|" + "---|" * len(MARGIN_DEFINITIONS)]
+    for r, s in seeds:
+        defs = s.get("definitions") or {}
+        L.append(_row(r["part"], _md_escape(r["label"]), s["seed"], *(
+            f"{_f(d.get('initial'), '+.3g')} -> {_f(d.get('final'), '+.3g')}, rho {_f(d.get('spearman_rho'), '.2f')}"
+            for d in (defs.get(key) or {} for key in MARGIN_DEFINITIONS))))
+    return L + [""]
+
+
+def _md_reach(an: dict) -> list[str]:
+    if not an.get("parts"):
+        return []
+    L = ["## Fig. 6: epoch at which the test accuracy first reaches each target", "",
+         "The trainer evaluates once per epoch, so reach epochs are integers (0 = initialisation).", "",
+         "| part | run | lambda | reach epoch per target (per seed) | test acc after epoch 1 (%) | "
+         "final test acc (%) | final gamma_bar |", "|---|---|---:|---|---:|---:|---:|"]
+    checks = []
+    for p, info in an["parts"].items():
+        for r in info["runs"]:
+            reach = "; ".join(f"{100 * float(k):g}%: " + ", ".join("never" if e is None else str(e) for e in v)
+                              for k, v in r["reach_epochs"].items()) or "no target"
+            L.append(_row(p, _md_escape(r["label"]), f"{r['margin_reg']:g}", reach, _pct(r["test_acc_epoch1_mean"]),
+                          _pct(r["final_test_acc_mean"]), _f(r["final_gamma_bar_mean"], "+.4g")))
+        checks += [f"- {p}: {name}: **{verdict}**" for name, verdict in info["checks"].items()]
+    return L + [""] + checks + [""]
+
+
+def _md_xor(x: dict) -> list[str]:
+    lo, hi = x["gamma_bar_final_range"]
+    L = ["## Theorem 1 (XOR, gradient flow)", "",
+         f"t_max = {x['t_max']:g}, rtol = {x['rtol']:g}; paper: gamma_bar non-decreasing, limit 1 (Theorem 1; "
+         f"the paper states no number). All starts monotone: **{_yn(x['all_monotone'])}**; final gamma_bar in "
+         f"[{lo:.4f}, {hi:.4f}].", "",
+         "| start | theta(0) | hypothesis a(0)e(0) != 0 | gamma_bar start -> end | monotone | loss end | "
+         "boundary angle (deg) | a^2/e^2 | (1-gamma_bar) log^2 t | (ac)^2+(be)^2 | invariant drift |",
+         "|---:|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for s in x["starts"]:
+        L.append(_row(s["seed"], "(" + ", ".join(f"{v:+.2f}" for v in s["theta0"]) + ")", _yn(s["theorem1_hypothesis"]),
+                      f"{_f(s['gamma_bar_initial'], '+.4f')} -> {_f(s['gamma_bar_final'], '.5f')}",
+                      _yn(s["monotone"], "NO"), _f(s["loss_final"], ".3g"), _f(s["boundary_angle_deg_final"], ".3g"),
+                      _f(s["a2_over_e2_final"], ".4f"), _f(s["one_minus_gamma_times_log2t"], ".4g"),
+                      _f(s["limit_constant"], ".4g"), _f(max(v for v in s["invariant_drift"] if v is not None), ".1e")))
+    if g := x.get("gd"):
+        L += ["", f"Gradient descent (paper Fig. 4), start {g['seed']}, lr {g['lr']:g}, {g['steps']} steps: "
+              f"monotone **{_yn(g['monotone'])}**, final gamma_bar {g['gamma_bar_final']:.5f}, "
+              f"loss {_f(g['loss_final'], '.3g')}, boundary angle {_f(g['boundary_angle_deg_final'], '.3g')} deg."]
+    return L + [""]
+
+
+def render_markdown(res: dict) -> str:
+    """results.md: header (scale, data, seeds, wall time), the results table, analyses, skips."""
+    parts = ", ".join(f"{p} = {d['dataset']} ({d.get('n_train')} train / {d.get('n_test')} test)"
+                      + (f" [{d['note']}]" if d.get("note") else "") for p, d in res["parts"].items())
+    one_seed = len(res["seeds"]) == 1 and res["runs"]
+    L = [f"# {res['experiment']}: {res['title']}", "",
+         f"Reproduces: {res['reproduces']}.", f"Paper's numbers: {res['paper_source']}.", "",
+         f"- scale: **{res['scale']}**; data: {parts or 'none'}",
+         f"- protocol: **{res.get('protocol', 'paper')}** (margin_theory.protocols; `--protocol both` runs "
+         "paper and authors side by side)",
+         f"- seeds: {len(res['seeds'])} ({', '.join(map(str, res['seeds']))})"
+         + ("; a single seed gives no +- (the paper's +- needs several seeds)" if one_seed else ""),
+         f"- device: {res['device']}; wall time of this invocation: {res['wall_time_s']:.1f} s; training time "
+         f"(sum of the trainer's run times, cached runs included): "
+         f"{sum(r.get('train_s', 0.0) for r in res['runs']):.1f} s; finished {res.get('finished')}",
+         f"- definition: `{Path(res['definition']).name}`"
+         + (f"; command: `{res['command']}`" if res.get("command") else "")]
+    L += [f"- note: {n}" for n in res.get("notes", [])] + [""]
+    if res["runs"]:
+        L += ["## Results (test accuracy, %)", "",
+              "| part | run | params | epochs | seeds | paper | ours (mean +- std) | best during training | per seed "
+              "| margin norm. | train s |", "|---|---|---:|---:|---:|---|---|---|---|---|---:|"]
+        for r in res["runs"]:
+            cached = " (cached)" if all(x.get("cached") for x in r["per_seed"]) else ""
+            L.append(_row(r["part"], _md_escape(r["label"]), f"{r['parameters']:,}" if r.get("parameters") else "n/a",
+                          r["epochs"], f"{r['n_ok']}/{r['n_seeds']}", _md_escape(r["paper"]),
+                          _fmt_acc(r["test_acc_mean"], r["test_acc_std"]),
+                          _fmt_acc(r.get("best_test_acc_mean"), r.get("best_test_acc_std")),
+                          ", ".join(_pct(s.get("test_acc")) if s["status"] == "ok" else s["status"]
+                                    for s in r["per_seed"]),
+                          f"{r['normalisation']}, L={r['degree']}" if r.get("normalisation") else "n/a",
+                          f"{r.get('train_s', r['wall_s']):.1f}{cached}"))
+        if cached := sum(1 for r in res["runs"] for s in r["per_seed"] if s.get("cached")):
+            L += ["", f"{cached} run(s) were loaded from the model cache (`{res.get('cache_dir')}`), trained by an "
+                  "earlier invocation with the same configuration; 'train s' is the trainer's time for them then."]
+        L.append("")
+    from .maxmargin import render_markdown as md_maxmargin
+
+    md = {"ranks": _md_ranks, "eigen": _md_eigen, "margin": _md_margin, "reach": _md_reach, "xor": _md_xor,
+          "maxmargin": md_maxmargin}
+    for a, fn in md.items():
+        if a in res.get("analysis", {}):
+            L += fn(res["analysis"][a])
+    if res.get("skipped"):
+        L += ["## Skipped", ""] + [f"- {s['part']}: {s['reason']}" for s in res["skipped"]] + [""]
+    if res.get("figures"):
+        L += ["## Figures", ""] + [f"- `{f}`" for f in res["figures"]] + [""]
+    return "\n".join(L)
 
 
 # ---------------------------------------------------------------------------
@@ -1453,13 +1338,25 @@ def build_parser() -> ArgumentParser:
                         "OUT/authors and writes OUT/comparison.md with a verdict per claim")
     p.add_argument("--out", default=None, help="output folder (default results/<scale>/<name>; for 'all', "
                    "the parent folder, default results/<scale>)")
-    p.add_argument("--cache-dir", default=None, help="keep/reuse trained models here, keyed by their full training config")
+    p.add_argument("--cache-dir", default=None,
+                   help="keep/reuse trained models here, keyed by their full training config")
     p.add_argument("--experiments-dir", default=None, help="folder of the TOML definitions (default: experiments/ "
                    "beside the package)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no per-run lines on stderr")
     p.add_argument("--verbose", action="store_true", help="per-epoch lines of every run on stderr")
     return p
+
+
+def _verdict(holds: dict[str, bool | None]) -> str:
+    known = {p: h for p, h in holds.items() if h is not None}
+    if not known:
+        return "undecided (no data)"
+    if all(known.values()):
+        return "supported"
+    if not any(known.values()):
+        return "not supported"
+    return "depends on protocol (holds under " + ", ".join(p for p, h in known.items() if h) + ")"
 
 
 def compare_protocols(per_protocol: dict[str, dict]) -> dict:
@@ -1476,66 +1373,54 @@ def compare_protocols(per_protocol: dict[str, dict]) -> dict:
                            "runs": [], "claims": []}
     keyed = {p: {(r["part"], r["label"]): r for r in res["runs"]} for p, res in per_protocol.items()}
     for (part, label), r0 in keyed[names[0]].items():
-        row = {"part": part, "label": label, "paper_number": r0["paper"], "protocols": {}}
-        for p in names:
-            r = keyed[p].get((part, label), {})
-            row["protocols"][p] = {"final": r.get("test_acc_mean"), "final_std": r.get("test_acc_std"),
-                      "best": r.get("best_test_acc_mean"), "best_std": r.get("best_test_acc_std")}
-        out["runs"].append(row)
+        out["runs"].append({"part": part, "label": label, "paper_number": r0["paper"], "protocols": {
+            p: {k: keyed[p].get((part, label), {}).get(key) for k, key in (
+                ("final", "test_acc_mean"), ("final_std", "test_acc_std"), ("best", "best_test_acc_mean"),
+                ("best_std", "best_test_acc_std"))} for p in names}})
+    claims: dict[str, dict] = {}          # claim text -> {protocol: holds (None: no data)}
 
-    def verdict(holds: dict[str, bool | None]) -> str:
-        known = {p: h for p, h in holds.items() if h is not None}
-        if not known:
-            return "undecided (no data)"
-        if all(known.values()):
-            return "supported"
-        if not any(known.values()):
-            return "not supported"
-        return "depends on protocol (holds under " + ", ".join(p for p, h in known.items() if h) + ")"
+    def claim(p: str, text: str, holds: Any) -> dict:
+        c = claims.setdefault(text, {})
+        c[p] = None if holds is None else bool(holds)
+        return c
 
-    claims: dict[str, dict] = {}
     for p, res in per_protocol.items():
         for r in res["runs"]:               # the paper's "M +- S": agreement within 2 combined std
-            m = re.fullmatch(r"\s*([\d.]+)\s*\+-\s*([\d.]+)\s*", str(r.get("paper", "")))
-            if not m:
+            if not (m := re.fullmatch(r"\s*([\d.]+)\s*\+-\s*([\d.]+)\s*", str(r.get("paper", "")))):
                 continue
             M, S = float(m.group(1)) / 100, float(m.group(2)) / 100
             for which, key, sd in (("final", "test_acc_mean", "test_acc_std"),
                                    ("best", "best_test_acc_mean", "best_test_acc_std")):
                 v = r.get(key)
-                tol = 2 * math.hypot(S, r.get(sd) or 0.0)
-                claims.setdefault(f"{r['part']} {r['label']}: {which} accuracy agrees with the paper's "
-                                  f"{m.group(1)} +- {m.group(2)} (within 2 combined std)", {})[p] = \
-                    None if v is None else bool(abs(v - M) <= tol)
+                claim(p, f"{r['part']} {r['label']}: {which} accuracy agrees with the paper's {m.group(1)} +- "
+                      f"{m.group(2)} (within 2 combined std)",
+                      None if v is None else abs(v - M) <= 2 * math.hypot(S, r.get(sd) or 0.0))
         acc = {(r["part"], r["label"]): r.get("test_acc_mean") for r in res["runs"]}
         for c in res.get("claims", []):      # the definition's ordering claims, e.g. quadratic > relu2 > linear
             vals = [acc.get((c["part"], lab)) for lab in c["order"]]
-            claims.setdefault(f"{c['part']}: " + " > ".join(c["order"]) + " (final accuracy)", {})[p] = \
-                None if any(v is None for v in vals) else all(a > b for a, b in zip(vals, vals[1:]))
-        for part, info in (res["analysis"].get("reach") or {}).get("parts", {}).items():
+            claim(p, f"{c['part']}: " + " > ".join(c["order"]) + " (final accuracy)",
+                  None if None in vals else all(a > b for a, b in zip(vals, vals[1:])))
+        an = res["analysis"]
+        for part, info in (an.get("reach") or {}).get("parts", {}).items():
             for cname, reached in info.get("checks", {}).items():
                 if "target" in cname:
-                    claims.setdefault(f"Fig. 6 {part}: {cname}: reached sooner", {})[p] = \
-                        None if reached == "n/a" else reached == "sooner"
-        for part, info in (res["analysis"].get("ranks") or {}).get("parts", {}).items():
+                    claim(p, f"Fig. 6 {part}: {cname}: reached sooner",
+                          None if reached == "n/a" else reached == "sooner")
+        for part, info in (an.get("ranks") or {}).get("parts", {}).items():
             for cname, chk in info.get("checks", {}).items():
-                h = chk.get("holds", chk.get("non_decreasing"))
-                claims.setdefault(f"Fig. 3 {part}: {cname}", {})[p] = None if h is None else bool(h)
-        for r in (res["analysis"].get("margin") or {}).get("runs", []):
+                claim(p, f"Fig. 3 {part}: {cname}", chk.get("holds", chk.get("non_decreasing")))
+        for r in (an.get("margin") or {}).get("runs", []):
             for key in MARGIN_DEFINITIONS:
-                rhos = [s["definitions"][key]["spearman_rho"] for s in r["seeds"] if s.get("definitions")]
-                rho = _mean_std(rhos)[0]
-                c = claims.setdefault(f"Fig. 5 {r['part']} {r['label']}: {key} rises with test accuracy "
-                                      "(Spearman rho > 0)", {})
-                c[p] = None if rho is None else bool(rho > 0)
-                c.setdefault("_rho", {})[p] = rho
+                rho = _mean_std([s["definitions"][key]["spearman_rho"] for s in r["seeds"] if s.get("definitions")])[0]
+                claim(p, f"Fig. 5 {r['part']} {r['label']}: {key} rises with test accuracy (Spearman rho > 0)",
+                      None if rho is None else rho > 0).setdefault("_rho", {})[p] = rho
     for text, holds in claims.items():
         rho = holds.pop("_rho", None)
-        out["claims"].append({"claim": text, "holds": holds, "verdict": verdict(holds),
+        out["claims"].append({"claim": text, "holds": holds, "verdict": _verdict(holds),
                               **({"spearman_rho_mean": rho} if rho else {})})
     # what decides a claim besides the protocol: the reported accuracy (final vs best) or the
     # margin definition - claims that differ only in that word but get different verdicts
-    deciders = []
+    out["decided_by"] = []
     for word_set, what in ((("final", "best"), "the reported accuracy (final vs best)"),
                            (MARGIN_DEFINITIONS, "the margin definition")):
         groups: dict[str, list[dict]] = {}
@@ -1543,11 +1428,8 @@ def compare_protocols(per_protocol: dict[str, dict]) -> dict:
             for w in word_set:
                 if f" {w} " in f" {c['claim']} ":
                     groups.setdefault(f" {c['claim']} ".replace(f" {w} ", " * ", 1).strip(), []).append(c)
-        for stem, cs in groups.items():
-            if len(cs) > 1 and len({c["verdict"] for c in cs}) > 1:
-                deciders.append({"claim": stem, "decided_by": what,
-                                 "verdicts": {c["claim"]: c["verdict"] for c in cs}})
-    out["decided_by"] = deciders
+        out["decided_by"] += [{"claim": stem, "decided_by": what, "verdicts": {c["claim"]: c["verdict"] for c in cs}}
+                              for stem, cs in groups.items() if len({c["verdict"] for c in cs}) > 1]
     return out
 
 
@@ -1558,41 +1440,26 @@ def render_comparison(cmp: dict) -> str:
          "Protocols (margin_theory.protocols): `paper` = the paper's text as restated in SPEC.md; `authors` = "
          "the authors' public code (their inits, the full head's linear term and 1/2, the best test accuracy "
          "over evaluations every 20 steps). Per-protocol details: " + ", ".join(f"`{p}/results.md`" for p in names)
-         + ".", "",
-         "## Test accuracy (%): final, and best during training", "",
-         "| part | run | paper | " + " | ".join(f"{p}: final | {p}: best" for p in names) + " |",
+         + ".", "", "## Test accuracy (%): final, and best during training", "",
+         _row("part", "run", "paper", *(f"{p}: {w}" for p in names for w in ("final", "best"))),
          "|---|---|---|" + "---|---|" * len(names)]
     for r in cmp["runs"]:
-        cells = []
-        for p in names:
-            v = r["protocols"][p]
-            cells += [_fmt_acc(v["final"], v["final_std"]), _fmt_acc(v["best"], v["best_std"])]
-        L.append(f"| {r['part']} | {_md_escape(r['label'])} | {_md_escape(r['paper_number'])} | " + " | ".join(cells) + " |")
+        L.append(_row(r["part"], _md_escape(r["label"]), _md_escape(r["paper_number"]),
+                      *(_fmt_acc(r["protocols"][p][w], r["protocols"][p][f"{w}_std"]) for p in names
+                        for w in ("final", "best"))))
     if cmp["claims"]:
-        L += ["", "## Verdicts", "", "| claim | " + " | ".join(names) + " | verdict |", "|---|" + "---|" * (len(names) + 1)]
+        L += ["", "## Verdicts", "", _row("claim", *names, "verdict"), "|---|" + "---|" * (len(names) + 1)]
         for c in cmp["claims"]:
             rho = c.get("spearman_rho_mean") or {}
-            cells = []
-            for p in names:
-                h = c["holds"].get(p)
-                cell = "n/a" if h is None else ("yes" if h else "no")
-                if p in rho and rho[p] is not None:
-                    cell += f" (rho {rho[p]:+.2f})"
-                cells.append(cell)
-            L.append(f"| {_md_escape(c['claim'])} | " + " | ".join(cells) + f" | {c['verdict']} |")
+            cells = ["n/a" if (h := c["holds"].get(p)) is None else _yn(h) for p in names]
+            cells = [cell + (f" (rho {rho[p]:+.2f})" if rho.get(p) is not None else "")
+                     for p, cell in zip(names, cells)]
+            L.append(_row(_md_escape(c["claim"]), *cells, c["verdict"]))
     if cmp.get("decided_by"):
-        L += ["", "## What decides it", ""]
-        for d in cmp["decided_by"]:
-            L.append(f"- `{_md_escape(d['claim'])}`: decided by {d['decided_by']}: "
-                     + "; ".join(f"{k} -> {v}" for k, v in d["verdicts"].items()))
-    L.append("")
-    return "\n".join(L)
-
-
-def _summary_table(res: dict) -> str:
-    md = render_markdown(res)
-    return md + f"\nwritten: {Path(res['out']) / 'results.md'}, results.json" + (
-        f", {len(res['figures'])} figure(s)" if res.get("figures") else "")
+        L += ["", "## What decides it", ""] + [
+            f"- `{_md_escape(d['claim'])}`: decided by {d['decided_by']}: "
+            + "; ".join(f"{k} -> {v}" for k, v in d["verdicts"].items()) for d in cmp["decided_by"]]
+    return "\n".join(L + [""])
 
 
 @cli_entry(PROG)
@@ -1603,10 +1470,10 @@ def main(argv=None) -> int:
         exps = list_experiments(args.experiments_dir)
         if args.json:
             print_json({"experiments": exps})
-        else:
-            for e in exps:
-                print(f"{e['name']:<16} {e['title']}")
-                print(f"{'':<16} parts: {', '.join(e['parts']) or '-'}; analysis: {', '.join(e['analysis'])}")
+            return 0
+        for e in exps:
+            print(f"{e['name']:<16} {e['title']}")
+            print(f"{'':<16} parts: {', '.join(e['parts']) or '-'}; analysis: {', '.join(e['analysis'])}")
         return 0
     if not args.name:
         raise ConfigError("name an experiment (see --list) or 'all'")
@@ -1620,7 +1487,8 @@ def main(argv=None) -> int:
         select_device(args.device)
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
-    check_output_path(args.out if args.out is not None else Path("results") / args.scale, kind="dir")
+    root = Path("results") / args.scale
+    check_output_path(args.out if args.out is not None else root, kind="dir")
     if args.cache_dir is not None:
         check_output_path(args.cache_dir, kind="dir", flag="--cache-dir")
     command = "python -m margin_theory.experiment " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -1629,24 +1497,19 @@ def main(argv=None) -> int:
         raise ConfigError("--parts applies to one experiment, not 'all'")
     for n in names:                                                   # fail fast on bad input
         plan_experiment(load_definition(n, args.experiments_dir), args.scale, data_dir=args.data_dir,
-                        seeds=args.seeds, parts=args.parts,
-                        protocol=None if args.protocol == "both" else args.protocol)
+                        seeds=args.seeds, parts=args.parts, protocol=None if args.protocol == "both" else args.protocol)
+    kw = dict(data_dir=args.data_dir, seeds=args.seeds, parts=args.parts, device=args.device, cache_dir=args.cache_dir,
+              experiments_dir=args.experiments_dir, quiet=args.quiet, verbose=args.verbose, command=command)
     outs = []
     for n in names:
-        if args.name == "all":
-            out = Path(args.out or Path("results") / args.scale) / n
-        else:
-            out = args.out
-        kw = dict(data_dir=args.data_dir, seeds=args.seeds, parts=args.parts, device=args.device,
-                  cache_dir=args.cache_dir, experiments_dir=args.experiments_dir, quiet=args.quiet,
-                  verbose=args.verbose, command=command)
+        out = Path(args.out or root) / n if args.name == "all" else args.out
         if args.protocol != "both":
-            res = run_experiment(n, args.scale, out=out, protocol=args.protocol, **kw)
-            outs.append(res)
+            outs.append(res := run_experiment(n, args.scale, out=out, protocol=args.protocol, **kw))
             if not args.json:
-                print(_summary_table(res))
+                print(render_markdown(res) + f"\nwritten: {Path(res['out']) / 'results.md'}, results.json"
+                      + (f", {len(res['figures'])} figure(s)" if res.get("figures") else ""))
             continue
-        base = Path(out) if out is not None else Path("results") / args.scale / n
+        base = Path(out) if out is not None else root / n
         per = {p: run_experiment(n, args.scale, out=base / p, protocol=p, **kw) for p in protocol_names()}
         cmp = compare_protocols(per)
         atomic_write_json(base / "comparison.json", cmp)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 
 from margin_theory import experiment as ex
-from margin_theory._util import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -71,6 +69,13 @@ def check_outputs(out: Path, name: str, scale: str = "tiny") -> dict:
     for f in res["figures"]:
         assert (out / f).read_bytes()[:8] == PNG_MAGIC, f
     return res
+
+
+def run_tiny(name: str, out: Path, capsys, *extra) -> dict:
+    """``name --scale tiny [extra] --out OUT`` in process: exit 0 and the documented outputs; results.json."""
+    code, _, _ = run([name, "--scale", "tiny", *extra, "--out", out], capsys)
+    assert code == 0
+    return check_outputs(out, name)
 
 
 # ---------------------------------------------------------------------------
@@ -200,9 +205,7 @@ def test_fig1_fmnist_tiny_with_data(tmp_path, shared_data_dir, capsys):
     if not (shared_data_dir / "FashionMNIST" / "raw").is_dir():
         pytest.skip("Fashion-MNIST not in the shared data")
     out = tmp_path / "fig1"
-    code, _, _ = run(["fig1-fmnist", "--scale", "tiny", "--data-dir", shared_data_dir, "--out", out], capsys)
-    assert code == 0
-    res = check_outputs(out, "fig1-fmnist")
+    res = run_tiny("fig1-fmnist", out, capsys, "--data-dir", shared_data_dir)
     assert [r["model"] for r in res["runs"]] == ["conv-linear", "conv-lowrank", "conv-quadratic"]
     # every run states its margin normalisation, and it is the model's own (SPEC section 2)
     from margin_theory.models import build_model
@@ -214,9 +217,7 @@ def test_fig1_fmnist_tiny_with_data(tmp_path, shared_data_dir, capsys):
 
 def test_fig2_eigen_tiny(tmp_path, empty_dir, capsys):
     out = tmp_path / "fig2"
-    code, _, _ = run(["fig2-eigen", "--scale", "tiny", "--data-dir", empty_dir, "--out", out], capsys)
-    assert code == 0
-    res = check_outputs(out, "fig2-eigen")
+    res = run_tiny("fig2-eigen", out, capsys, "--data-dir", empty_dir)
     e = res["analysis"]["eigen"]
     assert len(e["per_class"]) == 10 and "softmax" in e["sta_definition"]
     for c in e["per_class"]:
@@ -232,9 +233,7 @@ def test_fig2_eigen_tiny(tmp_path, empty_dir, capsys):
 
 def test_fig3_ranks_tiny(tmp_path, empty_dir, capsys):
     out = tmp_path / "fig3"
-    code, _, _ = run(["fig3-ranks", "--scale", "tiny", "--data-dir", empty_dir, "--out", out], capsys)
-    assert code == 0
-    res = check_outputs(out, "fig3-ranks")
+    res = run_tiny("fig3-ranks", out, capsys, "--data-dir", empty_dir)
     assert [s["part"] for s in res["skipped"]] == ["fmnist"]          # no Fashion-MNIST files: skipped
     info = res["analysis"]["ranks"]["parts"]["mnist"]
     assert info["ranks"] == [1, 2, 4, 8, 16, 32]
@@ -251,9 +250,7 @@ def test_table3_cifar_tiny(tmp_path, empty_dir, shared_data_dir, capsys):
     if not (shared_data_dir / "cifar-10-subset").is_dir():
         pytest.skip("CIFAR-10 subset not in the shared data")
     out = tmp_path / "t3"
-    code, _, _ = run(["table3-cifar", "--scale", "tiny", "--data-dir", shared_data_dir, "--out", out], capsys)
-    assert code == 0
-    res = check_outputs(out, "table3-cifar")
+    res = run_tiny("table3-cifar", out, capsys, "--data-dir", shared_data_dir)
     assert res["parts"]["cifar"]["dataset"] == "cifar10-subset"
     assert [r["model"] for r in res["runs"]] == ["resnet10-linear", "resnet10-lowrank"]
     assert res["runs"][0]["settings"]["augment"] and res["runs"][0]["settings"]["normalize"]
@@ -262,9 +259,7 @@ def test_table3_cifar_tiny(tmp_path, empty_dir, shared_data_dir, capsys):
 
 def test_fig5_margin_tiny(tmp_path, empty_dir, capsys):
     out = tmp_path / "fig5"
-    code, _, _ = run(["fig5-margin", "--scale", "tiny", "--data-dir", empty_dir, "--out", out], capsys)
-    assert code == 0
-    res = check_outputs(out, "fig5-margin")
+    res = run_tiny("fig5-margin", out, capsys, "--data-dir", empty_dir)
     assert {s["part"] for s in res["skipped"]} == {"fmnist", "cifar"}
     (m,) = res["analysis"]["margin"]["runs"]
     s = m["seeds"][0]
@@ -297,9 +292,7 @@ def test_fig5_margin_tiny(tmp_path, empty_dir, capsys):
 
 def test_fig6_margin_reg_tiny(tmp_path, empty_dir, capsys):
     out = tmp_path / "fig6"
-    code, _, _ = run(["fig6-margin-reg", "--scale", "tiny", "--data-dir", empty_dir, "--out", out], capsys)
-    assert code == 0
-    res = check_outputs(out, "fig6-margin-reg")
+    res = run_tiny("fig6-margin-reg", out, capsys, "--data-dir", empty_dir)
     info = res["analysis"]["reach"]["parts"]["mnist"]
     assert [r["margin_reg"] for r in info["runs"]] == [0.0, 0.1, 1.0]
     assert info["targets"] == [0.2, 0.3]
@@ -316,9 +309,7 @@ def test_fig6_margin_reg_tiny(tmp_path, empty_dir, capsys):
 
 def test_small_data_tiny_and_cache(tmp_path, capsys):
     out, cache = tmp_path / "sd", tmp_path / "cache"
-    code, _, _ = run(["small-data", "--scale", "tiny", "--seeds", "1", "--out", out, "--cache-dir", cache], capsys)
-    assert code == 0
-    res = check_outputs(out, "small-data")
+    res = run_tiny("small-data", out, capsys, "--seeds", "1", "--cache-dir", cache)
     assert {r["part"] for r in res["runs"]} == {"iris", "wine", "breast_cancer", "digits"}
     assert "not stated" in (out / "results.md").read_text()
     # a second run loads every model from the cache and gets the same numbers
@@ -334,9 +325,7 @@ def test_small_data_tiny_and_cache(tmp_path, capsys):
 
 def test_xor_tiny(tmp_path, capsys):
     out = tmp_path / "xor"
-    code, _, _ = run(["xor", "--scale", "tiny", "--out", out], capsys)
-    assert code == 0
-    res = check_outputs(out, "xor")
+    res = run_tiny("xor", out, capsys)
     x = res["analysis"]["xor"]
     assert len(x["starts"]) == 3 and x["all_monotone"]
     for s in x["starts"]:
