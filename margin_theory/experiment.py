@@ -64,6 +64,7 @@ from ._util import (ArgumentParser, ConfigError, MarginTheoryError, NonFiniteLos
                     atomic_write_text, check_output_path, cli_entry, dumps_json, positive_int, print_json, progress,
                     save_figure, use_agg_backend)
 from .data import REGISTRY
+from .margins import MARGIN_DEFINITIONS
 from .models import ModelSpec
 from .protocols import get_protocol, protocol_names
 
@@ -74,7 +75,6 @@ PROG = "python -m margin_theory.experiment"
 SCALES = ("tiny", "smoke", "paper")
 ANALYSES = ("accuracy", "ranks", "eigen", "margin", "reach", "xor", "maxmargin")
 #: the margin definitions recorded per epoch (SPEC §2; ``margins.compute_margins``), read by Fig. 5
-MARGIN_DEFINITIONS = ("gamma_bar", "gamma_min", "gamma_output", "gamma_smoothed")
 #: TrainConfig fields the runner sets itself (a definition may not)
 RUNNER_FIELDS = frozenset({"dataset", "n_train", "n_test", "data_dir", "download", "seed", "device", "out",
                            "resume", "overwrite", "quiet", "json", "checkpoint_every", "eval_batch_size"})
@@ -287,10 +287,11 @@ class Plan:
 
 def _how_to_get(dataset: str, data_dir: str | None) -> str:
     dd = data_dir or "DIR"
-    if not REGISTRY[dataset].downloadable:
-        return ("cifar10-subset is a local folder cifar-10-subset/ (data_batch_1, test_batch_first1000, "
-                "batches.meta) and cannot be downloaded; or get the full set with: "
-                f"python -m margin_theory.data download cifar10 --data-dir {dd}")
+    s = REGISTRY[dataset]
+    if not s.downloadable:
+        return (f"{dataset} is a local folder {s.folder}/ ({', '.join(s.files)}) and cannot be downloaded"
+                + (f"; or get the full set with: python -m margin_theory.data download {s.subset_of} "
+                   f"--data-dir {dd}" if s.subset_of else ""))
     return f"get it with: python -m margin_theory.data download {dataset} --data-dir {dd}"
 
 
@@ -958,7 +959,7 @@ def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         ax = axes[2, col]                   # every margin definition, min-max scaled, beside accuracy
         for key in MARGIN_DEFINITIONS:
             ax.plot(s0["epochs"], _minmax(s0["curves"][key]), marker=".",
-                    label=f"{_MARGIN_LABELS[key]}: rho {s0['definitions'][key]['spearman_rho']:+.2f}")
+                    label=f"{_MARGIN_LABELS.get(key, key)}: rho {s0['definitions'][key]['spearman_rho']:+.2f}")
         ax.plot(s0["epochs"], _minmax(s0["test_acc"]), color="black", ls="--", lw=1.5, label="test accuracy")
         _dress(ax, "epoch", "min-max scaled over the run", "every margin definition vs test accuracy "
                "(Spearman rho with test acc.)", legend=7, fontsize=9)
