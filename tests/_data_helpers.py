@@ -125,18 +125,24 @@ class _ShortHandler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve_directory(directory: Path | None = None, *, truncating: bool = False):
-    """Serve ``directory`` over HTTP on 127.0.0.1 in a thread; yields the base URL."""
-    if truncating:
-        handler = _ShortHandler
-    else:
-        handler = functools.partial(_QuietHandler, directory=str(directory))
+def serve(handler, on_close=None):
+    """Serve ``handler`` over HTTP on 127.0.0.1 (never another interface) in a thread; yields
+    the base URL; ``on_close()`` runs before the server shuts down."""
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    srv.block_on_close = False
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{srv.server_address[1]}/"
     finally:
+        if on_close is not None:
+            on_close()
         srv.shutdown()
         srv.server_close()
         thread.join(timeout=5)
+
+
+def serve_directory(directory: Path | None = None, *, truncating: bool = False):
+    """Serve ``directory`` over HTTP on 127.0.0.1 in a thread; yields the base URL."""
+    return serve(_ShortHandler if truncating else functools.partial(_QuietHandler, directory=str(directory)))

@@ -21,7 +21,7 @@ import threading
 import time
 import tracemalloc
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ import pytest
 from margin_theory import data as D
 from margin_theory._util import DataError
 
-from _data_helpers import cifar_meta_bytes, idx_bytes, md5, synthetic_mnist, write_idx_dir
+from _data_helpers import cifar_meta_bytes, idx_bytes, md5, serve, synthetic_mnist, write_idx_dir
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -461,19 +461,8 @@ class _Hostile(BaseHTTPRequestHandler):
 @contextmanager
 def hostile_server(behaviour: str):
     stop = threading.Event()
-    handler = type("H", (_Hostile,), {"behaviour": behaviour, "stop": stop})
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    srv.daemon_threads = True
-    srv.block_on_close = False
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/"
-    finally:
-        stop.set()
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
+    with serve(type("H", (_Hostile,), {"behaviour": behaviour, "stop": stop}), on_close=stop.set) as url:
+        yield url
 
 
 def _leftovers(folder: Path) -> list[str]:
