@@ -66,7 +66,7 @@ from ._util import (ArgumentParser, ConfigError, MarginTheoryError, NonFiniteLos
 from .data import REGISTRY
 from .margins import MARGIN_DEFINITIONS
 from .models import ModelSpec
-from .protocols import get_protocol, protocol_names
+from .protocols import get_protocol, protocol_names, with_recipe
 
 __all__ = ["SCALES", "ANALYSES", "default_experiments_dir", "list_experiments", "load_definition",
            "plan_experiment", "run_experiment", "Plan", "PlannedRun", "main"]
@@ -150,7 +150,11 @@ def _validate_definition(spec: dict, path: Path) -> None:
     def train_keys(d: Any, ctx: str, run: dict | None = None) -> None:
         """A settings table; ``run``: the run's own settings it belongs to (then the model options
         must apply to the run's model), None for a shared table."""
-        bad = sorted(k for k in table(d, ctx) if k not in fields or k in RUNNER_FIELDS)
+        try:
+            d = with_recipe(table(d, ctx))
+        except MarginTheoryError as exc:
+            fail(f"{ctx}: {exc}")
+        bad = sorted(k for k in d if k not in fields or k in RUNNER_FIELDS)
         if bad:
             fail(f"{ctx}: unknown or runner-controlled training key(s) {', '.join(bad)}")
         try:                        # the values' types and ranges (rank, lr, ...), defaults elsewhere
@@ -173,8 +177,8 @@ def _validate_definition(spec: dict, path: Path) -> None:
     analysis = spec.get("analysis")
     if not isinstance(analysis, list) or not analysis or any(a not in ANALYSES for a in analysis):
         fail(f"analysis must be a non-empty list from {', '.join(ANALYSES)}")
-    base = spec.get("train", {})
-    train_keys(base, "[train]")
+    train_keys(spec.get("train", {}), "[train]")
+    base = with_recipe(spec.get("train", {}))
     for sec in ("eigen", "ranks", "margin", "reach", "xor"):
         claims = table(spec[sec], f"[{sec}]").get("paper_claims", []) if sec in spec else []
         if not isinstance(claims, list) or not all(isinstance(c, str) for c in claims):
@@ -232,12 +236,12 @@ def _validate_definition(spec: dict, path: Path) -> None:
         if not isinstance(rs, list) or not all(isinstance(x, str) for x in rs) or set(rs) - set(SCALES):
             fail(f"{what}: scales must be from {', '.join(SCALES)}")
         own = {k: v for k, v in r.items() if k not in RUN_META_KEYS}
-        train_keys(own, ctx, run=base)
+        train_keys(own, ctx, run=base)     # (a recipe in own is expanded there)
         ov = r.get("override", {})
         if not isinstance(ov, dict) or set(ov) - set(SCALES):
             fail(f"{what}: override must be a table of scales ({', '.join(SCALES)})")
         for s, o in ov.items():
-            train_keys(o, f"{ctx}.override.{s}", run={**base, **own})
+            train_keys(o, f"{ctx}.override.{s}", run={**base, **with_recipe(own)})
         if not isinstance(r["model"], str):
             fail(f"{what}: model must be a name, got {r['model']!r}")
     claims = spec.get("claims", [])      # [[claims]] part = P, order = [label, ...]: "first > second > ..."
@@ -343,9 +347,10 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
     for r in spec.get("runs", []):
         if r["part"] not in part_info or scale not in r.get("scales", SCALES):
             continue
-        settings = {"protocol": "paper", **spec.get("train", {}),
-                    **{k: v for k, v in r.items() if k not in RUN_META_KEYS}, **sc.get("train", {}),
-                    **spec["parts"][r["part"]][scale].get("train", {}), **r.get("override", {}).get(scale, {})}
+        settings = {"protocol": "paper"}
+        for t in (spec.get("train", {}), {k: v for k, v in r.items() if k not in RUN_META_KEYS}, sc.get("train", {}),
+                  spec["parts"][r["part"]][scale].get("train", {}), r.get("override", {}).get(scale, {})):
+            settings.update(with_recipe(t))     # a named recipe (protocols.RECIPES) under each table's own keys
         if protocol is not None:
             settings["protocol"] = get_protocol(protocol).name
         pi = part_info[r["part"]]

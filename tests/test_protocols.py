@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +156,23 @@ def test_fig6_tiny_under_both_protocols_judges_reach(tmp_path):
         assert set(c["holds"]) == {"paper", "authors"}
         assert c["verdict"].split(" (")[0] in ("supported", "not supported", "depends on protocol",
                                                 "undecided")
+
+
+def test_recipes_expand_under_the_tables_own_keys(tmp_path):
+    """A definition names a training recipe (protocols.RECIPES) instead of copying it; the
+    run's own keys win; an unknown recipe is a one-line error naming the valid ones."""
+    from margin_theory.protocols import RECIPES, with_recipe
+
+    cifar = with_recipe({"recipe": "cifar-resnet", "epochs": 3})
+    assert cifar["epochs"] == 3 and cifar["momentum"] == 0.9 and cifar["lr_milestones"] == [150]
+    assert "recipe" not in cifar and RECIPES["cifar-resnet"]["epochs"] == 250      # not mutated
+    plan = ex.plan_experiment(ex.load_definition("fig6-margin-reg", None), "tiny", data_dir=str(tmp_path),
+                              parts=["mnist"])      # [train] recipe = "mnist-sgd"; tiny scale: 1 epoch
+    assert plan.runs and all((r.settings["lr"], r.settings["batch_size"], r.settings["epochs"]) == (0.01, 100, 1)
+                             for r in plan.runs)
+    bad = tmp_path / "defs"
+    bad.mkdir()
+    text = (Path(ex.__file__).resolve().parent.parent / "experiments" / "table2.toml").read_text()
+    (bad / "table2.toml").write_text(text.replace('recipe = "mnist-sgd"', 'recipe = "mnist-adam"'))
+    with pytest.raises(ConfigError, match="unknown recipe 'mnist-adam'; choose from mnist-sgd, cifar-resnet"):
+        ex.load_definition("table2", str(bad))
