@@ -156,10 +156,10 @@ def test_bad_definition_is_one_line(tmp_path, capsys):
     d = tmp_path / "defs"
     d.mkdir()
     text = (REPO / "experiments" / "table2.toml").read_text()
-    (d / "table2.toml").write_text(text.replace("lr = 0.01", "lr = 0.01\nlearning_rate = 3"))
+    (d / "table2.toml").write_text(text.replace("\n[train]", "\n[train]\nlearning_rate = 3", 1))
     code, _, err = run(["table2", "--scale", "tiny", "--experiments-dir", d], capsys)
     assert code == 2 and err.count("\n") == 1 and "learning_rate" in err
-    (d / "table2.toml").write_text(text.replace("lr = 0.01", "lr = -1.0"))
+    (d / "table2.toml").write_text(text.replace("\n[train]", "\n[train]\nlr = -1.0", 1))   # overrides the recipe
     code, _, err = run(["table2", "--scale", "tiny", "--experiments-dir", d], capsys)
     assert code == 2 and err.count("\n") == 1 and "lr" in err
 
