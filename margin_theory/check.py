@@ -54,7 +54,7 @@ from ._util import ArgumentParser, CheckpointError, ConfigError, MarginTheoryErr
 from ._util import print_json, save_figure, to_jsonable, use_agg_backend
 from ._util import positive_int as _positive_int, nonneg_int as _nonneg_int
 
-__all__ = ["CheckReport", "check_checkpoints", "expand_targets", "plot_check", "main"]
+__all__ = ["CheckReport", "check_checkpoints", "expand_targets", "plot_check", "transitions", "main"]
 
 PROG = "python -m margin_theory.check"
 
@@ -248,16 +248,24 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
     for run_rows in _by_run(rows).values():      # transitions only within a run, in epoch order
         run_rows.sort(key=lambda r: r["epoch"] if r["epoch"] is not None else -1)
         report.checkpoints.extend(run_rows)
-        for a, b in zip(run_rows, run_rows[1:]):
-            dg = b["gamma_bar_train"] - a["gamma_bar_train"]
-            pred = "+" if a["theorem_applies"] else "?"
-            vsign = "+" if a["velocity"] > 0 else ("-" if a["velocity"] < 0 else "0")
-            report.transitions.append({
-                "from": a["epoch"], "to": b["epoch"], "from_path": a["path"], "to_path": b["path"],
-                "run": a["run"], "delta_gamma_bar": dg, "predicted_sign": pred,
-                "agrees": (dg > 0) if pred == "+" else None, "velocity_sign": vsign,
-                "velocity_agrees": None if vsign == "0" else ((dg > 0) == (vsign == "+"))})
+        report.transitions.extend(transitions(run_rows))
     return report
+
+
+def transitions(rows: list[dict]) -> list[dict]:
+    """Consecutive checkpoints of one run (epoch order): the change of gamma_bar on the whole
+    training set against Theorem 2's prediction at the earlier one (``+`` where A1-A3 hold,
+    else ``?``) and against the sign of its exact Lemma-2 velocity."""
+    out = []
+    for a, b in zip(rows, rows[1:]):
+        dg = b["gamma_bar_train"] - a["gamma_bar_train"]
+        pred = "+" if a["theorem_applies"] else "?"
+        vsign = "+" if a["velocity"] > 0 else ("-" if a["velocity"] < 0 else "0")
+        out.append({"from": a["epoch"], "to": b["epoch"], "from_path": a["path"], "to_path": b["path"],
+                    "run": a["run"], "delta_gamma_bar": dg, "predicted_sign": pred,
+                    "agrees": (dg > 0) if pred == "+" else None, "velocity_sign": vsign,
+                    "velocity_agrees": None if vsign == "0" else ((dg > 0) == (vsign == "+"))})
+    return out
 
 
 def _maxmargin_gap(cache: dict, key: tuple, model, ds, subset: int, seed: int) -> dict:

@@ -54,16 +54,30 @@ def test_json_structure(run_dir, capsys):
         assert c["lower_bound"] <= c["velocity"] + 1e-9 * abs(c["velocity"])
     trs = doc["transitions"]
     assert [(t["from"], t["to"]) for t in trs] == [(0, 1), (1, 2), (2, 3)]
-    for a, b, t in zip(cks, cks[1:], trs):
-        assert t["delta_gamma_bar"] == pytest.approx(b["gamma_bar_train"] - a["gamma_bar_train"], rel=1e-12)
-        assert t["predicted_sign"] == ("+" if a["theorem_applies"] else "?")
-        assert t["agrees"] == ((t["delta_gamma_bar"] > 0) if t["predicted_sign"] == "+" else None)
+    assert trs == check.transitions(cks)          # the rule itself is pinned in test_transition_rule
     # the whole-training-set margins match the trainer's own per-epoch record
     metrics = {r["epoch"]: r for r in read_metrics(run_dir)}
     for c in cks:
         assert c["gamma_bar_train"] == pytest.approx(metrics[c["epoch"]]["gamma_bar"], rel=1e-4, abs=1e-7)
         assert c["test_acc"] == pytest.approx(metrics[c["epoch"]]["test_acc"])
     assert doc["summary"]["checkpoints"] == 4
+
+
+def test_transition_rule():
+    """Hand-made checkpoints, hand-written expectations: a '+' prediction (A1-A3 held at the
+    earlier checkpoint) agrees iff gamma_bar rose; without it there is no claim (None); the
+    velocity's sign is compared either way, a zero velocity makes no claim."""
+    def row(epoch, g, applies, velocity):
+        return {"epoch": epoch, "gamma_bar_train": g, "theorem_applies": applies, "velocity": velocity,
+                "path": f"e{epoch}", "run": "r"}
+    rows = [row(0, 0.10, True, 0.5), row(1, 0.30, True, -0.2), row(2, 0.25, False, 0.0), row(3, 0.20, True, 1.0)]
+    got = [(t["from"], t["to"], t["predicted_sign"], t["agrees"], t["velocity_sign"], t["velocity_agrees"])
+           for t in check.transitions(rows)]
+    assert got == [(0, 1, "+", True, "+", True),      # rose, as predicted and as the velocity says
+                   (1, 2, "+", False, "-", True),     # fell: the prediction fails, the velocity was right
+                   (2, 3, "?", None, "0", None)]      # no claim either way
+    assert [round(t["delta_gamma_bar"], 12) for t in check.transitions(rows)] == [0.2, -0.05, -0.05]
+    assert check.transitions(rows[:1]) == []
 
 
 def test_matches_theorem2_report_on_rebuilt_data(run_dir, capsys):
