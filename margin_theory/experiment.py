@@ -635,7 +635,8 @@ def analysis_ranks(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     if fig is None:
         return res
     for ax, p in zip(axes, parts):
-        ranks = sorted((_rank_of(r), by_label[(p, r.label)]) for r in plan.part_runs(p) if _rank_of(r))
+        ranks = sorted(((_rank_of(r), by_label[(p, r.label)]) for r in plan.part_runs(p) if _rank_of(r)),
+                       key=lambda t: t[0])     # two runs of one rank: keep both, in definition order
         refs = {r.label: by_label[(p, r.label)] for r in plan.part_runs(p) if not _rank_of(r)}
         rs = [k for k, _ in ranks]
         ms = [v["test_acc_mean"] for _, v in ranks]

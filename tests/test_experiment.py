@@ -332,3 +332,56 @@ def test_xor_tiny(tmp_path, capsys):
         assert s["gamma_bar_final"] > s["gamma_bar_initial"] and s["gamma_bar_final"] <= 1.0
         assert max(s["invariant_drift"]) < 1e-6
     assert {"xor_flow_seed0.png", "xor_gd_seed0.png", "xor_margins.png"} <= set(res["figures"])
+
+
+def test_ranks_analysis_takes_two_runs_of_one_rank(tmp_path, capsys):
+    """Two Low-Rank runs of the same rank (e.g. two learning rates) are both kept by the
+    ranks analysis (sorting (rank, result) pairs used to compare the result dicts and crash)."""
+    d = tmp_path / "defs"
+    d.mkdir()
+    (d / "ranks2.toml").write_text('''name = "ranks2"
+title = "two runs of rank 1"
+reproduces = "-"
+analysis = ["accuracy", "ranks"]
+paper_source = "-"
+[train]
+recipe = "mnist-sgd"
+[[runs]]
+label = "linear"
+part = "mnist"
+model = "linear"
+[[runs]]
+label = "relu2"
+part = "mnist"
+model = "relu2"
+hidden = 16
+[[runs]]
+label = "lowrank r=1"
+part = "mnist"
+model = "lowrank"
+[[runs]]
+label = "lowrank r=1 lr 0.02"
+part = "mnist"
+model = "lowrank"
+lr = 0.02
+[[runs]]
+label = "lowrank r=2"
+part = "mnist"
+model = "lowrank"
+rank = 2
+[ranks]
+paper_claims = []
+[parts.mnist.tiny]
+dataset = "mnist-5k"
+n_train = 200
+n_test = 100
+[scales.tiny]
+seeds = 1
+train = { epochs = 1 }
+''')
+    out = tmp_path / "o"
+    code = ex.main(["ranks2", "--scale", "tiny", "--experiments-dir", str(d), "--out", str(out), "--quiet",
+                    "--data-dir", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    assert sorted(res["analysis"]["ranks"]["parts"]["mnist"]["ranks"]) == [1, 1, 2]
