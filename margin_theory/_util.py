@@ -189,7 +189,7 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
             try:
                 return int(fn(argv) or 0)
             except MarginTheoryError as exc:
-                msg = clip(" ".join(str(exc).split()), MAX_MESSAGE_CHARS)
+                msg = one_line(exc, MAX_MESSAGE_CHARS)
                 sys.stderr.write(f"{prog}: error: {msg}\n")
                 return 2
             except KeyboardInterrupt:
@@ -209,6 +209,12 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
 
 #: the longest error line a CLI prints (a hostile file must not flood the terminal)
 MAX_MESSAGE_CHARS = 2000
+
+
+def one_line(exc: BaseException | str, limit: int | None = None) -> str:
+    """An exception's message on one line (whitespace collapsed), ``clip``-ped to ``limit``."""
+    msg = " ".join(str(exc).split())
+    return msg if limit is None else clip(msg, limit)
 
 
 def clip(text: str, limit: int = 200) -> str:

@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._util import one_line
 from ._util import ArgumentParser, cli_entry, print_json, progress, sync
 
 __all__ = ["run_benchmarks", "ReferenceLowRank", "ReferenceQuadratic", "PlainLowRank", "PlainQuadratic",
@@ -231,7 +232,7 @@ def compile_support(device: str | torch.device = "cpu") -> str | None:
         torch.compile(lambda t: (t * 2).sum())(torch.ones(3, device=device))
         return None
     except Exception as exc:  # no C++ compiler, unsupported Python, ...: report, never crash
-        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+        return f"{type(exc).__name__}: {one_line(exc)[:160]}"
 
 
 def _bare_epoch_fn(kind: str, r: int, N: int, bs: int, device):

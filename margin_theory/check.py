@@ -50,6 +50,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ._util import one_line
 from ._util import ArgumentParser, CheckpointError, ConfigError, MarginTheoryError, check_output_path, cli_entry
 from ._util import print_json, save_figure, to_jsonable, use_agg_backend
 from ._util import positive_int as _positive_int, nonneg_int as _nonneg_int
@@ -85,7 +86,7 @@ class CheckReport:
 
 def _error(path, exc: BaseException | str) -> dict:
     """An ``errors`` entry: the path and the one-line message (an unexpected error type is named)."""
-    msg = exc if isinstance(exc, str) else " ".join(str(exc).split())
+    msg = exc if isinstance(exc, str) else one_line(exc)
     if isinstance(exc, BaseException) and not isinstance(exc, MarginTheoryError):
         msg = f"{type(exc).__name__}: {msg}"
     return {"path": str(path), "error": msg}
@@ -276,7 +277,7 @@ def _maxmargin_gap(cache: dict, key: tuple, model, ds, subset: int, seed: int) -
     try:
         kind = head_of(model)
     except MarginTheoryError as exc:
-        return {"available": False, "note": " ".join(str(exc).split()), "ratio": None, "cosine": None}
+        return {"available": False, "note": one_line(exc), "ratio": None, "cosine": None}
     k = key + (kind, seed, subset)
     if k not in cache:
         cache[k] = GapMonitor(model, ds.X_train, ds.y_train, subset=min(subset, MONITOR_MAX_POINTS), seed=seed)

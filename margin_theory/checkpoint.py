@@ -52,7 +52,7 @@ import torch
 import torch.nn as nn
 
 from ._util import CheckpointError, ConfigError, MarginTheoryError, atomic_write_bytes, atomic_write_json
-from ._util import check_memory, clip, short_repr
+from ._util import check_memory, one_line, short_repr
 from .models import MAX_LAYERS, ModelSpec
 
 __all__ = [
@@ -93,10 +93,6 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     optimizer_state: dict | None = None
     rng_state: dict = field(default_factory=dict)
-
-
-def _one_line(exc: BaseException, limit: int = 2000) -> str:
-    return clip(" ".join(str(exc).split()), limit)
 
 
 # ---------------------------------------------------------------------------
@@ -201,7 +197,7 @@ def _build(args: Mapping) -> nn.Module:
         with torch.random.fork_rng(devices=[]):  # do not disturb the caller's global RNG
             return ModelSpec.from_mapping(args).build(args["input_shape"], args["num_classes"])
     except (MarginTheoryError, RuntimeError, OverflowError, MemoryError) as exc:
-        raise CheckpointError(f"checkpoint describes a model that cannot be built: {_one_line(exc, 200)}") from None
+        raise CheckpointError(f"checkpoint describes a model that cannot be built: {one_line(exc, 200)}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint has invalid model arguments {dict(args)!r}: {exc}") from None
 
@@ -464,7 +460,7 @@ def _read_tensors(tensor_path: Path, meta: dict, expected: dict, what: str) -> d
     try:
         tensors = _st_load(blob)
     except Exception as exc:  # safetensors raises SafetensorError (and others) on bad files
-        raise CheckpointError(f"{tensor_path} is not a readable safetensors file: {_one_line(exc)}") from None
+        raise CheckpointError(f"{tensor_path} is not a readable safetensors file: {one_line(exc, 2000)}") from None
     bad = _nonfinite(tensors)
     if bad:
         raise NonFiniteCheckpointError(f"checkpoint {tensor_path.name}: tensor {bad} holds NaN or infinite "
@@ -572,7 +568,7 @@ def restore_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.opti
         try:
             optimizer.load_state_dict(ck.optimizer_state)
         except (ValueError, KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint {name}: optimizer state does not fit: {_one_line(exc)}") from None
+            raise CheckpointError(f"checkpoint {name}: optimizer state does not fit: {one_line(exc, 2000)}") from None
     return ck
 
 

@@ -72,6 +72,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._util import one_line
 from ._util import ConfigError, MarginTheoryError
 
 __all__ = ["DistContext", "RankFailedError", "setup", "env_world", "shard_indices", "EXIT_RANK_FAILED",
@@ -129,7 +130,7 @@ def shard_indices(n: int, world_size: int, rank: int) -> torch.Tensor:
 
 
 def _one_line(exc: BaseException) -> str:
-    msg = " ".join(str(exc).split())
+    msg = one_line(exc)
     if len(msg) > 300:
         msg = msg[:297] + "..."
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__

@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from ._util import one_line
 from ._util import (ArgumentParser, ConfigError, MarginTheoryError, NonFiniteLossError, atomic_write_json,
                     atomic_write_text, check_output_path, cli_entry, dumps_json, positive_int, print_json, progress,
                     save_figure, use_agg_backend)
@@ -435,7 +436,7 @@ def _train_one(config, cache_dir: Path | None, label: str, verbose: bool) -> dic
         try:
             res = train(config, progress=False, log=log)
         except NonFiniteLossError as exc:
-            return {"seed": config.seed, "status": "diverged", "error": " ".join(str(exc).split()),
+            return {"seed": config.seed, "status": "diverged", "error": one_line(exc),
                     "history": _compact_history(getattr(exc, "history", []) or []),
                     "wall_s": time.perf_counter() - t0, "_model": None}
         model, history, final = res.model, res.history, res.final

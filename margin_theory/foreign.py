@@ -49,8 +49,9 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from ._util import one_line
 from ._util import CheckpointError, ConfigError, MarginTheoryError
-from .checkpoint import Checkpoint, _one_line, describe_model_args
+from .checkpoint import Checkpoint, describe_model_args
 from .margins import NotHomogeneousError
 from .models import Classifier, LinearHead, LowRankHead, ModelSpec, QuadraticHead
 
@@ -101,7 +102,7 @@ def _load_torch(path: Path) -> Any:
             "reads .pt files only with torch.load(weights_only=True) and never unpickles arbitrary "
             "objects - save model.state_dict() (or use safetensors)") from None
     except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError, TypeError) as exc:
-        raise CheckpointError(f"{path} is not a readable torch.save file: {_one_line(exc, 300)}") from None
+        raise CheckpointError(f"{path} is not a readable torch.save file: {one_line(exc, 300)}") from None
 
 
 def _unwrap(obj: Any, path: Path, notes: list[str], where: str = "") -> dict[str, torch.Tensor]:
@@ -134,7 +135,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
         try:
             state = load_file(str(path), device="cpu")
         except Exception as exc:  # SafetensorError and friends
-            raise CheckpointError(f"{path} is not a readable safetensors file: {_one_line(exc, 300)}") from None
+            raise CheckpointError(f"{path} is not a readable safetensors file: {one_line(exc, 300)}") from None
         if state and all(k.startswith(("model.", "optim.", "rng.")) for k in state) and \
                 any(k.startswith("model.") for k in state):
             notes.append("a margin_theory checkpoint without its sidecar: using its model.* tensors")
@@ -170,7 +171,7 @@ def read_spec(path: str | Path) -> dict:
 
         spec = tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"spec file {path} is not valid {kind}: {_one_line(exc, 300)}") from None
+        raise ConfigError(f"spec file {path} is not valid {kind}: {one_line(exc, 300)}") from None
     if not isinstance(spec, dict):
         raise ConfigError(f"spec file {path} must hold a table/object, got {type(spec).__name__}")
     unknown = sorted(set(spec) - set(SPEC_KEYS))

@@ -112,6 +112,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ._util import one_line
 from ._util import ArgumentParser, ConfigError, cli_entry, print_json
 from ._util import positive_int as _positive_int, nonneg_int as _nonneg_int
 from .models import MAX_LAYERS, MODEL_NAMES, ModelSpec, build_model, describe_model_names
@@ -520,7 +521,7 @@ def _symbolic_module(model: nn.Module, shape: Sequence[int], *, method: str = "a
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as exc:  # noqa: BLE001 - any tracing failure is a one-line refusal
-        raise ConfigError(f"torch.fx cannot trace {type(model).__name__}: {' '.join(str(exc).split())[:200]}") from None
+        raise ConfigError(f"torch.fx cannot trace {type(model).__name__}: {one_line(exc)[:200]}") from None
 
     def run(B):
         return _interpret(B, model, graph, shape)
@@ -1045,7 +1046,7 @@ def _check_size(spec: ModelSpec, shape, num_classes, batch) -> None:
         try:
             m = spec.build(shape, num_classes)
         except (RuntimeError, OverflowError) as exc:
-            raise ConfigError(f"model {spec.name} cannot be built: {' '.join(str(exc).split())[:200]}") from None
+            raise ConfigError(f"model {spec.name} cannot be built: {one_line(exc)[:200]}") from None
     n = sum(p.numel() for p in m.parameters())
     check_memory(8.0 * _COPIES * n, f"model {spec.name} with {n:,} parameters")
     check_memory(8.0 * _COPIES * batch * math.prod(shape), f"--batch {batch} inputs of shape {tuple(shape)}")

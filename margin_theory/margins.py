@@ -46,7 +46,7 @@ __all__ = [
 
 
 #: every margin definition recorded per epoch (metrics.jsonl key -> what it is, SPEC §2);
-#: metrics, check, plots and the Fig. 5 analysis iterate over this, and
+#: the trainer's metrics, the Fig. 5 analysis and the protocol comparison iterate over this, and
 #: :class:`MarginResult` has one field of each name
 MARGIN_DEFINITIONS: dict[str, str] = {
     "gamma_bar": "average normalised margin, mean q/||theta||^L (runner-up; paper eq. 4)",

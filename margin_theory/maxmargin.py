@@ -59,6 +59,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._util import one_line
 from ._util import ArgumentParser, ConfigError, MarginTheoryError, cli_entry, nonneg_int, positive_int, print_json, \
     progress, save_figure, use_agg_backend
 
@@ -247,7 +248,7 @@ def _solve(prob, solvers: Sequence[str]) -> tuple[str, str | None, str]:
                 warnings.simplefilter("ignore", UserWarning)
                 prob.solve(solver=s, **_SOLVER_OPTIONS.get(s, {}))
         except (cp.error.SolverError, ValueError, ArithmeticError) as exc:
-            msgs.append(f"{s}: {' '.join(str(exc).split())[:200]}")
+            msgs.append(f"{s}: {one_line(exc)[:200]}")
             continue
         status, used = str(prob.status), s
         if status == "optimal" or status in _NOT_SEPARABLE:
@@ -669,7 +670,7 @@ class GapMonitor:
             if not self.result.separable:
                 self.note = self.result.message or self.result.status
         except MarginTheoryError as exc:
-            self.note = " ".join(str(exc).split())
+            self.note = one_line(exc)
         except ImportError as exc:          # cvxpy missing: a monitor must never stop training
             self.note = f"the convex solver is unavailable ({exc}); pip install cvxpy clarabel"
 
@@ -987,7 +988,7 @@ def run_gap_rows(run_dir) -> tuple[list[dict], str]:
         summary = run / "summary.json"
         summ = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"--run {run}: cannot read config.json ({' '.join(str(exc).split())})") from None
+        raise ConfigError(f"--run {run}: cannot read config.json ({one_line(exc)})") from None
     metrics = read_metrics(run)
     rows = [r for r in metrics if isinstance(r.get("maxmargin"), dict) and r["maxmargin"].get("available")]
     if not rows:
@@ -1053,7 +1054,7 @@ def main(argv=None) -> int:
         except ProblemTooLargeError as exc:
             if len(heads) == 1:
                 raise
-            out["results"][h] = {"head": h, "error": " ".join(str(exc).split())}
+            out["results"][h] = {"head": h, "error": one_line(exc)}
     if args.json:
         print_json(out)
         return 0

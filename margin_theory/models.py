@@ -358,15 +358,12 @@ class AffineInput(nn.Module):
 # ---------------------------------------------------------------------------
 def _make_head(kind: str, d: int, num_classes: int, rank: int, init: str = "paper",
                linear_term: bool = False) -> nn.Module:
-    if linear_term and kind != "quadratic":
-        raise ConfigError(f"the linear term belongs to the full quadratic head, not a {kind} head")
+    """The head ``kind`` (checked by ``ModelSpec``: one of :data:`HEADS`; the linear term on quadratic only)."""
     if kind == "linear":
         return LinearHead(d, num_classes, init=init)
     if kind == "lowrank":
         return LowRankHead(d, num_classes, rank, init=init)
-    if kind == "quadratic":
-        return QuadraticHead(d, num_classes, linear_term=linear_term, init=init)
-    raise ConfigError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
+    return QuadraticHead(d, num_classes, linear_term=linear_term, init=init)
 
 
 def _widths(hidden, layers: int, default: int) -> list[int]:

@@ -22,7 +22,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from ._util import ArgumentParser, ConfigError, MarginTheoryError, check_output_path, cli_entry, print_json, save_figure, use_agg_backend
+from ._util import (ArgumentParser, ConfigError, MarginTheoryError, check_output_path, cli_entry, print_json,
+                    save_figure, use_agg_backend)
 
 __all__ = ["load_history", "plot_metrics", "plot_run", "main"]
 

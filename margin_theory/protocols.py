@@ -97,4 +97,5 @@ def with_recipe(settings: dict) -> dict:
     name = settings["recipe"]
     if not isinstance(name, str) or name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
-    return {**RECIPES[name], **{k: v for k, v in settings.items() if k != "recipe"}}
+    recipe = {k: list(v) if isinstance(v, list) else v for k, v in RECIPES[name].items()}   # never shared
+    return {**recipe, **{k: v for k, v in settings.items() if k != "recipe"}}

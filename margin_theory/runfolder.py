@@ -23,6 +23,7 @@ import socket
 from pathlib import Path
 from typing import Any, Iterator
 
+from ._util import one_line
 from ._util import ConfigError, DataError, check_memory, short_repr
 from .checkpoint import CHECKPOINT_DIR
 from .models import MAX_LAYERS
@@ -336,7 +337,7 @@ def model_memory_check(config, input_shape, num_classes) -> int:
         with torch.device("meta"):      # shapes without storage
             model = config.model_spec().build(tuple(input_shape), int(num_classes))
     except (RuntimeError, ValueError, OverflowError, TypeError) as exc:
-        raise ConfigError(f"model {config.model} cannot be built: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"model {config.model} cannot be built: {one_line(exc)}") from None
     n = sum(t.numel() for t in model.state_dict().values())
     check_memory(20.0 * n, f"model {config.model} with {n:,} parameters (rank {config.rank}, "
                            f"layers {config.layers}, hidden {config.hidden})")

@@ -50,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import runfolder as _runfolder
+from ._util import one_line
 from ._util import (ArgumentParser, CheckpointError, ConfigError, NonFiniteLossError, atomic_write_json,
                     atomic_write_text, check_output_path, cli_entry, clip, dumps_json, float_in, int_at_least,
                     print_json, sync)
@@ -440,8 +441,6 @@ def _matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def _oneline(exc) -> str:
-    return " ".join(str(exc).split())
 
 
 def _finite(*xs: float) -> bool:
@@ -499,7 +498,7 @@ def _resume_point(out: Path, config: TrainConfig) -> Path:
         try:
             authority = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise CheckpointError(f"cannot resume {out}: {path} is unreadable ({clip(_oneline(exc))})") from None
+            raise CheckpointError(f"cannot resume {out}: {path} is unreadable ({clip(one_line(exc))})") from None
         except ConfigError as exc:
             raise CheckpointError(f"cannot resume {out}: {path} is not a valid configuration: {exc}") from None
         diffs = _config_differences(saved["config"], authority)
@@ -554,7 +553,7 @@ def _restore_rng(g: torch.Generator, device: torch.device, rng: dict, seed: int,
                 setter(rng[name].to("cpu", torch.uint8))
             except (RuntimeError, ValueError, TypeError) as exc:
                 raise CheckpointError(f"the checkpoint's random-generator state {name!r} is invalid: "
-                                      f"{clip(_oneline(exc))}") from None
+                                      f"{clip(one_line(exc))}") from None
 
 
 def _format_epoch(row: dict, epochs: int) -> str:
@@ -811,7 +810,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                     run_monitor(row)
                 record(epoch, row)
     except _RankFailed as exc:
-        err = type(exc)(f"{_oneline(exc)}; {where(last_ckpt)}")
+        err = type(exc)(f"{one_line(exc)}; {where(last_ckpt)}")
         err.checkpoint, err.history = last_ckpt, history
         raise err from None
     except _Diverged as exc:
@@ -1035,7 +1034,7 @@ def main(argv=None) -> int:
     except (NonFiniteLossError, _RankFailed) as exc:
         diverged = isinstance(exc, NonFiniteLossError)
         if rank0 or not diverged:    # every rank diverges alike (all-reduced loss): rank 0 says it
-            sys.stderr.write(f"{PROG}: error: {_oneline(exc)}\n")
+            sys.stderr.write(f"{PROG}: error: {one_line(exc)}\n")
         return EXIT_NONFINITE if diverged else EXIT_RANK_FAILED
     if res.final.get("world_size", 1) > 1 and not rank0:
         return 0                                 # rank 0 reports for the whole run
