@@ -1,92 +1,65 @@
 r"""Homogeneity of the models in their parameters (SPEC §3; paper Definition 1, Lemma 1).
 
 Definition 1: f is *L-homogeneous* in :math:`\theta` if :math:`f(c\theta; x) = c^L f(\theta; x)`
-for every :math:`c > 0`, every :math:`\theta` and every x. Then Euler's identity
-:math:`\langle \nabla_\theta f_j, \theta\rangle = L f_j` holds (proof in
-``proofs/lemma1_homogeneity.md``). Lemma 1: a Low-Rank DIQNN of n quadratic layers is
-homogeneous with :math:`L_n = 2(L_{n-1} + 1)`, :math:`L_1 = 2`, i.e. :math:`L_n = 2^{n+1} - 2`.
+for every :math:`c > 0`, :math:`\theta` and x; then Euler's identity
+:math:`\langle \nabla_\theta f_j, \theta\rangle = L f_j` holds (``proofs/lemma1_homogeneity.md``).
+Lemma 1: a Low-Rank DIQNN of n quadratic layers has :math:`L_n = 2(L_{n-1} + 1)`, :math:`L_1 = 2`,
+i.e. :math:`L_n = 2^{n+1} - 2`. Two independent checkers; neither is told the degree.
 
-Two independent checkers; neither is told the degree, both *derive* it.
+**Symbolic** (:func:`symbolic_homogeneity`, exact) checks the module that trains: it is built
+with :func:`~margin_theory.models.build_model` at tiny sizes, traced with
+:func:`torch.fx.symbolic_trace`, and its graph is interpreted over numpy object arrays of
+polynomials (``sympy.polys.rings``, over Z, or Q when a constant is not an integer: the full
+head's 0.5 is exactly 1/2). A table maps each op (``F.linear``, ``matmul``, ``*``, ``+``,
+``sum``, ``reshape``, ``cat``, ``nn.Conv2d``, ``nn.ReLU``, ...) to its implementation, so a new
+head built from these ops needs no new code; any other op (ResNets' BatchNorm) is a one-line
+:class:`ConfigError`. Every parameter entry enters as :math:`c\,\theta_k`, so each value is a
+polynomial of :math:`f(c\theta)` and the exponents of c are read off. f is homogeneous iff
+every monomial has one exponent L; then :math:`f(c\theta) = c^L f(\theta)` and Euler's
+identity are verified as polynomial identities. Two methods:
 
-**Symbolic** (:func:`symbolic_homogeneity`, sympy, exact) for small sizes of our
-architectures (``linear``, ``quadratic``, ``lowrank`` with n layers, ``relu2``,
-``conv-<head>``). It checks the module that trains, not a copy: the model is built with
-:func:`~margin_theory.models.build_model` at tiny sizes, traced with
-:func:`torch.fx.symbolic_trace`, and its graph is interpreted node by node over numpy
-object arrays whose entries are exact scalars of one of the backends below; the
-parameters are ``model.named_parameters()`` (so the names are torch's), the input one
-sample of symbols. A small table maps each op (``F.linear``, ``matmul``, ``*``, ``+``,
-``sum``, ``reshape``, ``cat``, ``nn.Conv2d``, ``nn.ReLU``, ...) to its implementation, so a
-new head built from these ops needs no new code; any other op (ResNets' BatchNorm) is a
-one-line :class:`ConfigError` naming it. Constants are exact (a float's binary value, so
-the full head's ``* 0.5`` is 1/2). Two exact methods:
+* ``"expand"``: the parameters (named after torch's, e.g. ``head.weight[1,0,1]``) and the
+  inputs are ring generators; Euler is :math:`\sum_p p\,\partial f/\partial p - L f \equiv 0`.
+  :math:`\mathrm{relu}(z) = z\,\mathbb 1[z > 0]` with the gate a generator ``g_k`` that
+  :math:`\theta \to c\theta` leaves unchanged when z is homogeneous (for c > 0,
+  :math:`\mathbb 1[cz > 0] = \mathbb 1[z > 0]`) and whose derivative is 0 (off z = 0); a gate
+  whose argument is not homogeneous (the activation pattern changes along the ray) is a failure.
+  For a non-homogeneous f the parameters in monomials whose c-exponent is not the top one
+  are named (``relu2``: the output bias).
+* ``"ray"`` (automatic when the expansion exceeds ``max_terms``, e.g. four layers): exact
+  integer arithmetic at ``trials`` random points :math:`\theta_0, x_0` (entries in
+  :math:`[-10^6, 10^6] \setminus \{0\}`): every value is a polynomial in c alone, Euler is
+  :math:`\langle\nabla f(\theta_0), \theta_0\rangle = \frac{d}{dc} f(c\theta_0)|_{c=1} = L f(\theta_0)`
+  (chain rule). By Schwartz-Zippel a non-zero polynomial of degree D vanishes at such a point
+  with probability at most :math:`D / (2\cdot 10^6)`.
 
-* ``"expand"``: every parameter is a sympy symbol (named after the torch parameter,
-  e.g. ``head.weight[1,0,1]``), every input a symbol; f is expanded to a polynomial over
-  Z (over Q when the graph has a non-integer constant),
-  :math:`\theta \to c\theta` is substituted with a positive symbol c, and the exponent of c
-  in every monomial is read off. f is homogeneous iff all monomials share one exponent L,
-  and then ``expand(f(c theta) - c**L f(theta)) == 0`` and Euler's identity
-  ``expand(sum_p p * diff(f, p) - L f) == 0`` are verified. ReLU is written
-  :math:`\mathrm{relu}(z) = z\,\mathbb 1[z > 0]` with the gate :math:`\mathbb 1[z>0]` a ring
-  generator ``g_k`` that :math:`\theta \to c\theta` leaves unchanged (0-homogeneous: for
-  positive c, :math:`\mathbb 1[cz > 0] = \mathbb 1[z > 0]`, the positive homogeneity of ReLU)
-  and whose derivative is 0 (true off the null set z = 0). A gate whose argument is not
-  homogeneous (so that the activation pattern would change along the ray) is reported as a
-  failure of homogeneity. For a
-  non-homogeneous f the parameters occurring in monomials whose c-exponent differs from
-  the top one are named (``relu2``: the output bias).
-* ``"ray"`` (used automatically when the expansion would exceed ``max_terms``, e.g. four
-  quadratic layers): exact integer arithmetic at random integer points
-  :math:`\theta_0, x_0` (entries in :math:`[-10^6, 10^6]`). Node by node, every entry is
-  a univariate polynomial in c with exact (integer or rational) coefficients, so :math:`f(c\theta_0)` is
-  computed exactly and its c-exponents read off; Euler's identity is verified exactly with
-  dual numbers carrying the full integer gradient :math:`\nabla_\theta f(\theta_0)`. By the
-  Schwartz-Zippel lemma a non-zero coefficient polynomial of degree D vanishes at such a
-  point with probability at most :math:`D / (2\cdot 10^6)`; ``trials`` points are used.
+The ``quadratic`` head's parameters are the entries of the stored V (:math:`x^\top V x = x^\top W x`,
+:math:`W = (V + V^\top)/2`, linear in V: the same degree as in W).
 
-The symbolic ``quadratic`` head's parameters are the entries of the stored V (the module
-computes :math:`x^\top V x = x^\top W x` with :math:`W = (V + V^\top)/2`, linear in V: the
-same degree as in W).
-
-**Numeric** (:func:`numeric_homogeneity`, any ``torch.nn.Module``, float64, eval mode,
-parameters substituted with :func:`torch.func.functional_call` so the model is never
-modified):
+**Numeric** (:func:`numeric_homogeneity`, any ``torch.nn.Module``, float64, eval mode, parameters
+substituted with :func:`torch.func.functional_call`, the model is never modified):
 
 * L is estimated from :math:`\log(f_j(c\theta)/f_j(\theta)) / \log c` over several c and all
-  outputs j; f is declared L-homogeneous when, for every c,
+  outputs j; f is L-homogeneous when, for every c,
   :math:`\max_j |f_j(c\theta) - c^L f_j(\theta)| \le \mathrm{rtol}\,\max_j |c^L f_j(\theta)|`,
-  both at the given :math:`\theta` and at a *generic* point :math:`\theta'` (every
-  tensor perturbed by Gaussian noise of half its RMS, 0.1 if it is zero), because
-  Definition 1 quantifies over all :math:`\theta` (a zero bias would otherwise hide).
-* Euler's identity at :math:`\theta`: the vector :math:`(\langle\nabla_\theta f_j,\theta\rangle)_j = J\theta`
-  is one forward-mode Jacobian-vector product (:func:`torch.func.jvp`), compared with
-  :math:`L f`.
-* Head degree: only ``model.head``'s parameters are scaled, its input (the features) is
-  captured once and held fixed.
-* Breaking parameters: candidates are the biases (parameters named ``*bias``) and the
-  normalisation layers (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm; evaluated
-  in eval mode, running statistics are buffers, not parameters). At :math:`\theta'`:
+  at :math:`\theta` and at a *generic* :math:`\theta'` (every tensor plus Gaussian noise of half
+  its RMS, 0.1 if it is zero: Definition 1 quantifies over all :math:`\theta`, a zero bias
+  would otherwise hide).
+* Euler's identity: :math:`J\theta` by one :func:`torch.func.jvp`, compared with :math:`L f`.
+* Head degree: only ``model.head``'s parameters scaled, its input (the features) held fixed.
+* Breaking parameters: candidates are the biases (``*bias``) and the normalisation layers
+  (:data:`NORM_LAYER_TYPES`, eval mode). At :math:`\theta'`: (1) *neutralise* all (biases zero,
+  norm layers the identity) and test again; (2) if that restores homogeneity, put each back
+  alone: it breaks homogeneity iff f is then not homogeneous (this names ``relu2``'s b2, not
+  b1: :math:`W_1x + b_1 = [W_1\ b_1][x; 1]`); (3) otherwise the architecture breaks it
+  (``structural``: residual sums of branches of different degrees, a non-homogeneous
+  activation): the candidates in which f is not even separately homogeneous are named (a
+  per-tensor Euler test, :math:`\langle\nabla_P (w\cdot f), P\rangle / (w\cdot f)` must not
+  depend on random output weights w), else every parameter tensor that fails it. For ResNets
+  this names every BatchNorm weight and bias.
 
-  1. *neutralise* all candidates (biases set to zero, normalisation layers replaced by
-     the identity) and test again;
-  2. if that restores homogeneity, each candidate is put back *alone* (the others still
-     neutralised); it breaks homogeneity iff the model is then not homogeneous. This
-     names ``relu2``'s output bias b2 but not its first-layer bias b1, which is jointly
-     homogeneous with W1 (:math:`W_1x + b_1 = [W_1\ b_1][x; 1]`);
-  3. otherwise the architecture itself breaks homogeneity (``structural``: e.g. a
-     residual sum of branches of different degrees, or a non-homogeneous activation);
-     then the candidates in which f is not even *separately* homogeneous are named
-     (a per-tensor Euler test: :math:`\langle\nabla_P (w\cdot f), P\rangle / (w\cdot f)` must
-     not depend on random output weights w; a mismatch certifies non-homogeneity in P),
-     falling back to all parameter tensors when no candidate fails. For ResNets this
-     names every BatchNorm weight and bias.
-
-Note (proved in ``proofs/lemma1_homogeneity.md`` §4): a bias in the *first* parameterised
-layer does not break homogeneity, :math:`(cW)x + cb = c(Wx + b)`; so ``conv-<head>`` is
-homogeneous with or without its conv bias (L = 4 with a lowrank head), whatever the model
-object declares; it is ``relu2``'s output bias, hidden biases, BatchNorm and residual sums
-that break it.
+A bias in the *first* parameterised layer does not break homogeneity (proof §4),
+:math:`(cW)x + cb = c(Wx + b)`: ``conv-<head>`` is homogeneous with or without its conv bias.
 
 CLI: ``python -m margin_theory.homogeneity --model lowrank --layers 3 --json`` (also
 ``margin-theory homogeneity``).
@@ -112,10 +85,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ._util import one_line
-from ._util import ArgumentParser, ConfigError, cli_entry, print_json
+from ._util import ArgumentParser, ConfigError, check_memory, cli_entry, one_line, print_json
 from ._util import positive_int as _positive_int, nonneg_int as _nonneg_int
-from .models import MAX_LAYERS, MODEL_NAMES, ModelSpec, build_model, describe_model_names
+from .models import MAX_LAYERS, ModelSpec, build_model, describe_model_names
 
 __all__ = [
     "lemma1_degree", "SymbolicResult", "symbolic_homogeneity", "SYMBOLIC_MODELS",
@@ -125,19 +97,19 @@ __all__ = [
 
 
 def lemma1_degree(layers: int) -> int:
-    r"""Lemma 1's closed form :math:`L_n = 2^{n+1} - 2` for n Low-Rank layers (used only to
-    *compare* with what the checkers derive)."""
+    r"""Lemma 1's closed form :math:`L_n = 2^{n+1} - 2` (only *compared* with what is derived)."""
     if int(layers) < 1:
         raise ConfigError(f"layers must be >= 1, got {layers}")
     return 2 ** (int(layers) + 1) - 2
 
 
 # ===========================================================================
-# Symbolic checker: the real module's fx graph, interpreted over exact scalars
+# Symbolic checker: the real module's fx graph, interpreted over exact polynomials
 # ===========================================================================
 SYMBOLIC_MODELS = ("linear", "quadratic", "lowrank", "relu2", "conv-linear", "conv-lowrank",
                    "conv-quadratic")
 _NUM = (int, Fraction)
+_BOUND = 10 ** 6  # ray: entries of the random points
 
 
 class _TooLarge(Exception):
@@ -162,145 +134,78 @@ def _exact(v) -> int | Fraction:
     return q.numerator if q.denominator == 1 else q
 
 
-class _Backend:
-    """Exact scalars for :func:`_interpret`: ``leaf(name, shape)`` gives a parameter tensor
-    (``name``) or the input (``name=None``), ``const`` lifts an exact number, ``gate(z)`` is
-    :math:`\\mathrm{relu}(z) = z\\,\\mathbb 1[z > 0]`; ``check`` sees every node's value."""
-
-    def check(self, v) -> None:
-        pass
+def _c_degrees(polys) -> set[int]:
+    """The exponents of c (the last generator) in the monomials of ``polys``."""
+    return {m[-1] for p in polys for m in p.keys()}
 
 
-class _CountBackend(_Backend):
-    """Dry run over zeros: counts the ReLU gates (generators of the ring) and picks the
-    domain, Q if a non-integer constant occurs (the full head's 0.5), else Z."""
+class _Dry:
+    """Scalars for :func:`_interpret`: ``leaf(name, shape)`` gives a parameter tensor (or the
+    input, ``name=None``), ``const`` lifts an exact number, ``gate(z)`` is
+    :math:`\\mathrm{relu}(z) = z\\,\\mathbb 1[z > 0]`, ``check`` sees every node's value.
+    This base class is the dry run over zeros: it counts the gates and picks the domain."""
 
-    def __init__(self):
-        self.n_gates, self.domain = 0, sympy.ZZ
+    n_gates, domain = 0, sympy.ZZ
 
     def leaf(self, name, shape):
         return _objects(shape, lambda k: 0)
 
     def const(self, q):
-        self.domain = sympy.QQ if isinstance(q, Fraction) else self.domain
+        if isinstance(q, Fraction):
+            self.domain = sympy.QQ
         return q
 
     def gate(self, z):
         self.n_gates += 1
         return z
 
+    def check(self, v) -> None:
+        pass
 
-class _RingBackend(_Backend):
-    r"""Elements of a sparse polynomial ring (``sympy.polys.rings``) whose generators are the
-    parameters (named after the torch tensors, e.g. ``head.weight[1,0,1]``), the inputs
-    ``x0, x1, ...``, the ReLU gates ``g0, g1, ...`` standing for :math:`\mathbb 1[z_k > 0]`
-    and the scale c. Gate count and domain come from a dry run (:class:`_CountBackend`)."""
 
-    name = "expand"
+class _Exact(_Dry):
+    """Polynomials in c and, for ``expand`` (``point=None``), in generators for the parameters,
+    the inputs ``x0, x1, ...`` and the gates ``g0, g1, ...``; for ``ray`` the parameters and
+    inputs are the integers of ``point``. A parameter entry is c times its value."""
 
-    def __init__(self, shapes: dict, n_inputs: int, dry: _CountBackend, max_terms: int):
-        self.param_names = [f"{n}[{','.join(map(str, idx))}]" for n, s in shapes.items() for idx in np.ndindex(*s)]
-        names = (self.param_names + [f"x{k}" for k in range(n_inputs)]
-                 + [f"g{k}" for k in range(dry.n_gates)] + ["c"])
-        self.R, *gens = sympy.polys.rings.ring(names, dry.domain)
-        P = len(self.param_names)
-        self.theta, self.xs, self.gates, self.c = gens[:P], gens[P:P + n_inputs], gens[P + n_inputs:-1], gens[-1]
-        self._next, self.gate_args, self.max_terms = 0, [], int(max_terms)
+    def __init__(self, model: nn.Module, n_inputs: int, dry: _Dry, point=None, max_terms=math.inf):
+        self.param_names = [f"{n}[{','.join(map(str, idx))}]" for n, p in model.named_parameters()
+                            for idx in np.ndindex(*p.shape)]
+        self.P, self.max_terms, self._next = len(self.param_names), max_terms, 0
+        names = [] if point is not None else (self.param_names + [f"x{k}" for k in range(n_inputs)]
+                                              + [f"g{k}" for k in range(dry.n_gates)])
+        self.R, *gens = sympy.polys.rings.ring(names + ["c"], dry.domain)
+        self.c, self.expand = gens[-1], point is None
+        self.values = gens[:self.P + n_inputs] if self.expand else [self.R(v) for v in point]
+        self.gates = gens[self.P + n_inputs:-1]
 
     def leaf(self, name, shape):
         if name is None:
-            return _objects(shape, lambda k: self.xs[k])
+            return _objects(shape, lambda k: self.values[self.P + k])
         k0, self._next = self._next, self._next + math.prod(shape)
-        return _objects(shape, lambda k: self.theta[k0 + k])
+        return _objects(shape, lambda k: self.c * self.values[k0 + k])
 
     def const(self, q):
         return self.R(q)
 
     def gate(self, z):
-        self.gate_args.append(z)
-        return z * self.gates[len(self.gate_args) - 1]
+        if len(_c_degrees([z])) > 1:
+            raise _GateNotHomogeneous(z)
+        self.n_gates += 1
+        if self.expand:
+            return z * self.gates[self.n_gates - 1]
+        return z if z and z.LC > 0 else self.R.zero  # z = a c^k: 1[z > 0] = 1[a > 0] for c > 0
 
     def check(self, v) -> None:
         n = sum(len(e) for e in v.flat if isinstance(e, dict)) if isinstance(v, np.ndarray) else 0
         if n > self.max_terms:
             raise _TooLarge(n)
 
-
-class _RayBackend(_Backend):
-    """Parameters c * theta0, input x0 (random non-zero integers in [-bound, bound]): every
-    value is a polynomial in c alone (``sympy.polys.rings`` over the dry run's domain)."""
-
-    name = "ray"
-
-    def __init__(self, rng: random.Random, bound: int, domain):
-        self.R, self.c = sympy.polys.rings.ring("c", domain)
-        self.draw = lambda: rng.choice((-1, 1)) * rng.randint(1, bound)
-        self.theta0: dict[str, list[int]] = {}
-        self.x0: list[int] = []
-
-    def leaf(self, name, shape):
-        vals = [self.draw() for _ in range(math.prod(shape))]
-        if name is None:
-            self.x0 = vals
-            return _objects(shape, lambda k: self.R(vals[k]))
-        self.theta0[name] = vals
-        return _objects(shape, lambda k: vals[k] * self.c)
-
-    def const(self, q):
-        return self.R(q)
-
-    def gate(self, z):
-        if len(z) > 1:
-            raise _GateNotHomogeneous(sorted(z.keys()))
-        return z if z and z.LC > 0 else self.R.zero
-
-
-class _Dual:
-    """Value and exact gradient w.r.t. all parameters (forward-mode AD over Z or Q)."""
-
-    __slots__ = ("v", "g")
-
-    def __init__(self, v, g: np.ndarray):
-        self.v, self.g = v, g
-
-    def __add__(self, o):
-        return _Dual(self.v + o, self.g) if isinstance(o, _NUM) else _Dual(self.v + o.v, self.g + o.g)
-
-    def __mul__(self, o):
-        if isinstance(o, _NUM):
-            return _Dual(self.v * o, self.g * o)
-        return _Dual(self.v * o.v, self.g * o.v + o.g * self.v)
-
-    __radd__, __rmul__ = __add__, __mul__
-
-
-class _DualBackend(_Backend):
-    """Replays the theta0 / x0 of a _RayBackend with dual numbers (for Euler's identity)."""
-
-    name = "dual"
-
-    def __init__(self, theta0: dict[str, list[int]], x0: list[int]):
-        self.flat = [v for vals in theta0.values() for v in vals]
-        self.theta0, self.x0, self._next = theta0, x0, 0
-
-    def _grad(self, k=None) -> np.ndarray:
-        g = np.zeros(len(self.flat), dtype=object)
-        if k is not None:
-            g[k] = 1
-        return g
-
-    def leaf(self, name, shape):
-        if name is None:
-            return _objects(shape, lambda k: _Dual(self.x0[k], self._grad()))
-        k0, vals = self._next, self.theta0[name]
-        self._next += len(vals)
-        return _objects(shape, lambda k: _Dual(vals[k], self._grad(k0 + k)))
-
-    def const(self, q):
-        return _Dual(q, self._grad())
-
-    def gate(self, z):
-        return z if z.v > 0 else self.const(0)
+    def breaking(self, polys, top=None) -> list[str]:
+        """The parameter tensors in monomials whose c-degree is not ``top`` (default: the largest)."""
+        top = max(_c_degrees(polys)) if top is None else top
+        return sorted({self.param_names[k].split("[")[0] for p in polys for m in p.keys() if m[-1] != top
+                       for k in range(self.P) if m[k]}) if self.expand else []
 
 
 # --- the ops the models use, over object arrays (torch names; method and function alike) ---
@@ -346,7 +251,8 @@ def _relu(B, x, inplace=False):  # relu(z) = z 1[z > 0]: the backend's gate
 
 def _pow(B, x, n):
     if not (isinstance(n, int) and n >= 1):
-        raise ConfigError(f"symbolic checker: unsupported op 'pow' with exponent {n!r} (only positive integers)")
+        raise ConfigError(f"symbolic checker: unsupported op 'pow' with exponent {n!r} "
+                          "(only positive integers)")
     return functools.reduce(operator.mul, [x] * n)
 
 
@@ -357,7 +263,8 @@ def _getattr(B, x, name):
 
 
 def _conv2d(B, m, p, x):
-    if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
+    if (m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros"
+            or isinstance(m.padding, str)):
         raise ConfigError("symbolic checker: unsupported op 'Conv2d' with groups, dilation or a padding mode")
     w, b = p("weight"), p("bias")
     (ph, pw), (sh, sw) = m.padding, m.stride
@@ -381,7 +288,8 @@ _TENSOR_OPS: dict[str, Callable] = {
     "square": lambda B, x: x * x,
     "matmul": lambda B, a, b: np.matmul(a, b),
     "add": _arith(operator.add), "mul": _arith(operator.mul),
-    "sub": lambda B, a, b: _arith(operator.add)(B, a, _arith(operator.mul)(B, -1, b)),  # backends: + and * only
+    # the backends have + and * only
+    "sub": lambda B, a, b: _arith(operator.add)(B, a, _arith(operator.mul)(B, -1, b)),
     "neg": lambda B, x: _arith(operator.mul)(B, -1, x),
     "pow": _pow, "size": lambda B, x, dim=None: x.shape if dim is None else x.shape[dim],
 }
@@ -390,8 +298,8 @@ _SHAPE_OPS = (_TENSOR_OPS["size"], _getattr)
 _OPS: dict[Any, Callable] = dict(_TENSOR_OPS)
 _OPS.update({getattr(ns, n): fn for n, fn in _TENSOR_OPS.items() for ns in (torch, F) if hasattr(ns, n)})
 _OPS.update({
-    operator.add: _OPS["add"], operator.mul: _OPS["mul"], operator.sub: _OPS["sub"], operator.neg: _OPS["neg"],
-    operator.matmul: _OPS["matmul"], operator.pow: _pow,
+    operator.add: _OPS["add"], operator.mul: _OPS["mul"], operator.sub: _OPS["sub"],
+    operator.neg: _OPS["neg"], operator.matmul: _OPS["matmul"], operator.pow: _pow,
     operator.getitem: lambda B, x, idx: x[idx], getattr: _getattr, F.linear: _linear,
     torch.cat: lambda B, xs, dim=0: np.concatenate(xs, axis=dim),
     torch.ones_like: lambda B, x, **kw: _objects(x.shape, lambda k: B.const(1)),
@@ -428,15 +336,18 @@ def _interpret(B, model: nn.Module, graph, input_shape) -> list:
         elif node.op == "call_module":
             m = modules[node.target]
             if type(m) not in _MODULES:
-                raise ConfigError(f"symbolic checker: unsupported op {type(m).__name__!r} (module {node.target})")
+                raise ConfigError(f"symbolic checker: unsupported op {type(m).__name__!r} "
+                                  f"(module {node.target})")
             v = _MODULES[type(m)](B, m, lambda a, t=node.target: params.get(f"{t}.{a}"), *args, **kwargs)
         else:
             impl = _OPS.get(node.target)
             if impl is None:
-                name = f"Tensor.{node.target}" if node.op == "call_method" else getattr(node.target, "__name__", "?")
+                name = (f"Tensor.{node.target}" if node.op == "call_method"
+                        else getattr(node.target, "__name__", "?"))
                 raise ConfigError(f"symbolic checker: unsupported op {name!r} (node {node.name})")
             v = impl(B, *args, **kwargs)
-            if not isinstance(v, np.ndarray) and impl not in _SHAPE_OPS and any(type(a) is np.ndarray for a in args):
+            if (not isinstance(v, np.ndarray) and impl not in _SHAPE_OPS
+                    and any(type(a) is np.ndarray for a in args)):
                 v = _objects((), lambda k, v=v: v)  # numpy returns 0-d results as scalars
         B.check(v)
         env[node] = v
@@ -470,10 +381,8 @@ def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int
                          conv_bias: bool = False, image: Sequence[int] = (2, 2), kernel: int = 5,
                          padding: int = 2, channels: int = 1, method: str = "auto",
                          max_terms: int = 20_000, trials: int = 3, seed: int = 0) -> SymbolicResult:
-    r"""Derive the homogeneity degree of a small instance of ``model_name`` exactly (SPEC §3).
-
-    The instance is the real module, ``build_model(model_name, ...)``, traced with
-    :func:`torch.fx.symbolic_trace` and interpreted over exact scalars.
+    r"""Derive the homogeneity degree of a small instance of ``model_name`` exactly (SPEC §3):
+    the real module ``build_model(model_name, ...)``, traced and interpreted over polynomials.
 
     Args:
         model_name: one of :data:`SYMBOLIC_MODELS`.
@@ -482,9 +391,8 @@ def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int
         rank: r of every Low-Rank layer; num_classes: C.
         conv_bias, image, channels: the ``conv-`` feature map on a one-channel ``image``
             (default 2x2); ``kernel`` and ``padding`` must be the model's (5 and 2).
-        method: ``"expand"`` (full polynomial expansion), ``"ray"`` (exact integer
-            arithmetic at ``trials`` random points) or ``"auto"`` (expand, switching to ray
-            when the expansion exceeds ``max_terms`` monomials).
+        method: ``"expand"``, ``"ray"`` (``trials`` random points) or ``"auto"`` (expand,
+            switching to ray when the expansion exceeds ``max_terms`` monomials).
 
     Returns:
         :class:`SymbolicResult` with ``degree`` (the common c-exponent, or None),
@@ -492,25 +400,22 @@ def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int
         parameters of the monomials of a different degree (``breaking_parameters``).
     """
     if model_name not in SYMBOLIC_MODELS:
-        raise ConfigError(f"no symbolic form for model {model_name!r}; symbolic models: {', '.join(SYMBOLIC_MODELS)}")
-    if method not in ("auto", "expand", "ray"):
-        raise ConfigError(f"method must be auto, expand or ray, got {method!r}")
-    if int(trials) < 1:
-        raise ConfigError(f"trials must be >= 1, got {trials}")
-    lemma = lemma1_degree(layers) if model_name == "lowrank" else None
+        raise ConfigError(f"no symbolic form for model {model_name!r}; --symbolic supports "
+                          f"{', '.join(SYMBOLIC_MODELS)}")
     shape = (1, *(int(v) for v in image)) if model_name.startswith("conv-") else (int(d),)
-    sizes = {"input_shape": list(shape), "num_classes": int(num_classes), "rank": int(rank), "layers": int(layers),
-             "hidden": hidden if hidden is None or isinstance(hidden, int) else list(hidden),
-             "conv_bias": bool(conv_bias), "conv_channels": int(channels)}
+    sizes = {"input_shape": list(shape), "num_classes": int(num_classes), "rank": int(rank),
+             "layers": int(layers), "conv_bias": bool(conv_bias), "conv_channels": int(channels),
+             "hidden": hidden if hidden is None or isinstance(hidden, int) else list(hidden)}
     with torch.random.fork_rng(devices=[]):  # the initial values are never used
-        model = build_model(model_name, shape, int(num_classes), rank=int(rank), layers=int(layers), hidden=hidden,
-                            conv_bias=bool(conv_bias), conv_channels=int(channels))
+        model = build_model(model_name, shape, int(num_classes), rank=int(rank), layers=int(layers),
+                            hidden=hidden, conv_bias=bool(conv_bias), conv_channels=int(channels))
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and (m.kernel_size[0], m.padding[0]) != (int(kernel), int(padding)):
             raise ConfigError(f"kernel {kernel} / padding {padding}: the model's conv has kernel "
                               f"{m.kernel_size[0]} and padding {m.padding[0]}")
     res = _symbolic_module(model, shape, method=method, max_terms=max_terms, trials=trials, seed=seed)
-    res.model, res.sizes, res.lemma1_formula = model_name, sizes, lemma
+    res.model, res.sizes = model_name, sizes
+    res.lemma1_formula = lemma1_degree(layers) if model_name == "lowrank" else None
     return res
 
 
@@ -518,108 +423,85 @@ def _symbolic_module(model: nn.Module, shape: Sequence[int], *, method: str = "a
                      trials: int = 3, seed: int = 0) -> SymbolicResult:
     """The exact check of any module whose traced graph uses only the ops of :data:`_OPS` and
     :data:`_MODULES`, on one input of shape ``shape``."""
+    if method not in ("auto", "expand", "ray"):
+        raise ConfigError(f"method must be auto, expand or ray, got {method!r}")
+    if int(trials) < 1:
+        raise ConfigError(f"trials must be >= 1, got {trials}")
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as exc:  # noqa: BLE001 - any tracing failure is a one-line refusal
         raise ConfigError(f"torch.fx cannot trace {type(model).__name__}: {one_line(exc)[:200]}") from None
-
-    def run(B):
-        return _interpret(B, model, graph, shape)
-
-    t0 = time.perf_counter()
-    dry, res, note = _CountBackend(), None, []
-    run(dry)
-    if method in ("auto", "expand"):
+    t0, dry, notes = time.perf_counter(), _Dry(), []
+    _interpret(dry, model, graph, shape)
+    n_in, n_params = math.prod(shape), sum(p.numel() for p in model.parameters())
+    res = None
+    if method != "ray":
+        expand = _Exact(model, n_in, dry, max_terms=max_terms if method == "auto" else math.inf)
         try:
-            shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-            B = _RingBackend(shapes, math.prod(shape), dry, max_terms if method == "auto" else 10 ** 12)
-            res = _symbolic_expand(B, run(B))
+            res = _derive(model, graph, shape, [expand], 1, notes)
         except _TooLarge as exc:
-            note = [f"expansion exceeded {max_terms} monomials ({exc.args[0]} at some node): "
-                    "switched to exact integer arithmetic along random rays"]
-    res = res or _symbolic_ray(run, dry.domain, trials, seed, note)
+            notes.append(f"expansion exceeded {max_terms} monomials ({exc.args[0]} at some node): "
+                         "switched to exact integer arithmetic along random rays")
+    if res is None:
+        rng = random.Random(seed)
+        points = (_Exact(model, n_in, dry, point=[rng.choice((-1, 1)) * rng.randint(1, _BOUND)
+                                                  for _ in range(n_params + n_in)])
+                  for _ in range(50 * int(trials)))
+        notes.append(f"exact integer arithmetic at {trials} random points (entries in [-{_BOUND}, {_BOUND}] "
+                     "\\ {0}); Euler's identity as d/dc f(c theta) at c = 1, exactly")
+        res = _derive(model, graph, shape, points, int(trials), notes)
     res.model, res.sizes = getattr(model, "name", type(model).__name__), {"input_shape": list(shape)}
-    res.seconds = time.perf_counter() - t0
+    res.n_parameters, res.seconds = n_params, time.perf_counter() - t0
     return res
 
 
-def _result(method, n_parameters, notes, homogeneous=False, degree=None, degrees=(), euler_ok=False, size=0,
-            breaking=()) -> SymbolicResult:
-    return SymbolicResult("", method, {}, n_parameters, homogeneous, degree, sorted(degrees), euler_ok, size,
-                          sorted(breaking), None, 0.0, notes)
-
-
-def _symbolic_expand(B: _RingBackend, f: list) -> SymbolicResult:
-    P, theta, c = len(B.theta), B.theta, B.c
-
-    def by_degree(polys, degree_of) -> dict[int, set]:
-        out: dict[int, set] = {}
-        for p in polys:
-            for monom in p.keys():
-                out.setdefault(degree_of(monom), set()).update(B.param_names[k].split("[")[0]
-                                                                for k in range(P) if monom[k])
-        return out
-
-    def breaking(degs: dict) -> set:  # the tensors in monomials of a lower c-degree than the top one
-        return {n for k, v in degs.items() if k != max(degs) for n in v}
-
-    result = functools.partial(_result, "expand", P, size=sum(len(fi) for fi in f))
-    # ReLU gates: 1[z(c theta) > 0] = 1[z(theta) > 0] iff z is homogeneous (positive homogeneity)
-    for z in B.gate_args:
-        gdeg = by_degree([B.R(z)], lambda monom: sum(monom[:P]))
-        if len(gdeg) > 1:
-            return result([f"a ReLU gate's argument is not homogeneous (c-degrees {sorted(gdeg)}), so the "
-                           "activation pattern changes along the ray c*theta"], breaking=breaking(gdeg))
-    # substitute theta -> c*theta (gates unchanged: their arguments are homogeneous)
-    fc = [fi.compose([(t, c * t) for t in theta]) for fi in f]
-    degs = by_degree(fc, lambda monom: monom[-1])
-    if len(degs) != 1:
-        return result([f"monomials of c-degrees {sorted(degs)}; named: the parameters of those of degree != "
-                       f"{max(degs)}" if degs else "f is identically zero"], degrees=degs, breaking=breaking(degs))
-    (L,) = degs
-    ok_def = all(fci - c ** L * fi == 0 for fi, fci in zip(f, fc))
-    euler = all(sum((t * fi.diff(t) for t in theta), B.R.zero) - L * fi == 0 for fi in f)
-    return result(["f(c theta) - c^L f(theta) and sum_p p df/dp - L f expand to the zero polynomial"
-                   if ok_def and euler else "identity check failed"],
-                  homogeneous=ok_def, degree=int(L), degrees=degs, euler_ok=euler)
-
-
-def _symbolic_ray(run, domain, trials: int, seed: int, notes: list) -> SymbolicResult:
-    rng, bound = random.Random(seed), 10 ** 6
-    degrees: set[int] = set()
-    euler_ok, homogeneous, n_params, size, done, attempts = True, True, 0, 0, 0, 0
-    notes.append(f"exact integer arithmetic at {trials} random points (entries in [-{bound}, {bound}] \\ {{0}}); "
-                 "Euler's identity verified with the exact integer gradient (dual numbers)")
-    while done < int(trials) and attempts < 50 * int(trials):
-        attempts += 1
-        B = _RayBackend(rng, bound, domain)
+def _derive(model, graph, shape, backends, wanted: int, notes: list) -> SymbolicResult:
+    """Evaluate f(c theta) with each backend until ``wanted`` of them gave a non-zero f; read
+    off the c-degrees and verify f(c theta) = c^L f(theta) and Euler's identity exactly."""
+    degrees, breaking, size, done, tried = set(), [], 0, 0, 0
+    homogeneous = euler = True
+    for B in backends:
+        tried += 1
         try:
-            f = run(B)
-        except _GateNotHomogeneous:
-            notes.append("a ReLU gate's argument is not homogeneous along the ray: f is not homogeneous")
-            return _result("ray", n_params, notes)
-        n_params = sum(len(v) for v in B.theta0.values())
-        degs_here = {m[0] for fi in f for m in fi.keys()}
-        size = max([size] + [len(fi) for fi in f])
-        if not degs_here:  # every ReLU closed at this point: f = 0 there, uninformative
+            f = _interpret(B, model, graph, shape)
+        except _GateNotHomogeneous as exc:
+            degs = sorted(_c_degrees(exc.args))
+            notes.append(f"a ReLU gate's argument is not homogeneous (c-degrees {degs}), so the activation "
+                         "pattern changes along the ray c*theta: f is not homogeneous")
+            return _symbolic_result(B, notes, breaking=B.breaking(exc.args))
+        degs, size = _c_degrees(f), max(size, sum(len(fi) for fi in f))
+        if not degs:  # f = 0 here (every ReLU closed at a ray's point): uninformative
             continue
-        done += 1
-        degrees |= degs_here
-        if len(degs_here) != 1:
-            homogeneous = False
-            continue
-        (L,) = degs_here
-        D = _DualBackend(B.theta0, B.x0)
-        th = np.array(D.flat, dtype=object)
-        euler_ok &= all(di.v == fi.get((L,), 0) and np.dot(di.g, th) == L * fi.get((L,), 0)
-                        for fi, di in zip(f, run(D)))
-    if done < int(trials):
-        notes.append(f"only {done} informative points in {attempts} draws (f vanished at the others)")
-    homogeneous = homogeneous and len(degrees) == 1 and done > 0
+        done, degrees = done + 1, degrees | degs
+        if len(degs) > 1:
+            homogeneous, breaking = False, B.breaking(f)
+        else:
+            (L,), c = degs, B.c
+            f1 = [fi.subs(c, 1) for fi in f]  # f(theta)
+            homogeneous &= all(fi == c ** L * gi for fi, gi in zip(f, f1))
+            grad_theta = ([sum((t * g.diff(t) for t in B.values[:B.P]), B.R.zero) for g in f1] if B.expand
+                          else [fi.diff(c).subs(c, 1) for fi in f])  # <grad f(theta), theta>
+            euler &= all(jt == L * gi for jt, gi in zip(grad_theta, f1))
+        if done == wanted:
+            break
+    if done < wanted:
+        notes.append("f is identically zero" if B.expand else
+                     f"only {done} informative points in {tried} draws (f vanished at the others)")
+    homogeneous = homogeneous and len(degrees) == 1
     if len(degrees) > 1:
-        notes.append(f"c-degrees {sorted(degrees)} found; method='expand' names the parameters")
-    return _result("ray", n_params, notes, homogeneous, next(iter(degrees)) if homogeneous else None, degrees,
-                   bool(euler_ok and homogeneous), size)
+        notes.append(f"monomials of c-degrees {sorted(degrees)}; " + (
+            f"named: the parameters of those of degree != {max(degrees)}" if B.expand
+            else "method='expand' names the parameters"))
+    elif homogeneous and euler and B.expand:
+        notes.append("f(c theta) - c^L f(theta) and sum_p p df/dp - L f expand to the zero polynomial")
+    return _symbolic_result(B, notes, homogeneous, next(iter(degrees)) if homogeneous else None, degrees,
+                            euler and homogeneous, size, breaking)
+
+
+def _symbolic_result(B, notes, homogeneous=False, degree=None, degrees=(), euler_ok=False, size=0,
+                     breaking=()) -> SymbolicResult:
+    return SymbolicResult("", "expand" if B.expand else "ray", {}, 0, homogeneous, degree, sorted(degrees),
+                          euler_ok, size, sorted(breaking), None, 0.0, notes)
 
 
 # ===========================================================================
@@ -675,55 +557,45 @@ class _Fit:
     reason: str = ""
 
 
-def _fit_ray(f0: torch.Tensor, fcs: list[torch.Tensor], cs: Sequence[float], rtol: float) -> _Fit:
-    r"""Estimate L from :math:`\log(f_c/f_0)/\log c` and verify :math:`f_c = c^L f_0` (scale-relative)."""
-    f0 = f0.reshape(-1).to(torch.float64)
-    if not torch.isfinite(f0).all():
-        return _Fit(False, None, None, {}, None, "f(theta) is not finite")
-    scale = float(f0.abs().max()) if f0.numel() else 0.0
-    if scale == 0.0:
-        return _Fit(False, None, None, {}, None, "f vanishes at these inputs: degree undetermined")
-    sig = f0.abs() >= 1e-6 * scale
-    per_c: dict[str, float | None] = {}
-    ests = []
-    for c, fc in zip(cs, fcs):
-        fc = fc.reshape(-1).to(torch.float64)
-        r = fc[sig] / f0[sig]
-        if not torch.isfinite(fc).all() or (r <= 0).any():
-            per_c[repr(float(c))] = None
-            ests.append(float("nan"))
-            continue
-        e = float(torch.median(torch.log(r) / math.log(c)))
-        per_c[repr(float(c))] = e
-        ests.append(e)
-    if any(math.isnan(e) for e in ests):
+def _ray_test(fn: Callable[[dict], torch.Tensor], params: dict, scale_names, cs, rtol,
+              early_exit: bool = False) -> _Fit:
+    r"""Evaluate :math:`f(c\theta_S)` for c in ``cs`` (S = ``scale_names``), estimate L as the mean
+    over c of the median over outputs of :math:`\log(f_c/f_0)/\log c` and verify
+    :math:`\max|f_c - c^L f_0| \le \mathrm{rtol} \max|c^L f_0|`. ``early_exit``: stop at the first
+    c whose log-ratios spread by more than 1e-3 in L (certainly not homogeneous)."""
+    with torch.no_grad():
+        f0 = fn(params).reshape(-1).to(torch.float64)
+        scale = float(f0.abs().max()) if f0.numel() else 0.0
+        if not math.isfinite(scale) or scale == 0.0:
+            return _Fit(False, None, None, {}, None, "f vanishes at these inputs: degree undetermined"
+                        if scale == 0.0 else "f(theta) is not finite")
+        sig = f0.abs() >= 1e-6 * scale
+        per_c, fcs = {}, {}
+        for c in cs:
+            fcs[c] = fc = fn({n: v * c if n in scale_names else v for n, v in params.items()}).to(f0)
+            r = fc[sig] / f0[sig]
+            lr = torch.log(r) / math.log(c) if bool(torch.isfinite(fc).all() and (r > 0).all()) else None
+            per_c[repr(c)] = None if lr is None else float(torch.median(lr))
+            if early_exit and len(fcs) < len(cs) and (lr is None or float(lr.max() - lr.min()) > 1e-3):
+                break
+    if None in per_c.values():
         return _Fit(False, None, None, per_c, None, "f(c theta)/f(theta) changes sign or is not finite")
-    est = float(np.mean(ests))
-    L: float | int = int(round(est)) if abs(est - round(est)) < 1e-6 else est
-    errs = []
-    for c, fc in zip(cs, fcs):
-        target = (float(c) ** L) * f0
-        errs.append(float((fc.reshape(-1).to(torch.float64) - target).abs().max() / target.abs().max()))
-    err = max(errs)
+    est = float(np.mean(list(per_c.values())))
+    L = int(round(est)) if abs(est - round(est)) < 1e-6 else est
+    err = max(float((fc - c ** L * f0).abs().max() / (c ** L * f0).abs().max()) for c, fc in fcs.items())
     ok = err <= rtol
     return _Fit(ok, L if ok else None, est, per_c, err,
                 "" if ok else f"f(c theta) != c^L f(theta) (max rel. error {err:.3g} for L = {est:.6g})")
 
 
-def _to_dtype(t: torch.Tensor, dtype) -> torch.Tensor:
-    return t.detach().to(dtype) if t.is_floating_point() else t.detach()
-
-
 def _generic_point(params: dict, gen: torch.Generator) -> dict:
-    out = {}
+    """Every float tensor plus Gaussian noise of half its RMS (0.1 if it is zero)."""
+    out = dict(params)
     for n, p in params.items():
-        if not p.is_floating_point() or p.numel() == 0:
-            out[n] = p
-            continue
-        rms = float(p.pow(2).mean().sqrt())
-        s = 0.5 * rms if rms > 0 else 0.1
-        noise = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(device=p.device, dtype=p.dtype)
-        out[n] = p + s * noise
+        if p.is_floating_point() and p.numel():
+            rms = float(p.pow(2).mean().sqrt())
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p)
+            out[n] = p + (0.5 * rms if rms > 0 else 0.1) * noise
     return out
 
 
@@ -738,68 +610,25 @@ def _removed(modules: Sequence[nn.Module]) -> Iterator[None]:
             h.remove()
 
 
-def _ray_test(fn: Callable[[dict], torch.Tensor], params: dict, scale_names, cs, rtol,
-              early_exit: bool = False) -> _Fit:
-    """Evaluate f(c theta_S) for c in ``cs`` (S = ``scale_names``) and fit c^L.
-
-    ``early_exit``: stop at the first c whose per-output log-ratios disagree grossly
-    (spread > 1e-3 in L: certainly not homogeneous), to spare forward passes."""
-    with torch.no_grad():
-        f0 = fn(params)
-        scale = float(f0.abs().max()) if f0.numel() else 0.0
-        sig = f0.abs() >= 1e-6 * scale
-        fcs, used = [], []
-        for c in cs:
-            fc = fn({n: (v * c if n in scale_names else v) for n, v in params.items()})
-            fcs.append(fc)
-            used.append(c)
-            if early_exit and scale > 0 and len(used) < len(cs):
-                r = fc[sig] / f0[sig]
-                if not torch.isfinite(r).all() or (r <= 0).any():
-                    break
-                lr = torch.log(r) / math.log(c)
-                if float(lr.max() - lr.min()) > 1e-3:
-                    break
-    return _fit_ray(f0, fcs, used, rtol)
-
-
-def _candidates(model: nn.Module):
-    """(norm_layers: {module_name: (module, [param names])}, biases: [param names])."""
-    norm: dict[str, tuple[nn.Module, list[str]]] = {}
-    for mname, m in model.named_modules():
-        if NORM_LAYER_TYPES and isinstance(m, NORM_LAYER_TYPES):
-            pn = [f"{mname}.{n}" if mname else n for n, _ in m.named_parameters(recurse=False)]
-            if pn:
-                norm[mname] = (m, pn)
-    in_norm = {p for _, pn in norm.values() for p in pn}
-    biases = [n for n, _ in model.named_parameters() if n.split(".")[-1].endswith("bias") and n not in in_norm]
-    return norm, biases
-
-
 def _separate_euler(fn, params: dict, names: list[str], gen: torch.Generator, k: int = 2,
-                    tol: float = 1e-6) -> dict[str, tuple[bool, float]]:
-    r"""Per-tensor Euler test: is f separately homogeneous in each tensor P of ``names``?
-
-    With random output weights :math:`w_1..w_k`, :math:`d_P = \langle\nabla_P(w\cdot f), P\rangle`
-    must equal :math:`\rho_P\,(w\cdot f)` with one :math:`\rho_P` (the degree in P) for all w.
-    """
+                    tol: float = 1e-6) -> list[str]:
+    r"""The tensors P of ``names`` in which f is *not* separately homogeneous: with random output
+    weights :math:`w_1..w_k`, :math:`\langle\nabla_P(w\cdot f), P\rangle` must equal
+    :math:`\rho_P\,(w\cdot f)` with one :math:`\rho_P` (the degree in P) for all w."""
+    if not names:
+        return []
     others = {n: v for n, v in params.items() if n not in names}
     primals = tuple(params[n] for n in names)
-
-    def f(*ps):
-        return fn({**others, **dict(zip(names, ps))}).reshape(-1)
-
-    out, vjp_fn = torch.func.vjp(f, *primals)
+    out, vjp_fn = torch.func.vjp(lambda *ps: fn({**others, **dict(zip(names, ps))}).reshape(-1), *primals)
     W = torch.randn(k, out.numel(), generator=gen, dtype=torch.float64).to(out)
-    grads = torch.func.vmap(vjp_fn)(W)
-    s = (W @ out.detach())
-    res = {}
-    for n, g, p in zip(names, grads, primals):
+    s = W @ out.detach()
+    failing = []
+    for n, g, p in zip(names, torch.func.vmap(vjp_fn)(W), primals):
         d = g.reshape(k, -1) @ p.reshape(-1)
         rho = float((d @ s) / (s @ s))
-        resid = float((d - rho * s).abs().max() / (s.abs().max() * max(1.0, abs(rho))))
-        res[n] = (resid <= tol, rho)
-    return res
+        if float((d - rho * s).abs().max() / (s.abs().max() * max(1.0, abs(rho)))) > tol:
+            failing.append(n)
+    return failing
 
 
 def numeric_homogeneity(model: nn.Module, x: torch.Tensor, *, cs: Sequence[float] = (0.5, 2.0, 3.0),
@@ -809,10 +638,9 @@ def numeric_homogeneity(model: nn.Module, x: torch.Tensor, *, cs: Sequence[float
 
     Estimates L with :math:`f(c\theta) = c^L f(\theta)` over ``cs`` (all outputs on the batch
     ``x``), at :math:`\theta` and at a generic point; verifies Euler's identity
-    :math:`J\theta = L f` (forward-mode AD); estimates the head's degree (``model.head``
-    scaled alone, features fixed); names the parameters breaking homogeneity. The model is
-    evaluated in eval mode (restored afterwards) on float64 copies of its parameters and
-    buffers; it is not modified.
+    :math:`J\theta = L f` (forward-mode AD); the head's degree (``model.head`` scaled alone,
+    features fixed); names the parameters breaking homogeneity. Eval mode (restored
+    afterwards), float64 copies of the parameters and buffers; the model is not modified.
 
     Args:
         model: any module; ``x``: a batch of inputs (a few samples suffice).
@@ -825,8 +653,7 @@ def numeric_homogeneity(model: nn.Module, x: torch.Tensor, *, cs: Sequence[float
     cs = [float(c) for c in cs]
     if not cs or any(not (c > 0) or c == 1.0 or not math.isfinite(c) for c in cs):
         raise ConfigError(f"scale factors must be positive, finite and != 1, got {cs}")
-    if rtol is None:
-        rtol = 1e-7 if dtype == torch.float64 else 1e-3
+    rtol = float(rtol if rtol is not None else 1e-7 if dtype == torch.float64 else 1e-3)
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] < 1:
         raise ConfigError("x must be a non-empty batch of inputs (a tensor with a batch dimension)")
     named = dict(model.named_parameters())
@@ -836,73 +663,41 @@ def numeric_homogeneity(model: nn.Module, x: torch.Tensor, *, cs: Sequence[float
     was_training = model.training
     model.eval()
     try:
-        return _numeric(model, x, cs, float(rtol), dtype, gen, generic, attribute, named)
+        params, buffers = ({n: t.detach().to(dtype) if t.is_floating_point() else t.detach() for n, t in ts}
+                           for ts in (named.items(), model.named_buffers()))
+        x = x.detach().to(device=next(iter(named.values())).device, dtype=dtype)
+
+        def fn(ps: dict) -> torch.Tensor:
+            return functional_call(model, (ps, buffers), (x,)).reshape(-1)
+
+        fit = _ray_test(fn, params, set(params), cs, rtol)
+        params_g = _generic_point(params, gen) if generic else None
+        fit_g = _ray_test(fn, params_g, set(params), cs, rtol, early_exit=True) if generic else None
+        homogeneous = fit.homogeneous and (fit_g is None or fit_g.homogeneous and fit_g.degree == fit.degree)
+        notes = [fit.reason] if fit.reason else []
+        if fit.homogeneous and not homogeneous:
+            notes.append(f"homogeneous along this theta's ray (L = {fit.degree}) but not at a generic theta "
+                         "(e.g. a bias that happens to be zero): f is not homogeneous")
+        degree = fit.degree if homogeneous else None
+        f0, jv = _j_theta(fn, params, notes)
+        euler_ok, euler_err, euler_fit = False, None, None
+        if float(f0.abs().max()) > 0:  # Euler's identity at theta: J theta = L f
+            euler_fit = float((jv @ f0) / (f0 @ f0))
+            L_use = degree if degree is not None else euler_fit
+            scale = float((L_use * f0 if L_use else f0).abs().max())
+            euler_err = float((jv - L_use * f0).abs().max()) / scale
+            euler_ok = degree is not None and euler_err <= max(rtol, 1e-9) * 10
+        head_degree, head_est = _head_degree(model, fn, params, buffers, cs, rtol, gen, generic)
+        breaking, groups, structural, hom_wo, deg_wo = [], {}, False, None, None
+        if not homogeneous and attribute:
+            breaking, groups, structural, hom_wo, deg_wo = _attribute(
+                model, fn, params_g if params_g is not None else params, cs, rtol, gen, notes)
     finally:
         model.train(was_training)
-
-
-def _numeric(model, x, cs, rtol, dtype, gen, generic, attribute, named) -> NumericResult:
-    device = next(iter(named.values())).device
-    params = {n: _to_dtype(p, dtype) for n, p in named.items()}
-    buffers = {n: _to_dtype(b, dtype) for n, b in model.named_buffers()}
-    x = x.detach().to(device=device, dtype=dtype)
-    notes: list[str] = []
-
-    def fn(ps: dict) -> torch.Tensor:
-        return functional_call(model, (ps, buffers), (x,)).reshape(-1)
-
-    all_names = set(params)
-    fit = _ray_test(fn, params, all_names, cs, rtol)
-    params_g = _generic_point(params, gen) if generic else None
-    fit_g = _ray_test(fn, params_g, all_names, cs, rtol, early_exit=True) if generic else None
-    homogeneous = fit.homogeneous and (fit_g is None or (fit_g.homogeneous and fit_g.degree == fit.degree))
-    if fit.homogeneous and fit_g is not None and not fit_g.homogeneous:
-        notes.append(f"homogeneous along this theta's ray (L = {fit.degree}) but not at a generic theta "
-                     "(e.g. a bias that happens to be zero): f is not homogeneous")
-    elif not fit.homogeneous and fit.reason:
-        notes.append(fit.reason)
-    degree = fit.degree if homogeneous else None
-
-    # Euler's identity at theta: J theta = L f (one jvp)
-    names = list(params)
-    primal = tuple(params[n] for n in names)
-    try:
-        with warnings.catch_warnings():  # torch's jvp decompositions use the deprecated torch.jit.script
-            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-            f0, jv = torch.func.jvp(lambda *ps: fn(dict(zip(names, ps))), primal, primal)
-    except (RuntimeError, NotImplementedError):  # an op without a forward-mode formula
-        f0, jv = _jtheta_reverse(fn, params)
-        notes.append("Euler's identity checked with reverse-mode gradients (one backward per output)")
-    f0, jv = f0.detach(), jv.detach()
-    euler_ok, euler_err, euler_fit = False, None, None
-    if float(f0.abs().max()) > 0:
-        euler_fit = float((jv @ f0) / (f0 @ f0))
-        L_use = degree if degree is not None else euler_fit
-        denom = float((L_use * f0).abs().max()) if L_use != 0 else float(f0.abs().max())
-        euler_err = float((jv - L_use * f0).abs().max()) / denom
-        euler_ok = degree is not None and euler_err <= max(rtol, 1e-9) * 10
-
-    # head degree: scale model.head's parameters only, features (its input) held fixed
-    head_degree, head_est = None, None
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-        head_degree, head_est = _head_degree(model, head, fn, params, buffers, cs, rtol, gen, generic)
-
-    # attribution
-    breaking: list[str] = []
-    groups: dict[str, list[str]] = {}
-    structural = False
-    hom_wo, deg_wo = None, None
-    if not homogeneous and attribute:
-        base = params_g if params_g is not None else params
-        breaking, groups, structural, hom_wo, deg_wo, more = _attribute(model, fn, base, cs, rtol, gen)
-        notes.extend(more)
-
-    declared = getattr(model, "degree", "undeclared")
-    declared_head = getattr(model, "head_degree", "undeclared")
+    declared, declared_head = (getattr(model, k, "undeclared") for k in ("degree", "head_degree"))
     agrees = None
     if declared != "undeclared":
-        agrees = (declared == degree) and (declared_head == "undeclared" or declared_head == head_degree)
+        agrees = declared == degree and declared_head in ("undeclared", head_degree)
         if not agrees:
             notes.append(f"the model declares degree {declared} and head degree {declared_head}; "
                          f"measured: degree {degree}, head degree {head_degree}")
@@ -912,8 +707,7 @@ def _numeric(model, x, cs, rtol, dtype, gen, generic, attribute, named) -> Numer
                              "W x + b = [W b][x; 1], so it does not break homogeneity")
     return NumericResult(
         homogeneous=bool(homogeneous), degree=degree, degree_estimate=fit.estimate,
-        per_c_estimates=fit.per_c, max_rel_err=fit.max_rel_err,
-        homogeneous_at_theta=bool(fit.homogeneous),
+        per_c_estimates=fit.per_c, max_rel_err=fit.max_rel_err, homogeneous_at_theta=bool(fit.homogeneous),
         homogeneous_at_generic_theta=None if fit_g is None else bool(fit_g.homogeneous),
         euler_ok=bool(euler_ok), euler_max_rel_err=euler_err, euler_degree_fit=euler_fit,
         breaking_parameters=breaking, breaking_groups=groups, structural=structural,
@@ -926,8 +720,17 @@ def _numeric(model, x, cs, rtol, dtype, gen, generic, attribute, named) -> Numer
         notes=notes)
 
 
-def _jtheta_reverse(fn, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Fallback for :math:`(\langle\nabla_\theta f_j, \theta\rangle)_j` with reverse mode."""
+def _j_theta(fn, params: dict, notes: list) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(f(theta), J theta)``, :math:`(J\theta)_j = \langle\nabla_\theta f_j, \theta\rangle`: one
+    forward-mode jvp, or one backward per output for ops without a forward-mode formula."""
+    names, primal = list(params), tuple(params.values())
+    try:
+        with warnings.catch_warnings():  # torch's jvp decompositions use the deprecated torch.jit.script
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+            f0, jv = torch.func.jvp(lambda *ps: fn(dict(zip(names, ps))), primal, primal)
+        return f0.detach(), jv.detach()
+    except (RuntimeError, NotImplementedError):
+        notes.append("Euler's identity checked with reverse-mode gradients (one backward per output)")
     ps = {n: p.detach().clone().requires_grad_(p.is_floating_point()) for n, p in params.items()}
     leaves = [p for p in ps.values() if p.requires_grad]
     out = fn(ps)
@@ -938,7 +741,12 @@ def _jtheta_reverse(fn, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return out.detach(), jv.detach()
 
 
-def _head_degree(model, head, fn, params, buffers, cs, rtol, gen, generic):
+def _head_degree(model, fn, params, buffers, cs, rtol, gen, generic):
+    """``(degree, estimate)`` of f in ``model.head``'s parameters alone, its input captured once
+    and held fixed (at theta and, with ``generic``, at a generic point); ``(None, None)`` without a head."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
+        return None, None
     captured: list = []
     h = head.register_forward_pre_hook(lambda mod, args: captured.append(args))
     try:
@@ -948,14 +756,13 @@ def _head_degree(model, head, fn, params, buffers, cs, rtol, gen, generic):
         h.remove()
     if not captured:
         return None, None
-    args = captured[0]
     prefix = next(n for n, m in model.named_modules() if m is head)
     pre = prefix + "." if prefix else ""
     hp = {n[len(pre):]: v for n, v in params.items() if n.startswith(pre)}
     hb = {n[len(pre):]: v for n, v in buffers.items() if n.startswith(pre)}
 
     def hfn(ps):
-        return functional_call(head, (ps, hb), args).reshape(-1)
+        return functional_call(head, (ps, hb), captured[0]).reshape(-1)
 
     fit = _ray_test(hfn, hp, set(hp), cs, rtol)
     ok = fit.homogeneous
@@ -965,24 +772,25 @@ def _head_degree(model, head, fn, params, buffers, cs, rtol, gen, generic):
     return (fit.degree if ok else None), fit.estimate
 
 
-def _attribute(model, fn, base, cs, rtol, gen):
-    """Name the parameters that break homogeneity (see the module docstring)."""
-    norm, biases = _candidates(model)
-    notes: list[str] = []
+def _attribute(model, fn, base, cs, rtol, gen, notes: list):
+    """Name the parameters that break homogeneity (see the module docstring): ``(breaking,
+    groups, structural, homogeneous_without_breaking, degree_without_breaking)``."""
+    norm: dict[str, tuple[nn.Module, list[str]]] = {}  # module name -> (module, its parameter names)
+    for mname, m in model.named_modules():
+        pn = [f"{mname}.{n}" if mname else n for n, _ in m.named_parameters(recurse=False)]
+        if NORM_LAYER_TYPES and isinstance(m, NORM_LAYER_TYPES) and pn:
+            norm[mname] = (m, pn)
+    in_norm = [p for _, pn in norm.values() for p in pn]
+    biases = [n for n in base if n.split(".")[-1].endswith("bias") and n not in in_norm]
     zero_b = {n: torch.zeros_like(base[n]) for n in biases}
-    all_names = set(base)
 
     def neutral_fit(keep_bias: str | None = None, keep_norm: str | None = None) -> _Fit:
-        ps = dict(base)
-        ps.update({n: z for n, z in zero_b.items() if n != keep_bias})
+        ps = {**base, **{n: z for n, z in zero_b.items() if n != keep_bias}}
         with _removed([m for k, (m, _) in norm.items() if k != keep_norm]):
-            return _ray_test(fn, ps, all_names, cs, rtol, early_exit=True)
+            return _ray_test(fn, ps, set(base), cs, rtol, early_exit=True)
 
     groups: dict[str, list[str]] = {}
-    if norm or biases:
-        fit0 = neutral_fit()
-    else:
-        fit0 = None
+    fit0 = neutral_fit() if norm or biases else None
     if fit0 is not None and fit0.homogeneous:
         for b in biases:
             if not neutral_fit(keep_bias=b).homogeneous:
@@ -990,35 +798,27 @@ def _attribute(model, fn, base, cs, rtol, gen):
         for k, (_, pn) in norm.items():
             if not neutral_fit(keep_norm=k).homogeneous:
                 groups.setdefault("normalisation", []).extend(pn)
-        what = " and ".join(w for w, v in (("biases set to zero", biases), ("normalisation layers removed", norm)) if v)
+        what = " and ".join(w for w, v in (("biases set to zero", biases),
+                                            ("normalisation layers removed", norm)) if v)
         notes.append(f"with {what} f is homogeneous of degree {fit0.degree}; each listed parameter breaks "
                      "homogeneity on its own (the others neutralised)")
         if not groups:
-            groups["combination"] = sorted(biases + [p for _, pn in norm.values() for p in pn])
-            notes.append("no single bias/normalisation parameter breaks it alone; only their combination does")
-        breaking = [p for v in groups.values() for p in v]
-        return breaking, groups, False, True, fit0.degree, notes
+            groups["combination"] = sorted(biases + in_norm)
+            notes.append("no single bias/normalisation parameter breaks it alone; "
+                         "only their combination does")
+        return [p for v in groups.values() for p in v], groups, False, True, fit0.degree
     # structural: the architecture itself is not homogeneous
-    cand = biases + [p for _, pn in norm.values() for p in pn]
-    names_in_norm = {p for _, pn in norm.values() for p in pn}
-    sep = _separate_euler(fn, base, cand, gen) if cand else {}
-    for n in cand:
-        if not sep[n][0]:
-            groups.setdefault("normalisation" if n in names_in_norm else "bias", []).append(n)
+    for n in _separate_euler(fn, base, biases + in_norm, gen):
+        groups.setdefault("normalisation" if n in in_norm else "bias", []).append(n)
     if not groups:
-        others = [n for n in base if n not in cand]
-        sep2 = _separate_euler(fn, base, others, gen) if others else {}
-        groups["other"] = [n for n in others if not sep2[n][0]]
-    if fit0 is not None:
-        notes.append("even with biases set to zero and normalisation layers removed f is not homogeneous: "
-                     "the architecture itself breaks homogeneity (e.g. residual sums of branches of "
-                     "different degrees); listed: the parameters in which f is not even separately "
-                     "homogeneous")
-    else:
-        notes.append("the model has no biases or normalisation layers; f is not homogeneous because of its "
-                     "architecture; listed: the parameters in which f is not separately homogeneous")
-    breaking = [p for v in groups.values() for p in v]
-    return breaking, groups, True, False if fit0 is not None else None, None, notes
+        groups["other"] = _separate_euler(fn, base, [n for n in base if n not in biases + in_norm], gen)
+    why = ("even with biases set to zero and normalisation layers removed f is not homogeneous: the "
+           "architecture itself breaks homogeneity (e.g. residual sums of branches of different degrees)"
+           if fit0 is not None else
+           "the model has no biases or normalisation layers; f is not homogeneous because of its "
+           "architecture")
+    notes.append(f"{why}; listed: the parameters in which f is not even separately homogeneous")
+    return [p for v in groups.values() for p in v], groups, True, False if fit0 is not None else None, None
 
 
 # ===========================================================================
@@ -1034,47 +834,43 @@ def default_input_shape(model_name: str) -> tuple[int, ...]:
 _COPIES = 8
 
 
-def _check_size(spec: ModelSpec, shape, num_classes, batch) -> None:
-    """Refuse, before allocating, a depth whose Lemma-1 degree overflows float64 and a model
-    (built on the ``meta`` device: shapes only) or input batch that cannot fit in memory."""
-    from ._util import check_memory
-
-    if spec.layers > MAX_LAYERS:
-        raise ConfigError(f"--layers {spec.layers}: Lemma 1's degree 2^(n+1) - 2 overflows float64 beyond "
-                          f"n = {MAX_LAYERS} layers")
-    with torch.device("meta"):
-        try:
-            m = spec.build(shape, num_classes)
-        except (RuntimeError, OverflowError) as exc:
-            raise ConfigError(f"model {spec.name} cannot be built: {one_line(exc)[:200]}") from None
-    n = sum(p.numel() for p in m.parameters())
-    check_memory(8.0 * _COPIES * n, f"model {spec.name} with {n:,} parameters")
-    check_memory(8.0 * _COPIES * batch * math.prod(shape), f"--batch {batch} inputs of shape {tuple(shape)}")
-
-
 def check_model(model: str | ModelSpec, *, num_classes: int = 10, input_shape: Sequence[int] | None = None,
                 batch: int = 2, seed: int = 0, cs: Sequence[float] = (0.5, 2.0, 3.0),
                 symbolic: bool = False, symbolic_method: str = "auto", **options) -> dict:
     """Build ``model`` (a name with :class:`~margin_theory.models.ModelSpec` ``options``, or a
     spec; seeded), check it numerically on ``batch`` random inputs in [0, 1) and return a
-    JSON-ready report; ``symbolic`` adds the exact check on a tiny instance."""
+    JSON-ready report; ``symbolic`` adds the exact check on a tiny instance. A depth whose
+    Lemma-1 degree overflows float64, and a model (built on the ``meta`` device) or batch that
+    cannot fit in memory, are refused before anything is allocated."""
     spec = model if isinstance(model, ModelSpec) else ModelSpec(model, **options)
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}")
-    if symbolic and spec.body.startswith("resnet"):
-        raise ConfigError(f"--symbolic supports {', '.join(SYMBOLIC_MODELS)}; not {spec.name!r}")
+    if spec.layers > MAX_LAYERS:
+        raise ConfigError(f"--layers {spec.layers}: Lemma 1's degree 2^(n+1) - 2 overflows float64 beyond "
+                          f"n = {MAX_LAYERS} layers")
     shape = tuple(input_shape) if input_shape is not None else default_input_shape(spec.name)
-    _check_size(spec, shape, num_classes, batch)
+    with torch.device("meta"):
+        try:
+            n = sum(p.numel() for p in spec.build(shape, num_classes).parameters())
+        except (RuntimeError, OverflowError) as exc:
+            raise ConfigError(f"model {spec.name} cannot be built: {one_line(exc)[:200]}") from None
+    check_memory(8.0 * _COPIES * n, f"model {spec.name} with {n:,} parameters")
+    check_memory(8.0 * _COPIES * batch * math.prod(shape), f"--batch {batch} inputs of shape {tuple(shape)}")
+    sym = None
+    if symbolic:
+        kw: dict[str, Any] = {"method": symbolic_method, "seed": seed}
+        if spec.name == "lowrank":
+            kw.update(layers=spec.layers, rank=min(spec.rank, 2), hidden=2)
+        elif spec.body == "conv":
+            kw.update(conv_bias=spec.conv_bias, rank=min(spec.rank, 2))
+        sym = symbolic_homogeneity(spec.name, **kw).as_dict()
     torch.manual_seed(int(seed))
     net = spec.build(shape, num_classes)
-    g = torch.Generator().manual_seed(int(seed))
-    x = torch.rand((batch,) + shape, generator=g, dtype=torch.float64)
+    x = torch.rand((batch,) + shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
     t0 = time.perf_counter()
     res = numeric_homogeneity(net, x, cs=cs, seed=seed)
-    report: dict[str, Any] = {"model": spec.name}
-    report.update(res.as_dict())
-    report.update({"input_shape": list(shape), "batch": batch, "seed": seed, "num_classes": num_classes,
-                   "seconds": time.perf_counter() - t0})
+    report: dict[str, Any] = {"model": spec.name, **res.as_dict(), "input_shape": list(shape), "batch": batch,
+                              "seed": seed, "num_classes": num_classes, "seconds": time.perf_counter() - t0}
     if spec.name == "lowrank":
         report.update({"layers": spec.layers, "rank": spec.rank, "lemma1_formula": lemma1_degree(spec.layers),
                        "agrees_with_lemma1": res.degree == lemma1_degree(spec.layers)})
@@ -1082,45 +878,22 @@ def check_model(model: str | ModelSpec, *, num_classes: int = 10, input_shape: S
         report["rank"] = spec.rank
     if spec.body == "conv":
         report.update({"conv_bias": spec.conv_bias, "conv_channels": spec.conv_channels})
-    if symbolic:
-        kw: dict[str, Any] = {"method": symbolic_method, "seed": seed}
-        if spec.name == "lowrank":
-            kw.update(layers=spec.layers, rank=min(spec.rank, 2), hidden=2)
-        elif spec.body == "conv":
-            kw.update(conv_bias=spec.conv_bias, rank=min(spec.rank, 2))
-        report["symbolic"] = symbolic_homogeneity(spec.name, **kw).as_dict()
+    if sym is not None:
+        report["symbolic"] = sym
     return report
 
 
 # ===========================================================================
 # CLI
 # ===========================================================================
-
-
-def _shape(s: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(p) for p in s.replace("x", ",").split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a shape like 1,28,28 or 3x8x8, got {s!r}") from None
-    if not dims or any(v < 1 for v in dims):
-        raise argparse.ArgumentTypeError(f"shape entries must be positive integers, got {s!r}")
-    return dims
-
-
-def _scales(s: str) -> tuple[float, ...]:
-    try:
-        cs = tuple(float(p) for p in s.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {s!r}") from None
-    if not cs or any(not (c > 0) or c == 1 or not math.isfinite(c) for c in cs):
-        raise argparse.ArgumentTypeError(f"scale factors must be positive, finite and != 1, got {s!r}")
-    return cs
-
-
-def _model_name(s: str) -> str:
-    if s not in MODEL_NAMES:
-        raise argparse.ArgumentTypeError(f"unknown model {s!r}; valid: {describe_model_names()}")
-    return s
+def _numbers(conv: Callable, expected: str) -> Callable[[str], tuple]:
+    """Parse ``"1,28,28"`` (or ``"3x8x8"``) into a tuple; the values are checked where they are used."""
+    def parse(s: str) -> tuple:
+        try:
+            return tuple(conv(p) for p in s.replace("x", ",").split(",") if p.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}") from None
+    return parse
 
 
 def build_parser() -> ArgumentParser:
@@ -1130,7 +903,7 @@ def build_parser() -> ArgumentParser:
                     "Lemma 1): estimate L from f(c theta) = c^L f(theta), verify Euler's identity "
                     "<grad f_j, theta> = L f_j, give the head's degree and name the parameters that "
                     "break homogeneity. --symbolic adds an exact sympy derivation on a tiny instance.")
-    p.add_argument("--model", required=True, type=_model_name, help=describe_model_names())
+    p.add_argument("--model", required=True, help=describe_model_names())
     p.add_argument("--layers", type=_positive_int, default=1, help="Low-Rank layers n (lowrank only)")
     p.add_argument("--rank", type=_positive_int, default=1, help="rank r of every Low-Rank layer")
     p.add_argument("--hidden", type=_positive_int, nargs="+", default=None,
@@ -1139,11 +912,12 @@ def build_parser() -> ArgumentParser:
                    help="bias of the conv of conv-<head> models (default: on, as the paper's code)")
     p.add_argument("--conv-channels", type=_positive_int, default=1, help="channels of the conv models")
     p.add_argument("--num-classes", type=_positive_int, default=10, help="classes C (default 10)")
-    p.add_argument("--input-shape", type=_shape, default=None,
+    p.add_argument("--input-shape", type=_numbers(int, "a shape like 1,28,28 or 3x8x8"), default=None,
                    help="shape of one input, e.g. 1,28,28 (default) or 3,32,32 (resnet default); "
                         "3,8,8 keeps a resnet fast")
     p.add_argument("--batch", type=_positive_int, default=2, help="number of random inputs (default 2)")
-    p.add_argument("--cs", type=_scales, default=(0.5, 2.0, 3.0), help="scale factors c (default 0.5,2,3)")
+    p.add_argument("--cs", type=_numbers(float, "comma-separated scale factors"), default=(0.5, 2.0, 3.0),
+                   help="scale factors c (default 0.5,2,3)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the model, inputs and generic point")
     p.add_argument("--symbolic", action="store_true", help="add the exact sympy check on a tiny instance")
     p.add_argument("--symbolic-method", choices=("auto", "expand", "ray"), default="auto")
@@ -1151,60 +925,58 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _fmt_deg(v) -> str:
+def _deg(v) -> str:
     return "none (not homogeneous)" if v is None else str(v)
 
 
 def _human(r: dict) -> str:
-    lines = []
     desc = r["model"]
     if r["model"] == "lowrank":
         desc += f" ({r['layers']} layer{'s' if r['layers'] > 1 else ''}, rank {r['rank']})"
     if r["model"].startswith("conv-"):
         desc += f" (conv bias {'on' if r['conv_bias'] else 'off'}, {r['conv_channels']} channel(s))"
-    lines.append(f"model: {desc}; {r['n_parameters']:,} parameters; {r['batch']} random inputs of shape "
-                 f"{tuple(r['input_shape'])}; {r['dtype']}, eval mode")
+    lines = [f"model: {desc}; {r['n_parameters']:,} parameters; {r['batch']} random inputs of shape "
+             f"{tuple(r['input_shape'])}; {r['dtype']}, eval mode"]
     per_c = ", ".join(f"c={c}: {'n/a' if e is None else f'{e:.6f}'}" for c, e in r["per_c_estimates"].items())
     if r["homogeneous"]:
         lines.append(f"homogeneous: yes, degree L = {r['degree']}  (f(c theta) = c^L f(theta); "
                      f"estimates {per_c}; max rel. error {r['max_rel_err']:.2e})")
     else:
-        est = r["degree_estimate"]
-        lines.append("homogeneous: NO" + (f"  (log-ratio estimates {per_c})" if est is not None else ""))
+        est = r["degree_estimate"] is not None
+        lines.append("homogeneous: NO" + (f"  (log-ratio estimates {per_c})" if est else ""))
     if "lemma1_formula" in r:
-        ok = "agrees" if r["agrees_with_lemma1"] else "DISAGREES"
-        lines.append(f"Lemma 1: 2^(n+1) - 2 = {r['lemma1_formula']}  [{ok}]")
+        lines.append(f"Lemma 1: 2^(n+1) - 2 = {r['lemma1_formula']}  "
+                     f"[{'agrees' if r['agrees_with_lemma1'] else 'DISAGREES'}]")
     if r["euler_ok"]:
-        lines.append(f"Euler's identity <grad f_j, theta> = L f_j: holds (max rel. error {r['euler_max_rel_err']:.2e})")
+        lines.append("Euler's identity <grad f_j, theta> = L f_j: holds "
+                     f"(max rel. error {r['euler_max_rel_err']:.2e})")
     elif r["euler_degree_fit"] is not None:
         lines.append(f"Euler's identity: fails (best single L = {r['euler_degree_fit']:.4g}, "
                      f"max rel. error {r['euler_max_rel_err']:.3g})")
-    lines.append(f"head degree (head parameters scaled alone, features fixed): {_fmt_deg(r['head_degree'])}")
-    lines.append(f"declared by the model: degree {_fmt_deg(r['declared_degree'])}, head degree "
-                 f"{_fmt_deg(r['declared_head_degree'])}"
-                 + ("" if r["agrees_with_declared"] is None else
-                    ("  [agrees]" if r["agrees_with_declared"] else "  [DISAGREES with the measurement]")))
-    if r["breaking_parameters"]:
+    agree = {None: "", True: "  [agrees]", False: "  [DISAGREES with the measurement]"}[
+        r["agrees_with_declared"]]
+    lines += [f"head degree (head parameters scaled alone, features fixed): {_deg(r['head_degree'])}",
+              f"declared by the model: degree {_deg(r['declared_degree'])}, head degree "
+              f"{_deg(r['declared_head_degree'])}{agree}"]
+    if not r["breaking_parameters"]:
+        lines.append("parameters breaking homogeneity: none")
+    else:
         lines.append(f"parameters breaking homogeneity ({len(r['breaking_parameters'])}):")
         for g, names in r["breaking_groups"].items():
-            shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
-            lines.append(f"  {g}: {shown}")
+            more = f", ... ({len(names) - 8} more)" if len(names) > 8 else ""
+            lines.append(f"  {g}: {', '.join(names[:8])}{more}")
         if r["structural"]:
             lines.append("  structural: yes (not homogeneous even without biases and normalisation layers)")
         elif r["degree_without_breaking"] is not None:
             lines.append(f"  without them f is homogeneous of degree {r['degree_without_breaking']}")
-    else:
-        lines.append("parameters breaking homogeneity: none")
-    for n in r["notes"]:
-        lines.append(f"note: {n}")
+    lines += [f"note: {n}" for n in r["notes"]]
     if "symbolic" in r:
         s = r["symbolic"]
+        breaking = f"; breaking: {', '.join(s['breaking_parameters'])}" if s["breaking_parameters"] else ""
+        verdict = (f"homogeneous, L = {s['degree']}, Euler {'holds' if s['euler_ok'] else 'FAILS'}"
+                   if s["homogeneous"] else f"NOT homogeneous (c-degrees {s['degrees']}{breaking})")
         lines.append(f"symbolic ({s['method']}, sizes {s['sizes']}, {s['n_parameters']} parameters, "
-                     f"{s['expression_size']} monomials): "
-                     + (f"homogeneous, L = {s['degree']}, Euler {'holds' if s['euler_ok'] else 'FAILS'}"
-                        if s["homogeneous"] else f"NOT homogeneous (c-degrees {s['degrees']}"
-                        + (f"; breaking: {', '.join(s['breaking_parameters'])}" if s["breaking_parameters"] else "")
-                        + ")") + f"  [{s['seconds']:.2f} s]")
+                     f"{s['expression_size']} monomials): {verdict}  [{s['seconds']:.2f} s]")
     return "\n".join(lines)
 
 
