@@ -201,11 +201,13 @@ class _Exact(_Dry):
         if n > self.max_terms:
             raise _TooLarge(n)
 
-    def breaking(self, polys, top=None) -> list[str]:
-        """The parameter tensors in monomials whose c-degree is not ``top`` (default: the largest)."""
-        top = max(_c_degrees(polys)) if top is None else top
-        return sorted({self.param_names[k].split("[")[0] for p in polys for m in p.keys() if m[-1] != top
-                       for k in range(self.P) if m[k]}) if self.expand else []
+    def breaking(self, polys) -> list[str]:
+        """(expand) The parameter tensors in the monomials of a lower c-degree than the top one."""
+        if not self.expand:
+            return []
+        top = max(_c_degrees(polys))
+        hit = {k for p in polys for m in p.keys() if m[-1] != top for k in range(self.P) if m[k]}
+        return sorted({self.param_names[k].split("[")[0] for k in hit})
 
 
 # --- the ops the models use, over object arrays (torch names; method and function alike) ---
@@ -381,24 +383,12 @@ def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int
                          conv_bias: bool = False, image: Sequence[int] = (2, 2), kernel: int = 5,
                          padding: int = 2, channels: int = 1, method: str = "auto",
                          max_terms: int = 20_000, trials: int = 3, seed: int = 0) -> SymbolicResult:
-    r"""Derive the homogeneity degree of a small instance of ``model_name`` exactly (SPEC §3):
-    the real module ``build_model(model_name, ...)``, traced and interpreted over polynomials.
-
-    Args:
-        model_name: one of :data:`SYMBOLIC_MODELS`.
-        layers: n for ``lowrank`` (Lemma 1: expect :math:`2^{n+1}-2`, never assumed).
-        d: input dimension (vector models); hidden: hidden width(s) (deep lowrank, relu2);
-        rank: r of every Low-Rank layer; num_classes: C.
-        conv_bias, image, channels: the ``conv-`` feature map on a one-channel ``image``
-            (default 2x2); ``kernel`` and ``padding`` must be the model's (5 and 2).
-        method: ``"expand"``, ``"ray"`` (``trials`` random points) or ``"auto"`` (expand,
-            switching to ray when the expansion exceeds ``max_terms`` monomials).
-
-    Returns:
-        :class:`SymbolicResult` with ``degree`` (the common c-exponent, or None),
-        ``degrees`` (all c-exponents found), ``euler_ok`` and, for ``expand``, the
-        parameters of the monomials of a different degree (``breaking_parameters``).
-    """
+    r"""Derive exactly the degree of ``build_model(model_name, ...)`` at tiny sizes (SPEC §3): ``layers``
+    n of ``lowrank`` (Lemma 1: expect :math:`2^{n+1}-2`, never assumed), input dimension ``d``,
+    ``hidden`` width(s), ``rank``, C = ``num_classes``; ``conv-`` models on a one-channel ``image``
+    with the model's ``kernel`` 5 and ``padding`` 2. ``method``: ``"expand"``, ``"ray"`` (``trials``
+    random points) or ``"auto"`` (ray once the expansion exceeds ``max_terms`` monomials).
+    ``degree`` is the common c-exponent (or None), ``degrees`` all of them."""
     if model_name not in SYMBOLIC_MODELS:
         raise ConfigError(f"no symbolic form for model {model_name!r}; --symbolic supports "
                           f"{', '.join(SYMBOLIC_MODELS)}")
@@ -634,22 +624,10 @@ def _separate_euler(fn, params: dict, names: list[str], gen: torch.Generator, k:
 def numeric_homogeneity(model: nn.Module, x: torch.Tensor, *, cs: Sequence[float] = (0.5, 2.0, 3.0),
                         rtol: float | None = None, dtype: torch.dtype = torch.float64, seed: int = 0,
                         generic: bool = True, attribute: bool = True) -> NumericResult:
-    r"""Numeric homogeneity check of any torch module (SPEC §3).
-
-    Estimates L with :math:`f(c\theta) = c^L f(\theta)` over ``cs`` (all outputs on the batch
-    ``x``), at :math:`\theta` and at a generic point; verifies Euler's identity
-    :math:`J\theta = L f` (forward-mode AD); the head's degree (``model.head`` scaled alone,
-    features fixed); names the parameters breaking homogeneity. Eval mode (restored
-    afterwards), float64 copies of the parameters and buffers; the model is not modified.
-
-    Args:
-        model: any module; ``x``: a batch of inputs (a few samples suffice).
-        cs: positive scale factors != 1. rtol: tolerance of the scale-relative test
-            (default 1e-7 in float64, 1e-3 otherwise).
-        seed: seeds the generic point and the per-tensor test.
-        generic: also test at a generic point (Definition 1 quantifies over all theta).
-        attribute: name the breaking parameters when f is not homogeneous.
-    """
+    r"""Numeric homogeneity check of any torch module on the batch ``x`` (SPEC §3; the method is
+    in the module docstring): scale factors ``cs`` (positive, != 1), ``rtol`` of the test
+    (default 1e-7 in float64, 1e-3 otherwise), ``seed`` of the generic point and the per-tensor
+    test, ``generic``: also test at a generic point, ``attribute``: name the breaking parameters."""
     cs = [float(c) for c in cs]
     if not cs or any(not (c > 0) or c == 1.0 or not math.isfinite(c) for c in cs):
         raise ConfigError(f"scale factors must be positive, finite and != 1, got {cs}")

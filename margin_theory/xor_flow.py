@@ -28,7 +28,8 @@ decision boundary ``{(u.x)^2 = (v.x)^2}`` tends to the axes, and
 Without that hypothesis ``gamma_bar`` still rises (to 1 if one of ``a(0), e(0)`` is
 nonzero) but a class is never classified correctly and the loss stays ``>= log(2)/2``.
 
-:func:`solve_xor_flow` solves the flow (and checks it three ways); ``python -m margin_theory.xor_flow --help``.
+:func:`solve_xor_flow` solves the flow (and checks it three ways);
+``python -m margin_theory.xor_flow --help``.
 """
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ from scipy.integrate import quad, solve_ivp
 from scipy.optimize import brentq
 from scipy.special import exp1, expit
 
-from margin_theory._util import (ArgumentParser, ConfigError, check_memory, check_output_path, cli_entry, float_in,
-                                 int_at_least, nonneg_int, print_json, progress, save_figure, use_agg_backend)
+from margin_theory._util import (ArgumentParser, ConfigError, check_memory, check_output_path, cli_entry,
+                                 nonneg_int, print_json, progress, save_figure, use_agg_backend)
 
 __all__ = [
     "XorFlowResult", "solve_xor_flow", "xor_data", "loss_and_grad", "margins", "gamma_bar", "gamma_min",
@@ -84,6 +85,16 @@ def _as_theta(theta) -> np.ndarray:
     th = np.asarray(theta, dtype=float)
     if th.shape[-1:] != (4,):
         raise ConfigError(f"theta must have 4 entries (u1, u2, v1, v2), got shape {th.shape}")
+    return th
+
+
+def _theta0(theta0) -> np.ndarray:
+    """A start ``theta(0)``: 4 finite numbers."""
+    th = np.asarray(theta0, dtype=float)
+    if th.shape != (4,):
+        raise ConfigError("theta0 must be 4 numbers (u1, u2, v1, v2)")
+    if not np.all(np.isfinite(th)):
+        raise ConfigError(f"theta0 must be finite, got {th.tolist()}")
     return th
 
 
@@ -266,9 +277,7 @@ def quadrature_solution(theta0, t) -> np.ndarray:
     never change. Requires every ``a(0)^2, ..., e(0)^2 <= 600``.
     Returns (n, 4) for ``t`` of shape (n,), (4,) for a scalar ``t``.
     """
-    r0 = reduced_coordinates(theta0)
-    if r0.shape != (4,) or not np.all(np.isfinite(r0)):
-        raise ConfigError("theta0 must be 4 finite numbers")
+    r0 = reduced_coordinates(_theta0(theta0))
     if np.max(r0 * r0) > MAX_QUAD_SQUARE:
         raise ConfigError(f"quadrature_solution needs reduced squares <= {MAX_QUAD_SQUARE:g} at t = 0")
     ts = np.atleast_1d(np.asarray(t, dtype=float))
@@ -295,29 +304,19 @@ def quadrature_solution(theta0, t) -> np.ndarray:
 # ---------------------------------------------------------------------------
 @dataclass
 class XorFlowResult:
-    """Trajectory of the XOR flow (or gradient descent) at ``n`` recorded times (SPEC §4).
+    """Trajectory of the XOR flow (or gradient descent) at ``n`` recorded times (SPEC §4):
+    ``t`` (n,), ``theta`` (n, 4), ``reduced`` (n, 4) = ``[a, b, c, e]``, ``invariants`` (n, 2) =
+    ``[a*c, b*e]``, ``gamma_bar``, ``gamma_min``, ``loss``, ``theta_norm``, ``boundary_angle_deg`` (n,).
 
-    Arrays: ``t`` (n,), ``theta`` (n, 4), ``reduced`` (n, 4) = ``[a, b, c, e]``,
-    ``invariants`` (n, 2) = ``[a*c, b*e]``, ``gamma_bar``, ``gamma_min``, ``loss``,
-    ``theta_norm``, ``boundary_angle_deg`` (n,).
-
-    Checks:
-
-    * ``monotone``: ``min_k (gamma_bar[k+1] - gamma_bar[k]) >= -monotone_tol`` with
-      ``monotone_tol = 10 * rtol`` for the flow (gamma_bar is scale free, in [-1, 1],
-      so its solver error is a few rtol) and ``1e-12`` (round-off) for ``gd``;
-      ``gamma_bar_min_step`` is that minimum difference (over the recorded times where
-      gamma_bar is defined). For ``gd`` it is a measurement, not a theorem.
-    * ``invariant_drift`` (2,): ``max_k |I(t_k) - I(0)| / ||theta(t_k)||^2`` for
-      ``I = a*c, b*e`` (scale-free: ``|I| <= ||theta||^2``).
-    * ``reduced_deviation``: ``max_k ||r_theta(t_k) - r_ode(t_k)|| / ||r_ode(t_k)||``
-      between the reduced coordinates of the ``theta`` trajectory and an independent
-      solve of the reduced ODE (flow only, ``check=True``; NaN otherwise);
+    * ``monotone``: ``min_k (gamma_bar[k+1] - gamma_bar[k]) >= -monotone_tol``, ``10 * rtol`` for
+      the flow (gamma_bar is scale free, in [-1, 1]) and ``1e-12`` for ``gd`` (a measurement, not
+      a theorem); ``gamma_bar_min_step`` is that minimum (where gamma_bar is defined).
+    * ``invariant_drift`` (2,): ``max_k |I(t_k) - I(0)| / ||theta(t_k)||^2``, ``I = a*c, b*e``.
+    * ``reduced_deviation``: ``max_k ||r_theta(t_k) - r_ode(t_k)|| / ||r_ode(t_k)||`` against an
+      independent solve of the reduced ODE (flow, ``check=True``; else NaN);
       ``quadrature_deviation`` the same against :func:`quadrature_solution`.
-    * ``limit_constant``: ``(a(0)c(0))^2 + (b(0)e(0))^2``, the limit of
-      ``(1 - gamma_bar(t)) log^2 t`` under Theorem 1.
-    * ``theorem1_hypothesis``: ``a(0) != 0 and e(0) != 0``; when False the trajectory
-      is still solved, but Theorem 1's limits need not hold.
+    * ``limit_constant``: ``(a(0)c(0))^2 + (b(0)e(0))^2 = lim (1 - gamma_bar(t)) log^2 t`` (Theorem 1,
+      which needs ``theorem1_hypothesis``: ``a(0) != 0 and e(0) != 0``).
     """
 
     t: np.ndarray
@@ -352,10 +351,15 @@ class XorFlowResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field (arrays as they are: ``print_json`` makes lists of them), then ``extra``; for ``--json``."""
+        """For ``--json``: every field (arrays as they are, ``print_json`` makes lists), then ``extra``."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         d["normalisation"] = "q / ||theta||^2 (all parameters, L = 2)"
         return {**d, **self.extra}
+
+    def title(self) -> str:
+        what = ("gradient flow (solve_ivp, log-time)" if self.method == "flow"
+                else f"gradient descent, lr = {self.lr:g}")
+        return f"XOR, rank-1 Low-Rank DIQNN, {what}, t in [0, {self.t_max:g}]"
 
 
 # ---------------------------------------------------------------------------
@@ -422,7 +426,8 @@ def _gd_run(theta0: np.ndarray, lr: float, steps_at: np.ndarray, quiet: bool) ->
     out = np.empty((len(steps_at), 4))
     exp = math.exp
     k = 0
-    with progress(total=int(steps_at[-1]), desc="gd steps", quiet=quiet or int(steps_at[-1]) < 1_000_000) as bar:
+    total = int(steps_at[-1])
+    with progress(total=total, desc="gd steps", quiet=quiet or total < 1_000_000) as bar:
         for i, target in enumerate(steps_at):
             n = int(target) - k
             for _ in range(n):
@@ -441,33 +446,6 @@ def _gd_run(theta0: np.ndarray, lr: float, steps_at: np.ndarray, quiet: bool) ->
     return out
 
 
-def _check_args(theta0, t_max, method, lr, rtol, atol, points):
-    th = np.asarray(theta0, dtype=float).reshape(-1) if np.ndim(theta0) <= 1 else None
-    if th is None or th.shape != (4,):
-        raise ConfigError("theta0 must be 4 numbers (u1, u2, v1, v2)")
-    if not np.all(np.isfinite(th)):
-        raise ConfigError(f"theta0 must be finite, got {th.tolist()}")
-    if not np.any(th != 0):
-        raise ConfigError("theta0 = 0 is a stationary point where gamma_bar = q/||theta||^2 is undefined")
-    norm, (lo, hi) = math.hypot(*th), INIT_NORM_RANGE
-    if not lo <= norm <= hi:
-        raise ConfigError(f"||theta0|| = {norm:.3g} is outside [{lo:g}, {hi:g}]: q/||theta||^2 and the "
-                          "gradient would overflow or underflow float64")
-    for bad, msg in ((method not in METHODS, f"method must be one of {', '.join(METHODS)}, got {method!r}"),
-                     (not (math.isfinite(t_max) and 0 < t_max <= MAX_T),
-                      f"t_max must be a finite number in (0, {MAX_T:g}], got {t_max!r}"),
-                     (not (math.isfinite(lr) and lr > 0), f"lr must be a finite positive number, got {lr!r}"),
-                     (not (math.isfinite(rtol) and MIN_RTOL <= rtol < 1),
-                      f"rtol must lie in [{MIN_RTOL:.2g}, 1), got {rtol!r}"),
-                     (atol is not None and not (math.isfinite(atol) and atol > 0),
-                      f"atol must be a finite positive number, got {atol!r}"),
-                     (int(points) != points or points < 2, f"points must be an integer >= 2, got {points!r}")):
-        if bad:
-            raise ConfigError(msg)
-    check_memory(float(points) * _BYTES_PER_POINT, f"--points {points}")
-    return th
-
-
 def _max_rel_dev(r: np.ndarray, ref: np.ndarray, floor: float) -> float:
     """``max_k ||r_k - ref_k|| / max(||ref_k||, 2 floor)`` (0 for no rows)."""
     scale = np.maximum(np.linalg.norm(ref, axis=1), 2 * floor)
@@ -479,37 +457,48 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
                    ode_method: str = "LSODA", quiet: bool = True) -> XorFlowResult:
     """Solve the XOR gradient flow of SPEC §4 (or run gradient descent) from ``theta0``.
 
-    ``method="flow"``: ``d theta/dt = -grad loss(theta)`` integrated with
-    ``scipy.integrate.solve_ivp`` on the 4-D ``theta`` itself, in log-time
-    ``s = log(1+t)``: ``d theta/ds = (1+t)(-grad loss)``, with the closed-form gradient
-    and its analytic Jacobian. Once every point is classified, ``(1+t) s_n`` tends to
-    ``1/(4 log t)`` and the flow is smooth and slow in ``s``. If ``a(0) = 0`` or ``e(0) = 0``
-    a misclassified point keeps ``s_n >= 1/2`` and the log-time flow is stiff (rate ~ t),
-    hence ``ode_method="LSODA"`` (any ``solve_ivp`` method; the implicit ones get the Jacobian).
-    ``atol`` defaults to ``1e-3 * rtol * ||theta0||``. Output at ``points`` times
-    uniform in ``s`` (``t = 0`` and ``t = t_max`` included) from the solver's dense output.
-    Where ``||theta|| < 1e3 atol`` (only when ``a(0) = e(0) = 0``: ``theta -> 0``) the
-    margins are solver noise and are reported as NaN (``message`` says so).
+    ``method="flow"``: ``scipy.integrate.solve_ivp`` on the 4-D ``theta`` itself in log-time
+    ``s = log(1+t)``, ``d theta/ds = (1+t)(-grad loss)``, closed-form gradient and analytic
+    Jacobian. Once every point is classified ``(1+t) s_n -> 1/(4 log t)`` and the flow is slow
+    in ``s``; if ``a(0) = 0`` or ``e(0) = 0`` a misclassified point keeps ``s_n >= 1/2`` and the
+    log-time flow is stiff (rate ~ t), hence ``ode_method="LSODA"`` (any ``solve_ivp`` method; the
+    implicit ones get the Jacobian). ``atol`` defaults to ``1e-3 * rtol * ||theta0||``. Output at
+    ``points`` times uniform in ``s`` (``t = 0`` and ``t_max`` included). Where
+    ``||theta|| < 1e3 atol`` (only if ``a(0) = e(0) = 0``: ``theta -> 0``) the margins are solver
+    noise, reported as NaN (``message`` says so). ``check``: also solve the reduced ODE and
+    evaluate :func:`quadrature_solution` at up to 12 recorded times (see :class:`XorFlowResult`).
 
-    With ``check=True`` the reduced ODE is solved on its own and the exact solution by
-    quadrature (:func:`quadrature_solution`, no ODE solver) is evaluated at up to 12 recorded
-    times (skipped if a reduced square exceeds 600 at ``t = 0``); see :class:`XorFlowResult`.
-
-    ``method="gd"``: discrete gradient descent ``theta <- theta - lr grad loss`` for
-    ``round(t_max/lr)`` steps; step ``k`` is time ``t = k lr``; recorded at the steps
-    nearest the same log-spaced times (duplicates merged: there may be fewer than
-    ``points`` records). A scalar Python loop (about 0.5 s per million steps; a progress
-    bar on stderr above a million), hence its default ``t_max = 1e5`` (the flow's is 1e6);
-    more than 1e8 steps, or any invalid argument, raise :class:`ConfigError`.
+    ``method="gd"``: ``theta <- theta - lr grad loss`` for ``round(t_max/lr)`` steps, step ``k``
+    at time ``k lr``, recorded at the steps nearest the same times (duplicates merged). A scalar
+    Python loop (about 0.5 s per million steps, a progress bar above a million), hence the
+    default ``t_max = 1e5`` (the flow's is 1e6); more than 1e8 steps, or any invalid argument,
+    raise :class:`ConfigError`.
     """
-    t_max = float(DEFAULT_T_MAX_GD if method == "gd" else DEFAULT_T_MAX_FLOW) if t_max is None else float(t_max)
-    lr, rtol = float(lr), float(rtol)
-    th0 = _check_args(theta0, t_max, method, lr, rtol, atol, points)
+    t_max = float((DEFAULT_T_MAX_GD if method == "gd" else DEFAULT_T_MAX_FLOW) if t_max is None else t_max)
+    lr, rtol, th0 = float(lr), float(rtol), _theta0(theta0)
+    norm0, (lo, hi) = float(np.linalg.norm(th0)), INIT_NORM_RANGE
+    for bad, msg in ((not np.any(th0 != 0),
+                      "theta0 = 0 is a stationary point where gamma_bar = q/||theta||^2 is undefined"),
+                     (not lo <= norm0 <= hi, f"||theta0|| = {norm0:.3g} is outside [{lo:g}, {hi:g}]: "
+                      "q/||theta||^2 and the gradient would overflow or underflow float64"),
+                     (method not in METHODS, f"method must be one of {', '.join(METHODS)}, got {method!r}"),
+                     (not (math.isfinite(t_max) and 0 < t_max <= MAX_T),
+                      f"t_max must be a finite number in (0, {MAX_T:g}], got {t_max!r}"),
+                     (not (math.isfinite(lr) and lr > 0), f"lr must be a finite positive number, got {lr!r}"),
+                     (not (math.isfinite(rtol) and MIN_RTOL <= rtol < 1),
+                      f"rtol must lie in [{MIN_RTOL:.2g}, 1), got {rtol!r}"),
+                     (atol is not None and not (math.isfinite(atol) and atol > 0),
+                      f"atol must be a finite positive number, got {atol!r}"),
+                     (int(points) != points or points < 2,
+                      f"points must be an integer >= 2, got {points!r}")):
+        if bad:
+            raise ConfigError(msg)
+    check_memory(float(points) * _BYTES_PER_POINT, f"--points {points}")
     points = int(points)
     s_grid = np.linspace(0.0, math.log1p(t_max), points)  # uniform in s = log(1+t): log-spaced in t
     extra: dict[str, Any] = {}
     if method == "flow":
-        atol = 1e-3 * rtol * float(np.linalg.norm(th0)) if atol is None else atol
+        atol = 1e-3 * rtol * norm0 if atol is None else float(atol)
         sol, solve_seconds = _ivp(_rhs_theta_logtime, _jac_theta_logtime, th0, s_grid, ode_method, rtol, atol)
         success, message, nfev = bool(sol.success), str(sol.message), int(sol.nfev)
         theta = np.full((points, 4), np.nan)
@@ -518,7 +507,7 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
         t = np.expm1(s_grid)
         t[0], t[-1] = 0.0, t_max
         floor = 1e3 * atol  # below this norm theta is solver noise
-        monotone_tol, used_lr, used_rtol, used_atol = 10.0 * rtol, None, rtol, float(atol)
+        monotone_tol, used_lr, used_rtol, used_atol = 10.0 * rtol, None, rtol, atol
     else:
         nfev = int(round(t_max / lr))
         if nfev < 1:
@@ -547,10 +536,11 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
     # below the floor (only if a(0) = e(0) = 0: theta -> 0) the margins are noise / 0/0: NaN there, and say so
     resolved = np.isfinite(norm) & (norm > floor)
     if success and not np.all(resolved):
-        message += (f"; ||theta|| fell below {floor:.1e} (solver noise) after t = {t[np.argmin(resolved)]:.3g}:"
-                    " margins there are reported as NaN")
+        message += (f"; ||theta|| fell below {floor:.1e} (solver noise) after t = "
+                    f"{t[np.argmin(resolved)]:.3g}: margins there are reported as NaN")
     with np.errstate(invalid="ignore", divide="ignore"):
-        gb, gm, angle = (np.where(resolved, f(theta), np.nan) for f in (gamma_bar, gamma_min, boundary_angle_deg))
+        gb, gm, angle = (np.where(resolved, f(theta), np.nan)
+                         for f in (gamma_bar, gamma_min, boundary_angle_deg))
         drift_all = np.abs(invariants - invariants[0]) / sq[:, None]
     fin = gb[np.isfinite(gb)]
     min_step = float(np.min(np.diff(fin))) if fin.size > 1 else float("nan")
@@ -574,8 +564,8 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
             quad_dev = _max_rel_dev(reduced[idx], rq, floor)
     k0, m0 = invariants[0]
     return XorFlowResult(
-        t=t, theta=theta, reduced=reduced, invariants=invariants, gamma_bar=gb, gamma_min=gm, loss=_loss(theta),
-        theta_norm=norm, boundary_angle_deg=angle,
+        t=t, theta=theta, reduced=reduced, invariants=invariants, gamma_bar=gb, gamma_min=gm,
+        loss=_loss(theta), theta_norm=norm, boundary_angle_deg=angle,
         monotone=bool(success and fin.size > 0 and not (min_step < -monotone_tol)), monotone_tol=monotone_tol,
         gamma_bar_min_step=min_step, final_gamma_bar=float(gb[-1]), final_gamma_min=float(gm[-1]),
         final_boundary_angle_deg=float(angle[-1]), theorem1_hypothesis=theorem1_hypothesis(th0),
@@ -584,7 +574,6 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
         method=method, lr=used_lr, rtol=used_rtol, atol=used_atol, t_max=t_max,
         solve_seconds=solve_seconds, nfev=nfev, success=success, message=message, extra=extra,
     )
-
 
 # ---------------------------------------------------------------------------
 # Figure (the paper's Fig. 4)
@@ -625,7 +614,8 @@ def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
     # (b) margins
     tt = res.t[1:]
     ax_b.plot(tt, res.gamma_bar[1:], color="tab:green", lw=2, label=r"average margin $\bar\gamma$")
-    ax_b.plot(tt, res.gamma_min[1:], color="tab:purple", lw=1.5, ls="-.", label=r"minimum margin $\gamma_{\min}$")
+    ax_b.plot(tt, res.gamma_min[1:], color="tab:purple", lw=1.5, ls="-.",
+              label=r"minimum margin $\gamma_{\min}$")
     ax_b.axhline(1.0, color="k", ls="--", lw=1, label="limit 1 (max over $\\theta$)")
     ax_b.set(xscale="log", xlabel="time t (log scale; t = 0 omitted)", ylabel=r"margin $q/\|\theta\|^2$",
              title=f"(b) margins; final $\\bar\\gamma$ = {res.final_gamma_bar:.4f}")
@@ -644,9 +634,8 @@ def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
     ax2.set_ylabel(r"$\|\theta\|$", color="tab:blue")
     ax_c.legend(l1 + l2, [h.get_label() for h in l1 + l2], fontsize=8, loc="center left")
     ax_c.grid(True, which="both", alpha=0.3)
-    what = "gradient flow" if res.method == "flow" else f"gradient descent (lr={res.lr:g})"
     hyp = "" if res.theorem1_hypothesis else "  [a(0)=0 or e(0)=0: Theorem 1 does not apply]"
-    fig.suptitle(title or f"XOR, rank-1 Low-Rank DIQNN, {what}, t in [0, {res.t_max:g}]{hyp}", fontsize=12)
+    fig.suptitle(title or res.title() + hyp, fontsize=12)
     return save_figure(fig, path)
 
 
@@ -654,22 +643,21 @@ def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
 # CLI
 # ---------------------------------------------------------------------------
 def build_parser() -> ArgumentParser:
+    """The values are checked once, by :func:`solve_xor_flow`."""
     p = ArgumentParser(
         prog="python -m margin_theory.xor_flow",
         description="Theorem 1 (SPEC §4): XOR with a rank-1 Low-Rank DIQNN f_0=(u.x)^2, f_1=(v.x)^2 "
                     "under gradient flow (scipy solve_ivp on theta) or gradient descent; reports "
                     "gamma_bar = mean q/||theta||^2 (L = 2), the invariants a*c, b*e and the boundary.")
-    p.add_argument("--init", nargs=4, type=float_in(), metavar=("U1", "U2", "V1", "V2"),
+    p.add_argument("--init", nargs=4, type=float, metavar=("U1", "U2", "V1", "V2"),
                    help="initial theta (default: N(0, I_4) from --seed)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random init (default 0)")
-    p.add_argument("--t-max", type=float_in(0.0, MAX_T, lo_open=True, hi_open=False), default=None,
-                   help="horizon (default 1e6 for flow, 1e5 for gd)")
+    p.add_argument("--t-max", type=float, default=None, help="horizon (default 1e6 for flow, 1e5 for gd)")
     p.add_argument("--method", choices=METHODS, default="flow",
                    help="flow: solve_ivp on the gradient flow; gd: gradient descent (default flow)")
-    p.add_argument("--lr", type=float_in(0.0, lo_open=True), default=0.1, help="gd learning rate (default 0.1)")
-    p.add_argument("--rtol", type=float_in(MIN_RTOL, 1.0), default=1e-10,
-                   help="flow relative tolerance (default 1e-10)")
-    p.add_argument("--points", type=int_at_least(2), default=400, help="recorded times, log-spaced (default 400)")
+    p.add_argument("--lr", type=float, default=0.1, help="gd learning rate (default 0.1)")
+    p.add_argument("--rtol", type=float, default=1e-10, help="flow relative tolerance (default 1e-10)")
+    p.add_argument("--points", type=int, default=400, help="recorded times, log-spaced (default 400)")
     p.add_argument("--plot", action="store_true", help="write the 3-panel figure to --out")
     p.add_argument("--out", default="xor_flow.png", help="figure path (default xor_flow.png)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -677,21 +665,18 @@ def build_parser() -> ArgumentParser:
 
 
 def _report(res: XorFlowResult, theta0: np.ndarray, figure: Path | None) -> str:
-    flow = res.method == "flow"
-    what = "gradient flow (solve_ivp, log-time)" if flow else f"gradient descent, lr = {res.lr:g}"
-    lines = [f"XOR rank-1 Low-Rank DIQNN, {what}, t in [0, {res.t_max:g}]",
-             "theta(0) = (u1, u2, v1, v2) = (" + ", ".join(f"{x:.6g}" for x in theta0) + ")",
-             "reduced (a, b, c, e)(0) = (" + ", ".join(f"{x:.6g}" for x in res.reduced[0]) + ")"]
+    flow, (k, m), (dk, dm) = res.method == "flow", res.invariants[0], res.invariant_drift
+    lines = [res.title(), f"theta(0) = (u1, u2, v1, v2) = ({', '.join(f'{x:.6g}' for x in theta0)})",
+             f"reduced (a, b, c, e)(0) = ({', '.join(f'{x:.6g}' for x in res.reduced[0])})"]
     if not res.success:
         lines.append(f"WARNING: solver failed: {res.message}")
-    lines += [f"gamma_bar: {res.gamma_bar[0]:.6f} -> {res.final_gamma_bar:.6f}   (gamma_min: {res.gamma_min[0]:.6f}"
-              f" -> {res.final_gamma_min:.6f}; margins q/||theta||^2, L = 2)",
+    lines += [f"gamma_bar: {res.gamma_bar[0]:.6f} -> {res.final_gamma_bar:.6f}   (gamma_min: "
+              f"{res.gamma_min[0]:.6f} -> {res.final_gamma_min:.6f}; margins q/||theta||^2, L = 2)",
               f"gamma_bar monotone non-decreasing: {'yes' if res.monotone else 'NO'} "
               f"(smallest step {res.gamma_bar_min_step:.3g}, tolerance {res.monotone_tol:.1g})",
               f"loss: {res.loss[0]:.6g} -> {res.loss[-1]:.6g};  "
               f"||theta||: {res.theta_norm[0]:.6g} -> {res.theta_norm[-1]:.6g}",
-              f"invariants a*c = {res.invariants[0, 0]:.10g}, b*e = {res.invariants[0, 1]:.10g}; "
-              f"drift / ||theta||^2: {res.invariant_drift[0]:.2g}, {res.invariant_drift[1]:.2g}"]
+              f"invariants a*c = {k:.10g}, b*e = {m:.10g}; drift / ||theta||^2: {dk:.2g}, {dm:.2g}"]
     if not flow:
         lines.append("  (gd does not conserve them: each step multiplies a*c by 1 - 4 lr^2 s0^2 "
                      "and b*e by 1 - 4 lr^2 s1^2)")
@@ -699,8 +684,8 @@ def _report(res: XorFlowResult, theta0: np.ndarray, figure: Path | None) -> str:
                        ("exact quadrature solution (no ODE solver)", res.quadrature_deviation)):
         if flow and math.isfinite(dev):
             lines.append(f"{check}: max relative deviation {dev:.2g}")
-    lines.append(f"decision boundary vs the axes (max-margin boundary): {res.boundary_angle_deg[0]:.3f} deg -> "
-                 f"{res.final_boundary_angle_deg:.3f} deg")
+    lines.append(f"decision boundary vs the axes (max-margin boundary): {res.boundary_angle_deg[0]:.3f} deg "
+                 f"-> {res.final_boundary_angle_deg:.3f} deg")
     lines.append(f"Theorem 1 applies (a(0) != 0, e(0) != 0): (1 - gamma_bar) log^2 t -> (a c)^2 + (b e)^2 = "
                  f"{res.limit_constant:.6g}" if res.theorem1_hypothesis else
                  "Theorem 1 does not apply: a(0) = u1+u2 = 0 or e(0) = v1-v2 = 0 (the trajectory is solved; "
