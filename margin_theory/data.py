@@ -541,10 +541,8 @@ def _read_idx(fh, source: str, size: int | None, *, expect_ndim: int | None,
 
 def parse_idx(buf: bytes, source: str = "IDX data", *, expect_ndim: int | None = None,
               expect_type: int | None = 0x08, max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
-    """Parse an IDX buffer into a read-only array. Raises DataError on a wrong magic, a
-    wrong number of dimensions, a declared payload prod(dims) * itemsize above
-    ``max_bytes`` (computed exactly: no int64 overflow), a truncated payload or trailing
-    bytes."""
+    """Parse an IDX buffer into a read-only array; DataError on a wrong magic or number of
+    dimensions, a declared payload above ``max_bytes``, a truncated payload or trailing bytes."""
     return _read_idx(io.BytesIO(buf), source, len(buf), expect_ndim=expect_ndim,
                      expect_type=expect_type, max_bytes=max_bytes)
 
@@ -791,7 +789,9 @@ CIFAR_BATCH_MAX_BYTES = 256 << 20
 
 
 def _unpickle_plain(path: Path, expected_md5: str | None) -> tuple[dict, dict]:
-    """(the plain dict a CIFAR pickle holds, str keys; its file record)."""
+    """(the plain dict a CIFAR pickle holds, str keys; its file record). Files above
+    ``CIFAR_BATCH_MAX_BYTES`` are refused unread, and the plainness check is linear in the
+    file's size (:func:`_check_plain`)."""
     raw = _read_file(path, CIFAR_BATCH_MAX_BYTES)
     try:
         obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
@@ -812,14 +812,9 @@ def _unpickle_plain(path: Path, expected_md5: str | None) -> tuple[dict, dict]:
 
 def load_cifar_batch(path: str | os.PathLike, *, expected_md5: str | None = None
                      ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Read one CIFAR-10 python batch safely.
-
-    Returns ``(images uint8 (N, 3, 32, 32), labels int64 (N,), file record)``; the record
-    holds path, bytes and md5 (and whether it matches ``expected_md5``). Bounded: files above
-    ``CIFAR_BATCH_MAX_BYTES`` are refused unread, the plainness check is linear in the file's
-    size (:func:`_check_plain`), and the labels must be exactly N integers in 0..9 (N = rows
-    of ``data``), a list of Python ints or a 1-D integer array: anything else is refused, not cast.
-    """
+    """``(images uint8 (N, 3, 32, 32), labels int64 (N,), file record)`` of one CIFAR-10 python
+    batch, read safely (:func:`_unpickle_plain`). The labels must be exactly N integers in
+    0..9, a list of Python ints or a 1-D integer array: anything else is refused, not cast."""
     path = Path(path)
     d, record = _unpickle_plain(path, expected_md5)
     data, labels = d.get("data"), d.get("labels")
@@ -981,6 +976,8 @@ class _BoundedStream:
 
 
 def _check_member(m: tarfile.TarInfo, archive: Path, base: Path, max_member_bytes: int) -> None:
+    """Refuse absolute names, ``..``, names resolving outside ``base``, links, sparse and
+    special files, and a member above ``max_member_bytes``."""
     shown = _util.short_repr(m.name, 80)
     name = m.name.replace("\\", "/")
     target = (base / name).resolve()
@@ -1003,17 +1000,11 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, *,
                      max_total_bytes: int = TAR_MAX_TOTAL_BYTES,
                      max_members: int = TAR_MAX_MEMBERS) -> list[str]:
     """Extract ``archive`` (tar, optionally gzip/bzip2/xz) inside ``dest`` only; returns the
-    member names.
-
-    Every member is checked first, in one streaming pass that stops at the first bad header:
-    absolute names, ``..`` components, names that resolve outside ``dest``, links (symbolic
-    or hard), sparse and special files, a member above ``max_member_bytes``, more than
-    ``max_members`` members or more than ``max_total_bytes`` in all (defaults: what
-    CIFAR-10's archive can be, ``TAR_MAX_*``) are refused with DataError before anything is
-    written. So is a truncated archive: it must end with tar's end-of-archive block and its
+    member names. One streaming pass checks every header first (:func:`_check_member`; at
+    most ``max_members`` members, ``max_total_bytes`` in all) and refuses, before anything is
+    written, a truncated archive: it must end with tar's end-of-archive block and its
     compressed stream must be complete (checksum verified). Extraction then also uses
-    tarfile's ``filter='data'`` where available (Python >= 3.10.12, 3.11.4).
-    """
+    ``filter='data'`` where tarfile has it (Python >= 3.10.12, 3.11.4)."""
     import bz2
     import lzma
 
@@ -1118,11 +1109,25 @@ class _Watchdog:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _opener(dog: _Watchdog) -> urllib.request.OpenerDirector:
-    """urllib's opener for http(s) only (no ftp, no file), every socket handed to ``dog``
-    as soon as it is created (before a TLS handshake or headers)."""
+def _open_source(url: str, timeout: float, dog: _Watchdog):
+    """(readable stream, announced length or None) of a file URL (a regular file), or of an
+    http(s) URL through an opener for http(s) only (no ftp, no file) that hands every socket
+    to ``dog`` as soon as it is created (before a TLS handshake or headers)."""
     import http.client
     import ssl
+
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme.lower() == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise _FetchError(f"file URL names a host {parsed.netloc!r}")
+        path = Path(urllib.request.url2pathname(parsed.path))
+        try:
+            if not stat.S_ISREG((st := path.stat()).st_mode):
+                raise _FetchError("not a regular file (a device, FIFO or folder cannot be a "
+                                  "dataset file)")
+            return open(path, "rb"), st.st_size
+        except OSError as exc:
+            raise _FetchError(f"cannot read {path} ({exc.strerror or exc})") from None
 
     def tracked(cls):
         def make(*args, **kwargs):
@@ -1146,26 +1151,9 @@ def _opener(dog: _Watchdog) -> urllib.request.OpenerDirector:
     for h in (urllib.request.ProxyHandler(), Handler(), urllib.request.HTTPDefaultErrorHandler(),
               urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor()):
         opener.add_handler(h)
-    return opener
-
-
-def _open_source(url: str, timeout: float, dog: _Watchdog):
-    """(readable stream, announced length or None) of an http(s) or file URL."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme.lower() == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise _FetchError(f"file URL names a host {parsed.netloc!r}")
-        path = Path(urllib.request.url2pathname(parsed.path))
-        try:
-            if not stat.S_ISREG((st := path.stat()).st_mode):
-                raise _FetchError("not a regular file (a device, FIFO or folder cannot be a "
-                                  "dataset file)")
-            return open(path, "rb"), st.st_size
-        except OSError as exc:
-            raise _FetchError(f"cannot read {path} ({exc.strerror or exc})") from None
-    req = urllib.request.Request(url, headers={"User-Agent": "margin_theory"})
     try:
-        resp = _opener(dog).open(req, timeout=timeout)
+        resp = opener.open(urllib.request.Request(url, headers={"User-Agent": "margin_theory"}),
+                           timeout=timeout)
     except urllib.error.HTTPError as exc:
         raise _FetchError(f"HTTP {exc.code} {_util.clip(str(exc.reason), 80)}") from None
     except urllib.error.URLError as exc:
@@ -1228,12 +1216,11 @@ def _cleanup_on_signals():
 
 def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: float,
            deadline: float, size: int | None, max_bytes: int) -> None:
-    """Stream ``url`` to a temp file beside ``dest``, check size and md5, rename onto ``dest``.
-
-    ``size``: the file's known size (the transfer is capped at it and must equal it);
-    otherwise at most ``max_bytes`` are accepted. ``deadline``: seconds for the whole
-    transfer (connection, headers and body); ``timeout``: seconds per network operation.
-    """
+    """Stream ``url`` to ``.<name>.<pid>-<random>.part`` beside ``dest``, check size and md5,
+    rename onto ``dest``; on any failure, SIGTERM/SIGHUP/SIGINT included, no temporary is left.
+    ``size``: the known size (the transfer is capped at it and must equal it), else at most
+    ``max_bytes``; ``deadline``: seconds for the whole transfer (connection, headers, body);
+    ``timeout``: seconds per network operation."""
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}-", suffix=".part",
                                dir=dest.parent)
     cap = size if size is not None else max_bytes
@@ -1291,22 +1278,14 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
                      md5s: dict[str, str] | None = None, timeout: float = 30.0,
                      deadline: float = DOWNLOAD_DEADLINE,
                      max_bytes: int = DOWNLOAD_MAX_BYTES) -> dict:
-    """Fetch the standard files of ``name`` into ``data_dir`` (torchvision layout).
-
-    From the entry's mirrors (tried in order) or ``mirror``, a base URL (http, https, or
-    file:// naming a regular file) from which each file is fetched as
-    ``mirror.rstrip('/') + '/' + filename``. Each file streams to a temporary
-    ``.<name>.<pid>-<random>.part`` beside its target, capped at its known size + 1 byte (the
-    entry's ``sizes``; a file is known by its md5, so one overridden with ``md5s`` is capped
-    by ``max_bytes`` instead), with ``timeout`` per network operation and ``deadline`` for the
-    whole transfer, then size- and md5-checked and renamed into place. A failure (or SIGTERM /
-    SIGHUP / SIGINT) removes the temporary file and raises DataError naming the file;
-    temporaries of killed downloads are removed first (``report["stale_removed"]``). Files
-    present with the right size and md5 (or an IDX file present uncompressed) are skipped; a
-    wrong one is replaced atomically. An entry's ``archive`` is extracted safely
-    (:func:`safe_extract_tar`) into ``data_dir/<folder>/``. Returns ``{"name", "data_dir",
-    "files": [{"file", "status", "url"}], "stale_removed"}``.
-    """
+    """Fetch the standard files of ``name`` into ``data_dir`` (torchvision layout), each from
+    the entry's mirrors in turn or as ``MIRROR/FILENAME`` (http, https or file://), through
+    :func:`_fetch`: capped at its known size (``sizes``; a file is known by its md5, so one
+    overridden by ``md5s`` is capped at ``max_bytes``), md5-checked, renamed into place.
+    Present files with the right md5 (or an IDX file present uncompressed) are skipped;
+    temporaries of killed runs are removed first. An ``archive`` is extracted with
+    :func:`safe_extract_tar`. Returns ``{"name", "data_dir", "files": [{"file", "status",
+    "url"}], "stale_removed"}``."""
     spec = REGISTRY[canonical_name(name)]
     timeout, deadline = (_number(f"{what} (--{what})", value, 0.0, _MAX_SECONDS,
                                  f"a finite number of seconds > 0 and < {_MAX_SECONDS:g}")
@@ -1396,14 +1375,10 @@ def available(name: str, data_dir: str | os.PathLike | None = None) -> tuple[boo
 
 
 def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict:
-    """md5 of every standard file found in ``data_dir`` against the entries' reference md5s.
-
-    Each entry: ``{"dataset", "file", "status"}`` with status ``ok``, ``MISMATCH``,
-    ``missing`` or ``present, no reference md5`` (uncompressed IDX files, the subset's
-    batches). ``found`` counts the files present; ``ok`` overall is False if any present
-    file mismatches or none is present (nothing verified is not a success). A
-    ``data_dir`` that is not an existing folder raises DataError.
-    """
+    """md5 of every standard file found in ``data_dir`` (an existing folder) against the
+    reference md5s: entries ``{"dataset", "file", "status"}``, status ``ok``, ``MISMATCH``,
+    ``missing`` or ``present, no reference md5``. ``ok`` is False if a present file
+    mismatches or none is present (nothing verified is not a success)."""
     root = _data_dir(data_dir)
     if not root.is_dir():
         raise DataError(f"verify: data directory {root} does not exist or is not a folder "
@@ -1499,8 +1474,10 @@ def main(argv: list[str] | None = None) -> int:
     """List, inspect, verify or download datasets (see the module docstring)."""
     args = _build_parser().parse_args(argv)
     if args.cmd == "list":
-        rows = [{"name": n, **dict(zip(("available", "where"), available(n, args.data_dir))),
-                 "description": s.description} for n, s in REGISTRY.items()]
+        rows = []
+        for n, spec in REGISTRY.items():
+            ok, where = available(n, args.data_dir)
+            rows.append({"name": n, "available": ok, "where": where, "description": spec.description})
         if args.json:
             print_json({"data_dir": str(_data_dir(args.data_dir)), "datasets": rows})
             return 0
