@@ -232,7 +232,8 @@ class Dataset:
                 raise DataError(f"subset: n_{split} must be a positive integer, got {n!r}")
             if n is None or n >= N:
                 parts.append((X, y))
-                notes += [] if n is None else [f"{split}: all {N} kept ({n} requested)"]
+                if n is not None:
+                    notes.append(f"{split}: all {N} kept ({n} requested)")
                 continue
             idx, how = _sample_indices(y.detach().cpu().numpy(), int(n), seed)
             t = torch.as_tensor(idx, dtype=torch.long, device=X.device)
@@ -284,9 +285,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
                                 "a number strictly between 0 and 1")
     notes: list[str] = []
     folder = paths = None
-    if spec.bundled:
-        notes += [f"download ignored: {name} is bundled"] if download else []
-    else:
+    if spec.bundled and download:
+        notes.append(f"download ignored: {name} is bundled")
+    elif not spec.bundled:
         root = _data_dir(data_dir)
         if download:
             download_dataset(name, root, mirror=mirror, progress=True)
@@ -1287,9 +1288,9 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
     :func:`safe_extract_tar`. Returns ``{"name", "data_dir", "files": [{"file", "status",
     "url"}], "stale_removed"}``."""
     spec = REGISTRY[canonical_name(name)]
-    timeout, deadline = (_number(f"{what} (--{what})", value, 0.0, _MAX_SECONDS,
-                                 f"a finite number of seconds > 0 and < {_MAX_SECONDS:g}")
-                         for what, value in (("timeout", timeout), ("deadline", deadline)))
+    seconds = f"a finite number of seconds > 0 and < {_MAX_SECONDS:g}"
+    timeout = _number("timeout (--timeout)", timeout, 0.0, _MAX_SECONDS, seconds)
+    deadline = _number("deadline (--deadline)", deadline, 0.0, _MAX_SECONDS, seconds)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
         raise DataError(f"max_bytes must be a positive integer, got {_util.short_repr(max_bytes, 40)}")
     root = _data_dir(data_dir)
@@ -1309,7 +1310,8 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
         size = spec.sizes.get(dest.name) if ref is not None and ref == spec.md5.get(dest.name) \
             else None
         if dest.is_file() and size in (None, dest.stat().st_size) and _md5_file(dest) == ref:
-            return files.append({"file": str(dest), "status": "present (md5 ok)"})
+            files.append({"file": str(dest), "status": "present (md5 ok)"})
+            return
         dest.parent.mkdir(parents=True, exist_ok=True)
         report["stale_removed"] += _remove_stale(dest.parent, f".{dest.name}.", ".part")
         problems = []
@@ -1317,9 +1319,11 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
             try:
                 _fetch(url, dest, ref, progress=progress, timeout=timeout, deadline=deadline,
                        size=size, max_bytes=int(max_bytes))
-                return files.append({"file": str(dest), "status": "downloaded", "url": url})
             except _FetchError as exc:
                 problems.append(f"{_util.clip(url, 200)}: {exc}")
+            else:
+                files.append({"file": str(dest), "status": "downloaded", "url": url})
+                return
         raise DataError(f"could not download {dest.name}: " + "; ".join(problems)
                         + f" (nothing written to {dest})")
 
@@ -1436,17 +1440,19 @@ def _build_parser() -> ArgumentParser:
                        description="List, inspect, verify or download the datasets (SPEC §8).")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
 
-    def command(name, help, with_name=False):
-        sp = sub.add_parser(name, help=help)
-        if with_name:
+    def command(name, what, of_one=False):  # of_one: NAME, and --mirror to download it from
+        sp = sub.add_parser(name, help=what)
+        if of_one:
             sp.add_argument("name", type=_name_arg, help=describe_datasets())
+            sp.add_argument("--mirror", default=None, help="base URL to download from instead of "
+                            "the canonical mirrors; files are fetched as MIRROR/FILENAME")
         sp.add_argument("--data-dir", default=None, help="folder with the standard files "
                         "(default $MARGIN_THEORY_DATA_DIR or ./data)")
         sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
         return sp
 
     command("list", "all datasets and whether they are available")
-    sp = command("info", "load a dataset; sizes, shapes, classes, provenance", with_name=True)
+    sp = command("info", "load a dataset; sizes, shapes, classes, provenance", of_one=True)
     sp.add_argument("--seed", type=_seed_arg, default=0,
                     help="split seed of the bundled sets, 0..2**32-1 (default 0)")
     fractions = ", ".join(f"{n} {s.test_fraction:g}" for n, s in REGISTRY.items() if s.test_fraction)
@@ -1455,11 +1461,8 @@ def _build_parser() -> ArgumentParser:
     sp.add_argument("--normalize", action="store_true",
                     help="per-channel standardisation of images with training statistics")
     sp.add_argument("--download", action="store_true", help="download missing standard files first")
-    sp.add_argument("--mirror", default=None,
-                    help="base URL to download from instead of the canonical mirrors")
     command("verify", "md5 of the standard files in --data-dir")
-    sp = command("download", "download a dataset's standard files (md5-checked)", with_name=True)
-    sp.add_argument("--mirror", default=None, help="base URL; files are fetched as MIRROR/FILENAME")
+    sp = command("download", "download a dataset's standard files (md5-checked)", of_one=True)
     sp.add_argument("--timeout", type=float, default=30.0,
                     help="seconds allowed per network operation (default 30)")
     sp.add_argument("--deadline", type=float, default=DOWNLOAD_DEADLINE,
