@@ -760,7 +760,7 @@ def _check_plain(obj, budget: int) -> None:
     capped by ``budget`` (the pickle's length: without sharing each slot costs an opcode byte).
     """
     seen: dict[int, int] = {}
-    stack = [(obj, 0)]
+    stack, left = [(obj, 0)], budget
     while stack:
         o, depth = stack.pop()
         if depth > _MAX_DEPTH:
@@ -771,10 +771,10 @@ def _check_plain(obj, budget: int) -> None:
             if seen.get(id(o), _MAX_DEPTH + 1) <= depth:
                 continue   # already walked from here or from deeper: nothing new below it
             seen[id(o)] = depth
-            budget -= len(o)
-            if budget < 0:
-                raise _UnsafePickle("holds more elements than its bytes can encode without "
-                                    "shared references")
+            left -= len(o)
+            if left < 0:
+                raise _UnsafePickle(f"holds more elements than its {budget:,} bytes can encode "
+                                    f"without shared references")
             items = [x for kv in o.items() for x in kv] if isinstance(o, dict) else o
             stack.extend((v, depth + 1) for v in items)
         elif isinstance(o, np.ndarray):
@@ -1012,10 +1012,9 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, *,
     archive, dest = Path(archive), Path(dest)
     try:
         raw = open(archive, "rb")
+        magic = raw.peek(6)[:6]
     except OSError as exc:
         raise DataError(f"{archive}: cannot read ({exc.strerror or exc})") from None
-    magic = raw.read(6)
-    raw.seek(0)
     opener = next((f for m, f in ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open),
                                   (b"\xfd7zXZ\x00", lzma.open)) if magic.startswith(m)), None)
     try:
