@@ -193,12 +193,9 @@ def _closed_form_stats(prob: _Problem, j: torch.Tensor) -> GradStats:
     C = W.shape[0]
     E = F.one_hot(prob.y, C).to(phi.dtype) - F.one_hot(j, C).to(phi.dtype)
     K = phi @ phi.T
-    if t == "linear":
-        return GradStats(K * (E @ E.T), (E * (phi @ W.T)).sum(1), phi.norm(dim=1, keepdim=True).repeat(1, C),
-                         "closed")
-    if t == "quadratic":
-        f = torch.einsum("nd,cde,ne->nc", phi, W, phi)
-        return GradStats(K.square() * (E @ E.T), (E * f).sum(1), phi.square().sum(1, keepdim=True).repeat(1, C),
+    if t != "lowrank":      # f_i = <w_i, psi>, psi = phi (p = 1) or phi phi^T (p = 2): <psi_n, psi_m> = K^p
+        p, f = (1, phi @ W.T) if t == "linear" else (2, torch.einsum("nd,cde,ne->nc", phi, W, phi))
+        return GradStats(K ** p * (E @ E.T), (E * f).sum(1), phi.norm(dim=1, keepdim=True).pow(p).repeat(1, C),
                          "closed")
     Z = torch.einsum("crd,nd->ncr", W, phi)                  # a_ik . phi_n, W = A of shape (C, r, d)
     U = (E.unsqueeze(-1) * Z).reshape(phi.shape[0], -1)      # (N, C r)
@@ -250,13 +247,9 @@ def _func_stats(prob: _Problem, j: torch.Tensor, budget: int = DEFAULT_MEMORY_BU
 def per_sample_grads_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
                           normalisation: str = "auto", dtype: torch.dtype = torch.float64,
                           degree: int | None = None):
-    r"""SLOW REFERENCE (benchmarks and tests only): per-sample gradients by a Python loop
-    of backward passes, one per (sample, class).
-
-    Returns ``(H, fnorm)``: ``H[n] = grad_theta q_n`` (N x P, runner-up at the current
-    theta) and ``fnorm[n, j] = ||grad_theta f_j(x_n)||`` (N x C), theta as chosen by the
-    normalisation (SPEC §2). The monitors never use this; see :func:`gradient_statistics`.
-    """
+    r"""SLOW REFERENCE (benchmarks and tests only), a backward pass per (sample, class): ``(H, fnorm)``,
+    ``H[n] = grad_theta q_n`` (N x P, runner-up at the current theta), ``fnorm[n, j] =
+    ||grad_theta f_j(x_n)||`` (N x C), theta as the normalisation chooses (SPEC §2)."""
     prob = _prepare(model, X, y, normalisation, dtype, degree)
     return _loop_grads(prob, prob.runner_ups())
 
@@ -297,11 +290,8 @@ def gradient_statistics(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
                         normalisation: str = "auto", method: str = "auto",
                         dtype: torch.dtype = torch.float64, degree: int | None = None,
                         memory_budget: int = DEFAULT_MEMORY_BUDGET) -> GradStats:
-    """Gram matrix of the h_n, <h_n, theta> and ||grad f_j(x_n)|| on (X, y) (all points).
-
-    ``method``: ``"closed"`` (closed forms of the heads), ``"func"`` (torch.func),
-    ``"loop"`` (slow reference), ``"auto"`` (closed when available).
-    """
+    """Gram matrix of the h_n, <h_n, theta> and ||grad f_j(x_n)|| on all of (X, y); ``method``: ``closed``
+    (the heads' closed forms), ``func`` (torch.func), ``loop`` (slow reference), ``auto`` (closed if any)."""
     prob = _prepare(model, X, y, normalisation, dtype, degree)
     return _stats(prob, prob.runner_ups(), method, memory_budget)
 
@@ -339,12 +329,8 @@ def margin_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
                     normalisation: str = "auto", dtype: torch.dtype = torch.float64,
                     degree: int | None = None) -> float:
     r"""Lemma 2, exact: :math:`d\bar\gamma/dt = \langle\Gamma 1, \dot\theta\rangle/(N\|\theta\|^L)`
-    with :math:`\dot\theta = -\nabla_\theta` (mean cross-entropy over all of (X, y)).
-
-    Two backward passes (one for the loss, one for :math:`\sum_n q_n`); SPEC §5.
-    Under the head normalisation :math:`\theta` is the head's parameters and the flow is the
-    gradient flow in them alone, features fixed.
-    """
+    with :math:`\dot\theta = -\nabla_\theta` (mean cross-entropy over all of (X, y)), by two backward
+    passes (the loss, :math:`\sum_n q_n`); SPEC §5. Head normalisation: the flow in the head alone."""
     prob = _prepare(model, X, y, normalisation, dtype, degree)
     return _velocity(prob, prob.runner_ups())[0]
 
@@ -355,12 +341,10 @@ def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tenso
                                check_runner_up: bool = True) -> float:
     r"""Central finite difference of :math:`\bar\gamma` along the gradient flow:
     :math:`[\bar\gamma(\theta + h v) - \bar\gamma(\theta - h v)] / (2h)`,
-    :math:`v = -\nabla_\theta` (mean CE over (X, y)). :math:`\bar\gamma` is recomputed from
-    scratch at both points (runner-ups re-evaluated). Default
-    ``h = 1e-4 ||theta|| / ||v||`` (a relative step of 1e-4), so the O(h^2) error is ~1e-8.
-    Agrees with :func:`margin_velocity` unless a runner-up changes within the step, which
-    raises :class:`ConfigError` when ``check_runner_up`` (the default).
-    """
+    :math:`v = -\nabla_\theta` (mean CE over (X, y)), :math:`\bar\gamma` recomputed from scratch at
+    both points; default ``h = 1e-4 ||theta|| / ||v||`` (O(h^2) error ~1e-8). Agrees with
+    :func:`margin_velocity` unless a runner-up changes within the step (:class:`ConfigError` when
+    ``check_runner_up``)."""
     prob = _prepare(model, X, y, normalisation, dtype, degree)
     j = prob.runner_ups()
     v, _ = _flow_vectors(prob, j)

@@ -153,7 +153,7 @@ def _load_training_data(config: dict, data_dir: str | None, download: bool = Fal
 # --- The check ---
 def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed: int | None = None,
                       normalisation: str = "auto", data_dir: str | None = None,
-                      log=None, foreign: dict | None = None, download: bool = False,
+                      foreign: dict | None = None, download: bool = False,
                       progress: bool = False) -> CheckReport:
     """Evaluate Theorem 2 on every checkpoint of ``targets`` and compare consecutive ones.
 
@@ -228,8 +228,6 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                               "model": describe_model_args({**cfg, "name": cfg["model"], "num_classes": ds.num_classes,
                                                             "input_shape": list(ds.input_shape)})}
         rows.append(row)
-        if log:
-            log(f"checked {p.name}: {row['verdict']}")
     bar.close()
     for run_rows in _by_run(rows).values():      # transitions only within a run, in epoch order
         run_rows.sort(key=lambda r: r["epoch"] if r["epoch"] is not None else -1)
@@ -288,14 +286,14 @@ def format_report(rep: CheckReport) -> str:
         lines.append(head)
         lines += ["  ".join(f"{_fmt(c[k], spec):>{w}}" for _, k, w, spec in _COLUMNS) + f"  {c['verdict']}"
                   for c in rows]
-        gaps = [c for c in rows if (c.get("maxmargin") or {}).get("available")]
+        gaps = [c for c in rows if c["maxmargin"]["available"]]
         if gaps:
             g0 = gaps[0]["maxmargin"]
             lines.append(f"max-margin gap ({g0['head']} head, optimum gamma* = {g0['gamma_star']:.5g} "
                          f"on {g0['data']}): "
                          + ", ".join(f"epoch {c['epoch']}: gamma_min/gamma* {c['maxmargin']['ratio']:+.4f}, "
                                      f"cos {c['maxmargin']['cosine']:.4f}" for c in gaps))
-        elif (r0.get("maxmargin") or {}).get("note"):
+        elif r0["maxmargin"]["note"]:
             lines.append(f"max-margin gap: not available ({r0['maxmargin']['note']})")
         trans = [t for t in rep.transitions if t["run"] == run]
         if trans:
@@ -339,22 +337,20 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
         gb = [r.get("gamma_bar", math.nan) for r in hist] if hist else [r["gamma_bar_train"] for r in rows]
         ta = [r.get("test_acc", math.nan) if hist else r["test_acc"] for r in hist or rows]
         ta = [t if isinstance(t, (int, float)) else math.nan for t in ta]
-        held = [r for r in rows if r["theorem_applies"]]
-        for i, r in enumerate(rows):
+        for r, nxt in zip(rows, rows[1:] + [None]):
             if r["theorem_applies"]:
-                hi = rows[i + 1]["epoch"] if i + 1 < len(rows) else r["epoch"] + 0.5
-                ax.axvspan(r["epoch"], hi, color="tab:green", alpha=0.18, lw=0)
+                ax.axvspan(r["epoch"], nxt["epoch"] if nxt else r["epoch"] + 0.5, color="tab:green", alpha=0.18, lw=0)
         l1, = ax.plot(ep, gb, "o-", color="tab:blue", ms=3, label="average margin gamma_bar (train set)")
-        ax.plot([r["epoch"] for r in held], [r["gamma_bar_train"] for r in held], "s", color="tab:green",
-                ms=6, label="checkpoint: A1-A3 hold")
-        nc = [r for r in rows if not r["theorem_applies"]]
-        ax.plot([r["epoch"] for r in nc], [r["gamma_bar_train"] for r in nc], "s", mfc="none", color="gray",
-                ms=6, label="checkpoint: no claim")
+        for held, style in ((True, dict(color="tab:green", label="checkpoint: A1-A3 hold")),
+                            (False, dict(mfc="none", color="gray", label="checkpoint: no claim"))):
+            sel = [r for r in rows if r["theorem_applies"] == held]
+            ax.plot([r["epoch"] for r in sel], [r["gamma_bar_train"] for r in sel], "s", ms=6, **style)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"gamma_bar ({rows[0]['normalisation']} normalisation, L = {rows[0]['degree']})")
         ax2 = ax.twinx()
         l2, = ax2.plot(ep, [100 * t for t in ta], "^-", color="tab:red", ms=3, label="test accuracy (%)")
         ax2.set_ylabel("test accuracy (%)")
+        held = any(r["theorem_applies"] for r in rows)
         shade = "A1-A3 hold: Theorem 2 predicts growth" + ("" if held else " (at no checkpoint here)")
         handles = [l1, l2, Patch(color="tab:green", alpha=0.3, label=shade)] + ax.get_legend_handles_labels()[0][1:]
         ax.legend(handles=handles, loc="lower right", fontsize=8)
