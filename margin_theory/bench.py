@@ -381,8 +381,8 @@ def bench_scaling(device, quick: bool, reps=3):
 
 def profile_training(kind: str = "lowrank", rank: int = 8, batch_size: int = 100, n: int = 2000,
                      device: str | torch.device = "cpu", top: int = 8) -> dict:
-    """``torch.profiler`` self-CPU time per operator of a training epoch (3 after a warm-up) for ours,
-    the plain loop and the bare GEMMs: ``{contender: {"total_ms", "gemm_share", "ops": [[name, ms, calls]]}}``."""
+    """``torch.profiler`` self-CPU time per operator of a training epoch (3 after a warm-up) for ours, the
+    plain loop and the bare GEMMs: ``{contender: {"total_ms", "gemm_share", "ops": [[name, ms, calls]]}}``."""
     from torch.profiler import ProfilerActivity, profile
 
     dev = torch.device(device)
@@ -424,7 +424,7 @@ def machine_info(device: torch.device) -> dict:
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
     try:
         with open("/proc/cpuinfo") as fh:
-            info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+            info["cpu_model"] = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
     if device.type == "cuda":

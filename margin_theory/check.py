@@ -41,8 +41,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ._util import (ArgumentParser, CheckpointError, ConfigError, MarginTheoryError, check_output_path, cli_entry,
-                    nonneg_int, one_line, positive_int, print_json, save_figure, to_jsonable, use_agg_backend)
+from ._util import (ArgumentParser, CheckpointError, ConfigError, MarginTheoryError, check_output_path,
+                    cli_entry, nonneg_int, one_line, positive_int, print_json, save_figure, to_jsonable,
+                    use_agg_backend)
 
 __all__ = ["CheckReport", "check_checkpoints", "expand_targets", "plot_check", "transitions", "main"]
 
@@ -210,8 +211,8 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                                    normalisation=normalisation)
             run = str(p if is_foreign else _run_of(p))
             if (run, s) not in gaps:           # the max-margin optimum: solved once per run, as the trainer's
-                gaps[run, s] = GapMonitor(ck.model, ds.X_train, ds.y_train, subset=min(subset, MONITOR_MAX_POINTS),
-                                          seed=s)
+                gaps[run, s] = GapMonitor(ck.model, ds.X_train, ds.y_train,
+                                          subset=min(subset, MONITOR_MAX_POINTS), seed=s)
         except (MarginTheoryError, OSError, ValueError, RuntimeError) as exc:   # never a traceback
             report.errors.append(_error(p, exc))
             continue
@@ -339,7 +340,8 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
         ta = [t if isinstance(t, (int, float)) else math.nan for t in ta]
         for r, nxt in zip(rows, rows[1:] + [None]):
             if r["theorem_applies"]:
-                ax.axvspan(r["epoch"], nxt["epoch"] if nxt else r["epoch"] + 0.5, color="tab:green", alpha=0.18, lw=0)
+                hi = nxt["epoch"] if nxt else r["epoch"] + 0.5
+                ax.axvspan(r["epoch"], hi, color="tab:green", alpha=0.18, lw=0)
         l1, = ax.plot(ep, gb, "o-", color="tab:blue", ms=3, label="average margin gamma_bar (train set)")
         for held, style in ((True, dict(color="tab:green", label="checkpoint: A1-A3 hold")),
                             (False, dict(mfc="none", color="gray", label="checkpoint: no claim"))):

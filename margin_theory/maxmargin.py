@@ -48,8 +48,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._util import (ArgumentParser, ConfigError, MarginTheoryError, cli_entry, nonneg_int, one_line, positive_int,
-                    print_json, progress, save_figure, use_agg_backend)
+from ._util import (ArgumentParser, ConfigError, MarginTheoryError, cli_entry, nonneg_int, one_line,
+                    positive_int, print_json, progress, save_figure, use_agg_backend)
 
 __all__ = [
     "MaxMarginResult", "ProblemTooLargeError", "LIMITS", "HEAD_DEGREE", "solve_max_margin", "solve_linear_svm",
@@ -721,9 +721,9 @@ def run_case(case: dict, *, steps: int, lr: float, seed: int = 0, heads: Sequenc
 
     from .models import build_model
 
-    X, y, C, desc = load_case(case["dataset"], affine_inputs=bool(case.get("affine")), classes=case.get("classes"),
-                              n_train=case.get("n_train"), pool=case.get("pool"), seed=seed, data_dir=data_dir,
-                              name=case.get("name"))
+    X, y, C, desc = load_case(case["dataset"], affine_inputs=bool(case.get("affine")),
+                              classes=case.get("classes"), n_train=case.get("n_train"), pool=case.get("pool"),
+                              seed=seed, data_dir=data_dir, name=case.get("name"))
     X, desc = X / max(float(np.linalg.norm(X, axis=1).max()), 1e-300), desc + ", scaled to max ||x_n|| = 1"
     N, d = X.shape
     optima = {h: solve_max_margin(X, y, h, C) for h in HEADS}
@@ -742,7 +742,8 @@ def run_case(case: dict, *, steps: int, lr: float, seed: int = 0, heads: Sequenc
                               progress_desc=f"{case['name']} {label}", quiet=quiet)
         hist = gd.history
         end = hist[-1]          # and mid: the recorded row nearest to step sqrt(T) on a log scale
-        mid = min((h for h in hist if h["step"] > 0), key=lambda h: abs(math.log(h["step"] / end["step"] ** 0.5)))
+        mid = min((h for h in hist if h["step"] > 0),
+                  key=lambda h: abs(math.log(h["step"] / end["step"] ** 0.5)))
         lowrank = model_name == "lowrank"
         out["runs"].append({
             "label": label, "model": model_name, "rank": r, "lr": lr, "steps": steps, "seconds": gd.seconds,
@@ -780,9 +781,9 @@ def run_experiment_cases(cfg: dict, scale: str, out, *, seed: int = 0, data_dir:
                             lr=float(case.get("lr", cfg.get("lr", 0.5))), seed=seed,
                             heads=cfg.get("heads", tuple(GD_HEADS)), points=int(cfg.get("points", 60)),
                             data_dir=data_dir, quiet=quiet))
+    title = f"Gradient descent vs the max-margin optimum ({scale} scale): margin ratio and cosine"
     fig = plot_gap({c["name"]: (c["data"], {r["label"]: r["history"] for r in c["runs"]}) for c in res},
-                   Path(out) / "maxmargin_gap.png",
-                   title=f"Gradient descent vs the max-margin optimum ({scale} scale): margin ratio and cosine")
+                   Path(out) / "maxmargin_gap.png", title=title)
     return {"cases": res, "predicted_p": PREDICTED_P, "seconds": time.perf_counter() - t0,
             "figures": [Path(fig).name]}
 
