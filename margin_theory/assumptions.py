@@ -35,25 +35,20 @@ subset's mean cross-entropy). :func:`margin_velocity` computes it exactly,
 so (A1)-(A3) imply :math:`d\bar\gamma/dt > 0`. The conditions are *sufficient, not
 necessary*: when they fail the theorem says nothing, and the margin may still grow.
 
-Normalisation (SPEC §2): for a homogeneous model :math:`\theta` = all parameters and L its
-degree. For a model that is not homogeneous (biases, BatchNorm) ``normalisation="head"``
-takes :math:`\theta` = the head's parameters, the features are treated as fixed inputs,
-L = the head's degree, and the velocity is that of the gradient flow *in the head's
-parameters alone* - not the velocity of the full non-homogeneous model, about which
-Lemma 2 says nothing (the report's ``note`` says so).
+Normalisation (SPEC §2): :math:`\theta` = all parameters of a homogeneous model, L its degree;
+``normalisation="head"`` (biases, BatchNorm) takes the head's parameters on fixed features, L the
+head's degree, and the velocity of the flow *in the head's parameters alone* (the ``note`` says so).
 
-Per-sample gradients (SPEC §9): closed forms for the three heads (and the ``relu2`` output
-layer) acting on fixed features :math:`\phi`,
+Per-sample gradients (SPEC §9): closed forms for the three heads (and ``relu2``'s output layer)
+on fixed features :math:`\phi`,
 
 * linear :math:`f_i = w_i\cdot\phi (+ b_i)`: :math:`\nabla_{w_i} f_i = \phi`;
 * quadratic :math:`f_i = \phi^\top W_i\phi`: :math:`\nabla_{W_i} f_i = \phi\phi^\top`;
 * lowrank :math:`f_i = \sum_k (a_{ik}\cdot\phi)^2`: :math:`\nabla_{a_{ik}} f_i = 2 (a_{ik}\cdot\phi)\phi`,
 
-so the Gram matrix :math:`\langle h_n, h_m\rangle` is an N x N kernel (no N x P matrix at all);
-anything else (deep Low-Rank, bias-free conv under the full normalisation) uses
-``torch.func`` (``vmap(jacrev)``), chunked over samples to bound memory.
-:func:`per_sample_grads_loop` is the slow reference (a Python loop of backward passes),
-used only by tests and by the benchmark ``python -m margin_theory.assumptions --bench``.
+so the Gram matrix :math:`\langle h_n, h_m\rangle` is an N x N kernel (no N x P matrix); anything
+else uses ``torch.func`` (``vmap(jacrev)``), chunked to bound memory. :func:`per_sample_grads_loop`
+is the slow reference for tests and ``python -m margin_theory.assumptions --bench``.
 """
 from __future__ import annotations
 
@@ -91,9 +86,7 @@ def _flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-# ---------------------------------------------------------------------------
-# The problem: theta, the function f(theta; u), the inputs u
-# ---------------------------------------------------------------------------
+# --- The problem: theta, the function f(theta; u), the inputs u ---
 @dataclass
 class _Problem:
     """``f(theta; u) = functional_call(module, theta, u)`` on inputs ``u`` (N, ...): X itself (full
@@ -151,8 +144,6 @@ def _prepare(model: nn.Module, X: torch.Tensor, y: torch.Tensor, normalisation: 
         with torch.no_grad():
             module, inputs = m.head, m.features(X).flatten(1)
     params = {n: p.detach() for n, p in module.named_parameters()}
-    if sum(p.numel() for p in spec.params) != sum(p.numel() for p in params.values()):
-        raise ConfigError("internal: normalisation parameters do not match the module's")  # pragma: no cover
     C = getattr(module, "num_classes", None)
     if C is not None and int(y.max()) >= C:
         raise ConfigError(f"label {int(y.max())} out of range for a {C}-class model")
@@ -173,9 +164,7 @@ def select_subset(n: int, subset: int | None, seed: int = 0) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:subset].sort().values
 
 
-# ---------------------------------------------------------------------------
-# Per-sample gradient statistics
-# ---------------------------------------------------------------------------
+# --- Per-sample gradient statistics ---
 @dataclass
 class GradStats:
     r"""What the monitors need from the per-sample gradients, never the N x C x P Jacobian.
@@ -204,13 +193,10 @@ def _closed_form_stats(prob: _Problem, j: torch.Tensor) -> GradStats:
     C = W.shape[0]
     E = F.one_hot(prob.y, C).to(phi.dtype) - F.one_hot(j, C).to(phi.dtype)
     K = phi @ phi.T
-    if t == "linear":
-        return GradStats(K * (E @ E.T), (E * (phi @ W.T)).sum(1), phi.norm(dim=1, keepdim=True).repeat(1, C),
-                         "closed")
-    if t == "quadratic":
-        f = torch.einsum("nd,cde,ne->nc", phi, W, phi)
-        return GradStats(K.square() * (E @ E.T), (E * f).sum(1), phi.square().sum(1, keepdim=True).repeat(1, C),
-                         "closed")
+    if t != "lowrank":      # f_i = <w_i, psi>, psi = phi (p = 1) or phi phi^T (p = 2): <psi_n, psi_m> = K^p
+        p, f = (1, phi @ W.T) if t == "linear" else (2, torch.einsum("nd,cde,ne->nc", phi, W, phi))
+        fnorm = phi.norm(dim=1, keepdim=True).pow(p).repeat(1, C)
+        return GradStats(K ** p * (E @ E.T), (E * f).sum(1), fnorm, "closed")
     Z = torch.einsum("crd,nd->ncr", W, phi)                  # a_ik . phi_n, W = A of shape (C, r, d)
     U = (E.unsqueeze(-1) * Z).reshape(phi.shape[0], -1)      # (N, C r)
     return GradStats(4.0 * K * (U @ U.T), 2.0 * (E * Z.square().sum(-1)).sum(1),
@@ -261,13 +247,9 @@ def _func_stats(prob: _Problem, j: torch.Tensor, budget: int = DEFAULT_MEMORY_BU
 def per_sample_grads_loop(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
                           normalisation: str = "auto", dtype: torch.dtype = torch.float64,
                           degree: int | None = None):
-    r"""SLOW REFERENCE (benchmarks and tests only): per-sample gradients by a Python loop
-    of backward passes, one per (sample, class).
-
-    Returns ``(H, fnorm)``: ``H[n] = grad_theta q_n`` (N x P, runner-up at the current
-    theta) and ``fnorm[n, j] = ||grad_theta f_j(x_n)||`` (N x C), theta as chosen by the
-    normalisation (SPEC §2). The monitors never use this; see :func:`gradient_statistics`.
-    """
+    r"""SLOW REFERENCE (benchmarks and tests only), a backward pass per (sample, class): ``(H, fnorm)``,
+    ``H[n] = grad_theta q_n`` (N x P, runner-up at the current theta), ``fnorm[n, j] =
+    ||grad_theta f_j(x_n)||`` (N x C), theta as the normalisation chooses (SPEC §2)."""
     prob = _prepare(model, X, y, normalisation, dtype, degree)
     return _loop_grads(prob, prob.runner_ups())
 
@@ -308,18 +290,13 @@ def gradient_statistics(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
                         normalisation: str = "auto", method: str = "auto",
                         dtype: torch.dtype = torch.float64, degree: int | None = None,
                         memory_budget: int = DEFAULT_MEMORY_BUDGET) -> GradStats:
-    """Gram matrix of the h_n, <h_n, theta> and ||grad f_j(x_n)|| on (X, y) (all points).
-
-    ``method``: ``"closed"`` (closed forms of the heads), ``"func"`` (torch.func),
-    ``"loop"`` (slow reference), ``"auto"`` (closed when available).
-    """
+    """Gram matrix of the h_n, <h_n, theta> and ||grad f_j(x_n)|| on all of (X, y); ``method``: ``closed``
+    (the heads' closed forms), ``func`` (torch.func), ``loop`` (slow reference), ``auto`` (closed if any)."""
     prob = _prepare(model, X, y, normalisation, dtype, degree)
     return _stats(prob, prob.runner_ups(), method, memory_budget)
 
 
-# ---------------------------------------------------------------------------
-# Lemma 2: the velocity of the average margin
-# ---------------------------------------------------------------------------
+# --- Lemma 2: the velocity of the average margin ---
 def _flow_vectors(prob: _Problem, j: torch.Tensor):
     r"""``(v, s)``: :math:`v = \dot\theta = -\nabla \frac1N\sum_n \mathrm{CE}_n` and
     :math:`s = \sum_n h_n = \nabla\sum_n q_n` (runner-ups fixed), flat P-vectors."""
@@ -335,17 +312,15 @@ def _flow_vectors(prob: _Problem, j: torch.Tensor):
     return -_flat(gl), _flat(gq)
 
 
-def _velocity(prob: _Problem, j: torch.Tensor, with_scale: bool = False):
-    """Lemma 2; with ``with_scale`` also ``||Gamma 1|| ||theta'|| / (N ||theta||^L)``, the
-    Cauchy-Schwarz bound on |velocity| (the natural scale for comparing velocities)."""
+def _velocity(prob: _Problem, j: torch.Tensor) -> tuple[float, float]:
+    """Lemma 2, and ``||Gamma 1|| ||theta'|| / (N ||theta||^L)``, the Cauchy-Schwarz bound on
+    |velocity| (the natural scale for comparing velocities)."""
     theta = prob.theta_flat()
     v, s = _flow_vectors(prob, j)
     tn2 = float(theta @ theta)
     # <Gamma 1, v> = <P s, v> = <s, v> - <s, theta><theta, v>/||theta||^2
     inner = float(s @ v) - float(s @ theta) * float(theta @ v) / tn2
     denom = prob.inputs.shape[0] * norm_power(math.sqrt(tn2), prob.degree)
-    if not with_scale:
-        return inner / denom
     g1 = s - (float(s @ theta) / tn2) * theta
     return inner / denom, float(g1.norm()) * float(v.norm()) / denom
 
@@ -354,14 +329,10 @@ def margin_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
                     normalisation: str = "auto", dtype: torch.dtype = torch.float64,
                     degree: int | None = None) -> float:
     r"""Lemma 2, exact: :math:`d\bar\gamma/dt = \langle\Gamma 1, \dot\theta\rangle/(N\|\theta\|^L)`
-    with :math:`\dot\theta = -\nabla_\theta` (mean cross-entropy over all of (X, y)).
-
-    Two backward passes (one for the loss, one for :math:`\sum_n q_n`); SPEC §5.
-    Under the head normalisation :math:`\theta` is the head's parameters and the flow is the
-    gradient flow in them alone, features fixed.
-    """
+    with :math:`\dot\theta = -\nabla_\theta` (mean cross-entropy over all of (X, y)), by two backward
+    passes (the loss, :math:`\sum_n q_n`); SPEC §5. Head normalisation: the flow in the head alone."""
     prob = _prepare(model, X, y, normalisation, dtype, degree)
-    return _velocity(prob, prob.runner_ups())
+    return _velocity(prob, prob.runner_ups())[0]
 
 
 def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
@@ -370,12 +341,10 @@ def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tenso
                                check_runner_up: bool = True) -> float:
     r"""Central finite difference of :math:`\bar\gamma` along the gradient flow:
     :math:`[\bar\gamma(\theta + h v) - \bar\gamma(\theta - h v)] / (2h)`,
-    :math:`v = -\nabla_\theta` (mean CE over (X, y)). :math:`\bar\gamma` is recomputed from
-    scratch at both points (runner-ups re-evaluated). Default
-    ``h = 1e-4 ||theta|| / ||v||`` (a relative step of 1e-4), so the O(h^2) error is ~1e-8.
-    Agrees with :func:`margin_velocity` unless a runner-up changes within the step, which
-    raises :class:`ConfigError` when ``check_runner_up`` (the default).
-    """
+    :math:`v = -\nabla_\theta` (mean CE over (X, y)), :math:`\bar\gamma` recomputed from scratch at
+    both points; default ``h = 1e-4 ||theta|| / ||v||`` (O(h^2) error ~1e-8). Agrees with
+    :func:`margin_velocity` unless a runner-up changes within the step (:class:`ConfigError` when
+    ``check_runner_up``)."""
     prob = _prepare(model, X, y, normalisation, dtype, degree)
     j = prob.runner_ups()
     v, _ = _flow_vectors(prob, j)
@@ -399,9 +368,7 @@ def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tenso
     return (gbar(theta + h * v) - gbar(theta - h * v)) / (2.0 * h)
 
 
-# ---------------------------------------------------------------------------
-# Theorem 2 report
-# ---------------------------------------------------------------------------
+# --- Theorem 2 report ---
 @dataclass
 class Theorem2Report:
     """The Theorem 2 monitors on a seeded subset S at one instant (SPEC §5).
@@ -473,20 +440,6 @@ def _note(r: Theorem2Report, n_total: int) -> str:
     return " ".join(parts)
 
 
-def _gram_eigenvalues(G: torch.Tensor) -> torch.Tensor:
-    """Ascending eigenvalues of the symmetric N x N matrix G (``torch.linalg.eigvalsh``), on ONE
-    intra-op thread (multi-threaded LAPACK on a busy 2-core machine took 3-7 s for a 512 x 512
-    matrix, one thread ~0.03 s). LAPACK non-convergence falls back to singular values (G is PSD)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return torch.linalg.eigvalsh(G)
-    except RuntimeError:
-        return torch.linalg.svdvals(G).flip(0)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subset: int | None = 512,
                     seed: int = 0, normalisation: str = "auto", dtype: torch.dtype = torch.float64,
                     method: str = "auto", degree: int | None = None,
@@ -538,7 +491,16 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
     if not bool(torch.isfinite(G).all()):
         raise ConfigError("non-finite per-sample gradients (diverged parameters?); "
                           "the Theorem 2 monitors need a finite model")
-    evals = _gram_eigenvalues(G)
+    # ascending eigenvalues on ONE intra-op thread (multi-threaded LAPACK on a busy 2-core machine took
+    # 3-7 s for 512 x 512, one thread ~0.03 s); non-convergence falls back to singular values (G is PSD)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        evals = torch.linalg.eigvalsh(G)
+    except RuntimeError:
+        evals = torch.linalg.svdvals(G).flip(0)
+    finally:
+        torch.set_num_threads(threads)
     lam_max = max(float(evals[-1]), 0.0)
     sigma_max = math.sqrt(lam_max)
     tol = lam_max * max(N, 1) * torch.finfo(G.dtype).eps * 10
@@ -552,7 +514,7 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
         eps = 2.0 * (C - 2) * decay * B * math.sqrt(N) / sigma_max
     else:  # Gamma = 0: every g_n vanishes, the velocity is exactly 0
         rho, eps = math.nan, math.inf
-    velocity, vscale = _velocity(prob, j, with_scale=True)
+    velocity, vscale = _velocity(prob, j)
     if sigma_max > 0 and math.isfinite(eps):
         lower = w_bar * rho * sigma_max ** 2 * (rho - cv - eps) / (N * normL)
     else:
@@ -572,22 +534,7 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
     return rep
 
 
-# ---------------------------------------------------------------------------
-# Benchmark
-# ---------------------------------------------------------------------------
-def _bench_data(n: int, data: str, seed: int):
-    if data == "mnist-5k":
-        try:
-            from .data import load_dataset
-
-            ds = load_dataset("mnist-5k", seed=seed)
-            return ds.X_train[:n].reshape(-1, 1, 28, 28).to(torch.float32), ds.y_train[:n].long(), "mnist-5k"
-        except Exception as exc:  # data module missing or different: fall back, say so
-            print(f"(mnist-5k unavailable: {exc}; using random data)")
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g), "random"
-
-
+# --- Benchmark ---
 def bench_monitors(n: int = 512, rank: int = 8, *, data: str = "random", seed: int = 0,
                    loop: bool = True) -> dict[str, Any]:
     """Time the Theorem 2 monitors on MNIST shapes (lowrank rank ``rank``, d = 784, C = 10,
@@ -596,7 +543,18 @@ def bench_monitors(n: int = 512, rank: int = 8, *, data: str = "random", seed: i
     from .models import build_model
 
     torch.manual_seed(seed)
-    X, y, src = _bench_data(n, data, seed)
+    src = "random"
+    if data == "mnist-5k":
+        try:
+            from .data import load_dataset
+
+            ds = load_dataset("mnist-5k", seed=seed)
+            X, y, src = ds.X_train[:n].reshape(-1, 1, 28, 28).to(torch.float32), ds.y_train[:n].long(), data
+        except Exception as exc:  # data missing or different: fall back, say so
+            print(f"(mnist-5k unavailable: {exc}; using random data)")
+    if src == "random":
+        g = torch.Generator().manual_seed(seed)
+        X, y = torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
     model = build_model("lowrank", (1, 28, 28), 10, rank=rank)
     out: dict[str, Any] = {"n": int(X.shape[0]), "rank": rank, "d": 784, "C": 10, "data": src,
                            "P": sum(p.numel() for p in model.parameters()),

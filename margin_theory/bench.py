@@ -4,25 +4,19 @@ r"""Benchmark: the trainer and the theory tools against references and the machi
 
 Everything is measured in one run, side by side, several repetitions each (medians):
 
-1. **Training throughput** (samples/s) on MNIST shapes (``mnist-5k``; batch 100 as the
-   paper, and 1024) for lowrank ranks 1, 8, 32 and quadratic: ours is
-   :func:`margin_theory.train.train_epoch`, the trainer's own hot loop; the reference is
-   written the way the paper's authors wrote theirs: a ``DataLoader`` over a
-   ``TensorDataset``, and for the low-rank head a Python loop over ranks summing
-   ``F.linear(x, a_k) ** 2``, for the full head ``F.bilinear``. Same sizes, same SGD,
-   same samples.
-2. **Margin evaluation** over the whole training set
-   (:func:`margin_theory.margins.compute_margins`) against one plain inference pass.
-3. **Theorem 2 monitors** on 512 samples (lowrank rank 8, MNIST shapes) against a loop of
-   per-sample backward passes (:func:`margin_theory.assumptions.bench_monitors`).
-4. **The limit**: the achieved FLOP rate of the training step's GEMMs against a bare
-   ``torch.matmul`` of the same shapes (lowrank at batch 1024; quadratic at batch 100).
+1. **Training throughput** (samples/s) on MNIST shapes (``mnist-5k``; batch 100 as the paper,
+   and 1024), lowrank ranks 1, 8, 32 and quadratic: :func:`margin_theory.train.train_epoch`
+   against the authors' way (a ``DataLoader``; a Python loop over ranks of
+   ``F.linear(x, a_k) ** 2``, or ``F.bilinear``) and a competent plain loop. Same SGD, same samples.
+2. **Margin evaluation** over the training set (``margins.compute_margins``) against one inference pass.
+3. **Theorem 2 monitors** on 512 samples (lowrank rank 8) against a loop of per-sample backward
+   passes (:func:`margin_theory.assumptions.bench_monitors`).
+4. **The limit**: the FLOP rate of the training step's GEMMs against a bare ``torch.matmul`` of them.
 5. **XOR flow** solve time to t = 1e6 against a plain RK45 solve in t.
 6. **Scaling**: margin evaluation and monitor time as N and the rank double.
 
-A ratio is always ``ours / reference`` for a rate and ``reference / ours`` for a time, so
-bigger is better; the FLOP fractions are ``ours / bare matmul``. The benchmark is not a
-test: the test suite only checks that ``--quick`` runs and prints this structure.
+A ratio is ``ours / reference`` for a rate and ``reference / ours`` for a time (bigger is better);
+FLOP fractions are ``ours / bare matmul``. The tests only check that ``--quick`` runs.
 """
 from __future__ import annotations
 
@@ -38,8 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._util import one_line
-from ._util import ArgumentParser, cli_entry, print_json, progress, sync
+from ._util import ArgumentParser, cli_entry, one_line, print_json, progress, sync
 
 __all__ = ["run_benchmarks", "ReferenceLowRank", "ReferenceQuadratic", "PlainLowRank", "PlainQuadratic",
            "reference_epoch", "plain_epoch", "compile_support", "main"]
@@ -50,9 +43,7 @@ MNIST = (1, 28, 28)
 CPU = torch.device("cpu")
 
 
-# ---------------------------------------------------------------------------
-# References, written the way the paper's authors wrote theirs
-# ---------------------------------------------------------------------------
+# --- References, written the way the paper's authors wrote theirs ---
 class ReferenceLowRank(nn.Module):
     """Low-Rank DIQNN as a Python loop over ranks: ``sum_k F.linear(x, a_k) ** 2``."""
 
@@ -126,9 +117,7 @@ def reference_epoch(model: nn.Module, loader, opt) -> int:
     return seen
 
 
-# ---------------------------------------------------------------------------
-# Timing
-# ---------------------------------------------------------------------------
+# --- Timing ---
 def _median_seconds(fn: Callable[[], object], reps: int, device: torch.device = CPU, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
@@ -150,13 +139,9 @@ def _ratio_spread(t_ref, t_ours) -> tuple[float, float, float]:
 
 
 def _paired_times(fns: dict, reps: int, device: torch.device, min_time: float = 0.2) -> dict:
-    """Seconds per call of every function in ``fns``, ``reps`` rounds.
-
-    One warm-up call each (compilation, allocator) calibrates ``k``, the calls per
-    measurement that last at least ``min_time``; in round i the functions run in an
-    order rotated by i, so drifting load hits all alike and ratios within a round are
-    paired. Returns name -> list of ``reps`` per-call times.
-    """
+    """name -> ``reps`` seconds per call of each of ``fns``: after a warm-up each measurement repeats
+    the call until it lasts ``min_time``; round i runs them in an order rotated by i, so drifting
+    load hits all alike and ratios within a round are paired."""
     names = list(fns)
     k = {}
     for name in names:
@@ -215,9 +200,7 @@ def _model(kind: str, rank: int = 8, device=CPU):
     return build_model(kind, MNIST, C, **({"rank": rank} if kind == "lowrank" else {})).to(device)
 
 
-# ---------------------------------------------------------------------------
-# Cases
-# ---------------------------------------------------------------------------
+# --- Cases ---
 def _train_models(kind: str, rank: int, device):
     """(ours, the authors' reference, the plain baseline), seeded, on ``device``."""
     ours = _model(kind, rank, device)
@@ -271,14 +254,9 @@ def _epoch_fn(model, X, Y, bs: int, device, ours: bool = False):
 
 def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, quiet=False,
                    min_time: float = 0.2, compile_cases=None):
-    """Cases 1 and 4: throughput against the three baselines, and the FLOP fraction of the bare GEMMs.
-
-    Per case the contenders run in rotating order, ``reps`` rounds, each measurement
-    repeated until it lasts ``min_time`` (:func:`_paired_times`); every ratio is taken
-    within a round (paired) and reported as the median and 90% interval over the rounds.
-    ``compile_cases``: ``(kind, rank, batch)`` triples that also get the ``torch.compile``'d
-    plain loop (``None``: none).
-    """
+    """Cases 1 and 4: throughput against the baselines and the FLOP fraction of the bare GEMMs, paired
+    per round (:func:`_paired_times`): median and 90% interval over ``reps`` rounds.
+    ``compile_cases``: ``(kind, rank, batch)`` triples that also get the ``torch.compile``'d plain loop."""
     from torch.utils.data import DataLoader, TensorDataset
 
     N = X.shape[0]
@@ -293,10 +271,8 @@ def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, 
         fns = {"ours": _epoch_fn(ours_m, X, Y, bs, device, ours=True),
                "authors": lambda: reference_epoch(ref_m, loader, opt_r), "plain": _epoch_fn(plain_m, X, Y, bs, device)}
         want_compiled = compile_cases is not None and (kind, r, bs) in compile_cases
-        if want_compiled and no_compile is None:
-            torch.manual_seed(0)
-            comp_m = (PlainQuadratic(D, C) if kind == "quadratic" else PlainLowRank(D, C, r)).to(device)
-            fns["compiled"] = _epoch_fn(torch.compile(comp_m), X, Y, bs, device)
+        if want_compiled and no_compile is None:     # a fresh plain baseline, compiled
+            fns["compiled"] = _epoch_fn(torch.compile(_train_models(kind, r, device)[2]), X, Y, bs, device)
         headline = kind == "lowrank" and r == 8 and bs == 100
         limit = (bs == 1024) or (kind == "quadratic" and bs == 100) or headline
         if limit:
@@ -405,11 +381,8 @@ def bench_scaling(device, quick: bool, reps=3):
 
 def profile_training(kind: str = "lowrank", rank: int = 8, batch_size: int = 100, n: int = 2000,
                      device: str | torch.device = "cpu", top: int = 8) -> dict:
-    """Where a training epoch's time goes: ``torch.profiler`` self-CPU time per operator for
-    ours, the plain loop and the bare GEMMs of the same shapes (3 epochs each after one
-    warm-up). Returns ``{contender: {"total_ms", "ops": [[name, self_ms, calls], ...]}}``;
-    ``gemm_share`` is the fraction of self time spent in ``aten::mm``/``aten::bmm``/``addmm``.
-    """
+    """``torch.profiler`` self-CPU time per operator of a training epoch (3 after a warm-up) for ours, the
+    plain loop and the bare GEMMs: ``{contender: {"total_ms", "gemm_share", "ops": [[name, ms, calls]]}}``."""
     from torch.profiler import ProfilerActivity, profile
 
     dev = torch.device(device)
@@ -451,10 +424,8 @@ def machine_info(device: torch.device) -> dict:
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
     try:
         with open("/proc/cpuinfo") as fh:
-            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
-        if model is not None:
-            info["cpu_model"] = model
-    except OSError:
+            info["cpu_model"] = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
+    except (OSError, StopIteration):
         pass
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -463,12 +434,8 @@ def machine_info(device: torch.device) -> dict:
 
 def run_benchmarks(quick: bool = False, device: str = "auto", progress_bar: bool = True,
                    compile: bool = True) -> dict:
-    """Run every case; returns ``{"cases": [...], "machine": {...}, "quick": bool, "seconds": float}``.
-
-    ``quick``: 2,000 samples, 5 paired rounds of >= 0.1 s each, the compiled baseline for
-    lowrank r=8 batch 100 only; full: 4,000 samples, 7 rounds of >= 0.3 s, compiled
-    baselines for lowrank r=8 (batch 100 and 1024) and quadratic batch 100.
-    """
+    """Every case: ``{"cases": [...], "machine": {...}, "quick": bool, "seconds": float}``. ``quick``: 2,000
+    samples, 5 rounds of >= 0.1 s, compiled baseline for lowrank r=8 batch 100; else 4,000, 7 of >= 0.3 s."""
     from .train import select_device
 
     dev = select_device(device)

@@ -7,38 +7,29 @@ r"""Check Theorem 2's assumptions on saved checkpoints (SPEC §5); the reference
                                   [--normalisation auto|full|head]
                                   [--model NAME --dataset NAME [--rank R ...] | --spec FILE]
 
-(also ``margin-theory check``). A run folder stands for all its checkpoints in epoch order, a
-folder holding no checkpoints for the runs below it; a foreign file (a ``torch.save`` state dict,
-read only with ``weights_only=True``, or a ``.safetensors`` without our sidecar) is described by
-``train``'s model and data flags or a JSON/TOML ``--spec`` (:mod:`margin_theory.foreign`).
+A run folder stands for its checkpoints in epoch order, a folder of runs for the runs below it; a
+foreign file (a ``torch.save`` state dict read with ``weights_only=True``, or a bare
+``.safetensors``) is described by ``train``'s model and data flags or ``--spec``
+(:mod:`margin_theory.foreign`).
 
-For every checkpoint the training data are rebuilt from its own configuration with the trainer's
-loader, and :func:`margin_theory.assumptions.theorem2_report` evaluates on the seeded subset S
-(``--subset``, default 512; ``--seed``, default the run's seed, as the trainer's monitor):
-gamma_bar on S, rho, cv, eps, delta = min_n delta_n, A1-A3, the exact Lemma-2 velocity
-d gamma_bar/dt, the theorem's lower bound on it and a verdict: ``grows`` (A1-A3 hold: Theorem 2
-proves d gamma_bar/dt > 0 for the gradient flow of S's mean cross-entropy at that instant) or
-``no-claim`` (the conditions are sufficient, not necessary: the margin may still grow).
+Per checkpoint the training data are rebuilt by the trainer's loader and
+:func:`margin_theory.assumptions.theorem2_report` evaluates the seeded subset S (``--subset``,
+``--seed``, default the run's seed): gamma_bar, rho, cv, eps, delta, A1-A3, the exact Lemma-2
+velocity, its lower bound and the verdict ``grows`` (A1-A3 hold: d gamma_bar/dt > 0 for the
+gradient flow of S's mean cross-entropy) or ``no-claim`` (the conditions are sufficient, not
+necessary). ``maxmargin``: gamma_min/gamma_star and the cosine to the optimum of
+:class:`margin_theory.maxmargin.GapMonitor` (the trainer's monitor, solved once per run).
 
-Between consecutive checkpoints of a run: ``delta_gamma_bar``, the measured change of gamma_bar
-on the WHOLE training set (``margins.compute_margins``, float64), against ``predicted_sign``
-(``"+"`` where the theorem applies at the earlier checkpoint, else ``"?"``); ``agrees`` is
-``delta_gamma_bar > 0`` for a ``"+"``, else ``None`` (``velocity_sign`` / ``velocity_agrees``:
-the same with the sign of the Lemma-2 velocity). Training runs SGD over whole epochs, so a
-disagreement shows the local prediction did not persist - it does not contradict the theorem.
+Between consecutive checkpoints of a run: ``delta_gamma_bar`` on the WHOLE training set against
+``predicted_sign`` (``"+"`` where the theorem applies at the earlier one, else ``"?"``); ``agrees``
+is ``delta_gamma_bar > 0`` for a ``"+"``, else ``None`` (``velocity_sign``/``velocity_agrees``: the
+same with the Lemma-2 velocity). Training runs SGD over whole epochs, so a disagreement shows the
+local prediction did not persist - it does not contradict the theorem.
 
-``--json``: one document ``{"checkpoints": [...], "transitions": [...], "errors": [...],
-"summary": {...}}``; a checkpoint entry holds ``path, run, epoch, step``, every Theorem 2 monitor
-field, ``gamma_bar_train, gamma_min_train, train_acc, test_acc, n_train, model, verdict, note`` and
-``maxmargin`` (a linear / quadratic / lowrank head on raw inputs: gamma_min/gamma_star and the
-cosine to the max-margin optimum of :mod:`margin_theory.maxmargin`, solved once per run on a
-seeded subset of at most 256 points; else ``available: false`` with a ``note``). An unreadable
-file or a configuration that cannot be rebuilt prints one line on stderr and makes the exit
-status 2; the other checkpoints are still reported.
-
-``--plot`` writes a PNG (``--out``, default ``RUN_DIR/theorem2-check.png``): gamma_bar and test
-accuracy over training (from ``metrics.jsonl`` when present, else the checkpoints), the intervals
-after checkpoints where A1-A3 held shaded - the paper's Fig. 5 with the theorem's verdict on it.
+``--json``: ``{"checkpoints": [...], "transitions": [...], "errors": [...], "summary": {...}}``.
+An unreadable checkpoint prints one line on stderr and makes the exit status 2; the others are
+still reported. ``--plot`` (``--out``, default ``RUN_DIR/theorem2-check.png``): gamma_bar and test
+accuracy over training, the intervals where A1-A3 held shaded - Fig. 5 with the theorem's verdict.
 """
 from __future__ import annotations
 
@@ -50,10 +41,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ._util import one_line
-from ._util import ArgumentParser, CheckpointError, ConfigError, MarginTheoryError, check_output_path, cli_entry
-from ._util import print_json, save_figure, to_jsonable, use_agg_backend
-from ._util import positive_int as _positive_int, nonneg_int as _nonneg_int
+from ._util import (ArgumentParser, CheckpointError, ConfigError, MarginTheoryError, check_output_path,
+                    cli_entry, nonneg_int, one_line, positive_int, print_json, save_figure, to_jsonable,
+                    use_agg_backend)
 
 __all__ = ["CheckReport", "check_checkpoints", "expand_targets", "plot_check", "transitions", "main"]
 
@@ -104,9 +94,7 @@ def _run_of(tensor_path: Path) -> Path:
     return folder.parent if folder.name == "checkpoints" else folder
 
 
-# ---------------------------------------------------------------------------
-# Targets and data
-# ---------------------------------------------------------------------------
+# --- Targets and data ---
 def expand_targets(targets: Sequence[str | Path]) -> tuple[list[Path], list[dict]]:
     """``(checkpoint tensor paths, errors)`` of the command-line targets: a run folder (or its
     ``checkpoints``) stands for its complete checkpoints, a folder holding none for the runs below it,
@@ -152,10 +140,8 @@ _DATA_KEYS = ("dataset", "data_dir", "seed", "normalize", "n_train", "n_test")
 
 
 def _load_training_data(config: dict, data_dir: str | None, download: bool = False):
-    """Rebuild the run's data with the trainer's own loader (``train.load_data_for``), on CPU.
-
-    ``data_dir`` (``--data-dir``) replaces the run's own (absolute since runs store it so);
-    ``download`` fetches missing standard files (md5-checked) as ``train --download``."""
+    """The run's data by the trainer's own loader (``train.load_data_for``), on CPU; ``data_dir``
+    replaces the run's own, ``download`` fetches missing standard files as ``train --download``."""
     from .train import TrainConfig, load_data_for
 
     cfg = {**config, "resume": False, "overwrite": False, "augment": False,  # irrelevant to the data
@@ -165,25 +151,22 @@ def _load_training_data(config: dict, data_dir: str | None, download: bool = Fal
     return load_data_for(TrainConfig.from_dict(cfg), torch.device("cpu"))
 
 
-# ---------------------------------------------------------------------------
-# The check
-# ---------------------------------------------------------------------------
+# --- The check ---
 def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed: int | None = None,
                       normalisation: str = "auto", data_dir: str | None = None,
-                      log=None, foreign: dict | None = None, download: bool = False,
+                      foreign: dict | None = None, download: bool = False,
                       progress: bool = False) -> CheckReport:
     """Evaluate Theorem 2 on every checkpoint of ``targets`` and compare consecutive ones.
 
-    ``seed``: the subset's seed (``None``: each run's training seed). ``foreign``: what a foreign
-    file holds (``train``'s model and data options or a spec file's content); such a file is its
-    own "run" with ``epoch`` ``None``. ``progress``: a tqdm bar showing the phase. Errors are
-    collected, never raised, so one bad file does not hide the rest.
-    """
+    ``seed``: the subset's seed (``None``: each run's). ``foreign``: what a foreign file holds
+    (``train``'s options or a spec file's content); such a file is its own "run" with ``epoch``
+    ``None``. ``progress``: a bar showing the phase. Errors are collected, never raised."""
     from ._util import progress as _progress
     from .assumptions import theorem2_report
     from .checkpoint import describe_model_args, read_checkpoint
     from .foreign import foreign_config, is_foreign_file, read_foreign
     from .margins import compute_margins
+    from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
 
     paths, errors = expand_targets(targets)
     report = CheckReport(errors=list(errors))
@@ -226,25 +209,26 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
             phase(p, "margins on the training set")
             full = compute_margins(ck.model.to(torch.float64), ds.X_train.to(torch.float64), ds.y_train,
                                    normalisation=normalisation)
-            gap = _maxmargin_gap(gaps, key, ck.model, ds, subset, s)
+            run = str(p if is_foreign else _run_of(p))
+            if (run, s) not in gaps:           # the max-margin optimum: solved once per run, as the trainer's
+                gaps[run, s] = GapMonitor(ck.model, ds.X_train, ds.y_train,
+                                          subset=min(subset, MONITOR_MAX_POINTS), seed=s)
         except (MarginTheoryError, OSError, ValueError, RuntimeError) as exc:   # never a traceback
             report.errors.append(_error(p, exc))
             continue
         finally:
             bar.update(1)
-        row = {"path": str(p), "run": str(p if is_foreign else _run_of(p)), "epoch": ck.epoch, "step": ck.step,
+        row = {"path": str(p), "run": run, "epoch": ck.epoch, "step": ck.step,
                **rep.as_dict(),         # every Theorem 2 monitor field (assumptions.Theorem2Report)
                "gamma_bar_train": full.gamma_bar, "gamma_min_train": full.gamma_min,
                "train_acc": full.accuracy, "test_acc": ck.metrics.get("test_acc"),
                "n_train": int(ds.y_train.shape[0]), "model": ck.config.get("model"), "verdict": rep.verdict(),
-               "note": rep.note, "maxmargin": gap}
+               "note": rep.note, "maxmargin": gaps[run, s].report(ck.model)}
         if is_foreign:
             row["foreign"] = {"notes": ck.meta.get("notes", []), "map": ck.meta.get("map", {}),
                               "model": describe_model_args({**cfg, "name": cfg["model"], "num_classes": ds.num_classes,
                                                             "input_shape": list(ds.input_shape)})}
         rows.append(row)
-        if log:
-            log(f"checked {p.name}: {row['verdict']}")
     bar.close()
     for run_rows in _by_run(rows).values():      # transitions only within a run, in epoch order
         run_rows.sort(key=lambda r: r["epoch"] if r["epoch"] is not None else -1)
@@ -269,24 +253,7 @@ def transitions(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _maxmargin_gap(cache: dict, key: tuple, model, ds, subset: int, seed: int) -> dict:
-    """gamma_min/gamma_star and the cosine to the max-margin optimum (margin_theory.maxmargin),
-    the optimum solved once per run's data and head on a seeded subset (its ``data`` says which)."""
-    from .maxmargin import MONITOR_MAX_POINTS, GapMonitor, head_of
-
-    try:
-        kind = head_of(model)
-    except MarginTheoryError as exc:
-        return {"available": False, "note": one_line(exc), "ratio": None, "cosine": None}
-    k = key + (kind, seed, subset)
-    if k not in cache:
-        cache[k] = GapMonitor(model, ds.X_train, ds.y_train, subset=min(subset, MONITOR_MAX_POINTS), seed=seed)
-    return cache[k].report(model)
-
-
-# ---------------------------------------------------------------------------
-# Output
-# ---------------------------------------------------------------------------
+# --- Output ---
 def _fmt(v, spec=".3g") -> str:
     if v is None:
         return "-"
@@ -320,14 +287,14 @@ def format_report(rep: CheckReport) -> str:
         lines.append(head)
         lines += ["  ".join(f"{_fmt(c[k], spec):>{w}}" for _, k, w, spec in _COLUMNS) + f"  {c['verdict']}"
                   for c in rows]
-        gaps = [c for c in rows if (c.get("maxmargin") or {}).get("available")]
+        gaps = [c for c in rows if c["maxmargin"]["available"]]
         if gaps:
             g0 = gaps[0]["maxmargin"]
             lines.append(f"max-margin gap ({g0['head']} head, optimum gamma* = {g0['gamma_star']:.5g} "
                          f"on {g0['data']}): "
                          + ", ".join(f"epoch {c['epoch']}: gamma_min/gamma* {c['maxmargin']['ratio']:+.4f}, "
                                      f"cos {c['maxmargin']['cosine']:.4f}" for c in gaps))
-        elif (r0.get("maxmargin") or {}).get("note"):
+        elif r0["maxmargin"]["note"]:
             lines.append(f"max-margin gap: not available ({r0['maxmargin']['note']})")
         trans = [t for t in rep.transitions if t["run"] == run]
         if trans:
@@ -371,22 +338,21 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
         gb = [r.get("gamma_bar", math.nan) for r in hist] if hist else [r["gamma_bar_train"] for r in rows]
         ta = [r.get("test_acc", math.nan) if hist else r["test_acc"] for r in hist or rows]
         ta = [t if isinstance(t, (int, float)) else math.nan for t in ta]
-        held = [r for r in rows if r["theorem_applies"]]
-        for i, r in enumerate(rows):
+        for r, nxt in zip(rows, rows[1:] + [None]):
             if r["theorem_applies"]:
-                hi = rows[i + 1]["epoch"] if i + 1 < len(rows) else r["epoch"] + 0.5
+                hi = nxt["epoch"] if nxt else r["epoch"] + 0.5
                 ax.axvspan(r["epoch"], hi, color="tab:green", alpha=0.18, lw=0)
         l1, = ax.plot(ep, gb, "o-", color="tab:blue", ms=3, label="average margin gamma_bar (train set)")
-        ax.plot([r["epoch"] for r in held], [r["gamma_bar_train"] for r in held], "s", color="tab:green",
-                ms=6, label="checkpoint: A1-A3 hold")
-        nc = [r for r in rows if not r["theorem_applies"]]
-        ax.plot([r["epoch"] for r in nc], [r["gamma_bar_train"] for r in nc], "s", mfc="none", color="gray",
-                ms=6, label="checkpoint: no claim")
+        for held, style in ((True, dict(color="tab:green", label="checkpoint: A1-A3 hold")),
+                            (False, dict(mfc="none", color="gray", label="checkpoint: no claim"))):
+            sel = [r for r in rows if r["theorem_applies"] == held]
+            ax.plot([r["epoch"] for r in sel], [r["gamma_bar_train"] for r in sel], "s", ms=6, **style)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"gamma_bar ({rows[0]['normalisation']} normalisation, L = {rows[0]['degree']})")
         ax2 = ax.twinx()
         l2, = ax2.plot(ep, [100 * t for t in ta], "^-", color="tab:red", ms=3, label="test accuracy (%)")
         ax2.set_ylabel("test accuracy (%)")
+        held = any(r["theorem_applies"] for r in rows)
         shade = "A1-A3 hold: Theorem 2 predicts growth" + ("" if held else " (at no checkpoint here)")
         handles = [l1, l2, Patch(color="tab:green", alpha=0.3, label=shade)] + ax.get_legend_handles_labels()[0][1:]
         ax.legend(handles=handles, loc="lower right", fontsize=8)
@@ -409,9 +375,9 @@ def build_parser() -> ArgumentParser:
                    help="run folders (all their checkpoints; a folder of runs: every run inside), "
                         "checkpoint files (.safetensors or .json), or foreign files (.pt/.pth state dicts, "
                         "bare .safetensors) described by the model flags or --spec")
-    p.add_argument("--subset", type=_positive_int, default=512,
+    p.add_argument("--subset", type=positive_int, default=512,
                    help="size of the seeded subset S the theorem is evaluated on (default 512; all if fewer)")
-    p.add_argument("--seed", type=_nonneg_int, default=None,
+    p.add_argument("--seed", type=nonneg_int, default=None,
                    help="subset seed (default: the run's training seed; for a foreign file also its data split "
                         "seed, default 0)")
     p.add_argument("--normalisation", choices=("auto", "full", "head"), default="auto",

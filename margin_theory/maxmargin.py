@@ -1,47 +1,36 @@
 r"""The max-margin limits that gradient descent heads for, solved exactly (beyond the paper).
 
-For separable data, gradient descent on the cross-entropy converges in *direction* to a
-max-margin solution (Soudry et al. 2018 for models linear in their parameters; Lyu & Li
-2020, a KKT point, for homogeneous ones). This module computes those optima with a convex
-solver (cvxpy + Clarabel, SCS as fallback) and compares a model with them. The reductions
-are proved in ``proofs/maxmargin.md`` and machine-checked by ``proofs/check_maxmargin.py``.
+On separable data gradient descent on the cross-entropy converges in *direction* to a max-margin
+solution (Soudry et al. 2018; Lyu & Li 2020, a KKT point, for homogeneous models). This module
+solves those optima with cvxpy (Clarabel, SCS as fallback) and compares a model with them; the
+reductions are proved in ``proofs/maxmargin.md`` and checked by ``proofs/check_maxmargin.py``.
 
 Problems (``x_n`` in R^d, labels ``y_n``, C classes; pairs ``(n, j)``, ``j != y_n``):
 
-* ``linear`` head, :math:`f_i = w_i\cdot x` (L = 1, :math:`\gamma = q/\|W\|_F`): the
-  multiclass hard-margin SVM :math:`\min \tfrac12\|W\|_F^2` s.t.
-  :math:`(w_{y_n} - w_j)\cdot x_n \ge 1`;
+* ``linear`` head, :math:`f_i = w_i\cdot x` (L = 1, :math:`\gamma = q/\|W\|_F`): the multiclass
+  hard-margin SVM :math:`\min \tfrac12\|W\|_F^2` s.t. :math:`(w_{y_n} - w_j)\cdot x_n \ge 1`;
   :math:`\gamma^\star = 1/\|W^\star\|_F`.
 * ``quadratic`` head, :math:`f_i = x^\top W_i x = \langle W_i, x x^\top\rangle` (L = 1,
-  :math:`\gamma = q/\|V\|_F`, :math:`W = \mathrm{sym}(V)`): linear in W, so the same SVM in the
-  feature space :math:`x x^\top` (kernel :math:`(x\cdot x')^2`): primal over symmetric
-  :math:`W_i` (scaled half-vectorisation ``svec``, :math:`\langle \mathrm{svec}A, \mathrm{svec}B\rangle =
-  \langle A, B\rangle_F`), or the dual :math:`\max \sum\alpha - \tfrac12\sum_i c_i^\top K c_i`,
+  :math:`\gamma = q/\|V\|_F`, :math:`W = \mathrm{sym}(V)`): the same SVM in the feature space
+  :math:`x x^\top` (kernel :math:`(x\cdot x')^2`): primal over symmetric :math:`W_i` (scaled
+  half-vectorisation ``svec``, :math:`\langle \mathrm{svec}A, \mathrm{svec}B\rangle = \langle A, B\rangle_F`),
+  or the dual :math:`\max \sum\alpha - \tfrac12\sum_i c_i^\top K c_i`,
   :math:`c_{ni} = [i = y_n]\sum_j\alpha_{nj} - \alpha_{ni}`, :math:`K = (X X^\top)^{\circ 2}`,
-  whichever has fewer variables; :math:`\gamma^\star = 1/\|W^\star\|_F` (an antisymmetric part
-  of V only adds to :math:`\|V\|`, so the optimum has V = W).
+  whichever has fewer variables; :math:`\gamma^\star = 1/\|W^\star\|_F` (the optimum has V = W).
 * ``lowrank`` head, :math:`W_i = A_i^\top A_i`, :math:`\|\theta\|^2 = \sum_i \mathrm{tr} W_i`
-  (L = 2, :math:`\gamma = q/\sum_i\mathrm{tr}W_i`): the convex relaxation (rank constraint
-  dropped) :math:`\min \sum_i \mathrm{tr} W_i` s.t. :math:`x_n^\top (W_{y_n} - W_j) x_n \ge 1`,
-  :math:`W_i \succeq 0`, an SDP; :math:`\gamma^\star = 1/\mathrm{OPT}` bounds every rank-r
-  model's :math:`\gamma_{\min}` from above and is attained once
-  :math:`r \ge \max_i \mathrm{rank} W_i^\star` (so always for r >= d).
+  (L = 2, :math:`\gamma = q/\sum_i\mathrm{tr}W_i`): the convex relaxation (rank dropped)
+  :math:`\min \sum_i \mathrm{tr} W_i` s.t. :math:`x_n^\top (W_{y_n} - W_j) x_n \ge 1`,
+  :math:`W_i \succeq 0`, an SDP; :math:`\gamma^\star = 1/\mathrm{OPT}` bounds every rank-r model's
+  :math:`\gamma_{\min}` and is attained once :math:`r \ge \max_i \mathrm{rank} W_i^\star` (always for r >= d).
 
-In each case the optimum at unit margins has min margin exactly 1, so
-:math:`\gamma^\star = \max_\theta \gamma_{\min}(\theta)` in the toolkit's normalisation
-(``margins.compute_margins``).
+The optimum at unit margins has min margin 1, so :math:`\gamma^\star = \max_\theta \gamma_{\min}(\theta)`
+in the toolkit's normalisation (``margins.compute_margins``). Every optimum lies in the data's span
+(:math:`W = U S U^\top`, linear :math:`W = S U^\top`, U an orthonormal basis of
+:math:`\mathrm{span}\{x_n\}`), so the solver works in the k = rank X coordinates :math:`z_n = U^\top x_n`.
 
-Reduction to the data's span: with :math:`U` an orthonormal basis of
-:math:`\mathrm{span}\{x_n\}` (k = rank X), every optimum lies in it (:math:`W = U S U^\top`
-for the matrix heads, :math:`W = S U^\top` for linear), so the solver works in k <= min(N, d)
-coordinates :math:`z_n = U^\top x_n`; the results are mapped back to R^d.
-
-Sizes handled (after the reduction) are :data:`LIMITS`; SDPs above :data:`SDP_CLARABEL_MAX`
-variables go to SCS first. Larger problems raise :class:`ProblemTooLargeError` naming the limit
-(solve a seeded subset: :func:`seeded_subset`). Timings on one core are in ``docs/maxmargin.md``.
-
-Non-separable data are reported, not raised: ``separable=False`` and
-``gamma_star=None`` (the solver's infeasibility certificate; ``status`` says which).
+Sizes (after that reduction) are bounded by :data:`LIMITS` (:class:`ProblemTooLargeError` names the
+limit; solve a :func:`seeded_subset`); SDPs above :data:`SDP_CLARABEL_MAX` variables try SCS first.
+Non-separable data are reported, not raised: ``separable=False``, ``gamma_star=None``.
 
 Command line::
 
@@ -59,16 +48,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._util import one_line
-from ._util import ArgumentParser, ConfigError, MarginTheoryError, cli_entry, nonneg_int, positive_int, print_json, \
-    progress, save_figure, use_agg_backend
+from ._util import (ArgumentParser, ConfigError, MarginTheoryError, cli_entry, nonneg_int, one_line,
+                    positive_int, print_json, progress, save_figure, use_agg_backend)
 
 __all__ = [
     "MaxMarginResult", "ProblemTooLargeError", "LIMITS", "HEAD_DEGREE", "solve_max_margin", "solve_linear_svm",
-    "solve_quadratic_svm", "solve_lowrank_sdp", "affine", "seeded_subset", "head_of", "model_direction",
-    "model_gamma_min", "compare_with_optimum", "cosine", "gamma_min_of", "gradient_descent", "GDResult",
-    "log_steps", "plot_gap", "plot_gap_grid", "head_logits_and_grad", "GapMonitor",
-    "run_case", "prepare_case", "main",
+    "solve_quadratic_svm", "solve_lowrank_sdp", "seeded_subset", "head_of", "model_direction",
+    "compare_with_optimum", "cosine", "gamma_min_of", "gradient_descent", "GDResult",
+    "log_steps", "plot_gap", "head_logits_and_grad", "GapMonitor", "MONITOR_MAX_POINTS", "run_gap_rows",
+    "run_experiment_cases", "render_markdown", "main",
 ]
 
 PROG = "python -m margin_theory.maxmargin"
@@ -100,29 +88,18 @@ class ProblemTooLargeError(ConfigError):
 class MaxMarginResult:
     r"""What :func:`solve_max_margin` returns (fields like scipy's ``OptimizeResult``).
 
-    Attributes:
-        head: ``linear``, ``quadratic`` or ``lowrank`` (the SDP relaxation).
-        degree: L of the toolkit's normalisation :math:`\gamma = q/\|\theta\|^L`.
-        separable: True if a point with every margin >= 1 exists, False if the solver
-            certified that none does, None if the solver failed (see ``status``).
-        gamma_star: :math:`\max_\theta \gamma_{\min}(\theta)` in the toolkit's normalisation
-            (for ``lowrank``: the relaxation's bound), None unless separable.
-        objective: :math:`\|W^\star\|_F^2` (linear, quadratic) or :math:`\sum_i\mathrm{tr}W_i^\star`
-            (lowrank) at unit margins; :math:`\gamma^\star = 1/\sqrt{\cdot}` resp. :math:`1/\cdot`.
-        W: the optimum at unit margins in R^d: ``(C, d)`` (linear) or ``(C, d, d)``.
-        direction: ``W / ||W||_F`` (the stacked matrices' Frobenius norm).
-        margins: ``(N, C)`` array :math:`(W_{y_n} - W_j)(x_n)` (``inf`` at ``j = y_n``).
-        q: ``(N,)`` min margin per point, :math:`\min_j` of ``margins`` (>= 1 up to tolerance).
-        duals: ``(N, C)`` Lagrange multipliers :math:`\alpha_{nj} \ge 0` of the margin
-            constraints (0 at ``j = y_n``).
-        support: indices n with some :math:`\alpha_{nj} >` ``dual_tol`` (support vectors).
-        psd_duals: lowrank only, ``(C, d, d)`` multipliers :math:`Z_i \succeq 0` of
-            :math:`W_i \succeq 0` (in R^d; ``None`` otherwise).
-        ranks: lowrank only, numerical rank of each :math:`W_i^\star` (eigenvalues >
-            1e-6 * the largest): the rank a Low-Rank DIQNN needs to attain ``gamma_star``.
-        problem: ``primal``, ``dual`` or ``sdp``; ``solver``, ``status`` (cvxpy's),
-        ``seconds``; ``n, d, C, k`` (k = dimension of the data's span, the solver's);
-        ``variables``, ``constraints``: the solved problem's size; ``message``.
+    ``separable``: True if a point with every margin >= 1 exists, False if the solver certified
+    that none does, None if it failed (``status``, ``message``). ``gamma_star``:
+    :math:`\max_\theta \gamma_{\min}(\theta)` (lowrank: the relaxation's bound), None unless separable.
+    ``objective``: :math:`\|W^\star\|_F^2` (linear, quadratic) or :math:`\sum_i\mathrm{tr}W_i^\star`
+    (lowrank) at unit margins. ``W``: that optimum in R^d, ``(C, d)`` (linear) or ``(C, d, d)``;
+    ``direction = W / ||W||_F``. ``margins``: ``(N, C)`` :math:`(W_{y_n} - W_j)(x_n)` (``inf`` at
+    ``j = y_n``), ``q`` its row minima. ``duals``: ``(N, C)`` multipliers :math:`\alpha_{nj} \ge 0`,
+    ``support`` the n with some :math:`\alpha_{nj} >` ``dual_tol``. Lowrank only: ``psd_duals``
+    ``(C, d, d)`` multipliers :math:`Z_i \succeq 0` of :math:`W_i \succeq 0`, ``ranks`` the numerical
+    ranks of the :math:`W_i^\star` (the rank a Low-Rank DIQNN needs to attain ``gamma_star``).
+    ``problem`` (``primal``, ``dual``, ``sdp``), ``variables``, ``constraints``: the solved problem;
+    ``k``: the dimension of the data's span.
     """
 
     head: str
@@ -161,9 +138,7 @@ class MaxMarginResult:
                 "message": self.message}
 
 
-# ---------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------
+# --- Inputs ---
 def _np(a, dtype=None) -> np.ndarray:
     """A numpy array of an array-like or a torch tensor (any device)."""
     return np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a, dtype=dtype)
@@ -191,17 +166,6 @@ def _as_arrays(X, y, num_classes: int | None) -> tuple[np.ndarray, np.ndarray, i
     return X, y, C
 
 
-def affine(X):
-    """Affine inputs ``x -> [x, 1]`` (numpy or torch, shape ``(N, d) -> (N, d + 1)``)."""
-    if hasattr(X, "detach"):
-        import torch
-
-        X = X.reshape(X.shape[0], -1)
-        return torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device)], 1)
-    X = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
-    return np.hstack([X, np.ones((X.shape[0], 1))])
-
-
 def seeded_subset(y, n: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of a seeded subset of ``n`` points, stratified by label when possible
     (the monitors' rule, ``assumptions``/``data``); all points if ``n >= N``."""
@@ -216,13 +180,9 @@ def _lift(U: np.ndarray, S: np.ndarray) -> np.ndarray:
     return np.einsum("ak,ikl,bl->iab", U, S, U)
 
 
-def _scores(W: np.ndarray, X: np.ndarray, head: str) -> np.ndarray:
-    """(N, C) f_i(x_n): w_i . x_n (linear) or x_n^T W_i x_n."""
-    return X @ W.T if head == "linear" else np.einsum("na,iab,nb->ni", X, W, X)
-
-
-def _margins_table(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(N, C) scores -> (N, C) margins f_{y_n} - f_j, inf at j = y_n."""
+def _margins_table(W: np.ndarray, X: np.ndarray, y: np.ndarray, head: str) -> np.ndarray:
+    """(N, C) margins f_{y_n}(x_n) - f_j(x_n), inf at j = y_n, of f_i(x) = w_i . x (linear) or x^T W_i x."""
+    scores = X @ W.T if head == "linear" else np.einsum("na,iab,nb->ni", X, W, X)
     m = scores[np.arange(len(y)), y][:, None] - scores
     m[np.arange(len(y)), y] = np.inf
     return m
@@ -302,7 +262,7 @@ class _Problem:
         if lam is not None:
             duals = np.zeros((self.N, self.C))
             duals[self.pairs] = np.maximum(np.asarray(lam, dtype=np.float64).ravel(), 0.0)
-        margins = _margins_table(_scores(W, self.X, self.head), self.y)
+        margins = _margins_table(W, self.X, self.y, self.head)
         dual_tol = 1e-6 * max(1.0, float(duals.max()) if duals is not None and duals.size else 1.0)
         return MaxMarginResult(separable=True, gamma_star=float(1.0 / objective if self.head == "lowrank" else
                                                                 1.0 / math.sqrt(objective)),
@@ -315,9 +275,7 @@ class _Problem:
         return self.result(problem, "infeasible", None, "all inputs are 0", 0)
 
 
-# ---------------------------------------------------------------------------
-# The three problems
-# ---------------------------------------------------------------------------
+# --- The three problems ---
 def _svm_on_features(p: _Problem, F: np.ndarray, solvers):
     """min 1/2 ||W||_F^2 s.t. (w_{y_n} - w_j) . F_n >= 1 on features F (N, D):
     (status, solver, msg, W (C, D) or None, the pairs' multipliers)."""
@@ -432,9 +390,7 @@ def solve_max_margin(X, y, head: str, num_classes: int | None = None, **kw) -> M
     return _SOLVERS[head](X, y, num_classes, **kw)
 
 
-# ---------------------------------------------------------------------------
-# Comparing a model with the optimum
-# ---------------------------------------------------------------------------
+# --- Comparing a model with the optimum ---
 def head_of(model) -> str:
     """``linear``, ``quadratic`` or ``lowrank`` for a single-head model on raw inputs
     (features without parameters); :class:`ConfigError` otherwise."""
@@ -482,28 +438,20 @@ def gamma_min_of(W, X, y, head: str) -> float:
     X, y, C = _as_arrays(X, y, np.asarray(W).shape[0])
     W = np.asarray(W, dtype=np.float64)
     norm = np.trace(W, axis1=1, axis2=2).sum() if head == "lowrank" else np.linalg.norm(W)
-    return float(_margins_table(_scores(W, X, head), y).min() / norm)
+    return float(_margins_table(W, X, y, head).min() / norm)
 
 
-def model_gamma_min(model, X, y) -> float:
-    """The model's gamma_min on (X, y) by ``margins.compute_margins`` (float64, toolkit normalisation)."""
+def compare_with_optimum(model, X, y, result: MaxMarginResult, *, gamma_min: float | None = None) -> dict:
+    r"""``gamma_min / gamma_star`` and the cosine between the model's direction (W_i, or
+    :math:`A_i^\top A_i`) and the optimum's. ``gamma_min``: pass it if already computed on the
+    same (X, y) (else ``margins.compute_margins`` in float64). For ``lowrank`` the ratio is against
+    the relaxation's bound (<= 1 for every rank; -> 1 possible when r >= max(result.ranks))."""
     import copy
 
     import torch
 
     from .margins import compute_margins
 
-    Xt = torch.as_tensor(_np(X), dtype=torch.float64)
-    Xt = Xt.reshape(Xt.shape[0], *getattr(model, "input_shape", (Xt[0].numel(),)))
-    yt = torch.as_tensor(_np(y), dtype=torch.int64)
-    return compute_margins(copy.deepcopy(model).to("cpu", torch.float64), Xt, yt).gamma_min
-
-
-def compare_with_optimum(model, X, y, result: MaxMarginResult, *, gamma_min: float | None = None) -> dict:
-    r"""``gamma_min / gamma_star`` and the cosine between the model's direction (W_i, or
-    :math:`A_i^\top A_i`) and the optimum's. ``gamma_min``: pass it if already computed on the
-    same (X, y) (else :func:`model_gamma_min`). For ``lowrank`` the ratio is against the
-    relaxation's bound (<= 1 for every rank; -> 1 possible when r >= max(result.ranks))."""
     kind, W = model_direction(model)
     if kind != result.head:
         raise ConfigError(f"the model has a {kind} head but the optimum is for the {result.head} head")
@@ -514,13 +462,16 @@ def compare_with_optimum(model, X, y, result: MaxMarginResult, *, gamma_min: flo
     if not result.separable:
         return {**out, "gamma_min": gamma_min, "ratio": None, "cosine": None,
                 "note": "no optimum: " + (result.message or result.status)}
-    g = model_gamma_min(model, X, y) if gamma_min is None else float(gamma_min)
+    if gamma_min is None:
+        Xt = torch.as_tensor(_np(X), dtype=torch.float64)
+        Xt = Xt.reshape(Xt.shape[0], *getattr(model, "input_shape", (Xt[0].numel(),)))
+        gamma_min = compute_margins(copy.deepcopy(model).to("cpu", torch.float64), Xt,
+                                    torch.as_tensor(_np(y), dtype=torch.int64)).gamma_min
+    g = float(gamma_min)
     return {**out, "gamma_min": g, "ratio": g / result.gamma_star, "cosine": cosine(W, result.W)}
 
 
-# ---------------------------------------------------------------------------
-# Full-batch gradient descent (the experiment's runs)
-# ---------------------------------------------------------------------------
+# --- Full-batch gradient descent (the experiment's runs) ---
 @dataclass
 class GDResult:
     """History of :func:`gradient_descent`: one dict per recorded step (``step, loss,
@@ -576,14 +527,11 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
                      record: Sequence[int] | None = None, progress_desc: str | None = None,
                      quiet: bool = True) -> GDResult:
     r"""Full-batch gradient descent :math:`\theta \leftarrow \theta - \eta\nabla\,\mathrm{mean\ CE}`
-    of a single-head model (linear, quadratic or lowrank on raw inputs), in float64.
-
-    The steps use the closed-form gradient of :func:`head_logits_and_grad` on a numpy copy of
-    the head's parameters (tests check it against autograd); at the steps ``record`` (default
-    :func:`log_steps`) the parameters are written into a float64 copy of ``model`` and recorded:
-    loss, ``gamma_min`` and ``gamma_bar`` by ``margins.compute_margins`` (the toolkit's
-    normalisation), and with ``optimum`` the ratio ``gamma_min/gamma_star`` and the cosine to the
-    optimum's direction (:func:`model_direction`). ``GDResult.model`` is that copy at the end."""
+    of a single-head model (linear, quadratic or lowrank on raw inputs) in float64, by the closed-form
+    gradient of :func:`head_logits_and_grad` on a numpy copy of the head's parameters. At the steps
+    ``record`` (default :func:`log_steps`) a float64 copy of ``model`` (``GDResult.model``) records
+    ``margins.compute_margins``'s loss, gamma_min, gamma_bar and, with ``optimum``,
+    :func:`compare_with_optimum`'s ratio and cosine."""
     import copy
 
     import torch
@@ -613,8 +561,8 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
         r = {"step": step, "loss": mr.loss, "gamma_min": mr.gamma_min, "gamma_bar": mr.gamma_bar,
              "theta_norm": mr.theta_norm, "train_acc": mr.accuracy}
         if optimum is not None and optimum.separable:
-            r["ratio"] = mr.gamma_min / optimum.gamma_star
-            r["cosine"] = cosine(model_direction(m)[1], optimum.W)
+            c = compare_with_optimum(m, Xn, yn, optimum, gamma_min=mr.gamma_min)
+            r.update(ratio=c["ratio"], cosine=c["cosine"])
         return r
 
     bar = progress(total=steps, desc=progress_desc, quiet=quiet or progress_desc is None, unit="step")
@@ -638,21 +586,17 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
                     diverged=diverged)
 
 
-# ---------------------------------------------------------------------------
-# The gap along a run (trainer monitors, check)
-# ---------------------------------------------------------------------------
+# --- The gap along a run (trainer monitors, check) ---
 #: the trainer's and check's max-margin monitors solve on at most this many points
 MONITOR_MAX_POINTS = 256
 
 
 class GapMonitor:
-    """Solve the max-margin problem once for a model's head on (a seeded subset of) the
-    training data, then report ``gamma_min/gamma_star`` and the cosine for any later state.
-
-    ``subset``: at most this many points, drawn as the Theorem 2 monitors draw theirs
-    (``assumptions.select_subset``, so they lie inside the monitors' S of any larger size); the
-    report's ``data`` says which. Without an optimum (no problem for the head, too large, not
-    separable) every report says why in ``note`` and carries no ratio."""
+    """The max-margin problem of a model's head solved once on a seeded subset of at most ``subset``
+    training points (``assumptions.select_subset``: inside the Theorem 2 monitors' S of any larger
+    size; ``data`` says which), then :meth:`report`: ``gamma_min/gamma_star`` and the cosine for any
+    later state. Without an optimum (no problem for the head, too large, not separable) the
+    report's ``note`` says why."""
 
     def __init__(self, model, X, y, *, subset: int = 512, seed: int = 0, num_classes: int | None = None):
         from .assumptions import select_subset
@@ -684,59 +628,33 @@ class GapMonitor:
                 "solver_seconds": self.result.seconds, "note": None}
 
 
-# ---------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------
-def _gap_panels(ax1, ax2, curves: dict[str, list[dict]], xkey: str, xlabel: str, cos_label: str,
-                finals: bool = False) -> None:
-    """gamma_min/gamma_star (ax1) and the cosine (ax2) of each curve against ``xkey``, the optimum's
-    level 1, log x, labels, grid, legend; ``finals``: labels carry the last values, empty curves a note."""
-    for label, rows in curves.items():
-        pts = [r for r in rows if r.get(xkey, 0) > 0 and r.get("ratio") is not None]
-        if not pts:
-            if finals:
-                ax1.plot([], [], label=f"{label}: not separable")
-            continue
-        x = [r[xkey] for r in pts]
-        tag = (lambda k: f"{label} ({pts[-1][k]:.3f})") if finals else (lambda k: label)
-        line, = ax1.plot(x, [r["ratio"] for r in pts], lw=1.3, label=tag("ratio"))
-        ax2.plot(x, [r["cosine"] for r in pts], lw=1.3, color=line.get_color(), label=tag("cosine"))
-    for ax, yl in ((ax1, r"$\gamma_{\min}(t)/\gamma^\star$"), (ax2, cos_label)):
-        ax.axhline(1.0, color="k", ls="--", lw=1)
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(yl)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower right")
-
-
-def plot_gap(curves: dict[str, list[dict]], out, title: str = "", xkey: str = "step"):
-    """gamma_min/gamma_star and the cosine to the optimum against steps (log x), one line per
-    curve (``{label: [rows with xkey, ratio, cosine]}``); PNG written atomically."""
-    use_agg_backend()
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
-    _gap_panels(ax1, ax2, curves, xkey, f"{xkey} (log scale)", "cosine(direction, optimum)")
-    ax1.set_title("margin ratio to the solver's optimum (1 = max margin)")
-    ax2.set_title("direction: cosine with the optimum's W*")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, out)
-
-
-def plot_gap_grid(cases: dict[str, tuple[str, dict[str, list[dict]]]], out, title: str = "", xkey: str = "step"):
-    """One row per case (``{name: (description, {label: rows})}``): gamma_min/gamma_star (left) and
-    the cosine to the optimum (right) against steps, log-scaled x; PNG written atomically."""
+# --- Figures ---
+def plot_gap(cases: dict[str, tuple[str, dict[str, list[dict]]]], out, title: str = ""):
+    """One row per case (``{name: (description, {label: rows with step, ratio, cosine})}``):
+    gamma_min/gamma_star (left) and the cosine to the optimum's W* (right) against steps, log x, the
+    optimum's level 1 dashed, the final values in the legend; PNG written atomically."""
     use_agg_backend()
     import matplotlib.pyplot as plt
 
     n = max(1, len(cases))
-    fig, axes = plt.subplots(n, 2, figsize=(12, 3.3 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 2, figsize=(12, 1 + 3.3 * n), squeeze=False)
     for (ax1, ax2), (name, (desc, curves)) in zip(axes, cases.items()):
-        _gap_panels(ax1, ax2, curves, xkey, f"gradient-descent {xkey} (log scale)", "cosine with optimum W*",
-                    finals=True)
+        for label, rows in curves.items():
+            pts = [r for r in rows if r.get("step", 0) > 0 and r.get("ratio") is not None]
+            if not pts:
+                ax1.plot([], [], label=f"{label}: not separable")
+                continue
+            x = [r["step"] for r in pts]
+            line, = ax1.plot(x, [r["ratio"] for r in pts], lw=1.3, label=f"{label} ({pts[-1]['ratio']:.3f})")
+            ax2.plot(x, [r["cosine"] for r in pts], lw=1.3, color=line.get_color(),
+                     label=f"{label} ({pts[-1]['cosine']:.3f})")
+        for ax, ylabel in ((ax1, r"$\gamma_{\min}(t)/\gamma^\star$"), (ax2, "cosine with optimum W*")):
+            ax.axhline(1.0, color="k", ls="--", lw=1)
+            ax.set_xscale("log")
+            ax.set_xlabel("step (log scale)")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7, loc="lower right")
         drawn = [line for line in ax1.get_lines() if len(line.get_ydata()) > 1]
         ax1.set_ylim(bottom=max(-1.0, min([float(np.min(line.get_ydata())) for line in drawn] or [0.0])) - 0.02,
                      top=1.05)
@@ -746,34 +664,18 @@ def plot_gap_grid(cases: dict[str, tuple[str, dict[str, list[dict]]]], out, titl
                      transform=ax1.transAxes, fontsize=8, color="0.3")
         ax1.set_title(f"{name}: margin ratio (lowrank: to the SDP bound)", fontsize=9)
         ax2.set_title(f"{name}: direction ({desc[:70]})", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / n))
-    else:
-        fig.tight_layout()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / n) if title else None)
     return save_figure(fig, out)
 
 
-# ---------------------------------------------------------------------------
-# The experiment ``maxmargin`` (experiments/maxmargin.toml; experiment.analysis_maxmargin)
-# ---------------------------------------------------------------------------
+# --- The experiment ``maxmargin`` (experiments/maxmargin.toml; experiment.analysis_maxmargin) ---
 #: the runs of every case: label -> (model name, rank; "d" = the case's input dimension)
 GD_HEADS = {"linear": ("linear", None), "quadratic": ("quadratic", None),
             "lowrank-1": ("lowrank", 1), "lowrank-d": ("lowrank", "d")}
 #: predicted exponents p of gap ~ (log t)^-p for heads linear in theta (Soudry et al. 2018, generic
 #: case: w(t) = w_hat log t + O(1), so 1 - ratio = O(1/log t) and 1 - cos = O(1/log^2 t))
 PREDICTED_P = {"ratio": 1.0, "cosine": 2.0}
-
-
-def prepare_case(case: dict, seed: int = 0, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray, int, str]:
-    """Data of one experiment case: the dataset's training set, optional classes, seeded subset
-    (``n_train``), ``pool`` (k x k average pooling of square images), ``affine`` ([x, 1]); then
-    scaled so that max_n ||x_n|| = 1 (ratios and cosines do not depend on that scale)."""
-    X, y, C, desc = load_case(case["dataset"], affine_inputs=bool(case.get("affine")), classes=case.get("classes"),
-                              n_train=case.get("n_train"), pool=case.get("pool"), seed=seed, data_dir=data_dir,
-                              name=case.get("name"))
-    R = float(np.linalg.norm(X, axis=1).max())
-    return (X / R if R > 0 else X), y, C, desc + ", scaled to max ||x_n|| = 1"
 
 
 def _fit_exponent(rows: list[dict], key: str) -> float | None:
@@ -786,12 +688,6 @@ def _fit_exponent(rows: list[dict], key: str) -> float | None:
     if len(pts) < 3 or pts[-1][0] - pts[0][0] <= 0:
         return None
     return float(-np.polyfit([p[0] for p in pts], [p[1] for p in pts], 1)[0])
-
-
-def _at_fraction(rows: list[dict], frac: float) -> dict:
-    """The recorded row nearest to step T**frac (log scale)."""
-    target = max(r["step"] for r in rows) ** frac
-    return min((r for r in rows if r["step"] > 0), key=lambda r: abs(math.log(r["step"]) - math.log(target)))
 
 
 def verdict(row_end: dict, row_mid: dict, opt: MaxMarginResult, rank: int | None) -> str:
@@ -818,13 +714,17 @@ def verdict(row_end: dict, row_mid: dict, opt: MaxMarginResult, rank: int | None
 
 def run_case(case: dict, *, steps: int, lr: float, seed: int = 0, heads: Sequence[str] = tuple(GD_HEADS),
              points: int = 60, data_dir: str | None = None, quiet: bool = True) -> dict:
-    """One case of the experiment: the three optima, then full-batch GD of each head in ``heads``
-    (the toolkit's models, seeded init) for ``steps`` steps at ``lr``; histories and a summary."""
+    """One case of the experiment: its data (:func:`load_case`, then scaled to max_n ||x_n|| = 1:
+    ratios and cosines do not depend on that scale), the three optima, then full-batch GD of each
+    head in ``heads`` (the toolkit's models, seeded init) for ``steps`` steps at ``lr``."""
     import torch
 
     from .models import build_model
 
-    X, y, C, desc = prepare_case(case, seed, data_dir)
+    X, y, C, desc = load_case(case["dataset"], affine_inputs=bool(case.get("affine")),
+                              classes=case.get("classes"), n_train=case.get("n_train"), pool=case.get("pool"),
+                              seed=seed, data_dir=data_dir, name=case.get("name"))
+    X, desc = X / max(float(np.linalg.norm(X, axis=1).max()), 1e-300), desc + ", scaled to max ||x_n|| = 1"
     N, d = X.shape
     optima = {h: solve_max_margin(X, y, h, C) for h in HEADS}
     out = {"name": case["name"], "data": desc, "N": N, "d": d, "C": C,
@@ -841,7 +741,9 @@ def run_case(case: dict, *, steps: int, lr: float, seed: int = 0, heads: Sequenc
         gd = gradient_descent(model, X, y, lr=lr, steps=steps, optimum=opt, record=log_steps(steps, points),
                               progress_desc=f"{case['name']} {label}", quiet=quiet)
         hist = gd.history
-        end, mid = hist[-1], _at_fraction(hist, 0.5)
+        end = hist[-1]          # and mid: the recorded row nearest to step sqrt(T) on a log scale
+        mid = min((h for h in hist if h["step"] > 0),
+                  key=lambda h: abs(math.log(h["step"] / end["step"] ** 0.5)))
         lowrank = model_name == "lowrank"
         out["runs"].append({
             "label": label, "model": model_name, "rank": r, "lr": lr, "steps": steps, "seconds": gd.seconds,
@@ -879,9 +781,9 @@ def run_experiment_cases(cfg: dict, scale: str, out, *, seed: int = 0, data_dir:
                             lr=float(case.get("lr", cfg.get("lr", 0.5))), seed=seed,
                             heads=cfg.get("heads", tuple(GD_HEADS)), points=int(cfg.get("points", 60)),
                             data_dir=data_dir, quiet=quiet))
-    fig = plot_gap_grid({c["name"]: (c["data"], {r["label"]: r["history"] for r in c["runs"]}) for c in res},
-                        Path(out) / "maxmargin_gap.png",
-                        title=f"Gradient descent vs the max-margin optimum ({scale} scale): margin ratio and cosine")
+    title = f"Gradient descent vs the max-margin optimum ({scale} scale): margin ratio and cosine"
+    fig = plot_gap({c["name"]: (c["data"], {r["label"]: r["history"] for r in c["runs"]}) for c in res},
+                   Path(out) / "maxmargin_gap.png", title=title)
     return {"cases": res, "predicted_p": PREDICTED_P, "seconds": time.perf_counter() - t0,
             "figures": [Path(fig).name]}
 
@@ -920,9 +822,7 @@ def render_markdown(an: dict) -> list[str]:
     return L
 
 
-# ---------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------
+# --- CLI ---
 def _classes_arg(s: str) -> list[int]:
     import argparse
 
@@ -938,9 +838,9 @@ def _classes_arg(s: str) -> list[int]:
 def load_case(dataset: str, *, affine_inputs: bool = False, classes: Sequence[int] | None = None,
               n_train: int | None = None, seed: int = 0, data_dir: str | None = None, pool: int | None = None,
               name: str | None = None):
-    """(X (N, d) float64 numpy, y relabelled 0..C-1, C, description) of a dataset's training set:
-    ``classes`` kept, a seeded subset of ``n_train``, ``pool`` x ``pool`` average pooling of square
-    images, affine inputs [x, 1], in that order (``name``: the experiment case, for errors)."""
+    """(X (N, d) float64, y relabelled 0..C-1, C, description) of a dataset's training set, in this
+    order: ``classes`` kept, a seeded subset of ``n_train``, ``pool`` x ``pool`` average pooling of
+    square images, affine inputs [x, 1] (``name``: the experiment case, for errors)."""
     import torch
 
     from .data import load_dataset
@@ -967,15 +867,14 @@ def load_case(dataset: str, *, affine_inputs: bool = False, classes: Sequence[in
         X = torch.nn.functional.avg_pool2d(t, k).reshape(X.shape[0], -1).numpy()
         desc += f", {k}x{k} average pooling to {side // k}x{side // k}"
     if affine_inputs:
-        X = affine(X)
+        X = np.hstack([X, np.ones((len(X), 1))])
         desc += ", affine inputs [x, 1]"
     return X, y, int(y.max()) + 1, desc
 
 
 def run_gap_rows(run_dir) -> tuple[list[dict], str]:
-    """The max-margin monitor rows of a trainer run folder (``metrics.jsonl`` lines with an
-    available ``maxmargin`` entry), each with ``step = epoch * ceil(N / batch_size)``; and the
-    monitors' ``data`` description. :class:`ConfigError` if the run has none."""
+    """(rows, data): a trainer run's available ``maxmargin`` monitors in ``metrics.jsonl``, each with
+    ``step = epoch * ceil(N / batch_size)``, and their ``data``; :class:`ConfigError` if none."""
     import json
 
     from .runfolder import read_metrics
@@ -1030,8 +929,8 @@ def main(argv=None) -> int:
     if args.run is not None:                 # the figure of a trainer run's max-margin monitors
         rows, data = run_gap_rows(args.run)
         name = Path(args.run).name
-        fig = plot_gap({name: rows}, Path(args.out) if args.out else Path(args.run) / "maxmargin-gap.png",
-                       title=f"{name}: trainer monitors on {data}")
+        fig = plot_gap({name: (f"trainer monitors on {data}", {name: rows})},
+                       Path(args.out) if args.out else Path(args.run) / "maxmargin-gap.png")
         if args.json:
             print_json({"run": str(args.run), "data": data, "rows": rows, "plot": str(fig)})
             return 0
