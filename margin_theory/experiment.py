@@ -373,7 +373,7 @@ def _slug(s: str) -> str:
 def _load_cached(folder: Path, config):
     """A finished trainer run folder with the same configuration -> (model, history, final), else None."""
     from .checkpoint import latest_checkpoint, read_checkpoint
-    from .train import read_metrics
+    from .runfolder import read_metrics
 
     try:
         final = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
@@ -412,8 +412,7 @@ def _train_one(config, cache_dir: Path | None, label: str, verbose: bool) -> dic
     from .train import train
 
     t0 = time.perf_counter()
-    rec = {"seed": config.seed, "status": "ok", "cached": False}
-    cached = None
+    rec, cached = {"seed": config.seed, "status": "ok"}, None
     if cache_dir is not None:
         folder = cache_dir / f"{_slug(label)}-s{config.seed}-{_cache_key(config)}"
         rec["cache_folder"] = str(folder)
@@ -1487,10 +1486,7 @@ def main(argv=None) -> int:
     select_device(args.device)                  # one-line errors for an unknown or absent device
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
-    root = Path("results") / args.scale
-    check_output_path(args.out if args.out is not None else root, kind="dir")
-    if args.cache_dir is not None:
-        check_output_path(args.cache_dir, kind="dir", flag="--cache-dir")
+    root = Path("results") / args.scale        # (run_experiment checks --out and --cache-dir before training)
     command = "python -m margin_theory.experiment " + " ".join(sys.argv[1:] if argv is None else argv)
     names = [e["name"] for e in list_experiments(args.experiments_dir)] if args.name == "all" else [args.name]
     if args.name == "all" and args.parts:
