@@ -1,20 +1,12 @@
 r"""Reproduce the paper's tables and figures from readable definitions (SPEC §7).
 
-Each result has one TOML file in ``experiments/`` (``--list`` shows them), holding
-
-* ``[train]``: the training protocol (fields of :class:`margin_theory.train.TrainConfig`);
-* ``[[runs]]``: one model each - ``label``, ``part`` (which data), ``paper`` (the paper's number,
-  verbatim, or why there is none), trainer settings that differ from ``[train]``, optional
-  ``scales = [...]`` and per-scale overrides (``override = {tiny = {hidden = 64}}``);
-* ``[parts.<part>.<scale>]``: ``dataset`` (a name, or a list of alternatives: the first present is
-  used), ``n_train`` / ``n_test`` (seeded stratified subsets), ``train = {...}``, ``target``;
-* ``[scales.<scale>]``: ``seeds`` and ``train = {...}`` (and ``xor = {...}``, ``maxmargin = {...}``);
-* analysis tables (``[eigen]``, ``[ranks]``, ``[margin]``, ``[reach]``, ``[xor]``, ``[maxmargin]``).
-
-Settings merge in this order, later winning: ``[train]`` < run < ``scales.S.train`` <
-``parts.P.S.train`` < ``run.override.S``. Each (run, seed) becomes a TrainConfig for
-:func:`margin_theory.train.train`; the final test accuracy is aggregated over seeds (mean +- sample
-std) and the analyses the definition names are run:
+Each result has one TOML file in ``experiments/`` (``--list`` shows them); its format, the
+scales (``paper``: the paper's protocol and data, else exit 2; ``smoke``: CPU minutes, a part
+without its data skipped with a note; ``tiny``: seconds, for the tests) and the outputs are
+described in ``experiments/README.md``. Settings merge in this order, later winning: ``[train]`` <
+run < ``scales.S.train`` < ``parts.P.S.train`` < ``run.override.S``. Each (run, seed) becomes a
+TrainConfig for :func:`margin_theory.train.train`; the final test accuracy is aggregated over seeds
+(mean +- sample std) and the analyses the definition names are run:
 
 * ``accuracy``: the table (paper's number beside ours) and test-accuracy curves;
 * ``ranks`` (Fig. 3): accuracy against the Low-Rank DIQNN's rank, against linear and relu2;
@@ -27,13 +19,9 @@ std) and the analyses the definition names are run:
 * ``xor`` (Theorem 1 / Fig. 4): :func:`margin_theory.xor_flow.solve_xor_flow` from random starts;
 * ``maxmargin``: gradient descent against the max-margin optimum (:mod:`margin_theory.maxmargin`).
 
-Scales: ``paper`` (the paper's protocol; its datasets must be in ``--data-dir``, else exit 2),
-``smoke`` (CPU minutes: bundled ``mnist-5k``, seeded subsets of the other sets when present, else
-the part is skipped with a note on how to get the data), ``tiny`` (seconds; used by the tests).
-
 Outputs in ``--out`` (default ``results/<scale>/<name>``), written atomically: ``results.json``,
-``results.md`` and PNG figures. ``--cache-dir DIR`` keeps every trained model (trainer run folder)
-under a hash of its training configuration, so an identical run elsewhere is loaded, not retrained.
+``results.md`` and PNG figures; ``--cache-dir DIR`` keeps every trained run folder under a hash of
+its training configuration, so an identical run elsewhere is loaded, not retrained.
 
 Command line::
 
@@ -60,10 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from ._util import one_line
 from ._util import (ArgumentParser, ConfigError, MarginTheoryError, NonFiniteLossError, atomic_write_json,
-                    atomic_write_text, check_output_path, cli_entry, dumps_json, positive_int, print_json, progress,
-                    save_figure, use_agg_backend)
+                    atomic_write_text, check_output_path, cli_entry, dumps_json, one_line, positive_int,
+                    print_json, progress, save_figure, use_agg_backend)
 from .data import REGISTRY
 from .margins import MARGIN_DEFINITIONS
 from .models import ModelSpec
@@ -75,14 +62,14 @@ __all__ = ["SCALES", "ANALYSES", "default_experiments_dir", "list_experiments", 
 PROG = "python -m margin_theory.experiment"
 SCALES = ("tiny", "smoke", "paper")
 ANALYSES = ("accuracy", "ranks", "eigen", "margin", "reach", "xor", "maxmargin")
-#: the margin definitions recorded per epoch (SPEC §2; ``margins.compute_margins``), read by Fig. 5
 #: TrainConfig fields the runner sets itself (a definition may not)
 RUNNER_FIELDS = frozenset({"dataset", "n_train", "n_test", "data_dir", "download", "seed", "device", "out",
                            "resume", "overwrite", "quiet", "json", "checkpoint_every", "eval_batch_size"})
 RUN_META_KEYS = frozenset({"label", "part", "paper", "scales", "override"})
 PART_META_KEYS = frozenset({"dataset", "n_train", "n_test", "train", "target"})
+#: every analysis but ``accuracy`` may have a table of its own
 TOP_KEYS = frozenset({"name", "title", "reproduces", "analysis", "paper_source", "train", "runs", "parts",
-                      "scales", "eigen", "ranks", "margin", "reach", "xor", "maxmargin", "claims"})
+                      "scales", "claims", *ANALYSES[1:]})
 #: config fields that do not change the trained weights or history (left out of the cache key)
 _CACHE_IGNORED = RUNNER_FIELDS - {"dataset", "n_train", "n_test", "seed"}
 
@@ -134,42 +121,49 @@ def load_definition(name: str, experiments_dir: str | Path | None = None) -> dic
     return spec
 
 
+def _is_count(v: Any) -> bool:
+    return type(v) is int and v >= 1            # (not a bool)
+
+
+def _is_target(t: Any) -> bool:
+    """One accuracy in (0, 1] or a non-empty list of them."""
+    vals = t if isinstance(t, list) else [t]
+    return bool(vals) and all(type(x) in (int, float) and 0 < x <= 1 for x in vals)
+
+
 def _validate_definition(spec: dict, path: Path) -> None:
+    """The definition's structure; each table's training settings are checked by
+    ``TrainConfig.from_dict`` (the merged ones again by :func:`plan_experiment`)."""
     from .train import TrainConfig
 
-    fields = set(TrainConfig.__dataclass_fields__)
-    where = path.name
+    fields = set(TrainConfig.__dataclass_fields__) - RUNNER_FIELDS
 
     def fail(msg: str):
-        raise ConfigError(f"{where}: {msg}") from None
+        raise ConfigError(f"{path.name}: {msg}") from None
 
     def table(v: Any, ctx: str) -> dict:
         if not isinstance(v, dict):
             fail(f"{ctx} must be a table, got {type(v).__name__}")
         return v
 
-    def train_keys(d: Any, ctx: str, run: dict | None = None) -> None:
-        """A settings table; ``run``: the run's own settings it belongs to (then the model options
-        must apply to the run's model), None for a shared table."""
+    def only(d: dict, allowed, ctx: str) -> None:
+        if bad := sorted(set(d) - set(allowed)):
+            fail(f"{ctx} has unknown key(s) {', '.join(bad)}")
+
+    def call(ctx: str, fn, *args, **kw):
         try:
-            d = with_recipe(table(d, ctx))
+            return fn(*args, **kw)
         except MarginTheoryError as exc:
             fail(f"{ctx}: {exc}")
-        bad = sorted(k for k in d if k not in fields or k in RUNNER_FIELDS)
-        if bad:
+
+    def settings(d: Any, ctx: str, run: dict | None = None) -> dict:
+        """A settings table with its recipe expanded; ``run``: the run's own settings it belongs to
+        (then its model options must apply to the run's model), None for a shared table."""
+        d = call(ctx, with_recipe, table(d, ctx))
+        if bad := sorted(set(d) - fields):
             fail(f"{ctx}: unknown or runner-controlled training key(s) {', '.join(bad)}")
-        try:                        # the values' types and ranges (rank, lr, ...), defaults elsewhere
-            TrainConfig.from_dict({**(run or {}), **d}, applicable=run is not None)
-        except MarginTheoryError as exc:
-            fail(f"{ctx}: {exc}")
-
-    def positive_int(v: Any) -> bool:
-        return not isinstance(v, bool) and isinstance(v, int) and v >= 1
-
-    def target_ok(t: Any) -> bool:
-        vals = t if isinstance(t, list) else [t]
-        return bool(vals) and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1
-                                  for x in vals)
+        call(ctx, TrainConfig.from_dict, {**(run or {}), **d}, applicable=run is not None)
+        return d
 
     if unknown := sorted(set(spec) - TOP_KEYS):
         fail(f"unknown top-level key(s) {', '.join(unknown)}")
@@ -178,9 +172,8 @@ def _validate_definition(spec: dict, path: Path) -> None:
     analysis = spec.get("analysis")
     if not isinstance(analysis, list) or not analysis or any(a not in ANALYSES for a in analysis):
         fail(f"analysis must be a non-empty list from {', '.join(ANALYSES)}")
-    train_keys(spec.get("train", {}), "[train]")
-    base = with_recipe(spec.get("train", {}))
-    for sec in ("eigen", "ranks", "margin", "reach", "xor"):
+    base = settings(spec.get("train", {}), "[train]")
+    for sec in ANALYSES[1:]:
         claims = table(spec[sec], f"[{sec}]").get("paper_claims", []) if sec in spec else []
         if not isinstance(claims, list) or not all(isinstance(c, str) for c in claims):
             fail(f"[{sec}] paper_claims must be a list of strings")
@@ -188,14 +181,12 @@ def _validate_definition(spec: dict, path: Path) -> None:
     if set(scales) - set(SCALES):
         fail(f"[scales] may only define {', '.join(SCALES)}")
     for s, sd in scales.items():
-        table(sd, f"[scales.{s}]")
-        if "xor" in sd:
-            table(sd["xor"], f"[scales.{s}.xor]")
-        if bad := sorted(set(sd) - {"seeds", "train", "xor", "maxmargin"}):
-            fail(f"[scales.{s}] has unknown key(s) {', '.join(bad)}")
-        if not positive_int(sd.get("seeds", 1)):
+        only(table(sd, f"[scales.{s}]"), ("seeds", "train", "xor", "maxmargin"), f"[scales.{s}]")
+        for sec in ("xor", "maxmargin"):
+            table(sd.get(sec, {}), f"[scales.{s}.{sec}]")
+        if not _is_count(sd.get("seeds", 1)):
             fail(f"[scales.{s}] seeds must be a positive integer")
-        train_keys(sd.get("train", {}), f"[scales.{s}.train]")
+        settings(sd.get("train", {}), f"[scales.{s}.train]")
     parts = table(spec.get("parts", {}), "[parts]")
     for p, pd in parts.items():
         for s, ps in table(pd, f"[parts.{p}]").items():
@@ -203,27 +194,25 @@ def _validate_definition(spec: dict, path: Path) -> None:
             if s not in SCALES:
                 fail(f"{ctx}: unknown scale {s!r}")
             table(ps, ctx)
-            if "target" in ps and not target_ok(ps["target"]):
+            if "target" in ps and not _is_target(ps["target"]):
                 fail(f"{ctx} target must be an accuracy in (0, 1] or a non-empty list of them, got {ps['target']!r}")
             for k in ("n_train", "n_test"):
-                if ps.get(k) is not None and not positive_int(ps[k]):
+                if ps.get(k) is not None and not _is_count(ps[k]):
                     fail(f"{ctx} {k} must be a positive integer, got {ps[k]!r}")
-            if bad := sorted(set(ps) - PART_META_KEYS):
-                fail(f"{ctx} has unknown key(s) {', '.join(bad)}")
+            only(ps, PART_META_KEYS, ctx)
             ds = ps.get("dataset")
             if not (isinstance(ds, str) or (isinstance(ds, list) and ds and all(isinstance(x, str) for x in ds))):
                 fail(f"{ctx} needs dataset = NAME or a list of names")
-            train_keys(ps.get("train", {}), f"[parts.{p}.{s}.train]")
+            settings(ps.get("train", {}), f"[parts.{p}.{s}.train]")
     runs = spec.get("runs", [])
     if not isinstance(runs, list):
         fail(f"runs must be a list of [[runs]] tables, got {type(runs).__name__}")
-    if "xor" not in analysis and "maxmargin" not in analysis and not runs:
+    if not runs and not {"xor", "maxmargin"} & set(analysis):
         fail("no [[runs]]")
     labels = set()
-    for i, r in enumerate(runs):
-        ctx = f"[[runs]] #{i + 1}"
-        table(r, ctx)
-        if not isinstance(r.get("label"), str) or not isinstance(r.get("part"), str):
+    for i, r in enumerate(runs, 1):
+        ctx = f"[[runs]] #{i}"
+        if not isinstance(table(r, ctx).get("label"), str) or not isinstance(r.get("part"), str):
             fail(f"{ctx} needs label and part")
         what = f"{ctx} ({r['label']})"
         if r["part"] not in parts:
@@ -234,25 +223,24 @@ def _validate_definition(spec: dict, path: Path) -> None:
         if "model" not in r:
             fail(f"{what} needs model")
         rs = r.get("scales", list(SCALES))
-        if not isinstance(rs, list) or not all(isinstance(x, str) for x in rs) or set(rs) - set(SCALES):
+        if not isinstance(rs, list) or any(x not in SCALES for x in rs):
             fail(f"{what}: scales must be from {', '.join(SCALES)}")
-        own = {k: v for k, v in r.items() if k not in RUN_META_KEYS}
-        train_keys(own, ctx, run=base)     # (a recipe in own is expanded there)
+        own = settings({k: v for k, v in r.items() if k not in RUN_META_KEYS}, ctx, run=base)
         ov = r.get("override", {})
-        if not isinstance(ov, dict) or set(ov) - set(SCALES):
+        if not isinstance(ov, dict) or any(s not in SCALES for s in ov):
             fail(f"{what}: override must be a table of scales ({', '.join(SCALES)})")
         for s, o in ov.items():
-            train_keys(o, f"{ctx}.override.{s}", run={**base, **with_recipe(own)})
+            settings(o, f"{ctx}.override.{s}", run={**base, **own})
         if not isinstance(r["model"], str):
             fail(f"{what}: model must be a name, got {r['model']!r}")
     claims = spec.get("claims", [])      # [[claims]] part = P, order = [label, ...]: "first > second > ..."
     if not isinstance(claims, list):
         fail("claims must be a list of tables ([[claims]])")
-    for i, c in enumerate(claims):
+    for i, c in enumerate(claims, 1):
         ok = isinstance(c, dict) and set(c) <= {"part", "order"} and isinstance(c.get("part"), str) \
             and isinstance(c.get("order"), list) and len(c["order"]) >= 2
         if not ok or any((c["part"], lab) not in labels for lab in c["order"]):
-            fail(f"[[claims]] #{i + 1} needs part = P and order = [two or more run labels of P]")
+            fail(f"[[claims]] #{i} needs part = P and order = [two or more run labels of P]")
 
 
 # ---------------------------------------------------------------------------
@@ -289,6 +277,14 @@ class Plan:
         """The parts that have runs, in definition order."""
         return [p for p in self.parts if self.part_runs(p)]
 
+    def config(self, run: PlannedRun, **extra):
+        """The run's TrainConfig on its part's data (``extra``: seed, device ...)."""
+        from .train import TrainConfig
+
+        pi = self.parts[run.part]
+        return TrainConfig.from_dict(dict(run.settings, dataset=pi["dataset"], n_train=pi["n_train"],
+                                          n_test=pi["n_test"], **extra))
+
 
 def _how_to_get(dataset: str, data_dir: str | None) -> str:
     dd = data_dir or "DIR"
@@ -307,7 +303,6 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
     skip that part with a note. ``protocol`` (a name from :mod:`margin_theory.protocols`), when
     given, overrides every run's; otherwise runs use the definition's (default ``paper``)."""
     from .data import available, canonical_name
-    from .train import TrainConfig
 
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
@@ -318,16 +313,16 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
     if bad := [p for p in parts or [] if p not in all_parts]:
         raise ConfigError(f"{name} has no part(s) {', '.join(bad)}; its parts: {', '.join(all_parts) or 'none'}")
     chosen = [p for p in all_parts if not parts or p in parts]
-    part_info: dict[str, dict] = {}
-    skipped: list[dict] = []
+    plan = Plan(name=name, scale=scale, spec=spec, runs=[], parts={}, skipped=[], seeds=seed_list,
+                data_dir=data_dir, notes=[f"only the part(s) {', '.join(chosen)} were run (--parts)"] if parts else [])
     for p in chosen:
         ps = spec["parts"][p].get(scale)
         if ps is None:
-            skipped.append({"part": p, "reason": f"part {p!r} has no {scale} scale"})
+            plan.skipped.append({"part": p, "reason": f"part {p!r} has no {scale} scale"})
             continue
-        names = ps["dataset"] if isinstance(ps["dataset"], list) else [ps["dataset"]]
+        names = [canonical_name(n) for n in (ps["dataset"] if isinstance(ps["dataset"], list) else [ps["dataset"]])]
         use, problems = None, []
-        for ds in map(canonical_name, names):
+        for ds in names:
             ok, where = available(ds, data_dir)
             if ok:
                 use = ds
@@ -338,15 +333,14 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
             if scale == "paper":
                 raise ConfigError(f"{name} at paper scale: {msg} (paper scale needs the real data; "
                                   f"use --scale smoke, or --parts to run the other parts)")
-            skipped.append({"part": p, "reason": msg})
+            plan.skipped.append({"part": p, "reason": msg})
             continue
-        part_info[p] = {"dataset": use, "n_train": ps.get("n_train"), "n_test": ps.get("n_test"),
-                        "target": ps.get("target")}
-        if use != canonical_name(names[0]):
-            part_info[p]["note"] = f"{canonical_name(names[0])} not found; used {use}"
-    runs: list[PlannedRun] = []
+        plan.parts[p] = {"dataset": use, "n_train": ps.get("n_train"), "n_test": ps.get("n_test"),
+                         "target": ps.get("target")}
+        if use != names[0]:
+            plan.parts[p]["note"] = f"{names[0]} not found; used {use}"
     for r in spec.get("runs", []):
-        if r["part"] not in part_info or scale not in r.get("scales", SCALES):
+        if r["part"] not in plan.parts or scale not in r.get("scales", SCALES):
             continue
         settings = {"protocol": "paper"}
         for t in (spec.get("train", {}), {k: v for k, v in r.items() if k not in RUN_META_KEYS}, sc.get("train", {}),
@@ -354,16 +348,14 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
             settings.update(with_recipe(t))     # a named recipe (protocols.RECIPES) under each table's own keys
         if protocol is not None:
             settings["protocol"] = get_protocol(protocol).name
-        pi = part_info[r["part"]]
+        run = PlannedRun(label=r["label"], part=r["part"], paper=str(r.get("paper", "not stated")),
+                         settings=settings, seeds=seed_list)
         try:
-            TrainConfig.from_dict(dict(settings, dataset=pi["dataset"], n_train=pi["n_train"], n_test=pi["n_test"]))
+            plan.config(run)
         except MarginTheoryError as exc:
             raise ConfigError(f"{spec['_file']}: run {r['label']!r} ({scale}): {exc}") from None
-        runs.append(PlannedRun(label=r["label"], part=r["part"], paper=str(r.get("paper", "not stated")),
-                               settings=settings, seeds=seed_list))
-    notes = [f"only the part(s) {', '.join(chosen)} were run (--parts)"] if parts else []
-    return Plan(name=name, scale=scale, spec=spec, runs=runs, parts=part_info, skipped=skipped,
-                seeds=seed_list, data_dir=data_dir, notes=notes)
+        plan.runs.append(run)
+    return plan
 
 
 # ---------------------------------------------------------------------------
@@ -381,7 +373,7 @@ def _slug(s: str) -> str:
 def _load_cached(folder: Path, config):
     """A finished trainer run folder with the same configuration -> (model, history, final), else None."""
     from .checkpoint import latest_checkpoint, read_checkpoint
-    from .train import read_metrics
+    from .runfolder import read_metrics
 
     try:
         final = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
@@ -419,30 +411,28 @@ def _train_one(config, cache_dir: Path | None, label: str, verbose: bool) -> dic
     """Train (or load from the cache) one run; returns the per-seed record (+ live objects)."""
     from .train import train
 
-    log = (lambda msg: sys.stderr.write(f"  [{label} seed {config.seed}] {msg}\n")) if verbose else None
     t0 = time.perf_counter()
-    cached, rec = None, {"status": "ok", "cached": False}
+    rec, cached = {"seed": config.seed, "status": "ok"}, None
     if cache_dir is not None:
         folder = cache_dir / f"{_slug(label)}-s{config.seed}-{_cache_key(config)}"
         rec["cache_folder"] = str(folder)
-        cached = _load_cached(folder, config)
-        if cached is None:
+        if (cached := _load_cached(folder, config)) is None:
             config = copy.deepcopy(config)
             config.out, config.checkpoint_every, config.overwrite = str(folder), 0, True
-    if cached is not None:
-        model, history, final = cached
-        rec["cached"] = True
-    else:
+    rec["cached"] = cached is not None
+    if cached is None:
+        log = (lambda msg: sys.stderr.write(f"  [{label} seed {config.seed}] {msg}\n")) if verbose else None
         try:
             res = train(config, progress=False, log=log)
         except NonFiniteLossError as exc:
             return {"seed": config.seed, "status": "diverged", "error": one_line(exc),
                     "history": _compact_history(getattr(exc, "history", []) or []),
                     "wall_s": time.perf_counter() - t0, "_model": None}
-        model, history, final = res.model, res.history, res.final
+        cached = res.model, res.history, res.final
+    model, history, final = cached
     last = history[-1] if history else {}
-    rec.update({"seed": config.seed, **{k: last.get(k) for k in (
-        "test_acc", "train_acc", "gamma_bar", "gamma_min", "degree", "normalisation")}})
+    rec.update({k: last.get(k) for k in ("test_acc", "train_acc", "gamma_bar", "gamma_min", "degree",
+                                         "normalisation")})
     rec.update({k: final.get(k) for k in ("best_test_acc", "parameters", "unique_parameters", "n_train", "n_test")})
     rec.update({"epochs": int(last.get("epoch", 0)), "train_seconds": final.get("total_seconds"),
                 "device": final.get("device"), "history": _compact_history(history),
@@ -461,6 +451,27 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _rank_of(run: PlannedRun) -> int | None:
+    spec = ModelSpec.from_mapping(run.settings)
+    return spec.rank if spec.head == "lowrank" else None
+
+
+def _summary(run: PlannedRun, recs: list[dict]) -> dict:
+    """One run's row of results.json: its settings and the seeds aggregated (mean +- sample std)."""
+    ok = [r for r in recs if r["status"] == "ok"]
+    first = ok[0] if ok else {}
+    mean, std = _mean_std([r.get("test_acc") for r in ok])
+    bmean, bstd = _mean_std([r.get("best_test_acc") for r in ok])
+    return {"label": run.label, "part": run.part, "model": run.settings.get("model"), "rank": _rank_of(run),
+            "paper": run.paper, "settings": run.settings, "epochs": run.settings.get("epochs", 10),
+            "parameters": first.get("parameters"), "test_acc_mean": mean, "test_acc_std": std,
+            "protocol": run.settings["protocol"], "best_test_acc_mean": bmean, "best_test_acc_std": bstd,
+            "n_ok": len(ok), "n_seeds": len(recs), "normalisation": first.get("normalisation"),
+            "degree": first.get("degree"), "wall_s": float(sum(r["wall_s"] for r in recs)),
+            "train_s": float(sum(r.get("train_seconds") or 0.0 for r in recs)),
+            "per_seed": [{k: v for k, v in r.items() if not k.startswith("_")} for r in recs]}
+
+
 def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds: int | None = None,
                    parts: list[str] | None = None, device: str = "auto", out: str | Path | None = None,
                    cache_dir: str | Path | None = None, experiments_dir: str | Path | None = None,
@@ -468,25 +479,21 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
                    protocol: str | None = None) -> dict:
     """Run experiment ``name`` at ``scale`` under ``protocol`` (see :func:`plan_experiment`); write
     results.json, results.md and figures in ``out``. Returns what results.json holds."""
-    from .train import TrainConfig
-
     spec = load_definition(name, experiments_dir)
     plan = plan_experiment(spec, scale, data_dir=data_dir, seeds=seeds, parts=parts, protocol=protocol)
     plan.quiet = quiet
     out = check_output_path(out if out is not None else Path("results") / scale / name, kind="dir")
     if cache_dir is not None:
-        check_output_path(cache_dir, kind="dir", flag="--cache-dir")
+        cache_dir = check_output_path(cache_dir, kind="dir", flag="--cache-dir")
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     t_start = time.perf_counter()
     results: dict[str, Any] = {
         "experiment": name, "title": spec.get("title", ""), "reproduces": spec.get("reproduces", ""),
         "paper_source": spec.get("paper_source", ""), "definition": spec["_file"], "scale": scale,
         "seeds": plan.seeds, "device": device, "data_dir": data_dir, "out": str(out),
         "protocol": ", ".join(sorted({r.settings["protocol"] for r in plan.runs})) or (protocol or "paper"),
-        "cache_dir": str(cache) if cache else None, "command": command, "started": _now(),
-        "parts": {p: {"dataset": pi["dataset"], "n_train": pi["n_train"], "n_test": pi["n_test"],
-                      **({"note": pi["note"]} if pi.get("note") else {})} for p, pi in plan.parts.items()},
+        "cache_dir": str(cache_dir) if cache_dir else None, "command": command, "started": _now(),
+        "parts": {p: {k: v for k, v in pi.items() if k != "target"} for p, pi in plan.parts.items()},
         "skipped": plan.skipped, "notes": list(plan.notes), "runs": [], "analysis": {},
         "claims": [c for c in spec.get("claims", []) if c["part"] in plan.parts], "figures": [],
     }
@@ -495,11 +502,8 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
     bar = progress(total=len(jobs), desc=f"{name} ({scale})", quiet=quiet, unit="run")
     try:
         for i, (run, seed) in enumerate(jobs):
-            pi = plan.parts[run.part]
-            cfg = TrainConfig.from_dict(dict(run.settings, dataset=pi["dataset"], n_train=pi["n_train"],
-                                             n_test=pi["n_test"], data_dir=data_dir, seed=seed, device=device,
-                                             quiet=True))
-            rec = _train_one(cfg, cache, f"{run.part} {run.label}", verbose)
+            cfg = plan.config(run, data_dir=data_dir, seed=seed, device=device, quiet=True)
+            rec = _train_one(cfg, cache_dir, f"{run.part} {run.label}", verbose)
             live.setdefault((run.part, run.label), []).append(rec)
             bar.update(1)
             if not quiet:
@@ -510,24 +514,10 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
     finally:
         bar.close()
     for run in plan.runs:
-        recs = live.get((run.part, run.label), [])
-        ok = [r for r in recs if r["status"] == "ok"]
-        mean, std = _mean_std([r.get("test_acc") for r in ok])
-        bmean, bstd = _mean_std([r.get("best_test_acc") for r in ok])
-        first = ok[0] if ok else {}
-        if ok:
+        results["runs"].append(row := _summary(run, live.get((run.part, run.label), [])))
+        if row["n_ok"]:
+            first = next(s for s in row["per_seed"] if s["status"] == "ok")
             results["parts"][run.part].update({"n_train": first.get("n_train"), "n_test": first.get("n_test")})
-        results["runs"].append({
-            "label": run.label, "part": run.part, "model": run.settings.get("model"), "rank": _rank_of(run),
-            "paper": run.paper, "settings": run.settings, "epochs": run.settings.get("epochs", 10),
-            "parameters": first.get("parameters"), "test_acc_mean": mean, "test_acc_std": std,
-            "protocol": run.settings["protocol"], "best_test_acc_mean": bmean, "best_test_acc_std": bstd,
-            "n_ok": len(ok), "n_seeds": len(recs),
-            "normalisation": first.get("normalisation"), "degree": first.get("degree"),
-            "wall_s": float(sum(r["wall_s"] for r in recs)),
-            "train_s": float(sum(r.get("train_seconds") or 0.0 for r in recs)),
-            "per_seed": [{k: v for k, v in r.items() if not k.startswith("_")} for r in recs],
-        })
     use_agg_backend()
     for a in spec["analysis"]:
         results["analysis"][a] = _ANALYSES[a](plan, results, live, out)
@@ -545,19 +535,14 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
 # ---------------------------------------------------------------------------
 # Analyses (small and explicit); each returns a JSON-able dict with "figures"
 # ---------------------------------------------------------------------------
-def _pct(x: float | None, nd: int = 2) -> str:
-    return "n/a" if x is None else f"{100 * x:.{nd}f}"
-
-
-def _fmt_acc(mean, std) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{100 * mean:.2f} +- {100 * std:.2f}" if std is not None else f"{100 * mean:.2f} (1 seed)"
+def _finished(live: dict, run: PlannedRun) -> list[dict]:
+    """The per-seed records of ``run`` that finished."""
+    return [r for r in live.get((run.part, run.label), []) if r["status"] == "ok"]
 
 
 def _curves(recs: list[dict], key: str = "test_acc") -> tuple[np.ndarray, np.ndarray] | None:
-    """Epochs and a (seeds, epochs) array of ``key`` over the seeds that finished."""
-    rows = [r["history"] for r in recs if r["status"] == "ok" and r.get("history")]
+    """Epochs and a (seeds, epochs) array of ``key`` over finished records."""
+    rows = [r["history"] for r in recs if r.get("history")]
     if not rows:
         return None
     n = min(len(h) for h in rows)
@@ -606,7 +591,7 @@ def analysis_accuracy(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         return {"figures": []}
     for ax, p in zip(axes, parts):
         for run in plan.part_runs(p):
-            if (c := _curves(live.get((p, run.label), []))) is None:
+            if (c := _curves(_finished(live, run))) is None:
                 continue
             ep, v = c
             m = np.nanmean(v, axis=0)
@@ -623,53 +608,51 @@ def analysis_accuracy(plan: Plan, results: dict, live: dict, out: Path) -> dict:
                               "band = min..max)")]}
 
 
-def _rank_of(run: PlannedRun) -> int | None:
-    spec = ModelSpec.from_mapping(run.settings)
-    return spec.rank if spec.head == "lowrank" else None
+def _rank_checks(ranked: list[dict], refs: list[dict]) -> dict:
+    """Fig. 3's claims: rank 1 beats each reference; accuracy rises with rank and saturates."""
+    rs, ms = [r["rank"] for r in ranked], [r["test_acc_mean"] for r in ranked]
+    checks = {}
+    if rs[0] == 1:
+        for ref in refs:
+            if (acc := ref["test_acc_mean"]) is not None:
+                checks[f"rank 1 > {ref['label']}"] = {"holds": bool(ms[0] > acc), "rank1": ms[0], ref["label"]: acc,
+                                                      "difference_pct_points": 100 * (ms[0] - acc)}
+    gains = [100 * (b - a) for a, b in zip(ms, ms[1:])]
+    checks["accuracy rises with rank"] = {
+        "gains_pct_points": {f"{a}->{b}": g for a, b, g in zip(rs, rs[1:], gains)},
+        "non_decreasing": bool(all(g >= -0.05 for g in gains)),
+        "best_rank": rs[int(np.argmax(ms))],
+        "last_gain_pct_points": gains[-1] if gains else None,
+        "saturates": bool(gains and abs(gains[-1]) < max(0.5, 0.25 * max(abs(g) for g in gains))),
+    }
+    return checks
 
 
 def analysis_ranks(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     """Fig. 3: accuracy against rank, with linear and relu2 as references; the paper's three claims."""
-    by_label = {(r["part"], r["label"]): r for r in results["runs"]}
     res: dict[str, Any] = {"parts": {}, "figures": []}
     parts, fig, axes = _part_axes(plan)
     if fig is None:
         return res
     for ax, p in zip(axes, parts):
-        ranks = sorted(((_rank_of(r), by_label[(p, r.label)]) for r in plan.part_runs(p) if _rank_of(r)),
-                       key=lambda t: t[0])     # two runs of one rank: keep both, in definition order
-        refs = {r.label: by_label[(p, r.label)] for r in plan.part_runs(p) if not _rank_of(r)}
-        rs = [k for k, _ in ranks]
-        ms = [v["test_acc_mean"] for _, v in ranks]
-        info: dict[str, Any] = {"ranks": rs, "test_acc_mean": ms,
-                                "references": {k: v["test_acc_mean"] for k, v in refs.items()}}
-        if rs and all(m is not None for m in ms):
-            ax.errorbar(rs, [100 * m for m in ms], yerr=[100 * (v["test_acc_std"] or 0.0) for _, v in ranks],
+        rows = [r for r in results["runs"] if r["part"] == p]
+        ranked = sorted((r for r in rows if r["rank"]), key=lambda r: r["rank"])   # two of one rank: both kept
+        refs = [r for r in rows if not r["rank"]]
+        rs, ms = [r["rank"] for r in ranked], [r["test_acc_mean"] for r in ranked]
+        res["parts"][p] = info = {"ranks": rs, "test_acc_mean": ms,
+                                  "references": {r["label"]: r["test_acc_mean"] for r in refs}}
+        if rs and None not in ms:
+            ax.errorbar(rs, [100 * m for m in ms], yerr=[100 * (r["test_acc_std"] or 0.0) for r in ranked],
                         marker="o", capsize=3, label="Low-Rank DIQNN")
-            r1 = ms[0] if rs[0] == 1 else None
-            checks = {}
-            for lab, ref in refs.items():
-                if (acc := ref["test_acc_mean"]) is None:
-                    continue
-                ax.axhline(100 * acc, ls="--", lw=1.2, color="C1" if "relu" in lab else "C2",
-                           label=f"{lab} ({100 * acc:.2f}%)")
-                if r1 is not None:
-                    checks[f"rank 1 > {lab}"] = {"holds": bool(r1 > acc), "rank1": r1, lab: acc,
-                                                 "difference_pct_points": 100 * (r1 - acc)}
-            gains = [100 * (b - a) for a, b in zip(ms, ms[1:])]
-            checks["accuracy rises with rank"] = {
-                "gains_pct_points": dict(zip([f"{a}->{b}" for a, b in zip(rs, rs[1:])], gains)),
-                "non_decreasing": bool(all(g >= -0.05 for g in gains)),
-                "best_rank": rs[int(np.argmax(ms))],
-                "last_gain_pct_points": gains[-1] if gains else None,
-                "saturates": bool(gains and abs(gains[-1]) < max(0.5, 0.25 * max(abs(g) for g in gains))),
-            }
-            info["checks"] = checks
+            for ref in refs:
+                if (acc := ref["test_acc_mean"]) is not None:
+                    ax.axhline(100 * acc, ls="--", lw=1.2, color="C1" if "relu" in ref["label"] else "C2",
+                               label=f"{ref['label']} ({100 * acc:.2f}%)")
+            info["checks"] = _rank_checks(ranked, refs)
         ax.set_xscale("log", base=2)
         ax.set_xticks(rs or [1])
         ax.set_xticklabels([str(r) for r in rs] or ["1"])
         _dress(ax, "rank r of the Low-Rank DIQNN", "final test accuracy (%)", _part_title(results, p))
-        res["parts"][p] = info
     res["figures"].append(_save(fig, out, "rank_accuracy.png", f"Fig. 3: accuracy vs rank ({plan.scale} scale, "
                                 f"mean +- std over {len(plan.seeds)} seed(s))"))
     return res
@@ -691,6 +674,12 @@ def _sorted_eigen(W):
 def _cos(a, b) -> float:
     """|cos| of the angle between two vectors."""
     return float((a @ b).abs() / (a.norm() * b.norm()).clamp_min(1e-300))
+
+
+#: summary key -> per-class key of the mean |cos| with the STA
+_COS_MEANS = {"cos_sta_mean": "cos_sta", "cos_sta_other_mean": "cos_sta_other_classes_mean",
+              "cos_sta_centred_mean": "cos_sta_centred",
+              "cos_sta_centred_other_mean": "cos_sta_centred_other_classes_mean"}
 
 
 def _eigen_report(model, W, sta, xbar, classes, ks, Xte, yte):
@@ -726,13 +715,39 @@ def _eigen_report(model, W, sta, xbar, classes, ks, Xte, yte):
             m.head.weight.copy_(0.5 * (Wk + Wk.transpose(1, 2)).to(m.head.weight.dtype))
             topk.append({"k": k, "test_acc": accuracy(predict(m, Xte), yte),
                          "energy_fraction_mean": float(((lam[:, :k] ** 2).sum(1) / (lam ** 2).sum(1)).mean())})
-    mean = {key: float(np.mean([c[key] for c in per_class])) for key in
-            ("cos_sta", "cos_sta_other_classes_mean", "cos_sta_centred", "cos_sta_centred_other_classes_mean")}
-    summary = {"cos_sta_mean": mean["cos_sta"], "cos_sta_other_mean": mean["cos_sta_other_classes_mean"],
-               "cos_sta_centred_mean": mean["cos_sta_centred"],
-               "cos_sta_centred_other_mean": mean["cos_sta_centred_other_classes_mean"], "full_test_acc": full_acc,
-               "smallest_k_within_1pt": next((t["k"] for t in topk if t["test_acc"] >= full_acc - 0.01), topk[-1]["k"])}
+    summary = {s: float(np.mean([c[k] for c in per_class])) for s, k in _COS_MEANS.items()}
+    summary.update(full_test_acc=full_acc, smallest_k_within_1pt=next(
+        (t["k"] for t in topk if t["test_acc"] >= full_acc - 0.01), topk[-1]["k"]))
     return lam, V, {"per_class": per_class, "topk": topk, "summary": summary}
+
+
+def _eigen_figure(out: Path, rows: list[tuple], sta, xbar, img: tuple[int, int], ncls: int) -> str:
+    """Fig. 2 (left): per class, the leading eigenvector of each matrix in ``rows``
+    ((label, V, lam, per_class) each), STA_i and STA_i - mean input."""
+    import matplotlib.pyplot as plt
+
+    nr = len(rows) + 2
+    fig, axes = plt.subplots(nr, ncls, figsize=(1.55 * ncls + 1.2, 1.8 * nr + 0.5), squeeze=False)
+    for i in range(ncls):
+        for r, (_, V, lam, pc) in enumerate(rows):
+            v = V[i, :, 0] * (1.0 if float(V[i, :, 0] @ sta[i]) >= 0 else -1.0)    # sign: <v, STA_i> >= 0
+            a = float(v.abs().max())
+            im0 = axes[r, i].imshow(v.reshape(img).numpy(), cmap="RdBu_r", vmin=-a, vmax=a)
+            axes[r, i].set_title(f"{pc[i]['class']}: $\\lambda$={float(lam[i, 0]):+.2g}\n"
+                                 f"|cos| STA {pc[i]['cos_sta']:.2f}/{pc[i]['cos_sta_centred']:.2f}", fontsize=6)
+        im1 = axes[nr - 2, i].imshow(sta[i].reshape(img).numpy(), cmap="gray")
+        s2 = sta[i] - xbar
+        b = float(s2.abs().max())
+        axes[nr - 1, i].imshow(s2.reshape(img).numpy(), cmap="RdBu_r", vmin=-b, vmax=b)
+        for r in range(nr):
+            axes[r, i].set(xticks=[], yticks=[])
+    for r, lab in enumerate([row[0] for row in rows] + ["STA_i\n(softmax-weighted)", "STA_i - mean\ninput"]):
+        axes[r, 0].set_ylabel(lab, fontsize=7)
+    fig.colorbar(im0, ax=axes[: nr - 2, :].ravel().tolist(), fraction=0.02, pad=0.01, label="entry (red +, blue -)")
+    fig.colorbar(im1, ax=axes[nr - 2, :].tolist(), fraction=0.02, pad=0.01, label="pixel value")
+    return _save(fig, out, "eigenvectors_sta.png", "Fig. 2: leading eigenvectors (largest |eigenvalue|; "
+                 "sign aligned with STA_i) vs each class's spike-triggered average; |cos| with STA / with "
+                 "centred STA", fontsize=9, tight=False)
 
 
 def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
@@ -759,17 +774,14 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     run = next((r for r in plan.runs if r.label == cfg_e.get("run")), plan.runs[0] if plan.runs else None)
     if run is None:
         return {"figures": [], "note": "no run to analyse (its data was skipped)"}
-    recs = [r for r in live.get((run.part, run.label), []) if r["status"] == "ok"]
-    if not recs:
+    if not (recs := _finished(live, run)):
         return {"figures": [], "note": "the run did not finish"}
-    rec = recs[0]
+    rec, cfg = recs[0], recs[0]["_config"]
     model = copy.deepcopy(rec["_model"]).to("cpu").eval()
     if not isinstance(model.head, QuadraticHead):
         raise ConfigError(f"eigen analysis needs a full quadratic head, got {type(model.head).__name__}")
-    cfg = rec["_config"]
     ds = load_data_for(cfg, torch.device("cpu"))
-    Xtr = ds.X_train.to("cpu", torch.float32)
-    Xte, yte = ds.X_test.to("cpu", torch.float32), ds.y_test.to("cpu")
+    Xtr, Xte, yte = ds.X_train.to("cpu", torch.float32), ds.X_test.to("cpu", torch.float32), ds.y_test.to("cpu")
     with torch.no_grad():
         feats = model.features(Xtr).flatten(1).to(torch.float64)
         p = torch.softmax(predict(model, Xtr).to(torch.float64), dim=1)          # (N, C)
@@ -779,71 +791,46 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     xbar = feats.mean(0)
     ks = sorted({int(k) for k in cfg_e.get("ks", [1, 2, 4, 8, 16, 32]) if 1 <= int(k) <= d} | {d})
     lam, V, trained = _eigen_report(model, W, sta, xbar, ds.classes, ks, Xte, yte)
-    full_acc = trained["summary"]["full_test_acc"]
+    rows = [("leading eigenvector\nof trained $W_i$", V, lam, trained["per_class"])]
     with torch.random.fork_rng(devices=[]):            # the learned update Delta W = W - W(0)
         torch.manual_seed(cfg.seed)
         m0 = build_model_for(cfg, ds)
     W0 = m0.head.weight.detach().to(torch.float64)
-    init_norm = float(param_norm(m0.parameters() if rec.get("normalisation") == "full" else m0.head.parameters())
-                      .detach())
+    init_norm = float(param_norm(m0.parameters() if rec.get("normalisation") == "full"
+                                 else m0.head.parameters()).detach())
     recorded = rec["history"][0].get("theta_norm") if rec.get("history") else None
     if isinstance(recorded, (int, float)) and abs(init_norm - recorded) <= 1e-5 * max(recorded, 1e-12):
-        dW = W - W0
-        dlam, dV, delta = _eigen_report(model, dW, sta, xbar, ds.classes, ks, Xte, yte)
-        delta.update({"norm_ratio_update_to_init": float(dW.norm() / W0.norm()),
+        dlam, dV, delta = _eigen_report(model, W - W0, sta, xbar, ds.classes, ks, Xte, yte)
+        delta.update({"norm_ratio_update_to_init": float((W - W0).norm() / W0.norm()),
                       "note": "Delta W_i = W_i - W_i(0): the initialisation rebuilt from the run's seed "
                               f"(||W(0)|| = {init_norm:.6g} equals the recorded initial ||theta||); the model "
                               "x -> x^T Delta W_i x alone is evaluated for the top-k accuracies"})
+        rows.append(("leading eigenvector\nof $\\Delta W_i = W_i - W_i(0)$", dV, dlam, delta["per_class"]))
     else:
         delta = {"note": f"initialisation not reproducible here (rebuilt ||theta(0)|| {init_norm:.6g} vs recorded "
                          f"{recorded}); Delta W analysis skipped"}
     figs = []
     shape = tuple(int(s) for s in model.input_shape)
-    img = (shape[-2], shape[-1]) if len(shape) == 3 and shape[0] == 1 and shape[1] * shape[2] == d else None
-    if img is not None:
-        ncls = min(C, int(cfg_e.get("show_classes", C)))
-        rows = [("leading eigenvector\nof trained $W_i$", V[:, :, 0], lam, trained["per_class"])]
-        if "per_class" in delta:
-            rows.append(("leading eigenvector\nof $\\Delta W_i = W_i - W_i(0)$", dV[:, :, 0], dlam, delta["per_class"]))
-        nr = len(rows) + 2
-        fig, axes = plt.subplots(nr, ncls, figsize=(1.55 * ncls + 1.2, 1.8 * nr + 0.5), squeeze=False)
-        for i in range(ncls):
-            for r, (_, vecs, lams, pc) in enumerate(rows):
-                v = vecs[i] * (1.0 if float(vecs[i] @ sta[i]) >= 0 else -1.0)
-                a = float(v.abs().max())
-                im0 = axes[r, i].imshow(v.reshape(img).numpy(), cmap="RdBu_r", vmin=-a, vmax=a)
-                axes[r, i].set_title(f"{pc[i]['class']}: $\\lambda$={float(lams[i, 0]):+.2g}\n"
-                                     f"|cos| STA {pc[i]['cos_sta']:.2f}/{pc[i]['cos_sta_centred']:.2f}", fontsize=6)
-            im1 = axes[nr - 2, i].imshow(sta[i].reshape(img).numpy(), cmap="gray")
-            s2 = sta[i] - xbar
-            b = float(s2.abs().max())
-            axes[nr - 1, i].imshow(s2.reshape(img).numpy(), cmap="RdBu_r", vmin=-b, vmax=b)
-            for r in range(nr):
-                axes[r, i].set(xticks=[], yticks=[])
-        for r, lab in enumerate([row[0] for row in rows] + ["STA_i\n(softmax-weighted)", "STA_i - mean\ninput"]):
-            axes[r, 0].set_ylabel(lab, fontsize=7)
-        fig.colorbar(im0, ax=axes[: nr - 2, :].ravel().tolist(), fraction=0.02, pad=0.01, label="entry (red +, blue -)")
-        fig.colorbar(im1, ax=axes[nr - 2, :].tolist(), fraction=0.02, pad=0.01, label="pixel value")
-        figs.append(_save(fig, out, "eigenvectors_sta.png", "Fig. 2: leading eigenvectors (largest |eigenvalue|; "
-                          "sign aligned with STA_i) vs each class's spike-triggered average; |cos| with STA / with "
-                          "centred STA", fontsize=9, tight=False))
+    if len(shape) == 3 and shape[0] == 1 and shape[1] * shape[2] == d:
+        figs.append(_eigen_figure(out, rows, sta, xbar, shape[1:], min(C, int(cfg_e.get("show_classes", C)))))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.3))
     for topk, mk, lab in ((trained["topk"], "o", "top-k eigenpairs of trained $W_i$"),
                           (delta.get("topk"), "s", "top-k eigenpairs of $\\Delta W_i$ only (init removed)")):
         if topk:
             ax1.plot([t["k"] for t in topk], [100 * t["test_acc"] for t in topk], marker=mk, label=lab)
+    full_acc = trained["summary"]["full_test_acc"]
     ax1.axhline(100 * full_acc, ls="--", color="k", lw=1, label=f"full trained model ({100 * full_acc:.2f}%)")
     ax1.set_xscale("log", base=2)
     _dress(ax1, "k (eigenpairs of largest |eigenvalue| kept in every $W_i$)", "test accuracy (%)",
            "test accuracy of the truncated DIQNN", legend=None)
     ax1.legend(fontsize=8)
     idx = np.arange(1, d + 1)
-    ax2.plot(idx, lam.abs().mean(0).numpy(), lw=1.5, label="trained $W_i$ (mean over classes)")
+    spectra = [(lam, "-", 1.5, "trained $W_i$")]
     if "topk" in delta:
-        ax2.plot(idx, dlam.abs().mean(0).numpy(), lw=1.5, ls="--",
-                 label="$\\Delta W_i = W_i - W_i(0)$ (mean over classes)")
-        ax2.plot(idx, _sorted_eigen(W0)[0].abs().mean(0).numpy(), lw=1, ls=":",
-                 label="initial $W_i(0)$ (mean over classes)")
+        spectra += [(dlam, "--", 1.5, "$\\Delta W_i = W_i - W_i(0)$"),
+                    (_sorted_eigen(W0)[0], ":", 1, "initial $W_i(0)$")]
+    for ev, ls, lw, lab in spectra:
+        ax2.plot(idx, ev.abs().mean(0).numpy(), ls=ls, lw=lw, label=f"{lab} (mean over classes)")
     top = float(lam.abs().max())
     ax2.set(xscale="log", yscale="log", ylim=(1e-6 * top, 2 * top),      # the update has ~0 eigenvalues along
             xlabel="index (sorted by |eigenvalue|)", ylabel="|eigenvalue|", title="spectra")   # never-lit pixels
@@ -878,14 +865,87 @@ _MARGIN_LABELS = {"gamma_bar": r"$\bar\gamma$ (q/$\|\theta\|^L$, mean)", "gamma_
                   "gamma_output": "output-normalised (authors)", "gamma_smoothed": "smoothed (Lyu & Li)"}
 
 
-def _num(v) -> float:
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
+def _floats(v) -> np.ndarray:
+    """Numbers (None: NaN) as a float array."""
+    return np.array([np.nan if x is None else x for x in v], float)
 
 
 def _minmax(v) -> np.ndarray:
-    v = np.array([np.nan if x is None else x for x in v], float)
+    v = _floats(v)
     lo, hi = np.nanmin(v), np.nanmax(v)
     return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+
+
+def _margin_seed(rec: dict) -> dict:
+    """Fig. 5 for one seed: every margin definition against test accuracy (Spearman), the Theorem 2 monitors."""
+    h = rec["history"]
+    ta = _floats(r["test_acc"] for r in h)
+    curves = {key: [r.get(key) for r in h] for key in MARGIN_DEFINITIONS}
+    per_def, pvals = {}, {}
+    for key in MARGIN_DEFINITIONS:
+        v = _floats(curves[key])
+        rho, pvals[key], ok = _spearman(v, ta)
+        dv = np.diff(v[ok])
+        per_def[key] = {"spearman_rho": rho, "initial": float(v[ok][0]) if ok.any() else None,
+                        "final": float(v[ok][-1]) if ok.any() else None,
+                        "fraction_epochs_rose": float((dv > 0).mean()) if dv.size else None}
+    gb = _floats(curves["gamma_bar"])
+    inc = np.diff(gb) > 0
+    mons = [{"epoch": r["epoch"], **r["theorem2"]} for r in h if r.get("theorem2")]
+    return {
+        "seed": rec["seed"], "epochs": [float(r["epoch"]) for r in h], "gamma_bar": gb.tolist(),
+        "test_acc": ta.tolist(), "spearman_rho": per_def["gamma_bar"]["spearman_rho"],
+        "spearman_p": pvals["gamma_bar"], "definitions": per_def, "curves": curves,
+        "fraction_epochs_gamma_bar_rose": float(inc.mean()) if inc.size else None,
+        "gamma_bar_initial": float(gb[0]), "gamma_bar_final": float(gb[-1]),
+        "normalisation": rec.get("normalisation"), "degree": rec.get("degree"),
+        "monitors": mons, "monitor_epochs": len(mons),
+        **{k: [m["epoch"] for m in mons if pred(m)] for k, pred in _MONITOR_EPOCHS.items()},
+        "final_monitor": ({k: mons[-1].get(k) for k in ("epoch", "rho", "cv", "eps", "delta_min", "kappa",
+                                                         "velocity", "lower_bound")} if mons else None),
+    }
+
+
+def _margin_column(axes, title: str, s0: dict) -> None:
+    """Fig. 5's three panels of one run (its first seed): gamma_bar and test accuracy, the Theorem 2
+    monitors, every margin definition min-max scaled beside test accuracy."""
+    ax = axes[0]
+    l1 = ax.plot(s0["epochs"], s0["gamma_bar"], color="tab:green", marker="o", ms=3,
+                 label=r"$\bar\gamma$ (training set)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(r"average margin $\bar\gamma = $ mean $q_n/\|\theta\|^L$" + f" (L={s0['degree']}, "
+                  f"{s0['normalisation']})", fontsize=8)
+    ax2 = ax.twinx()
+    l2 = ax2.plot(s0["epochs"], [100 * a for a in s0["test_acc"]], color="tab:blue", marker="s", ms=3,
+                  label="test accuracy")
+    ax2.set_ylabel("test accuracy (%)")
+    ax.legend(l1 + l2, [x.get_label() for x in l1 + l2], fontsize=8, loc="lower right")
+    ax.set_title(f"{title}\nSpearman rho = {s0['spearman_rho']:.3f} (seed {s0['seed']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    if mons := s0["monitors"]:
+        me = [m["epoch"] for m in mons]
+        for key, mk, lab in (("rho", "o", r"$\rho$ (alignment)"), ("cv", "s", r"$cv$ (spread of runner-up weights)"),
+                             ("eps", "^", r"$\varepsilon$ (other classes)")):
+            ax.plot(me, _floats(m[key] for m in mons), marker=mk, label=lab)
+        for m in mons:
+            ax.annotate("A1-3" if m.get("theorem_applies") else "no claim", (m["epoch"], 0.02), fontsize=6,
+                        rotation=90, color="tab:green" if m.get("theorem_applies") else "tab:gray",
+                        xycoords=("data", "axes fraction"))
+        ax.set_yscale("symlog", linthresh=1e-2)
+    else:
+        ax.text(0.5, 0.5, "no Theorem 2 monitors in this run", ha="center", transform=ax.transAxes)
+    _dress(ax, "epoch", "Theorem 2 quantities (subset)",
+           r"Theorem 2 monitors: (A3) needs $\rho > cv + \varepsilon$", legend=None, fontsize=9)
+    if mons:
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    for key in MARGIN_DEFINITIONS:
+        ax.plot(s0["epochs"], _minmax(s0["curves"][key]), marker=".",
+                label=f"{_MARGIN_LABELS.get(key, key)}: rho {s0['definitions'][key]['spearman_rho']:+.2f}")
+    ax.plot(s0["epochs"], _minmax(s0["test_acc"]), color="black", ls="--", lw=1.5, label="test accuracy")
+    _dress(ax, "epoch", "min-max scaled over the run", "every margin definition vs test accuracy "
+           "(Spearman rho with test acc.)", legend=7, fontsize=9)
 
 
 def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
@@ -898,82 +958,32 @@ def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         return res
     fig, axes = plt.subplots(3, len(runs), figsize=(5.6 * len(runs), 11.0), squeeze=False)
     for col, run in enumerate(runs):
-        seeds_info = []
-        for rec in [r for r in live[(run.part, run.label)] if r["status"] == "ok"]:
-            h = rec["history"]
-            ta = np.array([r["test_acc"] for r in h], float)
-            curves = {key: [r.get(key) for r in h] for key in MARGIN_DEFINITIONS}
-            per_def = {}
-            for key in MARGIN_DEFINITIONS:     # Spearman(margin, test accuracy) for every definition
-                v = np.array([np.nan if x is None else x for x in curves[key]], float)
-                rho, _, ok = _spearman(v, ta)
-                dv = np.diff(v[ok])
-                per_def[key] = {"spearman_rho": rho, "initial": float(v[ok][0]) if ok.any() else None,
-                                "final": float(v[ok][-1]) if ok.any() else None,
-                                "fraction_epochs_rose": float((dv > 0).mean()) if dv.size else None}
-            gb = np.array([r["gamma_bar"] for r in h], float)
-            rho, pval, _ = _spearman(gb, ta)
-            inc = np.diff(gb) > 0
-            mons = [{"epoch": r["epoch"], **r["theorem2"]} for r in h if r.get("theorem2")]
-            seeds_info.append({
-                "seed": rec["seed"], "epochs": [float(r["epoch"]) for r in h], "gamma_bar": gb.tolist(),
-                "test_acc": ta.tolist(), "spearman_rho": rho, "spearman_p": pval, "definitions": per_def,
-                "curves": curves, "fraction_epochs_gamma_bar_rose": float(inc.mean()) if inc.size else None,
-                "gamma_bar_initial": float(gb[0]), "gamma_bar_final": float(gb[-1]),
-                "normalisation": rec.get("normalisation"), "degree": rec.get("degree"),
-                "monitors": mons, "monitor_epochs": len(mons),
-                **{k: [m["epoch"] for m in mons if pred(m)] for k, pred in _MONITOR_EPOCHS.items()},
-                "final_monitor": ({k: mons[-1].get(k) for k in ("epoch", "rho", "cv", "eps", "delta_min", "kappa",
-                                                                 "velocity", "lower_bound")} if mons else None),
-            })
+        seeds_info = [_margin_seed(rec) for rec in _finished(live, run)]
         res["runs"].append({"label": run.label, "part": run.part, "seeds": seeds_info,
                             "spearman_rho_mean": _mean_std([s["spearman_rho"] for s in seeds_info])[0]})
-        if not seeds_info:
-            continue
-        s0 = seeds_info[0]
-        ax = axes[0, col]
-        l1 = ax.plot(s0["epochs"], s0["gamma_bar"], color="tab:green", marker="o", ms=3,
-                     label=r"$\bar\gamma$ (training set)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(r"average margin $\bar\gamma = $ mean $q_n/\|\theta\|^L$" + f" (L={s0['degree']}, "
-                      f"{s0['normalisation']})", fontsize=8)
-        ax2 = ax.twinx()
-        l2 = ax2.plot(s0["epochs"], [100 * a for a in s0["test_acc"]], color="tab:blue", marker="s", ms=3,
-                      label="test accuracy")
-        ax2.set_ylabel("test accuracy (%)")
-        ax.legend(l1 + l2, [x.get_label() for x in l1 + l2], fontsize=8, loc="lower right")
-        ax.set_title(f"{run.part}: {run.label}\nSpearman rho = {s0['spearman_rho']:.3f} (seed {s0['seed']})",
-                     fontsize=9)
-        ax.grid(alpha=0.3)
-        ax = axes[1, col]
-        if mons := s0["monitors"]:
-            me = [m["epoch"] for m in mons]
-            for key, mk, lab in (("rho", "o", r"$\rho$ (alignment)"),
-                                 ("cv", "s", r"$cv$ (spread of runner-up weights)"),
-                                 ("eps", "^", r"$\varepsilon$ (other classes)")):
-                ax.plot(me, [_num(m[key]) for m in mons], marker=mk, label=lab)
-            for m in mons:
-                ax.annotate("A1-3" if m.get("theorem_applies") else "no claim", (m["epoch"], 0.02), fontsize=6,
-                            rotation=90, color="tab:green" if m.get("theorem_applies") else "tab:gray",
-                            xycoords=("data", "axes fraction"))
-            ax.set_yscale("symlog", linthresh=1e-2)
-        else:
-            ax.text(0.5, 0.5, "no Theorem 2 monitors in this run", ha="center", transform=ax.transAxes)
-        _dress(ax, "epoch", "Theorem 2 quantities (subset)",
-               r"Theorem 2 monitors: (A3) needs $\rho > cv + \varepsilon$", legend=None, fontsize=9)
-        if mons:
-            ax.legend(fontsize=8)
-        ax = axes[2, col]                   # every margin definition, min-max scaled, beside accuracy
-        for key in MARGIN_DEFINITIONS:
-            ax.plot(s0["epochs"], _minmax(s0["curves"][key]), marker=".",
-                    label=f"{_MARGIN_LABELS.get(key, key)}: rho {s0['definitions'][key]['spearman_rho']:+.2f}")
-        ax.plot(s0["epochs"], _minmax(s0["test_acc"]), color="black", ls="--", lw=1.5, label="test accuracy")
-        _dress(ax, "epoch", "min-max scaled over the run", "every margin definition vs test accuracy "
-               "(Spearman rho with test acc.)", legend=7, fontsize=9)
+        if seeds_info:
+            _margin_column(axes[:, col], f"{run.part}: {run.label}", seeds_info[0])
     res["figures"].append(_save(fig, out, "margin_vs_accuracy.png", "Fig. 5: average margin vs test accuracy over "
                                 f"SGD training ({plan.scale} scale)"))
     res["paper_claims"] = plan.spec.get("margin", {}).get("paper_claims", [])
     return res
+
+
+def _reach_checks(rows: list[dict]) -> dict:
+    """Each lambda > 0 against lambda = 0: reached each target sooner, and the accuracy after epoch 1."""
+    base = next((r for r in rows if not r["margin_reg"]), None)
+    checks = {}
+    for r in [r for r in rows if r["margin_reg"]] if base is not None else []:
+        for k, x in r["reach_epoch_mean"].items():
+            b = base["reach_epoch_mean"][k]
+            verdict = ("n/a" if x is None and b is None else "sooner" if x is not None and (b is None or x < b)
+                       else "same epoch" if x == b else "later")
+            checks[f"{r['label']} vs {base['label']}, target {100 * float(k):g}%"] = verdict
+        e1b, e1x = base["test_acc_epoch1_mean"], r["test_acc_epoch1_mean"]
+        if e1b is not None and e1x is not None:
+            checks[f"{r['label']} vs {base['label']}, test accuracy after epoch 1"] = (
+                f"{100 * e1x:.2f}% vs {100 * e1b:.2f}% ({'higher' if e1x > e1b else 'not higher'})")
+    return checks
 
 
 def analysis_reach(plan: Plan, results: dict, live: dict, out: Path) -> dict:
@@ -992,14 +1002,14 @@ def analysis_reach(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         targets = [float(x) for x in (t if isinstance(t, list) else [] if t is None else [t])]
         rows = []
         for run in plan.part_runs(p):
-            recs = [r for r in live.get((p, run.label), []) if r["status"] == "ok"]
+            recs = _finished(live, run)
             reach = {f"{tg:g}": [next((h["epoch"] for h in rec["history"] if h["test_acc"] >= tg), None)
                                  for rec in recs] for tg in targets}
             if (c := _curves(recs)) is not None:
                 ax.plot(c[0], 100 * np.nanmean(c[1], 0), marker="o", ms=3, label=run.label)
             first = [rec["history"][1]["test_acc"] for rec in recs if len(rec["history"]) > 1]
             rows.append({"label": run.label, "margin_reg": run.settings.get("margin_reg", 0.0), "reach_epochs": reach,
-                         "reach_epoch_mean": {k: (float(np.mean(v)) if v and all(e is not None for e in v) else None)
+                         "reach_epoch_mean": {k: (float(np.mean(v)) if v and None not in v else None)
                                               for k, v in reach.items()},
                          "test_acc_epoch1_mean": _mean_std(first)[0],
                          "final_test_acc_mean": _mean_std([r["test_acc"] for r in recs])[0],
@@ -1007,20 +1017,7 @@ def analysis_reach(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         for i, tg in enumerate(targets):
             ax.axhline(100 * tg, ls="--", color="k", lw=0.8, alpha=0.6, label="targets" if i == 0 else None)
         _dress(ax, "epoch", "test accuracy (%)", _part_title(results, p), legend=7)
-        base = next((r for r in rows if not r["margin_reg"]), None)
-        checks = {}
-        regularised = [r for r in rows if r["margin_reg"]] if base is not None else []
-        for r in regularised:                # each lambda > 0 against lambda = 0
-            for k, x in r["reach_epoch_mean"].items():
-                b = base["reach_epoch_mean"][k]
-                verdict = ("n/a" if x is None and b is None else "sooner" if x is not None and (b is None or x < b)
-                           else "same epoch" if x == b else "later")
-                checks[f"{r['label']} vs {base['label']}, target {100 * float(k):g}%"] = verdict
-            e1b, e1x = base["test_acc_epoch1_mean"], r["test_acc_epoch1_mean"]
-            if e1b is not None and e1x is not None:
-                checks[f"{r['label']} vs {base['label']}, test accuracy after epoch 1"] = (
-                    f"{100 * e1x:.2f}% vs {100 * e1b:.2f}% ({'higher' if e1x > e1b else 'not higher'})")
-        res["parts"][p] = {"targets": targets, "runs": rows, "checks": checks}
+        res["parts"][p] = {"targets": targets, "runs": rows, "checks": _reach_checks(rows)}
     res["figures"].append(_save(fig, out, "margin_regularisation.png", "Fig. 6: test accuracy with margin "
                                 f"regularisation,\nloss = CE - lambda * gamma_bar ({plan.scale} scale; dashed: the "
                                 "reach targets)"))
@@ -1031,6 +1028,7 @@ def analysis_reach(plan: Plan, results: dict, live: dict, out: Path) -> dict:
 def _table_cfg(plan: Plan, section: str) -> dict:
     """The definition's ``[section]`` updated by ``[scales.<scale>.section]``."""
     return {**plan.spec.get(section, {}), **plan.spec.get("scales", {}).get(plan.scale, {}).get(section, {})}
+
 
 
 def analysis_xor(plan: Plan, results: dict, live: dict, out: Path) -> dict:
@@ -1045,9 +1043,8 @@ def analysis_xor(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     t0 = time.perf_counter()
     for seed in plan.seeds:
         th0 = random_init(seed)
-        r = solve_xor_flow(th0, t_max=t_max, points=points, rtol=rtol)
-        a, b, c, e = r.reduced[-1]
-        sols.append(r)
+        sols.append(r := solve_xor_flow(th0, t_max=t_max, points=points, rtol=rtol))
+        a, _, _, e = r.reduced[-1]
         starts.append({
             "seed": seed, "theta0": th0.tolist(), "theorem1_hypothesis": r.theorem1_hypothesis,
             "gamma_bar_initial": float(r.gamma_bar[0]), "gamma_bar_final": r.final_gamma_bar,
@@ -1118,28 +1115,40 @@ def _f(x: Any, fmt: str = ".4g") -> str:
     return format(x, fmt)
 
 
-def _md_escape(s: Any) -> str:
-    return str(s).replace("|", "\\|")
+def _pct(x: float | None, nd: int = 2) -> str:
+    return "n/a" if x is None else f"{100 * x:.{nd}f}"
 
 
-def _row(*cells: Any) -> str:
-    """One markdown table row."""
-    return "| " + " | ".join(map(str, cells)) + " |"
+def _fmt_acc(mean, std) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.2f} +- {100 * std:.2f}" if std is not None else f"{100 * mean:.2f} (1 seed)"
 
 
 def _yn(b: Any, no: str = "no") -> str:
     return "yes" if b else no
 
 
-def _list_or_none(xs: list, n: int) -> str:
+def _row(*cells: Any) -> str:
+    """One markdown table row (``|`` inside a cell escaped)."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _table(header: list, align: str, rows) -> list[str]:
+    """A markdown table; ``align`` has a letter per column: ``r`` right-aligned, else (or missing) left."""
+    rule = "".join("---:|" if a == "r" else "---|" for a in align.ljust(len(header), "l"))
+    return [_row(*header), "|" + rule, *(_row(*r) for r in rows)]
+
+
+def _epochs(xs: list, n: int) -> str:
     return "no monitors" if n == 0 else f"{', '.join(map(str, xs)) or 'none'} ({len(xs)}/{n})"
 
 
-def _topk_rows(topk: list[dict]) -> list[str]:
+def _topk_table(topk: list[dict]) -> list[str]:
     """The top-k table of Fig. 2: test accuracy and energy fraction per k."""
-    return [_row("k", *(t["k"] for t in topk)), "|---|" + "---:|" * len(topk),
-            _row("test acc (%)", *(_pct(t["test_acc"]) for t in topk)),
-            _row("mean energy fraction", *(f"{t['energy_fraction_mean']:.3f}" for t in topk)), ""]
+    return _table(["k", *(t["k"] for t in topk)], "l" + "r" * len(topk),
+                  [["test acc (%)", *(_pct(t["test_acc"]) for t in topk)],
+                   ["mean energy fraction", *(f"{t['energy_fraction_mean']:.3f}" for t in topk)]]) + [""]
 
 
 def _cos_summary(s: dict) -> str:
@@ -1164,18 +1173,17 @@ def _md_eigen(e: dict) -> list[str]:
     if not e.get("per_class"):
         return []
     s = e["summary"]
+    cols = ("cos_sta", "cos_sta_other_classes_mean", "cos_sta_centred", "cos_sta_centred_other_classes_mean",
+            "energy_top1")
     L = ["## Fig. 2: eigenvectors vs spike-triggered averages", "", f"Definition: {e['sta_definition']}.", "",
-         f"Mean |cos(v_1, STA_i)| = {_cos_summary(s)}.", "",
-         "| class | leading eigenvalue | #pos / #neg eigenvalues | \\|cos\\| with STA | other classes | "
-         "\\|cos\\| centred | other classes | energy of top-1 |", "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for c in e["per_class"]:
-        L.append(_row(_md_escape(c["class"]), f"{c['leading_eigenvalue']:+.4g}",
-                      f"{c['n_positive']} / {c['n_negative']}",
-                      *(f"{c[k]:.3f}" for k in ("cos_sta", "cos_sta_other_classes_mean", "cos_sta_centred",
-                                                "cos_sta_centred_other_classes_mean", "energy_top1"))))
+         f"Mean |cos(v_1, STA_i)| = {_cos_summary(s)}.", ""]
+    L += _table(["class", "leading eigenvalue", "#pos / #neg eigenvalues", "|cos| with STA", "other classes",
+                 "|cos| centred", "other classes", "energy of top-1"], "lrlrrrrr",
+                [[c["class"], f"{c['leading_eigenvalue']:+.4g}", f"{c['n_positive']} / {c['n_negative']}",
+                  *(f"{c[k]:.3f}" for k in cols)] for c in e["per_class"]])
     L += ["", "Test accuracy keeping the top-k eigenpairs (by |eigenvalue|) of every W_i "
           f"(full model: {_pct(s['full_test_acc'])}%; within 1 point from k = {s['smallest_k_within_1pt']}):", ""]
-    L += _topk_rows(e["topk"])
+    L += _topk_table(e["topk"])
     dl = e.get("delta") or {}
     if dl.get("per_class"):
         L += ["### The learned update Delta W_i = W_i - W_i(0)", "",
@@ -1186,7 +1194,7 @@ def _md_eigen(e: dict) -> list[str]:
               + ".",
               "", f"Test accuracy of x -> x^T Delta W_i x alone: {_pct(dl['summary']['full_test_acc'])}%; keeping its "
               "top-k eigenpairs:", ""]
-        L += _topk_rows(dl["topk"])
+        L += _topk_table(dl["topk"])
     elif dl.get("note"):
         L += [f"Delta W analysis: {dl['note']}.", ""]
     return L
@@ -1195,33 +1203,28 @@ def _md_eigen(e: dict) -> list[str]:
 def _md_margin(an: dict) -> list[str]:
     if not an.get("runs"):
         return []
-    L = ["## Fig. 5: margin vs test accuracy", "",
-         "| part | run | seed | normalisation | gamma_bar start -> end | epochs gamma_bar rose | Spearman rho (p) | "
-         "Theorem 2 applies (A1-A3) at epochs | A1 / A3 hold | last monitor: rho, cv, eps | "
-         "Lemma-2 velocity > 0 at epochs |", "|---|---|---:|---|---|---:|---|---|---|---|---|"]
     seeds = [(r, s) for r in an["runs"] for s in r["seeds"]]
-    for r, s in seeds:
-        fr, fm, n = s["fraction_epochs_gamma_bar_rose"], s.get("final_monitor"), s["monitor_epochs"]
-        L.append(_row(r["part"], _md_escape(r["label"]), s["seed"], f"{s['normalisation']}, L={s['degree']}",
-                      f"{_f(s['gamma_bar_initial'], '+.4g')} -> {_f(s['gamma_bar_final'], '+.4g')}",
-                      "n/a" if fr is None else f"{100 * fr:.0f}%",
-                      f"{_f(s['spearman_rho'], '.3f')} ({_f(s['spearman_p'], '.2g')})",
-                      _list_or_none(s["theorem_applies_epochs"], n),
-                      f"{len(s.get('A1_epochs', []))} / {len(s.get('A3_epochs', []))} of {n}",
-                      ", ".join(_f(fm[k], ".3g") for k in ("rho", "cv", "eps")) if fm else "n/a",
-                      _list_or_none(s["velocity_positive_epochs"], n)))
+    L = ["## Fig. 5: margin vs test accuracy", ""]
+    L += _table(["part", "run", "seed", "normalisation", "gamma_bar start -> end", "epochs gamma_bar rose",
+                 "Spearman rho (p)", "Theorem 2 applies (A1-A3) at epochs", "A1 / A3 hold",
+                 "last monitor: rho, cv, eps", "Lemma-2 velocity > 0 at epochs"], "llrllr", [[
+        r["part"], r["label"], s["seed"], f"{s['normalisation']}, L={s['degree']}",
+        f"{_f(s['gamma_bar_initial'], '+.4g')} -> {_f(s['gamma_bar_final'], '+.4g')}",
+        "n/a" if (fr := s["fraction_epochs_gamma_bar_rose"]) is None else f"{100 * fr:.0f}%",
+        f"{_f(s['spearman_rho'], '.3f')} ({_f(s['spearman_p'], '.2g')})",
+        _epochs(s["theorem_applies_epochs"], s["monitor_epochs"]),
+        f"{len(s.get('A1_epochs', []))} / {len(s.get('A3_epochs', []))} of {s['monitor_epochs']}",
+        ", ".join(_f(s["final_monitor"][k], ".3g") for k in ("rho", "cv", "eps")) if s.get("final_monitor") else "n/a",
+        _epochs(s["velocity_positive_epochs"], s["monitor_epochs"])] for r, s in seeds])
     L += ["", "Theorem 2's conditions are sufficient, not necessary: where they fail it says nothing, and the "
           "margin may still grow. Monitors use a seeded training subset (trainer monitor_subset).", "",
           "### Every margin definition against test accuracy (SPEC §2)", "",
           "gamma_bar / gamma_min: q/||theta||^L (runner-up); gamma_output: the authors' output-normalised "
           "margin; gamma_smoothed: Lyu & Li's log(1/(exp(S)-1))/||theta||^L (not scale invariant; "
-          "meaningful once the summed loss S < log 2). Cells: start -> end, Spearman rho with test accuracy.", "",
-          _row("part", "run", "seed", *MARGIN_DEFINITIONS), "|---|---|---:|" + "---|" * len(MARGIN_DEFINITIONS)]
-    for r, s in seeds:
-        defs = s.get("definitions") or {}
-        L.append(_row(r["part"], _md_escape(r["label"]), s["seed"], *(
-            f"{_f(d.get('initial'), '+.3g')} -> {_f(d.get('final'), '+.3g')}, rho {_f(d.get('spearman_rho'), '.2f')}"
-            for d in (defs.get(key) or {} for key in MARGIN_DEFINITIONS))))
+          "meaningful once the summed loss S < log 2). Cells: start -> end, Spearman rho with test accuracy.", ""]
+    L += _table(["part", "run", "seed", *MARGIN_DEFINITIONS], "llr", [[r["part"], r["label"], s["seed"], *(
+        f"{_f(d.get('initial'), '+.3g')} -> {_f(d.get('final'), '+.3g')}, rho {_f(d.get('spearman_rho'), '.2f')}"
+        for d in ((s.get("definitions") or {}).get(key) or {} for key in MARGIN_DEFINITIONS))] for r, s in seeds])
     return L + [""]
 
 
@@ -1229,18 +1232,16 @@ def _md_reach(an: dict) -> list[str]:
     if not an.get("parts"):
         return []
     L = ["## Fig. 6: epoch at which the test accuracy first reaches each target", "",
-         "The trainer evaluates once per epoch, so reach epochs are integers (0 = initialisation).", "",
-         "| part | run | lambda | reach epoch per target (per seed) | test acc after epoch 1 (%) | "
-         "final test acc (%) | final gamma_bar |", "|---|---|---:|---|---:|---:|---:|"]
-    checks = []
-    for p, info in an["parts"].items():
-        for r in info["runs"]:
-            reach = "; ".join(f"{100 * float(k):g}%: " + ", ".join("never" if e is None else str(e) for e in v)
-                              for k, v in r["reach_epochs"].items()) or "no target"
-            L.append(_row(p, _md_escape(r["label"]), f"{r['margin_reg']:g}", reach, _pct(r["test_acc_epoch1_mean"]),
-                          _pct(r["final_test_acc_mean"]), _f(r["final_gamma_bar_mean"], "+.4g")))
-        checks += [f"- {p}: {name}: **{verdict}**" for name, verdict in info["checks"].items()]
-    return L + [""] + checks + [""]
+         "The trainer evaluates once per epoch, so reach epochs are integers (0 = initialisation).", ""]
+    L += _table(["part", "run", "lambda", "reach epoch per target (per seed)", "test acc after epoch 1 (%)",
+                 "final test acc (%)", "final gamma_bar"], "llrlrrr", [[
+        p, r["label"], f"{r['margin_reg']:g}",
+        "; ".join(f"{100 * float(k):g}%: " + ", ".join("never" if e is None else str(e) for e in v)
+                  for k, v in r["reach_epochs"].items()) or "no target",
+        _pct(r["test_acc_epoch1_mean"]), _pct(r["final_test_acc_mean"]), _f(r["final_gamma_bar_mean"], "+.4g")]
+        for p, info in an["parts"].items() for r in info["runs"]])
+    return L + [""] + [f"- {p}: {name}: **{verdict}**" for p, info in an["parts"].items()
+                       for name, verdict in info["checks"].items()] + [""]
 
 
 def _md_xor(x: dict) -> list[str]:
@@ -1248,16 +1249,15 @@ def _md_xor(x: dict) -> list[str]:
     L = ["## Theorem 1 (XOR, gradient flow)", "",
          f"t_max = {x['t_max']:g}, rtol = {x['rtol']:g}; paper: gamma_bar non-decreasing, limit 1 (Theorem 1; "
          f"the paper states no number). All starts monotone: **{_yn(x['all_monotone'])}**; final gamma_bar in "
-         f"[{lo:.4f}, {hi:.4f}].", "",
-         "| start | theta(0) | hypothesis a(0)e(0) != 0 | gamma_bar start -> end | monotone | loss end | "
-         "boundary angle (deg) | a^2/e^2 | (1-gamma_bar) log^2 t | (ac)^2+(be)^2 | invariant drift |",
-         "|---:|---|---|---|---|---:|---:|---:|---:|---:|---|"]
-    for s in x["starts"]:
-        L.append(_row(s["seed"], "(" + ", ".join(f"{v:+.2f}" for v in s["theta0"]) + ")", _yn(s["theorem1_hypothesis"]),
-                      f"{_f(s['gamma_bar_initial'], '+.4f')} -> {_f(s['gamma_bar_final'], '.5f')}",
-                      _yn(s["monotone"], "NO"), _f(s["loss_final"], ".3g"), _f(s["boundary_angle_deg_final"], ".3g"),
-                      _f(s["a2_over_e2_final"], ".4f"), _f(s["one_minus_gamma_times_log2t"], ".4g"),
-                      _f(s["limit_constant"], ".4g"), _f(max(v for v in s["invariant_drift"] if v is not None), ".1e")))
+         f"[{lo:.4f}, {hi:.4f}].", ""]
+    L += _table(["start", "theta(0)", "hypothesis a(0)e(0) != 0", "gamma_bar start -> end", "monotone", "loss end",
+                 "boundary angle (deg)", "a^2/e^2", "(1-gamma_bar) log^2 t", "(ac)^2+(be)^2", "invariant drift"],
+                "rllllrrrrrl", [[
+        s["seed"], "(" + ", ".join(f"{v:+.2f}" for v in s["theta0"]) + ")", _yn(s["theorem1_hypothesis"]),
+        f"{_f(s['gamma_bar_initial'], '+.4f')} -> {_f(s['gamma_bar_final'], '.5f')}", _yn(s["monotone"], "NO"),
+        _f(s["loss_final"], ".3g"), _f(s["boundary_angle_deg_final"], ".3g"), _f(s["a2_over_e2_final"], ".4f"),
+        _f(s["one_minus_gamma_times_log2t"], ".4g"), _f(s["limit_constant"], ".4g"),
+        _f(max(v for v in s["invariant_drift"] if v is not None), ".1e")] for s in x["starts"]])
     if g := x.get("gd"):
         L += ["", f"Gradient descent (paper Fig. 4), start {g['seed']}, lr {g['lr']:g}, {g['steps']} steps: "
               f"monotone **{_yn(g['monotone'])}**, final gamma_bar {g['gamma_bar_final']:.5f}, "
@@ -1267,6 +1267,8 @@ def _md_xor(x: dict) -> list[str]:
 
 def render_markdown(res: dict) -> str:
     """results.md: header (scale, data, seeds, wall time), the results table, analyses, skips."""
+    from .maxmargin import render_markdown as md_maxmargin
+
     parts = ", ".join(f"{p} = {d['dataset']} ({d.get('n_train')} train / {d.get('n_test')} test)"
                       + (f" [{d['note']}]" if d.get("note") else "") for p, d in res["parts"].items())
     one_seed = len(res["seeds"]) == 1 and res["runs"]
@@ -1284,25 +1286,21 @@ def render_markdown(res: dict) -> str:
          + (f"; command: `{res['command']}`" if res.get("command") else "")]
     L += [f"- note: {n}" for n in res.get("notes", [])] + [""]
     if res["runs"]:
-        L += ["## Results (test accuracy, %)", "",
-              "| part | run | params | epochs | seeds | paper | ours (mean +- std) | best during training | per seed "
-              "| margin norm. | train s |", "|---|---|---:|---:|---:|---|---|---|---|---|---:|"]
-        for r in res["runs"]:
-            cached = " (cached)" if all(x.get("cached") for x in r["per_seed"]) else ""
-            L.append(_row(r["part"], _md_escape(r["label"]), f"{r['parameters']:,}" if r.get("parameters") else "n/a",
-                          r["epochs"], f"{r['n_ok']}/{r['n_seeds']}", _md_escape(r["paper"]),
-                          _fmt_acc(r["test_acc_mean"], r["test_acc_std"]),
-                          _fmt_acc(r.get("best_test_acc_mean"), r.get("best_test_acc_std")),
-                          ", ".join(_pct(s.get("test_acc")) if s["status"] == "ok" else s["status"]
-                                    for s in r["per_seed"]),
-                          f"{r['normalisation']}, L={r['degree']}" if r.get("normalisation") else "n/a",
-                          f"{r.get('train_s', r['wall_s']):.1f}{cached}"))
+        L += ["## Results (test accuracy, %)", ""]
+        L += _table(["part", "run", "params", "epochs", "seeds", "paper", "ours (mean +- std)", "best during training",
+                     "per seed", "margin norm.", "train s"], "llrrrlllllr", [[
+            r["part"], r["label"], f"{r['parameters']:,}" if r.get("parameters") else "n/a", r["epochs"],
+            f"{r['n_ok']}/{r['n_seeds']}", r["paper"], _fmt_acc(r["test_acc_mean"], r["test_acc_std"]),
+            _fmt_acc(r.get("best_test_acc_mean"), r.get("best_test_acc_std")),
+            ", ".join(_pct(s.get("test_acc")) if s["status"] == "ok" else s["status"] for s in r["per_seed"]),
+            f"{r['normalisation']}, L={r['degree']}" if r.get("normalisation") else "n/a",
+            f"{r.get('train_s', r['wall_s']):.1f}"
+            + (" (cached)" if all(x.get("cached") for x in r["per_seed"]) else "")]
+            for r in res["runs"]])
         if cached := sum(1 for r in res["runs"] for s in r["per_seed"] if s.get("cached")):
             L += ["", f"{cached} run(s) were loaded from the model cache (`{res.get('cache_dir')}`), trained by an "
                   "earlier invocation with the same configuration; 'train s' is the trainer's time for them then."]
         L.append("")
-    from .maxmargin import render_markdown as md_maxmargin
-
     md = {"ranks": _md_ranks, "eigen": _md_eigen, "margin": _md_margin, "reach": _md_reach, "xor": _md_xor,
           "maxmargin": md_maxmargin}
     for a, fn in md.items():
@@ -1313,6 +1311,116 @@ def render_markdown(res: dict) -> str:
     if res.get("figures"):
         L += ["## Figures", ""] + [f"- `{f}`" for f in res["figures"]] + [""]
     return "\n".join(L)
+
+
+# ---------------------------------------------------------------------------
+# Protocols side by side
+# ---------------------------------------------------------------------------
+def _verdict(holds: dict[str, bool | None]) -> str:
+    known = {p: h for p, h in holds.items() if h is not None}
+    if not known:
+        return "undecided (no data)"
+    if all(known.values()):
+        return "supported"
+    if not any(known.values()):
+        return "not supported"
+    return "depends on protocol (holds under " + ", ".join(p for p, h in known.items() if h) + ")"
+
+
+def _claims(res: dict):
+    """(claim, holds or None for no data, Spearman rho or None) of one protocol's results."""
+    for r in res["runs"]:                   # the paper's "M +- S": agreement within 2 combined std
+        if m := re.fullmatch(r"\s*([\d.]+)\s*\+-\s*([\d.]+)\s*", str(r.get("paper", ""))):
+            M, S = float(m.group(1)) / 100, float(m.group(2)) / 100
+            for which, key in (("final", "test_acc"), ("best", "best_test_acc")):
+                v = r.get(f"{key}_mean")
+                yield (f"{r['part']} {r['label']}: {which} accuracy agrees with the paper's {m.group(1)} +- "
+                       f"{m.group(2)} (within 2 combined std)",
+                       None if v is None else abs(v - M) <= 2 * math.hypot(S, r.get(f"{key}_std") or 0.0), None)
+    acc = {(r["part"], r["label"]): r.get("test_acc_mean") for r in res["runs"]}
+    for c in res.get("claims", []):          # the definition's ordering claims, e.g. quadratic > relu2 > linear
+        vals = [acc.get((c["part"], lab)) for lab in c["order"]]
+        yield (f"{c['part']}: " + " > ".join(c["order"]) + " (final accuracy)",
+               None if None in vals else all(a > b for a, b in zip(vals, vals[1:])), None)
+    an = res["analysis"]
+    for part, info in (an.get("reach") or {}).get("parts", {}).items():
+        for name, reached in info.get("checks", {}).items():
+            if "target" in name:
+                yield f"Fig. 6 {part}: {name}: reached sooner", None if reached == "n/a" else reached == "sooner", None
+    for part, info in (an.get("ranks") or {}).get("parts", {}).items():
+        for name, chk in info.get("checks", {}).items():
+            yield f"Fig. 3 {part}: {name}", chk.get("holds", chk.get("non_decreasing")), None
+    for r in (an.get("margin") or {}).get("runs", []):
+        for key in MARGIN_DEFINITIONS:
+            rho = _mean_std([s["definitions"][key]["spearman_rho"] for s in r["seeds"] if s.get("definitions")])[0]
+            yield (f"Fig. 5 {r['part']} {r['label']}: {key} rises with test accuracy (Spearman rho > 0)",
+                   None if rho is None else rho > 0, rho)
+
+
+def compare_protocols(per_protocol: dict[str, dict]) -> dict:
+    """Side by side, per claim, the results of one experiment under each protocol, with a verdict.
+
+    Claims: each run's accuracy (final and best, beside the paper's number); Fig. 3's checks
+    (``holds``/``non_decreasing``); Fig. 5's "margin rises with accuracy" per margin
+    definition (Spearman rho > 0, mean over seeds). Verdict: ``supported`` (holds under every
+    protocol), ``not supported`` (under none), ``depends on protocol`` (naming where it holds).
+    """
+    names = list(per_protocol)
+    any_res = next(iter(per_protocol.values()))
+    out: dict[str, Any] = {"experiment": any_res["experiment"], "scale": any_res["scale"], "protocols": names,
+                           "runs": [], "claims": [], "decided_by": []}
+    keyed = {p: {(r["part"], r["label"]): r for r in res["runs"]} for p, res in per_protocol.items()}
+    for (part, label), r0 in keyed[names[0]].items():
+        out["runs"].append({"part": part, "label": label, "paper_number": r0["paper"], "protocols": {
+            p: {k: keyed[p].get((part, label), {}).get(key) for k, key in (
+                ("final", "test_acc_mean"), ("final_std", "test_acc_std"), ("best", "best_test_acc_mean"),
+                ("best_std", "best_test_acc_std"))} for p in names}})
+    holds: dict[str, dict] = {}                 # claim -> {protocol: holds (None: no data)}
+    rhos: dict[str, dict] = {}
+    for p, res in per_protocol.items():
+        for text, h, rho in _claims(res):
+            holds.setdefault(text, {})[p] = None if h is None else bool(h)
+            if rho is not None:
+                rhos.setdefault(text, {})[p] = rho
+    out["claims"] = [{"claim": text, "holds": h, "verdict": _verdict(h),
+                      **({"spearman_rho_mean": rhos[text]} if text in rhos else {})} for text, h in holds.items()]
+    # what decides a claim besides the protocol: the reported accuracy (final vs best) or the
+    # margin definition - claims that differ only in that word but get different verdicts
+    for words, what in ((("final", "best"), "the reported accuracy (final vs best)"),
+                        (MARGIN_DEFINITIONS, "the margin definition")):
+        groups: dict[str, list[dict]] = {}
+        for c in out["claims"]:
+            for w in words:
+                if f" {w} " in f" {c['claim']} ":
+                    groups.setdefault(f" {c['claim']} ".replace(f" {w} ", " * ", 1).strip(), []).append(c)
+        out["decided_by"] += [{"claim": stem, "decided_by": what, "verdicts": {c["claim"]: c["verdict"] for c in cs}}
+                              for stem, cs in groups.items() if len({c["verdict"] for c in cs}) > 1]
+    return out
+
+
+def render_comparison(cmp: dict) -> str:
+    """comparison.md: the paper's number beside ours under each protocol, and the verdicts."""
+    names = cmp["protocols"]
+    L = [f"# {cmp['experiment']}: the paper's claims under each protocol ({cmp['scale']} scale)", "",
+         "Protocols (margin_theory.protocols): `paper` = the paper's text as restated in SPEC.md; `authors` = "
+         "the authors' public code (their inits, the full head's linear term and 1/2, the best test accuracy "
+         "over evaluations every 20 steps). Per-protocol details: " + ", ".join(f"`{p}/results.md`" for p in names)
+         + ".", "", "## Test accuracy (%): final, and best during training", ""]
+    L += _table(["part", "run", "paper", *(f"{p}: {w}" for p in names for w in ("final", "best"))], "", [
+        [r["part"], r["label"], r["paper_number"], *(_fmt_acc(r["protocols"][p][w], r["protocols"][p][f"{w}_std"])
+                                                   for p in names for w in ("final", "best"))] for r in cmp["runs"]])
+    if cmp["claims"]:
+        L += ["", "## Verdicts", ""]
+        L += _table(["claim", *names, "verdict"], "", [[c["claim"], *(
+            ("n/a" if c["holds"].get(p) is None else _yn(c["holds"][p]))
+            + (f" (rho {c['spearman_rho_mean'][p]:+.2f})" if (c.get("spearman_rho_mean") or {}).get(p) is not None
+               else "") for p in names), c["verdict"]] for c in cmp["claims"]])
+    if cmp.get("decided_by"):
+        L += ["", "## What decides it", ""] + [
+            f"- `{d['claim']}`: decided by {d['decided_by']}: "
+            + "; ".join(f"{k} -> {v}" for k, v in d["verdicts"].items())
+            for d in cmp["decided_by"]]
+    return "\n".join(L + [""])
 
 
 # ---------------------------------------------------------------------------
@@ -1356,123 +1464,11 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _verdict(holds: dict[str, bool | None]) -> str:
-    known = {p: h for p, h in holds.items() if h is not None}
-    if not known:
-        return "undecided (no data)"
-    if all(known.values()):
-        return "supported"
-    if not any(known.values()):
-        return "not supported"
-    return "depends on protocol (holds under " + ", ".join(p for p, h in known.items() if h) + ")"
-
-
-def compare_protocols(per_protocol: dict[str, dict]) -> dict:
-    """Side by side, per claim, the results of one experiment under each protocol, with a verdict.
-
-    Claims: each run's accuracy (final and best, beside the paper's number); Fig. 3's checks
-    (``holds``/``non_decreasing``); Fig. 5's "margin rises with accuracy" per margin
-    definition (Spearman rho > 0, mean over seeds). Verdict: ``supported`` (holds under every
-    protocol), ``not supported`` (under none), ``depends on protocol`` (naming where it holds).
-    """
-    names = list(per_protocol)
-    any_res = next(iter(per_protocol.values()))
-    out: dict[str, Any] = {"experiment": any_res["experiment"], "scale": any_res["scale"], "protocols": names,
-                           "runs": [], "claims": []}
-    keyed = {p: {(r["part"], r["label"]): r for r in res["runs"]} for p, res in per_protocol.items()}
-    for (part, label), r0 in keyed[names[0]].items():
-        out["runs"].append({"part": part, "label": label, "paper_number": r0["paper"], "protocols": {
-            p: {k: keyed[p].get((part, label), {}).get(key) for k, key in (
-                ("final", "test_acc_mean"), ("final_std", "test_acc_std"), ("best", "best_test_acc_mean"),
-                ("best_std", "best_test_acc_std"))} for p in names}})
-    claims: dict[str, dict] = {}          # claim text -> {protocol: holds (None: no data)}
-
-    def claim(p: str, text: str, holds: Any) -> dict:
-        c = claims.setdefault(text, {})
-        c[p] = None if holds is None else bool(holds)
-        return c
-
-    for p, res in per_protocol.items():
-        for r in res["runs"]:               # the paper's "M +- S": agreement within 2 combined std
-            if not (m := re.fullmatch(r"\s*([\d.]+)\s*\+-\s*([\d.]+)\s*", str(r.get("paper", "")))):
-                continue
-            M, S = float(m.group(1)) / 100, float(m.group(2)) / 100
-            for which, key, sd in (("final", "test_acc_mean", "test_acc_std"),
-                                   ("best", "best_test_acc_mean", "best_test_acc_std")):
-                v = r.get(key)
-                claim(p, f"{r['part']} {r['label']}: {which} accuracy agrees with the paper's {m.group(1)} +- "
-                      f"{m.group(2)} (within 2 combined std)",
-                      None if v is None else abs(v - M) <= 2 * math.hypot(S, r.get(sd) or 0.0))
-        acc = {(r["part"], r["label"]): r.get("test_acc_mean") for r in res["runs"]}
-        for c in res.get("claims", []):      # the definition's ordering claims, e.g. quadratic > relu2 > linear
-            vals = [acc.get((c["part"], lab)) for lab in c["order"]]
-            claim(p, f"{c['part']}: " + " > ".join(c["order"]) + " (final accuracy)",
-                  None if None in vals else all(a > b for a, b in zip(vals, vals[1:])))
-        an = res["analysis"]
-        for part, info in (an.get("reach") or {}).get("parts", {}).items():
-            for cname, reached in info.get("checks", {}).items():
-                if "target" in cname:
-                    claim(p, f"Fig. 6 {part}: {cname}: reached sooner",
-                          None if reached == "n/a" else reached == "sooner")
-        for part, info in (an.get("ranks") or {}).get("parts", {}).items():
-            for cname, chk in info.get("checks", {}).items():
-                claim(p, f"Fig. 3 {part}: {cname}", chk.get("holds", chk.get("non_decreasing")))
-        for r in (an.get("margin") or {}).get("runs", []):
-            for key in MARGIN_DEFINITIONS:
-                rho = _mean_std([s["definitions"][key]["spearman_rho"] for s in r["seeds"] if s.get("definitions")])[0]
-                claim(p, f"Fig. 5 {r['part']} {r['label']}: {key} rises with test accuracy (Spearman rho > 0)",
-                      None if rho is None else rho > 0).setdefault("_rho", {})[p] = rho
-    for text, holds in claims.items():
-        rho = holds.pop("_rho", None)
-        out["claims"].append({"claim": text, "holds": holds, "verdict": _verdict(holds),
-                              **({"spearman_rho_mean": rho} if rho else {})})
-    # what decides a claim besides the protocol: the reported accuracy (final vs best) or the
-    # margin definition - claims that differ only in that word but get different verdicts
-    out["decided_by"] = []
-    for word_set, what in ((("final", "best"), "the reported accuracy (final vs best)"),
-                           (MARGIN_DEFINITIONS, "the margin definition")):
-        groups: dict[str, list[dict]] = {}
-        for c in out["claims"]:
-            for w in word_set:
-                if f" {w} " in f" {c['claim']} ":
-                    groups.setdefault(f" {c['claim']} ".replace(f" {w} ", " * ", 1).strip(), []).append(c)
-        out["decided_by"] += [{"claim": stem, "decided_by": what, "verdicts": {c["claim"]: c["verdict"] for c in cs}}
-                              for stem, cs in groups.items() if len({c["verdict"] for c in cs}) > 1]
-    return out
-
-
-def render_comparison(cmp: dict) -> str:
-    """comparison.md: the paper's number beside ours under each protocol, and the verdicts."""
-    names = cmp["protocols"]
-    L = [f"# {cmp['experiment']}: the paper's claims under each protocol ({cmp['scale']} scale)", "",
-         "Protocols (margin_theory.protocols): `paper` = the paper's text as restated in SPEC.md; `authors` = "
-         "the authors' public code (their inits, the full head's linear term and 1/2, the best test accuracy "
-         "over evaluations every 20 steps). Per-protocol details: " + ", ".join(f"`{p}/results.md`" for p in names)
-         + ".", "", "## Test accuracy (%): final, and best during training", "",
-         _row("part", "run", "paper", *(f"{p}: {w}" for p in names for w in ("final", "best"))),
-         "|---|---|---|" + "---|---|" * len(names)]
-    for r in cmp["runs"]:
-        L.append(_row(r["part"], _md_escape(r["label"]), _md_escape(r["paper_number"]),
-                      *(_fmt_acc(r["protocols"][p][w], r["protocols"][p][f"{w}_std"]) for p in names
-                        for w in ("final", "best"))))
-    if cmp["claims"]:
-        L += ["", "## Verdicts", "", _row("claim", *names, "verdict"), "|---|" + "---|" * (len(names) + 1)]
-        for c in cmp["claims"]:
-            rho = c.get("spearman_rho_mean") or {}
-            cells = ["n/a" if (h := c["holds"].get(p)) is None else _yn(h) for p in names]
-            cells = [cell + (f" (rho {rho[p]:+.2f})" if rho.get(p) is not None else "")
-                     for p, cell in zip(names, cells)]
-            L.append(_row(_md_escape(c["claim"]), *cells, c["verdict"]))
-    if cmp.get("decided_by"):
-        L += ["", "## What decides it", ""] + [
-            f"- `{_md_escape(d['claim'])}`: decided by {d['decided_by']}: "
-            + "; ".join(f"{k} -> {v}" for k, v in d["verdicts"].items()) for d in cmp["decided_by"]]
-    return "\n".join(L + [""])
-
-
 @cli_entry(PROG)
 def main(argv=None) -> int:
     """Run an experiment (see the module docstring); exit 0 ok, 2 bad input."""
+    from .train import select_device
+
     args = build_parser().parse_args(argv)
     if args.list:
         exps = list_experiments(args.experiments_dir)
@@ -1487,18 +1483,10 @@ def main(argv=None) -> int:
         raise ConfigError("name an experiment (see --list) or 'all'")
     if args.scale is None:
         raise ConfigError("--scale is required: smoke, paper or tiny")
-    if args.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", args.device):
-        raise ConfigError(f"invalid --device {args.device!r}; use auto, cpu, cuda or cuda:N")
-    if args.device != "auto":
-        from .train import select_device
-
-        select_device(args.device)
+    select_device(args.device)                  # one-line errors for an unknown or absent device
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
         raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
-    root = Path("results") / args.scale
-    check_output_path(args.out if args.out is not None else root, kind="dir")
-    if args.cache_dir is not None:
-        check_output_path(args.cache_dir, kind="dir", flag="--cache-dir")
+    root = Path("results") / args.scale        # (run_experiment checks --out and --cache-dir before training)
     command = "python -m margin_theory.experiment " + " ".join(sys.argv[1:] if argv is None else argv)
     names = [e["name"] for e in list_experiments(args.experiments_dir)] if args.name == "all" else [args.name]
     if args.name == "all" and args.parts:

@@ -23,7 +23,7 @@ authors' code; under ``authors`` it is still available (``--margin-reg``).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from ._util import ConfigError
 
@@ -35,29 +35,15 @@ AUTHORS_CODE = ("liuchongming1999/dendrite-inspired-neural-network, quadratic_ne
 
 @dataclass(frozen=True)
 class Protocol:
-    """One named protocol.
-
-    Attributes:
-        name: ``paper`` or ``authors``.
-        init: initialisation scheme of the heads (``models.INITS``).
-        linear_term: the full quadratic head's linear term and 1/2 (``QuadraticHead``).
-        eval_every_steps: also evaluate the test accuracy every K SGD steps (the per-epoch
-            batch index ``i % K == 0``, after the step) and report the best; 0 = per epoch only.
-        reported_accuracy: which test accuracy the protocol's tables quote, ``final`` or ``best``.
-        margin: the margin definition its Fig. 5 reads (``margins.MarginResult`` field).
-        source: where the facts come from.
-    """
+    """One named protocol: a row of the module's table."""
 
     name: str
-    init: str
-    linear_term: bool
-    eval_every_steps: int
-    reported_accuracy: str
-    margin: str
-    source: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+    init: str                   # the heads' initialisation scheme (``models.INITS``)
+    linear_term: bool           # the full quadratic head's linear term and 1/2 (``QuadraticHead``)
+    eval_every_steps: int       # also evaluate every K SGD steps (batch index i % K == 0) and report the best
+    reported_accuracy: str      # which test accuracy its tables quote: ``final`` or ``best``
+    margin: str                 # the margin definition its Fig. 5 reads (a ``margins.MarginResult`` field)
+    source: str                 # where the facts come from
 
 
 PROTOCOLS: dict[str, Protocol] = {

@@ -1,14 +1,10 @@
 r"""The trainer's run folder (issue 14; the behaviour is described in ``docs/safety.md``).
 
-:class:`RunLock`: an exclusive ``fcntl.flock`` on ``DIR/.margin_theory.lock`` for the whole run, naming
-its holder (pid, host, start) to a second run; it dies with its process. ``--overwrite`` deletes only
-files a run of ours wrote, recognised by their content (:func:`foreign_files`, :func:`clear_run`);
-:func:`remove_orphans` deletes what a killed run left (temporary files of atomic writes, tensor files
-without a sidecar). :func:`read_metrics` is the one strict ``metrics.jsonl`` reader (``--resume``,
-``plot``, ``check --plot``). :func:`preflight` checks, before any data are loaded, that the learning
-rates ``lr * lr_gamma^k`` lie in float32's normal range (the weights are float32), weight decay and
-margin weight are float32-finite, the depth keeps Lemma 1's degree ``L = 2^(n+1) - 2`` a finite float64
-(``n <= MAX_LAYERS``), and parameters, gradients, optimizer state and checkpoint copies fit in memory.
+:class:`RunLock` (one run per folder), :func:`clear_run` (``--overwrite`` deletes only files a run
+of ours wrote), :func:`remove_orphans` (what a killed run left), :func:`read_metrics` (the one strict
+``metrics.jsonl`` reader: ``--resume``, ``plot``, ``check --plot``) and :func:`preflight` (values
+that overflow float32/float64 arithmetic, e.g. Lemma 1's degree ``L = 2^(n+1) - 2`` for
+``n > MAX_LAYERS``, and models that cannot fit in memory, refused before any data are loaded).
 """
 from __future__ import annotations
 
@@ -23,8 +19,7 @@ import socket
 from pathlib import Path
 from typing import Any, Iterator
 
-from ._util import one_line
-from ._util import ConfigError, DataError, check_memory, short_repr
+from ._util import ConfigError, DataError, check_memory, one_line, short_repr
 from .checkpoint import CHECKPOINT_DIR
 from .models import MAX_LAYERS
 from .data import REGISTRY, canonical_name
@@ -254,24 +249,25 @@ def _safetensors_format(path: Path) -> str | None:
 
 
 def _recognised(path: Path) -> bool:
+    """Whether a file under one of the trainer's names was written by a run of ours (by its content)."""
+    from .train import METRIC_KEYS
+
     name = path.name
     if path.is_dir() or path.is_symlink():
         return False
-    if name == "config.json":
-        return _is_train_config(_json_object(path))
-    if name == "summary.json":
-        d = _json_object(path)
-        return d is not None and "status" in d and _is_train_config(d.get("config"))
     if name == "metrics.jsonl":
-        from .train import METRIC_KEYS
-
         try:
             return all(set(METRIC_KEYS) <= set(r) for r in read_metrics(path))
         except ConfigError:
             return False
-    if name.endswith(".json"):
-        return (_json_object(path) or {}).get("format") == _CKPT_FORMAT
-    return name.endswith(".safetensors") and _safetensors_format(path) == _CKPT_FORMAT
+    if not name.endswith(".json"):
+        return name.endswith(".safetensors") and _safetensors_format(path) == _CKPT_FORMAT
+    d = _json_object(path)
+    if name == "config.json":
+        return _is_train_config(d)
+    if name == "summary.json":
+        return d is not None and "status" in d and _is_train_config(d.get("config"))
+    return (d or {}).get("format") == _CKPT_FORMAT
 
 
 def _candidates(out: Path) -> list[Path]:
