@@ -1,41 +1,26 @@
 """Checkpoints: safetensors + a JSON sidecar, never pickle (SPEC §8, CONVENTIONS).
 
-A checkpoint of epoch ``e`` of a run in ``DIR`` is the pair
+Epoch ``e`` of a run in ``DIR`` is the pair ``DIR/checkpoints/epoch-000e.safetensors`` (tensors:
+``model.<name>`` the ``state_dict``, ``optim.state.<i>.<key>`` the optimizer's per-parameter tensors,
+``rng.<name>`` uint8 generator states - ``generator_<cpu|cuda>``, ``torch_cpu``, ``torch_cuda``) and
+``DIR/checkpoints/epoch-000e.json``, the sidecar::
 
-* ``DIR/checkpoints/epoch-000e.safetensors``: tensors only, under prefixed names
-
-  - ``model.<name>``: the model's ``state_dict`` (parameters and buffers, e.g. the
-    BatchNorm running statistics);
-  - ``optim.state.<i>.<key>``: the optimizer's per-parameter tensors (SGD momentum
-    buffers), ``i`` the parameter's index in the optimizer;
-  - ``rng.<name>``: random-generator states as uint8 tensors (the trainer stores
-    ``rng.generator_<cpu|cuda>``, its seeded permutation/augmentation generator,
-    ``rng.torch_cpu`` and, on GPU, ``rng.torch_cuda``);
-
-* ``DIR/checkpoints/epoch-000e.json``: the sidecar::
-
-    {"format": "margin_theory.checkpoint", "version": 1,
-     "epoch": e, "step": global SGD step,
-     "model_name": ..., "model_args": {name, input_shape, num_classes, rank, layers,
-                                       hidden, conv_channels, conv_bias},
+    {"format": "margin_theory.checkpoint", "version": 1, "epoch": e, "step": global SGD step,
+     "model_name": ..., "model_args": {ModelSpec.as_dict(), input_shape, num_classes},
      "input_shape": [...], "num_classes": C, "degree": L or null, "head_degree": ...,
      "parameters": dense count, "config": {the TrainConfig},
-     "optimizer": {"class": "SGD", "param_groups": [...], "state": {non-tensor state}}
-                  or null,
+     "optimizer": {"class": "SGD", "param_groups": [...], "state": {non-tensor state}} or null,
      "rng": [names of the rng.* tensors], "metrics": {the epoch's metrics line},
      "tensors": "epoch-000e.safetensors", "tensor_bytes": n, "tensor_sha256": hex,
      "torch_version": ..., "margin_theory_version": ..., "created": ISO-8601 UTC}
 
-Both files are written atomically, the tensors first and the sidecar last, so a
-checkpoint exists (:func:`list_checkpoints`) only when both are complete; the sidecar's
-byte count and SHA-256 of the tensor file (both required) detect a truncated, corrupted
-or mismatched pair. Every problem is a one-line :class:`margin_theory._util.CheckpointError`.
-
-Reading is strict (issue 14, ``docs/safety.md``): every sidecar field is type-checked
-(:func:`read_sidecar`); the safetensors header's names, dtypes and shapes are checked
-against the model built on PyTorch's ``meta`` device (and the optimizer's parameters, the
-random-generator names) before any tensor is allocated; dtypes are never cast; non-finite
-weights or optimizer state are neither written nor read (:class:`NonFiniteCheckpointError`).
+Both are written atomically, tensors first, so a checkpoint exists (:func:`list_checkpoints`) only
+when both are complete; the required byte count and SHA-256 detect a truncated, corrupted or
+mismatched pair. Reading is strict (issue 14, ``docs/safety.md``): every sidecar field is
+type-checked (:func:`read_sidecar`); the tensor header's names, dtypes and shapes are checked against
+the model built on the ``meta`` device before any tensor is allocated; dtypes are never cast;
+non-finite weights are neither written nor read (:class:`NonFiniteCheckpointError`). Every problem
+is a one-line :class:`margin_theory._util.CheckpointError`.
 """
 from __future__ import annotations
 
@@ -440,8 +425,12 @@ def _check_header(tensor_path: Path, blob: bytes, meta: dict, expected: dict, wh
                               "that the tensor file lacks")
 
 
-def _read_tensors(tensor_path: Path, meta: dict, expected: dict, what: str) -> dict[str, torch.Tensor]:
-    """Read, verify (size, SHA-256, header against ``expected``) and load the tensor file."""
+def _load(tensor_path: Path, meta: dict, expected: dict, what: str, model: nn.Module | None,
+          device) -> Checkpoint:
+    """Verify the tensor file (size, SHA-256, header against ``expected``, finiteness), load its
+    ``model.*`` tensors into ``model`` (``None``: built from the sidecar); the :class:`Checkpoint`
+    with the optimizer state (``optim.state.<i>.<key>`` on ``device`` + the sidecar's non-tensor
+    state) and the rng states."""
     from safetensors.torch import load as _st_load
 
     want_bytes = meta["tensor_bytes"]
@@ -465,13 +454,7 @@ def _read_tensors(tensor_path: Path, meta: dict, expected: dict, what: str) -> d
     if bad:
         raise NonFiniteCheckpointError(f"checkpoint {tensor_path.name}: tensor {bad} holds NaN or infinite "
                                        "values; refusing a non-finite checkpoint")
-    return tensors
-
-
-def _checkpoint(tensor_path: Path, meta: dict, tensors: Mapping[str, torch.Tensor], model: nn.Module,
-                device) -> Checkpoint:
-    """Load the ``model.*`` tensors into ``model``; the :class:`Checkpoint` with the optimizer
-    state (``optim.state.<i>.<key>`` on ``device`` + the sidecar's non-tensor state) and rng states."""
+    model = _build(meta["model_args"]) if model is None else model
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     opt_state, om = None, meta.get("optimizer")
     if om:
@@ -505,8 +488,7 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     if need > meta["tensor_bytes"]:
         raise CheckpointError(f"{what}: the model needs {need:,} bytes of weights, the tensor file holds "
                               f"{meta['tensor_bytes']:,}")
-    tensors = _read_tensors(tensor_path, meta, _expected_tensors(shell), what)
-    ck = _checkpoint(tensor_path, meta, tensors, _build(meta["model_args"]), device)
+    ck = _load(tensor_path, meta, _expected_tensors(shell), what, None, device)
     ck.model.to(device).eval()
     return ck
 
@@ -547,7 +529,7 @@ def restore_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.opti
         "num_classes": getattr(model, "num_classes", None)}
     what = f"checkpoint {name} is for model {describe_model_args(saved)}"
     keys = [k for k in ("name", "input_shape", "num_classes") + ModelSpec.args() if k in mine]
-    if any(_norm(saved.get(k, _MODEL_ARG_DEFAULTS.get(k))) != _norm(mine.get(k)) for k in keys):
+    if any(comparable(saved.get(k, _MODEL_ARG_DEFAULTS.get(k))) != comparable(mine.get(k)) for k in keys):
         raise CheckpointError(f"{what}, not {describe_model_args(mine)}")
     if optimizer is not None:
         if not meta.get("optimizer"):
@@ -556,14 +538,13 @@ def restore_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.opti
             raise CheckpointError(f"checkpoint {name} holds {meta['optimizer'].get('class')} state, "
                                   f"not {type(optimizer).__name__}")
         _check_param_groups(name, meta["optimizer"]["param_groups"], optimizer)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        tensors = _read_tensors(tensor_path, meta, _expected_tensors(model, optimizer), what)
+        ck = _load(tensor_path, meta, _expected_tensors(model, optimizer), what, model, device)
     except CheckpointError as exc:
         if str(exc).startswith(what):
             raise CheckpointError(f"{exc}, not {describe_model_args(mine)}") from None
         raise
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    ck = _checkpoint(tensor_path, meta, tensors, model, device)
     if optimizer is not None:
         try:
             optimizer.load_state_dict(ck.optimizer_state)
@@ -588,15 +569,16 @@ def _check_param_groups(name: str, saved: list, optimizer: torch.optim.Optimizer
                 continue
             if k not in l:
                 raise CheckpointError(f"checkpoint {name}: unknown optimizer setting {k!r}")
-            if _norm(v) != _norm(l[k]):
+            if comparable(v) != comparable(l[k]):
                 raise CheckpointError(f"checkpoint {name}: optimizer setting {k} = {v!r} differs "
                                       f"from the run's configuration ({l[k]!r}); the configuration is the "
                                       "authority - refusing to resume")
 
 
-def _norm(v: Any) -> Any:
+def comparable(v: Any) -> Any:
+    """``v`` as configurations compare it: lists as tuples, integral floats as ints (JSON's ``2.0``)."""
     if isinstance(v, (list, tuple)):
-        return tuple(_norm(x) for x in v)
+        return tuple(comparable(x) for x in v)
     if isinstance(v, float) and math.isfinite(v) and v == int(v):
         return int(v)
     return v

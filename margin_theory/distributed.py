@@ -1,62 +1,23 @@
 r"""Multi-process training on ``torch.distributed``: DistributedDataParallel through torchrun (SPEC §9).
 
-Launch the trainer with torchrun; nothing else changes::
+``torchrun --nproc_per_node=2 -m margin_theory.train ...``; the reference is ``docs/distributed.md``.
+With ``WORLD_SIZE > 1`` :func:`margin_theory.train.train` joins the process group (gloo on CPU, nccl
+on CUDA: rank r on ``cuda:LOCAL_RANK``) and trains a DDP model; ``WORLD_SIZE`` unset or 1 is the
+single-process trainer, bitwise unchanged.
 
-    torchrun --nproc_per_node=2 -m margin_theory.train --dataset mnist --model lowrank ...
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \
-             --rdzv-id=run1 -m margin_theory.train ...
-
-torchrun sets ``WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT``; with
-``WORLD_SIZE > 1`` :func:`margin_theory.train.train` joins the process group (gloo on
-CPU, nccl on CUDA: rank r uses ``cuda:LOCAL_RANK``) and trains a
-``torch.nn.parallel.DistributedDataParallel`` model. ``WORLD_SIZE`` unset or 1 is the
-single-process trainer, unchanged (bitwise).
-
-**Data.** Every rank loads the data set, then keeps on its device only its shard, the
-samples with global index ``i = r (mod W)`` (local position ``i // W``; train and test
-alike). The full set stays on the host of every rank: rank 0 uses it for the
-Theorem 2 monitors (they run on a float64 CPU copy anyway).
-
-**Batches.** ``--batch-size B`` is the GLOBAL batch. Every rank draws the same epoch
-permutation ``perm = randperm(N)`` from the same seeded generator (as the
-single-process trainer), so global batch k is ``perm[kB : (k+1)B]`` - the same samples
-as in a single-process run, the last one partial. Rank r processes the members of
-batch k that it holds (``perm[j] = r mod W``): on average B / W of them; B need not be
-divisible by W, and the split varies from batch to batch. The rank's loss is
-``(W / B_k) * sum_{n in its part} (CE_n - lambda gamma_n)`` with ``B_k`` the size of
-global batch k, so DDP's gradient average over the W ranks is exactly the gradient of
-``mean_{n in batch k} (CE_n - lambda gamma_n)`` of the single-process trainer (paper
-eq. 5), up to float32 summation order. Augmentation draws its random offsets and
-flips for all ``B_k`` samples of the batch on every rank (the same numbers as a single
-process) and applies those of the rank's part, so the generator stays in step across
-ranks and with a single-process run: a checkpoint's generator state is valid for any
-world size, and ``--resume`` works with a different number of processes.
-
-BatchNorm (the ResNets): on CUDA the model is converted to ``SyncBatchNorm``, so the
-batch statistics are those of the global batch; on CPU (gloo) torch has no
-SyncBatchNorm and each rank normalises by its part of the batch (the metrics then
-differ from a single-process run by more than rounding; the homogeneous models are
-unaffected). Buffers are broadcast from rank 0 before every evaluation.
-
-**Metrics.** After each epoch every rank evaluates its shard; the sums of gamma_n, of
-the cross-entropy and of the correct predictions and the counts are all-reduced
-(float64, SUM), gamma_min with MIN: gamma_bar = sum gamma_n / N, the loss and the
-accuracies the same way (SPEC §2), so ``metrics.jsonl`` equals a single-process run of
-the same global batch to float32 reduction-order noise. ``theta_norm`` is that of the
-(replicated) parameters. Rank 0 alone writes ``metrics.jsonl``, checkpoints and
-``summary.json`` (atomically, as a single process does); the checkpoints hold no trace
-of the world size (``summary.json`` has ``world_size``), so ``check`` and
-``--resume`` treat them as any other. For ``--resume`` on several machines, ``--out``
-must be on a file system every rank can read.
-
-**Failures.** Collectives time out after ``MARGIN_THEORY_DIST_TIMEOUT`` seconds
-(default 900; it must exceed the longest time rank 0 spends alone, e.g. in the
-monitors). A rank that raises, loses its peers (a collective fails) or is stopped by the
-launcher (torchrun sends SIGTERM to the other ranks when one dies) stops with one line
-``rank r/W: ...`` and exit status 4 (:data:`EXIT_RANK_FAILED`); a termination signal
-that arrives while rank 0 writes a checkpoint or ``metrics.jsonl`` is held until the
-write is complete, so the last good checkpoint is always intact. torchrun then exits
-non-zero.
+* Data: rank r keeps on its device the samples ``i = r (mod W)`` of train and test; the full set
+  stays on the host (rank 0 runs the Theorem 2 monitors on it).
+* Batches: ``--batch-size B`` is the global batch. Every rank draws the single-process permutation,
+  so global batch k is ``perm[kB : (k+1)B]``; rank r trains on the members it holds with the loss
+  ``(W / B_k) * sum_{n in its part} (CE_n - lambda gamma_n)``, so DDP's average over the W ranks is
+  the gradient of ``mean_{n in batch k} (CE_n - lambda gamma_n)`` (paper eq. 5). Augmentation draws
+  for all ``B_k`` samples on every rank, so the generator stays in step with one process and
+  ``--resume`` works with any world size. BatchNorm: SyncBatchNorm on CUDA; per-rank on CPU.
+* Metrics: sums of gamma_n, CE_n, correct predictions and counts all-reduced (float64, SUM),
+  gamma_min with MIN (SPEC §2). Rank 0 alone writes the run folder.
+* Failures: collectives time out after ``MARGIN_THEORY_DIST_TIMEOUT`` seconds (default 900). A rank
+  that fails, loses its peers or gets SIGTERM stops with one line ``rank r/W: ...`` and exit status 4
+  (:data:`EXIT_RANK_FAILED`); a signal during a write of rank 0 is held until the write is complete.
 """
 from __future__ import annotations
 
@@ -69,11 +30,11 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ._util import one_line
-from ._util import ConfigError, MarginTheoryError
+from ._util import ConfigError, MarginTheoryError, one_line
+from .margins import compute_margins, output_margins, predict, smoothed_from_sum, summed_cross_entropy
 
 __all__ = ["DistContext", "RankFailedError", "setup", "env_world", "shard_indices", "EXIT_RANK_FAILED",
            "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
@@ -130,9 +91,7 @@ def shard_indices(n: int, world_size: int, rank: int) -> torch.Tensor:
 
 
 def _one_line(exc: BaseException) -> str:
-    msg = one_line(exc)
-    if len(msg) > 300:
-        msg = msg[:297] + "..."
+    msg = one_line(exc, 300)
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
@@ -195,24 +154,9 @@ class DistContext:
 
     # -- collectives ----------------------------------------------------------
     def all_reduce_(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        import torch.distributed as dist
-
         dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
         return t
 
-    def sync_buffers(self, model: nn.Module) -> None:
-        """Broadcast rank 0's buffers (BatchNorm running statistics) to every rank."""
-        import torch.distributed as dist
-
-        for b in model.buffers():
-            dist.broadcast(b, 0)
-
-    def barrier(self) -> None:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-    # -- the epoch ------------------------------------------------------------
     def epoch_plan(self, n: int, batch_size: int, generator: torch.Generator | None,
                    device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
         """The global permutation (the single-process :func:`~margin_theory.train.epoch_batches`
@@ -221,130 +165,56 @@ class DistContext:
         W, r = self.world_size, self.rank
         perm = torch.randperm(n, generator=generator, device=device)
         nb = -(-n // batch_size)
-        pos = torch.arange(n, device=device)
         mine = (perm % W) == r
-        local, where = (perm // W)[mine], pos[mine]
+        local, where = (perm // W)[mine], torch.arange(n, device=device)[mine]
         counts = torch.bincount(where // batch_size, minlength=nb).tolist()     # one host sync
         sizes = [min(batch_size, n - k * batch_size) for k in range(nb)]
         return list(local.split(counts)), list((where % batch_size).split(counts)), sizes
 
-    def train_epoch(self, net: nn.Module, opt, X: torch.Tensor, Y: torch.Tensor, n_global: int, batch_size: int,
-                    generator: torch.Generator | None, *, augment: bool = False, margin_reg: float = 0.0,
-                    normalisation=None, bar=None, on_step=None):
-        """One epoch of DDP SGD over this rank's shard (see the module docstring). ``on_step(i)``
-        is called after global step i on every rank (it may run a collective).
-
-        ``net``: the DDP-wrapped model; ``X, Y``: the shard; ``n_global``: N. Returns
-        ``(loss_sum, None, n_global, steps)`` like :func:`~margin_theory.train.train_epoch`,
-        ``loss_sum`` all-reduced over the ranks (float64).
-        """
-        from .margins import margin_values, normalised_margins
-        from .train import augment_batch
-
-        W = self.world_size
-        device = X.device
-        net.train()
-        locs, withins, sizes = self.epoch_plan(n_global, batch_size, generator, device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        show = bar is not None and not bar.disable
-        for i, (idx, within, bk) in enumerate(zip(locs, withins, sizes)):
-            xb, yb = X.index_select(0, idx), Y.index_select(0, idx)
-            if augment:
-                xb = augment_batch(xb, generator, draws=bk, select=within)
-            logits = net(xb)
-            part = F.cross_entropy(logits, yb, reduction="sum")
-            if margin_reg > 0:
-                gamma = normalised_margins(margin_values(logits, yb), normalisation.norm(), normalisation.degree)
-                part = part - margin_reg * gamma.sum().to(part.dtype)
-            opt.zero_grad(set_to_none=True)
-            (part * (W / bk)).backward()       # DDP averages over W ranks -> mean over the global batch
-            opt.step()
-            loss_sum.add_(part.detach())
-            if on_step is not None:
-                on_step(i)
-            if show:
-                bar.update(1)
-        self.all_reduce_(loss_sum)
-        return loss_sum, None, n_global, len(sizes)
-
     @torch.no_grad()
     def evaluate(self, model: nn.Module, shard, *, batch_size: int = 4096) -> dict:
         """All-reduced full-set metrics (the keys of :func:`margin_theory.train.evaluate`):
-        sums of gamma_n, CE_n, correct and counts (float64, SUM), gamma_min (MIN)."""
-        from .margins import (compute_margins, get_normalisation, n_correct, output_margins, predict,
-                              smoothed_from_sum, summed_cross_entropy)
-        from .train import _matmul_precision
+        sums of gamma_n, CE_n, correct and counts (float64, SUM), gamma_min (MIN). Every
+        shard holds training samples (:meth:`shard`)."""
+        from .train import _matmul_precision, evaluate_test
 
-        self.sync_buffers(model)
-        X, y = shard.X_train, shard.y_train
-        dev = X.device
-        f64 = dict(dtype=torch.float64, device=dev)
-        with _matmul_precision(dev, tf32=False):
-            spec = get_normalisation(model)
-            if X.shape[0] > 0:
-                logits = predict(model, X, batch_size)
-                m = compute_margins(model, X, y, batch_size=batch_size, logits=logits)
-                n = X.shape[0]
-                sums = [m.gamma.sum(), torch.tensor(m.loss * n, **f64), (m.q > 0).sum().to(torch.float64),
-                        torch.tensor(float(n), **f64), output_margins(logits, y).sum()]
-                gmin = m.gamma.min().reshape(1).clone()
-                log_s = torch.tensor([summed_cross_entropy(logits, y)[1]], **f64)
-                theta_norm, degree, kind = m.theta_norm, m.degree, m.normalisation
-            else:
-                sums = [torch.zeros((), **f64) for _ in range(5)]
-                gmin = torch.full((1,), math.inf, **f64)
-                log_s = torch.full((1,), -math.inf, **f64)
-                theta_norm, degree, kind = float(spec.norm()), spec.degree, spec.kind
-            if shard.X_test.shape[0] > 0:
-                logits = predict(model, shard.X_test, batch_size)
-                sums += [n_correct(logits, shard.y_test),
-                         torch.tensor(float(shard.X_test.shape[0]), **f64)]
-            else:
-                sums += [torch.zeros((), **f64), torch.zeros((), **f64)]
+        with self.guard("evaluating"), _matmul_precision(shard.X_train.device, tf32=False):
+            for b in model.buffers():           # rank 0's BatchNorm running statistics
+                dist.broadcast(b, 0)
+            X, y = shard.X_train, shard.y_train
+            f64 = dict(dtype=torch.float64, device=X.device)
+            logits = predict(model, X, batch_size)
+            m = compute_margins(model, X, y, batch_size=batch_size, logits=logits)
+            n = X.shape[0]
+            vec = torch.stack([m.gamma.sum(), torch.tensor(m.loss * n, **f64), (m.q > 0).sum().to(**f64),
+                               torch.tensor(float(n), **f64), output_margins(logits, y).sum()])
+            gmin = m.gamma.min().reshape(1).clone()
             # the summed loss S = sum_r S_r in log space (S_r may underflow): max, then sum of exp
-            top = log_s.clone()
-            self.all_reduce_(top, "max")
-            sums.append(torch.exp(log_s - top).reshape(()) if math.isfinite(float(top[0])) else torch.zeros((), **f64))
-            vec = torch.stack([s.to(dev) for s in sums])
-            self.all_reduce_(vec)
+            log_s = torch.tensor([summed_cross_entropy(logits, y)[1]], **f64)
+            top = self.all_reduce_(log_s.clone(), "max")
+            s_rel = torch.exp(log_s - top) if math.isfinite(float(top[0])) else torch.zeros(1, **f64)
+            vec = self.all_reduce_(torch.cat([vec, s_rel]))
             self.all_reduce_(gmin, "min")
-        g_sum, ce_sum, correct, n, out_sum, t_correct, n_test, s_rel = vec.tolist()
+            test_acc = evaluate_test(model, shard, batch_size, self)
+        g_sum, ce_sum, correct, n, out_sum, s_rel = vec.tolist()
         log_S = float(top[0]) + math.log(s_rel) if s_rel > 0 else -math.inf
-        smoothed, _ = smoothed_from_sum(math.exp(log_S), log_S, theta_norm, degree)
-        return {"train_loss": ce_sum / n, "train_acc": correct / n,
-                "test_acc": t_correct / n_test if n_test > 0 else float("nan"),
+        smoothed, _ = smoothed_from_sum(math.exp(log_S), log_S, m.theta_norm, m.degree)
+        return {"train_loss": ce_sum / n, "train_acc": correct / n, "test_acc": test_acc,
                 "gamma_bar": g_sum / n, "gamma_min": float(gmin[0]), "gamma_output": out_sum / n,
-                "gamma_smoothed": smoothed, "theta_norm": theta_norm,
-                "degree": degree, "normalisation": kind}
-
-    @torch.no_grad()
-    def test_accuracy(self, model: nn.Module, shard, batch_size: int = 4096) -> float:
-        """Test accuracy over every rank's test shard (all-reduced counts); a collective."""
-        from .margins import n_correct, predict
-
-        dev = shard.X_train.device
-        vec = torch.zeros(2, dtype=torch.float64, device=dev)
-        if shard.X_test.shape[0] > 0:
-            logits = predict(model, shard.X_test, batch_size)
-            vec[0] = n_correct(logits, shard.y_test)
-            vec[1] = float(shard.X_test.shape[0])
-        self.all_reduce_(vec)
-        return float(vec[0] / vec[1]) if vec[1] > 0 else float("nan")
+                "gamma_smoothed": smoothed, "theta_norm": m.theta_norm, "degree": m.degree,
+                "normalisation": m.normalisation}
 
     # -- failures -------------------------------------------------------------
     @contextmanager
     def guard(self, what: str) -> Iterator[None]:
         """Turn any failure inside (a collective error, an exception of this rank) into one
-        :class:`RankFailedError` line naming the rank and ``what`` it was doing."""
+        :class:`RankFailedError` line naming the rank and ``what`` it was doing; the toolkit's
+        own errors pass unchanged."""
         try:
             yield
-        except RankFailedError:
-            raise
         except MarginTheoryError:
             raise
         except Exception as exc:
-            import torch.distributed as dist
-
             lost = isinstance(exc, getattr(dist, "DistError", ())) or any(
                 s in str(exc).lower() for s in ("connection", "timed out", "timeout", "peer", "gloo", "nccl"))
             why = ("lost contact with the other ranks (another rank died or the network failed)" if lost
@@ -385,31 +255,12 @@ class DistContext:
             except ValueError:
                 pass
             self._old_handler = None
-        if self.owns_group:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                try:
-                    dist.destroy_process_group()
-                except Exception:       # a broken group cannot always be torn down; we are leaving anyway
-                    pass
-            self.owns_group = False
-
-
-def _device_for(name: str, local_rank: int) -> torch.device:
-    from .train import select_device
-
-    if name in (None, "auto"):
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
-        n = torch.cuda.device_count()
-        if local_rank >= n:
-            raise ConfigError(f"LOCAL_RANK {local_rank} but only {n} CUDA device(s) on this machine; "
-                              f"use --nproc_per_node <= {n}")
-        return torch.device("cuda", local_rank)
-    return select_device(name)
+        if self.owns_group and dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:       # a broken group cannot always be torn down; we are leaving anyway
+                pass
+        self.owns_group = False
 
 
 def setup(device: str = "auto") -> DistContext | None:
@@ -422,12 +273,18 @@ def setup(device: str = "auto") -> DistContext | None:
     world = env_world()
     if world is None:
         return None
-    import torch.distributed as dist
+    from .train import select_device
 
     if not dist.is_available():
         raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     ws, rank, local = world
-    dev = _device_for(device, local)
+    dev = select_device(device)
+    if dev.type == "cuda" and device in (None, "auto", "cuda"):
+        n = torch.cuda.device_count()
+        if local >= n:
+            raise ConfigError(f"LOCAL_RANK {local} but only {n} CUDA device(s) on this machine; "
+                              f"use --nproc_per_node <= {n}")
+        dev = torch.device("cuda", local)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     owns = False
     if dist.is_initialized():

@@ -2,21 +2,18 @@ r"""Checkpoints this toolkit did not write, and any ``nn.Module``: Theorem 2 on 
 
 The reference, with recipes, is ``docs/checking.md``. Three entry points:
 
-* :func:`read_state_dict` - the tensors of a foreign file, read safely: ``.pt`` / ``.pth`` /
-  ``.ckpt`` / ``.bin`` **only** with ``torch.load(path, weights_only=True)`` (a file that needs
-  more - a pickled ``nn.Module``, any class, a ``__reduce__`` payload - is refused with one line,
-  never unpickled); a ``.safetensors`` without our sidecar with ``safetensors``. A state dict
-  nested under one of :data:`NEST_KEYS` and the ``module.`` (DataParallel / DDP) and
-  ``_orig_mod.`` (``torch.compile``) prefixes are unwrapped, each step reported in the notes.
+* :func:`read_state_dict` - the tensors of a foreign file: ``.pt`` / ``.pth`` / ``.ckpt`` / ``.bin``
+  **only** with ``torch.load(path, weights_only=True)`` (a pickled object is refused, never
+  unpickled), a ``.safetensors`` without our sidecar with ``safetensors``; a state dict nested under
+  one of :data:`NEST_KEYS` and the ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes
+  are unwrapped, each step reported in the notes.
 
-* :func:`map_state_dict` - put the tensors into our model named by ``train``'s options, by name,
-  then by the authors' key maps, then by shape; a tensor that does not fit is a one-line
-  :class:`~margin_theory._util.CheckpointError` naming key and shape. Exact maps only (the mapped
-  model computes the same function):
+* :func:`map_state_dict` - the tensors put into our model named by ``train``'s options: by name, by
+  the authors' key maps, then by shape; a tensor that does not fit is a one-line
+  :class:`~margin_theory._util.CheckpointError`. Exact maps only (the same function):
 
-  - our own names (``head.weight``, ``features.0.weight``, ...);
-  - ``nn.Linear(d, C*r, bias=False)`` squared and summed per class, rows class-major
-    (``(lin(x)**2).view(-1, C, r).sum(-1)``): weight ``(C*r, d)`` -> ``head.weight (C, r, d)``;
+  - ``nn.Linear(d, C*r, bias=False)`` squared and summed per class, rows class-major: weight
+    ``(C*r, d)`` -> ``head.weight (C, r, d)``;
   - the authors' code (``liuchongming1999/dendrite-inspired-neural-network``, ``model/``):
     ``Low_dimensional_quadratic.eigen`` ``(C, d, r)``, :math:`f_c = \sum_k (\mathrm{eigen}_{c,:,k}\cdot x)^2`,
     -> ``head.weight = eigen.permute(0, 2, 1)`` (its unused ``bias`` dropped); ``General_quadratic``
@@ -24,16 +21,13 @@ The reference, with recipes, is ``docs/checking.md``. Three entry points:
     (``features.0.*``, ``classifier.0.eigen``) -> ``conv-lowrank``; the CIFAR ``ResNet``
     (``conv1/bn1`` -> ``features.stem.0/1``, ``layerS.i`` -> ``features.layers.<running index>``,
     ``linear`` -> ``head``) -> ``resnet*-<head>``;
-  - a bias that is exactly zero is dropped. A nonzero bias inside the first parameterised layer
-    is folded in exactly by the augmented input :math:`\tilde x = [x; 1]`:
-    :math:`(a\cdot x + b)^2 = ([a, b]\cdot\tilde x)^2`, :math:`(x^\top A x + w\cdot x + b)/2 =
-    \tilde x^\top M \tilde x` with :math:`M = [[A/2, w/4], [w^\top/4, b/2]]`, :math:`Wx + b = [W, b]\tilde x`.
-    On a flat input the result is still homogeneous (a first-layer bias scales with its weight,
-    SPEC §3), so margins are normalised by all parameters of *our* augmented head (e.g.
-    :math:`\|A/2\|`: margins scale by a constant, A1-A3 do not change); after a conv the ``1``
-    breaks full homogeneity and the head normalisation is used. An output bias of a Low-Rank head
-    (:math:`\sum_k (a_{ck}\cdot x)^2 + b_c`) has no exact image: refused (use :func:`check_model`
-    with ``normalisation="head"``).
+  - a zero bias is dropped; a nonzero bias of the first parameterised layer is folded in exactly by
+    the input :math:`\tilde x = [x; 1]`: :math:`(a\cdot x + b)^2 = ([a, b]\cdot\tilde x)^2`,
+    :math:`(x^\top A x + w\cdot x + b)/2 = \tilde x^\top M \tilde x` with
+    :math:`M = [[A/2, w/4], [w^\top/4, b/2]]`, :math:`Wx + b = [W, b]\tilde x`. On a flat input the
+    result is homogeneous (SPEC §3; margins are normalised by our augmented head's parameters); after
+    a conv the ``1`` breaks full homogeneity and the head normalisation is used. An output bias of a
+    Low-Rank head (:math:`\sum_k (a_{ck}\cdot x)^2 + b_c`) has no exact image: refused.
 
 * :func:`check_model` - Theorem 2 (``assumptions.theorem2_report``) on **any** module, the degree L
   measured by :func:`margin_theory.homogeneity.numeric_homogeneity`.
@@ -156,10 +150,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
 
 
 def read_spec(path: str | Path) -> dict:
-    """A model/data spec file (JSON or TOML) with the keys of ``train``'s options
-    (``model, rank, layers, hidden, conv_channels, conv_bias, dataset, data_dir, n_train,
-    n_test, normalize, seed``), optionally ``input_shape``, ``num_classes`` and ``keys``
-    (a table: file's tensor name -> our name). Unknown keys are an error."""
+    """A model/data spec file (JSON or TOML) with :data:`SPEC_KEYS`: ``train``'s model and data
+    options, ``input_shape``, ``num_classes`` and ``keys`` (the file's tensor name -> ours)."""
     path = Path(path)
     kind = "TOML" if path.suffix == ".toml" else "JSON"
     try:
@@ -397,16 +389,12 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
         k, t = next(iter(rest_state.items()))
         raise CheckpointError(f"tensor {k} of shape {_shape(t)} has no place in {what}"
                               + (f" ({len(rest_state) - 1} more unmatched)" if len(rest_state) > 1 else ""))
-    ours.features.load_state_dict({k[len("features."):]: v for k, v in loaded.items() if k.startswith("features.")},
-                                  strict=True)   # shapes were checked above
     model = ours
-    if not has_head_map:
-        ours.head.load_state_dict({k[len("head."):]: v for k, v in loaded.items() if k.startswith("head.")},
-                                  strict=True)
-    elif new_w is None:
-        with torch.no_grad():
-            ours.head.weight.copy_(loaded["head.weight"])
+    if new_w is None:       # the shapes were checked above
+        ours.load_state_dict({**ours.state_dict(), **loaded}, strict=True)
     else:
+        ours.features.load_state_dict({k[len("features."):]: v for k, v in loaded.items()
+                                       if k.startswith("features.")}, strict=True)
         d = head.in_features
         new_head = (LowRankHead(d + 1, C, head.rank) if isinstance(head, LowRankHead) else type(head)(d + 1, C))
         new_head = new_head.to(dtype)

@@ -3,31 +3,25 @@ r"""The trainer: SGD on a whole-dataset-on-device tensor, margin trajectories pe
 Usage, files and flags: ``docs/usage.md`` (Training); run folders, ``--overwrite`` and ``--resume``:
 ``docs/safety.md``; several processes (``torchrun ... -m margin_theory.train``): ``docs/distributed.md``.
 
-* Each epoch draws one device-side permutation ``torch.randperm(N, generator=g, device=...)`` of the
-  device-resident data set; the batches are its slices, the last partial one kept, so every sample is
-  seen exactly once per epoch (:func:`epoch_batches`). ``--augment`` (Table 3 protocol): zero-pad 4,
-  random crop back to H x W, random horizontal flip, one gather per batch (:func:`augment_batch`).
-* :class:`SGD`; the learning rate of (1-based) epoch e is ``lr * lr_gamma ** #{m in milestones : m < e}``
-  (``MultiStepLR`` stepped once per epoch; :func:`lr_at`). Loss: ``margins.margin_regularised_loss`` =
-  CE - lambda * gamma_bar(batch) (paper eq. 5; lambda = ``--margin-reg``).
-* After every epoch, and for epoch 0 (the initialisation), one no-grad eval-mode pass over the FULL
-  training set gives loss, accuracy and the margins (``margins.compute_margins``: float64, TF32 off),
-  plus the test accuracy: one ``metrics.jsonl`` row with the keys :data:`METRIC_KEYS` (gamma =
-  q / ||theta||^degree, ``normalisation`` ``full`` or ``head``, SPEC §2), and on monitor epochs
-  (``--monitor-every K``: 0, K, 2K, ... and the last) ``theorem2``
-  (:func:`margin_theory.assumptions.theorem2_report`), ``maxmargin``
-  (:class:`margin_theory.maxmargin.GapMonitor`) and ``monitor_seconds``.
-* No ``.item()`` per step: the loss is read once per epoch, and checked for non-finite values *before*
-  anything is saved, so a NaN is never written as a good checkpoint.
-* ``torch.manual_seed(seed)`` right before the model is built (the caller's global RNG restored) and a
-  ``torch.Generator`` seeded with ``seed`` for permutations and augmentation: CPU runs are bitwise
-  reproducible, resumed runs equal uninterrupted ones.
+* Each epoch's batches are the slices of one device-side ``torch.randperm(N, generator=g)``, the last
+  partial (:func:`epoch_batches`); ``--augment`` (Table 3): zero-pad 4, random crop, random horizontal
+  flip, one gather per batch (:func:`augment_batch`).
+* :class:`SGD`; the lr of (1-based) epoch e is ``lr * lr_gamma ** #{m in milestones : m < e}``
+  (:func:`lr_at`). Loss: ``margins.margin_regularised_loss`` = CE - lambda * gamma_bar(batch) (paper
+  eq. 5; lambda = ``--margin-reg``).
+* After every epoch, and for epoch 0, one no-grad eval-mode pass over the FULL training set
+  (``margins.compute_margins``: float64, TF32 off) and the test accuracy give one ``metrics.jsonl``
+  row with the keys :data:`METRIC_KEYS` (gamma = q / ||theta||^degree, SPEC §2); monitor epochs
+  (``--monitor-every K``: 0, K, 2K, ... and the last) add ``theorem2``, ``maxmargin`` and ``monitor_seconds``.
+* The loss is read and checked for non-finite values once per epoch, *before* anything is saved.
+* ``torch.manual_seed(seed)`` right before the model is built (the caller's RNG restored) and a
+  generator seeded with ``seed`` for batches and augmentation: CPU runs are bitwise reproducible,
+  resumed runs equal uninterrupted ones.
 
 ``--checkpoint-every``: ``auto`` every ``ceil(epochs/10)`` epochs, ``K`` epoch 0 and every K-th, ``0``
-the final only, ``none`` never; the final epoch is checkpointed unless ``none``. ``--resume``: every
-option not given (not ``--device``) comes from the run's ``config.json`` and must equal it except for
-:data:`RESUME_MAY_DIFFER`. Exit status: 0 ok; 2 bad input (one line); 3 diverged (the last good
-checkpoint is kept, written from an in-memory copy if needed); 4 a rank failed; 130 interrupted.
+the final only, ``none`` never. ``--resume``: every option not given (not ``--device``) comes from the
+run's ``config.json`` and must equal it except for :data:`RESUME_MAY_DIFFER`. Exit status: 0 ok; 2 bad
+input (one line); 3 diverged (the last good checkpoint kept); 4 a rank failed; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -55,12 +49,13 @@ from ._util import (ArgumentParser, CheckpointError, ConfigError, NonFiniteLossE
                     atomic_write_text, check_output_path, cli_entry, clip, dumps_json, float_in, int_at_least,
                     print_json, sync)
 from ._util import progress as _progress_bar
-from .checkpoint import (NonFiniteCheckpointError, checkpoint_files, checkpoint_stem, latest_checkpoint,
-                         model_args_from, read_sidecar, restore_checkpoint, save_checkpoint)
+from .checkpoint import (NonFiniteCheckpointError, checkpoint_files, checkpoint_stem, comparable,
+                         latest_checkpoint, model_args_from, read_sidecar, restore_checkpoint,
+                         save_checkpoint)
 from .data import describe_datasets, load_dataset
 from .distributed import EXIT_RANK_FAILED, RankFailedError as _RankFailed, setup as _dist_setup
-from .margins import (MARGIN_DEFINITIONS, accuracy, compute_margins, get_normalisation, margin_regularised_loss,
-                      n_correct, predict)
+from .margins import (MARGIN_DEFINITIONS, compute_margins, get_normalisation, margin_regularised_loss,
+                      margin_values, n_correct, normalised_margins, predict)
 from .models import INITS, ModelSpec, describe_model_names, parameter_count, unique_parameter_count
 from .protocols import get_protocol, protocol_names
 
@@ -83,6 +78,7 @@ RESUME_MAY_DIFFER = frozenset({"epochs", "device", "out", "resume", "overwrite",
 _RESUME_OWN = frozenset({"out", "resume", "overwrite", "quiet", "json", "device"})
 #: the one strict metrics.jsonl reader (``margin_theory.runfolder.read_metrics``)
 read_metrics = _runfolder.read_metrics
+_SPEC = ModelSpec()     # the defaults of the model fields
 
 
 # ---------------------------------------------------------------------------
@@ -96,20 +92,22 @@ class TrainConfig:
     momentum 0, weight decay 0, 10 epochs. ``checkpoint_every``: ``None`` = auto,
     ``-1`` = none, ``0`` = final only, ``K`` = every K epochs (see the module doc).
     ``hidden``: list of widths or None (model default). ``lr_milestones``: epochs
-    after which the lr is multiplied by ``lr_gamma``.
+    after which the lr is multiplied by ``lr_gamma``. The model fields are those of
+    :class:`~margin_theory.models.ModelSpec` (:meth:`model_spec`), with its defaults;
+    ``init`` and ``linear_term`` default to the ``protocol``'s.
     """
 
     dataset: str = "digits"
-    model: str = "lowrank"
-    rank: int = 1
-    layers: int = 1
-    hidden: list[int] | None = None
-    conv_channels: int = 1
-    conv_bias: bool = True
+    model: str = _SPEC.name
+    rank: int = _SPEC.rank
+    layers: int = _SPEC.layers
+    hidden: list[int] | None = _SPEC.hidden
+    conv_channels: int = _SPEC.conv_channels
+    conv_bias: bool = _SPEC.conv_bias
     protocol: str = "paper"
     init: str | None = None
     linear_term: bool | None = None
-    affine: bool = False
+    affine: bool = _SPEC.affine
     eval_every_steps: int | None = None
     epochs: int = 10
     batch_size: int = 100
@@ -162,8 +160,6 @@ class TrainConfig:
         proto = get_protocol(self.protocol)     # its choices fill what was not set explicitly
         if self.init is None:
             self.init = proto.init
-        if self.init not in INITS:
-            raise ConfigError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
         if self.linear_term is None:
             self.linear_term = proto.linear_term and ModelSpec(self.model).head == "quadratic"
         if self.eval_every_steps is None:
@@ -196,8 +192,7 @@ class TrainConfig:
         self.lr_milestones = [int(m) for m in self.lr_milestones]
         if self.lr_milestones != sorted(set(self.lr_milestones)):
             raise ConfigError(f"lr_milestones must be strictly increasing, got {self.lr_milestones}")
-        for b in ("conv_bias", "linear_term", "affine", "augment", "normalize", "download", "resume", "overwrite",
-                  "quiet", "json"):
+        for b in _BOOLS:
             if not isinstance(getattr(self, b), bool):
                 raise ConfigError(f"{b} must be true or false, got {getattr(self, b)!r}")
         for p in ("data_dir", "out"):
@@ -229,7 +224,8 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 _INT_BOUNDS = {"eval_every_steps": 0, "rank": 1, "layers": 1, "conv_channels": 1, "epochs": 0, "batch_size": 1,
                "seed": 0, "n_train": 1, "n_test": 1, "checkpoint_every": -1, "monitor_every": 0,
                "monitor_subset": 1, "eval_batch_size": 1}
-_OPTIONAL_INTS = ("n_train", "n_test", "checkpoint_every", "eval_batch_size")
+_OPTIONAL_INTS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "int | None")
+_BOOLS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type.startswith("bool"))
 #: the float fields: (> 0 rather than >= 0, upper bound or None)
 _FLOAT_BOUNDS = {"lr": (True, None), "momentum": (False, 1.0), "weight_decay": (False, None),
                  "lr_gamma": (True, None), "margin_reg": (False, None)}
@@ -380,45 +376,64 @@ class SGD(torch.optim.SGD):
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor,
                 batch_size: int, generator: torch.Generator | None = None, *, augment: bool = False,
-                margin_reg: float = 0.0, normalisation=None, bar=None, on_step=None):
+                margin_reg: float = 0.0, normalisation=None, bar=None, on_step=None, dctx=None,
+                n_global: int | None = None):
     """One epoch of SGD over a device-resident data set (SPEC §9): the hot loop of :func:`train`.
 
     Each step gathers its slice of the permutation (:func:`epoch_batches`) with ``index_select``
-    (7x faster than ``X[idx]`` on CPU), optionally augments on-device (:func:`augment_batch`) and
-    minimises ``CE - margin_reg * gamma_bar(batch)`` (paper eq. 5). The loss sum accumulates on the
-    device (no host sync in the loop); the running accuracy is counted only for a shown tqdm ``bar``.
-    ``on_step(i)`` is called after step i (0-based): the ``--eval-every-steps`` test evaluation.
+    (7x faster than ``X[idx]`` on CPU), optionally augments on-device and minimises
+    ``CE - margin_reg * gamma_bar(batch)`` (paper eq. 5); no host sync in the loop. ``on_step(i)``
+    runs after step i (0-based): the ``--eval-every-steps`` test evaluation. With ``dctx`` (a
+    :class:`~margin_theory.distributed.DistContext`) ``model`` is DDP-wrapped, ``X, Y`` this rank's
+    shard of ``n_global`` samples, the batches the single-process ones (``dctx.epoch_plan``), the
+    rank's loss ``(W / B_k) * sum_{its part} (CE_n - margin_reg * gamma_n)``.
 
-    Returns ``(loss_sum, correct, seen, steps)``: the float64 device tensor sum of batch
-    losses weighted by batch size, the float64 device tensor number correct (``None`` when
-    no bar is shown), the number of samples and of steps.
+    Returns ``(loss_sum, correct, seen, steps)``: the float64 device tensor sum of batch losses
+    weighted by batch size (all-reduced with ``dctx``), the number correct (a float64 device
+    tensor, counted only for a shown tqdm ``bar`` and without ``dctx``, else ``None``), the number
+    of samples and of steps.
     """
     device = X.device
     model.train()
-    batches = epoch_batches(int(Y.shape[0]), batch_size, generator, device)
+    if dctx is None:        # (local indices, positions in the global batch, global batch size)
+        batches = [(i, None, i.shape[0]) for i in epoch_batches(Y.shape[0], batch_size, generator, device)]
+    else:
+        batches = list(zip(*dctx.epoch_plan(n_global, batch_size, generator, device)))
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     show = bar is not None and not bar.disable
-    correct = torch.zeros((), dtype=torch.float64, device=device) if show else None
+    correct = torch.zeros((), dtype=torch.float64, device=device) if show and dctx is None else None
     seen = 0
     refresh = max(1, len(batches) // 20)
-    for i, idx in enumerate(batches):
+    for i, (idx, within, bk) in enumerate(batches):
         xb, yb = X.index_select(0, idx), Y.index_select(0, idx)
         if augment:
-            xb = augment_batch(xb, generator)
+            xb = augment_batch(xb, generator, draws=bk, select=within)
         logits = model(xb)
-        loss = margin_regularised_loss(logits, yb, model, margin_reg, normalisation=normalisation or "auto")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if dctx is None:
+            loss = margin_regularised_loss(logits, yb, model, margin_reg, normalisation or "auto")
+            loss.backward()
+        else:       # this rank's part of the batch sum; DDP averages over W ranks -> the batch mean
+            loss = F.cross_entropy(logits, yb, reduction="sum")
+            if margin_reg > 0:
+                q, spec = margin_values(logits, yb), normalisation
+                gamma_sum = normalised_margins(q, spec.norm(), spec.degree).sum()
+                loss = loss - margin_reg * gamma_sum.to(loss.dtype)
+            (loss * (dctx.world_size / bk)).backward()
         opt.step()
-        seen += idx.shape[0]
-        loss_sum.add_(loss.detach(), alpha=idx.shape[0])
+        seen += bk
+        loss_sum.add_(loss.detach(), alpha=bk if dctx is None else 1)
         if on_step is not None:
             on_step(i)
         if show:
-            correct += n_correct(logits.detach(), yb)
-            if i % refresh == 0 or i == len(batches) - 1:
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}", refresh=False)
+            if correct is not None:
+                correct += n_correct(logits.detach(), yb)
+                if i % refresh == 0 or i == len(batches) - 1:
+                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}",
+                                    refresh=False)
             bar.update(1)
+    if dctx is not None:
+        dctx.all_reduce_(loss_sum)
     return loss_sum, correct, seen, len(batches)
 
 
@@ -454,9 +469,12 @@ class _Diverged(Exception):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096) -> dict:
+def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096, dctx=None) -> dict:
     """Full-training-set margins/loss/accuracy and test accuracy in one pass each (eval mode,
-    no TF32). Returns the metric keys except ``epoch``, ``lr`` and ``epoch_seconds``."""
+    no TF32). Returns the metric keys except ``epoch``, ``lr`` and ``epoch_seconds``; with ``dctx``
+    all-reduced over the ranks' shards (:meth:`~margin_theory.distributed.DistContext.evaluate`)."""
+    if dctx is not None:
+        return dctx.evaluate(model, dataset, batch_size=batch_size)
     with _matmul_precision(dataset.X_train.device, tf32=False):
         m = compute_margins(model, dataset.X_train, dataset.y_train, batch_size=batch_size)
         test_acc = evaluate_test(model, dataset, batch_size)
@@ -465,11 +483,17 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096) -> dict:
 
 
 @torch.no_grad()
-def evaluate_test(model: nn.Module, dataset, batch_size: int = 4096) -> float:
-    """Test accuracy (argmax of the logits; NaN without test data), eval mode."""
-    if dataset.X_test.shape[0] == 0:
-        return float("nan")
-    return accuracy(predict(model, dataset.X_test, batch_size), dataset.y_test)
+def evaluate_test(model: nn.Module, dataset, batch_size: int = 4096, dctx=None) -> float:
+    """Test accuracy (argmax of the logits; NaN without test data), eval mode; with ``dctx``
+    over every rank's test shard (all-reduced counts, a collective)."""
+    n = int(dataset.X_test.shape[0])
+    counts = torch.tensor([0.0, n], dtype=torch.float64, device=dataset.X_train.device)
+    if n > 0:
+        counts[0] = n_correct(predict(model, dataset.X_test, batch_size), dataset.y_test)
+    if dctx is not None:
+        dctx.all_reduce_(counts)
+    correct, total = counts.tolist()
+    return correct / total if total > 0 else float("nan")
 
 
 # ---------------------------------------------------------------------------
@@ -517,17 +541,11 @@ def _resume_point(out: Path, config: TrainConfig) -> Path:
     return resume_path
 
 
-def _norm_value(v):
-    if isinstance(v, (list, tuple)):
-        return [_norm_value(x) for x in v]
-    return int(v) if isinstance(v, float) and v.is_integer() else v
-
-
 def _config_differences(saved: dict, new: TrainConfig) -> list[str]:
     defaults = TrainConfig().to_dict()
     return [f"--{k.replace('_', '-')} {v!r} (checkpoint: {saved.get(k, defaults[k])!r})"
             for k, v in new.to_dict().items()
-            if k not in RESUME_MAY_DIFFER and _norm_value(saved.get(k, defaults[k])) != _norm_value(v)]
+            if k not in RESUME_MAY_DIFFER and comparable(saved.get(k, defaults[k])) != comparable(v)]
 
 
 def _rng_state(g: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
@@ -689,6 +707,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     net = model if dctx is None else dctx.wrap(model)      # DDP construction syncs rank 0's state
     wout = out if writer else None                          # where this process writes
     writing = dctx.critical if dctx is not None else contextlib.nullcontext
+    guard = dctx.guard if dctx is not None else lambda _what: contextlib.nullcontext()
     if wout is not None:
         with _runfolder.guard_io(out):
             out.mkdir(parents=True, exist_ok=True)
@@ -723,7 +742,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     def step_eval(i: int) -> None:          # every rank calls it at the same step (a collective in DDP)
         nonlocal best
         if i % config.eval_every_steps == 0 and ds.X_test.shape[0] > 0:
-            acc = evaluate_test(model, ds, eval_bs) if dctx is None else dctx.test_accuracy(model, shard, eval_bs)
+            acc = evaluate_test(model, shard, eval_bs, *([dctx] if dctx else []))   # tests patch 3 arguments
             best = max(best, acc)
             model.train()
 
@@ -759,12 +778,6 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
                         "optim": copy.deepcopy(opt.state_dict()), "rng": _rng_state(g, device)}
 
-    def evaluate_run() -> dict:
-        if dctx is None:
-            return evaluate(model, ds, batch_size=eval_bs)
-        with dctx.guard("evaluating"):
-            return dctx.evaluate(model, shard, batch_size=eval_bs)
-
     def where(kept: Path | None) -> str:
         if kept is not None:
             return f"last good checkpoint kept: {kept}"
@@ -781,24 +794,19 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                 if epoch > 0:
                     for group in opt.param_groups:
                         group["lr"] = lr
+                    if dctx is not None:
+                        dctx.epoch = epoch
                     bar = _progress_bar(total=-(-N // config.batch_size), desc=f"epoch {epoch}/{config.epochs}",
                                         quiet=not show_bar, unit="batch")
-                    kw = dict(augment=config.augment, margin_reg=config.margin_reg, normalisation=norm_spec,
-                              bar=bar, on_step=step_eval if config.eval_every_steps > 0 else None)
-                    try:
-                        if dctx is None:
-                            loss_sum, _, seen, steps = train_epoch(model, opt, X, Y, config.batch_size, g, **kw)
-                        else:
-                            dctx.epoch = epoch
-                            with dctx.guard(f"training epoch {epoch}"):
-                                loss_sum, _, seen, steps = dctx.train_epoch(net, opt, X, Y, N, config.batch_size,
-                                                                            g, **kw)
-                    finally:
-                        bar.close()
+                    with bar, guard(f"training epoch {epoch}"):
+                        loss_sum, _, seen, steps = train_epoch(
+                            net, opt, X, Y, config.batch_size, g, augment=config.augment, bar=bar,
+                            margin_reg=config.margin_reg, normalisation=norm_spec, dctx=dctx, n_global=N,
+                            on_step=step_eval if config.eval_every_steps > 0 else None)
                     step += steps
                     if not bool(torch.isfinite(loss_sum)):     # one sync per epoch
                         raise _Diverged(epoch, f"non-finite training loss ({float(loss_sum / max(seen, 1))})")
-                row = {"epoch": epoch, **evaluate_run(), "lr": lr}
+                row = {"epoch": epoch, **evaluate(model, shard, batch_size=eval_bs, dctx=dctx), "lr": lr}
                 sync(device)
                 row["epoch_seconds"] = time.perf_counter() - t0
                 if epoch == 0 and not _finite(row["train_loss"], row["theta_norm"]):
@@ -873,13 +881,8 @@ def _int_list(s: str) -> list[int]:
     return vals
 
 
-def _milestones(s: str) -> list[int]:
-    if s.strip() in ("", "none"):
-        return []
-    vals = _int_list(s)
-    if vals != sorted(set(vals)):
-        raise argparse.ArgumentTypeError(f"milestones must be strictly increasing: {s!r}")
-    return vals
+def _milestones(s: str) -> list[int]:      # their order is checked by TrainConfig.validate
+    return [] if s.strip() in ("", "none") else _int_list(s)
 
 
 def _checkpoint_every(s: str) -> int | None:
