@@ -17,7 +17,8 @@ The reference, with recipes, is ``docs/checking.md``. Three entry points:
   - the authors' code (``liuchongming1999/dendrite-inspired-neural-network``, ``model/``):
     ``Low_dimensional_quadratic.eigen`` ``(C, d, r)``, :math:`f_c = \sum_k (\mathrm{eigen}_{c,:,k}\cdot x)^2`,
     -> ``head.weight = eigen.permute(0, 2, 1)`` (its unused ``bias`` dropped); ``General_quadratic``
-    :math:`f_c = (x^\top A_c x + w_c\cdot x + b_c)/2` -> quadratic ``V = A/2``; ``SimpleNet_2``
+    :math:`f_c = (x^\top A_c x + w_c\cdot x + b_c)/2` -> quadratic ``V = A/2`` (onto a ``linear_term``
+    head: ``weight = A``, ``linear = w``, a nonzero ``b`` refused); ``SimpleNet_2``
     (``features.0.*``, ``classifier.0.eigen``) -> ``conv-lowrank``; the CIFAR ``ResNet``
     (``conv1/bn1`` -> ``features.stem.0/1``, ``layerS.i`` -> ``features.layers.<running index>``,
     ``linear`` -> ``head``) -> ``resnet*-<head>``;
@@ -249,6 +250,8 @@ def _head_weight(state: dict, head: nn.Module, C: int) -> tuple[str, torch.Tenso
             if _shape(t) != (C, d, d):
                 raise CheckpointError(f"tensor head.weight_a (General_quadratic) has shape {_shape(t)}; "
                                       f"the model needs ({C}, {d}, {d})")
+            if head.linear is not None:      # our linear-term head halves like theirs
+                return "head.weight_a", t, "General_quadratic weight_a as is (the linear-term head halves too)"
             return "head.weight_a", t / 2, "General_quadratic weight_a: V = A/2 (its forward halves the sum)"
         forms = {(C, d, d): "as is"}
     else:
@@ -265,6 +268,25 @@ def _head_weight(state: dict, head: nn.Module, C: int) -> tuple[str, torch.Tenso
                               "spec file: keys = {\"THEIRS\": \"head.weight\"}")
     t = state[cands[0]]
     return cands[0], t.reshape(want), forms[_shape(t)]
+
+
+def _linear_term(state: dict, head: QuadraticHead, hkey: str, C: int, loaded: dict, mapping: dict) -> set:
+    """The linear term w of a ``--linear-term`` quadratic head, f = (x^T W x + w.x)/2: ``General_quadratic``'s
+    ``weight`` beside its ``weight_a``, else our own ``head.linear``; a nonzero bias has no place in it."""
+    base = hkey[: hkey.rfind(".") + 1]
+    lkey = base + ("weight" if hkey.endswith("weight_a") else "linear")
+    if lkey not in state:
+        raise CheckpointError(f"the model has a linear term (--linear-term) but the file has no tensor {lkey}; "
+                              "leave --linear-term out")
+    if _shape(state[lkey]) != (C, head.in_features):
+        raise CheckpointError(f"tensor {lkey} (the linear term) has shape {_shape(state[lkey])}, "
+                              f"expected ({C}, {head.in_features})")
+    bias = state.get(base + "bias")
+    if bias is not None and bool((bias != 0).any()):
+        raise CheckpointError(f"tensor {base}bias is nonzero and a --linear-term head has no bias; leave "
+                              "--linear-term out to fold it in exactly on [x; 1]")
+    loaded["head.linear"], mapping["head.linear"] = state[lkey], lkey
+    return {hkey, lkey} | ({base + "bias"} if bias is not None else set())
 
 
 def _fold_bias(state: dict, head: nn.Module, hkey: str, hw: torch.Tensor, C: int, what: str,
@@ -362,7 +384,10 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
         mapping["head.weight"], loaded["head.weight"] = hkey, hw
         if how != "as is":
             notes.append(f"head weight from {hkey}: {how}")
-        used, new_w = _fold_bias(state, head, hkey, hw, C, what, notes)
+        if isinstance(head, QuadraticHead) and head.linear is not None:
+            used = _linear_term(state, head, hkey, C, loaded, mapping)
+        else:
+            used, new_w = _fold_bias(state, head, hkey, hw, C, what, notes)
         rest_expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
         rest_state = {k: v for k, v in state.items() if k not in used}
     # everything else: by name, then by unique shape

@@ -390,6 +390,38 @@ def test_authors_general_quadratic_matches_our_quadratic(tmp_path, linear_term):
     assert_reports_match(theorem2_report(model, X, y, subset=None), theorem2_report(ours, X, y, subset=None))
 
 
+def test_general_quadratic_onto_our_linear_term_head(tmp_path):
+    """--linear-term: General_quadratic maps onto head.weight = A, head.linear = w (no [x; 1]); the
+    function is theirs, (x^T A x + w.x)/2 written out here; a missing w or a nonzero bias is refused."""
+    d, C, N = 5, 3, 20
+    torch.manual_seed(5)
+    net = SimpleNet_0(d, C, bias=True).to(DT)
+    gq = net.classifier[0]
+    spec = {"model": "quadratic", "linear_term": True, "input_shape": [d], "num_classes": C}
+    X = torch.randn(N, d, dtype=DT)
+    A, w = gq.weight_a.detach(), gq.weight.detach()
+    direct = (torch.einsum("ni,cij,nj->nc", X, A, X) + X @ w.T) / 2
+    with torch.no_grad():
+        gq.bias.zero_()
+    torch.save(net.state_dict(), tmp_path / "gq.pt")
+    model, _ = margin_theory.load_checkpoint(tmp_path / "gq.pt", spec=spec)
+    assert model.head.linear is not None and not model.foreign_augmented
+    assert torch.allclose(model(X), direct, rtol=1e-12, atol=1e-12)
+    ours = build_model("quadratic", (d,), C, linear_term=True).to(DT)   # our own export maps back exactly
+    torch.save(ours.state_dict(), tmp_path / "ours.pt")
+    back, _ = margin_theory.load_checkpoint(tmp_path / "ours.pt", spec=spec)
+    assert torch.allclose(back(X), ours(X), rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        gq.bias.fill_(0.5)
+    torch.save(net.state_dict(), tmp_path / "gqb.pt")
+    with pytest.raises(CheckpointError, match="bias is nonzero"):
+        margin_theory.load_checkpoint(tmp_path / "gqb.pt", spec=spec)
+    torch.save({k: v for k, v in net.state_dict().items() if not k.endswith((".weight", ".bias"))},
+               tmp_path / "noline.pt")
+    with pytest.raises(CheckpointError, match="has no tensor"):
+        margin_theory.load_checkpoint(tmp_path / "noline.pt", spec=spec)
+
+
 def test_authors_fmnist_conv_matches_our_conv_lowrank(tmp_path):
     H, C, r, N = 6, 3, 2, 20
     torch.manual_seed(4)
