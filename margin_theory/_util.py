@@ -22,6 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+try:                                    # the TOML reader of experiment definitions and spec files
+    import tomllib
+except ModuleNotFoundError:             # pragma: no cover - Python 3.10: the same API as tomli
+    import tomli as tomllib
+
 
 class MarginTheoryError(Exception):
     """Base class of every error the toolkit raises on bad input or bad files.
@@ -55,6 +60,18 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: D401 - argparse API
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The ``dest`` names given on the command line ``argv`` (not left at their defaults;
+    abbreviations included): for "a flag that does not apply is an error or a note"."""
+    import copy
+
+    probe = copy.deepcopy(parser)
+    for a in probe._actions:
+        if a.dest != "help":
+            a.default, a.required = argparse.SUPPRESS, False
+    return set(vars(probe.parse_args(argv)))
 
 
 def int_at_least(lo: int):
@@ -243,7 +260,7 @@ def short_repr(obj: Any, limit: int = 120) -> str:
         text = r.repr(obj)
     except Exception:  # noqa: BLE001 - a repr that fails is itself reported briefly
         text = f"<{type(obj).__name__}>"
-    return clip(" ".join(text.split()), limit)
+    return one_line(text, limit)
 
 
 def to_jsonable(obj: Any) -> Any:

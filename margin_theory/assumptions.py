@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -551,7 +552,7 @@ def bench_monitors(n: int = 512, rank: int = 8, *, data: str = "random", seed: i
             ds = load_dataset("mnist-5k", seed=seed)
             X, y, src = ds.X_train[:n].reshape(-1, 1, 28, 28).to(torch.float32), ds.y_train[:n].long(), data
         except Exception as exc:  # data missing or different: fall back, say so
-            print(f"(mnist-5k unavailable: {exc}; using random data)")
+            print(f"(mnist-5k unavailable: {exc}; using random data)", file=sys.stderr)     # --json: stdout clean
     if src == "random":
         g = torch.Generator().manual_seed(seed)
         X, y = torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)

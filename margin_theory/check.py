@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import torch
 
 from ._util import (ArgumentParser, CheckpointError, ConfigError, MarginTheoryError, check_output_path,
-                    cli_entry, nonneg_int, one_line, positive_int, print_json, save_figure, to_jsonable,
+                    cli_entry, explicit_options, nonneg_int, one_line, positive_int, print_json, save_figure, to_jsonable,
                     use_agg_backend)
 
 __all__ = ["CheckReport", "check_checkpoints", "expand_targets", "plot_check", "transitions", "main"]
@@ -213,6 +213,7 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
             if (run, s) not in gaps:           # the max-margin optimum: solved once per run, as the trainer's
                 gaps[run, s] = GapMonitor(ck.model, ds.X_train, ds.y_train,
                                           subset=min(subset, MONITOR_MAX_POINTS), seed=s)
+            gap = gaps[run, s].report(ck.model)
         except (MarginTheoryError, OSError, ValueError, RuntimeError) as exc:   # never a traceback
             report.errors.append(_error(p, exc))
             continue
@@ -223,7 +224,7 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                "gamma_bar_train": full.gamma_bar, "gamma_min_train": full.gamma_min,
                "train_acc": full.accuracy, "test_acc": ck.metrics.get("test_acc"),
                "n_train": int(ds.y_train.shape[0]), "model": ck.config.get("model"), "verdict": rep.verdict(),
-               "note": rep.note, "maxmargin": gaps[run, s].report(ck.model)}
+               "note": rep.note, "maxmargin": gap}
         if is_foreign:
             row["foreign"] = {"notes": ck.meta.get("notes", []), "map": ck.meta.get("map", {}),
                               "model": describe_model_args({**cfg, "name": cfg["model"], "num_classes": ds.num_classes,
@@ -402,7 +403,6 @@ def _flags(names) -> str:
 def main(argv=None) -> int:
     """Check Theorem 2's assumptions on checkpoints; exit 2 if any checkpoint is unreadable."""
     from .foreign import MODEL_KEYS, is_foreign_file, read_spec
-    from .train import explicit_options
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -427,6 +427,8 @@ def main(argv=None) -> int:
                              "checked as saved\n")
     if args.out is not None:
         check_output_path(args.out, kind="file")
+    elif args.plot and all(is_foreign_file(p) for p in expand_targets(args.targets)[0]):
+        raise ConfigError("--plot of foreign files only: give --out FILE.png (there is no run folder to put it in)")
     rep = check_checkpoints(args.targets, subset=args.subset, seed=args.seed,
                             normalisation=args.normalisation, data_dir=args.data_dir,
                             foreign=foreign, download=args.download, progress=True)
@@ -436,8 +438,9 @@ def main(argv=None) -> int:
     if args.plot and rep.checkpoints:
         from .runfolder import read_metrics          # the one strict reader
 
-        metrics = {c["run"]: read_metrics(c["run"]) for c in rep.checkpoints if "foreign" not in c}
-        out = args.out or str(Path(rep.checkpoints[0]["run"]) / "theorem2-check.png")
+        runs = list(dict.fromkeys(c["run"] for c in rep.checkpoints if "foreign" not in c))
+        metrics = {run: read_metrics(run) for run in runs}      # once per run, not per checkpoint
+        out = args.out or str(Path(runs[0] if runs else ".") / "theorem2-check.png")
         check_output_path(out, kind="file")
         plot_path = plot_check(rep, out, metrics)
     elif args.plot:

@@ -278,6 +278,8 @@ def read_sidecar(path: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"checkpoint sidecar {sidecar} is not valid JSON ({exc.msg} at line {exc.lineno})"
                               ) from None
+    except RecursionError:
+        raise CheckpointError(f"checkpoint sidecar {sidecar} is nested too deeply") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{sidecar} is not a margin_theory checkpoint (format {got!r}, expected {FORMAT!r})")

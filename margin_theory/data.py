@@ -170,7 +170,7 @@ def _number(what: str, value, lo: float, hi: float | None, expect: str) -> float
 
 def _why(exc: BaseException, limit: int = 200) -> str:
     """An exception's message on one clipped line (its type's name if it has none)."""
-    return _util.clip(_util.one_line(exc) or type(exc).__name__, limit)
+    return _util.one_line(exc, limit) or type(exc).__name__
 
 
 # ---------------------------------------------------------------------------

@@ -41,17 +41,16 @@ import math
 import re
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._util import (ArgumentParser, ConfigError, MarginTheoryError, NonFiniteLossError, atomic_write_json,
+from ._util import (ArgumentParser, tomllib, ConfigError, MarginTheoryError, NonFiniteLossError, atomic_write_json,
                     atomic_write_text, check_output_path, cli_entry, dumps_json, one_line, positive_int,
                     print_json, progress, save_figure, use_agg_backend)
-from .data import REGISTRY
+from .data import REGISTRY, available, canonical_name
 from .margins import MARGIN_DEFINITIONS
 from .models import ModelSpec
 from .protocols import get_protocol, protocol_names, with_recipe
@@ -62,6 +61,9 @@ __all__ = ["SCALES", "ANALYSES", "default_experiments_dir", "list_experiments", 
 PROG = "python -m margin_theory.experiment"
 SCALES = ("tiny", "smoke", "paper")
 ANALYSES = ("accuracy", "ranks", "eigen", "margin", "reach", "xor", "maxmargin")
+#: the settings each analysis table (``[eigen]``, ``[scales.S.xor]`` ...) may hold besides ``paper_claims``
+ANALYSIS_KEYS = {"eigen": ("run", "ks", "show_classes"), "xor": ("t_max", "points", "rtol", "gd_t_max", "gd_lr"),
+                 "maxmargin": ("cases", "only", "heads", "steps", "lr", "points")}
 #: TrainConfig fields the runner sets itself (a definition may not)
 RUNNER_FIELDS = frozenset({"dataset", "n_train", "n_test", "data_dir", "download", "seed", "device", "out",
                            "resume", "overwrite", "quiet", "json", "checkpoint_every", "eval_batch_size"})
@@ -173,8 +175,15 @@ def _validate_definition(spec: dict, path: Path) -> None:
     if not isinstance(analysis, list) or not analysis or any(a not in ANALYSES for a in analysis):
         fail(f"analysis must be a non-empty list from {', '.join(ANALYSES)}")
     base = settings(spec.get("train", {}), "[train]")
+    def analysis_table(d: Any, sec: str, ctx: str) -> None:
+        only(table(d, ctx), ("paper_claims", *ANALYSIS_KEYS.get(sec, ())), ctx)
+        if sec == "xor" and (bad := [k for k, v in d.items() if k != "paper_claims" and type(v) not in (int, float)]):
+            fail(f"{ctx} {', '.join(bad)} must be numbers")
+
     for sec in ANALYSES[1:]:
-        claims = table(spec[sec], f"[{sec}]").get("paper_claims", []) if sec in spec else []
+        if sec in spec:
+            analysis_table(spec[sec], sec, f"[{sec}]")
+        claims = spec[sec].get("paper_claims", []) if sec in spec else []
         if not isinstance(claims, list) or not all(isinstance(c, str) for c in claims):
             fail(f"[{sec}] paper_claims must be a list of strings")
     scales = table(spec.get("scales", {}), "[scales]")
@@ -183,7 +192,7 @@ def _validate_definition(spec: dict, path: Path) -> None:
     for s, sd in scales.items():
         only(table(sd, f"[scales.{s}]"), ("seeds", "train", "xor", "maxmargin"), f"[scales.{s}]")
         for sec in ("xor", "maxmargin"):
-            table(sd.get(sec, {}), f"[scales.{s}.{sec}]")
+            analysis_table(sd.get(sec, {}), sec, f"[scales.{s}.{sec}]")
         if not _is_count(sd.get("seeds", 1)):
             fail(f"[scales.{s}] seeds must be a positive integer")
         settings(sd.get("train", {}), f"[scales.{s}.train]")
@@ -231,16 +240,16 @@ def _validate_definition(spec: dict, path: Path) -> None:
             fail(f"{what}: override must be a table of scales ({', '.join(SCALES)})")
         for s, o in ov.items():
             settings(o, f"{ctx}.override.{s}", run={**base, **own})
-        if not isinstance(r["model"], str):
-            fail(f"{what}: model must be a name, got {r['model']!r}")
     claims = spec.get("claims", [])      # [[claims]] part = P, order = [label, ...]: "first > second > ..."
     if not isinstance(claims, list):
         fail("claims must be a list of tables ([[claims]])")
     for i, c in enumerate(claims, 1):
         ok = isinstance(c, dict) and set(c) <= {"part", "order"} and isinstance(c.get("part"), str) \
-            and isinstance(c.get("order"), list) and len(c["order"]) >= 2
+            and isinstance(c.get("order"), list) and len(c["order"]) >= 2 and all(isinstance(x, str) for x in c["order"])
         if not ok or any((c["part"], lab) not in labels for lab in c["order"]):
             fail(f"[[claims]] #{i} needs part = P and order = [two or more run labels of P]")
+    if "run" in spec.get("eigen", {}) and spec["eigen"]["run"] not in {lab for _, lab in labels}:
+        fail(f"[eigen] run = {spec['eigen']['run']!r} is not a run label")
 
 
 # ---------------------------------------------------------------------------
@@ -302,8 +311,6 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
     their merged settings. Paper scale with missing data raises :class:`ConfigError`; smoke/tiny
     skip that part with a note. ``protocol`` (a name from :mod:`margin_theory.protocols`), when
     given, overrides every run's; otherwise runs use the definition's (default ``paper``)."""
-    from .data import available, canonical_name
-
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
     name = spec["name"]
@@ -342,7 +349,7 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
     for r in spec.get("runs", []):
         if r["part"] not in plan.parts or scale not in r.get("scales", SCALES):
             continue
-        settings = {"protocol": "paper"}
+        settings = {"protocol": _train_default("protocol")}
         for t in (spec.get("train", {}), {k: v for k, v in r.items() if k not in RUN_META_KEYS}, sc.get("train", {}),
                   spec["parts"][r["part"]][scale].get("train", {}), r.get("override", {}).get(scale, {})):
             settings.update(with_recipe(t))     # a named recipe (protocols.RECIPES) under each table's own keys
@@ -364,6 +371,13 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
 def _cache_key(config) -> str:
     d = {k: v for k, v in config.to_dict().items() if k not in _CACHE_IGNORED}
     return hashlib.sha256(dumps_json(d).encode()).hexdigest()[:16]
+
+
+def _train_default(field: str):
+    """``TrainConfig``'s default of ``field`` (the trainer owns its defaults)."""
+    from .train import TrainConfig
+
+    return getattr(TrainConfig, field)
 
 
 def _slug(s: str) -> str:
@@ -463,7 +477,7 @@ def _summary(run: PlannedRun, recs: list[dict]) -> dict:
     mean, std = _mean_std([r.get("test_acc") for r in ok])
     bmean, bstd = _mean_std([r.get("best_test_acc") for r in ok])
     return {"label": run.label, "part": run.part, "model": run.settings.get("model"), "rank": _rank_of(run),
-            "paper": run.paper, "settings": run.settings, "epochs": run.settings.get("epochs", 10),
+            "paper": run.paper, "settings": run.settings, "epochs": run.settings.get("epochs", _train_default("epochs")),
             "parameters": first.get("parameters"), "test_acc_mean": mean, "test_acc_std": std,
             "protocol": run.settings["protocol"], "best_test_acc_mean": bmean, "best_test_acc_std": bstd,
             "n_ok": len(ok), "n_seeds": len(recs), "normalisation": first.get("normalisation"),
@@ -682,9 +696,10 @@ _COS_MEANS = {"cos_sta_mean": "cos_sta", "cos_sta_other_mean": "cos_sta_other_cl
               "cos_sta_centred_other_mean": "cos_sta_centred_other_classes_mean"}
 
 
-def _eigen_report(model, W, sta, xbar, classes, ks, Xte, yte):
+def _eigen_report(model, W, sta, xbar, classes, ks, Xte, yte, drop_linear: bool = False):
     """Eigenpairs of every W_i, their leading eigenvector against STA_i per class, and the test
-    accuracy of ``model`` with head weights W and with W_i cut to its top-k eigenpairs (by |lambda|).
+    accuracy of ``model`` with head weights W and with W_i cut to its top-k eigenpairs (by |lambda|);
+    a head's linear term (``authors``) is kept, or zeroed with ``drop_linear`` (x -> x^T W x alone).
     Returns ``(lam, V, {"per_class", "topk", "summary"})``."""
     import torch
 
@@ -708,6 +723,8 @@ def _eigen_report(model, W, sta, xbar, classes, ks, Xte, yte):
     topk = []
     with torch.no_grad():
         m.head.weight.copy_(W.to(m.head.weight.dtype))
+        if drop_linear and m.head.linear is not None:
+            m.head.linear.zero_()
         full_acc = accuracy(predict(m, Xte), yte)
         for k in ks:
             Vk = V[:, :, :k]
@@ -771,7 +788,8 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     from .train import build_model_for, load_data_for
 
     cfg_e = plan.spec.get("eigen", {})
-    run = next((r for r in plan.runs if r.label == cfg_e.get("run")), plan.runs[0] if plan.runs else None)
+    want = cfg_e.get("run", plan.runs[0].label if plan.runs else None)     # never another run than named
+    run = next((r for r in plan.runs if r.label == want), None)
     if run is None:
         return {"figures": [], "note": "no run to analyse (its data was skipped)"}
     if not (recs := _finished(live, run)):
@@ -800,11 +818,12 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
                                  else m0.head.parameters()).detach())
     recorded = rec["history"][0].get("theta_norm") if rec.get("history") else None
     if isinstance(recorded, (int, float)) and abs(init_norm - recorded) <= 1e-5 * max(recorded, 1e-12):
-        dlam, dV, delta = _eigen_report(model, W - W0, sta, xbar, ds.classes, ks, Xte, yte)
+        dlam, dV, delta = _eigen_report(model, W - W0, sta, xbar, ds.classes, ks, Xte, yte, drop_linear=True)
         delta.update({"norm_ratio_update_to_init": float((W - W0).norm() / W0.norm()),
                       "note": "Delta W_i = W_i - W_i(0): the initialisation rebuilt from the run's seed "
-                              f"(||W(0)|| = {init_norm:.6g} equals the recorded initial ||theta||); the model "
-                              "x -> x^T Delta W_i x alone is evaluated for the top-k accuracies"})
+                              f"(||theta(0)|| = {init_norm:.6g} equals the recorded initial ||theta||); the model "
+                              "x -> x^T Delta W_i x alone (any linear term zeroed) is evaluated for the top-k "
+                              "accuracies"})
         rows.append(("leading eigenvector\nof $\\Delta W_i = W_i - W_i(0)$", dV, dlam, delta["per_class"]))
     else:
         delta = {"note": f"initialisation not reproducible here (rebuilt ||theta(0)|| {init_norm:.6g} vs recorded "
@@ -1219,9 +1238,9 @@ def _md_margin(an: dict) -> list[str]:
     L += ["", "Theorem 2's conditions are sufficient, not necessary: where they fail it says nothing, and the "
           "margin may still grow. Monitors use a seeded training subset (trainer monitor_subset).", "",
           "### Every margin definition against test accuracy (SPEC §2)", "",
-          "gamma_bar / gamma_min: q/||theta||^L (runner-up); gamma_output: the authors' output-normalised "
-          "margin; gamma_smoothed: Lyu & Li's log(1/(exp(S)-1))/||theta||^L (not scale invariant; "
-          "meaningful once the summed loss S < log 2). Cells: start -> end, Spearman rho with test accuracy.", ""]
+          "; ".join(f"{k}: {v}" for k, v in MARGIN_DEFINITIONS.items())
+          + " (gamma_smoothed is meaningful once the summed loss S < log 2). Cells: start -> end, Spearman rho "
+          "with test accuracy.", ""]
     L += _table(["part", "run", "seed", *MARGIN_DEFINITIONS], "llr", [[r["part"], r["label"], s["seed"], *(
         f"{_f(d.get('initial'), '+.3g')} -> {_f(d.get('final'), '+.3g')}, rho {_f(d.get('spearman_rho'), '.2f')}"
         for d in ((s.get("definitions") or {}).get(key) or {} for key in MARGIN_DEFINITIONS))] for r, s in seeds])

@@ -44,8 +44,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from ._util import one_line
-from ._util import CheckpointError, ConfigError, MarginTheoryError
+from ._util import CheckpointError, ConfigError, MarginTheoryError, one_line, tomllib
 from .checkpoint import Checkpoint, describe_model_args
 from .margins import NotHomogeneousError
 from .models import Classifier, LinearHead, LowRankHead, ModelSpec, QuadraticHead
@@ -160,10 +159,8 @@ def read_spec(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read spec file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        import tomllib
-
         spec = tomllib.loads(text) if kind == "TOML" else json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ConfigError(f"spec file {path} is not valid {kind}: {one_line(exc, 300)}") from None
     if not isinstance(spec, dict):
         raise ConfigError(f"spec file {path} must hold a table/object, got {type(spec).__name__}")

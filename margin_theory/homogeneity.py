@@ -420,7 +420,7 @@ def _symbolic_module(model: nn.Module, shape: Sequence[int], *, method: str = "a
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as exc:  # noqa: BLE001 - any tracing failure is a one-line refusal
-        raise ConfigError(f"torch.fx cannot trace {type(model).__name__}: {one_line(exc)[:200]}") from None
+        raise ConfigError(f"torch.fx cannot trace {type(model).__name__}: {one_line(exc, 200)}") from None
     t0, dry, notes = time.perf_counter(), _Dry(), []
     _interpret(dry, model, graph, shape)
     n_in, n_params = math.prod(shape), sum(p.numel() for p in model.parameters())
@@ -756,10 +756,10 @@ def _attribute(model, fn, base, cs, rtol, gen, notes: list):
     norm: dict[str, tuple[nn.Module, list[str]]] = {}  # module name -> (module, its parameter names)
     for mname, m in model.named_modules():
         pn = [f"{mname}.{n}" if mname else n for n, _ in m.named_parameters(recurse=False)]
-        if NORM_LAYER_TYPES and isinstance(m, NORM_LAYER_TYPES) and pn:
+        if isinstance(m, NORM_LAYER_TYPES) and pn:
             norm[mname] = (m, pn)
     in_norm = [p for _, pn in norm.values() for p in pn]
-    biases = [n for n in base if n.split(".")[-1].endswith("bias") and n not in in_norm]
+    biases = [n for n in base if n.endswith("bias") and n not in in_norm]
     zero_b = {n: torch.zeros_like(base[n]) for n in biases}
 
     def neutral_fit(keep_bias: str | None = None, keep_norm: str | None = None) -> _Fit:
@@ -820,7 +820,7 @@ def check_model(model: str | ModelSpec, *, num_classes: int = 10, input_shape: S
     JSON-ready report; ``symbolic`` adds the exact check on a tiny instance. A depth whose
     Lemma-1 degree overflows float64, and a model (built on the ``meta`` device) or batch that
     cannot fit in memory, are refused before anything is allocated."""
-    spec = model if isinstance(model, ModelSpec) else ModelSpec(model, **options)
+    spec = (model if isinstance(model, ModelSpec) else ModelSpec(model, **options)).check_applicable()
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}")
     if spec.layers > MAX_LAYERS:
@@ -831,7 +831,7 @@ def check_model(model: str | ModelSpec, *, num_classes: int = 10, input_shape: S
         try:
             n = sum(p.numel() for p in spec.build(shape, num_classes).parameters())
         except (RuntimeError, OverflowError) as exc:
-            raise ConfigError(f"model {spec.name} cannot be built: {one_line(exc)[:200]}") from None
+            raise ConfigError(f"model {spec.name} cannot be built: {one_line(exc, 200)}") from None
     check_memory(8.0 * _COPIES * n, f"model {spec.name} with {n:,} parameters")
     check_memory(8.0 * _COPIES * batch * math.prod(shape), f"--batch {batch} inputs of shape {tuple(shape)}")
     sym = None

@@ -303,17 +303,18 @@ def compute_margins(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, norma
 
 
 def margin_regularised_loss(logits: torch.Tensor, y: torch.Tensor, model: nn.Module, lam: float = 0.0,
-                            normalisation: str | Normalisation = "auto") -> torch.Tensor:
+                            normalisation: str | Normalisation = "auto", reduction: str = "mean") -> torch.Tensor:
     r"""Paper eq. 5: :math:`\mathcal{L} = \mathrm{CE} - \lambda\,\bar\gamma(\text{batch})`, :math:`\lambda \ge 0`.
 
     :math:`\bar\gamma` is differentiable in :math:`\theta` through both q and the norm.
-    ``lam = 0`` is plain cross-entropy (no extra work).
+    ``lam = 0`` is plain cross-entropy (no extra work). ``reduction="sum"``: the batch sum of
+    :math:`\mathrm{CE}_n - \lambda\gamma_n` instead of its mean (a rank's part of a distributed batch).
     """
     if lam < 0:
         raise ConfigError(f"margin regularisation lambda must be >= 0, got {lam}")
-    ce = F.cross_entropy(logits, y)
+    ce = F.cross_entropy(logits, y, reduction=reduction)
     if lam == 0:
         return ce
     spec = normalisation if isinstance(normalisation, Normalisation) else get_normalisation(model, normalisation)
     gamma = normalised_margins(margin_values(logits, y), spec.norm(), spec.degree)
-    return ce - lam * gamma.mean().to(ce.dtype)
+    return ce - lam * (gamma.sum() if reduction == "sum" else gamma.mean()).to(ce.dtype)

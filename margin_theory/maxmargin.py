@@ -48,7 +48,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._util import (ArgumentParser, ConfigError, MarginTheoryError, cli_entry, nonneg_int, one_line,
+from ._util import (ArgumentParser, ConfigError, MarginTheoryError, check_output_path, cli_entry,
+                    explicit_options, nonneg_int, one_line,
                     positive_int, print_json, progress, save_figure, use_agg_backend)
 
 __all__ = [
@@ -208,7 +209,7 @@ def _solve(prob, solvers: Sequence[str]) -> tuple[str, str | None, str]:
                 warnings.simplefilter("ignore", UserWarning)
                 prob.solve(solver=s, **_SOLVER_OPTIONS.get(s, {}))
         except (cp.error.SolverError, ValueError, ArithmeticError) as exc:
-            msgs.append(f"{s}: {one_line(exc)[:200]}")
+            msgs.append(f"{s}: {one_line(exc, 200)}")
             continue
         status, used = str(prob.status), s
         if status == "optimal" or status in _NOT_SEPARABLE:
@@ -228,13 +229,13 @@ class _Problem:
         self.t0, self.head = time.perf_counter(), head
         self.X, self.y, self.C = _as_arrays(X, y, num_classes)
         self.N, self.d = self.X.shape
+        self.ncons = self.N * (self.C - 1)              # refused before the SVD, not after
+        _check("constraints", self.ncons, "N (C - 1) margin constraints")
         _, s, vt = np.linalg.svd(self.X, full_matrices=False)
         self.U = vt[:int(np.sum(s > rtol * s[0])) if s.size and s[0] > 0 else 0].T
         self.Z = self.X @ self.U
         self.k = self.U.shape[1]
         self.D = self.k * (self.k + 1) // 2
-        self.ncons = self.N * (self.C - 1)
-        _check("constraints", self.ncons, "N (C - 1) margin constraints")
         import scipy.sparse as sp
 
         n, j = np.repeat(np.arange(self.N), self.C), np.tile(np.arange(self.C), self.N)
@@ -543,7 +544,7 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ConfigError(f"steps must be a non-negative integer, got {steps!r}")
     kind = head_of(model)
-    m = copy.deepcopy(model).to(torch.float64)
+    m = copy.deepcopy(model).to("cpu", torch.float64)     # the data below are on the CPU
     Xn, yn, _ = _as_arrays(X, y, m.num_classes)
     Xt, yt = torch.as_tensor(Xn).reshape(Xn.shape[0], *m.input_shape), torch.as_tensor(yn)
     P = m.head.weight.detach().cpu().numpy().copy()
@@ -599,18 +600,28 @@ class GapMonitor:
     report's ``note`` says why."""
 
     def __init__(self, model, X, y, *, subset: int = 512, seed: int = 0, num_classes: int | None = None):
+        import torch
+
         from .assumptions import select_subset
 
         self.note, self.result = None, None
         N = int(y.shape[0])
-        self.idx = select_subset(N, subset, seed).numpy()
+        idx = select_subset(N, subset, seed)
+        self.idx = idx.numpy()
         self.n, self.N, self.seed = len(self.idx), N, int(seed)
         self.data = (f"all {N} training points" if self.n == N else
                      f"a seeded subset of {self.n} of {N} training points (seed {seed})")
-        self.X, self.y = _np(X)[self.idx], _np(y)[self.idx]
+        def take(a):                        # the subset only (a tensor is indexed on its device)
+            return _np(a[idx.to(a.device)]) if hasattr(a, "device") else _np(a)[self.idx]
+
+        self.X, self.y = take(X), take(y)
         C = num_classes if num_classes is not None else getattr(model, "num_classes", None)
         try:
-            self.result = solve_max_margin(self.X.reshape(self.n, -1), self.y, head_of(model), C)
+            kind, feats = head_of(model), getattr(model, "features", None)     # feats: without parameters
+            with torch.no_grad():           # the head's inputs (e.g. [x, 1] under --affine), not raw x
+                Z = self.X.reshape(self.n, -1) if feats is None else \
+                    _np(feats(torch.as_tensor(self.X, dtype=torch.float64)).flatten(1))
+            self.result = solve_max_margin(Z, self.y, kind, C)
             if not self.result.separable:
                 self.note = self.result.message or self.result.status
         except MarginTheoryError as exc:
@@ -622,7 +633,11 @@ class GapMonitor:
         base = {"data": self.data, "n": self.n, "seed": self.seed}
         if self.result is None or not self.result.separable:
             return {**base, "available": False, "note": self.note, "gamma_star": None, "ratio": None, "cosine": None}
-        c = compare_with_optimum(model, self.X, self.y, self.result)
+        try:                                # a monitor must never stop training or a check
+            c = compare_with_optimum(model, self.X, self.y, self.result)
+        except MarginTheoryError as exc:
+            return {**base, "available": False, "note": one_line(exc), "gamma_star": None, "ratio": None,
+                    "cosine": None}
         return {**base, "available": True, **{k: c[k] for k in ("head", "degree", "gamma_star", "gamma_min", "ratio",
                                                                  "cosine")},
                 "solver_seconds": self.result.seconds, "note": None}
@@ -777,7 +792,10 @@ def run_experiment_cases(cfg: dict, scale: str, out, *, seed: int = 0, data_dir:
     res = []
     for case in cases:
         steps = case["steps"].get(scale) if isinstance(case.get("steps"), dict) else None
-        res.append(run_case(case, steps=int(steps if steps is not None else cfg.get("steps", 1000)),
+        steps = int(steps if steps is not None else cfg.get("steps", 1000))
+        if steps < 1:
+            raise ConfigError(f"[maxmargin] case {case.get('name')!r}: steps must be >= 1, got {steps}")
+        res.append(run_case(case, steps=steps,
                             lr=float(case.get("lr", cfg.get("lr", 0.5))), seed=seed,
                             heads=cfg.get("heads", tuple(GD_HEADS)), points=int(cfg.get("points", 60)),
                             data_dir=data_dir, quiet=quiet))
@@ -923,14 +941,17 @@ def build_parser() -> ArgumentParser:
 
 @cli_entry(PROG)
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.run is not None and args.dataset is not None:
         raise ConfigError("--run and --dataset exclude each other")
     if args.run is not None:                 # the figure of a trainer run's max-margin monitors
+        if extra := sorted(explicit_options(parser, argv) - {"run", "out", "json"}):
+            raise ConfigError(", ".join("--" + k.replace("_", "-") for k in extra) + " apply to --dataset only")
+        png = check_output_path(args.out or Path(args.run) / "maxmargin-gap.png", kind="file")
         rows, data = run_gap_rows(args.run)
         name = Path(args.run).name
-        fig = plot_gap({name: (f"trainer monitors on {data}", {name: rows})},
-                       Path(args.out) if args.out else Path(args.run) / "maxmargin-gap.png")
+        fig = plot_gap({name: (f"trainer monitors on {data}", {name: rows})}, png)
         if args.json:
             print_json({"run": str(args.run), "data": data, "rows": rows, "plot": str(fig)})
             return 0

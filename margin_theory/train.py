@@ -44,10 +44,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import runfolder as _runfolder
-from ._util import one_line
 from ._util import (ArgumentParser, CheckpointError, ConfigError, NonFiniteLossError, atomic_write_json,
-                    atomic_write_text, check_output_path, cli_entry, clip, dumps_json, float_in, int_at_least,
-                    print_json, sync)
+                    atomic_write_text, check_output_path, cli_entry, clip, dumps_json, explicit_options,
+                    float_in, int_at_least, one_line, print_json, sync)
 from ._util import progress as _progress_bar
 from .checkpoint import (NonFiniteCheckpointError, checkpoint_files, checkpoint_stem, comparable,
                          latest_checkpoint, model_args_from, read_sidecar, restore_checkpoint,
@@ -55,7 +54,7 @@ from .checkpoint import (NonFiniteCheckpointError, checkpoint_files, checkpoint_
 from .data import describe_datasets, load_dataset
 from .distributed import EXIT_RANK_FAILED, RankFailedError as _RankFailed, setup as _dist_setup
 from .margins import (MARGIN_DEFINITIONS, compute_margins, get_normalisation, margin_regularised_loss,
-                      margin_values, n_correct, normalised_margins, predict)
+                      n_correct, predict)
 from .models import INITS, ModelSpec, describe_model_names, parameter_count, unique_parameter_count
 from .protocols import get_protocol, protocol_names
 
@@ -410,16 +409,10 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
             xb = augment_batch(xb, generator, draws=bk, select=within)
         logits = model(xb)
         opt.zero_grad(set_to_none=True)
-        if dctx is None:
-            loss = margin_regularised_loss(logits, yb, model, margin_reg, normalisation or "auto")
-            loss.backward()
-        else:       # this rank's part of the batch sum; DDP averages over W ranks -> the batch mean
-            loss = F.cross_entropy(logits, yb, reduction="sum")
-            if margin_reg > 0:
-                q, spec = margin_values(logits, yb), normalisation
-                gamma_sum = normalised_margins(q, spec.norm(), spec.degree).sum()
-                loss = loss - margin_reg * gamma_sum.to(loss.dtype)
-            (loss * (dctx.world_size / bk)).backward()
+        # distributed: this rank's part of the batch sum; DDP averages over W ranks -> the batch mean
+        loss = margin_regularised_loss(logits, yb, model, margin_reg, normalisation or "auto",
+                                       reduction="mean" if dctx is None else "sum")
+        (loss if dctx is None else loss * (dctx.world_size / bk)).backward()
         opt.step()
         seen += bk
         loss_sum.add_(loss.detach(), alpha=bk if dctx is None else 1)
@@ -489,7 +482,8 @@ def evaluate_test(model: nn.Module, dataset, batch_size: int = 4096, dctx=None) 
     n = int(dataset.X_test.shape[0])
     counts = torch.tensor([0.0, n], dtype=torch.float64, device=dataset.X_train.device)
     if n > 0:
-        counts[0] = n_correct(predict(model, dataset.X_test, batch_size), dataset.y_test)
+        with _matmul_precision(dataset.X_train.device, tf32=False):     # also inside the TF32 training loop
+            counts[0] = n_correct(predict(model, dataset.X_test, batch_size), dataset.y_test)
     if dctx is not None:
         dctx.all_reduce_(counts)
     correct, total = counts.tolist()
@@ -731,7 +725,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
         if gap is None:
             from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
 
-            gap = GapMonitor(model, X, Y, subset=min(config.monitor_subset, MONITOR_MAX_POINTS), seed=config.seed)
+            gap = GapMonitor(model, ds.X_train, ds.y_train, subset=min(config.monitor_subset, MONITOR_MAX_POINTS), seed=config.seed)
         row["maxmargin"] = gap.report(model)
         row["monitor_seconds"] = time.perf_counter() - t0
 
@@ -744,7 +738,6 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
         if i % config.eval_every_steps == 0 and ds.X_test.shape[0] > 0:
             acc = evaluate_test(model, shard, eval_bs, *([dctx] if dctx else []))   # tests patch 3 arguments
             best = max(best, acc)
-            model.train()
 
     def save(epoch: int, st: int, rng: dict, row: dict) -> Path:
         with writing():
@@ -814,7 +807,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                 if epoch > 0 and not _finite(row["train_loss"], row["theta_norm"], row["gamma_bar"]):
                     raise _Diverged(epoch, "non-finite loss or weights after the epoch "
                                            f"(train loss {row['train_loss']}, ||theta|| {row['theta_norm']})")
-                if monitor is not None and (epoch % config.monitor_every == 0 or epoch == config.epochs):
+                if writer and monitor is not None and (epoch % config.monitor_every == 0 or epoch == config.epochs):
                     run_monitor(row)
                 record(epoch, row)
     except _RankFailed as exc:
@@ -973,15 +966,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in _FIELDS}).validate()
 
 
-def explicit_options(parser: argparse.ArgumentParser, argv) -> set[str]:
-    """The ``dest`` names given on the command line ``argv`` (not left at their defaults)."""
-    probe = copy.deepcopy(parser)
-    for a in probe._actions:
-        if a.dest != "help":
-            a.default, a.required = argparse.SUPPRESS, False
-    return set(vars(probe.parse_args(argv)))
-
-
 def _resume_defaults(args: argparse.Namespace, given: set[str]) -> list[str]:
     """``train --resume --out X``: every option not on the command line comes from X's
     ``config.json`` (else the latest checkpoint's sidecar). Returns the names filled in."""
@@ -989,7 +973,7 @@ def _resume_defaults(args: argparse.Namespace, given: set[str]) -> list[str]:
     saved = None
     try:
         saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         pass
     if not isinstance(saved, dict):
         ck = latest_checkpoint(out)

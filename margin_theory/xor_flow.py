@@ -34,6 +34,7 @@ nonzero) but a class is never classified correctly and the loss stays ``>= log(2
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field, fields
@@ -46,7 +47,7 @@ from scipy.optimize import brentq
 from scipy.special import exp1, expit
 
 from margin_theory._util import (ArgumentParser, ConfigError, check_memory, check_output_path, cli_entry,
-                                 nonneg_int, print_json, progress, save_figure, use_agg_backend)
+                                 explicit_options, nonneg_int, print_json, progress, save_figure, use_agg_backend)
 
 __all__ = [
     "XorFlowResult", "solve_xor_flow", "xor_data", "loss_and_grad", "margins", "gamma_bar", "gamma_min",
@@ -166,7 +167,8 @@ def loss_and_grad(theta) -> tuple[float, np.ndarray]:
     a, b, c, e = (float(x) for x in reduced_coordinates(th))
     q0, q1 = a * a - c * c, e * e - b * b
     s0, s1 = float(expit(-q0)), float(expit(-q1))
-    return float(_loss(th)), np.array([-s0 * a + s1 * b, -s0 * a - s1 * b, s0 * c - s1 * e, s0 * c + s1 * e])
+    loss = 0.5 * float(np.logaddexp(0.0, -q0) + np.logaddexp(0.0, -q1))
+    return loss, np.array([-s0 * a + s1 * b, -s0 * a - s1 * b, s0 * c - s1 * e, s0 * c + s1 * e])
 
 
 def boundary_angle_deg(theta) -> np.ndarray | float:
@@ -709,6 +711,13 @@ def main(argv=None) -> int:
         warnings.simplefilter("ignore", RuntimeWarning)
         res = solve_xor_flow(theta0, t_max=args.t_max, method=args.method, lr=args.lr,
                              rtol=args.rtol, points=args.points, quiet=args.json)
+    given = explicit_options(build_parser(), argv)     # notes after the values passed solve_xor_flow
+    for flag, unused, why in (("lr", args.method != "gd", "applies to --method gd"),
+                              ("rtol", args.method == "gd", "applies to --method flow"),
+                              ("out", not args.plot, "is the figure path of --plot"),
+                              ("seed", args.init is not None, "seeds the random init, and --init is given")):
+        if flag in given and unused:
+            print(f"xor_flow: note: --{flag} {why}; ignored", file=sys.stderr)
     figure = plot_result(res, args.out) if args.plot else None
     if args.json:
         d = {**res.to_dict(), "theta0": theta0, "seed": None if args.init is not None else args.seed}

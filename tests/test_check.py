@@ -213,3 +213,19 @@ def test_theorem_applies_on_xor_and_predictions_agree(tmp_path, capsys):
     assert [t["predicted_sign"] for t in doc["transitions"]] == ["+"] * 3
     assert all(t["agrees"] is True and t["delta_gamma_bar"] > 0 for t in doc["transitions"])
     assert doc["summary"]["agreements"] == 3 and doc["summary"]["disagreements"] == 0
+
+
+def test_plot_beside_a_foreign_file(run_dir, tmp_path, capsys):
+    """--plot without --out goes into the run folder, never beside (or into) a foreign file; with
+    foreign files only there is no folder to choose: a one-line error before any work."""
+    from margin_theory.models import build_model
+
+    f = tmp_path / "theirs.pt"
+    torch.save(build_model("lowrank", (64,), 10, rank=2).state_dict(), f)
+    flags = ["--model", "lowrank", "--rank", "2", "--dataset", "digits", "--n-train", "300", "--subset", "32"]
+    rc, out, err = run([f, *flags, "--plot"], capsys)
+    assert rc == 2 and "--plot of foreign files only: give --out" in err and out == ""
+    shutil.copytree(run_dir, tmp_path / "run")
+    rc, out, err = run([f, tmp_path / "run", *flags, "--plot", "--json"], capsys)
+    assert rc == 0 and json.loads(out)["plot"] == str(tmp_path / "run" / "theorem2-check.png")
+    assert (tmp_path / "run" / "theorem2-check.png").stat().st_size > 10_000

@@ -164,6 +164,24 @@ def test_bad_definition_is_one_line(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "lr" in err
 
 
+@pytest.mark.parametrize("name, old, new, needle", [
+    ("xor", "\n[xor]\n", "\n[xor]\ntmax = 5\n", "[xor] has unknown key(s) tmax"),          # a misspelt setting
+    ("xor", "\n[xor]\n", '\n[xor]\nt_max = "big"\n', "[xor] t_max must be numbers"),
+    ("xor", "xor = { t_max = 1e3,", 'xor = { t_max = "x",', "[scales.tiny.xor] t_max must be numbers"),
+    ("fig2-eigen", 'run = "quadratic"', 'run = "typo"', "[eigen] run = 'typo' is not a run label"),
+    ("maxmargin", "\n[maxmargin]\n", "\n[maxmargin]\nstep = 3\n", "[maxmargin] has unknown key(s) step"),
+    ("table2", "[[claims]]", '[[claims]]\npart = "mnist"\norder = [["a"], "b"]\n[[claims]]', "[[claims]] #1 needs"),
+])
+def test_bad_analysis_table_is_one_line_before_any_training(tmp_path, capsys, name, old, new, needle):
+    d = tmp_path / "defs"
+    d.mkdir()
+    text = (REPO / "experiments" / f"{name}.toml").read_text()
+    assert old in text
+    (d / f"{name}.toml").write_text(text.replace(old, new, 1))
+    code, out, err = run([name, "--scale", "tiny", "--experiments-dir", d, "--out", tmp_path / "o"], capsys)
+    assert code == 2 and err.count("\n") == 1 and needle in err and not (tmp_path / "o").exists()
+
+
 def test_cli_subprocess_exit_code():
     p = subprocess.run([sys.executable, "-m", "margin_theory.experiment", "nope", "--scale", "tiny"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -229,6 +247,31 @@ def test_fig2_eigen_tiny(tmp_path, empty_dir, capsys):
     assert math.isclose(e["summary"]["full_test_acc"], res["runs"][0]["test_acc_mean"], abs_tol=1e-9)
     assert {"eigenvectors_sta.png", "eigen_topk.png"} <= set(res["figures"])
     assert "STA_i = sum_n p_i(x_n) x_n" in (out / "results.md").read_text()
+
+
+def test_eigen_report_delta_model_drops_the_linear_term():
+    """Fig. 2's top-k accuracies: with the authors' linear term, the trained model keeps it and the
+    Delta W model (drop_linear) is x -> x^T W x alone, both against a direct einsum."""
+    import torch
+
+    from margin_theory.models import build_model
+
+    torch.manual_seed(0)
+    d, C, N = 6, 3, 200
+    model = build_model("quadratic", (d,), C, linear_term=True, init="authors").double().eval()
+    with torch.no_grad():
+        model.head.linear.mul_(50.0)            # a linear term large enough to change predictions
+    X, y = torch.randn(N, d, dtype=torch.float64), torch.randint(0, C, (N,))
+    W = torch.randn(C, d, d, dtype=torch.float64)
+    W = (W + W.transpose(1, 2)) / 2
+    quad = torch.einsum("ni,cij,nj->nc", X, W, X)
+    with_lin = (quad + X @ model.head.linear.detach().T) / 2
+    acc = {k: float((f.argmax(1) == y).double().mean()) for k, f in (("alone", quad), ("lin", with_lin))}
+    assert acc["alone"] != acc["lin"]
+    sta, xbar = torch.zeros(C, d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+    for drop, want in ((True, acc["alone"]), (False, acc["lin"])):
+        _, _, rep = ex._eigen_report(model, W, sta, xbar, ["a", "b", "c"], [d], X, y, drop_linear=drop)
+        assert math.isclose(rep["summary"]["full_test_acc"], want, abs_tol=1e-12)
 
 
 def test_fig3_ranks_tiny(tmp_path, empty_dir, capsys):

@@ -292,6 +292,13 @@ def test_spec_files_json_and_toml(tmp_path):
         margin_theory.load_checkpoint(tmp_path / "m.pt", spec=tmp_path / "bad.json")
 
 
+def test_deeply_nested_spec_file_is_one_line_error(tmp_path):
+    f = tmp_path / "spec.json"
+    f.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        foreign.read_spec(f)
+
+
 @pytest.mark.parametrize("state,spec,match", [
     ({"w": torch.zeros(3 * 3, 4)}, {"model": "lowrank", "rank": 2}, r"no tensor fits the head weight \(3, 2, 4\).*w \(9, 4\)"),
     ({"w": torch.zeros(6, 4), "extra": torch.zeros(7)}, {"model": "lowrank", "rank": 2}, r"tensor extra of shape \(7,\) has no place"),

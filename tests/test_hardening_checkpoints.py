@@ -111,6 +111,19 @@ def test_sidecar_of_the_wrong_type_through_resume_exits_2(base_run, tmp_path, ca
     one_line_error(rc, err, needle)
 
 
+DEEP_JSON = "[" * 100_000 + "]" * 100_000      # valid JSON that overflows the parser's recursion
+
+
+def test_deeply_nested_sidecar_and_config_are_one_line_errors(base_run, tmp_path, capsys):
+    out = copy_run(base_run, tmp_path / "run")
+    ckpt(out, 3).with_suffix(".json").write_text(DEEP_JSON)
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        read_checkpoint(ckpt(out, 3))
+    (out / "config.json").write_text(DEEP_JSON)       # --resume falls back to the (bad) sidecar: exit 2
+    rc, _, err = run_main(train_main, ["--out", out, "--resume", "--epochs", "4"], capsys)
+    one_line_error(rc, err, "nested too deeply")
+
+
 @pytest.mark.parametrize("field, value", [("rank", 10**12), ("hidden", [10**12]), ("input_shape", [2**24, 2**24])])
 def test_absurd_model_size_is_refused_before_allocating(base_run, tmp_path, field, value):
     """rank 1e12 would ask the allocator for terabytes: the model is built on the meta device and

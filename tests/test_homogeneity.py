@@ -311,6 +311,8 @@ def test_cli_relu2_human(capsys):
     (["--model", "lowrank", "--cs", "1"], "scale factors"),
     (["--model", "resnet10-linear", "--input-shape", "3,8,8", "--symbolic"], "--symbolic supports"),
     (["--model", "conv-lowrank", "--input-shape", "8"], "image inputs"),
+    (["--model", "linear", "--rank", "2"], "--rank applies"),            # options that do not apply
+    (["--model", "quadratic", "--conv-channels", "3"], "--conv-channels applies"),
 ])
 def test_cli_bad_input_exit_2(argv, msg, capsys):
     try:  # argparse errors exit through SystemExit(2), toolkit errors return 2 (cli_entry)

@@ -216,6 +216,9 @@ def test_margin_regularised_loss():
     loss = margin_regularised_loss(logits, y, model, lam=lam)
     gbar = compute_margins(model, X, y).gamma_bar
     assert loss.item() == pytest.approx(ce.item() - lam * gbar, rel=1e-12)
+    # reduction="sum" (a rank's part of a distributed batch): sum_n (CE_n - lam * gamma_n)
+    total = margin_regularised_loss(logits, y, model, lam=lam, reduction="sum")
+    assert total.item() == pytest.approx(len(y) * (ce.item() - lam * gbar), rel=1e-12)
     loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     assert all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)

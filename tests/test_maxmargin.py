@@ -316,7 +316,7 @@ def test_cli_json_and_errors(capsys):
 # ---------------------------------------------------------------------------
 # Hooks: trainer monitors and check
 # ---------------------------------------------------------------------------
-def test_trainer_monitor_and_check_report_the_gap(tmp_path, one_thread):
+def test_trainer_monitor_and_check_report_the_gap(tmp_path, one_thread, capsys):
     from margin_theory.check import check_checkpoints, format_report
     from margin_theory.train import TrainConfig, train
 
@@ -341,6 +341,11 @@ def test_trainer_monitor_and_check_report_the_gap(tmp_path, one_thread):
     rows, data = mm.run_gap_rows(out)
     assert [r["step"] for r in rows] == [0, 2, 4] and data == "all 4 training points"
     assert mm.main(["--run", str(tmp_path / "nope")]) == 2
+    # flags that do not apply to --run, and an --out that cannot be a figure: one-line errors, nothing written
+    assert mm.main(["--run", str(out), "--head", "quadratic", "--n-train", "5"]) == 2
+    assert "--head, --n-train apply to --dataset only" in capsys.readouterr().err
+    assert mm.main(["--run", str(out), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
 
 
 def test_monitor_notes_when_unavailable():
@@ -351,6 +356,24 @@ def test_monitor_notes_when_unavailable():
     assert rep["available"] is False and "not separable" in rep["note"]
     g = mm.GapMonitor(build_model("relu2", (2,), 2, hidden=4), X, y)
     assert "trainable features" in g.report(None)["note"]
+
+
+def test_monitor_solves_on_the_heads_inputs_under_affine():
+    """--affine (x -> [x, 1]): the optimum is the one on [x, 1] (solved here directly), and no later
+    state can exceed it; a state that no longer fits the optimum gives a note, never an exception."""
+    X = torch.as_tensor(XOR_X, dtype=torch.float32)
+    y = torch.as_tensor(XOR_Y)
+    for head in ("linear", "quadratic", "lowrank"):
+        model = build_model(head, (2,), 2, affine=True)
+        g = mm.GapMonitor(model, X, y)
+        want = mm.solve_max_margin(np.c_[XOR_X, np.ones(len(XOR_X))], XOR_Y, head, 2)
+        rep = g.report(model)
+        assert rep["available"] is want.separable
+        if want.separable:
+            assert rep["gamma_star"] == pytest.approx(want.gamma_star, rel=1e-6) and rep["ratio"] <= 1 + 1e-6
+    g = mm.GapMonitor(build_model("quadratic", (2,), 2, affine=True), X, y)
+    rep = g.report(build_model("quadratic", (2,), 2))          # 2x2 matrices against a 3x3 optimum
+    assert rep["available"] is False and "do not match" in rep["note"]
 
 
 # ---------------------------------------------------------------------------
@@ -373,6 +396,11 @@ def test_experiment_tiny(tmp_path):
     assert "Max-margin limit of gradient descent" in md and "| lowrank-1 |" in md
     assert (tmp_path / "maxmargin_gap.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "results.json").read_text())["analysis"]["maxmargin"]["cases"]
+
+
+def test_experiment_case_with_zero_steps_is_refused(tmp_path):
+    with pytest.raises(mm.ConfigError, match="steps must be >= 1"):
+        mm.run_experiment_cases({"steps": 0, "cases": [{"name": "xor", "data": "xor"}]}, "tiny", out=tmp_path)
 
 
 def test_monitor_subset_is_inside_the_theorem2_subset():

@@ -318,6 +318,22 @@ def test_cli_gd(capsys):
     assert code == 0 and d["method"] == "gd" and d["t"][-1] == pytest.approx(100.0)
 
 
+@pytest.mark.parametrize("argv, note", [
+    (["--lr", "0.5"], "--lr applies to --method gd"),
+    (["--method", "gd", "--t-max", "100", "--rtol", "1e-6"], "--rtol applies to --method flow"),
+    (["--out", "x.png"], "--out is the figure path of --plot"),
+    (["--init", "1", "0.2", "0.1", "-0.8", "--se", "3"], "--seed seeds the random init"),   # abbreviated
+])
+def test_cli_flag_that_does_not_apply_prints_a_note(argv, note, capsys):
+    code, out, err = _run([*argv, "--json", "--points", "5"], capsys)
+    assert code == 0 and json.loads(out) and note in err and err.count("note:") == 1
+
+
+def test_cli_applicable_flags_print_no_note(capsys):
+    code, _, err = _run(["--method", "gd", "--t-max", "100", "--lr", "0.05", "--json", "--points", "5"], capsys)
+    assert code == 0 and "note:" not in err
+
+
 def test_cli_plot_writes_png(tmp_path, capsys):
     path = tmp_path / "sub" / "fig.png"
     code, out, _ = _run(["--plot", "--out", str(path), "--points", "60", "--json"], capsys)
