@@ -187,8 +187,6 @@ class Dataset:
         """A seeded subset of ``n_train`` training and ``n_test`` test points (None, or more than there are: all),
         in their order: stratified (``train_test_split(train_size=n, stratify=y, random_state=seed)``) when every
         class can be represented, else a seeded uniform sample (``info['subset']`` says which)."""
-        if not _is_int(seed) or not 0 <= seed < 2 ** 32:
-            raise DataError(f"subset: seed must be an integer in 0..2**32-1, got {_util.short_repr(seed, 40)}")
         info, notes, parts = dict(self.info), [], []
         for split, n, X, y in (("train", n_train, self.X_train, self.y_train),
                                ("test", n_test, self.X_test, self.y_test)):
@@ -196,7 +194,7 @@ class Dataset:
             if n is not None and (not _is_int(n) or n < 1):
                 raise DataError(f"subset: n_{split} must be a positive integer, got {n!r}")
             if n is not None and n < N:
-                idx, how = _sample_indices(y.detach().cpu().numpy(), int(n), int(seed))
+                idx, how = _sample_indices(y.detach().cpu().numpy(), int(n), seed)
                 t = torch.as_tensor(idx, dtype=torch.long, device=X.device)
                 X, y = X.index_select(0, t), y.index_select(0, t)
                 info["is_subset"] = True
@@ -215,6 +213,9 @@ class Dataset:
 def _sample_indices(y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, str]:
     from sklearn.model_selection import train_test_split
 
+    if not _is_int(seed) or not 0 <= seed < 2 ** 32:
+        raise DataError(f"subset: seed must be an integer in 0..2**32-1, got {_util.short_repr(seed, 40)}")
+    seed = int(seed)
     try:
         idx, _ = train_test_split(np.arange(len(y)), train_size=n, stratify=y, random_state=seed)
         how = "stratified"
