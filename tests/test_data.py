@@ -221,6 +221,9 @@ def test_subset_and_to():
     assert len(everything.y_train) == 4000 and "all 4000 kept" in everything.info["subset"]
     with pytest.raises(DataError):
         ds.subset(n_train=0)
+    for bad in (-1, 2**32, 1.5, "1"):      # a bad seed is a one-line DataError, not numpy's ValueError
+        with pytest.raises(DataError, match="subset: seed must be an integer"):
+            ds.subset(n_train=500, seed=bad)
     d64 = s1.to("cpu", torch.float64)
     assert d64.X_train.dtype == torch.float64 and d64.y_train.dtype == torch.int64
     assert d64.input_dim == 784
