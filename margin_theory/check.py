@@ -8,17 +8,13 @@ r"""Check Theorem 2's assumptions on saved checkpoints (SPEC §5); the reference
                                   [--model NAME --dataset NAME [--rank R ...] | --spec FILE]
 
 A run folder stands for its checkpoints in epoch order, a folder of runs for the runs below it; a
-foreign file (a ``torch.save`` state dict read with ``weights_only=True``, or a bare
-``.safetensors``) is described by ``train``'s model and data flags or ``--spec``
-(:mod:`margin_theory.foreign`).
-
-Per checkpoint the training data are rebuilt by the trainer's loader and
-:func:`margin_theory.assumptions.theorem2_report` evaluates the seeded subset S (``--subset``,
-``--seed``, default the run's seed): gamma_bar, rho, cv, eps, delta, A1-A3, the exact Lemma-2
-velocity, its lower bound and the verdict ``grows`` (A1-A3 hold: d gamma_bar/dt > 0 for the
-gradient flow of S's mean cross-entropy) or ``no-claim`` (the conditions are sufficient, not
-necessary). ``maxmargin``: gamma_min/gamma_star and the cosine to the optimum of
-:class:`margin_theory.maxmargin.GapMonitor` (the trainer's monitor, solved once per run).
+foreign file (a ``torch.save`` state dict, or a bare ``.safetensors``) is described by ``train``'s
+model and data flags or ``--spec`` (:mod:`margin_theory.foreign`). Per checkpoint, on the run's data
+(the trainer's loader), :func:`margin_theory.assumptions.theorem2_report` evaluates the seeded subset
+S: gamma_bar, rho, cv, eps, delta, A1-A3, the exact Lemma-2 velocity, its lower bound and the verdict
+``grows`` (A1-A3 hold: d gamma_bar/dt > 0 for the gradient flow of S's mean cross-entropy) or
+``no-claim`` (the conditions are sufficient, not necessary); ``maxmargin``: gamma_min/gamma_star and
+the cosine of :class:`margin_theory.maxmargin.GapMonitor` (solved once per run).
 
 Between consecutive checkpoints of a run: ``delta_gamma_bar`` on the WHOLE training set against
 ``predicted_sign`` (``"+"`` where the theorem applies at the earlier one, else ``"?"``); ``agrees``
@@ -26,10 +22,9 @@ is ``delta_gamma_bar > 0`` for a ``"+"``, else ``None`` (``velocity_sign``/``vel
 same with the Lemma-2 velocity). Training runs SGD over whole epochs, so a disagreement shows the
 local prediction did not persist - it does not contradict the theorem.
 
-``--json``: ``{"checkpoints": [...], "transitions": [...], "errors": [...], "summary": {...}}``.
-An unreadable checkpoint prints one line on stderr and makes the exit status 2; the others are
-still reported. ``--plot`` (``--out``, default ``RUN_DIR/theorem2-check.png``): gamma_bar and test
-accuracy over training, the intervals where A1-A3 held shaded - Fig. 5 with the theorem's verdict.
+``--json``: ``{"checkpoints": [...], "transitions": [...], "errors": [...], "summary": {...}}``. An
+unreadable checkpoint prints one line on stderr and makes the exit status 2; the others are still
+reported. ``--plot`` (``--out``, default ``RUN_DIR/theorem2-check.png``): Fig. 5 with the verdict.
 """
 from __future__ import annotations
 
@@ -117,11 +112,12 @@ def expand_targets(targets: Sequence[str | Path]) -> tuple[list[Path], list[dict
             folder = t / CHECKPOINT_DIR if (t / CHECKPOINT_DIR).is_dir() else t
             found = list_checkpoints(t)
             complete = {p.with_suffix("") for p in found}
-            for f in sorted(set(folder.glob("epoch-*.safetensors")) | set(folder.glob("epoch-*.json"))):
-                if f.with_suffix("") not in complete:
-                    missing = ", ".join(str(p) for p in checkpoint_files(f) if not p.exists())
-                    errors.append(_error(f, f"incomplete checkpoint: {missing} missing"))
-            if not found and not any(e["path"].startswith(str(folder)) for e in errors):
+            incomplete = [f for f in sorted(set(folder.glob("epoch-*.safetensors")) | set(folder.glob("epoch-*.json")))
+                          if f.with_suffix("") not in complete]
+            for f in incomplete:
+                missing = ", ".join(str(p) for p in checkpoint_files(f) if not p.exists())
+                errors.append(_error(f, f"incomplete checkpoint: {missing} missing"))
+            if not found and not incomplete:
                 errors.append(_error(t, f"no checkpoint in {t} (expected {CHECKPOINT_DIR}/epoch-NNNN.safetensors "
                                         "+ .json)"))
             paths.extend(found)
@@ -156,11 +152,9 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                       normalisation: str = "auto", data_dir: str | None = None,
                       foreign: dict | None = None, download: bool = False,
                       progress: bool = False) -> CheckReport:
-    """Evaluate Theorem 2 on every checkpoint of ``targets`` and compare consecutive ones.
-
-    ``seed``: the subset's seed (``None``: each run's). ``foreign``: what a foreign file holds
-    (``train``'s options or a spec file's content); such a file is its own "run" with ``epoch``
-    ``None``. ``progress``: a bar showing the phase. Errors are collected, never raised."""
+    """Evaluate Theorem 2 on every checkpoint of ``targets`` and compare consecutive ones. ``seed``: the
+    subset's (``None``: each run's). ``foreign``: what a foreign file holds (``train``'s options or a spec
+    file's content); such a file is its own "run" with ``epoch`` ``None``. Errors are collected, never raised."""
     from ._util import progress as _progress
     from .assumptions import theorem2_report
     from .checkpoint import describe_model_args, read_checkpoint
@@ -170,7 +164,7 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
 
     paths, errors = expand_targets(targets)
     report = CheckReport(errors=list(errors))
-    data_cache: dict[tuple, Any] = {}
+    data_cache: dict[tuple, Any] = {}      # and gaps: the max-margin monitor of each (run, seed)
     gaps: dict[tuple, Any] = {}
     rows: list[dict] = []
     bar = _progress(total=len(paths), desc="check", unit="ckpt", quiet=not progress)
@@ -190,11 +184,8 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                     f"{p.name} is not a margin_theory checkpoint ({why}): say what it holds with the model "
                     "and data flags of train (--model NAME --dataset NAME [--rank R ...]) or --spec FILE "
                     "(docs/checking.md)")
-            if is_foreign:
-                cfg = foreign_config(foreign)
-            else:
-                ck = read_checkpoint(p, device="cpu")
-                cfg = ck.config
+            ck = None if is_foreign else read_checkpoint(p, device="cpu")
+            cfg = foreign_config(foreign) if is_foreign else ck.config
             key = tuple(to_jsonable(cfg.get(k)) for k in _DATA_KEYS) + (data_dir, download)
             if key not in data_cache:
                 phase(p, f"loading {cfg.get('dataset')}")
@@ -273,7 +264,12 @@ _COLUMNS = (("epoch", "epoch", 5, "d"), ("gbar(train)", "gamma_bar_train", 11, "
             ("lower bnd", "lower_bound", 10, "+.3e"))
 
 
+_AGREES = {True: "agrees", False: "DISAGREES", None: "no prediction"}
+_VELOCITY_AGREES = {True: "agrees", False: "differs", None: "-"}
+
+
 def format_report(rep: CheckReport) -> str:
+    """The human report: per run its table (:data:`_COLUMNS`), max-margin gap and transitions; a summary."""
     lines = []
     head = "  ".join(f"{h:>{w}}" for h, _, w, _ in _COLUMNS) + "  verdict"
     for run, rows in _by_run(rep.checkpoints).items():
@@ -298,15 +294,10 @@ def format_report(rep: CheckReport) -> str:
         elif r0["maxmargin"]["note"]:
             lines.append(f"max-margin gap: not available ({r0['maxmargin']['note']})")
         trans = [t for t in rep.transitions if t["run"] == run]
-        if trans:
-            lines.append("transitions (gamma_bar on the whole training set):")
-        words = {True: "agrees", False: "DISAGREES", None: "no prediction"}
-        for t in trans:
-            vel = {True: "agrees", False: "differs", None: "-"}[t["velocity_agrees"]]
-            lines.append(f"  epoch {t['from']:>4} -> {t['to']:<4}  delta gamma_bar {t['delta_gamma_bar']:+.4e}  "
-                         f"predicted {t['predicted_sign']}  {words[t['agrees']]}  (Lemma-2 velocity sign "
-                         f"{t['velocity_sign']}: {vel})")
-        lines.append("")
+        lines += ["transitions (gamma_bar on the whole training set):"] if trans else []
+        lines += [f"  epoch {t['from']:>4} -> {t['to']:<4}  delta gamma_bar {t['delta_gamma_bar']:+.4e}  "
+                  f"predicted {t['predicted_sign']}  {_AGREES[t['agrees']]}  (Lemma-2 velocity sign "
+                  f"{t['velocity_sign']}: {_VELOCITY_AGREES[t['velocity_agrees']]})" for t in trans] + [""]
     s = rep.summary()
     if s["checkpoints"]:
         lines.append(f"A1-A3 held at {s['theorem_applies']} of {s['checkpoints']} checkpoints; gamma_bar grew in "
@@ -403,24 +394,23 @@ def _flags(names) -> str:
 def main(argv=None) -> int:
     """Check Theorem 2's assumptions on checkpoints; exit 2 if any checkpoint is unreadable."""
     from .foreign import MODEL_KEYS, is_foreign_file, read_spec
+    from .runfolder import read_metrics          # the one strict reader
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.out is not None and not args.plot:
         raise CheckpointError("--out applies to --plot only")
     given = explicit_options(parser, argv)
-    unsupported = [k for k in ("protocol", "init", "linear_term", "affine") if k in given]
-    if unsupported:    # train's protocol flags: a foreign file's linear term and bias are folded in by shape
+    if unsupported := [k for k in ("protocol", "init", "linear_term", "affine") if k in given]:
         raise ConfigError(_flags(unsupported) + " do not apply to check: a checkpoint of ours carries them in "
                           "its config; a foreign file's linear term and biases are mapped from its tensors "
                           "(docs/checking.md)")
     model_flags = sorted(k for k in given if k in MODEL_KEYS + ("dataset", "n_train", "n_test", "normalize"))
     foreign = None
-    if args.spec or model_flags:
-        foreign = dict(read_spec(args.spec)) if args.spec else {}
-        foreign.update({k: getattr(args, k) for k in model_flags + [k for k in ("data_dir", "download") if k in given]})
-        if args.seed is not None:
-            foreign["seed"] = args.seed
+    if args.spec or model_flags:              # flags given override the spec file
+        foreign = {**(read_spec(args.spec) if args.spec else {}),
+                   **{k: getattr(args, k) for k in model_flags + [k for k in ("data_dir", "download") if k in given]},
+                   **({} if args.seed is None else {"seed": args.seed})}
         if not any(is_foreign_file(p) for p in expand_targets(args.targets)[0]):
             sys.stderr.write(f"{PROG}: note: {_flags(['spec'] * bool(args.spec) + model_flags)} describe foreign "
                              "files only; the checkpoints given carry their own description (sidecar) and are "
@@ -436,24 +426,15 @@ def main(argv=None) -> int:
         sys.stderr.write(f"{PROG}: error: {e['path']}: {e['error']}\n")
     plot_path = None
     if args.plot and rep.checkpoints:
-        from .runfolder import read_metrics          # the one strict reader
-
         runs = list(dict.fromkeys(c["run"] for c in rep.checkpoints if "foreign" not in c))
-        metrics = {run: read_metrics(run) for run in runs}      # once per run, not per checkpoint
-        out = args.out or str(Path(runs[0] if runs else ".") / "theorem2-check.png")
-        check_output_path(out, kind="file")
-        plot_path = plot_check(rep, out, metrics)
+        out = args.out or check_output_path(Path(runs[0] if runs else ".") / "theorem2-check.png", kind="file")
+        plot_path = plot_check(rep, out, {run: read_metrics(run) for run in runs})   # metrics once per run
     elif args.plot:
         sys.stderr.write(f"{PROG}: error: nothing to plot: no checkpoint could be checked\n")
     if args.json:
-        doc = {**rep.as_dict(), "summary": rep.summary()}
-        if plot_path is not None:
-            doc["plot"] = str(plot_path)
-        print_json(doc)
+        print_json({**rep.as_dict(), "summary": rep.summary(), **({"plot": str(plot_path)} if plot_path else {})})
     else:
-        print(format_report(rep))
-        if plot_path is not None:
-            print(f"plot written to {plot_path}")
+        print(format_report(rep) + (f"\nplot written to {plot_path}" if plot_path else ""))
     return 2 if rep.errors else 0
 
 

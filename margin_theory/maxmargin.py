@@ -751,10 +751,8 @@ def run_experiment_cases(cfg: dict, scale: str, out, *, seed: int = 0, data_dir:
     cases = list(cfg.get("cases", []))
     if not cases:
         raise ConfigError("[maxmargin] defines no cases")
-    only = cfg.get("only")
-    if only:
-        unknown = sorted(set(only) - {c.get("name") for c in cases})
-        if unknown:
+    if only := cfg.get("only"):
+        if unknown := sorted(set(only) - {c.get("name") for c in cases}):
             raise ConfigError(f"[maxmargin] only names unknown case(s) {', '.join(unknown)}")
         cases = [c for c in cases if c.get("name") in only]
     t0 = time.perf_counter()
@@ -813,13 +811,10 @@ def render_markdown(an: dict) -> list[str]:
 def _classes_arg(s: str) -> list[int]:
     import argparse
 
-    try:
-        v = [int(p) for p in s.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated class indices: {s!r}") from None
-    if len(v) < 2 or len(set(v)) != len(v) or min(v) < 0:
-        raise argparse.ArgumentTypeError(f"need at least 2 distinct class indices >= 0: {s!r}")
-    return v
+    v = [p.strip() for p in s.split(",") if p.strip()]
+    if len(v) < 2 or not all(p.isdigit() for p in v) or len(set(map(int, v))) != len(v):
+        raise argparse.ArgumentTypeError(f"expected at least 2 distinct comma-separated class indices >= 0: {s!r}")
+    return [int(p) for p in v]
 
 
 def load_case(dataset: str, *, affine_inputs: bool = False, classes: Sequence[int] | None = None,
@@ -834,8 +829,7 @@ def load_case(dataset: str, *, affine_inputs: bool = False, classes: Sequence[in
     X, y = ds.X_train.reshape(ds.X_train.shape[0], -1).double().numpy(), ds.y_train.numpy()
     desc = f"{ds.name} training set"
     if classes:
-        bad = [c for c in classes if c >= ds.num_classes]
-        if bad:
+        if bad := [c for c in classes if c >= ds.num_classes]:
             raise ConfigError(f"{ds.name} has classes 0..{ds.num_classes - 1}; no class {bad[0]}")
         keep = np.isin(y, classes)
         X, y = X[keep], np.searchsorted(np.array(sorted(classes)), y[keep])
@@ -920,11 +914,9 @@ def main(argv=None) -> int:
         fig = plot_gap({name: (f"trainer monitors on {data}", {name: rows})}, png)
         if args.json:
             print_json({"run": str(args.run), "data": data, "rows": rows, "plot": str(fig)})
-            return 0
-        for r in rows:
-            print(f"epoch {r['epoch']:>4} (step {r['step']:>7}): gamma_min/gamma* {r['ratio']:+.4f}, "
-                  f"cos {r['cosine']:.4f}")
-        print(f"plot written to {fig}")
+        else:
+            print("\n".join([f"epoch {r['epoch']:>4} (step {r['step']:>7}): gamma_min/gamma* {r['ratio']:+.4f}, "
+                             f"cos {r['cosine']:.4f}" for r in rows] + [f"plot written to {fig}"]))
         return 0
     if args.dataset is None:
         raise ConfigError("give --dataset NAME (solve) or --run RUN_DIR (plot a run's monitors)")
