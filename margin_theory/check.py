@@ -10,18 +10,10 @@ r"""Check Theorem 2's assumptions on saved checkpoints (SPEC §5); the reference
 A run folder stands for its checkpoints in epoch order, a folder of runs for the runs below it; a
 foreign file (a ``torch.save`` state dict, or a bare ``.safetensors``) is described by ``train``'s
 model and data flags or ``--spec`` (:mod:`margin_theory.foreign`). Per checkpoint, on the run's data
-(the trainer's loader), :func:`margin_theory.assumptions.theorem2_report` evaluates the seeded subset
-S: gamma_bar, rho, cv, eps, delta, A1-A3, the exact Lemma-2 velocity, its lower bound and the verdict
-``grows`` (A1-A3 hold: d gamma_bar/dt > 0 for the gradient flow of S's mean cross-entropy) or
-``no-claim`` (the conditions are sufficient, not necessary); ``maxmargin``: gamma_min/gamma_star and
-the cosine of :class:`margin_theory.maxmargin.GapMonitor` (solved once per run).
-
-Between consecutive checkpoints of a run: ``delta_gamma_bar`` on the WHOLE training set against
-``predicted_sign`` (``"+"`` where the theorem applies at the earlier one, else ``"?"``); ``agrees``
-is ``delta_gamma_bar > 0`` for a ``"+"``, else ``None`` (``velocity_sign``/``velocity_agrees``: the
-same with the Lemma-2 velocity). Training runs SGD over whole epochs, so a disagreement shows the
-local prediction did not persist - it does not contradict the theorem.
-
+(the trainer's loader): :func:`margin_theory.assumptions.theorem2_report` on the seeded subset S
+(A1-A3, the exact Lemma-2 velocity, its lower bound, the verdict ``grows`` or ``no-claim``: the
+conditions are sufficient, not necessary) and the max-margin gap of
+:class:`margin_theory.maxmargin.GapMonitor`; between consecutive checkpoints, :func:`transitions`.
 ``--json``: ``{"checkpoints": [...], "transitions": [...], "errors": [...], "summary": {...}}``. An
 unreadable checkpoint prints one line on stderr and makes the exit status 2; the others are still
 reported. ``--plot`` (``--out``, default ``RUN_DIR/theorem2-check.png``): Fig. 5 with the verdict.
@@ -36,8 +28,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ._util import (ArgumentParser, CheckpointError, ConfigError, MarginTheoryError, check_output_path,
-                    cli_entry, explicit_options, nonneg_int, one_line, positive_int, print_json, save_figure, to_jsonable,
+from ._util import (ArgumentParser, CheckpointError, ConfigError, MarginTheoryError, check_output_path, cli_entry,
+                    explicit_options, nonneg_int, one_line, positive_int, print_json, save_figure, to_jsonable,
                     use_agg_backend)
 
 __all__ = ["CheckReport", "check_checkpoints", "expand_targets", "plot_check", "transitions", "main"]
@@ -60,12 +52,12 @@ class CheckReport:
     def summary(self) -> dict:
         predicted = [t for t in self.transitions if t["predicted_sign"] == "+"]
         return {"checkpoints": len(self.checkpoints),
-                "theorem_applies": sum(1 for c in self.checkpoints if c["theorem_applies"]),
+                "theorem_applies": sum(bool(c["theorem_applies"]) for c in self.checkpoints),
                 "transitions": len(self.transitions),
-                "gamma_bar_grew": sum(1 for t in self.transitions if t["delta_gamma_bar"] > 0),
-                "predictions": len(predicted), "agreements": sum(1 for t in predicted if t["agrees"]),
-                "disagreements": sum(1 for t in predicted if t["agrees"] is False),
-                "velocity_sign_disagreements": sum(1 for t in self.transitions if t["velocity_agrees"] is False),
+                "gamma_bar_grew": sum(t["delta_gamma_bar"] > 0 for t in self.transitions),
+                "predictions": len(predicted), "agreements": sum(t["agrees"] is True for t in predicted),
+                "disagreements": sum(t["agrees"] is False for t in predicted),
+                "velocity_sign_disagreements": sum(t["velocity_agrees"] is False for t in self.transitions),
                 "errors": len(self.errors)}
 
 
@@ -163,9 +155,9 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
     from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
 
     paths, errors = expand_targets(targets)
-    report = CheckReport(errors=list(errors))
-    data_cache: dict[tuple, Any] = {}      # and gaps: the max-margin monitor of each (run, seed)
-    gaps: dict[tuple, Any] = {}
+    report = CheckReport(errors=errors)
+    data_cache: dict[tuple, Any] = {}
+    gaps: dict[tuple, Any] = {}             # the max-margin monitor of each (run, seed)
     rows: list[dict] = []
     bar = _progress(total=len(paths), desc="check", unit="ckpt", quiet=not progress)
 
@@ -230,9 +222,11 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
 
 
 def transitions(rows: list[dict]) -> list[dict]:
-    """Consecutive checkpoints of one run (epoch order): the change of gamma_bar on the whole
-    training set against Theorem 2's prediction at the earlier one (``+`` where A1-A3 hold,
-    else ``?``) and against the sign of its exact Lemma-2 velocity."""
+    """Consecutive checkpoints of one run (epoch order): ``delta_gamma_bar`` on the WHOLE training set
+    against ``predicted_sign`` at the earlier one (``+`` where A1-A3 hold, else ``?``); ``agrees`` is
+    ``delta_gamma_bar > 0`` for a ``+``, else None; ``velocity_sign``/``velocity_agrees``: the same with
+    the exact Lemma-2 velocity. Training runs SGD over whole epochs, so a disagreement shows the local
+    prediction did not persist - it does not contradict the theorem."""
     out = []
     for a, b in zip(rows, rows[1:]):
         dg = b["gamma_bar_train"] - a["gamma_bar_train"]
@@ -247,13 +241,9 @@ def transitions(rows: list[dict]) -> list[dict]:
 
 # --- Output ---
 def _fmt(v, spec=".3g") -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, str) or (isinstance(v, float) and not math.isfinite(v)):
-        return str(v)        # inf, -inf, nan
-    return format(v, spec)
+    if v is None or isinstance(v, bool):
+        return {None: "-", True: "yes", False: "no"}[v]
+    return str(v) if isinstance(v, str) or not math.isfinite(v) else format(v, spec)     # inf, -inf, nan
 
 
 #: the table's columns: (header, row key, width, format)
@@ -262,8 +252,6 @@ _COLUMNS = (("epoch", "epoch", 5, "d"), ("gbar(train)", "gamma_bar_train", 11, "
             ("eps", "eps", 8, ".3g"), ("delta", "delta_min", 8, ".3g"), ("A1", "A1", 3, ".3g"),
             ("A2", "A2", 3, ".3g"), ("A3", "A3", 3, ".3g"), ("velocity", "velocity", 10, "+.3e"),
             ("lower bnd", "lower_bound", 10, "+.3e"))
-
-
 _AGREES = {True: "agrees", False: "DISAGREES", None: "no prediction"}
 _VELOCITY_AGREES = {True: "agrees", False: "differs", None: "-"}
 
@@ -277,11 +265,10 @@ def format_report(rep: CheckReport) -> str:
         if "foreign" in r0:
             lines.append(f"file {run}: foreign state dict mapped onto {r0['foreign']['model']}"
                          + (f" ({'; '.join(r0['foreign']['notes'])})" if r0["foreign"]["notes"] else ""))
-        lines.append(f"run {run}: model {r0['model']}, normalisation {r0['normalisation']} (L = {r0['degree']}), "
-                     f"Theorem 2 on a seeded subset of {r0['n_subset']} of {r0['n_train']} training points "
-                     f"(seed {r0['subset_seed']}); gbar(train) = gamma_bar on the whole training set, "
-                     f"gbar(S) on the subset")
-        lines.append(head)
+        lines += [f"run {run}: model {r0['model']}, normalisation {r0['normalisation']} (L = {r0['degree']}), "
+                  f"Theorem 2 on a seeded subset of {r0['n_subset']} of {r0['n_train']} training points "
+                  f"(seed {r0['subset_seed']}); gbar(train) = gamma_bar on the whole training set, "
+                  f"gbar(S) on the subset", head]
         lines += ["  ".join(f"{_fmt(c[k], spec):>{w}}" for _, k, w, spec in _COLUMNS) + f"  {c['verdict']}"
                   for c in rows]
         gaps = [c for c in rows if c["maxmargin"]["available"]]
@@ -324,23 +311,19 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
                               "(foreign files have no epochs)")
     fig, axes = plt.subplots(len(runs), 1, figsize=(8, 4.2 * len(runs)), squeeze=False)
     for ax, (run, rows) in zip(axes[:, 0], runs.items()):
-        hist = (metrics or {}).get(run) or []
-        src = "metrics.jsonl" if hist else "checkpoints"
-        ep = [r["epoch"] for r in hist or rows]
-        gb = [r.get("gamma_bar", math.nan) for r in hist] if hist else [r["gamma_bar_train"] for r in rows]
-        ta = [r.get("test_acc", math.nan) if hist else r["test_acc"] for r in hist or rows]
-        ta = [t if isinstance(t, (int, float)) else math.nan for t in ta]
+        hist = (metrics or {}).get(run)      # the curves: every epoch in metrics.jsonl, else the checkpoints
+        pts, key, src = (hist, "gamma_bar", "metrics.jsonl") if hist else (rows, "gamma_bar_train", "checkpoints")
+        ep, gb = [r["epoch"] for r in pts], [r.get(key, math.nan) for r in pts]
+        ta = [t if isinstance(t := r.get("test_acc"), (int, float)) else math.nan for r in pts]
         for r, nxt in zip(rows, rows[1:] + [None]):
-            if r["theorem_applies"]:
-                hi = nxt["epoch"] if nxt else r["epoch"] + 0.5
-                ax.axvspan(r["epoch"], hi, color="tab:green", alpha=0.18, lw=0)
+            if r["theorem_applies"]:      # until the next checkpoint
+                ax.axvspan(r["epoch"], nxt["epoch"] if nxt else r["epoch"] + 0.5, color="tab:green", alpha=0.18, lw=0)
         l1, = ax.plot(ep, gb, "o-", color="tab:blue", ms=3, label="average margin gamma_bar (train set)")
         for held, style in ((True, dict(color="tab:green", label="checkpoint: A1-A3 hold")),
                             (False, dict(mfc="none", color="gray", label="checkpoint: no claim"))):
             sel = [r for r in rows if r["theorem_applies"] == held]
             ax.plot([r["epoch"] for r in sel], [r["gamma_bar_train"] for r in sel], "s", ms=6, **style)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"gamma_bar ({rows[0]['normalisation']} normalisation, L = {rows[0]['degree']})")
+        ax.set(xlabel="epoch", ylabel=f"gamma_bar ({rows[0]['normalisation']} normalisation, L = {rows[0]['degree']})")
         ax2 = ax.twinx()
         l2, = ax2.plot(ep, [100 * t for t in ta], "^-", color="tab:red", ms=3, label="test accuracy (%)")
         ax2.set_ylabel("test accuracy (%)")

@@ -34,6 +34,8 @@ Command line::
 """
 from __future__ import annotations
 
+import argparse
+import copy
 import math
 import time
 import warnings
@@ -43,16 +45,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._util import (ArgumentParser, ConfigError, MarginTheoryError, check_output_path, cli_entry,
-                    explicit_options, nonneg_int, one_line,
-                    positive_int, print_json, progress, save_figure, use_agg_backend)
+from ._util import (ArgumentParser, ConfigError, MarginTheoryError, check_output_path, cli_entry, explicit_options,
+                    nonneg_int, one_line, positive_int, print_json, progress, save_figure, use_agg_backend)
 
 __all__ = [
     "MaxMarginResult", "ProblemTooLargeError", "LIMITS", "HEAD_DEGREE", "solve_max_margin", "solve_linear_svm",
-    "solve_quadratic_svm", "solve_lowrank_sdp", "seeded_subset", "head_of", "model_direction",
-    "compare_with_optimum", "cosine", "gamma_min_of", "gradient_descent", "GDResult",
-    "log_steps", "plot_gap", "head_logits_and_grad", "GapMonitor", "MONITOR_MAX_POINTS", "run_gap_rows",
-    "run_experiment_cases", "render_markdown", "main",
+    "solve_quadratic_svm", "solve_lowrank_sdp", "seeded_subset", "head_of", "model_direction", "compare_with_optimum",
+    "cosine", "gamma_min_of", "gradient_descent", "GDResult", "log_steps", "plot_gap", "head_logits_and_grad",
+    "GapMonitor", "MONITOR_MAX_POINTS", "run_gap_rows", "run_experiment_cases", "render_markdown", "main",
 ]
 
 PROG = "python -m margin_theory.maxmargin"
@@ -82,44 +82,31 @@ class ProblemTooLargeError(ConfigError):
 
 @dataclass
 class MaxMarginResult:
-    r"""What :func:`solve_max_margin` returns (fields like scipy's ``OptimizeResult``).
-
-    ``separable``: True if a point with every margin >= 1 exists, False if the solver certified that
-    none does, None if it failed (``status``, ``message``). ``gamma_star``: :math:`\max_\theta
-    \gamma_{\min}(\theta)` (lowrank: the relaxation's bound), None unless separable. ``objective``:
-    :math:`\|W^\star\|_F^2` (linear, quadratic) or :math:`\sum_i\mathrm{tr}W_i^\star` (lowrank) at unit
-    margins. ``W``: that optimum in R^d, ``(C, d)`` (linear) or ``(C, d, d)``; ``direction = W / ||W||_F``.
-    ``margins``: ``(N, C)`` :math:`(W_{y_n} - W_j)(x_n)` (``inf`` at ``j = y_n``), ``q`` its row minima.
-    ``duals``: ``(N, C)`` multipliers :math:`\alpha_{nj} \ge 0`, ``support`` the n with some
-    :math:`\alpha_{nj} >` ``dual_tol``. Lowrank only: ``psd_duals`` ``(C, d, d)`` multipliers
-    :math:`Z_i \succeq 0` of :math:`W_i \succeq 0`, ``ranks`` the numerical ranks of the :math:`W_i^\star`
-    (the rank a Low-Rank DIQNN needs to attain ``gamma_star``). ``problem`` (``primal``, ``dual``,
-    ``sdp``), ``variables``, ``constraints``; ``k``: the dimension of the data's span.
-    """
+    """What :func:`solve_max_margin` returns (fields like scipy's ``OptimizeResult``); arrays in R^d."""
 
     head: str
-    degree: int
-    separable: bool | None
-    gamma_star: float | None
+    degree: int                     # L: gamma = q / ||theta||^L
+    separable: bool | None          # True: some point has every margin >= 1; False: certified none; None: failed
+    gamma_star: float | None        # max_theta gamma_min(theta) (lowrank: the relaxation's bound), if separable
     status: str
     solver: str | None
-    problem: str
+    problem: str                    # primal, dual or sdp
     n: int
     d: int
     C: int
-    k: int
+    k: int                          # the dimension of the data's span
     variables: int
     constraints: int
     seconds: float
-    objective: float | None = None
-    W: np.ndarray | None = None
-    direction: np.ndarray | None = None
-    margins: np.ndarray | None = None
-    q: np.ndarray | None = None
-    duals: np.ndarray | None = None
-    support: np.ndarray | None = None
-    psd_duals: np.ndarray | None = None
-    ranks: list[int] | None = None
+    objective: float | None = None  # ||theta*||^2 at unit margins: ||W*||_F^2 (linear, quadratic), sum_i tr W_i*
+    W: np.ndarray | None = None     # the optimum, (C, d) (linear) or (C, d, d)
+    direction: np.ndarray | None = None  # W / ||W||_F
+    margins: np.ndarray | None = None    # (N, C): (W_{y_n} - W_j)(x_n), inf at j = y_n
+    q: np.ndarray | None = None          # its row minima
+    duals: np.ndarray | None = None      # (N, C) multipliers alpha_nj >= 0 of the margin constraints
+    support: np.ndarray | None = None    # the n with some alpha_nj > dual_tol
+    psd_duals: np.ndarray | None = None  # lowrank: (C, d, d) multipliers Z_i >= 0 (PSD) of W_i >= 0
+    ranks: list[int] | None = None       # lowrank: numerical ranks of W_i*, the rank that attains gamma_star
     dual_tol: float = 1e-6
     message: str = ""
 
@@ -230,8 +217,7 @@ class _Problem:
         self.Z = self.X @ self.U
         self.k = self.U.shape[1]
         self.D = self.k * (self.k + 1) // 2
-        n, j = np.repeat(np.arange(self.N), self.C), np.tile(np.arange(self.C), self.N)
-        n, j = n[j != self.y[n]], j[j != self.y[n]]
+        n, j = np.nonzero(np.arange(self.C) != self.y[:, None])      # row-major: n, then j
         self.pairs, P = (n, j), len(n)
         self.Dm = sp.csr_matrix((np.repeat([1.0, -1.0], P), (np.tile(np.arange(P), 2), np.concatenate(
             [n * self.C + self.y[n], n * self.C + j]))), shape=(P, self.N * self.C))
@@ -381,8 +367,7 @@ def head_of(model) -> str:
     (features without parameters); :class:`ConfigError` otherwise."""
     from .models import LinearHead, LowRankHead, QuadraticHead
 
-    head = getattr(model, "head", model)
-    feats = getattr(model, "features", None)
+    head, feats = getattr(model, "head", model), getattr(model, "features", None)
     if feats is not None and any(True for _ in feats.parameters()):
         raise ConfigError(f"the max-margin optimum applies to a head on fixed inputs; model "
                           f"{getattr(model, 'name', type(model).__name__)!r} has trainable features")
@@ -401,8 +386,7 @@ def model_direction(model) -> tuple[str, np.ndarray]:
     :math:`W = \mathrm{sym}(V)` (C, d, d); lowrank :math:`W_i = A_i^\top A_i` (C, d, d); float64."""
     import torch
 
-    kind = head_of(model)
-    head = getattr(model, "head", model)
+    kind, head = head_of(model), getattr(model, "head", model)
     with torch.no_grad():
         W = (head.W if kind == "quadratic" else head.weight).detach().to(torch.float64)
         if kind == "lowrank":
@@ -431,8 +415,6 @@ def compare_with_optimum(model, X, y, result: MaxMarginResult, *, gamma_min: flo
     :math:`A_i^\top A_i`) and the optimum's. ``gamma_min``: pass it if already computed on the
     same (X, y) (else ``margins.compute_margins`` in float64). For ``lowrank`` the ratio is against
     the relaxation's bound (<= 1 for every rank; -> 1 possible when r >= max(result.ranks))."""
-    import copy
-
     import torch
 
     from .margins import compute_margins
@@ -452,8 +434,8 @@ def compare_with_optimum(model, X, y, result: MaxMarginResult, *, gamma_min: flo
         Xt = Xt.reshape(Xt.shape[0], *getattr(model, "input_shape", (Xt[0].numel(),)))
         gamma_min = compute_margins(copy.deepcopy(model).to("cpu", torch.float64), Xt,
                                     torch.as_tensor(_np(y), dtype=torch.int64)).gamma_min
-    g = float(gamma_min)
-    return {**out, "gamma_min": g, "ratio": g / result.gamma_star, "cosine": cosine(W, result.W)}
+    return {**out, "gamma_min": float(gamma_min), "ratio": float(gamma_min) / result.gamma_star,
+            "cosine": cosine(W, result.W)}
 
 
 # --- Full-batch gradient descent (the experiment's runs) ---
@@ -516,8 +498,6 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
     gradient of :func:`head_logits_and_grad`, on a float64 copy of ``model`` (``GDResult.model``). At the
     steps ``record`` (default :func:`log_steps`) it records ``margins.compute_margins``'s loss, gamma_min,
     gamma_bar and, with ``optimum``, :func:`compare_with_optimum`'s ratio and cosine."""
-    import copy
-
     import torch
 
     from .margins import compute_margins
@@ -576,13 +556,11 @@ class GapMonitor:
 
         from .assumptions import select_subset
 
-        self.note, self.result = None, None
-        N = int(y.shape[0])
-        idx = select_subset(N, subset, seed)
-        self.idx = idx.numpy()
-        self.n, self.N, self.seed = len(self.idx), N, int(seed)
-        self.data = (f"all {N} training points" if self.n == N else
-                     f"a seeded subset of {self.n} of {N} training points (seed {seed})")
+        self.note, self.result, self.N, self.seed = None, None, int(y.shape[0]), int(seed)
+        idx = select_subset(self.N, subset, seed)
+        self.idx, self.n = idx.numpy(), len(idx)
+        self.data = (f"all {self.N} training points" if self.n == self.N else
+                     f"a seeded subset of {self.n} of {self.N} training points (seed {seed})")
         self.X, self.y = (_np(a[idx.to(a.device)]) if hasattr(a, "device") else _np(a)[self.idx]  # on its device
                           for a in (X, y))
         C = num_classes if num_classes is not None else getattr(model, "num_classes", None)
@@ -634,9 +612,7 @@ def plot_gap(cases: dict[str, tuple[str, dict[str, list[dict]]]], out, title: st
                      label=f"{label} ({pts[-1]['cosine']:.3f})")
         for ax, ylabel in ((ax1, r"$\gamma_{\min}(t)/\gamma^\star$"), (ax2, "cosine with optimum W*")):
             ax.axhline(1.0, color="k", ls="--", lw=1)
-            ax.set_xscale("log")
-            ax.set_xlabel("step (log scale)")
-            ax.set_ylabel(ylabel)
+            ax.set(xscale="log", xlabel="step (log scale)", ylabel=ylabel)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7, loc="lower right")
         drawn = [line for line in ax1.get_lines() if len(line.get_ydata()) > 1]
@@ -712,13 +688,11 @@ def run_case(case: dict, *, steps: int, lr: float, seed: int = 0, heads: Sequenc
     N, d = X.shape
     optima = {h: solve_max_margin(X, y, h, C) for h in HEADS}
     out = {"name": case["name"], "data": desc, "N": N, "d": d, "C": C,
-           "optima": {h: o.summary() for h, o in optima.items()}, "runs": [], "steps": steps, "lr": lr, "seed": seed}
-    if case.get("closed_form"):
-        out["closed_form"] = case["closed_form"]
+           "optima": {h: o.summary() for h, o in optima.items()}, "runs": [], "steps": steps, "lr": lr, "seed": seed,
+           **({"closed_form": case["closed_form"]} if case.get("closed_form") else {})}
     for label in heads:
         model_name, rank = GD_HEADS[label]
-        r = d if rank == "d" else rank
-        opt = optima[model_name]
+        r, opt = d if rank == "d" else rank, optima[model_name]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(model_name, (d,), C, rank=r or 1)
@@ -755,15 +729,13 @@ def run_experiment_cases(cfg: dict, scale: str, out, *, seed: int = 0, data_dir:
         if unknown := sorted(set(only) - {c.get("name") for c in cases}):
             raise ConfigError(f"[maxmargin] only names unknown case(s) {', '.join(unknown)}")
         cases = [c for c in cases if c.get("name") in only]
-    t0 = time.perf_counter()
-    res = []
+    t0, res = time.perf_counter(), []
     for case in cases:
         steps = case["steps"].get(scale) if isinstance(case.get("steps"), dict) else None
         steps = int(steps if steps is not None else cfg.get("steps", 1000))
         if steps < 1:
             raise ConfigError(f"[maxmargin] case {case.get('name')!r}: steps must be >= 1, got {steps}")
-        res.append(run_case(case, steps=steps,
-                            lr=float(case.get("lr", cfg.get("lr", 0.5))), seed=seed,
+        res.append(run_case(case, steps=steps, lr=float(case.get("lr", cfg.get("lr", 0.5))), seed=seed,
                             heads=cfg.get("heads", tuple(GD_HEADS)), points=int(cfg.get("points", 60)),
                             data_dir=data_dir, quiet=quiet))
     title = f"Gradient descent vs the max-margin optimum ({scale} scale): margin ratio and cosine"
@@ -809,8 +781,6 @@ def render_markdown(an: dict) -> list[str]:
 
 # --- CLI ---
 def _classes_arg(s: str) -> list[int]:
-    import argparse
-
     v = [p.strip() for p in s.split(",") if p.strip()]
     if len(v) < 2 or not all(p.isdigit() for p in v) or len(set(map(int, v))) != len(v):
         raise argparse.ArgumentTypeError(f"expected at least 2 distinct comma-separated class indices >= 0: {s!r}")
