@@ -46,8 +46,7 @@ class CheckReport:
     errors: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return to_jsonable({"checkpoints": self.checkpoints, "transitions": self.transitions,
-                            "errors": self.errors})
+        return to_jsonable({"checkpoints": self.checkpoints, "transitions": self.transitions, "errors": self.errors})
 
     def summary(self) -> dict:
         predicted = [t for t in self.transitions if t["predicted_sign"] == "+"]
@@ -141,9 +140,8 @@ def _load_training_data(config: dict, data_dir: str | None, download: bool = Fal
 
 # --- The check ---
 def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed: int | None = None,
-                      normalisation: str = "auto", data_dir: str | None = None,
-                      foreign: dict | None = None, download: bool = False,
-                      progress: bool = False) -> CheckReport:
+                      normalisation: str = "auto", data_dir: str | None = None, foreign: dict | None = None,
+                      download: bool = False, progress: bool = False) -> CheckReport:
     """Evaluate Theorem 2 on every checkpoint of ``targets`` and compare consecutive ones. ``seed``: the
     subset's (``None``: each run's). ``foreign``: what a foreign file holds (``train``'s options or a spec
     file's content); such a file is its own "run" with ``epoch`` ``None``. Errors are collected, never raised."""
@@ -187,8 +185,7 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                 ck = read_foreign(p, foreign, input_shape=ds.input_shape, num_classes=ds.num_classes)
             s = int(ck.config.get("seed", 0)) if seed is None else int(seed)
             phase(p, "Theorem 2 on the subset")
-            rep = theorem2_report(ck.model, ds.X_train, ds.y_train, subset=subset, seed=s,
-                                  normalisation=normalisation)
+            rep = theorem2_report(ck.model, ds.X_train, ds.y_train, subset=subset, seed=s, normalisation=normalisation)
             phase(p, "margins on the training set")
             full = compute_margins(ck.model.to(torch.float64), ds.X_train.to(torch.float64), ds.y_train,
                                    normalisation=normalisation)
@@ -340,21 +337,18 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
 def build_parser() -> ArgumentParser:
     from .train import add_data_model_arguments
 
-    p = ArgumentParser(
-        prog=PROG,
-        description="Theorem 2 (SPEC §5) on saved checkpoints: A1-A3, rho, cv, eps, the exact Lemma-2 margin "
-                    "velocity and its lower bound per checkpoint, and the measured change of gamma_bar between "
-                    "consecutive checkpoints against the sign the theorem predicts. The conditions are "
-                    "sufficient, not necessary.")
+    p = ArgumentParser(prog=PROG, description=(
+        "Theorem 2 (SPEC §5) on saved checkpoints: A1-A3, rho, cv, eps, the exact Lemma-2 margin velocity and its "
+        "lower bound per checkpoint, and the change of gamma_bar between consecutive checkpoints against the sign "
+        "the theorem predicts. The conditions are sufficient, not necessary."))
     p.add_argument("targets", nargs="+", metavar="RUN_DIR|CKPT",
                    help="run folders (all their checkpoints; a folder of runs: every run inside), "
                         "checkpoint files (.safetensors or .json), or foreign files (.pt/.pth state dicts, "
                         "bare .safetensors) described by the model flags or --spec")
     p.add_argument("--subset", type=positive_int, default=512,
                    help="size of the seeded subset S the theorem is evaluated on (default 512; all if fewer)")
-    p.add_argument("--seed", type=nonneg_int, default=None,
-                   help="subset seed (default: the run's training seed; for a foreign file also its data split "
-                        "seed, default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=None, help="subset seed (default: the run's training "
+                   "seed; for a foreign file also its data split seed, default 0)")
     p.add_argument("--normalisation", choices=("auto", "full", "head"), default="auto",
                    help="margin normalisation (auto: all parameters if homogeneous, else the head's)")
     p.add_argument("--spec", default=None, metavar="FILE",

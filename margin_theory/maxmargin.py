@@ -229,8 +229,7 @@ class _Problem:
         :math:`\|S\|_F^2`, lowrank :math:`\sum_i\mathrm{tr}S_i`), :math:`\gamma^\star = \|\theta^\star\|^{-L}`."""
         L = HEAD_DEGREE[self.head]
         common = dict(head=self.head, degree=L, status=status, solver=solver, problem=problem, n=self.N, d=self.d,
-                      C=self.C, k=self.k, variables=nvar, constraints=self.ncons,
-                      seconds=time.perf_counter() - self.t0)
+                      C=self.C, k=self.k, variables=nvar, constraints=self.ncons, seconds=time.perf_counter() - self.t0)
         if status in _NOT_SEPARABLE:
             why = ("the solver certified the SDP infeasible: no PSD W_i separate the data (no rank can)"
                    if self.head == "lowrank" else "the solver certified that no point has every margin >= 1: "
@@ -700,8 +699,7 @@ def run_case(case: dict, *, steps: int, lr: float, seed: int = 0, heads: Sequenc
                               progress_desc=f"{case['name']} {label}", quiet=quiet)
         hist = gd.history
         end = hist[-1]          # and mid: the recorded row nearest to step sqrt(T) on a log scale
-        mid = min((h for h in hist if h["step"] > 0),
-                  key=lambda h: abs(math.log(h["step"] / end["step"] ** 0.5)))
+        mid = min((h for h in hist if h["step"] > 0), key=lambda h: abs(math.log(h["step"] / end["step"] ** 0.5)))
         lowrank = model_name == "lowrank"
         out["runs"].append({
             "label": label, "model": model_name, "rank": r, "lr": lr, "steps": steps, "seconds": gd.seconds,
@@ -741,8 +739,7 @@ def run_experiment_cases(cfg: dict, scale: str, out, *, seed: int = 0, data_dir:
     title = f"Gradient descent vs the max-margin optimum ({scale} scale): margin ratio and cosine"
     fig = plot_gap({c["name"]: (c["data"], {r["label"]: r["history"] for r in c["runs"]}) for c in res},
                    Path(out) / "maxmargin_gap.png", title=title)
-    return {"cases": res, "predicted_p": PREDICTED_P, "seconds": time.perf_counter() - t0,
-            "figures": [Path(fig).name]}
+    return {"cases": res, "predicted_p": PREDICTED_P, "seconds": time.perf_counter() - t0, "figures": [Path(fig).name]}
 
 
 def render_markdown(an: dict) -> list[str]:
