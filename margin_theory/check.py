@@ -168,12 +168,10 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
             phase(p, "reading")
             is_foreign = is_foreign_file(p)
             if is_foreign and foreign is None:
-                why = f"no sidecar {p.with_suffix('.json').name}" if p.suffix == ".safetensors" else \
-                    "a foreign state dict"
-                raise CheckpointError(
-                    f"{p.name} is not a margin_theory checkpoint ({why}): say what it holds with the model "
-                    "and data flags of train (--model NAME --dataset NAME [--rank R ...]) or --spec FILE "
-                    "(docs/checking.md)")
+                why = f"no sidecar {p.stem}.json" if p.suffix == ".safetensors" else "a foreign state dict"
+                raise CheckpointError(f"{p.name} is not a margin_theory checkpoint ({why}): say what it holds with the "
+                                      "model and data flags of train (--model NAME --dataset NAME [--rank R ...]) or "
+                                      "--spec FILE (docs/checking.md)")
             ck = None if is_foreign else read_checkpoint(p, device="cpu")
             cfg = foreign_config(foreign) if is_foreign else ck.config
             key = tuple(to_jsonable(cfg.get(k)) for k in _DATA_KEYS) + (data_dir, download)

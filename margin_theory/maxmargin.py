@@ -779,7 +779,7 @@ def render_markdown(an: dict) -> list[str]:
 # --- CLI ---
 def _classes_arg(s: str) -> list[int]:
     v = [p.strip() for p in s.split(",") if p.strip()]
-    if len(v) < 2 or not all(p.isdigit() for p in v) or len(set(map(int, v))) != len(v):
+    if len(v) < 2 or not all(p.isdecimal() for p in v) or len(set(map(int, v))) != len(v):
         raise argparse.ArgumentTypeError(f"expected at least 2 distinct comma-separated class indices >= 0: {s!r}")
     return [int(p) for p in v]
 
