@@ -268,9 +268,8 @@ def format_report(rep: CheckReport) -> str:
                   for c in rows]
         gaps = [c for c in rows if c["maxmargin"]["available"]]
         if gaps:
-            g0 = gaps[0]["maxmargin"]
-            lines.append(f"max-margin gap ({g0['head']} head, optimum gamma* = {g0['gamma_star']:.5g} "
-                         f"on {g0['data']}): "
+            g = gaps[0]["maxmargin"]
+            lines.append(f"max-margin gap ({g['head']} head, optimum gamma* = {g['gamma_star']:.5g} on {g['data']}): "
                          + ", ".join(f"epoch {c['epoch']}: gamma_min/gamma* {c['maxmargin']['ratio']:+.4f}, "
                                      f"cos {c['maxmargin']['cosine']:.4f}" for c in gaps))
         elif r0["maxmargin"]["note"]:
@@ -314,15 +313,15 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
             if r["theorem_applies"]:      # until the next checkpoint
                 ax.axvspan(r["epoch"], nxt["epoch"] if nxt else r["epoch"] + 0.5, color="tab:green", alpha=0.18, lw=0)
         l1, = ax.plot(ep, gb, "o-", color="tab:blue", ms=3, label="average margin gamma_bar (train set)")
-        for held, style in ((True, dict(color="tab:green", label="checkpoint: A1-A3 hold")),
-                            (False, dict(mfc="none", color="gray", label="checkpoint: no claim"))):
-            sel = [r for r in rows if r["theorem_applies"] == held]
+        for applies, style in ((True, dict(color="tab:green", label="checkpoint: A1-A3 hold")),
+                               (False, dict(mfc="none", color="gray", label="checkpoint: no claim"))):
+            sel = [r for r in rows if r["theorem_applies"] == applies]
             ax.plot([r["epoch"] for r in sel], [r["gamma_bar_train"] for r in sel], "s", ms=6, **style)
+        held = any(r["theorem_applies"] for r in rows)
         ax.set(xlabel="epoch", ylabel=f"gamma_bar ({rows[0]['normalisation']} normalisation, L = {rows[0]['degree']})")
         ax2 = ax.twinx()
         l2, = ax2.plot(ep, [100 * t for t in ta], "^-", color="tab:red", ms=3, label="test accuracy (%)")
         ax2.set_ylabel("test accuracy (%)")
-        held = any(r["theorem_applies"] for r in rows)
         shade = "A1-A3 hold: Theorem 2 predicts growth" + ("" if held else " (at no checkpoint here)")
         handles = [l1, l2, Patch(color="tab:green", alpha=0.3, label=shade)] + ax.get_legend_handles_labels()[0][1:]
         ax.legend(handles=handles, loc="lower right", fontsize=8)

@@ -544,11 +544,9 @@ MONITOR_MAX_POINTS = 256
 
 
 class GapMonitor:
-    """The max-margin problem of a model's head solved once on a seeded subset of at most ``subset``
-    training points (``assumptions.select_subset``: inside the Theorem 2 monitors' S of any larger
-    size; ``data`` says which), then :meth:`report`: ``gamma_min/gamma_star`` and the cosine for any
-    later state. Without an optimum (no problem for the head, too large, not separable) the
-    report's ``note`` says why."""
+    """The max-margin problem of a model's head solved once on a seeded subset of at most ``subset`` training
+    points (``assumptions.select_subset``: inside the Theorem 2 monitors' S of any larger size), then
+    :meth:`report`: ``gamma_min/gamma_star`` and the cosine for any later state, or a ``note`` saying why not."""
 
     def __init__(self, model, X, y, *, subset: int = 512, seed: int = 0, num_classes: int | None = None):
         import torch
