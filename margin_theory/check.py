@@ -281,12 +281,12 @@ def format_report(rep: CheckReport) -> str:
                   f"{t['velocity_sign']}: {_VELOCITY_AGREES[t['velocity_agrees']]})" for t in trans] + [""]
     s = rep.summary()
     if s["checkpoints"]:
-        lines.append(f"A1-A3 held at {s['theorem_applies']} of {s['checkpoints']} checkpoints; gamma_bar grew in "
-                     f"{s['gamma_bar_grew']} of {s['transitions']} transitions; predictions '+': {s['predictions']}, "
-                     f"disagreements: {s['disagreements']}.")
-        lines.append("Theorem 2's conditions are sufficient, not necessary: where they fail ('no-claim') the "
-                     "theorem says nothing and the margin may still grow. Predictions concern the gradient flow "
-                     "at the earlier checkpoint; training between checkpoints is SGD over whole epochs.")
+        lines += [f"A1-A3 held at {s['theorem_applies']} of {s['checkpoints']} checkpoints; gamma_bar grew in "
+                  f"{s['gamma_bar_grew']} of {s['transitions']} transitions; predictions '+': {s['predictions']}, "
+                  f"disagreements: {s['disagreements']}.",
+                  "Theorem 2's conditions are sufficient, not necessary: where they fail ('no-claim') the theorem "
+                  "says nothing and the margin may still grow. Predictions concern the gradient flow at the earlier "
+                  "checkpoint; training between checkpoints is SGD over whole epochs."]
     if s["errors"]:
         lines.append(f"{s['errors']} checkpoint(s) could not be checked (see stderr).")
     return "\n".join(lines)
@@ -317,11 +317,11 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
                                (False, dict(mfc="none", color="gray", label="checkpoint: no claim"))):
             sel = [r for r in rows if r["theorem_applies"] == applies]
             ax.plot([r["epoch"] for r in sel], [r["gamma_bar_train"] for r in sel], "s", ms=6, **style)
-        held = any(r["theorem_applies"] for r in rows)
         ax.set(xlabel="epoch", ylabel=f"gamma_bar ({rows[0]['normalisation']} normalisation, L = {rows[0]['degree']})")
         ax2 = ax.twinx()
         l2, = ax2.plot(ep, [100 * t for t in ta], "^-", color="tab:red", ms=3, label="test accuracy (%)")
         ax2.set_ylabel("test accuracy (%)")
+        held = any(r["theorem_applies"] for r in rows)
         shade = "A1-A3 hold: Theorem 2 predicts growth" + ("" if held else " (at no checkpoint here)")
         handles = [l1, l2, Patch(color="tab:green", alpha=0.3, label=shade)] + ax.get_legend_handles_labels()[0][1:]
         ax.legend(handles=handles, loc="lower right", fontsize=8)
