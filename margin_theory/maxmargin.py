@@ -153,8 +153,7 @@ def seeded_subset(y, n: int, seed: int = 0) -> np.ndarray:
     (the monitors' rule, ``assumptions``/``data``); all points if ``n >= N``."""
     from .data import _sample_indices
 
-    y = _np(y)
-    return np.arange(len(y)) if n >= len(y) else _sample_indices(y, int(n), int(seed))[0]
+    return np.arange(len(y)) if n >= len(y) else _sample_indices(_np(y), int(n), int(seed))[0]
 
 
 def _lift(U: np.ndarray, S: np.ndarray) -> np.ndarray:
@@ -642,9 +641,7 @@ def _fit_exponent(rows: list[dict], key: str) -> float | None:
     pts = [(math.log(math.log(r["step"])), math.log(1.0 - r[key])) for r in rows
            if r["step"] >= max(3.0, math.sqrt(T)) and r.get(key) is not None and 0 < 1.0 - r[key]
            and (r.get("ratio") or 0) > 0]
-    if len(pts) < 3 or pts[-1][0] - pts[0][0] <= 0:
-        return None
-    return float(-np.polyfit([p[0] for p in pts], [p[1] for p in pts], 1)[0])
+    return None if len(pts) < 3 or pts[-1][0] - pts[0][0] <= 0 else float(-np.polyfit(*zip(*pts), 1)[0])
 
 
 def verdict(row_end: dict, row_mid: dict, opt: MaxMarginResult, rank: int | None) -> str:

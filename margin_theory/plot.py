@@ -32,9 +32,7 @@ def load_history(run_dir: str | Path) -> list[dict]:
 
 def _num(v) -> float:
     """A metrics value as a float: a number, ``"inf"`` or ``"-inf"``; NaN for anything else."""
-    if (isinstance(v, (int, float)) and not isinstance(v, bool)) or v in ("inf", "-inf"):
-        return float(v)
-    return math.nan
+    return float(v) if (isinstance(v, (int, float)) and not isinstance(v, bool)) or v in ("inf", "-inf") else math.nan
 
 
 def _series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
