@@ -8,28 +8,15 @@ r"""Check Theorem 2's assumptions on saved checkpoints (SPEC §5); the reference
                                   [--model NAME --dataset NAME [--rank R ...] | --spec FILE]
 
 A run folder stands for its checkpoints in epoch order, a folder of runs for the runs below it; a
-foreign file (a ``torch.save`` state dict read with ``weights_only=True``, or a bare
-``.safetensors``) is described by ``train``'s model and data flags or ``--spec``
-(:mod:`margin_theory.foreign`).
-
-Per checkpoint the training data are rebuilt by the trainer's loader and
-:func:`margin_theory.assumptions.theorem2_report` evaluates the seeded subset S (``--subset``,
-``--seed``, default the run's seed): gamma_bar, rho, cv, eps, delta, A1-A3, the exact Lemma-2
-velocity, its lower bound and the verdict ``grows`` (A1-A3 hold: d gamma_bar/dt > 0 for the
-gradient flow of S's mean cross-entropy) or ``no-claim`` (the conditions are sufficient, not
-necessary). ``maxmargin``: gamma_min/gamma_star and the cosine to the optimum of
-:class:`margin_theory.maxmargin.GapMonitor` (the trainer's monitor, solved once per run).
-
-Between consecutive checkpoints of a run: ``delta_gamma_bar`` on the WHOLE training set against
-``predicted_sign`` (``"+"`` where the theorem applies at the earlier one, else ``"?"``); ``agrees``
-is ``delta_gamma_bar > 0`` for a ``"+"``, else ``None`` (``velocity_sign``/``velocity_agrees``: the
-same with the Lemma-2 velocity). Training runs SGD over whole epochs, so a disagreement shows the
-local prediction did not persist - it does not contradict the theorem.
-
-``--json``: ``{"checkpoints": [...], "transitions": [...], "errors": [...], "summary": {...}}``.
-An unreadable checkpoint prints one line on stderr and makes the exit status 2; the others are
-still reported. ``--plot`` (``--out``, default ``RUN_DIR/theorem2-check.png``): gamma_bar and test
-accuracy over training, the intervals where A1-A3 held shaded - Fig. 5 with the theorem's verdict.
+foreign file (a ``torch.save`` state dict, or a bare ``.safetensors``) is described by ``train``'s
+model and data flags or ``--spec`` (:mod:`margin_theory.foreign`). Per checkpoint, on the run's data
+(the trainer's loader): :func:`margin_theory.assumptions.theorem2_report` on the seeded subset S
+(A1-A3, the exact Lemma-2 velocity, its lower bound, the verdict ``grows`` or ``no-claim``: the
+conditions are sufficient, not necessary) and the max-margin gap of
+:class:`margin_theory.maxmargin.GapMonitor`; between consecutive checkpoints, :func:`transitions`.
+``--json``: ``{"checkpoints": [...], "transitions": [...], "errors": [...], "summary": {...}}``. An
+unreadable checkpoint prints one line on stderr and makes the exit status 2; the others are still
+reported. ``--plot`` (``--out``, default ``RUN_DIR/theorem2-check.png``): Fig. 5 with the verdict.
 """
 from __future__ import annotations
 
@@ -41,8 +28,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ._util import (ArgumentParser, CheckpointError, ConfigError, MarginTheoryError, check_output_path,
-                    cli_entry, explicit_options, nonneg_int, one_line, positive_int, print_json, save_figure, to_jsonable,
+from ._util import (ArgumentParser, CheckpointError, ConfigError, MarginTheoryError, check_output_path, cli_entry,
+                    explicit_options, nonneg_int, one_line, positive_int, print_json, save_figure, to_jsonable,
                     use_agg_backend)
 
 __all__ = ["CheckReport", "check_checkpoints", "expand_targets", "plot_check", "transitions", "main"]
@@ -59,18 +46,17 @@ class CheckReport:
     errors: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return to_jsonable({"checkpoints": self.checkpoints, "transitions": self.transitions,
-                            "errors": self.errors})
+        return to_jsonable({"checkpoints": self.checkpoints, "transitions": self.transitions, "errors": self.errors})
 
     def summary(self) -> dict:
         predicted = [t for t in self.transitions if t["predicted_sign"] == "+"]
         return {"checkpoints": len(self.checkpoints),
-                "theorem_applies": sum(1 for c in self.checkpoints if c["theorem_applies"]),
+                "theorem_applies": sum(bool(c["theorem_applies"]) for c in self.checkpoints),
                 "transitions": len(self.transitions),
-                "gamma_bar_grew": sum(1 for t in self.transitions if t["delta_gamma_bar"] > 0),
-                "predictions": len(predicted), "agreements": sum(1 for t in predicted if t["agrees"]),
-                "disagreements": sum(1 for t in predicted if t["agrees"] is False),
-                "velocity_sign_disagreements": sum(1 for t in self.transitions if t["velocity_agrees"] is False),
+                "gamma_bar_grew": sum(t["delta_gamma_bar"] > 0 for t in self.transitions),
+                "predictions": len(predicted), "agreements": sum(t["agrees"] is True for t in predicted),
+                "disagreements": sum(t["agrees"] is False for t in predicted),
+                "velocity_sign_disagreements": sum(t["velocity_agrees"] is False for t in self.transitions),
                 "errors": len(self.errors)}
 
 
@@ -117,11 +103,12 @@ def expand_targets(targets: Sequence[str | Path]) -> tuple[list[Path], list[dict
             folder = t / CHECKPOINT_DIR if (t / CHECKPOINT_DIR).is_dir() else t
             found = list_checkpoints(t)
             complete = {p.with_suffix("") for p in found}
-            for f in sorted(set(folder.glob("epoch-*.safetensors")) | set(folder.glob("epoch-*.json"))):
-                if f.with_suffix("") not in complete:
-                    missing = ", ".join(str(p) for p in checkpoint_files(f) if not p.exists())
-                    errors.append(_error(f, f"incomplete checkpoint: {missing} missing"))
-            if not found and not any(e["path"].startswith(str(folder)) for e in errors):
+            incomplete = [f for f in sorted(set(folder.glob("epoch-*.safetensors")) | set(folder.glob("epoch-*.json")))
+                          if f.with_suffix("") not in complete]
+            for f in incomplete:
+                missing = ", ".join(str(p) for p in checkpoint_files(f) if not p.exists())
+                errors.append(_error(f, f"incomplete checkpoint: {missing} missing"))
+            if not found and not incomplete:
                 errors.append(_error(t, f"no checkpoint in {t} (expected {CHECKPOINT_DIR}/epoch-NNNN.safetensors "
                                         "+ .json)"))
             paths.extend(found)
@@ -153,14 +140,11 @@ def _load_training_data(config: dict, data_dir: str | None, download: bool = Fal
 
 # --- The check ---
 def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed: int | None = None,
-                      normalisation: str = "auto", data_dir: str | None = None,
-                      foreign: dict | None = None, download: bool = False,
-                      progress: bool = False) -> CheckReport:
-    """Evaluate Theorem 2 on every checkpoint of ``targets`` and compare consecutive ones.
-
-    ``seed``: the subset's seed (``None``: each run's). ``foreign``: what a foreign file holds
-    (``train``'s options or a spec file's content); such a file is its own "run" with ``epoch``
-    ``None``. ``progress``: a bar showing the phase. Errors are collected, never raised."""
+                      normalisation: str = "auto", data_dir: str | None = None, foreign: dict | None = None,
+                      download: bool = False, progress: bool = False) -> CheckReport:
+    """Evaluate Theorem 2 on every checkpoint of ``targets`` and compare consecutive ones. ``seed``: the
+    subset's (``None``: each run's). ``foreign``: what a foreign file holds (``train``'s options or a spec
+    file's content); such a file is its own "run" with ``epoch`` ``None``. Errors are collected, never raised."""
     from ._util import progress as _progress
     from .assumptions import theorem2_report
     from .checkpoint import describe_model_args, read_checkpoint
@@ -169,9 +153,9 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
     from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
 
     paths, errors = expand_targets(targets)
-    report = CheckReport(errors=list(errors))
+    report = CheckReport(errors=errors)
     data_cache: dict[tuple, Any] = {}
-    gaps: dict[tuple, Any] = {}
+    gaps: dict[tuple, Any] = {}             # the max-margin monitor of each (run, seed)
     rows: list[dict] = []
     bar = _progress(total=len(paths), desc="check", unit="ckpt", quiet=not progress)
 
@@ -184,17 +168,12 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
             phase(p, "reading")
             is_foreign = is_foreign_file(p)
             if is_foreign and foreign is None:
-                why = f"no sidecar {p.with_suffix('.json').name}" if p.suffix == ".safetensors" else \
-                    "a foreign state dict"
-                raise CheckpointError(
-                    f"{p.name} is not a margin_theory checkpoint ({why}): say what it holds with the model "
-                    "and data flags of train (--model NAME --dataset NAME [--rank R ...]) or --spec FILE "
-                    "(docs/checking.md)")
-            if is_foreign:
-                cfg = foreign_config(foreign)
-            else:
-                ck = read_checkpoint(p, device="cpu")
-                cfg = ck.config
+                why = f"no sidecar {p.stem}.json" if p.suffix == ".safetensors" else "a foreign state dict"
+                raise CheckpointError(f"{p.name} is not a margin_theory checkpoint ({why}): say what it holds with the "
+                                      "model and data flags of train (--model NAME --dataset NAME [--rank R ...]) or "
+                                      "--spec FILE (docs/checking.md)")
+            ck = None if is_foreign else read_checkpoint(p, device="cpu")
+            cfg = foreign_config(foreign) if is_foreign else ck.config
             key = tuple(to_jsonable(cfg.get(k)) for k in _DATA_KEYS) + (data_dir, download)
             if key not in data_cache:
                 phase(p, f"loading {cfg.get('dataset')}")
@@ -204,8 +183,7 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                 ck = read_foreign(p, foreign, input_shape=ds.input_shape, num_classes=ds.num_classes)
             s = int(ck.config.get("seed", 0)) if seed is None else int(seed)
             phase(p, "Theorem 2 on the subset")
-            rep = theorem2_report(ck.model, ds.X_train, ds.y_train, subset=subset, seed=s,
-                                  normalisation=normalisation)
+            rep = theorem2_report(ck.model, ds.X_train, ds.y_train, subset=subset, seed=s, normalisation=normalisation)
             phase(p, "margins on the training set")
             full = compute_margins(ck.model.to(torch.float64), ds.X_train.to(torch.float64), ds.y_train,
                                    normalisation=normalisation)
@@ -239,9 +217,11 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
 
 
 def transitions(rows: list[dict]) -> list[dict]:
-    """Consecutive checkpoints of one run (epoch order): the change of gamma_bar on the whole
-    training set against Theorem 2's prediction at the earlier one (``+`` where A1-A3 hold,
-    else ``?``) and against the sign of its exact Lemma-2 velocity."""
+    """Consecutive checkpoints of one run (epoch order): ``delta_gamma_bar`` on the WHOLE training set
+    against ``predicted_sign`` at the earlier one (``+`` where A1-A3 hold, else ``?``); ``agrees`` is
+    ``delta_gamma_bar > 0`` for a ``+``, else None; ``velocity_sign``/``velocity_agrees``: the same with
+    the exact Lemma-2 velocity. Training runs SGD over whole epochs, so a disagreement shows the local
+    prediction did not persist - it does not contradict the theorem."""
     out = []
     for a, b in zip(rows, rows[1:]):
         dg = b["gamma_bar_train"] - a["gamma_bar_train"]
@@ -256,13 +236,9 @@ def transitions(rows: list[dict]) -> list[dict]:
 
 # --- Output ---
 def _fmt(v, spec=".3g") -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, str) or (isinstance(v, float) and not math.isfinite(v)):
-        return str(v)        # inf, -inf, nan
-    return format(v, spec)
+    if v is None or isinstance(v, bool):
+        return {None: "-", True: "yes", False: "no"}[v]
+    return str(v) if isinstance(v, str) or not math.isfinite(v) else format(v, spec)     # inf, -inf, nan
 
 
 #: the table's columns: (header, row key, width, format)
@@ -271,9 +247,12 @@ _COLUMNS = (("epoch", "epoch", 5, "d"), ("gbar(train)", "gamma_bar_train", 11, "
             ("eps", "eps", 8, ".3g"), ("delta", "delta_min", 8, ".3g"), ("A1", "A1", 3, ".3g"),
             ("A2", "A2", 3, ".3g"), ("A3", "A3", 3, ".3g"), ("velocity", "velocity", 10, "+.3e"),
             ("lower bnd", "lower_bound", 10, "+.3e"))
+_AGREES = {True: "agrees", False: "DISAGREES", None: "no prediction"}
+_VELOCITY_AGREES = {True: "agrees", False: "differs", None: "-"}
 
 
 def format_report(rep: CheckReport) -> str:
+    """The human report: per run its table (:data:`_COLUMNS`), max-margin gap and transitions; a summary."""
     lines = []
     head = "  ".join(f"{h:>{w}}" for h, _, w, _ in _COLUMNS) + "  verdict"
     for run, rows in _by_run(rep.checkpoints).items():
@@ -281,40 +260,33 @@ def format_report(rep: CheckReport) -> str:
         if "foreign" in r0:
             lines.append(f"file {run}: foreign state dict mapped onto {r0['foreign']['model']}"
                          + (f" ({'; '.join(r0['foreign']['notes'])})" if r0["foreign"]["notes"] else ""))
-        lines.append(f"run {run}: model {r0['model']}, normalisation {r0['normalisation']} (L = {r0['degree']}), "
-                     f"Theorem 2 on a seeded subset of {r0['n_subset']} of {r0['n_train']} training points "
-                     f"(seed {r0['subset_seed']}); gbar(train) = gamma_bar on the whole training set, "
-                     f"gbar(S) on the subset")
-        lines.append(head)
+        lines += [f"run {run}: model {r0['model']}, normalisation {r0['normalisation']} (L = {r0['degree']}), "
+                  f"Theorem 2 on a seeded subset of {r0['n_subset']} of {r0['n_train']} training points "
+                  f"(seed {r0['subset_seed']}); gbar(train) = gamma_bar on the whole training set, "
+                  f"gbar(S) on the subset", head]
         lines += ["  ".join(f"{_fmt(c[k], spec):>{w}}" for _, k, w, spec in _COLUMNS) + f"  {c['verdict']}"
                   for c in rows]
         gaps = [c for c in rows if c["maxmargin"]["available"]]
         if gaps:
-            g0 = gaps[0]["maxmargin"]
-            lines.append(f"max-margin gap ({g0['head']} head, optimum gamma* = {g0['gamma_star']:.5g} "
-                         f"on {g0['data']}): "
+            g = gaps[0]["maxmargin"]
+            lines.append(f"max-margin gap ({g['head']} head, optimum gamma* = {g['gamma_star']:.5g} on {g['data']}): "
                          + ", ".join(f"epoch {c['epoch']}: gamma_min/gamma* {c['maxmargin']['ratio']:+.4f}, "
                                      f"cos {c['maxmargin']['cosine']:.4f}" for c in gaps))
         elif r0["maxmargin"]["note"]:
             lines.append(f"max-margin gap: not available ({r0['maxmargin']['note']})")
         trans = [t for t in rep.transitions if t["run"] == run]
-        if trans:
-            lines.append("transitions (gamma_bar on the whole training set):")
-        words = {True: "agrees", False: "DISAGREES", None: "no prediction"}
-        for t in trans:
-            vel = {True: "agrees", False: "differs", None: "-"}[t["velocity_agrees"]]
-            lines.append(f"  epoch {t['from']:>4} -> {t['to']:<4}  delta gamma_bar {t['delta_gamma_bar']:+.4e}  "
-                         f"predicted {t['predicted_sign']}  {words[t['agrees']]}  (Lemma-2 velocity sign "
-                         f"{t['velocity_sign']}: {vel})")
-        lines.append("")
+        lines += ["transitions (gamma_bar on the whole training set):"] if trans else []
+        lines += [f"  epoch {t['from']:>4} -> {t['to']:<4}  delta gamma_bar {t['delta_gamma_bar']:+.4e}  "
+                  f"predicted {t['predicted_sign']}  {_AGREES[t['agrees']]}  (Lemma-2 velocity sign "
+                  f"{t['velocity_sign']}: {_VELOCITY_AGREES[t['velocity_agrees']]})" for t in trans] + [""]
     s = rep.summary()
     if s["checkpoints"]:
-        lines.append(f"A1-A3 held at {s['theorem_applies']} of {s['checkpoints']} checkpoints; gamma_bar grew in "
-                     f"{s['gamma_bar_grew']} of {s['transitions']} transitions; predictions '+': {s['predictions']}, "
-                     f"disagreements: {s['disagreements']}.")
-        lines.append("Theorem 2's conditions are sufficient, not necessary: where they fail ('no-claim') the "
-                     "theorem says nothing and the margin may still grow. Predictions concern the gradient flow "
-                     "at the earlier checkpoint; training between checkpoints is SGD over whole epochs.")
+        lines += [f"A1-A3 held at {s['theorem_applies']} of {s['checkpoints']} checkpoints; gamma_bar grew in "
+                  f"{s['gamma_bar_grew']} of {s['transitions']} transitions; predictions '+': {s['predictions']}, "
+                  f"disagreements: {s['disagreements']}.",
+                  "Theorem 2's conditions are sufficient, not necessary: where they fail ('no-claim') the theorem "
+                  "says nothing and the margin may still grow. Predictions concern the gradient flow at the earlier "
+                  "checkpoint; training between checkpoints is SGD over whole epochs."]
     if s["errors"]:
         lines.append(f"{s['errors']} checkpoint(s) could not be checked (see stderr).")
     return "\n".join(lines)
@@ -333,23 +305,19 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
                               "(foreign files have no epochs)")
     fig, axes = plt.subplots(len(runs), 1, figsize=(8, 4.2 * len(runs)), squeeze=False)
     for ax, (run, rows) in zip(axes[:, 0], runs.items()):
-        hist = (metrics or {}).get(run) or []
-        src = "metrics.jsonl" if hist else "checkpoints"
-        ep = [r["epoch"] for r in hist or rows]
-        gb = [r.get("gamma_bar", math.nan) for r in hist] if hist else [r["gamma_bar_train"] for r in rows]
-        ta = [r.get("test_acc", math.nan) if hist else r["test_acc"] for r in hist or rows]
-        ta = [t if isinstance(t, (int, float)) else math.nan for t in ta]
+        hist = (metrics or {}).get(run)      # the curves: every epoch in metrics.jsonl, else the checkpoints
+        pts, key, src = (hist, "gamma_bar", "metrics.jsonl") if hist else (rows, "gamma_bar_train", "checkpoints")
+        ep, gb = [r["epoch"] for r in pts], [r.get(key, math.nan) for r in pts]
+        ta = [t if isinstance(t := r.get("test_acc"), (int, float)) else math.nan for r in pts]
         for r, nxt in zip(rows, rows[1:] + [None]):
-            if r["theorem_applies"]:
-                hi = nxt["epoch"] if nxt else r["epoch"] + 0.5
-                ax.axvspan(r["epoch"], hi, color="tab:green", alpha=0.18, lw=0)
+            if r["theorem_applies"]:      # until the next checkpoint
+                ax.axvspan(r["epoch"], nxt["epoch"] if nxt else r["epoch"] + 0.5, color="tab:green", alpha=0.18, lw=0)
         l1, = ax.plot(ep, gb, "o-", color="tab:blue", ms=3, label="average margin gamma_bar (train set)")
-        for held, style in ((True, dict(color="tab:green", label="checkpoint: A1-A3 hold")),
-                            (False, dict(mfc="none", color="gray", label="checkpoint: no claim"))):
-            sel = [r for r in rows if r["theorem_applies"] == held]
+        for applies, style in ((True, dict(color="tab:green", label="checkpoint: A1-A3 hold")),
+                               (False, dict(mfc="none", color="gray", label="checkpoint: no claim"))):
+            sel = [r for r in rows if r["theorem_applies"] == applies]
             ax.plot([r["epoch"] for r in sel], [r["gamma_bar_train"] for r in sel], "s", ms=6, **style)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"gamma_bar ({rows[0]['normalisation']} normalisation, L = {rows[0]['degree']})")
+        ax.set(xlabel="epoch", ylabel=f"gamma_bar ({rows[0]['normalisation']} normalisation, L = {rows[0]['degree']})")
         ax2 = ax.twinx()
         l2, = ax2.plot(ep, [100 * t for t in ta], "^-", color="tab:red", ms=3, label="test accuracy (%)")
         ax2.set_ylabel("test accuracy (%)")
@@ -366,21 +334,18 @@ def plot_check(rep: CheckReport, out: str | Path, metrics: dict[str, list[dict]]
 def build_parser() -> ArgumentParser:
     from .train import add_data_model_arguments
 
-    p = ArgumentParser(
-        prog=PROG,
-        description="Theorem 2 (SPEC §5) on saved checkpoints: A1-A3, rho, cv, eps, the exact Lemma-2 margin "
-                    "velocity and its lower bound per checkpoint, and the measured change of gamma_bar between "
-                    "consecutive checkpoints against the sign the theorem predicts. The conditions are "
-                    "sufficient, not necessary.")
+    p = ArgumentParser(prog=PROG, description=(
+        "Theorem 2 (SPEC §5) on saved checkpoints: A1-A3, rho, cv, eps, the exact Lemma-2 margin velocity and its "
+        "lower bound per checkpoint, and the change of gamma_bar between consecutive checkpoints against the sign "
+        "the theorem predicts. The conditions are sufficient, not necessary."))
     p.add_argument("targets", nargs="+", metavar="RUN_DIR|CKPT",
                    help="run folders (all their checkpoints; a folder of runs: every run inside), "
                         "checkpoint files (.safetensors or .json), or foreign files (.pt/.pth state dicts, "
                         "bare .safetensors) described by the model flags or --spec")
     p.add_argument("--subset", type=positive_int, default=512,
                    help="size of the seeded subset S the theorem is evaluated on (default 512; all if fewer)")
-    p.add_argument("--seed", type=nonneg_int, default=None,
-                   help="subset seed (default: the run's training seed; for a foreign file also its data split "
-                        "seed, default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=None, help="subset seed (default: the run's training "
+                   "seed; for a foreign file also its data split seed, default 0)")
     p.add_argument("--normalisation", choices=("auto", "full", "head"), default="auto",
                    help="margin normalisation (auto: all parameters if homogeneous, else the head's)")
     p.add_argument("--spec", default=None, metavar="FILE",
@@ -403,24 +368,23 @@ def _flags(names) -> str:
 def main(argv=None) -> int:
     """Check Theorem 2's assumptions on checkpoints; exit 2 if any checkpoint is unreadable."""
     from .foreign import MODEL_KEYS, is_foreign_file, read_spec
+    from .runfolder import read_metrics          # the one strict reader
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.out is not None and not args.plot:
         raise CheckpointError("--out applies to --plot only")
     given = explicit_options(parser, argv)
-    unsupported = [k for k in ("protocol", "init", "linear_term", "affine") if k in given]
-    if unsupported:    # train's protocol flags: a foreign file's linear term and bias are folded in by shape
+    if unsupported := [k for k in ("protocol", "init", "linear_term", "affine") if k in given]:
         raise ConfigError(_flags(unsupported) + " do not apply to check: a checkpoint of ours carries them in "
                           "its config; a foreign file's linear term and biases are mapped from its tensors "
                           "(docs/checking.md)")
     model_flags = sorted(k for k in given if k in MODEL_KEYS + ("dataset", "n_train", "n_test", "normalize"))
     foreign = None
-    if args.spec or model_flags:
-        foreign = dict(read_spec(args.spec)) if args.spec else {}
-        foreign.update({k: getattr(args, k) for k in model_flags + [k for k in ("data_dir", "download") if k in given]})
-        if args.seed is not None:
-            foreign["seed"] = args.seed
+    if args.spec or model_flags:              # flags given override the spec file
+        foreign = {**(read_spec(args.spec) if args.spec else {}),
+                   **{k: getattr(args, k) for k in model_flags + [k for k in ("data_dir", "download") if k in given]},
+                   **({} if args.seed is None else {"seed": args.seed})}
         if not any(is_foreign_file(p) for p in expand_targets(args.targets)[0]):
             sys.stderr.write(f"{PROG}: note: {_flags(['spec'] * bool(args.spec) + model_flags)} describe foreign "
                              "files only; the checkpoints given carry their own description (sidecar) and are "
@@ -436,24 +400,15 @@ def main(argv=None) -> int:
         sys.stderr.write(f"{PROG}: error: {e['path']}: {e['error']}\n")
     plot_path = None
     if args.plot and rep.checkpoints:
-        from .runfolder import read_metrics          # the one strict reader
-
         runs = list(dict.fromkeys(c["run"] for c in rep.checkpoints if "foreign" not in c))
-        metrics = {run: read_metrics(run) for run in runs}      # once per run, not per checkpoint
-        out = args.out or str(Path(runs[0] if runs else ".") / "theorem2-check.png")
-        check_output_path(out, kind="file")
-        plot_path = plot_check(rep, out, metrics)
+        out = args.out or check_output_path(Path(runs[0] if runs else ".") / "theorem2-check.png", kind="file")
+        plot_path = plot_check(rep, out, {run: read_metrics(run) for run in runs})   # metrics once per run
     elif args.plot:
         sys.stderr.write(f"{PROG}: error: nothing to plot: no checkpoint could be checked\n")
     if args.json:
-        doc = {**rep.as_dict(), "summary": rep.summary()}
-        if plot_path is not None:
-            doc["plot"] = str(plot_path)
-        print_json(doc)
+        print_json({**rep.as_dict(), "summary": rep.summary(), **({"plot": str(plot_path)} if plot_path else {})})
     else:
-        print(format_report(rep))
-        if plot_path is not None:
-            print(f"plot written to {plot_path}")
+        print(format_report(rep) + (f"\nplot written to {plot_path}" if plot_path else ""))
     return 2 if rep.errors else 0
 
 

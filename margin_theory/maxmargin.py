@@ -1,36 +1,31 @@
 r"""The max-margin limits that gradient descent heads for, solved exactly (beyond the paper).
 
 On separable data gradient descent on the cross-entropy converges in *direction* to a max-margin
-solution (Soudry et al. 2018; Lyu & Li 2020, a KKT point, for homogeneous models). This module
-solves those optima with cvxpy (Clarabel, SCS as fallback) and compares a model with them; the
-reductions are proved in ``proofs/maxmargin.md`` and checked by ``proofs/check_maxmargin.py``.
-
-Problems (``x_n`` in R^d, labels ``y_n``, C classes; pairs ``(n, j)``, ``j != y_n``):
+solution (Soudry et al. 2018; Lyu & Li 2020: a KKT point, for homogeneous models). The optima are
+solved with cvxpy (Clarabel, SCS as fallback); the reductions are proved in ``proofs/maxmargin.md``
+and checked by ``proofs/check_maxmargin.py``. Data ``x_n`` in R^d, labels ``y_n``, C classes, pairs
+``(n, j)``, ``j != y_n``:
 
 * ``linear`` head, :math:`f_i = w_i\cdot x` (L = 1, :math:`\gamma = q/\|W\|_F`): the multiclass
-  hard-margin SVM :math:`\min \tfrac12\|W\|_F^2` s.t. :math:`(w_{y_n} - w_j)\cdot x_n \ge 1`;
-  :math:`\gamma^\star = 1/\|W^\star\|_F`.
+  hard-margin SVM :math:`\min \tfrac12\|W\|_F^2` s.t. :math:`(w_{y_n} - w_j)\cdot x_n \ge 1`.
 * ``quadratic`` head, :math:`f_i = x^\top W_i x = \langle W_i, x x^\top\rangle` (L = 1,
-  :math:`\gamma = q/\|V\|_F`, :math:`W = \mathrm{sym}(V)`): the same SVM in the feature space
-  :math:`x x^\top` (kernel :math:`(x\cdot x')^2`): primal over symmetric :math:`W_i` (scaled
-  half-vectorisation ``svec``, :math:`\langle \mathrm{svec}A, \mathrm{svec}B\rangle = \langle A, B\rangle_F`),
-  or the dual :math:`\max \sum\alpha - \tfrac12\sum_i c_i^\top K c_i`,
+  :math:`\gamma = q/\|V\|_F`, :math:`W = \mathrm{sym}(V)`): the same SVM on the features
+  :math:`x x^\top` (kernel :math:`(x\cdot x')^2`), primal over symmetric :math:`W_i` (scaled
+  half-vectorisation ``svec``, :math:`\langle \mathrm{svec}A, \mathrm{svec}B\rangle = \langle A, B\rangle_F`)
+  or dual :math:`\max \sum\alpha - \tfrac12\sum_i c_i^\top K c_i`,
   :math:`c_{ni} = [i = y_n]\sum_j\alpha_{nj} - \alpha_{ni}`, :math:`K = (X X^\top)^{\circ 2}`,
-  whichever has fewer variables; :math:`\gamma^\star = 1/\|W^\star\|_F` (the optimum has V = W).
+  whichever has fewer variables.
 * ``lowrank`` head, :math:`W_i = A_i^\top A_i`, :math:`\|\theta\|^2 = \sum_i \mathrm{tr} W_i`
-  (L = 2, :math:`\gamma = q/\sum_i\mathrm{tr}W_i`): the convex relaxation (rank dropped)
-  :math:`\min \sum_i \mathrm{tr} W_i` s.t. :math:`x_n^\top (W_{y_n} - W_j) x_n \ge 1`,
-  :math:`W_i \succeq 0`, an SDP; :math:`\gamma^\star = 1/\mathrm{OPT}` bounds every rank-r model's
-  :math:`\gamma_{\min}` and is attained once :math:`r \ge \max_i \mathrm{rank} W_i^\star` (always for r >= d).
+  (L = 2): the convex relaxation (rank dropped, an SDP) :math:`\min \sum_i \mathrm{tr} W_i` s.t.
+  :math:`x_n^\top (W_{y_n} - W_j) x_n \ge 1`, :math:`W_i \succeq 0`; its :math:`\gamma^\star` bounds every
+  rank-r model's :math:`\gamma_{\min}`, attained once :math:`r \ge \max_i \mathrm{rank} W_i^\star` (always for r >= d).
 
-The optimum at unit margins has min margin 1, so :math:`\gamma^\star = \max_\theta \gamma_{\min}(\theta)`
-in the toolkit's normalisation (``margins.compute_margins``). Every optimum lies in the data's span
-(:math:`W = U S U^\top`, linear :math:`W = S U^\top`, U an orthonormal basis of
-:math:`\mathrm{span}\{x_n\}`), so the solver works in the k = rank X coordinates :math:`z_n = U^\top x_n`.
-
-Sizes (after that reduction) are bounded by :data:`LIMITS` (:class:`ProblemTooLargeError` names the
-limit; solve a :func:`seeded_subset`); SDPs above :data:`SDP_CLARABEL_MAX` variables try SCS first.
-Non-separable data are reported, not raised: ``separable=False``, ``gamma_star=None``.
+At unit margins the objective is :math:`\|\theta^\star\|^2` and
+:math:`\gamma^\star = \max_\theta \gamma_{\min}(\theta) = \|\theta^\star\|^{-L}` in the toolkit's
+normalisation (``margins.compute_margins``). Every optimum lies in the data's span (:math:`W = U S U^\top`,
+linear :math:`W = S U^\top`), so the solver works in the k = rank X coordinates :math:`z_n = U^\top x_n`.
+Sizes are bounded by :data:`LIMITS` (:class:`ProblemTooLargeError` names the limit; solve a
+:func:`seeded_subset`). Non-separable data are reported, not raised: ``separable=False``.
 
 Command line::
 
@@ -39,6 +34,8 @@ Command line::
 """
 from __future__ import annotations
 
+import argparse
+import copy
 import math
 import time
 import warnings
@@ -48,16 +45,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._util import (ArgumentParser, ConfigError, MarginTheoryError, check_output_path, cli_entry,
-                    explicit_options, nonneg_int, one_line,
-                    positive_int, print_json, progress, save_figure, use_agg_backend)
+from ._util import (ArgumentParser, ConfigError, MarginTheoryError, check_output_path, cli_entry, explicit_options,
+                    nonneg_int, one_line, positive_int, print_json, progress, save_figure, use_agg_backend)
 
 __all__ = [
     "MaxMarginResult", "ProblemTooLargeError", "LIMITS", "HEAD_DEGREE", "solve_max_margin", "solve_linear_svm",
-    "solve_quadratic_svm", "solve_lowrank_sdp", "seeded_subset", "head_of", "model_direction",
-    "compare_with_optimum", "cosine", "gamma_min_of", "gradient_descent", "GDResult",
-    "log_steps", "plot_gap", "head_logits_and_grad", "GapMonitor", "MONITOR_MAX_POINTS", "run_gap_rows",
-    "run_experiment_cases", "render_markdown", "main",
+    "solve_quadratic_svm", "solve_lowrank_sdp", "seeded_subset", "head_of", "model_direction", "compare_with_optimum",
+    "cosine", "gamma_min_of", "gradient_descent", "GDResult", "log_steps", "plot_gap", "head_logits_and_grad",
+    "GapMonitor", "MONITOR_MAX_POINTS", "run_gap_rows", "run_experiment_cases", "render_markdown", "main",
 ]
 
 PROG = "python -m margin_theory.maxmargin"
@@ -87,45 +82,31 @@ class ProblemTooLargeError(ConfigError):
 
 @dataclass
 class MaxMarginResult:
-    r"""What :func:`solve_max_margin` returns (fields like scipy's ``OptimizeResult``).
-
-    ``separable``: True if a point with every margin >= 1 exists, False if the solver certified
-    that none does, None if it failed (``status``, ``message``). ``gamma_star``:
-    :math:`\max_\theta \gamma_{\min}(\theta)` (lowrank: the relaxation's bound), None unless separable.
-    ``objective``: :math:`\|W^\star\|_F^2` (linear, quadratic) or :math:`\sum_i\mathrm{tr}W_i^\star`
-    (lowrank) at unit margins. ``W``: that optimum in R^d, ``(C, d)`` (linear) or ``(C, d, d)``;
-    ``direction = W / ||W||_F``. ``margins``: ``(N, C)`` :math:`(W_{y_n} - W_j)(x_n)` (``inf`` at
-    ``j = y_n``), ``q`` its row minima. ``duals``: ``(N, C)`` multipliers :math:`\alpha_{nj} \ge 0`,
-    ``support`` the n with some :math:`\alpha_{nj} >` ``dual_tol``. Lowrank only: ``psd_duals``
-    ``(C, d, d)`` multipliers :math:`Z_i \succeq 0` of :math:`W_i \succeq 0`, ``ranks`` the numerical
-    ranks of the :math:`W_i^\star` (the rank a Low-Rank DIQNN needs to attain ``gamma_star``).
-    ``problem`` (``primal``, ``dual``, ``sdp``), ``variables``, ``constraints``: the solved problem;
-    ``k``: the dimension of the data's span.
-    """
+    """What :func:`solve_max_margin` returns (fields like scipy's ``OptimizeResult``); arrays in R^d."""
 
     head: str
-    degree: int
-    separable: bool | None
-    gamma_star: float | None
+    degree: int                     # L: gamma = q / ||theta||^L
+    separable: bool | None          # True: some point has every margin >= 1; False: certified none; None: failed
+    gamma_star: float | None        # max_theta gamma_min(theta) (lowrank: the relaxation's bound), if separable
     status: str
     solver: str | None
-    problem: str
+    problem: str                    # primal, dual or sdp
     n: int
     d: int
     C: int
-    k: int
+    k: int                          # the dimension of the data's span
     variables: int
     constraints: int
     seconds: float
-    objective: float | None = None
-    W: np.ndarray | None = None
-    direction: np.ndarray | None = None
-    margins: np.ndarray | None = None
-    q: np.ndarray | None = None
-    duals: np.ndarray | None = None
-    support: np.ndarray | None = None
-    psd_duals: np.ndarray | None = None
-    ranks: list[int] | None = None
+    objective: float | None = None  # ||theta*||^2 at unit margins: ||W*||_F^2 (linear, quadratic), sum_i tr W_i*
+    W: np.ndarray | None = None     # the optimum, (C, d) (linear) or (C, d, d)
+    direction: np.ndarray | None = None  # W / ||W||_F
+    margins: np.ndarray | None = None    # (N, C): (W_{y_n} - W_j)(x_n), inf at j = y_n
+    q: np.ndarray | None = None          # its row minima
+    duals: np.ndarray | None = None      # (N, C) multipliers alpha_nj >= 0 of the margin constraints
+    support: np.ndarray | None = None    # the n with some alpha_nj > dual_tol
+    psd_duals: np.ndarray | None = None  # lowrank: (C, d, d) multipliers Z_i >= 0 (PSD) of W_i >= 0
+    ranks: list[int] | None = None       # lowrank: numerical ranks of W_i*, the rank that attains gamma_star
     dual_tol: float = 1e-6
     message: str = ""
 
@@ -172,8 +153,7 @@ def seeded_subset(y, n: int, seed: int = 0) -> np.ndarray:
     (the monitors' rule, ``assumptions``/``data``); all points if ``n >= N``."""
     from .data import _sample_indices
 
-    y = _np(y)
-    return np.arange(len(y)) if n >= len(y) else _sample_indices(y, int(n), int(seed))[0]
+    return np.arange(len(y)) if n >= len(y) else _sample_indices(_np(y), int(n), int(seed))[0]
 
 
 def _lift(U: np.ndarray, S: np.ndarray) -> np.ndarray:
@@ -219,13 +199,13 @@ def _solve(prob, solvers: Sequence[str]) -> tuple[str, str | None, str]:
 
 
 class _Problem:
-    """One solve: the data (checked), an orthonormal basis U (d, k) of their span and the coordinates
-    Z = X U (N, k), the N(C-1) margin constraints (their number checked against the limit) as the
-    ``pairs`` (n, j), j != y_n, and the sparse operator ``Dm`` (P, N C) with
-    ``Dm vec(F) = F[n, y_n] - F[n, j]`` for scores F (N, C) vectorised row-major; the clock.
-    :meth:`result` builds the answer."""
+    """One solve: the checked data, an orthonormal basis U (d, k) of their span, Z = X U (N, k), the
+    N(C-1) margin ``pairs`` (n, j), j != y_n, and the sparse ``Dm`` (P, N C) with
+    ``Dm vec(F) = F[n, y_n] - F[n, j]`` for scores F (N, C) vectorised row-major; the clock."""
 
     def __init__(self, head: str, X, y, num_classes: int | None, rtol: float = 1e-10):
+        import scipy.sparse as sp
+
         self.t0, self.head = time.perf_counter(), head
         self.X, self.y, self.C = _as_arrays(X, y, num_classes)
         self.N, self.d = self.X.shape
@@ -236,48 +216,47 @@ class _Problem:
         self.Z = self.X @ self.U
         self.k = self.U.shape[1]
         self.D = self.k * (self.k + 1) // 2
-        import scipy.sparse as sp
-
-        n, j = np.repeat(np.arange(self.N), self.C), np.tile(np.arange(self.C), self.N)
-        n, j = n[j != self.y[n]], j[j != self.y[n]]
+        n, j = np.nonzero(np.arange(self.C) != self.y[:, None])      # row-major: n, then j
         self.pairs, P = (n, j), len(n)
         self.Dm = sp.csr_matrix((np.repeat([1.0, -1.0], P), (np.tile(np.arange(P), 2), np.concatenate(
             [n * self.C + self.y[n], n * self.C + j]))), shape=(P, self.N * self.C))
 
-    def result(self, problem: str, status: str, solver: str | None, msg: str, nvar: int, W=None, objective=None,
-               lam=None, **kw) -> MaxMarginResult:
-        """The result at the optimum ``W`` (in R^d) with the pairs' multipliers ``lam``, or the
-        certificate / failure ``status``."""
-        common = dict(head=self.head, degree=HEAD_DEGREE[self.head], status=status, solver=solver, problem=problem,
-                      n=self.N, d=self.d, C=self.C, k=self.k, variables=nvar, constraints=self.ncons,
-                      seconds=time.perf_counter() - self.t0)
+    def result(self, problem: str, nvar: int, status: str, solver: str | None, msg: str, S=None, lam=None,
+               **kw) -> MaxMarginResult:
+        r"""The result at the optimum ``S`` (span coordinates) with the pairs' multipliers ``lam``, or the
+        certificate / failure ``status``. The objective is :math:`\|\theta^\star\|^2` (linear, quadratic
+        :math:`\|S\|_F^2`, lowrank :math:`\sum_i\mathrm{tr}S_i`), :math:`\gamma^\star = \|\theta^\star\|^{-L}`."""
+        L = HEAD_DEGREE[self.head]
+        common = dict(head=self.head, degree=L, status=status, solver=solver, problem=problem, n=self.N, d=self.d,
+                      C=self.C, k=self.k, variables=nvar, constraints=self.ncons, seconds=time.perf_counter() - self.t0)
         if status in _NOT_SEPARABLE:
             why = ("the solver certified the SDP infeasible: no PSD W_i separate the data (no rank can)"
                    if self.head == "lowrank" else "the solver certified that no point has every margin >= 1: "
                    f"the data are not separable by the {self.head} head")
             return MaxMarginResult(separable=False, gamma_star=None, message=why + (f" ({msg})" if msg else ""),
                                    **common)
-        if status not in _OK or W is None:
+        if status not in _OK or S is None:
             return MaxMarginResult(separable=None, gamma_star=None, message=f"no solution: {msg or status}", **common)
-        nrm, duals = float(np.linalg.norm(W)), None
+        W = S @ self.U.T if self.head == "linear" else _lift(self.U, S)
+        objective = float(np.trace(S, axis1=1, axis2=2).sum() if self.head == "lowrank" else np.sum(S ** 2))
+        nrm, duals, dual_tol = float(np.linalg.norm(W)), None, 1e-6
         if lam is not None:
             duals = np.zeros((self.N, self.C))
             duals[self.pairs] = np.maximum(np.asarray(lam, dtype=np.float64).ravel(), 0.0)
+            dual_tol = 1e-6 * max(1.0, float(duals.max()))
         margins = _margins_table(W, self.X, self.y, self.head)
-        dual_tol = 1e-6 * max(1.0, float(duals.max()) if duals is not None and duals.size else 1.0)
-        return MaxMarginResult(separable=True, gamma_star=float(1.0 / objective if self.head == "lowrank" else
-                                                                1.0 / math.sqrt(objective)),
-                               objective=float(objective), W=W, direction=W / nrm if nrm > 0 else W, margins=margins,
-                               q=margins.min(1), duals=duals, dual_tol=dual_tol,
+        return MaxMarginResult(separable=True, gamma_star=objective ** (-L / 2), objective=objective, W=W,
+                               direction=W / nrm if nrm > 0 else W, margins=margins, q=margins.min(1), duals=duals,
+                               dual_tol=dual_tol,
                                support=None if duals is None else np.flatnonzero((duals > dual_tol).any(1)),
                                message=msg if status == "optimal" else f"inaccurate solution ({msg})", **common, **kw)
 
     def no_data(self, problem: str) -> MaxMarginResult:
-        return self.result(problem, "infeasible", None, "all inputs are 0", 0)
+        return self.result(problem, 0, "infeasible", None, "all inputs are 0")
 
 
 # --- The three problems ---
-def _svm_on_features(p: _Problem, F: np.ndarray, solvers):
+def _svm_on_features(p: _Problem, F: np.ndarray, solvers) -> tuple:
     """min 1/2 ||W||_F^2 s.t. (w_{y_n} - w_j) . F_n >= 1 on features F (N, D):
     (status, solver, msg, W (C, D) or None, the pairs' multipliers)."""
     import cvxpy as cp
@@ -294,14 +273,8 @@ def solve_linear_svm(X, y, num_classes: int | None = None, *, solvers=("CLARABEL
     r"""Linear head: :math:`\min\tfrac12\|W\|_F^2` s.t. :math:`(w_{y_n}-w_j)\cdot x_n \ge 1`;
     :math:`\gamma^\star = 1/\|W^\star\|_F` (L = 1)."""
     p = _Problem("linear", X, y, num_classes)
-    nvar = p.C * p.k
-    _check("linear_variables", nvar, "C k variables")
-    if p.k == 0:
-        return p.no_data("primal")
-    status, solver, msg, Wk, lam = _svm_on_features(p, p.Z, solvers)
-    if Wk is None:
-        return p.result("primal", status, solver, msg, nvar)
-    return p.result("primal", status, solver, msg, nvar, W=Wk @ p.U.T, objective=float(np.sum(Wk ** 2)), lam=lam)
+    _check("linear_variables", p.C * p.k, "C k variables")
+    return p.no_data("primal") if p.k == 0 else p.result("primal", p.C * p.k, *_svm_on_features(p, p.Z, solvers))
 
 
 def solve_quadratic_svm(X, y, num_classes: int | None = None, *, form: str = "auto",
@@ -323,15 +296,14 @@ def solve_quadratic_svm(X, y, num_classes: int | None = None, *, form: str = "au
         _check("quadratic_dual_points", N, "N (kernel size, dual)")
     if p.k == 0:
         return p.no_data(form)
-    if form == "primal":
-        # svec: <svec(z z^T), svec(S)> = z^T S z for symmetric S (off-diagonal entries times sqrt 2)
+    S = None
+    if form == "primal":    # svec: <svec(z z^T), svec(S)> = z^T S z for symmetric S (off-diagonal times sqrt 2)
         iu, ju = np.triu_indices(p.k)
         scale = np.where(iu == ju, 1.0, math.sqrt(2.0))
         status, solver, msg, w, lam = _svm_on_features(p, Z[:, iu] * Z[:, ju] * scale, solvers)
-        if w is None:
-            return p.result(form, status, solver, msg, nvar)
-        S, obj = np.zeros((C, p.k, p.k)), float(np.sum(w ** 2))
-        S[:, iu, ju] = S[:, ju, iu] = w / scale
+        if w is not None:
+            S = np.zeros((C, p.k, p.k))
+            S[:, iu, ju] = S[:, ju, iu] = w / scale
     else:
         ev, evec = np.linalg.eigh((Z @ Z.T) ** 2)
         keep = ev > 1e-12 * max(ev.max(), 1e-300)
@@ -339,19 +311,18 @@ def solve_quadratic_svm(X, y, num_classes: int | None = None, *, form: str = "au
         a = cp.Variable(p.ncons, nonneg=True)
         c = cp.reshape(p.Dm.T @ a, (N, C), order="C")              # c_ni = [i = y_n] sum_j a_nj - a_ni
         status, solver, msg = _solve(cp.Problem(cp.Maximize(cp.sum(a) - 0.5 * cp.sum_squares(R.T @ c))), solvers)
-        if status not in _OK or a.value is None:
-            return p.result(form, status, solver, msg, nvar)
-        lam = np.maximum(a.value, 0.0)
-        S = np.einsum("ni,nk,nl->ikl", (p.Dm.T @ lam).reshape(N, C), Z, Z)
-        obj = float(np.einsum("ikl,ikl->", S, S))
-    return p.result(form, status, solver, msg, nvar, W=_lift(p.U, S), objective=obj, lam=lam)
+        lam = None if status not in _OK or a.value is None else np.maximum(a.value, 0.0)
+        if lam is not None:
+            S = np.einsum("ni,nk,nl->ikl", (p.Dm.T @ lam).reshape(N, C), Z, Z)
+    return p.result(form, nvar, status, solver, msg, S, lam)
 
 
 def solve_lowrank_sdp(X, y, num_classes: int | None = None, *, solvers=None,
                       rank_rtol: float = 1e-6) -> MaxMarginResult:
     r"""Low-Rank head, convex relaxation: :math:`\min\sum_i\mathrm{tr}W_i` s.t.
     :math:`x_n^\top(W_{y_n}-W_j)x_n \ge 1`, :math:`W_i\succeq 0`; :math:`\gamma^\star = 1/\mathrm{OPT}`
-    (L = 2), an upper bound on every rank-r model, attained when r >= ``max(ranks)``."""
+    (L = 2), an upper bound on every rank-r model, attained when r >= ``max(ranks)``. SDPs above
+    :data:`SDP_CLARABEL_MAX` variables try SCS first."""
     import cvxpy as cp
 
     p = _Problem("lowrank", X, y, num_classes)
@@ -364,20 +335,17 @@ def solve_lowrank_sdp(X, y, num_classes: int | None = None, *, solvers=None,
     Ws = [cp.Variable((p.k, p.k), symmetric=True) for _ in range(C)]
     psd = [Wi >> 0 for Wi in Ws]
     scores = cp.vstack([cp.sum(cp.multiply(Z @ Wi, Z), axis=1) for Wi in Ws])     # (C, N)
-    marg = [p.Dm @ cp.vec(scores, order="F") >= 1]
-    prob = cp.Problem(cp.Minimize(sum(cp.trace(Wi) for Wi in Ws)), marg + psd)
+    marg = p.Dm @ cp.vec(scores, order="F") >= 1
     if solvers is None:
         solvers = ("CLARABEL", "SCS") if nvar <= SDP_CLARABEL_MAX else ("SCS", "CLARABEL")
-    status, solver, msg = _solve(prob, solvers)
+    status, solver, msg = _solve(cp.Problem(cp.Minimize(sum(cp.trace(Wi) for Wi in Ws)), [marg] + psd), solvers)
     if status not in _OK or any(Wi.value is None for Wi in Ws):
-        return p.result("sdp", status, solver, msg, nvar)
+        return p.result("sdp", nvar, status, solver, msg)
     S = np.stack([0.5 * (Wi.value + Wi.value.T) for Wi in Ws])
-    Zd = [c.dual_value for c in psd]
     ev = np.linalg.eigvalsh(S)
     ranks = [int(v) for v in np.sum(ev > rank_rtol * np.maximum(ev.max(1, keepdims=True), 1e-300), axis=1)]
-    return p.result("sdp", status, solver, msg, nvar, W=_lift(p.U, S),
-                    objective=float(np.trace(S, axis1=1, axis2=2).sum()), ranks=ranks,
-                    lam=marg[0].dual_value,
+    Zd = [c.dual_value for c in psd]
+    return p.result("sdp", nvar, status, solver, msg, S, marg.dual_value, ranks=ranks,
                     psd_duals=None if any(z is None for z in Zd) else _lift(p.U, np.stack([np.asarray(z) for z in Zd])))
 
 
@@ -397,8 +365,7 @@ def head_of(model) -> str:
     (features without parameters); :class:`ConfigError` otherwise."""
     from .models import LinearHead, LowRankHead, QuadraticHead
 
-    head = getattr(model, "head", model)
-    feats = getattr(model, "features", None)
+    head, feats = getattr(model, "head", model), getattr(model, "features", None)
     if feats is not None and any(True for _ in feats.parameters()):
         raise ConfigError(f"the max-margin optimum applies to a head on fixed inputs; model "
                           f"{getattr(model, 'name', type(model).__name__)!r} has trainable features")
@@ -417,8 +384,7 @@ def model_direction(model) -> tuple[str, np.ndarray]:
     :math:`W = \mathrm{sym}(V)` (C, d, d); lowrank :math:`W_i = A_i^\top A_i` (C, d, d); float64."""
     import torch
 
-    kind = head_of(model)
-    head = getattr(model, "head", model)
+    kind, head = head_of(model), getattr(model, "head", model)
     with torch.no_grad():
         W = (head.W if kind == "quadratic" else head.weight).detach().to(torch.float64)
         if kind == "lowrank":
@@ -447,8 +413,6 @@ def compare_with_optimum(model, X, y, result: MaxMarginResult, *, gamma_min: flo
     :math:`A_i^\top A_i`) and the optimum's. ``gamma_min``: pass it if already computed on the
     same (X, y) (else ``margins.compute_margins`` in float64). For ``lowrank`` the ratio is against
     the relaxation's bound (<= 1 for every rank; -> 1 possible when r >= max(result.ranks))."""
-    import copy
-
     import torch
 
     from .margins import compute_margins
@@ -468,8 +432,8 @@ def compare_with_optimum(model, X, y, result: MaxMarginResult, *, gamma_min: flo
         Xt = Xt.reshape(Xt.shape[0], *getattr(model, "input_shape", (Xt[0].numel(),)))
         gamma_min = compute_margins(copy.deepcopy(model).to("cpu", torch.float64), Xt,
                                     torch.as_tensor(_np(y), dtype=torch.int64)).gamma_min
-    g = float(gamma_min)
-    return {**out, "gamma_min": g, "ratio": g / result.gamma_star, "cosine": cosine(W, result.W)}
+    return {**out, "gamma_min": float(gamma_min), "ratio": float(gamma_min) / result.gamma_star,
+            "cosine": cosine(W, result.W)}
 
 
 # --- Full-batch gradient descent (the experiment's runs) ---
@@ -529,12 +493,9 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
                      quiet: bool = True) -> GDResult:
     r"""Full-batch gradient descent :math:`\theta \leftarrow \theta - \eta\nabla\,\mathrm{mean\ CE}`
     of a single-head model (linear, quadratic or lowrank on raw inputs) in float64, by the closed-form
-    gradient of :func:`head_logits_and_grad` on a numpy copy of the head's parameters. At the steps
-    ``record`` (default :func:`log_steps`) a float64 copy of ``model`` (``GDResult.model``) records
-    ``margins.compute_margins``'s loss, gamma_min, gamma_bar and, with ``optimum``,
-    :func:`compare_with_optimum`'s ratio and cosine."""
-    import copy
-
+    gradient of :func:`head_logits_and_grad`, on a float64 copy of ``model`` (``GDResult.model``). At the
+    steps ``record`` (default :func:`log_steps`) it records ``margins.compute_margins``'s loss, gamma_min,
+    gamma_bar and, with ``optimum``, :func:`compare_with_optimum`'s ratio and cosine."""
     import torch
 
     from .margins import compute_margins
@@ -547,30 +508,20 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
     m = copy.deepcopy(model).to("cpu", torch.float64)     # the data below are on the CPU
     Xn, yn, _ = _as_arrays(X, y, m.num_classes)
     Xt, yt = torch.as_tensor(Xn).reshape(Xn.shape[0], *m.input_shape), torch.as_tensor(yn)
-    P = m.head.weight.detach().cpu().numpy().copy()
+    P = m.head.weight.detach().numpy()                    # shares memory: a step in P is a step of m
     rec = {int(s) for s in (record if record is not None else log_steps(steps))}
     hist: list[dict] = []
     t0, diverged = time.perf_counter(), False
-
-    def write_back() -> None:
-        with torch.no_grad():
-            m.head.weight.copy_(torch.as_tensor(P))
-
-    def row(step: int) -> dict:
-        write_back()
-        mr = compute_margins(m, Xt, yt)
-        r = {"step": step, "loss": mr.loss, "gamma_min": mr.gamma_min, "gamma_bar": mr.gamma_bar,
-             "theta_norm": mr.theta_norm, "train_acc": mr.accuracy}
-        if optimum is not None and optimum.separable:
-            c = compare_with_optimum(m, Xn, yn, optimum, gamma_min=mr.gamma_min)
-            r.update(ratio=c["ratio"], cosine=c["cosine"])
-        return r
-
     bar = progress(total=steps, desc=progress_desc, quiet=quiet or progress_desc is None, unit="step")
     try:
         for step in range(steps + 1):
             if step in rec:
-                hist.append(row(step))
+                mr = compute_margins(m, Xt, yt)
+                hist.append({"step": step, "loss": mr.loss, "gamma_min": mr.gamma_min, "gamma_bar": mr.gamma_bar,
+                             "theta_norm": mr.theta_norm, "train_acc": mr.accuracy})
+                if optimum is not None and optimum.separable:
+                    c = compare_with_optimum(m, Xn, yn, optimum, gamma_min=mr.gamma_min)
+                    hist[-1].update(ratio=c["ratio"], cosine=c["cosine"])
             if step == steps:
                 break
             loss, grad = head_logits_and_grad(kind, P, Xn, yn)
@@ -582,7 +533,6 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
                 bar.update((step + 1) - bar.n)
     finally:
         bar.close()
-    write_back()
     return GDResult(history=hist, model=m, seconds=time.perf_counter() - t0, lr=float(lr), steps=steps,
                     diverged=diverged)
 
@@ -593,28 +543,22 @@ MONITOR_MAX_POINTS = 256
 
 
 class GapMonitor:
-    """The max-margin problem of a model's head solved once on a seeded subset of at most ``subset``
-    training points (``assumptions.select_subset``: inside the Theorem 2 monitors' S of any larger
-    size; ``data`` says which), then :meth:`report`: ``gamma_min/gamma_star`` and the cosine for any
-    later state. Without an optimum (no problem for the head, too large, not separable) the
-    report's ``note`` says why."""
+    """The max-margin problem of a model's head solved once on a seeded subset of at most ``subset`` training
+    points (``assumptions.select_subset``: inside the Theorem 2 monitors' S of any larger size), then
+    :meth:`report`: ``gamma_min/gamma_star`` and the cosine for any later state, or a ``note`` saying why not."""
 
     def __init__(self, model, X, y, *, subset: int = 512, seed: int = 0, num_classes: int | None = None):
         import torch
 
         from .assumptions import select_subset
 
-        self.note, self.result = None, None
-        N = int(y.shape[0])
-        idx = select_subset(N, subset, seed)
-        self.idx = idx.numpy()
-        self.n, self.N, self.seed = len(self.idx), N, int(seed)
-        self.data = (f"all {N} training points" if self.n == N else
-                     f"a seeded subset of {self.n} of {N} training points (seed {seed})")
-        def take(a):                        # the subset only (a tensor is indexed on its device)
-            return _np(a[idx.to(a.device)]) if hasattr(a, "device") else _np(a)[self.idx]
-
-        self.X, self.y = take(X), take(y)
+        self.note, self.result, self.N, self.seed = None, None, int(y.shape[0]), int(seed)
+        idx = select_subset(self.N, subset, seed)
+        self.idx, self.n = idx.numpy(), len(idx)
+        self.data = (f"all {self.N} training points" if self.n == self.N else
+                     f"a seeded subset of {self.n} of {self.N} training points (seed {seed})")
+        self.X, self.y = (_np(a[idx.to(a.device)]) if hasattr(a, "device") else _np(a)[self.idx]  # on its device
+                          for a in (X, y))
         C = num_classes if num_classes is not None else getattr(model, "num_classes", None)
         try:
             kind, feats = head_of(model), getattr(model, "features", None)     # feats: without parameters
@@ -630,17 +574,16 @@ class GapMonitor:
             self.note = f"the convex solver is unavailable ({exc}); pip install cvxpy clarabel"
 
     def report(self, model) -> dict:
-        base = {"data": self.data, "n": self.n, "seed": self.seed}
-        if self.result is None or not self.result.separable:
-            return {**base, "available": False, "note": self.note, "gamma_star": None, "ratio": None, "cosine": None}
-        try:                                # a monitor must never stop training or a check
-            c = compare_with_optimum(model, self.X, self.y, self.result)
-        except MarginTheoryError as exc:
-            return {**base, "available": False, "note": one_line(exc), "gamma_star": None, "ratio": None,
-                    "cosine": None}
-        return {**base, "available": True, **{k: c[k] for k in ("head", "degree", "gamma_star", "gamma_min", "ratio",
-                                                                 "cosine")},
-                "solver_seconds": self.result.seconds, "note": None}
+        base, note = {"data": self.data, "n": self.n, "seed": self.seed}, self.note
+        if self.result is not None and self.result.separable:
+            try:                            # a monitor must never stop training or a check
+                c = compare_with_optimum(model, self.X, self.y, self.result)
+                return {**base, "available": True,
+                        **{k: c[k] for k in ("head", "degree", "gamma_star", "gamma_min", "ratio", "cosine")},
+                        "solver_seconds": self.result.seconds, "note": None}
+            except MarginTheoryError as exc:
+                note = one_line(exc)
+        return {**base, "available": False, "note": note, "gamma_star": None, "ratio": None, "cosine": None}
 
 
 # --- Figures ---
@@ -665,9 +608,7 @@ def plot_gap(cases: dict[str, tuple[str, dict[str, list[dict]]]], out, title: st
                      label=f"{label} ({pts[-1]['cosine']:.3f})")
         for ax, ylabel in ((ax1, r"$\gamma_{\min}(t)/\gamma^\star$"), (ax2, "cosine with optimum W*")):
             ax.axhline(1.0, color="k", ls="--", lw=1)
-            ax.set_xscale("log")
-            ax.set_xlabel("step (log scale)")
-            ax.set_ylabel(ylabel)
+            ax.set(xscale="log", xlabel="step (log scale)", ylabel=ylabel)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7, loc="lower right")
         drawn = [line for line in ax1.get_lines() if len(line.get_ydata()) > 1]
@@ -700,9 +641,7 @@ def _fit_exponent(rows: list[dict], key: str) -> float | None:
     pts = [(math.log(math.log(r["step"])), math.log(1.0 - r[key])) for r in rows
            if r["step"] >= max(3.0, math.sqrt(T)) and r.get(key) is not None and 0 < 1.0 - r[key]
            and (r.get("ratio") or 0) > 0]
-    if len(pts) < 3 or pts[-1][0] - pts[0][0] <= 0:
-        return None
-    return float(-np.polyfit([p[0] for p in pts], [p[1] for p in pts], 1)[0])
+    return None if len(pts) < 3 or pts[-1][0] - pts[0][0] <= 0 else float(-np.polyfit(*zip(*pts), 1)[0])
 
 
 def verdict(row_end: dict, row_mid: dict, opt: MaxMarginResult, rank: int | None) -> str:
@@ -743,13 +682,11 @@ def run_case(case: dict, *, steps: int, lr: float, seed: int = 0, heads: Sequenc
     N, d = X.shape
     optima = {h: solve_max_margin(X, y, h, C) for h in HEADS}
     out = {"name": case["name"], "data": desc, "N": N, "d": d, "C": C,
-           "optima": {h: o.summary() for h, o in optima.items()}, "runs": [], "steps": steps, "lr": lr, "seed": seed}
-    if case.get("closed_form"):
-        out["closed_form"] = case["closed_form"]
+           "optima": {h: o.summary() for h, o in optima.items()}, "runs": [], "steps": steps, "lr": lr, "seed": seed,
+           **({"closed_form": case["closed_form"]} if case.get("closed_form") else {})}
     for label in heads:
         model_name, rank = GD_HEADS[label]
-        r = d if rank == "d" else rank
-        opt = optima[model_name]
+        r, opt = d if rank == "d" else rank, optima[model_name]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(model_name, (d,), C, rank=r or 1)
@@ -757,8 +694,7 @@ def run_case(case: dict, *, steps: int, lr: float, seed: int = 0, heads: Sequenc
                               progress_desc=f"{case['name']} {label}", quiet=quiet)
         hist = gd.history
         end = hist[-1]          # and mid: the recorded row nearest to step sqrt(T) on a log scale
-        mid = min((h for h in hist if h["step"] > 0),
-                  key=lambda h: abs(math.log(h["step"] / end["step"] ** 0.5)))
+        mid = min((h for h in hist if h["step"] > 0), key=lambda h: abs(math.log(h["step"] / end["step"] ** 0.5)))
         lowrank = model_name == "lowrank"
         out["runs"].append({
             "label": label, "model": model_name, "rank": r, "lr": lr, "steps": steps, "seconds": gd.seconds,
@@ -782,28 +718,23 @@ def run_experiment_cases(cfg: dict, scale: str, out, *, seed: int = 0, data_dir:
     cases = list(cfg.get("cases", []))
     if not cases:
         raise ConfigError("[maxmargin] defines no cases")
-    only = cfg.get("only")
-    if only:
-        unknown = sorted(set(only) - {c.get("name") for c in cases})
-        if unknown:
+    if only := cfg.get("only"):
+        if unknown := sorted(set(only) - {c.get("name") for c in cases}):
             raise ConfigError(f"[maxmargin] only names unknown case(s) {', '.join(unknown)}")
         cases = [c for c in cases if c.get("name") in only]
-    t0 = time.perf_counter()
-    res = []
+    t0, res = time.perf_counter(), []
     for case in cases:
         steps = case["steps"].get(scale) if isinstance(case.get("steps"), dict) else None
         steps = int(steps if steps is not None else cfg.get("steps", 1000))
         if steps < 1:
             raise ConfigError(f"[maxmargin] case {case.get('name')!r}: steps must be >= 1, got {steps}")
-        res.append(run_case(case, steps=steps,
-                            lr=float(case.get("lr", cfg.get("lr", 0.5))), seed=seed,
+        res.append(run_case(case, steps=steps, lr=float(case.get("lr", cfg.get("lr", 0.5))), seed=seed,
                             heads=cfg.get("heads", tuple(GD_HEADS)), points=int(cfg.get("points", 60)),
                             data_dir=data_dir, quiet=quiet))
     title = f"Gradient descent vs the max-margin optimum ({scale} scale): margin ratio and cosine"
     fig = plot_gap({c["name"]: (c["data"], {r["label"]: r["history"] for r in c["runs"]}) for c in res},
                    Path(out) / "maxmargin_gap.png", title=title)
-    return {"cases": res, "predicted_p": PREDICTED_P, "seconds": time.perf_counter() - t0,
-            "figures": [Path(fig).name]}
+    return {"cases": res, "predicted_p": PREDICTED_P, "seconds": time.perf_counter() - t0, "figures": [Path(fig).name]}
 
 
 def render_markdown(an: dict) -> list[str]:
@@ -842,15 +773,10 @@ def render_markdown(an: dict) -> list[str]:
 
 # --- CLI ---
 def _classes_arg(s: str) -> list[int]:
-    import argparse
-
-    try:
-        v = [int(p) for p in s.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated class indices: {s!r}") from None
-    if len(v) < 2 or len(set(v)) != len(v) or min(v) < 0:
-        raise argparse.ArgumentTypeError(f"need at least 2 distinct class indices >= 0: {s!r}")
-    return v
+    v = [p.strip() for p in s.split(",") if p.strip()]
+    if len(v) < 2 or not all(p.isdecimal() for p in v) or len(set(map(int, v))) != len(v):
+        raise argparse.ArgumentTypeError(f"expected at least 2 distinct comma-separated class indices >= 0: {s!r}")
+    return [int(p) for p in v]
 
 
 def load_case(dataset: str, *, affine_inputs: bool = False, classes: Sequence[int] | None = None,
@@ -859,16 +785,13 @@ def load_case(dataset: str, *, affine_inputs: bool = False, classes: Sequence[in
     """(X (N, d) float64, y relabelled 0..C-1, C, description) of a dataset's training set, in this
     order: ``classes`` kept, a seeded subset of ``n_train``, ``pool`` x ``pool`` average pooling of
     square images, affine inputs [x, 1] (``name``: the experiment case, for errors)."""
-    import torch
-
     from .data import load_dataset
 
     ds = load_dataset(dataset, data_dir, seed=seed)
     X, y = ds.X_train.reshape(ds.X_train.shape[0], -1).double().numpy(), ds.y_train.numpy()
     desc = f"{ds.name} training set"
     if classes:
-        bad = [c for c in classes if c >= ds.num_classes]
-        if bad:
+        if bad := [c for c in classes if c >= ds.num_classes]:
             raise ConfigError(f"{ds.name} has classes 0..{ds.num_classes - 1}; no class {bad[0]}")
         keep = np.isin(y, classes)
         X, y = X[keep], np.searchsorted(np.array(sorted(classes)), y[keep])
@@ -881,8 +804,7 @@ def load_case(dataset: str, *, affine_inputs: bool = False, classes: Sequence[in
         k, side = int(pool), int(round(math.sqrt(X.shape[1])))
         if side * side != X.shape[1] or side % k:
             raise ConfigError(f"case {name}: pool = {k} needs square images with side divisible by {k}")
-        t = torch.as_tensor(X, dtype=torch.float64).reshape(-1, 1, side, side)
-        X = torch.nn.functional.avg_pool2d(t, k).reshape(X.shape[0], -1).numpy()
+        X = X.reshape(len(X), side // k, k, side // k, k).mean(axis=(2, 4)).reshape(len(X), -1)
         desc += f", {k}x{k} average pooling to {side // k}x{side // k}"
     if affine_inputs:
         X = np.hstack([X, np.ones((len(X), 1))])
@@ -954,11 +876,9 @@ def main(argv=None) -> int:
         fig = plot_gap({name: (f"trainer monitors on {data}", {name: rows})}, png)
         if args.json:
             print_json({"run": str(args.run), "data": data, "rows": rows, "plot": str(fig)})
-            return 0
-        for r in rows:
-            print(f"epoch {r['epoch']:>4} (step {r['step']:>7}): gamma_min/gamma* {r['ratio']:+.4f}, "
-                  f"cos {r['cosine']:.4f}")
-        print(f"plot written to {fig}")
+        else:
+            print("\n".join([f"epoch {r['epoch']:>4} (step {r['step']:>7}): gamma_min/gamma* {r['ratio']:+.4f}, "
+                             f"cos {r['cosine']:.4f}" for r in rows] + [f"plot written to {fig}"]))
         return 0
     if args.dataset is None:
         raise ConfigError("give --dataset NAME (solve) or --run RUN_DIR (plot a run's monitors)")

@@ -1,17 +1,11 @@
 """Plot a training run's metrics (``RUN_DIR/metrics.jsonl``, written by :mod:`margin_theory.train`).
 
-Four panels over epochs (epoch 0 = the initialisation): training loss (mean cross-entropy), train
-and test accuracy, the average margin gamma_bar and the minimum margin gamma_min (SPEC §2), whose
-labels state the normalisation (``full``: all parameters; ``head``: the head's only) and the degree
-L of ``gamma_n = q_n / ||theta||^L``. Epochs where the Theorem 2 monitors ran are marked on the
-gamma_bar panel (filled: A1-A3 held, open: the theorem made no claim).
-
-Command line::
-
-    python -m margin_theory.plot RUN_DIR [--out PNG] [--title T] [--json]
-
-writes ``RUN_DIR/metrics.png`` by default. A missing or empty ``metrics.jsonl`` is a one-line
-error with exit status 2.
+Four panels over epochs (epoch 0 = the initialisation): training loss, train and test accuracy, the
+average margin gamma_bar and the minimum margin gamma_min (SPEC §2) of ``gamma_n = q_n / ||theta||^L``,
+labelled with the normalisation (``full``/``head``) and L; Theorem 2 monitor epochs are marked on the
+gamma_bar panel (filled: A1-A3 held, open: no claim). ``python -m margin_theory.plot RUN_DIR [--out PNG]
+[--title T] [--json]`` writes ``RUN_DIR/metrics.png`` by default; a missing or empty ``metrics.jsonl``
+is a one-line error with exit status 2.
 """
 from __future__ import annotations
 
@@ -29,9 +23,8 @@ PROG = "python -m margin_theory.plot"
 
 
 def load_history(run_dir: str | Path) -> list[dict]:
-    """The metrics lines of a run folder (or of a ``metrics.jsonl`` path), read by the one
-    strict reader :func:`margin_theory.runfolder.read_metrics` (:class:`ConfigError`, one line
-    naming file and line, if the file is missing, empty or not metrics records)."""
+    """The metrics records of a run folder (or a ``metrics.jsonl`` path) by the one strict reader
+    :func:`margin_theory.runfolder.read_metrics` (:class:`ConfigError` if missing, empty or malformed)."""
     from .runfolder import read_metrics
 
     return read_metrics(run_dir, required=True)
@@ -39,14 +32,11 @@ def load_history(run_dir: str | Path) -> list[dict]:
 
 def _num(v) -> float:
     """A metrics value as a float: a number, ``"inf"`` or ``"-inf"``; NaN for anything else."""
-    if (isinstance(v, (int, float)) and not isinstance(v, bool)) or v in ("inf", "-inf"):
-        return float(v)
-    return math.nan
+    return float(v) if (isinstance(v, (int, float)) and not isinstance(v, bool)) or v in ("inf", "-inf") else math.nan
 
 
 def _series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
-    rows = [r for r in history if key in r]
-    return [_num(r.get("epoch")) for r in rows], [_num(r[key]) for r in rows]
+    return [_num(r.get("epoch")) for r in history if key in r], [_num(r[key]) for r in history if key in r]
 
 
 def plot_metrics(history: Sequence[dict], path: str | Path, title: str | None = None) -> Path:
@@ -76,6 +66,9 @@ def plot_metrics(history: Sequence[dict], path: str | Path, title: str | None = 
             x, y = _series(history, key)
             ax.plot(x, [factor * v for v in y], marker="o", ms=3, color=colour, label=label)
         ax.set(xlabel="epoch", ylabel=ylabel, title=name)
+        ax.grid(alpha=0.3)
+        if ax in (ax_gb, ax_gm):
+            ax.axhline(0, color="k", lw=0.6)
     loss = [v for v in _series(history, "train_loss")[1] if math.isfinite(v)]
     if loss and min(loss) > 0 and max(loss) / min(loss) > 20:
         ax_loss.set_yscale("log")
@@ -86,10 +79,7 @@ def plot_metrics(history: Sequence[dict], path: str | Path, title: str | None = 
         if pts := [(e, g) for e, g, a in mon if a == held]:
             ax_gb.scatter(*zip(*pts), s=60, zorder=3, **style)
     for ax in axes.ravel():
-        if ax in (ax_gb, ax_gm):
-            ax.axhline(0, color="k", lw=0.6)
-        ax.legend(loc="best")
-        ax.grid(alpha=0.3)
+        ax.legend(loc="best")           # after the monitors' markers
     fig.suptitle(title or "training run")
     fig.tight_layout()
     return save_figure(fig, path)
@@ -123,7 +113,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | No
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run folder not found: {run_dir}")
-    out = check_output_path(out if out else run_dir / "metrics.png", kind="file")
+    out = check_output_path(out or run_dir / "metrics.png", kind="file")
     history = load_history(run_dir)
     return plot_metrics(history, out, title=title or _run_title(run_dir, history))
 
