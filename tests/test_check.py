@@ -153,6 +153,21 @@ def test_incomplete_pair_and_empty_folder_are_errors(run_dir, tmp_path, capsys):
     assert "incomplete checkpoint" in err and "no checkpoint in" in err
 
 
+def test_folder_with_only_an_incomplete_pair_gets_one_error(run_dir, tmp_path, capsys):
+    d = tmp_path / "only-partial"
+    shutil.copytree(run_dir, d)
+    ck = d / "checkpoints"
+    for f in ck.glob("epoch-*"):
+        if not f.name.startswith("epoch-0001"):
+            f.unlink()
+    (ck / "epoch-0001.json").unlink()          # a lone tensor file: incomplete, and nothing else
+    rc, out, err = run([d, "--json", "--subset", "32"], capsys)
+    assert rc == 2
+    doc = json.loads(out)
+    assert doc["checkpoints"] == [] and len(doc["errors"]) == 1      # not also "no checkpoint in"
+    assert "incomplete checkpoint" in doc["errors"][0]["error"] and "no checkpoint in" not in err
+
+
 def test_plot_writes_png(run_dir, tmp_path, capsys):
     png = tmp_path / "fig" / "check.png"
     rc, out, err = run([run_dir, "--subset", "32", "--plot", "--out", png], capsys)
