@@ -60,9 +60,7 @@ def describe_model_names() -> str:
             "conv-{linear,lowrank,quadratic}, resnet{10,12,14,16,18}-{linear,lowrank,quadratic}")
 
 
-# ---------------------------------------------------------------------------
-# Heads
-# ---------------------------------------------------------------------------
+# --- Heads ---
 class LinearHead(nn.Module):
     r"""Bias-free linear classifier :math:`f(x) = W x`, ``weight`` of shape ``(C, d)``.
 
@@ -208,9 +206,7 @@ class LowRankHead(nn.Module):
         return f"in_features={self.in_features}, num_classes={self.num_classes}, rank={self.rank}, init={self.init}"
 
 
-# ---------------------------------------------------------------------------
-# Feature extractors
-# ---------------------------------------------------------------------------
+# --- Feature extractors ---
 class BasicBlock(nn.Module):
     """CIFAR ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN (+ shortcut), ReLU."""
 
@@ -316,9 +312,7 @@ class AffineInput(nn.Module):
         return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
 
 
-# ---------------------------------------------------------------------------
-# Factory
-# ---------------------------------------------------------------------------
+# --- Factory ---
 def _widths(hidden, layers: int, default: int) -> list[int]:
     if hidden is None:
         return [default] * (layers - 1)
@@ -517,11 +511,5 @@ def parameter_count(model: nn.Module) -> int:
 
 def unique_parameter_count(model: nn.Module) -> int:
     """Count with each symmetric W_i counted once per unordered pair (i <= j)."""
-    total = 0
-    for m in model.modules():
-        for p in m.parameters(recurse=False):
-            if isinstance(m, QuadraticHead) and p is m.weight:
-                total += m.unique_parameters()
-            else:
-                total += p.numel()
-    return total
+    return sum(m.unique_parameters() if isinstance(m, QuadraticHead) else
+               sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
