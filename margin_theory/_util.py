@@ -8,13 +8,13 @@ exits 2; ``--json`` prints one JSON document (:func:`print_json`); files are wri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -117,25 +117,18 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 def available_memory_bytes() -> int:
     """``MemAvailable`` of /proc/meminfo, else the physical memory; a cgroup limit lowers it."""
     avail = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-                break
-    except (OSError, ValueError, IndexError):
-        pass
+    with contextlib.suppress(OSError, ValueError, IndexError, StopIteration):
+        avail = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemAvailable:"))
     if avail is None:
-        try:
+        avail = 1 << 62
+        with contextlib.suppress(OSError, ValueError, AttributeError):   # pragma: no cover - non-POSIX
             avail = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, AttributeError):   # pragma: no cover - non-POSIX
-            avail = 1 << 62
     for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
+        with contextlib.suppress(OSError):
             raw = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if raw.isdigit():
-            avail = min(avail, int(raw))
+            if raw.isdigit():
+                avail = min(avail, int(raw))
     return int(avail)
 
 
@@ -279,7 +272,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``, renamed onto it on success; on an exception it is
     removed and ``path`` untouched (no reader sees a half-written file)."""

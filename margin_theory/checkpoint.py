@@ -166,9 +166,10 @@ def describe_model_args(args: Mapping) -> str:
 
 
 def _build(args: Mapping) -> nn.Module:
-    """The sidecar's model (on the ``meta`` device when called under ``torch.device("meta")``)."""
+    """The model of ``args`` (a sidecar's ``model_args`` or a foreign spec with ``input_shape`` and
+    ``num_classes``), the caller's RNG untouched; on the ``meta`` device under ``torch.device("meta")``."""
     try:
-        with torch.random.fork_rng(devices=[]):  # do not disturb the caller's global RNG
+        with torch.random.fork_rng(devices=[]):
             return ModelSpec.from_mapping(args).build(args["input_shape"], args["num_classes"])
     except (MarginTheoryError, RuntimeError, OverflowError, MemoryError) as exc:
         raise CheckpointError(f"checkpoint describes a model that cannot be built: {one_line(exc, 200)}") from None
@@ -218,19 +219,14 @@ def save_checkpoint(path_stem: str | Path, model: nn.Module, optimizer: torch.op
         raise NonFiniteCheckpointError(f"refusing to write checkpoint {tensor_path.stem}: tensor {bad} "
                                        "holds NaN or infinite values")
     blob = _st_save(tensors, metadata={"format": FORMAT, "version": str(VERSION), "epoch": str(int(epoch))})
-    meta = {
-        "format": FORMAT, "version": VERSION, "epoch": int(epoch), "step": int(step),
-        "model_name": margs["name"], "model_args": margs,
-        "input_shape": margs["input_shape"], "num_classes": margs["num_classes"],
-        "degree": getattr(model, "degree", None), "head_degree": getattr(model, "head_degree", None),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "config": cfg, "optimizer": opt_meta, "rng": list(rng_state or {}),
-        "metrics": dict(metrics or {}),
-        "tensors": tensor_path.name, "tensor_bytes": len(blob),
-        "tensor_sha256": hashlib.sha256(blob).hexdigest(),
-        "torch_version": torch.__version__, "margin_theory_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    meta = {"format": FORMAT, "version": VERSION, "epoch": int(epoch), "step": int(step), "model_name": margs["name"],
+            "model_args": margs, "input_shape": margs["input_shape"], "num_classes": margs["num_classes"],
+            "degree": getattr(model, "degree", None), "head_degree": getattr(model, "head_degree", None),
+            "parameters": sum(p.numel() for p in model.parameters()), "config": cfg, "optimizer": opt_meta,
+            "rng": list(rng_state or {}), "metrics": dict(metrics or {}), "tensors": tensor_path.name,
+            "tensor_bytes": len(blob), "tensor_sha256": hashlib.sha256(blob).hexdigest(),
+            "torch_version": torch.__version__, "margin_theory_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     try:
         atomic_write_bytes(tensor_path, blob)
         try:

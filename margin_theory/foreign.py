@@ -20,15 +20,12 @@ The reference, with recipes, is ``docs/checking.md``. Three entry points:
     (``conv1/bn1`` -> ``features.stem.0/1``, ``layerS.i`` -> ``features.layers.<running index>``,
     ``linear`` -> ``head``) -> ``resnet*-<head>``;
   - a zero bias is dropped; a nonzero bias of the first parameterised layer is folded in exactly by
-    the input :math:`\tilde x = [x; 1]`: :math:`(a\cdot x + b)^2 = ([a, b]\cdot\tilde x)^2`,
-    :math:`(x^\top A x + w\cdot x + b)/2 = \tilde x^\top M \tilde x` with
-    :math:`M = [[A/2, w/4], [w^\top/4, b/2]]`, :math:`Wx + b = [W, b]\tilde x`. On a flat input the
-    result is homogeneous (SPEC §3; margins are normalised by our augmented head's parameters); after
-    a conv the ``1`` breaks full homogeneity and the head normalisation is used. An output bias of a
-    Low-Rank head (:math:`\sum_k (a_{ck}\cdot x)^2 + b_c`) has no exact image: refused.
+    :math:`\tilde x = [x; 1]`: :math:`(a\cdot x + b)^2 = ([a, b]\cdot\tilde x)^2`,
+    :math:`(x^\top A x + w\cdot x + b)/2 = \tilde x^\top M \tilde x`, :math:`M = [[A/2, w/4], [w^\top/4, b/2]]`,
+    :math:`Wx + b = [W, b]\tilde x`: homogeneous on a flat input (SPEC §3), head-normalised after a conv.
+    An output bias of a Low-Rank head (:math:`\sum_k (a_{ck}\cdot x)^2 + b_c`) has no exact image: refused.
 
-* :func:`check_model` - Theorem 2 (``assumptions.theorem2_report``) on **any** module, the degree L
-  measured by :func:`margin_theory.homogeneity.numeric_homogeneity`.
+* :func:`check_model` - Theorem 2 on **any** module, L measured by ``homogeneity.numeric_homogeneity``.
 """
 from __future__ import annotations
 
@@ -41,9 +38,9 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from ._util import CheckpointError, ConfigError, MarginTheoryError, one_line, tomllib
-from .checkpoint import Checkpoint, describe_model_args
-from .margins import NotHomogeneousError
+from ._util import CheckpointError, ConfigError, one_line, tomllib
+from .checkpoint import Checkpoint, _build, describe_model_args
+from .margins import NotHomogeneousError, predict
 from .models import AffineInput, Classifier, LinearHead, LowRankHead, ModelSpec, QuadraticHead
 
 __all__ = [
@@ -61,6 +58,7 @@ _PREFIXES = {"module.": "DataParallel / DDP", "_orig_mod.": "torch.compile"}
 MODEL_KEYS = ("model",) + ModelSpec.args()
 DATA_KEYS = ("dataset", "data_dir", "download", "n_train", "n_test", "normalize", "seed")
 SPEC_KEYS = MODEL_KEYS + DATA_KEYS + ("keys", "input_shape", "num_classes")
+_NO_MODEL = "say what model the file holds: --model NAME (as for train) or model in a spec file"
 
 
 def _shape(t) -> tuple:
@@ -172,22 +170,18 @@ def foreign_config(spec: Mapping, *, need_dataset: bool = True) -> dict:
     (``dataset`` ``None`` when the spec gives ``input_shape`` and ``num_classes`` instead)."""
     from .train import TrainConfig
     if not spec.get("model"):
-        raise ConfigError("say what model the file holds: --model NAME (as for train) or model in a spec file")
+        raise ConfigError(_NO_MODEL)
     if need_dataset and not spec.get("dataset"):
         raise ConfigError("say which data the model was trained on: --dataset NAME (as for train; with "
                           "--data-dir for mnist, fashion-mnist, cifar10) or dataset in a spec file")
     cfg = {k: spec[k] for k in MODEL_KEYS + DATA_KEYS if spec.get(k) is not None}
     out = TrainConfig.from_dict({**cfg, "dataset": cfg.get("dataset") or "unspecified"}).to_dict()
-    if not cfg.get("dataset"):
-        out["dataset"] = None
-    return out
+    return {**out, "dataset": cfg.get("dataset")}
 
 
 # --- Mapping onto our modules ---
 #: :math:`x \mapsto [x; 1]` (flattened): folds a first-layer bias into the weights exactly
 AppendOne = AffineInput
-
-
 _RESNET_NAMES = {"conv1.": "features.stem.0.", "bn1.": "features.stem.1.", "linear.": "head."}
 
 
@@ -329,17 +323,11 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
         state[mine] = state.pop(theirs)
     name = spec.get("model")
     if not name:
-        raise ConfigError("say what model the file holds (--model NAME, as for train, or model in a spec file)")
+        raise ConfigError(_NO_MODEL)
     C = int(num_classes)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            mspec = ModelSpec.from_mapping(spec)
-            ours = mspec.build(input_shape, C)
-    except MarginTheoryError as exc:
-        raise CheckpointError(f"cannot build model {name!r}: {exc}") from None
     dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
-    ours = ours.to(dtype)
-    what = describe_model_args({**mspec.as_dict(), "input_shape": list(input_shape), "num_classes": C})
+    ours = _build({**spec, "input_shape": input_shape, "num_classes": C}).to(dtype)
+    what = describe_model_args({**ours.spec.as_dict(), "input_shape": list(input_shape), "num_classes": C})
     expected = ours.state_dict()
     if set(state) != set(expected):
         state = _authors_rename(state, ours, notes)
@@ -389,7 +377,6 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
                                        if k.startswith("features.")}, strict=True)
         d = head.in_features
         new_head = (LowRankHead(d + 1, C, head.rank) if isinstance(head, LowRankHead) else type(head)(d + 1, C))
-        new_head = new_head.to(dtype)
         with torch.no_grad():
             new_head.weight.copy_(new_w)
         has_params = any(True for _ in ours.features.parameters())
@@ -452,18 +439,17 @@ class _HeadOnly(nn.Module):
 
 
 def _find_head(model: nn.Module, head) -> tuple[str, nn.Module] | None:
+    """``(name, module)`` of ``head=`` (a submodule or its name), else of ``model.head``, else ``None``."""
+    if head is None:
+        return ("head", model.head) if isinstance(getattr(model, "head", None), nn.Module) else None
+    mods = dict(model.named_modules())
     if isinstance(head, nn.Module):
-        found = next((n for n, m in model.named_modules() if m is head), None)
-        if found is None:
+        head = next((n for n, m in mods.items() if m is head), None)
+        if head is None:
             raise ConfigError("head= must be a submodule of the model")
-        return found, head
-    if isinstance(head, str):
-        mods = dict(model.named_modules())
-        if head not in mods:
-            raise ConfigError(f"the model has no submodule {head!r} (head=)")
-        return head, mods[head]
-    h = getattr(model, "head", None)
-    return ("head", h) if isinstance(h, nn.Module) else None
+    if head not in mods:
+        raise ConfigError(f"the model has no submodule {head!r} (head=)")
+    return head, mods[head]
 
 
 def _require_degree(model: nn.Module, hom, degree: int | None) -> None:
@@ -536,25 +522,21 @@ def check_model(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, degree: i
         return rep
     # head normalisation (asked for, or the only option)
     breaking = ", ".join(hom.breaking_parameters[:4]) or "?"
-    if not hom.homogeneous:
-        if normalisation == "full" or degree is not None:
-            _require_degree(model, hom, degree)
-        if found is None:
-            raise NotHomogeneousError(
-                f"{label} is not homogeneous in its parameters (breaking: {breaking}) and has no head to "
-                "normalise by: pass head='<name of the last layer>' (or give the module a .head)")
+    if not hom.homogeneous and (normalisation == "full" or degree is not None):
+        _require_degree(model, hom, degree)
+    if found is None and not hom.homogeneous:
+        raise NotHomogeneousError(
+            f"{label} is not homogeneous in its parameters (breaking: {breaking}) and has no head to "
+            "normalise by: pass head='<name of the last layer>' (or give the module a .head)")
     if found is None:
         raise ConfigError("normalisation='head' needs a head: model.head or head='<submodule name>'")
     hname, hmod = found
     captured: list = []
     hook = hmod.register_forward_pre_hook(lambda m, a: captured.append(a))
-    was = model.training
     try:
-        with torch.no_grad():
-            out = model.eval()(X)
+        out = predict(model, X, batch_size=X.shape[0])
     finally:
         hook.remove()
-        model.train(was)
     if len(captured) != 1 or len(captured[0]) != 1:
         raise ConfigError(f"head {hname!r} must be called exactly once with one input per forward pass")
     phi = captured[0][0].detach()

@@ -41,18 +41,10 @@ def _check_init(init: str) -> str:
 HEADS = ("linear", "lowrank", "quadratic")
 #: the deepest Low-Rank DIQNN accepted: Lemma 1's degree 2^(n+1) - 2 stays a finite float64
 MAX_LAYERS = 1022
-RESNET_BLOCKS = {
-    10: (1, 1, 1, 1),
-    12: (2, 1, 1, 1),
-    14: (2, 2, 1, 1),
-    16: (2, 2, 2, 1),
-    18: (2, 2, 2, 2),
-}
-MODEL_NAMES = (
-    ["linear", "relu2", "quadratic", "lowrank"]
-    + [f"conv-{h}" for h in HEADS]
-    + [f"resnet{k}-{h}" for k in RESNET_BLOCKS for h in HEADS]
-)
+#: BasicBlocks per stage of each ResNet depth
+RESNET_BLOCKS = {10: (1, 1, 1, 1), 12: (2, 1, 1, 1), 14: (2, 2, 1, 1), 16: (2, 2, 2, 1), 18: (2, 2, 2, 2)}
+MODEL_NAMES = (["linear", "relu2", "quadratic", "lowrank"] + [f"conv-{h}" for h in HEADS]
+               + [f"resnet{k}-{h}" for k in RESNET_BLOCKS for h in HEADS])
 
 
 def describe_model_names() -> str:
@@ -62,11 +54,8 @@ def describe_model_names() -> str:
 
 # --- Heads ---
 class LinearHead(nn.Module):
-    r"""Bias-free linear classifier :math:`f(x) = W x`, ``weight`` of shape ``(C, d)``.
-
-    Linear in its parameters: degree 1; on features of degree :math:`L_f` the
-    composition has degree :math:`L_f + 1` (SPEC §1, §3).
-    """
+    r"""Bias-free linear classifier :math:`f(x) = W x`, ``weight`` ``(C, d)``: degree 1; on features of
+    degree :math:`L_f`, :math:`L_f + 1` (SPEC §1, §3)."""
 
     param_degree = 1
 
@@ -314,13 +303,12 @@ class AffineInput(nn.Module):
 
 # --- Factory ---
 def _widths(hidden, layers: int, default: int) -> list[int]:
-    if hidden is None:
-        return [default] * (layers - 1)
+    hidden = list(hidden or [default])
     if len(hidden) == 1:
-        return list(hidden) * (layers - 1)
+        return hidden * (layers - 1)
     if len(hidden) != layers - 1:
         raise ConfigError(f"--hidden gives {len(hidden)} widths for {layers} layers; need {layers - 1} (or one)")
-    return list(hidden)
+    return hidden
 
 
 def _parse_name(name) -> tuple[str, str]:
@@ -435,20 +423,15 @@ class ModelSpec:
 
     def describe(self) -> str:
         """The options that matter for this model, e.g. ``rank 2, 3 layers``."""
-        bits = []
-        if self.head == "lowrank":
-            bits.append(f"rank {self.rank}")
-        if self.layers != 1:
-            bits.append(f"{self.layers} layers")
-        if self.hidden is not None and (self.name == "relu2" or self.layers != 1):
-            bits.append(f"hidden {list(self.hidden)}")
-        if self.body == "conv":
-            bits.append(f"{self.conv_channels} conv channels" + ("" if self.conv_bias else ", no conv bias"))
-        if self.linear_term:
-            bits.append("linear term (x^T W x + w.x)/2")
-        if self.affine:
-            bits.append("affine inputs [x, 1]")
-        return ", ".join(bits)
+        hidden = self.hidden is not None and (self.name == "relu2" or self.layers != 1)
+        conv = f"{self.conv_channels} conv channels" + ("" if self.conv_bias else ", no conv bias")
+        bits = ((self.head == "lowrank", f"rank {self.rank}"),
+                (self.layers != 1, f"{self.layers} layers"),
+                (hidden, f"hidden {list(self.hidden or ())}"),
+                (self.body == "conv", conv),
+                (self.linear_term, "linear term (x^T W x + w.x)/2"),
+                (self.affine, "affine inputs [x, 1]"))
+        return ", ".join(text for applies, text in bits if applies)
 
     def build(self, input_shape: Sequence[int], num_classes: int) -> "Classifier":
         """The classifier for inputs of ``input_shape`` (one sample) and ``num_classes`` = C;
