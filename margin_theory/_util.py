@@ -75,7 +75,6 @@ def int_at_least(lo: int):
         if v < lo:
             raise argparse.ArgumentTypeError(f"must be >= {lo}: {s!r}")
         return v
-
     return parse
 
 
@@ -101,7 +100,6 @@ def float_in(lo: float = -math.inf, hi: float | None = None, lo_open: bool = Fal
                 (f" and {'<' if hi_open else '<='} {hi:g}" if hi is not None else "")
             raise argparse.ArgumentTypeError(f"must be a finite number {rng.strip()}: {s!r}".replace("  ", " "))
         return v
-
     return parse
 
 
@@ -184,8 +182,7 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
             try:
                 return int(fn(argv) or 0)
             except MarginTheoryError as exc:
-                msg = one_line(exc, MAX_MESSAGE_CHARS)
-                sys.stderr.write(f"{prog}: error: {msg}\n")
+                sys.stderr.write(f"{prog}: error: {one_line(exc, MAX_MESSAGE_CHARS)}\n")
                 return 2
             except KeyboardInterrupt:
                 sys.stderr.write(f"{prog}: interrupted\n")
@@ -194,9 +191,7 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
                 where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
                 sys.stderr.write(f"{prog}: error: {exc.strerror or exc}{where}\n")
                 return 1
-
         return wrapper
-
     return deco
 
 

@@ -20,6 +20,7 @@ FLOP fractions are ``ours / bare matmul``. The tests only check that ``--quick``
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -142,14 +143,8 @@ def _paired_times(fns: dict, reps: int, device: torch.device, min_time: float = 
     """name -> ``reps`` seconds per call of each of ``fns``, each measurement repeating the call for
     ``min_time`` after a warm-up; round i runs them in an order rotated by i (paired ratios)."""
     names = list(fns)
-    k = {}
-    for name in names:
-        fns[name]()                         # warm-up (compiles, recompiles for the last partial batch)
-        sync(device)
-        t = time.perf_counter()
-        fns[name]()
-        sync(device)
-        k[name] = max(1, math.ceil(min_time / max(time.perf_counter() - t, 1e-9)))
+    # calls per measurement, from one timed call after a warm-up (compiles, recompiles for the last batch)
+    k = {name: max(1, math.ceil(min_time / max(_median_seconds(fn, 1, device), 1e-9))) for name, fn in fns.items()}
     out = {name: [] for name in names}
     for i in range(reps):
         for name in names[i % len(names):] + names[:i % len(names)]:
@@ -162,9 +157,7 @@ def _paired_times(fns: dict, reps: int, device: torch.device, min_time: float = 
 
 
 def _case(name, ours, reference, unit, ratio, target=None, comparison=">=", note="", spread=None, reps=None):
-    met = None
-    if target is not None and ratio is not None:
-        met = bool(ratio >= target) if comparison == ">=" else bool(ratio <= target)
+    met = None if target is None or ratio is None else bool(ratio >= target if comparison == ">=" else ratio <= target)
     return {"name": name, "ours": ours, "reference": reference, "unit": unit, "ratio": ratio,
             "spread": None if spread is None else [float(spread[0]), float(spread[1])], "reps": reps,
             "target": None if target is None else f"{comparison} {target:g}", "met": met, "note": note}
@@ -409,11 +402,8 @@ def machine_info(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(), "torch": torch.__version__,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            info["cpu_model"] = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as fh:
+        info["cpu_model"] = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
