@@ -29,6 +29,7 @@ from ._util import ConfigError
 
 __all__ = ["Protocol", "PROTOCOLS", "get_protocol", "protocol_names", "RECIPES", "with_recipe"]
 
+
 @dataclass(frozen=True)
 class Protocol:
     """One named protocol: a row of the module's table."""
