@@ -1,24 +1,20 @@
-"""Shared plumbing: the error type every module raises, the CLI conventions
-(one-line errors, exit code 2, ``--json``), atomic file writes and progress bars.
+"""Shared plumbing: the error types, the CLI conventions and atomic writes.
 
-Every CLI in the package is written as ``main(argv=None) -> int`` and wrapped
-with :func:`cli_entry`, so that
-
-* bad input (argparse errors, :class:`MarginTheoryError`) prints exactly one
-  line, ``<prog>: error: <message>``, on stderr and exits with status 2;
-* ``--json`` output is one JSON document on stdout (:func:`print_json`);
-* files are written atomically (:func:`atomic_write_bytes` and friends): a
-  temporary file in the destination folder, then ``os.replace``.
+Every CLI is ``main(argv=None) -> int`` wrapped with :func:`cli_entry`: bad input (argparse
+errors, :class:`MarginTheoryError`) prints one line ``<prog>: error: <message>`` on stderr and
+exits 2; ``--json`` prints one JSON document (:func:`print_json`); files are written atomically
+(:func:`atomic_path`: a temporary file beside the target, then ``os.replace``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,10 +25,7 @@ except ModuleNotFoundError:             # pragma: no cover - Python 3.10: the sa
 
 
 class MarginTheoryError(Exception):
-    """Base class of every error the toolkit raises on bad input or bad files.
-
-    The message is one line that names the problem; the CLIs print it and exit 2.
-    """
+    """Base class of every error the toolkit raises on bad input or bad files (one line; CLIs exit 2)."""
 
 
 class DataError(MarginTheoryError):
@@ -51,9 +44,7 @@ class NonFiniteLossError(MarginTheoryError):
     """Training produced a NaN or infinite loss."""
 
 
-# ---------------------------------------------------------------------------
-# CLI conventions
-# ---------------------------------------------------------------------------
+# --- CLI conventions ---
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: ``prog: error: message`` and exit 2."""
 
@@ -66,7 +57,6 @@ def explicit_options(parser: argparse.ArgumentParser, argv) -> set[str]:
     """The ``dest`` names given on the command line ``argv`` (not left at their defaults;
     abbreviations included): for "a flag that does not apply is an error or a note"."""
     import copy
-
     probe = copy.deepcopy(parser)
     for a in probe._actions:
         if a.dest != "help":
@@ -85,7 +75,6 @@ def int_at_least(lo: int):
         if v < lo:
             raise argparse.ArgumentTypeError(f"must be >= {lo}: {s!r}")
         return v
-
     return parse
 
 
@@ -93,7 +82,6 @@ def sync(device) -> None:
     """Wait for the device's queued work (CUDA), so that a timer reads finished work."""
     if getattr(device, "type", None) == "cuda":
         import torch
-
         torch.cuda.synchronize(device)
 
 
@@ -112,7 +100,6 @@ def float_in(lo: float = -math.inf, hi: float | None = None, lo_open: bool = Fal
                 (f" and {'<' if hi_open else '<='} {hi:g}" if hi is not None else "")
             raise argparse.ArgumentTypeError(f"must be a finite number {rng.strip()}: {s!r}".replace("  ", " "))
         return v
-
     return parse
 
 
@@ -120,36 +107,26 @@ positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
 
 
-# ---------------------------------------------------------------------------
-# Shared validators of sizes and output paths (issue 14: refuse up front)
-# ---------------------------------------------------------------------------
+# --- Shared validators of sizes and output paths (issue 14: refuse up front) ---
 #: the package's own folder; no CLI writes its outputs there
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def available_memory_bytes() -> int:
-    """Memory a process may still allocate: ``MemAvailable`` of /proc/meminfo (Linux),
-    else the physical memory (``sysconf``); a cgroup limit lowers it."""
+    """``MemAvailable`` of /proc/meminfo, else the physical memory; a cgroup limit lowers it."""
     avail = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-                break
-    except (OSError, ValueError, IndexError):
-        pass
+    with contextlib.suppress(OSError, ValueError, IndexError, StopIteration):
+        avail = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemAvailable:"))
     if avail is None:
-        try:
+        avail = 1 << 62
+        with contextlib.suppress(OSError, ValueError, AttributeError):   # pragma: no cover - non-POSIX
             avail = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, AttributeError):   # pragma: no cover - non-POSIX
-            avail = 1 << 62
     for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
+        with contextlib.suppress(OSError):
             raw = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if raw.isdigit():
-            avail = min(avail, int(raw))
+            if raw.isdigit():
+                avail = min(avail, int(raw))
     return int(avail)
 
 
@@ -165,11 +142,9 @@ def check_memory(nbytes: float, what: str) -> None:
 
 
 def check_output_path(path: str | os.PathLike, *, kind: str = "file", flag: str = "--out") -> Path:
-    """Validate an output location before any work: ``kind`` ``"file"`` (e.g. a PNG) or
-    ``"dir"`` (a run folder). Refused with :class:`ConfigError`: a folder where a file goes,
-    a file where a folder goes, a place below a file, a place that cannot be written, and
-    the package's own source folder (writability is probed with a temporary file that is
-    removed at once). Returns the expanded path (nothing else is created)."""
+    """Validate an output ``kind`` ``"file"`` or ``"dir"`` before any work; :class:`ConfigError` for a
+    folder where a file goes (or the reverse), a place below a file, one that cannot be written (probed
+    with a temporary file) and the package's own folder. Returns the expanded path, creating nothing."""
     p = Path(path).expanduser()
     try:
         resolved = p.resolve()
@@ -202,12 +177,12 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Decorate ``main(argv) -> int`` so toolkit errors become one line + exit 2."""
 
     def deco(fn: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(fn)
         def wrapper(argv: list[str] | None = None) -> int:
             try:
                 return int(fn(argv) or 0)
             except MarginTheoryError as exc:
-                msg = one_line(exc, MAX_MESSAGE_CHARS)
-                sys.stderr.write(f"{prog}: error: {msg}\n")
+                sys.stderr.write(f"{prog}: error: {one_line(exc, MAX_MESSAGE_CHARS)}\n")
                 return 2
             except KeyboardInterrupt:
                 sys.stderr.write(f"{prog}: interrupted\n")
@@ -216,11 +191,7 @@ def cli_entry(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
                 where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
                 sys.stderr.write(f"{prog}: error: {exc.strerror or exc}{where}\n")
                 return 1
-
-        wrapper.__name__ = fn.__name__
-        wrapper.__doc__ = fn.__doc__
         return wrapper
-
     return deco
 
 
@@ -235,11 +206,7 @@ def one_line(exc: BaseException | str, limit: int | None = None) -> str:
 
 
 def clip(text: str, limit: int = 200) -> str:
-    """``text`` cut to at most ``limit`` characters, the cut marked ``...[N more chars]``.
-
-    For text from untrusted sources (file contents, foreign exception messages) that
-    goes into an error message.
-    """
+    """``text`` (from an untrusted source) cut to at most ``limit`` characters, marked ``...[N more chars]``."""
     text = str(text)
     if len(text) <= limit:
         return text
@@ -248,11 +215,9 @@ def clip(text: str, limit: int = 200) -> str:
 
 
 def short_repr(obj: Any, limit: int = 120) -> str:
-    """A bounded ``repr`` for error messages: at most ``limit`` characters, and bounded
-    WORK too (``reprlib``: 3 levels, 6 items per container, long strings elided), so a
-    huge or self-sharing object from a hostile file cannot stall or flood the message."""
+    """A ``repr`` bounded in length and in work (``reprlib``: 3 levels, 6 items per container), so a
+    huge or self-sharing object from a hostile file cannot stall or flood an error message."""
     import reprlib
-
     r = reprlib.Repr()
     r.maxlevel, r.maxtuple, r.maxlist, r.maxdict, r.maxset = 3, 6, 6, 4, 6
     r.maxstring = r.maxother = r.maxlong = max(12, limit)
@@ -264,40 +229,24 @@ def short_repr(obj: Any, limit: int = 120) -> str:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Convert numpy / torch scalars and arrays, paths and non-finite floats to JSON values.
-
-    NaN and +-inf become ``None``, ``"inf"`` and ``"-inf"`` would be ambiguous, so
-    infinities are written as the strings ``"inf"`` / ``"-inf"``.
-    """
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        np = None
+    """numpy / torch scalars and arrays, paths and non-finite floats as JSON values: NaN becomes
+    ``None``, +-inf the strings ``"inf"`` / ``"-inf"``."""
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, float) and math.isinf(obj):
+        return "inf" if obj > 0 else "-inf"
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
-        return obj
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return obj
-    if np is not None:
-        if isinstance(obj, np.bool_):
-            return bool(obj)
-        if isinstance(obj, np.integer):
-            return int(obj)
-        if isinstance(obj, np.floating):
-            return to_jsonable(float(obj))
-        if isinstance(obj, np.ndarray):
-            return to_jsonable(obj.tolist())
-    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch tensor
-        return to_jsonable(obj.detach().cpu().tolist())
+    if hasattr(obj, "detach"):          # a torch tensor
+        obj = obj.detach().cpu()
+    if hasattr(obj, "tolist"):          # tensors, numpy arrays and scalars
+        return to_jsonable(obj.tolist())
     if hasattr(obj, "item"):
         return to_jsonable(obj.item())
     return str(obj)
@@ -313,20 +262,15 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-# ---------------------------------------------------------------------------
-# Atomic writes
-# ---------------------------------------------------------------------------
+# --- Atomic writes ---
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
-
-    On any exception the temporary file is removed and ``path`` is untouched, so
-    a reader never sees a half-written file under the final name.
-    """
+    """Yield a temporary path beside ``path``, renamed onto it on success; on an exception it is
+    removed and ``path`` untouched (no reader sees a half-written file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -337,10 +281,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~_UMASK)   # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
     except BaseException:
-        try:
-            tmp_path.unlink()
-        except FileNotFoundError:
-            pass
+        tmp_path.unlink(missing_ok=True)
         raise
 
 
@@ -363,7 +304,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
-
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
@@ -374,25 +314,19 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 130) -> Path:
 def use_agg_backend() -> None:
     """Select matplotlib's non-interactive backend (no display on servers/CI)."""
     import matplotlib
-
     matplotlib.use("Agg", force=True)
 
 
-# ---------------------------------------------------------------------------
-# Progress bars
-# ---------------------------------------------------------------------------
+# --- Progress bars ---
 def progress(iterable=None, *, total=None, desc=None, quiet: bool = False, **kw):
     """A tqdm progress bar on stderr, disabled when ``quiet`` or stderr is not a terminal."""
     from tqdm.auto import tqdm
-
     disable = quiet or not sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False,
                 dynamic_ncols=True, file=sys.stderr, **kw)
 
 
-# ---------------------------------------------------------------------------
-# Machine checks of the proofs (proofs/check_*.py)
-# ---------------------------------------------------------------------------
+# --- Machine checks of the proofs (proofs/check_*.py) ---
 def run_checks(checks) -> list[tuple[str, bool]]:
     """Run ``[(name, fn)]`` checks; returns ``[(name, passed)]`` (an exception counts as a failure)."""
     out = []

@@ -20,6 +20,7 @@ FLOP fractions are ``ours / bare matmul``. The tests only check that ``--quick``
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -139,18 +140,11 @@ def _ratio_spread(t_ref, t_ours) -> tuple[float, float, float]:
 
 
 def _paired_times(fns: dict, reps: int, device: torch.device, min_time: float = 0.2) -> dict:
-    """name -> ``reps`` seconds per call of each of ``fns``: after a warm-up each measurement repeats
-    the call until it lasts ``min_time``; round i runs them in an order rotated by i, so drifting
-    load hits all alike and ratios within a round are paired."""
+    """name -> ``reps`` seconds per call of each of ``fns``, each measurement repeating the call for
+    ``min_time`` after a warm-up; round i runs them in an order rotated by i (paired ratios)."""
     names = list(fns)
-    k = {}
-    for name in names:
-        fns[name]()                         # warm-up (compiles, recompiles for the last partial batch)
-        sync(device)
-        t = time.perf_counter()
-        fns[name]()
-        sync(device)
-        k[name] = max(1, math.ceil(min_time / max(time.perf_counter() - t, 1e-9)))
+    # calls per measurement, from one timed call after a warm-up (compiles, recompiles for the last batch)
+    k = {name: max(1, math.ceil(min_time / max(_median_seconds(fn, 1, device), 1e-9))) for name, fn in fns.items()}
     out = {name: [] for name in names}
     for i in range(reps):
         for name in names[i % len(names):] + names[:i % len(names)]:
@@ -163,9 +157,7 @@ def _paired_times(fns: dict, reps: int, device: torch.device, min_time: float = 
 
 
 def _case(name, ours, reference, unit, ratio, target=None, comparison=">=", note="", spread=None, reps=None):
-    met = None
-    if target is not None and ratio is not None:
-        met = bool(ratio >= target) if comparison == ">=" else bool(ratio <= target)
+    met = None if target is None or ratio is None else bool(ratio >= target if comparison == ">=" else ratio <= target)
     return {"name": name, "ours": ours, "reference": reference, "unit": unit, "ratio": ratio,
             "spread": None if spread is None else [float(spread[0]), float(spread[1])], "reps": reps,
             "target": None if target is None else f"{comparison} {target:g}", "met": met, "note": note}
@@ -185,7 +177,6 @@ def _growth_cases(name: str, xs, ts, note: str) -> list[dict]:
 def _mnist_shapes(n: int, device: torch.device):
     """mnist-5k training images (MNIST shapes, 28x28) on the device, tiled up to ``n``."""
     from .data import load_dataset
-
     ds = load_dataset("mnist-5k", seed=0)
     reps = -(-n // ds.X_train.shape[0])
     X, y = ds.X_train.repeat(reps, 1, 1, 1)[:n], ds.y_train.repeat(reps)[:n]
@@ -195,20 +186,19 @@ def _mnist_shapes(n: int, device: torch.device):
 def _model(kind: str, rank: int = 8, device=CPU):
     """The toolkit's ``lowrank`` (rank ``rank``) or ``quadratic`` model for MNIST shapes, seeded."""
     from .models import build_model
-
     torch.manual_seed(0)
     return build_model(kind, MNIST, C, **({"rank": rank} if kind == "lowrank" else {})).to(device)
 
 
+def _reference(kind: str, rank: int, device):
+    return (ReferenceQuadratic(D, C) if kind == "quadratic" else ReferenceLowRank(D, C, rank)).to(device)
+
+
+def _plain(kind: str, rank: int, device):
+    return (PlainQuadratic(D, C) if kind == "quadratic" else PlainLowRank(D, C, rank)).to(device)
+
+
 # --- Cases ---
-def _train_models(kind: str, rank: int, device):
-    """(ours, the authors' reference, the plain baseline), seeded, on ``device``."""
-    ours = _model(kind, rank, device)
-    if kind == "quadratic":
-        return ours, ReferenceQuadratic(D, C).to(device), PlainQuadratic(D, C).to(device)
-    return ours, ReferenceLowRank(D, C, rank).to(device), PlainLowRank(D, C, rank).to(device)
-
-
 def compile_support(device: str | torch.device = "cpu") -> str | None:
     """``None`` when ``torch.compile`` works on ``device`` (a tiny function compiles and runs), else why not."""
     try:
@@ -242,10 +232,9 @@ def _bare_epoch_fn(kind: str, r: int, N: int, bs: int, device):
 
 
 def _epoch_fn(model, X, Y, bs: int, device, ours: bool = False):
-    """An epoch of ``model`` as a function: ours (``train.train_epoch``, the trainer's SGD) or the plain
-    loop (:func:`plain_epoch`, ``torch.optim.SGD``), with its own optimizer and seeded generator."""
+    """An epoch of ``model``: ``train.train_epoch`` and its SGD (``ours``) or :func:`plain_epoch` and
+    ``torch.optim.SGD``, with its own optimizer and seeded generator."""
     from .train import SGD, train_epoch
-
     g = torch.Generator(device=device).manual_seed(0)
     opt = (SGD if ours else torch.optim.SGD)(model.parameters(), lr=0.01)
     epoch = train_epoch if ours else plain_epoch
@@ -254,17 +243,15 @@ def _epoch_fn(model, X, Y, bs: int, device, ours: bool = False):
 
 def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, quiet=False,
                    min_time: float = 0.2, compile_cases=None):
-    """Cases 1 and 4: throughput against the baselines and the FLOP fraction of the bare GEMMs, paired
-    per round (:func:`_paired_times`): median and 90% interval over ``reps`` rounds.
+    """Cases 1 and 4: throughput against the baselines and the bare GEMMs' FLOP rate (paired rounds);
     ``compile_cases``: ``(kind, rank, batch)`` triples that also get the ``torch.compile``'d plain loop."""
     from torch.utils.data import DataLoader, TensorDataset
-
     N = X.shape[0]
     cases = []
     no_compile = compile_support(device) if compile_cases else None
     plan = [(b, "lowrank", r) for b in batches for r in ranks] + [(b, "quadratic", 0) for b in batches]
     for bs, kind, r in progress(plan, desc="training throughput", quiet=quiet):
-        ours_m, ref_m, plain_m = _train_models(kind, r, device)
+        ours_m, ref_m, plain_m = _model(kind, r, device), _reference(kind, r, device), _plain(kind, r, device)
         loader = DataLoader(TensorDataset(X.cpu(), Y.cpu()), batch_size=bs, shuffle=True,
                             generator=torch.Generator().manual_seed(0))
         opt_r = torch.optim.SGD(ref_m.parameters(), lr=0.01)
@@ -272,7 +259,7 @@ def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, 
                "authors": lambda: reference_epoch(ref_m, loader, opt_r), "plain": _epoch_fn(plain_m, X, Y, bs, device)}
         want_compiled = compile_cases is not None and (kind, r, bs) in compile_cases
         if want_compiled and no_compile is None:     # a fresh plain baseline, compiled
-            fns["compiled"] = _epoch_fn(torch.compile(_train_models(kind, r, device)[2]), X, Y, bs, device)
+            fns["compiled"] = _epoch_fn(torch.compile(_plain(kind, r, device)), X, Y, bs, device)
         headline = kind == "lowrank" and r == 8 and bs == 100
         limit = (bs == 1024) or (kind == "quadratic" and bs == 100) or headline
         if limit:
@@ -315,7 +302,6 @@ def bench_training(X, Y, device, batches=(100, 1024), ranks=(1, 8, 32), reps=3, 
 def bench_margins(X, Y, device, reps=5):
     """Case 2: margins over the training set against one plain inference pass."""
     from .margins import compute_margins, predict
-
     cases = []
     for kind, label in (("lowrank", "lowrank r=8"), ("quadratic", "quadratic")):
         m = _model(kind, 8, device)
@@ -331,7 +317,6 @@ def bench_margins(X, Y, device, reps=5):
 def bench_monitors_case(n: int):
     """Case 3: Theorem 2 monitors against a loop of per-sample backward passes."""
     from .assumptions import bench_monitors
-
     r = bench_monitors(n=n, rank=8, data="mnist-5k", loop=True)
     return [_case(f"Theorem 2 monitors, {n} samples, lowrank r=8", r["seconds_closed"], r["seconds_loop"], "s",
                   r["seconds_loop"] / r["seconds_closed"], 10.0,
@@ -342,9 +327,7 @@ def bench_monitors_case(n: int):
 def bench_xor(reps=3, t_max=1e6):
     """Case 5: XOR flow to t = 1e6, ours against a plain RK45 solve of the same ODE in t."""
     from scipy.integrate import solve_ivp
-
     from .xor_flow import loss_and_grad, random_init, solve_xor_flow
-
     theta0 = random_init(0)
     t_ours = _median_seconds(lambda: solve_xor_flow(theta0, t_max=t_max), reps)
     t_ref = _median_seconds(lambda: solve_ivp(lambda t, th: -loss_and_grad(th)[1], (0.0, t_max),
@@ -358,7 +341,6 @@ def bench_scaling(device, quick: bool, reps=3):
     """Case 6: does the cost grow as it should when N and the rank double?"""
     from .assumptions import theorem2_report
     from .margins import compute_margins
-
     m = _model("lowrank", 8, device)
     n0 = 2000 if quick else 16000
     times = []
@@ -381,15 +363,13 @@ def bench_scaling(device, quick: bool, reps=3):
 
 def profile_training(kind: str = "lowrank", rank: int = 8, batch_size: int = 100, n: int = 2000,
                      device: str | torch.device = "cpu", top: int = 8) -> dict:
-    """``torch.profiler`` self-CPU time per operator of a training epoch (3 after a warm-up) for ours, the
-    plain loop and the bare GEMMs: ``{contender: {"total_ms", "gemm_share", "ops": [[name, ms, calls]]}}``."""
+    """``torch.profiler`` self-CPU time per operator and epoch (3 after a warm-up), ours, plain loop and bare
+    GEMMs: ``{"case", "per_epoch": {contender: {"total_ms", "gemm_share", "ops": [[name, ms, calls]]}}}``."""
     from torch.profiler import ProfilerActivity, profile
-
     dev = torch.device(device)
     X, Y = _mnist_shapes(n, dev)
-    ours_m, _, plain_m = _train_models(kind, rank, dev)
-    fns = {"ours": _epoch_fn(ours_m, X, Y, batch_size, dev, ours=True),
-           "plain": _epoch_fn(plain_m, X, Y, batch_size, dev),
+    fns = {"ours": _epoch_fn(_model(kind, rank, dev), X, Y, batch_size, dev, ours=True),
+           "plain": _epoch_fn(_plain(kind, rank, dev), X, Y, batch_size, dev),
            "bare GEMMs": _bare_epoch_fn(kind, rank, n, batch_size, dev)[0]}
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     out = {}
@@ -422,11 +402,8 @@ def machine_info(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(), "torch": torch.__version__,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            info["cpu_model"] = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as fh:
+        info["cpu_model"] = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -437,7 +414,6 @@ def run_benchmarks(quick: bool = False, device: str = "auto", progress_bar: bool
     """Every case: ``{"cases": [...], "machine": {...}, "quick": bool, "seconds": float}``. ``quick``: 2,000
     samples, 5 rounds of >= 0.1 s, compiled baseline for lowrank r=8 batch 100; else 4,000, 7 of >= 0.3 s."""
     from .train import select_device
-
     dev = select_device(device)
     t0 = time.perf_counter()
     X, Y = _mnist_shapes(2000 if quick else 4000, dev)

@@ -14,13 +14,11 @@ Epoch ``e`` of a run in ``DIR`` is the pair ``DIR/checkpoints/epoch-000e.safeten
      "tensors": "epoch-000e.safetensors", "tensor_bytes": n, "tensor_sha256": hex,
      "torch_version": ..., "margin_theory_version": ..., "created": ISO-8601 UTC}
 
-Both are written atomically, tensors first, so a checkpoint exists (:func:`list_checkpoints`) only
-when both are complete; the required byte count and SHA-256 detect a truncated, corrupted or
-mismatched pair. Reading is strict (issue 14, ``docs/safety.md``): every sidecar field is
-type-checked (:func:`read_sidecar`); the tensor header's names, dtypes and shapes are checked against
-the model built on the ``meta`` device before any tensor is allocated; dtypes are never cast;
-non-finite weights are neither written nor read (:class:`NonFiniteCheckpointError`). Every problem
-is a one-line :class:`margin_theory._util.CheckpointError`.
+Both are written atomically, tensors first: a checkpoint exists (:func:`list_checkpoints`) only when
+both are complete; byte count and SHA-256 detect a truncated, corrupt or mismatched pair. Reading is
+strict (``docs/safety.md``): every sidecar field is type-checked; the tensor header is checked against
+the model built on the ``meta`` device before anything is allocated; dtypes are never cast; non-finite
+weights are neither written nor read. Every problem is a one-line :class:`~margin_theory._util.CheckpointError`.
 """
 from __future__ import annotations
 
@@ -64,10 +62,8 @@ class NonFiniteCheckpointError(CheckpointError):
 
 @dataclass
 class Checkpoint:
-    """A checkpoint read back (:func:`read_checkpoint`): ``model`` rebuilt from the sidecar's
-    ``model_args`` with the saved weights; ``config`` the training configuration; ``path`` the
-    ``.safetensors`` file; ``meta`` the whole sidecar; ``metrics`` the epoch's metrics line;
-    ``optimizer_state`` for ``Optimizer.load_state_dict`` (or ``None``); ``rng_state`` name -> uint8 tensor."""
+    """A checkpoint read back: ``path`` the ``.safetensors`` file, ``meta`` the whole sidecar,
+    ``optimizer_state`` for ``Optimizer.load_state_dict`` (or ``None``), ``rng_state`` name -> uint8 tensor."""
 
     model: nn.Module
     config: dict
@@ -80,9 +76,7 @@ class Checkpoint:
     rng_state: dict = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------
-# Paths
-# ---------------------------------------------------------------------------
+# --- Paths ---
 def checkpoint_stem(run_dir: str | Path, epoch: int) -> Path:
     """``run_dir/checkpoints/epoch-%04d`` (no suffix)."""
     return Path(run_dir) / CHECKPOINT_DIR / f"epoch-{int(epoch):04d}"
@@ -97,11 +91,8 @@ def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (both files present) of a run, as ``.safetensors`` paths sorted by epoch.
-
-    ``run_dir`` is the run folder (holding ``checkpoints/``) or the ``checkpoints``
-    folder itself. A missing folder gives ``[]``.
-    """
+    """Complete checkpoints (both files) of a run folder or its ``checkpoints`` folder, as
+    ``.safetensors`` paths sorted by epoch (``[]`` for a missing folder)."""
     run_dir = Path(run_dir)
     folder = run_dir / CHECKPOINT_DIR if (run_dir / CHECKPOINT_DIR).is_dir() else run_dir
     found = []
@@ -136,9 +127,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return checkpoint_files(path)[0]
 
 
-# ---------------------------------------------------------------------------
-# Model description
-# ---------------------------------------------------------------------------
+# --- Model description ---
 def _config_dict(config: Any) -> dict:
     if config is None:
         return {}
@@ -177,9 +166,10 @@ def describe_model_args(args: Mapping) -> str:
 
 
 def _build(args: Mapping) -> nn.Module:
-    """The sidecar's model (on the ``meta`` device when called under ``torch.device("meta")``)."""
+    """The model of ``args`` (a sidecar's ``model_args`` or a foreign spec with ``input_shape`` and
+    ``num_classes``), the caller's RNG untouched; on the ``meta`` device under ``torch.device("meta")``."""
     try:
-        with torch.random.fork_rng(devices=[]):  # do not disturb the caller's global RNG
+        with torch.random.fork_rng(devices=[]):
             return ModelSpec.from_mapping(args).build(args["input_shape"], args["num_classes"])
     except (MarginTheoryError, RuntimeError, OverflowError, MemoryError) as exc:
         raise CheckpointError(f"checkpoint describes a model that cannot be built: {one_line(exc, 200)}") from None
@@ -193,20 +183,13 @@ def _nonfinite(tensors: Mapping[str, torch.Tensor]) -> str | None:
                  and not bool(torch.isfinite(t).all())), None)
 
 
-# ---------------------------------------------------------------------------
-# Saving
-# ---------------------------------------------------------------------------
+# --- Saving ---
 def save_checkpoint(path_stem: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     config: Any, epoch: int, step: int, rng_state: Mapping[str, torch.Tensor] | None = None,
                     metrics: Mapping | None = None) -> Path:
     """Write ``<stem>.safetensors`` then ``<stem>.json`` atomically; return the tensor path.
-
-    ``rng_state``: name -> uint8 tensor (``torch.Generator.get_state()``). ``metrics``:
-    the epoch's metrics line (stored in the sidecar). Tensors are copied to the CPU
-    (the only device synchronisation of a checkpoint).
-    """
+    ``rng_state``: name -> uint8 tensor (``Generator.get_state()``); ``metrics``: the epoch's line."""
     from safetensors.torch import save as _st_save
-
     from . import __version__
 
     def cpu(t: torch.Tensor) -> torch.Tensor:
@@ -236,26 +219,19 @@ def save_checkpoint(path_stem: str | Path, model: nn.Module, optimizer: torch.op
         raise NonFiniteCheckpointError(f"refusing to write checkpoint {tensor_path.stem}: tensor {bad} "
                                        "holds NaN or infinite values")
     blob = _st_save(tensors, metadata={"format": FORMAT, "version": str(VERSION), "epoch": str(int(epoch))})
-    meta = {
-        "format": FORMAT, "version": VERSION, "epoch": int(epoch), "step": int(step),
-        "model_name": margs["name"], "model_args": margs,
-        "input_shape": margs["input_shape"], "num_classes": margs["num_classes"],
-        "degree": getattr(model, "degree", None), "head_degree": getattr(model, "head_degree", None),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "config": cfg, "optimizer": opt_meta, "rng": list(rng_state or {}),
-        "metrics": dict(metrics or {}),
-        "tensors": tensor_path.name, "tensor_bytes": len(blob),
-        "tensor_sha256": hashlib.sha256(blob).hexdigest(),
-        "torch_version": torch.__version__, "margin_theory_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    meta = {"format": FORMAT, "version": VERSION, "epoch": int(epoch), "step": int(step), "model_name": margs["name"],
+            "model_args": margs, "input_shape": margs["input_shape"], "num_classes": margs["num_classes"],
+            "degree": getattr(model, "degree", None), "head_degree": getattr(model, "head_degree", None),
+            "parameters": sum(p.numel() for p in model.parameters()), "config": cfg, "optimizer": opt_meta,
+            "rng": list(rng_state or {}), "metrics": dict(metrics or {}), "tensors": tensor_path.name,
+            "tensor_bytes": len(blob), "tensor_sha256": hashlib.sha256(blob).hexdigest(),
+            "torch_version": torch.__version__, "margin_theory_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     try:
         atomic_write_bytes(tensor_path, blob)
         try:
             atomic_write_json(sidecar_path, meta)
-        except BaseException:
-            # new tensors without their sidecar are no checkpoint, and an old sidecar of this
-            # epoch would disagree with them: both go
+        except BaseException:       # new tensors without their sidecar, or with an old one: both go
             tensor_path.unlink(missing_ok=True)
             sidecar_path.unlink(missing_ok=True)
             raise
@@ -265,9 +241,7 @@ def save_checkpoint(path_stem: str | Path, model: nn.Module, optimizer: torch.op
     return tensor_path
 
 
-# ---------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------
+# --- Reading ---
 def read_sidecar(path: str | Path) -> dict:
     """The validated JSON sidecar of a checkpoint (``path`` as in :func:`resolve_checkpoint`)."""
     _, sidecar = checkpoint_files(resolve_checkpoint(path))
@@ -380,9 +354,9 @@ def _expected_tensors(model: nn.Module, optimizer: torch.optim.Optimizer | None 
 
 def _check_header(tensor_path: Path, blob: bytes, meta: dict, expected: dict, what: str) -> None:
     """Check the safetensors header (names, dtypes, shapes) against ``expected`` before loading."""
-    n = int.from_bytes(blob[:8], "little")
+    n = int.from_bytes(blob[:8], "little")           # the sidecar's byte count (>= 8) was checked
     try:
-        header = json.loads(blob[8:8 + n].decode("utf-8")) if 8 <= len(blob) and n <= len(blob) - 8 else None
+        header = json.loads(blob[8:8 + n].decode("utf-8")) if n <= len(blob) - 8 else None
     except (UnicodeDecodeError, ValueError, RecursionError):
         header = None
     if not isinstance(header, dict):
@@ -429,12 +403,9 @@ def _check_header(tensor_path: Path, blob: bytes, meta: dict, expected: dict, wh
 
 def _load(tensor_path: Path, meta: dict, expected: dict, what: str, model: nn.Module | None,
           device) -> Checkpoint:
-    """Verify the tensor file (size, SHA-256, header against ``expected``, finiteness), load its
-    ``model.*`` tensors into ``model`` (``None``: built from the sidecar); the :class:`Checkpoint`
-    with the optimizer state (``optim.state.<i>.<key>`` on ``device`` + the sidecar's non-tensor
-    state) and the rng states."""
+    """Verify the tensor file (size, SHA-256, header, finiteness) and load it into ``model`` (``None``:
+    built from the sidecar); the optimizer's tensors go to ``device``."""
     from safetensors.torch import load as _st_load
-
     want_bytes = meta["tensor_bytes"]
     try:
         size = tensor_path.stat().st_size
@@ -460,27 +431,19 @@ def _load(tensor_path: Path, meta: dict, expected: dict, what: str, model: nn.Mo
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     opt_state, om = None, meta.get("optimizer")
     if om:
-        state: dict[int, dict] = {}
+        state: dict[int, dict] = {int(i): dict(d) for i, d in (om.get("state") or {}).items()}
         for k, v in tensors.items():
             if k.startswith("optim.state."):
                 i, key = k[len("optim.state."):].split(".", 1)
                 state.setdefault(int(i), {})[key] = v.to(device)
-        for i, d in (om.get("state") or {}).items():
-            state.setdefault(int(i), {}).update(d)
         opt_state = {"state": state, "param_groups": om.get("param_groups", [])}
     return Checkpoint(model=model, config=dict(meta["config"]), epoch=int(meta["epoch"]), step=int(meta["step"]),
-                      path=tensor_path, meta=meta, metrics=dict(meta.get("metrics") or {}),
-                      optimizer_state=opt_state,
+                      path=tensor_path, meta=meta, metrics=dict(meta.get("metrics") or {}), optimizer_state=opt_state,
                       rng_state={k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint fully: rebuild the model from the sidecar and load its weights.
-
-    ``path``: the ``.safetensors`` or ``.json`` file, or a run folder (then its latest
-    checkpoint). Raises :class:`CheckpointError` on a missing, truncated, corrupt,
-    foreign or inconsistent checkpoint.
-    """
+    """The checkpoint at ``path`` (as :func:`resolve_checkpoint`), its model rebuilt from the sidecar."""
     tensor_path = resolve_checkpoint(path)
     meta = read_sidecar(tensor_path)
     what = f"{tensor_path.name} ({describe_model_args(meta['model_args'])})"
@@ -497,14 +460,10 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
                     spec: Mapping | str | Path | None = None) -> tuple[nn.Module, dict]:
-    """``(model, config)`` of a checkpoint (see :func:`read_checkpoint`); the model is in eval mode.
-
-    A foreign file (a ``.pt``/``.pth`` state dict, read tensors-only, or a bare
-    ``.safetensors``) needs ``spec``: what it holds (a dict of train's options, e.g.
-    ``{"model": "lowrank", "rank": 4, "dataset": "mnist"}``, or a JSON/TOML file); see
-    :mod:`margin_theory.foreign`."""
+    """``(model, config)`` of a checkpoint, the model in eval mode. A foreign file (:mod:`margin_theory.foreign`)
+    needs ``spec``: train's options, e.g. ``{"model": "lowrank", "rank": 4, "dataset": "mnist"}``, or a
+    JSON/TOML file."""
     from .foreign import is_foreign_file, load_foreign
-
     if is_foreign_file(path):
         return load_foreign(path, spec, device=device)
     if spec is not None:
@@ -516,13 +475,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
 
 def restore_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                        *, model_args: Mapping | None = None) -> Checkpoint:
-    """Load a checkpoint INTO an existing model (and optimizer), e.g. to resume training.
-
-    The checkpoint must be for the same model: same name, input shape, classes and
-    tensor shapes (``model_args`` of the caller, if given, are compared as well),
-    else :class:`CheckpointError` ``"checkpoint is for model X (...), not Y (...)"``.
-    Returns the :class:`Checkpoint` (its ``model`` is ``model``).
-    """
+    """Load a checkpoint INTO ``model`` (and ``optimizer``) to resume: the same model (name, input
+    shape, classes, tensor shapes and the caller's ``model_args``) or ``"checkpoint ... is for model X
+    (...), not Y (...)"``."""
     tensor_path = resolve_checkpoint(path)
     meta = read_sidecar(tensor_path)
     saved, name = meta["model_args"], tensor_path.name
@@ -556,16 +511,16 @@ def restore_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.opti
 
 
 def _check_param_groups(name: str, saved: list, optimizer: torch.optim.Optimizer) -> None:
-    """The caller's optimizer (built from the run's configuration) is the authority: every
-    setting the checkpoint stores must equal it (``lr`` is set per epoch from the schedule)."""
+    """Every stored setting must equal the caller's optimizer (the run's configuration is the
+    authority; ``lr`` is set per epoch from the schedule)."""
     live = optimizer.state_dict()["param_groups"]
+    misfit = f"checkpoint {name}: optimizer state does not fit"
     if len(saved) != len(live):
-        raise CheckpointError(f"checkpoint {name}: optimizer state does not fit: {len(saved)} "
-                              f"parameter group(s), the optimizer has {len(live)}")
+        raise CheckpointError(f"{misfit}: {len(saved)} parameter group(s), the optimizer has {len(live)}")
     for gi, (s, l) in enumerate(zip(saved, live)):
         if len(s.get("params", [])) != len(l["params"]):
-            raise CheckpointError(f"checkpoint {name}: optimizer state does not fit: group {gi} "
-                                  f"holds {len(s.get('params', []))} parameters, the optimizer {len(l['params'])}")
+            raise CheckpointError(f"{misfit}: group {gi} holds {len(s.get('params', []))} parameters, "
+                                  f"the optimizer {len(l['params'])}")
         for k, v in s.items():
             if k in ("params", "lr"):
                 continue

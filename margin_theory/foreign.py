@@ -2,15 +2,12 @@ r"""Checkpoints this toolkit did not write, and any ``nn.Module``: Theorem 2 on 
 
 The reference, with recipes, is ``docs/checking.md``. Three entry points:
 
-* :func:`read_state_dict` - the tensors of a foreign file: ``.pt`` / ``.pth`` / ``.ckpt`` / ``.bin``
-  **only** with ``torch.load(path, weights_only=True)`` (a pickled object is refused, never
-  unpickled), a ``.safetensors`` without our sidecar with ``safetensors``; a state dict nested under
-  one of :data:`NEST_KEYS` and the ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes
-  are unwrapped, each step reported in the notes.
+* :func:`read_state_dict` - the tensors of a ``.pt`` / ``.pth`` / ``.ckpt`` / ``.bin`` (**only**
+  ``torch.load(weights_only=True)``: never unpickled) or of a ``.safetensors`` without our sidecar;
+  nesting under :data:`NEST_KEYS` and the ``module.`` / ``_orig_mod.`` prefixes unwrapped (noted).
 
 * :func:`map_state_dict` - the tensors put into our model named by ``train``'s options: by name, by
-  the authors' key maps, then by shape; a tensor that does not fit is a one-line
-  :class:`~margin_theory._util.CheckpointError`. Exact maps only (the same function):
+  the authors' key maps, then by shape (a misfit is a one-line ``CheckpointError``). Exact maps only:
 
   - ``nn.Linear(d, C*r, bias=False)`` squared and summed per class, rows class-major: weight
     ``(C*r, d)`` -> ``head.weight (C, r, d)``;
@@ -23,15 +20,12 @@ The reference, with recipes, is ``docs/checking.md``. Three entry points:
     (``conv1/bn1`` -> ``features.stem.0/1``, ``layerS.i`` -> ``features.layers.<running index>``,
     ``linear`` -> ``head``) -> ``resnet*-<head>``;
   - a zero bias is dropped; a nonzero bias of the first parameterised layer is folded in exactly by
-    the input :math:`\tilde x = [x; 1]`: :math:`(a\cdot x + b)^2 = ([a, b]\cdot\tilde x)^2`,
-    :math:`(x^\top A x + w\cdot x + b)/2 = \tilde x^\top M \tilde x` with
-    :math:`M = [[A/2, w/4], [w^\top/4, b/2]]`, :math:`Wx + b = [W, b]\tilde x`. On a flat input the
-    result is homogeneous (SPEC §3; margins are normalised by our augmented head's parameters); after
-    a conv the ``1`` breaks full homogeneity and the head normalisation is used. An output bias of a
-    Low-Rank head (:math:`\sum_k (a_{ck}\cdot x)^2 + b_c`) has no exact image: refused.
+    :math:`\tilde x = [x; 1]`: :math:`(a\cdot x + b)^2 = ([a, b]\cdot\tilde x)^2`,
+    :math:`(x^\top A x + w\cdot x + b)/2 = \tilde x^\top M \tilde x`, :math:`M = [[A/2, w/4], [w^\top/4, b/2]]`,
+    :math:`Wx + b = [W, b]\tilde x`: homogeneous on a flat input (SPEC §3), head-normalised after a conv.
+    An output bias of a Low-Rank head (:math:`\sum_k (a_{ck}\cdot x)^2 + b_c`) has no exact image: refused.
 
-* :func:`check_model` - Theorem 2 (``assumptions.theorem2_report``) on **any** module, the degree L
-  measured by :func:`margin_theory.homogeneity.numeric_homogeneity`.
+* :func:`check_model` - Theorem 2 on **any** module, L measured by ``homogeneity.numeric_homogeneity``.
 """
 from __future__ import annotations
 
@@ -44,10 +38,10 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from ._util import CheckpointError, ConfigError, MarginTheoryError, one_line, tomllib
-from .checkpoint import Checkpoint, describe_model_args
-from .margins import NotHomogeneousError
-from .models import Classifier, LinearHead, LowRankHead, ModelSpec, QuadraticHead
+from ._util import CheckpointError, ConfigError, one_line, tomllib
+from .checkpoint import Checkpoint, _build, describe_model_args
+from .margins import NotHomogeneousError, predict
+from .models import AffineInput, Classifier, LinearHead, LowRankHead, ModelSpec, QuadraticHead
 
 __all__ = [
     "FOREIGN_SUFFIXES", "NEST_KEYS", "AppendOne", "is_foreign_file", "read_state_dict", "read_spec",
@@ -64,15 +58,14 @@ _PREFIXES = {"module.": "DataParallel / DDP", "_orig_mod.": "torch.compile"}
 MODEL_KEYS = ("model",) + ModelSpec.args()
 DATA_KEYS = ("dataset", "data_dir", "download", "n_train", "n_test", "normalize", "seed")
 SPEC_KEYS = MODEL_KEYS + DATA_KEYS + ("keys", "input_shape", "num_classes")
+_NO_MODEL = "say what model the file holds: --model NAME (as for train) or model in a spec file"
 
 
 def _shape(t) -> tuple:
     return tuple(int(s) for s in t.shape)
 
 
-# ---------------------------------------------------------------------------
-# Files
-# ---------------------------------------------------------------------------
+# --- Files ---
 def is_foreign_file(path: str | Path) -> bool:
     """A file not written by this toolkit: a ``torch.save`` file, or a ``.safetensors``
     without its margin_theory JSON sidecar."""
@@ -125,7 +118,6 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
     notes: list[str] = []
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-
         try:
             state = load_file(str(path), device="cpu")
         except Exception as exc:  # SafetensorError and friends
@@ -177,30 +169,19 @@ def foreign_config(spec: Mapping, *, need_dataset: bool = True) -> dict:
     """The :class:`~margin_theory.train.TrainConfig` dict (validated) of a foreign file's spec
     (``dataset`` ``None`` when the spec gives ``input_shape`` and ``num_classes`` instead)."""
     from .train import TrainConfig
-
     if not spec.get("model"):
-        raise ConfigError("say what model the file holds: --model NAME (as for train) or model in a spec file")
+        raise ConfigError(_NO_MODEL)
     if need_dataset and not spec.get("dataset"):
         raise ConfigError("say which data the model was trained on: --dataset NAME (as for train; with "
                           "--data-dir for mnist, fashion-mnist, cifar10) or dataset in a spec file")
     cfg = {k: spec[k] for k in MODEL_KEYS + DATA_KEYS if spec.get(k) is not None}
     out = TrainConfig.from_dict({**cfg, "dataset": cfg.get("dataset") or "unspecified"}).to_dict()
-    if not cfg.get("dataset"):
-        out["dataset"] = None
-    return out
+    return {**out, "dataset": cfg.get("dataset")}
 
 
-# ---------------------------------------------------------------------------
-# Mapping onto our modules
-# ---------------------------------------------------------------------------
-class AppendOne(nn.Module):
-    r""":math:`x \mapsto [x; 1]` (flattened): folds a first-layer bias into the weights exactly."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
-        return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
-
-
+# --- Mapping onto our modules ---
+#: :math:`x \mapsto [x; 1]` (flattened): folds a first-layer bias into the weights exactly
+AppendOne = AffineInput
 _RESNET_NAMES = {"conv1.": "features.stem.0.", "bn1.": "features.stem.1.", "linear.": "head."}
 
 
@@ -267,77 +248,63 @@ def _head_weight(state: dict, head: nn.Module, C: int) -> tuple[str, torch.Tenso
     return cands[0], t.reshape(want), forms[_shape(t)]
 
 
-def _linear_term(state: dict, head: QuadraticHead, hkey: str, C: int, loaded: dict, mapping: dict) -> set:
-    """The linear term w of a ``--linear-term`` quadratic head, f = (x^T W x + w.x)/2: ``General_quadratic``'s
-    ``weight`` beside its ``weight_a``, else our own ``head.linear``; a nonzero bias has no place in it."""
+def _head_extras(state: dict, head: nn.Module, hkey: str, hw: torch.Tensor, C: int, what: str, notes: list[str],
+                 loaded: dict, mapping: dict) -> tuple[set, torch.Tensor | None]:
+    """``(used keys, weight of the head on [x; 1] or None)`` from the bias and linear term beside the head
+    weight ``hkey``. A ``--linear-term`` head, f = (x^T W x + w.x)/2, takes w (``General_quadratic``'s
+    ``weight``, or our ``head.linear``) and refuses a nonzero bias; otherwise a zero bias and linear term
+    are dropped and nonzero ones folded in exactly."""
     base = hkey[: hkey.rfind(".") + 1]
-    lkey = base + ("weight" if hkey.endswith("weight_a") else "linear")
-    if lkey not in state:
-        raise CheckpointError(f"the model has a linear term (--linear-term) but the file has no tensor {lkey}; "
-                              "leave --linear-term out")
-    if _shape(state[lkey]) != (C, head.in_features):
-        raise CheckpointError(f"tensor {lkey} (the linear term) has shape {_shape(state[lkey])}, "
-                              f"expected ({C}, {head.in_features})")
-    bias = state.get(base + "bias")
-    if bias is not None and bool((bias != 0).any()):
-        raise CheckpointError(f"tensor {base}bias is nonzero and a --linear-term head has no bias; leave "
-                              "--linear-term out to fold it in exactly on [x; 1]")
-    loaded["head.linear"], mapping["head.linear"] = state[lkey], lkey
-    return {hkey, lkey} | ({base + "bias"} if bias is not None else set())
-
-
-def _fold_bias(state: dict, head: nn.Module, hkey: str, hw: torch.Tensor, C: int, what: str,
-               notes: list[str]) -> tuple[set, torch.Tensor | None]:
-    """``(used keys, weight of the head on [x; 1] or None)``: the bias (and ``General_quadratic``'s
-    linear term) beside the head weight ``hkey``, dropped when zero, else folded in exactly."""
-    base = hkey[: hkey.rfind(".") + 1]
-    bkey, lkey = base + "bias", (base + "weight" if hkey.endswith("weight_a") else None)
+    has_lt = isinstance(head, QuadraticHead) and head.linear is not None
+    bkey = base + "bias"
+    lkey = base + "weight" if hkey.endswith("weight_a") else base + "linear" if has_lt else None
     bias, lin = state.get(bkey), state.get(lkey) if lkey else None
     used = {hkey} | {k for k, t in ((bkey, bias), (lkey, lin)) if t is not None}
-    if isinstance(head, QuadraticHead):
-        if bias is None and lin is None:
-            return used, None
-        d = head.in_features
-        if lin is not None and _shape(lin) != (C, d):
-            raise CheckpointError(f"tensor {lkey} (General_quadratic's linear term) has shape {_shape(lin)}, "
-                                  f"expected ({C}, {d})")
-        if bias is not None and _shape(bias) != (C,):
-            raise CheckpointError(f"tensor {bkey} has shape {_shape(bias)}, expected ({C},)")
-        scale = 0.5 if hkey.endswith("weight_a") else 1.0   # General_quadratic halves everything
-        w = lin if lin is not None else torch.zeros(C, d, dtype=hw.dtype)
-        b = bias if bias is not None else torch.zeros(C, dtype=hw.dtype)
-        if bool((w == 0).all()) and bool((b == 0).all()):
-            notes.append("linear term and bias are zero: dropped")
-            return used, None
-        notes.append(f"nonzero linear term/bias ({lkey or '-'}, {bkey if bias is not None else '-'}; "
-                     f"max |w| {float(w.abs().max()):.3g}, max |b| {float(b.abs().max()):.3g}) folded in "
-                     "exactly: quadratic head on [x; 1], "
-                     + ("M = [[A/2, w/4], [w^T/4, b/2]]" if scale == 0.5 else "M = [[W, 0], [0, b]]"))
-        # [x;1]^T M [x;1] = x^T V x + 2 m.x + M_dd with m = scale w / 2, M_dd = scale b
-        new_w = torch.zeros(C, d + 1, d + 1, dtype=hw.dtype)
-        new_w[:, :d, :d] = hw
-        new_w[:, :d, d] = new_w[:, d, :d] = (scale * w).to(hw.dtype) / 2
-        new_w[:, d, d] = (scale * b).to(hw.dtype)
-        return used, new_w
-    if bias is None:
+    d = head.in_features
+    if has_lt and lin is None:
+        raise CheckpointError(f"the model has a linear term (--linear-term) but the file has no tensor {lkey}; "
+                              "leave --linear-term out")
+    if lin is not None and _shape(lin) != (C, d):
+        raise CheckpointError(f"tensor {lkey} (the linear term) has shape {_shape(lin)}, expected ({C}, {d})")
+    if has_lt:
+        if bias is not None and bool((bias != 0).any()):
+            raise CheckpointError(f"tensor {bkey} is nonzero and a --linear-term head has no bias; leave "
+                                  "--linear-term out to fold it in exactly on [x; 1]")
+        loaded["head.linear"], mapping["head.linear"] = lin, lkey
         return used, None
     lowrank = isinstance(head, LowRankHead)
+    if bias is None and lin is None:
+        return used, None
     if lowrank and hkey.endswith("eigen"):
         notes.append(f"{bkey} of Low_dimensional_quadratic is not used by its forward: ignored")
         return used, None
-    if lowrank and _shape(bias) != (C * head.rank,):
+    if bias is not None and lowrank and _shape(bias) != (C * head.rank,):
         raise CheckpointError(
             f"tensor {bkey} has shape {_shape(bias)}: an output bias f_i = sum_k (a_ik.x)^2 + b_i is not "
             f"a Low-Rank DIQNN and not homogeneous; {what} has none (check such a module with "
             "margin_theory.check_model(model, X, y, normalisation='head'))")
-    if not lowrank and _shape(bias) != (C,):
+    if bias is not None and not lowrank and _shape(bias) != (C,):
         raise CheckpointError(f"tensor {bkey} has shape {_shape(bias)}, expected ({C},)")
-    if bool((bias == 0).all()):
-        notes.append(f"{bkey} is zero: dropped")
+    if all(t is None or not bool(t.any()) for t in (bias, lin)):
+        notes.append("linear term and bias are zero: dropped" if lin is not None else f"{bkey} is zero: dropped")
         return used, None
-    notes.append(f"{bkey} (inside the square, (a.x + b)^2) folded in exactly: head on [x; 1]" if lowrank
-                 else f"{bkey} folded in exactly: linear head on [x; 1], weight [W, b]")
-    return used, torch.cat([hw, bias.reshape(*hw.shape[:-1], 1).to(hw.dtype)], dim=-1)
+    if not isinstance(head, QuadraticHead):
+        notes.append(f"{bkey} (inside the square, (a.x + b)^2) folded in exactly: head on [x; 1]" if lowrank
+                     else f"{bkey} folded in exactly: linear head on [x; 1], weight [W, b]")
+        return used, torch.cat([hw, bias.reshape(*hw.shape[:-1], 1).to(hw.dtype)], dim=-1)
+    scale = 0.5 if hkey.endswith("weight_a") else 1.0   # General_quadratic halves everything
+    w = lin if lin is not None else torch.zeros(C, d, dtype=hw.dtype)
+    b = bias if bias is not None else torch.zeros(C, dtype=hw.dtype)
+    notes.append(f"nonzero linear term/bias ({lkey or '-'}, {bkey if bias is not None else '-'}; "
+                 f"max |w| {float(w.abs().max()):.3g}, max |b| {float(b.abs().max()):.3g}) folded in "
+                 "exactly: quadratic head on [x; 1], "
+                 + ("M = [[A/2, w/4], [w^T/4, b/2]]" if scale == 0.5 else "M = [[W, 0], [0, b]]"))
+    # [x;1]^T M [x;1] = x^T V x + 2 m.x + M_dd with m = scale w / 2, M_dd = scale b
+    new_w = torch.zeros(C, d + 1, d + 1, dtype=hw.dtype)
+    new_w[:, :d, :d] = hw
+    new_w[:, :d, d] = new_w[:, d, :d] = (scale * w).to(hw.dtype) / 2
+    new_w[:, d, d] = (scale * b).to(hw.dtype)
+    return used, new_w
 
 
 def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape, num_classes: int,
@@ -356,17 +323,11 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
         state[mine] = state.pop(theirs)
     name = spec.get("model")
     if not name:
-        raise ConfigError("say what model the file holds (--model NAME, as for train, or model in a spec file)")
+        raise ConfigError(_NO_MODEL)
     C = int(num_classes)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            mspec = ModelSpec.from_mapping(spec)
-            ours = mspec.build(input_shape, C)
-    except MarginTheoryError as exc:
-        raise CheckpointError(f"cannot build model {name!r}: {exc}") from None
     dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
-    ours = ours.to(dtype)
-    what = describe_model_args({**mspec.as_dict(), "input_shape": list(input_shape), "num_classes": C})
+    ours = _build({**spec, "input_shape": input_shape, "num_classes": C}).to(dtype)
+    what = describe_model_args({**ours.spec.as_dict(), "input_shape": list(input_shape), "num_classes": C})
     expected = ours.state_dict()
     if set(state) != set(expected):
         state = _authors_rename(state, ours, notes)
@@ -381,10 +342,7 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
         mapping["head.weight"], loaded["head.weight"] = hkey, hw
         if how != "as is":
             notes.append(f"head weight from {hkey}: {how}")
-        if isinstance(head, QuadraticHead) and head.linear is not None:
-            used = _linear_term(state, head, hkey, C, loaded, mapping)
-        else:
-            used, new_w = _fold_bias(state, head, hkey, hw, C, what, notes)
+        used, new_w = _head_extras(state, head, hkey, hw, C, what, notes, loaded, mapping)
         rest_expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
         rest_state = {k: v for k, v in state.items() if k not in used}
     # everything else: by name, then by unique shape
@@ -419,7 +377,6 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
                                        if k.startswith("features.")}, strict=True)
         d = head.in_features
         new_head = (LowRankHead(d + 1, C, head.rank) if isinstance(head, LowRankHead) else type(head)(d + 1, C))
-        new_head = new_head.to(dtype)
         with torch.no_grad():
             new_head.weight.copy_(new_w)
         has_params = any(True for _ in ours.features.parameters())
@@ -446,11 +403,9 @@ def read_foreign(path: str | Path, spec: Mapping, *, input_shape=None, num_class
             raise ConfigError("a foreign checkpoint needs the input shape and classes: give dataset "
                               "(--dataset NAME) or input_shape and num_classes in the spec")
         else:
-            from .train import TrainConfig, load_data_for
-
-            cfg = TrainConfig.from_dict({**foreign_config(spec), "download": bool(spec.get("download", False))})
-            ds = load_data_for(cfg, torch.device("cpu"))
-            input_shape, num_classes = tuple(ds.input_shape), int(ds.num_classes)
+            from .data import REGISTRY, canonical_name
+            ds = REGISTRY[canonical_name(foreign_config(spec)["dataset"])]
+            input_shape, num_classes = ds.input_shape, len(ds.classes)
     model = map_state_dict(state, spec, input_shape, num_classes, notes).to(device)
     return Checkpoint(model=model, config=foreign_config(spec, need_dataset=False), epoch=None, step=None,
                       path=path, meta={"format": "foreign", "notes": list(notes), "map": dict(model.foreign_map)})
@@ -471,9 +426,7 @@ def load_foreign(path: str | Path, spec: Mapping | str | Path | None, *, device:
     return ck.model, ck.config
 
 
-# ---------------------------------------------------------------------------
-# Any nn.Module
-# ---------------------------------------------------------------------------
+# --- Any nn.Module ---
 class _HeadOnly(nn.Module):
     """The head of a module acting on its captured input (features treated as fixed inputs)."""
 
@@ -486,18 +439,17 @@ class _HeadOnly(nn.Module):
 
 
 def _find_head(model: nn.Module, head) -> tuple[str, nn.Module] | None:
+    """``(name, module)`` of ``head=`` (a submodule or its name), else of ``model.head``, else ``None``."""
+    if head is None:
+        return ("head", model.head) if isinstance(getattr(model, "head", None), nn.Module) else None
+    mods = dict(model.named_modules())
     if isinstance(head, nn.Module):
-        found = next((n for n, m in model.named_modules() if m is head), None)
-        if found is None:
+        head = next((n for n, m in mods.items() if m is head), None)
+        if head is None:
             raise ConfigError("head= must be a submodule of the model")
-        return found, head
-    if isinstance(head, str):
-        mods = dict(model.named_modules())
-        if head not in mods:
-            raise ConfigError(f"the model has no submodule {head!r} (head=)")
-        return head, mods[head]
-    h = getattr(model, "head", None)
-    return ("head", h) if isinstance(h, nn.Module) else None
+    if head not in mods:
+        raise ConfigError(f"the model has no submodule {head!r} (head=)")
+    return head, mods[head]
 
 
 def _require_degree(model: nn.Module, hom, degree: int | None) -> None:
@@ -519,7 +471,6 @@ def verify_degree(model: nn.Module, x: torch.Tensor, degree: int):
     """Raise :class:`~margin_theory.margins.NotHomogeneousError` unless the numeric checker finds
     ``model`` homogeneous of degree ``degree`` in all its parameters (on the inputs ``x``)."""
     from .homogeneity import numeric_homogeneity
-
     hom = numeric_homogeneity(model, x)
     _require_degree(model, hom, degree)
     return hom
@@ -530,26 +481,21 @@ def check_model(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, degree: i
                 seed: int = 0, homogeneity_samples: int = 4, **kwargs):
     r"""Theorem 2 (:func:`margin_theory.assumptions.theorem2_report`) on any ``nn.Module`` (SPEC §3, §5).
 
-    The degree L of :math:`f(c\theta) = c^L f(\theta)` is measured by
-    :func:`~margin_theory.homogeneity.numeric_homogeneity` on ``homogeneity_samples`` inputs
-    of the subset (float64; at :math:`\theta` and at a generic point; Euler's identity):
+    L of :math:`f(c\theta) = c^L f(\theta)` is measured by
+    :func:`~margin_theory.homogeneity.numeric_homogeneity` on ``homogeneity_samples`` inputs:
 
-    * homogeneous with degree L: ``degree`` (if given) must equal L, else
-      :class:`~margin_theory.margins.NotHomogeneousError`; the report uses L with all parameters
-      (``normalisation`` ``"auto"``/``"full"``), or the head (``"head"``);
-    * not homogeneous (a bias after a nonlinearity, an output bias, BatchNorm): refused - with
-      the parameters that break it - unless ``normalisation`` is ``"head"`` or ``"auto"`` and a
-      head is found (``model.head`` or ``head=`` a submodule or its name) that is the last
-      operation and homogeneous in its own parameters; then :math:`\gamma_n = q_n/\|\theta_{head}\|^{L_{head}}`
-      with the features treated as fixed inputs (SPEC §2).
+    * homogeneous of degree L: ``degree`` (if given) must equal L (else ``NotHomogeneousError``);
+      the report uses all parameters (``normalisation`` ``"auto"``/``"full"``) or the head (``"head"``);
+    * not homogeneous: refused, naming the breaking parameters, unless ``normalisation`` is
+      ``"head"``/``"auto"`` and a head (``model.head`` or ``head=`` a submodule or its name) is the
+      last operation and homogeneous in its own parameters: :math:`\gamma_n = q_n/\|\theta_{head}\|^{L_{head}}`,
+      features treated as fixed inputs (SPEC §2).
 
-    Returns the :class:`~margin_theory.assumptions.Theorem2Report`; its ``note`` ends with
-    which degree was used and how it was obtained, ``extra["homogeneity"]`` holds the
-    checker's result. ``kwargs`` go to ``theorem2_report`` (``method``, ``dtype``, ...).
+    The report's ``note`` says which degree was used and how; ``extra["homogeneity"]`` holds the
+    checker's result. ``kwargs`` go to ``theorem2_report``.
     """
     from .assumptions import select_subset, theorem2_report
     from .homogeneity import numeric_homogeneity
-
     if normalisation not in ("auto", "full", "head"):
         raise ConfigError(f"normalisation must be auto, full or head, got {normalisation!r}")
     if degree is not None and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 1):
@@ -576,25 +522,21 @@ def check_model(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, degree: i
         return rep
     # head normalisation (asked for, or the only option)
     breaking = ", ".join(hom.breaking_parameters[:4]) or "?"
-    if not hom.homogeneous:
-        if normalisation == "full" or degree is not None:
-            _require_degree(model, hom, degree)
-        if found is None:
-            raise NotHomogeneousError(
-                f"{label} is not homogeneous in its parameters (breaking: {breaking}) and has no head to "
-                "normalise by: pass head='<name of the last layer>' (or give the module a .head)")
+    if not hom.homogeneous and (normalisation == "full" or degree is not None):
+        _require_degree(model, hom, degree)
+    if found is None and not hom.homogeneous:
+        raise NotHomogeneousError(
+            f"{label} is not homogeneous in its parameters (breaking: {breaking}) and has no head to "
+            "normalise by: pass head='<name of the last layer>' (or give the module a .head)")
     if found is None:
         raise ConfigError("normalisation='head' needs a head: model.head or head='<submodule name>'")
     hname, hmod = found
     captured: list = []
     hook = hmod.register_forward_pre_hook(lambda m, a: captured.append(a))
-    was = model.training
     try:
-        with torch.no_grad():
-            out = model.eval()(X)
+        out = predict(model, X, batch_size=X.shape[0])
     finally:
         hook.remove()
-        model.train(was)
     if len(captured) != 1 or len(captured[0]) != 1:
         raise ConfigError(f"head {hname!r} must be called exactly once with one input per forward pass")
     phi = captured[0][0].detach()

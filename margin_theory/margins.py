@@ -9,20 +9,15 @@ r"""Margins (SPEC §2).
   :math:`\gamma_n = q_n / \|\theta_{head}\|^{L_{head}}`. Every result carries
   ``normalisation`` (``"full"`` or ``"head"``) and the ``degree`` L it used.
 * Margin regularisation (paper eq. 5): ``loss = CE - lambda * gamma_bar(batch)``.
-* Other definitions researchers read, each under its own name (SPEC §2):
-  ``output`` (the authors' notebooks), :math:`\gamma^{out} = \frac1N\sum_n \frac{1}{C-1}
-  \sum_{j\ne y_n} (f_{y_n}(x_n) - f_j(x_n)) / \|f(x_n)\|_2`, scale invariant; and
-  ``smoothed`` (Lyu & Li 2020), :math:`\tilde\gamma = \log(1/(e^{S}-1)) / \|\theta\|^L`
-  with the summed cross-entropy :math:`S = \sum_n \mathrm{CE}_n`. The smoothed margin is
-  *not* scale invariant (SPEC §2 says all are; corrected here): it is a lower bound,
-  :math:`\tilde\gamma \le \gamma_{\min}` always, with
-  :math:`\gamma_{\min} - \tilde\gamma \le (\log(N(C-1)) + U) / \|\theta\|^L`,
-  :math:`U = \sum_n\sum_{j\ne y_n} e^{f_j - f_{y_n}}`, so it tends to
-  :math:`\gamma_{\min}` as the loss vanishes; Lyu & Li prove it monotone under gradient
-  flow once :math:`S < \log 2` (``smoothed_meaningful``).
+* Other definitions (SPEC §2): ``output`` (the authors' notebooks),
+  :math:`\gamma^{out} = \frac1N\sum_n \frac{1}{C-1}\sum_{j\ne y_n} (f_{y_n}(x_n) - f_j(x_n)) / \|f(x_n)\|_2`,
+  scale invariant; ``smoothed`` (Lyu & Li 2020), :math:`\tilde\gamma = \log(1/(e^{S}-1)) / \|\theta\|^L`,
+  :math:`S = \sum_n \mathrm{CE}_n`: *not* scale invariant (SPEC §2 says all are; corrected here),
+  :math:`\tilde\gamma \le \gamma_{\min}`, :math:`\gamma_{\min} - \tilde\gamma \le (\log(N(C-1)) + U) / \|\theta\|^L`,
+  :math:`U = \sum_n\sum_{j\ne y_n} e^{f_j - f_{y_n}}`; monotone under gradient flow once
+  :math:`S < \log 2` (``smoothed_meaningful``).
 
-The norm power is computed as ``exp(L log ||theta||)`` in float64 so deep models
-(L = 14 for three layers) neither overflow nor underflow.
+Norm powers are ``exp(L log ||theta||)`` in float64: deep models neither overflow nor underflow.
 """
 from __future__ import annotations
 
@@ -62,11 +57,7 @@ class NotHomogeneousError(ConfigError):
 
 @dataclass(frozen=True)
 class Normalisation:
-    """Which parameters normalise the margin, and with which power.
-
-    ``kind`` is ``"full"`` (all parameters, ``degree`` = L of f) or ``"head"``
-    (the head's parameters, ``degree`` = the head's L).
-    """
+    """``kind`` ``"full"`` (all parameters, ``degree`` = L of f) or ``"head"`` (the head's, its L)."""
 
     kind: str
     degree: int
@@ -93,25 +84,29 @@ class MarginResult:
     normalisation: str
     accuracy: float
     loss: float
-    #: the authors' output-normalised margin (see :func:`output_margins`), mean over samples
-    gamma_output: float = float("nan")
-    #: Lyu & Li's smoothed normalised margin (see :func:`smoothed_margin`)
-    gamma_smoothed: float = float("nan")
-    #: whether the summed loss S < log 2, where Lyu & Li's monotonicity applies
-    smoothed_meaningful: bool = False
+    gamma_output: float = float("nan")         # mean of :func:`output_margins`
+    gamma_smoothed: float = float("nan")       # :func:`smoothed_margin`
+    smoothed_meaningful: bool = False          # S < log 2: Lyu & Li's monotonicity applies
 
     def as_dict(self) -> dict:
         """Every field but the per-sample tensors ``q`` and ``gamma``."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("q", "gamma")}
 
 
-def margin_values(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    r""":math:`q_n = f_{y_n}(x_n) - \max_{j\ne y_n} f_j(x_n)` for logits (N, C), labels (N,)."""
+def _check_logits(logits: torch.Tensor) -> torch.Tensor:
     if logits.dim() != 2 or logits.shape[1] < 2:
         raise ConfigError(f"logits must have shape (N, C) with C >= 2, got {tuple(logits.shape)}")
-    true = logits.gather(1, y.view(-1, 1)).squeeze(1)
-    others = logits.scatter(1, y.view(-1, 1), float("-inf"))
-    return true - others.max(dim=1).values
+    return logits
+
+
+def _others(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The logits with the true class's set to -inf."""
+    return logits.scatter(1, y.view(-1, 1), -math.inf)
+
+
+def margin_values(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r""":math:`q_n = f_{y_n}(x_n) - \max_{j\ne y_n} f_j(x_n)` for logits (N, C), labels (N,)."""
+    return _check_logits(logits).gather(1, y.view(-1, 1)).squeeze(1) - _others(logits, y).max(dim=1).values
 
 
 def n_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -127,11 +122,9 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 def separation_gaps(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     r""":math:`\delta_n = f_{j_n} - \max_{j\notin\{y_n,j_n\}} f_j` (``inf`` when C = 2), SPEC §5."""
-    N, C = logits.shape
-    if C == 2:
-        return torch.full((N,), math.inf, dtype=logits.dtype)
-    others = logits.scatter(1, y.view(-1, 1), -math.inf)
-    top2 = others.topk(2, dim=1).values
+    if logits.shape[1] == 2:
+        return torch.full((logits.shape[0],), math.inf, dtype=logits.dtype)
+    top2 = _others(logits, y).topk(2, dim=1).values
     return top2[:, 0] - top2[:, 1]
 
 
@@ -142,7 +135,7 @@ def norm_power(norm: torch.Tensor | float, degree: int) -> float:
 
 def runner_up(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     r"""The runner-up class :math:`j_n = \arg\max_{j\ne y_n} f_j(x_n)` (SPEC §5)."""
-    return logits.scatter(1, y.view(-1, 1), float("-inf")).argmax(dim=1)
+    return _others(logits, y).argmax(dim=1)
 
 
 def output_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -154,9 +147,7 @@ def output_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Scale invariant for an L-homogeneous f (numerator and denominator both scale by
     :math:`c^L`); a sample whose output vector is zero gets 0.
     """
-    z = logits.to(torch.float64)
-    if z.dim() != 2 or z.shape[1] < 2:
-        raise ConfigError(f"logits must have shape (N, C) with C >= 2, got {tuple(z.shape)}")
+    z = _check_logits(logits).to(torch.float64)
     C = z.shape[1]
     num = (C * z.gather(1, y.view(-1, 1)).squeeze(1) - z.sum(1)) / (C - 1)
     den = torch.linalg.vector_norm(z, dim=1)
@@ -167,7 +158,7 @@ def _log_ce(logits64: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     r""":math:`\log \mathrm{CE}_n`, accurate also when CE underflows (large margins):
     :math:`\mathrm{CE}_n = \mathrm{softplus}(s_n)`, :math:`s_n = \log\sum_{j\ne y_n} e^{f_j - f_{y_n}}`."""
     fy = logits64.gather(1, y.view(-1, 1))
-    s = (logits64 - fy).scatter(1, y.view(-1, 1), float("-inf")).logsumexp(1)
+    s = _others(logits64 - fy, y).logsumexp(1)
     # log softplus(s) = s + log(log1p(e^s)/e^s); for s < -30 the bracket is -e^s/2 to 1e-26
     small = s < -30
     safe = torch.where(small, torch.zeros_like(s), s)
@@ -187,10 +178,8 @@ def smoothed_margin(logits: torch.Tensor, y: torch.Tensor, norm: torch.Tensor | 
 
     :math:`\tilde\gamma = \log\frac{1}{e^{S} - 1} / \|\theta\|^L`, :math:`S = \sum_n \mathrm{CE}_n`,
 
-    returned with ``S < log 2`` (only then is the numerator positive and Lyu & Li's
-    monotonicity under gradient flow in force). ``norm`` is :math:`\|\theta\|`, ``degree`` L.
-    Not scale invariant: :math:`\tilde\gamma \le \gamma_{\min}`, with equality in the limit
-    of vanishing loss.
+    returned with ``S < log 2`` (only then is the numerator positive and Lyu & Li's monotonicity
+    in force). ``norm`` is :math:`\|\theta\|`, ``degree`` L.
     """
     S, log_s = summed_cross_entropy(logits, y)
     return smoothed_from_sum(S, log_s, norm, degree)
@@ -205,7 +194,7 @@ def smoothed_from_sum(S: float, log_s: float, norm: torch.Tensor | float, degree
         num = -math.log(math.expm1(S))
     else:                   # -log(e^S - 1) = -S - log(1 - e^-S)
         num = -S - math.log1p(-math.exp(-S))
-    return num * math.exp(-degree * math.log(float(norm))), S < math.log(2)
+    return num / norm_power(norm, degree), S < math.log(2)
 
 
 def param_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -217,17 +206,14 @@ def param_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
 
 
 def get_normalisation(model: nn.Module, normalisation: str = "auto", degree: int | None = None) -> Normalisation:
-    """Choose the margin normalisation for ``model`` (SPEC §2).
-
-    ``"auto"``: all parameters when the model is homogeneous (``model.degree`` is an
-    int), else the head's. ``"full"`` on a non-homogeneous model raises
-    :class:`NotHomogeneousError`. For a module that is not one of ours (no ``degree``
-    attribute) pass ``degree`` explicitly; it is then normalised by all its parameters.
-    """
+    """The margin normalisation of ``model`` (SPEC §2): ``"auto"`` all parameters when
+    ``model.degree`` is an int, else the head's; ``"full"`` on a non-homogeneous model raises
+    :class:`NotHomogeneousError`. A module without ``head``/``head_degree`` needs ``degree``
+    (or ``model.degree``) and is normalised by all its parameters."""
     if normalisation not in ("auto", "full", "head"):
         raise ConfigError(f"normalisation must be auto, full or head, got {normalisation!r}")
     params = tuple(p for p in model.parameters() if p.requires_grad)
-    model_degree = getattr(model, "degree", degree) if degree is None else degree
+    model_degree = getattr(model, "degree", None) if degree is None else degree
     if not hasattr(model, "head") or not hasattr(model, "head_degree"):
         if model_degree is None:
             raise ConfigError(f"{type(model).__name__} declares no homogeneity degree; pass degree=L "
@@ -270,36 +256,26 @@ def predict(model: nn.Module, X: torch.Tensor, batch_size: int = 8192) -> torch.
 def compute_margins(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, normalisation: str = "auto",
                     degree: int | None = None, batch_size: int = 8192,
                     logits: torch.Tensor | None = None) -> MarginResult:
-    """Margins of ``model`` on (X, y): one inference pass plus O(N C) work (SPEC §2, §9).
-
-    Also returns accuracy and mean cross-entropy of the same pass, so a trainer needs
-    no second evaluation. Pass precomputed ``logits`` to skip the pass entirely.
-    """
+    """Margins, accuracy and mean cross-entropy of ``model`` on (X, y): one inference pass (none
+    with precomputed ``logits``) plus O(N C) work (SPEC §2, §9)."""
     if X.shape[0] == 0:
         raise ConfigError("cannot compute margins on an empty data set")
     if X.shape[0] != y.shape[0]:
         raise ConfigError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
-    norm_spec = get_normalisation(model, normalisation, degree)
-    if logits is None:
-        logits = predict(model, X, batch_size)
+    spec = get_normalisation(model, normalisation, degree)
+    logits = predict(model, X, batch_size) if logits is None else logits
     y = y.to(logits.device)
-    logits64 = logits.to(torch.float64)
-    q = margin_values(logits64, y)
-    norm = norm_spec.norm()
-    gamma = normalised_margins(q, norm, norm_spec.degree)
-    # CE_n = logsumexp_j f_j - f_{y_n} (float64; half the cost of log_softmax over C);
-    # sample n is classified correctly iff q_n > 0 (an exact tie counts as an error).
-    fy = logits64.gather(1, y.view(-1, 1)).squeeze(1)
-    smoothed, meaningful = smoothed_margin(logits64, y, norm, norm_spec.degree)
-    return MarginResult(
-        q=q, gamma=gamma,
-        gamma_bar=float(gamma.mean()), gamma_min=float(gamma.min()),
-        theta_norm=float(norm), degree=norm_spec.degree, normalisation=norm_spec.kind,
-        accuracy=float((q > 0).to(torch.float64).mean()),  # = accuracy(logits, y), q at hand
-        loss=float((torch.logsumexp(logits64, 1) - fy).mean()),
-        gamma_output=float(output_margins(logits64, y).mean()),
-        gamma_smoothed=smoothed, smoothed_meaningful=meaningful,
-    )
+    z = logits.to(torch.float64)
+    q = margin_values(z, y)
+    norm = spec.norm()
+    gamma = normalised_margins(q, norm, spec.degree)
+    smoothed, meaningful = smoothed_margin(z, y, norm, spec.degree)
+    return MarginResult(q=q, gamma=gamma, gamma_bar=float(gamma.mean()), gamma_min=float(gamma.min()),
+                        theta_norm=float(norm), degree=spec.degree, normalisation=spec.kind,
+                        accuracy=float((q > 0).to(torch.float64).mean()),      # accuracy(): a tie is wrong
+                        loss=float((torch.logsumexp(z, 1) - z.gather(1, y.view(-1, 1)).squeeze(1)).mean()),
+                        gamma_output=float(output_margins(z, y).mean()),
+                        gamma_smoothed=smoothed, smoothed_meaningful=meaningful)
 
 
 def margin_regularised_loss(logits: torch.Tensor, y: torch.Tensor, model: nn.Module, lam: float = 0.0,

@@ -1,22 +1,12 @@
-"""The models of SPEC §1: linear and ReLU baselines, the full quadratic classifier
-(DIQNN, paper eq. 1), the Low-Rank DIQNN (paper eq. 3), its deep form, and the
-conv / ResNet feature extractors with a choice of head.
+"""The models of SPEC §1: linear and ReLU baselines, the full quadratic classifier (DIQNN,
+paper eq. 1), the Low-Rank DIQNN (paper eq. 3), its deep form, and conv / ResNet features
+with a choice of head. Inputs ``(B, *input_shape)``, logits ``(B, C)``.
 
-Shape conventions (as ``torch.nn.Linear``): inputs ``x`` of shape ``(B, *input_shape)``
-are flattened to ``(B, d)`` by the models that act on vectors; outputs are logits
-``(B, C)``.
-
-Every classifier is a :class:`Classifier` = ``features`` followed by a ``head``:
-
-* ``degree``: the homogeneity degree L of f in *all* parameters (SPEC §3), or ``None``
-  when some parameter (a bias, BatchNorm) breaks homogeneity;
-* ``head_degree``: the degree of f in the head's parameters alone, features held fixed
-  (linear 1, quadratic 1, lowrank 2) - the normalisation used for non-homogeneous models.
-
-The degrees are derived compositionally from each layer's own rule (a bias-free linear
-map adds 1, a Low-Rank quadratic layer maps L to 2(L+1), a full quadratic head maps L to
-2L+1); :mod:`margin_theory.homogeneity` checks them independently, symbolically and
-numerically.
+Every classifier is a :class:`Classifier` = ``features`` then ``head``, with ``degree`` L of f
+in *all* parameters (SPEC §3; ``None`` when a bias or BatchNorm breaks homogeneity) and
+``head_degree``, the degree in the head's parameters alone (linear 1, quadratic 1, lowrank 2).
+Degrees compose layer by layer: a bias-free linear map L -> L+1, a Low-Rank layer
+L -> 2(L+1), a full quadratic head L -> 2L+1; :mod:`margin_theory.homogeneity` checks them.
 """
 from __future__ import annotations
 
@@ -37,12 +27,8 @@ __all__ = [
     "MODEL_NAMES", "RESNET_BLOCKS", "HEADS", "describe_model_names", "INITS", "AffineInput", "ModelSpec",
 ]
 
-#: initialisation schemes (SPEC §2 "Protocols"): ``paper`` = this toolkit's default
-#: (uniform(+-1/sqrt(d)) for every head, symmetrised for the full head); ``authors`` =
-#: the authors' public code (``model/Linear_quadratic.py``): full head
-#: ``weight_a ~ N(0, (1/d)^2)`` symmetrised (and its linear term ``~ N(-1/sqrt(d), 1/sqrt(d))``),
-#: Low-Rank head ``eigen [C, d, r] ~ kaiming_normal_(a=10)``, i.e. N(0, 2/(101 d r)).
-#: The linear head is initialised as ``nn.Linear`` in both.
+#: initialisation schemes (SPEC §2 "Protocols"), set in each head's ``reset_parameters``:
+#: ``paper`` (this toolkit's default) and ``authors`` (their ``model/Linear_quadratic.py``)
 INITS = ("paper", "authors")
 
 
@@ -51,21 +37,14 @@ def _check_init(init: str) -> str:
         raise ConfigError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
     return init
 
+
 HEADS = ("linear", "lowrank", "quadratic")
 #: the deepest Low-Rank DIQNN accepted: Lemma 1's degree 2^(n+1) - 2 stays a finite float64
 MAX_LAYERS = 1022
-RESNET_BLOCKS = {
-    10: (1, 1, 1, 1),
-    12: (2, 1, 1, 1),
-    14: (2, 2, 1, 1),
-    16: (2, 2, 2, 1),
-    18: (2, 2, 2, 2),
-}
-MODEL_NAMES = (
-    ["linear", "relu2", "quadratic", "lowrank"]
-    + [f"conv-{h}" for h in HEADS]
-    + [f"resnet{k}-{h}" for k in RESNET_BLOCKS for h in HEADS]
-)
+#: BasicBlocks per stage of each ResNet depth
+RESNET_BLOCKS = {10: (1, 1, 1, 1), 12: (2, 1, 1, 1), 14: (2, 2, 1, 1), 16: (2, 2, 2, 1), 18: (2, 2, 2, 2)}
+MODEL_NAMES = (["linear", "relu2", "quadratic", "lowrank"] + [f"conv-{h}" for h in HEADS]
+               + [f"resnet{k}-{h}" for k in RESNET_BLOCKS for h in HEADS])
 
 
 def describe_model_names() -> str:
@@ -73,15 +52,10 @@ def describe_model_names() -> str:
             "conv-{linear,lowrank,quadratic}, resnet{10,12,14,16,18}-{linear,lowrank,quadratic}")
 
 
-# ---------------------------------------------------------------------------
-# Heads
-# ---------------------------------------------------------------------------
+# --- Heads ---
 class LinearHead(nn.Module):
-    r"""Bias-free linear classifier :math:`f(x) = W x`, ``weight`` of shape ``(C, d)``.
-
-    Linear in its parameters: degree 1; on features of degree :math:`L_f` the
-    composition has degree :math:`L_f + 1` (SPEC §1, §3).
-    """
+    r"""Bias-free linear classifier :math:`f(x) = W x`, ``weight`` ``(C, d)``: degree 1; on features of
+    degree :math:`L_f`, :math:`L_f + 1` (SPEC §1, §3)."""
 
     param_degree = 1
 
@@ -113,24 +87,15 @@ class LinearHead(nn.Module):
 class QuadraticHead(nn.Module):
     r"""Full quadratic (DIQNN) classifier, paper eq. 1: :math:`f_i(x) = x^\top W_i x`.
 
-    Parametrisation (SPEC §1: symmetry must hold exactly): the stored parameter is
-    ``weight`` :math:`V` of shape ``(C, d, d)`` and the model's matrices are
-    :math:`W_i = \mathrm{sym}(V_i) = (V_i + V_i^\top)/2` (property :attr:`W`), exactly
-    symmetric by construction, whatever V is. Since :math:`x^\top V x = x^\top
-    \mathrm{sym}(V) x`, the forward pass uses V directly - one batched GEMM
-    :math:`(B, d) \times (C, d, d)` and a row-wise dot product - and no step pays
-    for a symmetrisation. V is initialised symmetric; its antisymmetric part is a null
-    direction of f that gradient descent never moves (the gradient
-    :math:`\sum_n c_n x_n x_n^\top` is symmetric; weight decay only shrinks it), so
-    :math:`\|V\| = \|W\|` up to float rounding.
+    The parameter is ``weight`` :math:`V` ``(C, d, d)``; :math:`W_i = \mathrm{sym}(V_i) = (V_i + V_i^\top)/2`
+    (:attr:`W`) is exactly symmetric (SPEC §1). As :math:`x^\top V x = x^\top \mathrm{sym}(V) x` the
+    forward pass uses V (one batched GEMM). V starts symmetric and its antisymmetric part is a null
+    direction the gradient :math:`\sum_n c_n x_n x_n^\top` never moves, so :math:`\|V\| = \|W\|`.
+    Degree 1 in its parameters; on features of degree :math:`L_f`, :math:`2 L_f + 1`.
 
-    f is linear in its parameters: degree 1 (margins are :math:`q/\|V\|`);
-    on features of degree :math:`L_f`, degree :math:`2 L_f + 1`.
-
-    ``linear_term=True`` is the authors' ``General_quadratic`` head (bias-free):
-    :math:`f_i(x) = (x^\top W_i x + w_i\cdot x)/2`, extra parameter ``linear`` ``(C, d)``.
-    Still linear in all its parameters (V, w), so degree 1 on raw inputs; on features of
-    degree :math:`L_f > 0` the two terms have different degrees (not homogeneous).
+    ``linear_term=True``: the authors' ``General_quadratic`` (bias-free),
+    :math:`f_i(x) = (x^\top W_i x + w_i\cdot x)/2`, parameter ``linear`` ``(C, d)``; degree 1 on raw
+    inputs, not homogeneous on features of degree :math:`L_f > 0`.
     """
 
     param_degree = 1
@@ -149,20 +114,18 @@ class QuadraticHead(nn.Module):
         return None if feature_degree is None else 2 * feature_degree + 1
 
     def reset_parameters(self) -> None:
-        """``paper``: entries U(-1/sqrt(d), 1/sqrt(d)) (as ``nn.Bilinear``), then symmetrised;
-        ``authors``: N(0, (1/d)^2) then symmetrised, linear term N(-1/sqrt(d), 1/sqrt(d))."""
-        d = self.in_features
+        """``paper``: U(-1/sqrt(d), 1/sqrt(d)) (as ``nn.Bilinear``), then symmetrised, linear term
+        alike; ``authors``: N(0, (1/d)^2) then symmetrised, linear term N(-1/sqrt(d), 1/sqrt(d))."""
+        d, authors = self.in_features, self.init == "authors"
+        b = 1.0 / math.sqrt(d)
         with torch.no_grad():
-            if self.init == "authors":
+            if authors:
                 nn.init.normal_(self.weight, std=1.0 / d)
             else:
-                nn.init.uniform_(self.weight, -1.0 / math.sqrt(d), 1.0 / math.sqrt(d))
+                nn.init.uniform_(self.weight, -b, b)
             self.weight.copy_(symmetrise(self.weight))
             if self.linear is not None:
-                if self.init == "authors":
-                    nn.init.normal_(self.linear, -1.0 / math.sqrt(d), 1.0 / math.sqrt(d))
-                else:
-                    nn.init.uniform_(self.linear, -1.0 / math.sqrt(d), 1.0 / math.sqrt(d))
+                (nn.init.normal_ if authors else nn.init.uniform_)(self.linear, -b, b)   # (mean, std) or (lo, hi)
 
     @property
     def W(self) -> torch.Tensor:
@@ -192,11 +155,8 @@ def symmetrise(v: torch.Tensor) -> torch.Tensor:
 
 class LowRankHead(nn.Module):
     r"""Low-Rank DIQNN layer, paper eq. 3: :math:`f_i(x) = \sum_{k=1}^{r} (a_{ik}\cdot x)^2`,
-
-    i.e. :math:`W_i = \sum_k a_{ik} a_{ik}^\top \succeq 0`, no bias. ``weight`` has shape
-    ``(C, r, d)``. Forward: one matmul :math:`(B, d)\times(d, C r)`, square, sum over r.
-    Quadratic in its parameters (degree 2); on features of degree :math:`L_f`, degree
-    :math:`2 (L_f + 1)` (SPEC §3, Lemma 1). Rank 1 has as many parameters as ``linear``.
+    i.e. :math:`W_i = \sum_k a_{ik} a_{ik}^\top \succeq 0`; ``weight`` ``(C, r, d)``, no bias.
+    Degree 2 in its parameters; on features of degree :math:`L_f`, :math:`2 (L_f + 1)` (SPEC §3, Lemma 1).
     """
 
     param_degree = 2
@@ -235,9 +195,7 @@ class LowRankHead(nn.Module):
         return f"in_features={self.in_features}, num_classes={self.num_classes}, rank={self.rank}, init={self.init}"
 
 
-# ---------------------------------------------------------------------------
-# Feature extractors
-# ---------------------------------------------------------------------------
+# --- Feature extractors ---
 class BasicBlock(nn.Module):
     """CIFAR ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN (+ shortcut), ReLU."""
 
@@ -285,17 +243,9 @@ class ResNetFeatures(nn.Module):
 
 
 class Classifier(nn.Module):
-    r"""``f(x) = head(features(x))`` with the homogeneity bookkeeping of SPEC §2-3.
-
-    Attributes:
-        features: module mapping ``(B, *input_shape)`` to ``(B, d_head)``.
-        head: :class:`LinearHead`, :class:`LowRankHead` or :class:`QuadraticHead`.
-        feature_degree: degree of the features in their own parameters (0 if they
-            have none, ``None`` if not homogeneous).
-        degree: L of f in all parameters, or ``None`` (then margins use the head only).
-        head_degree: L of f in the head's parameters, features held fixed.
-        name: the factory name.
-    """
+    r"""``f(x) = head(features(x))`` with the degrees of SPEC §2-3: ``feature_degree`` (0 without
+    parameters, ``None`` if not homogeneous), ``degree`` (L in all parameters or ``None``: margins
+    then use the head) and ``head_degree`` (L in the head's parameters, features held fixed)."""
 
     def __init__(self, features: nn.Module, head: nn.Module, feature_degree: int | None,
                  name: str, input_shape: Sequence[int]):
@@ -342,10 +292,8 @@ class ReLU2Head(nn.Module):
 class AffineInput(nn.Module):
     r"""Flatten and append a constant: :math:`x \mapsto [x, 1]` (``affine=True``).
 
-    A bias-free quadratic form of :math:`[x, 1]` is :math:`x^\top A x + 2 b\cdot x + c`: the
-    head gains linear and constant terms while f stays homogeneous in :math:`\theta` with
-    the same L (the 1 is an input, not a parameter). Without it a quadratic form is even,
-    f(x) = f(-x), and cannot separate classes that differ by a sign (standardised tabular data).
+    A quadratic form of :math:`[x, 1]` is :math:`x^\top A x + 2 b\cdot x + c`, still homogeneous in
+    :math:`\theta` with the same L (the 1 is an input); without it f(x) = f(-x).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -353,27 +301,14 @@ class AffineInput(nn.Module):
         return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
 
 
-# ---------------------------------------------------------------------------
-# Factory
-# ---------------------------------------------------------------------------
-def _make_head(kind: str, d: int, num_classes: int, rank: int, init: str = "paper",
-               linear_term: bool = False) -> nn.Module:
-    """The head ``kind`` (checked by ``ModelSpec``: one of :data:`HEADS`; the linear term on quadratic only)."""
-    if kind == "linear":
-        return LinearHead(d, num_classes, init=init)
-    if kind == "lowrank":
-        return LowRankHead(d, num_classes, rank, init=init)
-    return QuadraticHead(d, num_classes, linear_term=linear_term, init=init)
-
-
+# --- Factory ---
 def _widths(hidden, layers: int, default: int) -> list[int]:
-    if hidden is None:
-        return [default] * (layers - 1)
+    hidden = list(hidden or [default])
     if len(hidden) == 1:
-        return list(hidden) * (layers - 1)
+        return hidden * (layers - 1)
     if len(hidden) != layers - 1:
         raise ConfigError(f"--hidden gives {len(hidden)} widths for {layers} layers; need {layers - 1} (or one)")
-    return list(hidden)
+    return hidden
 
 
 def _parse_name(name) -> tuple[str, str]:
@@ -391,21 +326,13 @@ def _parse_name(name) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything that names a model (SPEC §1), in one place: the name and its options.
+    """A model's name and options (SPEC §1), stored verbatim (:meth:`as_dict`) in configs and checkpoints.
 
-    ``name``: ``linear``, ``relu2``, ``quadratic``, ``lowrank``, ``conv-<head>`` or
-    ``resnet{10,12,14,16,18}-<head>`` with head in {linear, lowrank, quadratic}.
-    ``rank``: r of every Low-Rank layer. ``layers``: n Low-Rank layers (``lowrank`` only; n > 1
-    is the deep DIQNN). ``hidden``: hidden width(s): relu2 (default 8000), deep lowrank
-    (default 32 each). ``conv_channels``/``conv_bias``: the 5x5 conv of the ``conv-`` models
-    (1 channel and a bias reproduce the paper; with or without the bias ``conv-lowrank`` is
-    homogeneous with L = 4, ``conv-linear`` 2, ``conv-quadratic`` 3: a first-layer bias scales
-    with the kernel). ``init``: one of :data:`INITS`. ``linear_term``: the full head's linear
-    term and 1/2 of the authors' code. ``affine``: inputs ``x -> [x, 1]`` (:class:`AffineInput`;
-    vector ``linear``, ``quadratic``, ``lowrank``), same L.
-
-    Stored verbatim (:meth:`as_dict`) in configs and checkpoints; :meth:`build` makes the
-    module; :meth:`check_applicable` refuses an option the model does not have.
+    ``name``: one of :data:`MODEL_NAMES`. ``rank``: r of every Low-Rank layer. ``layers``: n Low-Rank
+    layers (``lowrank``; n > 1 is the deep DIQNN). ``hidden``: relu2's width (8000) or the deep
+    lowrank's (32 each). ``conv_channels``/``conv_bias``: the 5x5 conv of ``conv-*`` (1 and a bias as
+    the paper; homogeneous either way). ``init``: one of :data:`INITS`. ``linear_term``: the authors'
+    full head. ``affine``: inputs ``[x, 1]`` (:class:`AffineInput`).
     """
 
     name: str = "lowrank"
@@ -464,12 +391,11 @@ class ModelSpec:
 
     def check_applicable(self) -> "ModelSpec":
         """Options that do not apply to this model are errors, never silently ignored."""
+        self._check_buildable()
         n, h, body = self.name, self.head, self.body
         if self.rank != 1 and h != "lowrank":
             raise ConfigError(f"--rank applies to models with lowrank layers (lowrank, conv-lowrank, "
                               f"resnet*-lowrank), not {n!r}")
-        if self.layers != 1 and n != "lowrank":
-            raise ConfigError(f"--layers applies to the lowrank model only, not {n!r}")
         if self.hidden is not None:
             if n == "relu2":
                 if len(self.hidden) != 1:
@@ -481,29 +407,31 @@ class ModelSpec:
             raise ConfigError(f"--conv-channels applies to the conv-* models, not {n!r}")
         if body != "conv" and not self.conv_bias:
             raise ConfigError(f"--no-conv-bias applies to the conv-* models, not {n!r}")
-        if self.linear_term and h != "quadratic":
-            raise ConfigError(f"--linear-term applies to the full quadratic head (quadratic, conv-quadratic, "
-                              f"resnet*-quadratic), not {n!r}")
-        if self.affine and (body != "vector" or h == "relu2"):
-            raise ConfigError(f"--affine applies to linear, quadratic and lowrank, not {n!r}")
         return self
+
+    def _check_buildable(self) -> None:
+        """The options that no module can honour (:meth:`build` refuses them too)."""
+        n = self.name
+        if self.layers != 1 and n != "lowrank":
+            raise ConfigError(f"--layers applies to the lowrank model only, not {n!r}")
+        if self.affine and (self.body != "vector" or self.head == "relu2"):
+            raise ConfigError(f"--affine: affine inputs apply to linear, quadratic and lowrank, not {n!r} "
+                              "(a constant beside features of degree > 0 would break homogeneity)")
+        if self.linear_term and self.head != "quadratic":
+            raise ConfigError(f"--linear-term: the linear term belongs to the full quadratic head (quadratic, "
+                              f"conv-quadratic, resnet*-quadratic), not {n!r}")
 
     def describe(self) -> str:
         """The options that matter for this model, e.g. ``rank 2, 3 layers``."""
-        bits = []
-        if self.head == "lowrank":
-            bits.append(f"rank {self.rank}")
-        if self.layers != 1:
-            bits.append(f"{self.layers} layers")
-        if self.hidden is not None and (self.name == "relu2" or self.layers != 1):
-            bits.append(f"hidden {list(self.hidden)}")
-        if self.body == "conv":
-            bits.append(f"{self.conv_channels} conv channels" + ("" if self.conv_bias else ", no conv bias"))
-        if self.linear_term:
-            bits.append("linear term (x^T W x + w.x)/2")
-        if self.affine:
-            bits.append("affine inputs [x, 1]")
-        return ", ".join(bits)
+        hidden = self.hidden is not None and (self.name == "relu2" or self.layers != 1)
+        conv = f"{self.conv_channels} conv channels" + ("" if self.conv_bias else ", no conv bias")
+        bits = ((self.head == "lowrank", f"rank {self.rank}"),
+                (self.layers != 1, f"{self.layers} layers"),
+                (hidden, f"hidden {list(self.hidden or ())}"),
+                (self.body == "conv", conv),
+                (self.linear_term, "linear term (x^T W x + w.x)/2"),
+                (self.affine, "affine inputs [x, 1]"))
+        return ", ".join(text for applies, text in bits if applies)
 
     def build(self, input_shape: Sequence[int], num_classes: int) -> "Classifier":
         """The classifier for inputs of ``input_shape`` (one sample) and ``num_classes`` = C;
@@ -513,57 +441,49 @@ class ModelSpec:
         return model
 
     def _build(self, input_shape, num_classes) -> "Classifier":
-        name, body, kind = self.name, self.body, self.head
+        name, body, kind, C, r, init = self.name, self.body, self.head, int(num_classes), self.rank, self.init
         input_shape = tuple(int(s) for s in input_shape)
         if not input_shape or any(s < 1 for s in input_shape):
             raise ConfigError(f"invalid input shape {input_shape}")
         if num_classes < 2:
             raise ConfigError(f"need at least 2 classes, got {num_classes}")
-        if self.layers > 1 and name != "lowrank":
-            raise ConfigError(f"--layers applies to the lowrank model only, not {name!r}")
-        if self.affine and (body != "vector" or kind == "relu2"):
-            raise ConfigError(f"affine inputs apply to linear, quadratic and lowrank, not {name!r} "
-                              "(a constant beside features of degree > 0 would break homogeneity)")
-        if self.linear_term and kind != "quadratic":
-            raise ConfigError(f"the linear term belongs to the full quadratic head; {name!r} has none")
-        C, r, init = int(num_classes), self.rank, self.init
+        self._check_buildable()
         if body == "vector":
             d = math.prod(input_shape) + (1 if self.affine else 0)
-            flat = AffineInput() if self.affine else nn.Flatten()
+            features, fdeg = AffineInput() if self.affine else nn.Flatten(), 0
             if kind == "relu2":
                 h = self.hidden[0] if self.hidden else 8000
                 features = nn.Sequential(nn.Flatten(), nn.Linear(d, h), nn.ReLU())
                 return Classifier(features, ReLU2Head(h, C), None, name, input_shape)
-            if kind != "lowrank":
-                return Classifier(flat, _make_head(kind, d, C, r, init, self.linear_term), 0, name, input_shape)
-            mods: list[nn.Module] = [flat]
-            fdeg, width = 0, d
-            for h in _widths(self.hidden, self.layers, 32):
-                mods.append(LowRankHead(width, h, r, init=init))
-                fdeg, width = 2 * (fdeg + 1), h
-            features = nn.Sequential(*mods) if len(mods) > 1 else flat
-            return Classifier(features, LowRankHead(width, C, r, init=init), fdeg, name, input_shape)
-        if len(input_shape) != 3:
+            if self.layers > 1:
+                mods = [features]
+                for h in _widths(self.hidden, self.layers, 32):
+                    mods.append(LowRankHead(d, h, r, init=init))
+                    fdeg, d = 2 * (fdeg + 1), h
+                features = nn.Sequential(*mods)
+        elif len(input_shape) != 3:
             raise ConfigError(f"{name} needs image inputs (C, H, W), got shape {input_shape}")
-        if body == "conv":
+        elif body == "conv":
             cin, H, W = input_shape
             c = self.conv_channels
             features = nn.Sequential(nn.Conv2d(cin, c, 5, padding=2, bias=self.conv_bias), nn.ReLU(), nn.Flatten())
-            # The conv is the first layer with parameters: (c w) * x + c b = c (w * x + b), and
-            # ReLU is positively homogeneous, so the features have degree 1 *with or without*
-            # the bias (SPEC §3 says the bias breaks homogeneity; it does not - see
-            # proofs/lemma1_homogeneity.md, "Correction to SPEC §3").
-            return Classifier(features, _make_head(kind, c * H * W, C, r, init, self.linear_term), 1, name,
-                              input_shape)
-        features = ResNetFeatures(RESNET_BLOCKS[int(body[6:])], in_channels=input_shape[0])
-        return Classifier(features, _make_head(kind, features.out_features, C, r, init, self.linear_term), None,
-                          name, input_shape)
+            # (c w) * x + c b = c (w * x + b) and ReLU is positively homogeneous: degree 1 *with or
+            # without* the bias (SPEC §3 says otherwise: proofs/lemma1_homogeneity.md, "Correction to SPEC §3")
+            d, fdeg = c * H * W, 1
+        else:
+            features = ResNetFeatures(RESNET_BLOCKS[int(body[6:])], in_channels=input_shape[0])
+            d, fdeg = features.out_features, None
+        if kind == "linear":
+            head = LinearHead(d, C, init=init)
+        elif kind == "lowrank":
+            head = LowRankHead(d, C, r, init=init)
+        else:
+            head = QuadraticHead(d, C, linear_term=self.linear_term, init=init)
+        return Classifier(features, head, fdeg, name, input_shape)
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, **options) -> Classifier:
-    """Build a classifier by name (SPEC §1): ``ModelSpec(name, **options).build(input_shape,
-    num_classes)``; the options (rank, layers, hidden, conv_channels, conv_bias, init,
-    linear_term, affine) are those of :class:`ModelSpec`."""
+    """``ModelSpec(name, **options).build(input_shape, num_classes)`` (SPEC §1)."""
     return ModelSpec(name, **options).build(input_shape, num_classes)
 
 
@@ -574,11 +494,5 @@ def parameter_count(model: nn.Module) -> int:
 
 def unique_parameter_count(model: nn.Module) -> int:
     """Count with each symmetric W_i counted once per unordered pair (i <= j)."""
-    total = 0
-    for m in model.modules():
-        for p in m.parameters(recurse=False):
-            if isinstance(m, QuadraticHead) and p is m.weight:
-                total += m.unique_parameters()
-            else:
-                total += p.numel()
-    return total
+    return sum(m.unique_parameters() if isinstance(m, QuadraticHead) else
+               sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())

@@ -17,9 +17,9 @@ The authors' facts are read from ``liuchongming1999/dendrite-inspired-neural-net
 ``quadratic_neural_network-main/``: ``model/Linear_quadratic.py`` (``General_quadratic``,
 ``Low_dimensional_quadratic``: inits and the ``(y + y1)/2`` output) and ``MNIST/MNIST.py``
 (``if i % 20 == 0``: test accuracy every 20 steps, ``best_prec = max(prec, best_prec)``).
-Every margin definition is recorded under every protocol; ``margin`` only says which one
-the protocol's own figures read. The margin-regularised loss (paper eq. 5) is not in the
-authors' code; under ``authors`` it is still available (``--margin-reg``).
+Every margin definition is recorded under every protocol; the last two rows are how the
+reports read the results. The margin-regularised loss (paper eq. 5) is not in the authors'
+code; under ``authors`` it is still available (``--margin-reg``).
 """
 from __future__ import annotations
 
@@ -28,9 +28,6 @@ from dataclasses import dataclass
 from ._util import ConfigError
 
 __all__ = ["Protocol", "PROTOCOLS", "get_protocol", "protocol_names", "RECIPES", "with_recipe"]
-
-AUTHORS_CODE = ("liuchongming1999/dendrite-inspired-neural-network, quadratic_neural_network-main/ "
-                "(model/Linear_quadratic.py, MNIST/MNIST.py)")
 
 
 @dataclass(frozen=True)
@@ -41,16 +38,11 @@ class Protocol:
     init: str                   # the heads' initialisation scheme (``models.INITS``)
     linear_term: bool           # the full quadratic head's linear term and 1/2 (``QuadraticHead``)
     eval_every_steps: int       # also evaluate every K SGD steps (batch index i % K == 0) and report the best
-    reported_accuracy: str      # which test accuracy its tables quote: ``final`` or ``best``
-    margin: str                 # the margin definition its Fig. 5 reads (a ``margins.MarginResult`` field)
-    source: str                 # where the facts come from
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "paper": Protocol("paper", init="paper", linear_term=False, eval_every_steps=0, reported_accuracy="final",
-                      margin="gamma_bar", source="the paper's text as restated in SPEC.md"),
-    "authors": Protocol("authors", init="authors", linear_term=True, eval_every_steps=20,
-                        reported_accuracy="best", margin="gamma_output", source=AUTHORS_CODE),
+    "paper": Protocol("paper", init="paper", linear_term=False, eval_every_steps=0),
+    "authors": Protocol("authors", init="authors", linear_term=True, eval_every_steps=20),
 }
 
 
