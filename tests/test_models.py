@@ -26,6 +26,9 @@ def test_parameter_counts_mnist():
     assert parameter_count(q) == 6_146_560 == 10 * 784 * 784
     assert unique_parameter_count(q) == 3_077_200 == 10 * 784 * 785 // 2
     assert unique_parameter_count(lr) == parameter_count(lr)
+    ql = build_model("quadratic", MNIST, 10, linear_term=True)   # the linear term w_i counted once
+    assert unique_parameter_count(ql) == 10 * 784 * 785 // 2 + 10 * 784
+    assert parameter_count(ql) == 10 * 784 * 784 + 10 * 784
     assert parameter_count(build_model("relu2", MNIST, 10)) == 6_360_010  # hidden 8000 by default
     assert parameter_count(build_model("relu2", MNIST, 10, hidden=100)) == 784 * 100 + 100 + 100 * 10 + 10
     conv = build_model("conv-lowrank", MNIST, 10)
