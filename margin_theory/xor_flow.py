@@ -71,9 +71,7 @@ _BYTES_PER_POINT = 400
 METHODS = ("flow", "gd")
 
 
-# ---------------------------------------------------------------------------
-# Data, loss and margins in closed form
-# ---------------------------------------------------------------------------
+# --- Data, loss and margins in closed form ---
 def xor_data() -> tuple[np.ndarray, np.ndarray]:
     """The four XOR points ``X`` (4, 2) and labels ``y`` (4,) of SPEC §4.
 
@@ -201,9 +199,7 @@ def theorem1_hypothesis(theta0) -> bool:
     return bool(a != 0.0 and e != 0.0)
 
 
-# ---------------------------------------------------------------------------
-# Quadrature solution: the exact trajectory without an ODE solver
-# ---------------------------------------------------------------------------
+# --- Quadrature solution: the exact trajectory without an ODE solver ---
 #: quadrature_solution handles squared reduced coordinates up to this size at t = 0
 MAX_QUAD_SQUARE = 600.0
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(12)
@@ -301,9 +297,7 @@ def quadrature_solution(theta0, t) -> np.ndarray:
     return out if np.ndim(t) else out[0]
 
 
-# ---------------------------------------------------------------------------
-# Result object
-# ---------------------------------------------------------------------------
+# --- Result object ---
 @dataclass
 class XorFlowResult:
     """Trajectory of the XOR flow (or gradient descent) at ``n`` recorded times (SPEC §4):
@@ -364,9 +358,7 @@ class XorFlowResult:
         return f"XOR, rank-1 Low-Rank DIQNN, {what}, t in [0, {self.t_max:g}]"
 
 
-# ---------------------------------------------------------------------------
-# Solvers
-# ---------------------------------------------------------------------------
+# --- Solvers ---
 def _rhs_theta_logtime(s: float, th: np.ndarray) -> np.ndarray:
     """``d theta/ds = (1 + t) * (-grad loss)``, ``s = log(1 + t)`` (closed-form gradient)."""
     u1, u2, v1, v2 = th
@@ -577,9 +569,7 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
         solve_seconds=solve_seconds, nfev=nfev, success=success, message=message, extra=extra,
     )
 
-# ---------------------------------------------------------------------------
-# Figure (the paper's Fig. 4)
-# ---------------------------------------------------------------------------
+# --- Figure (the paper's Fig. 4) ---
 def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
     """Write a 3-panel PNG (atomically): (a) data and decision boundary at several times,
     (b) gamma_bar and gamma_min against t, (c) loss and ||theta|| against t (paper Fig. 4)."""
@@ -641,9 +631,7 @@ def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
     return save_figure(fig, path)
 
 
-# ---------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------
+# --- CLI ---
 def build_parser() -> ArgumentParser:
     """The values are checked once, by :func:`solve_xor_flow`."""
     p = ArgumentParser(
