@@ -168,11 +168,9 @@ def select_subset(n: int, subset: int | None, seed: int = 0) -> torch.Tensor:
 # --- Per-sample gradient statistics ---
 @dataclass
 class GradStats:
-    r"""What the monitors need from the per-sample gradients, never the N x C x P Jacobian.
-
+    r"""What the monitors need from the per-sample gradients (never the N x C x P Jacobian):
     ``gram[n, m] = <h_n, h_m>`` (unprojected), ``h_theta[n] = <h_n, theta>``,
-    ``fnorm[n, j] = ||grad_theta f_j(x_n)||``; ``method`` says how they were computed.
-    """
+    ``fnorm[n, j] = ||grad_theta f_j(x_n)||``; ``method`` says how they were computed."""
 
     gram: torch.Tensor
     h_theta: torch.Tensor
@@ -302,28 +300,22 @@ def _flow_vectors(prob: _Problem, j: torch.Tensor):
     r"""``(v, s)``: :math:`v = \dot\theta = -\nabla \frac1N\sum_n \mathrm{CE}_n` and
     :math:`s = \sum_n h_n = \nabla\sum_n q_n` (runner-ups fixed), flat P-vectors."""
     params = {n: p.clone().requires_grad_(True) for n, p in prob.params.items()}
-    plist = list(params.values())
     with torch.enable_grad():
         logits = prob.logits(params)
-        loss = F.cross_entropy(logits, prob.y)
         ar = torch.arange(logits.shape[0])
-        qsum = (logits[ar, prob.y] - logits[ar, j]).sum()
-        gl = torch.autograd.grad(loss, plist, retain_graph=True)
-        gq = torch.autograd.grad(qsum, plist)
+        gl = torch.autograd.grad(F.cross_entropy(logits, prob.y), list(params.values()), retain_graph=True)
+        gq = torch.autograd.grad((logits[ar, prob.y] - logits[ar, j]).sum(), list(params.values()))
     return -_flat(gl), _flat(gq)
 
 
 def _velocity(prob: _Problem, j: torch.Tensor) -> tuple[float, float]:
     """Lemma 2, and ``||Gamma 1|| ||theta'|| / (N ||theta||^L)``, the Cauchy-Schwarz bound on
     |velocity| (the natural scale for comparing velocities)."""
-    theta = prob.theta_flat()
-    v, s = _flow_vectors(prob, j)
+    theta, (v, s) = prob.theta_flat(), _flow_vectors(prob, j)
     tn2 = float(theta @ theta)
-    # <Gamma 1, v> = <P s, v> = <s, v> - <s, theta><theta, v>/||theta||^2
-    inner = float(s @ v) - float(s @ theta) * float(theta @ v) / tn2
+    g1 = s - (float(s @ theta) / tn2) * theta          # Gamma 1 = P s
     denom = prob.inputs.shape[0] * norm_power(math.sqrt(tn2), prob.degree)
-    g1 = s - (float(s @ theta) / tn2) * theta
-    return inner / denom, float(g1.norm()) * float(v.norm()) / denom
+    return float(g1 @ v) / denom, float(g1.norm()) * float(v.norm()) / denom
 
 
 def margin_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
@@ -340,12 +332,10 @@ def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tenso
                                h: float | None = None, normalisation: str = "auto",
                                dtype: torch.dtype = torch.float64, degree: int | None = None,
                                check_runner_up: bool = True) -> float:
-    r"""Central finite difference of :math:`\bar\gamma` along the gradient flow:
-    :math:`[\bar\gamma(\theta + h v) - \bar\gamma(\theta - h v)] / (2h)`,
-    :math:`v = -\nabla_\theta` (mean CE over (X, y)), :math:`\bar\gamma` recomputed from scratch at
-    both points; default ``h = 1e-4 ||theta|| / ||v||`` (O(h^2) error ~1e-8). Agrees with
-    :func:`margin_velocity` unless a runner-up changes within the step (:class:`ConfigError` when
-    ``check_runner_up``)."""
+    r"""Central finite difference :math:`[\bar\gamma(\theta + h v) - \bar\gamma(\theta - h v)] / (2h)`,
+    :math:`v = -\nabla_\theta` (mean CE over (X, y)), :math:`\bar\gamma` recomputed at both points; default
+    ``h = 1e-4 ||theta|| / ||v||``. Agrees with :func:`margin_velocity` unless a runner-up changes within
+    the step (:class:`ConfigError` when ``check_runner_up``)."""
     prob = _prepare(model, X, y, normalisation, dtype, degree)
     j = prob.runner_ups()
     v, _ = _flow_vectors(prob, j)
@@ -372,10 +362,7 @@ def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tenso
 # --- Theorem 2 report ---
 @dataclass
 class Theorem2Report:
-    """The Theorem 2 monitors on a seeded subset S at one instant (SPEC §5).
-
-    ``as_dict()`` is JSON-able (``inf`` is written ``"inf"``, NaN ``null``).
-    """
+    """The Theorem 2 monitors on a seeded subset S at one instant (SPEC §5); ``as_dict()`` is JSON-able."""
 
     n_subset: int
     subset_seed: int
@@ -412,8 +399,7 @@ class Theorem2Report:
         return to_jsonable({f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
 
     def verdict(self) -> str:
-        """One word: ``grows`` (A1-A3 hold: Theorem 2 proves d gamma_bar/dt > 0) or
-        ``no-claim`` (some condition fails: the theorem says nothing)."""
+        """``grows`` (A1-A3 hold: Theorem 2 proves d gamma_bar/dt > 0) or ``no-claim`` (the theorem says nothing)."""
         return "grows" if self.theorem_applies else "no-claim"
 
 
@@ -445,21 +431,14 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
                     seed: int = 0, normalisation: str = "auto", dtype: torch.dtype = torch.float64,
                     method: str = "auto", degree: int | None = None,
                     memory_budget: int = DEFAULT_MEMORY_BUDGET, check_degree: bool = True) -> Theorem2Report:
-    r"""Evaluate Lemma 2 and Theorem 2's quantities and assumptions (SPEC §5) on the seeded subset S
-    of ``subset`` points of the training set (X, y) (:func:`select_subset`), in ``dtype`` on a CPU
-    copy of ``model`` (a :class:`~margin_theory.models.Classifier` or any module with ``degree``).
-
-    ``normalisation``: ``"auto"`` (full if homogeneous, else head), ``"full"`` (raises
-    :class:`NotHomogeneousError` on a non-homogeneous model) or ``"head"``; ``method``: per-sample
-    gradients as in :func:`gradient_statistics`. ``degree``: L for a module that declares none
-    (normalised by all its parameters); with ``check_degree`` the numeric homogeneity checker first
-    verifies it on a few points of S and :class:`NotHomogeneousError` refuses a degree it contradicts
-    (:func:`margin_theory.foreign.check_model` derives L itself).
-
-    Returns a :class:`Theorem2Report`; ``lower_bound`` is
-    :math:`\bar w\rho\sigma_{\max}^2(\rho - cv - \varepsilon)/(N\|\theta\|^L)`, which never exceeds
-    ``velocity`` (proofs/theorem2_margin.md).
-    """
+    r"""Lemma 2 and Theorem 2's quantities and assumptions (SPEC §5) on the seeded subset S of ``subset``
+    points of (X, y) (:func:`select_subset`), in ``dtype`` on a CPU copy of ``model`` (a Classifier or any
+    module with ``degree``). ``normalisation``: ``"auto"`` (full if homogeneous, else head), ``"full"``
+    (:class:`NotHomogeneousError` if not homogeneous) or ``"head"``; ``method`` as in
+    :func:`gradient_statistics`. ``degree``: L for a module that declares none; with ``check_degree`` the
+    numeric checker first verifies it on a few points of S (:class:`NotHomogeneousError` if contradicted).
+    ``lower_bound`` :math:`= \bar w\rho\sigma_{\max}^2(\rho - cv - \varepsilon)/(N\|\theta\|^L)` never
+    exceeds ``velocity`` (proofs/theorem2_margin.md)."""
     t0 = time.perf_counter()
     n_total = int(X.shape[0])
     if y.shape[0] != n_total:
@@ -504,34 +483,26 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
         torch.set_num_threads(threads)
     lam_max = max(float(evals[-1]), 0.0)
     sigma_max = math.sqrt(lam_max)
-    tol = lam_max * max(N, 1) * torch.finfo(G.dtype).eps * 10
-    rank = int((evals > tol).sum()) if lam_max > 0 else 0
+    rank = int((evals > lam_max * N * torch.finfo(G.dtype).eps * 10).sum()) if lam_max > 0 else 0
     sigma_min = math.sqrt(max(float(evals[0]), 0.0)) if N <= P else None
     kappa = sigma_max / sigma_min if (N <= P and rank == N and sigma_min) else None
     g1 = math.sqrt(max(float(G.sum()), 0.0))          # ||Gamma 1||
     if sigma_max > 0:
         rho = min(g1 / (math.sqrt(N) * sigma_max), 1.0)  # in [0, 1] up to rounding
-        decay = 0.0 if C == 2 else math.exp(-delta_min)
-        eps = 2.0 * (C - 2) * decay * B * math.sqrt(N) / sigma_max
+        eps = 2.0 * (C - 2) * (0.0 if C == 2 else math.exp(-delta_min)) * B * math.sqrt(N) / sigma_max
+        lower = w_bar * rho * sigma_max ** 2 * (rho - cv - eps) / (N * normL) if math.isfinite(eps) else -math.inf
     else:  # Gamma = 0: every g_n vanishes, the velocity is exactly 0
-        rho, eps = math.nan, math.inf
+        rho, eps, lower = math.nan, math.inf, 0.0
     velocity, vscale = _velocity(prob, j)
-    if sigma_max > 0 and math.isfinite(eps):
-        lower = w_bar * rho * sigma_max ** 2 * (rho - cv - eps) / (N * normL)
-    else:
-        lower = 0.0 if sigma_max == 0 else -math.inf
     A1, A2, A3 = bool(delta_min > 0), bool(math.isfinite(B)), bool(sigma_max > 0 and rho > cv + eps)
     rep = Theorem2Report(
         n_subset=N, subset_seed=int(seed), N=N, P=P, C=C, gamma_bar=float(gamma.mean()),
-        gamma_min=float(gamma.min()), theta_norm=tnorm, delta_min=delta_min, B=B,
-        sigma_max=sigma_max, sigma_min=sigma_min, rank=rank, rho=rho, kappa=kappa, cv=cv,
-        w_bar=w_bar, eps=eps, A1=A1, A2=A2, A3=A3, velocity=velocity, lower_bound=lower,
-        theorem_applies=A1 and A2 and A3, normalisation=prob.kind, degree=prob.degree,
-        method=st.method, note="",
-        extra={"indices": idx, "norm_Gamma1": g1, "eigenvalues": evals, "velocity_scale": vscale},
-    )
-    rep.note = _note(rep, n_total)
-    rep.seconds = time.perf_counter() - t0
+        gamma_min=float(gamma.min()), theta_norm=tnorm, delta_min=delta_min, B=B, sigma_max=sigma_max,
+        sigma_min=sigma_min, rank=rank, rho=rho, kappa=kappa, cv=cv, w_bar=w_bar, eps=eps, A1=A1, A2=A2,
+        A3=A3, velocity=velocity, lower_bound=lower, theorem_applies=A1 and A2 and A3, normalisation=prob.kind,
+        degree=prob.degree, method=st.method, note="",
+        extra={"indices": idx, "norm_Gamma1": g1, "eigenvalues": evals, "velocity_scale": vscale})
+    rep.note, rep.seconds = _note(rep, n_total), time.perf_counter() - t0
     return rep
 
 
@@ -609,12 +580,11 @@ def main(argv=None) -> int:
         print_json(res)
         return 0
     print(f"Theorem 2 monitors, lowrank rank {res['rank']} on MNIST shapes (d=784, C=10, P={res['P']}), "
-          f"N={res['n']} {res['data']} samples, float64 CPU, {res['torch_threads']} threads")
-    print(f"  closed form      : {res['seconds_closed']:8.3f} s")
-    print(f"  torch.func vmap  : {res['seconds_func']:8.3f} s")
+          f"N={res['n']} {res['data']} samples, float64 CPU, {res['torch_threads']} threads\n"
+          f"  closed form      : {res['seconds_closed']:8.3f} s\n  torch.func vmap  : {res['seconds_func']:8.3f} s")
     if "seconds_loop" in res:
-        print(f"  loop (reference) : {res['seconds_loop']:8.3f} s   ({res['n'] * 10} backward passes)")
-        print(f"  speed-up: loop / closed = {res['ratio_loop_over_closed']:.1f}x, "
+        print(f"  loop (reference) : {res['seconds_loop']:8.3f} s   ({res['n'] * 10} backward passes)\n"
+              f"  speed-up: loop / closed = {res['ratio_loop_over_closed']:.1f}x, "
               f"loop / torch.func = {res['ratio_loop_over_func']:.1f}x")
     for m, d in res["max_rel_diff"].items():
         print(f"  max relative difference {m} vs closed (sigma_max, rho, B, velocity): {d:.2e}")

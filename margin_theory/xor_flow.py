@@ -73,10 +73,7 @@ METHODS = ("flow", "gd")
 
 # --- Data, loss and margins in closed form ---
 def xor_data() -> tuple[np.ndarray, np.ndarray]:
-    """The four XOR points ``X`` (4, 2) and labels ``y`` (4,) of SPEC §4.
-
-    Class 0 = {(1, 1), (-1, -1)}, class 1 = {(1, -1), (-1, 1)}.
-    """
+    """The four XOR points ``X`` (4, 2) and labels ``y`` (4,) of SPEC §4: class 0 = {(1, 1), (-1, -1)}."""
     return np.array([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]]), np.array([0, 0, 1, 1])
 
 
@@ -88,7 +85,6 @@ def _as_theta(theta) -> np.ndarray:
 
 
 def _theta0(theta0) -> np.ndarray:
-    """A start ``theta(0)``: 4 finite numbers."""
     th = np.asarray(theta0, dtype=float)
     if th.shape != (4,):
         raise ConfigError("theta0 must be 4 numbers (u1, u2, v1, v2)")
@@ -150,23 +146,21 @@ def _loss(theta) -> np.ndarray:
     return 0.5 * np.logaddexp(0.0, -margins(theta)).sum(axis=-1)
 
 
-def loss_and_grad(theta) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy over the four XOR points and its gradient, in closed form (SPEC §4).
+def _grad(u1: float, u2: float, v1: float, v2: float) -> np.ndarray:
+    """``grad loss``; with ``s0 = sigmoid(-q0)``, ``s1 = sigmoid(-q1)`` (``expit``: no overflow):
+    ``d/du1 = -s0 a + s1 b``, ``d/du2 = -s0 a - s1 b``, ``d/dv1 = s0 c - s1 e``, ``d/dv2 = s0 c + s1 e``."""
+    a, b, c, e = u1 + u2, u1 - u2, v1 + v2, v1 - v2
+    s0, s1 = expit(c * c - a * a), expit(b * b - e * e)
+    return np.array([-s0 * a + s1 * b, -s0 * a - s1 * b, s0 * c - s1 * e, s0 * c + s1 * e])
 
-    ``loss = (softplus(-q0) + softplus(-q1)) / 2`` and, with ``s0 = sigmoid(-q0)``,
-    ``s1 = sigmoid(-q1)``:
-    ``d loss/du1 = -s0 a + s1 b``, ``d loss/du2 = -s0 a - s1 b``,
-    ``d loss/dv1 = s0 c - s1 e``, ``d loss/dv2 = s0 c + s1 e``.
-    Stable for huge margins (sigmoid via ``expit``, softplus via ``logaddexp``).
-    """
+
+def loss_and_grad(theta) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy over the four XOR points, ``(softplus(-q0) + softplus(-q1)) / 2``, and its
+    gradient :func:`_grad`, in closed form (SPEC §4)."""
     th = _as_theta(theta)
     if th.shape != (4,):
         raise ConfigError(f"loss_and_grad takes one theta of shape (4,), got {th.shape}")
-    a, b, c, e = (float(x) for x in reduced_coordinates(th))
-    q0, q1 = a * a - c * c, e * e - b * b
-    s0, s1 = float(expit(-q0)), float(expit(-q1))
-    loss = 0.5 * float(np.logaddexp(0.0, -q0) + np.logaddexp(0.0, -q1))
-    return loss, np.array([-s0 * a + s1 * b, -s0 * a - s1 * b, s0 * c - s1 * e, s0 * c + s1 * e])
+    return float(_loss(th)), _grad(*(float(x) for x in th))
 
 
 def boundary_angle_deg(theta) -> np.ndarray | float:
@@ -360,12 +354,8 @@ class XorFlowResult:
 
 # --- Solvers ---
 def _rhs_theta_logtime(s: float, th: np.ndarray) -> np.ndarray:
-    """``d theta/ds = (1 + t) * (-grad loss)``, ``s = log(1 + t)`` (closed-form gradient)."""
-    u1, u2, v1, v2 = th
-    a, b, c, e = u1 + u2, u1 - u2, v1 + v2, v1 - v2
-    w = math.exp(s)
-    s0, s1 = w * expit(c * c - a * a), w * expit(b * b - e * e)
-    return np.array([s0 * a - s1 * b, s0 * a + s1 * b, s1 * e - s0 * c, -s0 * c - s1 * e])
+    """``d theta/ds = (1 + t) * (-grad loss)``, ``s = log(1 + t)``."""
+    return -math.exp(s) * _grad(*th)
 
 
 def _rhs_reduced_logtime(s: float, r: np.ndarray) -> np.ndarray:
@@ -451,22 +441,19 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
                    ode_method: str = "LSODA", quiet: bool = True) -> XorFlowResult:
     """Solve the XOR gradient flow of SPEC §4 (or run gradient descent) from ``theta0``.
 
-    ``method="flow"``: ``scipy.integrate.solve_ivp`` on the 4-D ``theta`` itself in log-time
-    ``s = log(1+t)``, ``d theta/ds = (1+t)(-grad loss)``, closed-form gradient and analytic
-    Jacobian. Once every point is classified ``(1+t) s_n -> 1/(4 log t)`` and the flow is slow
-    in ``s``; if ``a(0) = 0`` or ``e(0) = 0`` a misclassified point keeps ``s_n >= 1/2`` and the
-    log-time flow is stiff (rate ~ t), hence ``ode_method="LSODA"`` (any ``solve_ivp`` method; the
-    implicit ones get the Jacobian). ``atol`` defaults to ``1e-3 * rtol * ||theta0||``. Output at
-    ``points`` times uniform in ``s`` (``t = 0`` and ``t_max`` included). Where
-    ``||theta|| < 1e3 atol`` (only if ``a(0) = e(0) = 0``: ``theta -> 0``) the margins are solver
-    noise, reported as NaN (``message`` says so). ``check``: also solve the reduced ODE and
-    evaluate :func:`quadrature_solution` at up to 12 recorded times (see :class:`XorFlowResult`).
+    ``method="flow"``: ``solve_ivp`` on ``theta`` in log-time ``s = log(1+t)``,
+    ``d theta/ds = (1+t)(-grad loss)``, closed-form gradient and Jacobian. Once every point is
+    classified ``(1+t) s_n -> 1/(4 log t)``; if ``a(0) = 0`` or ``e(0) = 0`` a misclassified point keeps
+    ``s_n >= 1/2`` and the log-time flow is stiff (rate ~ t), hence ``ode_method="LSODA"`` (implicit
+    methods get the Jacobian). ``atol`` defaults to ``1e-3 * rtol * ||theta0||``. Output at ``points``
+    times uniform in ``s`` (``t = 0`` and ``t_max`` included); where ``||theta|| < 1e3 atol`` (only if
+    ``a(0) = e(0) = 0``) the margins are solver noise, reported as NaN (``message`` says so). ``check``:
+    also solve the reduced ODE and evaluate :func:`quadrature_solution` at up to 12 recorded times.
 
-    ``method="gd"``: ``theta <- theta - lr grad loss`` for ``round(t_max/lr)`` steps, step ``k``
-    at time ``k lr``, recorded at the steps nearest the same times (duplicates merged). A scalar
-    Python loop (about 0.5 s per million steps, a progress bar above a million), hence the
-    default ``t_max = 1e5`` (the flow's is 1e6); more than 1e8 steps, or any invalid argument,
-    raise :class:`ConfigError`.
+    ``method="gd"``: ``theta <- theta - lr grad loss`` for ``round(t_max/lr)`` steps, step ``k`` at time
+    ``k lr``, recorded at the steps nearest the same times. A Python loop (about 0.5 s per million
+    steps), hence the default ``t_max = 1e5`` (the flow's is 1e6); more than 1e8 steps, or any invalid
+    argument, raise :class:`ConfigError`.
     """
     t_max = float((DEFAULT_T_MAX_GD if method == "gd" else DEFAULT_T_MAX_FLOW) if t_max is None else t_max)
     lr, rtol, th0 = float(lr), float(rtol), _theta0(theta0)
@@ -491,7 +478,8 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
     points = int(points)
     s_grid = np.linspace(0.0, math.log1p(t_max), points)  # uniform in s = log(1+t): log-spaced in t
     extra: dict[str, Any] = {}
-    if method == "flow":
+    flow = method == "flow"
+    if flow:
         atol = 1e-3 * rtol * norm0 if atol is None else float(atol)
         sol, solve_seconds = _ivp(_rhs_theta_logtime, _jac_theta_logtime, th0, s_grid, ode_method, rtol, atol)
         success, message, nfev = bool(sol.success), str(sol.message), int(sol.nfev)
@@ -500,10 +488,9 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
         theta[0] = th0
         t = np.expm1(s_grid)
         t[0], t[-1] = 0.0, t_max
-        floor = 1e3 * atol  # below this norm theta is solver noise
-        monotone_tol, used_lr, used_rtol, used_atol = 10.0 * rtol, None, rtol, atol
+        floor, monotone_tol = 1e3 * atol, 10.0 * rtol  # below the floor theta is solver noise
     else:
-        nfev = int(round(t_max / lr))
+        nfev = extra["steps"] = int(round(t_max / lr))
         if nfev < 1:
             raise ConfigError(f"t_max/lr = {t_max / lr:g} is less than one gradient step")
         if nfev > MAX_GD_STEPS:
@@ -514,14 +501,10 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
         steps = np.unique(steps)
         t0 = time.perf_counter()
         theta = _gd_run(th0, lr, steps, quiet)
-        solve_seconds = time.perf_counter() - t0
-        t = steps * lr
+        solve_seconds, t = time.perf_counter() - t0, steps * lr
         success = bool(np.all(np.isfinite(theta)))
         message = "gradient descent finished" if success else "gradient descent diverged (non-finite theta)"
-        floor = 1e-140  # squares of smaller norms underflow
-        monotone_tol, used_lr, used_rtol, used_atol = 1e-12, lr, None, None
-        extra["steps"] = nfev
-
+        floor, monotone_tol = 1e-140, 1e-12  # squares of smaller norms underflow
     reduced = reduced_coordinates(theta)
     a, b, c, e = reduced.T
     invariants = np.stack([a * c, b * e], axis=1)
@@ -533,23 +516,19 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
         message += (f"; ||theta|| fell below {floor:.1e} (solver noise) after t = "
                     f"{t[np.argmin(resolved)]:.3g}: margins there are reported as NaN")
     with np.errstate(invalid="ignore", divide="ignore"):
-        gb, gm, angle = (np.where(resolved, f(theta), np.nan)
-                         for f in (gamma_bar, gamma_min, boundary_angle_deg))
+        gb, gm, angle = (np.where(resolved, f(theta), np.nan) for f in (gamma_bar, gamma_min, boundary_angle_deg))
         drift_all = np.abs(invariants - invariants[0]) / sq[:, None]
     fin = gb[np.isfinite(gb)]
     min_step = float(np.min(np.diff(fin))) if fin.size > 1 else float("nan")
-
     reduced_dev = quad_dev = float("nan")
-    if method == "flow" and check and success:
-        # (1) the reduced ODE, solved on its own
-        r0 = reduced_coordinates(th0)
+    if flow and check and success:
+        r0 = reduced_coordinates(th0)  # (1) the reduced ODE, solved on its own
         sol_r, extra["reduced_solve_seconds"] = _ivp(_rhs_reduced_logtime, _jac_reduced_logtime, r0, s_grid,
                                                      ode_method, rtol, 2 * atol)
         extra["reduced_nfev"] = int(sol_r.nfev)
         if sol_r.success:
             reduced_dev = _max_rel_dev(reduced[resolved], sol_r.y.T[resolved], floor)
-        # (2) the exact solution by quadrature (no ODE solver), at <= 12 recorded times
-        if np.max(r0 * r0) <= MAX_QUAD_SQUARE:
+        if np.max(r0 * r0) <= MAX_QUAD_SQUARE:  # (2) the exact solution by quadrature, at <= 12 recorded times
             idx = np.unique(np.rint(np.linspace(0, points - 1, min(points, 12))).astype(int))
             idx = idx[resolved[idx]]
             t1 = time.perf_counter()
@@ -565,9 +544,10 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
         final_boundary_angle_deg=float(angle[-1]), theorem1_hypothesis=theorem1_hypothesis(th0),
         invariant_drift=np.array([np.max(drift_all[resolved, j], initial=0.0) for j in range(2)]),
         reduced_deviation=reduced_dev, quadrature_deviation=quad_dev, limit_constant=float(k0 * k0 + m0 * m0),
-        method=method, lr=used_lr, rtol=used_rtol, atol=used_atol, t_max=t_max,
-        solve_seconds=solve_seconds, nfev=nfev, success=success, message=message, extra=extra,
+        method=method, lr=None if flow else lr, rtol=rtol if flow else None, atol=atol if flow else None,
+        t_max=t_max, solve_seconds=solve_seconds, nfev=nfev, success=success, message=message, extra=extra,
     )
+
 
 # --- Figure (the paper's Fig. 4) ---
 def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
@@ -657,34 +637,30 @@ def build_parser() -> ArgumentParser:
 def _report(res: XorFlowResult, theta0: np.ndarray, figure: Path | None) -> str:
     flow, (k, m), (dk, dm) = res.method == "flow", res.invariants[0], res.invariant_drift
     lines = [res.title(), f"theta(0) = (u1, u2, v1, v2) = ({', '.join(f'{x:.6g}' for x in theta0)})",
-             f"reduced (a, b, c, e)(0) = ({', '.join(f'{x:.6g}' for x in res.reduced[0])})"]
-    if not res.success:
-        lines.append(f"WARNING: solver failed: {res.message}")
-    lines += [f"gamma_bar: {res.gamma_bar[0]:.6f} -> {res.final_gamma_bar:.6f}   (gamma_min: "
-              f"{res.gamma_min[0]:.6f} -> {res.final_gamma_min:.6f}; margins q/||theta||^2, L = 2)",
-              f"gamma_bar monotone non-decreasing: {'yes' if res.monotone else 'NO'} "
-              f"(smallest step {res.gamma_bar_min_step:.3g}, tolerance {res.monotone_tol:.1g})",
-              f"loss: {res.loss[0]:.6g} -> {res.loss[-1]:.6g};  "
-              f"||theta||: {res.theta_norm[0]:.6g} -> {res.theta_norm[-1]:.6g}",
-              f"invariants a*c = {k:.10g}, b*e = {m:.10g}; drift / ||theta||^2: {dk:.2g}, {dm:.2g}"]
+             f"reduced (a, b, c, e)(0) = ({', '.join(f'{x:.6g}' for x in res.reduced[0])})",
+             *([] if res.success else [f"WARNING: solver failed: {res.message}"]),
+             f"gamma_bar: {res.gamma_bar[0]:.6f} -> {res.final_gamma_bar:.6f}   (gamma_min: "
+             f"{res.gamma_min[0]:.6f} -> {res.final_gamma_min:.6f}; margins q/||theta||^2, L = 2)",
+             f"gamma_bar monotone non-decreasing: {'yes' if res.monotone else 'NO'} "
+             f"(smallest step {res.gamma_bar_min_step:.3g}, tolerance {res.monotone_tol:.1g})",
+             f"loss: {res.loss[0]:.6g} -> {res.loss[-1]:.6g};  "
+             f"||theta||: {res.theta_norm[0]:.6g} -> {res.theta_norm[-1]:.6g}",
+             f"invariants a*c = {k:.10g}, b*e = {m:.10g}; drift / ||theta||^2: {dk:.2g}, {dm:.2g}"]
     if not flow:
         lines.append("  (gd does not conserve them: each step multiplies a*c by 1 - 4 lr^2 s0^2 "
                      "and b*e by 1 - 4 lr^2 s1^2)")
-    for check, dev in (("independent reduced-ODE solve", res.reduced_deviation),
-                       ("exact quadrature solution (no ODE solver)", res.quadrature_deviation)):
-        if flow and math.isfinite(dev):
-            lines.append(f"{check}: max relative deviation {dev:.2g}")
-    lines.append(f"decision boundary vs the axes (max-margin boundary): {res.boundary_angle_deg[0]:.3f} deg "
-                 f"-> {res.final_boundary_angle_deg:.3f} deg")
-    lines.append(f"Theorem 1 applies (a(0) != 0, e(0) != 0): (1 - gamma_bar) log^2 t -> (a c)^2 + (b e)^2 = "
-                 f"{res.limit_constant:.6g}" if res.theorem1_hypothesis else
-                 "Theorem 1 does not apply: a(0) = u1+u2 = 0 or e(0) = v1-v2 = 0 (the trajectory is solved; "
-                 "gamma_bar is still non-decreasing, but a class is never classified correctly and the loss "
-                 "stays >= log(2)/2).")
+    lines += [f"{check}: max relative deviation {dev:.2g}" for check, dev in (
+        ("independent reduced-ODE solve", res.reduced_deviation),
+        ("exact quadrature solution (no ODE solver)", res.quadrature_deviation)) if flow and math.isfinite(dev)]
     cost = f"{res.nfev} evaluations, rtol {res.rtol:g}" if flow else f"{res.extra.get('steps')} steps"
-    lines.append(f"solve time: {res.solve_seconds:.3f} s ({cost})")
-    if figure is not None:
-        lines.append(f"figure: {figure}")
+    lines += [f"decision boundary vs the axes (max-margin boundary): {res.boundary_angle_deg[0]:.3f} deg "
+              f"-> {res.final_boundary_angle_deg:.3f} deg",
+              f"Theorem 1 applies (a(0) != 0, e(0) != 0): (1 - gamma_bar) log^2 t -> (a c)^2 + (b e)^2 = "
+              f"{res.limit_constant:.6g}" if res.theorem1_hypothesis else
+              "Theorem 1 does not apply: a(0) = u1+u2 = 0 or e(0) = v1-v2 = 0 (the trajectory is solved; "
+              "gamma_bar is still non-decreasing, but a class is never classified correctly and the loss "
+              "stays >= log(2)/2).",
+              f"solve time: {res.solve_seconds:.3f} s ({cost})", *([] if figure is None else [f"figure: {figure}"])]
     return "\n".join(lines)
 
 
