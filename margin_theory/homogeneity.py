@@ -60,10 +60,9 @@ import operator
 import random
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import sympy
@@ -93,7 +92,6 @@ def lemma1_degree(layers: int) -> int:
 # --- Symbolic checker: the real module's fx graph, interpreted over exact polynomials ---
 SYMBOLIC_MODELS = ("linear", "quadratic", "lowrank", "relu2", "conv-linear", "conv-lowrank",
                    "conv-quadratic")
-_NUM = (int, Fraction)
 _BOUND = 10 ** 6  # ray: entries of the random points
 
 
@@ -319,7 +317,7 @@ def _interpret(B, model: nn.Module, graph, input_shape) -> list:
                 vals = obj.detach().reshape(-1).tolist() if isinstance(obj, torch.Tensor) else None
                 v = obj if vals is None else _objects(obj.shape, lambda k: B.const(_exact(vals[k])))
         elif node.op == "output":
-            return [B.const(e) if isinstance(e, _NUM) else e for e in _lift(B, args[0]).reshape(-1)]
+            return [B.const(e) if isinstance(e, (int, Fraction)) else e for e in _lift(B, args[0]).reshape(-1)]
         elif node.op == "call_module":
             m = modules[node.target]
             if type(m) not in _MODULES:
@@ -423,7 +421,7 @@ def _symbolic_module(model: nn.Module, shape: Sequence[int], *, method: str = "a
                                                   for _ in range(n_params + n_in)])
                   for _ in range(50 * int(trials)))
         notes.append(f"exact integer arithmetic at {trials} random points (entries in [-{_BOUND}, {_BOUND}] "
-                     "\\ {0}); Euler's identity as d/dc f(c theta) at c = 1, exactly")
+                     "\\ {0}); Euler's identity d/dc f(c theta) = L f at c = 1 follows from one c-exponent")
         res = _derive(model, graph, shape, points, int(trials), notes)
     res.model, res.sizes = getattr(model, "name", type(model).__name__), {"input_shape": list(shape)}
     res.n_parameters, res.seconds = n_params, time.perf_counter() - t0
@@ -565,17 +563,6 @@ def _generic_point(params: dict, gen: torch.Generator) -> dict:
     return out
 
 
-@contextmanager
-def _removed(modules: Sequence[nn.Module]) -> Iterator[None]:
-    """Replace the given modules by the identity (forward hooks returning the input)."""
-    handles = [m.register_forward_hook(lambda mod, args, out: args[0]) for m in modules]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def _separate_euler(fn, params: dict, names: list[str], gen: torch.Generator, k: int = 2,
                     tol: float = 1e-6) -> list[str]:
     r"""The tensors P of ``names`` in which f is *not* separately homogeneous: with random output
@@ -639,7 +626,7 @@ def numeric_homogeneity(model: nn.Module, x: torch.Tensor, *, cs: Sequence[float
             L = degree if degree is not None else euler_fit
             euler_err = float((jv - L * f0).abs().max()) / float((L * f0 if L else f0).abs().max())
             euler_ok = degree is not None and euler_err <= max(rtol, 1e-9) * 10
-        head_degree, head_est = _head_degree(model, fn, params, buffers, cs, rtol, gen, generic)
+        head_degree, head_est = _head_degree(model, fn, params, cs, rtol, seed, generic)
         attr = _attribute(model, fn, params_g, cs, rtol, gen, notes) if not homogeneous and attribute else None
         breaking, groups, structural, hom_wo, deg_wo = attr or ([], {}, False, None, None)
     finally:
@@ -687,9 +674,9 @@ def _j_theta(fn, params: dict, notes: list) -> tuple[torch.Tensor, torch.Tensor]
     return out.detach(), jv.detach()
 
 
-def _head_degree(model, fn, params, buffers, cs, rtol, gen, generic):
-    """``(degree, estimate)`` of f in ``model.head``'s parameters alone, its input captured once
-    and held fixed (at theta and, with ``generic``, at a generic point); ``(None, None)`` without a head."""
+def _head_degree(model, fn, params, cs, rtol, seed, generic):
+    """``(degree, estimate)`` of f in ``model.head``'s parameters alone: :func:`numeric_homogeneity` of the
+    head on its input, captured once and held fixed; ``(None, None)`` without a head."""
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         return None, None
@@ -700,22 +687,10 @@ def _head_degree(model, fn, params, buffers, cs, rtol, gen, generic):
             fn(params)
     finally:
         h.remove()
-    if not captured:
+    if not captured or len(captured[0]) != 1:
         return None, None
-    prefix = next(n for n, m in model.named_modules() if m is head)
-    pre = prefix + "." if prefix else ""
-    hp = {n[len(pre):]: v for n, v in params.items() if n.startswith(pre)}
-    hb = {n[len(pre):]: v for n, v in buffers.items() if n.startswith(pre)}
-
-    def hfn(ps):
-        return functional_call(head, (ps, hb), captured[0]).reshape(-1)
-
-    fit = _ray_test(hfn, hp, cs, rtol)
-    ok = fit.homogeneous
-    if generic and ok:
-        fit_g = _ray_test(hfn, _generic_point(hp, gen), cs, rtol)
-        ok = fit_g.homogeneous and fit_g.degree == fit.degree
-    return (fit.degree if ok else None), fit.estimate
+    res = numeric_homogeneity(head, captured[0][0], cs=cs, rtol=rtol, seed=seed, generic=generic, attribute=False)
+    return res.degree, res.degree_estimate
 
 
 def _attribute(model, fn, base, cs, rtol, gen, notes: list):
@@ -732,8 +707,13 @@ def _attribute(model, fn, base, cs, rtol, gen, notes: list):
 
     def neutral_fit(keep_bias: str | None = None, keep_norm: str | None = None) -> _Fit:
         ps = {**base, **{n: z for n, z in zero_b.items() if n != keep_bias}}
-        with _removed([m for k, (m, _) in norm.items() if k != keep_norm]):
+        hooks = [m.register_forward_hook(lambda mod, args, out: args[0])  # the identity
+                 for k, (m, _) in norm.items() if k != keep_norm]
+        try:
             return _ray_test(fn, ps, cs, rtol, early_exit=True)
+        finally:
+            for h in hooks:
+                h.remove()
 
     groups: dict[str, list[str]] = {}
     fit0 = neutral_fit() if norm or biases else None

@@ -1,16 +1,11 @@
 """Theorem 1: the XOR problem under gradient flow, solved with scipy (SPEC §4).
 
-Data (:func:`xor_data`): class 0 = {(1, 1), (-1, -1)}, class 1 = {(1, -1), (-1, 1)}.
-Model: single-layer rank-1 Low-Rank DIQNN, ``f_0(x) = (u.x)^2``, ``f_1(x) = (v.x)^2``,
-``theta = (u1, u2, v1, v2)``; it is 2-homogeneous in ``theta`` (L = 2), so the margins
-are normalised by ``||theta||^2`` (SPEC §2, §3).
-
-Loss: mean cross-entropy over the four points,
-``loss = (softplus(-q0) + softplus(-q1)) / 2`` with ``q_n = f_{y_n}(x_n) - f_{other}(x_n)``.
-Gradient flow ``d theta/dt = -grad loss(theta)``.
-
-Reduced coordinates (:func:`reduced_coordinates`) ``a = u1+u2, b = u1-u2, c = v1+v2,
-e = v1-v2``:
+Data (:func:`xor_data`): class 0 = {(1, 1), (-1, -1)}, class 1 = {(1, -1), (-1, 1)}. Model: a rank-1
+Low-Rank DIQNN, ``f_0(x) = (u.x)^2``, ``f_1(x) = (v.x)^2``, ``theta = (u1, u2, v1, v2)``, 2-homogeneous
+(L = 2): margins are normalised by ``||theta||^2`` (SPEC §2, §3). Loss: mean cross-entropy,
+``loss = (softplus(-q0) + softplus(-q1)) / 2``, ``q_n = f_{y_n}(x_n) - f_{other}(x_n)``; gradient flow
+``d theta/dt = -grad loss(theta)``. Reduced coordinates (:func:`reduced_coordinates`)
+``a = u1+u2, b = u1-u2, c = v1+v2, e = v1-v2``:
 
 * ``q0 = a^2 - c^2`` (both class-0 points), ``q1 = e^2 - b^2`` (both class-1 points);
 * ``||theta||^2 = (a^2 + b^2 + c^2 + e^2) / 2``;
@@ -25,11 +20,9 @@ every start ``theta(0) != 0``; if moreover ``a(0) != 0`` and ``e(0) != 0`` then
 decision boundary ``{(u.x)^2 = (v.x)^2}`` tends to the axes, and
 ``(1 - gamma_bar) log^2 t -> (a(0)c(0))^2 + (b(0)e(0))^2``.
 
-Without that hypothesis ``gamma_bar`` still rises (to 1 if one of ``a(0), e(0)`` is
-nonzero) but a class is never classified correctly and the loss stays ``>= log(2)/2``.
-
-:func:`solve_xor_flow` solves the flow (and checks it three ways);
-``python -m margin_theory.xor_flow --help``.
+Without that hypothesis ``gamma_bar`` still rises (to 1 if one of ``a(0), e(0)`` is nonzero) but a class
+is never classified correctly and the loss stays ``>= log(2)/2``. :func:`solve_xor_flow` solves the flow
+(and checks it three ways); ``python -m margin_theory.xor_flow --help``.
 """
 from __future__ import annotations
 
@@ -128,11 +121,8 @@ def _normalised(theta, reduce):
 
 
 def gamma_bar(theta) -> np.ndarray | float:
-    """Average margin ``gamma_bar = mean_n q_n / ||theta||^2
-    = (a^2 - c^2 + e^2 - b^2) / (a^2 + b^2 + c^2 + e^2)`` (paper eq. 4, SPEC §2, §4).
-
-    Scale invariant, ``<= 1`` with equality iff ``b = c = 0``. NaN at ``theta = 0``.
-    """
+    """Average margin ``gamma_bar = mean_n q_n / ||theta||^2 = (a^2 - c^2 + e^2 - b^2) / (a^2 + b^2 + c^2 + e^2)``
+    (paper eq. 4, SPEC §2, §4): scale invariant, ``<= 1`` with equality iff ``b = c = 0``, NaN at 0."""
     return _normalised(theta, np.mean)
 
 
@@ -164,14 +154,10 @@ def loss_and_grad(theta) -> tuple[float, np.ndarray]:
 
 
 def boundary_angle_deg(theta) -> np.ndarray | float:
-    """Angle (degrees, in [0, 45]) between the decision boundary and the axes.
-
-    The boundary ``{(u.x)^2 = (v.x)^2}`` is the pair of lines through the origin with
-    normals ``u - v`` and ``u + v``; for each line take the angle to the nearer axis,
-    ``atan(min(|n1|, |n2|) / max(|n1|, |n2|))``, and return the larger of the two.
-    0 means the boundary is exactly the axes ``x1 = 0, x2 = 0`` (the max-margin
-    boundary of SPEC §4). NaN if ``u = +-v`` (a line is undefined).
-    """
+    """Angle (degrees, in [0, 45]) between the decision boundary and the axes: the boundary
+    ``{(u.x)^2 = (v.x)^2}`` is the pair of lines with normals ``u - v`` and ``u + v``; each line's angle to
+    the nearer axis is ``atan(min(|n1|, |n2|) / max(|n1|, |n2|))``; the larger of the two. 0: the boundary
+    is the axes (the max-margin boundary of SPEC §4). NaN if ``u = +-v``."""
     th = _as_theta(theta)
     u, v = th[..., :2], th[..., 2:]
     out = []
@@ -201,14 +187,11 @@ _BRENT_RTOL = 4 * np.finfo(float).eps
 
 
 def _growth_log_time(P: float, P0: float, k2: float) -> float:
-    """``log t(P)`` for ``dP/dt = 4 P sigmoid(k2/P - P)`` started at ``P0 > 0``.
-
+    """``log t(P)`` for ``dP/dt = 4 P sigmoid(k2/P - P)`` started at ``P0 > 0``:
     ``t(P) = int_{P0}^{P} (1 + exp(x - k2/x)) / (4x) dx
            = log(P/P0)/4 + exp(P) int_{log max(P0, P-60)}^{log P} exp(e^w - P - k2 e^-w)/4 dw``
-    (the part below ``P - 60`` is below ``e^-60`` relative and dropped). Adaptive
-    quadrature (``scipy.integrate.quad``), or 12-point Gauss-Legendre on intervals much
-    shorter than the integrand's scale ``1/P``.
-    """
+    (below ``P - 60`` is below ``e^-60`` relative, dropped); ``quad``, or 12-point Gauss-Legendre on
+    intervals much shorter than the integrand's scale ``1/P``."""
     if P <= P0:
         return -math.inf
     lo, W = math.log(max(P0, P - 60.0)), math.log(P)
@@ -241,11 +224,8 @@ def _growth_solution(P0: float, k2: float, t: float) -> float:
 
 
 def _decay_solution(D0: float, t: float) -> float:
-    """``D(t)`` for ``dD/dt = -4 D sigmoid(D)`` (lead coordinate 0), closed form in ``E1``.
-
-    ``4 t = log(D0/D) + E1(D) - E1(D0)``; solved for ``z = log D`` by Brent's method
-    (for ``z < -30``, ``E1(e^z) = -euler_gamma - z + e^z + O(e^{2z})``).
-    """
+    """``D(t)`` for ``dD/dt = -4 D sigmoid(D)`` (lead coordinate 0): ``4 t = log(D0/D) + E1(D) - E1(D0)``,
+    solved for ``z = log D`` by Brent's method (``z < -30``: ``E1(e^z) = -euler_gamma - z + e^z + O(e^{2z})``)."""
     if t <= 0 or D0 == 0:
         return D0
     z0, E10 = math.log(D0), float(exp1(D0))
@@ -258,17 +238,13 @@ def _decay_solution(D0: float, t: float) -> float:
 
 
 def quadrature_solution(theta0, t) -> np.ndarray:
-    """The exact reduced trajectory ``(a, b, c, e)(t)`` by quadrature, no ODE solver (SPEC §4).
-
-    The flow splits into two independent planar systems, ``(a, c)`` driven by ``s0`` and
-    ``(b, e)`` driven by ``s1``, each with an invariant (``k = a c``, ``m = b e``) and a
-    monotone square: with ``A = a^2``, ``dA/dt = 4 A sigmoid(k^2/A - A)``, so
-    ``t = int_{A(0)}^{A(t)} (1 + exp(x - k^2/x)) / (4x) dx`` (quadrature + root finding),
-    and ``c = k/a``; likewise ``E = e^2`` with ``m``. If ``a(0) = 0`` then ``a = k = 0`` and
-    ``C = c^2`` decays: ``4t = log(C(0)/C) + E1(C) - E1(C(0))``. Signs of ``a, b, c, e``
-    never change. Requires every ``a(0)^2, ..., e(0)^2 <= 600``.
-    Returns (n, 4) for ``t`` of shape (n,), (4,) for a scalar ``t``.
-    """
+    """The exact reduced trajectory ``(a, b, c, e)(t)`` by quadrature, no ODE solver (SPEC §4): two independent
+    planar systems, ``(a, c)`` driven by ``s0`` and ``(b, e)`` by ``s1``, each with an invariant (``k = a c``,
+    ``m = b e``) and a monotone square: ``A = a^2``, ``dA/dt = 4 A sigmoid(k^2/A - A)``, so
+    ``t = int_{A(0)}^{A(t)} (1 + exp(x - k^2/x)) / (4x) dx`` (quadrature + root finding) and ``c = k/a``;
+    likewise ``E = e^2`` with ``m``. If ``a(0) = 0`` then ``a = k = 0`` and ``C = c^2`` decays:
+    ``4t = log(C(0)/C) + E1(C) - E1(C(0))``. Signs never change. Requires every ``a(0)^2, ..., e(0)^2 <= 600``.
+    Returns (n, 4) for ``t`` of shape (n,), (4,) for a scalar ``t``."""
     r0 = reduced_coordinates(_theta0(theta0))
     if np.max(r0 * r0) > MAX_QUAD_SQUARE:
         raise ConfigError(f"quadrature_solution needs reduced squares <= {MAX_QUAD_SQUARE:g} at t = 0")
@@ -294,19 +270,18 @@ def quadrature_solution(theta0, t) -> np.ndarray:
 # --- Result object ---
 @dataclass
 class XorFlowResult:
-    """Trajectory of the XOR flow (or gradient descent) at ``n`` recorded times (SPEC §4):
-    ``t`` (n,), ``theta`` (n, 4), ``reduced`` (n, 4) = ``[a, b, c, e]``, ``invariants`` (n, 2) =
-    ``[a*c, b*e]``, ``gamma_bar``, ``gamma_min``, ``loss``, ``theta_norm``, ``boundary_angle_deg`` (n,).
+    """Trajectory of the XOR flow (or gradient descent) at ``n`` recorded times (SPEC §4): ``t`` (n,),
+    ``theta`` (n, 4), ``reduced`` (n, 4) = ``[a, b, c, e]``, ``invariants`` (n, 2) = ``[a*c, b*e]``,
+    ``gamma_bar``, ``gamma_min``, ``loss``, ``theta_norm``, ``boundary_angle_deg`` (n,).
 
-    * ``monotone``: ``min_k (gamma_bar[k+1] - gamma_bar[k]) >= -monotone_tol``, ``10 * rtol`` for
-      the flow (gamma_bar is scale free, in [-1, 1]) and ``1e-12`` for ``gd`` (a measurement, not
-      a theorem); ``gamma_bar_min_step`` is that minimum (where gamma_bar is defined).
+    * ``monotone``: ``min_k (gamma_bar[k+1] - gamma_bar[k]) >= -monotone_tol`` (``10 * rtol`` for the
+      flow, ``1e-12`` for ``gd``); ``gamma_bar_min_step`` is that minimum.
     * ``invariant_drift`` (2,): ``max_k |I(t_k) - I(0)| / ||theta(t_k)||^2``, ``I = a*c, b*e``.
-    * ``reduced_deviation``: ``max_k ||r_theta(t_k) - r_ode(t_k)|| / ||r_ode(t_k)||`` against an
-      independent solve of the reduced ODE (flow, ``check=True``; else NaN);
-      ``quadrature_deviation`` the same against :func:`quadrature_solution`.
+    * ``reduced_deviation``: ``max_k ||r_theta(t_k) - r_ode(t_k)|| / ||r_ode(t_k)||`` against an independent
+      solve of the reduced ODE (flow, ``check``; else NaN); ``quadrature_deviation`` against
+      :func:`quadrature_solution`.
     * ``limit_constant``: ``(a(0)c(0))^2 + (b(0)e(0))^2 = lim (1 - gamma_bar(t)) log^2 t`` (Theorem 1,
-      which needs ``theorem1_hypothesis``: ``a(0) != 0 and e(0) != 0``).
+      if ``theorem1_hypothesis``: ``a(0) != 0 and e(0) != 0``).
     """
 
     t: np.ndarray
@@ -388,29 +363,20 @@ def _jac_theta_logtime(s: float, th: np.ndarray) -> np.ndarray:
     return 0.5 * _M.T @ _jac_reduced_logtime(s, _M @ th) @ _M
 
 
-#: solve_ivp methods that take a Jacobian
-_IMPLICIT = ("LSODA", "Radau", "BDF")
-
-
 def _ivp(rhs, jac, y0, s_grid, ode_method, rtol, atol):
     """``solve_ivp`` on ``[0, s_grid[-1]]`` with output on ``s_grid`` (implicit methods get the Jacobian):
     the solution and its wall time."""
     t0 = time.perf_counter()
     sol = solve_ivp(rhs, (0.0, s_grid[-1]), y0, method=ode_method, t_eval=s_grid, rtol=rtol, atol=atol,
-                    **({"jac": jac} if ode_method in _IMPLICIT else {}))
+                    **({"jac": jac} if ode_method in ("LSODA", "Radau", "BDF") else {}))
     return sol, time.perf_counter() - t0
 
 
 def _gd_run(theta0: np.ndarray, lr: float, steps_at: np.ndarray, quiet: bool) -> np.ndarray:
-    """Gradient descent ``theta <- theta - lr grad loss`` recorded after ``steps_at`` (sorted, unique) steps.
-
-    A scalar Python loop (about 0.5 microseconds a step): :func:`loss_and_grad` inlined.
-    """
+    """Gradient descent ``theta <- theta - lr grad loss`` recorded after ``steps_at`` (sorted, unique) steps:
+    a scalar Python loop (about 0.5 microseconds a step), :func:`_grad` inlined."""
     u1, u2, v1, v2 = (float(x) for x in theta0)
-    out = np.empty((len(steps_at), 4))
-    exp = math.exp
-    k = 0
-    total = int(steps_at[-1])
+    out, exp, k, total = np.empty((len(steps_at), 4)), math.exp, 0, int(steps_at[-1])
     with progress(total=total, desc="gd steps", quiet=quiet or total < 1_000_000) as bar:
         for i, target in enumerate(steps_at):
             n = int(target) - k
