@@ -1,8 +1,7 @@
 r"""Lemma 2 and the Theorem 2 monitors: does the average margin grow? (SPEC §5)
 
-Everything is evaluated on a seeded subset :math:`S` of the training set (default 512
-points, all of them if fewer) at one instant :math:`\theta`, in float64 on the CPU (a
-float64 copy of the model; the caller's model is not touched). With
+Evaluated on a seeded subset :math:`S` of the training set (default 512 points) at one instant
+:math:`\theta`, in float64 on a CPU copy of the model. With
 :math:`q_n = f_{y_n}(x_n) - f_{j_n}(x_n)`, runner-up :math:`j_n = \arg\max_{j\ne y_n} f_j(x_n)`:
 
 * :math:`\delta_n = f_{j_n}(x_n) - \max_{j\notin\{y_n, j_n\}} f_j(x_n)` (``inf`` when C = 2),
@@ -16,10 +15,9 @@ float64 copy of the model; the caller's model is not touched). With
   :math:`cv = \|w - \bar w 1\| / (\sqrt N \bar w)`;
 * :math:`B = \max_{n,j}\|\nabla_\theta f_j(x_n)\|`,
   :math:`\varepsilon = 2 (C-2) e^{-\delta} B \sqrt N / \sigma_{\max}` (0 when C = 2);
-* (A1) :math:`\delta > 0` - every runner-up set :math:`\{f_j(x_n): j\ne y_n\}` is
-  :math:`\delta`-separated for some :math:`\delta > 0` (strict separation; the theorem holds
-  for any :math:`\delta > 0`, a smaller :math:`\delta` only makes :math:`\varepsilon` larger);
-  (A2) :math:`B < \infty`; (A3) :math:`\rho > cv + \varepsilon`.
+* (A1) :math:`\delta > 0`: every runner-up set :math:`\{f_j(x_n): j\ne y_n\}` is strictly separated
+  (a smaller :math:`\delta` only makes :math:`\varepsilon` larger); (A2) :math:`B < \infty`;
+  (A3) :math:`\rho > cv + \varepsilon`.
 
 **Lemma 2** (exact, from Euler's identity :math:`\langle h_n, \theta\rangle = L q_n`):
 :math:`\frac{d\bar\gamma}{dt} = \langle \Gamma 1, \dot\theta\rangle / (N \|\theta\|^L)`, here with
@@ -32,12 +30,10 @@ subset's mean cross-entropy). :func:`margin_velocity` computes it exactly,
 .. math:: \frac{d\bar\gamma}{dt} \ \ge\ \frac{\bar w\,\rho\,\sigma_{\max}^2\,(\rho - cv - \varepsilon)}{N\,\|\theta\|^L}
           \quad (=\ \text{``lower_bound''}),
 
-so (A1)-(A3) imply :math:`d\bar\gamma/dt > 0`. The conditions are *sufficient, not
-necessary*: when they fail the theorem says nothing, and the margin may still grow.
-
-Normalisation (SPEC §2): :math:`\theta` = all parameters of a homogeneous model, L its degree;
-``normalisation="head"`` (biases, BatchNorm) takes the head's parameters on fixed features, L the
-head's degree, and the velocity of the flow *in the head's parameters alone* (the ``note`` says so).
+so (A1)-(A3) imply :math:`d\bar\gamma/dt > 0`; they are *sufficient, not necessary*. Normalisation (SPEC
+§2): :math:`\theta` = all parameters of a homogeneous model, L its degree; ``normalisation="head"``
+(biases, BatchNorm): the head's parameters on fixed features, L the head's degree, the velocity of the
+flow in the head's parameters alone (the ``note`` says so).
 
 Per-sample gradients (SPEC §9): closed forms for the three heads (and ``relu2``'s output layer)
 on fixed features :math:`\phi`,
@@ -46,9 +42,8 @@ on fixed features :math:`\phi`,
 * quadratic :math:`f_i = \phi^\top W_i\phi`: :math:`\nabla_{W_i} f_i = \phi\phi^\top`;
 * lowrank :math:`f_i = \sum_k (a_{ik}\cdot\phi)^2`: :math:`\nabla_{a_{ik}} f_i = 2 (a_{ik}\cdot\phi)\phi`,
 
-so the Gram matrix :math:`\langle h_n, h_m\rangle` is an N x N kernel (no N x P matrix); anything
-else uses ``torch.func`` (``vmap(jacrev)``), chunked to bound memory. :func:`per_sample_grads_loop`
-is the slow reference for tests and ``python -m margin_theory.assumptions --bench``.
+so the Gram matrix :math:`\langle h_n, h_m\rangle` is an N x N kernel; anything else uses ``torch.func``
+(``vmap(jacrev)``), chunked. :func:`per_sample_grads_loop` is the slow reference (``--bench``).
 """
 from __future__ import annotations
 
@@ -404,19 +399,16 @@ class Theorem2Report:
 
 
 def _note(r: Theorem2Report, n_total: int) -> str:
-    if r.theorem_applies:
-        parts = [f"A1-A3 hold on the subset: Theorem 2 proves d gamma_bar/dt >= {r.lower_bound:.3g} > 0 "
-                 f"(exact Lemma-2 velocity {r.velocity:.3g})."]
-    else:
-        fails = [(a, why) for a, ok, why in (
-            ("A1", r.A1, f"runner-up not strictly separated, delta = {r.delta_min:.3g}"),
-            ("A2", r.A2, "B is not finite"),
-            ("A3", r.A3, f"rho = {r.rho:.3g} <= cv + eps = {r.cv:.3g} + {r.eps:.3g}")) if not ok]
-        grow = "the margin still grows here" if r.velocity > 0 else "and here it does not grow"
-        parts = [f"{' and '.join(a for a, _ in fails)} fail{'s' if len(fails) == 1 else ''} "
-                 f"({'; '.join(why for _, why in fails)}): the theorem says nothing here - its conditions are "
-                 f"sufficient, not necessary - the margin may still grow (exact Lemma-2 velocity "
-                 f"{r.velocity:.3g}: {grow})."]
+    fails = [(a, why) for a, ok, why in (
+        ("A1", r.A1, f"runner-up not strictly separated, delta = {r.delta_min:.3g}"), ("A2", r.A2, "B is not finite"),
+        ("A3", r.A3, f"rho = {r.rho:.3g} <= cv + eps = {r.cv:.3g} + {r.eps:.3g}")) if not ok]
+    parts = [f"A1-A3 hold on the subset: Theorem 2 proves d gamma_bar/dt >= {r.lower_bound:.3g} > 0 "
+             f"(exact Lemma-2 velocity {r.velocity:.3g})." if r.theorem_applies else
+             f"{' and '.join(a for a, _ in fails)} fail{'s' if len(fails) == 1 else ''} "
+             f"({'; '.join(why for _, why in fails)}): "
+             "the theorem says nothing here - its conditions are sufficient, not necessary - the margin may still "
+             f"grow (exact Lemma-2 velocity {r.velocity:.3g}: "
+             f"{'the margin still grows here' if r.velocity > 0 else 'and here it does not grow'})."]
     if r.normalisation == "head":
         parts.append("Normalised by the head's parameters only (features fixed, treated as inputs): the "
                      "velocity is that of the gradient flow in the head's parameters alone; Lemma 2 does "
@@ -515,7 +507,8 @@ def bench_monitors(n: int = 512, rank: int = 8, *, data: str = "random", seed: i
     from .models import build_model
 
     torch.manual_seed(seed)
-    src = "random"
+    g = torch.Generator().manual_seed(seed)
+    X, y, src = torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g), "random"
     if data == "mnist-5k":
         try:
             from .data import load_dataset
@@ -524,9 +517,6 @@ def bench_monitors(n: int = 512, rank: int = 8, *, data: str = "random", seed: i
             X, y, src = ds.X_train[:n].reshape(-1, 1, 28, 28).to(torch.float32), ds.y_train[:n].long(), data
         except Exception as exc:  # data missing or different: fall back, say so
             print(f"(mnist-5k unavailable: {exc}; using random data)", file=sys.stderr)     # --json: stdout clean
-    if src == "random":
-        g = torch.Generator().manual_seed(seed)
-        X, y = torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
     model = build_model("lowrank", (1, 28, 28), 10, rank=rank)
     out: dict[str, Any] = {"n": int(X.shape[0]), "rank": rank, "d": 784, "C": 10, "data": src,
                            "P": sum(p.numel() for p in model.parameters()),

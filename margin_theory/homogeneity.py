@@ -665,13 +665,10 @@ def _j_theta(fn, params: dict, notes: list) -> tuple[torch.Tensor, torch.Tensor]
     except (RuntimeError, NotImplementedError):
         notes.append("Euler's identity checked with reverse-mode gradients (one backward per output)")
     ps = {n: p.detach().clone().requires_grad_(p.is_floating_point()) for n, p in params.items()}
-    leaves = [p for p in ps.values() if p.requires_grad]
-    out = fn(ps)
-    jv = torch.empty_like(out)
-    for j in range(out.numel()):
-        grads = torch.autograd.grad(out[j], leaves, retain_graph=True, allow_unused=True)
-        jv[j] = sum((g * p).sum() for g, p in zip(grads, leaves) if g is not None) if leaves else 0.0
-    return out.detach(), jv.detach()
+    leaves, out = [p for p in ps.values() if p.requires_grad], fn(ps)
+    grads = [torch.autograd.grad(o, leaves, retain_graph=True, allow_unused=True) for o in out]
+    jv = [sum((g * p).sum() for g, p in zip(gs, leaves) if g is not None) for gs in grads]
+    return out.detach(), torch.stack([torch.as_tensor(v, dtype=out.dtype) for v in jv]).detach()
 
 
 def _head_degree(model, fn, params, cs, rtol, seed, generic):
@@ -724,26 +721,23 @@ def _attribute(model, fn, base, cs, rtol, gen, notes: list):
         for k, (_, pn) in norm.items():
             if not neutral_fit(keep_norm=k).homogeneous:
                 groups.setdefault("normalisation", []).extend(pn)
-        what = " and ".join(w for w, v in (("biases set to zero", biases),
-                                            ("normalisation layers removed", norm)) if v)
+        what = " and ".join(w for w, v in (("biases set to zero", biases), ("normalisation layers removed", norm))
+                            if v)
         notes.append(f"with {what} f is homogeneous of degree {fit0.degree}; each listed parameter breaks "
                      "homogeneity on its own (the others neutralised)")
         if not groups:
             groups["combination"] = sorted(biases + in_norm)
-            notes.append("no single bias/normalisation parameter breaks it alone; "
-                         "only their combination does")
+            notes.append("no single bias/normalisation parameter breaks it alone; only their combination does")
         return [p for v in groups.values() for p in v], groups, False, True, fit0.degree
-    # structural: the architecture itself is not homogeneous
-    for n in _separate_euler(fn, base, biases + in_norm, gen):
+    for n in _separate_euler(fn, base, biases + in_norm, gen):  # structural: the architecture breaks it
         groups.setdefault("normalisation" if n in in_norm else "bias", []).append(n)
     if not groups:
         groups["other"] = _separate_euler(fn, base, [n for n in base if n not in biases + in_norm], gen)
-    why = ("even with biases set to zero and normalisation layers removed f is not homogeneous: the "
-           "architecture itself breaks homogeneity (e.g. residual sums of branches of different degrees)"
-           if fit0 is not None else
-           "the model has no biases or normalisation layers; f is not homogeneous because of its "
-           "architecture")
-    notes.append(f"{why}; listed: the parameters in which f is not even separately homogeneous")
+    notes.append(("even with biases set to zero and normalisation layers removed f is not homogeneous: the "
+                  "architecture itself breaks homogeneity (e.g. residual sums of branches of different degrees)"
+                  if fit0 is not None else "the model has no biases or normalisation layers; f is not homogeneous "
+                  "because of its architecture") + "; listed: the parameters in which f is not even separately "
+                 "homogeneous")
     return [p for v in groups.values() for p in v], groups, True, False if fit0 is not None else None, None
 
 
