@@ -525,24 +525,21 @@ def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
 
     X, y = xor_data()
     fig, (ax, ax_b, ax_c) = plt.subplots(1, 3, figsize=(17, 5.4), layout="constrained")
-    R = 1.6
+    R, span = 1.6, np.linspace(-3.2, 3.2, 3)
     # (a) the decision boundary at ~6 log-spaced times
     idx_all = np.flatnonzero(np.all(np.isfinite(res.theta), axis=1))
     want = [0.0] + list(np.geomspace(max(res.t[1], 1e-2), res.t[idx_all[-1]], 5))
     idx = sorted({int(idx_all[np.argmin(np.abs(res.t[idx_all] - w))]) for w in want})
     tpos = res.t[idx]
     norm = colors.LogNorm(vmin=max(np.min(tpos[tpos > 0], initial=1.0), 1e-3), vmax=max(res.t[idx[-1]], 1.0))
-    span = np.linspace(-R, R, 3)
     ax.axhline(0, color="k", ls="--", lw=1.4, zorder=1)
     ax.axvline(0, color="k", ls="--", lw=1.4, zorder=1, label="max-margin boundary (axes)")
     for i in idx:
-        th = res.theta[i]
-        col = cm.viridis(norm(res.t[i])) if res.t[i] > 0 else "tab:red"
-        for j, n in enumerate((th[:2] - th[2:], th[:2] + th[2:])):
-            if np.any(n):
-                d = np.array([-n[1], n[0]]) / np.linalg.norm(n)
-                ax.plot(span * d[0] * 2, span * d[1] * 2, color=col, lw=1.6, zorder=2,
-                        label=(f"t = {res.t[i]:.3g}" if j == 0 else None))
+        th, col = res.theta[i], cm.viridis(norm(res.t[i])) if res.t[i] > 0 else "tab:red"
+        for j, n in enumerate(n for n in (th[:2] - th[2:], th[:2] + th[2:]) if np.any(n)):  # the lines' normals
+            d = np.array([-n[1], n[0]]) / np.linalg.norm(n)
+            ax.plot(span * d[0], span * d[1], color=col, lw=1.6, zorder=2,
+                    label=f"t = {res.t[i]:.3g}" if j == 0 else None)
     for k, marker, s, c, lab in ((0, "o", 120, "tab:blue", "class 0: (1,1), (-1,-1)"),
                                  (1, "s", 130, "tab:orange", "class 1: (1,-1), (-1,1)")):
         ax.scatter(X[y == k, 0], X[y == k, 1], s=s, marker=marker, c=c, edgecolors="k", zorder=3, label=lab)
@@ -552,13 +549,11 @@ def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
     # (b) margins
     tt = res.t[1:]
     ax_b.plot(tt, res.gamma_bar[1:], color="tab:green", lw=2, label=r"average margin $\bar\gamma$")
-    ax_b.plot(tt, res.gamma_min[1:], color="tab:purple", lw=1.5, ls="-.",
-              label=r"minimum margin $\gamma_{\min}$")
+    ax_b.plot(tt, res.gamma_min[1:], color="tab:purple", lw=1.5, ls="-.", label=r"minimum margin $\gamma_{\min}$")
     ax_b.axhline(1.0, color="k", ls="--", lw=1, label="limit 1 (max over $\\theta$)")
     ax_b.set(xscale="log", xlabel="time t (log scale; t = 0 omitted)", ylabel=r"margin $q/\|\theta\|^2$",
              title=f"(b) margins; final $\\bar\\gamma$ = {res.final_gamma_bar:.4f}")
     ax_b.legend(fontsize=8, loc="lower right")
-    ax_b.grid(True, which="both", alpha=0.3)
     # (c) loss and ||theta||
     l1 = ax_c.plot(tt, res.loss[1:], color="tab:red", lw=2, label="loss (mean cross-entropy)")
     ax_c.set(xscale="log", yscale="log", xlabel="time t (log scale)", title="(c) loss and parameter norm")
@@ -571,7 +566,8 @@ def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
                        label=r"leading asymptote $\sqrt{\log(4t\log t)}$")
     ax2.set_ylabel(r"$\|\theta\|$", color="tab:blue")
     ax_c.legend(l1 + l2, [h.get_label() for h in l1 + l2], fontsize=8, loc="center left")
-    ax_c.grid(True, which="both", alpha=0.3)
+    for a in (ax_b, ax_c):
+        a.grid(True, which="both", alpha=0.3)
     hyp = "" if res.theorem1_hypothesis else "  [a(0)=0 or e(0)=0: Theorem 1 does not apply]"
     fig.suptitle(title or res.title() + hyp, fontsize=12)
     return save_figure(fig, path)
