@@ -85,9 +85,8 @@ def _flat(tensors) -> torch.Tensor:
 # --- The problem: theta, the function f(theta; u), the inputs u ---
 @dataclass
 class _Problem:
-    """``f(theta; u) = functional_call(module, theta, u)`` on inputs ``u`` (N, ...): X itself (full
-    normalisation with parametrised features) or the fixed features phi (head normalisation, or a
-    model whose features have no parameters)."""
+    """``f(theta; u) = functional_call(module, theta, u)`` on inputs ``u`` (N, ...): X itself, or the fixed
+    features phi (head normalisation, or features without parameters)."""
 
     module: nn.Module
     inputs: torch.Tensor
@@ -198,9 +197,8 @@ def _closed_form_stats(prob: _Problem, j: torch.Tensor) -> GradStats:
 
 
 def _h_rows(prob: _Problem, j: torch.Tensor, budget: int, rows: slice | None = None):
-    """``(H, fnorm)`` of the samples in ``rows`` (all by default): ``H[n] = h_n`` and
-    ``fnorm[n, i] = ||grad f_i(x_n)||`` by ``vmap(jacrev)``, in chunks of samples whose
-    Jacobian (n x C x P, plus temporaries) stays within ``budget`` bytes."""
+    """``(H, fnorm)`` of the samples in ``rows`` (all by default), ``H[n] = h_n``, ``fnorm[n, i] = ||grad f_i(x_n)||``,
+    by ``vmap(jacrev)`` in chunks whose Jacobian (n x C x P, plus temporaries) stays within ``budget`` bytes."""
     jac = vmap(jacrev(lambda p, u: prob.logits(p, u.unsqueeze(0))[0]), in_dims=(None, 0))
     rows = slice(0, prob.inputs.shape[0]) if rows is None else rows
     with torch.no_grad():
@@ -219,9 +217,8 @@ def _h_rows(prob: _Problem, j: torch.Tensor, budget: int, rows: slice | None = N
 
 
 def _func_stats(prob: _Problem, j: torch.Tensor, budget: int = DEFAULT_MEMORY_BUDGET) -> GradStats:
-    """torch.func path. H = [h_1 .. h_N]^T (N x P) is held in blocks of at most
-    ``4 * budget`` bytes; if it does not fit in one block the Gram matrix is accumulated
-    block pair by block pair (later blocks recomputed: bounded memory, more time)."""
+    """torch.func path: H = [h_1 .. h_N]^T (N x P) in blocks of at most ``4 * budget`` bytes, the Gram matrix
+    accumulated block pair by block pair (later blocks recomputed: bounded memory, more time)."""
     N, theta = prob.inputs.shape[0], prob.theta_flat()
     per_block = max(1, (4 * budget) // max(prob.P * prob.inputs.element_size(), 1))
     blocks = [slice(s, min(N, s + per_block)) for s in range(0, N, per_block)]
@@ -333,13 +330,11 @@ def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tenso
     the step (:class:`ConfigError` when ``check_runner_up``)."""
     prob = _prepare(model, X, y, normalisation, dtype, degree)
     j = prob.runner_ups()
-    v, _ = _flow_vectors(prob, j)
-    theta = prob.theta_flat()
+    (v, _), theta = _flow_vectors(prob, j), prob.theta_flat()
     if h is None:
-        vn = float(v.norm())
-        if vn == 0.0:
+        if float(v.norm()) == 0.0:
             return 0.0
-        h = 1e-4 * float(theta.norm()) / vn
+        h = 1e-4 * float(theta.norm()) / float(v.norm())
     if not h > 0:
         raise ConfigError(f"finite-difference step must be > 0, got {h}")
 

@@ -30,22 +30,16 @@ The ``quadratic`` head's parameters are the entries of the stored V (:math:`x^\t
 :math:`W = (V + V^\top)/2`, linear in V).
 
 **Numeric** (:func:`numeric_homogeneity`, any ``torch.nn.Module``, float64, eval mode, parameters
-substituted by :func:`torch.func.functional_call`, the model untouched):
-
-* L from :math:`\log(f_j(c\theta)/f_j(\theta)) / \log c` over several c and all outputs j; homogeneous when
-  :math:`\max_j |f_j(c\theta) - c^L f_j(\theta)| \le \mathrm{rtol}\,\max_j |c^L f_j(\theta)|` for every c, at
-  :math:`\theta` and at a *generic* :math:`\theta'` (each tensor plus Gaussian noise of half its RMS, 0.1 if
-  zero: a zero bias would otherwise hide).
-* Euler's identity: :math:`J\theta` by one :func:`torch.func.jvp`, compared with :math:`L f`.
-* Head degree: only ``model.head``'s parameters scaled, its input held fixed.
-* Breaking parameters, candidates the biases and the :data:`NORM_LAYER_TYPES` layers, at :math:`\theta'`:
-  (1) neutralise all (biases zero, norm layers the identity); (2) if f is then homogeneous, put each
-  back alone: it breaks homogeneity iff f is then not (this names ``relu2``'s b2, not b1:
-  :math:`W_1x + b_1 = [W_1\ b_1][x; 1]`); (3) otherwise the architecture breaks it (``structural``): the
-  candidates in which f is not separately homogeneous are named (per tensor,
-  :math:`\langle\nabla_P (w\cdot f), P\rangle / (w\cdot f)` must not depend on random weights w), else every
-  tensor that fails it. For ResNets this names every BatchNorm weight and bias.
-
+substituted by :func:`torch.func.functional_call`, the model untouched): L from
+:math:`\log(f_j(c\theta)/f_j(\theta)) / \log c`; homogeneous when, for every c,
+:math:`\max_j |f_j(c\theta) - c^L f_j(\theta)| \le \mathrm{rtol}\,\max_j |c^L f_j(\theta)|` at :math:`\theta` and at a
+*generic* :math:`\theta'` (each tensor plus Gaussian noise of half its RMS: a zero bias would hide);
+Euler's identity by one :func:`torch.func.jvp`; the head's degree with its input held fixed. Breaking
+parameters (biases and :data:`NORM_LAYER_TYPES` layers), at :math:`\theta'`: neutralise all (biases zero, norm
+layers the identity); if f is then homogeneous, each one put back alone breaks it iff f is then not
+(``relu2``'s b2, not b1: :math:`W_1x + b_1 = [W_1\ b_1][x; 1]`); otherwise the architecture breaks it
+(``structural``) and the tensors P in which f is not separately homogeneous are named
+(:math:`\langle\nabla_P (w\cdot f), P\rangle / (w\cdot f)` depends on random weights w): every BatchNorm of a ResNet.
 A bias in the *first* parameterised layer does not break homogeneity (proof §4),
 :math:`(cW)x + cb = c(Wx + b)`: ``conv-<head>`` is homogeneous with or without its conv bias.
 
@@ -123,10 +117,9 @@ def _c_degrees(polys) -> set[int]:
 
 
 class _Dry:
-    """Scalars for :func:`_interpret`: ``leaf(name, shape)`` gives a parameter tensor (or the
-    input, ``name=None``), ``const`` lifts an exact number, ``gate(z)`` is
-    :math:`\\mathrm{relu}(z) = z\\,\\mathbb 1[z > 0]`, ``check`` sees every node's value.
-    This base class is the dry run over zeros: it counts the gates and picks the domain."""
+    """Scalars for :func:`_interpret`: ``leaf(name, shape)`` a parameter tensor (the input if ``name=None``),
+    ``const`` an exact number, ``gate(z)`` :math:`\\mathrm{relu}(z) = z\\,\\mathbb 1[z > 0]`, ``check`` every node's
+    value. This base class is the dry run over zeros: it counts the gates and picks the domain."""
 
     n_gates, domain = 0, sympy.ZZ
 
@@ -301,8 +294,8 @@ _MODULES: dict[type, Callable] = {
 
 
 def _interpret(B, model: nn.Module, graph, input_shape) -> list:
-    """Evaluate ``model``'s traced ``graph`` node by node over object arrays of B's scalars:
-    the parameters are ``model.named_parameters()``, the input one sample ``(1, *input_shape)``."""
+    """Evaluate ``model``'s traced ``graph`` node by node over object arrays of B's scalars, on one
+    sample ``(1, *input_shape)``."""
     params = {n: B.leaf(n, tuple(p.shape)) for n, p in model.named_parameters()}
     modules = dict(model.named_modules())
     env: dict = {}
@@ -366,12 +359,10 @@ def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int
                          conv_bias: bool = False, image: Sequence[int] = (2, 2), kernel: int = 5,
                          padding: int = 2, channels: int = 1, method: str = "auto",
                          max_terms: int = 20_000, trials: int = 3, seed: int = 0) -> SymbolicResult:
-    r"""Derive exactly the degree of ``build_model(model_name, ...)`` at tiny sizes (SPEC §3): ``layers``
-    n of ``lowrank`` (Lemma 1: expect :math:`2^{n+1}-2`, never assumed), input dimension ``d``,
-    ``hidden`` width(s), ``rank``, C = ``num_classes``; ``conv-`` models on a one-channel ``image``
-    with the model's ``kernel`` 5 and ``padding`` 2. ``method``: ``"expand"``, ``"ray"`` (``trials``
-    random points) or ``"auto"`` (ray once the expansion exceeds ``max_terms`` monomials).
-    ``degree`` is the common c-exponent (or None), ``degrees`` all of them."""
+    r"""Derive exactly the degree of ``build_model(model_name, ...)`` at tiny sizes (SPEC §3): ``layers`` n of
+    ``lowrank`` (Lemma 1: expect :math:`2^{n+1}-2`, never assumed), input dimension ``d``, ``hidden``, ``rank``,
+    C = ``num_classes``; ``conv-`` models on a one-channel ``image`` (the model's ``kernel`` 5, ``padding`` 2).
+    ``method``: ``"expand"``, ``"ray"`` (``trials`` random points) or ``"auto"`` (ray beyond ``max_terms``)."""
     if model_name not in SYMBOLIC_MODELS:
         raise ConfigError(f"no symbolic form for model {model_name!r}; --symbolic supports "
                           f"{', '.join(SYMBOLIC_MODELS)}")
@@ -394,8 +385,7 @@ def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int
 
 def _symbolic_module(model: nn.Module, shape: Sequence[int], *, method: str = "auto", max_terms: int = 20_000,
                      trials: int = 3, seed: int = 0) -> SymbolicResult:
-    """The exact check of any module whose traced graph uses only the ops of :data:`_OPS` and
-    :data:`_MODULES`, on one input of shape ``shape``."""
+    """The exact check of any module whose traced graph uses only :data:`_OPS` and :data:`_MODULES`."""
     if method not in ("auto", "expand", "ray"):
         raise ConfigError(f"method must be auto, expand or ray, got {method!r}")
     if int(trials) < 1:
@@ -523,10 +513,9 @@ class _Fit:
 
 
 def _ray_test(fn: Callable[[dict], torch.Tensor], params: dict, cs, rtol, early_exit: bool = False) -> _Fit:
-    r"""Evaluate :math:`f(c\theta)` for c in ``cs``, estimate L as the mean
-    over c of the median over outputs of :math:`\log(f_c/f_0)/\log c` and verify
-    :math:`\max|f_c - c^L f_0| \le \mathrm{rtol} \max|c^L f_0|`. ``early_exit``: stop at the first
-    c whose log-ratios spread by more than 1e-3 in L (certainly not homogeneous)."""
+    r"""Evaluate :math:`f(c\theta)` for c in ``cs``, estimate L as the mean over c of the median over outputs of
+    :math:`\log(f_c/f_0)/\log c` and verify :math:`\max|f_c - c^L f_0| \le \mathrm{rtol} \max|c^L f_0|`.
+    ``early_exit``: stop at the first c whose log-ratios spread by more than 1e-3 (not homogeneous)."""
     with torch.no_grad():
         f0 = fn(params).reshape(-1).to(torch.float64)
         scale = float(f0.abs().max()) if f0.numel() else 0.0
@@ -565,9 +554,8 @@ def _generic_point(params: dict, gen: torch.Generator) -> dict:
 
 def _separate_euler(fn, params: dict, names: list[str], gen: torch.Generator, k: int = 2,
                     tol: float = 1e-6) -> list[str]:
-    r"""The tensors P of ``names`` in which f is *not* separately homogeneous: with random output
-    weights :math:`w_1..w_k`, :math:`\langle\nabla_P(w\cdot f), P\rangle` must equal
-    :math:`\rho_P\,(w\cdot f)` with one :math:`\rho_P` (the degree in P) for all w."""
+    r"""The tensors P of ``names`` in which f is *not* separately homogeneous: with random output weights
+    :math:`w_1..w_k`, :math:`\langle\nabla_P(w\cdot f), P\rangle = \rho_P\,(w\cdot f)`, one :math:`\rho_P` for all w."""
     if not names:
         return []
     others = {n: v for n, v in params.items() if n not in names}
