@@ -148,9 +148,9 @@ class _Exact(_Dry):
         self.expand, self.max_terms, self._next = point is None, max_terms, 0
         self.P = sum(p.numel() for p in model.parameters())
         self.param_names = [f"{n}[{','.join(map(str, idx))}]" for n, p in model.named_parameters()
-                            for idx in np.ndindex(*p.shape)] if self.expand else []  # generators of expand
+                            for idx in np.ndindex(*p.shape)] if self.expand else []
         names = self.param_names + [f"x{k}" for k in range(n_inputs)] + [f"g{k}" for k in range(dry.n_gates)]
-        self.R, *gens = sympy.polys.rings.ring((names if self.expand else []) + ["c"], dry.domain)
+        self.R, *gens = sympy.polys.rings.ring(names + ["c"] if self.expand else ["c"], dry.domain)
         self.c = gens[-1]
         self.values = gens[:self.P + n_inputs] if self.expand else [self.R(v) for v in point]
         self.gates = gens[self.P + n_inputs:-1]
@@ -721,11 +721,10 @@ def _attribute(model, fn, base, cs, rtol, gen, notes: list):
         groups.setdefault("normalisation" if n in in_norm else "bias", []).append(n)
     if not groups:
         groups["other"] = _separate_euler(fn, base, [n for n in base if n not in biases + in_norm], gen)
-    notes.append(("even with biases set to zero and normalisation layers removed f is not homogeneous: the "
-                  "architecture itself breaks homogeneity (e.g. residual sums of branches of different degrees)"
-                  if fit0 is not None else "the model has no biases or normalisation layers; f is not homogeneous "
-                  "because of its architecture") + "; listed: the parameters in which f is not even separately "
-                 "homogeneous")
+    why = ("even with biases set to zero and normalisation layers removed f is not homogeneous: the architecture "
+           "itself breaks homogeneity (e.g. residual sums of branches of different degrees)" if fit0 is not None
+           else "the model has no biases or normalisation layers; f is not homogeneous because of its architecture")
+    notes.append(f"{why}; listed: the parameters in which f is not even separately homogeneous")
     return [p for v in groups.values() for p in v], groups, True, False if fit0 is not None else None, None
 
 
@@ -828,7 +827,9 @@ def build_parser() -> ArgumentParser:
 
 
 def _human(r: dict) -> str:
-    desc = r["model"] + (f" ({r['layers']} layer{'s' * (r['layers'] > 1)}, rank {r['rank']})" if "layers" in r else "")
+    desc = r["model"]
+    if "layers" in r:
+        desc += f" ({r['layers']} layer{'s' if r['layers'] > 1 else ''}, rank {r['rank']})"
     if "conv_bias" in r:
         desc += f" (conv bias {'on' if r['conv_bias'] else 'off'}, {r['conv_channels']} channel(s))"
     per_c = ", ".join(f"c={c}: {'n/a' if e is None else f'{e:.6f}'}" for c, e in r["per_c_estimates"].items())
