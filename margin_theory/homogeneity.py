@@ -876,13 +876,10 @@ def _human(r: dict) -> str:
 @cli_entry("python -m margin_theory.homogeneity")
 def main(argv=None) -> int:
     """Check a model's homogeneity (SPEC §3); one line + exit 2 on bad input."""
-    args = build_parser().parse_args(argv)
-    report = check_model(args.model, layers=args.layers, rank=args.rank, hidden=args.hidden,
-                         conv_bias=args.conv_bias, conv_channels=args.conv_channels,
-                         num_classes=args.num_classes, input_shape=args.input_shape, batch=args.batch,
-                         seed=args.seed, cs=args.cs, symbolic=args.symbolic,
-                         symbolic_method=args.symbolic_method)
-    if args.json:
+    opts = vars(build_parser().parse_args(argv))
+    as_json = opts.pop("json")
+    report = check_model(opts.pop("model"), **opts)  # every other flag is a keyword of check_model
+    if as_json:
         print_json(report)
     else:
         print(_human(report))

@@ -318,8 +318,7 @@ class XorFlowResult:
     def to_dict(self) -> dict[str, Any]:
         """For ``--json``: every field (arrays as they are, ``print_json`` makes lists), then ``extra``."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        d["normalisation"] = "q / ||theta||^2 (all parameters, L = 2)"
-        return {**d, **self.extra}
+        return {**d, "normalisation": "q / ||theta||^2 (all parameters, L = 2)", **self.extra}
 
     def title(self) -> str:
         what = ("gradient flow (solve_ivp, log-time)" if self.method == "flow"
