@@ -1,8 +1,7 @@
 r"""Lemma 2 and the Theorem 2 monitors: does the average margin grow? (SPEC §5)
 
-Everything is evaluated on a seeded subset :math:`S` of the training set (default 512
-points, all of them if fewer) at one instant :math:`\theta`, in float64 on the CPU (a
-float64 copy of the model; the caller's model is not touched). With
+Evaluated on a seeded subset :math:`S` of the training set (default 512 points) at one instant
+:math:`\theta`, in float64 on a CPU copy of the model. With
 :math:`q_n = f_{y_n}(x_n) - f_{j_n}(x_n)`, runner-up :math:`j_n = \arg\max_{j\ne y_n} f_j(x_n)`:
 
 * :math:`\delta_n = f_{j_n}(x_n) - \max_{j\notin\{y_n, j_n\}} f_j(x_n)` (``inf`` when C = 2),
@@ -16,10 +15,9 @@ float64 copy of the model; the caller's model is not touched). With
   :math:`cv = \|w - \bar w 1\| / (\sqrt N \bar w)`;
 * :math:`B = \max_{n,j}\|\nabla_\theta f_j(x_n)\|`,
   :math:`\varepsilon = 2 (C-2) e^{-\delta} B \sqrt N / \sigma_{\max}` (0 when C = 2);
-* (A1) :math:`\delta > 0` - every runner-up set :math:`\{f_j(x_n): j\ne y_n\}` is
-  :math:`\delta`-separated for some :math:`\delta > 0` (strict separation; the theorem holds
-  for any :math:`\delta > 0`, a smaller :math:`\delta` only makes :math:`\varepsilon` larger);
-  (A2) :math:`B < \infty`; (A3) :math:`\rho > cv + \varepsilon`.
+* (A1) :math:`\delta > 0`: every runner-up set :math:`\{f_j(x_n): j\ne y_n\}` is strictly separated
+  (a smaller :math:`\delta` only makes :math:`\varepsilon` larger); (A2) :math:`B < \infty`;
+  (A3) :math:`\rho > cv + \varepsilon`.
 
 **Lemma 2** (exact, from Euler's identity :math:`\langle h_n, \theta\rangle = L q_n`):
 :math:`\frac{d\bar\gamma}{dt} = \langle \Gamma 1, \dot\theta\rangle / (N \|\theta\|^L)`, here with
@@ -32,12 +30,10 @@ subset's mean cross-entropy). :func:`margin_velocity` computes it exactly,
 .. math:: \frac{d\bar\gamma}{dt} \ \ge\ \frac{\bar w\,\rho\,\sigma_{\max}^2\,(\rho - cv - \varepsilon)}{N\,\|\theta\|^L}
           \quad (=\ \text{``lower_bound''}),
 
-so (A1)-(A3) imply :math:`d\bar\gamma/dt > 0`. The conditions are *sufficient, not
-necessary*: when they fail the theorem says nothing, and the margin may still grow.
-
-Normalisation (SPEC §2): :math:`\theta` = all parameters of a homogeneous model, L its degree;
-``normalisation="head"`` (biases, BatchNorm) takes the head's parameters on fixed features, L the
-head's degree, and the velocity of the flow *in the head's parameters alone* (the ``note`` says so).
+so (A1)-(A3) imply :math:`d\bar\gamma/dt > 0`; they are *sufficient, not necessary*. Normalisation (SPEC
+§2): :math:`\theta` = all parameters of a homogeneous model, L its degree; ``normalisation="head"``
+(biases, BatchNorm): the head's parameters on fixed features, L the head's degree, the velocity of the
+flow in the head's parameters alone (the ``note`` says so).
 
 Per-sample gradients (SPEC §9): closed forms for the three heads (and ``relu2``'s output layer)
 on fixed features :math:`\phi`,
@@ -46,9 +42,8 @@ on fixed features :math:`\phi`,
 * quadratic :math:`f_i = \phi^\top W_i\phi`: :math:`\nabla_{W_i} f_i = \phi\phi^\top`;
 * lowrank :math:`f_i = \sum_k (a_{ik}\cdot\phi)^2`: :math:`\nabla_{a_{ik}} f_i = 2 (a_{ik}\cdot\phi)\phi`,
 
-so the Gram matrix :math:`\langle h_n, h_m\rangle` is an N x N kernel (no N x P matrix); anything
-else uses ``torch.func`` (``vmap(jacrev)``), chunked to bound memory. :func:`per_sample_grads_loop`
-is the slow reference for tests and ``python -m margin_theory.assumptions --bench``.
+so the Gram matrix :math:`\langle h_n, h_m\rangle` is an N x N kernel; anything else uses ``torch.func``
+(``vmap(jacrev)``), chunked. :func:`per_sample_grads_loop` is the slow reference (``--bench``).
 """
 from __future__ import annotations
 
@@ -90,9 +85,8 @@ def _flat(tensors) -> torch.Tensor:
 # --- The problem: theta, the function f(theta; u), the inputs u ---
 @dataclass
 class _Problem:
-    """``f(theta; u) = functional_call(module, theta, u)`` on inputs ``u`` (N, ...): X itself (full
-    normalisation with parametrised features) or the fixed features phi (head normalisation, or a
-    model whose features have no parameters)."""
+    """``f(theta; u) = functional_call(module, theta, u)`` on inputs ``u`` (N, ...): X itself, or the fixed
+    features phi (head normalisation, or features without parameters)."""
 
     module: nn.Module
     inputs: torch.Tensor
@@ -168,11 +162,9 @@ def select_subset(n: int, subset: int | None, seed: int = 0) -> torch.Tensor:
 # --- Per-sample gradient statistics ---
 @dataclass
 class GradStats:
-    r"""What the monitors need from the per-sample gradients, never the N x C x P Jacobian.
-
+    r"""What the monitors need from the per-sample gradients (never the N x C x P Jacobian):
     ``gram[n, m] = <h_n, h_m>`` (unprojected), ``h_theta[n] = <h_n, theta>``,
-    ``fnorm[n, j] = ||grad_theta f_j(x_n)||``; ``method`` says how they were computed.
-    """
+    ``fnorm[n, j] = ||grad_theta f_j(x_n)||``; ``method`` says how they were computed."""
 
     gram: torch.Tensor
     h_theta: torch.Tensor
@@ -205,9 +197,8 @@ def _closed_form_stats(prob: _Problem, j: torch.Tensor) -> GradStats:
 
 
 def _h_rows(prob: _Problem, j: torch.Tensor, budget: int, rows: slice | None = None):
-    """``(H, fnorm)`` of the samples in ``rows`` (all by default): ``H[n] = h_n`` and
-    ``fnorm[n, i] = ||grad f_i(x_n)||`` by ``vmap(jacrev)``, in chunks of samples whose
-    Jacobian (n x C x P, plus temporaries) stays within ``budget`` bytes."""
+    """``(H, fnorm)`` of the samples in ``rows`` (all by default), ``H[n] = h_n``, ``fnorm[n, i] = ||grad f_i(x_n)||``,
+    by ``vmap(jacrev)`` in chunks whose Jacobian (n x C x P, plus temporaries) stays within ``budget`` bytes."""
     jac = vmap(jacrev(lambda p, u: prob.logits(p, u.unsqueeze(0))[0]), in_dims=(None, 0))
     rows = slice(0, prob.inputs.shape[0]) if rows is None else rows
     with torch.no_grad():
@@ -226,9 +217,8 @@ def _h_rows(prob: _Problem, j: torch.Tensor, budget: int, rows: slice | None = N
 
 
 def _func_stats(prob: _Problem, j: torch.Tensor, budget: int = DEFAULT_MEMORY_BUDGET) -> GradStats:
-    """torch.func path. H = [h_1 .. h_N]^T (N x P) is held in blocks of at most
-    ``4 * budget`` bytes; if it does not fit in one block the Gram matrix is accumulated
-    block pair by block pair (later blocks recomputed: bounded memory, more time)."""
+    """torch.func path: H = [h_1 .. h_N]^T (N x P) in blocks of at most ``4 * budget`` bytes, the Gram matrix
+    accumulated block pair by block pair (later blocks recomputed: bounded memory, more time)."""
     N, theta = prob.inputs.shape[0], prob.theta_flat()
     per_block = max(1, (4 * budget) // max(prob.P * prob.inputs.element_size(), 1))
     blocks = [slice(s, min(N, s + per_block)) for s in range(0, N, per_block)]
@@ -302,28 +292,22 @@ def _flow_vectors(prob: _Problem, j: torch.Tensor):
     r"""``(v, s)``: :math:`v = \dot\theta = -\nabla \frac1N\sum_n \mathrm{CE}_n` and
     :math:`s = \sum_n h_n = \nabla\sum_n q_n` (runner-ups fixed), flat P-vectors."""
     params = {n: p.clone().requires_grad_(True) for n, p in prob.params.items()}
-    plist = list(params.values())
     with torch.enable_grad():
         logits = prob.logits(params)
-        loss = F.cross_entropy(logits, prob.y)
         ar = torch.arange(logits.shape[0])
-        qsum = (logits[ar, prob.y] - logits[ar, j]).sum()
-        gl = torch.autograd.grad(loss, plist, retain_graph=True)
-        gq = torch.autograd.grad(qsum, plist)
+        gl = torch.autograd.grad(F.cross_entropy(logits, prob.y), list(params.values()), retain_graph=True)
+        gq = torch.autograd.grad((logits[ar, prob.y] - logits[ar, j]).sum(), list(params.values()))
     return -_flat(gl), _flat(gq)
 
 
 def _velocity(prob: _Problem, j: torch.Tensor) -> tuple[float, float]:
     """Lemma 2, and ``||Gamma 1|| ||theta'|| / (N ||theta||^L)``, the Cauchy-Schwarz bound on
     |velocity| (the natural scale for comparing velocities)."""
-    theta = prob.theta_flat()
-    v, s = _flow_vectors(prob, j)
+    theta, (v, s) = prob.theta_flat(), _flow_vectors(prob, j)
     tn2 = float(theta @ theta)
-    # <Gamma 1, v> = <P s, v> = <s, v> - <s, theta><theta, v>/||theta||^2
-    inner = float(s @ v) - float(s @ theta) * float(theta @ v) / tn2
+    g1 = s - (float(s @ theta) / tn2) * theta          # Gamma 1 = P s
     denom = prob.inputs.shape[0] * norm_power(math.sqrt(tn2), prob.degree)
-    g1 = s - (float(s @ theta) / tn2) * theta
-    return inner / denom, float(g1.norm()) * float(v.norm()) / denom
+    return float(g1 @ v) / denom, float(g1.norm()) * float(v.norm()) / denom
 
 
 def margin_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *,
@@ -340,21 +324,17 @@ def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tenso
                                h: float | None = None, normalisation: str = "auto",
                                dtype: torch.dtype = torch.float64, degree: int | None = None,
                                check_runner_up: bool = True) -> float:
-    r"""Central finite difference of :math:`\bar\gamma` along the gradient flow:
-    :math:`[\bar\gamma(\theta + h v) - \bar\gamma(\theta - h v)] / (2h)`,
-    :math:`v = -\nabla_\theta` (mean CE over (X, y)), :math:`\bar\gamma` recomputed from scratch at
-    both points; default ``h = 1e-4 ||theta|| / ||v||`` (O(h^2) error ~1e-8). Agrees with
-    :func:`margin_velocity` unless a runner-up changes within the step (:class:`ConfigError` when
-    ``check_runner_up``)."""
+    r"""Central finite difference :math:`[\bar\gamma(\theta + h v) - \bar\gamma(\theta - h v)] / (2h)`,
+    :math:`v = -\nabla_\theta` (mean CE over (X, y)), :math:`\bar\gamma` recomputed at both points; default
+    ``h = 1e-4 ||theta|| / ||v||``. Agrees with :func:`margin_velocity` unless a runner-up changes within
+    the step (:class:`ConfigError` when ``check_runner_up``)."""
     prob = _prepare(model, X, y, normalisation, dtype, degree)
     j = prob.runner_ups()
-    v, _ = _flow_vectors(prob, j)
-    theta = prob.theta_flat()
+    (v, _), theta = _flow_vectors(prob, j), prob.theta_flat()
     if h is None:
-        vn = float(v.norm())
-        if vn == 0.0:
+        if float(v.norm()) == 0.0:
             return 0.0
-        h = 1e-4 * float(theta.norm()) / vn
+        h = 1e-4 * float(theta.norm()) / float(v.norm())
     if not h > 0:
         raise ConfigError(f"finite-difference step must be > 0, got {h}")
 
@@ -372,10 +352,7 @@ def finite_difference_velocity(model: nn.Module, X: torch.Tensor, y: torch.Tenso
 # --- Theorem 2 report ---
 @dataclass
 class Theorem2Report:
-    """The Theorem 2 monitors on a seeded subset S at one instant (SPEC §5).
-
-    ``as_dict()`` is JSON-able (``inf`` is written ``"inf"``, NaN ``null``).
-    """
+    """The Theorem 2 monitors on a seeded subset S at one instant (SPEC §5); ``as_dict()`` is JSON-able."""
 
     n_subset: int
     subset_seed: int
@@ -412,25 +389,21 @@ class Theorem2Report:
         return to_jsonable({f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
 
     def verdict(self) -> str:
-        """One word: ``grows`` (A1-A3 hold: Theorem 2 proves d gamma_bar/dt > 0) or
-        ``no-claim`` (some condition fails: the theorem says nothing)."""
+        """``grows`` (A1-A3 hold: Theorem 2 proves d gamma_bar/dt > 0) or ``no-claim`` (the theorem says nothing)."""
         return "grows" if self.theorem_applies else "no-claim"
 
 
 def _note(r: Theorem2Report, n_total: int) -> str:
-    if r.theorem_applies:
-        parts = [f"A1-A3 hold on the subset: Theorem 2 proves d gamma_bar/dt >= {r.lower_bound:.3g} > 0 "
-                 f"(exact Lemma-2 velocity {r.velocity:.3g})."]
-    else:
-        fails = [(a, why) for a, ok, why in (
-            ("A1", r.A1, f"runner-up not strictly separated, delta = {r.delta_min:.3g}"),
-            ("A2", r.A2, "B is not finite"),
-            ("A3", r.A3, f"rho = {r.rho:.3g} <= cv + eps = {r.cv:.3g} + {r.eps:.3g}")) if not ok]
-        grow = "the margin still grows here" if r.velocity > 0 else "and here it does not grow"
-        parts = [f"{' and '.join(a for a, _ in fails)} fail{'s' if len(fails) == 1 else ''} "
-                 f"({'; '.join(why for _, why in fails)}): the theorem says nothing here - its conditions are "
-                 f"sufficient, not necessary - the margin may still grow (exact Lemma-2 velocity "
-                 f"{r.velocity:.3g}: {grow})."]
+    fails = [(a, why) for a, ok, why in (
+        ("A1", r.A1, f"runner-up not strictly separated, delta = {r.delta_min:.3g}"), ("A2", r.A2, "B is not finite"),
+        ("A3", r.A3, f"rho = {r.rho:.3g} <= cv + eps = {r.cv:.3g} + {r.eps:.3g}")) if not ok]
+    parts = [f"A1-A3 hold on the subset: Theorem 2 proves d gamma_bar/dt >= {r.lower_bound:.3g} > 0 "
+             f"(exact Lemma-2 velocity {r.velocity:.3g})." if r.theorem_applies else
+             f"{' and '.join(a for a, _ in fails)} fail{'s' if len(fails) == 1 else ''} "
+             f"({'; '.join(why for _, why in fails)}): "
+             "the theorem says nothing here - its conditions are sufficient, not necessary - the margin may still "
+             f"grow (exact Lemma-2 velocity {r.velocity:.3g}: "
+             f"{'the margin still grows here' if r.velocity > 0 else 'and here it does not grow'})."]
     if r.normalisation == "head":
         parts.append("Normalised by the head's parameters only (features fixed, treated as inputs): the "
                      "velocity is that of the gradient flow in the head's parameters alone; Lemma 2 does "
@@ -445,21 +418,14 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
                     seed: int = 0, normalisation: str = "auto", dtype: torch.dtype = torch.float64,
                     method: str = "auto", degree: int | None = None,
                     memory_budget: int = DEFAULT_MEMORY_BUDGET, check_degree: bool = True) -> Theorem2Report:
-    r"""Evaluate Lemma 2 and Theorem 2's quantities and assumptions (SPEC §5) on the seeded subset S
-    of ``subset`` points of the training set (X, y) (:func:`select_subset`), in ``dtype`` on a CPU
-    copy of ``model`` (a :class:`~margin_theory.models.Classifier` or any module with ``degree``).
-
-    ``normalisation``: ``"auto"`` (full if homogeneous, else head), ``"full"`` (raises
-    :class:`NotHomogeneousError` on a non-homogeneous model) or ``"head"``; ``method``: per-sample
-    gradients as in :func:`gradient_statistics`. ``degree``: L for a module that declares none
-    (normalised by all its parameters); with ``check_degree`` the numeric homogeneity checker first
-    verifies it on a few points of S and :class:`NotHomogeneousError` refuses a degree it contradicts
-    (:func:`margin_theory.foreign.check_model` derives L itself).
-
-    Returns a :class:`Theorem2Report`; ``lower_bound`` is
-    :math:`\bar w\rho\sigma_{\max}^2(\rho - cv - \varepsilon)/(N\|\theta\|^L)`, which never exceeds
-    ``velocity`` (proofs/theorem2_margin.md).
-    """
+    r"""Lemma 2 and Theorem 2's quantities and assumptions (SPEC §5) on the seeded subset S of ``subset``
+    points of (X, y) (:func:`select_subset`), in ``dtype`` on a CPU copy of ``model`` (a Classifier or any
+    module with ``degree``). ``normalisation``: ``"auto"`` (full if homogeneous, else head), ``"full"``
+    (:class:`NotHomogeneousError` if not homogeneous) or ``"head"``; ``method`` as in
+    :func:`gradient_statistics`. ``degree``: L for a module that declares none; with ``check_degree`` the
+    numeric checker first verifies it on a few points of S (:class:`NotHomogeneousError` if contradicted).
+    ``lower_bound`` :math:`= \bar w\rho\sigma_{\max}^2(\rho - cv - \varepsilon)/(N\|\theta\|^L)` never
+    exceeds ``velocity`` (proofs/theorem2_margin.md)."""
     t0 = time.perf_counter()
     n_total = int(X.shape[0])
     if y.shape[0] != n_total:
@@ -504,34 +470,26 @@ def theorem2_report(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, subse
         torch.set_num_threads(threads)
     lam_max = max(float(evals[-1]), 0.0)
     sigma_max = math.sqrt(lam_max)
-    tol = lam_max * max(N, 1) * torch.finfo(G.dtype).eps * 10
-    rank = int((evals > tol).sum()) if lam_max > 0 else 0
+    rank = int((evals > lam_max * N * torch.finfo(G.dtype).eps * 10).sum()) if lam_max > 0 else 0
     sigma_min = math.sqrt(max(float(evals[0]), 0.0)) if N <= P else None
     kappa = sigma_max / sigma_min if (N <= P and rank == N and sigma_min) else None
     g1 = math.sqrt(max(float(G.sum()), 0.0))          # ||Gamma 1||
     if sigma_max > 0:
         rho = min(g1 / (math.sqrt(N) * sigma_max), 1.0)  # in [0, 1] up to rounding
-        decay = 0.0 if C == 2 else math.exp(-delta_min)
-        eps = 2.0 * (C - 2) * decay * B * math.sqrt(N) / sigma_max
+        eps = 2.0 * (C - 2) * (0.0 if C == 2 else math.exp(-delta_min)) * B * math.sqrt(N) / sigma_max
+        lower = w_bar * rho * sigma_max ** 2 * (rho - cv - eps) / (N * normL) if math.isfinite(eps) else -math.inf
     else:  # Gamma = 0: every g_n vanishes, the velocity is exactly 0
-        rho, eps = math.nan, math.inf
+        rho, eps, lower = math.nan, math.inf, 0.0
     velocity, vscale = _velocity(prob, j)
-    if sigma_max > 0 and math.isfinite(eps):
-        lower = w_bar * rho * sigma_max ** 2 * (rho - cv - eps) / (N * normL)
-    else:
-        lower = 0.0 if sigma_max == 0 else -math.inf
     A1, A2, A3 = bool(delta_min > 0), bool(math.isfinite(B)), bool(sigma_max > 0 and rho > cv + eps)
     rep = Theorem2Report(
         n_subset=N, subset_seed=int(seed), N=N, P=P, C=C, gamma_bar=float(gamma.mean()),
-        gamma_min=float(gamma.min()), theta_norm=tnorm, delta_min=delta_min, B=B,
-        sigma_max=sigma_max, sigma_min=sigma_min, rank=rank, rho=rho, kappa=kappa, cv=cv,
-        w_bar=w_bar, eps=eps, A1=A1, A2=A2, A3=A3, velocity=velocity, lower_bound=lower,
-        theorem_applies=A1 and A2 and A3, normalisation=prob.kind, degree=prob.degree,
-        method=st.method, note="",
-        extra={"indices": idx, "norm_Gamma1": g1, "eigenvalues": evals, "velocity_scale": vscale},
-    )
-    rep.note = _note(rep, n_total)
-    rep.seconds = time.perf_counter() - t0
+        gamma_min=float(gamma.min()), theta_norm=tnorm, delta_min=delta_min, B=B, sigma_max=sigma_max,
+        sigma_min=sigma_min, rank=rank, rho=rho, kappa=kappa, cv=cv, w_bar=w_bar, eps=eps, A1=A1, A2=A2,
+        A3=A3, velocity=velocity, lower_bound=lower, theorem_applies=A1 and A2 and A3, normalisation=prob.kind,
+        degree=prob.degree, method=st.method, note="",
+        extra={"indices": idx, "norm_Gamma1": g1, "eigenvalues": evals, "velocity_scale": vscale})
+    rep.note, rep.seconds = _note(rep, n_total), time.perf_counter() - t0
     return rep
 
 
@@ -544,7 +502,8 @@ def bench_monitors(n: int = 512, rank: int = 8, *, data: str = "random", seed: i
     from .models import build_model
 
     torch.manual_seed(seed)
-    src = "random"
+    g = torch.Generator().manual_seed(seed)
+    X, y, src = torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g), "random"
     if data == "mnist-5k":
         try:
             from .data import load_dataset
@@ -553,9 +512,6 @@ def bench_monitors(n: int = 512, rank: int = 8, *, data: str = "random", seed: i
             X, y, src = ds.X_train[:n].reshape(-1, 1, 28, 28).to(torch.float32), ds.y_train[:n].long(), data
         except Exception as exc:  # data missing or different: fall back, say so
             print(f"(mnist-5k unavailable: {exc}; using random data)", file=sys.stderr)     # --json: stdout clean
-    if src == "random":
-        g = torch.Generator().manual_seed(seed)
-        X, y = torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
     model = build_model("lowrank", (1, 28, 28), 10, rank=rank)
     out: dict[str, Any] = {"n": int(X.shape[0]), "rank": rank, "d": 784, "C": 10, "data": src,
                            "P": sum(p.numel() for p in model.parameters()),
@@ -609,12 +565,11 @@ def main(argv=None) -> int:
         print_json(res)
         return 0
     print(f"Theorem 2 monitors, lowrank rank {res['rank']} on MNIST shapes (d=784, C=10, P={res['P']}), "
-          f"N={res['n']} {res['data']} samples, float64 CPU, {res['torch_threads']} threads")
-    print(f"  closed form      : {res['seconds_closed']:8.3f} s")
-    print(f"  torch.func vmap  : {res['seconds_func']:8.3f} s")
+          f"N={res['n']} {res['data']} samples, float64 CPU, {res['torch_threads']} threads\n"
+          f"  closed form      : {res['seconds_closed']:8.3f} s\n  torch.func vmap  : {res['seconds_func']:8.3f} s")
     if "seconds_loop" in res:
-        print(f"  loop (reference) : {res['seconds_loop']:8.3f} s   ({res['n'] * 10} backward passes)")
-        print(f"  speed-up: loop / closed = {res['ratio_loop_over_closed']:.1f}x, "
+        print(f"  loop (reference) : {res['seconds_loop']:8.3f} s   ({res['n'] * 10} backward passes)\n"
+              f"  speed-up: loop / closed = {res['ratio_loop_over_closed']:.1f}x, "
               f"loop / torch.func = {res['ratio_loop_over_func']:.1f}x")
     for m, d in res["max_rel_diff"].items():
         print(f"  max relative difference {m} vs closed (sigma_max, rho, B, velocity): {d:.2e}")

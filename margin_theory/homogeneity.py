@@ -6,63 +6,44 @@ for every :math:`c > 0`, :math:`\theta` and x; then Euler's identity
 Lemma 1: a Low-Rank DIQNN of n quadratic layers has :math:`L_n = 2(L_{n-1} + 1)`, :math:`L_1 = 2`,
 i.e. :math:`L_n = 2^{n+1} - 2`. Two independent checkers; neither is told the degree.
 
-**Symbolic** (:func:`symbolic_homogeneity`, exact) checks the module that trains: it is built
-with :func:`~margin_theory.models.build_model` at tiny sizes, traced with
-:func:`torch.fx.symbolic_trace`, and its graph is interpreted over numpy object arrays of
-polynomials (``sympy.polys.rings``, over Z, or Q when a constant is not an integer: the full
-head's 0.5 is exactly 1/2). A table maps each op (``F.linear``, ``matmul``, ``*``, ``+``,
-``sum``, ``reshape``, ``cat``, ``nn.Conv2d``, ``nn.ReLU``, ...) to its implementation, so a new
-head built from these ops needs no new code; any other op (ResNets' BatchNorm) is a one-line
-:class:`ConfigError`. Every parameter entry enters as :math:`c\,\theta_k`, so each value is a
-polynomial of :math:`f(c\theta)` and the exponents of c are read off. f is homogeneous iff
-every monomial has one exponent L; then :math:`f(c\theta) = c^L f(\theta)` and Euler's
-identity are verified as polynomial identities. Two methods:
+**Symbolic** (:func:`symbolic_homogeneity`, exact) checks the module that trains, built at tiny sizes
+and traced with :func:`torch.fx.symbolic_trace`; the graph is interpreted over numpy object arrays of
+polynomials (``sympy.polys.rings`` over Z, or Q: the full head's 0.5 is exactly 1/2) by a table of ops
+(``F.linear``, ``matmul``, ``*``, ``+``, ``sum``, ``reshape``, ``cat``, ``nn.Conv2d``, ``nn.ReLU``, ...);
+any other op (BatchNorm) is a one-line :class:`ConfigError`. Every parameter entry enters as
+:math:`c\,\theta_k`; f is homogeneous iff every monomial has one c-exponent L, and then
+:math:`f(c\theta) = c^L f(\theta)` identically. Two methods:
 
-* ``"expand"``: the parameters (named after torch's, e.g. ``head.weight[1,0,1]``) and the
-  inputs are ring generators; Euler is :math:`\sum_p p\,\partial f/\partial p - L f \equiv 0`.
-  :math:`\mathrm{relu}(z) = z\,\mathbb 1[z > 0]` with the gate a generator ``g_k`` that
-  :math:`\theta \to c\theta` leaves unchanged when z is homogeneous (for c > 0,
-  :math:`\mathbb 1[cz > 0] = \mathbb 1[z > 0]`) and whose derivative is 0 (off z = 0); a gate
-  whose argument is not homogeneous (the activation pattern changes along the ray) is a failure.
-  For a non-homogeneous f the parameters in monomials whose c-exponent is not the top one
-  are named (``relu2``: the output bias).
-* ``"ray"`` (automatic when the expansion exceeds ``max_terms``, e.g. four layers): exact
-  integer arithmetic at ``trials`` random points :math:`\theta_0, x_0` (entries in
-  :math:`[-10^6, 10^6] \setminus \{0\}`): every value is a polynomial in c alone, Euler is
-  :math:`\langle\nabla f(\theta_0), \theta_0\rangle = \frac{d}{dc} f(c\theta_0)|_{c=1} = L f(\theta_0)`
-  (chain rule). By Schwartz-Zippel a non-zero polynomial of degree D vanishes at such a point
-  with probability at most :math:`D / (2\cdot 10^6)`.
+* ``"expand"``: parameters (named as torch's, ``head.weight[1,0,1]``) and inputs are ring generators;
+  Euler is checked as :math:`\sum_p p\,\partial f/\partial p - L f \equiv 0`.
+  :math:`\mathrm{relu}(z) = z\,\mathbb 1[z > 0]` with a gate generator ``g_k``, unchanged by
+  :math:`\theta \to c\theta` when z is homogeneous (:math:`\mathbb 1[cz > 0] = \mathbb 1[z > 0]`), derivative 0;
+  a gate whose argument is not homogeneous is a failure. A non-homogeneous f names the parameters in
+  monomials below the top c-exponent (``relu2``: the output bias).
+* ``"ray"`` (automatic beyond ``max_terms`` monomials, e.g. four layers): exact integers at ``trials``
+  random points :math:`\theta_0, x_0` (entries in :math:`[-10^6, 10^6] \setminus \{0\}`); every value is a
+  polynomial in c, and Euler, :math:`\frac{d}{dc} f(c\theta_0)|_{c=1} = L f(\theta_0)`, follows from one
+  exponent. By Schwartz-Zippel a non-zero polynomial of degree D vanishes there with probability
+  at most :math:`D / (2\cdot 10^6)`.
 
 The ``quadratic`` head's parameters are the entries of the stored V (:math:`x^\top V x = x^\top W x`,
-:math:`W = (V + V^\top)/2`, linear in V: the same degree as in W).
+:math:`W = (V + V^\top)/2`, linear in V).
 
 **Numeric** (:func:`numeric_homogeneity`, any ``torch.nn.Module``, float64, eval mode, parameters
-substituted with :func:`torch.func.functional_call`, the model is never modified):
-
-* L is estimated from :math:`\log(f_j(c\theta)/f_j(\theta)) / \log c` over several c and all
-  outputs j; f is L-homogeneous when, for every c,
-  :math:`\max_j |f_j(c\theta) - c^L f_j(\theta)| \le \mathrm{rtol}\,\max_j |c^L f_j(\theta)|`,
-  at :math:`\theta` and at a *generic* :math:`\theta'` (every tensor plus Gaussian noise of half
-  its RMS, 0.1 if it is zero: Definition 1 quantifies over all :math:`\theta`, a zero bias
-  would otherwise hide).
-* Euler's identity: :math:`J\theta` by one :func:`torch.func.jvp`, compared with :math:`L f`.
-* Head degree: only ``model.head``'s parameters scaled, its input (the features) held fixed.
-* Breaking parameters: candidates are the biases (``*bias``) and the normalisation layers
-  (:data:`NORM_LAYER_TYPES`, eval mode). At :math:`\theta'`: (1) *neutralise* all (biases zero,
-  norm layers the identity) and test again; (2) if that restores homogeneity, put each back
-  alone: it breaks homogeneity iff f is then not homogeneous (this names ``relu2``'s b2, not
-  b1: :math:`W_1x + b_1 = [W_1\ b_1][x; 1]`); (3) otherwise the architecture breaks it
-  (``structural``: residual sums of branches of different degrees, a non-homogeneous
-  activation): the candidates in which f is not even separately homogeneous are named (a
-  per-tensor Euler test, :math:`\langle\nabla_P (w\cdot f), P\rangle / (w\cdot f)` must not
-  depend on random output weights w), else every parameter tensor that fails it. For ResNets
-  this names every BatchNorm weight and bias.
-
+substituted by :func:`torch.func.functional_call`, the model untouched): L from
+:math:`\log(f_j(c\theta)/f_j(\theta)) / \log c`; homogeneous when, for every c,
+:math:`\max_j |f_j(c\theta) - c^L f_j(\theta)| \le \mathrm{rtol}\,\max_j |c^L f_j(\theta)|` at :math:`\theta` and at a
+*generic* :math:`\theta'` (each tensor plus Gaussian noise of half its RMS: a zero bias would hide);
+Euler's identity by one :func:`torch.func.jvp`; the head's degree with its input held fixed. Breaking
+parameters (biases and :data:`NORM_LAYER_TYPES` layers), at :math:`\theta'`: neutralise all (biases zero, norm
+layers the identity); if f is then homogeneous, each one put back alone breaks it iff f is then not
+(``relu2``'s b2, not b1: :math:`W_1x + b_1 = [W_1\ b_1][x; 1]`); otherwise the architecture breaks it
+(``structural``) and the tensors P in which f is not separately homogeneous are named
+(:math:`\langle\nabla_P (w\cdot f), P\rangle / (w\cdot f)` depends on random weights w): every BatchNorm of a ResNet.
 A bias in the *first* parameterised layer does not break homogeneity (proof §4),
 :math:`(cW)x + cb = c(Wx + b)`: ``conv-<head>`` is homogeneous with or without its conv bias.
 
-CLI: ``python -m margin_theory.homogeneity --model lowrank --layers 3 --json`` (also
-``margin-theory homogeneity``).
+CLI: ``python -m margin_theory.homogeneity --model lowrank --layers 3 --json``.
 """
 from __future__ import annotations
 
@@ -73,10 +54,9 @@ import operator
 import random
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import sympy
@@ -103,12 +83,9 @@ def lemma1_degree(layers: int) -> int:
     return 2 ** (int(layers) + 1) - 2
 
 
-# ===========================================================================
-# Symbolic checker: the real module's fx graph, interpreted over exact polynomials
-# ===========================================================================
+# --- Symbolic checker: the real module's fx graph, interpreted over exact polynomials ---
 SYMBOLIC_MODELS = ("linear", "quadratic", "lowrank", "relu2", "conv-linear", "conv-lowrank",
                    "conv-quadratic")
-_NUM = (int, Fraction)
 _BOUND = 10 ** 6  # ray: entries of the random points
 
 
@@ -140,10 +117,9 @@ def _c_degrees(polys) -> set[int]:
 
 
 class _Dry:
-    """Scalars for :func:`_interpret`: ``leaf(name, shape)`` gives a parameter tensor (or the
-    input, ``name=None``), ``const`` lifts an exact number, ``gate(z)`` is
-    :math:`\\mathrm{relu}(z) = z\\,\\mathbb 1[z > 0]`, ``check`` sees every node's value.
-    This base class is the dry run over zeros: it counts the gates and picks the domain."""
+    """Scalars for :func:`_interpret`: ``leaf(name, shape)`` a parameter tensor (the input if ``name=None``),
+    ``const`` an exact number, ``gate(z)`` :math:`\\mathrm{relu}(z) = z\\,\\mathbb 1[z > 0]`, ``check`` every node's
+    value. This base class is the dry run over zeros: it counts the gates and picks the domain."""
 
     n_gates, domain = 0, sympy.ZZ
 
@@ -169,13 +145,13 @@ class _Exact(_Dry):
     inputs are the integers of ``point``. A parameter entry is c times its value."""
 
     def __init__(self, model: nn.Module, n_inputs: int, dry: _Dry, point=None, max_terms=math.inf):
+        self.expand, self.max_terms, self._next = point is None, max_terms, 0
+        self.P = sum(p.numel() for p in model.parameters())
         self.param_names = [f"{n}[{','.join(map(str, idx))}]" for n, p in model.named_parameters()
-                            for idx in np.ndindex(*p.shape)]
-        self.P, self.max_terms, self._next = len(self.param_names), max_terms, 0
-        names = [] if point is not None else (self.param_names + [f"x{k}" for k in range(n_inputs)]
-                                              + [f"g{k}" for k in range(dry.n_gates)])
-        self.R, *gens = sympy.polys.rings.ring(names + ["c"], dry.domain)
-        self.c, self.expand = gens[-1], point is None
+                            for idx in np.ndindex(*p.shape)] if self.expand else []
+        names = self.param_names + [f"x{k}" for k in range(n_inputs)] + [f"g{k}" for k in range(dry.n_gates)]
+        self.R, *gens = sympy.polys.rings.ring(names + ["c"] if self.expand else ["c"], dry.domain)
+        self.c = gens[-1]
         self.values = gens[:self.P + n_inputs] if self.expand else [self.R(v) for v in point]
         self.gates = gens[self.P + n_inputs:-1]
 
@@ -318,8 +294,8 @@ _MODULES: dict[type, Callable] = {
 
 
 def _interpret(B, model: nn.Module, graph, input_shape) -> list:
-    """Evaluate ``model``'s traced ``graph`` node by node over object arrays of B's scalars:
-    the parameters are ``model.named_parameters()``, the input one sample ``(1, *input_shape)``."""
+    """Evaluate ``model``'s traced ``graph`` node by node over object arrays of B's scalars, on one
+    sample ``(1, *input_shape)``."""
     params = {n: B.leaf(n, tuple(p.shape)) for n, p in model.named_parameters()}
     modules = dict(model.named_modules())
     env: dict = {}
@@ -334,7 +310,7 @@ def _interpret(B, model: nn.Module, graph, input_shape) -> list:
                 vals = obj.detach().reshape(-1).tolist() if isinstance(obj, torch.Tensor) else None
                 v = obj if vals is None else _objects(obj.shape, lambda k: B.const(_exact(vals[k])))
         elif node.op == "output":
-            return [B.const(e) if isinstance(e, _NUM) else e for e in _lift(B, args[0]).reshape(-1)]
+            return [B.const(e) if isinstance(e, (int, Fraction)) else e for e in _lift(B, args[0]).reshape(-1)]
         elif node.op == "call_module":
             m = modules[node.target]
             if type(m) not in _MODULES:
@@ -383,12 +359,10 @@ def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int
                          conv_bias: bool = False, image: Sequence[int] = (2, 2), kernel: int = 5,
                          padding: int = 2, channels: int = 1, method: str = "auto",
                          max_terms: int = 20_000, trials: int = 3, seed: int = 0) -> SymbolicResult:
-    r"""Derive exactly the degree of ``build_model(model_name, ...)`` at tiny sizes (SPEC §3): ``layers``
-    n of ``lowrank`` (Lemma 1: expect :math:`2^{n+1}-2`, never assumed), input dimension ``d``,
-    ``hidden`` width(s), ``rank``, C = ``num_classes``; ``conv-`` models on a one-channel ``image``
-    with the model's ``kernel`` 5 and ``padding`` 2. ``method``: ``"expand"``, ``"ray"`` (``trials``
-    random points) or ``"auto"`` (ray once the expansion exceeds ``max_terms`` monomials).
-    ``degree`` is the common c-exponent (or None), ``degrees`` all of them."""
+    r"""Derive exactly the degree of ``build_model(model_name, ...)`` at tiny sizes (SPEC §3): ``layers`` n of
+    ``lowrank`` (Lemma 1: expect :math:`2^{n+1}-2`, never assumed), input dimension ``d``, ``hidden``, ``rank``,
+    C = ``num_classes``; ``conv-`` models on a one-channel ``image`` (the model's ``kernel`` 5, ``padding`` 2).
+    ``method``: ``"expand"``, ``"ray"`` (``trials`` random points) or ``"auto"`` (ray beyond ``max_terms``)."""
     if model_name not in SYMBOLIC_MODELS:
         raise ConfigError(f"no symbolic form for model {model_name!r}; --symbolic supports "
                           f"{', '.join(SYMBOLIC_MODELS)}")
@@ -411,8 +385,7 @@ def symbolic_homogeneity(model_name: str = "lowrank", *, layers: int = 1, d: int
 
 def _symbolic_module(model: nn.Module, shape: Sequence[int], *, method: str = "auto", max_terms: int = 20_000,
                      trials: int = 3, seed: int = 0) -> SymbolicResult:
-    """The exact check of any module whose traced graph uses only the ops of :data:`_OPS` and
-    :data:`_MODULES`, on one input of shape ``shape``."""
+    """The exact check of any module whose traced graph uses only :data:`_OPS` and :data:`_MODULES`."""
     if method not in ("auto", "expand", "ray"):
         raise ConfigError(f"method must be auto, expand or ray, got {method!r}")
     if int(trials) < 1:
@@ -438,7 +411,7 @@ def _symbolic_module(model: nn.Module, shape: Sequence[int], *, method: str = "a
                                                   for _ in range(n_params + n_in)])
                   for _ in range(50 * int(trials)))
         notes.append(f"exact integer arithmetic at {trials} random points (entries in [-{_BOUND}, {_BOUND}] "
-                     "\\ {0}); Euler's identity as d/dc f(c theta) at c = 1, exactly")
+                     "\\ {0}); Euler's identity d/dc f(c theta) = L f at c = 1 follows from one c-exponent")
         res = _derive(model, graph, shape, points, int(trials), notes)
     res.model, res.sizes = getattr(model, "name", type(model).__name__), {"input_shape": list(shape)}
     res.n_parameters, res.seconds = n_params, time.perf_counter() - t0
@@ -446,45 +419,39 @@ def _symbolic_module(model: nn.Module, shape: Sequence[int], *, method: str = "a
 
 
 def _derive(model, graph, shape, backends, wanted: int, notes: list) -> SymbolicResult:
-    """Evaluate f(c theta) with each backend until ``wanted`` of them gave a non-zero f; read
-    off the c-degrees and verify f(c theta) = c^L f(theta) and Euler's identity exactly."""
-    degrees, breaking, size, done, tried = set(), [], 0, 0, 0
-    homogeneous = euler = True
+    """Evaluate f(c theta) with each backend until ``wanted`` of them gave a non-zero f and read off
+    the c-degrees; ``expand`` verifies Euler's identity as a polynomial identity."""
+    degrees, breaking, size, done, tried, euler = set(), [], 0, 0, 0, True
     for B in backends:
         tried += 1
         try:
             f = _interpret(B, model, graph, shape)
         except _GateNotHomogeneous as exc:
-            degs = sorted(_c_degrees(exc.args))
-            notes.append(f"a ReLU gate's argument is not homogeneous (c-degrees {degs}), so the activation "
-                         "pattern changes along the ray c*theta: f is not homogeneous")
+            notes.append(f"a ReLU gate's argument is not homogeneous (c-degrees {sorted(_c_degrees(exc.args))}), "
+                         "so the activation pattern changes along the ray c*theta: f is not homogeneous")
             return _symbolic_result(B, notes, breaking=B.breaking(exc.args))
         degs, size = _c_degrees(f), max(size, sum(len(fi) for fi in f))
         if not degs:  # f = 0 here (every ReLU closed at a ray's point): uninformative
             continue
         done, degrees = done + 1, degrees | degs
         if len(degs) > 1:
-            homogeneous, breaking = False, B.breaking(f)
-        else:
-            (L,), c = degs, B.c
-            f1 = [fi.subs(c, 1) for fi in f]  # f(theta)
-            homogeneous &= all(fi == c ** L * gi for fi, gi in zip(f, f1))
-            grad_theta = ([sum((t * g.diff(t) for t in B.values[:B.P]), B.R.zero) for g in f1] if B.expand
-                          else [fi.diff(c).subs(c, 1) for fi in f])  # <grad f(theta), theta>
-            euler &= all(jt == L * gi for jt, gi in zip(grad_theta, f1))
+            breaking = B.breaking(f)
+        elif B.expand:  # sum_p p df/dp = L f at c = 1
+            f1 = [fi.subs(B.c, 1) for fi in f]
+            euler &= all(sum((t * g.diff(t) for t in B.values[:B.P]), B.R.zero) == max(degs) * g for g in f1)
         if done == wanted:
             break
     if done < wanted:
         notes.append("f is identically zero" if B.expand else
                      f"only {done} informative points in {tried} draws (f vanished at the others)")
-    homogeneous = homogeneous and len(degrees) == 1
-    if len(degrees) > 1:
+    homogeneous = len(degrees) == 1
+    if not homogeneous and degrees:
         notes.append(f"monomials of c-degrees {sorted(degrees)}; " + (
             f"named: the parameters of those of degree != {max(degrees)}" if B.expand
             else "method='expand' names the parameters"))
     elif homogeneous and euler and B.expand:
-        notes.append("f(c theta) - c^L f(theta) and sum_p p df/dp - L f expand to the zero polynomial")
-    return _symbolic_result(B, notes, homogeneous, next(iter(degrees)) if homogeneous else None, degrees,
+        notes.append("f(c theta) = c^L f(theta) and sum_p p df/dp - L f expands to the zero polynomial")
+    return _symbolic_result(B, notes, homogeneous, max(degrees) if homogeneous else None, degrees,
                             euler and homogeneous, size, breaking)
 
 
@@ -494,9 +461,7 @@ def _symbolic_result(B, notes, homogeneous=False, degree=None, degrees=(), euler
                           euler_ok, size, sorted(breaking), None, 0.0, notes)
 
 
-# ===========================================================================
-# Numeric checker
-# ===========================================================================
+# --- Numeric checker ---
 NORM_LAYER_TYPES: tuple = tuple(t for t in (
     getattr(nn.modules.batchnorm, "_NormBase", None), nn.LayerNorm, nn.GroupNorm,
     getattr(nn, "RMSNorm", None), getattr(nn, "LocalResponseNorm", None)) if t is not None)
@@ -547,12 +512,10 @@ class _Fit:
     reason: str = ""
 
 
-def _ray_test(fn: Callable[[dict], torch.Tensor], params: dict, scale_names, cs, rtol,
-              early_exit: bool = False) -> _Fit:
-    r"""Evaluate :math:`f(c\theta_S)` for c in ``cs`` (S = ``scale_names``), estimate L as the mean
-    over c of the median over outputs of :math:`\log(f_c/f_0)/\log c` and verify
-    :math:`\max|f_c - c^L f_0| \le \mathrm{rtol} \max|c^L f_0|`. ``early_exit``: stop at the first
-    c whose log-ratios spread by more than 1e-3 in L (certainly not homogeneous)."""
+def _ray_test(fn: Callable[[dict], torch.Tensor], params: dict, cs, rtol, early_exit: bool = False) -> _Fit:
+    r"""Evaluate :math:`f(c\theta)` for c in ``cs``, estimate L as the mean over c of the median over outputs of
+    :math:`\log(f_c/f_0)/\log c` and verify :math:`\max|f_c - c^L f_0| \le \mathrm{rtol} \max|c^L f_0|`.
+    ``early_exit``: stop at the first c whose log-ratios spread by more than 1e-3 (not homogeneous)."""
     with torch.no_grad():
         f0 = fn(params).reshape(-1).to(torch.float64)
         scale = float(f0.abs().max()) if f0.numel() else 0.0
@@ -562,7 +525,7 @@ def _ray_test(fn: Callable[[dict], torch.Tensor], params: dict, scale_names, cs,
         sig = f0.abs() >= 1e-6 * scale
         per_c, fcs = {}, {}
         for c in cs:
-            fcs[c] = fc = fn({n: v * c if n in scale_names else v for n, v in params.items()}).to(f0)
+            fcs[c] = fc = fn({n: v * c for n, v in params.items()}).to(f0)
             r = fc[sig] / f0[sig]
             lr = torch.log(r) / math.log(c) if bool(torch.isfinite(fc).all() and (r > 0).all()) else None
             per_c[repr(c)] = None if lr is None else float(torch.median(lr))
@@ -589,22 +552,10 @@ def _generic_point(params: dict, gen: torch.Generator) -> dict:
     return out
 
 
-@contextmanager
-def _removed(modules: Sequence[nn.Module]) -> Iterator[None]:
-    """Replace the given modules by the identity (forward hooks returning the input)."""
-    handles = [m.register_forward_hook(lambda mod, args, out: args[0]) for m in modules]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def _separate_euler(fn, params: dict, names: list[str], gen: torch.Generator, k: int = 2,
                     tol: float = 1e-6) -> list[str]:
-    r"""The tensors P of ``names`` in which f is *not* separately homogeneous: with random output
-    weights :math:`w_1..w_k`, :math:`\langle\nabla_P(w\cdot f), P\rangle` must equal
-    :math:`\rho_P\,(w\cdot f)` with one :math:`\rho_P` (the degree in P) for all w."""
+    r"""The tensors P of ``names`` in which f is *not* separately homogeneous: with random output weights
+    :math:`w_1..w_k`, :math:`\langle\nabla_P(w\cdot f), P\rangle = \rho_P\,(w\cdot f)`, one :math:`\rho_P` for all w."""
     if not names:
         return []
     others = {n: v for n, v in params.items() if n not in names}
@@ -624,10 +575,10 @@ def _separate_euler(fn, params: dict, names: list[str], gen: torch.Generator, k:
 def numeric_homogeneity(model: nn.Module, x: torch.Tensor, *, cs: Sequence[float] = (0.5, 2.0, 3.0),
                         rtol: float | None = None, dtype: torch.dtype = torch.float64, seed: int = 0,
                         generic: bool = True, attribute: bool = True) -> NumericResult:
-    r"""Numeric homogeneity check of any torch module on the batch ``x`` (SPEC §3; the method is
-    in the module docstring): scale factors ``cs`` (positive, != 1), ``rtol`` of the test
-    (default 1e-7 in float64, 1e-3 otherwise), ``seed`` of the generic point and the per-tensor
-    test, ``generic``: also test at a generic point, ``attribute``: name the breaking parameters."""
+    r"""Numeric homogeneity check of any torch module on the batch ``x`` (SPEC §3; method in the module
+    docstring): scale factors ``cs`` (positive, != 1), ``rtol`` (default 1e-7 in float64, 1e-3 otherwise),
+    ``seed`` of the generic point and the per-tensor test; ``generic``: also test at a generic point;
+    ``attribute``: name the breaking parameters."""
     cs = [float(c) for c in cs]
     if not cs or any(not (c > 0) or c == 1.0 or not math.isfinite(c) for c in cs):
         raise ConfigError(f"scale factors must be positive, finite and != 1, got {cs}")
@@ -637,8 +588,7 @@ def numeric_homogeneity(model: nn.Module, x: torch.Tensor, *, cs: Sequence[float
     named = dict(model.named_parameters())
     if not named:
         raise ConfigError(f"{type(model).__name__} has no parameters: homogeneity in theta is undefined")
-    gen = torch.Generator().manual_seed(int(seed))
-    was_training = model.training
+    gen, was_training = torch.Generator().manual_seed(int(seed)), model.training
     model.eval()
     try:
         params, buffers = ({n: t.detach().to(dtype) if t.is_floating_point() else t.detach() for n, t in ts}
@@ -648,10 +598,10 @@ def numeric_homogeneity(model: nn.Module, x: torch.Tensor, *, cs: Sequence[float
         def fn(ps: dict) -> torch.Tensor:
             return functional_call(model, (ps, buffers), (x,)).reshape(-1)
 
-        fit = _ray_test(fn, params, set(params), cs, rtol)
-        params_g = _generic_point(params, gen) if generic else None
-        fit_g = _ray_test(fn, params_g, set(params), cs, rtol, early_exit=True) if generic else None
-        homogeneous = fit.homogeneous and (fit_g is None or fit_g.homogeneous and fit_g.degree == fit.degree)
+        fit = _ray_test(fn, params, cs, rtol)
+        params_g = _generic_point(params, gen) if generic else params
+        fit_g = _ray_test(fn, params_g, cs, rtol, early_exit=True) if generic else fit
+        homogeneous = fit.homogeneous and fit_g.homogeneous and fit_g.degree == fit.degree
         notes = [fit.reason] if fit.reason else []
         if fit.homogeneous and not homogeneous:
             notes.append(f"homogeneous along this theta's ray (L = {fit.degree}) but not at a generic theta "
@@ -661,41 +611,34 @@ def numeric_homogeneity(model: nn.Module, x: torch.Tensor, *, cs: Sequence[float
         euler_ok, euler_err, euler_fit = False, None, None
         if float(f0.abs().max()) > 0:  # Euler's identity at theta: J theta = L f
             euler_fit = float((jv @ f0) / (f0 @ f0))
-            L_use = degree if degree is not None else euler_fit
-            scale = float((L_use * f0 if L_use else f0).abs().max())
-            euler_err = float((jv - L_use * f0).abs().max()) / scale
+            L = degree if degree is not None else euler_fit
+            euler_err = float((jv - L * f0).abs().max()) / float((L * f0 if L else f0).abs().max())
             euler_ok = degree is not None and euler_err <= max(rtol, 1e-9) * 10
-        head_degree, head_est = _head_degree(model, fn, params, buffers, cs, rtol, gen, generic)
-        breaking, groups, structural, hom_wo, deg_wo = [], {}, False, None, None
-        if not homogeneous and attribute:
-            breaking, groups, structural, hom_wo, deg_wo = _attribute(
-                model, fn, params_g if params_g is not None else params, cs, rtol, gen, notes)
+        head_degree, head_est = _head_degree(model, fn, params, cs, rtol, seed, generic)
+        attr = _attribute(model, fn, params_g, cs, rtol, gen, notes) if not homogeneous and attribute else None
+        breaking, groups, structural, hom_wo, deg_wo = attr or ([], {}, False, None, None)
     finally:
         model.train(was_training)
     declared, declared_head = (getattr(model, k, "undeclared") for k in ("degree", "head_degree"))
-    agrees = None
-    if declared != "undeclared":
-        agrees = declared == degree and declared_head in ("undeclared", head_degree)
-        if not agrees:
-            notes.append(f"the model declares degree {declared} and head degree {declared_head}; "
-                         f"measured: degree {degree}, head degree {head_degree}")
-            if declared is None and degree is not None:
-                notes.append("the declaration is conservative: f is homogeneous; a bias in the first "
-                             "parameterised layer (e.g. the conv's) is jointly homogeneous with its weight, "
-                             "W x + b = [W b][x; 1], so it does not break homogeneity")
+    agrees = None if declared == "undeclared" else declared == degree and declared_head in ("undeclared", head_degree)
+    if agrees is False:
+        notes.append(f"the model declares degree {declared} and head degree {declared_head}; "
+                     f"measured: degree {degree}, head degree {head_degree}")
+        if declared is None and degree is not None:
+            notes.append("the declaration is conservative: f is homogeneous; a bias in the first "
+                         "parameterised layer (e.g. the conv's) is jointly homogeneous with its weight, "
+                         "W x + b = [W b][x; 1], so it does not break homogeneity")
     return NumericResult(
-        homogeneous=bool(homogeneous), degree=degree, degree_estimate=fit.estimate,
-        per_c_estimates=fit.per_c, max_rel_err=fit.max_rel_err, homogeneous_at_theta=bool(fit.homogeneous),
-        homogeneous_at_generic_theta=None if fit_g is None else bool(fit_g.homogeneous),
-        euler_ok=bool(euler_ok), euler_max_rel_err=euler_err, euler_degree_fit=euler_fit,
-        breaking_parameters=breaking, breaking_groups=groups, structural=structural,
-        homogeneous_without_breaking=hom_wo, degree_without_breaking=deg_wo,
-        head_degree=head_degree, head_degree_estimate=head_est,
-        declared_degree=None if declared == "undeclared" else declared,
+        homogeneous=bool(homogeneous), degree=degree, degree_estimate=fit.estimate, per_c_estimates=fit.per_c,
+        max_rel_err=fit.max_rel_err, homogeneous_at_theta=bool(fit.homogeneous),
+        homogeneous_at_generic_theta=bool(fit_g.homogeneous) if generic else None, euler_ok=bool(euler_ok),
+        euler_max_rel_err=euler_err, euler_degree_fit=euler_fit, breaking_parameters=breaking,
+        breaking_groups=groups, structural=structural, homogeneous_without_breaking=hom_wo,
+        degree_without_breaking=deg_wo, head_degree=head_degree, head_degree_estimate=head_est,
+        declared_degree=None if declared == "undeclared" else declared, agrees_with_declared=agrees,
         declared_head_degree=None if declared_head == "undeclared" else declared_head,
-        agrees_with_declared=agrees, n_parameters=sum(p.numel() for p in params.values()),
-        n_outputs=int(f0.numel()), cs=list(cs), rtol=rtol, dtype=str(dtype).replace("torch.", ""),
-        notes=notes)
+        n_parameters=sum(p.numel() for p in params.values()), n_outputs=int(f0.numel()), cs=cs, rtol=rtol,
+        dtype=str(dtype).replace("torch.", ""), notes=notes)
 
 
 def _j_theta(fn, params: dict, notes: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -710,18 +653,15 @@ def _j_theta(fn, params: dict, notes: list) -> tuple[torch.Tensor, torch.Tensor]
     except (RuntimeError, NotImplementedError):
         notes.append("Euler's identity checked with reverse-mode gradients (one backward per output)")
     ps = {n: p.detach().clone().requires_grad_(p.is_floating_point()) for n, p in params.items()}
-    leaves = [p for p in ps.values() if p.requires_grad]
-    out = fn(ps)
-    jv = torch.empty_like(out)
-    for j in range(out.numel()):
-        grads = torch.autograd.grad(out[j], leaves, retain_graph=True, allow_unused=True)
-        jv[j] = sum((g * p).sum() for g, p in zip(grads, leaves) if g is not None) if leaves else 0.0
-    return out.detach(), jv.detach()
+    leaves, out = [p for p in ps.values() if p.requires_grad], fn(ps)
+    grads = [torch.autograd.grad(o, leaves, retain_graph=True, allow_unused=True) for o in out]
+    jv = [sum((g * p).sum() for g, p in zip(gs, leaves) if g is not None) for gs in grads]
+    return out.detach(), torch.stack([torch.as_tensor(v, dtype=out.dtype) for v in jv]).detach()
 
 
-def _head_degree(model, fn, params, buffers, cs, rtol, gen, generic):
-    """``(degree, estimate)`` of f in ``model.head``'s parameters alone, its input captured once
-    and held fixed (at theta and, with ``generic``, at a generic point); ``(None, None)`` without a head."""
+def _head_degree(model, fn, params, cs, rtol, seed, generic):
+    """``(degree, estimate)`` of f in ``model.head``'s parameters alone: :func:`numeric_homogeneity` of the
+    head on its input, captured once and held fixed; ``(None, None)`` without a head."""
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         return None, None
@@ -732,22 +672,10 @@ def _head_degree(model, fn, params, buffers, cs, rtol, gen, generic):
             fn(params)
     finally:
         h.remove()
-    if not captured:
+    if not captured or len(captured[0]) != 1:
         return None, None
-    prefix = next(n for n, m in model.named_modules() if m is head)
-    pre = prefix + "." if prefix else ""
-    hp = {n[len(pre):]: v for n, v in params.items() if n.startswith(pre)}
-    hb = {n[len(pre):]: v for n, v in buffers.items() if n.startswith(pre)}
-
-    def hfn(ps):
-        return functional_call(head, (ps, hb), captured[0]).reshape(-1)
-
-    fit = _ray_test(hfn, hp, set(hp), cs, rtol)
-    ok = fit.homogeneous
-    if generic and ok:
-        fit_g = _ray_test(hfn, _generic_point(hp, gen), set(hp), cs, rtol)
-        ok = fit_g.homogeneous and fit_g.degree == fit.degree
-    return (fit.degree if ok else None), fit.estimate
+    res = numeric_homogeneity(head, captured[0][0], cs=cs, rtol=rtol, seed=seed, generic=generic, attribute=False)
+    return res.degree, res.degree_estimate
 
 
 def _attribute(model, fn, base, cs, rtol, gen, notes: list):
@@ -764,8 +692,13 @@ def _attribute(model, fn, base, cs, rtol, gen, notes: list):
 
     def neutral_fit(keep_bias: str | None = None, keep_norm: str | None = None) -> _Fit:
         ps = {**base, **{n: z for n, z in zero_b.items() if n != keep_bias}}
-        with _removed([m for k, (m, _) in norm.items() if k != keep_norm]):
-            return _ray_test(fn, ps, set(base), cs, rtol, early_exit=True)
+        hooks = [m.register_forward_hook(lambda mod, args, out: args[0])  # the identity
+                 for k, (m, _) in norm.items() if k != keep_norm]
+        try:
+            return _ray_test(fn, ps, cs, rtol, early_exit=True)
+        finally:
+            for h in hooks:
+                h.remove()
 
     groups: dict[str, list[str]] = {}
     fit0 = neutral_fit() if norm or biases else None
@@ -776,50 +709,43 @@ def _attribute(model, fn, base, cs, rtol, gen, notes: list):
         for k, (_, pn) in norm.items():
             if not neutral_fit(keep_norm=k).homogeneous:
                 groups.setdefault("normalisation", []).extend(pn)
-        what = " and ".join(w for w, v in (("biases set to zero", biases),
-                                            ("normalisation layers removed", norm)) if v)
+        what = " and ".join(w for w, v in (("biases set to zero", biases), ("normalisation layers removed", norm))
+                            if v)
         notes.append(f"with {what} f is homogeneous of degree {fit0.degree}; each listed parameter breaks "
                      "homogeneity on its own (the others neutralised)")
         if not groups:
             groups["combination"] = sorted(biases + in_norm)
-            notes.append("no single bias/normalisation parameter breaks it alone; "
-                         "only their combination does")
+            notes.append("no single bias/normalisation parameter breaks it alone; only their combination does")
         return [p for v in groups.values() for p in v], groups, False, True, fit0.degree
-    # structural: the architecture itself is not homogeneous
-    for n in _separate_euler(fn, base, biases + in_norm, gen):
+    for n in _separate_euler(fn, base, biases + in_norm, gen):  # structural: the architecture breaks it
         groups.setdefault("normalisation" if n in in_norm else "bias", []).append(n)
     if not groups:
         groups["other"] = _separate_euler(fn, base, [n for n in base if n not in biases + in_norm], gen)
-    why = ("even with biases set to zero and normalisation layers removed f is not homogeneous: the "
-           "architecture itself breaks homogeneity (e.g. residual sums of branches of different degrees)"
-           if fit0 is not None else
-           "the model has no biases or normalisation layers; f is not homogeneous because of its "
-           "architecture")
+    why = ("even with biases set to zero and normalisation layers removed f is not homogeneous: the architecture "
+           "itself breaks homogeneity (e.g. residual sums of branches of different degrees)" if fit0 is not None
+           else "the model has no biases or normalisation layers; f is not homogeneous because of its architecture")
     notes.append(f"{why}; listed: the parameters in which f is not even separately homogeneous")
     return [p for v in groups.values() for p in v], groups, True, False if fit0 is not None else None, None
 
 
-# ===========================================================================
-# Convenience: build a model by name and check it
-# ===========================================================================
+# --- Convenience: build a model by name and check it ---
 def default_input_shape(model_name: str) -> tuple[int, ...]:
     """MNIST ``(1, 28, 28)`` for vector and conv models, CIFAR ``(3, 32, 32)`` for ResNets."""
     return (3, 32, 32) if model_name.startswith("resnet") else (1, 28, 28)
 
 
-#: float64 copies of the parameters the numeric check holds at once (the model, scaled
-#: copies, the generic point, gradients), with headroom: the memory check before building
+#: float64 copies of the parameters the numeric check holds at once (model, scaled copies, generic point,
+#: gradients), with headroom: the memory check before building
 _COPIES = 8
 
 
 def check_model(model: str | ModelSpec, *, num_classes: int = 10, input_shape: Sequence[int] | None = None,
                 batch: int = 2, seed: int = 0, cs: Sequence[float] = (0.5, 2.0, 3.0),
                 symbolic: bool = False, symbolic_method: str = "auto", **options) -> dict:
-    """Build ``model`` (a name with :class:`~margin_theory.models.ModelSpec` ``options``, or a
-    spec; seeded), check it numerically on ``batch`` random inputs in [0, 1) and return a
-    JSON-ready report; ``symbolic`` adds the exact check on a tiny instance. A depth whose
-    Lemma-1 degree overflows float64, and a model (built on the ``meta`` device) or batch that
-    cannot fit in memory, are refused before anything is allocated."""
+    """Build ``model`` (a name with :class:`~margin_theory.models.ModelSpec` ``options``, or a spec; seeded),
+    check it numerically on ``batch`` random inputs in [0, 1) and return a JSON-ready report; ``symbolic``
+    adds the exact check on a tiny instance. A depth whose Lemma-1 degree overflows float64, and a model
+    (built on the ``meta`` device) or batch that cannot fit in memory, are refused before allocating."""
     spec = (model if isinstance(model, ModelSpec) else ModelSpec(model, **options)).check_applicable()
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}")
@@ -834,36 +760,33 @@ def check_model(model: str | ModelSpec, *, num_classes: int = 10, input_shape: S
             raise ConfigError(f"model {spec.name} cannot be built: {one_line(exc, 200)}") from None
     check_memory(8.0 * _COPIES * n, f"model {spec.name} with {n:,} parameters")
     check_memory(8.0 * _COPIES * batch * math.prod(shape), f"--batch {batch} inputs of shape {tuple(shape)}")
-    sym = None
+    report: dict[str, Any] = {"model": spec.name}
     if symbolic:
-        kw: dict[str, Any] = {"method": symbolic_method, "seed": seed}
-        if spec.name == "lowrank":
-            kw.update(layers=spec.layers, rank=min(spec.rank, 2), hidden=2)
-        elif spec.body == "conv":
-            kw.update(conv_bias=spec.conv_bias, rank=min(spec.rank, 2))
-        sym = symbolic_homogeneity(spec.name, **kw).as_dict()
+        kw = ({"layers": spec.layers, "hidden": 2} if spec.name == "lowrank" else
+              {"conv_bias": spec.conv_bias} if spec.body == "conv" else {})
+        if spec.head == "lowrank":
+            kw["rank"] = min(spec.rank, 2)
+        sym = symbolic_homogeneity(spec.name, method=symbolic_method, seed=seed, **kw).as_dict()
     torch.manual_seed(int(seed))
     net = spec.build(shape, num_classes)
     x = torch.rand((batch,) + shape, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
     t0 = time.perf_counter()
     res = numeric_homogeneity(net, x, cs=cs, seed=seed)
-    report: dict[str, Any] = {"model": spec.name, **res.as_dict(), "input_shape": list(shape), "batch": batch,
-                              "seed": seed, "num_classes": num_classes, "seconds": time.perf_counter() - t0}
+    report.update({**res.as_dict(), "input_shape": list(shape), "batch": batch, "seed": seed,
+                   "num_classes": num_classes, "seconds": time.perf_counter() - t0})
     if spec.name == "lowrank":
-        report.update({"layers": spec.layers, "rank": spec.rank, "lemma1_formula": lemma1_degree(spec.layers),
+        report.update({"layers": spec.layers, "lemma1_formula": lemma1_degree(spec.layers),
                        "agrees_with_lemma1": res.degree == lemma1_degree(spec.layers)})
-    elif spec.head == "lowrank":
+    if spec.head == "lowrank":
         report["rank"] = spec.rank
     if spec.body == "conv":
         report.update({"conv_bias": spec.conv_bias, "conv_channels": spec.conv_channels})
-    if sym is not None:
+    if symbolic:
         report["symbolic"] = sym
     return report
 
 
-# ===========================================================================
-# CLI
-# ===========================================================================
+# --- CLI ---
 def _numbers(conv: Callable, expected: str) -> Callable[[str], tuple]:
     """Parse ``"1,28,28"`` (or ``"3x8x8"``) into a tuple; the values are checked where they are used."""
     def parse(s: str) -> tuple:
@@ -903,46 +826,38 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _deg(v) -> str:
-    return "none (not homogeneous)" if v is None else str(v)
-
-
 def _human(r: dict) -> str:
     desc = r["model"]
-    if r["model"] == "lowrank":
+    if "layers" in r:
         desc += f" ({r['layers']} layer{'s' if r['layers'] > 1 else ''}, rank {r['rank']})"
-    if r["model"].startswith("conv-"):
+    if "conv_bias" in r:
         desc += f" (conv bias {'on' if r['conv_bias'] else 'off'}, {r['conv_channels']} channel(s))"
-    lines = [f"model: {desc}; {r['n_parameters']:,} parameters; {r['batch']} random inputs of shape "
-             f"{tuple(r['input_shape'])}; {r['dtype']}, eval mode"]
     per_c = ", ".join(f"c={c}: {'n/a' if e is None else f'{e:.6f}'}" for c, e in r["per_c_estimates"].items())
-    if r["homogeneous"]:
-        lines.append(f"homogeneous: yes, degree L = {r['degree']}  (f(c theta) = c^L f(theta); "
-                     f"estimates {per_c}; max rel. error {r['max_rel_err']:.2e})")
-    else:
-        est = r["degree_estimate"] is not None
-        lines.append("homogeneous: NO" + (f"  (log-ratio estimates {per_c})" if est else ""))
+    lines = [f"model: {desc}; {r['n_parameters']:,} parameters; {r['batch']} random inputs of shape "
+             f"{tuple(r['input_shape'])}; {r['dtype']}, eval mode",
+             f"homogeneous: yes, degree L = {r['degree']}  (f(c theta) = c^L f(theta); estimates {per_c}; "
+             f"max rel. error {r['max_rel_err']:.2e})" if r["homogeneous"] else
+             "homogeneous: NO" + (f"  (log-ratio estimates {per_c})" if r["degree_estimate"] is not None else "")]
     if "lemma1_formula" in r:
         lines.append(f"Lemma 1: 2^(n+1) - 2 = {r['lemma1_formula']}  "
                      f"[{'agrees' if r['agrees_with_lemma1'] else 'DISAGREES'}]")
     if r["euler_ok"]:
-        lines.append("Euler's identity <grad f_j, theta> = L f_j: holds "
-                     f"(max rel. error {r['euler_max_rel_err']:.2e})")
+        lines.append(f"Euler's identity <grad f_j, theta> = L f_j: holds (max rel. error {r['euler_max_rel_err']:.2e})")
     elif r["euler_degree_fit"] is not None:
         lines.append(f"Euler's identity: fails (best single L = {r['euler_degree_fit']:.4g}, "
                      f"max rel. error {r['euler_max_rel_err']:.3g})")
-    agree = {None: "", True: "  [agrees]", False: "  [DISAGREES with the measurement]"}[
-        r["agrees_with_declared"]]
-    lines += [f"head degree (head parameters scaled alone, features fixed): {_deg(r['head_degree'])}",
-              f"declared by the model: degree {_deg(r['declared_degree'])}, head degree "
-              f"{_deg(r['declared_head_degree'])}{agree}"]
+    agree = {None: "", True: "  [agrees]", False: "  [DISAGREES with the measurement]"}[r["agrees_with_declared"]]
+    deg = {k: "none (not homogeneous)" if r[k] is None else r[k] for k in ("head_degree", "declared_degree",
+                                                                           "declared_head_degree")}
+    lines += [f"head degree (head parameters scaled alone, features fixed): {deg['head_degree']}",
+              f"declared by the model: degree {deg['declared_degree']}, head degree "
+              f"{deg['declared_head_degree']}{agree}"]
     if not r["breaking_parameters"]:
         lines.append("parameters breaking homogeneity: none")
     else:
         lines.append(f"parameters breaking homogeneity ({len(r['breaking_parameters'])}):")
-        for g, names in r["breaking_groups"].items():
-            more = f", ... ({len(names) - 8} more)" if len(names) > 8 else ""
-            lines.append(f"  {g}: {', '.join(names[:8])}{more}")
+        lines += [f"  {g}: {', '.join(names[:8])}" + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+                  for g, names in r["breaking_groups"].items()]
         if r["structural"]:
             lines.append("  structural: yes (not homogeneous even without biases and normalisation layers)")
         elif r["degree_without_breaking"] is not None:
@@ -961,13 +876,10 @@ def _human(r: dict) -> str:
 @cli_entry("python -m margin_theory.homogeneity")
 def main(argv=None) -> int:
     """Check a model's homogeneity (SPEC §3); one line + exit 2 on bad input."""
-    args = build_parser().parse_args(argv)
-    report = check_model(args.model, layers=args.layers, rank=args.rank, hidden=args.hidden,
-                         conv_bias=args.conv_bias, conv_channels=args.conv_channels,
-                         num_classes=args.num_classes, input_shape=args.input_shape, batch=args.batch,
-                         seed=args.seed, cs=args.cs, symbolic=args.symbolic,
-                         symbolic_method=args.symbolic_method)
-    if args.json:
+    opts = vars(build_parser().parse_args(argv))
+    as_json = opts.pop("json")
+    report = check_model(opts.pop("model"), **opts)  # every other flag is a keyword of check_model
+    if as_json:
         print_json(report)
     else:
         print(_human(report))

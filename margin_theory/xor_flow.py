@@ -1,16 +1,11 @@
 """Theorem 1: the XOR problem under gradient flow, solved with scipy (SPEC §4).
 
-Data (:func:`xor_data`): class 0 = {(1, 1), (-1, -1)}, class 1 = {(1, -1), (-1, 1)}.
-Model: single-layer rank-1 Low-Rank DIQNN, ``f_0(x) = (u.x)^2``, ``f_1(x) = (v.x)^2``,
-``theta = (u1, u2, v1, v2)``; it is 2-homogeneous in ``theta`` (L = 2), so the margins
-are normalised by ``||theta||^2`` (SPEC §2, §3).
-
-Loss: mean cross-entropy over the four points,
-``loss = (softplus(-q0) + softplus(-q1)) / 2`` with ``q_n = f_{y_n}(x_n) - f_{other}(x_n)``.
-Gradient flow ``d theta/dt = -grad loss(theta)``.
-
-Reduced coordinates (:func:`reduced_coordinates`) ``a = u1+u2, b = u1-u2, c = v1+v2,
-e = v1-v2``:
+Data (:func:`xor_data`): class 0 = {(1, 1), (-1, -1)}, class 1 = {(1, -1), (-1, 1)}. Model: a rank-1
+Low-Rank DIQNN, ``f_0(x) = (u.x)^2``, ``f_1(x) = (v.x)^2``, ``theta = (u1, u2, v1, v2)``, 2-homogeneous
+(L = 2): margins are normalised by ``||theta||^2`` (SPEC §2, §3). Loss: mean cross-entropy,
+``loss = (softplus(-q0) + softplus(-q1)) / 2``, ``q_n = f_{y_n}(x_n) - f_{other}(x_n)``; gradient flow
+``d theta/dt = -grad loss(theta)``. Reduced coordinates (:func:`reduced_coordinates`)
+``a = u1+u2, b = u1-u2, c = v1+v2, e = v1-v2``:
 
 * ``q0 = a^2 - c^2`` (both class-0 points), ``q1 = e^2 - b^2`` (both class-1 points);
 * ``||theta||^2 = (a^2 + b^2 + c^2 + e^2) / 2``;
@@ -25,11 +20,9 @@ every start ``theta(0) != 0``; if moreover ``a(0) != 0`` and ``e(0) != 0`` then
 decision boundary ``{(u.x)^2 = (v.x)^2}`` tends to the axes, and
 ``(1 - gamma_bar) log^2 t -> (a(0)c(0))^2 + (b(0)e(0))^2``.
 
-Without that hypothesis ``gamma_bar`` still rises (to 1 if one of ``a(0), e(0)`` is
-nonzero) but a class is never classified correctly and the loss stays ``>= log(2)/2``.
-
-:func:`solve_xor_flow` solves the flow (and checks it three ways);
-``python -m margin_theory.xor_flow --help``.
+Without that hypothesis ``gamma_bar`` still rises (to 1 if one of ``a(0), e(0)`` is nonzero) but a class
+is never classified correctly and the loss stays ``>= log(2)/2``. :func:`solve_xor_flow` solves the flow
+(and checks it three ways); ``python -m margin_theory.xor_flow --help``.
 """
 from __future__ import annotations
 
@@ -71,14 +64,9 @@ _BYTES_PER_POINT = 400
 METHODS = ("flow", "gd")
 
 
-# ---------------------------------------------------------------------------
-# Data, loss and margins in closed form
-# ---------------------------------------------------------------------------
+# --- Data, loss and margins in closed form ---
 def xor_data() -> tuple[np.ndarray, np.ndarray]:
-    """The four XOR points ``X`` (4, 2) and labels ``y`` (4,) of SPEC §4.
-
-    Class 0 = {(1, 1), (-1, -1)}, class 1 = {(1, -1), (-1, 1)}.
-    """
+    """The four XOR points ``X`` (4, 2) and labels ``y`` (4,) of SPEC §4: class 0 = {(1, 1), (-1, -1)}."""
     return np.array([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]]), np.array([0, 0, 1, 1])
 
 
@@ -90,7 +78,6 @@ def _as_theta(theta) -> np.ndarray:
 
 
 def _theta0(theta0) -> np.ndarray:
-    """A start ``theta(0)``: 4 finite numbers."""
     th = np.asarray(theta0, dtype=float)
     if th.shape != (4,):
         raise ConfigError("theta0 must be 4 numbers (u1, u2, v1, v2)")
@@ -134,11 +121,8 @@ def _normalised(theta, reduce):
 
 
 def gamma_bar(theta) -> np.ndarray | float:
-    """Average margin ``gamma_bar = mean_n q_n / ||theta||^2
-    = (a^2 - c^2 + e^2 - b^2) / (a^2 + b^2 + c^2 + e^2)`` (paper eq. 4, SPEC §2, §4).
-
-    Scale invariant, ``<= 1`` with equality iff ``b = c = 0``. NaN at ``theta = 0``.
-    """
+    """Average margin ``gamma_bar = mean_n q_n / ||theta||^2 = (a^2 - c^2 + e^2 - b^2) / (a^2 + b^2 + c^2 + e^2)``
+    (paper eq. 4, SPEC §2, §4): scale invariant, ``<= 1`` with equality iff ``b = c = 0``, NaN at 0."""
     return _normalised(theta, np.mean)
 
 
@@ -152,34 +136,28 @@ def _loss(theta) -> np.ndarray:
     return 0.5 * np.logaddexp(0.0, -margins(theta)).sum(axis=-1)
 
 
-def loss_and_grad(theta) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy over the four XOR points and its gradient, in closed form (SPEC §4).
+def _grad(u1: float, u2: float, v1: float, v2: float) -> np.ndarray:
+    """``grad loss``; with ``s0 = sigmoid(-q0)``, ``s1 = sigmoid(-q1)`` (``expit``: no overflow):
+    ``d/du1 = -s0 a + s1 b``, ``d/du2 = -s0 a - s1 b``, ``d/dv1 = s0 c - s1 e``, ``d/dv2 = s0 c + s1 e``."""
+    a, b, c, e = u1 + u2, u1 - u2, v1 + v2, v1 - v2
+    s0, s1 = expit(c * c - a * a), expit(b * b - e * e)
+    return np.array([-s0 * a + s1 * b, -s0 * a - s1 * b, s0 * c - s1 * e, s0 * c + s1 * e])
 
-    ``loss = (softplus(-q0) + softplus(-q1)) / 2`` and, with ``s0 = sigmoid(-q0)``,
-    ``s1 = sigmoid(-q1)``:
-    ``d loss/du1 = -s0 a + s1 b``, ``d loss/du2 = -s0 a - s1 b``,
-    ``d loss/dv1 = s0 c - s1 e``, ``d loss/dv2 = s0 c + s1 e``.
-    Stable for huge margins (sigmoid via ``expit``, softplus via ``logaddexp``).
-    """
+
+def loss_and_grad(theta) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy over the four XOR points, ``(softplus(-q0) + softplus(-q1)) / 2``, and its
+    gradient :func:`_grad`, in closed form (SPEC §4)."""
     th = _as_theta(theta)
     if th.shape != (4,):
         raise ConfigError(f"loss_and_grad takes one theta of shape (4,), got {th.shape}")
-    a, b, c, e = (float(x) for x in reduced_coordinates(th))
-    q0, q1 = a * a - c * c, e * e - b * b
-    s0, s1 = float(expit(-q0)), float(expit(-q1))
-    loss = 0.5 * float(np.logaddexp(0.0, -q0) + np.logaddexp(0.0, -q1))
-    return loss, np.array([-s0 * a + s1 * b, -s0 * a - s1 * b, s0 * c - s1 * e, s0 * c + s1 * e])
+    return float(_loss(th)), _grad(*(float(x) for x in th))
 
 
 def boundary_angle_deg(theta) -> np.ndarray | float:
-    """Angle (degrees, in [0, 45]) between the decision boundary and the axes.
-
-    The boundary ``{(u.x)^2 = (v.x)^2}`` is the pair of lines through the origin with
-    normals ``u - v`` and ``u + v``; for each line take the angle to the nearer axis,
-    ``atan(min(|n1|, |n2|) / max(|n1|, |n2|))``, and return the larger of the two.
-    0 means the boundary is exactly the axes ``x1 = 0, x2 = 0`` (the max-margin
-    boundary of SPEC §4). NaN if ``u = +-v`` (a line is undefined).
-    """
+    """Angle (degrees, in [0, 45]) between the decision boundary and the axes: the boundary
+    ``{(u.x)^2 = (v.x)^2}`` is the pair of lines with normals ``u - v`` and ``u + v``; each line's angle to
+    the nearer axis is ``atan(min(|n1|, |n2|) / max(|n1|, |n2|))``; the larger of the two. 0: the boundary
+    is the axes (the max-margin boundary of SPEC §4). NaN if ``u = +-v``."""
     th = _as_theta(theta)
     u, v = th[..., :2], th[..., 2:]
     out = []
@@ -201,9 +179,7 @@ def theorem1_hypothesis(theta0) -> bool:
     return bool(a != 0.0 and e != 0.0)
 
 
-# ---------------------------------------------------------------------------
-# Quadrature solution: the exact trajectory without an ODE solver
-# ---------------------------------------------------------------------------
+# --- Quadrature solution: the exact trajectory without an ODE solver ---
 #: quadrature_solution handles squared reduced coordinates up to this size at t = 0
 MAX_QUAD_SQUARE = 600.0
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(12)
@@ -211,14 +187,11 @@ _BRENT_RTOL = 4 * np.finfo(float).eps
 
 
 def _growth_log_time(P: float, P0: float, k2: float) -> float:
-    """``log t(P)`` for ``dP/dt = 4 P sigmoid(k2/P - P)`` started at ``P0 > 0``.
-
+    """``log t(P)`` for ``dP/dt = 4 P sigmoid(k2/P - P)`` started at ``P0 > 0``:
     ``t(P) = int_{P0}^{P} (1 + exp(x - k2/x)) / (4x) dx
            = log(P/P0)/4 + exp(P) int_{log max(P0, P-60)}^{log P} exp(e^w - P - k2 e^-w)/4 dw``
-    (the part below ``P - 60`` is below ``e^-60`` relative and dropped). Adaptive
-    quadrature (``scipy.integrate.quad``), or 12-point Gauss-Legendre on intervals much
-    shorter than the integrand's scale ``1/P``.
-    """
+    (below ``P - 60`` is below ``e^-60`` relative, dropped); ``quad``, or 12-point Gauss-Legendre on
+    intervals much shorter than the integrand's scale ``1/P``."""
     if P <= P0:
         return -math.inf
     lo, W = math.log(max(P0, P - 60.0)), math.log(P)
@@ -251,11 +224,8 @@ def _growth_solution(P0: float, k2: float, t: float) -> float:
 
 
 def _decay_solution(D0: float, t: float) -> float:
-    """``D(t)`` for ``dD/dt = -4 D sigmoid(D)`` (lead coordinate 0), closed form in ``E1``.
-
-    ``4 t = log(D0/D) + E1(D) - E1(D0)``; solved for ``z = log D`` by Brent's method
-    (for ``z < -30``, ``E1(e^z) = -euler_gamma - z + e^z + O(e^{2z})``).
-    """
+    """``D(t)`` for ``dD/dt = -4 D sigmoid(D)`` (lead coordinate 0): ``4 t = log(D0/D) + E1(D) - E1(D0)``,
+    solved for ``z = log D`` by Brent's method (``z < -30``: ``E1(e^z) = -euler_gamma - z + e^z + O(e^{2z})``)."""
     if t <= 0 or D0 == 0:
         return D0
     z0, E10 = math.log(D0), float(exp1(D0))
@@ -268,17 +238,13 @@ def _decay_solution(D0: float, t: float) -> float:
 
 
 def quadrature_solution(theta0, t) -> np.ndarray:
-    """The exact reduced trajectory ``(a, b, c, e)(t)`` by quadrature, no ODE solver (SPEC §4).
-
-    The flow splits into two independent planar systems, ``(a, c)`` driven by ``s0`` and
-    ``(b, e)`` driven by ``s1``, each with an invariant (``k = a c``, ``m = b e``) and a
-    monotone square: with ``A = a^2``, ``dA/dt = 4 A sigmoid(k^2/A - A)``, so
-    ``t = int_{A(0)}^{A(t)} (1 + exp(x - k^2/x)) / (4x) dx`` (quadrature + root finding),
-    and ``c = k/a``; likewise ``E = e^2`` with ``m``. If ``a(0) = 0`` then ``a = k = 0`` and
-    ``C = c^2`` decays: ``4t = log(C(0)/C) + E1(C) - E1(C(0))``. Signs of ``a, b, c, e``
-    never change. Requires every ``a(0)^2, ..., e(0)^2 <= 600``.
-    Returns (n, 4) for ``t`` of shape (n,), (4,) for a scalar ``t``.
-    """
+    """The exact reduced trajectory ``(a, b, c, e)(t)`` by quadrature, no ODE solver (SPEC §4): two independent
+    planar systems, ``(a, c)`` driven by ``s0`` and ``(b, e)`` by ``s1``, each with an invariant (``k = a c``,
+    ``m = b e``) and a monotone square: ``A = a^2``, ``dA/dt = 4 A sigmoid(k^2/A - A)``, so
+    ``t = int_{A(0)}^{A(t)} (1 + exp(x - k^2/x)) / (4x) dx`` (quadrature + root finding) and ``c = k/a``;
+    likewise ``E = e^2`` with ``m``. If ``a(0) = 0`` then ``a = k = 0`` and ``C = c^2`` decays:
+    ``4t = log(C(0)/C) + E1(C) - E1(C(0))``. Signs never change. Requires every ``a(0)^2, ..., e(0)^2 <= 600``.
+    Returns (n, 4) for ``t`` of shape (n,), (4,) for a scalar ``t``."""
     r0 = reduced_coordinates(_theta0(theta0))
     if np.max(r0 * r0) > MAX_QUAD_SQUARE:
         raise ConfigError(f"quadrature_solution needs reduced squares <= {MAX_QUAD_SQUARE:g} at t = 0")
@@ -301,24 +267,21 @@ def quadrature_solution(theta0, t) -> np.ndarray:
     return out if np.ndim(t) else out[0]
 
 
-# ---------------------------------------------------------------------------
-# Result object
-# ---------------------------------------------------------------------------
+# --- Result object ---
 @dataclass
 class XorFlowResult:
-    """Trajectory of the XOR flow (or gradient descent) at ``n`` recorded times (SPEC §4):
-    ``t`` (n,), ``theta`` (n, 4), ``reduced`` (n, 4) = ``[a, b, c, e]``, ``invariants`` (n, 2) =
-    ``[a*c, b*e]``, ``gamma_bar``, ``gamma_min``, ``loss``, ``theta_norm``, ``boundary_angle_deg`` (n,).
+    """Trajectory of the XOR flow (or gradient descent) at ``n`` recorded times (SPEC §4): ``t`` (n,),
+    ``theta`` (n, 4), ``reduced`` (n, 4) = ``[a, b, c, e]``, ``invariants`` (n, 2) = ``[a*c, b*e]``,
+    ``gamma_bar``, ``gamma_min``, ``loss``, ``theta_norm``, ``boundary_angle_deg`` (n,).
 
-    * ``monotone``: ``min_k (gamma_bar[k+1] - gamma_bar[k]) >= -monotone_tol``, ``10 * rtol`` for
-      the flow (gamma_bar is scale free, in [-1, 1]) and ``1e-12`` for ``gd`` (a measurement, not
-      a theorem); ``gamma_bar_min_step`` is that minimum (where gamma_bar is defined).
+    * ``monotone``: ``min_k (gamma_bar[k+1] - gamma_bar[k]) >= -monotone_tol`` (``10 * rtol`` for the
+      flow, ``1e-12`` for ``gd``); ``gamma_bar_min_step`` is that minimum.
     * ``invariant_drift`` (2,): ``max_k |I(t_k) - I(0)| / ||theta(t_k)||^2``, ``I = a*c, b*e``.
-    * ``reduced_deviation``: ``max_k ||r_theta(t_k) - r_ode(t_k)|| / ||r_ode(t_k)||`` against an
-      independent solve of the reduced ODE (flow, ``check=True``; else NaN);
-      ``quadrature_deviation`` the same against :func:`quadrature_solution`.
+    * ``reduced_deviation``: ``max_k ||r_theta(t_k) - r_ode(t_k)|| / ||r_ode(t_k)||`` against an independent
+      solve of the reduced ODE (flow, ``check``; else NaN); ``quadrature_deviation`` against
+      :func:`quadrature_solution`.
     * ``limit_constant``: ``(a(0)c(0))^2 + (b(0)e(0))^2 = lim (1 - gamma_bar(t)) log^2 t`` (Theorem 1,
-      which needs ``theorem1_hypothesis``: ``a(0) != 0 and e(0) != 0``).
+      if ``theorem1_hypothesis``: ``a(0) != 0 and e(0) != 0``).
     """
 
     t: np.ndarray
@@ -355,8 +318,7 @@ class XorFlowResult:
     def to_dict(self) -> dict[str, Any]:
         """For ``--json``: every field (arrays as they are, ``print_json`` makes lists), then ``extra``."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        d["normalisation"] = "q / ||theta||^2 (all parameters, L = 2)"
-        return {**d, **self.extra}
+        return {**d, "normalisation": "q / ||theta||^2 (all parameters, L = 2)", **self.extra}
 
     def title(self) -> str:
         what = ("gradient flow (solve_ivp, log-time)" if self.method == "flow"
@@ -364,16 +326,10 @@ class XorFlowResult:
         return f"XOR, rank-1 Low-Rank DIQNN, {what}, t in [0, {self.t_max:g}]"
 
 
-# ---------------------------------------------------------------------------
-# Solvers
-# ---------------------------------------------------------------------------
+# --- Solvers ---
 def _rhs_theta_logtime(s: float, th: np.ndarray) -> np.ndarray:
-    """``d theta/ds = (1 + t) * (-grad loss)``, ``s = log(1 + t)`` (closed-form gradient)."""
-    u1, u2, v1, v2 = th
-    a, b, c, e = u1 + u2, u1 - u2, v1 + v2, v1 - v2
-    w = math.exp(s)
-    s0, s1 = w * expit(c * c - a * a), w * expit(b * b - e * e)
-    return np.array([s0 * a - s1 * b, s0 * a + s1 * b, s1 * e - s0 * c, -s0 * c - s1 * e])
+    """``d theta/ds = (1 + t) * (-grad loss)``, ``s = log(1 + t)``."""
+    return -math.exp(s) * _grad(*th)
 
 
 def _rhs_reduced_logtime(s: float, r: np.ndarray) -> np.ndarray:
@@ -406,29 +362,20 @@ def _jac_theta_logtime(s: float, th: np.ndarray) -> np.ndarray:
     return 0.5 * _M.T @ _jac_reduced_logtime(s, _M @ th) @ _M
 
 
-#: solve_ivp methods that take a Jacobian
-_IMPLICIT = ("LSODA", "Radau", "BDF")
-
-
 def _ivp(rhs, jac, y0, s_grid, ode_method, rtol, atol):
     """``solve_ivp`` on ``[0, s_grid[-1]]`` with output on ``s_grid`` (implicit methods get the Jacobian):
     the solution and its wall time."""
     t0 = time.perf_counter()
     sol = solve_ivp(rhs, (0.0, s_grid[-1]), y0, method=ode_method, t_eval=s_grid, rtol=rtol, atol=atol,
-                    **({"jac": jac} if ode_method in _IMPLICIT else {}))
+                    **({"jac": jac} if ode_method in ("LSODA", "Radau", "BDF") else {}))
     return sol, time.perf_counter() - t0
 
 
 def _gd_run(theta0: np.ndarray, lr: float, steps_at: np.ndarray, quiet: bool) -> np.ndarray:
-    """Gradient descent ``theta <- theta - lr grad loss`` recorded after ``steps_at`` (sorted, unique) steps.
-
-    A scalar Python loop (about 0.5 microseconds a step): :func:`loss_and_grad` inlined.
-    """
+    """Gradient descent ``theta <- theta - lr grad loss`` recorded after ``steps_at`` (sorted, unique) steps:
+    a scalar Python loop (about 0.5 microseconds a step), :func:`_grad` inlined."""
     u1, u2, v1, v2 = (float(x) for x in theta0)
-    out = np.empty((len(steps_at), 4))
-    exp = math.exp
-    k = 0
-    total = int(steps_at[-1])
+    out, exp, k, total = np.empty((len(steps_at), 4)), math.exp, 0, int(steps_at[-1])
     with progress(total=total, desc="gd steps", quiet=quiet or total < 1_000_000) as bar:
         for i, target in enumerate(steps_at):
             n = int(target) - k
@@ -459,22 +406,19 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
                    ode_method: str = "LSODA", quiet: bool = True) -> XorFlowResult:
     """Solve the XOR gradient flow of SPEC §4 (or run gradient descent) from ``theta0``.
 
-    ``method="flow"``: ``scipy.integrate.solve_ivp`` on the 4-D ``theta`` itself in log-time
-    ``s = log(1+t)``, ``d theta/ds = (1+t)(-grad loss)``, closed-form gradient and analytic
-    Jacobian. Once every point is classified ``(1+t) s_n -> 1/(4 log t)`` and the flow is slow
-    in ``s``; if ``a(0) = 0`` or ``e(0) = 0`` a misclassified point keeps ``s_n >= 1/2`` and the
-    log-time flow is stiff (rate ~ t), hence ``ode_method="LSODA"`` (any ``solve_ivp`` method; the
-    implicit ones get the Jacobian). ``atol`` defaults to ``1e-3 * rtol * ||theta0||``. Output at
-    ``points`` times uniform in ``s`` (``t = 0`` and ``t_max`` included). Where
-    ``||theta|| < 1e3 atol`` (only if ``a(0) = e(0) = 0``: ``theta -> 0``) the margins are solver
-    noise, reported as NaN (``message`` says so). ``check``: also solve the reduced ODE and
-    evaluate :func:`quadrature_solution` at up to 12 recorded times (see :class:`XorFlowResult`).
+    ``method="flow"``: ``solve_ivp`` on ``theta`` in log-time ``s = log(1+t)``,
+    ``d theta/ds = (1+t)(-grad loss)``, closed-form gradient and Jacobian. Once every point is
+    classified ``(1+t) s_n -> 1/(4 log t)``; if ``a(0) = 0`` or ``e(0) = 0`` a misclassified point keeps
+    ``s_n >= 1/2`` and the log-time flow is stiff (rate ~ t), hence ``ode_method="LSODA"`` (implicit
+    methods get the Jacobian). ``atol`` defaults to ``1e-3 * rtol * ||theta0||``. Output at ``points``
+    times uniform in ``s`` (``t = 0`` and ``t_max`` included); where ``||theta|| < 1e3 atol`` (only if
+    ``a(0) = e(0) = 0``) the margins are solver noise, reported as NaN (``message`` says so). ``check``:
+    also solve the reduced ODE and evaluate :func:`quadrature_solution` at up to 12 recorded times.
 
-    ``method="gd"``: ``theta <- theta - lr grad loss`` for ``round(t_max/lr)`` steps, step ``k``
-    at time ``k lr``, recorded at the steps nearest the same times (duplicates merged). A scalar
-    Python loop (about 0.5 s per million steps, a progress bar above a million), hence the
-    default ``t_max = 1e5`` (the flow's is 1e6); more than 1e8 steps, or any invalid argument,
-    raise :class:`ConfigError`.
+    ``method="gd"``: ``theta <- theta - lr grad loss`` for ``round(t_max/lr)`` steps, step ``k`` at time
+    ``k lr``, recorded at the steps nearest the same times. A Python loop (about 0.5 s per million
+    steps), hence the default ``t_max = 1e5`` (the flow's is 1e6); more than 1e8 steps, or any invalid
+    argument, raise :class:`ConfigError`.
     """
     t_max = float((DEFAULT_T_MAX_GD if method == "gd" else DEFAULT_T_MAX_FLOW) if t_max is None else t_max)
     lr, rtol, th0 = float(lr), float(rtol), _theta0(theta0)
@@ -499,7 +443,8 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
     points = int(points)
     s_grid = np.linspace(0.0, math.log1p(t_max), points)  # uniform in s = log(1+t): log-spaced in t
     extra: dict[str, Any] = {}
-    if method == "flow":
+    flow = method == "flow"
+    if flow:
         atol = 1e-3 * rtol * norm0 if atol is None else float(atol)
         sol, solve_seconds = _ivp(_rhs_theta_logtime, _jac_theta_logtime, th0, s_grid, ode_method, rtol, atol)
         success, message, nfev = bool(sol.success), str(sol.message), int(sol.nfev)
@@ -508,10 +453,9 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
         theta[0] = th0
         t = np.expm1(s_grid)
         t[0], t[-1] = 0.0, t_max
-        floor = 1e3 * atol  # below this norm theta is solver noise
-        monotone_tol, used_lr, used_rtol, used_atol = 10.0 * rtol, None, rtol, atol
+        floor, monotone_tol = 1e3 * atol, 10.0 * rtol  # below the floor theta is solver noise
     else:
-        nfev = int(round(t_max / lr))
+        nfev = extra["steps"] = int(round(t_max / lr))
         if nfev < 1:
             raise ConfigError(f"t_max/lr = {t_max / lr:g} is less than one gradient step")
         if nfev > MAX_GD_STEPS:
@@ -522,14 +466,10 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
         steps = np.unique(steps)
         t0 = time.perf_counter()
         theta = _gd_run(th0, lr, steps, quiet)
-        solve_seconds = time.perf_counter() - t0
-        t = steps * lr
+        solve_seconds, t = time.perf_counter() - t0, steps * lr
         success = bool(np.all(np.isfinite(theta)))
         message = "gradient descent finished" if success else "gradient descent diverged (non-finite theta)"
-        floor = 1e-140  # squares of smaller norms underflow
-        monotone_tol, used_lr, used_rtol, used_atol = 1e-12, lr, None, None
-        extra["steps"] = nfev
-
+        floor, monotone_tol = 1e-140, 1e-12  # squares of smaller norms underflow
     reduced = reduced_coordinates(theta)
     a, b, c, e = reduced.T
     invariants = np.stack([a * c, b * e], axis=1)
@@ -541,23 +481,19 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
         message += (f"; ||theta|| fell below {floor:.1e} (solver noise) after t = "
                     f"{t[np.argmin(resolved)]:.3g}: margins there are reported as NaN")
     with np.errstate(invalid="ignore", divide="ignore"):
-        gb, gm, angle = (np.where(resolved, f(theta), np.nan)
-                         for f in (gamma_bar, gamma_min, boundary_angle_deg))
+        gb, gm, angle = (np.where(resolved, f(theta), np.nan) for f in (gamma_bar, gamma_min, boundary_angle_deg))
         drift_all = np.abs(invariants - invariants[0]) / sq[:, None]
     fin = gb[np.isfinite(gb)]
     min_step = float(np.min(np.diff(fin))) if fin.size > 1 else float("nan")
-
     reduced_dev = quad_dev = float("nan")
-    if method == "flow" and check and success:
-        # (1) the reduced ODE, solved on its own
-        r0 = reduced_coordinates(th0)
+    if flow and check and success:
+        r0 = reduced_coordinates(th0)  # (1) the reduced ODE, solved on its own
         sol_r, extra["reduced_solve_seconds"] = _ivp(_rhs_reduced_logtime, _jac_reduced_logtime, r0, s_grid,
                                                      ode_method, rtol, 2 * atol)
         extra["reduced_nfev"] = int(sol_r.nfev)
         if sol_r.success:
             reduced_dev = _max_rel_dev(reduced[resolved], sol_r.y.T[resolved], floor)
-        # (2) the exact solution by quadrature (no ODE solver), at <= 12 recorded times
-        if np.max(r0 * r0) <= MAX_QUAD_SQUARE:
+        if np.max(r0 * r0) <= MAX_QUAD_SQUARE:  # (2) the exact solution by quadrature, at <= 12 recorded times
             idx = np.unique(np.rint(np.linspace(0, points - 1, min(points, 12))).astype(int))
             idx = idx[resolved[idx]]
             t1 = time.perf_counter()
@@ -573,13 +509,12 @@ def solve_xor_flow(theta0, t_max: float | None = None, method: str = "flow", lr:
         final_boundary_angle_deg=float(angle[-1]), theorem1_hypothesis=theorem1_hypothesis(th0),
         invariant_drift=np.array([np.max(drift_all[resolved, j], initial=0.0) for j in range(2)]),
         reduced_deviation=reduced_dev, quadrature_deviation=quad_dev, limit_constant=float(k0 * k0 + m0 * m0),
-        method=method, lr=used_lr, rtol=used_rtol, atol=used_atol, t_max=t_max,
-        solve_seconds=solve_seconds, nfev=nfev, success=success, message=message, extra=extra,
+        method=method, lr=None if flow else lr, rtol=rtol if flow else None, atol=atol if flow else None,
+        t_max=t_max, solve_seconds=solve_seconds, nfev=nfev, success=success, message=message, extra=extra,
     )
 
-# ---------------------------------------------------------------------------
-# Figure (the paper's Fig. 4)
-# ---------------------------------------------------------------------------
+
+# --- Figure (the paper's Fig. 4) ---
 def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
     """Write a 3-panel PNG (atomically): (a) data and decision boundary at several times,
     (b) gamma_bar and gamma_min against t, (c) loss and ||theta|| against t (paper Fig. 4)."""
@@ -589,24 +524,21 @@ def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
 
     X, y = xor_data()
     fig, (ax, ax_b, ax_c) = plt.subplots(1, 3, figsize=(17, 5.4), layout="constrained")
-    R = 1.6
+    R, span = 1.6, np.linspace(-3.2, 3.2, 3)
     # (a) the decision boundary at ~6 log-spaced times
     idx_all = np.flatnonzero(np.all(np.isfinite(res.theta), axis=1))
     want = [0.0] + list(np.geomspace(max(res.t[1], 1e-2), res.t[idx_all[-1]], 5))
     idx = sorted({int(idx_all[np.argmin(np.abs(res.t[idx_all] - w))]) for w in want})
     tpos = res.t[idx]
     norm = colors.LogNorm(vmin=max(np.min(tpos[tpos > 0], initial=1.0), 1e-3), vmax=max(res.t[idx[-1]], 1.0))
-    span = np.linspace(-R, R, 3)
     ax.axhline(0, color="k", ls="--", lw=1.4, zorder=1)
     ax.axvline(0, color="k", ls="--", lw=1.4, zorder=1, label="max-margin boundary (axes)")
     for i in idx:
-        th = res.theta[i]
-        col = cm.viridis(norm(res.t[i])) if res.t[i] > 0 else "tab:red"
-        for j, n in enumerate((th[:2] - th[2:], th[:2] + th[2:])):
-            if np.any(n):
-                d = np.array([-n[1], n[0]]) / np.linalg.norm(n)
-                ax.plot(span * d[0] * 2, span * d[1] * 2, color=col, lw=1.6, zorder=2,
-                        label=(f"t = {res.t[i]:.3g}" if j == 0 else None))
+        th, col = res.theta[i], cm.viridis(norm(res.t[i])) if res.t[i] > 0 else "tab:red"
+        for j, n in enumerate(n for n in (th[:2] - th[2:], th[:2] + th[2:]) if np.any(n)):  # the lines' normals
+            d = np.array([-n[1], n[0]]) / np.linalg.norm(n)
+            ax.plot(span * d[0], span * d[1], color=col, lw=1.6, zorder=2,
+                    label=f"t = {res.t[i]:.3g}" if j == 0 else None)
     for k, marker, s, c, lab in ((0, "o", 120, "tab:blue", "class 0: (1,1), (-1,-1)"),
                                  (1, "s", 130, "tab:orange", "class 1: (1,-1), (-1,1)")):
         ax.scatter(X[y == k, 0], X[y == k, 1], s=s, marker=marker, c=c, edgecolors="k", zorder=3, label=lab)
@@ -616,13 +548,11 @@ def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
     # (b) margins
     tt = res.t[1:]
     ax_b.plot(tt, res.gamma_bar[1:], color="tab:green", lw=2, label=r"average margin $\bar\gamma$")
-    ax_b.plot(tt, res.gamma_min[1:], color="tab:purple", lw=1.5, ls="-.",
-              label=r"minimum margin $\gamma_{\min}$")
+    ax_b.plot(tt, res.gamma_min[1:], color="tab:purple", lw=1.5, ls="-.", label=r"minimum margin $\gamma_{\min}$")
     ax_b.axhline(1.0, color="k", ls="--", lw=1, label="limit 1 (max over $\\theta$)")
     ax_b.set(xscale="log", xlabel="time t (log scale; t = 0 omitted)", ylabel=r"margin $q/\|\theta\|^2$",
              title=f"(b) margins; final $\\bar\\gamma$ = {res.final_gamma_bar:.4f}")
     ax_b.legend(fontsize=8, loc="lower right")
-    ax_b.grid(True, which="both", alpha=0.3)
     # (c) loss and ||theta||
     l1 = ax_c.plot(tt, res.loss[1:], color="tab:red", lw=2, label="loss (mean cross-entropy)")
     ax_c.set(xscale="log", yscale="log", xlabel="time t (log scale)", title="(c) loss and parameter norm")
@@ -635,15 +565,14 @@ def plot_result(res: XorFlowResult, path, title: str | None = None) -> Path:
                        label=r"leading asymptote $\sqrt{\log(4t\log t)}$")
     ax2.set_ylabel(r"$\|\theta\|$", color="tab:blue")
     ax_c.legend(l1 + l2, [h.get_label() for h in l1 + l2], fontsize=8, loc="center left")
-    ax_c.grid(True, which="both", alpha=0.3)
+    for a in (ax_b, ax_c):
+        a.grid(True, which="both", alpha=0.3)
     hyp = "" if res.theorem1_hypothesis else "  [a(0)=0 or e(0)=0: Theorem 1 does not apply]"
     fig.suptitle(title or res.title() + hyp, fontsize=12)
     return save_figure(fig, path)
 
 
-# ---------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------
+# --- CLI ---
 def build_parser() -> ArgumentParser:
     """The values are checked once, by :func:`solve_xor_flow`."""
     p = ArgumentParser(
@@ -669,34 +598,30 @@ def build_parser() -> ArgumentParser:
 def _report(res: XorFlowResult, theta0: np.ndarray, figure: Path | None) -> str:
     flow, (k, m), (dk, dm) = res.method == "flow", res.invariants[0], res.invariant_drift
     lines = [res.title(), f"theta(0) = (u1, u2, v1, v2) = ({', '.join(f'{x:.6g}' for x in theta0)})",
-             f"reduced (a, b, c, e)(0) = ({', '.join(f'{x:.6g}' for x in res.reduced[0])})"]
-    if not res.success:
-        lines.append(f"WARNING: solver failed: {res.message}")
-    lines += [f"gamma_bar: {res.gamma_bar[0]:.6f} -> {res.final_gamma_bar:.6f}   (gamma_min: "
-              f"{res.gamma_min[0]:.6f} -> {res.final_gamma_min:.6f}; margins q/||theta||^2, L = 2)",
-              f"gamma_bar monotone non-decreasing: {'yes' if res.monotone else 'NO'} "
-              f"(smallest step {res.gamma_bar_min_step:.3g}, tolerance {res.monotone_tol:.1g})",
-              f"loss: {res.loss[0]:.6g} -> {res.loss[-1]:.6g};  "
-              f"||theta||: {res.theta_norm[0]:.6g} -> {res.theta_norm[-1]:.6g}",
-              f"invariants a*c = {k:.10g}, b*e = {m:.10g}; drift / ||theta||^2: {dk:.2g}, {dm:.2g}"]
+             f"reduced (a, b, c, e)(0) = ({', '.join(f'{x:.6g}' for x in res.reduced[0])})",
+             *([] if res.success else [f"WARNING: solver failed: {res.message}"]),
+             f"gamma_bar: {res.gamma_bar[0]:.6f} -> {res.final_gamma_bar:.6f}   (gamma_min: "
+             f"{res.gamma_min[0]:.6f} -> {res.final_gamma_min:.6f}; margins q/||theta||^2, L = 2)",
+             f"gamma_bar monotone non-decreasing: {'yes' if res.monotone else 'NO'} "
+             f"(smallest step {res.gamma_bar_min_step:.3g}, tolerance {res.monotone_tol:.1g})",
+             f"loss: {res.loss[0]:.6g} -> {res.loss[-1]:.6g};  "
+             f"||theta||: {res.theta_norm[0]:.6g} -> {res.theta_norm[-1]:.6g}",
+             f"invariants a*c = {k:.10g}, b*e = {m:.10g}; drift / ||theta||^2: {dk:.2g}, {dm:.2g}"]
     if not flow:
         lines.append("  (gd does not conserve them: each step multiplies a*c by 1 - 4 lr^2 s0^2 "
                      "and b*e by 1 - 4 lr^2 s1^2)")
-    for check, dev in (("independent reduced-ODE solve", res.reduced_deviation),
-                       ("exact quadrature solution (no ODE solver)", res.quadrature_deviation)):
-        if flow and math.isfinite(dev):
-            lines.append(f"{check}: max relative deviation {dev:.2g}")
-    lines.append(f"decision boundary vs the axes (max-margin boundary): {res.boundary_angle_deg[0]:.3f} deg "
-                 f"-> {res.final_boundary_angle_deg:.3f} deg")
-    lines.append(f"Theorem 1 applies (a(0) != 0, e(0) != 0): (1 - gamma_bar) log^2 t -> (a c)^2 + (b e)^2 = "
-                 f"{res.limit_constant:.6g}" if res.theorem1_hypothesis else
-                 "Theorem 1 does not apply: a(0) = u1+u2 = 0 or e(0) = v1-v2 = 0 (the trajectory is solved; "
-                 "gamma_bar is still non-decreasing, but a class is never classified correctly and the loss "
-                 "stays >= log(2)/2).")
+    lines += [f"{check}: max relative deviation {dev:.2g}" for check, dev in (
+        ("independent reduced-ODE solve", res.reduced_deviation),
+        ("exact quadrature solution (no ODE solver)", res.quadrature_deviation)) if flow and math.isfinite(dev)]
     cost = f"{res.nfev} evaluations, rtol {res.rtol:g}" if flow else f"{res.extra.get('steps')} steps"
-    lines.append(f"solve time: {res.solve_seconds:.3f} s ({cost})")
-    if figure is not None:
-        lines.append(f"figure: {figure}")
+    lines += [f"decision boundary vs the axes (max-margin boundary): {res.boundary_angle_deg[0]:.3f} deg "
+              f"-> {res.final_boundary_angle_deg:.3f} deg",
+              f"Theorem 1 applies (a(0) != 0, e(0) != 0): (1 - gamma_bar) log^2 t -> (a c)^2 + (b e)^2 = "
+              f"{res.limit_constant:.6g}" if res.theorem1_hypothesis else
+              "Theorem 1 does not apply: a(0) = u1+u2 = 0 or e(0) = v1-v2 = 0 (the trajectory is solved; "
+              "gamma_bar is still non-decreasing, but a class is never classified correctly and the loss "
+              "stays >= log(2)/2).",
+              f"solve time: {res.solve_seconds:.3f} s ({cost})", *([] if figure is None else [f"figure: {figure}"])]
     return "\n".join(lines)
 
 
