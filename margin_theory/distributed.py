@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ._util import ConfigError, MarginTheoryError, one_line
-from .margins import compute_margins, output_margins, predict, smoothed_from_sum, summed_cross_entropy
+from .margins import compute_margins, n_correct, output_margins, predict, smoothed_from_sum, summed_cross_entropy
 
 __all__ = ["DistContext", "RankFailedError", "setup", "env_world", "shard_indices", "EXIT_RANK_FAILED",
            "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
@@ -173,21 +173,22 @@ class DistContext:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, shard, *, batch_size: int = 4096) -> dict:
-        """All-reduced full-set metrics (the keys of :func:`margin_theory.train.evaluate`):
-        sums of gamma_n, CE_n, correct and counts (float64, SUM), gamma_min (MIN). Every
-        shard holds training samples (:meth:`shard`)."""
-        from .train import _matmul_precision, evaluate_test
-
-        with self.guard("evaluating"), _matmul_precision(shard.X_train.device, tf32=False):
+        """All-reduced full-set metrics (the keys of :func:`margin_theory.train.evaluate`, which calls it
+        with TF32 off): sums of gamma_n, CE_n, correct and counts of train and test (float64, SUM),
+        gamma_min (MIN). Every shard holds training samples (:meth:`shard`)."""
+        with self.guard("evaluating"):
             for b in model.buffers():           # rank 0's BatchNorm running statistics
                 dist.broadcast(b, 0)
             X, y = shard.X_train, shard.y_train
             f64 = dict(dtype=torch.float64, device=X.device)
             logits = predict(model, X, batch_size)
             m = compute_margins(model, X, y, batch_size=batch_size, logits=logits)
-            n = X.shape[0]
+            n, n_test = X.shape[0], shard.X_test.shape[0]
+            test_correct = n_correct(predict(model, shard.X_test, batch_size), shard.y_test) if n_test \
+                else torch.zeros((), **f64)
             vec = torch.stack([m.gamma.sum(), torch.tensor(m.loss * n, **f64), (m.q > 0).sum().to(**f64),
-                               torch.tensor(float(n), **f64), output_margins(logits, y).sum()])
+                               torch.tensor(float(n), **f64), output_margins(logits, y).sum(), test_correct,
+                               torch.tensor(float(n_test), **f64)])
             gmin = m.gamma.min().reshape(1).clone()
             # the summed loss S = sum_r S_r in log space (S_r may underflow): max, then sum of exp
             log_s = torch.tensor([summed_cross_entropy(logits, y)[1]], **f64)
@@ -195,11 +196,11 @@ class DistContext:
             s_rel = torch.exp(log_s - top) if math.isfinite(float(top[0])) else torch.zeros(1, **f64)
             vec = self.all_reduce_(torch.cat([vec, s_rel]))
             self.all_reduce_(gmin, "min")
-            test_acc = evaluate_test(model, shard, batch_size, self)
-        g_sum, ce_sum, correct, n, out_sum, s_rel = vec.tolist()
+        g_sum, ce_sum, correct, n, out_sum, test_correct, n_test, s_rel = vec.tolist()
         log_S = float(top[0]) + math.log(s_rel) if s_rel > 0 else -math.inf
         smoothed, _ = smoothed_from_sum(math.exp(log_S), log_S, m.theta_norm, m.degree)
-        return {"train_loss": ce_sum / n, "train_acc": correct / n, "test_acc": test_acc,
+        return {"train_loss": ce_sum / n, "train_acc": correct / n,
+                "test_acc": test_correct / n_test if n_test > 0 else float("nan"),
                 "gamma_bar": g_sum / n, "gamma_min": float(gmin[0]), "gamma_output": out_sum / n,
                 "gamma_smoothed": smoothed, "theta_norm": m.theta_norm, "degree": m.degree,
                 "normalisation": m.normalisation}

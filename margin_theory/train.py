@@ -30,7 +30,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -87,13 +86,11 @@ _SPEC = ModelSpec()     # the defaults of the model fields
 class TrainConfig:
     """Every setting of a training run; the fields are the CLI flags (``--n-train`` -> ``n_train``).
 
-    Defaults follow the paper's MNIST protocol (SPEC §7): SGD, lr 0.01, batch 100,
-    momentum 0, weight decay 0, 10 epochs. ``checkpoint_every``: ``None`` = auto,
-    ``-1`` = none, ``0`` = final only, ``K`` = every K epochs (see the module doc).
-    ``hidden``: list of widths or None (model default). ``lr_milestones``: epochs
-    after which the lr is multiplied by ``lr_gamma``. The model fields are those of
-    :class:`~margin_theory.models.ModelSpec` (:meth:`model_spec`), with its defaults;
-    ``init`` and ``linear_term`` default to the ``protocol``'s.
+    Defaults: the paper's MNIST protocol (SPEC §7): SGD, lr 0.01, batch 100, momentum 0, weight decay 0,
+    10 epochs. ``checkpoint_every``: ``None`` auto, ``-1`` none, ``0`` final only, ``K`` every K epochs.
+    ``lr_milestones``: epochs after which the lr is multiplied by ``lr_gamma``. The model fields are
+    :class:`~margin_theory.models.ModelSpec`'s (:meth:`model_spec`, which checks them); ``init``,
+    ``linear_term`` and ``eval_every_steps`` default to the ``protocol``'s.
     """
 
     dataset: str = "digits"
@@ -135,10 +132,7 @@ class TrainConfig:
     json: bool = False
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["hidden"] = None if self.hidden is None else [int(h) for h in self.hidden]
-        d["lr_milestones"] = [int(m) for m in self.lr_milestones]
-        return d
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict, *, applicable: bool = True) -> "TrainConfig":
@@ -151,7 +145,7 @@ class TrainConfig:
         return cls(**d).validate(applicable=applicable)
 
     def validate(self, *, applicable: bool = True) -> "TrainConfig":
-        """Check every value; raise :class:`ConfigError` naming the first bad one. Normalises types.
+        """Check and normalise every value; :class:`ConfigError` names the first bad one.
         ``applicable=False``: a partial table of settings (an experiment's shared [train])."""
         for s in ("dataset", "model", "device"):
             if not isinstance(getattr(self, s), str) or not getattr(self, s):
@@ -163,17 +157,17 @@ class TrainConfig:
             self.linear_term = proto.linear_term and ModelSpec(self.model).head == "quadratic"
         if self.eval_every_steps is None:
             self.eval_every_steps = proto.eval_every_steps
-        for name, lo in _INT_BOUNDS.items():
+        for name, optional in _INTS.items():
             v = getattr(self, name)
-            if v is None and name in _OPTIONAL_INTS:
-                continue
-            if isinstance(v, float) and v.is_integer():
+            if isinstance(v, float) and v.is_integer():     # 2.0 from JSON or TOML
                 v = int(v)
                 setattr(self, name, v)
+            if name not in _INT_BOUNDS or (v is None and optional):
+                continue                                    # the model's integers: ModelSpec checks them
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{name} must be an integer, got {v!r}")
-            if v < lo:
-                raise ConfigError(f"{name} must be >= {lo}, got {v}")
+            if v < _INT_BOUNDS[name]:
+                raise ConfigError(f"{name} must be >= {_INT_BOUNDS[name]}, got {v}")
         for name, (lo_open, hi) in _FLOAT_BOUNDS.items():      # all >= 0 (lo_open: > 0), < hi
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -184,7 +178,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be {'>' if lo_open else '>='} 0, got {v:g}")
             if hi is not None and v >= hi:
                 raise ConfigError(f"{name} must be < {hi:g}, got {v:g}")
-        self.hidden = self.model_spec().as_dict()["hidden"]   # checks every model field
+        self.hidden = self.model_spec().as_dict()["hidden"]
         if not isinstance(self.lr_milestones, (list, tuple)) or \
                 any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones must be positive integers, got {self.lr_milestones!r}")
@@ -208,7 +202,7 @@ class TrainConfig:
         return self
 
     def model_spec(self) -> ModelSpec:
-        """The :class:`~margin_theory.models.ModelSpec` of this run (its model fields)."""
+        """The :class:`~margin_theory.models.ModelSpec` of this run (its model fields, checked)."""
         return ModelSpec.from_mapping({f: getattr(self, f) for f in ("model",) + ModelSpec.args()})
 
     def checkpoint_interval(self) -> int | None:
@@ -219,11 +213,10 @@ class TrainConfig:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-#: lower bounds of the integer fields (``_OPTIONAL_INTS`` may also be None)
-_INT_BOUNDS = {"eval_every_steps": 0, "rank": 1, "layers": 1, "conv_channels": 1, "epochs": 0, "batch_size": 1,
-               "seed": 0, "n_train": 1, "n_test": 1, "checkpoint_every": -1, "monitor_every": 0,
-               "monitor_subset": 1, "eval_batch_size": 1}
-_OPTIONAL_INTS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "int | None")
+#: the integer fields (True: may be None) and the lower bounds of those that are not ModelSpec's
+_INTS = {f.name: f.type.endswith("None") for f in dataclasses.fields(TrainConfig) if f.type.startswith("int")}
+_INT_BOUNDS = {"eval_every_steps": 0, "epochs": 0, "batch_size": 1, "seed": 0, "n_train": 1, "n_test": 1,
+               "checkpoint_every": -1, "monitor_every": 0, "monitor_subset": 1, "eval_batch_size": 1}
 _BOOLS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type.startswith("bool"))
 #: the float fields: (> 0 rather than >= 0, upper bound or None)
 _FLOAT_BOUNDS = {"lr": (True, None), "momentum": (False, 1.0), "weight_decay": (False, None),
@@ -232,9 +225,8 @@ _FLOAT_BOUNDS = {"lr": (True, None), "momentum": (False, 1.0), "weight_decay": (
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the trained ``model``, the per-epoch ``history`` (the
-    metrics.jsonl lines, epoch 0 first), the ``config``, the ``out`` folder (or None),
-    the ``final`` summary dict and the ``dataset`` (on the training device)."""
+    """What :func:`train` returns: the trained ``model``, the per-epoch ``history`` (the metrics.jsonl lines,
+    epoch 0 first), the ``config``, the ``out`` folder (or None), the ``final`` summary and the ``dataset``."""
 
     model: nn.Module
     history: list[dict]
@@ -275,8 +267,6 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator | None = N
                   device: torch.device | str | None = None) -> list[torch.Tensor]:
     """One epoch's batches: a device-side random permutation of ``range(n)`` cut into
     slices of ``batch_size`` (the last one partial). Every index occurs exactly once."""
-    if n < 0 or batch_size < 1:
-        raise ConfigError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     if n == 0:
         return []
     if device is None:
@@ -294,10 +284,9 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad
     ``out[b, c, r, s] = xpad[b, c, i_b + r, j_b + (W-1-s if f_b else s)]`` - one gather
     for the whole batch, on ``x``'s device, random numbers from ``generator``.
 
-    ``draws``/``select`` (multi-process training, :mod:`margin_theory.distributed`):
-    draw the random numbers for ``draws`` samples (the global batch) and apply those at
-    positions ``select`` (this rank's part, ``len(select) == B``), so every rank
-    consumes the generator exactly as one process training the whole batch.
+    ``draws``/``select`` (multi-process training): draw for ``draws`` samples (the global batch) and
+    apply those at positions ``select`` (this rank's part, ``len(select) == B``), so every rank consumes
+    the generator exactly as one process training the whole batch.
     """
     if x.dim() != 4:
         raise ConfigError(f"augmentation needs image batches (B, C, H, W), got shape {tuple(x.shape)}")
@@ -310,9 +299,8 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad
 
     if pad > 0:
         xp = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (nd,), generator=generator, device=dev)
-        ox = torch.randint(0, 2 * pad + 1, (nd,), generator=generator, device=dev)
-        oy, ox = draw(oy), draw(ox)
+        oy = draw(torch.randint(0, 2 * pad + 1, (nd,), generator=generator, device=dev))
+        ox = draw(torch.randint(0, 2 * pad + 1, (nd,), generator=generator, device=dev))
     else:
         xp, oy = x, torch.zeros(B, dtype=torch.long, device=dev)
         ox = oy
@@ -382,15 +370,11 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
     Each step gathers its slice of the permutation (:func:`epoch_batches`) with ``index_select``
     (7x faster than ``X[idx]`` on CPU), optionally augments on-device and minimises
     ``CE - margin_reg * gamma_bar(batch)`` (paper eq. 5); no host sync in the loop. ``on_step(i)``
-    runs after step i (0-based): the ``--eval-every-steps`` test evaluation. With ``dctx`` (a
-    :class:`~margin_theory.distributed.DistContext`) ``model`` is DDP-wrapped, ``X, Y`` this rank's
-    shard of ``n_global`` samples, the batches the single-process ones (``dctx.epoch_plan``), the
-    rank's loss ``(W / B_k) * sum_{its part} (CE_n - margin_reg * gamma_n)``.
-
-    Returns ``(loss_sum, correct, seen, steps)``: the float64 device tensor sum of batch losses
-    weighted by batch size (all-reduced with ``dctx``), the number correct (a float64 device
-    tensor, counted only for a shown tqdm ``bar`` and without ``dctx``, else ``None``), the number
-    of samples and of steps.
+    runs after step i (0-based). With ``dctx`` (a :class:`~margin_theory.distributed.DistContext`)
+    ``model`` is DDP-wrapped, ``X, Y`` this rank's shard of ``n_global`` samples, the batches the
+    single-process ones (``dctx.epoch_plan``), the rank's loss ``(W / B_k) * sum_{its part} (CE_n -
+    margin_reg * gamma_n)``. Returns the sum of the batch losses weighted by batch size (a float64
+    device tensor, all-reduced with ``dctx``).
     """
     device = X.device
     model.train()
@@ -425,9 +409,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
                     bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}",
                                     refresh=False)
             bar.update(1)
-    if dctx is not None:
-        dctx.all_reduce_(loss_sum)
-    return loss_sum, correct, seen, len(batches)
+    return loss_sum if dctx is None else dctx.all_reduce_(loss_sum)
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
@@ -449,8 +431,6 @@ def _matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-
-
 def _finite(*xs: float) -> bool:
     return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
 
@@ -466,9 +446,9 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096, dctx=None) ->
     """Full-training-set margins/loss/accuracy and test accuracy in one pass each (eval mode,
     no TF32). Returns the metric keys except ``epoch``, ``lr`` and ``epoch_seconds``; with ``dctx``
     all-reduced over the ranks' shards (:meth:`~margin_theory.distributed.DistContext.evaluate`)."""
-    if dctx is not None:
-        return dctx.evaluate(model, dataset, batch_size=batch_size)
     with _matmul_precision(dataset.X_train.device, tf32=False):
+        if dctx is not None:
+            return dctx.evaluate(model, dataset, batch_size=batch_size)
         m = compute_margins(model, dataset.X_train, dataset.y_train, batch_size=batch_size)
         test_acc = evaluate_test(model, dataset, batch_size)
     return {"train_loss": m.loss, "train_acc": m.accuracy, "test_acc": test_acc,
@@ -510,27 +490,25 @@ def _resume_point(out: Path, config: TrainConfig) -> Path:
     resume_path = latest_checkpoint(out)
     if resume_path is None:
         raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'} to resume from")
-    saved = read_sidecar(resume_path)
-    path = out / "config.json"
-    if path.exists():
-        try:
-            authority = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise CheckpointError(f"cannot resume {out}: {path} is unreadable ({clip(one_line(exc))})") from None
-        except ConfigError as exc:
-            raise CheckpointError(f"cannot resume {out}: {path} is not a valid configuration: {exc}") from None
-        diffs = _config_differences(saved["config"], authority)
-        if diffs:
-            raise CheckpointError(f"cannot resume {out}: checkpoint {resume_path.name} disagrees with {path.name} "
-                                  "(the run's configuration is the authority): " + "; ".join(diffs))
-    if saved["config"].get("model") != config.model:
-        raise CheckpointError(f"checkpoint {resume_path.name} is for model {saved['config'].get('model')!r}, "
+    sidecar = read_sidecar(resume_path)
+    saved = sidecar["config"]
+    if saved.get("model") != config.model:
+        raise CheckpointError(f"checkpoint {resume_path.name} is for model {saved.get('model')!r}, "
                               f"not {config.model!r}; cannot resume")
-    diffs = _config_differences(saved["config"], config)
-    if diffs:
-        raise CheckpointError(f"cannot resume {out}: the settings differ from the checkpoint's: " + "; ".join(diffs))
-    if int(saved["epoch"]) > config.epochs:
-        raise ConfigError(f"--resume: the latest checkpoint is at epoch {saved['epoch']}, "
+    authority = _runfolder.read_config(out)
+    if authority is not None:
+        try:
+            authority = TrainConfig.from_dict(authority)
+        except ConfigError as exc:
+            raise CheckpointError(f"cannot resume {out}: config.json is not a valid configuration: {exc}") from None
+    for against, what in ((authority, f"checkpoint {resume_path.name} disagrees with config.json (the run's "
+                                      "configuration is the authority)"),
+                          (config, "the settings differ from the checkpoint's")):
+        diffs = [] if against is None else _config_differences(saved, against)
+        if diffs:
+            raise CheckpointError(f"cannot resume {out}: {what}: " + "; ".join(diffs))
+    if int(sidecar["epoch"]) > config.epochs:
+        raise ConfigError(f"--resume: the latest checkpoint is at epoch {sidecar['epoch']}, "
                           f"beyond --epochs {config.epochs}")
     return resume_path
 
@@ -622,15 +600,9 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
     if log == "default":
         log = None if config.quiet else print
     dctx = _dist_setup(config.device)
+    locked = config.out and (dctx is None or dctx.is_writer)      # rank 0 holds the folder
     try:
-        if not config.out or (dctx is not None and not dctx.is_writer):   # rank 0 holds the folder
-            return _train(config, progress=progress, log=log, dctx=dctx)
-        out = check_output_path(config.out, kind="dir")
-        with _runfolder.RunLock(out):
-            removed = _runfolder.remove_orphans(out)
-            if removed and log:
-                log(f"note: removed {len(removed)} file(s) an interrupted run left in {out}: "
-                    + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
+        with _runfolder.RunLock(check_output_path(config.out, kind="dir")) if locked else contextlib.nullcontext():
             return _train(config, progress=progress, log=log, dctx=dctx)
     finally:
         if dctx is not None:
@@ -638,25 +610,24 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
 
 
 def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | None, dctx=None) -> TrainResult:
-    """The body of :func:`train` for its validated copy of the config (the run folder, if any, is
-    locked by the caller); ``dctx``: the :class:`~margin_theory.distributed.DistContext` of a
-    multi-process run, or None."""
+    """The body of :func:`train` for its validated copy of the config (the caller holds the run folder's
+    lock); ``dctx``: the :class:`~margin_theory.distributed.DistContext` of a multi-process run, or None."""
+    t_run = time.perf_counter()
     if config.data_dir:     # stored absolute, so that the run can be checked from any folder
         config.data_dir = str(Path(config.data_dir).expanduser().resolve())
     writer = dctx is None or dctx.is_writer       # rank 0 alone writes the run folder and logs
-    if not writer:
-        log, progress = None, False
-    log = log or (lambda _msg: None)
-    t_run = time.perf_counter()
+    log = (log if writer else None) or (lambda _msg: None)
     device = select_device(config.device) if dctx is None else dctx.device
-    monitor = None
-    if config.monitor_every > 0:
-        from .assumptions import theorem2_report as monitor
     out = Path(config.out).expanduser() if config.out else None
+    wout = out if writer else None                # where this process writes
     interval = config.checkpoint_interval() if out is not None else None
-
+    if wout is not None:
+        removed = _runfolder.remove_orphans(out)
+        if removed:
+            log(f"note: removed {len(removed)} file(s) an interrupted run left in {out}: "
+                + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
     resume_path = _resume_point(out, config) if out is not None and config.resume else None
-    if out is not None and not config.resume and writer:
+    if wout is not None and not config.resume:
         existing = _runfolder.existing_run(out) if out.is_dir() else []
         if existing and not config.overwrite:
             raise ConfigError(f"{out} already holds a training run ({', '.join(existing)}); "
@@ -670,11 +641,9 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                              ("--n-test", config.n_test, int(ds.y_test.shape[0]))):
         if want is not None and want > have:
             log(f"note: {flag} {want} exceeds the {have} points of {ds.name}; all {have} are used")
-    _runfolder.model_memory_check(config, ds.input_shape, ds.num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = build_model_for(config, ds)
-    model.to(device)
+        model = build_model_for(config, ds).to(device)
     if dctx is not None:
         model = dctx.prepare_model(model)
     opt = SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -682,24 +651,22 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     g.manual_seed(config.seed)
     norm_spec = get_normalisation(model) if config.margin_reg > 0 else None
     eval_bs = config.eval_batch_size or (1024 if config.model_spec().body.startswith("resnet") else 4096)
-    X, Y = shard.X_train, shard.y_train
     N = int(ds.y_train.shape[0])
+    steps_per_epoch = -(-N // config.batch_size)
 
     history: list[dict] = []
-    step, last_ckpt, last_ckpt_epoch, resumed_from = 0, None, -1, None
-    first_epoch = 0                                   # epoch 0: the initialisation
+    step, first_epoch, last_ckpt, last_ckpt_epoch, resumed_from = 0, 0, None, -1, None   # epoch 0: the init
     if resume_path is not None:
         ck = restore_checkpoint(resume_path, model, opt, model_args=model_args_from(config, model))
         _restore_rng(g, device, ck.rng_state, config.seed, ck.epoch, log)
         first_epoch, step = ck.epoch + 1, ck.step
         last_ckpt, last_ckpt_epoch, resumed_from = ck.path, ck.epoch, ck.epoch
-        history = [r for r in read_metrics(out) if int(r["epoch"]) <= ck.epoch]
-        if not history or int(history[-1]["epoch"]) != ck.epoch:
+        history = [r for r in read_metrics(out) if r["epoch"] <= ck.epoch]
+        if not history or history[-1]["epoch"] != ck.epoch:
             log(f"note: {out / 'metrics.jsonl'} lacks epochs up to {ck.epoch}; history restarts from the checkpoint")
-            history = [r for r in history if int(r["epoch"]) < ck.epoch] + ([ck.metrics] if ck.metrics else [])
+            history += [ck.metrics] if ck.metrics else []
         log(f"resuming {out} from {ck.path.name} (epoch {ck.epoch}, step {ck.step})")
     net = model if dctx is None else dctx.wrap(model)      # DDP construction syncs rank 0's state
-    wout = out if writer else None                          # where this process writes
     writing = dctx.critical if dctx is not None else contextlib.nullcontext
     guard = dctx.guard if dctx is not None else lambda _what: contextlib.nullcontext()
     if wout is not None:
@@ -707,25 +674,26 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
             out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "config.json", config.to_dict())
         _write_metrics(out, history)
-    gap = None          # the max-margin monitor, solved once per run (on min(monitor_subset, 256) points)
+    gap = None          # the max-margin monitor, solved once per run
 
     def run_monitor(row: dict) -> None:
         nonlocal gap
+        from .assumptions import theorem2_report
+        from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
+
         t0 = time.perf_counter()
         was = model.training
         model.eval()
         try:
-            rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-                if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=rng_devices), _matmul_precision(device, tf32=False):
-                rep = monitor(model, ds.X_train, ds.y_train, subset=config.monitor_subset, seed=config.seed)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                    _matmul_precision(device, tf32=False):
+                rep = theorem2_report(model, ds.X_train, ds.y_train, subset=config.monitor_subset, seed=config.seed)
         finally:
             model.train(was)
-        row["theorem2"] = rep.as_dict() if hasattr(rep, "as_dict") else rep
+        row["theorem2"] = rep.as_dict()
         if gap is None:
-            from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
-
-            gap = GapMonitor(model, ds.X_train, ds.y_train, subset=min(config.monitor_subset, MONITOR_MAX_POINTS), seed=config.seed)
+            gap = GapMonitor(model, ds.X_train, ds.y_train, subset=min(config.monitor_subset, MONITOR_MAX_POINTS),
+                             seed=config.seed)
         row["maxmargin"] = gap.report(model)
         row["monitor_seconds"] = time.perf_counter() - t0
 
@@ -776,7 +744,6 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
             return f"last good checkpoint kept: {kept}"
         return "no checkpoint (none was written)" if out is not None else "no checkpoint (no --out)"
 
-    show_bar = progress and not config.quiet
     old_bench = torch.backends.cudnn.benchmark
     try:
         with _matmul_precision(device, tf32=True):
@@ -789,16 +756,16 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                         group["lr"] = lr
                     if dctx is not None:
                         dctx.epoch = epoch
-                    bar = _progress_bar(total=-(-N // config.batch_size), desc=f"epoch {epoch}/{config.epochs}",
-                                        quiet=not show_bar, unit="batch")
+                    bar = _progress_bar(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                                        quiet=not (progress and writer) or config.quiet)
                     with bar, guard(f"training epoch {epoch}"):
-                        loss_sum, _, seen, steps = train_epoch(
-                            net, opt, X, Y, config.batch_size, g, augment=config.augment, bar=bar,
-                            margin_reg=config.margin_reg, normalisation=norm_spec, dctx=dctx, n_global=N,
-                            on_step=step_eval if config.eval_every_steps > 0 else None)
-                    step += steps
+                        loss_sum = train_epoch(net, opt, shard.X_train, shard.y_train, config.batch_size, g,
+                                               augment=config.augment, margin_reg=config.margin_reg,
+                                               normalisation=norm_spec, bar=bar, dctx=dctx, n_global=N,
+                                               on_step=step_eval if config.eval_every_steps > 0 else None)
+                    step += steps_per_epoch
                     if not bool(torch.isfinite(loss_sum)):     # one sync per epoch
-                        raise _Diverged(epoch, f"non-finite training loss ({float(loss_sum / max(seen, 1))})")
+                        raise _Diverged(epoch, f"non-finite training loss ({float(loss_sum) / N})")
                 row = {"epoch": epoch, **evaluate(model, shard, batch_size=eval_bs, dctx=dctx), "lr": lr}
                 sync(device)
                 row["epoch_seconds"] = time.perf_counter() - t0
@@ -807,7 +774,8 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                 if epoch > 0 and not _finite(row["train_loss"], row["theta_norm"], row["gamma_bar"]):
                     raise _Diverged(epoch, "non-finite loss or weights after the epoch "
                                            f"(train loss {row['train_loss']}, ||theta|| {row['theta_norm']})")
-                if writer and monitor is not None and (epoch % config.monitor_every == 0 or epoch == config.epochs):
+                if writer and config.monitor_every > 0 and (epoch % config.monitor_every == 0
+                                                            or epoch == config.epochs):
                     run_monitor(row)
                 record(epoch, row)
     except _RankFailed as exc:
@@ -966,24 +934,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in _FIELDS}).validate()
 
 
-def _resume_defaults(args: argparse.Namespace, given: set[str]) -> list[str]:
+def _resume_defaults(args: argparse.Namespace, given: set[str]) -> None:
     """``train --resume --out X``: every option not on the command line comes from X's
-    ``config.json`` (else the latest checkpoint's sidecar). Returns the names filled in."""
+    ``config.json`` (else the latest checkpoint's sidecar)."""
     out = Path(args.out).expanduser()
-    saved = None
-    try:
-        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        pass
-    if not isinstance(saved, dict):
+    saved = _runfolder.read_config(out)
+    if saved is None:
         ck = latest_checkpoint(out)
         saved = read_sidecar(ck)["config"] if ck is not None else None
     if not isinstance(saved, dict) or ("model" in given and args.model != saved.get("model")):
-        return []       # nothing saved, or another model: train() refuses the resume, naming both
-    filled = [k for k in saved if k in _FIELDS and k not in given and k not in _RESUME_OWN and hasattr(args, k)]
-    for k in filled:
-        setattr(args, k, saved[k])
-    return filled
+        return       # nothing saved, or another model: train() refuses the resume, naming both
+    for k in (set(saved) & set(_FIELDS)) - given - _RESUME_OWN:
+        if hasattr(args, k):
+            setattr(args, k, saved[k])
 
 
 def _human_summary(final: dict) -> str:
