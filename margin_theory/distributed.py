@@ -21,11 +21,13 @@ single-process trainer, bitwise unchanged.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime
 import math
 import os
 import signal
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -33,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ._util import ConfigError, MarginTheoryError, one_line
+from ._util import ConfigError, MarginTheoryError, float_in, one_line
 from .margins import compute_margins, n_correct, output_margins, predict, smoothed_from_sum, summed_cross_entropy
 
 __all__ = ["DistContext", "RankFailedError", "setup", "env_world", "shard_indices", "EXIT_RANK_FAILED",
@@ -74,15 +76,10 @@ def env_world() -> tuple[int, int, int] | None:
 
 def _timeout_s() -> float:
     v = os.environ.get(TIMEOUT_ENV)
-    if v is None:
-        return DEFAULT_TIMEOUT_S
     try:
-        t = float(v)
-    except ValueError:
-        t = float("nan")
-    if not math.isfinite(t) or t <= 0:
-        raise ConfigError(f"{TIMEOUT_ENV}={v!r}: expected a positive number of seconds")
-    return t
+        return DEFAULT_TIMEOUT_S if v is None else float_in(0, lo_open=True)(v)
+    except argparse.ArgumentTypeError:
+        raise ConfigError(f"{TIMEOUT_ENV}={v!r}: expected a positive number of seconds") from None
 
 
 def shard_indices(n: int, world_size: int, rank: int) -> torch.Tensor:
@@ -124,17 +121,14 @@ class DistContext:
     def shard(self, ds, device: torch.device):
         """This rank's shard of a (host) :class:`~margin_theory.data.Dataset` on ``device``
         (samples ``i = rank mod W`` of train and test, float32 inputs)."""
-        from .data import Dataset
-
         W, r = self.world_size, self.rank
         n = int(ds.y_train.shape[0])
         if n < W:
             raise ConfigError(f"{n} training samples cannot be shared by {W} processes (need at least one each)")
         tr, te = shard_indices(n, W, r), shard_indices(int(ds.y_test.shape[0]), W, r)
-        return Dataset(name=ds.name, X_train=ds.X_train[tr], y_train=ds.y_train[tr], X_test=ds.X_test[te],
-                       y_test=ds.y_test[te], num_classes=ds.num_classes, input_shape=tuple(ds.input_shape),
-                       classes=list(ds.classes), info={**ds.info, "shard": f"{r} of {W}"}
-                       ).to(device, dtype=torch.float32)
+        return dataclasses.replace(ds, X_train=ds.X_train[tr], y_train=ds.y_train[tr], X_test=ds.X_test[te],
+                                   y_test=ds.y_test[te], info={**ds.info, "shard": f"{r} of {W}"}
+                                   ).to(device, dtype=torch.float32)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """On CUDA, BatchNorm -> SyncBatchNorm (global batch statistics); the same
@@ -251,16 +245,12 @@ class DistContext:
     def close(self) -> None:
         """Restore the signal handler; leave the process group if :func:`setup` created it."""
         if self._old_handler is not None:
-            try:
+            with suppress(ValueError):
                 signal.signal(signal.SIGTERM, self._old_handler)
-            except ValueError:
-                pass
             self._old_handler = None
         if self.owns_group and dist.is_initialized():
-            try:
+            with suppress(Exception):       # a broken group cannot always be torn down; we are leaving anyway
                 dist.destroy_process_group()
-            except Exception:       # a broken group cannot always be torn down; we are leaving anyway
-                pass
         self.owns_group = False
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ._util import ConfigError, DataError, check_memory, clip, one_line, short_repr
-from .checkpoint import CHECKPOINT_DIR
+from .checkpoint import CHECKPOINT_DIR, FORMAT as _CKPT_FORMAT
 from .models import MAX_LAYERS
 from .data import REGISTRY, canonical_name
 
@@ -31,13 +31,10 @@ __all__ = ["RunFolderError", "RunLock", "LOCK_NAME", "read_metrics", "read_confi
 
 LOCK_NAME = ".margin_theory.lock"
 TRAINER_FILES = ("metrics.jsonl", "config.json", "summary.json")
-_F32_MAX = 3.4028234663852886e38
-_F32_TINY = 1.1754943508222875e-38      # smallest normal float32
 #: input shape and classes of the named data sets (from the data registry)
 DATASET_SHAPES = {n: (s.input_shape, len(s.classes)) for n, s in REGISTRY.items()}
 _MAX_METRICS_BYTES = 1 << 30
 _MAX_JSON_BYTES = 64 << 20
-_CKPT_FORMAT = "margin_theory.checkpoint"
 _TMP_RE = re.compile(r"^\.(config\.json|metrics\.jsonl|summary\.json|epoch-\d+\.(safetensors|json))\..+\.tmp$")
 
 
@@ -238,18 +235,6 @@ def read_config(run: str | os.PathLike, *, required: bool = False) -> dict | Non
     return read_json(path)
 
 
-def _is_train_config(d: Any) -> bool:
-    from .train import TrainConfig
-
-    if not isinstance(d, dict):
-        return False
-    try:
-        TrainConfig.from_dict(dict(d))
-    except Exception:             # any failure means "not ours"
-        return False
-    return True
-
-
 def _safetensors_format(path: Path) -> str | None:
     """The ``format`` entry of a safetensors file's metadata (read from its header only)."""
     try:
@@ -266,27 +251,25 @@ def _safetensors_format(path: Path) -> str | None:
 
 def _recognised(path: Path) -> bool:
     """Whether a file under one of the trainer's names was written by a run of ours (by its content)."""
-    from .train import METRIC_KEYS
+    from .train import METRIC_KEYS, TrainConfig
 
     name = path.name
     if path.is_dir() or path.is_symlink():
         return False
-    if name == "metrics.jsonl":
-        try:
-            return all(set(METRIC_KEYS) <= set(r) for r in read_metrics(path))
-        except ConfigError:
-            return False
-    if not name.endswith(".json"):
-        return name.endswith(".safetensors") and _safetensors_format(path) == _CKPT_FORMAT
     try:
+        if name == "metrics.jsonl":
+            return all(set(METRIC_KEYS) <= set(r) for r in read_metrics(path))
+        if name.endswith(".safetensors"):
+            return _safetensors_format(path) == _CKPT_FORMAT
         d = read_json(path)
-    except RunFolderError:
+        if name == "summary.json":
+            d = d["config"] if "status" in d else None
+        if name in ("config.json", "summary.json"):
+            TrainConfig.from_dict(d)        # raises unless it is a configuration of ours
+            return True
+        return d.get("format") == _CKPT_FORMAT
+    except Exception:             # any failure means "not ours"
         return False
-    if name == "config.json":
-        return _is_train_config(d)
-    if name == "summary.json":
-        return "status" in d and _is_train_config(d.get("config"))
-    return d.get("format") == _CKPT_FORMAT
 
 
 def _candidates(out: Path) -> list[Path]:
@@ -350,20 +333,21 @@ def preflight(config) -> None:
 
     from .train import lr_at
 
+    f32 = torch.finfo(torch.float32)         # f32.tiny: the smallest normal float32
     if config.layers > MAX_LAYERS:
         raise ConfigError(f"--layers {config.layers}: Lemma 1's degree 2^(n+1) - 2 overflows float64 beyond "
                           f"n = {MAX_LAYERS} layers")
     for name in ("weight_decay", "margin_reg"):
         v = getattr(config, name)
-        if v > _F32_MAX:
-            raise ConfigError(f"--{name.replace('_', '-')} {v:g} overflows float32 (max {_F32_MAX:.4g})")
+        if v > f32.max:
+            raise ConfigError(f"--{name.replace('_', '-')} {v:g} overflows float32 (max {f32.max:.4g})")
     for e in [1] + [m + 1 for m in config.lr_milestones]:
         lr = lr_at(config, e)
-        if not (math.isfinite(lr) and _F32_TINY <= lr <= _F32_MAX):
+        if not f32.tiny <= lr <= f32.max:          # also NaN and inf
             raise ConfigError(f"learning rate {lr:g} of epoch {e} (--lr {config.lr:g}, --lr-gamma "
                               f"{config.lr_gamma:g}) is outside float32's normal range "
-                              f"[{_F32_TINY:.3g}, {_F32_MAX:.4g}]")
-    if config.lr * config.weight_decay > _F32_MAX:
+                              f"[{f32.tiny:.3g}, {f32.max:.4g}]")
+    if config.lr * config.weight_decay > f32.max:
         raise ConfigError(f"--lr {config.lr:g} times --weight-decay {config.weight_decay:g} overflows float32")
     try:
         input_shape, num_classes = DATASET_SHAPES[canonical_name(config.dataset)]

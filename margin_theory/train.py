@@ -6,22 +6,21 @@ Usage, files and flags: ``docs/usage.md`` (Training); run folders, ``--overwrite
 * Each epoch's batches are the slices of one device-side ``torch.randperm(N, generator=g)``, the last
   partial (:func:`epoch_batches`); ``--augment`` (Table 3): zero-pad 4, random crop, random horizontal
   flip, one gather per batch (:func:`augment_batch`).
-* :class:`SGD`; the lr of (1-based) epoch e is ``lr * lr_gamma ** #{m in milestones : m < e}``
-  (:func:`lr_at`). Loss: ``margins.margin_regularised_loss`` = CE - lambda * gamma_bar(batch) (paper
-  eq. 5; lambda = ``--margin-reg``).
+* :class:`SGD`; the lr of (1-based) epoch e is ``lr * lr_gamma ** #{m in milestones : m < e}`` (:func:`lr_at`).
+  Loss: ``margins.margin_regularised_loss`` = CE - lambda * gamma_bar(batch) (paper eq. 5; ``--margin-reg``).
 * After every epoch, and for epoch 0, one no-grad eval-mode pass over the FULL training set
-  (``margins.compute_margins``: float64, TF32 off) and the test accuracy give one ``metrics.jsonl``
-  row with the keys :data:`METRIC_KEYS` (gamma = q / ||theta||^degree, SPEC §2); monitor epochs
-  (``--monitor-every K``: 0, K, 2K, ... and the last) add ``theorem2``, ``maxmargin`` and ``monitor_seconds``.
+  (``margins.compute_margins``: float64, TF32 off) and the test accuracy give one ``metrics.jsonl`` row
+  with the keys :data:`METRIC_KEYS` (gamma = q / ||theta||^degree, SPEC §2); monitor epochs (``--monitor-every
+  K``: 0, K, 2K, ... and the last) add ``theorem2``, ``maxmargin`` and ``monitor_seconds``.
 * The loss is read and checked for non-finite values once per epoch, *before* anything is saved.
-* ``torch.manual_seed(seed)`` right before the model is built (the caller's RNG restored) and a
-  generator seeded with ``seed`` for batches and augmentation: CPU runs are bitwise reproducible,
-  resumed runs equal uninterrupted ones.
+* ``torch.manual_seed(seed)`` right before the model is built (the caller's RNG restored) and a generator
+  seeded with ``seed`` for batches and augmentation: CPU runs are bitwise reproducible, resumed runs equal
+  uninterrupted ones.
 
-``--checkpoint-every``: ``auto`` every ``ceil(epochs/10)`` epochs, ``K`` epoch 0 and every K-th, ``0``
-the final only, ``none`` never. ``--resume``: every option not given (not ``--device``) comes from the
-run's ``config.json`` and must equal it except for :data:`RESUME_MAY_DIFFER`. Exit status: 0 ok; 2 bad
-input (one line); 3 diverged (the last good checkpoint kept); 4 a rank failed; 130 interrupted.
+``--checkpoint-every``: ``auto`` every ``ceil(epochs/10)`` epochs, ``K`` epoch 0 and every K-th, ``0`` the
+final only, ``none`` never. ``--resume``: every option not given (not ``--device``) comes from the run's
+``config.json`` and must equal it except for :data:`RESUME_MAY_DIFFER`. Exit status: 0 ok; 2 bad input (one
+line); 3 diverged (the last good checkpoint kept); 4 a rank failed; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -45,7 +44,7 @@ import torch.nn.functional as F
 from . import runfolder as _runfolder
 from ._util import (ArgumentParser, CheckpointError, ConfigError, NonFiniteLossError, atomic_write_json,
                     atomic_write_text, check_output_path, cli_entry, clip, dumps_json, explicit_options,
-                    float_in, int_at_least, one_line, print_json, sync)
+                    float_in, int_at_least, nonneg_int, one_line, positive_int, print_json, sync)
 from ._util import progress as _progress_bar
 from .checkpoint import (NonFiniteCheckpointError, checkpoint_files, checkpoint_stem, comparable,
                          latest_checkpoint, model_args_from, read_sidecar, restore_checkpoint,
@@ -63,7 +62,6 @@ __all__ = [
 ]
 
 PROG = "python -m margin_theory.train"
-EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 #: keys of every metrics.jsonl line (monitor epochs add ``theorem2``, ``maxmargin`` and ``monitor_seconds``)
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "test_acc_best", *MARGIN_DEFINITIONS,
@@ -157,27 +155,20 @@ class TrainConfig:
             self.linear_term = proto.linear_term and ModelSpec(self.model).head == "quadratic"
         if self.eval_every_steps is None:
             self.eval_every_steps = proto.eval_every_steps
-        for name, optional in _INTS.items():
+        for name in _INTS:                          # 2.0 from JSON or TOML is 2
             v = getattr(self, name)
-            if isinstance(v, float) and v.is_integer():     # 2.0 from JSON or TOML
-                v = int(v)
-                setattr(self, name, v)
-            if name not in _INT_BOUNDS or (v is None and optional):
-                continue                                    # the model's integers: ModelSpec checks them
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"{name} must be an integer, got {v!r}")
-            if v < _INT_BOUNDS[name]:
-                raise ConfigError(f"{name} must be >= {_INT_BOUNDS[name]}, got {v}")
-        for name, (lo_open, hi) in _FLOAT_BOUNDS.items():      # all >= 0 (lo_open: > 0), < hi
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"{name} must be a finite number, got {v!r}")
-            v = float(v)
-            setattr(self, name, v)
-            if v < 0 or (lo_open and v == 0):
-                raise ConfigError(f"{name} must be {'>' if lo_open else '>='} 0, got {v:g}")
-            if hi is not None and v >= hi:
-                raise ConfigError(f"{name} must be < {hi:g}, got {v:g}")
+            if isinstance(v, float) and v.is_integer():
+                setattr(self, name, int(v))
+        for name, check in _CHECKS.items():         # the model's integers: ModelSpec checks them
+            v, is_int = getattr(self, name), name in _INTS
+            if v is None and _INTS.get(name):
+                continue
+            if isinstance(v, bool) or not isinstance(v, int if is_int else (int, float)):
+                raise ConfigError(f"{name} must be {'an integer' if is_int else 'a finite number'}, got {v!r}")
+            try:
+                setattr(self, name, check(repr(v if is_int else float(v))))
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigError(f"{name} {exc}") from None
         self.hidden = self.model_spec().as_dict()["hidden"]
         if not isinstance(self.lr_milestones, (list, tuple)) or \
                 any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.lr_milestones):
@@ -213,14 +204,15 @@ class TrainConfig:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-#: the integer fields (True: may be None) and the lower bounds of those that are not ModelSpec's
+#: the integer fields (True: may be None)
 _INTS = {f.name: f.type.endswith("None") for f in dataclasses.fields(TrainConfig) if f.type.startswith("int")}
-_INT_BOUNDS = {"eval_every_steps": 0, "epochs": 0, "batch_size": 1, "seed": 0, "n_train": 1, "n_test": 1,
-               "checkpoint_every": -1, "monitor_every": 0, "monitor_subset": 1, "eval_batch_size": 1}
 _BOOLS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type.startswith("bool"))
-#: the float fields: (> 0 rather than >= 0, upper bound or None)
-_FLOAT_BOUNDS = {"lr": (True, None), "momentum": (False, 1.0), "weight_decay": (False, None),
-                 "lr_gamma": (True, None), "margin_reg": (False, None)}
+#: the checks of the numeric options, shared by their flags and :meth:`TrainConfig.validate`
+_CHECKS = {"eval_every_steps": nonneg_int, "epochs": nonneg_int, "batch_size": positive_int, "seed": nonneg_int,
+           "n_train": positive_int, "n_test": positive_int, "checkpoint_every": int_at_least(-1),
+           "monitor_every": nonneg_int, "monitor_subset": positive_int, "eval_batch_size": positive_int,
+           "lr": float_in(0, lo_open=True), "momentum": float_in(0, 1), "weight_decay": float_in(0),
+           "lr_gamma": float_in(0, lo_open=True), "margin_reg": float_in(0)}
 
 
 @dataclass
@@ -246,11 +238,11 @@ def select_device(name: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"invalid device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if dev.type == "cpu":
         return dev
-    if dev.type != "cuda":
-        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
     if dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -581,17 +573,13 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
           ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``; see the module docstring.
 
-    Before anything is loaded, :func:`margin_theory.runfolder.preflight` checks values and sizes
-    and ``--out`` is checked; a run with ``--out`` holds the folder's lock for its whole duration
-    and first removes what killed runs left. ``progress``: the tqdm bar (on a terminal, unless
-    ``config.quiet``). ``log``: receives one line per epoch and the notes; ``None``: silence;
-    default ``print`` unless ``config.quiet``. Under torchrun with ``WORLD_SIZE > 1`` it trains
-    with DistributedDataParallel (:mod:`margin_theory.distributed`).
-
-    Raises :class:`ConfigError` / :class:`DataError` / :class:`CheckpointError` on bad input,
-    :class:`NonFiniteLossError` when the loss or the weights become non-finite (attributes
-    ``epoch``, ``checkpoint`` (Path or None), ``history``) and
-    :class:`margin_theory.distributed.RankFailedError` when a rank fails.
+    Values and sizes (:func:`margin_theory.runfolder.preflight`) and ``--out`` are checked before
+    anything is loaded; a run with ``--out`` holds the folder's lock throughout and first removes what
+    killed runs left. ``progress``: the tqdm bar. ``log``: one line per epoch and the notes (``None``:
+    silence; default ``print`` unless ``config.quiet``). Under torchrun with ``WORLD_SIZE > 1``:
+    DistributedDataParallel (:mod:`margin_theory.distributed`). Raises :class:`ConfigError` /
+    :class:`DataError` / :class:`CheckpointError` on bad input, :class:`NonFiniteLossError` (attributes
+    ``epoch``, ``checkpoint``, ``history``) on divergence, :class:`~margin_theory.distributed.RankFailedError`.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
@@ -655,12 +643,12 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     steps_per_epoch = -(-N // config.batch_size)
 
     history: list[dict] = []
-    step, first_epoch, last_ckpt, last_ckpt_epoch, resumed_from = 0, 0, None, -1, None   # epoch 0: the init
+    step, first_epoch, last_ckpt, resumed_from = 0, 0, None, None       # epoch 0: the initialisation
     if resume_path is not None:
         ck = restore_checkpoint(resume_path, model, opt, model_args=model_args_from(config, model))
         _restore_rng(g, device, ck.rng_state, config.seed, ck.epoch, log)
         first_epoch, step = ck.epoch + 1, ck.step
-        last_ckpt, last_ckpt_epoch, resumed_from = ck.path, ck.epoch, ck.epoch
+        last_ckpt, resumed_from = ck.path, ck.epoch
         history = [r for r in read_metrics(out) if r["epoch"] <= ck.epoch]
         if not history or history[-1]["epoch"] != ck.epoch:
             log(f"note: {out / 'metrics.jsonl'} lacks epochs up to {ck.epoch}; history restarts from the checkpoint")
@@ -668,7 +656,6 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
         log(f"resuming {out} from {ck.path.name} (epoch {ck.epoch}, step {ck.step})")
     net = model if dctx is None else dctx.wrap(model)      # DDP construction syncs rank 0's state
     writing = dctx.critical if dctx is not None else contextlib.nullcontext
-    guard = dctx.guard if dctx is not None else lambda _what: contextlib.nullcontext()
     if wout is not None:
         with _runfolder.guard_io(out):
             out.mkdir(parents=True, exist_ok=True)
@@ -716,7 +703,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     def record(epoch: int, row: dict) -> None:
         """Log and write the row of a good epoch, then checkpoint it or (checkpointing on) hold an
         in-memory copy, so that a later divergence can still write the last good checkpoint."""
-        nonlocal best, last_ckpt, last_ckpt_epoch, snapshot
+        nonlocal best, last_ckpt, snapshot
         if math.isfinite(row["test_acc"]):
             best = max(best, row["test_acc"])
         row["test_acc_best"] = best if math.isfinite(best) else float("nan")
@@ -733,7 +720,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                     path = save(epoch, step, _rng_state(g, device), row)
                 except NonFiniteCheckpointError as exc:   # never written: the run diverged
                     raise _Diverged(epoch, str(exc)) from None
-            last_ckpt, last_ckpt_epoch, snapshot = path, epoch, None
+            last_ckpt, snapshot = path, None
         elif interval is not None and wout is not None:
             snapshot = {"epoch": epoch, "step": step, "row": row,
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -758,7 +745,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                         dctx.epoch = epoch
                     bar = _progress_bar(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
                                         quiet=not (progress and writer) or config.quiet)
-                    with bar, guard(f"training epoch {epoch}"):
+                    with bar, dctx.guard(f"training epoch {epoch}") if dctx else contextlib.nullcontext():
                         loss_sum = train_epoch(net, opt, shard.X_train, shard.y_train, config.batch_size, g,
                                                augment=config.augment, margin_reg=config.margin_reg,
                                                normalisation=norm_spec, bar=bar, dctx=dctx, n_global=N,
@@ -784,13 +771,11 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
         raise err from None
     except _Diverged as exc:
         kept = last_ckpt
-        if snapshot is not None and snapshot["epoch"] > last_ckpt_epoch and wout is not None:
+        if snapshot is not None:                    # a good epoch after the last checkpoint: write it now
             model.load_state_dict(snapshot["model"])
             opt.load_state_dict(snapshot["optim"])
-            try:
+            with contextlib.suppress(NonFiniteCheckpointError):     # not good after all: keep the older one
                 kept = save(snapshot["epoch"], snapshot["step"], snapshot["rng"], snapshot["row"])
-            except NonFiniteCheckpointError:
-                pass                                # not good after all: keep the older one
         err = NonFiniteLossError(f"training diverged in epoch {exc.epoch} at lr {lr_at(config, max(exc.epoch, 1)):g}: "
                                  f"{exc.what}; stopped; {where(kept)}")
         err.epoch, err.checkpoint, err.history = exc.epoch, kept, history
@@ -848,26 +833,30 @@ def _milestones(s: str) -> list[int]:      # their order is checked by TrainConf
 
 def _checkpoint_every(s: str) -> int | None:
     s = s.strip().lower()
-    return {"auto": None, "none": -1}[s] if s in ("auto", "none") else int_at_least(0)(s)
+    return {"auto": None, "none": -1}[s] if s in ("auto", "none") else nonneg_int(s)
+
+
+def _number(g, flag: str, **kw) -> None:
+    """A numeric option on ``g``: its check from :data:`_CHECKS`, its default from :class:`TrainConfig`."""
+    name = flag[2:].replace("-", "_")
+    g.add_argument(flag, type=_CHECKS[name], default=getattr(TrainConfig, name), **kw)
 
 
 def add_data_model_arguments(g, *, augment: bool = True, data_dir_help: str | None = None) -> None:
-    """The data and model options of ``train`` (``--dataset``, ``--model``, ``--rank``, ...) on the
-    parser or group ``g``; shared with ``check`` (which names a foreign checkpoint's model by them).
-    ``--dataset`` and ``--model`` are optional for argparse: ``main`` demands them unless
-    ``--resume`` takes them from the run folder."""
-    d = TrainConfig()
+    """The data and model options of ``train`` on the parser or group ``g``; shared with ``check``. ``--dataset``
+    and ``--model`` are optional for argparse: ``main`` demands them unless ``--resume`` supplies them."""
     g.add_argument("--dataset", default=None, help=describe_datasets())
     g.add_argument("--model", default=None, help=describe_model_names())
-    g.add_argument("--rank", type=int_at_least(1), default=d.rank, help="rank r of lowrank layers (default 1)")
-    g.add_argument("--layers", type=int_at_least(1), default=d.layers,
+    g.add_argument("--rank", type=positive_int, default=_SPEC.rank, help="rank r of lowrank layers (default 1)")
+    g.add_argument("--layers", type=positive_int, default=_SPEC.layers,
                    help="number of lowrank layers (deep DIQNN; default 1)")
     g.add_argument("--hidden", type=_int_list, default=None, metavar="H[,H...]",
                    help="hidden width(s): relu2 (default 8000), deep lowrank (default 32)")
-    g.add_argument("--conv-channels", type=int_at_least(1), default=d.conv_channels, help="conv-* channels (default 1)")
+    g.add_argument("--conv-channels", type=positive_int, default=_SPEC.conv_channels,
+                   help="conv-* channels (default 1)")
     g.add_argument("--no-conv-bias", dest="conv_bias", action="store_false",
                    help="bias-free conv (conv-lowrank is 4-homogeneous either way)")
-    g.add_argument("--protocol", choices=protocol_names(), default=d.protocol,
+    g.add_argument("--protocol", choices=protocol_names(), default=TrainConfig.protocol,
                    help="named preset of the choices where the paper's text and the authors' code differ "
                         "(margin_theory.protocols): paper (default) or authors; the flags below override it")
     g.add_argument("--init", choices=INITS, default=None, help="head initialisation (default: the protocol's)")
@@ -881,15 +870,14 @@ def add_data_model_arguments(g, *, augment: bool = True, data_dir_help: str | No
     g.add_argument("--data-dir", default=None, help=data_dir_help or "folder with the standard dataset files "
                    "(stored as an absolute path in the run's config)")
     g.add_argument("--download", action="store_true", help="download missing standard files (md5-checked)")
-    g.add_argument("--n-train", type=int_at_least(1), default=None, help="seeded stratified training subset size")
-    g.add_argument("--n-test", type=int_at_least(1), default=None, help="seeded stratified test subset size")
+    _number(g, "--n-train", help="seeded stratified training subset size")
+    _number(g, "--n-test", help="seeded stratified test subset size")
     g.add_argument("--normalize", action="store_true", help="per-channel standardisation of image pixels")
     if augment:
         g.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip, on device")
 
 
 def build_parser() -> ArgumentParser:
-    d = TrainConfig()
     p = ArgumentParser(
         prog=PROG,
         description="Train a classifier with SGD on a whole-dataset-on-device tensor and record, every "
@@ -897,32 +885,29 @@ def build_parser() -> ArgumentParser:
                     "training set (SPEC §2, §7). Exit status: 0 ok, 2 bad input, 3 non-finite loss.")
     add_data_model_arguments(p.add_argument_group("data and model"))
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int_at_least(0), default=d.epochs, help="epochs (default 10)")
-    o.add_argument("--batch-size", type=int_at_least(1), default=d.batch_size, help="batch size (default 100)")
-    o.add_argument("--lr", type=float_in(0, lo_open=True), default=d.lr, help="learning rate (default 0.01)")
-    o.add_argument("--momentum", type=float_in(0, 1), default=d.momentum, help="SGD momentum (default 0)")
-    o.add_argument("--weight-decay", type=float_in(0), default=d.weight_decay, help="weight decay (default 0)")
+    _number(o, "--epochs", help="epochs (default 10)")
+    _number(o, "--batch-size", help="batch size (default 100)")
+    _number(o, "--lr", help="learning rate (default 0.01)")
+    _number(o, "--momentum", help="SGD momentum (default 0)")
+    _number(o, "--weight-decay", help="weight decay (default 0)")
     o.add_argument("--lr-milestones", type=_milestones, default=[], metavar="E1,E2",
                    help="multiply the lr by --lr-gamma after these epochs (MultiStepLR)")
-    o.add_argument("--lr-gamma", type=float_in(0, lo_open=True), default=d.lr_gamma, help="lr factor (default 0.1)")
-    o.add_argument("--margin-reg", type=float_in(0), default=d.margin_reg, metavar="LAMBDA",
-                   help="margin regularisation: loss = CE - LAMBDA * gamma_bar(batch) (default 0)")
-    o.add_argument("--seed", type=int_at_least(0), default=d.seed,
-                   help="seed of split, init, order, augmentation (default 0)")
-    o.add_argument("--device", default=d.device, help="auto (default; cuda if available), cpu, cuda, cuda:N")
+    _number(o, "--lr-gamma", help="lr factor (default 0.1)")
+    _number(o, "--margin-reg", metavar="LAMBDA",
+            help="margin regularisation: loss = CE - LAMBDA * gamma_bar(batch) (default 0)")
+    _number(o, "--seed", help="seed of split, init, order, augmentation (default 0)")
+    o.add_argument("--device", default=TrainConfig.device, help="auto (default; cuda if available), cpu, cuda, cuda:N")
     r = p.add_argument_group("outputs")
     r.add_argument("--out", default=None, metavar="DIR", help="run folder: config.json, metrics.jsonl, checkpoints/")
     r.add_argument("--checkpoint-every", type=_checkpoint_every, default=None, metavar="K|auto|none",
                    help="checkpoint epoch 0 and every K epochs, plus the final one; 0 = final only; "
                         "auto (default) = every ceil(epochs/10)")
-    r.add_argument("--monitor-every", type=int_at_least(0), default=0, metavar="K",
-                   help="Theorem 2 monitors every K epochs (default 0 = off)")
-    r.add_argument("--monitor-subset", type=int_at_least(1), default=d.monitor_subset, metavar="N",
-                   help="points of the seeded monitor subset (default 512)")
-    r.add_argument("--eval-batch-size", type=int_at_least(1), default=None, help="batch of the evaluation passes")
-    r.add_argument("--eval-every-steps", type=int_at_least(0), default=None, metavar="K",
-                   help="also evaluate the test accuracy every K steps and record the best (test_acc_best); "
-                        "default: the protocol's (paper 0 = per epoch only, authors 20)")
+    _number(r, "--monitor-every", metavar="K", help="Theorem 2 monitors every K epochs (default 0 = off)")
+    _number(r, "--monitor-subset", metavar="N", help="points of the seeded monitor subset (default 512)")
+    _number(r, "--eval-batch-size", help="batch of the evaluation passes")
+    _number(r, "--eval-every-steps", metavar="K",
+            help="also evaluate the test accuracy every K steps and record the best (test_acc_best); "
+                 "default: the protocol's (paper 0 = per epoch only, authors 20)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
