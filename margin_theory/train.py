@@ -561,9 +561,7 @@ def _format_epoch(row: dict, epochs: int) -> str:
 def load_data_for(config: TrainConfig, device: torch.device):
     """The data set a run of ``config`` trains on (dataset, split seed, subsets, normalisation), on ``device``."""
     ds = load_dataset(config.dataset, config.data_dir, download=config.download, seed=config.seed,
-                      normalize=config.normalize)
-    if config.n_train is not None or config.n_test is not None:
-        ds = ds.subset(config.n_train, config.n_test, seed=config.seed)
+                      normalize=config.normalize).subset(config.n_train, config.n_test, seed=config.seed)
     if config.augment and len(ds.input_shape) != 3:
         raise ConfigError(f"--augment needs image data (C, H, W); {ds.name} has input shape {tuple(ds.input_shape)}")
     return ds.to(device, dtype=torch.float32)
@@ -616,7 +614,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                 + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
     resume_path = _resume_point(out, config) if out is not None and config.resume else None
     if wout is not None and not config.resume:
-        existing = _runfolder.existing_run(out) if out.is_dir() else []
+        existing = _runfolder.existing_run(out)
         if existing and not config.overwrite:
             raise ConfigError(f"{out} already holds a training run ({', '.join(existing)}); "
                               "pass --resume to continue it or --overwrite to replace it")
