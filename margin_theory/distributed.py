@@ -277,8 +277,8 @@ def setup(device: str = "auto") -> DistContext | None:
                               f"use --nproc_per_node <= {n}")
         dev = torch.device("cuda", local)
     backend = "nccl" if dev.type == "cuda" else "gloo"
-    owns = False
-    if dist.is_initialized():
+    owns = not dist.is_initialized()        # we create the group, and close() destroys it
+    if not owns:
         if dist.get_world_size() != ws or dist.get_rank() != rank:
             raise ConfigError(f"the initialised process group (rank {dist.get_rank()} of {dist.get_world_size()}) "
                               f"disagrees with RANK={rank}, WORLD_SIZE={ws}")
@@ -292,7 +292,6 @@ def setup(device: str = "auto") -> DistContext | None:
             raise RankFailedError(f"rank {rank}/{ws}: cannot join the {backend} process group at "
                                   f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: "
                                   f"{_one_line(exc)}") from None
-        owns = True
     ctx = DistContext(world_size=ws, rank=rank, local_rank=local, device=dev, backend=backend, owns_group=owns)
     ctx.install_signal_handler()
     return ctx

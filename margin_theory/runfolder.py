@@ -190,10 +190,9 @@ def read_metrics(path: str | os.PathLike, *, required: bool = False) -> list[dic
             raise RunFolderError(f"{at}: JSON nested too deeply") from None
         except ValueError as exc:
             raise RunFolderError(f"{at} is not JSON ({getattr(exc, 'msg', exc)})") from None
-        if not isinstance(row, dict):
-            raise RunFolderError(f"{at} is not a metrics record (a JSON {type(row).__name__}, not an object)")
-        if "epoch" not in row:
-            raise RunFolderError(f"{at} is not a metrics record (no 'epoch')")
+        if not isinstance(row, dict) or "epoch" not in row:
+            why = "no 'epoch'" if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
+            raise RunFolderError(f"{at} is not a metrics record ({why})")
         e, last = row["epoch"], rows[-1]["epoch"] if rows else -1
         if not _is_int(e) or e < 0:
             raise RunFolderError(f"{at}: epoch must be an integer >= 0, got {short_repr(e, 60)}")

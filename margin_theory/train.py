@@ -620,7 +620,6 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                               "pass --resume to continue it or --overwrite to replace it")
         if existing:
             _runfolder.clear_run(out)
-
     ds = load_data_for(config, device if dctx is None else torch.device("cpu"))
     shard = ds if dctx is None else dctx.shard(ds, device)   # distributed: this rank's part, on the device
     for flag, want, have in (("--n-train", config.n_train, int(ds.y_train.shape[0])),
@@ -639,7 +638,6 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     eval_bs = config.eval_batch_size or (1024 if config.model_spec().body.startswith("resnet") else 4096)
     N = int(ds.y_train.shape[0])
     steps_per_epoch = -(-N // config.batch_size)
-
     history: list[dict] = []
     step, first_epoch, last_ckpt, resumed_from = 0, 0, None, None       # epoch 0: the initialisation
     if resume_path is not None:
@@ -780,7 +778,6 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
         raise err from None
     finally:
         torch.backends.cudnn.benchmark = old_bench
-
     final = _summary(config, model, ds, history, device, out, last_ckpt, resumed_from, time.perf_counter() - t_run)
     final["world_size"] = 1 if dctx is None else dctx.world_size
     if wout is not None:
