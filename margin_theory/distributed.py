@@ -21,11 +21,13 @@ single-process trainer, bitwise unchanged.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime
 import math
 import os
 import signal
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -33,8 +35,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ._util import ConfigError, MarginTheoryError, one_line
-from .margins import compute_margins, output_margins, predict, smoothed_from_sum, summed_cross_entropy
+from ._util import ConfigError, MarginTheoryError, float_in, one_line
+from .margins import compute_margins, n_correct, output_margins, predict, smoothed_from_sum, summed_cross_entropy
 
 __all__ = ["DistContext", "RankFailedError", "setup", "env_world", "shard_indices", "EXIT_RANK_FAILED",
            "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
@@ -74,15 +76,10 @@ def env_world() -> tuple[int, int, int] | None:
 
 def _timeout_s() -> float:
     v = os.environ.get(TIMEOUT_ENV)
-    if v is None:
-        return DEFAULT_TIMEOUT_S
     try:
-        t = float(v)
-    except ValueError:
-        t = float("nan")
-    if not math.isfinite(t) or t <= 0:
-        raise ConfigError(f"{TIMEOUT_ENV}={v!r}: expected a positive number of seconds")
-    return t
+        return DEFAULT_TIMEOUT_S if v is None else float_in(0, lo_open=True)(v)
+    except argparse.ArgumentTypeError:
+        raise ConfigError(f"{TIMEOUT_ENV}={v!r}: expected a positive number of seconds") from None
 
 
 def shard_indices(n: int, world_size: int, rank: int) -> torch.Tensor:
@@ -124,17 +121,14 @@ class DistContext:
     def shard(self, ds, device: torch.device):
         """This rank's shard of a (host) :class:`~margin_theory.data.Dataset` on ``device``
         (samples ``i = rank mod W`` of train and test, float32 inputs)."""
-        from .data import Dataset
-
         W, r = self.world_size, self.rank
         n = int(ds.y_train.shape[0])
         if n < W:
             raise ConfigError(f"{n} training samples cannot be shared by {W} processes (need at least one each)")
         tr, te = shard_indices(n, W, r), shard_indices(int(ds.y_test.shape[0]), W, r)
-        return Dataset(name=ds.name, X_train=ds.X_train[tr], y_train=ds.y_train[tr], X_test=ds.X_test[te],
-                       y_test=ds.y_test[te], num_classes=ds.num_classes, input_shape=tuple(ds.input_shape),
-                       classes=list(ds.classes), info={**ds.info, "shard": f"{r} of {W}"}
-                       ).to(device, dtype=torch.float32)
+        return dataclasses.replace(ds, X_train=ds.X_train[tr], y_train=ds.y_train[tr], X_test=ds.X_test[te],
+                                   y_test=ds.y_test[te], info={**ds.info, "shard": f"{r} of {W}"}
+                                   ).to(device, dtype=torch.float32)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """On CUDA, BatchNorm -> SyncBatchNorm (global batch statistics); the same
@@ -173,21 +167,22 @@ class DistContext:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, shard, *, batch_size: int = 4096) -> dict:
-        """All-reduced full-set metrics (the keys of :func:`margin_theory.train.evaluate`):
-        sums of gamma_n, CE_n, correct and counts (float64, SUM), gamma_min (MIN). Every
-        shard holds training samples (:meth:`shard`)."""
-        from .train import _matmul_precision, evaluate_test
-
-        with self.guard("evaluating"), _matmul_precision(shard.X_train.device, tf32=False):
+        """All-reduced full-set metrics (the keys of :func:`margin_theory.train.evaluate`, which calls it
+        with TF32 off): sums of gamma_n, CE_n, correct and counts of train and test (float64, SUM),
+        gamma_min (MIN). Every shard holds training samples (:meth:`shard`)."""
+        with self.guard("evaluating"):
             for b in model.buffers():           # rank 0's BatchNorm running statistics
                 dist.broadcast(b, 0)
             X, y = shard.X_train, shard.y_train
             f64 = dict(dtype=torch.float64, device=X.device)
             logits = predict(model, X, batch_size)
             m = compute_margins(model, X, y, batch_size=batch_size, logits=logits)
-            n = X.shape[0]
+            n, n_test = X.shape[0], shard.X_test.shape[0]
+            test_correct = n_correct(predict(model, shard.X_test, batch_size), shard.y_test) if n_test \
+                else torch.zeros((), **f64)
             vec = torch.stack([m.gamma.sum(), torch.tensor(m.loss * n, **f64), (m.q > 0).sum().to(**f64),
-                               torch.tensor(float(n), **f64), output_margins(logits, y).sum()])
+                               torch.tensor(float(n), **f64), output_margins(logits, y).sum(), test_correct,
+                               torch.tensor(float(n_test), **f64)])
             gmin = m.gamma.min().reshape(1).clone()
             # the summed loss S = sum_r S_r in log space (S_r may underflow): max, then sum of exp
             log_s = torch.tensor([summed_cross_entropy(logits, y)[1]], **f64)
@@ -195,11 +190,11 @@ class DistContext:
             s_rel = torch.exp(log_s - top) if math.isfinite(float(top[0])) else torch.zeros(1, **f64)
             vec = self.all_reduce_(torch.cat([vec, s_rel]))
             self.all_reduce_(gmin, "min")
-            test_acc = evaluate_test(model, shard, batch_size, self)
-        g_sum, ce_sum, correct, n, out_sum, s_rel = vec.tolist()
+        g_sum, ce_sum, correct, n, out_sum, test_correct, n_test, s_rel = vec.tolist()
         log_S = float(top[0]) + math.log(s_rel) if s_rel > 0 else -math.inf
         smoothed, _ = smoothed_from_sum(math.exp(log_S), log_S, m.theta_norm, m.degree)
-        return {"train_loss": ce_sum / n, "train_acc": correct / n, "test_acc": test_acc,
+        return {"train_loss": ce_sum / n, "train_acc": correct / n,
+                "test_acc": test_correct / n_test if n_test > 0 else float("nan"),
                 "gamma_bar": g_sum / n, "gamma_min": float(gmin[0]), "gamma_output": out_sum / n,
                 "gamma_smoothed": smoothed, "theta_norm": m.theta_norm, "degree": m.degree,
                 "normalisation": m.normalisation}
@@ -250,16 +245,12 @@ class DistContext:
     def close(self) -> None:
         """Restore the signal handler; leave the process group if :func:`setup` created it."""
         if self._old_handler is not None:
-            try:
+            with suppress(ValueError):
                 signal.signal(signal.SIGTERM, self._old_handler)
-            except ValueError:
-                pass
             self._old_handler = None
         if self.owns_group and dist.is_initialized():
-            try:
+            with suppress(Exception):       # a broken group cannot always be torn down; we are leaving anyway
                 dist.destroy_process_group()
-            except Exception:       # a broken group cannot always be torn down; we are leaving anyway
-                pass
         self.owns_group = False
 
 
@@ -286,8 +277,8 @@ def setup(device: str = "auto") -> DistContext | None:
                               f"use --nproc_per_node <= {n}")
         dev = torch.device("cuda", local)
     backend = "nccl" if dev.type == "cuda" else "gloo"
-    owns = False
-    if dist.is_initialized():
+    owns = not dist.is_initialized()        # we create the group, and close() destroys it
+    if not owns:
         if dist.get_world_size() != ws or dist.get_rank() != rank:
             raise ConfigError(f"the initialised process group (rank {dist.get_rank()} of {dist.get_world_size()}) "
                               f"disagrees with RANK={rank}, WORLD_SIZE={ws}")
@@ -301,7 +292,6 @@ def setup(device: str = "auto") -> DistContext | None:
             raise RankFailedError(f"rank {rank}/{ws}: cannot join the {backend} process group at "
                                   f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}: "
                                   f"{_one_line(exc)}") from None
-        owns = True
     ctx = DistContext(world_size=ws, rank=rank, local_rank=local, device=dev, backend=backend, owns_group=owns)
     ctx.install_signal_handler()
     return ctx

@@ -815,19 +815,13 @@ def load_case(dataset: str, *, affine_inputs: bool = False, classes: Sequence[in
 def run_gap_rows(run_dir) -> tuple[list[dict], str]:
     """(rows, data): a trainer run's available ``maxmargin`` monitors in ``metrics.jsonl``, each with
     ``step = epoch * ceil(N / batch_size)``, and their ``data``; :class:`ConfigError` if none."""
-    import json
-
-    from .runfolder import read_metrics
+    from .runfolder import read_config, read_json, read_metrics
 
     run = Path(run_dir)
     if not run.is_dir():
         raise ConfigError(f"--run {run}: no such run folder")
-    try:
-        cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        summary = run / "summary.json"
-        summ = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--run {run}: cannot read config.json ({one_line(exc)})") from None
+    cfg = read_config(run, required=True)
+    summ = read_json(run / "summary.json") if (run / "summary.json").is_file() else {}
     metrics = read_metrics(run)
     rows = [r for r in metrics if isinstance(r.get("maxmargin"), dict) and r["maxmargin"].get("available")]
     if not rows:

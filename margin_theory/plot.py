@@ -9,7 +9,6 @@ is a one-line error with exit status 2.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -88,10 +87,11 @@ def plot_metrics(history: Sequence[dict], path: str | Path, title: str | None = 
 def _run_title(run_dir: Path, history: Sequence[dict]) -> str:
     """Model, dataset and the trainer settings of ``run_dir/config.json``, or the record count."""
     from .models import ModelSpec
+    from .runfolder import read_config
 
     try:
-        cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        cfg = read_config(run_dir)
+    except MarginTheoryError:
         cfg = None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str) \
             or not isinstance(cfg.get("layers", 1), int):

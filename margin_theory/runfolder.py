@@ -2,7 +2,8 @@ r"""The trainer's run folder (issue 14; the behaviour is described in ``docs/saf
 
 :class:`RunLock` (one run per folder), :func:`clear_run` (``--overwrite`` deletes only files a run
 of ours wrote), :func:`remove_orphans` (what a killed run left), :func:`read_metrics` (the one strict
-``metrics.jsonl`` reader: ``--resume``, ``plot``, ``check --plot``) and :func:`preflight` (values
+``metrics.jsonl`` reader: ``--resume``, ``plot``, ``check --plot``), :func:`read_config` (the one
+``config.json`` reader: ``--resume``, ``plot``, ``maxmargin --run``) and :func:`preflight` (values
 that overflow float32/float64 arithmetic, e.g. Lemma 1's degree ``L = 2^(n+1) - 2`` for
 ``n > MAX_LAYERS``, and models that cannot fit in memory, refused before any data are loaded).
 """
@@ -19,23 +20,21 @@ import socket
 from pathlib import Path
 from typing import Any, Iterator
 
-from ._util import ConfigError, DataError, check_memory, one_line, short_repr
-from .checkpoint import CHECKPOINT_DIR
+from ._util import ConfigError, DataError, check_memory, clip, one_line, short_repr
+from .checkpoint import CHECKPOINT_DIR, FORMAT as _CKPT_FORMAT
 from .models import MAX_LAYERS
 from .data import REGISTRY, canonical_name
 
-__all__ = ["RunFolderError", "RunLock", "LOCK_NAME", "read_metrics", "foreign_files", "existing_run",
-           "clear_run", "remove_orphans", "guard_io", "preflight", "DATASET_SHAPES", "MAX_LAYERS",
+__all__ = ["RunFolderError", "RunLock", "LOCK_NAME", "read_metrics", "read_config", "read_json", "foreign_files",
+           "existing_run", "clear_run", "remove_orphans", "guard_io", "preflight", "DATASET_SHAPES", "MAX_LAYERS",
            "TRAINER_FILES"]
 
 LOCK_NAME = ".margin_theory.lock"
 TRAINER_FILES = ("metrics.jsonl", "config.json", "summary.json")
-_F32_MAX = 3.4028234663852886e38
-_F32_TINY = 1.1754943508222875e-38      # smallest normal float32
 #: input shape and classes of the named data sets (from the data registry)
 DATASET_SHAPES = {n: (s.input_shape, len(s.classes)) for n, s in REGISTRY.items()}
 _MAX_METRICS_BYTES = 1 << 30
-_CKPT_FORMAT = "margin_theory.checkpoint"
+_MAX_JSON_BYTES = 64 << 20
 _TMP_RE = re.compile(r"^\.(config\.json|metrics\.jsonl|summary\.json|epoch-\d+\.(safetensors|json))\..+\.tmp$")
 
 
@@ -191,10 +190,9 @@ def read_metrics(path: str | os.PathLike, *, required: bool = False) -> list[dic
             raise RunFolderError(f"{at}: JSON nested too deeply") from None
         except ValueError as exc:
             raise RunFolderError(f"{at} is not JSON ({getattr(exc, 'msg', exc)})") from None
-        if not isinstance(row, dict):
-            raise RunFolderError(f"{at} is not a metrics record (a JSON {type(row).__name__}, not an object)")
-        if "epoch" not in row:
-            raise RunFolderError(f"{at} is not a metrics record (no 'epoch')")
+        if not isinstance(row, dict) or "epoch" not in row:
+            why = "no 'epoch'" if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
+            raise RunFolderError(f"{at} is not a metrics record ({why})")
         e, last = row["epoch"], rows[-1]["epoch"] if rows else -1
         if not _is_int(e) or e < 0:
             raise RunFolderError(f"{at}: epoch must be an integer >= 0, got {short_repr(e, 60)}")
@@ -210,28 +208,30 @@ def read_metrics(path: str | os.PathLike, *, required: bool = False) -> list[dic
 
 
 # ---------------------------------------------------------------------------
-# Ownership, --overwrite, orphans
+# config.json, ownership, --overwrite, orphans
 # ---------------------------------------------------------------------------
-def _json_object(path: Path) -> dict | None:
+def read_json(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``; :class:`RunFolderError` (one line) when it is unreadable or no object."""
+    path = Path(path)
     try:
-        if path.stat().st_size > (64 << 20):
-            return None
+        if path.stat().st_size > _MAX_JSON_BYTES:
+            raise RunFolderError(f"{path} is larger than a configuration can be ({_MAX_JSON_BYTES} bytes)")
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+    except RecursionError:
+        raise RunFolderError(f"{path}: JSON nested too deeply") from None
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"cannot read {path}: {clip(one_line(exc))}") from None
+    if not isinstance(obj, dict):
+        raise RunFolderError(f"{path} holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def read_config(run: str | os.PathLike, *, required: bool = False) -> dict | None:
+    """A run folder's ``config.json`` (:func:`read_json`); ``None`` if there is none, an error with ``required``."""
+    path = Path(run) / "config.json"
+    if not path.exists() and not required:
         return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _is_train_config(d: Any) -> bool:
-    from .train import TrainConfig
-
-    if not isinstance(d, dict):
-        return False
-    try:
-        TrainConfig.from_dict(dict(d))
-    except Exception:             # any failure means "not ours"
-        return False
-    return True
+    return read_json(path)
 
 
 def _safetensors_format(path: Path) -> str | None:
@@ -250,24 +250,25 @@ def _safetensors_format(path: Path) -> str | None:
 
 def _recognised(path: Path) -> bool:
     """Whether a file under one of the trainer's names was written by a run of ours (by its content)."""
-    from .train import METRIC_KEYS
+    from .train import METRIC_KEYS, TrainConfig
 
     name = path.name
     if path.is_dir() or path.is_symlink():
         return False
-    if name == "metrics.jsonl":
-        try:
+    try:
+        if name == "metrics.jsonl":
             return all(set(METRIC_KEYS) <= set(r) for r in read_metrics(path))
-        except ConfigError:
-            return False
-    if not name.endswith(".json"):
-        return name.endswith(".safetensors") and _safetensors_format(path) == _CKPT_FORMAT
-    d = _json_object(path)
-    if name == "config.json":
-        return _is_train_config(d)
-    if name == "summary.json":
-        return d is not None and "status" in d and _is_train_config(d.get("config"))
-    return (d or {}).get("format") == _CKPT_FORMAT
+        if name.endswith(".safetensors"):
+            return _safetensors_format(path) == _CKPT_FORMAT
+        d = read_json(path)
+        if name == "summary.json":
+            d = d["config"] if "status" in d else None
+        if name in ("config.json", "summary.json"):
+            TrainConfig.from_dict(d)        # raises unless it is a configuration of ours
+            return True
+        return d.get("format") == _CKPT_FORMAT
+    except Exception:             # any failure means "not ours"
+        return False
 
 
 def _candidates(out: Path) -> list[Path]:
@@ -323,45 +324,39 @@ def remove_orphans(out: Path) -> list[Path]:
 # ---------------------------------------------------------------------------
 # Preflight: values and sizes before any data are loaded
 # ---------------------------------------------------------------------------
-def model_memory_check(config, input_shape, num_classes) -> int:
-    """Check that the model of ``config`` for data of ``input_shape`` / ``num_classes`` fits in
-    memory: float32 weights, gradients, momentum buffers and two checkpoint copies
-    (``4 * 5 = 20`` bytes a parameter). Returns the number of state entries."""
+def preflight(config) -> None:
+    """Reject values that overflow float arithmetic and models that cannot fit in memory, before the data
+    are loaded: float32 weights, gradients, momentum buffers and two checkpoint copies, ``4 * 5 = 20`` bytes
+    a parameter."""
     import torch
 
-    try:
-        with torch.device("meta"):      # shapes without storage
-            model = config.model_spec().build(tuple(input_shape), int(num_classes))
-    except (RuntimeError, ValueError, OverflowError, TypeError) as exc:
-        raise ConfigError(f"model {config.model} cannot be built: {one_line(exc)}") from None
-    n = sum(t.numel() for t in model.state_dict().values())
-    check_memory(20.0 * n, f"model {config.model} with {n:,} parameters (rank {config.rank}, "
-                           f"layers {config.layers}, hidden {config.hidden})")
-    return n
-
-
-def preflight(config) -> None:
-    """Reject values that overflow float arithmetic and models that cannot fit in memory,
-    before the data are loaded (see the module docstring)."""
     from .train import lr_at
 
+    f32 = torch.finfo(torch.float32)         # f32.tiny: the smallest normal float32
     if config.layers > MAX_LAYERS:
         raise ConfigError(f"--layers {config.layers}: Lemma 1's degree 2^(n+1) - 2 overflows float64 beyond "
                           f"n = {MAX_LAYERS} layers")
     for name in ("weight_decay", "margin_reg"):
         v = getattr(config, name)
-        if v > _F32_MAX:
-            raise ConfigError(f"--{name.replace('_', '-')} {v:g} overflows float32 (max {_F32_MAX:.4g})")
+        if v > f32.max:
+            raise ConfigError(f"--{name.replace('_', '-')} {v:g} overflows float32 (max {f32.max:.4g})")
     for e in [1] + [m + 1 for m in config.lr_milestones]:
         lr = lr_at(config, e)
-        if not (math.isfinite(lr) and _F32_TINY <= lr <= _F32_MAX):
+        if not f32.tiny <= lr <= f32.max:          # also NaN and inf
             raise ConfigError(f"learning rate {lr:g} of epoch {e} (--lr {config.lr:g}, --lr-gamma "
                               f"{config.lr_gamma:g}) is outside float32's normal range "
-                              f"[{_F32_TINY:.3g}, {_F32_MAX:.4g}]")
-    if config.lr * config.weight_decay > _F32_MAX:
+                              f"[{f32.tiny:.3g}, {f32.max:.4g}]")
+    if config.lr * config.weight_decay > f32.max:
         raise ConfigError(f"--lr {config.lr:g} times --weight-decay {config.weight_decay:g} overflows float32")
     try:
-        shape = DATASET_SHAPES[canonical_name(config.dataset)]
-    except (DataError, KeyError):       # unknown names are the data loader's to report
+        input_shape, num_classes = DATASET_SHAPES[canonical_name(config.dataset)]
+    except DataError:                   # unknown names are the data loader's to report
         return
-    model_memory_check(config, *shape)
+    try:
+        with torch.device("meta"):      # shapes without storage
+            model = config.model_spec().build(tuple(input_shape), num_classes)
+    except (RuntimeError, ValueError, OverflowError, TypeError) as exc:
+        raise ConfigError(f"model {config.model} cannot be built: {one_line(exc)}") from None
+    n = sum(t.numel() for t in model.state_dict().values())
+    check_memory(20.0 * n, f"model {config.model} with {n:,} parameters (rank {config.rank}, "
+                           f"layers {config.layers}, hidden {config.hidden})")

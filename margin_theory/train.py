@@ -6,22 +6,21 @@ Usage, files and flags: ``docs/usage.md`` (Training); run folders, ``--overwrite
 * Each epoch's batches are the slices of one device-side ``torch.randperm(N, generator=g)``, the last
   partial (:func:`epoch_batches`); ``--augment`` (Table 3): zero-pad 4, random crop, random horizontal
   flip, one gather per batch (:func:`augment_batch`).
-* :class:`SGD`; the lr of (1-based) epoch e is ``lr * lr_gamma ** #{m in milestones : m < e}``
-  (:func:`lr_at`). Loss: ``margins.margin_regularised_loss`` = CE - lambda * gamma_bar(batch) (paper
-  eq. 5; lambda = ``--margin-reg``).
+* :class:`SGD`; the lr of (1-based) epoch e is ``lr * lr_gamma ** #{m in milestones : m < e}`` (:func:`lr_at`).
+  Loss: ``margins.margin_regularised_loss`` = CE - lambda * gamma_bar(batch) (paper eq. 5; ``--margin-reg``).
 * After every epoch, and for epoch 0, one no-grad eval-mode pass over the FULL training set
-  (``margins.compute_margins``: float64, TF32 off) and the test accuracy give one ``metrics.jsonl``
-  row with the keys :data:`METRIC_KEYS` (gamma = q / ||theta||^degree, SPEC §2); monitor epochs
-  (``--monitor-every K``: 0, K, 2K, ... and the last) add ``theorem2``, ``maxmargin`` and ``monitor_seconds``.
+  (``margins.compute_margins``: float64, TF32 off) and the test accuracy give one ``metrics.jsonl`` row
+  with the keys :data:`METRIC_KEYS` (gamma = q / ||theta||^degree, SPEC §2); monitor epochs (``--monitor-every
+  K``: 0, K, 2K, ... and the last) add ``theorem2``, ``maxmargin`` and ``monitor_seconds``.
 * The loss is read and checked for non-finite values once per epoch, *before* anything is saved.
-* ``torch.manual_seed(seed)`` right before the model is built (the caller's RNG restored) and a
-  generator seeded with ``seed`` for batches and augmentation: CPU runs are bitwise reproducible,
-  resumed runs equal uninterrupted ones.
+* ``torch.manual_seed(seed)`` right before the model is built (the caller's RNG restored) and a generator
+  seeded with ``seed`` for batches and augmentation: CPU runs are bitwise reproducible, resumed runs equal
+  uninterrupted ones.
 
-``--checkpoint-every``: ``auto`` every ``ceil(epochs/10)`` epochs, ``K`` epoch 0 and every K-th, ``0``
-the final only, ``none`` never. ``--resume``: every option not given (not ``--device``) comes from the
-run's ``config.json`` and must equal it except for :data:`RESUME_MAY_DIFFER`. Exit status: 0 ok; 2 bad
-input (one line); 3 diverged (the last good checkpoint kept); 4 a rank failed; 130 interrupted.
+``--checkpoint-every``: ``auto`` every ``ceil(epochs/10)`` epochs, ``K`` epoch 0 and every K-th, ``0`` the
+final only, ``none`` never. ``--resume``: every option not given (not ``--device``) comes from the run's
+``config.json`` and must equal it except for :data:`RESUME_MAY_DIFFER`. Exit status: 0 ok; 2 bad input (one
+line); 3 diverged (the last good checkpoint kept); 4 a rank failed; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -30,7 +29,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -46,7 +44,7 @@ import torch.nn.functional as F
 from . import runfolder as _runfolder
 from ._util import (ArgumentParser, CheckpointError, ConfigError, NonFiniteLossError, atomic_write_json,
                     atomic_write_text, check_output_path, cli_entry, clip, dumps_json, explicit_options,
-                    float_in, int_at_least, one_line, print_json, sync)
+                    float_in, int_at_least, nonneg_int, one_line, positive_int, print_json, sync)
 from ._util import progress as _progress_bar
 from .checkpoint import (NonFiniteCheckpointError, checkpoint_files, checkpoint_stem, comparable,
                          latest_checkpoint, model_args_from, read_sidecar, restore_checkpoint,
@@ -64,7 +62,6 @@ __all__ = [
 ]
 
 PROG = "python -m margin_theory.train"
-EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 #: keys of every metrics.jsonl line (monitor epochs add ``theorem2``, ``maxmargin`` and ``monitor_seconds``)
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "test_acc_best", *MARGIN_DEFINITIONS,
@@ -87,13 +84,11 @@ _SPEC = ModelSpec()     # the defaults of the model fields
 class TrainConfig:
     """Every setting of a training run; the fields are the CLI flags (``--n-train`` -> ``n_train``).
 
-    Defaults follow the paper's MNIST protocol (SPEC §7): SGD, lr 0.01, batch 100,
-    momentum 0, weight decay 0, 10 epochs. ``checkpoint_every``: ``None`` = auto,
-    ``-1`` = none, ``0`` = final only, ``K`` = every K epochs (see the module doc).
-    ``hidden``: list of widths or None (model default). ``lr_milestones``: epochs
-    after which the lr is multiplied by ``lr_gamma``. The model fields are those of
-    :class:`~margin_theory.models.ModelSpec` (:meth:`model_spec`), with its defaults;
-    ``init`` and ``linear_term`` default to the ``protocol``'s.
+    Defaults: the paper's MNIST protocol (SPEC §7): SGD, lr 0.01, batch 100, momentum 0, weight decay 0,
+    10 epochs. ``checkpoint_every``: ``None`` auto, ``-1`` none, ``0`` final only, ``K`` every K epochs.
+    ``lr_milestones``: epochs after which the lr is multiplied by ``lr_gamma``. The model fields are
+    :class:`~margin_theory.models.ModelSpec`'s (:meth:`model_spec`, which checks them); ``init``,
+    ``linear_term`` and ``eval_every_steps`` default to the ``protocol``'s.
     """
 
     dataset: str = "digits"
@@ -135,10 +130,7 @@ class TrainConfig:
     json: bool = False
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["hidden"] = None if self.hidden is None else [int(h) for h in self.hidden]
-        d["lr_milestones"] = [int(m) for m in self.lr_milestones]
-        return d
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict, *, applicable: bool = True) -> "TrainConfig":
@@ -151,7 +143,7 @@ class TrainConfig:
         return cls(**d).validate(applicable=applicable)
 
     def validate(self, *, applicable: bool = True) -> "TrainConfig":
-        """Check every value; raise :class:`ConfigError` naming the first bad one. Normalises types.
+        """Check and normalise every value; :class:`ConfigError` names the first bad one.
         ``applicable=False``: a partial table of settings (an experiment's shared [train])."""
         for s in ("dataset", "model", "device"):
             if not isinstance(getattr(self, s), str) or not getattr(self, s):
@@ -163,28 +155,21 @@ class TrainConfig:
             self.linear_term = proto.linear_term and ModelSpec(self.model).head == "quadratic"
         if self.eval_every_steps is None:
             self.eval_every_steps = proto.eval_every_steps
-        for name, lo in _INT_BOUNDS.items():
+        for name in _INTS:                          # 2.0 from JSON or TOML is 2
             v = getattr(self, name)
-            if v is None and name in _OPTIONAL_INTS:
-                continue
             if isinstance(v, float) and v.is_integer():
-                v = int(v)
-                setattr(self, name, v)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"{name} must be an integer, got {v!r}")
-            if v < lo:
-                raise ConfigError(f"{name} must be >= {lo}, got {v}")
-        for name, (lo_open, hi) in _FLOAT_BOUNDS.items():      # all >= 0 (lo_open: > 0), < hi
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"{name} must be a finite number, got {v!r}")
-            v = float(v)
-            setattr(self, name, v)
-            if v < 0 or (lo_open and v == 0):
-                raise ConfigError(f"{name} must be {'>' if lo_open else '>='} 0, got {v:g}")
-            if hi is not None and v >= hi:
-                raise ConfigError(f"{name} must be < {hi:g}, got {v:g}")
-        self.hidden = self.model_spec().as_dict()["hidden"]   # checks every model field
+                setattr(self, name, int(v))
+        for name, check in _CHECKS.items():         # the model's integers: ModelSpec checks them
+            v, is_int = getattr(self, name), name in _INTS
+            if v is None and _INTS.get(name):
+                continue
+            if isinstance(v, bool) or not isinstance(v, int if is_int else (int, float)):
+                raise ConfigError(f"{name} must be {'an integer' if is_int else 'a finite number'}, got {v!r}")
+            try:
+                setattr(self, name, check(repr(v if is_int else float(v))))
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigError(f"{name} {exc}") from None
+        self.hidden = self.model_spec().as_dict()["hidden"]
         if not isinstance(self.lr_milestones, (list, tuple)) or \
                 any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones must be positive integers, got {self.lr_milestones!r}")
@@ -208,7 +193,7 @@ class TrainConfig:
         return self
 
     def model_spec(self) -> ModelSpec:
-        """The :class:`~margin_theory.models.ModelSpec` of this run (its model fields)."""
+        """The :class:`~margin_theory.models.ModelSpec` of this run (its model fields, checked)."""
         return ModelSpec.from_mapping({f: getattr(self, f) for f in ("model",) + ModelSpec.args()})
 
     def checkpoint_interval(self) -> int | None:
@@ -219,22 +204,21 @@ class TrainConfig:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-#: lower bounds of the integer fields (``_OPTIONAL_INTS`` may also be None)
-_INT_BOUNDS = {"eval_every_steps": 0, "rank": 1, "layers": 1, "conv_channels": 1, "epochs": 0, "batch_size": 1,
-               "seed": 0, "n_train": 1, "n_test": 1, "checkpoint_every": -1, "monitor_every": 0,
-               "monitor_subset": 1, "eval_batch_size": 1}
-_OPTIONAL_INTS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "int | None")
+#: the integer fields (True: may be None)
+_INTS = {f.name: f.type.endswith("None") for f in dataclasses.fields(TrainConfig) if f.type.startswith("int")}
 _BOOLS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type.startswith("bool"))
-#: the float fields: (> 0 rather than >= 0, upper bound or None)
-_FLOAT_BOUNDS = {"lr": (True, None), "momentum": (False, 1.0), "weight_decay": (False, None),
-                 "lr_gamma": (True, None), "margin_reg": (False, None)}
+#: the checks of the numeric options, shared by their flags and :meth:`TrainConfig.validate`
+_CHECKS = {"eval_every_steps": nonneg_int, "epochs": nonneg_int, "batch_size": positive_int, "seed": nonneg_int,
+           "n_train": positive_int, "n_test": positive_int, "checkpoint_every": int_at_least(-1),
+           "monitor_every": nonneg_int, "monitor_subset": positive_int, "eval_batch_size": positive_int,
+           "lr": float_in(0, lo_open=True), "momentum": float_in(0, 1), "weight_decay": float_in(0),
+           "lr_gamma": float_in(0, lo_open=True), "margin_reg": float_in(0)}
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the trained ``model``, the per-epoch ``history`` (the
-    metrics.jsonl lines, epoch 0 first), the ``config``, the ``out`` folder (or None),
-    the ``final`` summary dict and the ``dataset`` (on the training device)."""
+    """What :func:`train` returns: the trained ``model``, the per-epoch ``history`` (the metrics.jsonl lines,
+    epoch 0 first), the ``config``, the ``out`` folder (or None), the ``final`` summary and the ``dataset``."""
 
     model: nn.Module
     history: list[dict]
@@ -254,11 +238,11 @@ def select_device(name: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"invalid device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if dev.type == "cpu":
         return dev
-    if dev.type != "cuda":
-        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
     if dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -275,8 +259,6 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator | None = N
                   device: torch.device | str | None = None) -> list[torch.Tensor]:
     """One epoch's batches: a device-side random permutation of ``range(n)`` cut into
     slices of ``batch_size`` (the last one partial). Every index occurs exactly once."""
-    if n < 0 or batch_size < 1:
-        raise ConfigError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     if n == 0:
         return []
     if device is None:
@@ -294,10 +276,9 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad
     ``out[b, c, r, s] = xpad[b, c, i_b + r, j_b + (W-1-s if f_b else s)]`` - one gather
     for the whole batch, on ``x``'s device, random numbers from ``generator``.
 
-    ``draws``/``select`` (multi-process training, :mod:`margin_theory.distributed`):
-    draw the random numbers for ``draws`` samples (the global batch) and apply those at
-    positions ``select`` (this rank's part, ``len(select) == B``), so every rank
-    consumes the generator exactly as one process training the whole batch.
+    ``draws``/``select`` (multi-process training): draw for ``draws`` samples (the global batch) and
+    apply those at positions ``select`` (this rank's part, ``len(select) == B``), so every rank consumes
+    the generator exactly as one process training the whole batch.
     """
     if x.dim() != 4:
         raise ConfigError(f"augmentation needs image batches (B, C, H, W), got shape {tuple(x.shape)}")
@@ -310,9 +291,8 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, pad
 
     if pad > 0:
         xp = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (nd,), generator=generator, device=dev)
-        ox = torch.randint(0, 2 * pad + 1, (nd,), generator=generator, device=dev)
-        oy, ox = draw(oy), draw(ox)
+        oy = draw(torch.randint(0, 2 * pad + 1, (nd,), generator=generator, device=dev))
+        ox = draw(torch.randint(0, 2 * pad + 1, (nd,), generator=generator, device=dev))
     else:
         xp, oy = x, torch.zeros(B, dtype=torch.long, device=dev)
         ox = oy
@@ -382,15 +362,11 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
     Each step gathers its slice of the permutation (:func:`epoch_batches`) with ``index_select``
     (7x faster than ``X[idx]`` on CPU), optionally augments on-device and minimises
     ``CE - margin_reg * gamma_bar(batch)`` (paper eq. 5); no host sync in the loop. ``on_step(i)``
-    runs after step i (0-based): the ``--eval-every-steps`` test evaluation. With ``dctx`` (a
-    :class:`~margin_theory.distributed.DistContext`) ``model`` is DDP-wrapped, ``X, Y`` this rank's
-    shard of ``n_global`` samples, the batches the single-process ones (``dctx.epoch_plan``), the
-    rank's loss ``(W / B_k) * sum_{its part} (CE_n - margin_reg * gamma_n)``.
-
-    Returns ``(loss_sum, correct, seen, steps)``: the float64 device tensor sum of batch losses
-    weighted by batch size (all-reduced with ``dctx``), the number correct (a float64 device
-    tensor, counted only for a shown tqdm ``bar`` and without ``dctx``, else ``None``), the number
-    of samples and of steps.
+    runs after step i (0-based). With ``dctx`` (a :class:`~margin_theory.distributed.DistContext`)
+    ``model`` is DDP-wrapped, ``X, Y`` this rank's shard of ``n_global`` samples, the batches the
+    single-process ones (``dctx.epoch_plan``), the rank's loss ``(W / B_k) * sum_{its part} (CE_n -
+    margin_reg * gamma_n)``. Returns the sum of the batch losses weighted by batch size (a float64
+    device tensor, all-reduced with ``dctx``).
     """
     device = X.device
     model.train()
@@ -425,9 +401,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y
                     bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.3f}",
                                     refresh=False)
             bar.update(1)
-    if dctx is not None:
-        dctx.all_reduce_(loss_sum)
-    return loss_sum, correct, seen, len(batches)
+    return loss_sum if dctx is None else dctx.all_reduce_(loss_sum)
 
 
 def lr_at(config: TrainConfig, epoch: int) -> float:
@@ -449,8 +423,6 @@ def _matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-
-
 def _finite(*xs: float) -> bool:
     return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
 
@@ -466,9 +438,9 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096, dctx=None) ->
     """Full-training-set margins/loss/accuracy and test accuracy in one pass each (eval mode,
     no TF32). Returns the metric keys except ``epoch``, ``lr`` and ``epoch_seconds``; with ``dctx``
     all-reduced over the ranks' shards (:meth:`~margin_theory.distributed.DistContext.evaluate`)."""
-    if dctx is not None:
-        return dctx.evaluate(model, dataset, batch_size=batch_size)
     with _matmul_precision(dataset.X_train.device, tf32=False):
+        if dctx is not None:
+            return dctx.evaluate(model, dataset, batch_size=batch_size)
         m = compute_margins(model, dataset.X_train, dataset.y_train, batch_size=batch_size)
         test_acc = evaluate_test(model, dataset, batch_size)
     return {"train_loss": m.loss, "train_acc": m.accuracy, "test_acc": test_acc,
@@ -510,27 +482,25 @@ def _resume_point(out: Path, config: TrainConfig) -> Path:
     resume_path = latest_checkpoint(out)
     if resume_path is None:
         raise CheckpointError(f"--resume: no checkpoint in {out / 'checkpoints'} to resume from")
-    saved = read_sidecar(resume_path)
-    path = out / "config.json"
-    if path.exists():
-        try:
-            authority = TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise CheckpointError(f"cannot resume {out}: {path} is unreadable ({clip(one_line(exc))})") from None
-        except ConfigError as exc:
-            raise CheckpointError(f"cannot resume {out}: {path} is not a valid configuration: {exc}") from None
-        diffs = _config_differences(saved["config"], authority)
-        if diffs:
-            raise CheckpointError(f"cannot resume {out}: checkpoint {resume_path.name} disagrees with {path.name} "
-                                  "(the run's configuration is the authority): " + "; ".join(diffs))
-    if saved["config"].get("model") != config.model:
-        raise CheckpointError(f"checkpoint {resume_path.name} is for model {saved['config'].get('model')!r}, "
+    sidecar = read_sidecar(resume_path)
+    saved = sidecar["config"]
+    if saved.get("model") != config.model:
+        raise CheckpointError(f"checkpoint {resume_path.name} is for model {saved.get('model')!r}, "
                               f"not {config.model!r}; cannot resume")
-    diffs = _config_differences(saved["config"], config)
-    if diffs:
-        raise CheckpointError(f"cannot resume {out}: the settings differ from the checkpoint's: " + "; ".join(diffs))
-    if int(saved["epoch"]) > config.epochs:
-        raise ConfigError(f"--resume: the latest checkpoint is at epoch {saved['epoch']}, "
+    authority = _runfolder.read_config(out)
+    if authority is not None:
+        try:
+            authority = TrainConfig.from_dict(authority)
+        except ConfigError as exc:
+            raise CheckpointError(f"cannot resume {out}: config.json is not a valid configuration: {exc}") from None
+    for against, what in ((authority, f"checkpoint {resume_path.name} disagrees with config.json (the run's "
+                                      "configuration is the authority)"),
+                          (config, "the settings differ from the checkpoint's")):
+        diffs = [] if against is None else _config_differences(saved, against)
+        if diffs:
+            raise CheckpointError(f"cannot resume {out}: {what}: " + "; ".join(diffs))
+    if int(sidecar["epoch"]) > config.epochs:
+        raise ConfigError(f"--resume: the latest checkpoint is at epoch {sidecar['epoch']}, "
                           f"beyond --epochs {config.epochs}")
     return resume_path
 
@@ -591,9 +561,7 @@ def _format_epoch(row: dict, epochs: int) -> str:
 def load_data_for(config: TrainConfig, device: torch.device):
     """The data set a run of ``config`` trains on (dataset, split seed, subsets, normalisation), on ``device``."""
     ds = load_dataset(config.dataset, config.data_dir, download=config.download, seed=config.seed,
-                      normalize=config.normalize)
-    if config.n_train is not None or config.n_test is not None:
-        ds = ds.subset(config.n_train, config.n_test, seed=config.seed)
+                      normalize=config.normalize).subset(config.n_train, config.n_test, seed=config.seed)
     if config.augment and len(ds.input_shape) != 3:
         raise ConfigError(f"--augment needs image data (C, H, W); {ds.name} has input shape {tuple(ds.input_shape)}")
     return ds.to(device, dtype=torch.float32)
@@ -603,17 +571,13 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
           ) -> TrainResult:
     """Train ``config.model`` on ``config.dataset``; see the module docstring.
 
-    Before anything is loaded, :func:`margin_theory.runfolder.preflight` checks values and sizes
-    and ``--out`` is checked; a run with ``--out`` holds the folder's lock for its whole duration
-    and first removes what killed runs left. ``progress``: the tqdm bar (on a terminal, unless
-    ``config.quiet``). ``log``: receives one line per epoch and the notes; ``None``: silence;
-    default ``print`` unless ``config.quiet``. Under torchrun with ``WORLD_SIZE > 1`` it trains
-    with DistributedDataParallel (:mod:`margin_theory.distributed`).
-
-    Raises :class:`ConfigError` / :class:`DataError` / :class:`CheckpointError` on bad input,
-    :class:`NonFiniteLossError` when the loss or the weights become non-finite (attributes
-    ``epoch``, ``checkpoint`` (Path or None), ``history``) and
-    :class:`margin_theory.distributed.RankFailedError` when a rank fails.
+    Values and sizes (:func:`margin_theory.runfolder.preflight`) and ``--out`` are checked before
+    anything is loaded; a run with ``--out`` holds the folder's lock throughout and first removes what
+    killed runs left. ``progress``: the tqdm bar. ``log``: one line per epoch and the notes (``None``:
+    silence; default ``print`` unless ``config.quiet``). Under torchrun with ``WORLD_SIZE > 1``:
+    DistributedDataParallel (:mod:`margin_theory.distributed`). Raises :class:`ConfigError` /
+    :class:`DataError` / :class:`CheckpointError` on bad input, :class:`NonFiniteLossError` (attributes
+    ``epoch``, ``checkpoint``, ``history``) on divergence, :class:`~margin_theory.distributed.RankFailedError`.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train() needs a TrainConfig, got {type(config).__name__}")
@@ -622,15 +586,9 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
     if log == "default":
         log = None if config.quiet else print
     dctx = _dist_setup(config.device)
+    locked = config.out and (dctx is None or dctx.is_writer)      # rank 0 holds the folder
     try:
-        if not config.out or (dctx is not None and not dctx.is_writer):   # rank 0 holds the folder
-            return _train(config, progress=progress, log=log, dctx=dctx)
-        out = check_output_path(config.out, kind="dir")
-        with _runfolder.RunLock(out):
-            removed = _runfolder.remove_orphans(out)
-            if removed and log:
-                log(f"note: removed {len(removed)} file(s) an interrupted run left in {out}: "
-                    + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
+        with _runfolder.RunLock(check_output_path(config.out, kind="dir")) if locked else contextlib.nullcontext():
             return _train(config, progress=progress, log=log, dctx=dctx)
     finally:
         if dctx is not None:
@@ -638,43 +596,39 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], An
 
 
 def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | None, dctx=None) -> TrainResult:
-    """The body of :func:`train` for its validated copy of the config (the run folder, if any, is
-    locked by the caller); ``dctx``: the :class:`~margin_theory.distributed.DistContext` of a
-    multi-process run, or None."""
+    """The body of :func:`train` for its validated copy of the config (the caller holds the run folder's
+    lock); ``dctx``: the :class:`~margin_theory.distributed.DistContext` of a multi-process run, or None."""
+    t_run = time.perf_counter()
     if config.data_dir:     # stored absolute, so that the run can be checked from any folder
         config.data_dir = str(Path(config.data_dir).expanduser().resolve())
     writer = dctx is None or dctx.is_writer       # rank 0 alone writes the run folder and logs
-    if not writer:
-        log, progress = None, False
-    log = log or (lambda _msg: None)
-    t_run = time.perf_counter()
+    log = (log if writer else None) or (lambda _msg: None)
     device = select_device(config.device) if dctx is None else dctx.device
-    monitor = None
-    if config.monitor_every > 0:
-        from .assumptions import theorem2_report as monitor
     out = Path(config.out).expanduser() if config.out else None
+    wout = out if writer else None                # where this process writes
     interval = config.checkpoint_interval() if out is not None else None
-
+    if wout is not None:
+        removed = _runfolder.remove_orphans(out)
+        if removed:
+            log(f"note: removed {len(removed)} file(s) an interrupted run left in {out}: "
+                + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
     resume_path = _resume_point(out, config) if out is not None and config.resume else None
-    if out is not None and not config.resume and writer:
-        existing = _runfolder.existing_run(out) if out.is_dir() else []
+    if wout is not None and not config.resume:
+        existing = _runfolder.existing_run(out)
         if existing and not config.overwrite:
             raise ConfigError(f"{out} already holds a training run ({', '.join(existing)}); "
                               "pass --resume to continue it or --overwrite to replace it")
         if existing:
             _runfolder.clear_run(out)
-
     ds = load_data_for(config, device if dctx is None else torch.device("cpu"))
     shard = ds if dctx is None else dctx.shard(ds, device)   # distributed: this rank's part, on the device
     for flag, want, have in (("--n-train", config.n_train, int(ds.y_train.shape[0])),
                              ("--n-test", config.n_test, int(ds.y_test.shape[0]))):
         if want is not None and want > have:
             log(f"note: {flag} {want} exceeds the {have} points of {ds.name}; all {have} are used")
-    _runfolder.model_memory_check(config, ds.input_shape, ds.num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = build_model_for(config, ds)
-    model.to(device)
+        model = build_model_for(config, ds).to(device)
     if dctx is not None:
         model = dctx.prepare_model(model)
     opt = SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -682,50 +636,47 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     g.manual_seed(config.seed)
     norm_spec = get_normalisation(model) if config.margin_reg > 0 else None
     eval_bs = config.eval_batch_size or (1024 if config.model_spec().body.startswith("resnet") else 4096)
-    X, Y = shard.X_train, shard.y_train
     N = int(ds.y_train.shape[0])
-
+    steps_per_epoch = -(-N // config.batch_size)
     history: list[dict] = []
-    step, last_ckpt, last_ckpt_epoch, resumed_from = 0, None, -1, None
-    first_epoch = 0                                   # epoch 0: the initialisation
+    step, first_epoch, last_ckpt, resumed_from = 0, 0, None, None       # epoch 0: the initialisation
     if resume_path is not None:
         ck = restore_checkpoint(resume_path, model, opt, model_args=model_args_from(config, model))
         _restore_rng(g, device, ck.rng_state, config.seed, ck.epoch, log)
         first_epoch, step = ck.epoch + 1, ck.step
-        last_ckpt, last_ckpt_epoch, resumed_from = ck.path, ck.epoch, ck.epoch
-        history = [r for r in read_metrics(out) if int(r["epoch"]) <= ck.epoch]
-        if not history or int(history[-1]["epoch"]) != ck.epoch:
+        last_ckpt, resumed_from = ck.path, ck.epoch
+        history = [r for r in read_metrics(out) if r["epoch"] <= ck.epoch]
+        if not history or history[-1]["epoch"] != ck.epoch:
             log(f"note: {out / 'metrics.jsonl'} lacks epochs up to {ck.epoch}; history restarts from the checkpoint")
-            history = [r for r in history if int(r["epoch"]) < ck.epoch] + ([ck.metrics] if ck.metrics else [])
+            history += [ck.metrics] if ck.metrics else []
         log(f"resuming {out} from {ck.path.name} (epoch {ck.epoch}, step {ck.step})")
     net = model if dctx is None else dctx.wrap(model)      # DDP construction syncs rank 0's state
-    wout = out if writer else None                          # where this process writes
     writing = dctx.critical if dctx is not None else contextlib.nullcontext
-    guard = dctx.guard if dctx is not None else lambda _what: contextlib.nullcontext()
     if wout is not None:
         with _runfolder.guard_io(out):
             out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "config.json", config.to_dict())
         _write_metrics(out, history)
-    gap = None          # the max-margin monitor, solved once per run (on min(monitor_subset, 256) points)
+    gap = None          # the max-margin monitor, solved once per run
 
     def run_monitor(row: dict) -> None:
         nonlocal gap
+        from .assumptions import theorem2_report
+        from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
+
         t0 = time.perf_counter()
         was = model.training
         model.eval()
         try:
-            rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-                if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=rng_devices), _matmul_precision(device, tf32=False):
-                rep = monitor(model, ds.X_train, ds.y_train, subset=config.monitor_subset, seed=config.seed)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                    _matmul_precision(device, tf32=False):
+                rep = theorem2_report(model, ds.X_train, ds.y_train, subset=config.monitor_subset, seed=config.seed)
         finally:
             model.train(was)
-        row["theorem2"] = rep.as_dict() if hasattr(rep, "as_dict") else rep
+        row["theorem2"] = rep.as_dict()
         if gap is None:
-            from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
-
-            gap = GapMonitor(model, ds.X_train, ds.y_train, subset=min(config.monitor_subset, MONITOR_MAX_POINTS), seed=config.seed)
+            gap = GapMonitor(model, ds.X_train, ds.y_train, subset=min(config.monitor_subset, MONITOR_MAX_POINTS),
+                             seed=config.seed)
         row["maxmargin"] = gap.report(model)
         row["monitor_seconds"] = time.perf_counter() - t0
 
@@ -748,7 +699,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     def record(epoch: int, row: dict) -> None:
         """Log and write the row of a good epoch, then checkpoint it or (checkpointing on) hold an
         in-memory copy, so that a later divergence can still write the last good checkpoint."""
-        nonlocal best, last_ckpt, last_ckpt_epoch, snapshot
+        nonlocal best, last_ckpt, snapshot
         if math.isfinite(row["test_acc"]):
             best = max(best, row["test_acc"])
         row["test_acc_best"] = best if math.isfinite(best) else float("nan")
@@ -765,7 +716,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                     path = save(epoch, step, _rng_state(g, device), row)
                 except NonFiniteCheckpointError as exc:   # never written: the run diverged
                     raise _Diverged(epoch, str(exc)) from None
-            last_ckpt, last_ckpt_epoch, snapshot = path, epoch, None
+            last_ckpt, snapshot = path, None
         elif interval is not None and wout is not None:
             snapshot = {"epoch": epoch, "step": step, "row": row,
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -776,7 +727,6 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
             return f"last good checkpoint kept: {kept}"
         return "no checkpoint (none was written)" if out is not None else "no checkpoint (no --out)"
 
-    show_bar = progress and not config.quiet
     old_bench = torch.backends.cudnn.benchmark
     try:
         with _matmul_precision(device, tf32=True):
@@ -789,16 +739,16 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                         group["lr"] = lr
                     if dctx is not None:
                         dctx.epoch = epoch
-                    bar = _progress_bar(total=-(-N // config.batch_size), desc=f"epoch {epoch}/{config.epochs}",
-                                        quiet=not show_bar, unit="batch")
-                    with bar, guard(f"training epoch {epoch}"):
-                        loss_sum, _, seen, steps = train_epoch(
-                            net, opt, X, Y, config.batch_size, g, augment=config.augment, bar=bar,
-                            margin_reg=config.margin_reg, normalisation=norm_spec, dctx=dctx, n_global=N,
-                            on_step=step_eval if config.eval_every_steps > 0 else None)
-                    step += steps
+                    bar = _progress_bar(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
+                                        quiet=not (progress and writer) or config.quiet)
+                    with bar, dctx.guard(f"training epoch {epoch}") if dctx else contextlib.nullcontext():
+                        loss_sum = train_epoch(net, opt, shard.X_train, shard.y_train, config.batch_size, g,
+                                               augment=config.augment, margin_reg=config.margin_reg,
+                                               normalisation=norm_spec, bar=bar, dctx=dctx, n_global=N,
+                                               on_step=step_eval if config.eval_every_steps > 0 else None)
+                    step += steps_per_epoch
                     if not bool(torch.isfinite(loss_sum)):     # one sync per epoch
-                        raise _Diverged(epoch, f"non-finite training loss ({float(loss_sum / max(seen, 1))})")
+                        raise _Diverged(epoch, f"non-finite training loss ({float(loss_sum) / N})")
                 row = {"epoch": epoch, **evaluate(model, shard, batch_size=eval_bs, dctx=dctx), "lr": lr}
                 sync(device)
                 row["epoch_seconds"] = time.perf_counter() - t0
@@ -807,7 +757,8 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
                 if epoch > 0 and not _finite(row["train_loss"], row["theta_norm"], row["gamma_bar"]):
                     raise _Diverged(epoch, "non-finite loss or weights after the epoch "
                                            f"(train loss {row['train_loss']}, ||theta|| {row['theta_norm']})")
-                if writer and monitor is not None and (epoch % config.monitor_every == 0 or epoch == config.epochs):
+                if writer and config.monitor_every > 0 and (epoch % config.monitor_every == 0
+                                                            or epoch == config.epochs):
                     run_monitor(row)
                 record(epoch, row)
     except _RankFailed as exc:
@@ -816,20 +767,17 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
         raise err from None
     except _Diverged as exc:
         kept = last_ckpt
-        if snapshot is not None and snapshot["epoch"] > last_ckpt_epoch and wout is not None:
+        if snapshot is not None:                    # a good epoch after the last checkpoint: write it now
             model.load_state_dict(snapshot["model"])
             opt.load_state_dict(snapshot["optim"])
-            try:
+            with contextlib.suppress(NonFiniteCheckpointError):     # not good after all: keep the older one
                 kept = save(snapshot["epoch"], snapshot["step"], snapshot["rng"], snapshot["row"])
-            except NonFiniteCheckpointError:
-                pass                                # not good after all: keep the older one
         err = NonFiniteLossError(f"training diverged in epoch {exc.epoch} at lr {lr_at(config, max(exc.epoch, 1)):g}: "
                                  f"{exc.what}; stopped; {where(kept)}")
         err.epoch, err.checkpoint, err.history = exc.epoch, kept, history
         raise err from None
     finally:
         torch.backends.cudnn.benchmark = old_bench
-
     final = _summary(config, model, ds, history, device, out, last_ckpt, resumed_from, time.perf_counter() - t_run)
     final["world_size"] = 1 if dctx is None else dctx.world_size
     if wout is not None:
@@ -880,26 +828,30 @@ def _milestones(s: str) -> list[int]:      # their order is checked by TrainConf
 
 def _checkpoint_every(s: str) -> int | None:
     s = s.strip().lower()
-    return {"auto": None, "none": -1}[s] if s in ("auto", "none") else int_at_least(0)(s)
+    return {"auto": None, "none": -1}[s] if s in ("auto", "none") else nonneg_int(s)
+
+
+def _number(g, flag: str, **kw) -> None:
+    """A numeric option on ``g``: its check from :data:`_CHECKS`, its default from :class:`TrainConfig`."""
+    name = flag[2:].replace("-", "_")
+    g.add_argument(flag, type=_CHECKS[name], default=getattr(TrainConfig, name), **kw)
 
 
 def add_data_model_arguments(g, *, augment: bool = True, data_dir_help: str | None = None) -> None:
-    """The data and model options of ``train`` (``--dataset``, ``--model``, ``--rank``, ...) on the
-    parser or group ``g``; shared with ``check`` (which names a foreign checkpoint's model by them).
-    ``--dataset`` and ``--model`` are optional for argparse: ``main`` demands them unless
-    ``--resume`` takes them from the run folder."""
-    d = TrainConfig()
+    """The data and model options of ``train`` on the parser or group ``g``; shared with ``check``. ``--dataset``
+    and ``--model`` are optional for argparse: ``main`` demands them unless ``--resume`` supplies them."""
     g.add_argument("--dataset", default=None, help=describe_datasets())
     g.add_argument("--model", default=None, help=describe_model_names())
-    g.add_argument("--rank", type=int_at_least(1), default=d.rank, help="rank r of lowrank layers (default 1)")
-    g.add_argument("--layers", type=int_at_least(1), default=d.layers,
+    g.add_argument("--rank", type=positive_int, default=_SPEC.rank, help="rank r of lowrank layers (default 1)")
+    g.add_argument("--layers", type=positive_int, default=_SPEC.layers,
                    help="number of lowrank layers (deep DIQNN; default 1)")
     g.add_argument("--hidden", type=_int_list, default=None, metavar="H[,H...]",
                    help="hidden width(s): relu2 (default 8000), deep lowrank (default 32)")
-    g.add_argument("--conv-channels", type=int_at_least(1), default=d.conv_channels, help="conv-* channels (default 1)")
+    g.add_argument("--conv-channels", type=positive_int, default=_SPEC.conv_channels,
+                   help="conv-* channels (default 1)")
     g.add_argument("--no-conv-bias", dest="conv_bias", action="store_false",
                    help="bias-free conv (conv-lowrank is 4-homogeneous either way)")
-    g.add_argument("--protocol", choices=protocol_names(), default=d.protocol,
+    g.add_argument("--protocol", choices=protocol_names(), default=TrainConfig.protocol,
                    help="named preset of the choices where the paper's text and the authors' code differ "
                         "(margin_theory.protocols): paper (default) or authors; the flags below override it")
     g.add_argument("--init", choices=INITS, default=None, help="head initialisation (default: the protocol's)")
@@ -913,15 +865,14 @@ def add_data_model_arguments(g, *, augment: bool = True, data_dir_help: str | No
     g.add_argument("--data-dir", default=None, help=data_dir_help or "folder with the standard dataset files "
                    "(stored as an absolute path in the run's config)")
     g.add_argument("--download", action="store_true", help="download missing standard files (md5-checked)")
-    g.add_argument("--n-train", type=int_at_least(1), default=None, help="seeded stratified training subset size")
-    g.add_argument("--n-test", type=int_at_least(1), default=None, help="seeded stratified test subset size")
+    _number(g, "--n-train", help="seeded stratified training subset size")
+    _number(g, "--n-test", help="seeded stratified test subset size")
     g.add_argument("--normalize", action="store_true", help="per-channel standardisation of image pixels")
     if augment:
         g.add_argument("--augment", action="store_true", help="random crop (pad 4) + horizontal flip, on device")
 
 
 def build_parser() -> ArgumentParser:
-    d = TrainConfig()
     p = ArgumentParser(
         prog=PROG,
         description="Train a classifier with SGD on a whole-dataset-on-device tensor and record, every "
@@ -929,32 +880,29 @@ def build_parser() -> ArgumentParser:
                     "training set (SPEC §2, §7). Exit status: 0 ok, 2 bad input, 3 non-finite loss.")
     add_data_model_arguments(p.add_argument_group("data and model"))
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int_at_least(0), default=d.epochs, help="epochs (default 10)")
-    o.add_argument("--batch-size", type=int_at_least(1), default=d.batch_size, help="batch size (default 100)")
-    o.add_argument("--lr", type=float_in(0, lo_open=True), default=d.lr, help="learning rate (default 0.01)")
-    o.add_argument("--momentum", type=float_in(0, 1), default=d.momentum, help="SGD momentum (default 0)")
-    o.add_argument("--weight-decay", type=float_in(0), default=d.weight_decay, help="weight decay (default 0)")
+    _number(o, "--epochs", help="epochs (default 10)")
+    _number(o, "--batch-size", help="batch size (default 100)")
+    _number(o, "--lr", help="learning rate (default 0.01)")
+    _number(o, "--momentum", help="SGD momentum (default 0)")
+    _number(o, "--weight-decay", help="weight decay (default 0)")
     o.add_argument("--lr-milestones", type=_milestones, default=[], metavar="E1,E2",
                    help="multiply the lr by --lr-gamma after these epochs (MultiStepLR)")
-    o.add_argument("--lr-gamma", type=float_in(0, lo_open=True), default=d.lr_gamma, help="lr factor (default 0.1)")
-    o.add_argument("--margin-reg", type=float_in(0), default=d.margin_reg, metavar="LAMBDA",
-                   help="margin regularisation: loss = CE - LAMBDA * gamma_bar(batch) (default 0)")
-    o.add_argument("--seed", type=int_at_least(0), default=d.seed,
-                   help="seed of split, init, order, augmentation (default 0)")
-    o.add_argument("--device", default=d.device, help="auto (default; cuda if available), cpu, cuda, cuda:N")
+    _number(o, "--lr-gamma", help="lr factor (default 0.1)")
+    _number(o, "--margin-reg", metavar="LAMBDA",
+            help="margin regularisation: loss = CE - LAMBDA * gamma_bar(batch) (default 0)")
+    _number(o, "--seed", help="seed of split, init, order, augmentation (default 0)")
+    o.add_argument("--device", default=TrainConfig.device, help="auto (default; cuda if available), cpu, cuda, cuda:N")
     r = p.add_argument_group("outputs")
     r.add_argument("--out", default=None, metavar="DIR", help="run folder: config.json, metrics.jsonl, checkpoints/")
     r.add_argument("--checkpoint-every", type=_checkpoint_every, default=None, metavar="K|auto|none",
                    help="checkpoint epoch 0 and every K epochs, plus the final one; 0 = final only; "
                         "auto (default) = every ceil(epochs/10)")
-    r.add_argument("--monitor-every", type=int_at_least(0), default=0, metavar="K",
-                   help="Theorem 2 monitors every K epochs (default 0 = off)")
-    r.add_argument("--monitor-subset", type=int_at_least(1), default=d.monitor_subset, metavar="N",
-                   help="points of the seeded monitor subset (default 512)")
-    r.add_argument("--eval-batch-size", type=int_at_least(1), default=None, help="batch of the evaluation passes")
-    r.add_argument("--eval-every-steps", type=int_at_least(0), default=None, metavar="K",
-                   help="also evaluate the test accuracy every K steps and record the best (test_acc_best); "
-                        "default: the protocol's (paper 0 = per epoch only, authors 20)")
+    _number(r, "--monitor-every", metavar="K", help="Theorem 2 monitors every K epochs (default 0 = off)")
+    _number(r, "--monitor-subset", metavar="N", help="points of the seeded monitor subset (default 512)")
+    _number(r, "--eval-batch-size", help="batch of the evaluation passes")
+    _number(r, "--eval-every-steps", metavar="K",
+            help="also evaluate the test accuracy every K steps and record the best (test_acc_best); "
+                 "default: the protocol's (paper 0 = per epoch only, authors 20)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     r.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
@@ -966,24 +914,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in _FIELDS}).validate()
 
 
-def _resume_defaults(args: argparse.Namespace, given: set[str]) -> list[str]:
+def _resume_defaults(args: argparse.Namespace, given: set[str]) -> None:
     """``train --resume --out X``: every option not on the command line comes from X's
-    ``config.json`` (else the latest checkpoint's sidecar). Returns the names filled in."""
+    ``config.json`` (else the latest checkpoint's sidecar)."""
     out = Path(args.out).expanduser()
-    saved = None
-    try:
-        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        pass
-    if not isinstance(saved, dict):
+    saved = _runfolder.read_config(out)
+    if saved is None:
         ck = latest_checkpoint(out)
         saved = read_sidecar(ck)["config"] if ck is not None else None
     if not isinstance(saved, dict) or ("model" in given and args.model != saved.get("model")):
-        return []       # nothing saved, or another model: train() refuses the resume, naming both
-    filled = [k for k in saved if k in _FIELDS and k not in given and k not in _RESUME_OWN and hasattr(args, k)]
-    for k in filled:
-        setattr(args, k, saved[k])
-    return filled
+        return       # nothing saved, or another model: train() refuses the resume, naming both
+    for k in (set(saved) & set(_FIELDS)) - given - _RESUME_OWN:
+        if hasattr(args, k):
+            setattr(args, k, saved[k])
 
 
 def _human_summary(final: dict) -> str:
