@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import math
+import numbers
 import os
 import sys
 import tempfile
@@ -62,6 +63,16 @@ def explicit_options(parser: argparse.ArgumentParser, argv) -> set[str]:
         if a.dest != "help":
             a.default, a.required = argparse.SUPPRESS, False
     return set(vars(probe.parse_args(argv)))
+
+
+def is_int(v: Any) -> bool:
+    """An integer that is not a bool (JSON/TOML ``true`` is not 1 here); numpy integers count."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """A finite real number that is not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def int_at_least(lo: int):

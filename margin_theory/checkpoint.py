@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ._util import CheckpointError, ConfigError, MarginTheoryError, atomic_write_bytes, atomic_write_json
-from ._util import check_memory, one_line, short_repr
+from ._util import check_memory, is_int, is_number, one_line, short_repr
 from .models import MAX_LAYERS, ModelSpec
 
 __all__ = [
@@ -264,23 +264,15 @@ def read_sidecar(path: str | Path) -> dict:
     return meta
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _ints(v: Any, lo: int, hi: int, n: int = MAX_LAYERS) -> bool:
     """A list of 1..n integers in [lo, hi]."""
-    return isinstance(v, list) and 1 <= len(v) <= n and all(_is_int(d) and lo <= d <= hi for d in v)
+    return isinstance(v, list) and 1 <= len(v) <= n and all(is_int(d) and lo <= d <= hi for d in v)
 
 
 #: optimizer setting -> (test, what it must be); any other setting must be a plain value
-_GROUP_FIELDS = {"params": (lambda v: isinstance(v, list) and all(_is_int(i) and 0 <= i < 2**31 for i in v),
+_GROUP_FIELDS = {"params": (lambda v: isinstance(v, list) and all(is_int(i) and 0 <= i < 2**31 for i in v),
                             "a list of parameter indices"),
-                 **dict.fromkeys(("lr", "momentum", "dampening", "weight_decay"), (_is_number, "a finite number")),
+                 **dict.fromkeys(("lr", "momentum", "dampening", "weight_decay"), (is_number, "a finite number")),
                  **dict.fromkeys(("nesterov", "maximize", "foreach", "differentiable", "fused"),
                                  (lambda v: v is None or isinstance(v, bool), "true, false or null"))}
 _PLAIN = (lambda v: v is None or isinstance(v, (bool, int, float, str)), "a plain value")
@@ -296,9 +288,9 @@ def _validate_sidecar(meta: dict, sidecar: Path) -> None:
         if key not in meta:
             raise CheckpointError(f"{sidecar}: sidecar lacks the field {key!r}")
     for key, hi in (("epoch", 10**9), ("step", 2**62)):
-        check(_is_int(meta[key]) and 0 <= meta[key] <= hi, f"{key} must be an integer in [0, {hi}]", meta[key])
+        check(is_int(meta[key]) and 0 <= meta[key] <= hi, f"{key} must be an integer in [0, {hi}]", meta[key])
     check(isinstance(meta["config"], dict), "config must be a JSON object", type(meta["config"]).__name__)
-    check(_is_int(meta["tensor_bytes"]) and meta["tensor_bytes"] >= 8, "tensor_bytes must be an integer >= 8",
+    check(is_int(meta["tensor_bytes"]) and meta["tensor_bytes"] >= 8, "tensor_bytes must be an integer >= 8",
           meta["tensor_bytes"])
     sha = meta["tensor_sha256"]
     check(isinstance(sha, str) and bool(_SHA_RE.match(sha)),
@@ -309,13 +301,13 @@ def _validate_sidecar(meta: dict, sidecar: Path) -> None:
           "invalid model_args (an object with a model name)", ma)
     check(_ints(ma.get("input_shape"), 1, 2**24, 4), "model_args.input_shape must be 1 to 4 integers in [1, 2^24]",
           ma.get("input_shape"))
-    check(_is_int(ma.get("num_classes")) and 2 <= ma["num_classes"] <= 2**24,
+    check(is_int(ma.get("num_classes")) and 2 <= ma["num_classes"] <= 2**24,
           "model_args.num_classes must be an integer in [2, 2^24]", ma.get("num_classes"))
     for key, hi in (("rank", 2**40), ("layers", MAX_LAYERS), ("conv_channels", 2**24)):
         v = ma.get(key, _MODEL_ARG_DEFAULTS[key])
-        check(_is_int(v) and 1 <= v <= hi, f"model_args.{key} must be an integer in [1, {hi}]", v)
+        check(is_int(v) and 1 <= v <= hi, f"model_args.{key} must be an integer in [1, {hi}]", v)
     hid = ma.get("hidden")
-    check(hid is None or (_is_int(hid) and 1 <= hid <= 2**40) or _ints(hid, 1, 2**40),
+    check(hid is None or (is_int(hid) and 1 <= hid <= 2**40) or _ints(hid, 1, 2**40),
           "model_args.hidden must be null or positive integers", hid)
     check(isinstance(ma.get("conv_bias", True), bool), "model_args.conv_bias must be true or false",
           ma.get("conv_bias"))
@@ -371,7 +363,7 @@ def _check_header(tensor_path: Path, blob: bytes, meta: dict, expected: dict, wh
         raise CheckpointError(f"{what}: tensors do not match the model ({'; '.join(parts)})")
     for name, info in header.items():
         if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) or \
-                not isinstance(info.get("shape"), list) or not all(_is_int(d) and d >= 0 for d in info["shape"]):
+                not isinstance(info.get("shape"), list) or not all(is_int(d) and d >= 0 for d in info["shape"]):
             raise CheckpointError(f"{tensor_path}: bad header entry for tensor {name[:80]!r}")
         dtype, shape = info["dtype"], tuple(info["shape"])
         if name.startswith("model."):

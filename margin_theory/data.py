@@ -132,10 +132,6 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path(data_dir).expanduser()
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _number(what: str, value, lo: float, hi: float, expect: str) -> float:
     """``value`` as a finite float in ``(lo, hi)`` (``_util.float_in``; bools refused), else DataError: ``expect``."""
     with contextlib.suppress(TypeError, ValueError, OverflowError, argparse.ArgumentTypeError):
@@ -191,7 +187,7 @@ class Dataset:
         for split, n, X, y in (("train", n_train, self.X_train, self.y_train),
                                ("test", n_test, self.X_test, self.y_test)):
             N = int(y.shape[0])
-            if n is not None and (not _is_int(n) or n < 1):
+            if n is not None and (not _util.is_int(n) or n < 1):
                 raise DataError(f"subset: n_{split} must be a positive integer, got {n!r}")
             if n is not None and n < N:
                 idx, how = _sample_indices(y.detach().cpu().numpy(), int(n), seed)
@@ -213,7 +209,7 @@ class Dataset:
 def _sample_indices(y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, str]:
     from sklearn.model_selection import train_test_split
 
-    if not _is_int(seed) or not 0 <= seed < 2 ** 32:
+    if not _util.is_int(seed) or not 0 <= seed < 2 ** 32:
         raise DataError(f"subset: seed must be an integer in 0..2**32-1, got {_util.short_repr(seed, 40)}")
     seed = int(seed)
     try:
@@ -235,7 +231,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, downlo
     ignore them, noted in ``info['notes']``); ``normalize``: per-channel standardisation of image pixels."""
     spec = REGISTRY[canonical_name(name)]
     name, seeded = spec.name, spec.test_fraction is not None
-    if not _is_int(seed) or (seeded and not 0 <= seed < 2 ** 32):
+    if not _util.is_int(seed) or (seeded and not 0 <= seed < 2 ** 32):
         raise DataError("seed (--seed) must be an integer" + (f" in 0..2**32-1 (it seeds {name}'s "
                         f"split)" if seeded else "") + f", got {_util.short_repr(seed, 40)}")
     if test_fraction is not None:
@@ -1137,7 +1133,7 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None, mirro
     seconds = f"a finite number of seconds > 0 and < {_MAX_SECONDS:g}"
     timeout = _number("timeout (--timeout)", timeout, 0.0, _MAX_SECONDS, seconds)
     deadline = _number("deadline (--deadline)", deadline, 0.0, _MAX_SECONDS, seconds)
-    if not _is_int(max_bytes) or max_bytes < 1:
+    if not _util.is_int(max_bytes) or max_bytes < 1:
         raise DataError(f"max_bytes must be a positive integer, got {_util.short_repr(max_bytes, 40)}")
     root = default_data_dir(data_dir)
     if spec.bundled:

@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from ._util import CheckpointError, ConfigError, one_line, tomllib
+from ._util import CheckpointError, ConfigError, is_int, one_line, tomllib
 from .checkpoint import Checkpoint, _build, describe_model_args
 from .margins import NotHomogeneousError, predict
 from .models import AffineInput, Classifier, LinearHead, LowRankHead, ModelSpec, QuadraticHead
@@ -498,7 +498,7 @@ def check_model(model: nn.Module, X: torch.Tensor, y: torch.Tensor, *, degree: i
     from .homogeneity import numeric_homogeneity
     if normalisation not in ("auto", "full", "head"):
         raise ConfigError(f"normalisation must be auto, full or head, got {normalisation!r}")
-    if degree is not None and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 1):
+    if degree is not None and (not is_int(degree) or degree < 1):
         raise ConfigError(f"degree must be a positive integer, got {degree!r}")
     if X.shape[0] != y.shape[0] or X.shape[0] == 0:
         raise ConfigError(f"X has {X.shape[0]} samples but y has {y.shape[0]}" if X.shape[0] else "X is empty")

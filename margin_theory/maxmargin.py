@@ -46,7 +46,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._util import (ArgumentParser, ConfigError, MarginTheoryError, check_output_path, cli_entry, explicit_options,
-                    nonneg_int, one_line, positive_int, print_json, progress, save_figure, use_agg_backend)
+                    is_int, is_number, nonneg_int, one_line, positive_int, print_json, progress, save_figure,
+                    use_agg_backend)
 
 __all__ = [
     "MaxMarginResult", "ProblemTooLargeError", "LIMITS", "HEAD_DEGREE", "solve_max_margin", "solve_linear_svm",
@@ -500,9 +501,9 @@ def gradient_descent(model, X, y, *, lr: float, steps: int, optimum: MaxMarginRe
 
     from .margins import compute_margins
 
-    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
+    if not (is_number(lr) and lr > 0):
         raise ConfigError(f"lr must be a positive number, got {lr!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if not is_int(steps) or steps < 0:
         raise ConfigError(f"steps must be a non-negative integer, got {steps!r}")
     kind = head_of(model)
     m = copy.deepcopy(model).to("cpu", torch.float64)     # the data below are on the CPU

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._util import ConfigError
+from ._util import ConfigError, is_int
 
 __all__ = [
     "LinearHead", "QuadraticHead", "LowRankHead", "Classifier", "ResNetFeatures",
@@ -349,12 +349,12 @@ class ModelSpec:
         h = self.hidden
         if h is not None:
             h = (h,) if isinstance(h, int) else tuple(h) if isinstance(h, (list, tuple)) else None
-            if not h or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in h):
+            if not h or any(not is_int(v) or v < 1 for v in h):
                 raise ConfigError(f"hidden width must be >= 1, got {self.hidden!r}")
             object.__setattr__(self, "hidden", h)
         for k in ("rank", "layers", "conv_channels"):
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int):
+            if not is_int(v):
                 raise ConfigError(f"{k.replace('_', ' ')} must be an integer, got {v!r}")
             if v < 1:
                 raise ConfigError(f"{k.replace('_', ' ')} must be >= 1, got {v}")

@@ -13,14 +13,13 @@ import contextlib
 import datetime as _dt
 import errno
 import json
-import math
 import os
 import re
 import socket
 from pathlib import Path
 from typing import Any, Iterator
 
-from ._util import ConfigError, DataError, check_memory, clip, one_line, short_repr
+from ._util import ConfigError, DataError, check_memory, clip, is_int, is_number, one_line, short_repr
 from .checkpoint import CHECKPOINT_DIR, FORMAT as _CKPT_FORMAT
 from .models import MAX_LAYERS
 from .data import REGISTRY, canonical_name
@@ -133,18 +132,14 @@ def _reject_constant(name: str):
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_num(v: Any) -> bool:
-    return v in ("inf", "-inf") or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+    return v in ("inf", "-inf") or is_number(v)
 
 
 #: the typed keys of a metrics row: (check of a non-null value, what it must be)
 _ROW_TYPES = {**{k: (_is_num, "a number") for k in ("train_loss", "train_acc", "test_acc", "gamma_bar", "gamma_min",
                                                     "theta_norm", "lr", "epoch_seconds", "monitor_seconds")},
-              "degree": (_is_int, "an integer or null"), "normalisation": (lambda v: isinstance(v, str), "a string")}
+              "degree": (is_int, "an integer or null"), "normalisation": (lambda v: isinstance(v, str), "a string")}
 
 
 def read_metrics(path: str | os.PathLike, *, required: bool = False) -> list[dict]:
@@ -194,7 +189,7 @@ def read_metrics(path: str | os.PathLike, *, required: bool = False) -> list[dic
             why = "no 'epoch'" if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
             raise RunFolderError(f"{at} is not a metrics record ({why})")
         e, last = row["epoch"], rows[-1]["epoch"] if rows else -1
-        if not _is_int(e) or e < 0:
+        if not is_int(e) or e < 0:
             raise RunFolderError(f"{at}: epoch must be an integer >= 0, got {short_repr(e, 60)}")
         if e <= last:
             raise RunFolderError(f"{at}: epoch {e} does not follow epoch {last} (epochs must increase)")

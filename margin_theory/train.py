@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from . import runfolder as _runfolder
 from ._util import (ArgumentParser, CheckpointError, ConfigError, NonFiniteLossError, atomic_write_json,
-                    atomic_write_text, check_output_path, cli_entry, clip, dumps_json, explicit_options,
+                    atomic_write_text, check_output_path, cli_entry, clip, dumps_json, explicit_options, is_int,
                     float_in, int_at_least, nonneg_int, one_line, positive_int, print_json, sync)
 from ._util import progress as _progress_bar
 from .checkpoint import (NonFiniteCheckpointError, checkpoint_files, checkpoint_stem, comparable,
@@ -160,18 +160,18 @@ class TrainConfig:
             if isinstance(v, float) and v.is_integer():
                 setattr(self, name, int(v))
         for name, check in _CHECKS.items():         # the model's integers: ModelSpec checks them
-            v, is_int = getattr(self, name), name in _INTS
+            v, integral = getattr(self, name), name in _INTS
             if v is None and _INTS.get(name):
                 continue
-            if isinstance(v, bool) or not isinstance(v, int if is_int else (int, float)):
-                raise ConfigError(f"{name} must be {'an integer' if is_int else 'a finite number'}, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int if integral else (int, float)):
+                raise ConfigError(f"{name} must be {'an integer' if integral else 'a finite number'}, got {v!r}")
             try:
-                setattr(self, name, check(repr(v if is_int else float(v))))
+                setattr(self, name, check(repr(v if integral else float(v))))
             except argparse.ArgumentTypeError as exc:
                 raise ConfigError(f"{name} {exc}") from None
         self.hidden = self.model_spec().as_dict()["hidden"]
         if not isinstance(self.lr_milestones, (list, tuple)) or \
-                any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.lr_milestones):
+                any(not is_int(m) or m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones must be positive integers, got {self.lr_milestones!r}")
         self.lr_milestones = [int(m) for m in self.lr_milestones]
         if self.lr_milestones != sorted(set(self.lr_milestones)):
