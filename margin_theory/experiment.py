@@ -453,8 +453,7 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
     }
     jobs = [(r, s) for r in plan.runs for s in r.seeds]
     live: dict[tuple[str, str], list[dict]] = {}
-    bar = progress(total=len(jobs), desc=f"{name} ({scale})", quiet=quiet, unit="run")
-    try:
+    with progress(total=len(jobs), desc=f"{name} ({scale})", quiet=quiet, unit="run") as bar:
         for i, (run, seed) in enumerate(jobs):
             cfg = plan.config(run, data_dir=data_dir, seed=seed, device=device, quiet=True)
             rec = _train_one(cfg, cache_dir, f"{run.part} {run.label}", verbose)
@@ -465,8 +464,6 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
                 what = f"test acc {100 * acc:.2f}%" if isinstance(acc, (int, float)) else rec["status"]
                 bar.write(f"[{i + 1}/{len(jobs)}] {name} {run.part} {run.label} seed {seed}: {what} "
                           f"({rec['wall_s']:.1f} s{', cached' if rec.get('cached') else ''})", file=sys.stderr)
-    finally:
-        bar.close()
     for run in plan.runs:
         results["runs"].append(row := _summary(run, live.get((run.part, run.label), [])))
         if row["n_ok"]:
@@ -714,7 +711,7 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     if not isinstance(model.head, QuadraticHead):
         raise ConfigError(f"eigen analysis needs a full quadratic head, got {type(model.head).__name__}")
     ds = load_data_for(cfg, torch.device("cpu"))
-    Xtr, Xte, yte = ds.X_train.to("cpu", torch.float32), ds.X_test.to("cpu", torch.float32), ds.y_test.to("cpu")
+    Xtr, Xte, yte = ds.X_train, ds.X_test, ds.y_test
     with torch.no_grad():
         feats = model.features(Xtr).flatten(1).to(torch.float64)
         p = torch.softmax(predict(model, Xtr).to(torch.float64), dim=1)          # (N, C)
