@@ -272,10 +272,8 @@ def _how_to_get(dataset: str, data_dir: str | None) -> str:
 
 def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seeds: int | None = None,
                     parts: list[str] | None = None, protocol: str | None = None) -> Plan:
-    """Resolve ``spec`` at ``scale``: which data each part uses (checking the files), the runs and
-    their merged settings. Paper scale with missing data raises :class:`ConfigError`; smoke/tiny
-    skip that part with a note. ``protocol`` (a name from :mod:`margin_theory.protocols`), when
-    given, overrides every run's; otherwise runs use the definition's (default ``paper``)."""
+    """Resolve ``spec`` at ``scale``: each part's data (missing: :class:`ConfigError` at paper scale, else the
+    part is skipped with a note), the runs and their merged settings; ``protocol`` overrides every run's."""
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
     name = spec["name"]
@@ -1128,7 +1126,7 @@ def _md_margin(an: dict) -> list[str]:
         "n/a" if (fr := s["fraction_epochs_gamma_bar_rose"]) is None else f"{100 * fr:.0f}%",
         f"{_f(s['spearman_rho'], '.3f')} ({_f(s['spearman_p'], '.2g')})",
         _epochs(s["theorem_applies_epochs"], s["monitor_epochs"]),
-        f"{len(s.get('A1_epochs', []))} / {len(s.get('A3_epochs', []))} of {s['monitor_epochs']}",
+        f"{len(s['A1_epochs'])} / {len(s['A3_epochs'])} of {s['monitor_epochs']}",
         ", ".join(_f(s["final_monitor"][k], ".3g") for k in ("rho", "cv", "eps")) if s.get("final_monitor") else "n/a",
         _epochs(s["velocity_positive_epochs"], s["monitor_epochs"])] for r, s in seeds])
     L += ["", "Theorem 2's conditions are sufficient, not necessary: where they fail it says nothing, and the "
@@ -1138,8 +1136,8 @@ def _md_margin(an: dict) -> list[str]:
           + " (gamma_smoothed is meaningful once the summed loss S < log 2). Cells: start -> end, Spearman rho "
           "with test accuracy.", ""]
     L += _table(["part", "run", "seed", *MARGIN_DEFINITIONS], "llr", [[r["part"], r["label"], s["seed"], *(
-        f"{_f(d.get('initial'), '+.3g')} -> {_f(d.get('final'), '+.3g')}, rho {_f(d.get('spearman_rho'), '.2f')}"
-        for d in ((s.get("definitions") or {}).get(key) or {} for key in MARGIN_DEFINITIONS))] for r, s in seeds])
+        f"{_f(d['initial'], '+.3g')} -> {_f(d['final'], '+.3g')}, rho {_f(d['spearman_rho'], '.2f')}"
+        for d in s["definitions"].values())] for r, s in seeds])
     return L + [""]
 
 
