@@ -709,16 +709,15 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     if not isinstance(model.head, QuadraticHead):
         raise ConfigError(f"eigen analysis needs a full quadratic head, got {type(model.head).__name__}")
     ds = load_data_for(cfg, torch.device("cpu"))
-    Xtr, Xte, yte = ds.X_train, ds.X_test, ds.y_test
     with torch.no_grad():
-        feats = model.features(Xtr).flatten(1).to(torch.float64)
-        p = torch.softmax(predict(model, Xtr).to(torch.float64), dim=1)          # (N, C)
+        feats = model.features(ds.X_train).flatten(1).to(torch.float64)
+        p = torch.softmax(predict(model, ds.X_train).to(torch.float64), dim=1)          # (N, C)
     W = model.head.weight.detach().to(torch.float64)
     C, d, _ = W.shape
     sta = (p.T @ feats) / p.sum(0).unsqueeze(1)                                  # (C, d)
     xbar = feats.mean(0)
     ks = sorted({int(k) for k in cfg_e.get("ks", [1, 2, 4, 8, 16, 32]) if 1 <= int(k) <= d} | {d})
-    lam, V, trained = _eigen_report(model, W, sta, xbar, ds.classes, ks, Xte, yte)
+    lam, V, trained = _eigen_report(model, W, sta, xbar, ds.classes, ks, ds.X_test, ds.y_test)
     rows = [("leading eigenvector\nof trained $W_i$", V, lam, trained["per_class"])]
     with torch.random.fork_rng(devices=[]):            # the learned update Delta W = W - W(0)
         torch.manual_seed(cfg.seed)
@@ -728,7 +727,8 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
                                  else m0.head.parameters()).detach())
     recorded = rec["history"][0].get("theta_norm")
     if isinstance(recorded, (int, float)) and abs(init_norm - recorded) <= 1e-5 * max(recorded, 1e-12):
-        dlam, dV, delta = _eigen_report(model, W - W0, sta, xbar, ds.classes, ks, Xte, yte, drop_linear=True)
+        dlam, dV, delta = _eigen_report(model, W - W0, sta, xbar, ds.classes, ks, ds.X_test, ds.y_test,
+                                        drop_linear=True)
         delta.update({"norm_ratio_update_to_init": float((W - W0).norm() / W0.norm()),
                       "note": "Delta W_i = W_i - W_i(0): the initialisation rebuilt from the run's seed "
                               f"(||theta(0)|| = {init_norm:.6g} equals the recorded initial ||theta||); the model "
@@ -912,12 +912,8 @@ def _reach_checks(rows: list[dict]) -> dict:
 
 
 def analysis_reach(plan: Plan, results: dict, live: dict, out: Path) -> dict:
-    """Fig. 6: first epoch at which the test accuracy reaches each of the part's targets, per lambda.
-
-    ``target`` in a part is one accuracy or a list; "reach epoch" = the first evaluated epoch
-    (the trainer evaluates once per epoch) whose test accuracy is >= the target, None if never.
-    Also reported: the test accuracy after the first epoch (early speed) and at the end.
-    """
+    """Fig. 6, per lambda: the reach epoch of each of the part's targets (the first evaluated epoch whose test
+    accuracy is >= the target, None if never), the test accuracy after epoch 1 (early speed) and at the end."""
     res: dict[str, Any] = {"parts": {}, "figures": []}
     parts, fig, axes = _part_axes(plan)
     if fig is None:
