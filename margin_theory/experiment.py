@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from ._util import (ArgumentParser, ConfigError, MarginTheoryError, NonFiniteLossError, atomic_write_json,
                     atomic_write_text, check_output_path, cli_entry, dumps_json, one_line, positive_int,
@@ -47,7 +46,6 @@ from .models import ModelSpec, QuadraticHead
 from .protocols import get_protocol, protocol_names, with_recipe
 from .runfolder import read_metrics
 from .train import TrainConfig, build_model_for, load_data_for, select_device, train
-from .xor_flow import plot_result, random_init, solve_xor_flow
 
 __all__ = ["SCALES", "ANALYSES", "default_experiments_dir", "list_experiments", "load_definition",
            "plan_experiment", "run_experiment", "Plan", "PlannedRun", "main"]
@@ -777,6 +775,8 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
 def _spearman(v: np.ndarray, ta: np.ndarray) -> tuple[float, float, np.ndarray]:
     """Spearman (rho, p) of ``v`` against test accuracy over the epochs where both are finite (NaN for
     fewer than 3 epochs or a constant trajectory, where it is undefined), and that mask."""
+    from scipy.stats import spearmanr      # (scipy.stats takes seconds to import)
+
     ok = np.isfinite(v) & np.isfinite(ta)
     if ok.sum() >= 3 and np.ptp(v[ok]) > 0 and np.ptp(ta[ok]) > 0:
         rho, pval = spearmanr(v[ok], ta[ok])
@@ -953,6 +953,8 @@ def _table_cfg(plan: Plan, section: str) -> dict:
 
 def analysis_xor(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     """Theorem 1 / Fig. 4: gradient flow from ``seeds`` random starts (and gradient descent from the first)."""
+    from .xor_flow import plot_result, random_init, solve_xor_flow      # (scipy: seconds to import)
+
     cx = _table_cfg(plan, "xor")
     t_max, points, rtol = float(cx.get("t_max", 1e6)), int(cx.get("points", 400)), float(cx.get("rtol", 1e-10))
     starts, sols = [], []
