@@ -1399,22 +1399,21 @@ def main(argv=None) -> int:
               experiments_dir=args.experiments_dir, quiet=args.quiet, verbose=args.verbose, command=command)
     outs = []
     for n in names:
-        out = Path(args.out or root) / n if args.name == "all" else args.out
+        out = Path(args.out) / n if args.out and args.name == "all" else Path(args.out or root / n)
         if args.protocol != "both":
             outs.append(res := run_experiment(n, args.scale, out=out, protocol=args.protocol, **kw))
             if not args.json:
                 print(render_markdown(res) + f"\nwritten: {Path(res['out']) / 'results.md'}, results.json"
                       + (f", {len(res['figures'])} figure(s)" if res.get("figures") else ""))
             continue
-        base = Path(out) if out is not None else root / n
-        per = {p: run_experiment(n, args.scale, out=base / p, protocol=p, **kw) for p in protocol_names()}
+        per = {p: run_experiment(n, args.scale, out=out / p, protocol=p, **kw) for p in protocol_names()}
         cmp = compare_protocols(per)
-        atomic_write_json(base / "comparison.json", cmp)
-        atomic_write_text(base / "comparison.md", render_comparison(cmp))
+        atomic_write_json(out / "comparison.json", cmp)
+        atomic_write_text(out / "comparison.md", render_comparison(cmp))
         outs.append({"comparison": cmp, "per_protocol": per})
         if not args.json:
-            print(render_comparison(cmp) + f"\nwritten: {base / 'comparison.md'}, comparison.json, "
-                  + ", ".join(f"{base / p}/results.md" for p in per))
+            print(render_comparison(cmp) + f"\nwritten: {out / 'comparison.md'}, comparison.json, "
+                  + ", ".join(f"{out / p}/results.md" for p in per))
     if args.json:
         print_json(outs[0] if len(outs) == 1 else {"experiments": outs})
     return 0
