@@ -1,27 +1,14 @@
 r"""Reproduce the paper's tables and figures from readable definitions (SPEC §7).
 
-Each result has one TOML file in ``experiments/`` (``--list`` shows them); its format, the
-scales (``paper``: the paper's protocol and data, else exit 2; ``smoke``: CPU minutes, a part
-without its data skipped with a note; ``tiny``: seconds, for the tests) and the outputs are
-described in ``experiments/README.md``. Settings merge in this order, later winning: ``[train]`` <
-run < ``scales.S.train`` < ``parts.P.S.train`` < ``run.override.S``. Each (run, seed) becomes a
-TrainConfig for :func:`margin_theory.train.train`; the final test accuracy is aggregated over seeds
-(mean +- sample std) and the analyses the definition names are run:
-
-* ``accuracy``: the table (paper's number beside ours) and test-accuracy curves;
-* ``ranks`` (Fig. 3): accuracy against the Low-Rank DIQNN's rank, against linear and relu2;
-* ``eigen`` (Fig. 2): see :func:`analysis_eigen` (eigenpairs by |lambda|, the spike-triggered
-  average :math:`\mathrm{STA}_i = \sum_n p_i(x_n) x_n / \sum_n p_i(x_n)`, top-k accuracy, and the
-  same for the learned update :math:`\Delta W_i = W_i - W_i(0)`);
-* ``margin`` (Fig. 5): :math:`\bar\gamma` (SPEC §2) and every margin definition against test accuracy
-  per epoch (Spearman rho), and the Theorem 2 verdicts (:func:`margin_theory.assumptions.theorem2_report`);
-* ``reach`` (Fig. 6): the first epoch at which the test accuracy reaches each target of the part;
-* ``xor`` (Theorem 1 / Fig. 4): :func:`margin_theory.xor_flow.solve_xor_flow` from random starts;
-* ``maxmargin``: gradient descent against the max-margin optimum (:mod:`margin_theory.maxmargin`).
-
-Outputs in ``--out`` (default ``results/<scale>/<name>``), written atomically: ``results.json``,
-``results.md`` and PNG figures; ``--cache-dir DIR`` keeps every trained run folder under a hash of
-its training configuration, so an identical run elsewhere is loaded, not retrained.
+Each result has one TOML file in ``experiments/`` (format, scales and outputs: ``experiments/README.md``).
+Settings merge in this order, later winning: ``[train]`` < run < ``scales.S.train`` < ``parts.P.S.train`` <
+``run.override.S``. Each (run, seed) is one :func:`margin_theory.train.train` run (``--cache-dir``: kept
+under a hash of its configuration and reused); the final test accuracy is aggregated over seeds (mean +-
+sample std), then the definition's analyses run: ``accuracy`` (the table and accuracy curves), ``ranks``
+(Fig. 3), ``eigen`` (Fig. 2), ``margin`` (Fig. 5: :math:`\bar\gamma`, SPEC §2, and every margin definition
+against test accuracy; Theorem 2's verdicts), ``reach`` (Fig. 6), ``xor`` (Theorem 1 / Fig. 4) and
+``maxmargin`` (:mod:`margin_theory.maxmargin`). Outputs in ``--out``, written atomically: ``results.json``,
+``results.md`` and PNG figures.
 
 Command line::
 
@@ -46,14 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ._util import (ArgumentParser, tomllib, ConfigError, MarginTheoryError, NonFiniteLossError, atomic_write_json,
+from ._util import (ArgumentParser, ConfigError, MarginTheoryError, NonFiniteLossError, atomic_write_json,
                     atomic_write_text, check_output_path, cli_entry, dumps_json, one_line, positive_int,
-                    print_json, progress, save_figure, use_agg_backend)
+                    print_json, progress, save_figure, tomllib, use_agg_backend)
+from .checkpoint import latest_checkpoint, read_checkpoint
 from .data import REGISTRY, available, canonical_name
-from .margins import MARGIN_DEFINITIONS
-from .models import ModelSpec
+from .margins import MARGIN_DEFINITIONS, accuracy, param_norm, predict
+from .maxmargin import render_markdown as _md_maxmargin, run_experiment_cases
+from .models import ModelSpec, QuadraticHead
 from .protocols import get_protocol, protocol_names, with_recipe
+from .runfolder import read_metrics
+from .train import TrainConfig, build_model_for, load_data_for, select_device, train
 
 __all__ = ["SCALES", "ANALYSES", "default_experiments_dir", "list_experiments", "load_definition",
            "plan_experiment", "run_experiment", "Plan", "PlannedRun", "main"]
@@ -76,9 +68,7 @@ TOP_KEYS = frozenset({"name", "title", "reproduces", "analysis", "paper_source",
 _CACHE_IGNORED = RUNNER_FIELDS - {"dataset", "n_train", "n_test", "seed"}
 
 
-# ---------------------------------------------------------------------------
-# Definitions
-# ---------------------------------------------------------------------------
+# --- Definitions ---
 def default_experiments_dir() -> Path:
     """``experiments/`` beside the package (an editable install or a source checkout)."""
     return Path(__file__).resolve().parents[1] / "experiments"
@@ -96,13 +86,9 @@ def _experiments_dir(path: str | Path | None) -> Path:
 def list_experiments(experiments_dir: str | Path | None = None) -> list[dict]:
     """Name, title, what it reproduces, parts and scales of every definition (sorted by name)."""
     d = _experiments_dir(experiments_dir)
-    out = []
-    for f in sorted(d.glob("*.toml")):
-        spec = load_definition(f.stem, d)
-        out.append({"name": spec["name"], "title": spec.get("title", ""),
-                    "reproduces": spec.get("reproduces", ""), "parts": sorted(spec.get("parts", {})),
-                    "analysis": spec["analysis"], "file": str(f)})
-    return out
+    return [{"name": s["name"], "title": s.get("title", ""), "reproduces": s.get("reproduces", ""),
+             "parts": sorted(s.get("parts", {})), "analysis": s["analysis"], "file": s["_file"]}
+            for s in (load_definition(f.stem, d) for f in sorted(d.glob("*.toml")))]
 
 
 def load_definition(name: str, experiments_dir: str | Path | None = None) -> dict:
@@ -133,24 +119,28 @@ def _is_target(t: Any) -> bool:
     return bool(vals) and all(type(x) in (int, float) and 0 < x <= 1 for x in vals)
 
 
+def _strings(v: Any, at_least: int = 0) -> bool:
+    return isinstance(v, list) and len(v) >= at_least and all(isinstance(x, str) for x in v)
+
+
 def _validate_definition(spec: dict, path: Path) -> None:
     """The definition's structure; each table's training settings are checked by
     ``TrainConfig.from_dict`` (the merged ones again by :func:`plan_experiment`)."""
-    from .train import TrainConfig
-
     fields = set(TrainConfig.__dataclass_fields__) - RUNNER_FIELDS
 
     def fail(msg: str):
         raise ConfigError(f"{path.name}: {msg}") from None
 
-    def table(v: Any, ctx: str) -> dict:
+    def table(v: Any, ctx: str, allowed=None, **rules) -> dict:
+        """``v``, a table of only ``allowed`` keys (None: any); ``rules``: key -> (test, what the value must be)."""
         if not isinstance(v, dict):
             fail(f"{ctx} must be a table, got {type(v).__name__}")
-        return v
-
-    def only(d: dict, allowed, ctx: str) -> None:
-        if bad := sorted(set(d) - set(allowed)):
+        if allowed is not None and (bad := sorted(set(v) - set(allowed))):
             fail(f"{ctx} has unknown key(s) {', '.join(bad)}")
+        for k, (ok, what) in rules.items():
+            if k in v and not ok(v[k]):
+                fail(f"{ctx} {k} must be {what}, got {v[k]!r}")
+        return v
 
     def call(ctx: str, fn, *args, **kw):
         try:
@@ -167,50 +157,32 @@ def _validate_definition(spec: dict, path: Path) -> None:
         call(ctx, TrainConfig.from_dict, {**(run or {}), **d}, applicable=run is not None)
         return d
 
-    if unknown := sorted(set(spec) - TOP_KEYS):
-        fail(f"unknown top-level key(s) {', '.join(unknown)}")
-    if spec.get("name") != path.stem:
-        fail(f"name = {spec.get('name')!r} must equal the file name {path.stem!r}")
-    analysis = spec.get("analysis")
-    if not isinstance(analysis, list) or not analysis or any(a not in ANALYSES for a in analysis):
-        fail(f"analysis must be a non-empty list from {', '.join(ANALYSES)}")
-    base = settings(spec.get("train", {}), "[train]")
     def analysis_table(d: Any, sec: str, ctx: str) -> None:
-        only(table(d, ctx), ("paper_claims", *ANALYSIS_KEYS.get(sec, ())), ctx)
+        table(d, ctx, ("paper_claims", *ANALYSIS_KEYS.get(sec, ())), paper_claims=(_strings, "a list of strings"))
         if sec == "xor" and (bad := [k for k, v in d.items() if k != "paper_claims" and type(v) not in (int, float)]):
             fail(f"{ctx} {', '.join(bad)} must be numbers")
 
+    table(spec, "the top level", TOP_KEYS)
+    if spec.get("name") != path.stem:
+        fail(f"name = {spec.get('name')!r} must equal the file name {path.stem!r}")
+    if not _strings(analysis := spec.get("analysis"), 1) or not set(analysis) <= set(ANALYSES):
+        fail(f"analysis must be a non-empty list from {', '.join(ANALYSES)}")
+    base = settings(spec.get("train", {}), "[train]")
     for sec in ANALYSES[1:]:
-        if sec in spec:
-            analysis_table(spec[sec], sec, f"[{sec}]")
-        claims = spec[sec].get("paper_claims", []) if sec in spec else []
-        if not isinstance(claims, list) or not all(isinstance(c, str) for c in claims):
-            fail(f"[{sec}] paper_claims must be a list of strings")
-    scales = table(spec.get("scales", {}), "[scales]")
-    if set(scales) - set(SCALES):
-        fail(f"[scales] may only define {', '.join(SCALES)}")
-    for s, sd in scales.items():
-        only(table(sd, f"[scales.{s}]"), ("seeds", "train", "xor", "maxmargin"), f"[scales.{s}]")
+        analysis_table(spec.get(sec, {}), sec, f"[{sec}]")
+    for s, sd in table(spec.get("scales", {}), "[scales]", SCALES).items():
+        table(sd, f"[scales.{s}]", ("seeds", "train", "xor", "maxmargin"), seeds=(_is_count, "a positive integer"))
         for sec in ("xor", "maxmargin"):
             analysis_table(sd.get(sec, {}), sec, f"[scales.{s}.{sec}]")
-        if not _is_count(sd.get("seeds", 1)):
-            fail(f"[scales.{s}] seeds must be a positive integer")
         settings(sd.get("train", {}), f"[scales.{s}.train]")
     parts = table(spec.get("parts", {}), "[parts]")
+    count = (_is_count, "a positive integer")
     for p, pd in parts.items():
-        for s, ps in table(pd, f"[parts.{p}]").items():
+        for s, ps in table(pd, f"[parts.{p}]", SCALES).items():
             ctx = f"[parts.{p}.{s}]"
-            if s not in SCALES:
-                fail(f"{ctx}: unknown scale {s!r}")
-            table(ps, ctx)
-            if "target" in ps and not _is_target(ps["target"]):
-                fail(f"{ctx} target must be an accuracy in (0, 1] or a non-empty list of them, got {ps['target']!r}")
-            for k in ("n_train", "n_test"):
-                if ps.get(k) is not None and not _is_count(ps[k]):
-                    fail(f"{ctx} {k} must be a positive integer, got {ps[k]!r}")
-            only(ps, PART_META_KEYS, ctx)
-            ds = ps.get("dataset")
-            if not (isinstance(ds, str) or (isinstance(ds, list) and ds and all(isinstance(x, str) for x in ds))):
+            table(ps, ctx, PART_META_KEYS, n_train=count, n_test=count,
+                  target=(_is_target, "an accuracy in (0, 1] or a non-empty list of them"))
+            if not (isinstance(ps.get("dataset"), str) or _strings(ps.get("dataset"), 1)):
                 fail(f"{ctx} needs dataset = NAME or a list of names")
             settings(ps.get("train", {}), f"[parts.{p}.{s}.train]")
     runs = spec.get("runs", [])
@@ -223,42 +195,35 @@ def _validate_definition(spec: dict, path: Path) -> None:
         ctx = f"[[runs]] #{i}"
         if not isinstance(table(r, ctx).get("label"), str) or not isinstance(r.get("part"), str):
             fail(f"{ctx} needs label and part")
-        what = f"{ctx} ({r['label']})"
-        if r["part"] not in parts:
-            fail(f"{what}: part {r['part']!r} has no [parts.{r['part']}]")
         if (r["part"], r["label"]) in labels:
             fail(f"{ctx}: duplicate label {r['label']!r} in part {r['part']!r}")
         labels.add((r["part"], r["label"]))
+        ctx += f" ({r['label']})"
+        table(r, ctx, scales=(lambda v: isinstance(v, list) and set(v) <= set(SCALES), f"from {', '.join(SCALES)}"),
+              override=(lambda v: isinstance(v, dict) and set(v) <= set(SCALES),
+                        f"a table of scales ({', '.join(SCALES)})"))
+        if r["part"] not in parts:
+            fail(f"{ctx}: part {r['part']!r} has no [parts.{r['part']}]")
         if "model" not in r:
-            fail(f"{what} needs model")
-        rs = r.get("scales", list(SCALES))
-        if not isinstance(rs, list) or any(x not in SCALES for x in rs):
-            fail(f"{what}: scales must be from {', '.join(SCALES)}")
+            fail(f"{ctx} needs model")
         own = settings({k: v for k, v in r.items() if k not in RUN_META_KEYS}, ctx, run=base)
-        ov = r.get("override", {})
-        if not isinstance(ov, dict) or any(s not in SCALES for s in ov):
-            fail(f"{what}: override must be a table of scales ({', '.join(SCALES)})")
-        for s, o in ov.items():
+        for s, o in r.get("override", {}).items():
             settings(o, f"{ctx}.override.{s}", run={**base, **own})
     claims = spec.get("claims", [])      # [[claims]] part = P, order = [label, ...]: "first > second > ..."
     if not isinstance(claims, list):
         fail("claims must be a list of tables ([[claims]])")
     for i, c in enumerate(claims, 1):
-        ok = isinstance(c, dict) and set(c) <= {"part", "order"} and isinstance(c.get("part"), str) \
-            and isinstance(c.get("order"), list) and len(c["order"]) >= 2 and all(isinstance(x, str) for x in c["order"])
-        if not ok or any((c["part"], lab) not in labels for lab in c["order"]):
+        ok = isinstance(c, dict) and set(c) <= {"part", "order"} and isinstance(c.get("part"), str)
+        if not ok or not _strings(c.get("order"), 2) or any((c["part"], lab) not in labels for lab in c["order"]):
             fail(f"[[claims]] #{i} needs part = P and order = [two or more run labels of P]")
     if "run" in spec.get("eigen", {}) and spec["eigen"]["run"] not in {lab for _, lab in labels}:
         fail(f"[eigen] run = {spec['eigen']['run']!r} is not a run label")
 
 
-# ---------------------------------------------------------------------------
-# Planning: definition + scale -> concrete runs
-# ---------------------------------------------------------------------------
+# --- Planning: definition + scale -> concrete runs ---
 @dataclass
 class PlannedRun:
     """One model of an experiment at one scale: the merged trainer settings and its seeds."""
-
     label: str
     part: str
     paper: str
@@ -288,8 +253,6 @@ class Plan:
 
     def config(self, run: PlannedRun, **extra):
         """The run's TrainConfig on its part's data (``extra``: seed, device ...)."""
-        from .train import TrainConfig
-
         pi = self.parts[run.part]
         return TrainConfig.from_dict(dict(run.settings, dataset=pi["dataset"], n_train=pi["n_train"],
                                           n_test=pi["n_test"], **extra))
@@ -307,10 +270,8 @@ def _how_to_get(dataset: str, data_dir: str | None) -> str:
 
 def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seeds: int | None = None,
                     parts: list[str] | None = None, protocol: str | None = None) -> Plan:
-    """Resolve ``spec`` at ``scale``: which data each part uses (checking the files), the runs and
-    their merged settings. Paper scale with missing data raises :class:`ConfigError`; smoke/tiny
-    skip that part with a note. ``protocol`` (a name from :mod:`margin_theory.protocols`), when
-    given, overrides every run's; otherwise runs use the definition's (default ``paper``)."""
+    """Resolve ``spec`` at ``scale``: each part's data (missing: :class:`ConfigError` at paper scale, else the
+    part is skipped with a note), the runs and their merged settings; ``protocol`` overrides every run's."""
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
     name = spec["name"]
@@ -328,28 +289,26 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
             plan.skipped.append({"part": p, "reason": f"part {p!r} has no {scale} scale"})
             continue
         names = [canonical_name(n) for n in (ps["dataset"] if isinstance(ps["dataset"], list) else [ps["dataset"]])]
-        use, problems = None, []
+        problems = []
         for ds in names:
             ok, where = available(ds, data_dir)
             if ok:
-                use = ds
+                plan.parts[p] = {"dataset": ds, "n_train": ps.get("n_train"), "n_test": ps.get("n_test"),
+                                 "target": ps.get("target")}
+                if ds != names[0]:
+                    plan.parts[p]["note"] = f"{names[0]} not found; used {ds}"
                 break
             problems.append(f"{ds}: {where}; {_how_to_get(ds, data_dir)}")
-        if use is None:
+        else:
             msg = f"part {p!r} needs " + " or ".join(problems)
             if scale == "paper":
                 raise ConfigError(f"{name} at paper scale: {msg} (paper scale needs the real data; "
                                   f"use --scale smoke, or --parts to run the other parts)")
             plan.skipped.append({"part": p, "reason": msg})
-            continue
-        plan.parts[p] = {"dataset": use, "n_train": ps.get("n_train"), "n_test": ps.get("n_test"),
-                         "target": ps.get("target")}
-        if use != names[0]:
-            plan.parts[p]["note"] = f"{names[0]} not found; used {use}"
     for r in spec.get("runs", []):
         if r["part"] not in plan.parts or scale not in r.get("scales", SCALES):
             continue
-        settings = {"protocol": _train_default("protocol")}
+        settings = {"protocol": TrainConfig.protocol}
         for t in (spec.get("train", {}), {k: v for k, v in r.items() if k not in RUN_META_KEYS}, sc.get("train", {}),
                   spec["parts"][r["part"]][scale].get("train", {}), r.get("override", {}).get(scale, {})):
             settings.update(with_recipe(t))     # a named recipe (protocols.RECIPES) under each table's own keys
@@ -365,43 +324,24 @@ def plan_experiment(spec: dict, scale: str, *, data_dir: str | None = None, seed
     return plan
 
 
-# ---------------------------------------------------------------------------
-# Running
-# ---------------------------------------------------------------------------
+# --- Running ---
 def _cache_key(config) -> str:
     d = {k: v for k, v in config.to_dict().items() if k not in _CACHE_IGNORED}
     return hashlib.sha256(dumps_json(d).encode()).hexdigest()[:16]
 
 
-def _train_default(field: str):
-    """``TrainConfig``'s default of ``field`` (the trainer owns its defaults)."""
-    from .train import TrainConfig
-
-    return getattr(TrainConfig, field)
-
-
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", s).strip("-").lower() or "run"
-
-
 def _load_cached(folder: Path, config):
     """A finished trainer run folder with the same configuration -> (model, history, final), else None."""
-    from .checkpoint import latest_checkpoint, read_checkpoint
-    from .runfolder import read_metrics
-
     try:
         final = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-        if final.get("status") != "ok" or _cache_key(config) != _cache_key(type(config).from_dict(final["config"])):
-            return None
-        if (ck := latest_checkpoint(folder)) is None:
-            return None
-        c = read_checkpoint(ck, device="cpu")
-        history = read_metrics(folder)
-        if not history or int(history[-1]["epoch"]) != config.epochs or c.epoch != config.epochs:
-            return None
+        same = final.get("status") == "ok" and _cache_key(config) == _cache_key(TrainConfig.from_dict(final["config"]))
+        if same and (ck := latest_checkpoint(folder)) is not None:
+            c, history = read_checkpoint(ck, device="cpu"), read_metrics(folder)
+            if history and int(history[-1]["epoch"]) == c.epoch == config.epochs:
+                return c.model, history, final
     except (MarginTheoryError, OSError, ValueError, KeyError):
-        return None
-    return c.model, history, final
+        pass
+    return None
 
 
 def _r(v: Any) -> Any:
@@ -423,12 +363,11 @@ def _compact_history(history: list[dict]) -> list[dict]:
 
 def _train_one(config, cache_dir: Path | None, label: str, verbose: bool) -> dict:
     """Train (or load from the cache) one run; returns the per-seed record (+ live objects)."""
-    from .train import train
-
     t0 = time.perf_counter()
     rec, cached = {"seed": config.seed, "status": "ok"}, None
     if cache_dir is not None:
-        folder = cache_dir / f"{_slug(label)}-s{config.seed}-{_cache_key(config)}"
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-").lower() or "run"
+        folder = cache_dir / f"{slug}-s{config.seed}-{_cache_key(config)}"
         rec["cache_folder"] = str(folder)
         if (cached := _load_cached(folder, config)) is None:
             config = copy.deepcopy(config)
@@ -444,11 +383,11 @@ def _train_one(config, cache_dir: Path | None, label: str, verbose: bool) -> dic
                     "wall_s": time.perf_counter() - t0, "_model": None}
         cached = res.model, res.history, res.final
     model, history, final = cached
-    last = history[-1] if history else {}
+    last = history[-1]
     rec.update({k: last.get(k) for k in ("test_acc", "train_acc", "gamma_bar", "gamma_min", "degree",
                                          "normalisation")})
     rec.update({k: final.get(k) for k in ("best_test_acc", "parameters", "unique_parameters", "n_train", "n_test")})
-    rec.update({"epochs": int(last.get("epoch", 0)), "train_seconds": final.get("total_seconds"),
+    rec.update({"epochs": int(last["epoch"]), "train_seconds": final.get("total_seconds"),
                 "device": final.get("device"), "history": _compact_history(history),
                 "wall_s": time.perf_counter() - t0, "_model": model, "_config": config})
     return rec
@@ -465,19 +404,16 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _rank_of(run: PlannedRun) -> int | None:
-    spec = ModelSpec.from_mapping(run.settings)
-    return spec.rank if spec.head == "lowrank" else None
-
-
 def _summary(run: PlannedRun, recs: list[dict]) -> dict:
     """One run's row of results.json: its settings and the seeds aggregated (mean +- sample std)."""
     ok = [r for r in recs if r["status"] == "ok"]
     first = ok[0] if ok else {}
     mean, std = _mean_std([r.get("test_acc") for r in ok])
     bmean, bstd = _mean_std([r.get("best_test_acc") for r in ok])
-    return {"label": run.label, "part": run.part, "model": run.settings.get("model"), "rank": _rank_of(run),
-            "paper": run.paper, "settings": run.settings, "epochs": run.settings.get("epochs", _train_default("epochs")),
+    model = ModelSpec.from_mapping(run.settings)
+    return {"label": run.label, "part": run.part, "model": run.settings.get("model"),
+            "rank": model.rank if model.head == "lowrank" else None,
+            "paper": run.paper, "settings": run.settings, "epochs": run.settings.get("epochs", TrainConfig.epochs),
             "parameters": first.get("parameters"), "test_acc_mean": mean, "test_acc_std": std,
             "protocol": run.settings["protocol"], "best_test_acc_mean": bmean, "best_test_acc_std": bstd,
             "n_ok": len(ok), "n_seeds": len(recs), "normalisation": first.get("normalisation"),
@@ -513,8 +449,7 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
     }
     jobs = [(r, s) for r in plan.runs for s in r.seeds]
     live: dict[tuple[str, str], list[dict]] = {}
-    bar = progress(total=len(jobs), desc=f"{name} ({scale})", quiet=quiet, unit="run")
-    try:
+    with progress(total=len(jobs), desc=f"{name} ({scale})", quiet=quiet, unit="run") as bar:
         for i, (run, seed) in enumerate(jobs):
             cfg = plan.config(run, data_dir=data_dir, seed=seed, device=device, quiet=True)
             rec = _train_one(cfg, cache_dir, f"{run.part} {run.label}", verbose)
@@ -525,8 +460,6 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
                 what = f"test acc {100 * acc:.2f}%" if isinstance(acc, (int, float)) else rec["status"]
                 bar.write(f"[{i + 1}/{len(jobs)}] {name} {run.part} {run.label} seed {seed}: {what} "
                           f"({rec['wall_s']:.1f} s{', cached' if rec.get('cached') else ''})", file=sys.stderr)
-    finally:
-        bar.close()
     for run in plan.runs:
         results["runs"].append(row := _summary(run, live.get((run.part, run.label), [])))
         if row["n_ok"]:
@@ -546,32 +479,33 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
     return json.loads(dumps_json(results))
 
 
-# ---------------------------------------------------------------------------
-# Analyses (small and explicit); each returns a JSON-able dict with "figures"
-# ---------------------------------------------------------------------------
+# --- Analyses (small and explicit); each returns a JSON-able dict with "figures" ---
 def _finished(live: dict, run: PlannedRun) -> list[dict]:
     """The per-seed records of ``run`` that finished."""
     return [r for r in live.get((run.part, run.label), []) if r["status"] == "ok"]
 
 
-def _curves(recs: list[dict], key: str = "test_acc") -> tuple[np.ndarray, np.ndarray] | None:
-    """Epochs and a (seeds, epochs) array of ``key`` over finished records."""
-    rows = [r["history"] for r in recs if r.get("history")]
+def _curves(recs: list[dict]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Epochs and a (seeds, epochs) array of the test accuracy over finished records."""
+    rows = [r["history"] for r in recs]
     if not rows:
         return None
     n = min(len(h) for h in rows)
-    ep = np.array([row["epoch"] for row in rows[0][:n]], dtype=float)
-    return ep, np.array([[np.nan if h[i].get(key) is None else h[i][key] for i in range(n)] for h in rows], float)
+    return _floats(row["epoch"] for row in rows[0][:n]), np.array([_floats(r["test_acc"] for r in h[:n]) for h in rows])
+
+
+def _subplots(*args, **kw):
+    """``plt.subplots``; pyplot is imported only once :func:`use_agg_backend` has run."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kw)
 
 
 def _part_axes(plan: Plan):
     """(parts with runs, figure, one axis per part), or (parts, None, None) when there is none."""
-    import matplotlib.pyplot as plt
-
-    parts = plan.run_parts()
-    if not parts:
+    if not (parts := plan.run_parts()):
         return parts, None, None
-    fig, axes = plt.subplots(1, len(parts), figsize=(6.2 * len(parts), 4.4), squeeze=False)
+    fig, axes = _subplots(1, len(parts), figsize=(6.2 * len(parts), 4.4), squeeze=False)
     return parts, fig, axes[0]
 
 
@@ -604,18 +538,18 @@ def analysis_accuracy(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     if fig is None:
         return {"figures": []}
     for ax, p in zip(axes, parts):
+        later = []                      # the mean accuracies after initialisation set the y range
         for run in plan.part_runs(p):
             if (c := _curves(_finished(live, run))) is None:
                 continue
             ep, v = c
-            m = np.nanmean(v, axis=0)
-            line, = ax.plot(ep, 100 * m, marker="o", ms=3, label=f"{run.label} ({100 * m[-1]:.2f}%)")
+            m = 100 * np.nanmean(v, axis=0)
+            line, = ax.plot(ep, m, marker="o", ms=3, label=f"{run.label} ({m[-1]:.2f}%)")
             if v.shape[0] > 1:
                 ax.fill_between(ep, 100 * np.nanmin(v, 0), 100 * np.nanmax(v, 0), color=line.get_color(), alpha=0.2)
+            later.extend(m[1:])
         _dress(ax, "epoch (0 = initialisation)", "test accuracy (%)", _part_title(results, p, test=True))
-        later = [np.asarray(ln.get_ydata())[1:] for ln in ax.get_lines() if len(ln.get_ydata()) > 1]
-        later = np.concatenate(later) if later else np.zeros(1)
-        if ax.get_lines() and np.isfinite(later).any():
+        if np.isfinite(later).any():
             ax.set_ylim(max(0.0, np.nanmin(later) - 5), 100.5)
     return {"figures": [_save(fig, out, "accuracy_curves.png", f"{plan.spec.get('title', plan.name)}\ntest accuracy "
                               f"over epochs ({plan.scale} scale, mean over {len(plan.seeds)} seed(s), "
@@ -664,8 +598,7 @@ def analysis_ranks(plan: Plan, results: dict, live: dict, out: Path) -> dict:
                                label=f"{ref['label']} ({100 * acc:.2f}%)")
             info["checks"] = _rank_checks(ranked, refs)
         ax.set_xscale("log", base=2)
-        ax.set_xticks(rs or [1])
-        ax.set_xticklabels([str(r) for r in rs] or ["1"])
+        ax.set_xticks(rs or [1], [str(r) for r in rs or [1]])
         _dress(ax, "rank r of the Low-Rank DIQNN", "final test accuracy (%)", _part_title(results, p))
     res["figures"].append(_save(fig, out, "rank_accuracy.png", f"Fig. 3: accuracy vs rank ({plan.scale} scale, "
                                 f"mean +- std over {len(plan.seeds)} seed(s))"))
@@ -675,8 +608,6 @@ def analysis_ranks(plan: Plan, results: dict, live: dict, out: Path) -> dict:
 def _sorted_eigen(W):
     """Eigenpairs of each symmetric ``W[i]`` (float64) ordered by |eigenvalue|, largest first:
     ``(lam (C, d), V (C, d, d) with eigenvectors as columns, raw eigenvalues (C, d))``."""
-    import torch
-
     evals, evecs = torch.linalg.eigh(W)                                          # ascending
     order = torch.argsort(evals.abs(), dim=1, descending=True)
     C, d = evals.shape
@@ -690,35 +621,22 @@ def _cos(a, b) -> float:
     return float((a @ b).abs() / (a.norm() * b.norm()).clamp_min(1e-300))
 
 
-#: summary key -> per-class key of the mean |cos| with the STA
-_COS_MEANS = {"cos_sta_mean": "cos_sta", "cos_sta_other_mean": "cos_sta_other_classes_mean",
-              "cos_sta_centred_mean": "cos_sta_centred",
-              "cos_sta_centred_other_mean": "cos_sta_centred_other_classes_mean"}
-
-
 def _eigen_report(model, W, sta, xbar, classes, ks, Xte, yte, drop_linear: bool = False):
     """Eigenpairs of every W_i, their leading eigenvector against STA_i per class, and the test
     accuracy of ``model`` with head weights W and with W_i cut to its top-k eigenpairs (by |lambda|);
     a head's linear term (``authors``) is kept, or zeroed with ``drop_linear`` (x -> x^T W x alone).
     Returns ``(lam, V, {"per_class", "topk", "summary"})``."""
-    import torch
-
-    from .margins import accuracy, predict
-
     lam, V, evals = _sorted_eigen(W)
     C, v1 = lam.shape[0], V[:, :, 0]
     per_class = []
     for i in range(C):
-        others = [j for j in range(C) if j != i]
-        per_class.append({
-            "class": classes[i] if i < len(classes) else str(i),
-            "leading_eigenvalue": float(lam[i, 0]), "second_eigenvalue": float(lam[i, 1]) if lam.shape[1] > 1 else None,
-            "n_positive": int((evals[i] > 0).sum()), "n_negative": int((evals[i] < 0).sum()),
-            "cos_sta": _cos(v1[i], sta[i]), "cos_sta_centred": _cos(v1[i], sta[i] - xbar),
-            "cos_sta_other_classes_mean": float(np.mean([_cos(v1[i], sta[j]) for j in others])),
-            "cos_sta_centred_other_classes_mean": float(np.mean([_cos(v1[i], sta[j] - xbar) for j in others])),
-            "energy_top1": float(lam[i, 0] ** 2 / (lam[i] ** 2).sum()),
-        })
+        c = {"class": classes[i] if i < len(classes) else str(i), "leading_eigenvalue": float(lam[i, 0]),
+             "second_eigenvalue": float(lam[i, 1]) if lam.shape[1] > 1 else None,
+             "n_positive": int((evals[i] > 0).sum()), "n_negative": int((evals[i] < 0).sum())}
+        for key, s in (("cos_sta", sta), ("cos_sta_centred", sta - xbar)):
+            c[key] = _cos(v1[i], s[i])
+            c[f"{key}_other_classes_mean"] = float(np.mean([_cos(v1[i], s[j]) for j in range(C) if j != i]))
+        per_class.append({**c, "energy_top1": float(lam[i, 0] ** 2 / (lam[i] ** 2).sum())})
     m = copy.deepcopy(model)
     topk = []
     with torch.no_grad():
@@ -732,7 +650,8 @@ def _eigen_report(model, W, sta, xbar, classes, ks, Xte, yte, drop_linear: bool 
             m.head.weight.copy_(0.5 * (Wk + Wk.transpose(1, 2)).to(m.head.weight.dtype))
             topk.append({"k": k, "test_acc": accuracy(predict(m, Xte), yte),
                          "energy_fraction_mean": float(((lam[:, :k] ** 2).sum(1) / (lam ** 2).sum(1)).mean())})
-    summary = {s: float(np.mean([c[k] for c in per_class])) for s, k in _COS_MEANS.items()}
+    summary = {k.replace("_classes_mean", "") + "_mean": float(np.mean([c[k] for c in per_class]))
+               for k in per_class[0] if k.startswith("cos_")}      # cos_sta -> cos_sta_mean, ..._other_mean
     summary.update(full_test_acc=full_acc, smallest_k_within_1pt=next(
         (t["k"] for t in topk if t["test_acc"] >= full_acc - 0.01), topk[-1]["k"]))
     return lam, V, {"per_class": per_class, "topk": topk, "summary": summary}
@@ -741,10 +660,8 @@ def _eigen_report(model, W, sta, xbar, classes, ks, Xte, yte, drop_linear: bool 
 def _eigen_figure(out: Path, rows: list[tuple], sta, xbar, img: tuple[int, int], ncls: int) -> str:
     """Fig. 2 (left): per class, the leading eigenvector of each matrix in ``rows``
     ((label, V, lam, per_class) each), STA_i and STA_i - mean input."""
-    import matplotlib.pyplot as plt
-
     nr = len(rows) + 2
-    fig, axes = plt.subplots(nr, ncls, figsize=(1.55 * ncls + 1.2, 1.8 * nr + 0.5), squeeze=False)
+    fig, axes = _subplots(nr, ncls, figsize=(1.55 * ncls + 1.2, 1.8 * nr + 0.5), squeeze=False)
     for i in range(ncls):
         for r, (_, V, lam, pc) in enumerate(rows):
             v = V[i, :, 0] * (1.0 if float(V[i, :, 0] @ sta[i]) >= 0 else -1.0)    # sign: <v, STA_i> >= 0
@@ -772,21 +689,12 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
 
     * eigenpairs of each symmetric W_i by ``torch.linalg.eigh`` (float64), ordered by |lambda|;
     * STA_i = sum_n p_i(x_n) x_n / sum_n p_i(x_n), p = softmax(f(x_n)), over the training set;
-    * |cos(v_i1, STA_i)| and |cos(v_i1, STA_i - mean_n x_n)|; baseline = mean over j != i;
-    * the displayed eigenvector's sign is chosen so that <v_i1, STA_i> >= 0 (an eigenvector's sign
-      is arbitrary); the eigenvalue's sign is printed above it;
+    * |cos(v_i1, STA_i)| and |cos(v_i1, STA_i - mean_n x_n)|; baseline = mean over j != i; the shown
+      eigenvector's (arbitrary) sign makes <v_i1, STA_i> >= 0;
     * top-k: W_i^(k) = sum of the k eigenpairs of largest |lambda|, test accuracy of that model;
-    * the same for the learned update Delta W_i = W_i - W_i(0) (the random symmetric initialisation,
-      rebuilt from the run's seed and checked against the recorded initial ||theta||), since the
-      initialisation's own spectrum (a Wigner semicircle) can hide the learned low-rank part.
+    * the same for the learned update Delta W_i = W_i - W_i(0) (the initialisation rebuilt from the run's
+      seed, checked against the recorded initial ||theta||): W(0)'s own Wigner spectrum hides the learned part.
     """
-    import matplotlib.pyplot as plt
-    import torch
-
-    from .margins import param_norm, predict
-    from .models import QuadraticHead
-    from .train import build_model_for, load_data_for
-
     cfg_e = plan.spec.get("eigen", {})
     want = cfg_e.get("run", plan.runs[0].label if plan.runs else None)     # never another run than named
     run = next((r for r in plan.runs if r.label == want), None)
@@ -799,16 +707,15 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     if not isinstance(model.head, QuadraticHead):
         raise ConfigError(f"eigen analysis needs a full quadratic head, got {type(model.head).__name__}")
     ds = load_data_for(cfg, torch.device("cpu"))
-    Xtr, Xte, yte = ds.X_train.to("cpu", torch.float32), ds.X_test.to("cpu", torch.float32), ds.y_test.to("cpu")
     with torch.no_grad():
-        feats = model.features(Xtr).flatten(1).to(torch.float64)
-        p = torch.softmax(predict(model, Xtr).to(torch.float64), dim=1)          # (N, C)
+        feats = model.features(ds.X_train).flatten(1).to(torch.float64)
+        p = torch.softmax(predict(model, ds.X_train).to(torch.float64), dim=1)          # (N, C)
     W = model.head.weight.detach().to(torch.float64)
     C, d, _ = W.shape
     sta = (p.T @ feats) / p.sum(0).unsqueeze(1)                                  # (C, d)
     xbar = feats.mean(0)
     ks = sorted({int(k) for k in cfg_e.get("ks", [1, 2, 4, 8, 16, 32]) if 1 <= int(k) <= d} | {d})
-    lam, V, trained = _eigen_report(model, W, sta, xbar, ds.classes, ks, Xte, yte)
+    lam, V, trained = _eigen_report(model, W, sta, xbar, ds.classes, ks, ds.X_test, ds.y_test)
     rows = [("leading eigenvector\nof trained $W_i$", V, lam, trained["per_class"])]
     with torch.random.fork_rng(devices=[]):            # the learned update Delta W = W - W(0)
         torch.manual_seed(cfg.seed)
@@ -816,9 +723,10 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     W0 = m0.head.weight.detach().to(torch.float64)
     init_norm = float(param_norm(m0.parameters() if rec.get("normalisation") == "full"
                                  else m0.head.parameters()).detach())
-    recorded = rec["history"][0].get("theta_norm") if rec.get("history") else None
+    recorded = rec["history"][0].get("theta_norm")
     if isinstance(recorded, (int, float)) and abs(init_norm - recorded) <= 1e-5 * max(recorded, 1e-12):
-        dlam, dV, delta = _eigen_report(model, W - W0, sta, xbar, ds.classes, ks, Xte, yte, drop_linear=True)
+        dlam, dV, delta = _eigen_report(model, W - W0, sta, xbar, ds.classes, ks, ds.X_test, ds.y_test,
+                                        drop_linear=True)
         delta.update({"norm_ratio_update_to_init": float((W - W0).norm() / W0.norm()),
                       "note": "Delta W_i = W_i - W_i(0): the initialisation rebuilt from the run's seed "
                               f"(||theta(0)|| = {init_norm:.6g} equals the recorded initial ||theta||); the model "
@@ -832,7 +740,7 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     shape = tuple(int(s) for s in model.input_shape)
     if len(shape) == 3 and shape[0] == 1 and shape[1] * shape[2] == d:
         figs.append(_eigen_figure(out, rows, sta, xbar, shape[1:], min(C, int(cfg_e.get("show_classes", C)))))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.3))
+    fig, (ax1, ax2) = _subplots(1, 2, figsize=(12, 4.3))
     for topk, mk, lab in ((trained["topk"], "o", "top-k eigenpairs of trained $W_i$"),
                           (delta.get("topk"), "s", "top-k eigenpairs of $\\Delta W_i$ only (init removed)")):
         if topk:
@@ -867,7 +775,7 @@ def analysis_eigen(plan: Plan, results: dict, live: dict, out: Path) -> dict:
 def _spearman(v: np.ndarray, ta: np.ndarray) -> tuple[float, float, np.ndarray]:
     """Spearman (rho, p) of ``v`` against test accuracy over the epochs where both are finite (NaN for
     fewer than 3 epochs or a constant trajectory, where it is undefined), and that mask."""
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr      # (scipy.stats takes seconds to import)
 
     ok = np.isfinite(v) & np.isfinite(ta)
     if ok.sum() >= 3 and np.ptp(v[ok]) > 0 and np.ptp(ta[ok]) > 0:
@@ -969,13 +877,11 @@ def _margin_column(axes, title: str, s0: dict) -> None:
 
 def analysis_margin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     """Fig. 5: gamma_bar and test accuracy per epoch; Spearman correlation; Theorem 2 verdicts."""
-    import matplotlib.pyplot as plt
-
     res: dict[str, Any] = {"runs": [], "figures": []}
     runs = [r for r in plan.runs if live.get((r.part, r.label))]
     if not runs:
         return res
-    fig, axes = plt.subplots(3, len(runs), figsize=(5.6 * len(runs), 11.0), squeeze=False)
+    fig, axes = _subplots(3, len(runs), figsize=(5.6 * len(runs), 11.0), squeeze=False)
     for col, run in enumerate(runs):
         seeds_info = [_margin_seed(rec) for rec in _finished(live, run)]
         res["runs"].append({"label": run.label, "part": run.part, "seeds": seeds_info,
@@ -1006,12 +912,8 @@ def _reach_checks(rows: list[dict]) -> dict:
 
 
 def analysis_reach(plan: Plan, results: dict, live: dict, out: Path) -> dict:
-    """Fig. 6: first epoch at which the test accuracy reaches each of the part's targets, per lambda.
-
-    ``target`` in a part is one accuracy or a list; "reach epoch" = the first evaluated epoch
-    (the trainer evaluates once per epoch) whose test accuracy is >= the target, None if never.
-    Also reported: the test accuracy after the first epoch (early speed) and at the end.
-    """
+    """Fig. 6, per lambda: the reach epoch of each of the part's targets (the first evaluated epoch whose test
+    accuracy is >= the target, None if never), the test accuracy after epoch 1 (early speed) and at the end."""
     res: dict[str, Any] = {"parts": {}, "figures": []}
     parts, fig, axes = _part_axes(plan)
     if fig is None:
@@ -1049,12 +951,9 @@ def _table_cfg(plan: Plan, section: str) -> dict:
     return {**plan.spec.get(section, {}), **plan.spec.get("scales", {}).get(plan.scale, {}).get(section, {})}
 
 
-
 def analysis_xor(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     """Theorem 1 / Fig. 4: gradient flow from ``seeds`` random starts (and gradient descent from the first)."""
-    import matplotlib.pyplot as plt
-
-    from .xor_flow import plot_result, random_init, solve_xor_flow
+    from .xor_flow import plot_result, random_init, solve_xor_flow      # (scipy: seconds to import)
 
     cx = _table_cfg(plan, "xor")
     t_max, points, rtol = float(cx.get("t_max", 1e6)), int(cx.get("points", 400)), float(cx.get("rtol", 1e-10))
@@ -1085,7 +984,7 @@ def analysis_xor(plan: Plan, results: dict, live: dict, out: Path) -> dict:
         gd = {"seed": plan.seeds[0], "lr": g.lr, "t_max": g.t_max, "steps": g.extra.get("steps"),
               "monotone": g.monotone, "gamma_bar_final": g.final_gamma_bar, "loss_final": float(g.loss[-1]),
               "boundary_angle_deg_final": g.final_boundary_angle_deg}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, (ax1, ax2) = _subplots(1, 2, figsize=(12, 4.4))
     for s, r in zip(starts, sols):
         ax1.plot(r.t[1:], r.gamma_bar[1:], lw=1.2, label=f"start {s['seed']} (final {s['gamma_bar_final']:.4f})")
         ok = r.t > 1
@@ -1113,8 +1012,6 @@ def analysis_xor(plan: Plan, results: dict, live: dict, out: Path) -> dict:
 def analysis_maxmargin(plan: Plan, results: dict, live: dict, out: Path) -> dict:
     """Beyond the paper: full-batch GD of each head against the solver's max-margin optimum
     (:func:`margin_theory.maxmargin.run_experiment_cases`; cases in ``[maxmargin]``)."""
-    from .maxmargin import run_experiment_cases
-
     return run_experiment_cases(_table_cfg(plan, "maxmargin"), plan.scale, out, seed=plan.seeds[0],
                                 data_dir=plan.data_dir, quiet=plan.quiet)
 
@@ -1124,9 +1021,7 @@ _ANALYSES = {"accuracy": analysis_accuracy, "ranks": analysis_ranks, "eigen": an
              "maxmargin": analysis_maxmargin}
 
 
-# ---------------------------------------------------------------------------
-# Markdown
-# ---------------------------------------------------------------------------
+# --- Markdown ---
 def _f(x: Any, fmt: str = ".4g") -> str:
     """Format a number, or ``n/a`` for None / NaN (JSON writes NaN as null)."""
     if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and math.isnan(x)):
@@ -1148,15 +1043,12 @@ def _yn(b: Any, no: str = "no") -> str:
     return "yes" if b else no
 
 
-def _row(*cells: Any) -> str:
-    """One markdown table row (``|`` inside a cell escaped)."""
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-
 def _table(header: list, align: str, rows) -> list[str]:
-    """A markdown table; ``align`` has a letter per column: ``r`` right-aligned, else (or missing) left."""
+    """A markdown table (``|`` inside a cell escaped); ``align``: a letter per column, ``r`` right-aligned,
+    else (or missing) left."""
+    lines = ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in [header, *rows]]
     rule = "".join("---:|" if a == "r" else "---|" for a in align.ljust(len(header), "l"))
-    return [_row(*header), "|" + rule, *(_row(*r) for r in rows)]
+    return [lines[0], "|" + rule, *lines[1:]]
 
 
 def _epochs(xs: list, n: int) -> str:
@@ -1232,7 +1124,7 @@ def _md_margin(an: dict) -> list[str]:
         "n/a" if (fr := s["fraction_epochs_gamma_bar_rose"]) is None else f"{100 * fr:.0f}%",
         f"{_f(s['spearman_rho'], '.3f')} ({_f(s['spearman_p'], '.2g')})",
         _epochs(s["theorem_applies_epochs"], s["monitor_epochs"]),
-        f"{len(s.get('A1_epochs', []))} / {len(s.get('A3_epochs', []))} of {s['monitor_epochs']}",
+        f"{len(s['A1_epochs'])} / {len(s['A3_epochs'])} of {s['monitor_epochs']}",
         ", ".join(_f(s["final_monitor"][k], ".3g") for k in ("rho", "cv", "eps")) if s.get("final_monitor") else "n/a",
         _epochs(s["velocity_positive_epochs"], s["monitor_epochs"])] for r, s in seeds])
     L += ["", "Theorem 2's conditions are sufficient, not necessary: where they fail it says nothing, and the "
@@ -1242,8 +1134,8 @@ def _md_margin(an: dict) -> list[str]:
           + " (gamma_smoothed is meaningful once the summed loss S < log 2). Cells: start -> end, Spearman rho "
           "with test accuracy.", ""]
     L += _table(["part", "run", "seed", *MARGIN_DEFINITIONS], "llr", [[r["part"], r["label"], s["seed"], *(
-        f"{_f(d.get('initial'), '+.3g')} -> {_f(d.get('final'), '+.3g')}, rho {_f(d.get('spearman_rho'), '.2f')}"
-        for d in ((s.get("definitions") or {}).get(key) or {} for key in MARGIN_DEFINITIONS))] for r, s in seeds])
+        f"{_f(d['initial'], '+.3g')} -> {_f(d['final'], '+.3g')}, rho {_f(d['spearman_rho'], '.2f')}"
+        for d in s["definitions"].values())] for r, s in seeds])
     return L + [""]
 
 
@@ -1286,8 +1178,6 @@ def _md_xor(x: dict) -> list[str]:
 
 def render_markdown(res: dict) -> str:
     """results.md: header (scale, data, seeds, wall time), the results table, analyses, skips."""
-    from .maxmargin import render_markdown as md_maxmargin
-
     parts = ", ".join(f"{p} = {d['dataset']} ({d.get('n_train')} train / {d.get('n_test')} test)"
                       + (f" [{d['note']}]" if d.get("note") else "") for p, d in res["parts"].items())
     one_seed = len(res["seeds"]) == 1 and res["runs"]
@@ -1321,7 +1211,7 @@ def render_markdown(res: dict) -> str:
                   "earlier invocation with the same configuration; 'train s' is the trainer's time for them then."]
         L.append("")
     md = {"ranks": _md_ranks, "eigen": _md_eigen, "margin": _md_margin, "reach": _md_reach, "xor": _md_xor,
-          "maxmargin": md_maxmargin}
+          "maxmargin": _md_maxmargin}
     for a, fn in md.items():
         if a in res.get("analysis", {}):
             L += fn(res["analysis"][a])
@@ -1332,9 +1222,7 @@ def render_markdown(res: dict) -> str:
     return "\n".join(L)
 
 
-# ---------------------------------------------------------------------------
-# Protocols side by side
-# ---------------------------------------------------------------------------
+# --- Protocols side by side ---
 def _verdict(holds: dict[str, bool | None]) -> str:
     known = {p: h for p, h in holds.items() if h is not None}
     if not known:
@@ -1347,7 +1235,9 @@ def _verdict(holds: dict[str, bool | None]) -> str:
 
 
 def _claims(res: dict):
-    """(claim, holds or None for no data, Spearman rho or None) of one protocol's results."""
+    """(claim, holds or None for no data, Spearman rho or None) of one protocol's results: each run's accuracy
+    (final and best) beside the paper's number, the ordering claims, Fig. 6's reach and Fig. 3's checks, and
+    Fig. 5's "margin rises with accuracy" per margin definition (Spearman rho > 0, mean over seeds)."""
     for r in res["runs"]:                   # the paper's "M +- S": agreement within 2 combined std
         if m := re.fullmatch(r"\s*([\d.]+)\s*\+-\s*([\d.]+)\s*", str(r.get("paper", ""))):
             M, S = float(m.group(1)) / 100, float(m.group(2)) / 100
@@ -1377,13 +1267,9 @@ def _claims(res: dict):
 
 
 def compare_protocols(per_protocol: dict[str, dict]) -> dict:
-    """Side by side, per claim, the results of one experiment under each protocol, with a verdict.
-
-    Claims: each run's accuracy (final and best, beside the paper's number); Fig. 3's checks
-    (``holds``/``non_decreasing``); Fig. 5's "margin rises with accuracy" per margin
-    definition (Spearman rho > 0, mean over seeds). Verdict: ``supported`` (holds under every
-    protocol), ``not supported`` (under none), ``depends on protocol`` (naming where it holds).
-    """
+    """Side by side, per claim (:func:`_claims`), the results of one experiment under each protocol, with a
+    verdict: ``supported`` (holds under every protocol), ``not supported`` (under none), ``depends on
+    protocol`` (naming where it holds)."""
     names = list(per_protocol)
     any_res = next(iter(per_protocol.values()))
     out: dict[str, Any] = {"experiment": any_res["experiment"], "scale": any_res["scale"], "protocols": names,
@@ -1442,9 +1328,7 @@ def render_comparison(cmp: dict) -> str:
     return "\n".join(L + [""])
 
 
-# ---------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------
+# --- CLI ---
 def _parts_arg(s: str) -> list[str]:
     parts = [p.strip() for p in s.split(",") if p.strip()]
     if not parts:
@@ -1486,17 +1370,15 @@ def build_parser() -> ArgumentParser:
 @cli_entry(PROG)
 def main(argv=None) -> int:
     """Run an experiment (see the module docstring); exit 0 ok, 2 bad input."""
-    from .train import select_device
-
     args = build_parser().parse_args(argv)
     if args.list:
         exps = list_experiments(args.experiments_dir)
         if args.json:
             print_json({"experiments": exps})
-            return 0
-        for e in exps:
-            print(f"{e['name']:<16} {e['title']}")
-            print(f"{'':<16} parts: {', '.join(e['parts']) or '-'}; analysis: {', '.join(e['analysis'])}")
+        else:
+            for e in exps:
+                print(f"{e['name']:<16} {e['title']}")
+                print(f"{'':<16} parts: {', '.join(e['parts']) or '-'}; analysis: {', '.join(e['analysis'])}")
         return 0
     if not args.name:
         raise ConfigError("name an experiment (see --list) or 'all'")
@@ -1517,22 +1399,21 @@ def main(argv=None) -> int:
               experiments_dir=args.experiments_dir, quiet=args.quiet, verbose=args.verbose, command=command)
     outs = []
     for n in names:
-        out = Path(args.out or root) / n if args.name == "all" else args.out
+        out = Path(args.out) / n if args.out and args.name == "all" else Path(args.out or root / n)
         if args.protocol != "both":
             outs.append(res := run_experiment(n, args.scale, out=out, protocol=args.protocol, **kw))
             if not args.json:
                 print(render_markdown(res) + f"\nwritten: {Path(res['out']) / 'results.md'}, results.json"
                       + (f", {len(res['figures'])} figure(s)" if res.get("figures") else ""))
             continue
-        base = Path(out) if out is not None else root / n
-        per = {p: run_experiment(n, args.scale, out=base / p, protocol=p, **kw) for p in protocol_names()}
+        per = {p: run_experiment(n, args.scale, out=out / p, protocol=p, **kw) for p in protocol_names()}
         cmp = compare_protocols(per)
-        atomic_write_json(base / "comparison.json", cmp)
-        atomic_write_text(base / "comparison.md", render_comparison(cmp))
+        atomic_write_json(out / "comparison.json", cmp)
+        atomic_write_text(out / "comparison.md", render_comparison(cmp))
         outs.append({"comparison": cmp, "per_protocol": per})
         if not args.json:
-            print(render_comparison(cmp) + f"\nwritten: {base / 'comparison.md'}, comparison.json, "
-                  + ", ".join(f"{base / p}/results.md" for p in per))
+            print(render_comparison(cmp) + f"\nwritten: {out / 'comparison.md'}, comparison.json, "
+                  + ", ".join(f"{out / p}/results.md" for p in per))
     if args.json:
         print_json(outs[0] if len(outs) == 1 else {"experiments": outs})
     return 0
