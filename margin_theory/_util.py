@@ -65,6 +65,13 @@ def explicit_options(parser: argparse.ArgumentParser, argv) -> set[str]:
     return set(vars(probe.parse_args(argv)))
 
 
+def fmt_number(x: Any, spec: str = ".4g") -> str:
+    """``format(x, spec)``, or ``n/a`` for None, NaN and anything not a number (JSON writes NaN as null)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return format(x, spec)
+
+
 def is_int(v: Any) -> bool:
     """An integer that is not a bool (JSON/TOML ``true`` is not 1 here); numpy integers count."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -72,7 +79,7 @@ def is_int(v: Any) -> bool:
 
 def is_number(v: Any) -> bool:
     """A finite real number that is not a bool."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def int_at_least(lo: int):

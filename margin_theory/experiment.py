@@ -37,7 +37,7 @@ import torch
 
 from ._util import (ArgumentParser, ConfigError, MarginTheoryError, NonFiniteLossError, atomic_write_json,
                     atomic_write_text, check_output_path, cli_entry, dumps_json, one_line, positive_int,
-                    print_json, progress, save_figure, tomllib, use_agg_backend)
+                    print_json, fmt_number as _f, progress, save_figure, tomllib, use_agg_backend)
 from .checkpoint import latest_checkpoint, read_checkpoint
 from .data import REGISTRY, available, canonical_name
 from .margins import MARGIN_DEFINITIONS, accuracy, param_norm, predict
@@ -1022,13 +1022,6 @@ _ANALYSES = {"accuracy": analysis_accuracy, "ranks": analysis_ranks, "eigen": an
 
 
 # --- Markdown ---
-def _f(x: Any, fmt: str = ".4g") -> str:
-    """Format a number, or ``n/a`` for None / NaN (JSON writes NaN as null)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return format(x, fmt)
-
-
 def _pct(x: float | None, nd: int = 2) -> str:
     return "n/a" if x is None else f"{100 * x:.{nd}f}"
 

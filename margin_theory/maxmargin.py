@@ -46,8 +46,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._util import (ArgumentParser, ConfigError, MarginTheoryError, check_output_path, cli_entry, explicit_options,
-                    is_int, is_number, nonneg_int, one_line, positive_int, print_json, progress, save_figure,
-                    use_agg_backend)
+                    fmt_number, is_int, is_number, nonneg_int, one_line, positive_int, print_json, progress,
+                    save_figure, use_agg_backend)
 
 __all__ = [
     "MaxMarginResult", "ProblemTooLargeError", "LIMITS", "HEAD_DEGREE", "solve_max_margin", "solve_linear_svm",
@@ -741,7 +741,7 @@ def run_experiment_cases(cfg: dict, scale: str, out, *, seed: int = 0, data_dir:
 def render_markdown(an: dict) -> list[str]:
     """The results.md section of the analysis ``maxmargin``."""
     def f(v, spec=".4f"):
-        return "n/a" if v is None else format(v, spec)
+        return fmt_number(v, spec)
 
     L = ["## Max-margin limit of gradient descent (beyond the paper)", "",
          "gamma_star: the solver's optimum of gamma_min in the toolkit's normalisation q/||theta||^L "

@@ -124,3 +124,20 @@ def test_check_refuses_train_only_model_flags(tmp_path, capsys, flag):
     rc = check_main([str(tmp_path / "whatever.pt"), "--model", "lowrank", "--dataset", "digits", *flag])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "do not apply to check" in err[0] and flag[0] in err[0]
+
+
+def test_number_helpers_of_util():
+    """The one integer test, finite-number test and table-number formatter every module uses."""
+    import math
+
+    import numpy as np
+
+    from margin_theory._util import fmt_number, is_int, is_number
+    ints = [1, -3, np.int64(7), np.uint8(2)]
+    not_ints = [True, 1.0, "1", np.float64(1.0), np.array([1]), None, np.bool_(True)]
+    assert all(is_int(v) for v in ints) and not any(is_int(v) for v in not_ints)
+    nums, not_nums = [0, 2.5, -1e300, np.float32(1.5)], [math.inf, -math.inf, math.nan, False, "2", None]
+    assert all(is_number(v) for v in nums) and not any(is_number(v) for v in not_nums)
+    assert fmt_number(0.123456) == "0.1235" and fmt_number(0.123456, ".2f") == "0.12" and fmt_number(3) == "3"
+    assert [fmt_number(v) for v in (None, math.nan, True, "x")] == ["n/a"] * 4
+    assert fmt_number(math.inf) == "inf"
