@@ -150,7 +150,7 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
     from .checkpoint import describe_model_args, read_checkpoint
     from .foreign import foreign_config, is_foreign_file, read_foreign
     from .margins import compute_margins
-    from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
+    from .maxmargin import GapMonitor
 
     paths, errors = expand_targets(targets)
     report = CheckReport(errors=errors)
@@ -189,8 +189,7 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
                                    normalisation=normalisation)
             run = str(p if is_foreign else _run_of(p))
             if (run, s) not in gaps:           # the max-margin optimum: solved once per run, as the trainer's
-                gaps[run, s] = GapMonitor(ck.model, ds.X_train, ds.y_train,
-                                          subset=min(subset, MONITOR_MAX_POINTS), seed=s)
+                gaps[run, s] = GapMonitor(ck.model, ds.X_train, ds.y_train, subset=subset, seed=s)
             gap = gaps[run, s].report(ck.model)
         except (MarginTheoryError, OSError, ValueError, RuntimeError) as exc:   # never a traceback
             report.errors.append(_error(p, exc))

@@ -67,7 +67,7 @@ from torch.func import functional_call
 
 from ._util import ArgumentParser, ConfigError, check_memory, cli_entry, one_line, print_json
 from ._util import positive_int as _positive_int, nonneg_int as _nonneg_int
-from .models import MAX_LAYERS, ModelSpec, build_model, describe_model_names
+from .models import ModelSpec, build_model, describe_model_names
 
 __all__ = [
     "lemma1_degree", "SymbolicResult", "symbolic_homogeneity", "SYMBOLIC_MODELS",
@@ -744,14 +744,11 @@ def check_model(model: str | ModelSpec, *, num_classes: int = 10, input_shape: S
                 symbolic: bool = False, symbolic_method: str = "auto", **options) -> dict:
     """Build ``model`` (a name with :class:`~margin_theory.models.ModelSpec` ``options``, or a spec; seeded),
     check it numerically on ``batch`` random inputs in [0, 1) and return a JSON-ready report; ``symbolic``
-    adds the exact check on a tiny instance. A depth whose Lemma-1 degree overflows float64, and a model
-    (built on the ``meta`` device) or batch that cannot fit in memory, are refused before allocating."""
+    adds the exact check on a tiny instance. A model (built on the ``meta`` device) or batch that cannot fit
+    in memory is refused before allocating (a depth whose Lemma-1 degree overflows float64: by ModelSpec)."""
     spec = (model if isinstance(model, ModelSpec) else ModelSpec(model, **options)).check_applicable()
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}")
-    if spec.layers > MAX_LAYERS:
-        raise ConfigError(f"--layers {spec.layers}: Lemma 1's degree 2^(n+1) - 2 overflows float64 beyond "
-                          f"n = {MAX_LAYERS} layers")
     shape = tuple(input_shape) if input_shape is not None else default_input_shape(spec.name)
     with torch.device("meta"):
         try:

@@ -544,17 +544,18 @@ MONITOR_MAX_POINTS = 256
 
 
 class GapMonitor:
-    """The max-margin problem of a model's head solved once on a seeded subset of at most ``subset`` training
-    points (``assumptions.select_subset``: inside the Theorem 2 monitors' S of any larger size), then
+    """The max-margin problem of a model's head solved once on a seeded subset of at most
+    ``min(subset, MONITOR_MAX_POINTS)`` training points (``assumptions.select_subset``: inside the
+    Theorem 2 monitors' S of any larger size), then
     :meth:`report`: ``gamma_min/gamma_star`` and the cosine for any later state, or a ``note`` saying why not."""
 
-    def __init__(self, model, X, y, *, subset: int = 512, seed: int = 0, num_classes: int | None = None):
+    def __init__(self, model, X, y, *, subset: int = MONITOR_MAX_POINTS, seed: int = 0, num_classes: int | None = None):
         import torch
 
         from .assumptions import select_subset
 
         self.note, self.result, self.N, self.seed = None, None, int(y.shape[0]), int(seed)
-        idx = select_subset(self.N, subset, seed)
+        idx = select_subset(self.N, min(subset, MONITOR_MAX_POINTS), seed)
         self.idx, self.n = idx.numpy(), len(idx)
         self.data = (f"all {self.N} training points" if self.n == self.N else
                      f"a seeded subset of {self.n} of {self.N} training points (seed {seed})")

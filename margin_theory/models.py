@@ -358,6 +358,9 @@ class ModelSpec:
                 raise ConfigError(f"{k.replace('_', ' ')} must be an integer, got {v!r}")
             if v < 1:
                 raise ConfigError(f"{k.replace('_', ' ')} must be >= 1, got {v}")
+        if self.layers > MAX_LAYERS:
+            raise ConfigError(f"--layers {self.layers}: Lemma 1's degree 2^(n+1) - 2 overflows float64 beyond "
+                              f"n = {MAX_LAYERS} layers")
         _check_init(self.init)
         _parse_name(self.name)
 

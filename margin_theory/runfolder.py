@@ -4,8 +4,9 @@ r"""The trainer's run folder (issue 14; the behaviour is described in ``docs/saf
 of ours wrote), :func:`remove_orphans` (what a killed run left), :func:`read_metrics` (the one strict
 ``metrics.jsonl`` reader: ``--resume``, ``plot``, ``check --plot``), :func:`read_config` (the one
 ``config.json`` reader: ``--resume``, ``plot``, ``maxmargin --run``) and :func:`preflight` (values
-that overflow float32/float64 arithmetic, e.g. Lemma 1's degree ``L = 2^(n+1) - 2`` for
-``n > MAX_LAYERS``, and models that cannot fit in memory, refused before any data are loaded).
+that overflow float32 arithmetic and models that cannot fit in memory, refused before any data are
+loaded; a depth ``n > MAX_LAYERS``, whose Lemma-1 degree ``2^(n+1) - 2`` overflows float64, is
+refused by :class:`~margin_theory.models.ModelSpec`).
 """
 from __future__ import annotations
 
@@ -328,9 +329,6 @@ def preflight(config) -> None:
     from .train import lr_at
 
     f32 = torch.finfo(torch.float32)         # f32.tiny: the smallest normal float32
-    if config.layers > MAX_LAYERS:
-        raise ConfigError(f"--layers {config.layers}: Lemma 1's degree 2^(n+1) - 2 overflows float64 beyond "
-                          f"n = {MAX_LAYERS} layers")
     for name in ("weight_decay", "margin_reg"):
         v = getattr(config, name)
         if v > f32.max:

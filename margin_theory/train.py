@@ -662,7 +662,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
     def run_monitor(row: dict) -> None:
         nonlocal gap
         from .assumptions import theorem2_report
-        from .maxmargin import MONITOR_MAX_POINTS, GapMonitor
+        from .maxmargin import GapMonitor
 
         t0 = time.perf_counter()
         was = model.training
@@ -675,8 +675,7 @@ def _train(config: TrainConfig, *, progress: bool, log: Callable[[str], Any] | N
             model.train(was)
         row["theorem2"] = rep.as_dict()
         if gap is None:
-            gap = GapMonitor(model, ds.X_train, ds.y_train, subset=min(config.monitor_subset, MONITOR_MAX_POINTS),
-                             seed=config.seed)
+            gap = GapMonitor(model, ds.X_train, ds.y_train, subset=config.monitor_subset, seed=config.seed)
         row["maxmargin"] = gap.report(model)
         row["monitor_seconds"] = time.perf_counter() - t0
 

@@ -286,7 +286,6 @@ def test_killed_rank_ends_the_run_cleanly(tmp_path):
     out = tmp_path / "killed"
     marker = str(out)                               # unique in the workers' command lines
     argv = _argv(out=out, epochs=2000, monitor_every=0, augment=False, margin_reg=0.0)
-    t0 = time.monotonic()
     proc = subprocess.Popen(_torchrun(argv), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

@@ -3,7 +3,6 @@ the comparison with a model, full-batch GD, the monitor hooks and the experiment
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 
@@ -415,3 +414,13 @@ def test_monitor_subset_is_inside_the_theorem2_subset():
     # the optimum on a subset has fewer constraints: its gamma* bounds the full set's from above
     full = mm.solve_linear_svm(X, y, C)
     assert g.result.gamma_star >= full.gamma_star * (1 - 1e-6)
+
+
+def test_monitor_solves_on_at_most_monitor_max_points():
+    """The trainer and check pass their --monitor-subset; the monitor itself caps it (one place)."""
+    X, y, C = separable_problem(12, "linear", N=mm.MONITOR_MAX_POINTS + 40, d=3)
+    model = build_model("linear", (3,), C)
+    for subset, n in ((10**6, mm.MONITOR_MAX_POINTS), (30, 30)):
+        g = mm.GapMonitor(model, torch.as_tensor(X), torch.as_tensor(y), subset=subset, seed=1)
+        assert g.n == n == len(g.idx) == len(set(g.idx.tolist()))
+    assert mm.GapMonitor(model, torch.as_tensor(X), torch.as_tensor(y)).n == mm.MONITOR_MAX_POINTS

@@ -1,6 +1,8 @@
 """Models of SPEC §1: parameter counts, shapes, exact symmetry, head formulas, errors."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -220,3 +222,14 @@ def test_reset_parameters_changes_weights():
     before = [p.detach().clone() for p in m.parameters()]
     m.reset_parameters()
     assert all(not torch.equal(b, p) for b, p in zip(before, m.parameters()))
+
+
+def test_spec_refuses_a_depth_whose_lemma1_degree_overflows_float64():
+    """L = 2^(n+1) - 2 (Lemma 1) must be a finite float64: n <= MAX_LAYERS, and MAX_LAYERS is the largest such n."""
+    from margin_theory.models import MAX_LAYERS, ModelSpec
+    assert math.isfinite(2.0 ** (MAX_LAYERS + 1) - 2)
+    with pytest.raises(OverflowError):
+        2.0 ** (MAX_LAYERS + 2)
+    assert ModelSpec("lowrank", layers=MAX_LAYERS).layers == MAX_LAYERS
+    with pytest.raises(ConfigError, match=f"--layers {MAX_LAYERS + 1}: .*overflows float64"):
+        ModelSpec("lowrank", layers=MAX_LAYERS + 1)
