@@ -165,14 +165,15 @@ def describe_model_args(args: Mapping) -> str:
     return f"{args.get('name')} ({', '.join(b for b in bits if b)})"
 
 
-def _build(args: Mapping) -> nn.Module:
+def _build(args: Mapping, what: str = "checkpoint describes a model that cannot be built") -> nn.Module:
     """The model of ``args`` (a sidecar's ``model_args`` or a foreign spec with ``input_shape`` and
-    ``num_classes``), the caller's RNG untouched; on the ``meta`` device under ``torch.device("meta")``."""
+    ``num_classes``), the caller's RNG untouched; on the ``meta`` device under ``torch.device("meta")``.
+    ``what`` starts the error message."""
     try:
         with torch.random.fork_rng(devices=[]):
             return ModelSpec.from_mapping(args).build(args["input_shape"], args["num_classes"])
     except (MarginTheoryError, RuntimeError, OverflowError, MemoryError) as exc:
-        raise CheckpointError(f"checkpoint describes a model that cannot be built: {one_line(exc, 200)}") from None
+        raise CheckpointError(f"{what}: {one_line(exc, 200)}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint has invalid model arguments {dict(args)!r}: {exc}") from None
 

@@ -289,6 +289,9 @@ def _head_extras(state: dict, head: nn.Module, hkey: str, hw: torch.Tensor, C: i
         notes.append("linear term and bias are zero: dropped" if lin is not None else f"{bkey} is zero: dropped")
         return used, None
     if not isinstance(head, QuadraticHead):
+        if lin is not None and bool(lin.any()):
+            raise CheckpointError(f"tensor {lkey} is a nonzero linear term w.x, which {what} does not have "
+                                  "(map it onto --model quadratic --linear-term)")
         notes.append(f"{bkey} (inside the square, (a.x + b)^2) folded in exactly: head on [x; 1]" if lowrank
                      else f"{bkey} folded in exactly: linear head on [x; 1], weight [W, b]")
         return used, torch.cat([hw, bias.reshape(*hw.shape[:-1], 1).to(hw.dtype)], dim=-1)
@@ -326,7 +329,7 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
         raise ConfigError(_NO_MODEL)
     C = int(num_classes)
     dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
-    ours = _build({**spec, "input_shape": input_shape, "num_classes": C}).to(dtype)
+    ours = _build({**spec, "input_shape": input_shape, "num_classes": C}, f"cannot build model {name!r}").to(dtype)
     what = describe_model_args({**ours.spec.as_dict(), "input_shape": list(input_shape), "num_classes": C})
     expected = ours.state_dict()
     if set(state) != set(expected):
@@ -377,6 +380,7 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
                                        if k.startswith("features.")}, strict=True)
         d = head.in_features
         new_head = (LowRankHead(d + 1, C, head.rank) if isinstance(head, LowRankHead) else type(head)(d + 1, C))
+        new_head = new_head.to(dtype)       # float64 files: [W, b] copied without rounding
         with torch.no_grad():
             new_head.weight.copy_(new_w)
         has_params = any(True for _ in ours.features.parameters())

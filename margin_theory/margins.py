@@ -129,7 +129,8 @@ def separation_gaps(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def norm_power(norm: torch.Tensor | float, degree: int) -> float:
-    r""":math:`\|\theta\|^L` as ``exp(L log ||theta||)`` in float64 (no overflow for deep models)."""
+    r""":math:`\|\theta\|^L` as ``exp(L log ||theta||)`` in float64 (``OverflowError`` beyond ~1e308; a
+    margin divided by it is computed as ``q exp(-L log ||theta||)`` instead, which underflows to 0)."""
     return math.exp(degree * math.log(float(norm)))
 
 
@@ -194,7 +195,7 @@ def smoothed_from_sum(S: float, log_s: float, norm: torch.Tensor | float, degree
         num = -math.log(math.expm1(S))
     else:                   # -log(e^S - 1) = -S - log(1 - e^-S)
         num = -S - math.log1p(-math.exp(-S))
-    return num / norm_power(norm, degree), S < math.log(2)
+    return num * math.exp(-degree * math.log(float(norm))), S < math.log(2)    # not / ||theta||^L: it overflows
 
 
 def param_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:

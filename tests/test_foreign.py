@@ -333,6 +333,27 @@ def test_zero_bias_dropped_nonzero_bias_folded_in_exactly():
     assert torch.allclose(m(X), lc(X), rtol=1e-12, atol=1e-15) and m.degree == 1
 
 
+def test_bias_fold_keeps_float64_exactly_and_a_stray_linear_term_is_refused():
+    d, C = 5, 3
+    torch.manual_seed(4)
+    lc = nn.Linear(d, C).to(DT)
+    with torch.no_grad():               # values a float32 cannot hold
+        lc.weight.mul_(1 / 3)
+        lc.bias.add_(1 / 7)
+    m = foreign.map_state_dict(dict(lc.state_dict()), {"model": "linear"}, (d,), C)
+    assert m.foreign_augmented and m.head.weight.dtype == DT
+    assert torch.equal(m.head.weight, torch.cat([lc.weight, lc.bias[:, None]], 1).detach())
+    X = torch.randn(9, d, dtype=DT)
+    assert torch.allclose(m(X), lc(X), rtol=1e-13, atol=1e-15)
+    # General_quadratic's w.x has no place in a lowrank head: refused in one line, not dropped or a traceback
+    net = SimpleNet_0(d, C, bias=False).to(DT)
+    assert bool(net.classifier[0].weight.any())
+    with pytest.raises(CheckpointError, match="nonzero linear term"):
+        foreign.map_state_dict(dict(net.state_dict()), {"model": "lowrank", "rank": d}, (d,), C)
+    with pytest.raises(CheckpointError, match="cannot build model 'lowrank'"):
+        foreign.map_state_dict(dict(lc.state_dict()), {"model": "lowrank", "layers": 2000}, (d,), C)
+
+
 # ---------------------------------------------------------------------------
 # The authors' state dicts
 # ---------------------------------------------------------------------------

@@ -264,3 +264,19 @@ def test_margin_regularised_loss_head_normalisation_and_validation():
         margin_regularised_loss(logits, y, model, lam=-0.1)
     with pytest.raises(NotHomogeneousError):
         margin_regularised_loss(logits, y, model, lam=0.1, normalisation="full")
+
+
+def test_deep_model_margins_do_not_overflow():
+    """||theta||^L of a fresh 8-layer DIQNN (L = 510) exceeds float64: every margin, the smoothed one
+    included, must still come out finite (it underflows towards 0), never raise."""
+    from margin_theory.margins import smoothed_from_sum
+    torch.manual_seed(0)
+    model = build_model("lowrank", (4,), 3, layers=8)
+    X, y = torch.rand(16, 4), torch.arange(16) % 3
+    m = compute_margins(model, X, y)
+    assert math.isfinite(m.gamma_smoothed) and math.isfinite(m.gamma_bar)
+    with pytest.raises(OverflowError):      # the reason: the power itself is out of range
+        10.0 ** 510
+    num = -math.log(math.expm1(0.5))
+    assert smoothed_from_sum(0.5, math.log(0.5), 10.0, 300)[0] == pytest.approx(num * 1e-300, rel=1e-12)
+    assert smoothed_from_sum(0.5, math.log(0.5), 10.0, 510) == (0.0, True)     # num * 1e-510 underflows
