@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 from . import runfolder as _runfolder
 from ._util import (ArgumentParser, CheckpointError, ConfigError, NonFiniteLossError, atomic_write_json,
-                    atomic_write_text, check_output_path, cli_entry, clip, dumps_json, explicit_options, is_int,
-                    float_in, int_at_least, nonneg_int, one_line, positive_int, print_json, sync)
+                    atomic_write_text, check_output_path, cli_entry, clip, dumps_json, explicit_options, float_in,
+                    int_at_least, is_int, is_number, nonneg_int, one_line, positive_int, print_json, short_repr, sync)
 from ._util import progress as _progress_bar
 from .checkpoint import (NonFiniteCheckpointError, checkpoint_files, checkpoint_stem, comparable,
                          latest_checkpoint, model_args_from, read_sidecar, restore_checkpoint,
@@ -163,8 +163,9 @@ class TrainConfig:
             v, integral = getattr(self, name), name in _INTS
             if v is None and _INTS.get(name):
                 continue
-            if isinstance(v, bool) or not isinstance(v, int if integral else (int, float)):
-                raise ConfigError(f"{name} must be {'an integer' if integral else 'a finite number'}, got {v!r}")
+            if not (is_int(v) if integral else is_number(v)):
+                what = "an integer" if integral else "a finite number"
+                raise ConfigError(f"{name} must be {what}, got {short_repr(v, 40)}")
             try:
                 setattr(self, name, check(repr(v if integral else float(v))))
             except argparse.ArgumentTypeError as exc:
@@ -259,6 +260,8 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator | None = N
                   device: torch.device | str | None = None) -> list[torch.Tensor]:
     """One epoch's batches: a device-side random permutation of ``range(n)`` cut into
     slices of ``batch_size`` (the last one partial). Every index occurs exactly once."""
+    if n < 0 or batch_size < 1:
+        raise ConfigError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     if n == 0:
         return []
     if device is None:
@@ -487,7 +490,10 @@ def _resume_point(out: Path, config: TrainConfig) -> Path:
     if saved.get("model") != config.model:
         raise CheckpointError(f"checkpoint {resume_path.name} is for model {saved.get('model')!r}, "
                               f"not {config.model!r}; cannot resume")
-    authority = _runfolder.read_config(out)
+    try:
+        authority = _runfolder.read_config(out)
+    except _runfolder.RunFolderError as exc:    # the resume's error: a caller catches CheckpointError
+        raise CheckpointError(f"cannot resume {out}: {exc}") from None
     if authority is not None:
         try:
             authority = TrainConfig.from_dict(authority)
@@ -917,7 +923,10 @@ def _resume_defaults(args: argparse.Namespace, given: set[str]) -> None:
     """``train --resume --out X``: every option not on the command line comes from X's
     ``config.json`` (else the latest checkpoint's sidecar)."""
     out = Path(args.out).expanduser()
-    saved = _runfolder.read_config(out)
+    try:
+        saved = _runfolder.read_config(out)
+    except _runfolder.RunFolderError:       # train() refuses the resume, naming the file
+        saved = None
     if saved is None:
         ck = latest_checkpoint(out)
         saved = read_sidecar(ck)["config"] if ck is not None else None

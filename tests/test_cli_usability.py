@@ -136,7 +136,7 @@ def test_number_helpers_of_util():
     ints = [1, -3, np.int64(7), np.uint8(2)]
     not_ints = [True, 1.0, "1", np.float64(1.0), np.array([1]), None, np.bool_(True)]
     assert all(is_int(v) for v in ints) and not any(is_int(v) for v in not_ints)
-    nums, not_nums = [0, 2.5, -1e300, np.float32(1.5)], [math.inf, -math.inf, math.nan, False, "2", None]
+    nums, not_nums = [0, 2.5, -1e300, np.float32(1.5)], [math.inf, -math.inf, math.nan, False, "2", None, 10**400]
     assert all(is_number(v) for v in nums) and not any(is_number(v) for v in not_nums)
     assert fmt_number(0.123456) == "0.1235" and fmt_number(0.123456, ".2f") == "0.12" and fmt_number(3) == "3"
     assert [fmt_number(v) for v in (None, math.nan, True, "x")] == ["n/a"] * 4

@@ -274,6 +274,26 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         assert torch.allclose(v, ck.model.state_dict()[k], rtol=0, atol=1e-6), k
 
 
+def test_resume_with_an_unreadable_config_json_is_a_checkpoint_error(tmp_path, capsys):
+    """The API's resume errors are CheckpointErrors naming the resume; the CLI's are one line, exit 2."""
+    out = tmp_path / "r"
+    train(cfg(out=str(out), epochs=1), log=None)
+    for text in ("{not json", "[1, 2]"):
+        (out / "config.json").write_text(text, encoding="utf-8")
+        with pytest.raises(CheckpointError, match="cannot resume"):
+            train(cfg(out=str(out), resume=True), log=None)
+        rc, _, err = run_cli(["--out", out, "--resume", "--quiet"], capsys)
+        assert rc == 2 and err.count("\n") == 1 and "config.json" in err
+
+
+def test_bad_batches_and_huge_numbers_are_config_errors():
+    for n, bs in ((10, 0), (-1, 5)):
+        with pytest.raises(ConfigError, match="batch_size >= 1"):
+            epoch_batches(n, bs)
+    with pytest.raises(ConfigError, match="lr must be a finite number, got 1000"):
+        cfg(lr=10**400).validate()          # an int too large for a float: not an OverflowError
+
+
 def test_resume_refuses_other_settings(tmp_path, capsys):
     out = tmp_path / "r"
     train(cfg(out=str(out), epochs=1), log=None)
