@@ -186,10 +186,13 @@ def _closed_form_stats(prob: _Problem, j: torch.Tensor) -> GradStats:
     C = W.shape[0]
     E = F.one_hot(prob.y, C).to(phi.dtype) - F.one_hot(j, C).to(phi.dtype)
     K = phi @ phi.T
-    if t != "lowrank":      # f_i = <w_i, psi>, psi = phi (p = 1) or phi phi^T (p = 2): <psi_n, psi_m> = K^p
-        p, f = (1, phi @ W.T) if t == "linear" else (2, torch.einsum("nd,cde,ne->nc", phi, W, phi))
-        fnorm = phi.norm(dim=1, keepdim=True).pow(p).repeat(1, C)
-        return GradStats(K ** p * (E @ E.T), (E * f).sum(1), fnorm, "closed")
+    if t == "linear":       # f_i = <w_i, phi>: <grad_n, grad_m> = K
+        return GradStats(K * (E @ E.T), (E * (phi @ W.T)).sum(1), phi.norm(dim=1, keepdim=True).repeat(1, C),
+                         "closed")
+    if t == "quadratic":    # f_i = <W_i, phi phi^T>: <grad_n, grad_m> = K^2
+        f = torch.einsum("nd,cde,ne->nc", phi, W, phi)
+        return GradStats(K.square() * (E @ E.T), (E * f).sum(1), phi.square().sum(1, keepdim=True).repeat(1, C),
+                         "closed")
     Z = torch.einsum("crd,nd->ncr", W, phi)                  # a_ik . phi_n, W = A of shape (C, r, d)
     U = (E.unsqueeze(-1) * Z).reshape(phi.shape[0], -1)      # (N, C r)
     return GradStats(4.0 * K * (U @ U.T), 2.0 * (E * Z.square().sum(-1)).sum(1),

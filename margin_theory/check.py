@@ -155,7 +155,7 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
     paths, errors = expand_targets(targets)
     report = CheckReport(errors=errors)
     data_cache: dict[tuple, Any] = {}
-    gaps: dict[tuple, Any] = {}             # the max-margin monitor of each (run, seed)
+    gaps: dict[tuple, Any] = {}             # the max-margin monitor of each data set, seed and architecture
     rows: list[dict] = []
     bar = _progress(total=len(paths), desc="check", unit="ckpt", quiet=not progress)
 
@@ -177,20 +177,21 @@ def check_checkpoints(targets: Sequence[str | Path], *, subset: int = 512, seed:
             key = tuple(to_jsonable(cfg.get(k)) for k in _DATA_KEYS) + (data_dir, download)
             if key not in data_cache:
                 phase(p, f"loading {cfg.get('dataset')}")
-                data_cache[key] = _load_training_data(cfg, data_dir, download)
-            ds = data_cache[key]
+                ds = _load_training_data(cfg, data_dir, download)
+                data_cache[key] = ds, ds.X_train.to(torch.float64)      # converted once per data set
+            ds, X64 = data_cache[key]
             if is_foreign:
                 ck = read_foreign(p, foreign, input_shape=ds.input_shape, num_classes=ds.num_classes)
             s = int(ck.config.get("seed", 0)) if seed is None else int(seed)
             phase(p, "Theorem 2 on the subset")
             rep = theorem2_report(ck.model, ds.X_train, ds.y_train, subset=subset, seed=s, normalisation=normalisation)
             phase(p, "margins on the training set")
-            full = compute_margins(ck.model.to(torch.float64), ds.X_train.to(torch.float64), ds.y_train,
-                                   normalisation=normalisation)
+            full = compute_margins(ck.model.to(torch.float64), X64, ds.y_train, normalisation=normalisation)
             run = str(p if is_foreign else _run_of(p))
-            if (run, s) not in gaps:           # the max-margin optimum: solved once per run, as the trainer's
-                gaps[run, s] = GapMonitor(ck.model, ds.X_train, ds.y_train, subset=subset, seed=s)
-            gap = gaps[run, s].report(ck.model)
+            gkey = key + (s, repr(ck.model))   # the optimum depends on the data, the seed and the architecture
+            if gkey not in gaps:               # solved once per data set and architecture, as the trainer's
+                gaps[gkey] = GapMonitor(ck.model, ds.X_train, ds.y_train, subset=subset, seed=s)
+            gap = gaps[gkey].report(ck.model)
         except (MarginTheoryError, OSError, ValueError, RuntimeError) as exc:   # never a traceback
             report.errors.append(_error(p, exc))
             continue
@@ -379,18 +380,19 @@ def main(argv=None) -> int:
                           "its config; a foreign file's linear term and biases are mapped from its tensors "
                           "(docs/checking.md)")
     model_flags = sorted(k for k in given if k in MODEL_KEYS + ("dataset", "n_train", "n_test", "normalize"))
+    kinds = [is_foreign_file(p) for p in expand_targets(args.targets)[0]]     # foreign file or ours, per target
     foreign = None
     if args.spec or model_flags:              # flags given override the spec file
         foreign = {**(read_spec(args.spec) if args.spec else {}),
                    **{k: getattr(args, k) for k in model_flags + [k for k in ("data_dir", "download") if k in given]},
                    **({} if args.seed is None else {"seed": args.seed})}
-        if not any(is_foreign_file(p) for p in expand_targets(args.targets)[0]):
+        if not any(kinds):
             sys.stderr.write(f"{PROG}: note: {_flags(['spec'] * bool(args.spec) + model_flags)} describe foreign "
                              "files only; the checkpoints given carry their own description (sidecar) and are "
                              "checked as saved\n")
     if args.out is not None:
         check_output_path(args.out, kind="file")
-    elif args.plot and all(is_foreign_file(p) for p in expand_targets(args.targets)[0]):
+    elif args.plot and all(kinds):
         raise ConfigError("--plot of foreign files only: give --out FILE.png (there is no run folder to put it in)")
     rep = check_checkpoints(args.targets, subset=args.subset, seed=args.seed,
                             normalisation=args.normalisation, data_dir=args.data_dir,

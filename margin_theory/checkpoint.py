@@ -394,10 +394,10 @@ def _check_header(tensor_path: Path, blob: bytes, meta: dict, expected: dict, wh
                               "that the tensor file lacks")
 
 
-def _load(tensor_path: Path, meta: dict, expected: dict, what: str, model: nn.Module | None,
-          device) -> Checkpoint:
-    """Verify the tensor file (size, SHA-256, header, finiteness) and load it into ``model`` (``None``:
-    built from the sidecar); the optimizer's tensors go to ``device``."""
+def _load(tensor_path: Path, meta: dict, expected: dict, what: str, model: nn.Module, device) -> Checkpoint:
+    """Verify the tensor file (size, SHA-256, header, finiteness) and load it into ``model`` (a ``meta``
+    shell gets its storage only then, uninitialised: every tensor is loaded); the optimizer's tensors go to
+    ``device``."""
     from safetensors.torch import load as _st_load
     want_bytes = meta["tensor_bytes"]
     try:
@@ -420,7 +420,8 @@ def _load(tensor_path: Path, meta: dict, expected: dict, what: str, model: nn.Mo
     if bad:
         raise NonFiniteCheckpointError(f"checkpoint {tensor_path.name}: tensor {bad} holds NaN or infinite "
                                        "values; refusing a non-finite checkpoint")
-    model = _build(meta["model_args"]) if model is None else model
+    if any(t.is_meta for t in model.state_dict().values()):    # read_checkpoint's shell: storage, no init
+        model = model.to_empty(device="cpu")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     opt_state, om = None, meta.get("optimizer")
     if om:
@@ -446,7 +447,7 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     if need > meta["tensor_bytes"]:
         raise CheckpointError(f"{what}: the model needs {need:,} bytes of weights, the tensor file holds "
                               f"{meta['tensor_bytes']:,}")
-    ck = _load(tensor_path, meta, _expected_tensors(shell), what, None, device)
+    ck = _load(tensor_path, meta, _expected_tensors(shell), what, shell, device)
     ck.model.to(device).eval()
     return ck
 

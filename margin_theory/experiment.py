@@ -37,7 +37,7 @@ import torch
 
 from ._util import (ArgumentParser, ConfigError, MarginTheoryError, NonFiniteLossError, atomic_write_json,
                     atomic_write_text, check_output_path, cli_entry, dumps_json, one_line, positive_int,
-                    print_json, fmt_number as _f, progress, save_figure, tomllib, use_agg_backend)
+                    print_json, fmt_number as _f, is_int, is_number, progress, save_figure, tomllib, use_agg_backend)
 from .checkpoint import latest_checkpoint, read_checkpoint
 from .data import REGISTRY, available, canonical_name
 from .margins import MARGIN_DEFINITIONS, accuracy, param_norm, predict
@@ -110,7 +110,7 @@ def load_definition(name: str, experiments_dir: str | Path | None = None) -> dic
 
 
 def _is_count(v: Any) -> bool:
-    return type(v) is int and v >= 1            # (not a bool)
+    return is_int(v) and v >= 1
 
 
 def _is_target(t: Any) -> bool:
@@ -394,7 +394,7 @@ def _train_one(config, cache_dir: Path | None, label: str, verbose: bool) -> dic
 
 
 def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
-    xs = [float(x) for x in xs if isinstance(x, (int, float)) and math.isfinite(x)]
+    xs = [float(x) for x in xs if is_number(x)]
     if not xs:
         return None, None
     return float(np.mean(xs)), (float(np.std(xs, ddof=1)) if len(xs) > 1 else None)
@@ -474,9 +474,10 @@ def run_experiment(name: str, scale: str, *, data_dir: str | None = None, seeds:
     results["finished"] = _now()
     results["figures"] = sorted({f for a in results["analysis"].values() if isinstance(a, dict)
                                  for f in a.get("figures", [])})
-    atomic_write_json(out / "results.json", results)
+    text = dumps_json(results, indent=2)      # serialised once: the file and the returned JSON-clean copy
+    atomic_write_text(out / "results.json", text + "\n")
     atomic_write_text(out / "results.md", render_markdown(results))
-    return json.loads(dumps_json(results))
+    return json.loads(text)
 
 
 # --- Analyses (small and explicit); each returns a JSON-able dict with "figures" ---

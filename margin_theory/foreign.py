@@ -374,7 +374,7 @@ def map_state_dict(state: Mapping[str, torch.Tensor], spec: Mapping, input_shape
                               + (f" ({len(rest_state) - 1} more unmatched)" if len(rest_state) > 1 else ""))
     model = ours
     if new_w is None:       # the shapes were checked above
-        ours.load_state_dict({**ours.state_dict(), **loaded}, strict=True)
+        ours.load_state_dict({**expected, **loaded}, strict=True)
     else:
         ours.features.load_state_dict({k[len("features."):]: v for k, v in loaded.items()
                                        if k.startswith("features.")}, strict=True)
@@ -400,6 +400,7 @@ def read_foreign(path: str | Path, spec: Mapping, *, input_shape=None, num_class
     ``None``, ``meta = {"format": "foreign", "notes": [...], "map": {...}}``)."""
     path = Path(path)
     state, notes = read_state_dict(path)
+    config = None
     if input_shape is None or num_classes is None:
         if spec.get("input_shape") and spec.get("num_classes"):
             input_shape, num_classes = tuple(int(s) for s in spec["input_shape"]), int(spec["num_classes"])
@@ -407,11 +408,12 @@ def read_foreign(path: str | Path, spec: Mapping, *, input_shape=None, num_class
             raise ConfigError("a foreign checkpoint needs the input shape and classes: give dataset "
                               "(--dataset NAME) or input_shape and num_classes in the spec")
         else:
-            from .data import REGISTRY, canonical_name
-            ds = REGISTRY[canonical_name(foreign_config(spec)["dataset"])]
-            input_shape, num_classes = ds.input_shape, len(ds.classes)
+            from .data import canonical_name
+            from .runfolder import DATASET_SHAPES
+            config = foreign_config(spec, need_dataset=False)
+            input_shape, num_classes = DATASET_SHAPES[canonical_name(config["dataset"])]
     model = map_state_dict(state, spec, input_shape, num_classes, notes).to(device)
-    return Checkpoint(model=model, config=foreign_config(spec, need_dataset=False), epoch=None, step=None,
+    return Checkpoint(model=model, config=config or foreign_config(spec, need_dataset=False), epoch=None, step=None,
                       path=path, meta={"format": "foreign", "notes": list(notes), "map": dict(model.foreign_map)})
 
 

@@ -59,7 +59,6 @@ from fractions import Fraction
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import sympy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -121,14 +120,14 @@ class _Dry:
     ``const`` an exact number, ``gate(z)`` :math:`\\mathrm{relu}(z) = z\\,\\mathbb 1[z > 0]`, ``check`` every node's
     value. This base class is the dry run over zeros: it counts the gates and picks the domain."""
 
-    n_gates, domain = 0, sympy.ZZ
+    n_gates, domain = 0, "ZZ"           # sympy's domains by name: sympy loads only for the exact check
 
     def leaf(self, name, shape):
         return _objects(shape, lambda k: 0)
 
     def const(self, q):
         if isinstance(q, Fraction):
-            self.domain = sympy.QQ
+            self.domain = "QQ"
         return q
 
     def gate(self, z):
@@ -145,6 +144,8 @@ class _Exact(_Dry):
     inputs are the integers of ``point``. A parameter entry is c times its value."""
 
     def __init__(self, model: nn.Module, n_inputs: int, dry: _Dry, point=None, max_terms=math.inf):
+        import sympy.polys.rings
+
         self.expand, self.max_terms, self._next = point is None, max_terms, 0
         self.P = sum(p.numel() for p in model.parameters())
         self.param_names = [f"{n}[{','.join(map(str, idx))}]" for n, p in model.named_parameters()

@@ -110,12 +110,17 @@ def _run_title(run_dir: Path, history: Sequence[dict]) -> str:
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | None = None) -> Path:
     """Plot ``run_dir/metrics.jsonl`` to ``out`` (default ``run_dir/metrics.png``)."""
+    return _plot_run(run_dir, out, title)[0]
+
+
+def _plot_run(run_dir, out, title) -> tuple[Path, list[dict]]:
+    """:func:`plot_run` and the history it read (``main`` reports it without reading the file again)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run folder not found: {run_dir}")
     out = check_output_path(out or run_dir / "metrics.png", kind="file")
     history = load_history(run_dir)
-    return plot_metrics(history, out, title=title or _run_title(run_dir, history))
+    return plot_metrics(history, out, title=title or _run_title(run_dir, history)), history
 
 
 def build_parser() -> ArgumentParser:
@@ -132,8 +137,7 @@ def build_parser() -> ArgumentParser:
 def main(argv=None) -> int:
     """Write the metrics figure of a run; exit 2 when its metrics are missing or empty."""
     args = build_parser().parse_args(argv)
-    path = plot_run(args.run_dir, args.out, args.title)
-    history = load_history(args.run_dir)
+    path, history = _plot_run(args.run_dir, args.out, args.title)
     last = history[-1]
     if args.json:
         print_json({"figure": str(path), "records": len(history), "last": last})

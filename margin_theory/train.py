@@ -51,7 +51,7 @@ from .checkpoint import (NonFiniteCheckpointError, checkpoint_files, checkpoint_
                          save_checkpoint)
 from .data import describe_datasets, load_dataset
 from .distributed import EXIT_RANK_FAILED, RankFailedError as _RankFailed, setup as _dist_setup
-from .margins import (MARGIN_DEFINITIONS, compute_margins, get_normalisation, margin_regularised_loss,
+from .margins import (MARGIN_DEFINITIONS, accuracy, compute_margins, get_normalisation, margin_regularised_loss,
                       n_correct, predict)
 from .models import INITS, ModelSpec, describe_model_names, parameter_count, unique_parameter_count
 from .protocols import get_protocol, protocol_names
@@ -170,7 +170,8 @@ class TrainConfig:
                 setattr(self, name, check(repr(v if integral else float(v))))
             except argparse.ArgumentTypeError as exc:
                 raise ConfigError(f"{name} {exc}") from None
-        self.hidden = self.model_spec().as_dict()["hidden"]
+        spec = self.model_spec()            # checks every model field
+        self.hidden = spec.as_dict()["hidden"]
         if not isinstance(self.lr_milestones, (list, tuple)) or \
                 any(not is_int(m) or m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones must be positive integers, got {self.lr_milestones!r}")
@@ -184,7 +185,7 @@ class TrainConfig:
             if getattr(self, p) is not None:
                 setattr(self, p, str(getattr(self, p)))
         if applicable:
-            self.model_spec().check_applicable()
+            spec.check_applicable()
         if self.resume and not self.out:
             raise ConfigError("--resume needs --out DIR (the run to continue)")
         if self.resume and self.overwrite:
@@ -427,7 +428,7 @@ def _matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]:
 
 
 def _finite(*xs: float) -> bool:
-    return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
+    return all(map(is_number, xs))
 
 
 class _Diverged(Exception):
@@ -445,7 +446,7 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096, dctx=None) ->
         if dctx is not None:
             return dctx.evaluate(model, dataset, batch_size=batch_size)
         m = compute_margins(model, dataset.X_train, dataset.y_train, batch_size=batch_size)
-        test_acc = evaluate_test(model, dataset, batch_size)
+    test_acc = evaluate_test(model, dataset, batch_size)      # TF32 off by itself
     return {"train_loss": m.loss, "train_acc": m.accuracy, "test_acc": test_acc,
             **{k: getattr(m, k) for k in (*MARGIN_DEFINITIONS, "theta_norm", "degree", "normalisation")}}
 
@@ -454,13 +455,17 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int = 4096, dctx=None) ->
 def evaluate_test(model: nn.Module, dataset, batch_size: int = 4096, dctx=None) -> float:
     """Test accuracy (argmax of the logits; NaN without test data), eval mode; with ``dctx``
     over every rank's test shard (all-reduced counts, a collective)."""
-    n = int(dataset.X_test.shape[0])
-    counts = torch.tensor([0.0, n], dtype=torch.float64, device=dataset.X_train.device)
+    n, dev = int(dataset.X_test.shape[0]), dataset.X_train.device
+    if dctx is None:
+        if n == 0:
+            return float("nan")
+        with _matmul_precision(dev, tf32=False):     # also inside the TF32 training loop
+            return accuracy(predict(model, dataset.X_test, batch_size), dataset.y_test)
+    counts = torch.tensor([0.0, n], dtype=torch.float64, device=dev)
     if n > 0:
-        with _matmul_precision(dataset.X_train.device, tf32=False):     # also inside the TF32 training loop
+        with _matmul_precision(dev, tf32=False):
             counts[0] = n_correct(predict(model, dataset.X_test, batch_size), dataset.y_test)
-    if dctx is not None:
-        dctx.all_reduce_(counts)
+    dctx.all_reduce_(counts)
     correct, total = counts.tolist()
     return correct / total if total > 0 else float("nan")
 

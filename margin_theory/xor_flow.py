@@ -136,11 +136,12 @@ def _loss(theta) -> np.ndarray:
     return 0.5 * np.logaddexp(0.0, -margins(theta)).sum(axis=-1)
 
 
-def _grad(u1: float, u2: float, v1: float, v2: float) -> np.ndarray:
-    """``grad loss``; with ``s0 = sigmoid(-q0)``, ``s1 = sigmoid(-q1)`` (``expit``: no overflow):
-    ``d/du1 = -s0 a + s1 b``, ``d/du2 = -s0 a - s1 b``, ``d/dv1 = s0 c - s1 e``, ``d/dv2 = s0 c + s1 e``."""
+def _grad(u1: float, u2: float, v1: float, v2: float, w: float = 1.0) -> np.ndarray:
+    """``w * grad loss``; with ``s0 = sigmoid(-q0)``, ``s1 = sigmoid(-q1)`` (``expit``: no overflow):
+    ``d/du1 = -s0 a + s1 b``, ``d/du2 = -s0 a - s1 b``, ``d/dv1 = s0 c - s1 e``, ``d/dv2 = s0 c + s1 e``
+    (``w`` scales the two sigmoids: the flow's right-hand side in one pass)."""
     a, b, c, e = u1 + u2, u1 - u2, v1 + v2, v1 - v2
-    s0, s1 = expit(c * c - a * a), expit(b * b - e * e)
+    s0, s1 = w * expit(c * c - a * a), w * expit(b * b - e * e)
     return np.array([-s0 * a + s1 * b, -s0 * a - s1 * b, s0 * c - s1 * e, s0 * c + s1 * e])
 
 
@@ -329,7 +330,7 @@ class XorFlowResult:
 # --- Solvers ---
 def _rhs_theta_logtime(s: float, th: np.ndarray) -> np.ndarray:
     """``d theta/ds = (1 + t) * (-grad loss)``, ``s = log(1 + t)``."""
-    return -math.exp(s) * _grad(*th)
+    return _grad(*th, w=-math.exp(s))
 
 
 def _rhs_reduced_logtime(s: float, r: np.ndarray) -> np.ndarray:
@@ -628,7 +629,8 @@ def _report(res: XorFlowResult, theta0: np.ndarray, figure: Path | None) -> str:
 @cli_entry("python -m margin_theory.xor_flow")
 def main(argv=None) -> int:
     """Solve Theorem 1's XOR flow and report margins, invariants and the boundary (SPEC §4)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.plot:
         check_output_path(args.out, kind="file")
     theta0 = np.array(args.init, dtype=float) if args.init is not None else random_init(args.seed)
@@ -636,7 +638,7 @@ def main(argv=None) -> int:
         warnings.simplefilter("ignore", RuntimeWarning)
         res = solve_xor_flow(theta0, t_max=args.t_max, method=args.method, lr=args.lr,
                              rtol=args.rtol, points=args.points, quiet=args.json)
-    given = explicit_options(build_parser(), argv)     # notes after the values passed solve_xor_flow
+    given = explicit_options(parser, argv)     # notes after the values passed solve_xor_flow
     for flag, unused, why in (("lr", args.method != "gd", "applies to --method gd"),
                               ("rtol", args.method == "gd", "applies to --method flow"),
                               ("out", not args.plot, "is the figure path of --plot"),
